@@ -1,0 +1,104 @@
+"""The boundary between the public API and the kernels.
+
+``run`` checks the caller's arrays once (type, dtype, shape, contiguity,
+writeability, aliasing), picks the backend from where they live and calls the
+driver with 1-D views and the scalars cast to the arrays' dtype. Nothing is
+written until every check has passed, so a rejected call leaves the caller's
+arrays as they were.
+"""
+import threading
+
+import numpy as np
+
+from .kernels import cpu
+
+SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+# Numba's workqueue threading layer aborts the process if two threads launch
+# parallel regions at once; serialising parallel launches keeps fastadapt
+# safe to call from several threads whichever layer Numba picked.
+_PARALLEL_LAUNCH = threading.Lock()
+
+
+def _is_device_array(a):
+    return not isinstance(a, np.ndarray) and hasattr(a, "__cuda_array_interface__")
+
+
+def _check_host_array(name, a, writes):
+    if not isinstance(a, np.ndarray):
+        raise TypeError(
+            f"{name} must be a numpy.ndarray (or a CUDA array), got {type(a).__name__}")
+    if a.dtype not in SUPPORTED_DTYPES:
+        if a.dtype.kind == "f" and a.dtype.newbyteorder("=") in SUPPORTED_DTYPES:
+            raise TypeError(f"{name} has non-native byte order {a.dtype.str}; "
+                            "convert it with astype(dtype.newbyteorder('='))")
+        raise TypeError(f"{name} has unsupported dtype {a.dtype}; "
+                        "fastadapt supports float32 and float64")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} is not C-contiguous; updates are in place, so "
+                         "pass a contiguous array (e.g. from numpy.ascontiguousarray) "
+                         "and keep using that one")
+    if not a.flags.aligned:
+        raise ValueError(f"{name} is not aligned to its dtype")
+    if writes and not a.flags.writeable:
+        raise ValueError(f"{name} is read-only but the update writes to it")
+
+
+def run(rule, arrays, written, scalars):
+    """Apply one update of ``rule`` in place: the single place a backend is chosen.
+
+    ``arrays`` maps argument names to arrays in the driver's order, with
+    ``None`` for state an option does not use; ``written`` names the arrays the
+    update writes; ``scalars`` are the rule's host-computed scalars (floats,
+    flags as bools), cast here to the arrays' dtype. Raises TypeError /
+    ValueError naming the offending argument before anything is written.
+    """
+    present = {name: a for name, a in arrays.items() if a is not None}
+    device = [_is_device_array(a) for a in present.values()]
+    if any(device):
+        if not all(device):
+            host = [n for n, d in zip(present, device) if not d]
+            gpu = [n for n, d in zip(present, device) if d]
+            raise ValueError(f"mix of host and GPU arrays: {', '.join(host)} on the "
+                             f"host, {', '.join(gpu)} on the GPU")
+        from . import _cuda  # imported only when GPU arrays are seen
+        return _cuda.run(rule, arrays, written, scalars)
+
+    flat = _prepare_host(present, written)
+    n = flat[next(iter(flat))].size
+    if n == 0:
+        return
+    dtype = flat[next(iter(flat))].dtype
+    unused = np.empty(0, dtype)
+    args = [flat.get(name, unused) for name in arrays]
+    scalars = np.array(scalars, dtype)
+    driver = cpu.DRIVERS[rule]
+    if n < cpu.SERIAL_BELOW:
+        driver.serial(*args, scalars)
+    else:
+        with _PARALLEL_LAUNCH:
+            driver.parallel(*args, scalars)
+
+
+def _prepare_host(arrays, written):
+    first = next(iter(arrays))
+    ref = arrays[first]
+    for name, a in arrays.items():
+        _check_host_array(name, a, name in written)
+        if a.dtype != ref.dtype:
+            raise TypeError(f"{name} has dtype {a.dtype} but {first} has {ref.dtype}; "
+                            "all arrays of one update must share a dtype")
+        if a.shape != ref.shape:
+            raise ValueError(f"{name} has shape {a.shape} but {first} has {ref.shape}")
+    check_no_aliasing(arrays, np.may_share_memory)
+    return {name: a.reshape(-1) for name, a in arrays.items()}
+
+
+def check_no_aliasing(arrays, overlaps):
+    """Raise ValueError if two non-empty arrays of ``arrays`` overlap."""
+    names = [n for n in arrays if arrays[n].size]
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if overlaps(arrays[a], arrays[b]):
+                raise ValueError(f"{a} and {b} share memory; every array of an "
+                                 "update must be distinct")

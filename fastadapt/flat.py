@@ -1,0 +1,132 @@
+"""Flat buffers: many arrays of different shapes in one contiguous 1-D buffer.
+
+A model's parameters packed into a :class:`FlatBuffer` are updated by one
+kernel call over ``buffer.data`` instead of one call per array. Each segment
+starts on a 64-byte (cache-line) boundary; the padding between segments is
+zero when the buffer is made and is otherwise of no meaning (an update runs
+over it harmlessly, since its gradient is zero too).
+"""
+import numpy as np
+
+from ._dispatch import SUPPORTED_DTYPES
+
+ALIGN_BYTES = 64
+
+
+class FlatBuffer:
+    """One contiguous buffer holding arrays of the given shapes.
+
+    Parameters
+    ----------
+    shapes : sequence of tuples
+        The shape of each segment, in order.
+    dtype : float32 or float64
+    like : array, optional
+        Allocate on the device of this array (a GPU array gives a GPU buffer of
+        the same kind); the host by default.
+
+    Attributes
+    ----------
+    data : 1-D array holding every segment (and the padding between them)
+    views : list of arrays, one per segment, with the original shapes; writing
+        to a view writes into ``data`` with no copy
+    offsets : list of int, the element offset of each segment in ``data``
+    """
+
+    def __init__(self, shapes, dtype=np.float32, *, like=None):
+        dtype = np.dtype(dtype)
+        if dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"unsupported dtype {dtype}; FlatBuffer holds float32 or float64")
+        self.shapes = [tuple(int(d) for d in s) for s in shapes]
+        for shape in self.shapes:
+            if any(d < 0 for d in shape):
+                raise ValueError(f"invalid shape {shape}")
+        self.dtype = dtype
+        align = ALIGN_BYTES // dtype.itemsize
+        self.offsets, end = [], 0
+        for shape in self.shapes:
+            self.offsets.append(end)
+            end += -(-int(np.prod(shape, dtype=np.int64)) // align) * align
+        self._like = like
+        self.data = _zeros(end, dtype, like)
+        self.views = [self.data[o:o + _size(s)].reshape(s)
+                      for o, s in zip(self.offsets, self.shapes)]
+
+    @classmethod
+    def from_arrays(cls, arrays, dtype=None):
+        """A buffer laid out for ``arrays`` and holding a copy of their values.
+
+        ``dtype`` defaults to the arrays' common dtype; the buffer lives on the
+        device of the first array.
+        """
+        arrays = list(arrays)
+        if not arrays:
+            raise ValueError("FlatBuffer.from_arrays needs at least one array")
+        if dtype is None:
+            dtypes = {np.dtype(_dtype_of(a)) for a in arrays}
+            if len(dtypes) > 1:
+                raise TypeError(f"arrays have different dtypes {sorted(map(str, dtypes))}; "
+                                "pass dtype= to choose one")
+            dtype = dtypes.pop()
+        buffer = cls([tuple(a.shape) for a in arrays], dtype, like=arrays[0])
+        buffer.copy_from(arrays)
+        return buffer
+
+    def zeros_like(self):
+        """A new zero-filled buffer with the same layout, dtype and device."""
+        return FlatBuffer(self.shapes, self.dtype, like=self._like)
+
+    def copy_from(self, arrays):
+        """Copy ``arrays`` (one per segment, same shapes) into the buffer."""
+        arrays = list(arrays)
+        if len(arrays) != len(self.views):
+            raise ValueError(f"expected {len(self.views)} arrays, got {len(arrays)}")
+        for i, (view, a) in enumerate(zip(self.views, arrays)):
+            if tuple(a.shape) != view.shape:
+                raise ValueError(f"array {i} has shape {tuple(a.shape)}, "
+                                 f"the buffer's segment {i} has {view.shape}")
+        for view, a in zip(self.views, arrays):
+            _copy(view, a)
+
+    @property
+    def numel(self):
+        """Elements in the segments, padding excluded."""
+        return sum(_size(s) for s in self.shapes)
+
+    def __len__(self):
+        return len(self.views)
+
+    def __getitem__(self, index):
+        return self.views[index]
+
+    def __iter__(self):
+        return iter(self.views)
+
+    def __repr__(self):
+        return (f"FlatBuffer({len(self.shapes)} arrays, {self.numel} elements, "
+                f"dtype={self.dtype}, {self.data.size - self.numel} padding)")
+
+
+def _size(shape):
+    return int(np.prod(shape, dtype=np.int64))
+
+
+def _dtype_of(a):
+    return getattr(a, "dtype", np.asarray(a).dtype)
+
+
+def _zeros(n, dtype, like):
+    if like is None or isinstance(like, np.ndarray) or not hasattr(like, "__cuda_array_interface__"):
+        return np.zeros(n, dtype)
+    from . import _cuda
+    return _cuda.zeros(n, dtype, like)
+
+
+def _copy(dst, src):
+    if isinstance(dst, np.ndarray):
+        if hasattr(src, "__cuda_array_interface__") and not isinstance(src, np.ndarray):
+            raise ValueError("cannot copy a GPU array into a host FlatBuffer")
+        np.copyto(dst, src, casting="same_kind")
+        return
+    from . import _cuda
+    _cuda.copy(dst, src)
