@@ -10,11 +10,15 @@ LLVM unswitches the loop and vectorizes each version.
 Every driver is compiled twice from one source: ``DRIVERS[name].parallel``
 (``parallel=True``) and ``.serial`` (one thread, no pool wake-up) for arrays
 below ``SERIAL_BELOW`` elements. The serial copy gets its own qualified name so
-the two do not overwrite each other in Numba's on-disk cache.
+the two do not overwrite each other in Numba's on-disk cache. That cache is
+invalidated by edits to ``math.py`` as well as to this file (Numba alone would
+only watch this file and keep serving kernels built from stale math).
 """
+import os
 import types
 
 from numba import njit, prange
+from numba.core import caching
 
 from . import math as _math
 
@@ -105,10 +109,33 @@ def _renamed(func, suffix):
     return copy
 
 
+def _watching_math(locator_class):
+    class Locator(locator_class):
+        def get_source_stamp(self):
+            st = os.stat(_math.__file__)
+            return super().get_source_stamp(), st.st_mtime, st.st_size
+    Locator.__name__ = locator_class.__name__
+    return Locator
+
+
+class _CacheImpl(caching.CompileResultCacheImpl):
+    _locator_classes = [_watching_math(c)
+                        for c in caching.CompileResultCacheImpl._locator_classes]
+
+
+class _KernelCache(caching.FunctionCache):
+    _impl_class = _CacheImpl
+
+
+def _cached(dispatcher):
+    dispatcher._cache = _KernelCache(dispatcher.py_func)  # what cache=True does, but watching math.py
+    return dispatcher
+
+
 def _compile(func):
     return types.SimpleNamespace(
-        parallel=njit(parallel=True, cache=True, nogil=True)(func),
-        serial=njit(cache=True, nogil=True)(_renamed(func, "_serial")),
+        parallel=_cached(njit(parallel=True, nogil=True)(func)),
+        serial=_cached(njit(nogil=True)(_renamed(func, "_serial"))),
     )
 
 
