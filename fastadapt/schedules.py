@@ -86,6 +86,14 @@ def _int(owner, name, value, low):
     return v
 
 
+def _scaled(lr, gamma, k):
+    """``lr * gamma ** k``; +inf (0 for lr = 0) where ``gamma ** k`` overflows."""
+    try:
+        return lr * gamma**k
+    except OverflowError:  # float ** int raises instead of returning inf
+        return math.inf if lr else 0.0
+
+
 def _step(value):
     """Validate a step count ``t`` (a non-negative integer)."""
     return _int("schedule", "step t", value, 0)
@@ -187,7 +195,7 @@ class StepDecay(Schedule):
         self.gamma = _real("StepDecay", "gamma", gamma, low=0, low_open=True)
 
     def _lr(self, t):
-        return self.lr * self.gamma ** (t // self.step_size)
+        return _scaled(self.lr, self.gamma, t // self.step_size)
 
     def _params(self):
         return {"lr": self.lr, "step_size": self.step_size, "gamma": self.gamma}
@@ -222,7 +230,7 @@ class MultiStepDecay(Schedule):
         self.gamma = _real("MultiStepDecay", "gamma", gamma, low=0, low_open=True)
 
     def _lr(self, t):
-        return self.lr * self.gamma ** bisect.bisect_right(self.milestones, t)
+        return _scaled(self.lr, self.gamma, bisect.bisect_right(self.milestones, t))
 
     def _params(self):
         return {"lr": self.lr, "milestones": self.milestones, "gamma": self.gamma}
@@ -245,7 +253,7 @@ class ExponentialDecay(Schedule):
         self.gamma = _real("ExponentialDecay", "gamma", gamma, low=0, low_open=True)
 
     def _lr(self, t):
-        return self.lr * self.gamma**t
+        return _scaled(self.lr, self.gamma, t)
 
     def _params(self):
         return {"lr": self.lr, "gamma": self.gamma}
