@@ -1,0 +1,278 @@
+"""Checkpoints: state dicts, atomic .npz files, rejection of misfits, exact resume."""
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+import fastadapt
+from fastadapt import checkpoint, schedules
+from fastadapt.optim import Optimizer
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+SHAPES = [(7,), (3, 5), (4, 4, 2), (1,), (0,)]
+TOTAL, SAVED_AT = 30, 12
+
+# One case per algorithm, every state array in use, two groups, schedules.
+CASES = {
+    "adam": lambda: (fastadapt.Adam, dict(
+        lr=schedules.LinearWarmup(schedules.CosineAnnealing(0.05, T_max=20), 5),
+        amsgrad=True, weight_decay=0.01)),
+    "adamw": lambda: (fastadapt.AdamW, dict(
+        lr=schedules.ReduceOnPlateau(0.05, patience=1, factor=0.5), betas=(0.8, 0.99))),
+    "sgd": lambda: (fastadapt.SGD, dict(lr=0.05, momentum=0.9, nesterov=True,
+                                        weight_decay=0.1)),
+    "rmsprop": lambda: (fastadapt.RMSprop, dict(
+        lr=schedules.ExponentialDecay(0.01, 0.95), centered=True, momentum=0.5)),
+    "adagrad": lambda: (fastadapt.Adagrad, dict(lr=0.1, lr_decay=0.01,
+                                                initial_accumulator_value=0.1)),
+    "adadelta": lambda: (fastadapt.Adadelta, dict(rho=0.8, weight_decay=0.01)),
+}
+
+
+def make(name, dtype=np.float32, shapes=SHAPES):
+    cls, kwargs = CASES[name]()
+    rng = np.random.default_rng(0)
+    params = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    return cls([{"params": params[:2]}, {"params": params[2:], "lr": 0.02}], **kwargs)
+
+
+def train(opt, start, stop):
+    """Steps ``start+1 .. stop``: a gradient of 0.5*|p|^2 plus seeded noise per step;
+    a ReduceOnPlateau schedule sees the loss every 3 steps."""
+    for t in range(start + 1, stop + 1):
+        rng = np.random.default_rng(t)
+        grads = [p * 0.5 + rng.standard_normal(p.shape).astype(p.dtype) for p in opt.params]
+        opt.step(grads)
+        lr = opt.param_groups[0]["lr"]
+        if isinstance(lr, schedules.ReduceOnPlateau) and t % 3 == 0:
+            lr.step(float(sum(np.sum(p.astype(np.float64) ** 2) for p in opt.params)))
+
+
+def resume_in_this_process(directory):
+    """The second half of each run, from the checkpoints in ``directory``."""
+    for i, name in enumerate(CASES):
+        path = os.path.join(directory, f"{name}.npz")
+        if i % 2:
+            opt = Optimizer.from_checkpoint(path)
+        else:
+            opt = make(name)
+            opt.load(path)
+        train(opt, SAVED_AT, TOTAL)
+        opt.save(os.path.join(directory, f"{name}-final.npz"))
+
+
+def assert_identical(a, b):
+    """Two state dicts equal bit for bit (arrays by bytes, the rest exactly)."""
+    assert json.dumps(a["param_groups"]) == json.dumps(b["param_groups"])
+    assert a["algorithm"] == b["algorithm"]
+    for x, y in zip(a["params"], b["params"]):
+        assert x.dtype == y.dtype and x.tobytes() == y.tobytes()
+    for sx, sy in zip(a["state"], b["state"]):
+        assert sx.keys() == sy.keys()
+        for k in sx:
+            assert sx[k].dtype == sy[k].dtype and sx[k].tobytes() == sy[k].tobytes(), k
+
+
+def test_resume_in_a_new_process_is_bit_identical(tmp_path):
+    straight = {}
+    for name in CASES:
+        opt = make(name)
+        train(opt, 0, TOTAL)
+        straight[name] = opt.state_dict()
+        half = make(name)
+        train(half, 0, SAVED_AT)
+        half.save(tmp_path / f"{name}.npz")
+    code = (f"import sys; sys.path.insert(0, {TESTS!r}); "
+            f"import test_checkpoint; test_checkpoint.resume_in_this_process({str(tmp_path)!r})")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    for name in CASES:
+        resumed = checkpoint.load(tmp_path / f"{name}-final.npz")
+        assert resumed["param_groups"][0]["step"] == TOTAL
+        assert_identical(resumed, straight[name])
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_state_dict_round_trip(name, dtype):
+    opt = make(name, dtype)
+    train(opt, 0, SAVED_AT)
+    sd = opt.state_dict()
+    json.dumps({k: v for k, v in sd.items() if k not in ("params", "state")})  # JSON-able
+    assert all(isinstance(a, np.ndarray) and a.dtype == dtype
+               for a in sd["params"] + [x for s in sd["state"] for x in s.values()])
+    other = make(name, dtype)
+    other.load_state_dict(sd)
+    assert_identical(other.state_dict(), sd)
+    train(opt, SAVED_AT, TOTAL)
+    train(other, SAVED_AT, TOTAL)
+    assert_identical(other.state_dict(), opt.state_dict())
+
+
+def test_state_dict_is_a_copy():
+    opt = make("sgd")
+    sd = opt.state_dict()
+    before = [p.copy() for p in sd["params"]]
+    train(opt, 0, 2)
+    assert all(np.array_equal(a, b) for a, b in zip(sd["params"], before))
+
+
+def test_loading_keeps_a_live_schedule_object():
+    opt = make("adamw")
+    train(opt, 0, SAVED_AT)
+    sd = opt.state_dict()
+    fresh = make("adamw")
+    schedule = fresh.param_groups[0]["lr"]
+    fresh.load_state_dict(sd)
+    assert fresh.param_groups[0]["lr"] is schedule          # same config: state loaded in
+    assert schedule.state_dict() == opt.param_groups[0]["lr"].state_dict()
+    other = make("adamw")
+    other.param_groups[0]["lr"] = schedules.Constant(0.5)   # another config: rebuilt
+    other.load_state_dict(sd)
+    rebuilt = other.param_groups[0]["lr"]
+    assert isinstance(rebuilt, schedules.ReduceOnPlateau)
+    assert rebuilt.to_config() == schedule.to_config()
+    assert rebuilt.state_dict() == schedule.state_dict()
+
+
+def test_save_load_file(tmp_path):
+    opt = make("adam", np.float64)
+    train(opt, 0, 5)
+    path = tmp_path / "ckpt.npz"
+    opt.save(path)
+    assert os.listdir(tmp_path) == ["ckpt.npz"]
+    with np.load(path, allow_pickle=False) as npz:      # no pickled objects inside
+        assert "__meta__" in npz.files
+    assert_identical(checkpoint.load(path), opt.state_dict())
+    restored = fastadapt.Adam.from_checkpoint(path)
+    assert isinstance(restored, fastadapt.Adam)
+    assert_identical(restored.state_dict(), opt.state_dict())
+    with pytest.raises(ValueError, match="algorithm 'adam'"):
+        fastadapt.SGD.from_checkpoint(path)
+
+
+def test_crash_mid_save_leaves_the_previous_file(tmp_path, monkeypatch):
+    opt = make("rmsprop")
+    path = tmp_path / "ckpt.npz"
+    opt.save(path)
+    original = path.read_bytes()
+    train(opt, 0, 3)
+
+    def crashing_savez(file, **arrays):
+        file.write(b"PK\x03\x04 half a zip file")
+        raise KeyboardInterrupt("power cut")
+
+    monkeypatch.setattr(np, "savez", crashing_savez)
+    with pytest.raises(KeyboardInterrupt):
+        opt.save(path)
+    assert path.read_bytes() == original
+    assert os.listdir(tmp_path) == ["ckpt.npz"]         # the temporary file is gone
+    monkeypatch.undo()
+    restored = make("rmsprop")
+    restored.load(path)
+    assert restored.state[0]["step"] == 0
+
+
+def test_unserialisable_lr_raises_before_writing(tmp_path):
+    opt = fastadapt.SGD([np.zeros(3)], lr=lambda t: 0.1)
+    with pytest.raises(ValueError, match="to_config"):
+        opt.save(tmp_path / "x.npz")
+    assert os.listdir(tmp_path) == []
+
+
+def _misfits(tmp_path):
+    """(description, state dict or path) pairs that must not load into make('adam')."""
+    good = make("adam")
+    train(good, 0, 3)
+    sd = good.state_dict()
+
+    def edited(edit):
+        d = good.state_dict()
+        edit(d)
+        return d
+
+    path = tmp_path / "good.npz"
+    good.save(path)
+    data = path.read_bytes()
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(data[:len(data) // 2])
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(os.urandom(2000))
+    flipped = tmp_path / "flipped.npz"
+    flipped.write_bytes(data.replace(b'"algorithm"', b'"algorithX"'))
+    missing_array = tmp_path / "missing.npz"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(missing_array, "w") as dst:
+        for item in src.infolist():
+            if item.filename != "state.1.exp_avg.npy":
+                dst.writestr(item, src.read(item.filename))
+
+    return [
+        ("other algorithm", make("adamw").state_dict(), "algorithm"),
+        ("other shapes", make("adam", shapes=[(7,), (3, 5), (4, 4, 2), (2,), (0,)]).state_dict(),
+         "shapes"),
+        ("other dtype", make("adam", np.float64).state_dict(), "dtype"),
+        ("missing key", edited(lambda d: d.pop("state")), "missing key 'state'"),
+        ("missing group key", edited(lambda d: d["param_groups"][1].pop("step")), "'step'"),
+        ("missing option", edited(lambda d: d["param_groups"][0]["options"].pop("eps")),
+         "eps"),
+        ("missing state", edited(lambda d: d["state"][1].pop("max_exp_avg_sq")),
+         "missing"),
+        ("unknown state", edited(lambda d: d["state"][0].update(sum=d["params"][0])),
+         "unknown"),
+        ("bad option", edited(lambda d: d["param_groups"][1]["options"].update(eps=-1.0)),
+         "eps"),
+        ("bad schedule", edited(lambda d: d["param_groups"][0]["options"].update(
+            lr={"schedule": {"name": "Nope"}, "state": {}})), "schedule"),
+        ("short array", edited(lambda d: d["state"][1].update(
+            exp_avg=d["state"][1]["exp_avg"][:-1])), "shape"),
+        ("array dtype", edited(lambda d: d["params"].__setitem__(
+            0, d["params"][0].astype(np.float64))), "dtype"),
+        ("group count", edited(lambda d: d["param_groups"].pop()), "one entry per"),
+        ("format", edited(lambda d: d.update(format=99)), "format"),
+        ("truncated file", truncated, "not a readable"),
+        ("garbage file", garbage, "not an .npz file"),
+        ("corrupt metadata", flipped, "not a readable|missing key"),
+        ("missing array", missing_array, "not a readable"),
+    ], sd
+
+
+def test_misfits_raise_and_change_nothing(tmp_path):
+    cases, _ = _misfits(tmp_path)
+    for what, source, match in cases:
+        opt = make("adam")
+        train(opt, 0, 2)
+        before = opt.state_dict()
+        schedule_before = opt.param_groups[0]["lr"]
+        with pytest.raises(ValueError, match=match):
+            if isinstance(source, dict):
+                opt.load_state_dict(source)
+            else:
+                opt.load(source)
+        assert_identical(opt.state_dict(), before), what
+        assert opt.param_groups[0]["lr"] is schedule_before, what
+
+
+def test_missing_file_is_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        make("sgd").load(tmp_path / "nope.npz")
+
+
+def test_checkpoint_holds_everything(tmp_path):
+    opt = make("adagrad", np.float64)
+    train(opt, 0, 4)
+    path = tmp_path / "c.npz"
+    opt.save(path)
+    sd = checkpoint.load(path)
+    assert sd["algorithm"] == "adagrad"
+    g0 = sd["param_groups"][0]
+    assert g0["step"] == 4 and g0["shapes"] == [[7], [3, 5]] and g0["dtype"] == "float64"
+    assert g0["options"]["initial_accumulator_value"] == 0.1
+    assert sd["param_groups"][1]["options"]["lr"] == 0.02
+    np.testing.assert_array_equal(sd["params"][0][:7], opt.params[0])
+    np.testing.assert_array_equal(sd["state"][1]["state_sum"][:32],
+                                  opt.state[1]["state_sum"][0].ravel())

@@ -1,0 +1,63 @@
+"""``fastadapt demo``: the table is complete and shows what it claims to show."""
+import subprocess
+import sys
+
+import pytest
+
+from fastadapt import demo
+
+NAMES = ["SGD", "SGD-momentum", "AdaGrad", "RMSprop", "Adadelta", "Adam", "AdamW"]
+
+
+def _table_rows(out):
+    rows = {}
+    for line in out.splitlines():
+        fields = line.split()
+        if fields and fields[0] in NAMES:
+            rows[fields[0]] = fields
+    return rows
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_table_and_adaptive_methods_beat_sgd(capsys, seed):
+    assert demo.main(["--steps", "150", "--seed", str(seed), "--no-plot"]) == 0
+    out = capsys.readouterr().out
+    rows = _table_rows(out)
+    assert list(rows) == NAMES
+    final = {name: float(fields[2]) for name, fields in rows.items()}
+    for name in demo.ADAPTIVE:
+        assert final[name] < final["SGD"], (name, final)
+    assert "5 of 5 adaptive methods" in out
+    best = min(final, key=final.get)
+    assert f"the best optimizer, {best}," in out
+
+
+def test_learning_rates_are_from_the_grid_and_not_at_its_edge():
+    result = demo.run(steps=100)
+    for row in result["rows"]:
+        assert row["lr"] in demo.LR_GRID
+        assert demo.LR_GRID[0] < row["lr"] < demo.LR_GRID[-1], row["name"]   # grid wide enough
+
+
+def test_without_matplotlib_prints_a_note(capsys, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)      # import matplotlib fails
+    path = tmp_path / "curves.png"
+    assert demo.main(["--steps", "5", "--plot", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "matplotlib is not installed" in out and "SGD-momentum" in out
+    assert not path.exists()
+
+
+def test_plot_written_with_matplotlib(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "curves.png"
+    assert demo.main(["--steps", "5", "--plot", str(path)]) == 0
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert str(path) in capsys.readouterr().out
+
+
+def test_command_line():
+    result = subprocess.run([sys.executable, "-m", "fastadapt", "demo", "--steps", "3",
+                             "--no-plot"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert set(_table_rows(result.stdout)) == set(NAMES)
