@@ -21,7 +21,15 @@ _PARALLEL_LAUNCH = threading.Lock()
 
 
 def _is_device_array(a):
-    return not isinstance(a, np.ndarray) and hasattr(a, "__cuda_array_interface__")
+    """Whether ``a`` lives on a GPU: it exports ``__cuda_array_interface__``
+    (CuPy, Numba), is a torch CUDA tensor (whose interface raises rather than
+    export a tensor that requires grad) or is a Numba device array (the CUDA
+    simulator's have no interface)."""
+    if isinstance(a, np.ndarray):
+        return False
+    if getattr(a, "is_cuda", False) or getattr(a, "__cuda_ndarray__", False):
+        return True
+    return hasattr(a, "__cuda_array_interface__")
 
 
 def _check_host_array(name, a, writes):

@@ -8,7 +8,7 @@ over it harmlessly, since its gradient is zero too).
 """
 import numpy as np
 
-from ._dispatch import SUPPORTED_DTYPES
+from ._dispatch import SUPPORTED_DTYPES, _is_device_array
 
 ALIGN_BYTES = 64
 
@@ -112,19 +112,27 @@ def _size(shape):
 
 
 def _dtype_of(a):
-    return getattr(a, "dtype", np.asarray(a).dtype)
+    if _is_device_array(a):  # torch's dtypes are not NumPy's
+        from . import _cuda
+        return _cuda.dtype_of(a)
+    return np.asarray(a).dtype
 
 
 def _zeros(n, dtype, like):
-    if like is None or isinstance(like, np.ndarray) or not hasattr(like, "__cuda_array_interface__"):
-        return np.zeros(n, dtype)
+    if like is None or not _is_device_array(like):
+        # NumPy only guarantees 16-byte alignment: over-allocate one line and
+        # start on a 64-byte boundary so the segment offsets are absolute.
+        spare = ALIGN_BYTES // dtype.itemsize
+        raw = np.zeros(n + spare, dtype)
+        start = (-raw.ctypes.data % ALIGN_BYTES) // dtype.itemsize
+        return raw[start:start + n]
     from . import _cuda
     return _cuda.zeros(n, dtype, like)
 
 
 def _copy(dst, src):
     if isinstance(dst, np.ndarray):
-        if hasattr(src, "__cuda_array_interface__") and not isinstance(src, np.ndarray):
+        if _is_device_array(src):
             raise ValueError("cannot copy a GPU array into a host FlatBuffer")
         np.copyto(dst, src, casting="same_kind")
         return

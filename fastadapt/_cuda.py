@@ -1,0 +1,283 @@
+"""The GPU side of the dispatcher (imported only when GPU arrays are seen).
+
+``run`` takes the same arguments as ``_dispatch.run`` and applies the same
+checks to arrays that live on an NVIDIA GPU: CuPy arrays, torch CUDA tensors
+(``requires_grad`` ones included: they are updated in place through a
+detached view, as torch.optim does under ``no_grad``), Numba device arrays,
+or anything else exporting ``__cuda_array_interface__``. The arrays are used
+in place with zero copies.
+
+Streams
+-------
+The kernel is queued on the stream the caller's library is using, taken from
+``param``, and the call returns without waiting for it:
+
+- torch tensor: ``torch.cuda.current_stream(param.device)``;
+- CuPy array: ``cupy.cuda.get_current_stream()`` on ``param``'s device;
+- Numba device array: the stream it is bound to (``param.stream``), else the
+  default stream;
+- anything else: the ``stream`` its ``__cuda_array_interface__`` (v3) names,
+  else the default stream.
+
+So work that the caller queued earlier on that stream (computing the
+gradient) is finished before the update reads it, and work queued later sees
+the updated values, without any synchronisation. An update whose arrays come
+from different libraries or streams must be ordered by the caller.
+"""
+import sys
+
+import numpy as np
+
+from ._dispatch import SUPPORTED_DTYPES, _is_device_array, check_no_aliasing
+
+INSTALL_HINT = ('pip install "fastadapt[cuda]" (CUDA 12) or "fastadapt[cuda13]" '
+                "(CUDA 13), which install NVIDIA's numba-cuda")
+
+_state = {}          # "cuda": numba.cuda, "kernels": fastadapt.kernels.cuda
+_multiprocessors = {}  # device ordinal -> SM count
+_empty = {}          # (device, dtype) -> a zero-size device array
+
+
+def _numba_cuda():
+    """``numba.cuda`` from numba-cuda with a usable GPU, or a clear error."""
+    if "cuda" not in _state:
+        try:
+            import numba_cuda  # noqa: F401  (Numba's built-in target is not enough)
+        except ImportError:
+            raise ImportError("fastadapt got GPU arrays but numba-cuda is not installed: "
+                              + INSTALL_HINT) from None
+        from numba import cuda
+        if not cuda.is_available():
+            error = cuda.cuda_error() if hasattr(cuda, "cuda_error") else None
+            raise RuntimeError(f"fastadapt got GPU arrays but CUDA is not usable ({error}); "
+                               "check the NVIDIA driver, or " + INSTALL_HINT)
+        from .kernels import cuda as kernels
+        _state.update(cuda=cuda, kernels=kernels)
+    return _state["cuda"]
+
+
+class _Array:
+    """What the checks need to know of one GPU array, read once."""
+
+    def __init__(self, name, obj, simulator):
+        self.name, self.obj = name, obj
+        self.kind = _kind(obj)
+        if self.kind == "torch" and obj.requires_grad:
+            obj = obj.detach()  # same memory; its interface refuses grad-tracking tensors
+        if simulator and not hasattr(obj, "__cuda_array_interface__"):
+            interface = obj.__array_interface__  # the simulator's arrays are NumPy inside
+        else:
+            interface = obj.__cuda_array_interface__
+        self.interface = interface
+        self.shape = tuple(interface["shape"])
+        self.strides = interface.get("strides")
+        self.dtype = np.dtype(interface["typestr"])
+        self.ptr, self.readonly = interface["data"]
+        self.size = int(np.prod(self.shape, dtype=np.int64))
+        self.nbytes = self.size * self.dtype.itemsize
+
+
+def _kind(obj):
+    torch, cupy = sys.modules.get("torch"), sys.modules.get("cupy")
+    if torch is not None and isinstance(obj, torch.Tensor):
+        return "torch"
+    if cupy is not None and isinstance(obj, cupy.ndarray):
+        return "cupy"
+    if getattr(obj, "__cuda_ndarray__", False):
+        return "numba"
+    return "other"
+
+
+def _c_contiguous(shape, strides, itemsize):
+    if strides is None or 0 in shape:
+        return True
+    expected = itemsize
+    for dim, stride in zip(reversed(shape), reversed(strides)):
+        if dim != 1 and stride != expected:
+            return False
+        expected *= dim
+    return True
+
+
+def _check(a, writes):
+    if a.dtype not in SUPPORTED_DTYPES:
+        if a.dtype.kind == "f" and a.dtype.newbyteorder("=") in SUPPORTED_DTYPES:
+            raise TypeError(f"{a.name} has non-native byte order {a.dtype.str}")
+        raise TypeError(f"{a.name} has unsupported dtype {a.dtype}; "
+                        "fastadapt supports float32 and float64")
+    if not _c_contiguous(a.shape, a.strides, a.dtype.itemsize):
+        raise ValueError(f"{a.name} is not C-contiguous; updates are in place, so pass "
+                         "a contiguous array and keep using that one")
+    if a.ptr % a.dtype.itemsize:
+        raise ValueError(f"{a.name} is not aligned to its dtype")
+    if writes and a.readonly:
+        raise ValueError(f"{a.name} is read-only but the update writes to it")
+
+
+def _device(a, simulator):
+    """The ordinal of the GPU holding ``a`` (None for an empty array)."""
+    if a.size == 0:
+        return None
+    if a.kind == "torch":
+        return a.obj.device.index
+    if a.kind == "cupy":
+        return a.obj.device.id
+    if simulator:
+        return 0
+    from cuda.bindings import driver
+    err, ordinal = driver.cuPointerGetAttribute(
+        driver.CUpointer_attribute.CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, a.ptr)
+    if err != driver.CUresult.CUDA_SUCCESS:
+        raise ValueError(f"{a.name} does not point to GPU memory ({err.name})")
+    return int(ordinal)
+
+
+def _overlaps(a, b):
+    return a.ptr < b.ptr + b.nbytes and b.ptr < a.ptr + a.nbytes
+
+
+def _stream(a, cuda):
+    """The stream to launch on, from the array ``a`` (see the module docstring)."""
+    obj = a.obj
+    if a.kind == "torch":
+        import torch
+        ptr = torch.cuda.current_stream(obj.device).cuda_stream
+    elif a.kind == "cupy":
+        import cupy
+        with cupy.cuda.Device(obj.device.id):
+            ptr = cupy.cuda.get_current_stream().ptr
+    elif a.kind == "numba":
+        return obj.stream or 0
+    else:
+        ptr = a.interface.get("stream") or 0
+        if ptr == 1:   # the interface's name for the legacy default stream
+            ptr = 0
+        elif ptr == 2:  # ... and for the per-thread default stream
+            return cuda.per_thread_default_stream()
+    return cuda.external_stream(ptr) if ptr else 0
+
+
+def _flat(a, cuda, simulator):
+    """A 1-D Numba device array over ``a``'s memory, with no copy."""
+    if simulator and not hasattr(a.obj, "__cuda_array_interface__"):
+        return a.obj.reshape(-1)
+    interface = {"shape": (a.size,), "strides": None, "typestr": a.dtype.str,
+                 "data": (a.ptr, False), "version": 2}
+    return cuda.from_cuda_array_interface(interface, owner=a.obj, sync=False)
+
+
+def run(rule, arrays, written, scalars):
+    """Apply one update of ``rule`` in place to GPU arrays; see ``_dispatch.run``.
+
+    Checks what the host path checks (dtype, shape, C-contiguity, alignment,
+    writeability, aliasing) plus that every array is on one GPU, then queues
+    the rule's kernel on the caller's stream (see the module docstring) and
+    returns without synchronising. Nothing is queued unless every check passed.
+    """
+    cuda = _numba_cuda()
+    kernels = _state["kernels"]
+    simulator = kernels.SIMULATOR
+    present = {name: _Array(name, a, simulator)
+               for name, a in arrays.items() if a is not None}
+    for a in present.values():
+        _check(a, a.name in written)
+    first = next(iter(present.values()))
+    for a in present.values():
+        if a.dtype != first.dtype:
+            raise TypeError(f"{a.name} has dtype {a.dtype} but {first.name} has "
+                            f"{first.dtype}; all arrays of one update must share a dtype")
+        if a.shape != first.shape:
+            raise ValueError(f"{a.name} has shape {a.shape} but {first.name} has {first.shape}")
+    check_no_aliasing(present, _overlaps)
+    devices = {a.name: _device(a, simulator) for a in present.values()}
+    if len(set(devices.values()) - {None}) > 1:
+        where = ", ".join(f"{n} on GPU {d}" for n, d in devices.items() if d is not None)
+        raise ValueError(f"arrays on different GPUs: {where}")
+    if first.size == 0:
+        return
+    device = next(d for d in devices.values() if d is not None)
+    dtype = first.dtype
+    scalars = tuple(dtype.type(s) for s in scalars)
+    with cuda.gpus[device]:
+        stream = _stream(first, cuda)
+        unused = _empty_array(device, dtype, cuda)
+        args = [_flat(present[name], cuda, simulator) if name in present else unused
+                for name in arrays]
+        blocks, threads = kernels.launch_config(first.size, _sm_count(device, cuda))
+        kernels.KERNELS[rule][blocks, threads, stream](*args, scalars)
+
+
+def _sm_count(device, cuda):
+    if device not in _multiprocessors:
+        # The simulator's device has no attributes; one SM keeps its grids small.
+        _multiprocessors[device] = getattr(cuda.get_current_device(),
+                                           "MULTIPROCESSOR_COUNT", 1)
+    return _multiprocessors[device]
+
+
+def _empty_array(device, dtype, cuda):
+    key = (device, dtype)
+    if key not in _empty:
+        _empty[key] = cuda.device_array(0, dtype)
+    return _empty[key]
+
+
+def dtype_of(obj):
+    """The NumPy dtype of a GPU array of any supported kind."""
+    _numba_cuda()
+    return _Array("array", obj, _state["kernels"].SIMULATOR).dtype
+
+
+def zeros(n, dtype, like):
+    """A zero-filled 1-D array of ``n`` elements of the same kind and on the
+    same GPU as ``like`` (torch tensor, CuPy array or Numba device array)."""
+    cuda = _numba_cuda()
+    dtype = np.dtype(dtype)
+    kind = _kind(like)
+    if kind == "torch":
+        import torch
+        return torch.zeros(n, dtype=getattr(torch, dtype.name), device=like.device)
+    if kind == "cupy":
+        import cupy
+        with cupy.cuda.Device(like.device.id):
+            return cupy.zeros(n, dtype)
+    simulator = _state["kernels"].SIMULATOR
+    device = _device(_Array("like", like, simulator), simulator)
+    with cuda.gpus[device or 0]:
+        out = cuda.device_array(n, dtype)
+        if n:
+            from numba.cuda.cudadrv.driver import device_memset
+            device_memset(out, 0, out.nbytes)
+    return out
+
+
+def copy(dst, src):
+    """Copy ``src`` (a host array or a GPU array of any kind) into the GPU
+    array ``dst`` of the same shape, casting as NumPy's ``same_kind`` allows.
+
+    Queued on ``dst``'s library's current stream, like an update.
+    """
+    cuda = _numba_cuda()
+    target = _Array("dst", dst, _state["kernels"].SIMULATOR)
+    on_gpu = _is_device_array(src)
+    if not on_gpu:
+        src = np.asarray(src)
+        if not np.can_cast(src.dtype, target.dtype, "same_kind"):
+            raise TypeError(f"cannot copy {src.dtype} into a {target.dtype} buffer")
+    if target.size == 0:
+        return
+    if target.kind == "torch":
+        import torch
+        dst.copy_(torch.as_tensor(src, device=dst.device))
+    elif target.kind == "cupy":
+        import cupy
+        with cupy.cuda.Device(dst.device.id):
+            dst[...] = cupy.asarray(src)
+    elif on_gpu:
+        source = src if _kind(src) == "numba" else cuda.as_cuda_array(src, sync=False)
+        if source.dtype != target.dtype:
+            raise TypeError(f"cannot copy a {source.dtype} GPU array into a "
+                            f"{target.dtype} Numba device buffer; convert it first")
+        dst.copy_to_device(source)
+    else:
+        dst.copy_to_device(np.asarray(src, dtype=target.dtype, order="C"))

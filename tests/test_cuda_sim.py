@@ -1,0 +1,304 @@
+"""The CUDA backend without a GPU, through Numba's CUDA simulator.
+
+The simulator has to be switched on (``NUMBA_ENABLE_CUDASIM=1``) before
+``numba.cuda`` is first imported, so it cannot be turned on inside an ordinary
+test session. This module therefore has two halves:
+
+- under ``NUMBA_ENABLE_CUDASIM=1`` (``sim`` tests): every rule x configuration
+  of ``optim_cases.CONFIGS`` x dtype x size, run through the CUDA kernels with
+  threads-per-block shrunk to 32 so that several blocks and the grid-stride
+  loop run on tiny arrays, equals the CPU kernels; the dispatcher's GPU checks
+  raise the same errors as the host's; FlatBuffer works on device arrays;
+- in an ordinary run (``host`` tests): ``test_simulator_suite`` runs this
+  module again in a subprocess with the simulator on and asserts that it
+  passes, so the single ``pytest`` command covers it; plus what needs no
+  simulator: the error a GPU array gets without numba-cuda or a driver, and
+  (where NVIDIA's NVVM library is installed) the real CUDA compilation of every
+  kernel, with no float64 instruction in a float32 kernel.
+
+Comparison with the CPU is exact (``array_equal``) in both dtypes, and that is
+not luck: the simulator runs ``math.py`` as Python on NumPy scalars, so each
+``+ - * /`` is one correctly rounded IEEE operation in the arrays' dtype, as in
+the compiled CPU loop (Numba emits no fused multiply-adds without fastmath).
+The one exception is the simulator's own: Python's ``math.sqrt`` returns a
+float64 whatever its argument, where the CUDA (and CPU) target types the
+square root of a float32 as a float32 (``sqrt.rn.f32``). The ``cuda`` fixture
+therefore gives the simulated device functions ``numpy.sqrt``, which keeps its
+argument's dtype and rounds correctly, as the GPU does. (Without it, float32
+Adadelta drifts by a few ulps where ``sqrt(u + eps) / sqrt(v + eps)`` divides
+two float64s.) A real GPU contracts ``a * b + c`` into fused multiply-adds, so
+``test_gpu.py`` compares with tolerances instead.
+"""
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastadapt
+import optim_cases
+
+SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+sim = pytest.mark.skipif(not SIMULATOR, reason="needs NUMBA_ENABLE_CUDASIM=1 before numba.cuda "
+                         "is imported; test_simulator_suite runs these in a subprocess")
+host = pytest.mark.skipif(SIMULATOR, reason="runs outside the simulator")
+
+SHAPES = [(0,), (1,), (7,), (5, 13), (1000,)]   # 65 and 1000 do not divide 32
+STEPS = 3
+DTYPES = [np.float32, np.float64]
+
+
+# ------------------------------------------------------------------ simulator
+@pytest.fixture
+def cuda(monkeypatch):
+    """numba.cuda (the simulator) with launches shrunk to <= 2 blocks of 32
+    threads, and the device functions' square root typed as on the GPU."""
+    from numba import cuda
+    from fastadapt.kernels import cuda as kernels
+    monkeypatch.setattr(kernels, "THREADS_PER_BLOCK", 32)
+    monkeypatch.setattr(kernels, "BLOCKS_PER_SM", 2)   # the simulated GPU has 1 SM
+    device_globals = kernels._elem.adam.fn.__globals__  # shared by every rule
+    monkeypatch.setitem(device_globals, "math", types.SimpleNamespace(sqrt=np.sqrt))
+    return cuda
+
+
+def _assert_same(expected, actual, what):
+    np.testing.assert_array_equal(actual, expected, err_msg=what)
+
+
+@sim
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("name, config", optim_cases.cases())
+def test_matches_cpu(cuda, name, config, dtype):
+    for seed, shape in enumerate(SHAPES):
+        param0, grads = optim_cases.problem(shape, dtype, seed, steps=STEPS)
+        state0 = optim_cases.initial_state(name, config, shape, dtype)
+        param, state = optim_cases.run_steps(
+            fastadapt.RULES[name].step_fn, name, config, param0.copy(),
+            grads, {k: v.copy() for k, v in state0.items()})
+        d_param, d_state = optim_cases.run_steps(
+            fastadapt.RULES[name].step_fn, name, config, cuda.to_device(param0),
+            [cuda.to_device(g) for g in grads],
+            {k: cuda.to_device(v) for k, v in state0.items()})
+        _assert_same(param, d_param.copy_to_host(), f"param, shape {shape}")
+        for k in state:
+            _assert_same(state[k], d_state[k].copy_to_host(), f"{k}, shape {shape}")
+
+
+@sim
+def test_tiny_launches_use_several_blocks_and_strides(cuda):
+    from fastadapt.kernels import cuda as kernels
+    blocks, threads = kernels.launch_config(1000, multiprocessors=1)
+    assert (blocks, threads) == (2, 32)          # 64 threads, 16 strides over 1000
+    assert kernels.launch_config(33, 1) == (2, 32)
+    assert kernels.launch_config(0, 1) == (1, 32)
+
+
+def test_launch_config_full_size():
+    # Pure arithmetic, no CUDA needed: one wave of 8 x 256 threads per SM, capped.
+    pytest.importorskip("numba_cuda")
+    from fastadapt.kernels import cuda as kernels
+    assert kernels.launch_config(10, 132) == (1, 256)
+    assert kernels.launch_config(2 ** 26, 132) == (132 * 8, 256)
+    assert kernels.launch_config(2 ** 33, 132) == (132 * 8, 256)
+
+
+def _adam_arrays(cuda, n=10, dtype=np.float32):
+    """Device param, grad, exp_avg, exp_avg_sq (the moments start at zero)."""
+    rng = np.random.default_rng(0)
+    return [cuda.to_device(rng.standard_normal(n).astype(dtype)) for _ in range(2)] + [
+        cuda.to_device(np.zeros(n, dtype)) for _ in range(2)]
+
+
+@sim
+def test_mixed_host_and_device_is_refused(cuda):
+    param, grad, m, v = _adam_arrays(cuda)
+    with pytest.raises(ValueError, match="mix of host and GPU arrays: grad on the host"):
+        fastadapt.adam_step(param, grad.copy_to_host(), m, v, step=1)
+
+
+@sim
+def test_device_checks(cuda):
+    param, grad, m, v = _adam_arrays(cuda)
+    before = param.copy_to_host()
+    with pytest.raises(TypeError, match="grad has dtype float64 but param has float32"):
+        fastadapt.adam_step(param, cuda.to_device(np.zeros(10)), m, v, step=1)
+    with pytest.raises(TypeError, match="unsupported dtype float16"):
+        fastadapt.adam_step(*(cuda.to_device(np.zeros(10, np.float16)) for _ in range(4)),
+                            step=1)
+    with pytest.raises(ValueError, match=r"exp_avg has shape \(9,\) but param has \(10,\)"):
+        fastadapt.adam_step(param, grad, cuda.to_device(np.zeros(9, np.float32)), v, step=1)
+    with pytest.raises(ValueError, match="exp_avg is not C-contiguous"):
+        fastadapt.adam_step(param, grad, cuda.to_device(np.zeros(20, np.float32))[::2], v,
+                            step=1)
+    buffer = cuda.to_device(np.zeros(20, np.float32))
+    with pytest.raises(ValueError, match="exp_avg and exp_avg_sq share memory"):
+        fastadapt.adam_step(param, grad, buffer[0:10], buffer[9:19], step=1)
+    with pytest.raises(ValueError, match="param and exp_avg share memory"):
+        fastadapt.adam_step(param, grad, param, v, step=1)
+    fastadapt.adam_step(param, grad, buffer[0:10], buffer[10:20], step=1)   # adjacent is fine
+    param.copy_to_device(before)
+    frozen = cuda.to_device(before)
+    frozen._ary.setflags(write=False)   # the simulator's device array is NumPy inside
+    with pytest.raises(ValueError, match="param is read-only"):
+        fastadapt.adam_step(frozen, grad, m, v, step=1)
+    grad._ary.setflags(write=False)     # grad is only read: allowed
+    fastadapt.adam_step(param, grad, m, v, step=1)
+    assert not np.array_equal(param.copy_to_host(), before)
+
+
+@sim
+def test_rejected_call_writes_nothing(cuda):
+    param, grad, m, v = _adam_arrays(cuda)
+    saved = [a.copy_to_host() for a in (param, grad, m, v)]
+    with pytest.raises(ValueError):
+        fastadapt.adam_step(param, grad, m, v, step=1, amsgrad=True, max_exp_avg_sq=m)
+    for a, b in zip((param, grad, m, v), saved):
+        np.testing.assert_array_equal(a.copy_to_host(), b)
+
+
+@sim
+def test_zero_size_is_a_no_op(cuda):
+    empty = [cuda.to_device(np.zeros((0, 3), np.float64)) for _ in range(4)]
+    fastadapt.adam_step(*empty, step=1)
+    fastadapt.sgd_step(*empty[:3], step=1, momentum=0.9)
+
+
+@sim
+def test_numba_stream_is_used(cuda):
+    stream = cuda.stream()
+    param, grad, m, v = _adam_arrays(cuda)
+    from fastadapt import _cuda
+    assert _cuda._stream(_cuda._Array("p", param.bind(stream), True), cuda) is stream
+    assert _cuda._stream(_cuda._Array("p", param, True), cuda) == 0
+
+
+@sim
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_flat_buffer_on_device(cuda, dtype):
+    rng = np.random.default_rng(1)
+    shapes = [(3, 4), (0,), (), (17,)]
+    host = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    grads = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    like = cuda.to_device(np.zeros(1, dtype))
+    buffer = fastadapt.FlatBuffer(shapes, dtype, like=like)
+    assert type(buffer.data) is type(like)
+    np.testing.assert_array_equal(buffer.data.copy_to_host(), 0)
+    buffer.copy_from(host)
+    for view, a in zip(buffer.views, host):
+        assert view.shape == a.shape
+        np.testing.assert_array_equal(view.copy_to_host(), a)
+    device_grads = fastadapt.FlatBuffer.from_arrays([cuda.to_device(g) for g in grads])
+    m, v = buffer.zeros_like(), buffer.zeros_like()
+    fastadapt.adam_step(buffer.data, device_grads.data, m.data, v.data, step=1)
+
+    cpu, cpu_grads = fastadapt.FlatBuffer.from_arrays(host), fastadapt.FlatBuffer.from_arrays(grads)
+    cm, cv = cpu.zeros_like(), cpu.zeros_like()
+    fastadapt.adam_step(cpu.data, cpu_grads.data, cm.data, cv.data, step=1)
+    for device_view, cpu_view in zip(buffer.views, cpu.views):
+        np.testing.assert_array_equal(device_view.copy_to_host(), cpu_view)
+
+
+@sim
+def test_copy_checks(cuda):
+    buffer = fastadapt.FlatBuffer([(4,)], np.float32, like=cuda.to_device(np.zeros(1)))
+    buffer.copy_from([np.arange(4.0)])                      # float64 -> float32: same kind
+    np.testing.assert_array_equal(buffer[0].copy_to_host(), np.arange(4.0))
+    with pytest.raises(TypeError, match="cannot copy complex128"):
+        buffer.copy_from([np.zeros(4, complex)])
+    host = fastadapt.FlatBuffer([(4,)], np.float32)
+    with pytest.raises(ValueError, match="cannot copy a GPU array into a host FlatBuffer"):
+        host.copy_from([cuda.to_device(np.zeros(4, np.float32))])
+
+
+# ------------------------------------------------------------------ ordinary run
+@host
+def test_simulator_suite():
+    """Run the ``sim`` half of this module under the simulator, in a subprocess."""
+    pytest.importorskip("numba_cuda", reason="the CUDA simulator ships with numba-cuda")
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+         str(Path(__file__).resolve())],
+        cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    tail = (result.stdout + result.stderr)[-6000:]
+    assert result.returncode == 0, tail
+    assert " passed" in tail and " failed" not in tail, tail
+
+
+class _FakeGPUArray:
+    """An object that claims to live on a GPU; fastadapt must not touch it."""
+
+    def __init__(self, n=4):
+        self.__cuda_array_interface__ = {"shape": (n,), "typestr": "<f4", "strides": None,
+                                         "data": (0x10000, False), "version": 2}
+
+
+@host
+def test_gpu_array_without_numba_cuda(monkeypatch):
+    from fastadapt import _cuda
+    monkeypatch.setattr(_cuda, "_state", {})
+    monkeypatch.setitem(sys.modules, "numba_cuda", None)   # "import numba_cuda" now fails
+    with pytest.raises(ImportError, match=r'pip install "fastadapt\[cuda\]"'):
+        fastadapt.sgd_step(_FakeGPUArray(), _FakeGPUArray(), step=1)
+
+
+@host
+def test_gpu_array_without_a_driver(monkeypatch):
+    pytest.importorskip("numba_cuda")
+    from numba import cuda
+    if cuda.is_available():
+        pytest.skip("a CUDA GPU is available here")
+    from fastadapt import _cuda
+    monkeypatch.setattr(_cuda, "_state", {})
+    with pytest.raises(RuntimeError, match="CUDA is not usable"):
+        fastadapt.sgd_step(_FakeGPUArray(), _FakeGPUArray(), step=1)
+
+
+def _compile_ptx_or_skip(monkeypatch):
+    """``numba.cuda.compile_ptx`` for sm_90, or skip when NVVM is not installed."""
+    pytest.importorskip("numba_cuda")
+    from numba import cuda, types
+    if not cuda.is_available():
+        # Device functions are compiled for the current device's compute
+        # capability; without a GPU, name one.
+        import numba.cuda.dispatcher as dispatcher
+        if not hasattr(dispatcher, "get_current_device"):
+            pytest.skip("this numba-cuda compiles device functions differently")
+        monkeypatch.setattr(dispatcher, "get_current_device",
+                            lambda: type("Device", (), {"compute_capability": (9, 0)}))
+
+    def compile_ptx(func, sig):
+        return cuda.compile_ptx(func, sig, cc=(9, 0))[0]
+
+    try:
+        compile_ptx(lambda a: None, (types.float32[::1],))
+    except Exception as e:  # NVVM / NVRTC libraries missing: a packaging matter, not ours
+        pytest.skip(f"NVVM unavailable: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+    return compile_ptx
+
+
+@host
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_kernels_compile_for_a_real_gpu(monkeypatch, dtype):
+    """Every kernel types and compiles for sm_90; float32 kernels hold no
+    float64 instruction and every device function is inlined."""
+    import inspect
+    import re
+    compile_ptx = _compile_ptx_or_skip(monkeypatch)
+    from numba import types
+    from fastadapt.kernels import cuda as kernels
+    t = getattr(types, dtype)
+    for name, kernel in kernels.KERNELS.items():
+        n_arrays = len(inspect.signature(kernel.py_func).parameters) - 1
+        n_scalars = {"adam": 12, "sgd": 8, "rmsprop": 11, "adagrad": 4, "adadelta": 6}[name]
+        ptx = compile_ptx(kernel.py_func,
+                          (t[::1],) * n_arrays + (types.UniTuple(t, n_scalars),))
+        assert not re.search(r"\bcall(\.uni)?\b", ptx), f"{name}: a device function was not inlined"
+        if dtype == "float32":
+            assert ".f64" not in ptx, f"{name}: float64 instruction in a float32 kernel"
+        assert "mul.wide" in ptx or "mul.lo.s64" in ptx, f"{name}: 32-bit grid index?"

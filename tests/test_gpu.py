@@ -1,0 +1,253 @@
+"""The CUDA backend on a real NVIDIA GPU (skipped, with the reason, without one).
+
+Against ``torch.optim`` on CUDA (single-tensor path) for every rule x option
+set of ``optim_cases`` x dtype x size, 20 steps; against fastadapt's own CPU
+kernels through Numba device arrays and CuPy arrays; the caller's stream; an
+array of more than 2**31 elements; no recompilation, in process or across
+processes. ``test_cuda_sim.py`` covers the same logic without a GPU.
+
+Tolerances are ``conftest.TOLERANCE`` (64 ulps of the element plus the array's
+scale; its comment has the reasons and the CPU measurements). On the GPU both
+sides also fuse ``a * b + c`` into one rounding (NVVM's and nvcc's default
+contraction), each in its own places, which adds about an ulp per step, inside
+that budget.
+"""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+    pytest.skip("the CUDA simulator is on; these tests need a real GPU",
+                allow_module_level=True)
+pytest.importorskip("numba_cuda", reason="numba-cuda is not installed (fastadapt[cuda])")
+from numba import cuda  # noqa: E402
+
+if not cuda.is_available():
+    pytest.skip("no CUDA GPU or driver", allow_module_level=True)
+
+import fastadapt  # noqa: E402
+from fastadapt.kernels import cuda as kernels  # noqa: E402
+
+import optim_cases as cases  # noqa: E402
+from conftest import DTYPES, SIZES, assert_same_result  # noqa: E402
+
+pytestmark = pytest.mark.gpu
+ALL_CASES = cases.cases()
+dtypes = pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+
+
+def _seed(*parts):
+    return sum(ord(c) * (i + 1) for i, c in enumerate(repr(parts))) % 2**32
+
+
+@pytest.fixture(scope="module")
+def torch():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch was built without CUDA")
+    return torch
+
+
+def _to_host(a):
+    return a.cpu().numpy() if hasattr(a, "cpu") else (
+        a.get() if hasattr(a, "get") else a.copy_to_host())
+
+
+def _run_fastadapt_on(to_device, name, config, param0, grads):
+    """fastadapt's steps on GPU arrays made by ``to_device``; results on the host."""
+    state0 = cases.initial_state(name, config, param0.shape, param0.dtype)
+    param, state = cases.run_steps(
+        fastadapt.RULES[name].step_fn, name, config, to_device(param0),
+        [to_device(g) for g in grads], {k: to_device(v) for k, v in state0.items()})
+    return _to_host(param), {k: _to_host(v) for k, v in state.items()}
+
+
+def _run_torch_cuda(torch, name, config, param0, grads):
+    """torch.optim's single-tensor path (foreach=False) on the GPU."""
+    param = torch.tensor(param0, device="cuda", requires_grad=True)
+    optimizer = getattr(torch.optim, fastadapt.RULES[name].torch_name)(
+        [param], foreach=False, **config)
+    for grad in grads:
+        param.grad = torch.tensor(grad, device="cuda")
+        optimizer.step()
+    to_ours = {v: k for k, v in cases.TORCH_STATE_NAMES.items()}
+    state = {to_ours.get(k, k): v.cpu().numpy() for k, v in optimizer.state[param].items()
+             if k != "step" and v is not None}
+    return param.detach().cpu().numpy(), state
+
+
+# ------------------------------------------------------------------ parity
+@pytest.mark.parametrize("name, config", ALL_CASES)
+@dtypes
+@pytest.mark.parametrize("size", SIZES + [278011], ids=str)
+def test_torch_tensors_match_torch_optim(torch, name, config, dtype, size):
+    param0, grads = cases.problem(size, dtype, _seed(name, config, size))
+    expected = _run_torch_cuda(torch, name, config, param0, grads)
+    actual = _run_fastadapt_on(lambda a: torch.tensor(a, device="cuda"),
+                               name, config, param0, grads)
+    assert_same_result(actual, expected, dtype, f"{name} on torch CUDA tensors vs torch")
+
+
+@pytest.mark.parametrize("name, config", ALL_CASES)
+@dtypes
+def test_numba_device_arrays_match_cpu(name, config, dtype):
+    param0, grads = cases.problem((31, 37), dtype, _seed(name, config))
+    expected = cases.run_fastadapt(name, config, param0, grads)
+    actual = _run_fastadapt_on(cuda.to_device, name, config, param0, grads)
+    assert_same_result(actual, expected, dtype, f"{name} on Numba device arrays vs CPU")
+
+
+@pytest.mark.parametrize("name, config", ALL_CASES)
+@dtypes
+def test_cupy_arrays_match_cpu(name, config, dtype):
+    cupy = pytest.importorskip("cupy")
+    param0, grads = cases.problem(4099, dtype, _seed(name, config))
+    expected = cases.run_fastadapt(name, config, param0, grads)
+    actual = _run_fastadapt_on(cupy.asarray, name, config, param0, grads)
+    assert_same_result(actual, expected, dtype, f"{name} on CuPy arrays vs CPU")
+
+
+def test_parameters_that_require_grad(torch):
+    """A torch Parameter is updated in place, as torch.optim updates it."""
+    param = torch.nn.Parameter(torch.ones(5, device="cuda"))
+    param.grad = torch.full((5,), 2.0, device="cuda")
+    fastadapt.sgd_step(param, param.grad, step=1, lr=0.25)
+    assert torch.equal(param.detach(), torch.full((5,), 0.5, device="cuda"))
+
+
+def test_flat_buffer_of_torch_tensors(torch):
+    arrays = [torch.randn(3, 4, device="cuda"), torch.randn(0, device="cuda"),
+              torch.randn(17, device="cuda")]
+    buffer = fastadapt.FlatBuffer.from_arrays(arrays)
+    assert isinstance(buffer.data, torch.Tensor) and buffer.data.device == arrays[0].device
+    for view, a in zip(buffer.views, arrays):
+        assert torch.equal(view, a)
+    grads = buffer.zeros_like()
+    grads.copy_from([np.ones(tuple(a.shape), np.float32) for a in arrays])   # from the host
+    m, v = buffer.zeros_like(), buffer.zeros_like()
+    fastadapt.adam_step(buffer.data, grads.data, m.data, v.data, step=1, lr=0.5)
+    for view, a in zip(buffer.views, arrays):
+        assert torch.allclose(view, a - 0.5, rtol=0, atol=1e-6)
+
+
+def test_flat_buffer_of_numba_arrays():
+    like = cuda.to_device(np.zeros(1, np.float64))
+    buffer = fastadapt.FlatBuffer([(2, 3), (), (5,)], np.float64, like=like)
+    np.testing.assert_array_equal(buffer.data.copy_to_host(), 0)
+    buffer.copy_from([np.ones((2, 3)), np.float64(2.0), cuda.to_device(np.arange(5.0))])
+    assert buffer[1].copy_to_host() == 2.0
+    np.testing.assert_array_equal(buffer[2].copy_to_host(), np.arange(5.0))
+
+
+# ------------------------------------------------------------------ devices and streams
+def test_mixed_host_and_gpu_arrays_are_refused(torch):
+    param = torch.zeros(4, device="cuda")
+    with pytest.raises(ValueError, match="mix of host and GPU arrays"):
+        fastadapt.sgd_step(param, np.zeros(4, np.float32), step=1)
+
+
+def test_arrays_on_two_gpus_are_refused(torch):
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs")
+    a, b = torch.zeros(4, device="cuda:0"), torch.zeros(4, device="cuda:1")
+    with pytest.raises(ValueError, match="arrays on different GPUs"):
+        fastadapt.sgd_step(a, b, step=1)
+    c = torch.ones(4, device="cuda:1")
+    fastadapt.sgd_step(b, c, step=1, lr=1.0)    # on the second GPU, from any current one
+    assert torch.equal(b.cpu(), -torch.ones(4))
+
+
+def test_torch_current_stream_is_used(torch):
+    """The update is queued on torch's current stream, after the work queued
+    there before it, and the call returns without waiting for that work."""
+    n = 1 << 20
+    param = torch.zeros(n, device="cuda")
+    grad = torch.zeros(n, device="cuda")
+    fastadapt.sgd_step(param, grad, step=1)     # compile outside the timed region
+    torch.cuda.synchronize()
+    side = torch.cuda.Stream()                  # non-blocking w.r.t. the default stream
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(400_000_000)          # hold the side stream for ~0.2 s
+        grad.fill_(1.0)                         # queued behind the sleep
+        fastadapt.sgd_step(param, grad, step=1, lr=1.0)
+        assert not side.query(), "fastadapt waited for the stream"
+    side.synchronize()
+    assert torch.all(param == -1.0), "the update did not run after the fill on torch's stream"
+
+
+def test_numba_stream_is_used():
+    stream = cuda.stream()
+    param = cuda.to_device(np.zeros(1000, np.float32), stream=stream)
+    grad = cuda.to_device(np.ones(1000, np.float32), stream=stream)
+    fastadapt.sgd_step(param, grad, step=1, lr=1.0)
+    stream.synchronize()
+    np.testing.assert_array_equal(param.copy_to_host(), -1.0)
+
+
+def test_cupy_current_stream_is_used():
+    cupy = pytest.importorskip("cupy")
+    param, grad = cupy.zeros(1000, cupy.float32), cupy.ones(1000, cupy.float32)
+    with cupy.cuda.Stream(non_blocking=True) as stream:
+        from fastadapt import _cuda
+        chosen = _cuda._stream(_cuda._Array("param", param, False), cuda)
+        assert int(chosen) == stream.ptr
+        fastadapt.sgd_step(param, grad, step=1, lr=1.0)
+        stream.synchronize()
+        assert (param == -1.0).all()
+
+
+# ------------------------------------------------------------------ size and compilation
+@pytest.mark.slow
+def test_more_than_2_31_elements(torch):
+    """64-bit indexing: every element of a 2**31 + 1029 element fp32 Adam
+    update is written, the last ones included."""
+    n = 2**31 + 1029
+    free, _ = torch.cuda.mem_get_info()
+    need = 4 * n * 4 + n + (1 << 30)            # 4 fp32 arrays, one bool mask, slack
+    if free < need:
+        pytest.skip(f"needs {need / 2**30:.0f} GiB of free GPU memory, {free / 2**30:.0f} free")
+    param = torch.zeros(n, device="cuda")
+    grad = torch.ones(n, device="cuda")
+    m, v = torch.zeros(n, device="cuda"), torch.zeros(n, device="cuda")
+    fastadapt.adam_step(param, grad, m, v, step=1, lr=0.5)
+    expected = np.zeros(1, np.float32)
+    fastadapt.adam_step(expected, np.ones(1, np.float32), np.zeros(1, np.float32),
+                        np.zeros(1, np.float32), step=1, lr=0.5)
+    value = param[0].item()                     # as the CPU computes it, up to contraction
+    assert abs(value - expected[0]) <= 4 * np.spacing(expected[0]), (value, expected[0])
+    assert param[2**31 - 1].item() == param[2**31].item() == param[-1].item() == value
+    assert bool((param == value).all())         # identical inputs, identical outputs
+    del m, v
+    assert bool((grad == 1.0).all())            # read, never written
+
+
+def test_a_second_call_does_not_recompile():
+    args = [cuda.to_device(np.zeros(100, np.float32)) for _ in range(4)]
+    fastadapt.adam_step(*args, step=1)
+    before = {name: len(k.overloads) for name, k in kernels.KERNELS.items()}
+    more = [cuda.to_device(np.zeros(3000, np.float32)) for _ in range(5)]
+    fastadapt.adam_step(*more[:4], step=2, lr=0.1, weight_decay=0.5)
+    fastadapt.adam_step(*more[:4], step=3, amsgrad=True, max_exp_avg_sq=more[4])
+    assert {name: len(k.overloads) for name, k in kernels.KERNELS.items()} == before
+
+
+def test_a_new_process_loads_kernels_from_the_disk_cache(tmp_path):
+    script = textwrap.dedent("""
+        import numpy as np
+        from numba import cuda
+        import fastadapt
+        from fastadapt.kernels import cuda as kernels
+        fastadapt.adam_step(*[cuda.to_device(np.zeros(10, np.float32)) for _ in range(4)],
+                            step=1)
+        print(sum(kernels.KERNELS["adam"].stats.cache_hits.values()))
+    """)
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    runs = [subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                           text=True, timeout=300) for _ in range(2)]
+    for run in runs:
+        assert run.returncode == 0, run.stderr[-3000:]
+    assert runs[0].stdout.split()[-1] == "0" and runs[1].stdout.split()[-1] == "1"
