@@ -22,6 +22,13 @@ from numba.core import caching
 
 from . import math as _math
 
+if __name__ != "fastadapt.kernels.cpu":
+    # From the repository root ``kernels`` is also importable as a top-level
+    # package, but Numba's on-disk cache is keyed by source file, not module,
+    # and a kernel cached under "kernels.cpu" fails to load (ModuleNotFoundError)
+    # in every later process where only fastadapt is importable.
+    raise ImportError(f"import this module as fastadapt.kernels.cpu, not {__name__}")
+
 # Measured on 2 cores (python -m bench.threshold): the parallel region costs
 # about 2 us more than a serial loop, which the serial loop's lack of SIMD
 # repays at a few hundred elements.

@@ -1,0 +1,115 @@
+"""Slow, obviously-correct float64 references for the six functional steps.
+
+Written from the formulas in DESIGN.md and torch.optim's documentation, not
+from ``kernels/math.py``: each function upcasts everything to float64, applies
+the textbook update with whole-array NumPy operations and writes the results
+back into the caller's arrays (rounding once to their dtype). The signatures
+match ``fastadapt``'s functional API, so the tests can drive either through
+one loop. No torch needed.
+"""
+import numpy as np
+
+
+def _f64(*arrays):
+    return [np.asarray(a, dtype=np.float64) for a in arrays]
+
+
+def _direction(param, grad, weight_decay, maximize):
+    g = -grad if maximize else grad
+    return g + weight_decay * param
+
+
+def _adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, betas, eps,
+          weight_decay, amsgrad, maximize, decoupled):
+    beta1, beta2 = betas
+    p, grad, m, v = _f64(param, grad, exp_avg, exp_avg_sq)
+    if decoupled:                       # AdamW: shrink the parameter, no L2 term
+        p = p * (1.0 - lr * weight_decay)
+        g = _direction(p, grad, 0.0, maximize)
+    else:                               # Adam: L2 penalty folded into the gradient
+        g = _direction(p, grad, weight_decay, maximize)
+    m = beta1 * m + (1.0 - beta1) * g
+    v = beta2 * v + (1.0 - beta2) * g ** 2
+    if amsgrad:
+        second = np.maximum(np.asarray(max_exp_avg_sq, np.float64), v)
+        max_exp_avg_sq[...] = second
+    else:
+        second = v
+    m_hat = m / (1.0 - beta1 ** step)
+    v_hat = second / (1.0 - beta2 ** step)
+    # eps outside the square root, added to the bias-corrected sqrt(v): torch's placement
+    param[...] = p - lr * m_hat / (np.sqrt(v_hat) + eps)
+    exp_avg[...], exp_avg_sq[...] = m, v
+
+
+def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, betas=(0.9, 0.999),
+              eps=1e-8, weight_decay=0.0, amsgrad=False, max_exp_avg_sq=None,
+              maximize=False):
+    _adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, betas, eps,
+          weight_decay, amsgrad, maximize, decoupled=False)
+
+
+def adamw_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, betas=(0.9, 0.999),
+               eps=1e-8, weight_decay=1e-2, amsgrad=False, max_exp_avg_sq=None,
+               maximize=False):
+    _adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, betas, eps,
+          weight_decay, amsgrad, maximize, decoupled=True)
+
+
+def sgd_step(param, grad, momentum_buffer=None, *, step, lr=1e-3, momentum=0.0,
+             dampening=0.0, nesterov=False, weight_decay=0.0, maximize=False):
+    p, grad = _f64(param, grad)
+    g = _direction(p, grad, weight_decay, maximize)
+    if momentum != 0:
+        if step == 1:
+            buf = g.copy()
+        else:
+            buf = momentum * np.asarray(momentum_buffer, np.float64) + (1.0 - dampening) * g
+        momentum_buffer[...] = buf
+        g = g + momentum * buf if nesterov else buf
+    param[...] = p - lr * g
+
+
+def rmsprop_step(param, grad, square_avg, *, lr=1e-2, alpha=0.99, eps=1e-8,
+                 weight_decay=0.0, momentum=0.0, momentum_buffer=None, centered=False,
+                 grad_avg=None, maximize=False):
+    p, grad, v = _f64(param, grad, square_avg)
+    g = _direction(p, grad, weight_decay, maximize)
+    v = alpha * v + (1.0 - alpha) * g ** 2
+    square_avg[...] = v
+    if centered:
+        mean = alpha * np.asarray(grad_avg, np.float64) + (1.0 - alpha) * g
+        grad_avg[...] = mean
+        denom = np.sqrt(v - mean ** 2) + eps
+    else:
+        denom = np.sqrt(v) + eps
+    if momentum > 0:
+        buf = momentum * np.asarray(momentum_buffer, np.float64) + g / denom
+        momentum_buffer[...] = buf
+        param[...] = p - lr * buf
+    else:
+        param[...] = p - lr * g / denom
+
+
+def adagrad_step(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0,
+                 weight_decay=0.0, eps=1e-10, maximize=False):
+    p, grad, s = _f64(param, grad, state_sum)
+    g = _direction(p, grad, weight_decay, maximize)
+    clr = lr / (1.0 + (step - 1) * lr_decay)
+    s = s + g ** 2
+    state_sum[...] = s
+    param[...] = p - clr * g / (np.sqrt(s) + eps)
+
+
+def adadelta_step(param, grad, square_avg, acc_delta, *, lr=1.0, rho=0.9, eps=1e-6,
+                  weight_decay=0.0, maximize=False):
+    p, grad, v, u = _f64(param, grad, square_avg, acc_delta)
+    g = _direction(p, grad, weight_decay, maximize)
+    v = rho * v + (1.0 - rho) * g ** 2
+    delta = np.sqrt(u + eps) / np.sqrt(v + eps) * g   # RMS[dx]_{t-1} / RMS[g]_t * g
+    u = rho * u + (1.0 - rho) * delta ** 2
+    param[...], square_avg[...], acc_delta[...] = p - lr * delta, v, u
+
+
+STEPS = {"adam": adam_step, "adamw": adamw_step, "sgd": sgd_step,
+         "rmsprop": rmsprop_step, "adagrad": adagrad_step, "adadelta": adadelta_step}

@@ -1,0 +1,243 @@
+"""The case database: for each rule of ``fastadapt.RULES``, the option sets to try.
+
+In the spirit of torch's ``OptimizerInfo``: the generic tests iterate over
+``CONFIGS`` (every option of every rule, alone and combined) and
+``HYPER_PARAMETERS`` (hypothesis strategies within torch's accepted ranges),
+and run a rule three ways through one loop: fastadapt's functional step, the
+float64 reference in ``naive.py``, and ``torch.optim`` (single-tensor path,
+``foreach=False``). Adding a rule to the registry means adding one entry per
+dict here.
+"""
+import numpy as np
+from hypothesis import strategies as st
+
+import fastadapt
+
+import naive
+
+STEPS = 20   # consecutive steps per comparison, each with a fresh random gradient
+
+# Options that shape the initial state rather than the step itself.
+SETUP_OPTIONS = {"initial_accumulator_value"}
+
+# fastadapt state name -> key in torch.optim's ``optimizer.state[p]``
+TORCH_STATE_NAMES = {"state_sum": "sum"}
+
+CONFIGS = {
+    "adam": [
+        {},
+        {"weight_decay": 0.1},
+        {"amsgrad": True},
+        {"maximize": True},
+        {"betas": (0.0, 0.99)},            # no first moment: lerp weight 1
+        {"betas": (0.4, 0.9), "lr": 0.05},  # 1 - beta1 >= 0.5: lerp's other branch
+        {"amsgrad": True, "weight_decay": 0.3, "maximize": True, "eps": 1e-3, "lr": 0.1},
+    ],
+    "adamw": [
+        {},                                 # weight_decay 1e-2 by default
+        {"weight_decay": 0.0},
+        {"weight_decay": 0.5, "lr": 0.05},
+        {"amsgrad": True},
+        {"maximize": True},
+        {"amsgrad": True, "maximize": True, "weight_decay": 0.2, "betas": (0.5, 0.95)},
+    ],
+    "sgd": [
+        {},
+        {"lr": 0.1, "weight_decay": 0.1},
+        {"maximize": True},
+        {"momentum": 0.9},
+        {"momentum": 0.9, "dampening": 0.5},
+        {"momentum": 0.5, "dampening": 1.0, "lr": 0.1},
+        {"momentum": 0.9, "nesterov": True},
+        {"momentum": 0.8, "nesterov": True, "weight_decay": 0.1, "maximize": True},
+    ],
+    "rmsprop": [
+        {},
+        {"weight_decay": 0.1},
+        {"maximize": True},
+        {"centered": True},
+        {"momentum": 0.9},
+        {"centered": True, "momentum": 0.9},
+        {"alpha": 0.3, "centered": True, "lr": 1e-3},   # 1 - alpha >= 0.5: lerp's other branch
+        {"centered": True, "momentum": 0.5, "weight_decay": 0.2, "maximize": True,
+         "eps": 1e-3, "alpha": 0.9},
+    ],
+    "adagrad": [
+        {},
+        {"lr_decay": 0.05},
+        {"weight_decay": 0.1},
+        {"initial_accumulator_value": 0.5},
+        {"maximize": True},
+        {"lr": 0.1, "lr_decay": 0.01, "weight_decay": 0.2, "eps": 1e-3, "maximize": True,
+         "initial_accumulator_value": 0.1},
+    ],
+    "adadelta": [
+        {},
+        {"rho": 0.5, "lr": 0.5},
+        {"weight_decay": 0.1},
+        {"maximize": True},
+        {"rho": 1.0},                       # frozen averages: delta = sqrt(eps / eps) * g
+        {"rho": 0.0, "eps": 1e-3},
+        {"rho": 0.95, "eps": 1e-4, "weight_decay": 0.3, "maximize": True, "lr": 0.1},
+    ],
+}
+assert CONFIGS.keys() == fastadapt.RULES.keys(), "every rule needs its configurations"
+
+# For each rule, options under which it uses every state array it can take.
+EVERY_STATE = {"adam": {"amsgrad": True}, "adamw": {"amsgrad": True},
+               "sgd": {"momentum": 0.9}, "rmsprop": {"centered": True, "momentum": 0.9},
+               "adagrad": {}, "adadelta": {}}
+for _name, _options in EVERY_STATE.items():
+    assert fastadapt.RULES[_name].state_for(**_options) == fastadapt.RULES[_name].state
+
+
+def config_id(config):
+    return ",".join(f"{k}={v}" for k, v in config.items()) or "defaults"
+
+
+def cases():
+    """(rule name, config) for every configuration, with readable ids."""
+    import pytest
+    return [pytest.param(name, config, id=f"{name}[{config_id(config)}]")
+            for name, configs in CONFIGS.items() for config in configs]
+
+
+# Plausible bugs, each of which the parity test must catch at its tolerance:
+# (id, rule and config torch runs, rule and config fastadapt runs, first step number).
+MUTANTS = [
+    ("adam-coupled-decay", "adamw", {"weight_decay": 0.1}, "adam", {"weight_decay": 0.1}, 1),
+    ("adamw-coupled-decay", "adam", {"weight_decay": 0.1}, "adamw", {"weight_decay": 0.1}, 1),
+    ("adam-beta2", "adam", {}, "adam", {"betas": (0.9, 0.9989)}, 1),
+    ("adam-beta1", "adam", {}, "adam", {"betas": (0.899, 0.999)}, 1),
+    ("adam-step-off-by-one", "adam", {}, "adam", {}, 2),
+    ("adam-eps", "adam", {"eps": 0.1}, "adam", {"eps": 0.105}, 1),
+    ("sgd-dampening", "sgd", {"momentum": 0.9}, "sgd", {"momentum": 0.9, "dampening": 0.01}, 1),
+    ("sgd-nesterov", "sgd", {"momentum": 0.9}, "sgd", {"momentum": 0.9, "nesterov": True}, 1),
+    ("rmsprop-alpha", "rmsprop", {}, "rmsprop", {"alpha": 0.989}, 1),
+    ("rmsprop-centered", "rmsprop", {"centered": True}, "rmsprop", {}, 1),
+    ("adagrad-lr-decay-off-by-one", "adagrad", {"lr_decay": 0.01}, "adagrad",
+     {"lr_decay": 0.01}, 2),
+    ("adagrad-initial-accumulator", "adagrad", {"initial_accumulator_value": 0.1}, "adagrad",
+     {"initial_accumulator_value": 0.11}, 1),
+    ("adadelta-rho", "adadelta", {}, "adadelta", {"rho": 0.899}, 1),
+    ("adadelta-eps", "adadelta", {}, "adadelta", {"eps": 1.1e-6}, 1),
+]
+
+
+# ---------------------------------------------------------------- hypothesis
+def _log_uniform(low_exp, high_exp):
+    return st.floats(low_exp, high_exp).map(lambda e: 10.0 ** e)
+
+
+_unit = st.floats(0.0, 0.999)
+_lr = _log_uniform(-5, 0)
+_eps = _log_uniform(-10, -2)
+_decay = st.floats(0.0, 0.5)
+
+
+@st.composite
+def _sgd_hyper(draw):
+    h = {"lr": draw(_lr), "momentum": draw(st.sampled_from([0.0]) | _unit),
+         "dampening": draw(st.floats(0.0, 1.0)), "weight_decay": draw(_decay),
+         "maximize": draw(st.booleans()), "nesterov": draw(st.booleans())}
+    if h["nesterov"]:                       # torch: momentum > 0 and no dampening
+        h["momentum"] = max(h["momentum"], 0.01)
+        h["dampening"] = 0.0
+    return h
+
+
+# beta2 (and Adadelta's rho) >= 0.1 and Adam's lr <= 0.1: as beta2 goes to 0 the step
+# divides by the latest |grad + weight_decay * param| alone, which can cancel to
+# almost nothing, and with lr ~ 1 and an L2 term the parameter feeds back into that
+# gradient; the trajectory is then chaotic (float64 torch and the float64 reference
+# differ by 1e-10 there), so rounding noise, not a formula, would decide the test.
+_adam_hyper = st.fixed_dictionaries({
+    "lr": _log_uniform(-5, -1), "betas": st.tuples(_unit, st.floats(0.1, 0.9999)), "eps": _eps,
+    "weight_decay": _decay, "amsgrad": st.booleans(), "maximize": st.booleans()})
+
+HYPER_PARAMETERS = {
+    "adam": _adam_hyper,
+    "adamw": _adam_hyper,
+    "sgd": _sgd_hyper(),
+    "rmsprop": st.fixed_dictionaries({
+        # alpha >= 0.5: as alpha goes to 0 the centered variance v - mean**2 becomes a
+        # difference of nearly equal numbers (g*g - g*g at alpha = 0, which fastadapt
+        # computes as exactly 0 while torch's fused multiply-add leaves the rounding
+        # error of g*g, negative half the time: sqrt gives NaN, and after 20 steps
+        # torch's parameter is all NaN). Cancellation, not a formula, would decide.
+        "lr": _lr, "alpha": st.floats(0.5, 0.999), "eps": _eps, "weight_decay": _decay,
+        "momentum": st.sampled_from([0.0]) | _unit, "centered": st.booleans(),
+        "maximize": st.booleans()}),
+    "adagrad": st.fixed_dictionaries({
+        "lr": _lr, "lr_decay": st.floats(0.0, 1.0), "weight_decay": _decay, "eps": _eps,
+        "initial_accumulator_value": st.floats(0.0, 1.0), "maximize": st.booleans()}),
+    "adadelta": st.fixed_dictionaries({
+        "lr": _lr | st.just(1.0), "rho": st.floats(0.1, 1.0), "eps": _eps,
+        "weight_decay": _decay, "maximize": st.booleans()}),
+}
+assert HYPER_PARAMETERS.keys() == fastadapt.RULES.keys()
+
+
+# ---------------------------------------------------------------- running a rule
+def problem(shape, dtype, seed, steps=STEPS):
+    """A random starting parameter and ``steps`` fresh random gradients."""
+    rng = np.random.default_rng(seed)
+    param = rng.standard_normal(shape, dtype=dtype)
+    grads = [rng.standard_normal(shape, dtype=dtype) for _ in range(steps)]
+    return param, grads
+
+
+def step_options(config):
+    """The config without the options that only shape the initial state."""
+    return {k: v for k, v in config.items() if k not in SETUP_OPTIONS}
+
+
+def initial_state(name, config, shape, dtype):
+    """The state arrays the rule uses under ``config``, as torch initialises them."""
+    rule = fastadapt.RULES[name]
+    fill = {"state_sum": config.get("initial_accumulator_value", 0.0)}
+    return {s: np.full(shape, fill.get(s, 0.0), dtype)
+            for s in rule.state_for(**step_options(config))}
+
+
+def run_steps(step_fn, name, config, param, grads, state, first_step=1):
+    """Apply ``step_fn`` (fastadapt's or naive's) once per gradient, in place."""
+    rule = fastadapt.RULES[name]
+    options = step_options(config)
+    for t, grad in enumerate(grads, start=first_step):
+        counter = {"step": t} if rule.takes_step else {}
+        step_fn(param, grad, **state, **options, **counter)
+    return param, state
+
+
+def run_fastadapt(name, config, param0, grads, first_step=1):
+    param, state = param0.copy(), initial_state(name, config, param0.shape, param0.dtype)
+    return run_steps(fastadapt.RULES[name].step_fn, name, config, param, grads, state,
+                     first_step)
+
+
+def run_naive(name, config, param0, grads):
+    """The float64 reference trajectory (inputs upcast, state kept in float64)."""
+    param = param0.astype(np.float64)
+    grads = [g.astype(np.float64) for g in grads]
+    state = initial_state(name, config, param.shape, np.float64)
+    return run_steps(naive.STEPS[name], name, config, param, grads, state)
+
+
+def run_torch(name, config, param0, grads):
+    """torch.optim's single-tensor path (foreach=False) on CPU, same start and gradients.
+
+    Returns the parameter and torch's state buffers under fastadapt's names
+    (``state_sum`` for torch's ``sum``), the step counter left out.
+    """
+    import torch
+    param = torch.tensor(param0, requires_grad=True)
+    optimizer = getattr(torch.optim, fastadapt.RULES[name].torch_name)(
+        [param], foreach=False, **config)
+    for grad in grads:
+        param.grad = torch.tensor(grad)
+        optimizer.step()
+    to_ours = {v: k for k, v in TORCH_STATE_NAMES.items()}
+    state = {to_ours.get(k, k): v.numpy() for k, v in optimizer.state[param].items()
+             if k != "step"}
+    return param.detach().numpy(), state
