@@ -1,0 +1,70 @@
+"""CPU benchmarks, one group per (rule, size): fastadapt, the same-traffic
+roofline, NumPy and torch.optim's single-tensor / foreach / fused paths side
+by side, so pytest-benchmark's table reads as ratios; plus the serial/parallel
+driver threshold and Adam over GPT-2 small's 148 parameter arrays.
+
+The implementations are ``fastadapt.benchmark``'s (the same ones ``fastadapt
+bench`` times, interleaved, for the published table).
+"""
+import numpy as np
+import pytest
+
+from fastadapt.benchmark import IMPLEMENTATIONS, build_all, driver_call, make_problem, size_label
+from fastadapt.benchmark._implementations import GPT2_LABELS, gpt2_adam_steps, gpt2_small_shapes
+from fastadapt.kernels import cpu
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_step(benchmark, rule_config, size, impl, dtype):
+    param, grad = make_problem(size, dtype)
+    steps, unavailable = build_all(rule_config, param, grad, (impl,))
+    if impl in unavailable:
+        pytest.skip(unavailable[impl])
+    step = steps[impl]
+    del param, grad
+    step()
+    nbytes = rule_config.bytes_per_element(dtype.itemsize) * size
+    benchmark.group = f"{rule_config.label} n={size_label(size)} {dtype.name}"
+    benchmark.extra_info.update(bytes_per_step=nbytes, n=size, rule=rule_config.key)
+    benchmark(step)
+    stats = benchmark.stats.stats if benchmark.stats else None
+    if stats is not None:
+        benchmark.extra_info["gbps_median"] = nbytes / stats.median / 1e9
+
+
+@pytest.mark.parametrize("kind", ["serial", "parallel"])
+@pytest.mark.parametrize("n", [128, 256, 512, 1024, 4096],
+                         ids=lambda n: str(n))
+def test_driver_threshold(benchmark, rule_config, n, kind, dtype):
+    """DRIVERS[rule].serial vs .parallel: where the thread pool pays (SERIAL_BELOW)."""
+    param, grad = make_problem(n, dtype)
+    driver, args = driver_call(rule_config, param, grad)
+    kernel = getattr(driver, kind)
+    kernel(*args)
+    benchmark.group = (f"threshold {rule_config.label} n={n} {dtype.name} "
+                       f"(SERIAL_BELOW={cpu.SERIAL_BELOW})")
+    benchmark(kernel, *args)
+
+
+@pytest.fixture(scope="module")
+def gpt2_problem(dtype):
+    shapes = gpt2_small_shapes()
+    numel = sum(int(np.prod(s)) for s in shapes)
+    rng = np.random.default_rng(0)
+    return (shapes, rng.standard_normal(numel, dtype=dtype),
+            rng.standard_normal(numel, dtype=dtype))
+
+
+@pytest.mark.parametrize("impl", list(GPT2_LABELS))
+def test_gpt2_small_adam(benchmark, gpt2_problem, impl, dtype):
+    """Adam over GPT-2 small's 148 arrays: fastadapt.Adam (one flat buffer) vs
+    torch's fused / foreach Adam over the list, and adam_step per array."""
+    shapes, flat_param, flat_grad = gpt2_problem
+    steps, unavailable = gpt2_adam_steps(shapes, flat_param, flat_grad, [impl])
+    if impl in unavailable:
+        pytest.skip(unavailable[impl])
+    step = steps.pop(impl)
+    step()
+    benchmark.group = f"GPT-2 small Adam ({len(shapes)} arrays) {dtype.name}"
+    benchmark.extra_info["label"] = GPT2_LABELS[impl]
+    benchmark.pedantic(step, rounds=7, warmup_rounds=1)

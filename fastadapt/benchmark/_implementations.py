@@ -1,0 +1,283 @@
+"""The implementations the benchmark times, each as a zero-argument ``step()``.
+
+Every builder takes a :class:`~fastadapt.benchmark._configs.Config` and the
+problem's ``param`` and ``grad``, copies them into arrays of its own (zero
+state, as torch starts) and returns a closure taking one optimizer step, the
+way a user of that implementation pays for it: fastadapt's functional step
+with an incrementing step count, the NumPy rival, the same-traffic roofline
+kernel, and ``torch.optim``'s ``.step()`` on one parameter tensor with
+``.grad`` set (single-tensor, foreach and fused paths). A builder that
+cannot run raises :class:`Unavailable` with the reason the table prints.
+"""
+import itertools
+
+import numpy as np
+
+from ..kernels import roofline
+from ._numpy_reference import NUMPY_STEPS, SCRATCH_ARRAYS
+
+#: implementation key -> label in tables and plots
+LABELS = {
+    "fastadapt": "fastadapt",
+    "roofline": "roofline",
+    "numpy": "NumPy",
+    "numpy_alloc": "NumPy, fresh temporaries",
+    "torch_single": "torch single-tensor",
+    "torch_foreach": "torch foreach",
+    "torch_fused": "torch fused",
+}
+TORCH_MODES = {"torch_single": {"foreach": False}, "torch_foreach": {"foreach": True},
+               "torch_fused": {"fused": True}}
+IMPLEMENTATIONS = tuple(LABELS)
+
+
+class Unavailable(Exception):
+    """This implementation cannot run here; ``str(exc)`` says why."""
+
+
+def import_torch():
+    """torch, or Unavailable("torch not installed")."""
+    try:
+        import torch
+    except ImportError:
+        raise Unavailable("torch not installed") from None
+    return torch
+
+
+def fastadapt_step(config, param, grad):
+    p, g = param.copy(), grad.copy()
+    state = {name: np.zeros_like(p) for name in config.state_names}
+    return _functional_closure(config.rule.step_fn, config, p, g, state, {})
+
+
+def numpy_step(config, param, grad):
+    """The NumPy rival with its temporaries allocated once and reused."""
+    p, g = param.copy(), grad.copy()
+    state = {name: np.zeros_like(p) for name in config.state_names}
+    scratch = [np.empty_like(p) for _ in range(SCRATCH_ARRAYS)]
+    return _functional_closure(NUMPY_STEPS[config.rule_name], config, p, g, state,
+                               {"scratch": scratch})
+
+
+def numpy_alloc_step(config, param, grad):
+    """The NumPy rival allocating its temporaries in every call (``np.empty_like``),
+    as a step function that keeps no buffers between calls does."""
+    p, g = param.copy(), grad.copy()
+    state = {name: np.zeros_like(p) for name in config.state_names}
+    return _functional_closure(NUMPY_STEPS[config.rule_name], config, p, g, state, {})
+
+
+def _functional_closure(fn, config, p, g, state, extra):
+    options = {**config.options, **state, **extra}
+    if config.rule.takes_step:
+        counter = itertools.count(1)
+
+        def step():
+            fn(p, g, step=next(counter), **options)
+    else:
+        def step():
+            fn(p, g, **options)
+    step.arrays = (p, g, state)
+    return step
+
+
+def roofline_step(config, param, grad):
+    p, g = param.copy(), grad.copy()
+    state = [np.zeros_like(p) for _ in config.state_names]
+
+    def step():
+        roofline.step(p, g, state)
+    step.arrays = (p, g, state)
+    return step
+
+
+def torch_optimizer(config, tensors, mode):
+    """``torch.optim.<Rule>(tensors, **hyper-parameters, **mode)``, checked by one step.
+
+    Raises Unavailable when torch lacks this path (no fused RMSprop, ...).
+    """
+    torch = import_torch()
+    cls = getattr(torch.optim, config.rule.torch_name)
+    flags = TORCH_MODES[mode]
+    try:
+        opt = cls(tensors, **config.torch_kwargs(), **flags)
+        opt.step()
+    except (TypeError, RuntimeError, ValueError) as exc:
+        flag = next(iter(flags))
+        raise Unavailable(f"no {flag} {cls.__name__} in torch {torch.__version__}") from exc
+    return opt
+
+
+def torch_step(mode):
+    def build(config, param, grad):
+        torch = import_torch()
+        p = torch.from_numpy(param.copy()).requires_grad_()
+        p.grad = torch.from_numpy(grad.copy())
+        opt = torch_optimizer(config, [p], mode)
+        step = opt.step
+        return step
+    build.__name__ = f"{mode}_step"
+    return build
+
+
+BUILDERS = {
+    "fastadapt": fastadapt_step,
+    "roofline": roofline_step,
+    "numpy": numpy_step,
+    "numpy_alloc": numpy_alloc_step,
+    **{mode: torch_step(mode) for mode in TORCH_MODES},
+}
+
+
+def build_all(config, param, grad, names=IMPLEMENTATIONS):
+    """``({name: step}, {name: reason})``: the steps that run and those that cannot."""
+    steps, unavailable = {}, {}
+    for name in names:
+        try:
+            steps[name] = BUILDERS[name](config, param, grad)
+        except Unavailable as exc:
+            unavailable[name] = str(exc)
+    return steps, unavailable
+
+
+# --------------------------------------------------------------------- GPT-2
+def gpt2_small_shapes():
+    """The parameter shapes of GPT-2 small (124M), in the order of its state dict.
+
+    wte, wpe, then for each of 12 layers ln_1 (w, b), attn.c_attn (w, b),
+    attn.c_proj (w, b), ln_2 (w, b), mlp.c_fc (w, b), mlp.c_proj (w, b), then
+    ln_f (w, b): 2 + 12 * 12 + 2 = 148 arrays, 124,439,808 elements.
+    """
+    d, vocab, ctx, layers = 768, 50257, 1024, 12
+    shapes = [(vocab, d), (ctx, d)]
+    for _ in range(layers):
+        shapes += [(d,), (d,),                      # ln_1
+                   (d, 3 * d), (3 * d,),            # attn.c_attn
+                   (d, d), (d,),                    # attn.c_proj
+                   (d,), (d,),                      # ln_2
+                   (d, 4 * d), (4 * d,),            # mlp.c_fc
+                   (4 * d, d), (d,)]                # mlp.c_proj
+    shapes += [(d,), (d,)]                          # ln_f
+    return shapes
+
+
+def _segments(flat, shapes):
+    out, start = [], 0
+    for shape in shapes:
+        size = int(np.prod(shape, dtype=np.int64))
+        out.append(flat[start:start + size].reshape(shape))
+        start += size
+    return out
+
+
+def gpt2_adam_steps(shapes, flat_param, flat_grad, names):
+    """Adam over a model's list of arrays, per implementation.
+
+    ``flat_param`` / ``flat_grad`` hold every array's values concatenated.
+    ``names`` is a subset of ``fastadapt_class`` (``fastadapt.Adam``: one
+    flat buffer, one kernel call), ``fastadapt_per_array`` (``adam_step``
+    called on each array), ``torch_fused`` and ``torch_foreach`` (torch's
+    Adam over the list of tensors). Returns ``({name: step}, {name: reason})``;
+    each builder's arrays are released when its step is.
+    """
+    steps, unavailable = {}, {}
+    for name in names:
+        try:
+            steps[name] = _GPT2_BUILDERS[name](shapes, flat_param, flat_grad)
+        except Unavailable as exc:
+            unavailable[name] = str(exc)
+    return steps, unavailable
+
+
+def _gpt2_fastadapt_class(shapes, flat_param, flat_grad):
+    try:
+        from ..optim import Adam
+    except ImportError:
+        raise Unavailable("optimizer classes not available") from None
+    # np.zeros maps lazily-zeroed pages, so the copy into the flat buffer is cheap
+    opt = Adam([np.zeros(s, flat_param.dtype) for s in shapes])
+    for view, src in zip(opt.params, _segments(flat_param, shapes)):
+        view[...] = src
+    for view, src in zip(opt.grads, _segments(flat_grad, shapes)):
+        view[...] = src
+    step = opt.step
+    return step
+
+
+def _gpt2_fastadapt_per_array(shapes, flat_param, flat_grad):
+    from ..functional import adam_step
+    params = [a.copy() for a in _segments(flat_param, shapes)]
+    grads = [a.copy() for a in _segments(flat_grad, shapes)]
+    moments = [(np.zeros_like(p), np.zeros_like(p)) for p in params]
+    counter = itertools.count(1)
+
+    def step():
+        t = next(counter)
+        for p, g, (m, v) in zip(params, grads, moments):
+            adam_step(p, g, m, v, step=t)
+    step.arrays = (params, grads, moments)
+    return step
+
+
+def _gpt2_torch(mode):
+    def build(shapes, flat_param, flat_grad):
+        torch = import_torch()
+        params = []
+        for p, g in zip(_segments(flat_param, shapes), _segments(flat_grad, shapes)):
+            t = torch.from_numpy(p.copy()).requires_grad_()
+            t.grad = torch.from_numpy(g.copy())
+            params.append(t)
+        from ._configs import BY_KEY
+        return torch_optimizer(BY_KEY["adam"], params, mode).step
+    return build
+
+
+_GPT2_BUILDERS = {
+    "fastadapt_class": _gpt2_fastadapt_class,
+    "fastadapt_per_array": _gpt2_fastadapt_per_array,
+    "torch_fused": _gpt2_torch("torch_fused"),
+    "torch_foreach": _gpt2_torch("torch_foreach"),
+}
+GPT2_LABELS = {
+    "fastadapt_class": "fastadapt.Adam (one flat buffer)",
+    "fastadapt_per_array": "fastadapt.adam_step per array",
+    "torch_fused": "torch Adam fused",
+    "torch_foreach": "torch Adam foreach",
+}
+
+
+# --------------------------------------------------------------------- drivers
+def driver_call(config, param, grad):
+    """The compiled driver and the exact arguments fastadapt's dispatcher gives it.
+
+    Runs the functional step once (step 1) with ``cpu.DRIVERS`` replaced by a
+    recorder, so the arguments are the dispatcher's own (1-D views, scalars
+    cast to the dtype). Returns ``(driver, args)`` where ``driver.serial`` and
+    ``driver.parallel`` are the two compiled loops; the arrays in ``args`` are
+    copies owned by the caller.
+    """
+    from types import SimpleNamespace
+
+    from ..kernels import cpu
+    p, g = param.copy(), grad.copy()
+    state = {name: np.zeros_like(p) for name in config.state_names}
+    captured = []
+
+    def recorder(key):
+        def record(*args):
+            captured.append((key, args))
+        return SimpleNamespace(serial=record, parallel=record)
+    real = dict(cpu.DRIVERS)
+    try:
+        cpu.DRIVERS.update({key: recorder(key) for key in real})
+        kwargs = {**config.options, **state}
+        if config.rule.takes_step:
+            kwargs["step"] = 1
+        config.rule.step_fn(p, g, **kwargs)
+    finally:
+        cpu.DRIVERS.update(real)
+    if len(captured) != 1:
+        raise RuntimeError(f"expected one driver call from {config.rule.step_fn.__name__}, "
+                           f"saw {len(captured)}")
+    key, args = captured[0]
+    return real[key], args

@@ -1,0 +1,128 @@
+"""The machine a run measured: named in every table the benchmark writes."""
+import datetime
+import os
+import platform
+
+import numpy as np
+
+
+def _cpuinfo_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _meminfo(key):
+    """A /proc/meminfo entry in bytes, or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def memory_available():
+    """Bytes the kernel says can be allocated without swapping (None if unknown)."""
+    return _meminfo("MemAvailable")
+
+
+def copy_bandwidth(n=1 << 26, dtype=np.float32, repeats=15):
+    """The machine's copy bandwidth in GB/s: a parallel ``dst[:] = src`` (Numba
+    ``prange``, the same threads as the kernels) over ``n`` elements, counted as
+    one read and one write per element; the median of ``repeats``."""
+    from ..kernels import roofline
+    from ._timing import interleaved
+    src = np.ones(n, dtype)
+    dst = np.zeros(n, dtype)
+    t = interleaved({"copy": lambda: roofline.copy(dst, src)}, budget_s=0.5,
+                    min_rounds=repeats, max_rounds=repeats)["copy"]
+    return 2 * src.nbytes / t.median_s / 1e9
+
+
+def versions():
+    out = {"python": platform.python_version(), "numpy": np.__version__}
+    import numba
+    out["numba"] = numba.__version__
+    try:
+        import torch
+        out["torch"] = torch.__version__
+    except ImportError:
+        out["torch"] = None
+    from .. import __version__
+    out["fastadapt"] = __version__
+    return out
+
+
+def describe(copy_gbps=None):
+    """A dict naming the machine, the software and the thread counts."""
+    import numba
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        affinity = os.cpu_count()
+    info = {
+        "cpu": _cpuinfo_model(),
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": affinity,
+        "memory_bytes": _meminfo("MemTotal"),
+        "platform": platform.platform(),
+        "numba_threads": numba.get_num_threads(),
+        "numba_threading_layer": _threading_layer(),
+        "versions": versions(),
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "copy_gbps": copy_gbps,
+        "load_average_start": machine_load(),
+    }
+    try:
+        import torch
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        info["torch_threads"] = None
+    return info
+
+
+def machine_load():
+    """The 1-minute load average: how busy the machine was (None if unknown)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def _threading_layer():
+    import numba
+    try:
+        return numba.threading_layer()
+    except ValueError:      # no parallel region has run yet
+        return None
+
+
+def one_line(info):
+    mem = info["memory_bytes"]
+    mem = f"{mem / 2**30:.1f} GiB" if mem else "unknown memory"
+    v = info["versions"]
+    torch = f"torch {v['torch']}" if v["torch"] else "torch not installed"
+    copy = f"{info['copy_gbps']:.1f} GB/s" if info.get("copy_gbps") else "not measured"
+    threads = f"numba {info['numba_threads']} threads ({info['numba_threading_layer']})"
+    if info.get("torch_threads"):
+        threads += f", torch {info['torch_threads']} threads"
+    return (f"{info['cpu']}, {info['usable_cpus']} cores, {mem}, copy bandwidth {copy}, "
+            f"load average {load_text(info)}; "
+            f"{threads}; numba {v['numba']}, numpy {v['numpy']}, {torch}, "
+            f"python {v['python']}, fastadapt {v['fastadapt']}; {info['date_utc']}")
+
+
+def load_text(info):
+    """"start 0.1, end 0.3" from the 1-minute load averages a run recorded."""
+    parts = [f"{when} {info[key]:.1f}" for when, key in
+             (("start", "load_average_start"), ("end", "load_average_end"))
+             if info.get(key) is not None]
+    return ", ".join(parts) if parts else "unknown"
