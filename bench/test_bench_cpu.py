@@ -46,9 +46,9 @@ def test_driver_threshold(benchmark, rule_config, n, kind, dtype):
     benchmark(kernel, *args)
 
 
-@pytest.fixture(scope="module")
-def gpt2_problem(dtype):
-    shapes = gpt2_small_shapes()
+@pytest.fixture(scope="module", params=[768, 128], ids=lambda d: f"d_model={d}")
+def gpt2_problem(request, dtype):
+    shapes = gpt2_small_shapes(request.param)
     numel = sum(int(np.prod(s)) for s in shapes)
     rng = np.random.default_rng(0)
     return (shapes, rng.standard_normal(numel, dtype=dtype),
@@ -57,14 +57,17 @@ def gpt2_problem(dtype):
 
 @pytest.mark.parametrize("impl", list(GPT2_LABELS))
 def test_gpt2_small_adam(benchmark, gpt2_problem, impl, dtype):
-    """Adam over GPT-2 small's 148 arrays: fastadapt.Adam (one flat buffer) vs
-    torch's fused / foreach Adam over the list, and adam_step per array."""
+    """Adam over GPT-2 small's 148 arrays (full width, and narrowed to ~10^7
+    elements): fastadapt.Adam (one flat buffer) vs adam_step on one array of the
+    same size (the class's floor), torch's fused / foreach Adam over the list,
+    and adam_step per array."""
     shapes, flat_param, flat_grad = gpt2_problem
     steps, unavailable = gpt2_adam_steps(shapes, flat_param, flat_grad, [impl])
     if impl in unavailable:
         pytest.skip(unavailable[impl])
     step = steps.pop(impl)
     step()
-    benchmark.group = f"GPT-2 small Adam ({len(shapes)} arrays) {dtype.name}"
+    numel = sum(int(np.prod(s)) for s in shapes)
+    benchmark.group = f"GPT-2-shaped Adam ({len(shapes)} arrays, {numel:,} elements) {dtype.name}"
     benchmark.extra_info["label"] = GPT2_LABELS[impl]
     benchmark.pedantic(step, rounds=7, warmup_rounds=1)

@@ -210,6 +210,9 @@ def test_gpt2_small_shapes():
     assert len(shapes) == 148
     assert sum(int(np.prod(s)) for s in shapes) == 124_439_808
     assert shapes[0] == (50257, 768) and shapes[1] == (1024, 768)
+    narrow = gpt2_small_shapes(128)
+    assert len(narrow) == 148
+    assert sum(int(np.prod(s)) for s in narrow) == 8_943_488
 
 
 def test_model_shaped_implementations_agree():
@@ -219,11 +222,11 @@ def test_model_shaped_implementations_agree():
     rng = np.random.default_rng(0)
     flat_param = rng.standard_normal(numel)
     flat_grad = rng.standard_normal(numel)
-    names = ["fastadapt_class", "fastadapt_per_array"] + (
+    names = ["fastadapt_class", "fastadapt_per_array", "fastadapt_one_array"] + (
         ["torch_fused", "torch_foreach"] if torch is not None else [])
     steps, unavailable = gpt2_adam_steps(shapes, flat_param, flat_grad, names)
     assert not unavailable, unavailable
-    for name in ("fastadapt_class", "fastadapt_per_array"):
+    for name in ("fastadapt_class", "fastadapt_per_array", "fastadapt_one_array"):
         steps[name]()                       # torch's builders took a first step already
     for _ in range(2):
         for step in steps.values():
@@ -231,6 +234,7 @@ def test_model_shaped_implementations_agree():
     cls = np.concatenate([p.ravel() for p in steps["fastadapt_class"].__self__.params])
     per_array = np.concatenate([p.ravel() for p in steps["fastadapt_per_array"].arrays[0]])
     np.testing.assert_array_equal(cls, per_array)
+    np.testing.assert_array_equal(cls, steps["fastadapt_one_array"].arrays[0])
     assert not np.array_equal(cls, flat_param)
     if torch is not None:
         opt = steps["torch_fused"].__self__

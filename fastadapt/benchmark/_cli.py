@@ -198,6 +198,9 @@ def _measure(sections, configs, sizes, dtype, budget, min_rounds, quick, retry, 
             budget / 4, min_rounds, progress, retry)
     if "gpt2" in sections:
         data["gpt2"] = _sections.gpt2(dtype, 4 * budget, min_rounds, progress, retry)
+        # the same 148 arrays at ~10^7 elements, where per-array costs weigh more
+        data["gpt2_narrow"] = _sections.gpt2(dtype, 2 * budget, min_rounds, progress, retry,
+                                             d_model=128)
     if "coldstart" in sections:
         data["cold_start"] = _sections.cold_start(dtype, progress)
     if "gpu" in sections:

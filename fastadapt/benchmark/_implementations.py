@@ -141,14 +141,15 @@ def build_all(config, param, grad, names=IMPLEMENTATIONS):
 
 
 # --------------------------------------------------------------------- GPT-2
-def gpt2_small_shapes():
+def gpt2_small_shapes(d=768):
     """The parameter shapes of GPT-2 small (124M), in the order of its state dict.
 
     wte, wpe, then for each of 12 layers ln_1 (w, b), attn.c_attn (w, b),
     attn.c_proj (w, b), ln_2 (w, b), mlp.c_fc (w, b), mlp.c_proj (w, b), then
-    ln_f (w, b): 2 + 12 * 12 + 2 = 148 arrays, 124,439,808 elements.
+    ln_f (w, b): 2 + 12 * 12 + 2 = 148 arrays, 124,439,808 elements. A smaller
+    model width ``d`` keeps the 148 arrays (``d=128``: 8,943,488 elements).
     """
-    d, vocab, ctx, layers = 768, 50257, 1024, 12
+    vocab, ctx, layers = 50257, 1024, 12
     shapes = [(vocab, d), (ctx, d)]
     for _ in range(layers):
         shapes += [(d,), (d,),                      # ln_1
@@ -176,7 +177,8 @@ def gpt2_adam_steps(shapes, flat_param, flat_grad, names):
     ``flat_param`` / ``flat_grad`` hold every array's values concatenated.
     ``names`` is a subset of ``fastadapt_class`` (``fastadapt.Adam``: one
     flat buffer, one kernel call), ``fastadapt_per_array`` (``adam_step``
-    called on each array), ``torch_fused`` and ``torch_foreach`` (torch's
+    called on each array), ``fastadapt_one_array`` (``adam_step`` on one
+    array of the model's total size: no model at all), ``torch_fused`` and ``torch_foreach`` (torch's
     Adam over the list of tensors). Returns ``({name: step}, {name: reason})``;
     each builder's arrays are released when its step is.
     """
@@ -219,6 +221,19 @@ def _gpt2_fastadapt_per_array(shapes, flat_param, flat_grad):
     return step
 
 
+def _gpt2_fastadapt_one_array(shapes, flat_param, flat_grad):
+    """The floor for the class: adam_step on one array of the same total size."""
+    from ..functional import adam_step
+    param, grad = flat_param.copy(), flat_grad.copy()
+    exp_avg, exp_avg_sq = np.zeros_like(param), np.zeros_like(param)
+    counter = itertools.count(1)
+
+    def step():
+        adam_step(param, grad, exp_avg, exp_avg_sq, step=next(counter))
+    step.arrays = (param, grad, exp_avg, exp_avg_sq)
+    return step
+
+
 def _gpt2_torch(mode):
     def build(shapes, flat_param, flat_grad):
         torch = import_torch()
@@ -235,12 +250,14 @@ def _gpt2_torch(mode):
 _GPT2_BUILDERS = {
     "fastadapt_class": _gpt2_fastadapt_class,
     "fastadapt_per_array": _gpt2_fastadapt_per_array,
+    "fastadapt_one_array": _gpt2_fastadapt_one_array,
     "torch_fused": _gpt2_torch("torch_fused"),
     "torch_foreach": _gpt2_torch("torch_foreach"),
 }
 GPT2_LABELS = {
     "fastadapt_class": "fastadapt.Adam (one flat buffer)",
     "fastadapt_per_array": "fastadapt.adam_step per array",
+    "fastadapt_one_array": "fastadapt.adam_step on one array of the same size",
     "torch_fused": "torch Adam fused",
     "torch_foreach": "torch Adam foreach",
 }

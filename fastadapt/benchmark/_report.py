@@ -219,6 +219,12 @@ def targets(data):
     if g and "vs_torch_fused" in g["results"].get("fastadapt_class", {}):
         v = g["results"]["fastadapt_class"]["vs_torch_fused"]
         check("GPT-2 small, fastadapt.Adam: >= 1.0x torch fused Adam", v, v >= 1.0, _x)
+    for model in (g, data.get("gpt2_narrow")):
+        ratio = (model or {}).get("class_over_one_array")
+        if ratio is not None:
+            check(f"{model['arrays']} arrays, {_n(model['elements'])} elements: fastadapt.Adam "
+                  "step <= 1.1x adam_step on one array of that size", ratio, ratio <= 1.1,
+                  lambda v: f"{v:.3f}x")
     return out
 
 
@@ -261,10 +267,9 @@ def sections_text(data):
         out.append((f"Serial vs parallel driver, us per call ({t['dtype']}); SERIAL_BELOW = "
                     f"{t['serial_below']} in kernels/cpu.py, median crossover measured here: "
                     f"{_cross(t['median_crossover'], t)}", threshold_table(t).text()))
-    if data.get("gpt2"):
-        g = data["gpt2"]
-        out.append((f"GPT-2 small shapes, Adam: {g['arrays']} arrays, {g['elements']:,} "
-                    f"elements, {g['dtype']}", gpt2_table(g).text()))
+    for g in filter(None, (data.get("gpt2"), data.get("gpt2_narrow"))):
+        out.append((f"GPT-2 shapes (d_model={g.get('d_model', 768)}), Adam: {g['arrays']} "
+                    f"arrays, {g['elements']:,} elements, {g['dtype']}", gpt2_table(g).text()))
     if data.get("cold_start"):
         c = data["cold_start"]
         out.append((f"Cold start: adam_step on {c['n']:,} {c['dtype']} elements in a fresh "
@@ -289,8 +294,7 @@ def _disturbance_note(data):
     entries = list(data.get("sweep", [])) + list(data.get("per_call", []))
     entries += [{"others_cpu": o} for r in (data.get("threshold") or {}).get("rows", [])
                 for o in r.get("others_cpu", [])]
-    if data.get("gpt2"):
-        entries.append(data["gpt2"])
+    entries += [g for g in (data.get("gpt2"), data.get("gpt2_narrow")) if g]
     marked = sum(1 for e in entries if _star(e))
     if not marked:
         return ""
@@ -374,12 +378,14 @@ def markdown_report(data, plot_path=None, markdown_path=None):
                   f"`SERIAL_BELOW` is {t['serial_below']}; the median crossover measured here "
                   f"is {_cross(t['median_crossover'], t)}. Regenerate with "
                   "`fastadapt bench --threshold`.", "", threshold_table(t).markdown(), ""]
-    if data.get("gpt2"):
-        g = data["gpt2"]
-        lines += ["## A model-shaped step: GPT-2 small", "",
-                  f"Adam over GPT-2 small's {g['arrays']} parameter arrays ({g['elements']:,} "
-                  f"{g['dtype']} elements): fastadapt's optimizer class keeps them in one flat "
-                  "buffer (one kernel call); torch steps the list of tensors.", "",
+    for g in filter(None, (data.get("gpt2"), data.get("gpt2_narrow"))):
+        d = g.get("d_model", 768)
+        lines += [f"## A model-shaped step: GPT-2 small shapes, d_model={d}", "",
+                  f"Adam over the {g['arrays']} parameter arrays of GPT-2 small"
+                  + ("" if d == 768 else f" narrowed to d_model={d}")
+                  + f" ({g['elements']:,} {g['dtype']} elements): fastadapt's optimizer class "
+                  "keeps them in one flat buffer (one kernel call); torch steps the list of "
+                  "tensors; `adam_step` on one array of the same size is the class's floor.", "",
                   gpt2_table(g).markdown(), ""]
     if data.get("cold_start"):
         c = data["cold_start"]

@@ -166,13 +166,16 @@ def threshold(configs, sizes, dtype, budget_s, min_rounds, progress, retry):
 
 
 # ----------------------------------------------------------------- GPT-2
-GPT2_ORDER = ("fastadapt_class", "torch_fused", "fastadapt_per_array", "torch_foreach")
+GPT2_ORDER = ("fastadapt_class", "fastadapt_one_array", "torch_fused", "fastadapt_per_array",
+              "torch_foreach")
 
 
-def gpt2(dtype, budget_s, min_rounds, progress, retry, names=GPT2_ORDER):
+def gpt2(dtype, budget_s, min_rounds, progress, retry, names=GPT2_ORDER, d_model=768):
     """Adam over GPT-2 small's 148 parameter arrays: fastadapt's optimizer class
-    (one flat buffer) against torch's fused Adam over the list of tensors."""
-    shapes = gpt2_small_shapes()
+    (one flat buffer) against torch's fused Adam over the list of tensors, and
+    against ``adam_step`` on one array of the same total size (the class's
+    floor). ``d_model`` narrows the model and keeps its 148 arrays."""
+    shapes = gpt2_small_shapes(d_model)
     numel = sum(int(np.prod(s)) for s in shapes)
     itemsize = np.dtype(dtype).itemsize
     per_impl = 4 * numel * itemsize          # param, grad, exp_avg, exp_avg_sq
@@ -186,7 +189,7 @@ def gpt2(dtype, budget_s, min_rounds, progress, retry, names=GPT2_ORDER):
     if available is not None:
         while chosen and sources + per_impl * len(chosen) > 0.75 * available:
             chosen.pop()
-    out = {"arrays": len(shapes), "elements": numel, "dtype": np.dtype(dtype).name,
+    out = {"arrays": len(shapes), "elements": numel, "d_model": d_model, "dtype": np.dtype(dtype).name,
            "bytes_per_step": BY_KEY["adam"].bytes_per_element(itemsize) * numel, "results": {}, "unavailable": {}}
     for name in names:
         if name not in chosen:
@@ -195,7 +198,7 @@ def gpt2(dtype, budget_s, min_rounds, progress, retry, names=GPT2_ORDER):
                                         else "not enough free memory for it as well")
     if not chosen:
         return out
-    progress(f"GPT-2 small: {len(shapes)} arrays, {_fmt_n(numel)} elements, "
+    progress(f"GPT-2 (d_model={d_model}): {len(shapes)} arrays, {_fmt_n(numel)} elements, "
              f"{per_impl * len(chosen) / 2**30:.1f} GiB for {len(chosen)} implementations")
     rng = np.random.default_rng(0)
     flat_param = rng.standard_normal(numel, dtype=np.dtype(dtype))
@@ -212,11 +215,14 @@ def gpt2(dtype, budget_s, min_rounds, progress, retry, names=GPT2_ORDER):
     for name, t in timings.items():
         out["results"][name] = {**t.as_dict(), "ms": t.median_s * 1e3,
                                 "gbps": out["bytes_per_step"] / t.median_s / 1e9}
+    if "fastadapt_class" in timings and "fastadapt_one_array" in timings:
+        out["class_over_one_array"] = (timings["fastadapt_class"].median_s
+                                       / timings["fastadapt_one_array"].median_s)
     base = timings.get("torch_fused")
     if base is not None:
         for name, t in timings.items():
             out["results"][name]["vs_torch_fused"] = base.median_s / t.median_s
-    progress("GPT-2 small Adam: " + ", ".join(
+    progress(f"GPT-2 (d_model={d_model}) Adam: " + ", ".join(
         f"{GPT2_LABELS[n]} {r['ms']:.1f} ms" for n, r in out["results"].items()))
     return out
 
