@@ -166,14 +166,16 @@ def _flat(a, cuda, simulator):
     return cuda.from_cuda_array_interface(interface, owner=a.obj, sync=False)
 
 
-def run(rule, arrays, written, scalars):
-    """Apply one update of ``rule`` in place to GPU arrays; see ``_dispatch.run``.
+def prepare(update):
+    """Check an update's GPU arrays; return its ``launch(scalars)``. See
+    ``_dispatch.prepare``.
 
     Checks what the host path checks (dtype, shape, C-contiguity, alignment,
-    writeability, aliasing) plus that every array is on one GPU, then queues
-    the rule's kernel on the caller's stream (see the module docstring) and
-    returns without synchronising. Nothing is queued unless every check passed.
+    writeability, aliasing) plus that every array is on one GPU. Each launch
+    queues the rule's kernel on the caller's current stream (looked up per
+    launch; see the module docstring) and returns without synchronising.
     """
+    rule, arrays, written = update.rule, update.arrays, update.written
     cuda = _numba_cuda()
     kernels = _state["kernels"]
     simulator = kernels.SIMULATOR
@@ -194,17 +196,25 @@ def run(rule, arrays, written, scalars):
         where = ", ".join(f"{n} on GPU {d}" for n, d in devices.items() if d is not None)
         raise ValueError(f"arrays on different GPUs: {where}")
     if first.size == 0:
-        return
+        return _no_op
     device = next(d for d in devices.values() if d is not None)
     dtype = first.dtype
-    scalars = tuple(dtype.type(s) for s in scalars)
     with cuda.gpus[device]:
-        stream = _stream(first, cuda)
         unused = _empty_array(device, dtype, cuda)
         args = [_flat(present[name], cuda, simulator) if name in present else unused
                 for name in arrays]
         blocks, threads = kernels.launch_config(first.size, _sm_count(device, cuda))
-        kernels.KERNELS[rule][blocks, threads, stream](*args, scalars)
+    kernel = kernels.KERNELS[rule]
+
+    def launch(scalars):
+        scalars = tuple(dtype.type(s) for s in scalars)
+        with cuda.gpus[device]:
+            kernel[blocks, threads, _stream(first, cuda)](*args, scalars)
+    return launch
+
+
+def _no_op(scalars):
+    pass
 
 
 def _sm_count(device, cuda):

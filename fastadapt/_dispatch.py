@@ -1,12 +1,14 @@
 """The boundary between the public API and the kernels.
 
-``run`` checks the caller's arrays once (type, dtype, shape, contiguity,
-writeability, aliasing), picks the backend from where they live and calls the
-driver with 1-D views and the scalars cast to the arrays' dtype. Nothing is
+``prepare`` checks the caller's arrays once (type, dtype, shape, contiguity,
+writeability, aliasing), picks the backend from where they live and returns a
+launch that calls the driver with 1-D views and the scalars cast to the
+arrays' dtype; ``run`` does both. Nothing is
 written until every check has passed, so a rejected call leaves the caller's
 arrays as they were.
 """
 import threading
+from typing import NamedTuple
 
 import numpy as np
 
@@ -52,16 +54,34 @@ def _check_host_array(name, a, writes):
         raise ValueError(f"{name} is read-only but the update writes to it")
 
 
-def run(rule, arrays, written, scalars):
-    """Apply one update of ``rule`` in place: the single place a backend is chosen.
+class Update(NamedTuple):
+    """One planned update: what a functional step would apply.
 
     ``arrays`` maps argument names to arrays in the driver's order, with
-    ``None`` for state an option does not use; ``written`` names the arrays the
-    update writes; ``scalars`` are the rule's host-computed scalars (floats,
-    flags as bools), cast here to the arrays' dtype. Raises TypeError /
-    ValueError naming the offending argument before anything is written.
+    ``None`` for state an option does not use; ``written`` names the arrays
+    the update writes; ``scalars`` are the rule's host-computed scalars
+    (floats, flags as bools), cast to the arrays' dtype at launch.
     """
-    present = {name: a for name, a in arrays.items() if a is not None}
+    rule: str
+    arrays: dict
+    written: frozenset
+    scalars: tuple
+
+
+def run(update):
+    """Apply ``update`` in place (checks, then one kernel call)."""
+    prepare(update)(update.scalars)
+
+
+def prepare(update):
+    """Check ``update``'s arrays once; return ``launch(scalars)``, which applies
+    the rule to exactly those arrays with fresh scalars and checks nothing.
+
+    This is the single place a backend is chosen. Raises TypeError /
+    ValueError naming the offending argument. The optimizer classes keep the
+    launch of their own (unchanging) buffers, so a step re-checks nothing.
+    """
+    present = {name: a for name, a in update.arrays.items() if a is not None}
     device = [_is_device_array(a) for a in present.values()]
     if any(device):
         if not all(device):
@@ -70,22 +90,33 @@ def run(rule, arrays, written, scalars):
             raise ValueError(f"mix of host and GPU arrays: {', '.join(host)} on the "
                              f"host, {', '.join(gpu)} on the GPU")
         from . import _cuda  # imported only when GPU arrays are seen
-        return _cuda.run(rule, arrays, written, scalars)
+        return _cuda.prepare(update)
 
-    flat = _prepare_host(present, written)
-    n = flat[next(iter(flat))].size
-    if n == 0:
-        return
-    dtype = flat[next(iter(flat))].dtype
+    flat = _prepare_host(present, update.written)
+    first = flat[next(iter(flat))]
+    if first.size == 0:
+        return _no_op
+    dtype = first.dtype
     unused = np.empty(0, dtype)
-    args = [flat.get(name, unused) for name in arrays]
-    scalars = np.array(scalars, dtype)
-    driver = cpu.DRIVERS[rule]
-    if n < cpu.SERIAL_BELOW:
-        driver.serial(*args, scalars)
+    args = [flat.get(name, unused) for name in update.arrays]
+    driver = cpu.DRIVERS[update.rule]
+    if first.size < cpu.SERIAL_BELOW:
+        serial = driver.serial
+
+        def launch(scalars):
+            serial(*args, np.array(scalars, dtype))
     else:
-        with _PARALLEL_LAUNCH:
-            driver.parallel(*args, scalars)
+        parallel = driver.parallel
+
+        def launch(scalars):
+            scalars = np.array(scalars, dtype)
+            with _PARALLEL_LAUNCH:
+                parallel(*args, scalars)
+    return launch
+
+
+def _no_op(scalars):
+    pass
 
 
 def _prepare_host(arrays, written):

@@ -8,12 +8,24 @@ Per-step scalars (bias corrections, the decayed learning rate) are computed here
 in float64 and cast once to the arrays' dtype; all element math runs in that
 dtype. A call that raises has changed nothing.
 """
+import functools
 import math
 
-from ._dispatch import run
+from ._dispatch import Update, run
 
 __all__ = ["adam_step", "adamw_step", "sgd_step", "rmsprop_step",
            "adagrad_step", "adadelta_step"]
+
+
+def _in_place(plan):
+    """The public step from a function that plans it: the step checks the
+    arguments, then applies the update. ``step.plan`` returns the checked
+    hyper-parameters and arrays as an :class:`Update` without applying it."""
+    @functools.wraps(plan)
+    def step(*args, **kwargs):
+        run(plan(*args, **kwargs))
+    step.plan = plan
+    return step
 
 
 def _check(name, value, low=0.0, high=math.inf, low_open=False, high_open=False):
@@ -60,7 +72,7 @@ def _adam_like(name, param, grad, exp_avg, exp_avg_sq, step, lr, betas, eps,
     bias_correction1 = 1.0 - beta1 ** step
     bias_correction2 = 1.0 - beta2 ** step
     one_minus_beta1 = 1.0 - beta1
-    run("adam",
+    return Update("adam",
         {"param": param, "grad": grad, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq,
          "max_exp_avg_sq": max_exp_avg_sq if amsgrad else None},
         written={"param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"},
@@ -72,6 +84,7 @@ def _adam_like(name, param, grad, exp_avg, exp_avg_sq, step, lr, betas, eps,
                  -lr / bias_correction1, bool(amsgrad)))
 
 
+@_in_place
 def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, betas=(0.9, 0.999),
               eps=1e-8, weight_decay=0.0, amsgrad=False, max_exp_avg_sq=None,
               maximize=False):
@@ -98,10 +111,11 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, betas=(0.9, 0.
         Use the running maximum of ``exp_avg_sq`` (Reddi et al., 2018); needs
         ``max_exp_avg_sq``, which is updated in place.
     """
-    _adam_like("adam_step", param, grad, exp_avg, exp_avg_sq, step, lr, betas, eps,
+    return _adam_like("adam_step", param, grad, exp_avg, exp_avg_sq, step, lr, betas, eps,
                weight_decay, amsgrad, max_exp_avg_sq, maximize, decoupled=False)
 
 
+@_in_place
 def adamw_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, betas=(0.9, 0.999),
                eps=1e-8, weight_decay=1e-2, amsgrad=False, max_exp_avg_sq=None,
                maximize=False):
@@ -111,10 +125,11 @@ def adamw_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, betas=(0.9, 0
     ``param = param * (1 - lr * weight_decay)`` first, and no L2 term is added
     to ``g``.
     """
-    _adam_like("adamw_step", param, grad, exp_avg, exp_avg_sq, step, lr, betas, eps,
+    return _adam_like("adamw_step", param, grad, exp_avg, exp_avg_sq, step, lr, betas, eps,
                weight_decay, amsgrad, max_exp_avg_sq, maximize, decoupled=True)
 
 
+@_in_place
 def sgd_step(param, grad, momentum_buffer=None, *, step, lr=1e-3, momentum=0.0,
              dampening=0.0, nesterov=False, weight_decay=0.0, maximize=False):
     r"""One SGD step with optional momentum, in place; torch.optim.SGD's semantics.
@@ -142,7 +157,7 @@ def sgd_step(param, grad, momentum_buffer=None, *, step, lr=1e-3, momentum=0.0,
     use_momentum = momentum != 0
     if use_momentum and momentum_buffer is None:
         raise ValueError("sgd_step(momentum != 0) needs momentum_buffer")
-    run("sgd",
+    return Update("sgd",
         {"param": param, "grad": grad,
          "momentum_buffer": momentum_buffer if use_momentum else None},
         written={"param", "momentum_buffer"},
@@ -150,6 +165,7 @@ def sgd_step(param, grad, momentum_buffer=None, *, step, lr=1e-3, momentum=0.0,
                  use_momentum, step == 1, bool(nesterov)))
 
 
+@_in_place
 def rmsprop_step(param, grad, square_avg, *, lr=1e-2, alpha=0.99, eps=1e-8,
                  weight_decay=0.0, momentum=0.0, momentum_buffer=None, centered=False,
                  grad_avg=None, maximize=False):
@@ -186,7 +202,7 @@ def rmsprop_step(param, grad, square_avg, *, lr=1e-2, alpha=0.99, eps=1e-8,
     if centered and grad_avg is None:
         raise ValueError("rmsprop_step(centered=True) needs grad_avg")
     one_minus_alpha = 1.0 - alpha
-    run("rmsprop",
+    return Update("rmsprop",
         {"param": param, "grad": grad, "square_avg": square_avg,
          "grad_avg": grad_avg if centered else None,
          "momentum_buffer": momentum_buffer if use_momentum else None},
@@ -196,6 +212,7 @@ def rmsprop_step(param, grad, square_avg, *, lr=1e-2, alpha=0.99, eps=1e-8,
                  bool(centered), use_momentum))
 
 
+@_in_place
 def adagrad_step(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0,
                  weight_decay=0.0, eps=1e-10, maximize=False):
     r"""One AdaGrad step (Duchi et al., 2011), in place; torch.optim.Adagrad's semantics.
@@ -216,11 +233,12 @@ def adagrad_step(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0,
     weight_decay = _check("weight_decay", weight_decay)
     eps = _check("eps", eps)
     clr = lr / (1 + (step - 1) * lr_decay)
-    run("adagrad", {"param": param, "grad": grad, "state_sum": state_sum},
+    return Update("adagrad", {"param": param, "grad": grad, "state_sum": state_sum},
         written={"param", "state_sum"},
         scalars=(_sign(maximize), weight_decay, eps, -clr))
 
 
+@_in_place
 def adadelta_step(param, grad, square_avg, acc_delta, *, lr=1.0, rho=0.9, eps=1e-6,
                   weight_decay=0.0, maximize=False):
     r"""One Adadelta step (Zeiler, 2012), in place; torch.optim.Adadelta's semantics.
@@ -238,7 +256,7 @@ def adadelta_step(param, grad, square_avg, acc_delta, *, lr=1.0, rho=0.9, eps=1e
     rho = _check("rho", rho, 0.0, 1.0)
     eps = _check("eps", eps)
     weight_decay = _check("weight_decay", weight_decay)
-    run("adadelta",
+    return Update("adadelta",
         {"param": param, "grad": grad, "square_avg": square_avg, "acc_delta": acc_delta},
         written={"param", "square_avg", "acc_delta"},
         scalars=(_sign(maximize), weight_decay, rho, 1.0 - rho, eps, -lr))

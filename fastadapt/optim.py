@@ -34,6 +34,7 @@ import operator
 import numpy as np
 
 from . import checkpoint as _ckpt
+from ._dispatch import prepare
 from .flat import FlatBuffer
 from .rules import RULES
 from .schedules import from_config, resolve_lr
@@ -46,7 +47,7 @@ CHECKPOINT_FORMAT = 1
 class _GroupBuffers:
     """The flat buffers behind one parameter group."""
 
-    __slots__ = ("param", "grad", "state", "steps", "validated")
+    __slots__ = ("param", "grad", "state", "steps", "validated", "_launch", "_launch_arrays")
 
     def __init__(self, param):
         self.param = param                  # FlatBuffer of the parameters
@@ -54,6 +55,19 @@ class _GroupBuffers:
         self.state = {}                     # state name -> FlatBuffer
         self.steps = 0                      # completed steps
         self.validated = None               # the options last checked (lr excluded)
+        self._launch = None                 # the checked kernel launch over these buffers
+        self._launch_arrays = ()            # ... and the arrays it was checked for
+
+    def apply(self, update):
+        """Apply a planned update, checking the arrays only when they differ
+        from last step's (the buffers are the optimizer's own; they change only
+        when an option adds a state buffer or a checkpoint replaces one)."""
+        arrays = [a for a in update.arrays.values() if a is not None]
+        if len(arrays) != len(self._launch_arrays) or any(
+                a is not b for a, b in zip(arrays, self._launch_arrays)):
+            self._launch = prepare(update)
+            self._launch_arrays = arrays
+        self._launch(update.scalars)
 
 
 class Optimizer:
@@ -243,9 +257,10 @@ class Optimizer:
             self._set_grads(grads)
         calls = [self._prepare(i, g, b)
                  for i, (g, b) in enumerate(zip(self.param_groups, self._groups))]
-        step_fn = self.rule.step_fn
-        for b, (param, grad, kwargs) in zip(self._groups, calls):
-            step_fn(param, grad, **kwargs)
+        plan = self.rule.step_fn.plan
+        updates = [plan(param, grad, **kwargs) for param, grad, kwargs in calls]
+        for b, update in zip(self._groups, updates):
+            b.apply(update)
             b.steps += 1
 
     def _prepare(self, index, group, buffers):

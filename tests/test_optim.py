@@ -7,6 +7,7 @@ random gradients, float32 and float64: parameters and every state buffer must
 match torch.optim's single-tensor path (``foreach=False``) within the
 per-dtype tolerance of ``conftest.TOLERANCE`` (its comment gives the reasons).
 """
+import inspect
 import math
 
 import numpy as np
@@ -101,14 +102,16 @@ def test_input_arrays_are_copied_not_updated():
 
 
 def _count_kernel_calls(monkeypatch):
+    """Record every call of a compiled CPU driver: (rule, {argument: size})."""
+    from fastadapt.kernels import cpu
     calls = []
-    real = fastadapt.functional.run
-
-    def counting(rule, arrays, *args, **kwargs):
-        calls.append((rule, {k: None if a is None else a.size for k, a in arrays.items()}))
-        return real(rule, arrays, *args, **kwargs)
-
-    monkeypatch.setattr(fastadapt.functional, "run", counting)
+    for rule, driver in cpu.DRIVERS.items():
+        for kind in ("serial", "parallel"):
+            def counting(*args, _real=getattr(driver, kind), _rule=rule):
+                names = inspect.signature(_real.py_func).parameters
+                calls.append((_rule, {k: a.size for k, a in zip(names, args)}))
+                return _real(*args)
+            monkeypatch.setattr(driver, kind, counting)
     return calls
 
 
