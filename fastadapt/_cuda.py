@@ -28,7 +28,7 @@ import sys
 
 import numpy as np
 
-from ._dispatch import SUPPORTED_DTYPES, _is_device_array, check_no_aliasing
+from ._dispatch import SUPPORTED_DTYPES, _is_device_array, check_no_aliasing, no_op
 
 INSTALL_HINT = ('pip install "fastadapt[cuda]" (CUDA 12) or "fastadapt[cuda13]" '
                 "(CUDA 13), which install NVIDIA's numba-cuda")
@@ -196,7 +196,7 @@ def prepare(update):
         where = ", ".join(f"{n} on GPU {d}" for n, d in devices.items() if d is not None)
         raise ValueError(f"arrays on different GPUs: {where}")
     if first.size == 0:
-        return _no_op
+        return no_op
     device = next(d for d in devices.values() if d is not None)
     dtype = first.dtype
     with cuda.gpus[device]:
@@ -211,10 +211,6 @@ def prepare(update):
         with cuda.gpus[device]:
             kernel[blocks, threads, _stream(first, cuda)](*args, scalars)
     return launch
-
-
-def _no_op(scalars):
-    pass
 
 
 def _sm_count(device, cuda):

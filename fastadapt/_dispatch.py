@@ -3,9 +3,8 @@
 ``prepare`` checks the caller's arrays once (type, dtype, shape, contiguity,
 writeability, aliasing), picks the backend from where they live and returns a
 launch that calls the driver with 1-D views and the scalars cast to the
-arrays' dtype; ``run`` does both. Nothing is
-written until every check has passed, so a rejected call leaves the caller's
-arrays as they were.
+arrays' dtype; ``run`` does both. Nothing is written until every check has
+passed, so a rejected call leaves the caller's arrays as they were.
 """
 import threading
 from typing import NamedTuple
@@ -79,7 +78,7 @@ def prepare(update):
 
     This is the single place a backend is chosen. Raises TypeError /
     ValueError naming the offending argument. The optimizer classes keep the
-    launch of their own (unchanging) buffers, so a step re-checks nothing.
+    launch of their own (unchanging) buffers, so a step does not re-check them.
     """
     present = {name: a for name, a in update.arrays.items() if a is not None}
     device = [_is_device_array(a) for a in present.values()]
@@ -95,7 +94,7 @@ def prepare(update):
     flat = _prepare_host(present, update.written)
     first = flat[next(iter(flat))]
     if first.size == 0:
-        return _no_op
+        return no_op
     dtype = first.dtype
     unused = np.empty(0, dtype)
     args = [flat.get(name, unused) for name in update.arrays]
@@ -115,8 +114,8 @@ def prepare(update):
     return launch
 
 
-def _no_op(scalars):
-    pass
+def no_op(scalars):
+    """The launch of an update over zero-size arrays."""
 
 
 def _prepare_host(arrays, written):

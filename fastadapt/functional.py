@@ -72,7 +72,8 @@ def _adam_like(name, param, grad, exp_avg, exp_avg_sq, step, lr, betas, eps,
     bias_correction1 = 1.0 - beta1 ** step
     bias_correction2 = 1.0 - beta2 ** step
     one_minus_beta1 = 1.0 - beta1
-    return Update("adam",
+    return Update(
+        "adam",
         {"param": param, "grad": grad, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq,
          "max_exp_avg_sq": max_exp_avg_sq if amsgrad else None},
         written={"param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"},
@@ -111,8 +112,9 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, betas=(0.9, 0.
         Use the running maximum of ``exp_avg_sq`` (Reddi et al., 2018); needs
         ``max_exp_avg_sq``, which is updated in place.
     """
-    return _adam_like("adam_step", param, grad, exp_avg, exp_avg_sq, step, lr, betas, eps,
-               weight_decay, amsgrad, max_exp_avg_sq, maximize, decoupled=False)
+    return _adam_like("adam_step", param, grad, exp_avg, exp_avg_sq, step, lr, betas,
+                      eps, weight_decay, amsgrad, max_exp_avg_sq, maximize,
+                      decoupled=False)
 
 
 @_in_place
@@ -125,8 +127,9 @@ def adamw_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, betas=(0.9, 0
     ``param = param * (1 - lr * weight_decay)`` first, and no L2 term is added
     to ``g``.
     """
-    return _adam_like("adamw_step", param, grad, exp_avg, exp_avg_sq, step, lr, betas, eps,
-               weight_decay, amsgrad, max_exp_avg_sq, maximize, decoupled=True)
+    return _adam_like("adamw_step", param, grad, exp_avg, exp_avg_sq, step, lr, betas,
+                      eps, weight_decay, amsgrad, max_exp_avg_sq, maximize,
+                      decoupled=True)
 
 
 @_in_place
@@ -157,7 +160,8 @@ def sgd_step(param, grad, momentum_buffer=None, *, step, lr=1e-3, momentum=0.0,
     use_momentum = momentum != 0
     if use_momentum and momentum_buffer is None:
         raise ValueError("sgd_step(momentum != 0) needs momentum_buffer")
-    return Update("sgd",
+    return Update(
+        "sgd",
         {"param": param, "grad": grad,
          "momentum_buffer": momentum_buffer if use_momentum else None},
         written={"param", "momentum_buffer"},
@@ -202,7 +206,8 @@ def rmsprop_step(param, grad, square_avg, *, lr=1e-2, alpha=0.99, eps=1e-8,
     if centered and grad_avg is None:
         raise ValueError("rmsprop_step(centered=True) needs grad_avg")
     one_minus_alpha = 1.0 - alpha
-    return Update("rmsprop",
+    return Update(
+        "rmsprop",
         {"param": param, "grad": grad, "square_avg": square_avg,
          "grad_avg": grad_avg if centered else None,
          "momentum_buffer": momentum_buffer if use_momentum else None},
@@ -233,7 +238,8 @@ def adagrad_step(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0,
     weight_decay = _check("weight_decay", weight_decay)
     eps = _check("eps", eps)
     clr = lr / (1 + (step - 1) * lr_decay)
-    return Update("adagrad", {"param": param, "grad": grad, "state_sum": state_sum},
+    return Update(
+        "adagrad", {"param": param, "grad": grad, "state_sum": state_sum},
         written={"param", "state_sum"},
         scalars=(_sign(maximize), weight_decay, eps, -clr))
 
@@ -256,7 +262,8 @@ def adadelta_step(param, grad, square_avg, acc_delta, *, lr=1.0, rho=0.9, eps=1e
     rho = _check("rho", rho, 0.0, 1.0)
     eps = _check("eps", eps)
     weight_decay = _check("weight_decay", weight_decay)
-    return Update("adadelta",
+    return Update(
+        "adadelta",
         {"param": param, "grad": grad, "square_avg": square_avg, "acc_delta": acc_delta},
         written={"param", "square_avg", "acc_delta"},
         scalars=(_sign(maximize), weight_decay, rho, 1.0 - rho, eps, -lr))
