@@ -8,6 +8,7 @@ over it harmlessly, since its gradient is zero too).
 """
 import numpy as np
 
+from . import _args
 from ._dispatch import SUPPORTED_DTYPES, _is_device_array
 
 ALIGN_BYTES = 64
@@ -49,7 +50,7 @@ class FlatBuffer:
             end += -(-int(np.prod(shape, dtype=np.int64)) // align) * align
         self._like = like
         self.data = _zeros(end, dtype, like)
-        self.views = [self.data[o:o + _size(s)].reshape(s)
+        self.views = [self.data[o:o + _args.size(s)].reshape(s)
                       for o, s in zip(self.offsets, self.shapes)]
 
     @classmethod
@@ -91,7 +92,7 @@ class FlatBuffer:
     @property
     def numel(self):
         """Elements in the segments, padding excluded."""
-        return sum(_size(s) for s in self.shapes)
+        return sum(_args.size(s) for s in self.shapes)
 
     def __len__(self):
         return len(self.views)
@@ -105,10 +106,6 @@ class FlatBuffer:
     def __repr__(self):
         return (f"FlatBuffer({len(self.shapes)} arrays, {self.numel} elements, "
                 f"dtype={self.dtype}, {self.data.size - self.numel} padding)")
-
-
-def _size(shape):
-    return int(np.prod(shape, dtype=np.int64))
 
 
 def _dtype_of(a):

@@ -1,17 +1,28 @@
-"""Per-element update math, one plain Python function per rule.
+"""Per-element update math, one plain Python function per kernel.
 
-Each function takes the current values of one element (parameter, gradient and
-state) plus host-computed scalars of the same dtype, and returns the new values.
-The CPU driver compiles them with ``numba.njit(inline="always")`` and the CUDA
-driver with ``numba.cuda.jit(device=True)``; neither driver knows the algorithm.
+A function's signature is its interface, read by ``loops.py`` and by the
+dispatcher: it takes ``param``, ``grad`` and the rule's state arrays (in the
+order of the rule's declaration in ``fastadapt/rules.py``) as element values,
+then the host-computed scalars by name, flags annotated ``: bool``. It returns
+the new ``param`` and the new value of every state array, in that order. A
+state array that an option turns off arrives as a placeholder and its result
+is not stored, so the function may return it unchanged.
 
-The order of operations follows torch.optim's single-tensor path (``lerp`` for
-running means, ``addcmul``'s ``(value * a) * b``, ``addcdiv``'s
-``(value * a) / b``) so float32 results round as torch's do wherever torch does
-not use fused multiply-adds. No literal numbers appear here: a Python number
-mixed with float32 promotes the expression to float64 in Numba.
+The functions use a small vocabulary bound per target by :func:`compile_with`:
+``sqrt``, ``maximum``, ``where(condition, a, b)`` and ``sign`` (torch.sign's:
+0 at 0, NaN at NaN). Bound to scalar functions they compile into the CPU and
+CUDA drivers; bound to NumPy's ufuncs the same source updates whole arrays.
+So a branch on an element value is written with ``where``; ``if`` is for
+flags only (uniform over the loop).
+
+The order of operations follows torch.optim's single-tensor path (``lerp``
+for running means, ``addcmul``'s ``(value * a) * b``, ``addcdiv``'s
+``(value * a) / b``) so float32 results round as torch's do wherever torch
+does not use fused multiply-adds. No literal numbers appear here: a Python
+number mixed with float32 promotes the expression to float64 in Numba.
 """
 import math
+import types
 
 
 def lerp(start, end, weight, weight_minus_one, weight_is_small):
@@ -23,8 +34,8 @@ def lerp(start, end, weight, weight_minus_one, weight_is_small):
 
 def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq,
          grad_sign, weight_decay, decay_factor, one_minus_beta1, neg_beta1,
-         one_minus_beta1_is_small, beta2, one_minus_beta2, bias_correction2_sqrt, eps,
-         neg_step_size, amsgrad):
+         one_minus_beta1_is_small: bool, beta2, one_minus_beta2, bias_correction2_sqrt,
+         eps, neg_step_size, amsgrad: bool):
     """Adam, AdamW and AMSGrad.
 
     Adam's L2 decay arrives as ``weight_decay``; AdamW's decoupled decay as
@@ -38,16 +49,16 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq,
     v = exp_avg_sq * beta2 + one_minus_beta2 * g * g
     vmax = max_exp_avg_sq
     if amsgrad:
-        vmax = max(vmax, v)
-        denom = math.sqrt(vmax) / bias_correction2_sqrt + eps
+        vmax = maximum(vmax, v)
+        denom = sqrt(vmax) / bias_correction2_sqrt + eps
     else:
-        denom = math.sqrt(v) / bias_correction2_sqrt + eps
+        denom = sqrt(v) / bias_correction2_sqrt + eps
     return p + neg_step_size * m / denom, m, v, vmax
 
 
 def sgd(param, grad, momentum_buffer,
         grad_sign, weight_decay, momentum, one_minus_dampening, neg_lr,
-        use_momentum, first_step, nesterov):
+        use_momentum: bool, first_step: bool, nesterov: bool):
     """SGD with optional momentum, dampening and Nesterov momentum.
 
     On the first step the momentum buffer is set to the gradient, as torch does.
@@ -69,7 +80,8 @@ def sgd(param, grad, momentum_buffer,
 
 def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer,
             grad_sign, weight_decay, alpha, one_minus_alpha, neg_alpha,
-            one_minus_alpha_is_small, eps, momentum, neg_lr, centered, use_momentum):
+            one_minus_alpha_is_small: bool, eps, momentum, neg_lr,
+            centered: bool, use_momentum: bool):
     """RMSprop, plain or centered, with or without momentum."""
     g = grad * grad_sign
     g = g + weight_decay * param
@@ -77,9 +89,9 @@ def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer,
     ga = grad_avg
     if centered:
         ga = lerp(grad_avg, g, one_minus_alpha, neg_alpha, one_minus_alpha_is_small)
-        avg = math.sqrt(v - ga * ga) + eps
+        avg = sqrt(v - ga * ga) + eps
     else:
-        avg = math.sqrt(v) + eps
+        avg = sqrt(v) + eps
     buf = momentum_buffer
     if use_momentum:
         buf = buf * momentum + g / avg
@@ -94,7 +106,7 @@ def adagrad(param, grad, state_sum, grad_sign, weight_decay, eps, neg_clr):
     g = grad * grad_sign
     g = g + weight_decay * param
     s = state_sum + g * g
-    return param + neg_clr * g / (math.sqrt(s) + eps), s
+    return param + neg_clr * g / (sqrt(s) + eps), s
 
 
 def adadelta(param, grad, square_avg, acc_delta,
@@ -103,28 +115,69 @@ def adadelta(param, grad, square_avg, acc_delta,
     g = grad * grad_sign
     g = g + weight_decay * param
     v = square_avg * rho + one_minus_rho * g * g
-    delta = math.sqrt(acc_delta + eps) / math.sqrt(v + eps) * g
+    delta = sqrt(acc_delta + eps) / sqrt(v + eps) * g
     u = acc_delta * rho + one_minus_rho * delta * delta
     return param + neg_lr * delta, v, u
 
 
-RULES = (adam, sgd, rmsprop, adagrad, adadelta)
+# ----------------------------------------------------------------- vocabulary
+def scalar_where(condition, a, b):
+    """``a if condition else b`` for one element (both already evaluated)."""
+    if condition:
+        return a
+    return b
 
 
-def compile_with(decorator):
-    """Compile ``lerp`` and every rule with ``decorator`` (a Numba jit).
+def scalar_sign(x):
+    """torch.sign of one element: -1 or 1 in ``x``'s dtype, +0 at zero, NaN at NaN."""
+    if x != x or x == -x:           # NaN, or a zero of either sign
+        return x - x                # NaN, or +0
+    magnitude = abs(x)
+    if magnitude - magnitude == magnitude - magnitude:   # finite
+        one = magnitude / magnitude
+    else:
+        one = math.tanh(magnitude)                       # exactly 1 at infinity
+    return math.copysign(one, x)
 
-    Returns a namespace of compiled functions. Each rule is rebuilt around a
-    copy of this module's globals in which ``lerp`` is the compiled helper, so
-    the CPU and CUDA targets can each compile their own copy from one source.
+
+HELPERS = ("lerp",)
+VOCABULARY = ("sqrt", "maximum", "where", "sign")
+
+#: The vocabulary of the compiled scalar targets (CPU and CUDA); the helpers
+#: written in Python here are compiled with the target's element jit.
+SCALAR_VOCABULARY = {"sqrt": math.sqrt, "maximum": max,
+                     "where": scalar_where, "sign": scalar_sign}
+
+
+def kernel_names():
+    """The names of the kernels: every public function of this module taking ``param``."""
+    import inspect
+    return tuple(name for name, f in globals().items()
+                 if inspect.isfunction(f) and not name.startswith("_")
+                 and name not in HELPERS and name not in VOCABULARY
+                 and not name.startswith("scalar_") and f.__module__ == __name__
+                 and tuple(inspect.signature(f).parameters)[:2] == ("param", "grad"))
+
+
+def compile_with(decorator, vocabulary, names=None):
+    """Compile the helpers and the kernels ``names`` with ``decorator``.
+
+    ``vocabulary`` binds ``sqrt``, ``maximum``, ``where`` and ``sign``; a
+    plain Python function in it is compiled with ``decorator`` too (so a
+    target's helpers inline like the math). Each function is rebuilt around a
+    copy of this module's globals holding the compiled names, so each target
+    compiles its own copy from one source. Returns a namespace of compiled
+    functions.
     """
-    import types
-
-    compiled_lerp = decorator(lerp)
-    namespace = dict(globals(), lerp=compiled_lerp)
-    out = {"lerp": compiled_lerp}
-    for rule in RULES:
-        code = types.FunctionType(rule.__code__, namespace, rule.__name__,
-                                  rule.__defaults__, rule.__closure__)
-        out[rule.__name__] = decorator(code)
+    namespace = dict(globals())
+    out = {}
+    for word in VOCABULARY:
+        f = vocabulary[word]
+        if isinstance(f, types.FunctionType) and f.__module__ == __name__:
+            f = decorator(types.FunctionType(f.__code__, namespace, f.__name__))
+        namespace[word] = out[word] = f
+    for name in HELPERS + tuple(names if names is not None else kernel_names()):
+        f = globals()[name]
+        f = types.FunctionType(f.__code__, namespace, name, f.__defaults__, f.__closure__)
+        namespace[name] = out[name] = decorator(f)
     return types.SimpleNamespace(**out)
