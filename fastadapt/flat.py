@@ -9,7 +9,7 @@ over it harmlessly, since its gradient is zero too).
 import numpy as np
 
 from . import _args
-from ._dispatch import SUPPORTED_DTYPES, _is_device_array
+from ._arrays import SUPPORTED_DTYPES, is_device_array
 
 ALIGN_BYTES = 64
 
@@ -109,14 +109,14 @@ class FlatBuffer:
 
 
 def _dtype_of(a):
-    if _is_device_array(a):  # torch's dtypes are not NumPy's
+    if is_device_array(a):  # torch's dtypes are not NumPy's
         from . import _cuda
         return _cuda.dtype_of(a)
     return np.asarray(a).dtype
 
 
 def _zeros(n, dtype, like):
-    if like is None or not _is_device_array(like):
+    if like is None or not is_device_array(like):
         # NumPy only guarantees 16-byte alignment: over-allocate one line and
         # start on a 64-byte boundary so the segment offsets are absolute.
         spare = ALIGN_BYTES // dtype.itemsize
@@ -129,7 +129,7 @@ def _zeros(n, dtype, like):
 
 def _copy(dst, src):
     if isinstance(dst, np.ndarray):
-        if _is_device_array(src):
+        if is_device_array(src):
             raise ValueError("cannot copy a GPU array into a host FlatBuffer")
         np.copyto(dst, src, casting="same_kind")
         return
