@@ -200,7 +200,7 @@ def _adam_scalars(decoupled):
                 "beta2": beta2, "one_minus_beta2": 1.0 - beta2,
                 "bias_correction2_sqrt": math.sqrt(1.0 - beta2 ** t),
                 "eps": o["eps"], "neg_step_size": -lr / (1.0 - beta1 ** t),
-                "amsgrad": o["amsgrad"]}
+                "amsgrad": o["amsgrad"], "l2": not decoupled and wd != 0}
     return scalars
 
 
@@ -239,7 +239,7 @@ SGD = Rule(
     lambda o, t: {"weight_decay": o["weight_decay"], "momentum": o["momentum"],
                   "one_minus_dampening": 1.0 - o["dampening"], "neg_lr": -o["lr"],
                   "use_momentum": o["momentum"] != 0, "first_step": t == 1,
-                  "nesterov": o["nesterov"]},
+                  "nesterov": o["nesterov"], "l2": o["weight_decay"] != 0},
     """\
 g = -grad if maximize else grad
 g = g + weight_decay * param
@@ -264,7 +264,8 @@ RMSPROP = Rule(
     lambda o, t: {"weight_decay": o["weight_decay"], "alpha": o["alpha"],
                   **_lerp_weight("alpha", 1.0 - o["alpha"]), "eps": o["eps"],
                   "momentum": o["momentum"], "neg_lr": -o["lr"],
-                  "centered": o["centered"], "use_momentum": o["momentum"] > 0},
+                  "centered": o["centered"], "use_momentum": o["momentum"] > 0,
+                  "l2": o["weight_decay"] != 0},
     """\
 g = -grad if maximize else grad
 g = g + weight_decay * param
@@ -291,7 +292,8 @@ ADAGRAD = Rule(
      _with(_EPS, default=1e-10), _MAXIMIZE),
     (State("state_sum", init="initial_accumulator_value", doc="torch's ``sum``"),),
     lambda o, t: {"weight_decay": o["weight_decay"], "eps": o["eps"],
-                  "neg_clr": -o["lr"] / (1.0 + (t - 1.0) * o["lr_decay"])},
+                  "neg_clr": -o["lr"] / (1.0 + (t - 1.0) * o["lr_decay"]),
+                  "l2": o["weight_decay"] != 0},
     """\
 g = -grad if maximize else grad
 g = g + weight_decay * param
@@ -308,7 +310,8 @@ ADADELTA = Rule(
      _with(_EPS, default=1e-6), _WD, _MAXIMIZE),
     (State("square_avg"), State("acc_delta")),
     lambda o, t: {"weight_decay": o["weight_decay"], "rho": o["rho"],
-                  "one_minus_rho": 1.0 - o["rho"], "eps": o["eps"], "neg_lr": -o["lr"]},
+                  "one_minus_rho": 1.0 - o["rho"], "eps": o["eps"], "neg_lr": -o["lr"],
+                  "l2": o["weight_decay"] != 0},
     """\
 g = -grad if maximize else grad
 g = g + weight_decay * param

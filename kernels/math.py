@@ -15,6 +15,10 @@ CUDA drivers; bound to NumPy's ufuncs the same source updates whole arrays.
 So a branch on an element value is written with ``where``; ``if`` is for
 flags only (uniform over the loop).
 
+The L2 term ``weight_decay * param`` is added only under the flag ``l2``
+(``weight_decay != 0``), as torch skips it: ``0 * inf`` would turn an
+infinite parameter into NaN.
+
 The order of operations follows torch.optim's single-tensor path (``lerp``
 for running means, ``addcmul``'s ``(value * a) * b``, ``addcdiv``'s
 ``(value * a) / b``) so float32 results round as torch's do wherever torch
@@ -35,7 +39,7 @@ def lerp(start, end, weight, weight_minus_one, weight_is_small):
 def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq,
          grad_sign, weight_decay, decay_factor, one_minus_beta1, neg_beta1,
          one_minus_beta1_is_small: bool, beta2, one_minus_beta2, bias_correction2_sqrt,
-         eps, neg_step_size, amsgrad: bool):
+         eps, neg_step_size, amsgrad: bool, l2: bool):
     """Adam, AdamW and AMSGrad.
 
     Adam's L2 decay arrives as ``weight_decay``; AdamW's decoupled decay as
@@ -44,7 +48,8 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq,
     """
     g = grad * grad_sign
     p = param * decay_factor
-    g = g + weight_decay * p
+    if l2:
+        g = g + weight_decay * p
     m = lerp(exp_avg, g, one_minus_beta1, neg_beta1, one_minus_beta1_is_small)
     v = exp_avg_sq * beta2 + one_minus_beta2 * g * g
     vmax = max_exp_avg_sq
@@ -58,13 +63,14 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq,
 
 def sgd(param, grad, momentum_buffer,
         grad_sign, weight_decay, momentum, one_minus_dampening, neg_lr,
-        use_momentum: bool, first_step: bool, nesterov: bool):
+        use_momentum: bool, first_step: bool, nesterov: bool, l2: bool):
     """SGD with optional momentum, dampening and Nesterov momentum.
 
     On the first step the momentum buffer is set to the gradient, as torch does.
     """
     g = grad * grad_sign
-    g = g + weight_decay * param
+    if l2:
+        g = g + weight_decay * param
     buf = momentum_buffer
     if use_momentum:
         if first_step:
@@ -81,15 +87,21 @@ def sgd(param, grad, momentum_buffer,
 def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer,
             grad_sign, weight_decay, alpha, one_minus_alpha, neg_alpha,
             one_minus_alpha_is_small: bool, eps, momentum, neg_lr,
-            centered: bool, use_momentum: bool):
+            centered: bool, use_momentum: bool, l2: bool):
     """RMSprop, plain or centered, with or without momentum."""
     g = grad * grad_sign
-    g = g + weight_decay * param
+    if l2:
+        g = g + weight_decay * param
     v = square_avg * alpha + one_minus_alpha * g * g
     ga = grad_avg
     if centered:
         ga = lerp(grad_avg, g, one_minus_alpha, neg_alpha, one_minus_alpha_is_small)
-        avg = sqrt(v - ga * ga) + eps
+        var = v - ga * ga
+        # torch's addcmul(v, ga, ga, value=-1) fuses the multiply-add: when v has
+        # overflowed to inf and the square of a finite ga overflows too, it gives
+        # inf (an exact product), where the rounded product gives inf - inf = NaN.
+        var = where(var != var, where(ga - ga == ga - ga, v, var), var)
+        avg = sqrt(var) + eps
     else:
         avg = sqrt(v) + eps
     buf = momentum_buffer
@@ -101,19 +113,21 @@ def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer,
     return p, v, ga, buf
 
 
-def adagrad(param, grad, state_sum, grad_sign, weight_decay, eps, neg_clr):
+def adagrad(param, grad, state_sum, grad_sign, weight_decay, eps, neg_clr, l2: bool):
     """AdaGrad; ``neg_clr = -lr / (1 + (t - 1) * lr_decay)``."""
     g = grad * grad_sign
-    g = g + weight_decay * param
+    if l2:
+        g = g + weight_decay * param
     s = state_sum + g * g
     return param + neg_clr * g / (sqrt(s) + eps), s
 
 
 def adadelta(param, grad, square_avg, acc_delta,
-             grad_sign, weight_decay, rho, one_minus_rho, eps, neg_lr):
+             grad_sign, weight_decay, rho, one_minus_rho, eps, neg_lr, l2: bool):
     """Adadelta."""
     g = grad * grad_sign
-    g = g + weight_decay * param
+    if l2:
+        g = g + weight_decay * param
     v = square_avg * rho + one_minus_rho * g * g
     delta = sqrt(acc_delta + eps) / sqrt(v + eps) * g
     u = acc_delta * rho + one_minus_rho * delta * delta
