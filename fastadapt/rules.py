@@ -102,7 +102,7 @@ class Rule:
     """
 
     def __init__(self, name, torch_name, kernel, hyper, state, scalars, pseudocode,
-                 summary, takes_step=True, check=None, notes="", in_torch=True):
+                 summary, takes_step=True, check=None, notes="", in_torch=True, bench=None):
         self.name, self.torch_name, self.kernel = name, torch_name, kernel
         self.hyper = tuple(hyper)
         self.state_specs = tuple(state)
@@ -111,6 +111,9 @@ class Rule:
         self.takes_step = takes_step
         self.check = check
         self.in_torch = in_torch     # torch.optim has it (the tests' oracle)
+        # the variants the benchmark measures: (key, label, options); the rule's
+        # defaults alone unless declared
+        self.bench = tuple(bench) if bench is not None else ((name, torch_name, {}),)
         self.step_fn = None          # set by fastadapt.functional
 
     @property
@@ -212,7 +215,8 @@ _ADAM_STATE = (State("exp_avg"), State("exp_avg_sq"), State("max_exp_avg_sq", wh
 ADAM = Rule(
     "adam", "Adam", "adam",
     (_LR, _BETAS, _EPS, _WD, _AMSGRAD, _MAXIMIZE), _ADAM_STATE, _adam_scalars(False),
-    _ADAM_CODE, "Adam (Kingma & Ba, 2015), and AMSGrad (Reddi et al., 2018)")
+    _ADAM_CODE, "Adam (Kingma & Ba, 2015), and AMSGrad (Reddi et al., 2018)",
+    bench=(("adam", "Adam", {}), ("amsgrad", "AMSGrad", {"amsgrad": True})))
 
 ADAMW = Rule(
     "adamw", "AdamW", "adam",
@@ -249,7 +253,7 @@ if momentum != 0:
     g = g + momentum * momentum_buffer if nesterov else momentum_buffer
 param = param - lr * g""",
     "Stochastic gradient descent with optional (Nesterov) momentum",
-    check=_sgd_check)
+    check=_sgd_check, bench=(("sgd-momentum", "SGD-momentum", {"momentum": 0.9}),))
 
 
 # ----------------------------------------------------------------- RMSprop
@@ -280,7 +284,9 @@ if momentum > 0:
     param = param - lr * momentum_buffer
 else:
     param = param - lr * g / avg""",
-    "RMSprop (Hinton, 2012; centered: Graves, 2013)", takes_step=False)
+    "RMSprop (Hinton, 2012; centered: Graves, 2013)", takes_step=False,
+    bench=(("rmsprop", "RMSprop", {}),
+           ("rmsprop-centered", "RMSprop centered", {"centered": True})))
 
 
 # ----------------------------------------------------------------- Adagrad
@@ -300,7 +306,7 @@ g = g + weight_decay * param
 clr = lr / (1 + (step - 1) * lr_decay)
 state_sum = state_sum + g * g
 param = param - clr * g / (sqrt(state_sum) + eps)""",
-    "AdaGrad (Duchi, Hazan & Singer, 2011)")
+    "AdaGrad (Duchi, Hazan & Singer, 2011)", bench=(("adagrad", "AdaGrad", {}),))
 
 
 # ----------------------------------------------------------------- Adadelta

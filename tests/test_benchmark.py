@@ -19,7 +19,7 @@ import fastadapt
 from fastadapt.benchmark import (CONFIGS, NUMPY_STEPS, build_all, driver_call,
                                  gpt2_small_shapes, make_problem, parse_size, select)
 from fastadapt.benchmark._implementations import gpt2_adam_steps
-from fastadapt.benchmark._numpy_reference import SCRATCH_ARRAYS
+from fastadapt.benchmark._numpy_reference import CAREFUL, SCRATCH_ARRAYS, derived_step
 from fastadapt.benchmark._timing import interleaved
 from fastadapt.kernels import cpu, roofline
 
@@ -96,7 +96,22 @@ def test_numpy_rivals_cover_every_rule():
     assert set(NUMPY_STEPS) == set(fastadapt.RULES)
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.key)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", OPTION_CASES, ids=_case_id)
+def test_derived_numpy_rival_computes_fastadapts_update(case, dtype):
+    """The rival derived from a rule's math (what rules without a hand-written one get)."""
+    rule_name, options = case
+    rule = fastadapt.RULES[rule_name]
+    param, grad = make_problem(1031, dtype, seed=3)
+    got = _run_steps(derived_step(rule), rule, options, param, grad, 5)
+    want = _run_steps(rule.step_fn, rule, options, param, grad, 5)
+    _assert_close(got[0], want[0], dtype, "param")
+    for name in want[1]:
+        _assert_close(got[1][name], want[1][name], dtype, name)
+
+
+@pytest.mark.parametrize("config", [c for c in CONFIGS if c.rule_name in CAREFUL],
+                         ids=lambda c: c.key)
 def test_numpy_rival_with_scratch_allocates_no_array(config):
     """The benchmark passes preallocated temporaries: the rival then measures
     passes over memory, not the allocator."""
