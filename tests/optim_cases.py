@@ -95,11 +95,20 @@ def config_id(config):
     return ",".join(f"{k}={v}" for k, v in config.items()) or "defaults"
 
 
-def cases():
-    """(rule name, config) for every configuration, with readable ids."""
+def cases(torch=False):
+    """(rule name, config) for every configuration, with readable ids; with
+    ``torch=True`` only the rules torch.optim has (the oracle is optional per rule)."""
     import pytest
     return [pytest.param(name, config, id=f"{name}[{config_id(config)}]")
-            for name, configs in CONFIGS.items() for config in configs]
+            for name, configs in CONFIGS.items() for config in configs
+            if not torch or fastadapt.RULES[name].in_torch]
+
+
+def run_reference(name, config, param0, grads):
+    """torch.optim where it has the rule, else the float64 reference."""
+    if fastadapt.RULES[name].in_torch:
+        return run_torch(name, config, param0, grads)
+    return run_naive(name, config, param0, grads)
 
 
 # Plausible bugs, each of which the parity test must catch at its tolerance:
