@@ -21,12 +21,15 @@ def real(name, value, low=0.0, high=math.inf, low_open=False, high_open=False):
     Raises TypeError if ``value`` is not a real number and ValueError (naming
     ``name`` and the interval) if it is NaN or outside it.
     """
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    try:
-        x = float(value)
-    except OverflowError:           # an int beyond float's range
-        x = math.copysign(math.inf, value)
+    if type(value) is float:        # the common case, without the ABC check below
+        x = value
+    else:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{name} must be a real number, got {value!r}")
+        try:
+            x = float(value)
+        except OverflowError:       # an int beyond float's range
+            x = math.copysign(math.inf, value)
     too_low = x <= low if low_open else x < low
     too_high = x >= high if high_open else x > high
     if math.isnan(x) or too_low or too_high:
@@ -38,6 +41,8 @@ def real(name, value, low=0.0, high=math.inf, low_open=False, high_open=False):
 
 def flag(name, value):
     """``value`` as a bool; it must be a bool or the integer 0 or 1 (TypeError otherwise)."""
+    if value is True or value is False:
+        return value
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     if isinstance(value, numbers.Integral) and value in (0, 1):
@@ -47,6 +52,8 @@ def flag(name, value):
 
 def pair(name, value):
     """``value`` unpacked as a pair; TypeError naming ``name`` otherwise."""
+    if type(value) is tuple and len(value) == 2:
+        return value
     try:
         first, second = value
     except (TypeError, ValueError):
@@ -56,6 +63,8 @@ def pair(name, value):
 
 def step(value):
     """The 1-based number of the step being taken, as an int >= 1."""
+    if type(value) is int and value >= 1:
+        return value
     if isinstance(value, (bool, np.bool_)) or not hasattr(value, "__index__"):
         raise TypeError(f"step must be an integer (the 1-based number of this step), "
                         f"got {value!r}")

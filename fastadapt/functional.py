@@ -16,6 +16,7 @@ docstring. ``step.plan`` returns the checked call as an
 """
 import functools
 import math
+import operator
 
 from . import _args
 from ._dispatch import Update, run
@@ -38,8 +39,11 @@ def _planner(rule, fn_name):
     specs = rule.state_specs
     written = frozenset(("param",) + rule.state)
 
+    checks = [(h.name, h.check) for h in hyper]
+    ordered = operator.itemgetter(*order) if len(order) > 1 else (lambda d: (d[order[0]],))
+
     def plan(param, grad, state, values, step, grad_scale):
-        options = {h.name: h.check(v) for h, v in zip(hyper, values)}
+        options = {name: check(v) for (name, check), v in zip(checks, values)}
         if rule.check is not None:
             rule.check(options)
         t = None
@@ -52,7 +56,7 @@ def _planner(rule, fn_name):
                                high_open=True)
         arrays = {"param": param, "grad": grad}
         for spec, array in zip(specs, state):
-            if spec.used(options):
+            if spec.when is None or spec.used(options):
                 if array is None:
                     raise ValueError(f"{fn_name}({spec.when_doc}) needs {spec.name}")
                 arrays[spec.name] = array
@@ -60,7 +64,7 @@ def _planner(rule, fn_name):
                 arrays[spec.name] = None
         scalars = rule.scalars(options, t)
         scalars["grad_sign"] = (-1.0 if options.get("maximize") else 1.0) / scale
-        return Update(rule.kernel, arrays, written, tuple(scalars[n] for n in order))
+        return Update(rule.kernel, arrays, written, ordered(scalars))
     return plan
 
 

@@ -19,6 +19,20 @@ from . import _args
 # ----------------------------------------------------------------- declarations
 
 
+def _real_check(name, low, high, low_open, high_open):
+    """A checker of one real in the interval: a float inside it returns at once
+    (the per-step path), anything else goes through ``_args.real``."""
+    not_low = low if low_open else math.nan      # NaN compares unequal to all
+    not_high = high if high_open else math.nan
+
+    def check(value):
+        if type(value) is float and low <= value <= high and value != not_low \
+                and value != not_high:
+            return value
+        return _args.real(name, value, low, high, low_open, high_open)
+    return check
+
+
 class Real:
     """A real hyper-parameter in an interval (closed unless ``*_open``)."""
 
@@ -28,9 +42,10 @@ class Real:
         self.bounds = dict(low=low, high=high, low_open=low_open, high_open=high_open)
         self.keyword = keyword      # keyword-only in the class (after torch's ``*``)
         self.setup = setup          # shapes the initial state only: the class's, not the step's
+        self.check = self._checker()
 
-    def check(self, value, name=None):
-        return _args.real(name or self.name, value, **self.bounds)
+    def _checker(self):
+        return _real_check(self.name, **self.bounds)
 
     def describe(self):
         b = self.bounds
@@ -44,10 +59,15 @@ class Real:
 class Pair(Real):
     """A pair of reals (``betas``), each in the interval, named ``name[0]``, ``name[1]``."""
 
-    def check(self, value, name=None):
-        name = name or self.name
-        first, second = _args.pair(name, value)
-        return (super().check(first, f"{name}[0]"), super().check(second, f"{name}[1]"))
+    def _checker(self):
+        name = self.name
+        first = _real_check(f"{name}[0]", **self.bounds)
+        second = _real_check(f"{name}[1]", **self.bounds)
+
+        def check(value):
+            a, b = _args.pair(name, value)
+            return first(a), second(b)
+        return check
 
     def describe(self):
         return "each " + super().describe()
@@ -60,8 +80,8 @@ class Flag:
         self.name, self.default, self.keyword, self.doc = name, default, keyword, doc
         self.setup = False
 
-    def check(self, value, name=None):
-        return _args.flag(name or self.name, value)
+    def check(self, value):
+        return _args.flag(self.name, value)
 
     def describe(self):
         return "bool"
@@ -168,6 +188,8 @@ def _with(spec, **changes):
     out = object.__new__(type(spec))
     out.__dict__.update(spec.__dict__)
     out.__dict__.update(changes)
+    if hasattr(out, "_checker"):
+        out.check = out._checker()
     return out
 
 
@@ -197,9 +219,11 @@ def _adam_scalars(decoupled):
     def scalars(o, t):
         beta1, beta2 = o["betas"]
         lr, wd = o["lr"], o["weight_decay"]
+        one_minus_beta1 = 1.0 - beta1
         return {"weight_decay": 0.0 if decoupled else wd,
                 "decay_factor": 1.0 - lr * wd if decoupled else 1.0,
-                **_lerp_weight("beta1", 1.0 - beta1),
+                "one_minus_beta1": one_minus_beta1, "neg_beta1": one_minus_beta1 - 1.0,
+                "one_minus_beta1_is_small": abs(one_minus_beta1) < 0.5,
                 "beta2": beta2, "one_minus_beta2": 1.0 - beta2,
                 "bias_correction2_sqrt": math.sqrt(1.0 - beta2 ** t),
                 "eps": o["eps"], "neg_step_size": -lr / (1.0 - beta1 ** t),
