@@ -352,7 +352,26 @@ param = param - lr * delta""",
     "Adadelta (Zeiler, 2012)", takes_step=False)
 
 
-RULES = {rule.name: rule for rule in (ADAM, ADAMW, SGD, RMSPROP, ADAGRAD, ADADELTA)}
+# ----------------------------------------------------------------- Adamax
+ADAMAX = Rule(
+    "adamax", "Adamax", "adamax",
+    (_with(_LR, default=2e-3), _BETAS, _EPS, _WD, _MAXIMIZE),
+    (State("exp_avg"), State("exp_inf")),
+    lambda o, t: {"weight_decay": o["weight_decay"],
+                  **_lerp_weight("beta1", 1.0 - o["betas"][0]), "beta2": o["betas"][1],
+                  "eps": o["eps"], "neg_clr": -o["lr"] / (1.0 - o["betas"][0] ** t),
+                  "l2": o["weight_decay"] != 0},
+    """\
+g = -grad if maximize else grad
+g = g + weight_decay * param
+exp_avg = lerp(exp_avg, g, 1 - beta1)
+exp_inf = max(beta2 * exp_inf, |g| + eps)
+param = param - lr / (1 - beta1**step) * exp_avg / exp_inf""",
+    "Adamax, Adam's infinity-norm variant (Kingma & Ba, 2015, section 7)")
+
+
+RULES = {rule.name: rule for rule in (ADAM, ADAMW, SGD, RMSPROP, ADAGRAD, ADADELTA,
+                                      ADAMAX)}
 
 
 def kernel_specs():

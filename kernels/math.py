@@ -134,6 +134,18 @@ def adadelta(param, grad, square_avg, acc_delta,
     return param + neg_lr * delta, v, u
 
 
+def adamax(param, grad, exp_avg, exp_inf,
+           grad_sign, weight_decay, one_minus_beta1, neg_beta1,
+           one_minus_beta1_is_small: bool, beta2, eps, neg_clr, l2: bool):
+    """Adamax; ``neg_clr = -lr / (1 - beta1**t)``."""
+    g = grad * grad_sign
+    if l2:
+        g = g + weight_decay * param
+    m = lerp(exp_avg, g, one_minus_beta1, neg_beta1, one_minus_beta1_is_small)
+    u = maximum(exp_inf * beta2, abs(g) + eps)
+    return param + neg_clr * m / u, m, u
+
+
 # ----------------------------------------------------------------- vocabulary
 def scalar_where(condition, a, b):
     """``a if condition else b`` for one element (both already evaluated)."""

@@ -14,6 +14,10 @@ def _f64(*arrays):
     return [np.asarray(a, dtype=np.float64) for a in arrays]
 
 
+def _unscaled(grad, grad_scale):
+    return grad if grad_scale is None else grad / grad_scale
+
+
 def _direction(param, grad, weight_decay, maximize):
     g = -grad if maximize else grad
     return g + weight_decay * param
@@ -111,5 +115,17 @@ def adadelta_step(param, grad, square_avg, acc_delta, *, lr=1.0, rho=0.9, eps=1e
     param[...], square_avg[...], acc_delta[...] = p - lr * delta, v, u
 
 
+def adamax_step(param, grad, exp_avg, exp_inf, *, step, lr=2e-3, betas=(0.9, 0.999),
+                eps=1e-8, weight_decay=0.0, maximize=False, grad_scale=None):
+    beta1, beta2 = betas
+    p, grad, m, u = _f64(param, grad, exp_avg, exp_inf)
+    g = _direction(p, _unscaled(grad, grad_scale), weight_decay, maximize)
+    m = beta1 * m + (1.0 - beta1) * g
+    u = np.maximum(beta2 * u, np.abs(g) + eps)      # the infinity norm, eps inside
+    param[...] = p - lr / (1.0 - beta1 ** step) * m / u
+    exp_avg[...], exp_inf[...] = m, u
+
+
 STEPS = {"adam": adam_step, "adamw": adamw_step, "sgd": sgd_step,
-         "rmsprop": rmsprop_step, "adagrad": adagrad_step, "adadelta": adadelta_step}
+         "rmsprop": rmsprop_step, "adagrad": adagrad_step, "adadelta": adadelta_step,
+         "adamax": adamax_step}

@@ -80,15 +80,27 @@ CONFIGS = {
         {"rho": 0.0, "eps": 1e-3},
         {"rho": 0.95, "eps": 1e-4, "weight_decay": 0.3, "maximize": True, "lr": 0.1},
     ],
+    "adamax": [
+        {},
+        {"weight_decay": 0.1},
+        {"maximize": True},
+        {"betas": (0.0, 0.9), "lr": 0.05},  # lerp weight 1
+        {"betas": (0.4, 0.5), "eps": 1e-3},  # 1 - beta1 >= 0.5: lerp's other branch
+        {"betas": (0.8, 0.99), "weight_decay": 0.2, "maximize": True, "lr": 0.01},
+    ],
 }
 assert CONFIGS.keys() == fastadapt.RULES.keys(), "every rule needs its configurations"
 
 # For each rule, options under which it uses every state array it can take.
 EVERY_STATE = {"adam": {"amsgrad": True}, "adamw": {"amsgrad": True},
                "sgd": {"momentum": 0.9}, "rmsprop": {"centered": True, "momentum": 0.9},
-               "adagrad": {}, "adadelta": {}}
+               "adagrad": {}, "adadelta": {}, "adamax": {}}
 for _name, _options in EVERY_STATE.items():
     assert fastadapt.RULES[_name].state_for(**_options) == fastadapt.RULES[_name].state
+
+
+# State that a zero gradient still changes (the parameter never moves): rule -> names.
+MOVES_AT_ZERO_GRADIENT = {"adamax": {"exp_inf"}}   # decays to max(beta2 * u, eps)
 
 
 def config_id(config):
@@ -130,6 +142,9 @@ MUTANTS = [
      {"initial_accumulator_value": 0.11}, 1),
     ("adadelta-rho", "adadelta", {}, "adadelta", {"rho": 0.899}, 1),
     ("adadelta-eps", "adadelta", {}, "adadelta", {"eps": 1.1e-6}, 1),
+    ("adamax-eps", "adamax", {"eps": 1e-2}, "adamax", {"eps": 1.1e-2}, 1),
+    ("adamax-beta2", "adamax", {}, "adamax", {"betas": (0.9, 0.99)}, 1),
+    ("adamax-step-off-by-one", "adamax", {}, "adamax", {}, 2),
 ]
 
 
@@ -184,6 +199,9 @@ HYPER_PARAMETERS = {
         "lr": _lr | st.just(1.0), "rho": st.floats(0.1, 1.0), "eps": _eps,
         "weight_decay": _decay, "maximize": st.booleans()}),
 }
+HYPER_PARAMETERS["adamax"] = st.fixed_dictionaries({   # beta2 >= 0.1: as Adam's, above
+    "lr": _log_uniform(-5, -1), "betas": st.tuples(_unit, st.floats(0.1, 0.9999)), "eps": _eps,
+    "weight_decay": _decay, "maximize": st.booleans()})
 assert HYPER_PARAMETERS.keys() == fastadapt.RULES.keys()
 
 

@@ -146,7 +146,8 @@ def test_zero_gradient_without_decay_changes_nothing(name, config, dtype):
     param, state = cases.run_fastadapt(name, config, param0, zeros)
     np.testing.assert_array_equal(param, param0)
     for s, initial in cases.initial_state(name, config, param0.shape, dtype).items():
-        np.testing.assert_array_equal(state[s], initial, err_msg=s)
+        if s not in cases.MOVES_AT_ZERO_GRADIENT.get(name, ()):
+            np.testing.assert_array_equal(state[s], initial, err_msg=s)
 
 
 @pytest.mark.parametrize("name, config", ALL_CASES)
