@@ -370,8 +370,48 @@ param = param - lr / (1 - beta1**step) * exp_avg / exp_inf""",
     "Adamax, Adam's infinity-norm variant (Kingma & Ba, 2015, section 7)")
 
 
+# ----------------------------------------------------------------- RAdam
+def _radam_scalars(o, t):
+    beta1, beta2 = o["betas"]
+    lr, wd, decoupled = o["lr"], o["weight_decay"], o["decoupled_weight_decay"]
+    bias_correction2 = 1.0 - beta2 ** t
+    rho_inf = 2.0 / (1.0 - beta2) - 1.0
+    rho_t = rho_inf - 2.0 * t * beta2 ** t / bias_correction2
+    rectify = rho_t > 5.0
+    rect = math.sqrt((rho_t - 4.0) * (rho_t - 2.0) * rho_inf
+                     / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)) if rectify else 1.0
+    return {"weight_decay": wd,
+            "decay_factor": 1.0 - lr * wd if decoupled and wd != 0 else 1.0,
+            **_lerp_weight("beta1", 1.0 - beta1), "beta2": beta2,
+            "one_minus_beta2": 1.0 - beta2, "bias_correction1": 1.0 - beta1 ** t,
+            "bias_correction2_sqrt": math.sqrt(bias_correction2), "eps": o["eps"],
+            "lr": lr, "rect": rect, "rectify": rectify, "l2": not decoupled and wd != 0}
+
+
+RADAM = Rule(
+    "radam", "RAdam", "radam",
+    (_LR, _BETAS, _EPS, _WD,
+     Flag("decoupled_weight_decay", doc="decay the parameter as AdamW does instead of "
+          "adding an L2 term"), _MAXIMIZE),
+    (State("exp_avg"), State("exp_avg_sq")), _radam_scalars,
+    """\
+param = param * (1 - lr * weight_decay)        if decoupled_weight_decay
+g = -grad if maximize else grad
+g = g + weight_decay * param                   unless decoupled_weight_decay
+exp_avg    = lerp(exp_avg, g, 1 - beta1)
+exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
+rho_inf = 2 / (1 - beta2) - 1
+rho_t   = rho_inf - 2 * step * beta2**step / (1 - beta2**step)
+update  = exp_avg / (1 - beta1**step) * lr
+if rho_t > 5:                                  (the variance is tractable: rectify)
+    rect = sqrt((rho_t - 4) (rho_t - 2) rho_inf / ((rho_inf - 4) (rho_inf - 2) rho_t))
+    update = update * sqrt(1 - beta2**step) / (sqrt(exp_avg_sq) + eps) * rect
+param = param - update""",
+    "RAdam, rectified Adam (Liu et al., 2020)")
+
+
 RULES = {rule.name: rule for rule in (ADAM, ADAMW, SGD, RMSPROP, ADAGRAD, ADADELTA,
-                                      ADAMAX)}
+                                      ADAMAX, RADAM)}
 
 
 def kernel_specs():

@@ -146,6 +146,23 @@ def adamax(param, grad, exp_avg, exp_inf,
     return param + neg_clr * m / u, m, u
 
 
+def radam(param, grad, exp_avg, exp_avg_sq,
+          grad_sign, weight_decay, decay_factor, one_minus_beta1, neg_beta1,
+          one_minus_beta1_is_small: bool, beta2, one_minus_beta2, bias_correction1,
+          bias_correction2_sqrt, eps, lr, rect, rectify: bool, l2: bool):
+    """RAdam; ``rectify`` is ``rho_t > 5`` and ``rect`` the rectification term."""
+    g = grad * grad_sign
+    p = param * decay_factor
+    if l2:
+        g = g + weight_decay * p
+    m = lerp(exp_avg, g, one_minus_beta1, neg_beta1, one_minus_beta1_is_small)
+    v = exp_avg_sq * beta2 + one_minus_beta2 * g * g
+    update = m / bias_correction1 * lr
+    if rectify:
+        update = update * (bias_correction2_sqrt / (sqrt(v) + eps)) * rect
+    return p - update, m, v
+
+
 # ----------------------------------------------------------------- vocabulary
 def scalar_where(condition, a, b):
     """``a if condition else b`` for one element (both already evaluated)."""

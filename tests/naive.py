@@ -126,6 +126,31 @@ def adamax_step(param, grad, exp_avg, exp_inf, *, step, lr=2e-3, betas=(0.9, 0.9
     exp_avg[...], exp_inf[...] = m, u
 
 
+def radam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, betas=(0.9, 0.999),
+               eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False, maximize=False):
+    beta1, beta2 = betas
+    p, grad, m, v = _f64(param, grad, exp_avg, exp_avg_sq)
+    if decoupled_weight_decay:
+        p = p * (1.0 - lr * weight_decay)
+        g = _direction(p, grad, 0.0, maximize)
+    else:
+        g = _direction(p, grad, weight_decay, maximize)
+    m = beta1 * m + (1.0 - beta1) * g
+    v = beta2 * v + (1.0 - beta2) * g ** 2
+    m_hat = m / (1.0 - beta1 ** step)
+    rho_inf = 2.0 / (1.0 - beta2) - 1.0          # length of the approximated SMA
+    rho_t = rho_inf - 2.0 * step * beta2 ** step / (1.0 - beta2 ** step)
+    if rho_t > 5.0:
+        r = np.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf
+                    / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+        # eps added to sqrt(v) before the bias correction, as torch places it
+        v_hat = np.sqrt(v) / np.sqrt(1.0 - beta2 ** step) + eps / np.sqrt(1.0 - beta2 ** step)
+        param[...] = p - lr * m_hat * r / v_hat
+    else:
+        param[...] = p - lr * m_hat
+    exp_avg[...], exp_avg_sq[...] = m, v
+
+
 STEPS = {"adam": adam_step, "adamw": adamw_step, "sgd": sgd_step,
          "rmsprop": rmsprop_step, "adagrad": adagrad_step, "adadelta": adadelta_step,
-         "adamax": adamax_step}
+         "adamax": adamax_step, "radam": radam_step}

@@ -88,13 +88,23 @@ CONFIGS = {
         {"betas": (0.4, 0.5), "eps": 1e-3},  # 1 - beta1 >= 0.5: lerp's other branch
         {"betas": (0.8, 0.99), "weight_decay": 0.2, "maximize": True, "lr": 0.01},
     ],
+    "radam": [
+        {},                                 # rho_t > 5 from step 6 on: both regimes
+        {"weight_decay": 0.1},
+        {"weight_decay": 0.1, "decoupled_weight_decay": True},
+        {"maximize": True},
+        {"betas": (0.9, 0.5)},              # rho_inf = 3: never rectified
+        {"betas": (0.4, 0.9), "lr": 0.05},  # 1 - beta1 >= 0.5; rectified from step 2
+        {"betas": (0.0, 0.99), "eps": 1e-3, "decoupled_weight_decay": True,
+         "weight_decay": 0.3, "maximize": True},
+    ],
 }
 assert CONFIGS.keys() == fastadapt.RULES.keys(), "every rule needs its configurations"
 
 # For each rule, options under which it uses every state array it can take.
 EVERY_STATE = {"adam": {"amsgrad": True}, "adamw": {"amsgrad": True},
                "sgd": {"momentum": 0.9}, "rmsprop": {"centered": True, "momentum": 0.9},
-               "adagrad": {}, "adadelta": {}, "adamax": {}}
+               "adagrad": {}, "adadelta": {}, "adamax": {}, "radam": {}}
 for _name, _options in EVERY_STATE.items():
     assert fastadapt.RULES[_name].state_for(**_options) == fastadapt.RULES[_name].state
 
@@ -145,6 +155,10 @@ MUTANTS = [
     ("adamax-eps", "adamax", {"eps": 1e-2}, "adamax", {"eps": 1.1e-2}, 1),
     ("adamax-beta2", "adamax", {}, "adamax", {"betas": (0.9, 0.99)}, 1),
     ("adamax-step-off-by-one", "adamax", {}, "adamax", {}, 2),
+    ("radam-coupled-decay", "radam", {"weight_decay": 0.1, "decoupled_weight_decay": True},
+     "radam", {"weight_decay": 0.1}, 1),
+    ("radam-beta2", "radam", {}, "radam", {"betas": (0.9, 0.998)}, 1),
+    ("radam-step-off-by-one", "radam", {}, "radam", {}, 2),
 ]
 
 
@@ -202,6 +216,10 @@ HYPER_PARAMETERS = {
 HYPER_PARAMETERS["adamax"] = st.fixed_dictionaries({   # beta2 >= 0.1: as Adam's, above
     "lr": _log_uniform(-5, -1), "betas": st.tuples(_unit, st.floats(0.1, 0.9999)), "eps": _eps,
     "weight_decay": _decay, "maximize": st.booleans()})
+HYPER_PARAMETERS["radam"] = st.fixed_dictionaries({   # beta2 >= 0.1: as Adam's, above
+    "lr": _log_uniform(-5, -1), "betas": st.tuples(_unit, st.floats(0.1, 0.9999)),
+    "eps": _eps, "weight_decay": _decay, "decoupled_weight_decay": st.booleans(),
+    "maximize": st.booleans()})
 assert HYPER_PARAMETERS.keys() == fastadapt.RULES.keys()
 
 
