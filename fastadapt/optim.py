@@ -170,8 +170,8 @@ class Optimizer:
             lr = options["lr"]
             if callable(lr):
                 options["lr"] = resolve_lr(lr, 0)
-            for key in set(self.state_init.values()):
-                _initial_value(key, group[key])
+            for key in set(self.state_init.values()) - set(self.rule.defaults):
+                _initial_value(key, group[key])   # the step's own are checked below
             state = {name: np.empty(0, dtype) for name in self.rule.state_for(**options)}
             if self.rule.takes_step:
                 options["step"] = 1
@@ -185,8 +185,11 @@ class Optimizer:
     def _new_state(self, buffers, group, name):
         buffer = buffers.param.zeros_like()
         key = self.state_init.get(name)
-        if key is not None and float(group[key]) != 0.0:
-            buffer.data[:] = float(group[key])
+        if key is not None:
+            value = group[key]      # a set-up option, or one of the step's (Rprop's lr)
+            value = float(resolve_lr(value, buffers.steps) if callable(value) else value)
+            if value != 0.0:
+                buffer.data[:] = value
         buffers.state[name] = buffer
         return buffer
 

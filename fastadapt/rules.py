@@ -156,6 +156,15 @@ class Rule:
         """State name -> the setup hyper-parameter holding its initial value."""
         return {s.name: s.init for s in self.state_specs if s.init is not None}
 
+    def initial_value(self, name, **options):
+        """The value state array ``name`` starts at under ``options`` (0 unless it
+        declares an ``init`` option: Adagrad's ``initial_accumulator_value``,
+        Rprop's ``lr``)."""
+        key = self.state_init.get(name)
+        if key is None:
+            return 0.0
+        return float({**self.defaults, **self.setup_options, **options}[key])
+
     def state_for(self, **options):
         """The state arrays needed under ``options`` (unset ones take defaults)."""
         options = {**self.defaults, **options}
@@ -410,8 +419,40 @@ param = param - update""",
     "RAdam, rectified Adam (Liu et al., 2020)")
 
 
+# ----------------------------------------------------------------- Rprop
+def _rprop_check(o):
+    etaminus, etaplus = o["etas"]
+    if not etaminus < 1.0 < etaplus:
+        raise ValueError(f"invalid etas: {o['etas']!r} (must be 0 < etas[0] < 1 < etas[1])")
+
+
+RPROP = Rule(
+    "rprop", "Rprop", "rprop",
+    (_with(_LR, default=1e-2, doc="the initial step size: step_size starts at it (the "
+           "class fills it; the functional step reads step_size)"),
+     Pair("etas", (0.5, 1.2), low_open=True, doc="(etaminus, etaplus): the factors a "
+          "step size shrinks and grows by"),
+     Pair("step_sizes", (1e-6, 50), doc="(min, max): the range of a step size"),
+     _MAXIMIZE),
+    (State("prev", doc="the previous step's gradient (zeroed where its sign flipped)"),
+     State("step_size", init="lr", doc="each element's step size")),
+    lambda o, t: {"etaminus": o["etas"][0], "etaplus": o["etas"][1],
+                  "step_size_min": o["step_sizes"][0], "step_size_max": o["step_sizes"][1],
+                  "zero": 0.0, "one": 1.0},
+    """\
+g = -grad if maximize else grad
+s = sign(g * prev)
+factor = etaplus if s > 0, etaminus if s < 0, 1 if s == 0
+step_size = clamp(step_size * factor, step_sizes[0], step_sizes[1])
+g = 0 where factor == etaminus                 (the sign flipped: no move, forget it)
+param = param - sign(g) * step_size
+prev = g""",
+    "Rprop, resilient backpropagation (Riedmiller & Braun, 1993)",
+    takes_step=False, check=_rprop_check)
+
+
 RULES = {rule.name: rule for rule in (ADAM, ADAMW, SGD, RMSPROP, ADAGRAD, ADADELTA,
-                                      ADAMAX, RADAM)}
+                                      ADAMAX, RADAM, RPROP)}
 
 
 def kernel_specs():

@@ -9,9 +9,10 @@ state array that an option turns off arrives as a placeholder and its result
 is not stored, so the function may return it unchanged.
 
 The functions use a small vocabulary bound per target by :func:`compile_with`:
-``sqrt``, ``maximum``, ``where(condition, a, b)`` and ``sign`` (torch.sign's:
-0 at 0, NaN at NaN). Bound to scalar functions they compile into the CPU and
-CUDA drivers; bound to NumPy's ufuncs the same source updates whole arrays.
+``sqrt``, ``maximum`` and ``where(condition, a, b)``, and the helpers written
+here in those terms (``lerp``, ``signum``). Bound to scalar functions they
+compile into the CPU and CUDA drivers; bound to NumPy's ufuncs the same source
+updates whole arrays.
 So a branch on an element value is written with ``where``; ``if`` is for
 flags only (uniform over the loop).
 
@@ -27,6 +28,12 @@ number mixed with float32 promotes the expression to float64 in Numba.
 """
 import math
 import types
+
+
+def signum(x, zero, one):
+    """torch.sign on the CPU: -1, 0 or 1, and 0 for NaN (``zero`` and ``one`` are
+    the dtype's, from the host)."""
+    return where(x > zero, one, where(x < zero, -one, zero))
 
 
 def lerp(start, end, weight, weight_minus_one, weight_is_small):
@@ -163,6 +170,19 @@ def radam(param, grad, exp_avg, exp_avg_sq,
     return p - update, m, v
 
 
+def rprop(param, grad, prev, step_size,
+          grad_sign, etaminus, etaplus, step_size_min, step_size_max, zero, one):
+    """Rprop; ``zero`` and ``one`` are the dtype's, from the host."""
+    g = grad * grad_sign
+    agree = signum(g * prev, zero, one)
+    factor = where(agree > zero, etaplus, where(agree < zero, etaminus, one))
+    ss = step_size * factor         # clamped as torch's clamp_: NaN stays NaN
+    ss = where(ss < step_size_min, step_size_min, ss)
+    ss = where(ss > step_size_max, step_size_max, ss)
+    g = where(factor == etaminus, zero, g)
+    return param - signum(g, zero, one) * ss, g, ss
+
+
 # ----------------------------------------------------------------- vocabulary
 def scalar_where(condition, a, b):
     """``a if condition else b`` for one element (both already evaluated)."""
@@ -171,25 +191,12 @@ def scalar_where(condition, a, b):
     return b
 
 
-def scalar_sign(x):
-    """torch.sign of one element: -1 or 1 in ``x``'s dtype, +0 at zero, NaN at NaN."""
-    if x != x or x == -x:           # NaN, or a zero of either sign
-        return x - x                # NaN, or +0
-    magnitude = abs(x)
-    if magnitude - magnitude == magnitude - magnitude:   # finite
-        one = magnitude / magnitude
-    else:
-        one = math.tanh(magnitude)                       # exactly 1 at infinity
-    return math.copysign(one, x)
-
-
-HELPERS = ("lerp",)
-VOCABULARY = ("sqrt", "maximum", "where", "sign")
+HELPERS = ("lerp", "signum")
+VOCABULARY = ("sqrt", "maximum", "where")
 
 #: The vocabulary of the compiled scalar targets (CPU and CUDA); the helpers
 #: written in Python here are compiled with the target's element jit.
-SCALAR_VOCABULARY = {"sqrt": math.sqrt, "maximum": max,
-                     "where": scalar_where, "sign": scalar_sign}
+SCALAR_VOCABULARY = {"sqrt": math.sqrt, "maximum": max, "where": scalar_where}
 
 
 def kernel_names():
@@ -205,7 +212,7 @@ def kernel_names():
 def compile_with(decorator, vocabulary, names=None):
     """Compile the helpers and the kernels ``names`` with ``decorator``.
 
-    ``vocabulary`` binds ``sqrt``, ``maximum``, ``where`` and ``sign``; a
+    ``vocabulary`` binds ``sqrt``, ``maximum`` and ``where``; a
     plain Python function in it is compiled with ``decorator`` too (so a
     target's helpers inline like the math). Each function is rebuilt around a
     copy of this module's globals holding the compiled names, so each target

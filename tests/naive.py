@@ -151,6 +151,19 @@ def radam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, betas=(0.9, 0
     exp_avg[...], exp_avg_sq[...] = m, v
 
 
+def rprop_step(param, grad, prev, step_size, *, lr=1e-2, etas=(0.5, 1.2),
+               step_sizes=(1e-6, 50), maximize=False):
+    etaminus, etaplus = etas
+    p, g, prev64, size = _f64(param, grad, prev, step_size)
+    g = -g if maximize else g
+    agree = np.sign(g * prev64)
+    factor = np.where(agree > 0, etaplus, np.where(agree < 0, etaminus, 1.0))
+    size = np.clip(size * factor, step_sizes[0], step_sizes[1])
+    g = np.where(agree < 0, 0.0, g)              # a sign change: no move this step
+    param[...] = p - np.sign(g) * size
+    prev[...], step_size[...] = g, size
+
+
 STEPS = {"adam": adam_step, "adamw": adamw_step, "sgd": sgd_step,
          "rmsprop": rmsprop_step, "adagrad": adagrad_step, "adadelta": adadelta_step,
-         "adamax": adamax_step, "radam": radam_step}
+         "adamax": adamax_step, "radam": radam_step, "rprop": rprop_step}

@@ -98,13 +98,20 @@ CONFIGS = {
         {"betas": (0.0, 0.99), "eps": 1e-3, "decoupled_weight_decay": True,
          "weight_decay": 0.3, "maximize": True},
     ],
+    "rprop": [
+        {},
+        {"lr": 0.1},
+        {"maximize": True},
+        {"etas": (0.3, 1.5), "step_sizes": (1e-3, 0.2)},   # both clamps reached
+        {"etas": (0.9, 1.01), "lr": 1e-3, "maximize": True},
+    ],
 }
 assert CONFIGS.keys() == fastadapt.RULES.keys(), "every rule needs its configurations"
 
 # For each rule, options under which it uses every state array it can take.
 EVERY_STATE = {"adam": {"amsgrad": True}, "adamw": {"amsgrad": True},
                "sgd": {"momentum": 0.9}, "rmsprop": {"centered": True, "momentum": 0.9},
-               "adagrad": {}, "adadelta": {}, "adamax": {}, "radam": {}}
+               "adagrad": {}, "adadelta": {}, "adamax": {}, "radam": {}, "rprop": {}}
 for _name, _options in EVERY_STATE.items():
     assert fastadapt.RULES[_name].state_for(**_options) == fastadapt.RULES[_name].state
 
@@ -159,6 +166,9 @@ MUTANTS = [
      "radam", {"weight_decay": 0.1}, 1),
     ("radam-beta2", "radam", {}, "radam", {"betas": (0.9, 0.998)}, 1),
     ("radam-step-off-by-one", "radam", {}, "radam", {}, 2),
+    ("rprop-etaplus", "rprop", {}, "rprop", {"etas": (0.5, 1.21)}, 1),
+    ("rprop-step-size-max", "rprop", {"step_sizes": (1e-6, 0.05)}, "rprop",
+     {"step_sizes": (1e-6, 0.051)}, 1),
 ]
 
 
@@ -220,6 +230,10 @@ HYPER_PARAMETERS["radam"] = st.fixed_dictionaries({   # beta2 >= 0.1: as Adam's,
     "lr": _log_uniform(-5, -1), "betas": st.tuples(_unit, st.floats(0.1, 0.9999)),
     "eps": _eps, "weight_decay": _decay, "decoupled_weight_decay": st.booleans(),
     "maximize": st.booleans()})
+HYPER_PARAMETERS["rprop"] = st.fixed_dictionaries({
+    "lr": _lr, "etas": st.tuples(st.floats(0.05, 0.95), st.floats(1.05, 3.0)),
+    "step_sizes": st.tuples(_log_uniform(-8, -3), _log_uniform(-2, 2)),
+    "maximize": st.booleans()})
 assert HYPER_PARAMETERS.keys() == fastadapt.RULES.keys()
 
 
@@ -240,7 +254,8 @@ def step_options(config):
 def initial_state(name, config, shape, dtype):
     """The state arrays the rule uses under ``config``, as torch initialises them."""
     rule = fastadapt.RULES[name]
-    fill = {"state_sum": config.get("initial_accumulator_value", 0.0)}
+    fill = {"state_sum": config.get("initial_accumulator_value", 0.0),
+            "step_size": config.get("lr", rule.defaults.get("lr"))}   # Rprop
     return {s: np.full(shape, fill.get(s, 0.0), dtype)
             for s in rule.state_for(**step_options(config))}
 

@@ -59,7 +59,8 @@ def _case_id(case):
 
 def _run_steps(fn, rule, options, param, grad, steps, **extra):
     p, g = param.copy(), grad.copy()
-    state = {name: np.zeros_like(p) for name in rule.state_for(**options)}
+    state = {name: np.full_like(p, rule.initial_value(name, **options))
+             for name in rule.state_for(**options)}
     for t in range(1, steps + 1):
         kwargs = {**options, **state, **extra}
         if rule.takes_step:
@@ -212,7 +213,7 @@ def test_driver_call_is_what_the_dispatcher_runs(config, n):
     # one step through the captured arguments equals one functional step
     (driver.serial if n < cpu.SERIAL_BELOW else driver.parallel)(*args)
     p, g = param.copy(), grad.copy()
-    state = {name: np.zeros_like(p) for name in config.state_names}
+    state = config.initial_state(p)
     kwargs = {**config.options, **state}
     if config.rule.takes_step:
         kwargs["step"] = 1

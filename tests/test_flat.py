@@ -133,6 +133,8 @@ def test_one_call_on_data_equals_one_call_per_array(name, dtype):
     params = [rng.standard_normal(s).astype(dtype) for s in SHAPES]
     flat = {a: FlatBuffer(SHAPES, dtype) for a in ("param", "grad") + rule.state}
     flat["param"].copy_from(params)
+    for s in rule.state:
+        flat[s].data[:] = rule.initial_value(s, **options)   # Rprop's step_size: lr
     separate = [{"param": p.copy(), **cases.initial_state(name, options, p.shape, dtype)}
                 for p in params]
     for t in range(1, 4):

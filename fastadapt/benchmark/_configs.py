@@ -33,6 +33,12 @@ class Config:
         """Bytes one step moves per element (param r+w, grad r, each state r+w)."""
         return self.rule.bytes_per_element(itemsize, **self.options)
 
+    def initial_state(self, like):
+        """The state arrays this variant updates, as NumPy arrays like ``like``
+        holding their initial values (zeros, or the declared ``init``)."""
+        return {name: np.full_like(like, self.rule.initial_value(name, **self.options))
+                for name in self.state_names}
+
     def torch_kwargs(self):
         """The torch.optim constructor's hyper-parameters (same names, same defaults)."""
         return {**self.rule.defaults, **self.options}

@@ -46,14 +46,14 @@ def import_torch():
 
 def fastadapt_step(config, param, grad):
     p, g = param.copy(), grad.copy()
-    state = {name: np.zeros_like(p) for name in config.state_names}
+    state = config.initial_state(p)
     return _functional_closure(config.rule.step_fn, config, p, g, state, {})
 
 
 def numpy_step(config, param, grad):
     """The NumPy rival with its temporaries allocated once and reused."""
     p, g = param.copy(), grad.copy()
-    state = {name: np.zeros_like(p) for name in config.state_names}
+    state = config.initial_state(p)
     scratch = [np.empty_like(p) for _ in range(SCRATCH_ARRAYS)]
     return _functional_closure(NUMPY_STEPS[config.rule_name], config, p, g, state,
                                {"scratch": scratch})
@@ -63,7 +63,7 @@ def numpy_alloc_step(config, param, grad):
     """The NumPy rival allocating its temporaries in every call (``np.empty_like``),
     as a step function that keeps no buffers between calls does."""
     p, g = param.copy(), grad.copy()
-    state = {name: np.zeros_like(p) for name in config.state_names}
+    state = config.initial_state(p)
     return _functional_closure(NUMPY_STEPS[config.rule_name], config, p, g, state, {})
 
 
@@ -277,7 +277,7 @@ def driver_call(config, param, grad):
 
     from ..kernels import cpu
     p, g = param.copy(), grad.copy()
-    state = {name: np.zeros_like(p) for name in config.state_names}
+    state = config.initial_state(p)
     captured = []
 
     def recorder(key):

@@ -209,8 +209,7 @@ def derived_step(rule):
 
 def _numpy_math(kernel):
     from ..kernels import math
-    vocabulary = {"sqrt": np.sqrt, "maximum": np.maximum, "where": np.where,
-                  "sign": np.sign}
+    vocabulary = {"sqrt": np.sqrt, "maximum": np.maximum, "where": np.where}
     return getattr(math.compile_with(lambda f: f, vocabulary, names=(kernel,)), kernel)
 
 
