@@ -48,12 +48,14 @@ class Update(NamedTuple):
     ``arrays`` maps argument names to arrays in the driver's order, with
     ``None`` for state an option does not use; ``written`` names the arrays
     the update writes; ``scalars`` are the rule's host-computed scalars
-    (floats, flags as bools), cast to the arrays' dtype at launch.
+    (floats, flags as bools), cast to the arrays' dtype at launch; ``state``
+    is the rule's scalar state after the update (None for rules without).
     """
     rule: str
     arrays: dict
     written: frozenset
     scalars: tuple
+    state: dict = None      # the rule's scalar state after this step, if it has any
 
 
 def run(update):

@@ -42,7 +42,9 @@ def _planner(rule, fn_name):
     checks = [(h.name, h.check) for h in hyper]
     ordered = operator.itemgetter(*order) if len(order) > 1 else (lambda d: (d[order[0]],))
 
-    def plan(param, grad, state, values, step, grad_scale):
+    scalar_state = rule.scalar_state
+
+    def plan(param, grad, state, values, step, grad_scale, carried=()):
         options = {name: check(v) for (name, check), v in zip(checks, values)}
         if rule.check is not None:
             rule.check(options)
@@ -62,19 +64,29 @@ def _planner(rule, fn_name):
                 arrays[spec.name] = array
             else:
                 arrays[spec.name] = None
-        scalars = rule.scalars(options, t)
+        new_state = None
+        if scalar_state:
+            current = {s.name: s.start(options) if v is None else
+                       _args.real(s.name, v, -math.inf, math.inf, True, True)
+                       for s, v in zip(scalar_state, carried)}
+            scalars, new_state = rule.scalars(options, t, current)
+        else:
+            scalars = rule.scalars(options, t)
         scalars["grad_sign"] = (-1.0 if options.get("maximize") else 1.0) / scale
-        return Update(rule.kernel, arrays, written, ordered(scalars))
+        return Update(rule.kernel, arrays, written, ordered(scalars), new_state)
     return plan
 
 
 def _in_place(plan):
     """The public step from a function that plans it: the step checks the
-    arguments, then applies the update. ``step.plan`` returns the checked
+    arguments, then applies the update and returns the rule's new scalar state
+    (None for rules without). ``step.plan`` returns the checked
     hyper-parameters and arrays as an :class:`Update` without applying it."""
     @functools.wraps(plan)
     def step(*args, **kwargs):
-        run(plan(*args, **kwargs))
+        update = plan(*args, **kwargs)
+        run(update)
+        return update.state
     step.plan = plan
     return step
 
@@ -118,6 +130,15 @@ def _docstring(rule, fn_name):
               "loss scale to undo, times a clipping factor's inverse), folded into the "
               "gradient's sign: ``g = grad * ((-1 if maximize else 1) / grad_scale)``. "
               "None: 1."]
+    for sc in rule.scalar_state:
+        start = f"``{sc.initial}``" if isinstance(sc.initial, str) else repr(sc.initial)
+        lines += [f"{sc.name} : float, optional",
+                  f"    {sc.doc[:1].upper() + sc.doc[1:]}. None (the first step): {start}."]
+    if rule.scalar_state:
+        names = ", ".join(f"``{sc.name}``" for sc in rule.scalar_state)
+        lines += ["", "Returns", "-------", "dict",
+                  f"    The scalar state after this step ({names}), to pass back as "
+                  "keyword arguments to the next."]
     if rule.notes:
         lines += ["", rule.notes]
     return "\n".join(line for line in lines if line is not None).rstrip() + "\n"
@@ -132,12 +153,15 @@ def derive_step(rule):
     params = ["param", "grad", *required, *(f"{s}=None" for s in optional), "*"]
     if rule.takes_step:
         params.append("step")
-    params += [f"{h}=_defaults[{h!r}]" for h in hyper] + ["grad_scale=None"]
+    params += [f"{h}=_defaults[{h!r}]" for h in hyper]
+    params += [f"{s.name}=None" for s in rule.scalar_state] + ["grad_scale=None"]
+    carried = ", ".join(s.name for s in rule.scalar_state)
+    carried = f", ({carried},)" if carried else ""
     state = ", ".join(rule.state) + ("," if len(rule.state) == 1 else "")
     values = ", ".join(hyper) + ("," if len(hyper) == 1 else "")
     source = (f"def {fn_name}({', '.join(params)}):\n"
               f"    return _plan(param, grad, ({state}), ({values}), "
-              f"{'step' if rule.takes_step else 'None'}, grad_scale)\n")
+              f"{'step' if rule.takes_step else 'None'}, grad_scale{carried})\n")
     namespace = {"_plan": _planner(rule, fn_name), "_defaults": rule.defaults}
     exec(compile(source, f"<fastadapt.functional.{fn_name}>", "exec"), namespace)
     plan = namespace[fn_name]

@@ -47,12 +47,14 @@ CHECKPOINT_FORMAT = 1
 class _GroupBuffers:
     """The flat buffers behind one parameter group."""
 
-    __slots__ = ("param", "grad", "state", "steps", "validated", "_launch", "_launch_arrays")
+    __slots__ = ("param", "grad", "state", "scalar_state", "steps", "validated", "_launch",
+                 "_launch_arrays")
 
     def __init__(self, param):
         self.param = param                  # FlatBuffer of the parameters
         self.grad = param.zeros_like()      # FlatBuffer of the gradients
         self.state = {}                     # state name -> FlatBuffer
+        self.scalar_state = {}              # the rule's scalar state (NAdam's mu_product)
         self.steps = 0                      # completed steps
         self.validated = None               # the options last checked (lr excluded)
         self._launch = None                 # the checked kernel launch over these buffers
@@ -146,6 +148,7 @@ class Optimizer:
             buffers = _GroupBuffers(FlatBuffer.from_arrays(arrays, dtype=dtypes[0]))
             for name in self.rule.state_for(**self._options(group)):
                 self._new_state(buffers, group, name)
+            buffers.scalar_state = self._initial_scalar_state(group)
             buffers.validated = self._options(group)
             del buffers.validated["lr"]
             self.param_groups.append({"params": list(buffers.param.views), **group})
@@ -181,6 +184,12 @@ class Optimizer:
             raise _in_group(ValueError(f"missing hyper-parameter {exc.args[0]!r}"), index)
         except (TypeError, ValueError) as exc:
             raise _in_group(exc, index)
+
+    def _initial_scalar_state(self, group):
+        options = dict(group)
+        if callable(options.get("lr")):
+            options["lr"] = resolve_lr(options["lr"], 0)
+        return {s.name: s.start(options) for s in self.rule.scalar_state}
 
     def _new_state(self, buffers, group, name):
         buffer = buffers.param.zeros_like()
@@ -224,6 +233,12 @@ class Optimizer:
         return [{"step": b.steps, **{n: list(s.views) for n, s in b.state.items()}}
                 for b in self._groups]
 
+    @property
+    def scalar_state(self):
+        """Per group, the rule's scalar state (``{}`` for rules without): NAdam's
+        ``mu_product``, ASGD's ``eta`` and ``mu``, as floats."""
+        return [dict(b.scalar_state) for b in self._groups]
+
     def get_lr(self):
         """The learning rate each group's next step will use."""
         return [resolve_lr(g["lr"], b.steps) for g, b in zip(self.param_groups, self._groups)]
@@ -265,6 +280,8 @@ class Optimizer:
         for b, update in zip(self._groups, updates):
             b.apply(update)
             b.steps += 1
+            if update.state is not None:
+                b.scalar_state = update.state
 
     def _prepare(self, index, group, buffers):
         """The functional call for ``group``; validates only what changed."""
@@ -281,6 +298,7 @@ class Optimizer:
             options[name] = state.data
         if self.rule.takes_step:
             options["step"] = buffers.steps + 1
+        options.update(buffers.scalar_state)
         return buffers.param.data, buffers.grad.data, options
 
     def _set_grads(self, grads):
@@ -337,7 +355,8 @@ class Optimizer:
                 else:
                     options[key] = _jsonable(value, f"param group {i}: {key}")
             groups.append({"options": options, "shapes": [list(s) for s in b.param.shapes],
-                           "dtype": b.param.dtype.name, "step": b.steps})
+                           "dtype": b.param.dtype.name, "step": b.steps,
+                           "scalar_state": dict(b.scalar_state)})
             params.append(_ckpt.to_host_flat(b.param))
             state.append({n: _ckpt.to_host_flat(s) for n, s in b.state.items()})
         return {"format": CHECKPOINT_FORMAT, "algorithm": self.rule.name,
@@ -356,7 +375,7 @@ class Optimizer:
         """
         plans = self._check_state_dict(state_dict)
         for group, b, plan in zip(self.param_groups, self._groups, plans):
-            options, params, state, steps, schedule_state = plan
+            options, params, state, steps, schedule_state, scalar_state = plan
             b.param.copy_from(params)
             for name in list(b.state):
                 if name not in state:
@@ -366,6 +385,7 @@ class Optimizer:
                 target.copy_from(arrays)
                 b.state[name] = target
             b.steps = steps
+            b.scalar_state = scalar_state
             current = group.get("lr")
             for key in [k for k in group if k != "params"]:
                 del group[key]
@@ -439,8 +459,20 @@ class Optimizer:
             state = {name: _segments(_checked_array(a, b.param, f"{at}: state {name!r}"),
                                      b.param)
                      for name, a in s.items()}
-            plans.append((options, params, state, int(steps), schedule_state))
+            plans.append((options, params, state, int(steps), schedule_state,
+                          self._scalar_state_from_json(g, options, at)))
         return plans
+
+    def _scalar_state_from_json(self, group, options, at):
+        """The group's scalar state: checked floats, all of the rule's and no other."""
+        given = group.get("scalar_state", {})
+        names = [s.name for s in self.rule.scalar_state]
+        if not isinstance(given, dict) or sorted(given) != sorted(names):
+            raise ValueError(f"{at}: scalar_state must hold {names}, got {given!r}")
+        try:
+            return {n: _args.real(n, given[n], -math.inf, math.inf, True, True) for n in names}
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{at}: {exc}") from None
 
     def _options_from_json(self, options, at):
         if not isinstance(options, dict):
@@ -647,7 +679,12 @@ def _class_docstring(rule):
     state = ", ".join(f"``{s.name}``" + (f" (when {s.when_doc})" if s.when is not None else "")
                       + (f" (starts at ``{s.init}``)" if s.init else "")
                       for s in rule.state_specs)
-    lines += ["", f"State (zeros unless said): {state}.", "", "Parameters", "----------",
+    lines += ["", f"State (zeros unless said): {state}."]
+    if rule.scalar_state:
+        names = ", ".join(f"``{s.name}``" for s in rule.scalar_state)
+        lines += [f"Scalar state, per group: {names} (in :attr:`Optimizer.scalar_state` and "
+                  "the checkpoint)."]
+    lines += ["", "Parameters", "----------",
               "params : array, list of arrays or list of parameter-group dicts",
               "    Copied into flat buffers; use ``opt.params`` afterwards (see "
               ":class:`Optimizer`)."]

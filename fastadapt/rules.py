@@ -14,6 +14,8 @@ Adding a rule touches its math, one declaration here, its test case
 """
 import math
 
+import numpy as np
+
 from . import _args
 
 # ----------------------------------------------------------------- declarations
@@ -110,6 +112,20 @@ class State:
         return bool(self.when(options))
 
 
+class ScalarState:
+    """One number of per-parameter state that is not an array (NAdam's
+    ``mu_product``, ASGD's ``eta`` and ``mu``): it starts at ``initial`` (a
+    number, or the name of the hyper-parameter holding it) and the rule's
+    ``scalars`` advances it once per step."""
+
+    def __init__(self, name, initial, doc=""):
+        self.name, self.initial, self.doc = name, initial, doc
+
+    def start(self, options):
+        value = options[self.initial] if isinstance(self.initial, str) else self.initial
+        return float(value)
+
+
 class Rule:
     """One update rule; see the module docstring.
 
@@ -119,10 +135,16 @@ class Rule:
     by name (all but ``grad_sign``, which every kernel takes and the
     dispatcher computes from ``maximize`` and ``grad_scale``); ``check`` may
     reject combinations of options; ``pseudocode`` is the update, elementwise.
+
+    A rule with ``scalar_state`` (:class:`ScalarState`) has
+    ``scalars(options, step, state) -> (scalars, new_state)`` instead, both
+    dicts by name: the functional step takes the state as keyword arguments
+    and returns the new one, and the classes keep it per group.
     """
 
     def __init__(self, name, torch_name, kernel, hyper, state, scalars, pseudocode,
-                 summary, takes_step=True, check=None, notes="", in_torch=True, bench=None):
+                 summary, takes_step=True, check=None, notes="", in_torch=True, bench=None,
+                 scalar_state=()):
         self.name, self.torch_name, self.kernel = name, torch_name, kernel
         self.hyper = tuple(hyper)
         self.state_specs = tuple(state)
@@ -134,6 +156,7 @@ class Rule:
         # the variants the benchmark measures: (key, label, options); the rule's
         # defaults alone unless declared
         self.bench = tuple(bench) if bench is not None else ((name, torch_name, {}),)
+        self.scalar_state = tuple(scalar_state)
         self.step_fn = None          # set by fastadapt.functional
 
     @property
@@ -451,8 +474,57 @@ prev = g""",
     takes_step=False, check=_rprop_check)
 
 
+# ----------------------------------------------------------------- NAdam
+def _float32(x):
+    """``x`` rounded to float32, as torch keeps a scalar state tensor."""
+    return float(np.float32(x))
+
+
+def _nadam_scalars(o, t, state):
+    beta1, beta2 = o["betas"]
+    lr, wd, decoupled = o["lr"], o["weight_decay"], o["decoupled_weight_decay"]
+    decay = o["momentum_decay"]
+    mu = beta1 * (1.0 - 0.5 * 0.96 ** (t * decay))
+    mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((t + 1.0) * decay))
+    # torch's mu_product is a float32 tensor: multiplied (and rounded) in float32
+    mu_product = _float32(np.float32(state["mu_product"]) * np.float32(mu))
+    mu_product_next = mu_product * mu_next
+    scalars = {"weight_decay": wd,
+               "decay_factor": 1.0 - lr * wd if decoupled and wd != 0 else 1.0,
+               **_lerp_weight("beta1", 1.0 - beta1), "beta2": beta2,
+               "one_minus_beta2": 1.0 - beta2, "bias_correction2": 1.0 - beta2 ** t,
+               "eps": o["eps"], "coef_grad": -lr * (1.0 - mu) / (1.0 - mu_product),
+               "coef_avg": (-lr * mu_next) / (1.0 - mu_product_next),
+               "l2": not decoupled and wd != 0}
+    return scalars, {"mu_product": mu_product}
+
+
+NADAM = Rule(
+    "nadam", "NAdam", "nadam",
+    (_with(_LR, default=2e-3), _BETAS, _EPS, _WD,
+     Real("momentum_decay", 4e-3, doc="the momentum schedule's decay (psi)"),
+     Flag("decoupled_weight_decay", doc="decay the parameter as AdamW does instead of "
+          "adding an L2 term"), _MAXIMIZE),
+    (State("exp_avg"), State("exp_avg_sq")), _nadam_scalars,
+    """\
+param = param * (1 - lr * weight_decay)        if decoupled_weight_decay
+g = -grad if maximize else grad
+g = g + weight_decay * param                   unless decoupled_weight_decay
+mu      = beta1 * (1 - 0.5 * 0.96**(step * momentum_decay))
+mu_next = beta1 * (1 - 0.5 * 0.96**((step + 1) * momentum_decay))
+mu_product = mu_product * mu                   (a float32 scalar, as torch keeps it)
+exp_avg    = lerp(exp_avg, g, 1 - beta1)
+exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
+denom = sqrt(exp_avg_sq / (1 - beta2**step)) + eps
+param = param - lr * (1 - mu) / (1 - mu_product) * g / denom
+param = param - lr * mu_next / (1 - mu_product * mu_next) * exp_avg / denom""",
+    "NAdam, Adam with Nesterov momentum (Dozat, 2016)",
+    scalar_state=(ScalarState("mu_product", 1.0, doc="the product of the momentum "
+                              "schedule's mu so far"),))
+
+
 RULES = {rule.name: rule for rule in (ADAM, ADAMW, SGD, RMSPROP, ADAGRAD, ADADELTA,
-                                      ADAMAX, RADAM, RPROP)}
+                                      ADAMAX, RADAM, RPROP, NADAM)}
 
 
 def kernel_specs():

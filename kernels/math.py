@@ -183,6 +183,22 @@ def rprop(param, grad, prev, step_size,
     return param - signum(g, zero, one) * ss, g, ss
 
 
+def nadam(param, grad, exp_avg, exp_avg_sq,
+          grad_sign, weight_decay, decay_factor, one_minus_beta1, neg_beta1,
+          one_minus_beta1_is_small: bool, beta2, one_minus_beta2, bias_correction2, eps,
+          coef_grad, coef_avg, l2: bool):
+    """NAdam; the momentum schedule is in ``coef_grad`` and ``coef_avg`` (host)."""
+    g = grad * grad_sign
+    p = param * decay_factor
+    if l2:
+        g = g + weight_decay * p
+    m = lerp(exp_avg, g, one_minus_beta1, neg_beta1, one_minus_beta1_is_small)
+    v = exp_avg_sq * beta2 + one_minus_beta2 * g * g
+    denom = sqrt(v / bias_correction2) + eps
+    p = p + coef_grad * g / denom
+    return p + coef_avg * m / denom, m, v
+
+
 # ----------------------------------------------------------------- vocabulary
 def scalar_where(condition, a, b):
     """``a if condition else b`` for one element (both already evaluated)."""

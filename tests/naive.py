@@ -164,6 +164,32 @@ def rprop_step(param, grad, prev, step_size, *, lr=1e-2, etas=(0.5, 1.2),
     prev[...], step_size[...] = g, size
 
 
+def nadam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=2e-3, betas=(0.9, 0.999),
+               eps=1e-8, weight_decay=0.0, momentum_decay=4e-3,
+               decoupled_weight_decay=False, maximize=False, mu_product=None):
+    """Returns the new mu_product, which torch keeps as a float32 tensor (so it
+    is rounded to float32 here too)."""
+    beta1, beta2 = betas
+    p, grad, m, v = _f64(param, grad, exp_avg, exp_avg_sq)
+    if decoupled_weight_decay:
+        p = p * (1.0 - lr * weight_decay)
+        g = _direction(p, grad, 0.0, maximize)
+    else:
+        g = _direction(p, grad, weight_decay, maximize)
+    mu = beta1 * (1.0 - 0.5 * 0.96 ** (step * momentum_decay))        # Dozat's schedule
+    mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((step + 1) * momentum_decay))
+    product = float(np.float32(np.float32(1.0 if mu_product is None else mu_product)
+                               * np.float32(mu)))
+    m = beta1 * m + (1.0 - beta1) * g
+    v = beta2 * v + (1.0 - beta2) * g ** 2
+    v_hat = v / (1.0 - beta2 ** step)
+    m_hat = mu_next * m / (1.0 - product * mu_next) + (1.0 - mu) * g / (1.0 - product)
+    param[...] = p - lr * m_hat / (np.sqrt(v_hat) + eps)
+    exp_avg[...], exp_avg_sq[...] = m, v
+    return {"mu_product": product}
+
+
 STEPS = {"adam": adam_step, "adamw": adamw_step, "sgd": sgd_step,
          "rmsprop": rmsprop_step, "adagrad": adagrad_step, "adadelta": adadelta_step,
-         "adamax": adamax_step, "radam": radam_step, "rprop": rprop_step}
+         "adamax": adamax_step, "radam": radam_step, "rprop": rprop_step,
+         "nadam": nadam_step}

@@ -105,13 +105,25 @@ CONFIGS = {
         {"etas": (0.3, 1.5), "step_sizes": (1e-3, 0.2)},   # both clamps reached
         {"etas": (0.9, 1.01), "lr": 1e-3, "maximize": True},
     ],
+    "nadam": [
+        {},
+        {"weight_decay": 0.1},
+        {"weight_decay": 0.1, "decoupled_weight_decay": True},
+        {"maximize": True},
+        {"momentum_decay": 0.5, "lr": 0.01},  # mu climbs to beta1 within the 20 steps
+        {"momentum_decay": 0.0},            # mu = beta1 / 2 throughout
+        {"betas": (0.4, 0.9), "eps": 1e-3},  # 1 - beta1 >= 0.5: lerp's other branch
+        {"betas": (0.95, 0.99), "weight_decay": 0.2, "decoupled_weight_decay": True,
+         "maximize": True, "momentum_decay": 0.01},
+    ],
 }
 assert CONFIGS.keys() == fastadapt.RULES.keys(), "every rule needs its configurations"
 
 # For each rule, options under which it uses every state array it can take.
 EVERY_STATE = {"adam": {"amsgrad": True}, "adamw": {"amsgrad": True},
                "sgd": {"momentum": 0.9}, "rmsprop": {"centered": True, "momentum": 0.9},
-               "adagrad": {}, "adadelta": {}, "adamax": {}, "radam": {}, "rprop": {}}
+               "adagrad": {}, "adadelta": {}, "adamax": {}, "radam": {}, "rprop": {},
+               "nadam": {}}
 for _name, _options in EVERY_STATE.items():
     assert fastadapt.RULES[_name].state_for(**_options) == fastadapt.RULES[_name].state
 
@@ -169,6 +181,10 @@ MUTANTS = [
     ("rprop-etaplus", "rprop", {}, "rprop", {"etas": (0.5, 1.21)}, 1),
     ("rprop-step-size-max", "rprop", {"step_sizes": (1e-6, 0.05)}, "rprop",
      {"step_sizes": (1e-6, 0.051)}, 1),
+    ("nadam-momentum-decay", "nadam", {}, "nadam", {"momentum_decay": 4e-2}, 1),
+    ("nadam-coupled-decay", "nadam", {"weight_decay": 0.1, "decoupled_weight_decay": True},
+     "nadam", {"weight_decay": 0.1}, 1),
+    ("nadam-step-off-by-one", "nadam", {}, "nadam", {}, 2),
 ]
 
 
@@ -234,6 +250,10 @@ HYPER_PARAMETERS["rprop"] = st.fixed_dictionaries({
     "lr": _lr, "etas": st.tuples(st.floats(0.05, 0.95), st.floats(1.05, 3.0)),
     "step_sizes": st.tuples(_log_uniform(-8, -3), _log_uniform(-2, 2)),
     "maximize": st.booleans()})
+HYPER_PARAMETERS["nadam"] = st.fixed_dictionaries({   # beta2 >= 0.1: as Adam's, above
+    "lr": _log_uniform(-5, -1), "betas": st.tuples(_unit, st.floats(0.1, 0.9999)),
+    "eps": _eps, "weight_decay": _decay, "momentum_decay": st.floats(0.0, 0.1),
+    "decoupled_weight_decay": st.booleans(), "maximize": st.booleans()})
 assert HYPER_PARAMETERS.keys() == fastadapt.RULES.keys()
 
 
@@ -264,9 +284,10 @@ def run_steps(step_fn, name, config, param, grads, state, first_step=1):
     """Apply ``step_fn`` (fastadapt's or naive's) once per gradient, in place."""
     rule = fastadapt.RULES[name]
     options = step_options(config)
+    carried = {}                # the rule's scalar state, returned by each step
     for t, grad in enumerate(grads, start=first_step):
         counter = {"step": t} if rule.takes_step else {}
-        step_fn(param, grad, **state, **options, **counter)
+        carried = step_fn(param, grad, **state, **options, **counter, **carried) or {}
     return param, state
 
 
@@ -299,5 +320,5 @@ def run_torch(name, config, param0, grads):
         optimizer.step()
     to_ours = {v: k for k, v in TORCH_STATE_NAMES.items()}
     state = {to_ours.get(k, k): v.numpy() for k, v in optimizer.state[param].items()
-             if k != "step"}
+             if k != "step" and v.dim() > 0}           # not the scalar state (mu_product)
     return param.detach().numpy(), state

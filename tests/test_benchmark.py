@@ -61,11 +61,12 @@ def _run_steps(fn, rule, options, param, grad, steps, **extra):
     p, g = param.copy(), grad.copy()
     state = {name: np.full_like(p, rule.initial_value(name, **options))
              for name in rule.state_for(**options)}
+    carried = {}
     for t in range(1, steps + 1):
-        kwargs = {**options, **state, **extra}
+        kwargs = {**options, **state, **extra, **carried}
         if rule.takes_step:
             kwargs["step"] = t
-        fn(p, g, **kwargs)
+        carried = fn(p, g, **kwargs) or {}
     return p, state
 
 

@@ -101,8 +101,12 @@ def test_matches_torch_with_param_groups(torch, name, config, dtype):
         assert int(tstate.get("step", STEPS)) == STEPS   # torch's SGD keeps no count
         ours = {n: v[i] for n, v in state[g].items() if n != "step"}
         expected = {TORCH_STATE_NAMES.get(n, n) for n in ours}
-        assert expected == {n for n, v in tstate.items()
-                            if n != "step" and v is not None}, f"state names, param {k}"
+        scalar = opt.scalar_state[g]
+        assert expected | set(scalar) == {n for n, v in tstate.items()
+                                          if n != "step" and v is not None}, \
+            f"state names, param {k}"
+        for n, v in scalar.items():      # kept as torch keeps it: float32 0-d tensors
+            assert v == tstate[n].item(), f"param {k} {n}"
         for n, v in ours.items():
             assert_close(v, tstate[TORCH_STATE_NAMES.get(n, n)].numpy(), dtype,
                          f"param {k} {n}")
@@ -356,7 +360,7 @@ def test_params_forms():
 
 def test_setup_options_match_the_case_database():
     for name, cls in CLASSES.items():
-        assert set(cls.state_init.values()) <= SETUP_OPTIONS
+        assert set(cls.state_init.values()) <= SETUP_OPTIONS | set(cls.rule.defaults)
         for config in CONFIGS[name]:
             cls([np.zeros(2)], **config)    # every database config constructs
 

@@ -69,7 +69,13 @@ def numpy_alloc_step(config, param, grad):
 
 def _functional_closure(fn, config, p, g, state, extra):
     options = {**config.options, **state, **extra}
-    if config.rule.takes_step:
+    if config.rule.scalar_state:        # NAdam's mu_product, ...: carried step to step
+        counter = itertools.count(1)
+
+        def step():
+            counter_kw = {"step": next(counter)} if config.rule.takes_step else {}
+            options.update(fn(p, g, **counter_kw, **options) or {})
+    elif config.rule.takes_step:
         counter = itertools.count(1)
 
         def step():

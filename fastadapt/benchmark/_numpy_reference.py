@@ -190,7 +190,7 @@ def derived_step(rule):
     def step(param, grad, *args, scratch=None, **kwargs):
         update = rule.step_fn.plan(param, grad, *args, **kwargs)
         if param.size == 0:
-            return
+            return update.state
         arrays = update.arrays
         cast = param.dtype.type
         scalars = [bool(x) if name in signature.flags else cast(x)
@@ -201,6 +201,7 @@ def derived_step(rule):
         for name, value in zip(("param",) + rule.state, out):
             if arrays[name] is not None:
                 arrays[name][...] = value
+        return update.state
     step.__name__ = f"{rule.name}_step"
     step.__doc__ = f"{rule.torch_name} in NumPy, derived from its math; " \
                    f":func:`fastadapt.{rule.name}_step`'s semantics."
