@@ -523,8 +523,45 @@ param = param - lr * mu_next / (1 - mu_product * mu_next) * exp_avg / denom""",
                               "schedule's mu so far"),))
 
 
+# ----------------------------------------------------------------- ASGD
+def _asgd_scalars(o, t, state):
+    lr, lambd = o["lr"], o["lambd"]
+    eta, mu = _float32(state["eta"]), _float32(state["mu"])   # float32 tensors in torch
+    scalars = {"weight_decay": o["weight_decay"], "decay": 1.0 - lambd * eta,
+               "neg_eta": -eta, "mu": mu, "average": mu != 1.0,
+               "l2": o["weight_decay"] != 0}
+    try:
+        new_eta = lr / ((1.0 + lambd * lr * t) ** o["alpha"])
+    except OverflowError:           # the denominator beyond float64: eta has reached 0
+        new_eta = 0.0
+    new_mu = 1.0 / max(1.0, t - o["t0"])
+    return scalars, {"eta": _float32(new_eta), "mu": _float32(new_mu)}
+
+
+ASGD = Rule(
+    "asgd", "ASGD", "asgd",
+    (_with(_LR, default=1e-2), Real("lambd", 1e-4, low=-math.inf, doc="decay term"),
+     Real("alpha", 0.75, low=-math.inf, doc="power for the eta update"),
+     Real("t0", 1e6, low=-math.inf, doc="the step at which averaging starts"), _WD,
+     _MAXIMIZE),
+    (State("ax", doc="the averaged parameters, the point of ASGD"),), _asgd_scalars,
+    """\
+g = -grad if maximize else grad
+g = g + weight_decay * param
+param = param * (1 - lambd * eta)
+param = param - eta * g
+ax = ax + (param - ax) * mu          if mu != 1
+     param                           otherwise
+eta = lr / (1 + lambd * lr * step)**alpha     (for the next step)
+mu  = 1 / max(1, step - t0)                   (for the next step)""",
+    "ASGD, averaged stochastic gradient descent (Polyak & Juditsky, 1992)",
+    scalar_state=(ScalarState("eta", "lr", doc="the step size of this step (float32, "
+                              "as torch keeps it)"),
+                  ScalarState("mu", 1.0, doc="the averaging weight of this step (float32)")))
+
+
 RULES = {rule.name: rule for rule in (ADAM, ADAMW, SGD, RMSPROP, ADAGRAD, ADADELTA,
-                                      ADAMAX, RADAM, RPROP, NADAM)}
+                                      ADAMAX, RADAM, RPROP, NADAM, ASGD)}
 
 
 def kernel_specs():

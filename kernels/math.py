@@ -199,6 +199,20 @@ def nadam(param, grad, exp_avg, exp_avg_sq,
     return p + coef_avg * m / denom, m, v
 
 
+def asgd(param, grad, ax, grad_sign, weight_decay, decay, neg_eta, mu,
+         average: bool, l2: bool):
+    """ASGD; ``decay = 1 - lambd * eta`` and ``neg_eta`` from the scalar state."""
+    g = grad * grad_sign
+    if l2:
+        g = g + weight_decay * param
+    p = param * decay
+    p = p + neg_eta * g
+    a = p
+    if average:
+        a = ax + (p - ax) * mu
+    return p, a
+
+
 # ----------------------------------------------------------------- vocabulary
 def scalar_where(condition, a, b):
     """``a if condition else b`` for one element (both already evaluated)."""

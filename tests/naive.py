@@ -189,7 +189,21 @@ def nadam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=2e-3, betas=(0.9, 0
     return {"mu_product": product}
 
 
+def asgd_step(param, grad, ax, *, step, lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6,
+              weight_decay=0.0, maximize=False, eta=None, mu=None):
+    """Returns the next step's eta and mu, float32 as torch keeps them."""
+    f32 = lambda x: float(np.float32(x))          # noqa: E731
+    eta, mu = f32(lr if eta is None else eta), f32(1.0 if mu is None else mu)
+    p, grad, a = _f64(param, grad, ax)
+    g = _direction(p, grad, weight_decay, maximize)
+    p = p * (1.0 - lambd * eta) - eta * g
+    a = a + (p - a) * mu if mu != 1.0 else p     # Polyak averaging
+    param[...], ax[...] = p, a
+    return {"eta": f32(lr / (1.0 + lambd * lr * step) ** alpha),
+            "mu": f32(1.0 / max(1.0, step - t0))}
+
+
 STEPS = {"adam": adam_step, "adamw": adamw_step, "sgd": sgd_step,
          "rmsprop": rmsprop_step, "adagrad": adagrad_step, "adadelta": adadelta_step,
          "adamax": adamax_step, "radam": radam_step, "rprop": rprop_step,
-         "nadam": nadam_step}
+         "nadam": nadam_step, "asgd": asgd_step}

@@ -116,6 +116,14 @@ CONFIGS = {
         {"betas": (0.95, 0.99), "weight_decay": 0.2, "decoupled_weight_decay": True,
          "maximize": True, "momentum_decay": 0.01},
     ],
+    "asgd": [
+        {},                                 # t0 = 1e6: ax just follows param
+        {"t0": 5},                          # averaging starts at step 6 of 20
+        {"weight_decay": 0.1},
+        {"maximize": True},
+        {"lambd": 0.1, "alpha": 0.5, "lr": 0.1, "t0": 0.0},
+        {"t0": 10, "lambd": 1e-3, "weight_decay": 0.05, "maximize": True},
+    ],
 }
 assert CONFIGS.keys() == fastadapt.RULES.keys(), "every rule needs its configurations"
 
@@ -123,13 +131,16 @@ assert CONFIGS.keys() == fastadapt.RULES.keys(), "every rule needs its configura
 EVERY_STATE = {"adam": {"amsgrad": True}, "adamw": {"amsgrad": True},
                "sgd": {"momentum": 0.9}, "rmsprop": {"centered": True, "momentum": 0.9},
                "adagrad": {}, "adadelta": {}, "adamax": {}, "radam": {}, "rprop": {},
-               "nadam": {}}
+               "nadam": {}, "asgd": {}}
 for _name, _options in EVERY_STATE.items():
     assert fastadapt.RULES[_name].state_for(**_options) == fastadapt.RULES[_name].state
 
 
 # State that a zero gradient still changes (the parameter never moves): rule -> names.
-MOVES_AT_ZERO_GRADIENT = {"adamax": {"exp_inf"}}   # decays to max(beta2 * u, eps)
+MOVES_AT_ZERO_GRADIENT = {"adamax": {"exp_inf"},   # decays to max(beta2 * u, eps)
+                          "asgd": {"ax"}}           # the average of a still parameter
+# Options that shrink the parameter without a gradient (set to 0 for that identity).
+DECAY_OPTIONS = {"weight_decay", "lambd"}
 
 
 def config_id(config):
@@ -185,6 +196,8 @@ MUTANTS = [
     ("nadam-coupled-decay", "nadam", {"weight_decay": 0.1, "decoupled_weight_decay": True},
      "nadam", {"weight_decay": 0.1}, 1),
     ("nadam-step-off-by-one", "nadam", {}, "nadam", {}, 2),
+    ("asgd-t0-off-by-one", "asgd", {"t0": 5}, "asgd", {"t0": 6}, 1),
+    ("asgd-lambd", "asgd", {"lambd": 0.01, "lr": 0.1}, "asgd", {"lambd": 0.011, "lr": 0.1}, 1),
 ]
 
 
@@ -254,6 +267,9 @@ HYPER_PARAMETERS["nadam"] = st.fixed_dictionaries({   # beta2 >= 0.1: as Adam's,
     "lr": _log_uniform(-5, -1), "betas": st.tuples(_unit, st.floats(0.1, 0.9999)),
     "eps": _eps, "weight_decay": _decay, "momentum_decay": st.floats(0.0, 0.1),
     "decoupled_weight_decay": st.booleans(), "maximize": st.booleans()})
+HYPER_PARAMETERS["asgd"] = st.fixed_dictionaries({
+    "lr": _lr, "lambd": st.floats(0.0, 0.1), "alpha": st.floats(0.0, 1.0),
+    "t0": st.floats(0.0, 30.0), "weight_decay": _decay, "maximize": st.booleans()})
 assert HYPER_PARAMETERS.keys() == fastadapt.RULES.keys()
 
 

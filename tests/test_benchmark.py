@@ -201,7 +201,11 @@ def test_torch_rivals_run_the_same_algorithm(config, mode):
     fa_param = steps["fastadapt"].arrays[0]
     opt = steps[mode].__self__
     torch_param = opt.param_groups[0]["params"][0].detach().numpy()
-    np.testing.assert_allclose(torch_param, fa_param, rtol=1e-12, atol=1e-12)
+    # torch's foreach ASGD computes eta = lr / (1 + lambd lr step)**alpha with float32
+    # tensor arithmetic, its single-tensor path (fastadapt's semantics) in float64
+    # before storing it as float32: eta differs by a float32 ulp, the update by 1e-7.
+    tol = 1e-6 if (config.rule_name, mode) == ("asgd", "torch_foreach") else 1e-12
+    np.testing.assert_allclose(torch_param, fa_param, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.key)

@@ -140,8 +140,8 @@ def test_adam_without_momentum_is_bias_corrected_rmsprop(dtype):
 @pytest.mark.parametrize("name, config", ALL_CASES)
 @dtypes
 def test_zero_gradient_without_decay_changes_nothing(name, config, dtype):
-    if "weight_decay" in fastadapt.RULES[name].defaults:
-        config = {**config, "weight_decay": 0.0}
+    config = {**config, **{k: 0.0 for k in cases.DECAY_OPTIONS
+                           if k in fastadapt.RULES[name].defaults}}
     param0, _ = cases.problem(cpu.SERIAL_BELOW + 5, dtype, 3)
     zeros = [np.zeros_like(param0) for _ in range(3)]
     param, state = cases.run_fastadapt(name, config, param0, zeros)
