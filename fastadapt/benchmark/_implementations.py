@@ -103,6 +103,8 @@ def torch_optimizer(config, tensors, mode):
     Raises Unavailable when torch lacks this path (no fused RMSprop, ...).
     """
     torch = import_torch()
+    if not config.rule.in_torch:
+        raise Unavailable(f"torch.optim has no {config.rule.torch_name}")
     cls = getattr(torch.optim, config.rule.torch_name)
     flags = TORCH_MODES[mode]
     try:
