@@ -560,8 +560,28 @@ mu  = 1 / max(1, step - t0)                   (for the next step)""",
                   ScalarState("mu", 1.0, doc="the averaging weight of this step (float32)")))
 
 
+# ----------------------------------------------------------------- Lion
+LION = Rule(
+    "lion", "Lion", "lion",
+    (_with(_LR, default=1e-4), _with(_BETAS, default=(0.9, 0.99), doc="interpolation of "
+     "the update's and the momentum's averages"),
+     _with(_WD, doc="decoupled weight decay"), _MAXIMIZE),
+    (State("exp_avg"),),
+    lambda o, t: {"decay_factor": 1.0 - o["lr"] * o["weight_decay"],
+                  "one_minus_beta1": 1.0 - o["betas"][0], "beta1": o["betas"][0],
+                  "one_minus_beta2": 1.0 - o["betas"][1], "beta2": o["betas"][1],
+                  "neg_lr": -o["lr"], "zero": 0.0, "one": 1.0},
+    """\
+g = -grad if maximize else grad
+c = beta1 * exp_avg + (1 - beta1) * g
+param = param * (1 - lr * weight_decay) - lr * sign(c)
+exp_avg = beta2 * exp_avg + (1 - beta2) * g""",
+    "Lion, evolved sign momentum (Chen et al., 2023, arXiv:2302.06675)",
+    takes_step=False, in_torch=False)
+
+
 RULES = {rule.name: rule for rule in (ADAM, ADAMW, SGD, RMSPROP, ADAGRAD, ADADELTA,
-                                      ADAMAX, RADAM, RPROP, NADAM, ASGD)}
+                                      ADAMAX, RADAM, RPROP, NADAM, ASGD, LION)}
 
 
 def kernel_specs():

@@ -213,6 +213,15 @@ def asgd(param, grad, ax, grad_sign, weight_decay, decay, neg_eta, mu,
     return p, a
 
 
+def lion(param, grad, exp_avg, grad_sign, decay_factor, one_minus_beta1, beta1,
+         one_minus_beta2, beta2, neg_lr, zero, one):
+    """Lion; ``decay_factor = 1 - lr * weight_decay``."""
+    g = grad * grad_sign
+    c = exp_avg * beta1 + one_minus_beta1 * g
+    p = param * decay_factor + neg_lr * signum(c, zero, one)
+    return p, exp_avg * beta2 + one_minus_beta2 * g
+
+
 # ----------------------------------------------------------------- vocabulary
 def scalar_where(condition, a, b):
     """``a if condition else b`` for one element (both already evaluated)."""

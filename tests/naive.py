@@ -203,7 +203,18 @@ def asgd_step(param, grad, ax, *, step, lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6,
             "mu": f32(1.0 / max(1.0, step - t0))}
 
 
+def lion_step(param, grad, exp_avg, *, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0,
+              maximize=False):
+    """Chen et al. (2023), Algorithm 2: the sign of an interpolation, then the momentum."""
+    beta1, beta2 = betas
+    p, grad, m = _f64(param, grad, exp_avg)
+    g = -grad if maximize else grad
+    update = np.sign(beta1 * m + (1.0 - beta1) * g)
+    param[...] = p * (1.0 - lr * weight_decay) - lr * update
+    exp_avg[...] = beta2 * m + (1.0 - beta2) * g
+
+
 STEPS = {"adam": adam_step, "adamw": adamw_step, "sgd": sgd_step,
          "rmsprop": rmsprop_step, "adagrad": adagrad_step, "adadelta": adadelta_step,
          "adamax": adamax_step, "radam": radam_step, "rprop": rprop_step,
-         "nadam": nadam_step, "asgd": asgd_step}
+         "nadam": nadam_step, "asgd": asgd_step, "lion": lion_step}

@@ -124,6 +124,13 @@ CONFIGS = {
         {"lambd": 0.1, "alpha": 0.5, "lr": 0.1, "t0": 0.0},
         {"t0": 10, "lambd": 1e-3, "weight_decay": 0.05, "maximize": True},
     ],
+    "lion": [                               # no torch.optim.Lion: the float64 reference
+        {},
+        {"weight_decay": 0.1, "lr": 1e-3},
+        {"maximize": True},
+        {"betas": (0.0, 0.5)},              # the sign of the gradient alone
+        {"betas": (0.95, 0.98), "weight_decay": 1.0, "lr": 3e-4, "maximize": True},
+    ],
 }
 assert CONFIGS.keys() == fastadapt.RULES.keys(), "every rule needs its configurations"
 
@@ -131,7 +138,7 @@ assert CONFIGS.keys() == fastadapt.RULES.keys(), "every rule needs its configura
 EVERY_STATE = {"adam": {"amsgrad": True}, "adamw": {"amsgrad": True},
                "sgd": {"momentum": 0.9}, "rmsprop": {"centered": True, "momentum": 0.9},
                "adagrad": {}, "adadelta": {}, "adamax": {}, "radam": {}, "rprop": {},
-               "nadam": {}, "asgd": {}}
+               "nadam": {}, "asgd": {}, "lion": {}}
 for _name, _options in EVERY_STATE.items():
     assert fastadapt.RULES[_name].state_for(**_options) == fastadapt.RULES[_name].state
 
@@ -198,6 +205,9 @@ MUTANTS = [
     ("nadam-step-off-by-one", "nadam", {}, "nadam", {}, 2),
     ("asgd-t0-off-by-one", "asgd", {"t0": 5}, "asgd", {"t0": 6}, 1),
     ("asgd-lambd", "asgd", {"lambd": 0.01, "lr": 0.1}, "asgd", {"lambd": 0.011, "lr": 0.1}, 1),
+    ("lion-betas-swapped", "lion", {}, "lion", {"betas": (0.99, 0.9)}, 1),
+    ("lion-lr", "lion", {"weight_decay": 0.1, "lr": 1e-3}, "lion",
+     {"weight_decay": 0.1, "lr": 1.01e-3}, 1),
 ]
 
 
@@ -270,6 +280,9 @@ HYPER_PARAMETERS["nadam"] = st.fixed_dictionaries({   # beta2 >= 0.1: as Adam's,
 HYPER_PARAMETERS["asgd"] = st.fixed_dictionaries({
     "lr": _lr, "lambd": st.floats(0.0, 0.1), "alpha": st.floats(0.0, 1.0),
     "t0": st.floats(0.0, 30.0), "weight_decay": _decay, "maximize": st.booleans()})
+HYPER_PARAMETERS["lion"] = st.fixed_dictionaries({
+    "lr": _log_uniform(-6, -2), "betas": st.tuples(_unit, _unit),
+    "weight_decay": st.floats(0.0, 2.0), "maximize": st.booleans()})
 assert HYPER_PARAMETERS.keys() == fastadapt.RULES.keys()
 
 
