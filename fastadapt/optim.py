@@ -1,9 +1,9 @@
 r"""Optimizer classes: torch.optim-style objects over the fused functional steps.
 
 One generic :class:`Optimizer` is driven by a :class:`~fastadapt.rules.Rule` of
-the registry; :class:`Adam`, :class:`AdamW`, :class:`SGD`, :class:`RMSprop`,
-:class:`Adagrad` and :class:`Adadelta` only declare their rule, their
-signature (torch's names and defaults) and their algorithm.
+the registry; each rule's class (:class:`Adam`, :class:`NAdam`, :class:`Lion`, ...
+one per entry of :data:`fastadapt.RULES`) is derived from the declaration: its
+rule, its signature (torch's names and defaults) and its docstring.
 
 How it differs from torch.optim
 -------------------------------

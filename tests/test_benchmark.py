@@ -285,7 +285,7 @@ def test_select():
     assert [c.key for c in select(["rmsprop-centered"])] == ["rmsprop-centered"]
     assert len(select(["all"])) == len(CONFIGS)
     with pytest.raises(ValueError, match="unknown rule"):
-        select(["adamax"])
+        select(["nosuchrule"])
 
 
 def test_interleaved_timing_gives_every_implementation_its_rounds():
