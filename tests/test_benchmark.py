@@ -516,3 +516,20 @@ def test_gpu_section_under_the_cuda_simulator():
     assert out["roofline_n"] == 70 and out["roofline_gbps"] > 0
     text = _report.cuda_table(out).text()
     assert "no CUDA torch" in text and "% roofline" in text
+
+
+def test_interleaved_timing_stops_at_twice_the_budget_after_min_rounds(monkeypatch):
+    """Rounds are sized from the fastest calls; when calls turn slow (a busy
+    machine), the measurement still ends near its budget."""
+    from fastadapt.benchmark import _timing
+    now = [0.0]
+    calls = {"n": 0}
+    monkeypatch.setattr(_timing, "_clock", lambda: now[0])
+
+    def step():
+        calls["n"] += 1
+        now[0] += 1e-4 if calls["n"] <= 40 else 0.05     # fast while sized, then slow
+    result = _timing.interleaved({"a": step}, budget_s=0.1, min_rounds=3, max_rounds=200)
+    rounds = len(result["a"].samples)
+    assert 3 <= rounds < 10
+    assert result["a"].calls == rounds * result["a"].inner

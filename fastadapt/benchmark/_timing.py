@@ -73,7 +73,8 @@ def interleaved(steps, budget_s=1.0, min_rounds=5, max_rounds=200, min_sample_s=
     steps : dict name -> zero-argument callable
     budget_s : float
         Wall time aimed at for the whole measurement (all implementations);
-        at least ``min_rounds`` rounds are run whatever it costs.
+        at least ``min_rounds`` rounds are run whatever it costs, and no new
+        round starts after twice the budget.
     min_sample_s, max_sample_s : float
         Bounds on one sample's duration: at least ``min_sample_s`` so the
         clock's resolution and the loop are negligible, and no implementation
@@ -98,8 +99,14 @@ def interleaved(steps, budget_s=1.0, min_rounds=5, max_rounds=200, min_sample_s=
     samples = {name: [] for name in names}
     was_enabled = gc.isenabled()
     gc.disable()
+    # The rounds were sized from the fastest calls seen; on a busy machine every
+    # call can take far longer (a parallel region waits for time slices), so
+    # stop once the budget is spent twice over, after at least min_rounds.
+    deadline = _clock() + 2 * budget_s
     try:
         for r in range(rounds):
+            if r >= min_rounds and _clock() > deadline:
+                break
             k = r % len(names)
             for name in names[k:] + names[:k]:
                 step, count = steps[name], inner[name]
@@ -113,6 +120,7 @@ def interleaved(steps, budget_s=1.0, min_rounds=5, max_rounds=200, min_sample_s=
     finally:
         if was_enabled:
             gc.enable()
+    done = len(samples[names[0]])
     return {name: Timing(statistics.median(samples[name]), samples[name], inner[name],
-                         inner[name] * rounds)
+                         inner[name] * done)
             for name in names}
