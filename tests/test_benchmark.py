@@ -533,3 +533,34 @@ def test_interleaved_timing_stops_at_twice_the_budget_after_min_rounds(monkeypat
     rounds = len(result["a"].samples)
     assert 3 <= rounds < 10
     assert result["a"].calls == rounds * result["a"].inner
+
+
+def test_a_sample_ends_early_when_calls_turn_slow(monkeypatch):
+    """A sample sized for 1 us calls does not run its 2000 calls at 4 ms each
+    (8 s) when the machine turns busy: it ends soon after 4 times its planned
+    length, and its time per call is the mean of the calls it made."""
+    from fastadapt.benchmark import _timing
+    now = [0.0]
+    calls = {"n": 0}
+    monkeypatch.setattr(_timing, "_clock", lambda: now[0])
+
+    def step():
+        calls["n"] += 1
+        now[0] += 1e-6 if calls["n"] <= 1000 else 4e-3   # slow from the first sample on
+    result = _timing.interleaved({"a": step}, budget_s=0.01, min_rounds=2, max_rounds=2)
+    timing = result["a"]
+    assert timing.inner >= 1000                     # sized from the fast calls
+    assert now[0] < 1.0                             # not 2 x 2000 x 4 ms
+    assert timing.calls < timing.inner
+    assert max(timing.samples) == pytest.approx(4e-3, rel=0.01)
+
+
+def test_plot_draws_only_undisturbed_rows(tmp_path):
+    pytest.importorskip("matplotlib")
+    quiet = _row("Adam", 2**23, 10_000.0, 9_000.0, 80_000.0)
+    busy = _row("SGD", 2**23, 10_000.0, 9_000.0, 80_000.0, bpe=20, others=0.6)
+    path = tmp_path / "t.png"
+    assert _report.plot(_data([quiet, busy]), str(path)) is None
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "disturbed" in _report.plot(_data([busy]), str(tmp_path / "u.png"))
+    assert not (tmp_path / "u.png").exists()

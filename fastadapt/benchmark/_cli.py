@@ -186,7 +186,7 @@ def main(argv=None):
         retries, retry_budget = args.retries, max(retry_budget, 30.0 * args.retries)
     retry = Retry(retries=retries, budget_s=retry_budget)
     plan = _plan(sections, configs, sizes, dtype, budget, min_rounds, mode)
-    progress = Progress(plan, retry_budget if retry.retries else 0.0)
+    progress = Progress(plan)
     # Thousands of steps on one fixed gradient drive some states to inf / NaN
     # (centered RMSprop's v - g_avg^2 cancels to below zero) in every
     # implementation alike; x86 runs those at full speed, so only the warnings go.
@@ -239,12 +239,13 @@ class Progress:
 
     The ETA scales the estimates of what is left (``plan``: seconds per section,
     from the budget arithmetic) by how the estimates of what is done compared
-    with the time it took, so it corrects itself on a slow or busy machine.
+    with the time it took (re-measuring included), so it corrects itself on a
+    slow or busy machine.
     """
 
-    def __init__(self, plan, retry_allowance=0.0, stream=None, clock=time.perf_counter):
+    def __init__(self, plan, stream=None, clock=time.perf_counter):
         self.plan = dict(plan)
-        self.total = sum(self.plan.values()) + retry_allowance
+        self.total = sum(self.plan.values())
         self.done = 0.0
         self.clock = clock
         self.start = clock()

@@ -133,8 +133,11 @@ def per_call_table(rows):
             if name in us:
                 return _us(us[name], True)
             return _unavailable_cell(r["unavailable"].get(name, "n/a"))
+        # a difference of two medians can fall below zero by noise: not a cost
+        overhead = (_us(r["overhead_us"], True) if r["overhead_us"] >= 0
+                    else f"{DASH} (below noise)")
         out.append([r["label"], _n(r["n"]), cell("fastadapt"), cell("driver"),
-                    _us(r["overhead_us"], True), cell("torch_fused"), cell("torch_single"),
+                    overhead, cell("torch_fused"), cell("torch_single"),
                     _x(r["x_torch_fused"]) if "x_torch_fused" in r else "n/a"])
     return Table(headers, out)
 
@@ -474,10 +477,11 @@ def plot(data, path):
         import matplotlib.pyplot as plt
     except ImportError:
         return "matplotlib not installed (pip install 'fastadapt[bench]')"
-    rows = data.get("sweep") or []
+    rows = [r for r in data.get("sweep") or [] if _disturbed(r) is None]
     labels = list(dict.fromkeys(r["label"] for r in rows))
     if not labels:
-        return "no sweep results to plot"
+        return ("no sweep results to plot" if not data.get("sweep") else
+                "every sweep measurement stayed disturbed: nothing to plot")
     ncols = min(4, len(labels))
     nrows = -(-len(labels) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(max(4.2 * ncols, 8.4), 3.3 * nrows + 1.2),
@@ -486,7 +490,7 @@ def plot(data, path):
         mine = sorted((r for r in rows if r["label"] == label), key=lambda r: r["n"])
         for name in IMPLEMENTATIONS:
             pts = [(r["n"], r["implementations"][name]["gbps"]) for r in mine
-                   if "gbps" in r["implementations"][name] and _disturbed(r) is None]
+                   if "gbps" in r["implementations"][name]]
             if pts:
                 xs, ys = zip(*pts)
                 ax.plot(xs, ys, label=LABELS[name], **_STYLE[name])
@@ -501,6 +505,8 @@ def plot(data, path):
     for ax in axes[:, 0]:
         ax.set_ylabel("GB/s")
     handles, names = axes.flat[0].get_legend_handles_labels()
+    if not names:
+        names, handles = ["(none)"], [plt.Line2D([], [])]
     legend_cols = len(names) if ncols >= 4 else min(4, len(names))
     legend_rows = -(-len(names) // legend_cols)
     fig.legend(handles, names, loc="lower center", ncol=legend_cols, fontsize=9, frameon=False)
