@@ -281,7 +281,8 @@ def _bandwidth_line(data):
         return (f"Memory bandwidth: {DASH} (every roofline measurement at n = {_n(n)} was "
                 "disturbed by other processes)")
     return (f"Memory bandwidth the rows are compared with: {gbps:.1f} GB/s, the in-place "
-            f"same-traffic roofline kernel at n = {_n(n)} (median over {count} rules)")
+            f"same-traffic roofline kernel at n = {_n(n)} ("
+            + (f"median over {count} rules)" if count > 1 else "one rule undisturbed)"))
 
 
 def sections_text(data):
