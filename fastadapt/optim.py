@@ -331,7 +331,10 @@ class Optimizer:
             self._validate(group, buffers.param.dtype, index)
             buffers.validated = options
             options = dict(options)
-        options["lr"] = resolve_lr(lr, buffers.steps)
+        try:
+            options["lr"] = resolve_lr(lr, buffers.steps)
+        except (TypeError, ValueError) as exc:
+            raise _in_group(exc, index) from None
         names = self.rule.state_for(**options)
         if self.rule.takes_step:
             options["step"] = buffers.steps + 1
