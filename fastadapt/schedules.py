@@ -401,6 +401,8 @@ class LinearWarmup(Schedule):
         w = self.warmup_steps
         if t < w:
             sf = self.start_factor
+            if w > 2**53:  # t cannot become a float exactly; t / w is exact-rounded
+                return self.schedule(0) * (sf + (1 - sf) * (t / w))
             return self.schedule(0) * (sf + (1 - sf) * t / w)
         return self.schedule(t - w)
 

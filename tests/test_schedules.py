@@ -496,6 +496,7 @@ def test_huge_step_numbers_give_the_limit():
     assert S.CosineAnnealing(0.1, T)(2 * T * 2**1000) == 0.1
     assert S.CosineAnnealing(0.1, T)(2 * T * 2**1000 + T) == 0.0
     assert S.LinearWarmup(S.ExponentialDecay(0.1, 0.5), 5)(HUGE) == 0.0
+    assert S.LinearWarmup(0.1, HUGE)(HUGE // 2) == pytest.approx(0.05, rel=1e-15)
     with pytest.raises(ValueError, match="learning rate"):
         S.resolve_lr(S.ExponentialDecay(0.1, 2.0), HUGE)
 
