@@ -443,8 +443,10 @@ def save(path, state_dict):
 
 def remove_stale_temporaries(directory):
     """Remove the temporary files of :func:`save` in ``directory`` whose writing
-    process, on this machine, is gone; return their names. Best effort: a file
-    that cannot be removed is left."""
+    process, on this machine, is gone; return their names. Only regular files
+    named as :func:`save` names them and holding nothing or the start of a zip
+    file are touched. Best effort: a file that cannot be removed is left (and
+    nothing is removed on Windows, where a process cannot be probed safely)."""
     removed = []
     try:
         names = os.listdir(directory)
@@ -460,7 +462,7 @@ def remove_stale_temporaries(directory):
             continue
         full = os.path.join(directory, name)
         try:
-            if stat.S_ISREG(os.lstat(full).st_mode):
+            if stat.S_ISREG(os.lstat(full).st_mode) and _looks_like_a_partial_save(full):
                 os.unlink(full)
                 removed.append(name)
         except OSError:
@@ -468,9 +470,16 @@ def remove_stale_temporaries(directory):
     return removed
 
 
+def _looks_like_a_partial_save(path):
+    """Empty, or starting as a zip file does: what np.savez leaves when killed."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return b"PK\x03\x04".startswith(head)
+
+
 def _process_exists(pid):
-    if pid <= 0:
-        return True             # not a process id: leave the file alone
+    if pid <= 0 or os.name == "nt":
+        return True             # not a process id, or no safe probe: leave the file
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -511,12 +511,16 @@ def test_a_later_save_removes_temporaries_of_killed_saves(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
     legacy = f".big.npz.{dead}.0123abcd.tmp"
+    empty = f".big.npz.{dead}.4567abcd.tmp"
     live = f".big.npz.{os.getppid()}.89abcdef.tmp"
     foreign = f".big.npz.00000000-{dead}.0a1b2c3d.tmp"
+    not_ours = f".notes.{dead}.fedcba98.tmp"            # named alike, but not a zip
     for name in (legacy, live, foreign):
-        (tmp_path / name).write_bytes(b"partial")
+        (tmp_path / name).write_bytes(b"PK\x03\x04partial")
+    (tmp_path / empty).write_bytes(b"")
+    (tmp_path / not_ours).write_bytes(b"my notes")
     fastadapt.SGD([np.ones(3)]).save(tmp_path / "other.npz")
-    assert sorted(os.listdir(tmp_path)) == sorted(["other.npz", live, foreign])
+    assert sorted(os.listdir(tmp_path)) == sorted(["other.npz", live, foreign, not_ours])
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX permission bits")
