@@ -537,6 +537,9 @@ def optimizer_layout(optimizer):
     sizes, dtypes and state names."""
     def layout(meta):
         groups, names = meta["param_groups"], meta["state_names"]
+        if meta.get("algorithm") != optimizer.rule.name:
+            raise _Misfit(f"it is for algorithm {meta.get('algorithm')!r}, this optimizer "
+                          f"is {optimizer.rule.name!r} ({type(optimizer).__name__})")
         if len(groups) != len(optimizer._groups):
             raise _Misfit(f"'param_groups' must hold one entry per parameter group "
                           f"({len(optimizer._groups)}), got {len(groups)}")
@@ -560,8 +563,9 @@ def load(path, layout=None):
     """Read a checkpoint written by :func:`save` back into a state dict.
 
     ``layout(meta)`` returns ``{member name: (shape, dtype)}``, the arrays the
-    file must hold given its metadata (by default, what the metadata itself
-    declares: :func:`declared_layout`). Every array's ``.npy`` header and zip
+    file must hold given its metadata (the state dict's JSON part, with
+    ``"state_names"``: per group, the names of its state arrays); by default
+    what the metadata itself declares (:func:`declared_layout`). Every array's ``.npy`` header and zip
     entry are checked against it before its data is read.
 
     Raises ``FileNotFoundError`` if ``path`` does not exist and ``ValueError``
@@ -587,12 +591,13 @@ def load(path, layout=None):
                 meta = json.loads(bytes(raw).decode("utf-8"))
                 if not isinstance(meta, dict):
                     raise ValueError("metadata is not a JSON object")
-                names = meta.pop("state_names")
+                names = meta.get("state_names")
                 groups = meta.get("param_groups")
                 if not isinstance(names, list) or not isinstance(groups, list) \
                         or len(names) != len(groups):
                     raise ValueError("metadata does not describe the groups")
-                expected = layout({"param_groups": groups, "state_names": names})
+                expected = layout(meta)
+                del meta["state_names"]
                 unexpected = sorted(set(members) - set(expected))
                 if unexpected:
                     raise _Misfit(f"holds unexpected arrays {unexpected}")

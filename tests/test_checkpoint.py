@@ -154,6 +154,8 @@ def test_save_load_file(tmp_path):
     assert_identical(restored.state_dict(), opt.state_dict())
     with pytest.raises(ValueError, match="algorithm 'adam'"):
         fastadapt.SGD.from_checkpoint(path)
+    with pytest.raises(ValueError, match="algorithm 'adam', this optimizer is 'sgd'"):
+        make("sgd", np.float64).load(path)
 
 
 def test_crash_mid_save_leaves_the_previous_file(tmp_path, monkeypatch):
