@@ -193,3 +193,69 @@ def _python_twins():
 
 #: The same conversions as plain Python on NumPy scalars (run, not compiled).
 PYTHON = _python_twins()
+
+
+# ------------------------------------------------------------------ 8-bit codes
+#: Elements per block of 8-bit state: each block has one float32 absmax.
+BLOCK = 256
+
+
+def dynamic_map(signed):
+    """bitsandbytes' dynamic quantization map (Dettmers, 2016; 8-bit optimizers,
+    Dettmers et al., 2022): 256 sorted float32 values in (-1, 1] (signed, for
+    first moments) or [0, 1] (unsigned, for second moments), dense near zero.
+
+    Built as ``bitsandbytes.functional.create_dynamic_map(signed)`` builds it,
+    in float32 arithmetic (that function uses float32 tensors).
+    """
+    max_exponent_bits, total_bits = 7, 8
+    non_sign_bits = total_bits - 1
+    data = []
+
+    def means(n):
+        # torch.linspace(0.1, 1, n) in float32: a float32 step, then one fused
+        # multiply-add per point, from the start for the first half and from
+        # the end for the second (exact in float64, rounded once)
+        start, end = np.float32(0.1), np.float32(1.0)
+        step = np.float64((end - start) / np.float32(n - 1))
+        i = np.arange(n)
+        boundaries = np.where(i < n // 2, np.float64(start) + step * i,
+                              np.float64(end) - step * (n - i - 1)).astype(np.float32)
+        return (boundaries[:-1] + boundaries[1:]) / np.float32(2.0)
+    for i in range(max_exponent_bits):
+        items = (2 ** (i + non_sign_bits - max_exponent_bits) + 1 if signed
+                 else 2 ** (i + non_sign_bits - max_exponent_bits + 1) + 1)
+        scaled = (np.float32(10.0 ** (-(max_exponent_bits - 1) + i)) * means(int(items)))
+        data += scaled.tolist()
+        if signed:
+            data += (-scaled).tolist()
+    data += [0.0, 1.0]
+    data += [0.0] * (256 - len(data))
+    return np.array(sorted(data), np.float32)
+
+
+def thresholds(code):
+    """The encoding table of a sorted ``code``: ``t[k]`` is the smallest float32
+    nearer to ``code[k + 1]`` than to ``code[k]`` (a tie goes to ``code[k]``),
+    so the nearest code of a float32 ``x`` is the number of ``t[k] <= x``. The
+    255 thresholds are padded with +inf to 256 entries. Exact: the midpoints are
+    taken in float64, where the sum of two float32 values is exact."""
+    c = code.astype(np.float64)
+    mid = (c[:-1] + c[1:]) / 2
+    t = mid.astype(np.float32)
+    t = np.where(t.astype(np.float64) > mid, t, np.nextafter(t, np.float32(np.inf)))
+    return np.append(t, np.float32(np.inf)).astype(np.float32)
+
+
+def _nearest_code(thresholds, x):
+    """The index of the code nearest to ``x``, given the code's :func:`thresholds`:
+    eight compares, no data-dependent trip count. NaN encodes as 0."""
+    k = 0
+    for half in (128, 64, 32, 16, 8, 4, 2, 1):
+        if x >= thresholds[k + half - 1]:
+            k += half
+    return np.uint8(k)
+
+
+nearest_code = njit(inline="always")(_nearest_code)
+PYTHON.nearest_code = _nearest_code

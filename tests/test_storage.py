@@ -241,3 +241,70 @@ def test_stream_key_is_deterministic_and_spreads():
     keys = {S.stream_key(seed, step) for seed in range(50) for step in range(50)}
     assert len(keys) == 2500
     assert all(k < 2**32 for pair in keys for k in pair)
+
+
+# ------------------------------------------------------------------ 8-bit codes
+def _bitsandbytes_dynamic_map(torch, signed):
+    """bitsandbytes.functional.create_dynamic_map(signed), as published, in torch."""
+    max_exponent_bits, total_bits = 7, 8
+    data = []
+    non_sign_bits = total_bits - 1
+    additional_items = 2 ** (non_sign_bits - max_exponent_bits) - 1
+    for i in range(max_exponent_bits):
+        fraction_items = int(2 ** (i + non_sign_bits - max_exponent_bits) + 1 if signed
+                             else 2 ** (i + non_sign_bits - max_exponent_bits + 1) + 1)
+        boundaries = torch.linspace(0.1, 1, fraction_items)
+        means = (boundaries[:-1] + boundaries[1:]) / 2.0
+        data += ((10 ** (-(max_exponent_bits - 1) + i)) * means).tolist()
+        if signed:
+            data += (-(10 ** (-(max_exponent_bits - 1) + i)) * means).tolist()
+    assert additional_items == 0
+    data.append(0)
+    data.append(1.0)
+    data += [0] * (256 - len(data))
+    data.sort()
+    return torch.Tensor(data).numpy()
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_dynamic_map_is_bitsandbytes_map(torch, signed):
+    ours = S.dynamic_map(signed)
+    theirs = _bitsandbytes_dynamic_map(torch, signed)
+    assert ours.dtype == np.float32 and ours.shape == (256,)
+    np.testing.assert_array_equal(ours, theirs)
+    assert np.all(np.diff(ours) >= 0)
+    assert ours[-1] == 1.0 and (-1.0 < ours[0] < -0.99 if signed else ours[0] == 0.0)
+
+
+@njit
+def _codes(table, x, out):
+    for i in range(x.size):
+        out[i] = S.nearest_code(table, x[i])
+
+
+def _nearest_reference(code, x):
+    """argmin |code - x| in float64, the lower index on ties (code is sorted, so
+    the first minimum)."""
+    d = np.abs(code.astype(np.float64)[None, :] - x.astype(np.float64)[:, None])
+    return np.argmin(d, axis=1).astype(np.uint8)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_nearest_code_matches_argmin(signed):
+    code = S.dynamic_map(signed)
+    rng = np.random.default_rng(2)
+    c = code.astype(np.float64)
+    midpoints = ((c[:-1] + c[1:]) / 2).astype(np.float32)
+    x = np.concatenate([
+        rng.uniform(-1.2 if signed else -0.2, 1.2, 20_000).astype(np.float32),
+        (rng.standard_normal(5000) * 1e-4).astype(np.float32),   # the dense region
+        code, midpoints, np.nextafter(midpoints, np.float32(2)),
+        np.nextafter(midpoints, np.float32(-2)),
+        np.array([-np.inf, np.inf, 0.0, -0.0], np.float32)])
+    table = S.thresholds(code)
+    out = np.empty(x.size, np.uint8)
+    _codes(table, x, out)
+    finite = np.isfinite(x)         # (the reference's distances are all inf for +-inf)
+    np.testing.assert_array_equal(out[finite], _nearest_reference(code, x[finite]))
+    assert out[x == np.inf][0] == 255 and out[x == -np.inf][0] == 0
+    assert [int(S.PYTHON.nearest_code(table, v)) for v in x[::97]] == list(map(int, out[::97]))
