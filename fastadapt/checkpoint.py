@@ -24,7 +24,6 @@ than the checkpoint's own arrays need.
 """
 import hashlib
 import json
-import math
 import numbers
 import operator
 import os
@@ -565,8 +564,9 @@ def load(path, layout=None):
     ``layout(meta)`` returns ``{member name: (shape, dtype)}``, the arrays the
     file must hold given its metadata (the state dict's JSON part, with
     ``"state_names"``: per group, the names of its state arrays); by default
-    what the metadata itself declares (:func:`declared_layout`). Every array's ``.npy`` header and zip
-    entry are checked against it before its data is read.
+    what the metadata itself declares (:func:`declared_layout`). Every
+    array's ``.npy`` header and zip entry are checked against it before its
+    data is read.
 
     Raises ``FileNotFoundError`` if ``path`` does not exist and ``ValueError``
     if it is not a complete fastadapt checkpoint (truncated, corrupt, missing or
