@@ -13,6 +13,9 @@ objects:
 * ``params.<g>``: group ``g``'s parameters, concatenated into one 1-D array;
 * ``state.<g>.<name>``: group ``g``'s state array ``name``, laid out the same way.
 
+A schedule ``lr`` held by several groups is written in each, the later ones
+with ``"shared_with": <first group>``, and is restored as one object.
+
 :func:`save` writes a temporary file in the target's directory, flushes and
 fsyncs it, then renames it over the target (``os.replace``), so a crash mid-save
 leaves the previous checkpoint intact; it removes the temporaries that killed
@@ -38,7 +41,8 @@ import numpy as np
 from .schedules import from_config, resolve_lr
 
 __all__ = ["save", "load", "to_host_flat", "segments", "state_dict", "load_state_dict",
-           "from_checkpoint", "CHECKPOINT_FORMAT"]
+           "from_checkpoint", "declared_layout", "optimizer_layout",
+           "remove_stale_temporaries", "CHECKPOINT_FORMAT", "META_LIMIT"]
 
 CHECKPOINT_FORMAT = 1
 
