@@ -297,24 +297,28 @@ class Optimizer:
         """
         with self._lock:
             copies = self._set_grads(grads) if grads is not None else ()
-            index = range(len(self._groups)) if len(self._groups) > 1 else [None]
-            calls = [self._prepare(i, g, b)
-                     for i, g, b in zip(index, self.param_groups, self._groups)]
+            groups = list(zip(self.param_groups, self._groups))
+            several = len(groups) > 1
+            calls = [self._prepare(i if several else None, g, b)
+                     for i, (g, b) in enumerate(groups)]
             for b, arrays in copies:
                 b.grad.copy_from(arrays)
-            created = [{name: self._zero_state(b, g, name) for name in names
-                        if name not in b.state}
-                       for g, b, (_, names, _) in zip(self.param_groups, self._groups, calls)]
-            for b, new in zip(self._groups, created):
-                b.state.update(new)
+            created = []
+            for (g, b), (_, names, _) in zip(groups, calls):
+                for name in names:
+                    if name not in b.state:
+                        created.append((b, name, self._zero_state(b, g, name)))
+            for b, name, buffer in created:
+                b.state[name] = buffer
             plan = self.rule.step_fn.plan
-            updates = [plan(b.param.data, b.grad.data, **options,
-                            **{name: b.state[name].data for name in names})
-                       for b, (options, names, _) in zip(self._groups, calls)]
-            launches = [b.launcher(u) for b, u in zip(self._groups, updates)]
-            for g, b, u, launch, (_, _, nan_padding) in zip(
-                    self.param_groups, self._groups, updates, launches, calls):
-                launch(u.scalars)
+            launches = []
+            for (g, b), (options, names, _) in zip(groups, calls):
+                for name in names:
+                    options[name] = b.state[name].data
+                update = plan(b.param.data, b.grad.data, **options)
+                launches.append((b.launcher(update), update.scalars))
+            for (g, b), (launch, scalars), (_, _, nan_padding) in zip(groups, launches, calls):
+                launch(scalars)
                 b.steps += 1
                 if nan_padding:
                     b.reset_padding({name: float(g[key])
@@ -341,7 +345,8 @@ class Optimizer:
         # The padding holds zeros (gradient included): a rule that divides by
         # eps there computes 0/0 when eps is 0 in the buffer's dtype.
         eps = options.get("eps")
-        nan_padding = eps is not None and buffers.param.dtype.type(float(eps)) == 0
+        nan_padding = (eps is not None and abs(eps) < 1e-30
+                       and buffers.param.dtype.type(eps) == 0)
         return options, names, nan_padding
 
     def _set_grads(self, grads):
