@@ -30,11 +30,15 @@ def status():
     """``(True, device name)`` when fastadapt can run on a GPU here, else
     ``(False, reason)``."""
     try:
-        from numba import cuda
         import numba_cuda  # noqa: F401  (fastadapt's GPU path needs NVIDIA's numba-cuda)
+    except ImportError:
+        return False, ('no GPU section: numba-cuda is not installed (pip install '
+                       '"fastadapt[cuda]")')
+    try:
+        from numba import cuda
         available = cuda.is_available()
-    except Exception as exc:  # numba-cuda missing or broken: no GPU path
-        return False, f"no GPU section: numba-cuda is not usable ({type(exc).__name__})"
+    except Exception as exc:  # numba-cuda broken: no GPU path
+        return False, f"no GPU section: numba-cuda is not usable ({type(exc).__name__}: {exc})"
     if not available:
         return False, "no GPU section: no CUDA GPU found (numba.cuda.is_available() is False)"
     if _simulator():
