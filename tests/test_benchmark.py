@@ -564,3 +564,12 @@ def test_plot_draws_only_undisturbed_rows(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "disturbed" in _report.plot(_data([busy]), str(tmp_path / "u.png"))
     assert not (tmp_path / "u.png").exists()
+
+
+def test_gpu_section_without_numba_cuda_says_what_to_install(monkeypatch):
+    from fastadapt.benchmark import _gpu
+    monkeypatch.setitem(sys.modules, "numba_cuda", None)        # import numba_cuda fails
+    ok, reason = _gpu.status()
+    assert not ok and "numba-cuda is not installed" in reason and "fastadapt[cuda]" in reason
+    out = _gpu.measure(select(["adam"]), [100], np.float32, 0.01, 3, lambda line: None)
+    assert out == {"available": False, "reason": reason}
