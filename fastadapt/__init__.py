@@ -16,8 +16,9 @@ from .rules import RULES, Rule
 from . import schedules
 from . import optim
 from .optim import *  # noqa: F401,F403  (Optimizer and one class per rule)
+from ._warmup import warmup
 
 __version__ = "0.1.0"
 
-__all__ = (["FlatBuffer", "RULES", "Rule", "schedules"] + list(functional.__all__)
+__all__ = (["FlatBuffer", "RULES", "Rule", "schedules", "warmup"] + list(functional.__all__)
            + list(optim.__all__))
