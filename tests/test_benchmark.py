@@ -304,7 +304,7 @@ def test_interleaved_timing_gives_every_implementation_its_rounds():
 
 def test_bench_rejects_bad_arguments(capsys):
     from fastadapt.benchmark import main
-    assert main(["--rules", "adamax"]) == 2
+    assert main(["--rules", "nosuchrule"]) == 2
     assert main(["--sizes", "0"]) == 2
     assert main(["--sections", "nope"]) == 2
     assert "error" in capsys.readouterr().err
