@@ -491,11 +491,14 @@ def test_step_with_a_bad_option_in_a_later_group_writes_nothing():
     (fastadapt.Adagrad, {"eps": 0.0, "initial_accumulator_value": 0.0}, np.float64),
     (fastadapt.Adadelta, {"eps": 0.0}, np.float32),
 ])
-def test_padding_never_turns_nan(cls, kwargs, dtype):
+@pytest.mark.parametrize("large", [False, True], ids=["serial", "parallel"])
+def test_padding_never_turns_nan(cls, kwargs, dtype, large):
     """With eps = 0 the zero padding computes 0/0; it must not show in the
-    buffers (the user's elements, all with nonzero gradients, stay finite)."""
+    buffers (the user's elements, all with nonzero gradients, stay finite),
+    on the serial path (the issue's 10-element repro raised ZeroDivisionError
+    there) and the parallel one."""
     from fastadapt.kernels import cpu
-    shapes = [(cpu.SERIAL_BELOW + 3,), (5,)]   # padded, and large enough to run in parallel
+    shapes = [(cpu.SERIAL_BELOW + 3,), (5,)] if large else [(10,), (3,)]
     rng = np.random.default_rng(0)
     opt = cls([rng.standard_normal(s).astype(dtype) for s in shapes], **kwargs)
     for _ in range(3):
