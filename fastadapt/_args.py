@@ -81,3 +81,13 @@ def size(shape):
     for d in shape:
         n *= int(d)
     return n
+
+
+def seed(value):
+    """A generator seed, as an int in [0, 2**64)."""
+    if isinstance(value, (bool, np.bool_)) or not hasattr(value, "__index__"):
+        raise TypeError(f"seed must be an integer in [0, 2**64), got {value!r}")
+    value = value.__index__()
+    if not 0 <= value < 2 ** 64:
+        raise ValueError(f"invalid seed: {value} (must be in [0, 2**64))")
+    return value

@@ -69,5 +69,5 @@ def check_no_aliasing(arrays, overlaps):
                                  "update must be distinct")
 
 
-def no_op(scalars):
+def no_op(scalars, key=None):
     """The launch of an update over zero-size arrays."""

@@ -26,7 +26,8 @@ from different libraries or streams must be ordered by the caller.
 """
 import numpy as np
 
-from ._arrays import SUPPORTED_DTYPES, check_no_aliasing, is_device_array, no_op
+from . import _storage
+from ._arrays import check_no_aliasing, is_device_array, no_op
 from ._arrays import kind as _kind
 
 INSTALL_HINT = ('pip install "fastadapt[cuda]" (CUDA 12) or "fastadapt[cuda13]" '
@@ -71,6 +72,9 @@ class _Array:
         self.shape = tuple(interface["shape"])
         self.strides = interface.get("strides")
         self.dtype = np.dtype(interface["typestr"])
+        given = getattr(obj, "dtype", None)
+        if isinstance(given, np.dtype) and given.itemsize == self.dtype.itemsize:
+            self.dtype = given          # bfloat16 (ml_dtypes) exports typestr "<V2"
         self.ptr, self.readonly = interface["data"]
         self.size = int(np.prod(self.shape, dtype=np.int64))
         self.nbytes = self.size * self.dtype.itemsize
@@ -88,11 +92,7 @@ def _c_contiguous(shape, strides, itemsize):
 
 
 def _check(a, writes):
-    if a.dtype not in SUPPORTED_DTYPES:
-        if a.dtype.kind == "f" and a.dtype.newbyteorder("=") in SUPPORTED_DTYPES:
-            raise TypeError(f"{a.name} has non-native byte order {a.dtype.str}")
-        raise TypeError(f"{a.name} has unsupported dtype {a.dtype}; "
-                        "fastadapt supports float32 and float64")
+    _storage.check_dtype(a.name, a.dtype)
     if not _c_contiguous(a.shape, a.strides, a.dtype.itemsize):
         raise ValueError(f"{a.name} is not C-contiguous; updates are in place, so pass "
                          "a contiguous array and keep using that one")
@@ -169,13 +169,12 @@ def prepare(update):
     simulator = kernels.SIMULATOR
     present = {name: _Array(name, a, simulator)
                for name, a in arrays.items() if a is not None}
+    if update.master is not None:
+        present["master_param"] = _Array("master_param", update.master, simulator)
     for a in present.values():
-        _check(a, a.name in written)
+        _check(a, a.name in written or a.name == "master_param")
     first = next(iter(present.values()))
     for a in present.values():
-        if a.dtype != first.dtype:
-            raise TypeError(f"{a.name} has dtype {a.dtype} but {first.name} has "
-                            f"{first.dtype}; all arrays of one update must share a dtype")
         if a.shape != first.shape:
             raise ValueError(f"{a.name} has shape {a.shape} but {first.name} has {first.shape}")
     check_no_aliasing(present, _overlaps)
@@ -183,22 +182,40 @@ def prepare(update):
     if len(set(devices.values()) - {None}) > 1:
         where = ", ".join(f"{n} on GPU {d}" for n, d in devices.items() if d is not None)
         raise ValueError(f"arrays on different GPUs: {where}")
+    master = present.pop("master_param", None)
+    layout, dtype = _storage.layout({n: a.dtype for n, a in present.items()},
+                                    None if master is None else master.dtype,
+                                    update.key is not None)
     if first.size == 0:
         return no_op
+    if layout is None:
+        kernel = kernels.KERNELS[rule]
+    else:
+        codes, has_master, stochastic = layout
+        kernel = kernels.layout_kernel(rule, _storage.full_layout(
+            arrays, zip(present, codes), has_master, stochastic))
     device = next(d for d in devices.values() if d is not None)
-    dtype = first.dtype
     with cuda.gpus[device]:
         unused = _empty_array(device, dtype, cuda)
-        args = [_flat(present[name], cuda, simulator) if name in present else unused
+        args = [_bits(_flat(present[name], cuda, simulator)) if name in present else unused
                 for name in arrays]
+        if master is not None:
+            args.append(_flat(master, cuda, simulator))
         blocks, threads = kernels.launch_config(first.size, _sm_count(device, cuda))
-    kernel = kernels.KERNELS[rule]
 
-    def launch(scalars):
+    def launch(scalars, key=None):
         scalars = tuple(dtype.type(s) for s in scalars)
+        extra = () if key is None else (np.uint64(key[0]), np.uint64(key[1]))
         with cuda.gpus[device]:
-            kernel[blocks, threads, _stream(first, cuda)](*args, scalars)
+            kernel[blocks, threads, _stream(first, cuda)](*args, scalars, *extra)
     return launch
+
+
+def _bits(a):
+    """16-bit floats as their ``uint16`` bits (the simulator's arrays are NumPy)."""
+    if a.dtype.itemsize != 2:
+        return a
+    return a.view(np.uint16)
 
 
 def _sm_count(device, cuda):

@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import _storage
 from ._arrays import (SUPPORTED_DTYPES, check_no_aliasing, check_plain_ndarray,
                       is_device_array, no_op)
 from .kernels import cpu
@@ -26,12 +27,7 @@ def _check_host_array(name, a, writes):
         raise TypeError(
             f"{name} must be a numpy.ndarray (or a CUDA array), got {type(a).__name__}")
     check_plain_ndarray(name, a)
-    if a.dtype not in SUPPORTED_DTYPES:
-        if a.dtype.kind == "f" and a.dtype.newbyteorder("=") in SUPPORTED_DTYPES:
-            raise TypeError(f"{name} has non-native byte order {a.dtype.str}; "
-                            "convert it with astype(dtype.newbyteorder('='))")
-        raise TypeError(f"{name} has unsupported dtype {a.dtype}; "
-                        "fastadapt supports float32 and float64")
+    _storage.check_dtype(name, a.dtype)
     if not a.flags.c_contiguous:
         raise ValueError(f"{name} is not C-contiguous; updates are in place, so "
                          "pass a contiguous array (e.g. from numpy.ascontiguousarray) "
@@ -49,29 +45,36 @@ class Update(NamedTuple):
     ``None`` for state an option does not use; ``written`` names the arrays
     the update writes; ``scalars`` are the rule's host-computed scalars
     (floats, flags as bools), cast to the arrays' dtype at launch; ``state``
-    is the rule's scalar state after the update (None for rules without).
+    is the rule's scalar state after the update (None for rules without);
+    ``master`` is the float32 master copy of a 16-bit ``param`` (or None);
+    ``key`` is the (key0, key1) stream of stochastic rounding (or None).
     """
     rule: str
     arrays: dict
     written: frozenset
     scalars: tuple
     state: dict = None      # the rule's scalar state after this step, if it has any
+    master: object = None
+    key: tuple = None
 
 
 def run(update):
     """Apply ``update`` in place (checks, then one kernel call)."""
-    prepare(update)(update.scalars)
+    prepare(update)(update.scalars, update.key)
 
 
 def prepare(update):
-    """Check ``update``'s arrays once; return ``launch(scalars)``, which applies
-    the rule to exactly those arrays with fresh scalars and checks nothing.
+    """Check ``update``'s arrays once; return ``launch(scalars, key=None)``,
+    which applies the rule to exactly those arrays with fresh scalars (and,
+    with stochastic rounding, the step's stream ``key``) and checks nothing.
 
     This is the single place a backend is chosen. Raises TypeError /
     ValueError naming the offending argument. The optimizer classes keep the
     launch of their own (unchanging) buffers, so a step does not re-check them.
     """
     present = {name: a for name, a in update.arrays.items() if a is not None}
+    if update.master is not None:
+        present["master_param"] = update.master
     device = [is_device_array(a) for a in present.values()]
     if any(device):
         if not all(device):
@@ -82,26 +85,45 @@ def prepare(update):
         from . import _cuda  # imported only when GPU arrays are seen
         return _cuda.prepare(update)
 
-    flat = _prepare_host(present, update.written)
-    first = flat[next(iter(flat))]
+    written = update.written | {"master_param"}
+    flat = _prepare_host(present, written)
+    master = flat.pop("master_param", None)
+    layout, dtype = _storage.layout(
+        {name: a.dtype for name, a in flat.items()},
+        None if master is None else master.dtype, update.key is not None)
+    first = flat["param"]
     if first.size == 0:
         return no_op
-    dtype = first.dtype
     unused = np.empty(0, dtype)
-    args = [flat.get(name, unused) for name in update.arrays]
-    driver = cpu.DRIVERS[update.rule]
+    args = [_storage.bits(flat[name]) if name in flat else unused for name in update.arrays]
+    if layout is None:
+        driver = cpu.DRIVERS[update.rule]
+    else:
+        codes, has_master, stochastic = layout
+        driver = cpu.layout_driver(update.rule, _storage.full_layout(
+            update.arrays, zip(flat, codes), has_master, stochastic))
+        if has_master:
+            args.append(master)
     if first.size < cpu.SERIAL_BELOW:
         serial = driver.serial
-
-        def launch(scalars):
-            serial(*args, np.array(scalars, dtype))
+        if layout is not None and layout[2]:
+            def launch(scalars, key=None):
+                serial(*args, np.array(scalars, dtype), key[0], key[1])
+        else:
+            def launch(scalars, key=None):
+                serial(*args, np.array(scalars, dtype))
     else:
         parallel = driver.parallel
-
-        def launch(scalars):
-            scalars = np.array(scalars, dtype)
-            with _PARALLEL_LAUNCH:
-                parallel(*args, scalars)
+        if layout is not None and layout[2]:
+            def launch(scalars, key=None):
+                scalars = np.array(scalars, dtype)
+                with _PARALLEL_LAUNCH:
+                    parallel(*args, scalars, key[0], key[1])
+        else:
+            def launch(scalars, key=None):
+                scalars = np.array(scalars, dtype)
+                with _PARALLEL_LAUNCH:
+                    parallel(*args, scalars)
     return launch
 
 
@@ -110,9 +132,6 @@ def _prepare_host(arrays, written):
     ref = arrays[first]
     for name, a in arrays.items():
         _check_host_array(name, a, name in written)
-        if a.dtype != ref.dtype:
-            raise TypeError(f"{name} has dtype {a.dtype} but {first} has {ref.dtype}; "
-                            "all arrays of one update must share a dtype")
         if a.shape != ref.shape:
             raise ValueError(f"{name} has shape {a.shape} but {first} has {ref.shape}")
     check_no_aliasing(arrays, np.may_share_memory)

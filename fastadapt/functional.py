@@ -3,7 +3,10 @@
 Each function follows ``torch.optim``'s single-tensor path to the letter (same
 names, defaults and formulas), reads every array once and writes every updated
 array once. Arrays may have any shape but must share one shape and one dtype
-(float32 or float64), be C-contiguous, distinct, and writeable where written.
+(float32 or float64), be C-contiguous, distinct, and writeable where written;
+or be stored narrower than the math: bfloat16 / float16 params (with an optional
+float32 ``master_param``, or ``stochastic_rounding``), float32 gradients for
+them, float32 or bfloat16 state (see :mod:`fastadapt._storage` for the rules).
 Per-step scalars (bias corrections, the decayed learning rate) are computed here
 in float64 and cast once to the arrays' dtype; all element math runs in that
 dtype. A call that raises has changed nothing.
@@ -21,6 +24,7 @@ import operator
 from . import _args
 from ._dispatch import Update, run
 from .kernels.loops import Signature
+from .kernels.storage import stream_key
 from .rules import RULES, kernel_specs
 
 # Steps beyond this compute their scalars as this step: every power beta**step
@@ -44,8 +48,9 @@ def _planner(rule, fn_name):
 
     scalar_state = rule.scalar_state
 
-    def plan(param, grad, state, values, step, grad_scale, carried=()):
+    def plan(param, grad, state, values, step, grad_scale, storage, carried=()):
         options = {name: check(v) for (name, check), v in zip(checks, values)}
+        master_param, stochastic_rounding, seed = storage
         if rule.check is not None:
             rule.check(options)
         t = None
@@ -73,7 +78,16 @@ def _planner(rule, fn_name):
         else:
             scalars = rule.scalars(options, t)
         scalars["grad_sign"] = (-1.0 if options.get("maximize") else 1.0) / scale
-        return Update(rule.kernel, arrays, written, ordered(scalars), new_state)
+        key = None
+        if _args.flag("stochastic_rounding", stochastic_rounding):
+            if seed is None:
+                raise TypeError(f"{fn_name}(stochastic_rounding=True) needs seed= (an "
+                                "int in [0, 2**64))")
+            key = stream_key(_args.seed(seed), int(t) if t is not None else 0)
+        elif seed is not None:
+            raise ValueError(f"{fn_name}: seed is for stochastic_rounding=True")
+        return Update(rule.kernel, arrays, written, ordered(scalars), new_state,
+                      master_param, key)
     return plan
 
 
@@ -90,6 +104,21 @@ def _in_place(plan):
     step.plan = plan
     return step
 
+
+_STORAGE_DOC = """\
+master_param : float32 array, optional
+    For 16-bit ``param`` (bfloat16 or float16): a float32 copy of it, the
+    shape of ``param``. The update runs on it and ``param`` receives it
+    rounded to nearest, in the same pass.
+stochastic_rounding : bool, default False
+    For bfloat16 ``param`` without ``master_param``: store the new value
+    rounded up or down at random, with the probability of its distance to
+    each neighbour, so updates smaller than half a bfloat16 ulp still move
+    ``param`` in expectation.
+seed : int, optional
+    Needed with ``stochastic_rounding``: the random bits come from a hash of
+    (seed, step, element index) (step 0 for a rule without ``step``: pass a
+    new seed each call), the same whatever the thread count or device."""
 
 _KIND = {"Real": "float", "Pair": "(float, float)", "Flag": "bool"}
 
@@ -134,6 +163,7 @@ def _docstring(rule, fn_name):
         start = f"``{sc.initial}``" if isinstance(sc.initial, str) else repr(sc.initial)
         lines += [f"{sc.name} : float, optional",
                   f"    {sc.doc[:1].upper() + sc.doc[1:]}. None (the first step): {start}."]
+    lines += _STORAGE_DOC.splitlines()
     if rule.scalar_state:
         names = ", ".join(f"``{sc.name}``" for sc in rule.scalar_state)
         lines += ["", "Returns", "-------", "dict",
@@ -155,13 +185,15 @@ def derive_step(rule):
         params.append("step")
     params += [f"{h}=_defaults[{h!r}]" for h in hyper]
     params += [f"{s.name}=None" for s in rule.scalar_state] + ["grad_scale=None"]
+    params += ["master_param=None", "stochastic_rounding=False", "seed=None"]
     carried = ", ".join(s.name for s in rule.scalar_state)
     carried = f", ({carried},)" if carried else ""
     state = ", ".join(rule.state) + ("," if len(rule.state) == 1 else "")
     values = ", ".join(hyper) + ("," if len(hyper) == 1 else "")
     source = (f"def {fn_name}({', '.join(params)}):\n"
               f"    return _plan(param, grad, ({state}), ({values}), "
-              f"{'step' if rule.takes_step else 'None'}, grad_scale{carried})\n")
+              f"{'step' if rule.takes_step else 'None'}, grad_scale, "
+              f"(master_param, stochastic_rounding, seed){carried})\n")
     namespace = {"_plan": _planner(rule, fn_name), "_defaults": rule.defaults}
     exec(compile(source, f"<fastadapt.functional.{fn_name}>", "exec"), namespace)
     plan = namespace[fn_name]

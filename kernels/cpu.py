@@ -13,7 +13,7 @@ import math
 
 from numba import njit, prange
 
-from . import loops, math as _math
+from . import loops, math as _math, storage
 from ._jit import cached
 
 if __name__ != "fastadapt.kernels.cpu":
@@ -49,3 +49,26 @@ class Driver:
 
 
 DRIVERS = {kernel: Driver(source) for kernel, source in _sources.items()}
+
+#: The storage conversions the layout drivers call (see ``loops.Layout``).
+STORAGE = {"bf16_to_f32": storage.bfloat16_to_float32,
+           "f32_to_bf16": storage.float32_to_bfloat16,
+           "f16_to_f32": storage.half_to_float32, "f32_to_f16": storage.float32_to_half,
+           "f32_to_bf16_stochastic": storage.float32_to_bfloat16_stochastic,
+           "random_bits": storage.random_bits}
+_DIGEST = loops.source_hash(__file__, SPECS)
+_LAYOUTS = {}
+
+
+def layout_driver(kernel, layout):
+    """The :class:`Driver` of ``kernel`` for the storage ``layout`` (a
+    ``loops.Layout``), built on first use: each layout is a distinct cached
+    driver (its tag is in the qualname), compiled when first called, so
+    importing fastadapt compiles none of them."""
+    key = (kernel, layout)
+    driver = _LAYOUTS.get(key)
+    if driver is None:
+        source = loops.build_layout(SIGNATURES[kernel], layout, getattr(_elem, kernel),
+                                    STORAGE, prange, __name__, _DIGEST)
+        driver = _LAYOUTS[key] = Driver(source)
+    return driver

@@ -23,7 +23,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from . import loops, math as _math
+from . import loops, math as _math, storage
 from ._jit import cached
 from ..rules import kernel_specs
 
@@ -64,3 +64,34 @@ SIGNATURES = loops.signatures(SPECS)
 _elem, _sources = loops.build(_device, VOCABULARY, grid_stride, __name__, __file__, SPECS)
 KERNELS = {kernel: (cuda.jit(source) if SIMULATOR else cached(cuda.jit, source))
            for kernel, source in _sources.items()}
+
+_DIGEST = loops.source_hash(__file__, SPECS)
+_LAYOUTS = {}
+
+
+def layout_kernel(kernel, layout):
+    """The kernel of ``kernel`` for the storage ``layout`` (see
+    ``cpu.layout_driver``), built on first use.
+
+    Under the simulator the storage conversions are ``storage.PYTHON``, which
+    the tests check equal to the CPU's compiled ones on every 16-bit pattern.
+    The CPU's conversions are LLVM intrinsics of Numba's CPU target; GPU
+    versions of them are not written yet, so a real GPU raises.
+    """
+    if not SIMULATOR:
+        raise NotImplementedError(
+            "16-bit storage, master weights and stochastic rounding run on the CPU "
+            "(and under the CUDA simulator); on a real GPU only float32 and float64 "
+            "arrays are supported so far")
+    key = (kernel, layout)
+    if key not in _LAYOUTS:
+        py = storage.PYTHON
+        vocabulary = {"bf16_to_f32": py.bfloat16_to_float32,
+                      "f32_to_bf16": py.float32_to_bfloat16,
+                      "f16_to_f32": py.half_to_float32, "f32_to_f16": py.float32_to_half,
+                      "f32_to_bf16_stochastic": py.float32_to_bfloat16_stochastic,
+                      "random_bits": py.random_bits}
+        source = loops.build_layout(SIGNATURES[kernel], layout, getattr(_elem, kernel),
+                                    vocabulary, grid_stride, __name__, _DIGEST)
+        _LAYOUTS[key] = cuda.jit(source)
+    return _LAYOUTS[key]

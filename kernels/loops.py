@@ -39,8 +39,44 @@ import hashlib
 import inspect
 import types
 from pathlib import Path
+from typing import NamedTuple
 
 from . import math as _math
+
+
+#: Storage codes of one array in a :class:`Layout`: the compute dtype itself
+#: (float32 or float64), bfloat16 or float16 (both as ``uint16`` bits).
+NATIVE, BFLOAT16, FLOAT16 = "f", "b", "h"
+
+
+class Layout(NamedTuple):
+    """How a driver's arrays are stored, when not all in the compute dtype.
+
+    ``codes`` has one storage code per element array, in the driver's order
+    (``param``, ``grad``, the state arrays); ``master``: the driver takes a
+    float32 ``master`` array after them, on which the update runs, and
+    ``param`` receives it rounded to nearest; ``stochastic``: ``param`` (bfloat16)
+    is stored with stochastic rounding from the bits of the stream
+    ``(key0, key1)``, two uint64 arguments after ``scalars``.
+    """
+    codes: tuple
+    master: bool = False
+    stochastic: bool = False
+
+    @property
+    def plain(self):
+        return not self.master and not self.stochastic and set(self.codes) <= {NATIVE}
+
+    @property
+    def tag(self):
+        """A short name for qualnames: the codes, then ``m`` / ``s`` when set."""
+        return "".join(self.codes) + ("m" if self.master else "") + \
+            ("s" if self.stochastic else "")
+
+
+_LOAD = {NATIVE: "{a}[i]", BFLOAT16: "bf16_to_f32({a}[i])", FLOAT16: "f16_to_f32({a}[i])"}
+_STORE = {NATIVE: "{a}[i] = {v}", BFLOAT16: "{a}[i] = f32_to_bf16({v})",
+          FLOAT16: "{a}[i] = f32_to_f16({v})"}
 
 
 class Signature:
@@ -65,8 +101,16 @@ class Signature:
                 raise TypeError(f"math.{kernel}: state flag {flag!r} must be a scalar "
                                 "annotated ': bool'")
 
-    def source(self, name):
-        """The driver's Python source, as a function called ``name``."""
+    def source(self, name, layout=None):
+        """The driver's Python source, as a function called ``name``, for the
+        storage ``layout`` (all arrays in the compute dtype if None).
+
+        A layout other than the plain one loads each element through a
+        widening conversion and stores it through a narrowing one (see
+        ``storage.py``); the math in between is the same.
+        """
+        if layout is not None and not layout.plain:
+            return self._layout_source(name, layout)
         arrays = ", ".join(self.elements)
         lines = [f"def {name}({arrays}, scalars):"]
         for k, s in enumerate(self.scalars):
@@ -89,6 +133,46 @@ class Signature:
         return "\n".join(lines) + "\n"
 
 
+    def _layout_source(self, name, layout):
+        if len(layout.codes) != len(self.elements):
+            raise ValueError(f"layout {layout.tag!r} has {len(layout.codes)} codes for "
+                             f"{len(self.elements)} arrays")
+        codes = dict(zip(self.elements, layout.codes))
+        args = list(self.elements) + (["master"] if layout.master else []) + ["scalars"]
+        args += ["key0", "key1"] if layout.stochastic else []
+        lines = [f"def {name}({', '.join(args)}):"]
+        for k, s in enumerate(self.scalars):
+            lines.append(f"    {s} = scalars[{k}] != 0" if s in self.flags
+                         else f"    {s} = scalars[{k}]")
+        lines.append("    for i in indices(param.size):")
+        load = {a: _LOAD[codes[a]].format(a=a) for a in self.elements}
+        if layout.master:
+            load["param"] = "master[i]"
+        lines += [f"        e_param = {load['param']}", f"        e_grad = {load['grad']}"]
+        for s, flag in self.state:
+            lines.append(f"        e_{s} = {load[s]}" if flag is None
+                         else f"        e_{s} = {load[s]} if {flag} else e_param")
+        outputs = ", ".join(f"e_{a}" for a in ("param",) + tuple(s for s, _ in self.state))
+        inputs = ", ".join([f"e_{a}" for a in self.elements] + list(self.scalars))
+        lines.append(f"        {outputs} = elem({inputs})")
+        if layout.master:
+            lines.append("        master[i] = e_param")
+        if layout.stochastic:
+            if codes["param"] != BFLOAT16:
+                raise ValueError("stochastic rounding stores bfloat16 parameters only")
+            lines.append("        param[i] = f32_to_bf16_stochastic(e_param, "
+                         "random_bits(key0, key1, i))")
+        else:
+            lines.append("        " + _STORE[codes["param"]].format(a="param", v="e_param"))
+        for s, flag in self.state:
+            store = _STORE[codes[s]].format(a=s, v=f"e_{s}")
+            if flag is None:
+                lines.append(f"        {store}")
+            else:
+                lines += [f"        if {flag}:", f"            {store}"]
+        return "\n".join(lines) + "\n"
+
+
 def signatures(specs):
     """Kernel name -> :class:`Signature`, for ``specs`` as ``rules.kernel_specs()``."""
     return {kernel: Signature(kernel, state) for kernel, state in specs.items()}
@@ -97,7 +181,8 @@ def signatures(specs):
 def source_hash(target_file, specs):
     """A short hash of everything a driver's code depends on."""
     h = hashlib.sha256()
-    for path in (__file__, _math.__file__, target_file):
+    from . import storage
+    for path in (__file__, _math.__file__, storage.__file__, target_file):
         h.update(Path(path).read_bytes())
     h.update(repr(sorted(specs.items())).encode())
     return h.hexdigest()[:16]
@@ -128,6 +213,22 @@ def build(element_jit, vocabulary, indices, module, target_file, specs):
         driver.__qualname__ = f"{short}.{kernel}_{digest}"
         drivers[kernel] = driver
     return math, drivers
+
+
+def build_layout(sig, layout, elem, vocabulary, indices, module, digest):
+    """The driver of one kernel (``sig``) for one storage ``layout``, as a plain
+    Python function to compile: ``vocabulary`` binds the storage conversions
+    (``bf16_to_f32``, ``f32_to_bf16``, ``f16_to_f32``, ``f32_to_f16``,
+    ``f32_to_bf16_stochastic``, ``random_bits``) for the target; its
+    ``__qualname__`` carries the source hash and the layout's tag, so each
+    layout is a cached driver of its own."""
+    name = f"{sig.kernel}_{layout.tag}"
+    namespace = {"indices": indices, "elem": elem, **vocabulary}
+    exec(compile(sig.source(name, layout), __file__, "exec"), namespace)
+    driver = namespace[name]
+    driver.__module__ = module
+    driver.__qualname__ = f"{module.rpartition('.')[2]}.{sig.kernel}_{digest}_{layout.tag}"
+    return driver
 
 
 def renamed(func, suffix):

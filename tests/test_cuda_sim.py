@@ -105,6 +105,45 @@ def test_launch_config_full_size():
     assert kernels.launch_config(2 ** 33, 132) == (132 * 8, 256)
 
 
+def _storage_cases():
+    """(rule, options, param dtype, grad dtype, state dtype, master, stochastic)."""
+    import ml_dtypes
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+    f32, f16 = np.dtype(np.float32), np.dtype(np.float16)
+    return [("adam", {"amsgrad": True}, bf16, bf16, bf16, False, False),
+            ("adamw", {"weight_decay": 0.1}, bf16, f32, f32, False, True),
+            ("adam", {}, f16, f16, f32, True, False),
+            ("sgd", {"momentum": 0.9}, f32, f32, bf16, False, False),
+            ("rmsprop", {"centered": True}, bf16, f32, bf16, True, False),
+            ("sgd", {"momentum": 0.9}, f16, f16, f16, False, False)]
+
+
+@sim
+@pytest.mark.parametrize("case", range(6))
+def test_storage_layouts_match_cpu(cuda, case):
+    """16-bit storage, master weights and stochastic rounding under the
+    simulator equal the CPU bit for bit (same conversions, same random bits)."""
+    name, options, pd, gd, sd, master, stochastic = _storage_cases()[case]
+    rule = fastadapt.RULES[name]
+    for n in (1, 7, 100):
+        rng = np.random.default_rng(n)
+        p0 = rng.standard_normal(n).astype(np.float32)
+        host = {"param": p0.astype(pd)}
+        host.update({s: np.zeros(n, sd) for s in rule.state_for(**options)})
+        if master:
+            host["master_param"] = p0.copy()
+        dev = {k: cuda.to_device(v) for k, v in host.items()}
+        extra = {"stochastic_rounding": True, "seed": 5} if stochastic else {}
+        for k in range(1, 4):
+            g = rng.standard_normal(n).astype(gd)
+            step = {"step": k} if rule.takes_step else {}
+            rule.step_fn(grad=g, **host, **step, **options, **extra)
+            rule.step_fn(grad=cuda.to_device(g), **dev, **step, **options, **extra)
+        for key, a in host.items():
+            _assert_same(a.view(np.uint8), dev[key].copy_to_host().view(np.uint8),
+                         f"{key}, n={n}, case {case}")
+
+
 def _adam_arrays(cuda, n=10, dtype=np.float32):
     """Device param, grad, exp_avg, exp_avg_sq (the moments start at zero)."""
     rng = np.random.default_rng(0)
@@ -125,8 +164,8 @@ def test_device_checks(cuda):
     before = param.copy_to_host()
     with pytest.raises(TypeError, match="grad has dtype float64 but param has float32"):
         fastadapt.adam_step(param, cuda.to_device(np.zeros(10)), m, v, step=1)
-    with pytest.raises(TypeError, match="unsupported dtype float16"):
-        fastadapt.adam_step(*(cuda.to_device(np.zeros(10, np.float16)) for _ in range(4)),
+    with pytest.raises(TypeError, match="unsupported dtype uint16"):
+        fastadapt.adam_step(*(cuda.to_device(np.zeros(10, np.uint16)) for _ in range(4)),
                             step=1)
     with pytest.raises(ValueError, match=r"exp_avg has shape \(9,\) but param has \(10,\)"):
         fastadapt.adam_step(param, grad, cuda.to_device(np.zeros(9, np.float32)), v, step=1)

@@ -77,7 +77,9 @@ def test_mismatched_dtype(name, arg):
 
 
 @each_argument
-@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.float16, np.complex64],
+# float16 is a storage dtype (see test_fewer_bytes.py); uint16, the type of its
+# bits inside the kernels, is not one the caller may pass
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.uint16, np.complex64],
                          ids=lambda d: np.dtype(d).name)
 def test_unsupported_dtype(name, arg, dtype):
     arrays, options = valid_call(name)
@@ -86,7 +88,9 @@ def test_unsupported_dtype(name, arg, dtype):
 
 
 @rules
-@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.float16, np.complex64],
+# float16 is a storage dtype (see test_fewer_bytes.py); uint16, the type of its
+# bits inside the kernels, is not one the caller may pass
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.uint16, np.complex64],
                          ids=lambda d: np.dtype(d).name)
 def test_unsupported_dtype_everywhere(name, dtype):
     arrays, options = valid_call(name)
