@@ -12,6 +12,14 @@ objects:
   arrays);
 * ``params.<g>``: group ``g``'s parameters, concatenated into one 1-D array;
 * ``state.<g>.<name>``: group ``g``'s state array ``name``, laid out the same way.
+* ``master.<g>``: group ``g``'s float32 master weights (``master_weights=True``).
+
+Storage narrower than float32 is recorded in the metadata: a group's
+``"dtype"`` may be ``"bfloat16"`` or ``"float16"``, its ``"state_dtype"`` is
+there when the state is stored otherwise than the params, and ``"storage"``
+holds the optimizer's ``master_weights``, ``stochastic_rounding`` and ``seed``
+(the generator's position is the seed and each group's step count). bfloat16
+arrays are written as their ``uint16`` bits (``.npy`` has no bfloat16).
 
 A schedule ``lr`` held by several groups is written in each, the later ones
 with ``"shared_with": <first group>``, and is restored as one object.
@@ -38,7 +46,7 @@ import zipfile
 
 import numpy as np
 
-from . import _args
+from . import _args, _storage
 from .schedules import from_config, resolve_lr
 
 __all__ = ["save", "load", "to_host_flat", "segments", "state_dict", "load_state_dict",
@@ -53,7 +61,8 @@ META_LIMIT = 64 << 20
 #: Deflate cannot expand data by more than 1032:1; a zip entry that claims
 #: more is a lie and is refused before it is read.
 _DEFLATE_RATIO = 1032
-_DTYPES = ("float32", "float64")
+_DTYPES = ("float32", "float64", "bfloat16", "float16")
+_STORAGE_KEYS = ("state_dtype", "master_weights", "stochastic_rounding", "seed")
 
 
 # ----------------------------------------------------------------- layout
@@ -111,30 +120,54 @@ def state_dict(optimizer):
                 options[key] = _jsonable(value, f"param group {i}: {key}")
         entry = {"options": options, "shapes": [list(s) for s in b.param.shapes],
                  "dtype": b.param.dtype.name, "step": b.steps}
+        if b.state_dtype != b.param.dtype:
+            entry["state_dtype"] = b.state_dtype.name
         scalar_state = getattr(b, "scalar_state", None)
         if scalar_state:
             entry["scalar_state"] = {k: float(v) for k, v in scalar_state.items()}
         groups.append(entry)
         params.append(to_host_flat(b.param))
         state.append({n: to_host_flat(s) for n, s in b.state.items()})
-    return {"format": CHECKPOINT_FORMAT, "algorithm": optimizer.rule.name,
-            "param_groups": groups, "params": params, "state": state}
+    sd = {"format": CHECKPOINT_FORMAT, "algorithm": optimizer.rule.name,
+          "param_groups": groups, "params": params, "state": state}
+    storage = _storage_options(optimizer)
+    if storage:
+        sd["storage"] = storage
+        if optimizer.master_weights:
+            sd["master"] = [to_host_flat(b.master) for b in optimizer._groups]
+    return sd
+
+
+def _storage_options(optimizer):
+    """The optimizer's storage options as JSON, or {} when all are defaults."""
+    options = {"state_dtype": None if optimizer.state_dtype is None
+               else optimizer.state_dtype.name,
+               "master_weights": optimizer.master_weights,
+               "stochastic_rounding": optimizer.stochastic_rounding, "seed": optimizer.seed}
+    if not any(options.values()):
+        return {}
+    return options
 
 
 def load_state_dict(optimizer, sd):
     """Load ``sd`` into ``optimizer`` (see ``Optimizer.load_state_dict``):
     everything is checked first, then copied."""
     plans = _check_state_dict(optimizer, sd)
+    masters = sd.get("master")
+    if "storage" in sd:
+        optimizer.seed = sd["storage"]["seed"]
     built = {}                  # group index -> the schedule object it ends up with
     for i, (group, b, plan) in enumerate(zip(optimizer.param_groups, optimizer._groups,
                                              plans)):
         options, params, state, steps, schedule, scalar_state = plan
         b.param.copy_from(params)
+        if masters is not None:
+            b.master.copy_from(segments(masters[i], b.master))
         for name in list(b.state):
             if name not in state:
                 del b.state[name]
         for name, arrays in state.items():
-            target = b.state[name] if name in b.state else b.param.zeros_like()
+            target = b.state[name] if name in b.state else b.param.zeros_like(b.state_dtype)
             target.copy_from(arrays)
             b.state[name] = target
         b.steps = steps
@@ -174,7 +207,34 @@ def _check_state_dict(optimizer, sd):
     if sd["algorithm"] != rule.name:
         raise ValueError(f"{where} is for algorithm {sd['algorithm']!r}, this optimizer "
                          f"is {rule.name!r} ({type(optimizer).__name__})")
+    unknown = sorted(set(sd) - {"format", "algorithm", "param_groups", "params", "state",
+                                "storage", "master"})
+    if unknown:
+        raise ValueError(f"{where} has unknown key(s) {unknown}")
+    storage = _storage_options(optimizer)
+    given = sd.get("storage", {})
+    if not isinstance(given, dict) or set(given) - set(_STORAGE_KEYS):
+        raise ValueError(f"{where}: malformed 'storage' {given!r}")
+    mine = {k: v for k, v in storage.items() if k != "seed"}
+    theirs = {k: v for k, v in given.items() if k != "seed"}
+    if given and mine != theirs or bool(given) != bool(storage):
+        raise ValueError(f"{where} was saved with storage options {theirs or 'defaults'}, "
+                         f"this optimizer has {mine or 'defaults'}")
+    if given.get("stochastic_rounding"):
+        try:
+            _args.seed(given.get("seed"))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: {exc}") from None
     n = len(optimizer._groups)
+    if optimizer.master_weights:
+        masters = sd.get("master")
+        if not isinstance(masters, (list, tuple)) or len(masters) != n:
+            raise ValueError(f"{where}: 'master' must hold one float32 array per parameter "
+                             f"group ({n})")
+        for i, (m, b) in enumerate(zip(masters, optimizer._groups)):
+            _checked_array(m, b.master, f"{where}, param group {i}: master")
+    elif "master" in sd:
+        raise ValueError(f"{where} holds master weights; this optimizer keeps none")
     for key in ("param_groups", "params", "state"):
         if not isinstance(sd[key], (list, tuple)) or len(sd[key]) != n:
             got = len(sd[key]) if isinstance(sd[key], (list, tuple)) else type(sd[key]).__name__
@@ -190,7 +250,8 @@ def _check_state_dict(optimizer, sd):
         for key in ("options", "shapes", "dtype", "step"):
             if key not in g:
                 raise ValueError(f"{at} is missing key {key!r}")
-        unknown = sorted(set(g) - {"options", "shapes", "dtype", "step", "scalar_state"})
+        unknown = sorted(set(g) - {"options", "shapes", "dtype", "step", "scalar_state",
+                                   "state_dtype"})
         if unknown:
             raise ValueError(f"{at} has unknown key(s) {unknown}")
         try:
@@ -203,6 +264,9 @@ def _check_state_dict(optimizer, sd):
         if g["dtype"] != b.param.dtype.name:
             raise ValueError(f"{at} has dtype {g['dtype']}, this optimizer's is "
                              f"{b.param.dtype.name}")
+        if g.get("state_dtype", g["dtype"]) != b.state_dtype.name:
+            raise ValueError(f"{at} has state dtype {g.get('state_dtype', g['dtype'])}, "
+                             f"this optimizer's is {b.state_dtype.name}")
         steps = g["step"]
         if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
             raise ValueError(f"{at}: step must be an integer >= 0, got {steps!r}")
@@ -210,7 +274,7 @@ def _check_state_dict(optimizer, sd):
                                                schedules)
         try:
             options["lr"] = resolve_lr(options["lr"], int(steps))
-            optimizer._validate(options, b.param.dtype)
+            optimizer._validate(options, b.param.dtype, None, b.state_dtype)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{at}: {exc}") from None
         if schedule is not None:
@@ -224,8 +288,9 @@ def _check_state_dict(optimizer, sd):
         if missing or unknown:
             raise ValueError(f"{at}: state arrays missing {missing}, unknown {unknown} "
                              f"(algorithm {rule.name!r} has {list(rule.state)})")
-        state = {name: segments(_checked_array(a, b.param, f"{at}: state {name!r}"),
-                                b.param)
+        like = b.param.zeros_like(b.state_dtype) if b.state_dtype != b.param.dtype \
+            else b.param
+        state = {name: segments(_checked_array(a, like, f"{at}: state {name!r}"), b.param)
                  for name, a in s.items()}
         plans.append((options, params, state, int(steps), schedule, scalar_state))
     return plans
@@ -358,6 +423,10 @@ def from_checkpoint(cls, by_rule, path):
     names = set(target._option_names())
     try:
         # A group's extra (non-hyper-parameter) keys are the checkpoint's own.
+        storage = dict(sd.get("storage", {}))
+        if any(g.get("dtype") == "bfloat16" or g.get("state_dtype") == "bfloat16"
+               for g in sd["param_groups"]):
+            _storage.bfloat16("a checkpoint of bfloat16 arrays")   # registers the name
         groups = [{"params": [np.zeros(tuple(s), g["dtype"]) for s in g["shapes"]],
                    **{k: v for k, v in g["options"].items()
                       if k not in names and k != "params"}}
@@ -368,7 +437,7 @@ def from_checkpoint(cls, by_rule, path):
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ValueError(f"checkpoint {path!s}: malformed param_groups ({exc})") from None
     try:
-        optimizer = target(groups)
+        optimizer = target(groups, **storage)
     except MemoryError:
         raise ValueError(f"checkpoint {path!s} declares parameters too large for this "
                          "machine's memory") from None
@@ -380,7 +449,7 @@ def from_checkpoint(cls, by_rule, path):
 
 # ----------------------------------------------------------------- files
 def _flatten(sd):
-    meta = {k: v for k, v in sd.items() if k not in ("params", "state")}
+    meta = {k: v for k, v in sd.items() if k not in ("params", "state", "master")}
     meta["state_names"] = [list(s) for s in sd["state"]]
     arrays = {_META: np.frombuffer(json.dumps(meta).encode("utf-8"), np.uint8)}
     for g, p in enumerate(sd["params"]):
@@ -388,7 +457,11 @@ def _flatten(sd):
     for g, state in enumerate(sd["state"]):
         for name, a in state.items():
             arrays[f"state.{g}.{name}"] = a
-    return arrays
+    for g, a in enumerate(sd.get("master") or ()):
+        arrays[f"master.{g}"] = a
+    # .npy has no bfloat16: its bits are written as uint16 (the metadata says which)
+    return {k: a.view(np.uint16) if _storage.is_bfloat16(a.dtype) else a
+            for k, a in arrays.items()}
 
 
 def _host_tag():
@@ -520,13 +593,27 @@ def declared_layout(meta):
                 isinstance(s, list) and all(type(d) is int and d >= 0 for d in s)
                 for s in shapes):
             raise _Misfit(f"param group {g} has malformed shapes")
+        state_dtype = group.get("state_dtype", dtype)
+        if state_dtype not in _DTYPES:
+            raise _Misfit(f"param group {g} has state dtype {state_dtype!r}, expected one "
+                          f"of {_DTYPES}")
         numel = sum(_args.size(s) for s in shapes)
-        layout[f"params.{g}"] = ((numel,), np.dtype(dtype))
+        layout[f"params.{g}"] = ((numel,), _dtype(dtype))
         for name in state_names:
             if not isinstance(name, str):
                 raise _Misfit(f"param group {g} has a malformed state name {name!r}")
-            layout[f"state.{g}.{name}"] = ((numel,), np.dtype(dtype))
+            layout[f"state.{g}.{name}"] = ((numel,), _dtype(state_dtype))
+        storage = meta.get("storage")
+        if isinstance(storage, dict) and storage.get("master_weights"):
+            layout[f"master.{g}"] = ((numel,), np.dtype(np.float32))
     return layout
+
+
+def _dtype(name):
+    """The dtype named ``name`` (one of ``_DTYPES``; bfloat16 through ml_dtypes)."""
+    if name == "bfloat16":
+        return _storage.bfloat16("a checkpoint of bfloat16 arrays")
+    return np.dtype(name)
 
 
 def optimizer_layout(optimizer):
@@ -544,6 +631,8 @@ def optimizer_layout(optimizer):
         for g, (b, state_names) in enumerate(zip(optimizer._groups, names)):
             expected = ((b.param.numel,), b.param.dtype)
             out[f"params.{g}"] = expected
+            if b.master is not None:
+                out[f"master.{g}"] = ((b.param.numel,), np.dtype(np.float32))
             if not isinstance(state_names, list):
                 raise _Misfit(f"param group {g}: malformed state names")
             for name in state_names:
@@ -551,7 +640,7 @@ def optimizer_layout(optimizer):
                     raise _Misfit(f"param group {g}: unknown state array {name!r} "
                                   f"(algorithm {optimizer.rule.name!r} has "
                                   f"{list(optimizer.rule.state)})")
-                out[f"state.{g}.{name}"] = expected
+                out[f"state.{g}.{name}"] = ((b.param.numel,), b.state_dtype)
         return out
     return layout
 
@@ -604,8 +693,14 @@ def load(path, layout=None):
                     raise ValueError(f"arrays {missing} are missing")
                 arrays = {}
                 for key, (shape, dtype) in expected.items():
-                    arrays[key] = _read_array(zf, members[key], shape, dtype, None)
+                    if _storage.is_bfloat16(dtype):     # written as its uint16 bits
+                        arrays[key] = _read_array(zf, members[key], shape,
+                                                  np.dtype(np.uint16), None).view(dtype)
+                    else:
+                        arrays[key] = _read_array(zf, members[key], shape, dtype, None)
                 meta["params"] = [arrays[f"params.{g}"] for g in range(len(groups))]
+                if "master.0" in arrays:
+                    meta["master"] = [arrays[f"master.{g}"] for g in range(len(groups))]
                 meta["state"] = [{name: arrays[f"state.{g}.{name}"] for name in group}
                                  for g, group in enumerate(names)]
         except _Misfit as exc:

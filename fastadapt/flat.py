@@ -11,6 +11,7 @@ import operator
 import numpy as np
 
 from . import _args
+from . import _storage
 from ._arrays import SUPPORTED_DTYPES, is_device_array
 
 ALIGN_BYTES = 64
@@ -42,13 +43,18 @@ class FlatBuffer:
     offsets : list of int, the element offset of each segment in ``data``
     """
 
-    def __init__(self, shapes, dtype=np.float32, *, like=None):
+    def __init__(self, shapes, dtype=np.float32, *, like=None, align=None):
         dtype = np.dtype(dtype)
-        if dtype not in SUPPORTED_DTYPES:
-            raise TypeError(f"unsupported dtype {dtype}; FlatBuffer holds float32 or float64")
+        if dtype not in SUPPORTED_DTYPES and (_storage.code(dtype) is None
+                                              or like is not None and is_device_array(like)):
+            raise TypeError(f"unsupported dtype {_storage.name(dtype)}; FlatBuffer holds "
+                            "float32 or float64 (and, on the host, bfloat16 or float16)")
         self.shapes = _shapes(shapes)
         self.dtype = dtype
-        align = ALIGN_BYTES // dtype.itemsize
+        # segments start on 64-byte lines; ``align`` (elements) keeps another
+        # buffer's layout (a float32 state buffer of bfloat16 params)
+        align = ALIGN_BYTES // dtype.itemsize if align is None else int(align)
+        self._align = align
         self.offsets, end = [], 0
         for shape in self.shapes:
             self.offsets.append(end)
@@ -78,9 +84,11 @@ class FlatBuffer:
         buffer.copy_from(arrays)
         return buffer
 
-    def zeros_like(self):
-        """A new zero-filled buffer with the same layout, dtype and device."""
-        return FlatBuffer(self.shapes, self.dtype, like=self._like)
+    def zeros_like(self, dtype=None):
+        """A new zero-filled buffer with the same layout and device, and the same
+        dtype unless ``dtype`` is given."""
+        return FlatBuffer(self.shapes, self.dtype if dtype is None else dtype,
+                          like=self._like, align=self._align)
 
     def copy_from(self, arrays):
         """Copy ``arrays`` (one per segment, same shapes) into the buffer."""

@@ -32,8 +32,9 @@ import threading
 
 import numpy as np
 
-from . import _args, checkpoint as _ckpt
+from . import _args, _storage, checkpoint as _ckpt
 from ._arrays import is_device_array as _is_device_array
+from .kernels.storage import stream_key
 from ._dispatch import prepare
 from .flat import FlatBuffer
 from .rules import RULES
@@ -48,11 +49,16 @@ class _GroupBuffers:
     """The flat buffers behind one parameter group."""
 
     __slots__ = ("param", "grad", "state", "steps", "validated", "scalar_state",
-                 "_launch", "_launch_arrays", "_padding")
+                 "master", "state_dtype", "_launch", "_launch_arrays", "_padding")
 
-    def __init__(self, param):
+    def __init__(self, param, state_dtype=None, master=False):
         self.param = param                  # FlatBuffer of the parameters
         self.grad = param.zeros_like()      # FlatBuffer of the gradients
+        self.state_dtype = param.dtype if state_dtype is None else state_dtype
+        self.master = None                  # float32 FlatBuffer of a 16-bit param's master
+        if master:
+            self.master = param.zeros_like(np.float32)
+            self.master.data[:] = param.data
         self.state = {}                     # state name -> FlatBuffer
         self.steps = 0                      # completed steps
         self.validated = None               # the options last checked (lr excluded)
@@ -68,6 +74,8 @@ class _GroupBuffers:
         change only when an option adds a state buffer or a checkpoint replaces
         one). Call it with ``update.scalars``."""
         arrays = [a for a in update.arrays.values() if a is not None]
+        if update.master is not None:
+            arrays.append(update.master)
         if len(arrays) != len(self._launch_arrays) or any(
                 a is not b for a, b in zip(arrays, self._launch_arrays)):
             self._launch = prepare(update)
@@ -92,6 +100,8 @@ class _GroupBuffers:
         if not spans:
             return
         buffers = [(self.param, 0.0)] + [(b, initial.get(n, 0.0)) for n, b in self.state.items()]
+        if self.master is not None:
+            buffers.append((self.master, 0.0))
         for buffer, value in buffers:
             if isinstance(buffer.data, np.ndarray):
                 buffer.data[index] = value
@@ -114,6 +124,23 @@ class Optimizer:
         override the optimizer's defaults for that group, as in torch. Arrays
         are float32 or float64 (one dtype per group), NumPy or CUDA arrays.
         **They are copied**: read and use ``opt.params`` afterwards.
+    state_dtype : None, "float32", "bfloat16" or "float16"
+        How the state arrays are stored (the math runs in float32 whatever
+        the storage). None: the params' dtype for float32 / float64 params,
+        float32 for 16-bit params. float64 params keep float64 state;
+        "float16" is for float16 params only.
+    master_weights : bool
+        For bfloat16 / float16 params: keep a float32 master copy of each
+        group (:attr:`master_params`); the update runs on it and the 16-bit
+        params receive it rounded to nearest, in the same pass.
+    stochastic_rounding : bool
+        For bfloat16 params without master weights: store each updated param
+        rounded up or down at random, unbiased (see
+        :func:`fastadapt.adam_step`).
+    seed : int, optional
+        The seed of stochastic rounding's random bits (a hash of seed, step
+        and element index, so a run is reproducible). None: a random seed,
+        kept in :attr:`seed` and in checkpoints.
     **defaults
         The hyper-parameters, torch's names; ``lr`` may be a schedule.
 
@@ -147,11 +174,23 @@ class Optimizer:
         if cls.rule is not None:
             Optimizer._by_rule.setdefault(cls.rule.name, cls)
 
-    def __init__(self, params, **defaults):
+    def __init__(self, params, *, state_dtype=None, master_weights=False,
+                 stochastic_rounding=False, seed=None, **defaults):
         self._lock = threading.RLock()      # one step (or checkpoint) at a time
         if self.rule is None:
             raise TypeError("Optimizer is a base class; use one of its subclasses: "
                             + ", ".join(r.torch_name for r in RULES.values()))
+        self.master_weights = _args.flag("master_weights", master_weights)
+        self.stochastic_rounding = _args.flag("stochastic_rounding", stochastic_rounding)
+        if self.master_weights and self.stochastic_rounding:
+            raise ValueError("master_weights=True and stochastic_rounding=True exclude each "
+                             "other: with master weights the params are its nearest rounding")
+        self.state_dtype = _state_dtype(state_dtype)
+        if seed is not None:
+            seed = _args.seed(seed)
+        elif self.stochastic_rounding:
+            seed = int(np.random.SeedSequence().entropy) % 2 ** 64
+        self.seed = seed                    # of stochastic rounding (None without it)
         missing = [k for k in self._option_names() if k not in defaults]
         if missing:
             raise TypeError(f"{type(self).__name__}: missing default(s) {missing}")
@@ -173,8 +212,11 @@ class Optimizer:
                                 "one group share one flat buffer and so one dtype (put "
                                 "each dtype in its own group)")
             group = {**self.defaults, **{k: v for k, v in given.items() if k != "params"}}
-            self._validate(group, np.dtype(dtypes[0]), i if several else None)
-            buffers = _GroupBuffers(FlatBuffer.from_arrays(arrays, dtype=dtypes[0]))
+            dtype = _resolve_dtype(dtypes[0])
+            state_dtype = self._check_storage(dtype, i if several else None)
+            self._validate(group, dtype, i if several else None, state_dtype)
+            buffers = _GroupBuffers(FlatBuffer.from_arrays(arrays, dtype=dtype), state_dtype,
+                                    self.master_weights)
             for name in self.rule.state_for(**self._options(group)):
                 self._new_state(buffers, group, name)
             buffers.scalar_state = self._initial_scalar_state(group)
@@ -194,9 +236,35 @@ class Optimizer:
         """The functional step's keyword arguments held by ``group`` (lr unresolved)."""
         return {k: group[k] for k in self.rule.defaults}
 
-    def _validate(self, group, dtype, index=None):
+    def _check_storage(self, dtype, index):
+        """The state dtype of a group of ``dtype`` params, after checking the
+        storage options fit them (ValueError / TypeError naming the option)."""
+        name = _storage.name(dtype)
+        sixteen = dtype.itemsize == 2
+        if self.master_weights and not sixteen:
+            raise _in_group(ValueError(f"master_weights=True is for bfloat16 / float16 "
+                                       f"params; these are {name}"), index)
+        if self.stochastic_rounding and not _storage.is_bfloat16(dtype):
+            raise _in_group(ValueError(f"stochastic_rounding=True is for bfloat16 params; "
+                                       f"these are {name}"), index)
+        state = self.state_dtype
+        if state is None:
+            return np.dtype(np.float32) if sixteen else dtype
+        if dtype == np.float64 and state != dtype:
+            raise _in_group(TypeError(f"state_dtype={_storage.name(state)!r}: float64 "
+                                      "params keep float64 state"), index)
+        if dtype != np.float64 and state == np.float64:
+            raise _in_group(TypeError(f"state_dtype='float64' is for float64 params; these "
+                                      f"are {name}"), index)
+        if state == np.float16 and dtype != np.float16:
+            raise _in_group(TypeError(f"state_dtype='float16' is for float16 params; these "
+                                      f"are {name}"), index)
+        return state
+
+    def _validate(self, group, dtype, index=None, state_dtype=None):
         """Check ``group``'s hyper-parameters by a dry run of the functional step
         on zero-size arrays, so errors are the functional API's own."""
+        state_dtype = dtype if state_dtype is None else state_dtype
         try:
             options = self._options(group)
             lr = options["lr"]
@@ -204,9 +272,12 @@ class Optimizer:
                 options["lr"] = resolve_lr(lr, 0)
             for key in set(self.state_init.values()) - set(self.rule.defaults):
                 _initial_value(key, group[key])   # the step's own are checked below
-            state = {name: np.empty(0, dtype) for name in self.rule.state_for(**options)}
+            state = {name: np.empty(0, state_dtype)
+                     for name in self.rule.state_for(**options)}
             if self.rule.takes_step:
                 options["step"] = 1
+            if dtype.itemsize == 2:
+                options.update(self._storage_arguments(np.empty(0, np.float32), 0))
             self.rule.step_fn(np.empty(0, dtype), np.empty(0, dtype), **state, **options)
             resolve_lr(lr, 0)       # a number: also finite (the functional allows inf)
         except KeyError as exc:
@@ -220,13 +291,25 @@ class Optimizer:
             options["lr"] = resolve_lr(options["lr"], 0)
         return {s.name: s.start(options) for s in self.rule.scalar_state}
 
+    def _storage_arguments(self, master, steps):
+        """The functional step's storage keywords for a group's next step."""
+        if self.master_weights:
+            return {"master_param": master}
+        if self.stochastic_rounding:
+            seed = self.seed
+            if not self.rule.takes_step:    # the step's stream: a seed of its own
+                key0, key1 = stream_key(seed, steps + 1)
+                seed = int(key0) | int(key1) << 32
+            return {"stochastic_rounding": True, "seed": seed}
+        return {}
+
     def _new_state(self, buffers, group, name):
         buffer = buffers.state[name] = self._zero_state(buffers, group, name)
         return buffer
 
     def _zero_state(self, buffers, group, name):
         """A new state buffer ``name`` at its initial value (not yet kept)."""
-        buffer = buffers.param.zeros_like()
+        buffer = buffers.param.zeros_like(buffers.state_dtype)
         key = self.state_init.get(name)
         if key is not None:
             value = _initial_float(group[key], buffers.steps)
@@ -239,6 +322,14 @@ class Optimizer:
     def params(self):
         """The parameters (views into the flat buffers, original shapes), all groups in order."""
         return [v for b in self._groups for v in b.param.views]
+
+    @property
+    def master_params(self):
+        """With ``master_weights=True``, the float32 master copies of :attr:`params`
+        (the arrays the update runs on; write here to change a param); else None."""
+        if not self.master_weights:
+            return None
+        return [v for b in self._groups for v in b.master.views]
 
     @property
     def grads(self):
@@ -332,11 +423,15 @@ class Optimizer:
             for (g, b), (options, names, _) in zip(groups, calls):
                 for name in names:
                     options[name] = b.state[name].data
+                if b.param.dtype.itemsize == 2:
+                    options.update(self._storage_arguments(
+                        b.master.data if b.master is not None else None, b.steps))
                 update = plan(b.param.data, b.grad.data, **options)
-                launches.append((b.launcher(update), update.scalars, update.state))
-            for (g, b), (launch, scalars, scalar_state), (_, _, nan_padding) in zip(
+                launches.append((b.launcher(update), update.scalars, update.state,
+                                 update.key))
+            for (g, b), (launch, scalars, scalar_state, key), (_, _, nan_padding) in zip(
                     groups, launches, calls):
-                launch(scalars)
+                launch(scalars, key)
                 b.steps += 1
                 if scalar_state is not None:       # NAdam's mu_product, ASGD's eta, mu
                     b.scalar_state = scalar_state
@@ -352,7 +447,7 @@ class Optimizer:
         options = self._options(group)
         lr = options.pop("lr")
         if options != buffers.validated:
-            self._validate(group, buffers.param.dtype, index)
+            self._validate(group, buffers.param.dtype, index, buffers.state_dtype)
             buffers.validated = options
             options = dict(options)
         try:
@@ -526,6 +621,32 @@ def _dtype_name(a):
         return str(a.dtype).rsplit(".", 1)[-1]
 
 
+def _resolve_dtype(name):
+    """The NumPy dtype named ``name`` (bfloat16 through ml_dtypes)."""
+    if name == "bfloat16":
+        return _storage.bfloat16("bfloat16 params")
+    return np.dtype(name)
+
+
+_STATE_DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+
+def _state_dtype(value):
+    """The ``state_dtype`` option as a NumPy dtype (None stays None)."""
+    if value is None:
+        return None
+    try:
+        name = value if isinstance(value, str) else _dtype_name(value)
+    except Exception:
+        name = None
+    if name == "bfloat16":
+        return _storage.bfloat16("state_dtype='bfloat16'")
+    if name not in _STATE_DTYPES:
+        raise TypeError(f"state_dtype must be None or one of {list(_STATE_DTYPES)}, "
+                        f"got {value!r}")
+    return np.dtype(name)
+
+
 def _in_group(exc, index):
     if index is None:
         return exc
@@ -598,7 +719,15 @@ def _class_docstring(rule):
         lines.append(f"{h.name} : {kind}, default {h.default!r} ({h.describe()})")
         if h.doc:
             lines.append(f"    {h.doc[:1].upper() + h.doc[1:]}.")
+    lines += ["state_dtype, master_weights, stochastic_rounding, seed : keyword-only",
+              "    Storage narrower than the math (16-bit params, float32 master weights, "
+              "bfloat16 state); see :class:`Optimizer`."]
     return "\n".join(lines) + "\n"
+
+
+#: The storage options every class takes (keyword-only), with their defaults.
+_STORAGE_OPTIONS = {"state_dtype": None, "master_weights": False,
+                    "stochastic_rounding": False, "seed": None}
 
 
 def _derive_class(rule):
@@ -607,9 +736,9 @@ def _derive_class(rule):
     positional = [h.name for h in rule.hyper if not h.keyword]
     keyword = [h.name for h in rule.hyper if h.keyword]
     params = ["self", "params", *(f"{h}=_defaults[{h!r}]" for h in positional)]
-    if keyword:
-        params += ["*", *(f"{h}=_defaults[{h!r}]" for h in keyword)]
-    names = positional + keyword
+    params += ["*", *(f"{h}=_defaults[{h!r}]" for h in keyword)]
+    params += [f"{k}={v!r}" for k, v in _STORAGE_OPTIONS.items()]
+    names = positional + keyword + list(_STORAGE_OPTIONS)
     source = (f"def __init__({', '.join(params)}):\n"
               f"    Optimizer.__init__(self, params, "
               f"{', '.join(f'{h}={h}' for h in names)})\n")

@@ -87,11 +87,21 @@ def test_from_arrays_dtypes():
         FlatBuffer.from_arrays([])
 
 
-@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.float16, np.complex64, ">f8"],
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.uint16, np.complex64, ">f8"],
                          ids=str)
 def test_unsupported_dtype(dtype):
     with pytest.raises(TypeError, match="unsupported dtype"):
         FlatBuffer([(3,)], dtype)
+
+
+def test_sixteen_bit_buffers_share_the_params_layout():
+    """A float16 (or bfloat16) buffer, and the float32 state buffers made from it
+    with ``zeros_like(dtype)``, have the same element offsets."""
+    params = FlatBuffer([(3,), (5, 7), (1,)], np.float16)
+    state = params.zeros_like(np.float32)
+    assert state.dtype == np.float32 and params.dtype == np.float16
+    assert state.offsets == params.offsets and len(state.data) == len(params.data)
+    assert all(o % 32 == 0 for o in params.offsets)     # 64-byte lines of float16
 
 
 def test_negative_shape():

@@ -39,8 +39,10 @@ def test_class_signatures_are_torchs(torch):
     """Names, order and defaults of torch's constructors, less torch's implementation
     switches (foreach, fused, capturable, differentiable); what is positional here is
     positional in torch too, in the same places. Not offered: Adam's
-    decoupled_weight_decay (that is AdamW)."""
+    decoupled_weight_decay (that is AdamW). Added at the end, keyword-only:
+    fastadapt's storage options (state_dtype, master_weights, ...)."""
     skip = {"foreach", "fused", "capturable", "differentiable", "decoupled_weight_decay"}
+    storage = list(fastadapt.optim._STORAGE_OPTIONS.items())
     for name, cls in CLASSES.items():
         rule = fastadapt.RULES[name]
         if not rule.in_torch:
@@ -48,6 +50,9 @@ def test_class_signatures_are_torchs(torch):
         theirs = [p for p in inspect.signature(getattr(torch.optim, cls.__name__))
                   .parameters.values() if p.name not in skip or p.name in rule.defaults]
         ours = list(inspect.signature(cls).parameters.values())
+        assert [(p.name, p.default) for p in ours[-len(storage):]] == storage
+        assert all(p.kind is p.KEYWORD_ONLY for p in ours[-len(storage):])
+        ours = ours[:-len(storage)]
         assert [(p.name, p.default) for p in ours] == \
             [(p.name, p.default) for p in theirs], name
         positional = [p.name for p in ours if p.kind is p.POSITIONAL_OR_KEYWORD]
