@@ -10,6 +10,7 @@ Each rule is declared once in :data:`RULES`; its functional step
 the declaration and exported here.
 """
 from .flat import FlatBuffer
+from ._storage import Blockwise8
 from . import functional
 from .functional import *  # noqa: F401,F403  (one <name>_step per rule)
 from .rules import RULES, Rule
@@ -20,5 +21,5 @@ from ._warmup import warmup
 
 __version__ = "0.1.0"
 
-__all__ = (["FlatBuffer", "RULES", "Rule", "schedules", "warmup"] + list(functional.__all__)
+__all__ = (["FlatBuffer", "Blockwise8", "RULES", "Rule", "schedules", "warmup"] + list(functional.__all__)
            + list(optim.__all__))

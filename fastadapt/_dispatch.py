@@ -86,22 +86,37 @@ def prepare(update):
         return _cuda.prepare(update)
 
     written = update.written | {"master_param"}
+    blocks = {n: a for n, a in present.items() if isinstance(a, _storage.Blockwise8)}
+    for name, b in blocks.items():
+        _storage.check_blockwise(name, b, _size(present["param"]))
+        del present[name]
     flat = _prepare_host(present, written)
     master = flat.pop("master_param", None)
-    layout, dtype = _storage.layout(
-        {name: a.dtype for name, a in flat.items()},
-        None if master is None else master.dtype, update.key is not None)
+    parts = {}
+    for name, b in blocks.items():
+        parts[f"{name}.codes"], parts[f"{name}.absmax"] = b.codes, b.absmax
+    check_no_aliasing({**flat, **parts}, np.may_share_memory)
+    dtypes = {name: flat[name].dtype if name in flat else None
+              for name in update.arrays if name in flat or name in blocks}
+    layout, dtype = _storage.layout(dtypes, None if master is None else master.dtype,
+                                    update.key is not None, tuple(blocks))
     first = flat["param"]
     if first.size == 0:
         return no_op
     unused = np.empty(0, dtype)
-    args = [_storage.bits(flat[name]) if name in flat else unused for name in update.arrays]
+    args = []
+    for name in update.arrays:
+        if name in blocks:
+            b = blocks[name]
+            args += [b.codes, b.absmax, b.map, b.thresholds]
+        else:
+            args.append(_storage.bits(flat[name]) if name in flat else unused)
     if layout is None:
         driver = cpu.DRIVERS[update.rule]
     else:
         codes, has_master, stochastic = layout
         driver = cpu.layout_driver(update.rule, _storage.full_layout(
-            update.arrays, zip(flat, codes), has_master, stochastic))
+            update.arrays, zip(dtypes, codes), has_master, stochastic))
         if has_master:
             args.append(master)
     if first.size < cpu.SERIAL_BELOW:
@@ -125,6 +140,10 @@ def prepare(update):
                 with _PARALLEL_LAUNCH:
                     parallel(*args, scalars)
     return launch
+
+
+def _size(a):
+    return a.size if isinstance(a, np.ndarray) else int(np.prod(np.shape(a)))
 
 
 def _prepare_host(arrays, written):

@@ -19,7 +19,8 @@ The math runs in float64 for float64 params and in float32 otherwise.
 """
 import numpy as np
 
-from .kernels.loops import BFLOAT16, FLOAT16, NATIVE, Layout
+from .kernels.loops import BFLOAT16, BLOCKWISE8, FLOAT16, NATIVE, Layout
+from .kernels.storage import BLOCK
 
 F32, F64, F16 = np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16)
 
@@ -69,17 +70,23 @@ def check_dtype(arg, dtype):
                         f"{PARAM_DTYPES}")
 
 
-def layout(dtypes, master=None, stochastic=False):
+def layout(dtypes, master=None, stochastic=False, blockwise=()):
     """``(layout, compute dtype)`` for an update whose arrays have ``dtypes``
     (argument name -> dtype, in the driver's order, ``param`` and ``grad``
     first, unused state left out); ``master``: the master copy's dtype (None
-    without one). ``layout`` is None when every array has the compute dtype
+    without one); ``blockwise``: the names of state arrays that are
+    :class:`Blockwise8` (their dtype in ``dtypes`` is ignored). ``layout`` is
+    None when every array has the compute dtype
     and neither option is set (the plain drivers).
     """
     names = list(dtypes)
     p = dtypes["param"]
     for arg in names:
-        check_dtype(arg, dtypes[arg])
+        if arg not in blockwise:
+            check_dtype(arg, dtypes[arg])
+    if blockwise and p == F64:
+        raise TypeError(f"{blockwise[0]} is 8-bit blockwise state, which is for float32, "
+                        "bfloat16 or float16 params; param is float64")
     sixteen = p.itemsize == 2
     compute = F64 if p == F64 else F32
     g = dtypes["grad"]
@@ -88,6 +95,8 @@ def layout(dtypes, master=None, stochastic=False):
                         f"is stored as its param ({name(p)})"
                         + (" or as float32" if p.itemsize == 2 else ""))
     for arg in names[2:]:
+        if arg in blockwise:
+            continue
         s = dtypes[arg]
         if p == F64:
             if s != F64:
@@ -113,7 +122,7 @@ def layout(dtypes, master=None, stochastic=False):
         if master is not None:
             raise ValueError("stochastic_rounding=True and master_param exclude each "
                              "other: with a master copy, param is its nearest rounding")
-    codes = tuple(code(dtypes[arg]) for arg in names)
+    codes = tuple(BLOCKWISE8 if arg in blockwise else code(dtypes[arg]) for arg in names)
     if master is None and not stochastic and set(codes) == {NATIVE}:
         return None, compute
     return (codes, master is not None, bool(stochastic)), compute
@@ -129,3 +138,99 @@ def full_layout(names, codes, master, stochastic):
 def bits(a):
     """The array a driver takes: 16-bit floats as their ``uint16`` bits."""
     return a.view(np.uint16) if a.dtype.itemsize == 2 else a
+
+
+# ------------------------------------------------------------------ 8-bit state
+_TABLES = {}
+
+
+def _tables(signed):
+    """(map, thresholds) of bitsandbytes' dynamic code, read-only, one per sign."""
+    if signed not in _TABLES:
+        from .kernels import storage
+        code = storage.dynamic_map(signed)
+        thresholds = storage.thresholds(code)
+        code.flags.writeable = thresholds.flags.writeable = False
+        _TABLES[signed] = (code, thresholds)
+    return _TABLES[signed]
+
+
+class Blockwise8:
+    """An optimizer state array of ``n`` elements stored in 8 bits per element
+    (bitsandbytes' blockwise quantization; Dettmers et al., 2022).
+
+    Each block of ``BLOCK = 256`` elements keeps one float32 ``absmax`` and
+    each element a ``uint8`` index into a dynamic (non-linear) map of 256
+    values in [-1, 1] (``signed``, for first moments) or [0, 1] (unsigned,
+    for second moments and sums of squares), dense near zero. An element is
+    ``map[codes[i]] * absmax[i // 256]``. A fused step dequantizes a block,
+    updates it, takes the block's new absmax and stores each element as the
+    code nearest to ``value / absmax``, all in one pass over memory.
+
+    Accepted wherever a state array is (float32, bfloat16 or float16 params;
+    ``n`` must be the params' size). Starts at zero.
+
+    Attributes
+    ----------
+    codes : uint8 array of ``n`` elements
+    absmax : float32 array of ``ceil(n / 256)`` elements
+    signed : bool
+    map, thresholds : the code's 256 values and its encoding table (read-only)
+    """
+
+    def __init__(self, n, signed=True):
+        if isinstance(n, (bool, np.bool_)) or not hasattr(n, "__index__"):
+            raise TypeError(f"Blockwise8(n): n must be an integer, got {n!r}")
+        n = n.__index__()
+        if n < 0:
+            raise ValueError(f"Blockwise8(n): n must be >= 0, got {n}")
+        if not isinstance(signed, (bool, np.bool_)):
+            raise TypeError(f"Blockwise8: signed must be a bool, got {signed!r}")
+        self.signed = bool(signed)
+        self.map, self.thresholds = _tables(self.signed)
+        zero = int(np.flatnonzero(self.map == 0)[0])
+        self.codes = np.full(n, zero, np.uint8)
+        self.absmax = np.zeros(-(-n // BLOCK), np.float32)
+
+    @property
+    def size(self):
+        return self.codes.size
+
+    @property
+    def shape(self):
+        return (self.codes.size,)
+
+    def __len__(self):
+        return self.codes.size
+
+    def dequantize(self):
+        """The values, as a new float32 array."""
+        scale = np.repeat(self.absmax, BLOCK)[:self.codes.size]
+        return self.map[self.codes] * scale
+
+    def nbytes_per_element(self):
+        """Bytes stored per element: 1 + 4 / 256."""
+        return 1 + 4 / BLOCK
+
+    def __repr__(self):
+        return (f"Blockwise8({self.codes.size}, signed={self.signed}: "
+                f"{self.absmax.size} blocks of {BLOCK})")
+
+
+def check_blockwise(name, b, param_size):
+    """ValueError / TypeError unless ``b`` is a sound Blockwise8 of ``param_size``."""
+    codes, absmax = b.codes, b.absmax
+    if not (isinstance(codes, np.ndarray) and codes.dtype == np.uint8 and codes.ndim == 1
+            and codes.flags.c_contiguous and codes.flags.writeable):
+        raise TypeError(f"{name}.codes must be a writeable contiguous 1-D uint8 array")
+    if not (isinstance(absmax, np.ndarray) and absmax.dtype == np.float32
+            and absmax.ndim == 1 and absmax.flags.c_contiguous and absmax.flags.writeable):
+        raise TypeError(f"{name}.absmax must be a writeable contiguous 1-D float32 array")
+    if codes.size != param_size:
+        raise ValueError(f"{name} is a Blockwise8 of {codes.size} elements but param has "
+                         f"{param_size}")
+    if absmax.size != -(-codes.size // BLOCK):
+        raise ValueError(f"{name}.absmax has {absmax.size} blocks; {codes.size} elements "
+                         f"need {-(-codes.size // BLOCK)} of {BLOCK}")
+    if b.map is not _tables(b.signed)[0] or b.thresholds is not _tables(b.signed)[1]:
+        raise ValueError(f"{name}: its map and thresholds must be the container's own")

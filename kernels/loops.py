@@ -41,12 +41,17 @@ import types
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
+
 from . import math as _math
+from .storage import BLOCK
 
 
 #: Storage codes of one array in a :class:`Layout`: the compute dtype itself
-#: (float32 or float64), bfloat16 or float16 (both as ``uint16`` bits).
-NATIVE, BFLOAT16, FLOAT16 = "f", "b", "h"
+#: (float32 or float64), bfloat16 or float16 (both as ``uint16`` bits), or
+#: 8-bit blockwise codes (a state array only: ``uint8`` codes, one float32
+#: absmax per block of ``BLOCK`` elements, the code's map and thresholds).
+NATIVE, BFLOAT16, FLOAT16, BLOCKWISE8 = "f", "b", "h", "q"
 
 
 class Layout(NamedTuple):
@@ -74,9 +79,11 @@ class Layout(NamedTuple):
             ("s" if self.stochastic else "")
 
 
-_LOAD = {NATIVE: "{a}[i]", BFLOAT16: "bf16_to_f32({a}[i])", FLOAT16: "f16_to_f32({a}[i])"}
+_LOAD = {NATIVE: "{a}[i]", BFLOAT16: "bf16_to_f32({a}[i])", FLOAT16: "f16_to_f32({a}[i])",
+         BLOCKWISE8: "{a}_map[{a}[i]] * scale_{a}"}
 _STORE = {NATIVE: "{a}[i] = {v}", BFLOAT16: "{a}[i] = f32_to_bf16({v})",
-          FLOAT16: "{a}[i] = f32_to_f16({v})"}
+          FLOAT16: "{a}[i] = f32_to_f16({v})",
+          BLOCKWISE8: "{a}[i] = nearest_code({a}_thresholds, {v} / absmax_{a})"}
 
 
 class Signature:
@@ -137,40 +144,86 @@ class Signature:
         if len(layout.codes) != len(self.elements):
             raise ValueError(f"layout {layout.tag!r} has {len(layout.codes)} codes for "
                              f"{len(self.elements)} arrays")
+        if layout.stochastic and layout.codes[0] != BFLOAT16:
+            raise ValueError("stochastic rounding stores bfloat16 parameters only")
         codes = dict(zip(self.elements, layout.codes))
-        args = list(self.elements) + (["master"] if layout.master else []) + ["scalars"]
+        blockwise = [s for s, _ in self.state if codes[s] == BLOCKWISE8]
+        args = []
+        for a in self.elements:
+            args += [a, f"{a}_absmax", f"{a}_map", f"{a}_thresholds"] if a in blockwise \
+                else [a]
+        args += (["master"] if layout.master else []) + ["scalars"]
         args += ["key0", "key1"] if layout.stochastic else []
         lines = [f"def {name}({', '.join(args)}):"]
         for k, s in enumerate(self.scalars):
             lines.append(f"    {s} = scalars[{k}] != 0" if s in self.flags
                          else f"    {s} = scalars[{k}]")
-        lines.append("    for i in indices(param.size):")
+        if not blockwise:
+            lines.append("    for i in indices(param.size):")
+            lines += self._element(layout, codes, "        ", store=True)
+            return "\n".join(lines) + "\n"
+        # 8-bit blockwise state: one block of BLOCK elements per iteration. The
+        # first pass over the block finds each state's new absmax, the second
+        # recomputes the same values (bit for bit: same inputs, same code) and
+        # stores them, quantized with the new absmax; nothing is written before
+        # the second pass, so both passes read the old values.
+        gate = dict(self.state)
+        lines += ["    n = param.size",
+                  f"    for block in indices((n + {BLOCK - 1}) // {BLOCK}):",
+                  f"        start = block * {BLOCK}",
+                  f"        stop = min(start + {BLOCK}, n)"]
+        for s in blockwise:
+            lines += [f"        scale_{s} = {s}_absmax[block]",
+                      f"        absmax_{s} = float32(0.0)"]
+        lines.append("        for i in range(start, stop):")
+        lines += self._element(layout, codes, "            ", store=False)
+        for s in blockwise:
+            flag = gate[s]
+            pad = "            "
+            if flag is not None:
+                lines.append(f"{pad}if {flag}:")
+                pad += "    "
+            lines += [f"{pad}m_{s} = abs(e_{s})",
+                      f"{pad}if m_{s} > absmax_{s}:",
+                      f"{pad}    absmax_{s} = m_{s}"]
+        lines.append("        for i in range(start, stop):")
+        lines += self._element(layout, codes, "            ", store=True)
+        for s in blockwise:
+            flag = gate[s]
+            if flag is None:
+                lines.append(f"        {s}_absmax[block] = absmax_{s}")
+            else:
+                lines += [f"        if {flag}:", f"            {s}_absmax[block] = absmax_{s}"]
+        return "\n".join(lines) + "\n"
+
+    def _element(self, layout, codes, pad, store):
+        """The lines that load element ``i``, update it and (if ``store``) store it."""
         load = {a: _LOAD[codes[a]].format(a=a) for a in self.elements}
         if layout.master:
             load["param"] = "master[i]"
-        lines += [f"        e_param = {load['param']}", f"        e_grad = {load['grad']}"]
+        lines = [f"{pad}e_param = {load['param']}", f"{pad}e_grad = {load['grad']}"]
         for s, flag in self.state:
-            lines.append(f"        e_{s} = {load[s]}" if flag is None
-                         else f"        e_{s} = {load[s]} if {flag} else e_param")
+            lines.append(f"{pad}e_{s} = {load[s]}" if flag is None
+                         else f"{pad}e_{s} = {load[s]} if {flag} else e_param")
         outputs = ", ".join(f"e_{a}" for a in ("param",) + tuple(s for s, _ in self.state))
         inputs = ", ".join([f"e_{a}" for a in self.elements] + list(self.scalars))
-        lines.append(f"        {outputs} = elem({inputs})")
+        lines.append(f"{pad}{outputs} = elem({inputs})")
+        if not store:
+            return lines
         if layout.master:
-            lines.append("        master[i] = e_param")
+            lines.append(f"{pad}master[i] = e_param")
         if layout.stochastic:
-            if codes["param"] != BFLOAT16:
-                raise ValueError("stochastic rounding stores bfloat16 parameters only")
-            lines.append("        param[i] = f32_to_bf16_stochastic(e_param, "
+            lines.append(f"{pad}param[i] = f32_to_bf16_stochastic(e_param, "
                          "random_bits(key0, key1, i))")
         else:
-            lines.append("        " + _STORE[codes["param"]].format(a="param", v="e_param"))
+            lines.append(pad + _STORE[codes["param"]].format(a="param", v="e_param"))
         for s, flag in self.state:
             store = _STORE[codes[s]].format(a=s, v=f"e_{s}")
             if flag is None:
-                lines.append(f"        {store}")
+                lines.append(f"{pad}{store}")
             else:
-                lines += [f"        if {flag}:", f"            {store}"]
-        return "\n".join(lines) + "\n"
+                lines += [f"{pad}if {flag}:", f"{pad}    {store}"]
+        return lines
 
 
 def signatures(specs):
@@ -223,7 +276,7 @@ def build_layout(sig, layout, elem, vocabulary, indices, module, digest):
     ``__qualname__`` carries the source hash and the layout's tag, so each
     layout is a cached driver of its own."""
     name = f"{sig.kernel}_{layout.tag}"
-    namespace = {"indices": indices, "elem": elem, **vocabulary}
+    namespace = {"indices": indices, "elem": elem, "float32": np.float32, **vocabulary}
     exec(compile(sig.source(name, layout), __file__, "exec"), namespace)
     driver = namespace[name]
     driver.__module__ = module

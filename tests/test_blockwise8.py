@@ -1,0 +1,198 @@
+"""8-bit blockwise optimizer state (``fastadapt.Blockwise8``) against a NumPy
+reference of the same quantization, written here independently of the kernels:
+
+- dequantize: ``map[codes] * absmax[block]`` (bitsandbytes' dynamic map,
+  blocks of 256);
+- update: ``tests/naive.py`` in float64 on the dequantized values (rounded to
+  float32 arrays, as the kernel computes in float32);
+- requantize: the block's new absmax is ``max |value|``, and each code is the
+  index of the map entry nearest to ``value / absmax`` by brute force over the
+  256 entries (a tie to the lower index).
+
+Each step is compared on its own (both sides start from the kernel's current
+state). Tolerances: absmax within 4 float32 ulps (float32 versus float64 math);
+codes equal except where ``value / absmax`` lies within 1e-5 (relative) of the
+midpoint between two codes, where they may differ by one, bounded to under 1%
+of the elements; params within 1 float32 ulp plus 8 ulps of the operands.
+"""
+import numpy as np
+import pytest
+
+import fastadapt
+import naive
+from fastadapt.kernels.storage import BLOCK, dynamic_map
+
+SIZES = [1, 255, 256, 257, 509, 1031, 2053]   # primes, 256 +- 1, both sides of 512
+SIGNED = {"exp_avg": True, "exp_avg_sq": False, "max_exp_avg_sq": False,
+          "momentum_buffer": True, "square_avg": False, "grad_avg": True, "state_sum": False}
+CASES = [("adam", dict(lr=1e-2, weight_decay=0.1)), ("adam", dict(lr=1e-2, amsgrad=True)),
+         ("adamw", dict(lr=1e-2)), ("sgd", dict(lr=1e-2, momentum=0.9)),
+         ("sgd", dict(lr=1e-2, momentum=0.9, nesterov=True)),
+         ("rmsprop", dict(lr=1e-3, centered=True, momentum=0.5)), ("rmsprop", dict(lr=1e-3)),
+         ("adagrad", dict(lr=1e-2))]
+
+
+def ref_dequantize(codes, absmax, signed):
+    table = dynamic_map(signed).astype(np.float64)
+    scale = np.repeat(absmax.astype(np.float64), BLOCK)[:codes.size]
+    return (table[codes] * scale).astype(np.float32)    # float32 x float32: one rounding
+
+
+def ref_quantize(values, signed):
+    """(codes, absmax, distance of each normalised value to its nearest midpoint)."""
+    table = dynamic_map(signed).astype(np.float64)
+    v = values.astype(np.float64)
+    n = v.size
+    padded = np.zeros(-(-n // BLOCK) * BLOCK)
+    padded[:n] = np.abs(v)
+    absmax = padded.reshape(-1, BLOCK).max(axis=1).astype(np.float32)
+    scale = np.repeat(absmax.astype(np.float64), BLOCK)[:n]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        x = np.where(scale > 0, v / scale, 0.0)
+    distance = np.abs(x[:, None] - table[None, :])
+    codes = np.argmin(distance, axis=1).astype(np.uint8)
+    mids = (table[:-1] + table[1:]) / 2
+    near = np.min(np.abs(x[:, None] - mids[None, :]), axis=1)
+    return codes, absmax, near
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("name, options", CASES,
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_against_numpy_quantization(name, options, n):
+    rule = fastadapt.RULES[name]
+    names = rule.state_for(**options)
+    rng = np.random.default_rng(n)
+    param = rng.standard_normal(n).astype(np.float32)
+    state = {s: fastadapt.Blockwise8(n, signed=SIGNED[s]) for s in names}
+    flipped = total = 0
+    for k in range(1, 5):
+        g = rng.standard_normal(n).astype(np.float32)
+        step = {"step": k} if rule.takes_step else {}
+        p_ref = param.copy()
+        s_ref = {s: ref_dequantize(b.codes, b.absmax, b.signed) for s, b in state.items()}
+        np.testing.assert_array_equal(s_ref[names[0]], state[names[0]].dequantize())
+        getattr(naive, f"{name}_step")(p_ref, g, **s_ref, **step, **options)
+        old = param.astype(np.float64)
+        rule.step_fn(param, g, **state, **step, **options)
+        b = p_ref.astype(np.float64)
+        allowed = np.spacing(np.abs(p_ref)).astype(np.float64) + 2.0 ** -21 * (
+            np.abs(old) + np.abs(old - b))
+        assert np.all(np.abs(param - b) <= allowed), (k, np.max(np.abs(param - b) - allowed))
+        for s, container in state.items():
+            codes, absmax, near = ref_quantize(s_ref[s], container.signed)
+            np.testing.assert_allclose(container.absmax, absmax, rtol=2.0 ** -21, atol=0,
+                                       err_msg=f"{s}, step {k}")
+            differ = container.codes != codes
+            assert np.all(np.abs(container.codes.astype(int) - codes.astype(int))[differ] <= 1)
+            assert np.all(near[differ] <= 1e-5), (s, k)
+            flipped += int(differ.sum())
+            total += n
+    assert flipped <= max(1, total // 100), f"{flipped} of {total} codes differ"
+
+
+@pytest.mark.parametrize("n", [255, 1031])
+def test_with_bfloat16_params_and_stochastic_rounding(n):
+    """8-bit state with 16-bit params: the state is the same as with float32
+    params holding the same values (the math is float32 in both); the params
+    are the float32 result rounded (stochastically, with a seed)."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+    rng = np.random.default_rng(3)
+    p16 = rng.standard_normal(n).astype(bf16)
+    p32 = p16.astype(np.float32)
+    g = rng.standard_normal(n).astype(np.float32)
+    a = [fastadapt.Blockwise8(n, True), fastadapt.Blockwise8(n, False)]
+    b = [fastadapt.Blockwise8(n, True), fastadapt.Blockwise8(n, False)]
+    fastadapt.adam_step(p16, g, *a, step=1, lr=1e-2, stochastic_rounding=True, seed=2)
+    fastadapt.adam_step(p32, g, *b, step=1, lr=1e-2)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x.codes, y.codes)
+        np.testing.assert_array_equal(x.absmax, y.absmax)
+    # the bfloat16 neighbours of the float32 result: truncated (towards zero)
+    # and the next one away from zero
+    u = p32.view(np.uint32)
+    toward = (u & np.uint32(0xFFFF0000)).view(np.float32)
+    away = ((u & np.uint32(0xFFFF0000)) + np.uint32(0x10000)).view(np.float32)
+    got = p16.astype(np.float32)
+    assert np.all((got == toward) | (got == away))
+    assert np.any(got == away) and np.any((got == toward) & (p32 != toward))
+
+
+def test_chunk_and_thread_invariance():
+    """Blocks are independent: the parallel driver equals the serial one, and a
+    call on the first k whole blocks equals the whole call's first k blocks."""
+    import numba
+    n = 5 * BLOCK + 3
+    rng = np.random.default_rng(4)
+    p0, g = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+    runs = []
+    for threads in (1, numba.config.NUMBA_NUM_THREADS):
+        before = numba.get_num_threads()
+        numba.set_num_threads(threads)
+        try:
+            p, m = p0.copy(), fastadapt.Blockwise8(n)
+            fastadapt.sgd_step(p, g, m, step=1, lr=0.1, momentum=0.9)
+            fastadapt.sgd_step(p, g, m, step=2, lr=0.1, momentum=0.9)
+        finally:
+            numba.set_num_threads(before)
+        runs.append((p, m))
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    np.testing.assert_array_equal(runs[0][1].codes, runs[1][1].codes)
+    k = 2 * BLOCK
+    p, m = p0[:k].copy(), fastadapt.Blockwise8(k)
+    fastadapt.sgd_step(p, g[:k], m, step=1, lr=0.1, momentum=0.9)
+    fastadapt.sgd_step(p, g[:k], m, step=2, lr=0.1, momentum=0.9)
+    np.testing.assert_array_equal(p, runs[0][0][:k])
+    np.testing.assert_array_equal(m.codes, runs[0][1].codes[:k])
+    np.testing.assert_array_equal(m.absmax, runs[0][1].absmax[:2])
+
+
+def test_zero_size_and_zero_state():
+    p = np.zeros(0, np.float32)
+    fastadapt.adagrad_step(p, p.copy(), fastadapt.Blockwise8(0, signed=False), step=1)
+    b = fastadapt.Blockwise8(300, signed=False)
+    assert b.absmax.shape == (2,) and np.all(b.dequantize() == 0)
+    p = np.ones(300, np.float32)
+    fastadapt.adagrad_step(p, np.zeros(300, np.float32), b, step=1)     # g = 0: no change
+    assert np.all(p == 1) and np.all(b.dequantize() == 0)
+
+
+@pytest.mark.parametrize("make, exc, words", [
+    (lambda n: {"exp_avg": fastadapt.Blockwise8(n + 1)}, ValueError, ("exp_avg", "elements")),
+    (lambda n: {"param": np.zeros(n), "grad": np.zeros(n), "exp_avg_sq": np.zeros(n)},
+     TypeError, ("8-bit", "float64")),
+    (lambda n: {"exp_avg": _broken(n)}, ValueError, ("exp_avg.absmax",)),
+    (lambda n: {"exp_avg_sq": "not an array"}, TypeError, ("exp_avg_sq",)),
+])
+def test_bad_containers_raise_and_change_nothing(make, exc, words):
+    n = 300
+    args = dict(param=np.ones(n, np.float32), grad=np.ones(n, np.float32),
+                exp_avg=fastadapt.Blockwise8(n), exp_avg_sq=fastadapt.Blockwise8(n, False))
+    args.update(make(n))
+    before = {k: (v.codes.copy(), v.absmax.copy()) if isinstance(v, fastadapt.Blockwise8)
+              else np.array(v, copy=True) for k, v in args.items()}
+    with pytest.raises(exc) as info:
+        fastadapt.adam_step(**args, step=1)
+    for w in words:
+        assert w in str(info.value), (w, str(info.value))
+    for k, v in args.items():
+        if isinstance(v, fastadapt.Blockwise8):
+            np.testing.assert_array_equal(v.codes, before[k][0])
+        else:
+            np.testing.assert_array_equal(np.asarray(v), before[k])
+
+
+def _broken(n):
+    b = fastadapt.Blockwise8(n)
+    b.absmax = np.zeros(1, np.float32)
+    return b
+
+
+def test_container_checks_its_arguments():
+    with pytest.raises(TypeError, match="integer"):
+        fastadapt.Blockwise8(2.5)
+    with pytest.raises(ValueError, match=">= 0"):
+        fastadapt.Blockwise8(-1)
+    with pytest.raises(TypeError, match="signed"):
+        fastadapt.Blockwise8(3, signed="yes")
