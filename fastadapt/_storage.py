@@ -203,6 +203,15 @@ class Blockwise8:
     def __len__(self):
         return self.codes.size
 
+    def fill(self, value):
+        """Set every element to ``value`` (exactly: the code of +-1 times |value|)."""
+        value = float(value)
+        if value < 0 and not self.signed:
+            raise ValueError("an unsigned Blockwise8 holds values >= 0")
+        one = int(np.flatnonzero(self.map == (1.0 if value >= 0 else -1.0))[0])
+        self.codes[:] = one
+        self.absmax[:] = abs(value)
+
     def dequantize(self):
         """The values, as a new float32 array."""
         scale = np.repeat(self.absmax, BLOCK)[:self.codes.size]

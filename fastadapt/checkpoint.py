@@ -13,6 +13,9 @@ objects:
 * ``params.<g>``: group ``g``'s parameters, concatenated into one 1-D array;
 * ``state.<g>.<name>``: group ``g``'s state array ``name``, laid out the same way.
 * ``master.<g>``: group ``g``'s float32 master weights (``master_weights=True``).
+* with ``state_dtype="int8"``, ``state.<g>.<name>`` holds the uint8 codes over
+  the flat buffer's whole length (padding included: blocks of 256 are laid
+  over it) and ``absmax.<g>.<name>`` the float32 absmax of each block.
 
 Storage narrower than float32 is recorded in the metadata: a group's
 ``"dtype"`` may be ``"bfloat16"`` or ``"float16"``, its ``"state_dtype"`` is
@@ -47,6 +50,7 @@ import zipfile
 import numpy as np
 
 from . import _args, _storage
+from .flat import padded_length
 from .schedules import from_config, resolve_lr
 
 __all__ = ["save", "load", "to_host_flat", "segments", "state_dict", "load_state_dict",
@@ -63,6 +67,11 @@ META_LIMIT = 64 << 20
 _DEFLATE_RATIO = 1032
 _DTYPES = ("float32", "float64", "bfloat16", "float16")
 _STORAGE_KEYS = ("state_dtype", "master_weights", "stochastic_rounding", "seed")
+_INT8 = "int8"
+
+
+def _dtype_name(dtype):
+    return dtype if isinstance(dtype, str) else dtype.name
 
 
 # ----------------------------------------------------------------- layout
@@ -104,7 +113,7 @@ def _to_host(a):
 # ----------------------------------------------------------------- state dicts
 def state_dict(optimizer):
     """``optimizer``'s state dict (see ``Optimizer.state_dict``)."""
-    groups, params, state = [], [], []
+    groups, params, state, absmax = [], [], [], []
     first_holder = {}           # id(schedule) -> first group holding it
     for i, (group, b) in enumerate(zip(optimizer.param_groups, optimizer._groups)):
         options = {}
@@ -120,14 +129,18 @@ def state_dict(optimizer):
                 options[key] = _jsonable(value, f"param group {i}: {key}")
         entry = {"options": options, "shapes": [list(s) for s in b.param.shapes],
                  "dtype": b.param.dtype.name, "step": b.steps}
-        if b.state_dtype != b.param.dtype:
-            entry["state_dtype"] = b.state_dtype.name
+        if _dtype_name(b.state_dtype) != b.param.dtype.name:
+            entry["state_dtype"] = _dtype_name(b.state_dtype)
         scalar_state = getattr(b, "scalar_state", None)
         if scalar_state:
             entry["scalar_state"] = {k: float(v) for k, v in scalar_state.items()}
         groups.append(entry)
         params.append(to_host_flat(b.param))
-        state.append({n: to_host_flat(s) for n, s in b.state.items()})
+        if b.state_dtype == _INT8:
+            state.append({n: s.data.codes.copy() for n, s in b.state.items()})
+            absmax.append({n: s.data.absmax.copy() for n, s in b.state.items()})
+        else:
+            state.append({n: to_host_flat(s) for n, s in b.state.items()})
     sd = {"format": CHECKPOINT_FORMAT, "algorithm": optimizer.rule.name,
           "param_groups": groups, "params": params, "state": state}
     storage = _storage_options(optimizer)
@@ -135,13 +148,15 @@ def state_dict(optimizer):
         sd["storage"] = storage
         if optimizer.master_weights:
             sd["master"] = [to_host_flat(b.master) for b in optimizer._groups]
+        if optimizer.state_dtype == _INT8:
+            sd["absmax"] = absmax
     return sd
 
 
 def _storage_options(optimizer):
     """The optimizer's storage options as JSON, or {} when all are defaults."""
     options = {"state_dtype": None if optimizer.state_dtype is None
-               else optimizer.state_dtype.name,
+               else _dtype_name(optimizer.state_dtype),
                "master_weights": optimizer.master_weights,
                "stochastic_rounding": optimizer.stochastic_rounding, "seed": optimizer.seed}
     if not any(options.values()):
@@ -167,8 +182,16 @@ def load_state_dict(optimizer, sd):
             if name not in state:
                 del b.state[name]
         for name, arrays in state.items():
-            target = b.state[name] if name in b.state else b.param.zeros_like(b.state_dtype)
-            target.copy_from(arrays)
+            if b.state_dtype == _INT8:
+                codes, block_max = arrays
+                target = b.state[name] if name in b.state else optimizer._zero_state(
+                    b, group, name)
+                target.data.codes[:] = codes
+                target.data.absmax[:] = block_max
+            else:
+                target = b.state[name] if name in b.state else b.param.zeros_like(
+                    b.state_dtype)
+                target.copy_from(arrays)
             b.state[name] = target
         b.steps = steps
         if scalar_state is not None:
@@ -208,7 +231,7 @@ def _check_state_dict(optimizer, sd):
         raise ValueError(f"{where} is for algorithm {sd['algorithm']!r}, this optimizer "
                          f"is {rule.name!r} ({type(optimizer).__name__})")
     unknown = sorted(set(sd) - {"format", "algorithm", "param_groups", "params", "state",
-                                "storage", "master"})
+                                "storage", "master", "absmax"})
     if unknown:
         raise ValueError(f"{where} has unknown key(s) {unknown}")
     storage = _storage_options(optimizer)
@@ -264,9 +287,9 @@ def _check_state_dict(optimizer, sd):
         if g["dtype"] != b.param.dtype.name:
             raise ValueError(f"{at} has dtype {g['dtype']}, this optimizer's is "
                              f"{b.param.dtype.name}")
-        if g.get("state_dtype", g["dtype"]) != b.state_dtype.name:
+        if g.get("state_dtype", g["dtype"]) != _dtype_name(b.state_dtype):
             raise ValueError(f"{at} has state dtype {g.get('state_dtype', g['dtype'])}, "
-                             f"this optimizer's is {b.state_dtype.name}")
+                             f"this optimizer's is {_dtype_name(b.state_dtype)}")
         steps = g["step"]
         if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
             raise ValueError(f"{at}: step must be an integer >= 0, got {steps!r}")
@@ -288,10 +311,14 @@ def _check_state_dict(optimizer, sd):
         if missing or unknown:
             raise ValueError(f"{at}: state arrays missing {missing}, unknown {unknown} "
                              f"(algorithm {rule.name!r} has {list(rule.state)})")
-        like = b.param.zeros_like(b.state_dtype) if b.state_dtype != b.param.dtype \
-            else b.param
-        state = {name: segments(_checked_array(a, like, f"{at}: state {name!r}"), b.param)
-                 for name, a in s.items()}
+        if b.state_dtype == _INT8:
+            state = {name: _checked_blockwise(sd, i, name, a, b, at) for name, a in s.items()}
+        else:
+            like = b.param.zeros_like(b.state_dtype) if b.state_dtype != b.param.dtype \
+                else b.param
+            state = {name: segments(_checked_array(a, like, f"{at}: state {name!r}"),
+                                    b.param)
+                     for name, a in s.items()}
         plans.append((options, params, state, int(steps), schedule, scalar_state))
     return plans
 
@@ -366,6 +393,23 @@ def _scalar_state(buffers, given, at):
                              f"got {value!r}")
         out[key] = float(value)
     return out
+
+
+def _checked_blockwise(sd, index, name, codes, buffers, at):
+    """(codes, absmax) of an 8-bit state array, checked against the group's layout."""
+    n = len(buffers.param.data)
+    blocks = -(-n // 256)
+    try:
+        block_max = sd["absmax"][index][name]
+    except (KeyError, IndexError, TypeError):
+        raise ValueError(f"{at}: 8-bit state {name!r} has no absmax") from None
+    for what, a, dtype, size in (("codes", codes, np.uint8, n),
+                                 ("absmax", block_max, np.float32, blocks)):
+        if type(a) is not np.ndarray or a.dtype != dtype or a.shape != (size,):
+            raise ValueError(f"{at}: state {name!r} {what} must be a {np.dtype(dtype)} array "
+                             f"of shape ({size},), got {getattr(a, 'dtype', type(a))}"
+                             f"{getattr(a, 'shape', '')}")
+    return codes, block_max
 
 
 def _checked_array(a, buffer, at):
@@ -449,7 +493,7 @@ def from_checkpoint(cls, by_rule, path):
 
 # ----------------------------------------------------------------- files
 def _flatten(sd):
-    meta = {k: v for k, v in sd.items() if k not in ("params", "state", "master")}
+    meta = {k: v for k, v in sd.items() if k not in ("params", "state", "master", "absmax")}
     meta["state_names"] = [list(s) for s in sd["state"]]
     arrays = {_META: np.frombuffer(json.dumps(meta).encode("utf-8"), np.uint8)}
     for g, p in enumerate(sd["params"]):
@@ -459,6 +503,9 @@ def _flatten(sd):
             arrays[f"state.{g}.{name}"] = a
     for g, a in enumerate(sd.get("master") or ()):
         arrays[f"master.{g}"] = a
+    for g, blocks in enumerate(sd.get("absmax") or ()):
+        for name, a in blocks.items():
+            arrays[f"absmax.{g}.{name}"] = a
     # .npy has no bfloat16: its bits are written as uint16 (the metadata says which)
     return {k: a.view(np.uint16) if _storage.is_bfloat16(a.dtype) else a
             for k, a in arrays.items()}
@@ -594,7 +641,7 @@ def declared_layout(meta):
                 for s in shapes):
             raise _Misfit(f"param group {g} has malformed shapes")
         state_dtype = group.get("state_dtype", dtype)
-        if state_dtype not in _DTYPES:
+        if state_dtype not in _DTYPES + (_INT8,):
             raise _Misfit(f"param group {g} has state dtype {state_dtype!r}, expected one "
                           f"of {_DTYPES}")
         numel = sum(_args.size(s) for s in shapes)
@@ -602,7 +649,12 @@ def declared_layout(meta):
         for name in state_names:
             if not isinstance(name, str):
                 raise _Misfit(f"param group {g} has a malformed state name {name!r}")
-            layout[f"state.{g}.{name}"] = ((numel,), _dtype(state_dtype))
+            if state_dtype == _INT8:
+                padded = padded_length([tuple(s) for s in shapes], _dtype(dtype))
+                layout[f"state.{g}.{name}"] = ((padded,), np.dtype(np.uint8))
+                layout[f"absmax.{g}.{name}"] = ((-(-padded // 256),), np.dtype(np.float32))
+            else:
+                layout[f"state.{g}.{name}"] = ((numel,), _dtype(state_dtype))
         storage = meta.get("storage")
         if isinstance(storage, dict) and storage.get("master_weights"):
             layout[f"master.{g}"] = ((numel,), np.dtype(np.float32))
@@ -640,7 +692,12 @@ def optimizer_layout(optimizer):
                     raise _Misfit(f"param group {g}: unknown state array {name!r} "
                                   f"(algorithm {optimizer.rule.name!r} has "
                                   f"{list(optimizer.rule.state)})")
-                out[f"state.{g}.{name}"] = ((b.param.numel,), b.state_dtype)
+                if b.state_dtype == _INT8:
+                    padded = len(b.param.data)
+                    out[f"state.{g}.{name}"] = ((padded,), np.dtype(np.uint8))
+                    out[f"absmax.{g}.{name}"] = ((-(-padded // 256),), np.dtype(np.float32))
+                else:
+                    out[f"state.{g}.{name}"] = ((b.param.numel,), b.state_dtype)
         return out
     return layout
 
@@ -701,6 +758,9 @@ def load(path, layout=None):
                 meta["params"] = [arrays[f"params.{g}"] for g in range(len(groups))]
                 if "master.0" in arrays:
                     meta["master"] = [arrays[f"master.{g}"] for g in range(len(groups))]
+                if any(k.startswith("absmax.") for k in arrays):
+                    meta["absmax"] = [{name: arrays[f"absmax.{g}.{name}"] for name in group}
+                                      for g, group in enumerate(names)]
                 meta["state"] = [{name: arrays[f"state.{g}.{name}"] for name in group}
                                  for g, group in enumerate(names)]
         except _Misfit as exc:

@@ -121,6 +121,12 @@ class FlatBuffer:
                 f"dtype={self.dtype}, {self.data.size - self.numel} padding)")
 
 
+def padded_length(shapes, dtype):
+    """The length of the ``data`` of a :class:`FlatBuffer` of ``shapes`` and ``dtype``."""
+    align = ALIGN_BYTES // np.dtype(dtype).itemsize
+    return sum(-(-_args.size(s) // align) * align for s in _shapes(shapes))
+
+
 def _is_array(obj):
     if isinstance(obj, np.generic):   # a NumPy integer is a length, not an array
         return False

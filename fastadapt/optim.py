@@ -45,6 +45,29 @@ __all__ = ["Optimizer"]   # and one class per rule, derived at the bottom
 CHECKPOINT_FORMAT = _ckpt.CHECKPOINT_FORMAT
 
 
+#: State arrays that never go negative: stored with bitsandbytes' unsigned
+#: 8-bit map under ``state_dtype="int8"`` (the others with the signed map).
+NON_NEGATIVE_STATE = frozenset({"exp_avg_sq", "max_exp_avg_sq", "square_avg", "state_sum",
+                                "acc_delta", "exp_inf", "step_size"})
+
+
+class _Blockwise8Buffer:
+    """A group's state array under ``state_dtype="int8"``: one
+    :class:`~fastadapt.Blockwise8` over the params' flat layout (padding
+    included, so blocks are the same whatever a segment's size)."""
+
+    def __init__(self, layout, signed):
+        self.layout = layout                # the params' FlatBuffer
+        self.data = _storage.Blockwise8(len(layout.data), signed)
+
+    @property
+    def views(self):
+        """The segments' values, dequantized (copies, not views)."""
+        values = self.data.dequantize()
+        return [values[o:o + _args.size(s)].reshape(s)
+                for o, s in zip(self.layout.offsets, self.layout.shapes)]
+
+
 class _GroupBuffers:
     """The flat buffers behind one parameter group."""
 
@@ -99,7 +122,8 @@ class _GroupBuffers:
         spans, index = self._padding
         if not spans:
             return
-        buffers = [(self.param, 0.0)] + [(b, initial.get(n, 0.0)) for n, b in self.state.items()]
+        buffers = [(self.param, 0.0)] + [(b, initial.get(n, 0.0)) for n, b in self.state.items()
+                                         if not isinstance(b, _Blockwise8Buffer)]
         if self.master is not None:
             buffers.append((self.master, 0.0))
         for buffer, value in buffers:
@@ -124,11 +148,14 @@ class Optimizer:
         override the optimizer's defaults for that group, as in torch. Arrays
         are float32 or float64 (one dtype per group), NumPy or CUDA arrays.
         **They are copied**: read and use ``opt.params`` afterwards.
-    state_dtype : None, "float32", "bfloat16" or "float16"
+    state_dtype : None, "float32", "bfloat16", "float16" or "int8"
         How the state arrays are stored (the math runs in float32 whatever
         the storage). None: the params' dtype for float32 / float64 params,
         float32 for 16-bit params. float64 params keep float64 state;
-        "float16" is for float16 params only.
+        "float16" is for float16 params only. "int8": 8-bit blockwise state
+        (:class:`~fastadapt.Blockwise8`; signed map for first moments,
+        unsigned for the others), for float32 and 16-bit params; there
+        :attr:`state` holds dequantized copies.
     master_weights : bool
         For bfloat16 / float16 params: keep a float32 master copy of each
         group (:attr:`master_params`); the update runs on it and the 16-bit
@@ -250,6 +277,12 @@ class Optimizer:
         state = self.state_dtype
         if state is None:
             return np.dtype(np.float32) if sixteen else dtype
+        if state == "int8":
+            if dtype == np.float64:
+                raise _in_group(TypeError("state_dtype='int8' (8-bit blockwise state) is for "
+                                          "float32, bfloat16 or float16 params; these are "
+                                          "float64"), index)
+            return state
         if dtype == np.float64 and state != dtype:
             raise _in_group(TypeError(f"state_dtype={_storage.name(state)!r}: float64 "
                                       "params keep float64 state"), index)
@@ -272,7 +305,8 @@ class Optimizer:
                 options["lr"] = resolve_lr(lr, 0)
             for key in set(self.state_init.values()) - set(self.rule.defaults):
                 _initial_value(key, group[key])   # the step's own are checked below
-            state = {name: np.empty(0, state_dtype)
+            state = {name: _storage.Blockwise8(0, name not in NON_NEGATIVE_STATE)
+                     if isinstance(state_dtype, str) else np.empty(0, state_dtype)
                      for name in self.rule.state_for(**options)}
             if self.rule.takes_step:
                 options["step"] = 1
@@ -309,12 +343,18 @@ class Optimizer:
 
     def _zero_state(self, buffers, group, name):
         """A new state buffer ``name`` at its initial value (not yet kept)."""
-        buffer = buffers.param.zeros_like(buffers.state_dtype)
+        if isinstance(buffers.state_dtype, str):        # "int8"
+            buffer = _Blockwise8Buffer(buffers.param, name not in NON_NEGATIVE_STATE)
+        else:
+            buffer = buffers.param.zeros_like(buffers.state_dtype)
         key = self.state_init.get(name)
         if key is not None:
             value = _initial_float(group[key], buffers.steps)
             if value != 0.0:
-                buffer.data[:] = value
+                if isinstance(buffer, _Blockwise8Buffer):
+                    buffer.data.fill(value)
+                else:
+                    buffer.data[:] = value
         return buffer
 
     # ------------------------------------------------------------- arrays
@@ -628,7 +668,7 @@ def _resolve_dtype(name):
     return np.dtype(name)
 
 
-_STATE_DTYPES = ("float32", "bfloat16", "float16", "float64")
+_STATE_DTYPES = ("float32", "bfloat16", "float16", "float64", "int8")
 
 
 def _state_dtype(value):
@@ -641,6 +681,8 @@ def _state_dtype(value):
         name = None
     if name == "bfloat16":
         return _storage.bfloat16("state_dtype='bfloat16'")
+    if name == "int8":
+        return "int8"
     if name not in _STATE_DTYPES:
         raise TypeError(f"state_dtype must be None or one of {list(_STATE_DTYPES)}, "
                         f"got {value!r}")

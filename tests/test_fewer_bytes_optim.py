@@ -105,7 +105,12 @@ MODES = [("adam", BF16, {}), ("adam", BF16, {"master_weights": True}),
          ("rmsprop", BF16, {"stochastic_rounding": True, "momentum": 0.5}),
          ("sgd", F32, {"state_dtype": "bfloat16", "momentum": 0.9}),
          ("adam", F16, {"state_dtype": "float16", "master_weights": True}),
-         ("adagrad", BF16, {"state_dtype": "bfloat16"})]
+         ("adagrad", BF16, {"state_dtype": "bfloat16"}),
+         ("adam", F32, {"state_dtype": "int8", "amsgrad": True}),
+         ("adagrad", BF16, {"state_dtype": "int8", "initial_accumulator_value": 0.1}),
+         ("sgd", F32, {"state_dtype": "int8", "momentum": 0.9}),
+         ("rmsprop", F16, {"state_dtype": "int8", "centered": True, "momentum": 0.5,
+                           "master_weights": True})]
 
 
 @pytest.mark.parametrize("name, dtype, options", MODES, ids=[
@@ -131,6 +136,11 @@ def test_checkpoint_resumes_bit_identically(tmp_path, name, dtype, options):
         if opt.master_weights:
             assert bits(o.master_params) == bits(opt.master_params)
         assert o.seed == opt.seed and o.state_dtype == opt.state_dtype
+        if opt.state_dtype == "int8":
+            for s, buffer in opt._groups[0].state.items():
+                other = o._groups[0].state[s].data
+                assert other.codes.tobytes() == buffer.data.codes.tobytes()
+                assert other.absmax.tobytes() == buffer.data.absmax.tobytes()
 
 
 def test_checkpoint_of_other_storage_is_refused(tmp_path):
@@ -156,9 +166,39 @@ def test_checkpoint_of_other_storage_is_refused(tmp_path):
     (BF16, {"state_dtype": "float16"}, TypeError, ("state_dtype", "float16")),
     (BF16, {"stochastic_rounding": True, "seed": -1}, ValueError, ("seed",)),
     (BF16, {"master_weights": "yes"}, TypeError, ("master_weights",)),
+    (np.float64, {"state_dtype": "int8"}, TypeError, ("int8", "float64")),
 ])
 def test_bad_storage_options(dtype, options, exc, words):
     with pytest.raises(exc) as info:
         fastadapt.Adam(model(dtype), **options)
     for w in words:
         assert w in str(info.value), (w, str(info.value))
+
+
+@pytest.mark.parametrize("name, options", [("adam", {}), ("sgd", {"momentum": 0.9}),
+                                           ("rmsprop", {"centered": True}),
+                                           ("adagrad", {"initial_accumulator_value": 0.5})])
+def test_int8_state_is_blockwise8_over_the_flat_buffer(name, options):
+    """``state_dtype="int8"``: the class equals the functional step on
+    Blockwise8 containers over the flat buffer's whole length (padding
+    included, zero there), with the unsigned map for non-negative state."""
+    rule = fastadapt.RULES[name]
+    cls = getattr(fastadapt, rule.torch_name)
+    opt = cls(model(F32), lr=1e-2, state_dtype="int8", **options)
+    n = len(opt.flat_params[0])
+    param = opt.flat_params[0].copy()
+    state = {}
+    for s in rule.state_for(**options):
+        state[s] = fastadapt.Blockwise8(n, signed=s not in fastadapt.optim.NON_NEGATIVE_STATE)
+        if rule.initial_value(s, **options):
+            state[s].fill(rule.initial_value(s, **options))
+    for k in range(1, 4):
+        opt.step(grads(k, F32))
+        step = {"step": k} if rule.takes_step else {}
+        rule.step_fn(param, opt.flat_grads[0], **state, lr=1e-2, **step,
+                     **{o: v for o, v in options.items() if o in rule.defaults})
+    assert opt.flat_params[0].tobytes() == param.tobytes()
+    for s, b in state.items():
+        assert opt._groups[0].state[s].data.codes.tobytes() == b.codes.tobytes()
+        assert opt._groups[0].state[s].data.absmax.tobytes() == b.absmax.tobytes()
+        assert b.signed == (s in ("exp_avg", "momentum_buffer", "grad_avg"))
