@@ -25,7 +25,7 @@ QUICK_SIZES = (10**3, 10**5, 2**20)
 THRESHOLD_SIZES = tuple(2**k for k in range(6, 16))          # 64 .. 32768
 QUICK_THRESHOLD_SIZES = (64, 512, 4096)
 PER_CALL_SIZES = (10**3, 10**4)
-SECTIONS = ("main", "percall", "threshold", "gpt2", "coldstart", "gpu")
+SECTIONS = ("main", "percall", "threshold", "gpt2", "coldstart", "gpu", "storage")
 DEFAULT_SECTIONS = ("main", "percall", "gpt2", "coldstart", "gpu")
 QUICK_SECTIONS = ("main", "percall", "gpu")
 # (budget per measurement in s, minimum rounds, retries, seconds of re-measuring in all)
@@ -214,6 +214,10 @@ def _plan(sections, configs, sizes, dtype, budget, min_rounds, mode):
                           for d, b in _gpt2_models(mode, budget))
     if "coldstart" in sections:
         est["coldstart"] = 15.0
+    if "storage" in sections:
+        # eight Adam steps of 2**24 (2**20 quick) elements per round, the 8-bit
+        # state's ~0.6 s on 2 cores the slowest, and two small sizes
+        est["storage"] = 1.5 * budget + (20.0 if mode != "quick" else 3.0)
     if "gpu" in sections:
         est["gpu"] = 1.0 + (len(configs) * len(sizes) * (budget + 0.5)
                             if _sections.gpu_status()[0] else 0.0)
@@ -302,6 +306,11 @@ def _measure(sections, configs, sizes, dtype, budget, min_rounds, mode, retry, a
         progress.advance(progress.plan.get("coldstart", 0.0))
     if "gpu" in sections:
         data["cuda"] = _sections.cuda(configs, sizes, dtype, budget, min_rounds, progress)
+    if "storage" in sections:
+        from . import _storage_modes
+        data["storage"] = _storage_modes.storage(2 ** 20 if mode == "quick" else 2 ** 24,
+                                                 budget, min_rounds, progress)
+        progress.advance(progress.plan.get("storage", 0.0))
     data["wall_s"] = time.perf_counter() - start
     data["machine"]["load_average_end"] = machine_load()
     data["retry_seconds"] = retry.spent_s

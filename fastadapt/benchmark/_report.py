@@ -311,10 +311,25 @@ def sections_text(data):
             out.append((_gpu_title(c), cuda_table(c).text()))
         else:
             out.append(("GPU", c["reason"]))
+    if data.get("storage"):
+        s = data["storage"]
+        out.append((f"Storage modes, Adam at n = {_n(s['n'])} (1.0x = torch fused float32 "
+                     "Adam, same run)", storage_table(s).text()))
+        out.append(("Storage modes, per call on small arrays", _storage_per_call(s)))
     note = _disturbance_note(data)
     if note:
         out.append(("Disturbed measurements", _wrap(note)))
     return out
+
+
+def storage_table(s):
+    from ._storage_modes import storage_table as rows
+    return Table(*rows(s), right={1, 2, 3})
+
+
+def _storage_per_call(s):
+    from ._storage_modes import per_call_text
+    return per_call_text(s)
 
 
 def _gpu_title(c):
@@ -449,6 +464,14 @@ def markdown_report(data, plot_path=None, markdown_path=None):
                   "elements) in a fresh process: first with an empty compile cache (the "
                   "one-off compile), then with the cache that run filled.", "",
                   cold_start_table(c).markdown(), ""]
+    if data.get("storage"):
+        s = data["storage"]
+        lines += ["## Fewer bytes: storage modes (Adam)", "",
+                  f"One Adam step at n = {_n(s['n'])} in each storage mode, interleaved with "
+                  "torch's fused float32 Adam (1.0x) in one run; bytes per element are what "
+                  "each mode reads and writes.", "", storage_table(s).markdown(), "",
+                  "Per call on small arrays, against fastadapt's float32 call:", "",
+                  "```", _storage_per_call(s), "```", ""]
     if data.get("cuda") is not None:
         c = data["cuda"]
         lines += ["## GPU", ""]
