@@ -167,8 +167,9 @@ def prepare(update):
     cuda = _numba_cuda()
     kernels = _state["kernels"]
     simulator = kernels.SIMULATOR
+    block8 = {name: a for name, a in arrays.items() if isinstance(a, _storage.Blockwise8)}
     present = {name: _Array(name, a, simulator)
-               for name, a in arrays.items() if a is not None}
+               for name, a in arrays.items() if a is not None and name not in block8}
     if update.master is not None:
         present["master_param"] = _Array("master_param", update.master, simulator)
     for a in present.values():
@@ -177,15 +178,21 @@ def prepare(update):
     for a in present.values():
         if a.shape != first.shape:
             raise ValueError(f"{a.name} has shape {a.shape} but {first.name} has {first.shape}")
-    check_no_aliasing(present, _overlaps)
-    devices = {a.name: _device(a, simulator) for a in present.values()}
+    parts = {}
+    for name, b in block8.items():
+        parts[f"{name}.codes"] = _Array(f"{name}.codes", b.codes, simulator)
+        parts[f"{name}.absmax"] = _Array(f"{name}.absmax", b.absmax, simulator)
+        _check_blockwise(name, parts, first.size)
+    check_no_aliasing({**present, **parts}, _overlaps)
+    devices = {a.name: _device(a, simulator) for a in {**present, **parts}.values()}
     if len(set(devices.values()) - {None}) > 1:
         where = ", ".join(f"{n} on GPU {d}" for n, d in devices.items() if d is not None)
         raise ValueError(f"arrays on different GPUs: {where}")
     master = present.pop("master_param", None)
-    layout, dtype = _storage.layout({n: a.dtype for n, a in present.items()},
-                                    None if master is None else master.dtype,
-                                    update.key is not None)
+    dtypes = {n: present[n].dtype if n in present else None
+              for n in arrays if n in present or n in block8}
+    layout, dtype = _storage.layout(dtypes, None if master is None else master.dtype,
+                                    update.key is not None, tuple(block8))
     if first.size == 0:
         return no_op
     if layout is None:
@@ -193,12 +200,20 @@ def prepare(update):
     else:
         codes, has_master, stochastic = layout
         kernel = kernels.layout_kernel(rule, _storage.full_layout(
-            arrays, zip(present, codes), has_master, stochastic))
+            arrays, zip(dtypes, codes), has_master, stochastic))
     device = next(d for d in devices.values() if d is not None)
     with cuda.gpus[device]:
         unused = _empty_array(device, dtype, cuda)
-        args = [_bits(_flat(present[name], cuda, simulator)) if name in present else unused
-                for name in arrays]
+        args = []
+        for name in arrays:
+            if name in block8:
+                b = block8[name]
+                args += [_flat(parts[f"{name}.codes"], cuda, simulator),
+                         _flat(parts[f"{name}.absmax"], cuda, simulator),
+                         *_code_tables(device, b.signed, cuda)]
+            else:
+                args.append(_bits(_flat(present[name], cuda, simulator)) if name in present
+                            else unused)
         if master is not None:
             args.append(_flat(master, cuda, simulator))
         blocks, threads = kernels.launch_config(first.size, _sm_count(device, cuda))
@@ -209,6 +224,40 @@ def prepare(update):
         with cuda.gpus[device]:
             kernel[blocks, threads, _stream(first, cuda)](*args, scalars, *extra)
     return launch
+
+
+_tables = {}         # (device, signed) -> the 8-bit code's map and thresholds on the GPU
+
+
+def _code_tables(device, signed, cuda):
+    key = (device, signed)
+    if key not in _tables:
+        table, thresholds = _storage._tables(signed)
+        _tables[key] = (cuda.to_device(table), cuda.to_device(thresholds))
+    return _tables[key]
+
+
+def _check_blockwise(name, parts, n):
+    codes, absmax = parts[f"{name}.codes"], parts[f"{name}.absmax"]
+    if codes.dtype != np.uint8 or len(codes.shape) != 1:
+        raise TypeError(f"{name}.codes must be a 1-D uint8 array, got {codes.dtype}"
+                        f"{list(codes.shape)}")
+    if absmax.dtype != np.float32 or len(absmax.shape) != 1:
+        raise TypeError(f"{name}.absmax must be a 1-D float32 array")
+    if codes.size != n:
+        raise ValueError(f"{name} is a Blockwise8 of {codes.size} elements but param has {n}")
+    if absmax.size != -(-n // 256):
+        raise ValueError(f"{name}.absmax has {absmax.size} blocks; {n} elements need "
+                         f"{-(-n // 256)}")
+    for a in (codes, absmax):
+        _check_contiguous_writeable(a)
+
+
+def _check_contiguous_writeable(a):
+    if not _c_contiguous(a.shape, a.strides, a.dtype.itemsize):
+        raise ValueError(f"{a.name} is not C-contiguous")
+    if a.readonly:
+        raise ValueError(f"{a.name} is read-only but the update writes to it")
 
 
 def _bits(a):

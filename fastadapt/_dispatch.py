@@ -75,7 +75,8 @@ def prepare(update):
     present = {name: a for name, a in update.arrays.items() if a is not None}
     if update.master is not None:
         present["master_param"] = update.master
-    device = [is_device_array(a) for a in present.values()]
+    device = [is_device_array(a.codes if isinstance(a, _storage.Blockwise8) else a)
+              for a in present.values()]
     if any(device):
         if not all(device):
             host = [n for n, d in zip(present, device) if not d]
