@@ -226,14 +226,13 @@ def prepare(update):
     return launch
 
 
-_tables = {}         # (device, signed) -> the 8-bit code's map and thresholds on the GPU
+_tables = {}         # (device, signed) -> the 8-bit code's tables on the GPU
 
 
 def _code_tables(device, signed, cuda):
     key = (device, signed)
     if key not in _tables:
-        table, thresholds = _storage._tables(signed)
-        _tables[key] = (cuda.to_device(table), cuda.to_device(thresholds))
+        _tables[key] = tuple(cuda.to_device(t) for t in _storage._tables(signed))
     return _tables[key]
 
 

@@ -109,7 +109,7 @@ def prepare(update):
     for name in update.arrays:
         if name in blocks:
             b = blocks[name]
-            args += [b.codes, b.absmax, b.map, b.thresholds]
+            args += [b.codes, b.absmax, b.map, b.thresholds, b.buckets]
         else:
             args.append(_storage.bits(flat[name]) if name in flat else unused)
     if layout is None:

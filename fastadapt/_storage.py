@@ -145,13 +145,15 @@ _TABLES = {}
 
 
 def _tables(signed):
-    """(map, thresholds) of bitsandbytes' dynamic code, read-only, one per sign."""
+    """(map, thresholds, bucket table) of bitsandbytes' dynamic code, read-only,
+    one per sign."""
     if signed not in _TABLES:
         from .kernels import storage
         code = storage.dynamic_map(signed)
         thresholds = storage.thresholds(code)
-        code.flags.writeable = thresholds.flags.writeable = False
-        _TABLES[signed] = (code, thresholds)
+        buckets = storage.bucket_table(thresholds)
+        code.flags.writeable = thresholds.flags.writeable = buckets.flags.writeable = False
+        _TABLES[signed] = (code, thresholds, buckets)
     return _TABLES[signed]
 
 
@@ -175,7 +177,8 @@ class Blockwise8:
     codes : uint8 array of ``n`` elements
     absmax : float32 array of ``ceil(n / 256)`` elements
     signed : bool
-    map, thresholds : the code's 256 values and its encoding table (read-only)
+    map, thresholds, buckets : the code's 256 values and its encoding tables
+        (read-only; see ``kernels/storage.py``)
     """
 
     def __init__(self, n, signed=True):
@@ -187,7 +190,7 @@ class Blockwise8:
         if not isinstance(signed, (bool, np.bool_)):
             raise TypeError(f"Blockwise8: signed must be a bool, got {signed!r}")
         self.signed = bool(signed)
-        self.map, self.thresholds = _tables(self.signed)
+        self.map, self.thresholds, self.buckets = _tables(self.signed)
         zero = int(np.flatnonzero(self.map == 0)[0])
         self.codes = np.full(n, zero, np.uint8)
         self.absmax = np.zeros(-(-n // BLOCK), np.float32)
@@ -241,5 +244,5 @@ def check_blockwise(name, b, param_size):
     if absmax.size != -(-codes.size // BLOCK):
         raise ValueError(f"{name}.absmax has {absmax.size} blocks; {codes.size} elements "
                          f"need {-(-codes.size // BLOCK)} of {BLOCK}")
-    if b.map is not _tables(b.signed)[0] or b.thresholds is not _tables(b.signed)[1]:
-        raise ValueError(f"{name}: its map and thresholds must be the container's own")
+    if any(x is not y for x, y in zip((b.map, b.thresholds, b.buckets), _tables(b.signed))):
+        raise ValueError(f"{name}: its map and tables must be the container's own")

@@ -50,7 +50,8 @@ from .storage import BLOCK
 #: Storage codes of one array in a :class:`Layout`: the compute dtype itself
 #: (float32 or float64), bfloat16 or float16 (both as ``uint16`` bits), or
 #: 8-bit blockwise codes (a state array only: ``uint8`` codes, one float32
-#: absmax per block of ``BLOCK`` elements, the code's map and thresholds).
+#: absmax per block of ``BLOCK`` elements, the code's map, thresholds and
+#: bucket table: see ``storage.nearest_code_bucketed``).
 NATIVE, BFLOAT16, FLOAT16, BLOCKWISE8 = "f", "b", "h", "q"
 
 
@@ -83,7 +84,7 @@ _LOAD = {NATIVE: "{a}[i]", BFLOAT16: "bf16_to_f32({a}[i])", FLOAT16: "f16_to_f32
          BLOCKWISE8: "{a}_map[{a}[i]] * scale_{a}"}
 _STORE = {NATIVE: "{a}[i] = {v}", BFLOAT16: "{a}[i] = f32_to_bf16({v})",
           FLOAT16: "{a}[i] = f32_to_f16({v})",
-          BLOCKWISE8: "{a}[i] = nearest_code({a}_thresholds, {v} / absmax_{a})"}
+          BLOCKWISE8: "{a}[i] = nearest_code({a}_buckets, {a}_thresholds, {v} / absmax_{a})"}
 
 
 class Signature:
@@ -150,8 +151,8 @@ class Signature:
         blockwise = [s for s, _ in self.state if codes[s] == BLOCKWISE8]
         args = []
         for a in self.elements:
-            args += [a, f"{a}_absmax", f"{a}_map", f"{a}_thresholds"] if a in blockwise \
-                else [a]
+            args += [a, f"{a}_absmax", f"{a}_map", f"{a}_thresholds", f"{a}_buckets"] \
+                if a in blockwise else [a]
         args += (["master"] if layout.master else []) + ["scalars"]
         args += ["key0", "key1"] if layout.stochastic else []
         lines = [f"def {name}({', '.join(args)}):"]

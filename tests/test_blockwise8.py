@@ -189,6 +189,39 @@ def _broken(n):
     return b
 
 
+@pytest.mark.parametrize("signed", [True, False])
+def test_bucketed_encoding_equals_the_binary_search(signed):
+    """The kernels encode with a bfloat16-bucket table and two compares
+    (``storage.nearest_code_bucketed``): equal to the eight-compare search of
+    ``storage.nearest_code`` on every threshold, its float32 neighbours, every
+    code value and random values at every scale, NaN included."""
+    from numba import njit
+    from fastadapt.kernels import storage as S
+    code = dynamic_map(signed)
+    thr = S.thresholds(code)
+    buckets = S.bucket_table(thr)
+    rng = np.random.default_rng(0)
+    t = thr[:255]
+    xs = np.concatenate([t, np.nextafter(t, np.float32(-np.inf)),
+                         np.nextafter(t, np.float32(np.inf)), code, -code,
+                         rng.uniform(-1, 1, 200_000),
+                         *(rng.standard_normal(50_000) * 10.0 ** -e for e in range(1, 9)),
+                         [0.0, -0.0, 1.0, -1.0, np.nan, 1e-40, -1e-40]]).astype(np.float32)
+
+    @njit
+    def both(xs, buckets, thr):
+        out = np.empty((2, xs.size), np.uint8)
+        for i in range(xs.size):
+            out[0, i] = S.nearest_code(thr, xs[i])
+            out[1, i] = S.nearest_code_bucketed(buckets, thr, xs[i])
+        return out
+    out = both(xs, buckets, thr)
+    np.testing.assert_array_equal(out[0], out[1])
+    some = xs[::97]
+    python = [S.PYTHON.nearest_code_bucketed(buckets, thr, x) for x in some]
+    np.testing.assert_array_equal(np.array(python, np.uint8), out[1][::97])
+
+
 def test_container_checks_its_arguments():
     with pytest.raises(TypeError, match="integer"):
         fastadapt.Blockwise8(2.5)
