@@ -182,11 +182,64 @@ _inline = njit(inline="always")
 # on every 16-bit pattern and on random float32 values.
 bfloat16_to_float32 = _bfloat16_to_float32_ir
 float32_to_bfloat16 = _float32_to_bfloat16_ir
-float32_to_bfloat16_stochastic = _inline(_float32_to_bfloat16_stochastic)
-_mix32_jit = _inline(_mix32)
-random_bits = njit(inline="always")(
-    _types.FunctionType(_random_bits.__code__, {**globals(), "_mix32": _mix32_jit},
-                        "random_bits"))
+
+
+@intrinsic
+def _float32_to_bfloat16_stochastic_ir(typingctx, x, bits):
+    """:func:`_float32_to_bfloat16_stochastic` as branch-free 32-bit IR (no
+    finite value overflows: the largest, 0xFF7FFFFF + 0xFFFF, is below 2**32)."""
+    if x != types.float32 or not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        i32, i16 = ir.IntType(32), ir.IntType(16)
+        value, random = args
+        u = builder.bitcast(value, i32)
+        low = builder.and_(builder.trunc(random, i32) if random.type.width > 32
+                           else builder.zext(random, i32) if random.type.width < 32
+                           else random, ir.Constant(i32, 0xFFFF))
+        high = builder.lshr(u, ir.Constant(i32, 16))
+        rounded = builder.lshr(builder.add(u, low), ir.Constant(i32, 16))
+        quiet = builder.or_(high, ir.Constant(i32, 0x0040))
+        magnitude = builder.and_(u, ir.Constant(i32, 0x7FFFFFFF))
+        is_inf = builder.icmp_unsigned("==", magnitude, ir.Constant(i32, 0x7F800000))
+        is_nan = builder.fcmp_unordered("uno", value, value)
+        out = builder.select(is_nan, quiet, builder.select(is_inf, high, rounded))
+        return builder.trunc(out, i16)
+    return types.uint16(x, bits), codegen
+
+
+def _mix32_ir(builder, x):
+    i32 = ir.IntType(32)
+    for shift, multiplier in ((16, 0x7FEB352D), (15, 0x846CA68B)):
+        x = builder.xor(x, builder.lshr(x, ir.Constant(i32, shift)))
+        x = builder.mul(x, ir.Constant(i32, multiplier))       # wraps: mod 2**32
+    return builder.xor(x, builder.lshr(x, ir.Constant(i32, 16)))
+
+
+@intrinsic
+def _random_bits_ir(typingctx, key0, key1, index):
+    """:func:`_random_bits` in 32-bit integer IR (keys below 2**32, as
+    :func:`stream_key` makes them); returns the same uint64."""
+    if not all(isinstance(t, types.Integer) for t in (key0, key1, index)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+
+        def as_i64(v):
+            return v if v.type.width == 64 else builder.zext(v, i64)
+        k0, k1, i = (as_i64(v) for v in args)
+        low = builder.trunc(i, i32)
+        high = builder.trunc(builder.lshr(i, ir.Constant(i64, 32)), i32)
+        x = _mix32_ir(builder, builder.xor(low, builder.trunc(k0, i32)))
+        x = builder.xor(builder.xor(x, high), builder.trunc(k1, i32))
+        return builder.zext(_mix32_ir(builder, x), i64)
+    return types.uint64(key0, key1, index), codegen
+
+
+float32_to_bfloat16_stochastic = _float32_to_bfloat16_stochastic_ir
+random_bits = _random_bits_ir
 
 
 def _py_bits_to_float32(bits):
