@@ -202,3 +202,13 @@ def test_int8_state_is_blockwise8_over_the_flat_buffer(name, options):
         assert opt._groups[0].state[s].data.codes.tobytes() == b.codes.tobytes()
         assert opt._groups[0].state[s].data.absmax.tobytes() == b.absmax.tobytes()
         assert b.signed == (s in ("exp_avg", "momentum_buffer", "grad_avg"))
+
+
+def test_bfloat16_without_ml_dtypes_says_what_to_install(monkeypatch):
+    """bfloat16 storage asked for by name, with ml_dtypes missing: an ImportError
+    naming the option and the package; nothing is built."""
+    import sys
+    monkeypatch.setitem(sys.modules, "ml_dtypes", None)     # import ml_dtypes fails
+    with pytest.raises(ImportError) as info:
+        fastadapt.Adam(model(F32), state_dtype="bfloat16")
+    assert "state_dtype='bfloat16'" in str(info.value) and "ml_dtypes" in str(info.value)
