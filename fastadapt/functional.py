@@ -7,6 +7,12 @@ array once. Arrays may have any shape but must share one shape and one dtype
 Per-step scalars (bias corrections, the decayed learning rate) are computed here
 in float64 and cast once to the arrays' dtype; all element math runs in that
 dtype. A call that raises has changed nothing.
+
+Every step takes ``grad_scale=None``: when given (finite, > 0), the gradient
+is divided by it as it is loaded, as ``GradScaler.unscale_`` would have done
+in a separate pass. It is folded into the gradient's sign on the host,
+``grad_sign = (-1 if maximize else 1) / grad_scale`` in float64, cast once; a
+clipping coefficient folds into the same scalar (``grad_scale / clip_coef``).
 """
 import functools
 import math
@@ -51,12 +57,23 @@ def _check_step(step):
     return step
 
 
-def _sign(maximize):
-    return -1.0 if maximize else 1.0
+def _sign(maximize, grad_scale=None):
+    """The gradient's multiplier: ``(-1 if maximize else 1) / grad_scale``, in
+    float64 (cast once to the arrays' dtype with the other scalars)."""
+    sign = -1.0 if maximize else 1.0
+    if grad_scale is None:
+        return sign
+    try:
+        scale = float(grad_scale)
+    except (TypeError, ValueError):
+        raise TypeError(f"grad_scale must be a real number, got {grad_scale!r}") from None
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"invalid grad_scale: {grad_scale!r} (must be finite and > 0)")
+    return sign / scale
 
 
 def _adam_like(name, param, grad, exp_avg, exp_avg_sq, step, lr, betas, eps,
-               weight_decay, amsgrad, max_exp_avg_sq, maximize, decoupled):
+               weight_decay, amsgrad, max_exp_avg_sq, maximize, decoupled, grad_scale=None):
     step = _check_step(step)
     lr = _check("lr", lr)
     eps = _check("eps", eps)
@@ -77,7 +94,7 @@ def _adam_like(name, param, grad, exp_avg, exp_avg_sq, step, lr, betas, eps,
         {"param": param, "grad": grad, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq,
          "max_exp_avg_sq": max_exp_avg_sq if amsgrad else None},
         written={"param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"},
-        scalars=(_sign(maximize),
+        scalars=(_sign(maximize, grad_scale),
                  0.0 if decoupled else weight_decay,
                  1.0 - lr * weight_decay if decoupled else 1.0,
                  one_minus_beta1, one_minus_beta1 - 1.0, abs(one_minus_beta1) < 0.5,
@@ -88,7 +105,7 @@ def _adam_like(name, param, grad, exp_avg, exp_avg_sq, step, lr, betas, eps,
 @_in_place
 def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, betas=(0.9, 0.999),
               eps=1e-8, weight_decay=0.0, amsgrad=False, max_exp_avg_sq=None,
-              maximize=False):
+              maximize=False, grad_scale=None):
     r"""One Adam step (Kingma & Ba, 2015), in place; torch.optim.Adam's semantics.
 
     .. code-block:: text
@@ -114,13 +131,13 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, betas=(0.9, 0.
     """
     return _adam_like("adam_step", param, grad, exp_avg, exp_avg_sq, step, lr, betas,
                       eps, weight_decay, amsgrad, max_exp_avg_sq, maximize,
-                      decoupled=False)
+                      decoupled=False, grad_scale=grad_scale)
 
 
 @_in_place
 def adamw_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, betas=(0.9, 0.999),
                eps=1e-8, weight_decay=1e-2, amsgrad=False, max_exp_avg_sq=None,
-               maximize=False):
+               maximize=False, grad_scale=None):
     r"""One AdamW step (Loshchilov & Hutter, 2019), in place; torch.optim.AdamW's semantics.
 
     As :func:`adam_step`, but the decay is decoupled from the gradient:
@@ -129,12 +146,13 @@ def adamw_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, betas=(0.9, 0
     """
     return _adam_like("adamw_step", param, grad, exp_avg, exp_avg_sq, step, lr, betas,
                       eps, weight_decay, amsgrad, max_exp_avg_sq, maximize,
-                      decoupled=True)
+                      decoupled=True, grad_scale=grad_scale)
 
 
 @_in_place
 def sgd_step(param, grad, momentum_buffer=None, *, step, lr=1e-3, momentum=0.0,
-             dampening=0.0, nesterov=False, weight_decay=0.0, maximize=False):
+             dampening=0.0, nesterov=False, weight_decay=0.0, maximize=False,
+             grad_scale=None):
     r"""One SGD step with optional momentum, in place; torch.optim.SGD's semantics.
 
     .. code-block:: text
@@ -165,14 +183,14 @@ def sgd_step(param, grad, momentum_buffer=None, *, step, lr=1e-3, momentum=0.0,
         {"param": param, "grad": grad,
          "momentum_buffer": momentum_buffer if use_momentum else None},
         written={"param", "momentum_buffer"},
-        scalars=(_sign(maximize), weight_decay, momentum, 1.0 - dampening, -lr,
+        scalars=(_sign(maximize, grad_scale), weight_decay, momentum, 1.0 - dampening, -lr,
                  use_momentum, step == 1, bool(nesterov)))
 
 
 @_in_place
 def rmsprop_step(param, grad, square_avg, *, lr=1e-2, alpha=0.99, eps=1e-8,
                  weight_decay=0.0, momentum=0.0, momentum_buffer=None, centered=False,
-                 grad_avg=None, maximize=False):
+                 grad_avg=None, maximize=False, grad_scale=None):
     r"""One RMSprop step (Hinton, 2012; centered: Graves, 2013), in place;
     torch.optim.RMSprop's semantics.
 
@@ -212,14 +230,14 @@ def rmsprop_step(param, grad, square_avg, *, lr=1e-2, alpha=0.99, eps=1e-8,
          "grad_avg": grad_avg if centered else None,
          "momentum_buffer": momentum_buffer if use_momentum else None},
         written={"param", "square_avg", "grad_avg", "momentum_buffer"},
-        scalars=(_sign(maximize), weight_decay, alpha, one_minus_alpha,
+        scalars=(_sign(maximize, grad_scale), weight_decay, alpha, one_minus_alpha,
                  one_minus_alpha - 1.0, abs(one_minus_alpha) < 0.5, eps, momentum, -lr,
                  bool(centered), use_momentum))
 
 
 @_in_place
 def adagrad_step(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0,
-                 weight_decay=0.0, eps=1e-10, maximize=False):
+                 weight_decay=0.0, eps=1e-10, maximize=False, grad_scale=None):
     r"""One AdaGrad step (Duchi et al., 2011), in place; torch.optim.Adagrad's semantics.
 
     .. code-block:: text
@@ -241,12 +259,12 @@ def adagrad_step(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0,
     return Update(
         "adagrad", {"param": param, "grad": grad, "state_sum": state_sum},
         written={"param", "state_sum"},
-        scalars=(_sign(maximize), weight_decay, eps, -clr))
+        scalars=(_sign(maximize, grad_scale), weight_decay, eps, -clr))
 
 
 @_in_place
 def adadelta_step(param, grad, square_avg, acc_delta, *, lr=1.0, rho=0.9, eps=1e-6,
-                  weight_decay=0.0, maximize=False):
+                  weight_decay=0.0, maximize=False, grad_scale=None):
     r"""One Adadelta step (Zeiler, 2012), in place; torch.optim.Adadelta's semantics.
 
     .. code-block:: text
@@ -266,4 +284,4 @@ def adadelta_step(param, grad, square_avg, acc_delta, *, lr=1.0, rho=0.9, eps=1e
         "adadelta",
         {"param": param, "grad": grad, "square_avg": square_avg, "acc_delta": acc_delta},
         written={"param", "square_avg", "acc_delta"},
-        scalars=(_sign(maximize), weight_decay, rho, 1.0 - rho, eps, -lr))
+        scalars=(_sign(maximize, grad_scale), weight_decay, rho, 1.0 - rho, eps, -lr))
