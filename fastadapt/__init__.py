@@ -8,6 +8,7 @@ nor a GPU.
 from .flat import FlatBuffer
 from .functional import (adadelta_step, adagrad_step, adam_step, adamw_step,
                          rmsprop_step, sgd_step)
+from .norm import grad_norm
 from .rules import RULES, Rule
 from . import schedules
 from .optim import SGD, Adadelta, Adagrad, Adam, AdamW, Optimizer, RMSprop
@@ -15,5 +16,5 @@ from .optim import SGD, Adadelta, Adagrad, Adam, AdamW, Optimizer, RMSprop
 __version__ = "0.1.0"
 
 __all__ = ["FlatBuffer", "RULES", "Rule", "adadelta_step", "adagrad_step", "adam_step",
-           "adamw_step", "rmsprop_step", "sgd_step", "schedules", "Optimizer", "Adam",
+           "adamw_step", "rmsprop_step", "sgd_step", "grad_norm", "schedules", "Optimizer", "Adam",
            "AdamW", "SGD", "RMSprop", "Adagrad", "Adadelta"]
