@@ -27,6 +27,8 @@ unless parameters are skipped, which fastadapt never does), and ``lr`` may be a
 number or a schedule (any callable of the number of completed steps, see
 :mod:`fastadapt.schedules`).
 """
+import functools
+import inspect
 import math
 import numbers
 import operator
@@ -36,6 +38,7 @@ import numpy as np
 from . import checkpoint as _ckpt
 from ._dispatch import prepare
 from .flat import FlatBuffer
+from .norm import SumOfSquares, check_grad_scale, norm_of
 from .rules import RULES
 from .schedules import from_config, resolve_lr
 
@@ -86,6 +89,10 @@ class Optimizer:
         **They are copied**: read and use ``opt.params`` afterwards.
     **defaults
         The hyper-parameters, torch's names; ``lr`` may be a schedule.
+    max_grad_norm : float, optional (keyword of every optimizer)
+        Clip by the global norm over all groups, as
+        ``torch.nn.utils.clip_grad_norm_(all params, max_grad_norm)`` does
+        (see :meth:`step`). Finite or inf, > 0; settable later as an attribute.
 
     Attributes
     ----------
@@ -102,6 +109,14 @@ class Optimizer:
         The constructor's hyper-parameters.
     rule : Rule
         The update rule (class attribute).
+    grad_norm : float or None
+        After each :meth:`step`: the global L2 norm of the unscaled gradients
+        over all groups, before clipping (``inf`` / ``nan`` if a gradient was
+        not finite), or None when the step computed no norm (no
+        ``max_grad_norm`` and no ``grad_scale``).
+    step_skipped : bool
+        After each :meth:`step`: True when a gradient was not finite and the
+        step was skipped, as ``GradScaler.step`` skips it.
     """
 
     #: The update rule; set by each subclass.
@@ -116,6 +131,8 @@ class Optimizer:
         super().__init_subclass__(**kwargs)
         if cls.rule is not None:
             Optimizer._by_rule.setdefault(cls.rule.name, cls)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _takes_max_grad_norm(cls.__dict__["__init__"])
 
     def __init__(self, params, **defaults):
         if self.rule is None:
@@ -125,6 +142,8 @@ class Optimizer:
         if missing:
             raise TypeError(f"{type(self).__name__}: missing default(s) {missing}")
         self.defaults = dict(defaults)
+        self.grad_norm, self.step_skipped = None, False
+        self._max_grad_norm, self._norm_passes = None, None
         groups = _normalise_groups(params)
         several = len(groups) > 1
         seen = set()
@@ -190,6 +209,15 @@ class Optimizer:
         buffers.state[name] = buffer
         return buffer
 
+    @property
+    def max_grad_norm(self):
+        """The global-norm clipping threshold (None: no clipping)."""
+        return self._max_grad_norm
+
+    @max_grad_norm.setter
+    def max_grad_norm(self, value):
+        self._max_grad_norm = _check_max_grad_norm(value)
+
     # ------------------------------------------------------------- arrays
     @property
     def params(self):
@@ -231,8 +259,26 @@ class Optimizer:
             b.grad.data[:] = 0  # works for NumPy, CuPy, torch and Numba device arrays
 
     # ------------------------------------------------------------- stepping
-    def step(self, grads=None):
+    def step(self, grads=None, grad_scale=None):
         """Apply one update to every group: one fused kernel call per group.
+
+        With ``max_grad_norm`` set or a ``grad_scale`` given, the step is
+        whole: GradScaler's unscale and inf check, ``clip_grad_norm_`` and
+        the update, in two passes over the gradients instead of four::
+
+            norm = sqrt(sum over all groups' gradients of g**2) / grad_scale
+            if norm is not finite: skip the step    (no parameter, state or step
+                                                     count changes)
+            clip_coef = min(1, max_grad_norm / (norm + 1e-6))
+            update every group with g / (grad_scale / clip_coef)
+
+        The norm is one read-only pass over the gradients (their padding in
+        the flat buffers is left out); the division is folded into the
+        update's gradient scalar (the functional steps' ``grad_scale``).
+        Afterwards :attr:`grad_norm` holds ``norm`` and :attr:`step_skipped`
+        whether the step was skipped. Without either option no norm is
+        computed (``grad_norm`` is None, non-finite gradients are applied as
+        torch.optim applies them).
 
         Parameters
         ----------
@@ -252,16 +298,44 @@ class Optimizer:
             A list whose entries all have the parameters' shapes is read as
             per-parameter (if each group holds one parameter both readings
             coincide).
+        grad_scale : float, optional
+            The loss scale the gradients carry (finite, > 0): they are
+            divided by it, and the step is skipped if any is not finite.
         """
+        scale = check_grad_scale(grad_scale)
         if grads is not None:
             self._set_grads(grads)
+        self.grad_norm, self.step_skipped = None, False
+        fold = None
+        if self._max_grad_norm is not None or grad_scale is not None:
+            self.grad_norm = self._global_grad_norm() / scale
+            if not math.isfinite(self.grad_norm):
+                self.step_skipped = True
+                return
+            fold = scale
+            if self._max_grad_norm is not None:
+                clip_coef = self._max_grad_norm / (self.grad_norm + 1e-6)
+                if clip_coef < 1.0:
+                    fold = scale / clip_coef
         calls = [self._prepare(i, g, b)
                  for i, (g, b) in enumerate(zip(self.param_groups, self._groups))]
         plan = self.rule.step_fn.plan
-        updates = [plan(param, grad, **kwargs) for param, grad, kwargs in calls]
+        updates = [plan(param, grad, **kwargs, grad_scale=fold)
+                   for param, grad, kwargs in calls]
         for b, update in zip(self._groups, updates):
             b.apply(update)
             b.steps += 1
+
+    def _global_grad_norm(self):
+        """The L2 norm of every group's gradient segments (padding left out),
+        from one read-only pass per group, checked once and kept."""
+        if self._norm_passes is None:
+            self._norm_passes = [
+                SumOfSquares(b.grad.data, f"gradients of group {i}",
+                             segments=[(o, _size(s)) for o, s in zip(b.grad.offsets,
+                                                                     b.grad.shapes)])
+                for i, b in enumerate(self._groups)]
+        return norm_of(p() for p in self._norm_passes)
 
     def _prepare(self, index, group, buffers):
         """The functional call for ``group``; validates only what changed."""
@@ -515,6 +589,43 @@ class Optimizer:
 
 
 # ----------------------------------------------------------------- helpers
+def _check_max_grad_norm(value):
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise TypeError(f"max_grad_norm must be a real number or None, got {value!r}")
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"max_grad_norm must be a real number or None, got {value!r}") from None
+    if math.isnan(x) or x <= 0:
+        raise ValueError(f"invalid max_grad_norm: {value!r} (must be > 0)")
+    return x
+
+
+def _takes_max_grad_norm(init):
+    """``init`` with one more keyword, ``max_grad_norm=None``, checked before
+    ``init`` runs and set after it (so every optimizer class takes it without
+    repeating it in its signature)."""
+    @functools.wraps(init)
+    def __init__(self, *args, max_grad_norm=None, **kwargs):
+        max_grad_norm = _check_max_grad_norm(max_grad_norm)
+        init(self, *args, **kwargs)
+        if max_grad_norm is not None:
+            self._max_grad_norm = max_grad_norm
+
+    signature = inspect.signature(init)
+    if "max_grad_norm" not in signature.parameters:
+        parameters = list(signature.parameters.values())
+        extra = inspect.Parameter("max_grad_norm", inspect.Parameter.KEYWORD_ONLY,
+                                  default=None)
+        at = next((i for i, p in enumerate(parameters)
+                   if p.kind == inspect.Parameter.VAR_KEYWORD), len(parameters))
+        parameters.insert(at, extra)
+        __init__.__signature__ = signature.replace(parameters=parameters)
+    return __init__
+
+
 def _normalise_groups(params):
     if isinstance(params, dict):
         groups = [params]
