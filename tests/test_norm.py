@@ -140,9 +140,12 @@ def test_same_bits_for_every_thread_count(dtype):
             results.add(fastadapt.grad_norm(x))
     finally:
         numba.set_num_threads(before)
-    # and with more threads than this machine has cores, in a fresh process
+    # and with more threads than this machine has cores, in a fresh process,
+    # which loads the kernel from the disk cache rather than compiling it
     code = ("import numpy as np, fastadapt; x = np.load('{}'); "
-            "print(repr(fastadapt.grad_norm(x)))")
+            "print(repr(fastadapt.grad_norm(x))); "
+            "from fastadapt.kernels.reduce import SUM_OF_SQUARES as k; "
+            "print(sum(k.parallel.stats.cache_misses.values()))")
     return_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"grad_norm_{os.getpid()}.npy"
     np.save(return_path, x)
     try:
@@ -152,7 +155,9 @@ def test_same_bits_for_every_thread_count(dtype):
     finally:
         return_path.unlink()
     assert out.returncode == 0, out.stderr[-3000:]
-    results.add(float(out.stdout.strip()))
+    norm, misses = out.stdout.split()
+    results.add(float(norm))
+    assert misses == "0", "the fresh process compiled the kernel instead of loading it"
     assert len(results) == 1, results
 
 
