@@ -93,6 +93,9 @@ class Optimizer:
         Clip by the global norm over all groups, as
         ``torch.nn.utils.clip_grad_norm_(all params, max_grad_norm)`` does
         (see :meth:`step`). Finite or inf, > 0; settable later as an attribute.
+        Not part of :meth:`state_dict` (torch keeps clipping outside the
+        optimizer too): set it again on an optimizer made by
+        :meth:`from_checkpoint`.
 
     Attributes
     ----------

@@ -333,3 +333,31 @@ def test_simulator_suite():
     tail = (result.stdout + result.stderr)[-6000:]
     assert result.returncode == 0, tail
     assert " passed" in tail and " failed" not in tail and "skipped" not in tail, tail
+
+
+@host
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gpu_kernel_lowers_for_a_real_gpu(monkeypatch, dtype):
+    """The CUDA kernel types and lowers to NVVM IR for sm_90 (no NVVM library
+    or GPU needed), with float64 accumulation and 64-bit chunk bounds; where
+    NVVM is installed, test_cuda_sim's PTX checks apply to the update kernels."""
+    pytest.importorskip("numba_cuda")
+    from numba import cuda, types
+    try:
+        from numba.cuda.compiler import compile_cuda
+    except ImportError:
+        pytest.skip("this numba-cuda has no numba.cuda.compiler.compile_cuda")
+    if not cuda.is_available():
+        import numba.cuda.dispatcher as dispatcher
+        monkeypatch.setattr(dispatcher, "get_current_device",
+                            lambda: type("Device", (), {"compute_capability": (9, 0)}),
+                            raising=False)
+    from fastadapt.kernels import reduce_cuda
+    t = getattr(types, dtype)
+    result = compile_cuda(reduce_cuda.sum_of_squares, types.void,
+                          (t[::1], types.int64[::1], types.int64[::1], types.float64[::1]),
+                          cc=(9, 0))
+    ir = result.library.get_llvm_str()
+    assert "fadd double" in ir and "fmul double" in ir
+    if dtype == "float32":
+        assert "fpext float" in ir          # each element widened once, then float64 math
