@@ -144,9 +144,10 @@ class Optimizer:
         missing = [k for k in self._option_names() if k not in defaults]
         if missing:
             raise TypeError(f"{type(self).__name__}: missing default(s) {missing}")
+        self._max_grad_norm = _check_max_grad_norm(defaults.pop("max_grad_norm", None))
         self.defaults = dict(defaults)
         self.grad_norm, self.step_skipped = None, False
-        self._max_grad_norm, self._norm_passes = None, None
+        self._norm_passes = None
         groups = _normalise_groups(params)
         several = len(groups) > 1
         seen = set()
@@ -609,7 +610,13 @@ def _check_max_grad_norm(value):
 def _takes_max_grad_norm(init):
     """``init`` with one more keyword, ``max_grad_norm=None``, checked before
     ``init`` runs and set after it (so every optimizer class takes it without
-    repeating it in its signature)."""
+    repeating it in its signature). An ``init`` that already takes it, by name
+    or through ``**kwargs`` passed on to the base class, is returned as is."""
+    signature = inspect.signature(init)
+    if "max_grad_norm" in signature.parameters or any(
+            p.kind == inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
+        return init
+
     @functools.wraps(init)
     def __init__(self, *args, max_grad_norm=None, **kwargs):
         max_grad_norm = _check_max_grad_norm(max_grad_norm)
@@ -617,15 +624,9 @@ def _takes_max_grad_norm(init):
         if max_grad_norm is not None:
             self._max_grad_norm = max_grad_norm
 
-    signature = inspect.signature(init)
-    if "max_grad_norm" not in signature.parameters:
-        parameters = list(signature.parameters.values())
-        extra = inspect.Parameter("max_grad_norm", inspect.Parameter.KEYWORD_ONLY,
-                                  default=None)
-        at = next((i for i, p in enumerate(parameters)
-                   if p.kind == inspect.Parameter.VAR_KEYWORD), len(parameters))
-        parameters.insert(at, extra)
-        __init__.__signature__ = signature.replace(parameters=parameters)
+    extra = inspect.Parameter("max_grad_norm", inspect.Parameter.KEYWORD_ONLY, default=None)
+    __init__.__signature__ = signature.replace(
+        parameters=[*signature.parameters.values(), extra])
     return __init__
 
 

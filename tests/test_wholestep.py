@@ -337,3 +337,24 @@ def test_functional_bad_grad_scale_changes_nothing(scale, error):
     with pytest.raises(error, match="grad_scale"):
         fastadapt.adam_step(p, g, m, v, step=1, grad_scale=scale)
     assert (p == 1).all() and (m == 1).all() and (v == 1).all()
+
+
+def test_max_grad_norm_reaches_subclasses_of_any_shape():
+    class Plain(fastadapt.Optimizer):            # no __init__: the base class takes it
+        rule = fastadapt.RULES["sgd"]
+
+    class Forwarding(fastadapt.SGD):             # **kwargs passed on
+        def __init__(self, params, **kwargs):
+            super().__init__(params, lr=0.5, **kwargs)
+
+    class Fixed(fastadapt.SGD):                  # its own signature, wrapped
+        def __init__(self, params, momentum=0.0):
+            super().__init__(params, lr=0.5, momentum=momentum)
+
+    defaults = dict(fastadapt.RULES["sgd"].defaults)
+    assert Plain([np.ones(3)], **defaults, max_grad_norm=3).max_grad_norm == 3.0
+    assert Forwarding([np.ones(3)], max_grad_norm=4).max_grad_norm == 4.0
+    assert Fixed([np.ones(3)], max_grad_norm=5).max_grad_norm == 5.0
+    assert "max_grad_norm" in inspect.signature(Fixed).parameters
+    with pytest.raises(ValueError, match="invalid max_grad_norm"):
+        Forwarding([np.ones(3)], max_grad_norm=-1)
