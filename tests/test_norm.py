@@ -283,7 +283,7 @@ def cuda(monkeypatch):
 
 @sim
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_gpu_equals_cpu(cuda, dtype):
+def test_simulated_gpu_equals_cpu(cuda, dtype):
     arrays = [_random(n, dtype, seed=n) for n in (0, 1, 7, 256, 257, 1009)]
     expected = fastadapt.grad_norm(*arrays)
     assert expected == pytest.approx(_exact_norm(*arrays), rel=EXACT_RTOL)
@@ -296,7 +296,7 @@ def test_gpu_equals_cpu(cuda, dtype):
 
 
 @sim
-def test_gpu_optimizer_global_norm(cuda):
+def test_simulated_gpu_optimizer_global_norm(cuda):
     params = [_random(s, np.float32, seed=i) for i, s in enumerate((7, 700, 1))]
     host_opt = fastadapt.SGD(params, lr=0.1, momentum=0.9, max_grad_norm=1.0)
     gpu_opt = fastadapt.SGD([cuda.to_device(p) for p in params], lr=0.1, momentum=0.9,
@@ -310,7 +310,7 @@ def test_gpu_optimizer_global_norm(cuda):
 
 
 @sim
-def test_gpu_checks(cuda):
+def test_simulated_gpu_checks(cuda):
     x = cuda.to_device(np.ones(10, np.float32))
     with pytest.raises(ValueError, match=r"mix of host and GPU arrays: grads\[1\] on the host"):
         fastadapt.grad_norm(x, np.ones(3))
@@ -326,7 +326,7 @@ def test_simulator_suite():
     pytest.importorskip("numba_cuda", reason="the CUDA simulator ships with numba-cuda")
     root = Path(__file__).resolve().parent.parent
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "gpu",
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "simulated_gpu",
          str(Path(__file__).resolve())],
         cwd=root, env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"},
         capture_output=True, text=True, timeout=600)
