@@ -358,3 +358,15 @@ def test_max_grad_norm_reaches_subclasses_of_any_shape():
     assert "max_grad_norm" in inspect.signature(Fixed).parameters
     with pytest.raises(ValueError, match="invalid max_grad_norm"):
         Forwarding([np.ones(3)], max_grad_norm=-1)
+
+
+def test_bad_hyper_parameters_raise_even_when_the_step_would_be_skipped():
+    opt = fastadapt.Adam(_groups(_model(np.float32)), max_grad_norm=1.0)
+    bad = [np.ones(s, np.float32) for s in SHAPES]
+    bad[0][0] = np.nan
+    opt.param_groups[1]["betas"] = (0.9, 1.5)
+    before = _snapshot(opt)
+    with pytest.raises(ValueError, match=r"param group 1: invalid betas\[1\]"):
+        opt.step(bad, grad_scale=2.0)
+    _assert_same_snapshot(_snapshot(opt), before)
+    assert not np.isnan(opt.grads[0][0])           # checks first: nothing copied
