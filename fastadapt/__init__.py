@@ -12,9 +12,10 @@ from .norm import grad_norm
 from .rules import RULES, Rule
 from . import schedules
 from .optim import SGD, Adadelta, Adagrad, Adam, AdamW, Optimizer, RMSprop
+from ._warmup import warmup
 
 __version__ = "0.1.0"
 
 __all__ = ["FlatBuffer", "RULES", "Rule", "adadelta_step", "adagrad_step", "adam_step",
-           "adamw_step", "rmsprop_step", "sgd_step", "grad_norm", "schedules", "Optimizer", "Adam",
-           "AdamW", "SGD", "RMSprop", "Adagrad", "Adadelta"]
+           "adamw_step", "rmsprop_step", "sgd_step", "grad_norm", "schedules", "Optimizer",
+           "Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adadelta", "warmup"]
