@@ -23,7 +23,8 @@ import math
 
 import numpy as np
 
-from ._dispatch import _PARALLEL_LAUNCH, _check_host_array, _is_device_array
+from ._arrays import is_device_array as _is_device_array
+from ._dispatch import _PARALLEL_LAUNCH, _check_host_array
 from .kernels import reduce as _reduce
 
 __all__ = ["grad_norm"]

@@ -46,6 +46,8 @@ import types
 import numpy as np
 from numba import njit, prange
 
+from ._jit import cached
+
 if __name__ != "fastadapt.kernels.reduce":
     # As in cpu.py: the disk cache records the module name.
     raise ImportError(f"import this module as fastadapt.kernels.reduce, not {__name__}")
@@ -113,10 +115,10 @@ def _renamed(func, suffix):
 
 def _compile(func, **options):
     return types.SimpleNamespace(
-        parallel=njit(parallel=True, nogil=True, cache=True, error_model="numpy",
-                      **options)(func),
-        serial=njit(nogil=True, cache=True, error_model="numpy",
-                    **options)(_renamed(func, "_serial")),
+        parallel=cached(njit, func, parallel=True, nogil=True, error_model="numpy",
+                        **options),
+        serial=cached(njit, _renamed(func, "_serial"), nogil=True, error_model="numpy",
+                      **options),
     )
 
 

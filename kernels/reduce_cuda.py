@@ -20,6 +20,7 @@ lazily, once per input dtype, and is cached on disk.
 import numpy as np
 from numba import cuda
 
+from ._jit import cached
 from .cuda import SIMULATOR
 from .reduce import LANES
 
@@ -49,7 +50,8 @@ def sum_of_squares(x, starts, stops, out):
 
 
 # The simulator's jit takes no ``cache``; it runs the Python source.
-SUM_OF_SQUARES = cuda.jit(sum_of_squares) if SIMULATOR else cuda.jit(cache=True)(sum_of_squares)
+SUM_OF_SQUARES = (cuda.jit(sum_of_squares) if SIMULATOR
+                  else cached(cuda.jit, sum_of_squares))
 
 
 def launch_config(chunks, multiprocessors):
