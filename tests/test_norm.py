@@ -284,12 +284,13 @@ def cuda(monkeypatch):
 @sim
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_simulated_gpu_equals_cpu(cuda, dtype):
-    arrays = [_random(n, dtype, seed=n) for n in (0, 1, 7, 256, 257, 1009)]
+    # (each simulated block runs 256 Python threads: the sizes are few and small)
+    arrays = [_random(n, dtype, seed=n) for n in (0, 7, 257, 1009)]
     expected = fastadapt.grad_norm(*arrays)
     assert expected == pytest.approx(_exact_norm(*arrays), rel=EXACT_RTOL)
     assert fastadapt.grad_norm(*(cuda.to_device(a) for a in arrays)) == expected
-    bad = arrays[-1].copy()
-    bad[500] = np.inf
+    bad = _random(301, dtype)
+    bad[300] = np.inf                           # the second chunk's only element
     assert fastadapt.grad_norm(cuda.to_device(bad)) == math.inf
     bad[3] = np.nan
     assert math.isnan(fastadapt.grad_norm(cuda.to_device(bad)))
