@@ -91,6 +91,10 @@ NO_OP_FLAGS = ("foreach", "fused")
 REJECTED_FLAGS = ("differentiable", "capturable")
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 _DEFAULT_TORCH_STATE_NAMES = {"state_sum": "sum"}
+# torch.optim classes whose per-parameter state has no "step" (their rule's
+# step only marks the first step, which a loaded state infers from the
+# presence of the state arrays).
+_NO_TORCH_STEP = {"SGD"}
 
 
 # ----------------------------------------------------------------- rule hooks
@@ -222,7 +226,7 @@ class _Bucket:
         """Show parameter ``j``'s state in ``optimizer.state`` (torch shows a
         parameter's state from its first step on)."""
         owner = self.owner
-        entry = {"step": self.steps[j]}
+        entry = {} if owner._no_step else {"step": self.steps[j]}
         for name, views in self.state_views.items():
             entry[owner._torch_names.get(name, name)] = views[j]
         for name, values in self.scalars.items():
@@ -379,6 +383,7 @@ class FlatOptimizer(torch.optim.Optimizer):
         self._state_init = _state_init(self.rule)
         self._scalar_state = _scalar_state(self.rule)
         self._torch_names = _torch_state_names(self.rule)
+        self._no_step = getattr(self.rule, "torch_name", None) in _NO_TORCH_STEP
         self._kernel_unscales = "grad_scale" in inspect.signature(self.rule.step_fn).parameters
         self._buckets = []              # per group: list of _Bucket
         self._validated = []            # per group: the options last checked (lr excluded)
@@ -581,12 +586,14 @@ class FlatOptimizer(torch.optim.Optimizer):
                 for j in range(len(b.params)):
                     if not b.published[j]:
                         continue
-                    entry = {"step": torch.tensor(float(b.steps_np[j]), dtype=_scalar_dtype())}
+                    entry = {} if self._no_step else {
+                        "step": torch.tensor(float(b.steps_np[j]), dtype=_scalar_dtype())}
                     for name, views in b.state_views.items():
                         entry[self._torch_names.get(name, name)] = views[j]
                     for name in self._scalar_state:
                         entry[self._torch_names.get(name, name)] = b.scalar_tensor(name, j)
-                    state[start + b.indices[j]] = entry
+                    if entry:
+                        state[start + b.indices[j]] = entry
             start += len(group["params"])
         state_dict = {"state": dict(sorted(state.items())), "param_groups": param_groups}
         for hook in self._optimizer_state_dict_post_hooks.values():
