@@ -69,6 +69,7 @@ optional attributes that this module reads:
 """
 import inspect
 import math
+import operator
 from collections import defaultdict
 from itertools import chain
 
@@ -238,30 +239,31 @@ class _Bucket:
         return torch.tensor(float(self.scalars_np[name][j]), dtype=_scalar_dtype())
 
     # ----------------------------------------------------------- a step
-    def scan(self, group):
+    def scan(self):
         """Check the parameters and gradients before anything is written.
 
         Returns ``(present, replaced, copies)``: which parameters have a
-        gradient, which had ``.data`` replaced (same shape) and which
-        gradients must be copied into the flat buffer.
+        gradient (``None``: all of them), which had ``.data`` replaced (same
+        shape) and which gradients must be copied into the flat buffer. The
+        common cases (nothing replaced; every gradient the flat buffer's view)
+        are two list comprehensions and two C-level comparisons.
         """
-        gp = group["params"]
+        params = self.params
+        ptrs = [p.data_ptr() for p in params]
+        replaced = []
+        if ptrs != self.param_ptrs:
+            for j, (ptr, p) in enumerate(zip(ptrs, params)):
+                if ptr != self.param_ptrs[j]:
+                    self._check_replaced(j, p)
+                    replaced.append(j)
+        grads = [p.grad for p in params]
+        if all(map(operator.is_, grads, self.grad_views)):
+            return None, replaced, []
         gi = self.group_index
-        present, replaced, copies = [], [], []
-        views, ptrs, gptrs = self.grad_views, self.param_ptrs, self.grad_ptrs
-        for j, p in enumerate(self.params):
-            if gp[self.indices[j]] is not p:
-                raise ValueError(f"param_groups[{gi}]['params'] was changed after the optimizer "
-                                 "was built; use add_param_group to add parameters")
-            if p.data_ptr() != ptrs[j]:
-                self._check_replaced(j, p)
-                replaced.append(j)
-            g = p.grad
-            if g is None:
-                present.append(False)
-                continue
-            present.append(True)
-            if g is views[j]:
+        present, copies = [], []
+        for j, g in enumerate(grads):
+            present.append(g is not None)
+            if g is None or g is self.grad_views[j]:
                 continue
             if g.layout != torch.strided:
                 raise ValueError(f"param group {gi}, parameter {self.indices[j]}: sparse "
@@ -270,7 +272,8 @@ class _Bucket:
                 raise ValueError(f"param group {gi}, parameter {self.indices[j]}: gradient of "
                                  f"shape {tuple(g.shape)} for a parameter of shape "
                                  f"{tuple(self.shapes[j])}")
-            if not (g.data_ptr() == gptrs[j] and g.is_contiguous() and g.dtype == self.dtype):
+            if not (g.data_ptr() == self.grad_ptrs[j] and g.is_contiguous()
+                    and g.dtype == self.dtype):
                 copies.append(j)
         return present, replaced, copies
 
@@ -297,7 +300,8 @@ class _Bucket:
                                  [self.params[j].grad for j in copies])
             for j in copies:
                 self.params[j].grad = self.grad_views[j]
-        if not any(present):
+        every = present is None
+        if not every and not any(present):
             return
         owner = self.owner
         rule = owner.rule
@@ -306,10 +310,10 @@ class _Bucket:
         unscale_in_kernel = grad_scale is not None and owner._kernel_unscales
         if grad_scale is not None and not unscale_in_kernel:
             self.grad_flat.mul_(1.0 / grad_scale)
-        if self.uniform and all(present):
+        if self.uniform and (every or all(present)):
             runs = [(0, len(self.params) - 1)]
         else:
-            runs = self._runs(present)
+            runs = self._runs([True] * len(self.params) if every else present)
         for j0, j1 in runs:
             lo = self.offsets[j0]
             hi = self.length if j1 == len(self.params) - 1 else self.offsets[j1] + self.sizes[j1]
@@ -335,7 +339,7 @@ class _Bucket:
                 for j in range(j0, j1 + 1):
                     if not self.published[j]:
                         self.publish(j)
-        if self.uniform and all(present):
+        if every or all(present):
             self.steps_np += 1
         else:
             self.steps_np[np.asarray(present)] += 1
@@ -386,6 +390,7 @@ class FlatOptimizer(torch.optim.Optimizer):
         self._no_step = getattr(self.rule, "torch_name", None) in _NO_TORCH_STEP
         self._kernel_unscales = "grad_scale" in inspect.signature(self.rule.step_fn).parameters
         self._buckets = []              # per group: list of _Bucket
+        self._group_params = []         # per group: its parameters at construction
         self._validated = []            # per group: the options last checked (lr excluded)
         self._check_options(defaults, None)
         super().__init__(params, defaults)
@@ -470,6 +475,7 @@ class FlatOptimizer(torch.optim.Optimizer):
             self.param_groups.pop()
             raise
         self._buckets.append(buckets)
+        self._group_params.append(list(group["params"]))
         self._validated.append(None)
         for b in buckets:
             b.ensure_state(self.rule.state_for(**self._rule_options(group)), group)
@@ -544,13 +550,14 @@ class FlatOptimizer(torch.optim.Optimizer):
         with torch.no_grad():
             plans = []
             for index, (group, buckets) in enumerate(zip(self.param_groups, self._buckets)):
-                n = sum(len(b.params) for b in buckets)
-                if len(group["params"]) != n:
+                params = group["params"]
+                if len(params) != len(self._group_params[index]) or not all(
+                        map(operator.is_, params, self._group_params[index])):
                     raise ValueError(f"param_groups[{index}]['params'] was changed after the "
                                      "optimizer was built; use add_param_group to add "
                                      "parameters")
                 options = self._group_options(index, group)
-                plans.extend((group, options, b, b.scan(group)) for b in buckets)
+                plans.extend((group, options, b, b.scan()) for b in buckets)
             found_inf = getattr(self, "found_inf", None)
             if found_inf is not None and float(found_inf) != 0.0:
                 return loss

@@ -226,7 +226,7 @@ def test_set_to_none_false_keeps_gradients_in_the_flat_buffer():
         if p.requires_grad:
             assert p.grad is view
     assert float(flat.abs().sum()) > 0
-    _, _, copies = bucket.scan(opt.param_groups[0])
+    _, _, copies = bucket.scan()
     assert copies == []
 
 
@@ -592,3 +592,23 @@ def test_grad_scaler_cuda():
         train_step(model, opt, step, scaler=scaler)
     assert scaler.get_scale() == ref_scaler.get_scale()
     assert_same(model, ref_model, opt, ref)
+
+
+# ----------------------------------------------------------------- bench section
+def test_the_bench_section_runs_at_tiny_sizes():
+    from fastadapt.benchmark import _torch_step as bench
+
+    quiet = lambda line: None  # noqa: E731
+    data = {"device": "cpu", "gpt2_width": 4,
+            "gpt2": bench.gpt2_steps(("adam", "rmsprop"), d=4, budget_s=0.01, min_rounds=1,
+                                     progress=quiet),
+            "many_small": bench.many_small(20, 10, budget_s=0.01, min_rounds=1, progress=quiet),
+            "whole_step": bench.whole_step(16, 2, 8, 2, budget_s=0.01, min_rounds=1,
+                                           progress=quiet)}
+    adam, rmsprop = data["gpt2"]
+    assert adam["tensors"] == 148
+    assert {"fastadapt", "fastadapt_copy", "torch_fused", "torch_foreach"} <= set(adam["timings"])
+    assert "torch_fused" in rmsprop["unavailable"]          # torch has no fused RMSprop
+    assert "overhead_us_per_tensor" in data["many_small"]
+    text = bench.markdown(data)
+    assert "GPT-2-small shapes" in text and "Whole training step" in text
