@@ -1,0 +1,261 @@
+"""Storage narrower than the math: 16-bit floats converted in registers.
+
+The update math runs in float32; parameters, gradients and state may be stored
+as bfloat16 or float16 and are converted element by element inside the same
+loop, with no temporaries. Arrays of 16-bit floats reach the kernels as
+``uint16`` views of their bits (NumPy has no bfloat16, Numba has neither).
+
+* bfloat16 is the top half of a float32: widening is a shift, narrowing rounds
+  to nearest-even on the dropped 16 bits (NaNs stay NaN, quietened, as
+  ``ml_dtypes`` does).
+* float16 uses LLVM's ``half`` type (``fpext`` / ``fptrunc``, F16C on x86),
+  which rounds to nearest-even with IEEE subnormals, overflow to inf and NaN
+  propagation, exactly as NumPy's ``astype(np.float16)``.
+* Stochastic rounding to bfloat16 adds 16 random bits below the kept ones and
+  truncates: a value rounds up with probability equal to its distance from the
+  lower neighbour, in units of the gap, so the rounding is unbiased. The bits
+  come from a counter-based hash of (key, element index), the key derived on
+  the host from (seed, step): the same element draws the same bits whatever
+  the thread count, chunking or device, and no generator state lives in memory.
+
+Numba's CPU target has no 16-bit float type and no scalar bit cast, so the
+casts are ``numba.extending.intrinsic`` functions (public API) emitting one
+LLVM instruction each. ``PYTHON`` holds the same functions written with NumPy
+scalars, for targets that run the kernels as Python (the CUDA simulator); the
+tests check both agree on every 16-bit pattern.
+"""
+import types as _types
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
+
+__all__ = ["bits_to_float32", "float32_to_bits", "half_to_float32", "float32_to_half",
+           "bfloat16_to_float32", "float32_to_bfloat16", "float32_to_bfloat16_stochastic",
+           "random_bits", "stream_key", "PYTHON"]
+
+
+@intrinsic
+def bits_to_float32(typingctx, bits):
+    """The float32 whose bit pattern is the 32-bit integer ``bits``."""
+    if not (isinstance(bits, types.Integer) and bits.bitwidth == 32):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(bits), codegen
+
+
+@intrinsic
+def float32_to_bits(typingctx, x):
+    """The bit pattern of the float32 ``x`` as a uint32."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+    return types.uint32(x), codegen
+
+
+@intrinsic
+def half_to_float32(typingctx, bits):
+    """Widen the float16 whose bit pattern is the 16-bit integer ``bits`` (exact)."""
+    if not (isinstance(bits, types.Integer) and bits.bitwidth == 16):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+    return types.float32(bits), codegen
+
+
+@intrinsic
+def float32_to_half(typingctx, x):
+    """Round the float32 ``x`` to float16 (nearest-even); its bits as a uint16."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+    return types.uint16(x), codegen
+
+
+_MASK32 = np.uint64(0xFFFFFFFF)
+
+
+def _bfloat16_to_float32(bits):
+    return bits_to_float32(np.uint32(np.uint64(bits) << np.uint64(16)))
+
+
+# Integer arithmetic below runs in uint64 on values below 2**32, so neither
+# Numba's promotion of uint32 arithmetic to 64 bits nor NumPy's overflow
+# warnings change a result.
+def _float32_to_bfloat16(x):
+    u = np.uint64(float32_to_bits(x))
+    if (u & np.uint64(0x7FFFFFFF)) > np.uint64(0x7F800000):      # NaN: keep it, quiet
+        return np.uint16((u >> np.uint64(16)) | np.uint64(0x0040))
+    u = u + np.uint64(0x7FFF) + ((u >> np.uint64(16)) & np.uint64(1))
+    return np.uint16(u >> np.uint64(16))
+
+
+def _float32_to_bfloat16_stochastic(x, bits):
+    """``bits``: random bits (uint64) of which the low 16 are used."""
+    u = np.uint64(float32_to_bits(x))
+    magnitude = u & np.uint64(0x7FFFFFFF)
+    if magnitude > np.uint64(0x7F800000):                         # NaN: keep it, quiet
+        return np.uint16((u >> np.uint64(16)) | np.uint64(0x0040))
+    if magnitude == np.uint64(0x7F800000):                        # inf stays inf
+        return np.uint16(u >> np.uint64(16))
+    return np.uint16((u + (bits & np.uint64(0xFFFF))) >> np.uint64(16))
+
+
+def _mix32(x):
+    """A 32-bit integer hash with good avalanche (Wellons' "lowbias32")."""
+    x = x ^ (x >> np.uint64(16))
+    x = (x * np.uint64(0x7FEB352D)) & _MASK32
+    x = x ^ (x >> np.uint64(15))
+    x = (x * np.uint64(0x846CA68B)) & _MASK32
+    return x ^ (x >> np.uint64(16))
+
+
+def _random_bits(key0, key1, index):
+    """32 random bits (a uint64 below 2**32) for element ``index`` of the stream
+    (key0, key1)."""
+    i = np.uint64(index)
+    return _mix32(_mix32((i & _MASK32) ^ key0) ^ (i >> np.uint64(32)) ^ key1)
+
+
+def stream_key(seed, step):
+    """The (key0, key1) pair (uint64s below 2**32) of one step's stream, on the host.
+
+    A splitmix64 of ``seed`` and ``step`` (both non-negative integers below
+    2**64): distinct (seed, step) pairs give unrelated streams.
+    """
+    mask = (1 << 64) - 1
+
+    def splitmix64(z):
+        z = (z + 0x9E3779B97F4A7C15) & mask
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        return z ^ (z >> 31)
+    z = splitmix64(splitmix64(int(seed)) ^ int(step))
+    return np.uint64(z & 0xFFFFFFFF), np.uint64(z >> 32)
+
+
+_inline = njit(inline="always")
+bfloat16_to_float32 = _inline(_bfloat16_to_float32)
+float32_to_bfloat16 = _inline(_float32_to_bfloat16)
+float32_to_bfloat16_stochastic = _inline(_float32_to_bfloat16_stochastic)
+_mix32_jit = _inline(_mix32)
+random_bits = njit(inline="always")(
+    _types.FunctionType(_random_bits.__code__, {**globals(), "_mix32": _mix32_jit},
+                        "random_bits"))
+
+
+def _py_bits_to_float32(bits):
+    return np.array(bits, np.uint32).view(np.float32)[()]
+
+
+def _py_float32_to_bits(x):
+    return np.array(x, np.float32).view(np.uint32)[()]
+
+
+def _py_half_to_float32(bits):
+    x = np.float32(np.array(bits, np.uint16).view(np.float16)[()])
+    if np.isnan(x):                 # quieten, as the hardware conversion does
+        x = _py_bits_to_float32(_py_float32_to_bits(x) | np.uint32(0x00400000))
+    return x
+
+
+def _py_float32_to_half(x):
+    with np.errstate(over="ignore", invalid="ignore"):
+        bits = np.array(np.float32(x).astype(np.float16)).view(np.uint16)[()]
+    if np.isnan(x):                 # quieten, as the hardware conversion does
+        bits = bits | np.uint16(0x0200)
+    return bits
+
+
+def _python_twins():
+    names = {"bits_to_float32": _py_bits_to_float32, "float32_to_bits": _py_float32_to_bits}
+    namespace = {**globals(), **names}
+
+    def rebind(func, name):
+        return _types.FunctionType(func.__code__, namespace, name)
+    out = dict(names, half_to_float32=_py_half_to_float32, float32_to_half=_py_float32_to_half)
+    out["bfloat16_to_float32"] = rebind(_bfloat16_to_float32, "bfloat16_to_float32")
+    out["float32_to_bfloat16"] = rebind(_float32_to_bfloat16, "float32_to_bfloat16")
+    out["float32_to_bfloat16_stochastic"] = rebind(_float32_to_bfloat16_stochastic,
+                                                   "float32_to_bfloat16_stochastic")
+    namespace["_mix32"] = _mix32
+    out["random_bits"] = rebind(_random_bits, "random_bits")
+    return _types.SimpleNamespace(**out)
+
+
+#: The same conversions as plain Python on NumPy scalars (run, not compiled).
+PYTHON = _python_twins()
+
+
+# ------------------------------------------------------------------ 8-bit codes
+#: Elements per block of 8-bit state: each block has one float32 absmax.
+BLOCK = 256
+
+
+def dynamic_map(signed):
+    """bitsandbytes' dynamic quantization map (Dettmers, 2016; 8-bit optimizers,
+    Dettmers et al., 2022): 256 sorted float32 values in (-1, 1] (signed, for
+    first moments) or [0, 1] (unsigned, for second moments), dense near zero.
+
+    Built as ``bitsandbytes.functional.create_dynamic_map(signed)`` builds it,
+    in float32 arithmetic (that function uses float32 tensors).
+    """
+    max_exponent_bits, total_bits = 7, 8
+    non_sign_bits = total_bits - 1
+    data = []
+
+    def means(n):
+        # torch.linspace(0.1, 1, n) in float32: a float32 step, then one fused
+        # multiply-add per point, from the start for the first half and from
+        # the end for the second (exact in float64, rounded once)
+        start, end = np.float32(0.1), np.float32(1.0)
+        step = np.float64((end - start) / np.float32(n - 1))
+        i = np.arange(n)
+        boundaries = np.where(i < n // 2, np.float64(start) + step * i,
+                              np.float64(end) - step * (n - i - 1)).astype(np.float32)
+        return (boundaries[:-1] + boundaries[1:]) / np.float32(2.0)
+    for i in range(max_exponent_bits):
+        items = (2 ** (i + non_sign_bits - max_exponent_bits) + 1 if signed
+                 else 2 ** (i + non_sign_bits - max_exponent_bits + 1) + 1)
+        scaled = (np.float32(10.0 ** (-(max_exponent_bits - 1) + i)) * means(int(items)))
+        data += scaled.tolist()
+        if signed:
+            data += (-scaled).tolist()
+    data += [0.0, 1.0]
+    data += [0.0] * (256 - len(data))
+    return np.array(sorted(data), np.float32)
+
+
+def thresholds(code):
+    """The encoding table of a sorted ``code``: ``t[k]`` is the smallest float32
+    nearer to ``code[k + 1]`` than to ``code[k]`` (a tie goes to ``code[k]``),
+    so the nearest code of a float32 ``x`` is the number of ``t[k] <= x``. The
+    255 thresholds are padded with +inf to 256 entries. Exact: the midpoints are
+    taken in float64, where the sum of two float32 values is exact."""
+    c = code.astype(np.float64)
+    mid = (c[:-1] + c[1:]) / 2
+    t = mid.astype(np.float32)
+    t = np.where(t.astype(np.float64) > mid, t, np.nextafter(t, np.float32(np.inf)))
+    return np.append(t, np.float32(np.inf)).astype(np.float32)
+
+
+def _nearest_code(thresholds, x):
+    """The index of the code nearest to ``x``, given the code's :func:`thresholds`:
+    eight compares, no data-dependent trip count. NaN encodes as 0."""
+    k = 0
+    for half in (128, 64, 32, 16, 8, 4, 2, 1):
+        if x >= thresholds[k + half - 1]:
+            k += half
+    return np.uint8(k)
+
+
+nearest_code = njit(inline="always")(_nearest_code)
+PYTHON.nearest_code = _nearest_code

@@ -1,0 +1,310 @@
+"""16-bit storage conversions (kernels/storage.py) against NumPy and ml_dtypes casts.
+
+Exactness is the claim: every bfloat16 and float16 bit pattern round-trips, and
+float32 -> 16-bit matches the reference casts bit for bit (NaN payloads aside:
+both sides give a NaN). The Python twins used by the CUDA simulator must equal
+the compiled functions on the same inputs. Stochastic rounding is checked for
+its support (one of the two neighbours), its bias (a binomial test) and its
+reproducibility (the same bits whatever the chunking).
+"""
+import numpy as np
+import pytest
+from numba import njit, prange
+
+from fastadapt.kernels import storage as S
+
+ml_dtypes = pytest.importorskip("ml_dtypes")
+BF16 = np.dtype(ml_dtypes.bfloat16)
+
+ALL16 = np.arange(2**16, dtype=np.uint16)
+
+
+@njit(parallel=True)
+def _bf16_roundtrip(bits, out):
+    for i in prange(bits.size):
+        out[i] = S.float32_to_bfloat16(S.bfloat16_to_float32(bits[i]))
+
+
+@njit(parallel=True)
+def _half_roundtrip(bits, out):
+    for i in prange(bits.size):
+        out[i] = S.float32_to_half(S.half_to_float32(bits[i]))
+
+
+@njit(parallel=True)
+def _to_bf16(x, out):
+    for i in prange(x.size):
+        out[i] = S.float32_to_bfloat16(x[i])
+
+
+@njit(parallel=True)
+def _to_half(x, out):
+    for i in prange(x.size):
+        out[i] = S.float32_to_half(x[i])
+
+
+@njit(parallel=True)
+def _widen_bf16(bits, out):
+    for i in prange(bits.size):
+        out[i] = S.bfloat16_to_float32(bits[i])
+
+
+@njit(parallel=True)
+def _widen_half(bits, out):
+    for i in prange(bits.size):
+        out[i] = S.half_to_float32(bits[i])
+
+
+@njit(parallel=True)
+def _to_bf16_stochastic(x, key0, key1, start, out):
+    for i in prange(x.size):
+        out[i] = S.float32_to_bfloat16_stochastic(x[i], S.random_bits(key0, key1, start + i))
+
+
+@njit
+def _random(key0, key1, indices, out):
+    for j in range(indices.size):
+        out[j] = S.random_bits(key0, key1, indices[j])
+
+
+def _float32_cases(n=200_000, seed=0):
+    """Random bit patterns (every class: normal, subnormal, inf, NaN), ordinary
+    values, values near the 16-bit formats' overflow and tie points."""
+    rng = np.random.default_rng(seed)
+    patterns = rng.integers(0, 2**32, n, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    normal = rng.standard_normal(n).astype(np.float32) * np.float32(100)
+    tiny = (rng.standard_normal(n) * 1e-6).astype(np.float32)           # float16 subnormals
+    # bfloat16 ties: low 16 bits exactly 0x8000, both parities of the kept bit
+    ties = ((rng.integers(0, 2**16, 1000, dtype=np.uint32) << 16) | 0x8000).view(np.float32)
+    # float16 ties and its overflow threshold 65520
+    specials = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 65504, 65519.99, 65520, 65536,
+                         -65520, 1e-8, 2.0**-24, 2.0**-25, 3 * 2.0**-26, 2.0**-149,
+                         3.4028235e38, -3.4028235e38, 1 + 2.0**-11, 1 + 3 * 2.0**-11],
+                        np.float32)
+    return np.concatenate([patterns, normal, tiny, ties, specials])
+
+
+def _same_bits_or_both_nan(actual_bits, expected, dtype):
+    got = actual_bits.view(dtype).astype(np.float32)
+    want = expected.astype(np.float32)
+    nan = np.isnan(want)
+    np.testing.assert_array_equal(np.isnan(got), nan)
+    np.testing.assert_array_equal(actual_bits[~nan], expected.view(np.uint16)[~nan])
+
+
+def test_every_bfloat16_pattern_round_trips():
+    out = np.empty_like(ALL16)
+    _bf16_roundtrip(ALL16, out)
+    values = ALL16.view(BF16).astype(np.float32)
+    keep = ~np.isnan(values)
+    np.testing.assert_array_equal(out[keep], ALL16[keep])
+    assert np.isnan(out[~keep].view(BF16).astype(np.float32)).all()
+
+
+def test_every_float16_pattern_round_trips():
+    out = np.empty_like(ALL16)
+    _half_roundtrip(ALL16, out)
+    keep = ~np.isnan(ALL16.view(np.float16))
+    np.testing.assert_array_equal(out[keep], ALL16[keep])
+    assert np.isnan(out[~keep].view(np.float16)).all()
+
+
+def test_widening_is_exact_for_every_pattern():
+    out = np.empty(ALL16.size, np.float32)
+    _widen_bf16(ALL16, out)
+    np.testing.assert_array_equal(out, ALL16.view(BF16).astype(np.float32))
+    _widen_half(ALL16, out)
+    np.testing.assert_array_equal(out, ALL16.view(np.float16).astype(np.float32))
+
+
+def test_float32_to_bfloat16_matches_ml_dtypes():
+    x = _float32_cases()
+    out = np.empty(x.size, np.uint16)
+    _to_bf16(x, out)
+    with np.errstate(over="ignore", invalid="ignore"):
+        _same_bits_or_both_nan(out, x.astype(BF16), BF16)
+
+
+def test_float32_to_half_matches_numpy():
+    x = _float32_cases()
+    out = np.empty(x.size, np.uint16)
+    _to_half(x, out)
+    with np.errstate(over="ignore", invalid="ignore"):
+        _same_bits_or_both_nan(out, x.astype(np.float16), np.float16)
+
+
+def test_python_twins_equal_compiled_functions():
+    """The CUDA simulator runs the Python twins: they must give the same bits."""
+    x = _float32_cases(n=2000, seed=1)
+    for name, compiled in (("float32_to_bfloat16", _to_bf16), ("float32_to_half", _to_half)):
+        out = np.empty(x.size, np.uint16)
+        compiled(x, out)
+        twin = getattr(S.PYTHON, name)
+        assert [int(twin(v)) for v in x] == [int(b) for b in out], name
+    for name, compiled in (("bfloat16_to_float32", _widen_bf16),
+                           ("half_to_float32", _widen_half)):
+        out = np.empty(ALL16.size, np.float32)
+        compiled(ALL16, out)
+        twin = getattr(S.PYTHON, name)
+        got = np.array([twin(b) for b in ALL16[::7]], np.float32)
+        np.testing.assert_array_equal(got.view(np.uint32), out[::7].view(np.uint32), name)
+    key0, key1 = S.stream_key(7, 3)
+    indices = np.array([0, 1, 2, 255, 2**31 - 1, 2**32, 2**40 + 3], np.int64)
+    out = np.empty(indices.size, np.uint64)
+    _random(key0, key1, indices, out)
+    assert [int(S.PYTHON.random_bits(key0, key1, i)) for i in indices] == list(map(int, out))
+    sr = np.empty(x.size, np.uint16)
+    _to_bf16_stochastic(x, key0, key1, 0, sr)
+    twin = [int(S.PYTHON.float32_to_bfloat16_stochastic(v, S.PYTHON.random_bits(key0, key1, i)))
+            for i, v in enumerate(x)]
+    assert twin == list(map(int, sr))
+
+
+def test_random_bits_are_uniform_and_keyed():
+    key0, key1 = S.stream_key(0, 1)
+    n = 1 << 16
+    bits = np.empty(n, np.uint64)
+    _random(key0, key1, np.arange(n, dtype=np.int64), bits)
+    assert bits.max() < 2**32
+    # each of the 16 low bits (the ones rounding uses) is set about half the time:
+    # a fair bit over 65536 draws has sd 128, 6 sd = 768
+    ones = [(bits >> k & 1).sum() for k in range(16)]
+    assert all(abs(c - n / 2) < 768 for c in ones), ones
+    other = np.empty(n, np.uint64)
+    _random(*S.stream_key(0, 2), np.arange(n, dtype=np.int64), other)
+    assert (bits == other).mean() < 1e-3             # another step: another stream
+    _random(*S.stream_key(1, 1), np.arange(n, dtype=np.int64), other)
+    assert (bits == other).mean() < 1e-3             # another seed: another stream
+
+
+def test_stochastic_rounding_picks_a_neighbour_and_is_unbiased():
+    rng = np.random.default_rng(3)
+    values = rng.standard_normal(64).astype(np.float32)
+    draws = 4096
+    x = np.repeat(values, draws)
+    out = np.empty(x.size, np.uint16)
+    _to_bf16_stochastic(x, *S.stream_key(11, 5), 0, out)
+    rounded = out.view(BF16).astype(np.float64).reshape(values.size, draws)
+    # the two neighbours: truncation toward zero and one ulp further out
+    low = (values.view(np.uint32) & 0xFFFF0000).view(np.float32).astype(np.float64)
+    high = ((values.view(np.uint32) & 0xFFFF0000) + 0x10000).view(np.float32).astype(np.float64)
+    for row, lo, hi, v in zip(rounded, low, high, values.astype(np.float64)):
+        assert set(np.unique(row)) <= {lo, hi}
+        p = (v - lo) / (hi - lo)                      # probability of rounding out
+        frac = np.mean(row == hi)
+        sd = np.sqrt(p * (1 - p) / draws)
+        assert abs(frac - p) <= 6 * sd + 1 / 65536, (v, p, frac)
+
+
+def test_stochastic_rounding_keeps_exact_values_and_specials():
+    exact = ALL16.view(BF16).astype(np.float32)
+    out = np.empty(exact.size, np.uint16)
+    _to_bf16_stochastic(exact, *S.stream_key(1, 1), 0, out)
+    keep = ~np.isnan(exact)
+    np.testing.assert_array_equal(out[keep], ALL16[keep])     # inf and -0.0 included
+    assert np.isnan(out[~keep].view(BF16).astype(np.float32)).all()
+
+
+def test_small_updates_move_in_expectation():
+    """The 'weight decay does nothing in bf16' failure: 1 - 1e-4 rounds back to 1
+    to nearest-even, but stochastic rounding moves the mean by the update."""
+    n, steps, update = 20_000, 50, np.float32(1e-4)
+    p = np.full(n, 1.0, np.float32).astype(BF16).view(np.uint16)
+    nearest = p.copy()
+    for step in range(1, steps + 1):
+        x = p.view(BF16).astype(np.float32) - update
+        _to_bf16_stochastic(x, *S.stream_key(42, step), 0, p)
+        y = nearest.view(BF16).astype(np.float32) - update
+        _to_bf16(y, nearest)
+    assert (nearest.view(BF16).astype(np.float32) == 1.0).all()      # stuck
+    mean = p.view(BF16).astype(np.float64).mean()
+    expected = 1.0 - steps * float(update)
+    # per element the error is a sum of independent roundings of at most one
+    # bf16 ulp below 1 (2**-8): sd <= 2**-8 * sqrt(steps) / sqrt(n)
+    assert abs(mean - expected) < 6 * 2.0**-8 * np.sqrt(steps / n)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 256, 1009])
+def test_stochastic_rounding_does_not_depend_on_chunking(chunk):
+    x = np.random.default_rng(5).standard_normal(3001).astype(np.float32)
+    key = S.stream_key(9, 2)
+    whole = np.empty(x.size, np.uint16)
+    _to_bf16_stochastic(x, *key, 0, whole)
+    pieces = np.empty_like(whole)
+    for start in range(0, x.size, chunk):
+        _to_bf16_stochastic(x[start:start + chunk], *key, start, pieces[start:start + chunk])
+    np.testing.assert_array_equal(pieces, whole)
+
+
+def test_stream_key_is_deterministic_and_spreads():
+    assert S.stream_key(3, 4) == S.stream_key(3, 4)
+    keys = {S.stream_key(seed, step) for seed in range(50) for step in range(50)}
+    assert len(keys) == 2500
+    assert all(k < 2**32 for pair in keys for k in pair)
+
+
+# ------------------------------------------------------------------ 8-bit codes
+def _bitsandbytes_dynamic_map(torch, signed):
+    """bitsandbytes.functional.create_dynamic_map(signed), as published, in torch."""
+    max_exponent_bits, total_bits = 7, 8
+    data = []
+    non_sign_bits = total_bits - 1
+    additional_items = 2 ** (non_sign_bits - max_exponent_bits) - 1
+    for i in range(max_exponent_bits):
+        fraction_items = int(2 ** (i + non_sign_bits - max_exponent_bits) + 1 if signed
+                             else 2 ** (i + non_sign_bits - max_exponent_bits + 1) + 1)
+        boundaries = torch.linspace(0.1, 1, fraction_items)
+        means = (boundaries[:-1] + boundaries[1:]) / 2.0
+        data += ((10 ** (-(max_exponent_bits - 1) + i)) * means).tolist()
+        if signed:
+            data += (-(10 ** (-(max_exponent_bits - 1) + i)) * means).tolist()
+    assert additional_items == 0
+    data.append(0)
+    data.append(1.0)
+    data += [0] * (256 - len(data))
+    data.sort()
+    return torch.Tensor(data).numpy()
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_dynamic_map_is_bitsandbytes_map(torch, signed):
+    ours = S.dynamic_map(signed)
+    theirs = _bitsandbytes_dynamic_map(torch, signed)
+    assert ours.dtype == np.float32 and ours.shape == (256,)
+    np.testing.assert_array_equal(ours, theirs)
+    assert np.all(np.diff(ours) >= 0)
+    assert ours[-1] == 1.0 and (-1.0 < ours[0] < -0.99 if signed else ours[0] == 0.0)
+
+
+@njit
+def _codes(table, x, out):
+    for i in range(x.size):
+        out[i] = S.nearest_code(table, x[i])
+
+
+def _nearest_reference(code, x):
+    """argmin |code - x| in float64, the lower index on ties (code is sorted, so
+    the first minimum)."""
+    d = np.abs(code.astype(np.float64)[None, :] - x.astype(np.float64)[:, None])
+    return np.argmin(d, axis=1).astype(np.uint8)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_nearest_code_matches_argmin(signed):
+    code = S.dynamic_map(signed)
+    rng = np.random.default_rng(2)
+    c = code.astype(np.float64)
+    midpoints = ((c[:-1] + c[1:]) / 2).astype(np.float32)
+    x = np.concatenate([
+        rng.uniform(-1.2 if signed else -0.2, 1.2, 20_000).astype(np.float32),
+        (rng.standard_normal(5000) * 1e-4).astype(np.float32),   # the dense region
+        code, midpoints, np.nextafter(midpoints, np.float32(2)),
+        np.nextafter(midpoints, np.float32(-2)),
+        np.array([-np.inf, np.inf, 0.0, -0.0], np.float32)])
+    table = S.thresholds(code)
+    out = np.empty(x.size, np.uint8)
+    _codes(table, x, out)
+    finite = np.isfinite(x)         # (the reference's distances are all inf for +-inf)
+    np.testing.assert_array_equal(out[finite], _nearest_reference(code, x[finite]))
+    assert out[x == np.inf][0] == 255 and out[x == -np.inf][0] == 0
+    assert [int(S.PYTHON.nearest_code(table, v)) for v in x[::97]] == list(map(int, out[::97]))
