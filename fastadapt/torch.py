@@ -70,7 +70,6 @@ optional attributes that this module reads:
 import inspect
 import math
 import operator
-from collections import defaultdict
 from itertools import chain
 
 import numpy as np
@@ -168,7 +167,7 @@ class _Bucket:
         self.steps = torch.zeros(len(params), dtype=_scalar_dtype())
         self.steps_np = self.steps.numpy()
         self.scalars, self.scalars_np = {}, {}
-        self.uniform = True                  # every parameter has the same step count
+        self.uniform = True                  # same step count and scalar state everywhere
         self.published = [False] * len(params)
         with torch.no_grad():
             for p, view in zip(params, self.param_views):
@@ -343,7 +342,13 @@ class _Bucket:
             self.steps_np += 1
         else:
             self.steps_np[np.asarray(present)] += 1
-            self.uniform = bool((self.steps_np == self.steps_np[0]).all())
+            self.update_uniform()
+
+    def update_uniform(self):
+        """Whether one call can update the whole buffer: every parameter has
+        the same step count and the same scalar state."""
+        arrays = (self.steps_np, *self.scalars_np.values())
+        self.uniform = all(bool((a == a[0]).all()) for a in arrays if len(a))
 
     def _runs(self, present):
         """Runs ``(first, last)`` of consecutive parameters that have a
@@ -692,7 +697,7 @@ class FlatOptimizer(torch.optim.Optimizer):
                             b.scalars_np[our_names.get(name, name)][j] = value
                         b.steps_np[j] = step
                         b.publish(j)
-                    b.uniform = bool((b.steps_np == b.steps_np[0]).all()) if len(b.params) else True
+                    b.update_uniform()
         for hook in self._optimizer_load_state_dict_post_hooks.values():
             hook(self)
 

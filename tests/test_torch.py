@@ -21,7 +21,6 @@ import io
 import math
 import warnings
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -294,7 +293,8 @@ def test_state_dict_has_torch_format():
         assert set(sd["state"][i]) == set(entry)
         assert sd["state"][i]["step"].dtype == entry["step"].dtype
         assert float(sd["state"][i]["step"]) == float(entry["step"])
-    assert [g["params"] for g in sd["param_groups"]] == [g["params"] for g in ref_sd["param_groups"]]
+    assert [g["params"] for g in sd["param_groups"]] == \
+        [g["params"] for g in ref_sd["param_groups"]]
     assert {k for k in sd["param_groups"][0] if k != "params"} == \
         {k for k in ref_sd["param_groups"][0] if k != "params"}
 
