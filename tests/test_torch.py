@@ -564,6 +564,17 @@ def test_a_rule_with_scalar_state_gets_it_per_parameter():
     assert float(opt.state[model.branch.weight]["count"]) == 3.0
 
 
+def test_without_torch_the_import_error_says_what_to_install():
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import fastadapt\n"
+            "try:\n    import fastadapt.torch\nexcept ImportError as e:\n    print(e)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert "pip install 'fastadapt[torch]'" in out.stdout, out.stderr
+
+
 # ----------------------------------------------------------------- CUDA
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
