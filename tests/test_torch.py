@@ -92,7 +92,7 @@ def batch(step):
     return torch.randint(0, 30, (4, 6), generator=g)
 
 
-ZERO_MODES = ("opt", "model", "opt_keep", "assign")
+ZERO_MODES = ("opt", "model", "opt_keep", "model_keep", "assign")
 
 
 def backward(model, opt, step, mode="opt", scaler=None):
@@ -103,6 +103,8 @@ def backward(model, opt, step, mode="opt", scaler=None):
         model.zero_grad()
     elif mode in ("opt_keep", "assign"):
         opt.zero_grad(set_to_none=False)
+    elif mode == "model_keep":
+        model.zero_grad(set_to_none=False)
     loss = model(batch(step).to(model.head.weight.device), use_branch=step % 2 == 0)
     if mode == "assign":
         params = [p for p in model.parameters() if p.requires_grad]
@@ -279,6 +281,18 @@ def test_checkpoint_moves_between_fastadapt_and_torch(name, direction):
     for step in range(10, 20):
         lockstep(model, opt, ref_model, ref, step)
     assert_same(model, ref_model, opt, ref, f"{name} {direction}")
+
+
+def test_loading_its_own_live_state_dict_changes_nothing():
+    model, twin = make_models()
+    rule = fastadapt.RULES["adam"]
+    opt, same = (ft.Adam(groups(m, rule, 1e-2), lr=1e-2) for m in (model, twin))
+    for step in range(6):
+        if step == 3:
+            opt.load_state_dict(opt.state_dict())     # the state tensors are its own views
+        train_step(model, opt, step)
+        train_step(twin, same, step)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), twin.parameters()))
 
 
 def test_state_dict_has_torch_format():
