@@ -21,6 +21,13 @@ Three measurements, every implementation timed interleaved (see
 * **A whole training step** (forward, backward, step) of a small transformer
   block on the CPU, so the step's share of an iteration is visible.
 
+Threads: torch runs its operators on its own OpenMP pool and fastadapt on
+Numba's (the ``omp`` layer here), so one process holds two pools; on a small
+machine each pool's spinning workers can slow the other's next call. The
+interleaved timing's untimed first call absorbs part of that switch; the
+whole-step timing includes it, as a training loop does. Measure on a quiet
+machine: on a loaded one the ratios swing by several times between runs.
+
 :func:`run` returns plain JSON-able data; :func:`markdown` renders it.
 """
 import math
