@@ -28,26 +28,26 @@ number or a schedule (any callable of the number of completed steps, see
 :mod:`fastadapt.schedules`).
 """
 import math
-import numbers
-import operator
+import threading
 
 import numpy as np
 
 from . import checkpoint as _ckpt
-from ._dispatch import prepare
+from ._dispatch import _is_device_array, prepare
 from .flat import FlatBuffer
 from .rules import RULES
-from .schedules import from_config, resolve_lr
+from .schedules import resolve_lr
 
 __all__ = ["Optimizer", "Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adadelta"]
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = _ckpt.CHECKPOINT_FORMAT
 
 
 class _GroupBuffers:
     """The flat buffers behind one parameter group."""
 
-    __slots__ = ("param", "grad", "state", "steps", "validated", "_launch", "_launch_arrays")
+    __slots__ = ("param", "grad", "state", "steps", "validated", "scalar_state",
+                 "_launch", "_launch_arrays", "_padding")
 
     def __init__(self, param):
         self.param = param                  # FlatBuffer of the parameters
@@ -55,19 +55,47 @@ class _GroupBuffers:
         self.state = {}                     # state name -> FlatBuffer
         self.steps = 0                      # completed steps
         self.validated = None               # the options last checked (lr excluded)
+        self.scalar_state = {}              # named per-group floats a rule keeps
         self._launch = None                 # the checked kernel launch over these buffers
         self._launch_arrays = ()            # ... and the arrays it was checked for
+        self._padding = None                # where the padding lies in ``data``
 
-    def apply(self, update):
-        """Apply a planned update, checking the arrays only when they differ
-        from last step's (the buffers are the optimizer's own; they change only
-        when an option adds a state buffer or a checkpoint replaces one)."""
+    def launcher(self, update):
+        """The launch of a planned update, checking the arrays only when they
+        differ from last step's (the buffers are the optimizer's own; they
+        change only when an option adds a state buffer or a checkpoint replaces
+        one). Call it with ``update.scalars``."""
         arrays = [a for a in update.arrays.values() if a is not None]
         if len(arrays) != len(self._launch_arrays) or any(
                 a is not b for a, b in zip(arrays, self._launch_arrays)):
             self._launch = prepare(update)
             self._launch_arrays = arrays
-        self._launch(update.scalars)
+        return self._launch
+
+    def reset_padding(self, initial):
+        """Put the padding of the parameters and of every state buffer back to
+        its initial value (``initial``: state name -> value, 0 otherwise)."""
+        if self._padding is None:
+            spans, end = [], 0
+            for offset, shape in zip(self.param.offsets, self.param.shapes):
+                if offset > end:
+                    spans.append((end, offset))
+                end = offset + int(np.prod(shape, dtype=np.int64))
+            if len(self.param.data) > end:
+                spans.append((end, len(self.param.data)))
+            index = (np.concatenate([np.arange(a, b) for a, b in spans]) if spans
+                     else np.empty(0, np.intp))
+            self._padding = (spans, index)
+        spans, index = self._padding
+        if not spans:
+            return
+        buffers = [(self.param, 0.0)] + [(b, initial.get(n, 0.0)) for n, b in self.state.items()]
+        for buffer, value in buffers:
+            if isinstance(buffer.data, np.ndarray):
+                buffer.data[index] = value
+            else:                   # GPU arrays: one slice at a time
+                for a, b in spans:
+                    buffer.data[a:b] = value
 
 
 class Optimizer:
@@ -118,6 +146,7 @@ class Optimizer:
             Optimizer._by_rule.setdefault(cls.rule.name, cls)
 
     def __init__(self, params, **defaults):
+        self._lock = threading.RLock()      # one step (or checkpoint) at a time
         if self.rule is None:
             raise TypeError("Optimizer is a base class; use Adam, AdamW, SGD, RMSprop, "
                             "Adagrad or Adadelta")
@@ -183,11 +212,15 @@ class Optimizer:
             raise _in_group(exc, index)
 
     def _new_state(self, buffers, group, name):
+        buffer = buffers.state[name] = self._zero_state(buffers, group, name)
+        return buffer
+
+    def _zero_state(self, buffers, group, name):
+        """A new state buffer ``name`` at its initial value (not yet kept)."""
         buffer = buffers.param.zeros_like()
         key = self.state_init.get(name)
         if key is not None and float(group[key]) != 0.0:
             buffer.data[:] = float(group[key])
-        buffers.state[name] = buffer
         return buffer
 
     # ------------------------------------------------------------- arrays
@@ -227,8 +260,9 @@ class Optimizer:
 
     def zero_grad(self):
         """Set every gradient to zero."""
-        for b in self._groups:
-            b.grad.data[:] = 0  # works for NumPy, CuPy, torch and Numba device arrays
+        with self._lock:
+            for b in self._groups:
+                b.grad.data[:] = 0  # works for NumPy, CuPy, torch and Numba device arrays
 
     # ------------------------------------------------------------- stepping
     def step(self, grads=None):
@@ -252,35 +286,72 @@ class Optimizer:
             A list whose entries all have the parameters' shapes is read as
             per-parameter (if each group holds one parameter both readings
             coincide).
+
+        A step is all or nothing: the gradients, then every group's
+        hyper-parameters and learning rate are checked before the gradients
+        are copied, any new state is allocated before any kernel runs, and an
+        error raised before the kernels run leaves the optimizer (its
+        parameters, gradients, state and step counts) as it was. Steps (and
+        the other methods) of one optimizer called from several threads run
+        one at a time.
         """
-        if grads is not None:
-            self._set_grads(grads)
-        calls = [self._prepare(i, g, b)
-                 for i, (g, b) in enumerate(zip(self.param_groups, self._groups))]
-        plan = self.rule.step_fn.plan
-        updates = [plan(param, grad, **kwargs) for param, grad, kwargs in calls]
-        for b, update in zip(self._groups, updates):
-            b.apply(update)
-            b.steps += 1
+        with self._lock:
+            copies = self._set_grads(grads) if grads is not None else ()
+            groups = list(zip(self.param_groups, self._groups))
+            several = len(groups) > 1
+            calls = [self._prepare(i if several else None, g, b)
+                     for i, (g, b) in enumerate(groups)]
+            for b, arrays in copies:
+                b.grad.copy_from(arrays)
+            created = []
+            for (g, b), (_, names, _) in zip(groups, calls):
+                for name in names:
+                    if name not in b.state:
+                        created.append((b, name, self._zero_state(b, g, name)))
+            for b, name, buffer in created:
+                b.state[name] = buffer
+            plan = self.rule.step_fn.plan
+            launches = []
+            for (g, b), (options, names, _) in zip(groups, calls):
+                for name in names:
+                    options[name] = b.state[name].data
+                update = plan(b.param.data, b.grad.data, **options)
+                launches.append((b.launcher(update), update.scalars))
+            for (g, b), (launch, scalars), (_, _, nan_padding) in zip(groups, launches, calls):
+                launch(scalars)
+                b.steps += 1
+                if nan_padding:
+                    b.reset_padding({name: float(g[key])
+                                     for name, key in self.state_init.items()})
 
     def _prepare(self, index, group, buffers):
-        """The functional call for ``group``; validates only what changed."""
+        """Check ``group`` for its next step (only what changed since the last
+        check) and write nothing; return the functional step's keyword
+        arguments (lr resolved, state arrays left out), the state arrays the
+        step needs, and whether the step can turn the padding into NaN."""
         options = self._options(group)
         lr = options.pop("lr")
         if options != buffers.validated:
-            self._validate(group, buffers.param.dtype, index if len(self._groups) > 1 else None)
+            self._validate(group, buffers.param.dtype, index)
             buffers.validated = options
             options = dict(options)
-        options["lr"] = resolve_lr(lr, buffers.steps)
-        for name in self.rule.state_for(**options):
-            state = buffers.state[name] if name in buffers.state else \
-                self._new_state(buffers, group, name)
-            options[name] = state.data
+        try:
+            options["lr"] = resolve_lr(lr, buffers.steps)
+        except (TypeError, ValueError) as exc:
+            raise _in_group(exc, index) from None
+        names = self.rule.state_for(**options)
         if self.rule.takes_step:
             options["step"] = buffers.steps + 1
-        return buffers.param.data, buffers.grad.data, options
+        # The padding holds zeros (gradient included): a rule that divides by
+        # eps there computes 0/0 when eps is 0 in the buffer's dtype.
+        eps = options.get("eps")
+        nan_padding = (eps is not None and abs(eps) < 1e-30
+                       and buffers.param.dtype.type(eps) == 0)
+        return options, names, nan_padding
 
     def _set_grads(self, grads):
+        """Check ``grads`` (see :meth:`step`) against the gradient buffers and
+        return ``[(group buffers, arrays to copy into them)]``; copies nothing."""
         groups = self._groups
         if hasattr(grads, "shape"):
             if len(groups) != 1:
@@ -294,18 +365,24 @@ class Optimizer:
                 tuple(getattr(g, "shape", ())) == tuple(p.shape) for g, p in zip(grads, params)):
             plan, start = [], 0
             for b in groups:
-                plan.append((b, grads[start:start + len(b.grad)]))
+                arrays = grads[start:start + len(b.grad)]
+                for k, a in enumerate(arrays, start):
+                    _check_copyable(a, b.grad, f"grads[{k}]")
+                plan.append((b, arrays))
                 start += len(b.grad)
         elif len(grads) == len(groups):
-            plan = [(b, _split_flat(b.grad, g, i)) for i, (b, g) in enumerate(zip(groups, grads))]
+            plan = []
+            for i, (b, g) in enumerate(zip(groups, grads)):
+                arrays = _split_flat(b.grad, g, i)
+                _check_copyable(g, b.grad, f"flat gradient of group {i}")
+                plan.append((b, arrays))
         else:
             raise ValueError(
                 f"expected {len(params)} gradient arrays (one per parameter, shapes "
                 f"{[tuple(p.shape) for p in params]}) or {len(groups)} flat array(s) "
                 f"(one per group), got {len(grads)} arrays")
-        for b, arrays in plan:
-            if not all(a is v for a, v in zip(arrays, b.grad.views)):
-                b.grad.copy_from(arrays)
+        return [(b, arrays) for b, arrays in plan
+                if not all(a is v for a, v in zip(arrays, b.grad.views))]
 
     # ------------------------------------------------------------- checkpoints
     def state_dict(self):
@@ -317,159 +394,42 @@ class Optimizer:
             ``{"format": 1, "algorithm": rule name, "param_groups": [...],
             "params": [...], "state": [...]}`` where each ``param_groups``
             entry is ``{"options": hyper-parameters, "shapes": [...],
-            "dtype": "float32", "step": completed steps}`` (a schedule ``lr``
-            is ``{"schedule": to_config(), "state": state_dict()}``), each
+            "dtype": "float32", "step": completed steps}`` plus, for a rule
+            that keeps named per-group floats, ``"scalar_state": {name:
+            float}``. A schedule ``lr`` is ``{"schedule": to_config(),
+            "state": state_dict()}``, with ``"shared_with": j`` when it is the
+            same object as group ``j``'s (restored as one object). Each
             ``params`` entry is the group's parameters concatenated into one
             1-D array (no padding) and each ``state`` entry maps state names to
-            such arrays. Everything is a copy.
+            such arrays. Everything is a copy, taken between steps.
         """
-        groups, params, state = [], [], []
-        for i, (group, b) in enumerate(zip(self.param_groups, self._groups)):
-            options = {}
-            for key, value in group.items():
-                if key == "params":
-                    continue
-                if key == "lr" and callable(value):
-                    options[key] = _schedule_to_json(value, i)
-                else:
-                    options[key] = _jsonable(value, f"param group {i}: {key}")
-            groups.append({"options": options, "shapes": [list(s) for s in b.param.shapes],
-                           "dtype": b.param.dtype.name, "step": b.steps})
-            params.append(_ckpt.to_host_flat(b.param))
-            state.append({n: _ckpt.to_host_flat(s) for n, s in b.state.items()})
-        return {"format": CHECKPOINT_FORMAT, "algorithm": self.rule.name,
-                "param_groups": groups, "params": params, "state": state}
+        with self._lock:
+            return _ckpt.state_dict(self)
 
     def load_state_dict(self, state_dict):
         """Restore parameters, state, step counts and hyper-parameters.
 
         Everything is checked before anything is copied: a ``state_dict`` of
-        another algorithm, group count, shapes or dtype, with missing keys or
-        invalid hyper-parameters raises ``ValueError`` and leaves the optimizer
-        unchanged. A schedule ``lr`` is rebuilt with
+        another algorithm, group count, shapes or dtype, with missing or
+        unknown keys (a group's extra keys are accepted only if the group
+        already has them) or invalid hyper-parameters raises ``ValueError``
+        and leaves the optimizer unchanged. A schedule ``lr`` is rebuilt with
         :func:`fastadapt.schedules.from_config`; if the group already holds a
         schedule with the same configuration, its state is loaded into that
-        object (so references to it stay live).
+        object (so references to it stay live). Groups that shared one
+        schedule share one again.
         """
-        plans = self._check_state_dict(state_dict)
-        for group, b, plan in zip(self.param_groups, self._groups, plans):
-            options, params, state, steps, schedule_state = plan
-            b.param.copy_from(params)
-            for name in list(b.state):
-                if name not in state:
-                    del b.state[name]
-            for name, arrays in state.items():
-                target = b.state[name] if name in b.state else b.param.zeros_like()
-                target.copy_from(arrays)
-                b.state[name] = target
-            b.steps = steps
-            current = group.get("lr")
-            for key in [k for k in group if k != "params"]:
-                del group[key]
-            group.update(options)
-            if schedule_state is not None:
-                config, sched_state = schedule_state
-                if getattr(current, "to_config", None) and _same_config(current, config):
-                    current.load_state_dict(sched_state)
-                    group["lr"] = current
-            b.validated = self._options(group)
-            del b.validated["lr"]
-
-    def _check_state_dict(self, sd):
-        """Validate a state dict fully; return per group what to apply."""
-        where = "optimizer state dict"
-        if not isinstance(sd, dict):
-            raise ValueError(f"{where} must be a dict, got {type(sd).__name__}")
-        for key in ("format", "algorithm", "param_groups", "params", "state"):
-            if key not in sd:
-                raise ValueError(f"{where} is missing key {key!r}")
-        if sd["format"] != CHECKPOINT_FORMAT:
-            raise ValueError(f"{where} has format {sd['format']!r}; this fastadapt reads "
-                             f"format {CHECKPOINT_FORMAT}")
-        if sd["algorithm"] != self.rule.name:
-            raise ValueError(f"{where} is for algorithm {sd['algorithm']!r}, this optimizer "
-                             f"is {self.rule.name!r} ({type(self).__name__})")
-        n = len(self._groups)
-        for key in ("param_groups", "params", "state"):
-            if not isinstance(sd[key], (list, tuple)) or len(sd[key]) != n:
-                got = len(sd[key]) if isinstance(sd[key], (list, tuple)) else type(sd[key]).__name__
-                raise ValueError(f"{where}: {key!r} must hold one entry per parameter group "
-                                 f"({n}), got {got}")
-        plans = []
-        for i, (b, g, p, s) in enumerate(zip(self._groups, sd["param_groups"], sd["params"],
-                                             sd["state"])):
-            at = f"{where}, param group {i}"
-            if not isinstance(g, dict) or not isinstance(s, dict):
-                raise ValueError(f"{at}: malformed entry")
-            for key in ("options", "shapes", "dtype", "step"):
-                if key not in g:
-                    raise ValueError(f"{at} is missing key {key!r}")
-            try:
-                shapes = [tuple(int(d) for d in shape) for shape in g["shapes"]]
-            except (TypeError, ValueError):
-                raise ValueError(f"{at}: malformed shapes {g['shapes']!r}") from None
-            if shapes != b.param.shapes:
-                raise ValueError(f"{at} holds parameters of shapes {shapes}, this optimizer's "
-                                 f"are {b.param.shapes}")
-            if g["dtype"] != b.param.dtype.name:
-                raise ValueError(f"{at} has dtype {g['dtype']}, this optimizer's is "
-                                 f"{b.param.dtype.name}")
-            steps = g["step"]
-            if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
-                raise ValueError(f"{at}: step must be an integer >= 0, got {steps!r}")
-            options, schedule_state = self._options_from_json(g["options"], at)
-            try:
-                options["lr"] = resolve_lr(options["lr"], int(steps))
-                self._validate(options, b.param.dtype)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"{at}: {exc}") from None
-            if schedule_state is not None:
-                options["lr"] = schedule_state[2]
-                schedule_state = schedule_state[:2]
-            params = _segments(_checked_array(p, b.param, f"{at}: params"), b.param)
-            needed = self.rule.state_for(**self._options(options))
-            missing = [name for name in needed if name not in s]
-            unknown = [name for name in s if name not in self.rule.state]
-            if missing or unknown:
-                raise ValueError(f"{at}: state arrays missing {missing}, unknown {unknown} "
-                                 f"(algorithm {self.rule.name!r} has {list(self.rule.state)})")
-            state = {name: _segments(_checked_array(a, b.param, f"{at}: state {name!r}"),
-                                     b.param)
-                     for name, a in s.items()}
-            plans.append((options, params, state, int(steps), schedule_state))
-        return plans
-
-    def _options_from_json(self, options, at):
-        if not isinstance(options, dict):
-            raise ValueError(f"{at}: options must be a dict")
-        missing = [k for k in self._option_names() if k not in options]
-        if missing:
-            raise ValueError(f"{at} is missing hyper-parameter(s) {missing}")
-        options = dict(options)
-        for key, default in self.rule.defaults.items():
-            if isinstance(default, tuple) and isinstance(options[key], list):
-                options[key] = tuple(options[key])
-        lr, schedule_state = options["lr"], None
-        if isinstance(lr, dict):
-            if set(lr) != {"schedule", "state"}:
-                raise ValueError(f"{at}: a schedule lr must be {{'schedule': config, "
-                                 f"'state': state}}, got keys {sorted(lr)}")
-            try:
-                schedule = from_config(lr["schedule"])
-                schedule.load_state_dict(lr["state"])
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"{at}: bad lr schedule: {exc}") from None
-            options["lr"] = schedule
-            schedule_state = (lr["schedule"], lr["state"], schedule)
-        return options, schedule_state
+        with self._lock:
+            _ckpt.load_state_dict(self, state_dict)
 
     def save(self, path):
         """Write :meth:`state_dict` to ``path`` as a ``.npz`` file, atomically.
 
         The file is written under a temporary name in the same directory,
         flushed to disk and renamed over ``path``: a crash mid-save leaves any
-        previous file at ``path`` intact. The name is used as given (no
-        ``.npz`` suffix is added).
+        previous file at ``path`` intact, and the next save into that directory
+        removes the temporary. A file replaced keeps its permission bits. The
+        name is used as given (no ``.npz`` suffix is added).
         """
         _ckpt.save(path, self.state_dict())
 
@@ -477,9 +437,11 @@ class Optimizer:
         """Restore a checkpoint written by :meth:`save` (see :meth:`load_state_dict`).
 
         A file that is not a readable fastadapt checkpoint, or that does not
-        fit this optimizer, raises ``ValueError`` and changes nothing.
+        fit this optimizer, raises ``ValueError`` and changes nothing. No array
+        is read before its header says it has this optimizer's size and dtype.
         """
-        self.load_state_dict(_ckpt.load(path))
+        sd = _ckpt.load(path, _ckpt.optimizer_layout(self))
+        self.load_state_dict(sd)
 
     @classmethod
     def from_checkpoint(cls, path):
@@ -487,23 +449,9 @@ class Optimizer:
 
         The parameters are NumPy arrays (host memory). Called on a subclass
         (``fastadapt.Adam.from_checkpoint``), the checkpoint must be of that
-        algorithm.
+        algorithm. Anything wrong with the file raises ``ValueError``.
         """
-        sd = _ckpt.load(path)
-        algorithm = sd.get("algorithm")
-        target = cls._by_rule.get(algorithm)
-        if target is None or (cls.rule is not None and cls.rule.name != algorithm):
-            want = cls.rule.name if cls.rule is not None else sorted(cls._by_rule)
-            raise ValueError(f"checkpoint {path!s} is for algorithm {algorithm!r}, "
-                             f"expected {want}")
-        try:
-            groups = [{"params": [np.zeros(tuple(s), g["dtype"]) for s in g["shapes"]]}
-                      for g in sd["param_groups"]]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"checkpoint {path!s}: malformed param_groups ({exc})") from None
-        optimizer = target(groups)
-        optimizer.load_state_dict(sd)
-        return optimizer
+        return _ckpt.from_checkpoint(cls, cls._by_rule, path)
 
     def __repr__(self):
         lines = [f"{type(self).__name__} ("]
@@ -573,6 +521,26 @@ def _initial_value(key, value):
     return x
 
 
+def _check_copyable(a, buffer, name):
+    """Raise TypeError / ValueError unless ``a`` can be copied into ``buffer``
+    (NumPy's ``same_kind`` casting, as :meth:`FlatBuffer.copy_from` does)."""
+    dtype = buffer.dtype
+    if _is_device_array(a):
+        if isinstance(buffer.data, np.ndarray):
+            raise ValueError(f"{name} is a GPU array; this optimizer's buffers are on "
+                             "the host")
+        from . import _cuda
+        source = np.dtype(_cuda.dtype_of(a))
+    else:
+        try:
+            source = np.asarray(a).dtype
+        except Exception:
+            raise TypeError(f"{name} is not an array ({type(a).__name__})") from None
+    if not np.can_cast(source, dtype, "same_kind"):
+        raise TypeError(f"{name} has dtype {source}, which cannot be copied into this "
+                        f"optimizer's {dtype} gradient buffer")
+
+
 def _split_flat(buffer, flat, index):
     """Per-segment views of a 1-D gradient for ``buffer``'s layout (see ``step``)."""
     shape = tuple(getattr(flat, "shape", ()))
@@ -582,68 +550,7 @@ def _split_flat(buffer, flat, index):
                          f"layout), got shape {shape}")
     if flat is buffer.data:
         return buffer.views
-    return _segments(flat, buffer)
-
-
-def _segments(flat, buffer):
-    """``flat`` (concatenated, or in ``buffer``'s padded layout) cut into segments."""
-    if flat.shape[0] == len(buffer.data):
-        offsets = buffer.offsets
-    else:
-        offsets, start = [], 0
-        for shape in buffer.shapes:
-            offsets.append(start)
-            start += _size(shape)
-    return [flat[o:o + _size(s)].reshape(s) for o, s in zip(offsets, buffer.shapes)]
-
-
-def _size(shape):
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
-def _checked_array(a, buffer, at):
-    if not isinstance(a, np.ndarray):
-        raise ValueError(f"{at} must be a numpy array, got {type(a).__name__}")
-    if a.dtype != buffer.dtype:
-        raise ValueError(f"{at} has dtype {a.dtype}, this optimizer's is {buffer.dtype}")
-    if a.shape != (buffer.numel,):
-        raise ValueError(f"{at} has shape {a.shape}, expected ({buffer.numel},)")
-    return a
-
-
-def _jsonable(value, at):
-    if isinstance(value, (bool, str)) or value is None:
-        return value
-    if isinstance(value, numbers.Integral):
-        return operator.index(value)
-    if isinstance(value, numbers.Real):
-        return float(value)
-    if isinstance(value, (tuple, list)):
-        return [_jsonable(v, at) for v in value]
-    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
-        return {k: _jsonable(v, at) for k, v in value.items()}
-    raise ValueError(f"{at}: {value!r} cannot be written to a checkpoint (JSON types only)")
-
-
-def _schedule_to_json(schedule, index):
-    if not (hasattr(schedule, "to_config") and hasattr(schedule, "state_dict")):
-        raise ValueError(f"param group {index}: lr {schedule!r} is a callable without "
-                         "to_config(); use a fastadapt.schedules schedule to checkpoint it")
-    try:
-        return {"schedule": schedule.to_config(), "state": dict(schedule.state_dict())}
-    except TypeError as exc:
-        raise ValueError(f"param group {index}: lr schedule cannot be written to a "
-                         f"checkpoint: {exc}") from None
-
-
-def _same_config(schedule, config):
-    try:
-        return schedule.to_config() == config
-    except (TypeError, ValueError):
-        return False
+    return _ckpt.segments(flat, buffer)
 
 
 # ----------------------------------------------------------------- the optimizers

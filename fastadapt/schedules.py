@@ -87,11 +87,25 @@ def _int(owner, name, value, low):
 
 
 def _scaled(lr, gamma, k):
-    """``lr * gamma ** k``; +inf (0 for lr = 0) where ``gamma ** k`` overflows."""
+    """``lr * gamma ** k`` for an integer ``k >= 0`` of any size: the product
+    rounded to a float, so 0 where it underflows and +inf where it overflows
+    (``gamma ** k`` alone may leave the float range when the product does not)."""
+    if lr == 0.0 or gamma == 1.0 or k == 0:
+        return lr
     try:
-        return lr * gamma**k
-    except OverflowError:  # float ** int raises instead of returning inf
-        return math.inf if lr else 0.0
+        power = gamma**k
+    except OverflowError:  # k too large for a float, or gamma ** k above the range
+        power = math.inf if gamma > 1.0 else 0.0
+    if 0.0 < power < math.inf:
+        return lr * power
+    try:  # the power alone left the float range: add the logarithms instead
+        log = math.log(lr) + k * math.log(gamma)
+    except OverflowError:  # k itself is beyond the float range
+        return 0.0 if gamma < 1.0 else math.inf
+    return math.inf if log > _LOG_MAX else math.exp(log)
+
+
+_LOG_MAX = math.log(2.0) * 1024  # above this, exp overflows
 
 
 def _step(value):
@@ -275,7 +289,12 @@ class InverseTimeDecay(Schedule):
         self.alpha = _real("InverseTimeDecay", "alpha", alpha, low=0)
 
     def _lr(self, t):
-        return self.lr / (1 + self.alpha * t)
+        if self.alpha == 0.0:
+            return self.lr
+        try:
+            return self.lr / (1 + self.alpha * t)
+        except OverflowError:  # t beyond the float range: the limit is 0
+            return 0.0
 
     def _params(self):
         return {"lr": self.lr, "alpha": self.alpha}
@@ -297,7 +316,12 @@ class InverseSqrtDecay(Schedule):
         self.alpha = _real("InverseSqrtDecay", "alpha", alpha, low=0)
 
     def _lr(self, t):
-        return self.lr / math.sqrt(1 + self.alpha * t)
+        if self.alpha == 0.0:
+            return self.lr
+        try:
+            return self.lr / math.sqrt(1 + self.alpha * t)
+        except OverflowError:  # t beyond the float range: the limit is 0
+            return 0.0
 
     def _params(self):
         return {"lr": self.lr, "alpha": self.alpha}
@@ -327,6 +351,10 @@ class CosineAnnealing(Schedule):
         self.eta_min = _real("CosineAnnealing", "eta_min", eta_min, low=0)
 
     def _lr(self, t):
+        if t >= 2**53:
+            # Beyond 2**53 a float cannot hold t exactly; the curve has period
+            # 2 * T_max, so reduce t exactly first.
+            t %= 2 * self.T_max
         # Same operation order as torch's _get_closed_form_lr.
         return (
             self.eta_min
@@ -373,6 +401,8 @@ class LinearWarmup(Schedule):
         w = self.warmup_steps
         if t < w:
             sf = self.start_factor
+            if w > 2**53:  # t cannot become a float exactly; t / w is exact-rounded
+                return self.schedule(0) * (sf + (1 - sf) * (t / w))
             return self.schedule(0) * (sf + (1 - sf) * t / w)
         return self.schedule(t - w)
 
@@ -522,15 +552,29 @@ class ReduceOnPlateau(Schedule):
         return {k: getattr(self, k) for k in self._STATE}
 
     def load_state_dict(self, state):
-        if set(state) != set(self._STATE):
+        """Restore :meth:`state_dict`'s output; every value is checked before
+        any is set, so a bad state raises ``ValueError`` and changes nothing."""
+        name = "ReduceOnPlateau"
+        if not isinstance(state, dict) or set(state) != set(self._STATE):
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
             raise ValueError(
-                f"ReduceOnPlateau: state dict must have keys {sorted(self._STATE)}, "
-                f"got {sorted(state)}"
+                f"{name}: state dict must have keys {sorted(self._STATE)}, got {got}"
             )
-        self.lr = _real("ReduceOnPlateau", "state['lr']", state["lr"], low=0)
-        self.best = float(state["best"])
-        for k in ("num_bad_epochs", "cooldown_counter", "last_epoch"):
-            setattr(self, k, _int("ReduceOnPlateau", f"state[{k!r}]", state[k], 0))
+        try:
+            values = {"lr": _real(name, "state['lr']", state["lr"], low=0)}
+            best = state["best"]
+            if isinstance(best, bool) or not isinstance(best, numbers.Real) \
+                    or math.isnan(best):
+                raise ValueError(
+                    f"{name}: state['best'] must be a number (not NaN), got {best!r}"
+                )
+            values["best"] = float(best)
+            for k in ("num_bad_epochs", "cooldown_counter", "last_epoch"):
+                values[k] = _int(name, f"state[{k!r}]", state[k], 0)
+        except TypeError as exc:
+            raise ValueError(str(exc)) from None
+        for k, v in values.items():
+            setattr(self, k, v)
 
 
 # -------------------------------------------------------------------- helpers
@@ -550,24 +594,32 @@ _REGISTRY = {
 }
 
 
-def from_config(config):
+#: Deepest nesting of schedules (LinearWarmup of LinearWarmup of ...) that
+#: :func:`from_config` rebuilds.
+MAX_NESTING = 32
+
+
+def from_config(config, _depth=0):
     """Rebuild a schedule from :meth:`Schedule.to_config` output.
 
     Nested configs (the ``"schedule"`` of :class:`LinearWarmup`) are rebuilt
-    recursively.  The result is in its initial state; restore a checkpoint
-    with ``load_state_dict``.
+    recursively, at most :data:`MAX_NESTING` deep.  The result is in its
+    initial state; restore a checkpoint with ``load_state_dict``.  Anything
+    that is not such a config raises ``ValueError``.
     """
+    if _depth >= MAX_NESTING:
+        raise ValueError(f"schedule config is nested more than {MAX_NESTING} deep")
     if not isinstance(config, dict) or "name" not in config:
         raise ValueError(f"schedule config must be a dict with a 'name', got {config!r}")
     params = dict(config)
     name = params.pop("name")
-    cls = _REGISTRY.get(name)
+    cls = _REGISTRY.get(name) if isinstance(name, str) else None
     if cls is None:
         raise ValueError(
             f"unknown schedule name {name!r}; expected one of {sorted(_REGISTRY)}"
         )
     if isinstance(params.get("schedule"), dict):
-        params["schedule"] = from_config(params["schedule"])
+        params["schedule"] = from_config(params["schedule"], _depth + 1)
     try:
         return cls(**params)
     except TypeError as exc:

@@ -154,6 +154,8 @@ def test_save_load_file(tmp_path):
     assert_identical(restored.state_dict(), opt.state_dict())
     with pytest.raises(ValueError, match="algorithm 'adam'"):
         fastadapt.SGD.from_checkpoint(path)
+    with pytest.raises(ValueError, match="algorithm 'adam', this optimizer is 'sgd'"):
+        make("sgd", np.float64).load(path)
 
 
 def test_crash_mid_save_leaves_the_previous_file(tmp_path, monkeypatch):
@@ -276,3 +278,295 @@ def test_checkpoint_holds_everything(tmp_path):
     np.testing.assert_array_equal(sd["params"][0][:7], opt.params[0])
     np.testing.assert_array_equal(sd["state"][1]["state_sum"][:32],
                                   opt.state[1]["state_sum"][0].ravel())
+
+
+# ----------------------------------------------------------------- shared schedules
+def _plateau_sgd(schedule):
+    return fastadapt.SGD([{"params": [np.ones(3, "f4")]}, {"params": [np.ones(2, "f4")]}],
+                         lr=schedule)
+
+
+def test_a_shared_schedule_stays_shared(tmp_path):
+    schedule = schedules.ReduceOnPlateau(0.1, patience=0, factor=0.5)
+    original = _plateau_sgd(schedule)
+    path = tmp_path / "p.npz"
+    original.save(path)
+    restored = Optimizer.from_checkpoint(path)
+    loaded = _plateau_sgd(0.1)
+    loaded.load(path)
+    for opt in (original, restored, loaded):
+        lr = opt.param_groups[0]["lr"]
+        assert opt.param_groups[1]["lr"] is lr
+        lr.step(1.0)
+        lr.step(2.0)
+        assert opt.get_lr() == [0.05, 0.05]
+
+
+def test_distinct_schedules_stay_distinct(tmp_path):
+    a = schedules.ReduceOnPlateau(0.1, patience=0, factor=0.5)
+    b = schedules.ReduceOnPlateau(0.1, patience=0, factor=0.5)
+    opt = fastadapt.SGD([{"params": [np.ones(3, "f4")], "lr": a},
+                         {"params": [np.ones(2, "f4")], "lr": b}])
+    a.step(1.0)
+    a.step(2.0)
+    sd = opt.state_dict()
+    shared = schedules.ReduceOnPlateau(0.1, patience=0, factor=0.5)
+    other = _plateau_sgd(shared)       # one object, same config, in both groups
+    other.load_state_dict(sd)
+    assert other.param_groups[0]["lr"] is not other.param_groups[1]["lr"]
+    assert other.get_lr() == [0.05, 0.1]
+
+
+def test_shared_with_must_point_at_an_earlier_identical_schedule():
+    opt = _plateau_sgd(schedules.ReduceOnPlateau(0.1, patience=0, factor=0.5))
+    sd = opt.state_dict()
+    assert sd["param_groups"][1]["options"]["lr"]["shared_with"] == 0
+    for value in (1, 5, -1, True, "0"):
+        bad = opt.state_dict()
+        bad["param_groups"][1]["options"]["lr"]["shared_with"] = value
+        with pytest.raises(ValueError, match="shared_with"):
+            _plateau_sgd(0.1).load_state_dict(bad)
+    bad = opt.state_dict()
+    bad["param_groups"][1]["options"]["lr"]["state"]["lr"] = 0.01
+    with pytest.raises(ValueError, match="differs"):
+        _plateau_sgd(0.1).load_state_dict(bad)
+
+
+# ----------------------------------------------------------------- option keys
+def test_unknown_option_keys_are_rejected():
+    for key, value in [("params", "INJECTED"), ("lrr", 0.1), ("note", "x")]:
+        opt = make("adam")
+        sd = opt.state_dict()
+        sd["param_groups"][0]["options"][key] = value
+        before = opt.state_dict()
+        with pytest.raises(ValueError, match=f"unknown option key.*{key}"):
+            opt.load_state_dict(sd)
+        assert_identical(opt.state_dict(), before)
+        assert isinstance(opt.param_groups[0]["params"], list)
+    sd = make("adam").state_dict()
+    sd["param_groups"][1]["surprise"] = 1
+    with pytest.raises(ValueError, match="unknown key"):
+        make("adam").load_state_dict(sd)
+
+
+def test_extra_group_keys_round_trip(tmp_path):
+    opt = fastadapt.SGD([{"params": [np.ones(3)], "note": "head"}, {"params": [np.ones(2)]}])
+    path = tmp_path / "n.npz"
+    opt.save(path)
+    again = fastadapt.SGD([{"params": [np.ones(3)], "note": "other"}, {"params": [np.ones(2)]}])
+    again.load(path)
+    assert again.param_groups[0]["note"] == "head"
+    restored = Optimizer.from_checkpoint(path)
+    assert restored.param_groups[0]["note"] == "head" and "note" not in restored.param_groups[1]
+
+
+def test_scalar_state_round_trips_and_is_checked():
+    """Named per-group floats (a rule's scalar state) travel in param_groups."""
+    opt = make("sgd")
+    opt._groups[0].scalar_state = {"mu_product": 0.25}
+    sd = opt.state_dict()
+    assert sd["param_groups"][0]["scalar_state"] == {"mu_product": 0.25}
+    assert "scalar_state" not in sd["param_groups"][1]
+    other = make("sgd")
+    other._groups[0].scalar_state = {"mu_product": 1.0}
+    other.load_state_dict(sd)
+    assert other._groups[0].scalar_state == {"mu_product": 0.25}
+    for edit, match in [
+        (lambda d: d["param_groups"][0].pop("scalar_state"), "missing scalar_state"),
+        (lambda d: d["param_groups"][0].update(scalar_state={"eta": 1.0}), "keeps"),
+        (lambda d: d["param_groups"][0].update(scalar_state={"mu_product": "1"}), "real"),
+        (lambda d: d["param_groups"][1].update(scalar_state={"mu_product": 1.0}), "keeps"),
+    ]:
+        bad = opt.state_dict()
+        edit(bad)
+        target = make("sgd")
+        target._groups[0].scalar_state = {"mu_product": 1.0}
+        with pytest.raises(ValueError, match=match):
+            target.load_state_dict(bad)
+        assert target._groups[0].scalar_state == {"mu_product": 1.0}
+
+
+# ----------------------------------------------------------------- crafted files
+def _npy(shape, dtype, payload=b""):
+    import io
+    out = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        out, {"descr": np.dtype(dtype).str, "fortran_order": False, "shape": shape})
+    return out.getvalue() + payload
+
+
+def _rewrite(src, dst, replace, compression=zipfile.ZIP_STORED):
+    """Copy the checkpoint ``src`` to ``dst`` with some members replaced by bytes."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", compression) as zout:
+        for name in zin.namelist():
+            zout.writestr(name, replace.get(name, zin.read(name)))
+        for name, data in replace.items():
+            if name not in zin.namelist():
+                zout.writestr(name, data)
+
+
+def _peak_allocation(f):
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        f()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def test_crafted_files_are_refused_before_their_arrays_are_read(tmp_path):
+    opt = fastadapt.Adam([np.ones(4, "f4")])
+    good = tmp_path / "good.npz"
+    opt.save(good)
+    with zipfile.ZipFile(good) as z:
+        meta = json.loads(bytes(np.load(good)["__meta__"]).decode())
+        names = z.namelist()
+    assert "params.0.npy" in names
+    huge_meta = dict(meta, param_groups=[dict(meta["param_groups"][0], shapes=[[2**40]])])
+    meta_bytes = json.dumps(huge_meta).encode()
+    nested = {"name": "Constant", "lr": 0.1}
+    for _ in range(300):
+        nested = {"name": "LinearWarmup", "schedule": nested, "warmup_steps": 1,
+                  "start_factor": 0.0}
+    deep = dict(meta, param_groups=[dict(meta["param_groups"][0], options=dict(
+        meta["param_groups"][0]["options"], lr={"schedule": nested, "state": {}}))])
+    deep_bytes = json.dumps(deep).encode()
+    crafted = {
+        # a header that declares 2**26 float32 (256 MiB) behind 16 bytes
+        "big header": ({"params.0.npy": _npy((2**26,), "f4", bytes(16))}, zipfile.ZIP_STORED),
+        "2**40 elements": ({"params.0.npy": _npy((2**40,), "f4", bytes(16))},
+                           zipfile.ZIP_STORED),
+        "wrong dtype": ({"params.0.npy": _npy((4,), "f8", bytes(32))}, zipfile.ZIP_STORED),
+        "2-D": ({"params.0.npy": _npy((2, 2), "f4", bytes(16))}, zipfile.ZIP_STORED),
+        "object dtype": ({"params.0.npy": _npy((4,), "O", bytes(32))}, zipfile.ZIP_STORED),
+        # small deflated members that inflate to 64 MiB, declared or not by the header
+        "deflate bomb": ({"params.0.npy": _npy((2**24,), "f4", bytes(64 << 20))},
+                         zipfile.ZIP_DEFLATED),
+        "longer than its header": ({"params.0.npy": _npy((4,), "f4", bytes(64 << 20))},
+                                   zipfile.ZIP_DEFLATED),
+        "extra member": ({"evil.npy": _npy((4,), "f4", bytes(16))}, zipfile.ZIP_STORED),
+        "meta declares 2**40": ({"__meta__.npy": _npy((len(meta_bytes),), "u1", meta_bytes)},
+                                zipfile.ZIP_STORED),
+        "nested schedule": ({"__meta__.npy": _npy((len(deep_bytes),), "u1", deep_bytes)},
+                            zipfile.ZIP_STORED),
+    }
+    for what, (replace, compression) in crafted.items():
+        path = tmp_path / "crafted.npz"
+        _rewrite(good, path, replace, compression)
+        assert path.stat().st_size < 1 << 20, what
+        loads = [lambda: fastadapt.Adam([np.ones(4, "f4")]).load(path),
+                 lambda: Optimizer.from_checkpoint(path)]
+        if what != "nested schedule":   # the file reader alone rebuilds no schedule
+            loads.append(lambda: checkpoint.load(path))
+        for load in loads:
+            raised = []
+
+            def attempt():
+                with pytest.raises(ValueError) as info:
+                    load()
+                raised.append(info.value)
+            peak = _peak_allocation(attempt)
+            assert raised, what
+            assert peak < 8 << 20, (what, peak)
+
+
+def test_an_impossible_zip_entry_size_is_refused(tmp_path):
+    opt = fastadapt.Adam([np.ones(4, "f4")])
+    path = tmp_path / "c.npz"
+    opt.save(path)
+    data = bytearray(path.read_bytes())
+    # the central directory's uncompressed size of the first member: +24 from its entry
+    at = data.rindex(b"PK\x01\x02")
+    data[at + 24:at + 28] = (2**31).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError):
+        fastadapt.Adam([np.ones(4, "f4")]).load(path)
+
+
+# ----------------------------------------------------------------- temporaries, modes
+_KILLED_SAVE = r"""
+import os, signal, sys
+import numpy as np
+import fastadapt
+
+def dying_savez(file, **arrays):
+    file.write(b"PK\x03\x04 a partial checkpoint")
+    file.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+np.savez = dying_savez
+fastadapt.SGD([np.ones(3)]).save(sys.argv[1])
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "kill") or sys.platform == "win32", reason="POSIX kill")
+def test_a_later_save_removes_temporaries_of_killed_saves(tmp_path):
+    path = tmp_path / "big.npz"
+    result = subprocess.run([sys.executable, "-c", _KILLED_SAVE, str(path)], timeout=120)
+    assert result.returncode == -9
+    left = [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+    assert len(left) == 1 and left[0].startswith(".big.npz.")
+    # also one in the format written before the host tag, by a process that is gone,
+    # one of a live process, and one of another machine: those two stay
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    legacy = f".big.npz.{dead}.0123abcd.tmp"
+    empty = f".big.npz.{dead}.4567abcd.tmp"
+    live = f".big.npz.{os.getppid()}.89abcdef.tmp"
+    foreign = f".big.npz.00000000-{dead}.0a1b2c3d.tmp"
+    not_ours = f".notes.{dead}.fedcba98.tmp"            # named alike, but not a zip
+    for name in (legacy, live, foreign):
+        (tmp_path / name).write_bytes(b"PK\x03\x04partial")
+    (tmp_path / empty).write_bytes(b"")
+    (tmp_path / not_ours).write_bytes(b"my notes")
+    fastadapt.SGD([np.ones(3)]).save(tmp_path / "other.npz")
+    assert sorted(os.listdir(tmp_path)) == sorted(["other.npz", live, foreign, not_ours])
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permission bits")
+def test_save_keeps_the_permission_bits_of_the_file_it_replaces(tmp_path):
+    path = tmp_path / "c.npz"
+    opt = make("sgd")
+    opt.save(path)
+    os.chmod(path, 0o640)
+    train(opt, 0, 1)
+    opt.save(path)
+    assert (os.stat(path).st_mode & 0o777) == 0o640
+    restored = make("sgd")
+    restored.load(path)
+    assert restored.state[0]["step"] == 1
+
+
+def test_corrupted_files_only_ever_raise_value_error(tmp_path):
+    """Seeded byte flips and truncations anywhere in a checkpoint: loading it
+    either succeeds (a flip the format does not depend on) or raises
+    ValueError, and a failed load leaves the optimizer unchanged."""
+    opt = fastadapt.Adam([np.ones(5, "f4"), np.ones(3, "f4")], amsgrad=True)
+    opt.step([np.ones(5, "f4"), np.ones(3, "f4")])
+    good = tmp_path / "good.npz"
+    opt.save(good)
+    data = good.read_bytes()
+    rng = np.random.default_rng(8)
+    variants = [data[:n] for n in rng.integers(0, len(data), 40)]
+    for _ in range(200):
+        flipped = bytearray(data)
+        for at in rng.integers(0, len(data), rng.integers(1, 4)):
+            flipped[at] ^= 1 << int(rng.integers(0, 8))
+        variants.append(bytes(flipped))
+    target = fastadapt.Adam([np.zeros(5, "f4"), np.zeros(3, "f4")], amsgrad=True)
+    before = target.state_dict()
+    path = tmp_path / "bad.npz"
+    for variant in variants:
+        path.write_bytes(variant)
+        for load in (target.load, Optimizer.from_checkpoint):
+            try:
+                load(path)
+            except ValueError:
+                if load == target.load:
+                    assert_identical(target.state_dict(), before)
+            else:
+                if load == target.load:
+                    target = fastadapt.Adam([np.zeros(5, "f4"), np.zeros(3, "f4")],
+                                            amsgrad=True)

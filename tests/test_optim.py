@@ -371,3 +371,88 @@ def test_device_arrays_unchanged_under_cuda_simulator():
     result = subprocess.run([sys.executable, "-c", _DEVICE_SCRIPT], capture_output=True,
                             text=True, env=env, timeout=300)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+
+
+# ----------------------------------------------------------------- all or nothing
+def _snapshot(opt):
+    """Everything a caller can see of an optimizer, copied."""
+    return ([p.copy() for p in opt.params], [g.copy() for g in opt.grads],
+            [{k: (v if k == "step" else [x.copy() for x in v]) for k, v in s.items()}
+             for s in opt.state])
+
+
+def _assert_unchanged(opt, before):
+    params, grads, state = _snapshot(opt)
+    for a, b in zip(params + grads, before[0] + before[1]):
+        np.testing.assert_array_equal(a, b)
+    assert [sorted(s) for s in state] == [sorted(s) for s in before[2]]
+    for s, t in zip(state, before[2]):
+        assert s["step"] == t["step"]
+        for k in s:
+            if k != "step":
+                for a, b in zip(s[k], t[k]):
+                    np.testing.assert_array_equal(a, b)
+
+
+def test_step_with_a_bad_gradient_in_a_later_group_writes_nothing():
+    opt = fastadapt.Adam([{"params": [np.ones(5, "f4")]}, {"params": [np.ones(3, "f4")]}])
+    before = _snapshot(opt)
+    with pytest.raises(TypeError, match=r"grads\[1\].*complex64"):
+        opt.step([np.full(5, 7, "f4"), np.full(3, 7, "c8")])
+    _assert_unchanged(opt, before)
+    # the same with one flat gradient per group
+    opt = fastadapt.SGD([{"params": [np.ones(2), np.ones(3)]}, {"params": [np.ones(3)]}])
+    before = _snapshot(opt)
+    with pytest.raises(TypeError, match="flat gradient of group 1"):
+        opt.step([np.full(5, 7.0), np.full(3, 7, "c16")])
+    _assert_unchanged(opt, before)
+
+
+def test_step_with_a_bad_option_in_a_later_group_writes_nothing():
+    opt = fastadapt.Adam([{"params": [np.ones(5, "f4")]}, {"params": [np.ones(3, "f4")]}])
+    opt.step([np.ones(5, "f4"), np.ones(3, "f4")])
+    before = _snapshot(opt)
+    opt.param_groups[1]["lr"] = -1.0
+    with pytest.raises(ValueError, match="param group 1.*lr"):
+        opt.step([np.full(5, 7, "f4"), np.full(3, 7, "f4")])
+    _assert_unchanged(opt, before)
+    # a new option in group 0 does not allocate its state while group 1 is invalid
+    opt.param_groups[0]["amsgrad"] = True
+    with pytest.raises(ValueError, match="param group 1"):
+        opt.step([np.full(5, 7, "f4"), np.full(3, 7, "f4")])
+    _assert_unchanged(opt, before)
+    assert "max_exp_avg_sq" not in opt.state[0]
+    # a schedule that fails in group 1 at this step: nothing written either
+    opt.param_groups[1]["lr"] = lambda t: math.inf
+    with pytest.raises(ValueError, match="learning rate"):
+        opt.step([np.full(5, 7, "f4"), np.full(3, 7, "f4")])
+    _assert_unchanged(opt, before)
+    opt.param_groups[1]["lr"] = 0.1
+    opt.step([np.full(5, 7, "f4"), np.full(3, 7, "f4")])
+    assert "max_exp_avg_sq" in opt.state[0] and opt.state[1]["step"] == 2
+
+
+# ----------------------------------------------------------------- padding
+@pytest.mark.parametrize("cls, kwargs, dtype", [
+    (fastadapt.Adam, {"eps": 0.0}, np.float32),
+    (fastadapt.AdamW, {"eps": 0.0, "amsgrad": True}, np.float64),
+    (fastadapt.Adam, {"eps": 1e-46}, np.float32),          # 0 once cast to float32
+    (fastadapt.RMSprop, {"eps": 0.0, "centered": True, "momentum": 0.5}, np.float32),
+    (fastadapt.Adagrad, {"eps": 0.0, "initial_accumulator_value": 0.0}, np.float64),
+    (fastadapt.Adadelta, {"eps": 0.0}, np.float32),
+])
+def test_padding_never_turns_nan(cls, kwargs, dtype):
+    """With eps = 0 the zero padding computes 0/0; it must not show in the
+    buffers (the user's elements, all with nonzero gradients, stay finite)."""
+    from fastadapt.kernels import cpu
+    shapes = [(cpu.SERIAL_BELOW + 3,), (5,)]   # padded, and large enough to run in parallel
+    rng = np.random.default_rng(0)
+    opt = cls([rng.standard_normal(s).astype(dtype) for s in shapes], **kwargs)
+    for _ in range(3):
+        opt.step([np.full(s, 0.5, dtype) for s in shapes])
+    flat = opt.flat_params[0]
+    assert len(flat) > sum(math.prod(s) for s in shapes)          # there is padding
+    assert np.isfinite(flat).all()
+    for name, buffer in opt._groups[0].state.items():
+        assert np.isfinite(buffer.data).all(), name
+    assert all(np.isfinite(p).all() for p in opt.params)

@@ -474,3 +474,72 @@ def test_torch_reduce_on_plateau_random_walks(seed):
                 x = x * 0.97 + rng.gauss(0, 0.05) + 0.1
                 metrics.append(x if mode == "min" else -x)
             _plateau_vs_torch(torch, rng.uniform(1e-3, 1.0), kw, metrics)
+
+
+# ---------------------------------------------------------------- huge steps
+HUGE = 2**1100          # beyond the float range
+
+
+def test_huge_step_numbers_give_the_limit():
+    assert S.ExponentialDecay(0.1, 0.5)(HUGE) == 0.0
+    assert S.ExponentialDecay(0.1, 2.0)(HUGE) == math.inf
+    assert S.ExponentialDecay(0.0, 2.0)(HUGE) == 0.0
+    assert S.ExponentialDecay(0.1, 1.0)(HUGE) == 0.1
+    assert S.StepDecay(0.1, 3, 0.5)(HUGE) == 0.0
+    assert S.InverseTimeDecay(0.1, 1.0)(HUGE) == 0.0
+    assert S.InverseSqrtDecay(0.1, 1.0)(HUGE) == 0.0
+    assert S.InverseTimeDecay(0.1, 0.0)(HUGE) == 0.1
+    assert S.InverseSqrtDecay(0.1, 0.0)(HUGE) == 0.1
+    # periodic with period 2 * T_max: the exact residue of t decides
+    T = 10
+    assert S.CosineAnnealing(0.1, T, 0.01)(HUGE) == cosine_ref(0.1, T, 0.01, HUGE % (2 * T))
+    assert S.CosineAnnealing(0.1, T)(2 * T * 2**1000) == 0.1
+    assert S.CosineAnnealing(0.1, T)(2 * T * 2**1000 + T) == 0.0
+    assert S.LinearWarmup(S.ExponentialDecay(0.1, 0.5), 5)(HUGE) == 0.0
+    assert S.LinearWarmup(0.1, HUGE)(HUGE // 2) == pytest.approx(0.05, rel=1e-15)
+    with pytest.raises(ValueError, match="learning rate"):
+        S.resolve_lr(S.ExponentialDecay(0.1, 2.0), HUGE)
+
+
+def test_power_out_of_range_with_a_product_in_range():
+    # 2**1100 alone overflows a float, 1e-300 * 2**1100 does not
+    assert S.ExponentialDecay(1e-300, 2.0)(1100) == pytest.approx(
+        math.ldexp(1e-300, 1100), rel=1e-12)
+    assert S.ExponentialDecay(1e300, 0.5)(1100) == pytest.approx(
+        math.ldexp(1e300, -1100), rel=1e-12)
+
+
+def test_plateau_load_state_dict_changes_nothing_when_it_raises():
+    s = S.ReduceOnPlateau(0.1, patience=0, factor=0.5)
+    for m in (3.0, 2.0, 2.5):
+        s.step(m)
+    before = s.state_dict()
+    bad = [
+        {**before, "cooldown_counter": -1},
+        {**before, "lr": 0.7, "best": "low"},
+        {**before, "best": math.nan},
+        {**before, "lr": -1.0},
+        {**before, "lr": "0.1"},
+        {**before, "last_epoch": 1.5},
+        {k: v for k, v in before.items() if k != "lr"},
+    ]
+    for state in bad:
+        with pytest.raises(ValueError):
+            s.load_state_dict(state)
+        assert s.state_dict() == before, state
+
+
+def test_from_config_bounds_the_nesting():
+    config = {"name": "Constant", "lr": 0.1}
+    for _ in range(300):
+        config = {"name": "LinearWarmup", "schedule": config, "warmup_steps": 1,
+                  "start_factor": 0.0}
+    with pytest.raises(ValueError, match="nested"):
+        S.from_config(config)
+    config = {"name": "Constant", "lr": 0.1}
+    for _ in range(S.MAX_NESTING - 1):
+        config = {"name": "LinearWarmup", "schedule": config, "warmup_steps": 1,
+                  "start_factor": 0.0}
+    assert S.from_config(config).to_config() == config
+    with pytest.raises(ValueError, match="unknown schedule name"):
+        S.from_config({"name": ["Constant"], "lr": 0.1})
