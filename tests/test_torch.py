@@ -543,25 +543,22 @@ def test_the_class_signature_is_torchs():
 def test_a_rule_with_scalar_state_gets_it_per_parameter():
     """The scalar-state hook: the functional step receives the value and returns
     the next; it is kept per parameter and checkpointed as a tensor."""
-    from dataclasses import dataclass
-
-    calls = []
-
     def counted_adam(param, grad, exp_avg, exp_avg_sq, *, count, **options):
         fastadapt.adam_step(param, grad, exp_avg, exp_avg_sq, **options)
-        calls.append(count)
         return {"count": count + 1}
 
     base = fastadapt.RULES["adam"]
 
-    @dataclass(frozen=True)
-    class CountedRule(type(base)):
-        scalar_state: dict = None
+    class CountedRule:
+        """Adam's rule with another step function and a scalar state."""
+        name, torch_name = "counted_adam", "CountedAdam"
+        step_fn = staticmethod(counted_adam)
+        scalar_state = {"count": 1.0}
 
-    rule = CountedRule(**{f: getattr(base, f) for f in
-                          ("name", "torch_name", "state", "defaults", "takes_step", "needs")},
-                       step_fn=counted_adam, scalar_state={"count": 1.0})
-    object.__setattr__(rule, "torch_name", "CountedAdam")
+        def __getattr__(self, attr):
+            return getattr(base, attr)
+
+    rule = CountedRule()
     cls = ft.optimizer_class(rule)
     model, ref_model = make_models()
     opt = cls(groups(model, base, 1e-3))
