@@ -383,9 +383,9 @@ def test_every_lr_scheduler_works(scheduler):
     opt, ref = build("adam", {}, model, ref_model)
     sched, ref_sched = SCHEDULERS[scheduler](opt), SCHEDULERS[scheduler](ref)
     for step in range(12):
-        losses = [train_step(ref_model, ref, step), train_step(model, opt, step)]
+        losses = [train_step(ref_model, ref, step).detach(), train_step(model, opt, step).detach()]
         for s, loss in zip((ref_sched, sched), losses):
-            s.step(float(loss)) if scheduler == "ReduceLROnPlateau" else s.step()
+            s.step(loss.item()) if scheduler == "ReduceLROnPlateau" else s.step()
     assert [g["lr"] for g in opt.param_groups] == pytest.approx(
         [g["lr"] for g in ref.param_groups], rel=1e-12)
     assert_same(model, ref_model, opt, ref, scheduler)
