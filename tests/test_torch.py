@@ -494,6 +494,36 @@ def test_bad_input_raises_clearly():
         ft.Adam(model.parameters(), 1e-3, (0.9, 0.999), 1e-8, 0, False, True)  # torch's kw-only
 
 
+def test_a_rejected_param_group_is_not_added():
+    model, _ = make_models()
+    opt = ft.SGD(model.head.parameters(), lr=0.1)
+    half = nn.Parameter(torch.zeros(3, dtype=torch.bfloat16))
+    with pytest.raises(TypeError, match="bfloat16"):
+        opt.add_param_group({"params": [half]})
+    with pytest.raises(ValueError, match="lr"):
+        opt.add_param_group({"params": list(model.branch.parameters()), "lr": -1.0})
+    assert len(opt.param_groups) == 1 and len(opt._buckets) == 1
+    ptr = model.branch.weight.data_ptr()
+    opt.add_param_group({"params": list(model.branch.parameters())})
+    assert model.branch.weight.data_ptr() != ptr           # packed now
+    assert len(opt.param_groups) == 2
+
+
+def test_step_takes_a_closure_as_torch_does():
+    model, ref_model = make_models()
+    opt, ref = build("sgd", {"momentum": 0.9}, model, ref_model)
+    for step in range(3):
+        for m, o in ((model, opt), (ref_model, ref)):
+            def closure(m=m, o=o):
+                o.zero_grad()
+                loss = m(batch(step), True)
+                loss.backward()
+                return loss
+            loss = o.step(closure)
+            assert loss.requires_grad               # the closure ran under enable_grad
+    assert_same(model, ref_model, opt, ref)
+
+
 def test_invalid_edit_between_steps_raises_before_anything_is_written():
     model, _ = make_models()
     opt = ft.Adam(groups(model, fastadapt.RULES["adam"], 1e-3))
