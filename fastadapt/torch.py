@@ -544,7 +544,10 @@ class FlatOptimizer(torch.optim.Optimizer):
         Under ``torch.amp.GradScaler``, ``self.grad_scale`` / ``self.found_inf``
         are set by the scaler: gradients are divided by ``grad_scale`` and the
         whole step (parameters, state and step counts) is skipped when
-        ``found_inf`` is non-zero. Everything is checked before anything is
+        ``found_inf`` is non-zero. The division happens in the kernel when the
+        rule's functional step takes ``grad_scale=`` (the flat gradient buffer
+        then keeps the scaled values), else by one in-place multiply of the
+        flat gradient buffer before the kernel. Everything is checked before anything is
         written: an invalid hyper-parameter or gradient raises and changes
         nothing.
         """
