@@ -11,9 +11,10 @@ from .functional import (adadelta_step, adagrad_step, adam_step, adamw_step,
 from .rules import RULES, Rule
 from . import schedules
 from .optim import SGD, Adadelta, Adagrad, Adam, AdamW, Optimizer, RMSprop
+from ._warmup import warmup
 
 __version__ = "0.1.0"
 
 __all__ = ["FlatBuffer", "RULES", "Rule", "adadelta_step", "adagrad_step", "adam_step",
            "adamw_step", "rmsprop_step", "sgd_step", "schedules", "Optimizer", "Adam",
-           "AdamW", "SGD", "RMSprop", "Adagrad", "Adadelta"]
+           "AdamW", "SGD", "RMSprop", "Adagrad", "Adadelta", "warmup"]

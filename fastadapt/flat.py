@@ -6,6 +6,8 @@ starts on a 64-byte (cache-line) boundary; the padding between segments is
 zero when the buffer is made and is otherwise of no meaning (an update runs
 over it harmlessly, since its gradient is zero too).
 """
+import operator
+
 import numpy as np
 
 from ._dispatch import SUPPORTED_DTYPES, _is_device_array
@@ -16,10 +18,16 @@ ALIGN_BYTES = 64
 class FlatBuffer:
     """One contiguous buffer holding arrays of the given shapes.
 
+    ``FlatBuffer(shapes)`` makes a zero-filled buffer from the segments'
+    *shapes*; to pack existing arrays (with their values), use
+    :meth:`FlatBuffer.from_arrays`. Passing arrays here raises a TypeError
+    that says so.
+
     Parameters
     ----------
-    shapes : sequence of tuples
-        The shape of each segment, in order.
+    shapes : sequence of shapes
+        The shape of each segment, in order: a tuple of non-negative ints, or
+        one int for a 1-D segment.
     dtype : float32 or float64
     like : array, optional
         Allocate on the device of this array (a GPU array gives a GPU buffer of
@@ -37,10 +45,7 @@ class FlatBuffer:
         dtype = np.dtype(dtype)
         if dtype not in SUPPORTED_DTYPES:
             raise TypeError(f"unsupported dtype {dtype}; FlatBuffer holds float32 or float64")
-        self.shapes = [tuple(int(d) for d in s) for s in shapes]
-        for shape in self.shapes:
-            if any(d < 0 for d in shape):
-                raise ValueError(f"invalid shape {shape}")
+        self.shapes = _shapes(shapes)
         self.dtype = dtype
         align = ALIGN_BYTES // dtype.itemsize
         self.offsets, end = [], 0
@@ -105,6 +110,39 @@ class FlatBuffer:
     def __repr__(self):
         return (f"FlatBuffer({len(self.shapes)} arrays, {self.numel} elements, "
                 f"dtype={self.dtype}, {self.data.size - self.numel} padding)")
+
+
+def _is_array(obj):
+    if isinstance(obj, np.generic):   # a NumPy integer is a length, not an array
+        return False
+    return (isinstance(obj, np.ndarray) or _is_device_array(obj)
+            or (hasattr(obj, "shape") and hasattr(obj, "dtype")))
+
+
+def _array_error(what):
+    return TypeError(f"FlatBuffer(shapes, dtype) takes the segments' shapes, but {what}; "
+                     "to pack arrays (and copy their values) use "
+                     "FlatBuffer.from_arrays(arrays), or pass [a.shape for a in arrays]")
+
+
+def _shapes(shapes):
+    """``shapes`` as a list of tuples of ints, refusing arrays where shapes belong."""
+    if _is_array(shapes):
+        raise _array_error(f"got an array of shape {tuple(shapes.shape)}")
+    out = []
+    for i, shape in enumerate(shapes):
+        if _is_array(shape):
+            raise _array_error(f"item {i} is an array of shape {tuple(shape.shape)}")
+        try:
+            dims = (operator.index(shape),) if not isinstance(shape, (tuple, list)) else tuple(
+                operator.index(d) for d in shape)
+        except TypeError:
+            raise TypeError(f"item {i} of shapes is {shape!r}, not a shape (a tuple of "
+                            "ints, or an int)") from None
+        if any(d < 0 for d in dims):
+            raise ValueError(f"invalid shape {dims} (item {i}): dimensions are >= 0")
+        out.append(dims)
+    return out
 
 
 def _size(shape):

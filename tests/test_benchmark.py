@@ -309,9 +309,267 @@ def test_bench_quick_end_to_end(tmp_path):
             assert impls[name] == {"unavailable": "torch not installed"}
         else:
             assert impls[name]["median_s"] > 0
-    assert data["machine"]["cpu"] and data["machine"]["copy_gbps"] > 0
-    assert data["threshold"]["serial_below"] == cpu.SERIAL_BELOW
+    assert data["machine"]["cpu"]
+    assert "threshold" not in data and "gpt2" not in data       # not in --quick
     assert {r["n"] for r in data["per_call"]} == {1000, 10000}
     assert "GPU" in proc.stdout
+    assert "rival's time / fastadapt's time" in _flat(proc.stdout)   # columns explained
+    assert "target" not in proc.stdout.lower()
+    assert "left]" in proc.stderr                              # progress lines carry an ETA
     text = md.read_text()
     assert "| Adam | 1e3 |" in text and data["machine"]["cpu"] in text
+
+
+# ------------------------------------------------------------------ the report
+from fastadapt.benchmark import _cli, _report  # noqa: E402
+
+
+def _flat(text):
+    """``text`` with its line wrapping undone."""
+    return " ".join(text.split())
+
+
+def _machine():
+    return {"cpu": "Test CPU", "logical_cpus": 2, "usable_cpus": 2, "memory_bytes": 2**34,
+            "platform": "test", "numba_threads": 2, "numba_threading_layer": "omp",
+            "versions": {"python": "3", "numpy": "2", "numba": "0", "torch": None,
+                         "fastadapt": fastadapt.__version__},
+            "date_utc": "today", "caches": {"levels": {"L2": 2**20, "L3": 2**25},
+                                            "largest_bytes": 2**25},
+            "load_average_start": 0.1, "torch_threads": None}
+
+
+def _row(label, n, fa_us, roof_us, numpy_us, others=0.0, bpe=28):
+    def entry(us):
+        return {"median_s": us * 1e-6, "gbps": bpe * n / (us * 1e-6) / 1e9}
+    impls = {"fastadapt": entry(fa_us), "roofline": entry(roof_us), "numpy": entry(numpy_us),
+             "numpy_alloc": {"unavailable": "not run"},
+             "torch_single": {"unavailable": "torch not installed"},
+             "torch_foreach": {"unavailable": "torch not installed"},
+             "torch_fused": {"unavailable": "torch not installed"}}
+    return {"config": label.lower(), "label": label, "n": n, "bytes_per_element": bpe,
+            "implementations": impls, "fastadapt_us": fa_us,
+            "fastadapt_gbps": bpe * n / (fa_us * 1e-6) / 1e9,
+            "pct_roofline": 100 * roof_us / fa_us,
+            "speedup": {"roofline": roof_us / fa_us, "numpy": numpy_us / fa_us},
+            "others_cpu": others}
+
+
+def _data(rows, **extra):
+    return {"command": ["fastadapt", "bench"], "machine": _machine(), "wall_s": 1.0,
+            "settings": {"dtype": "float32", "retries": 1}, "sweep": rows, **extra}
+
+
+def test_a_disturbed_row_prints_no_figures():
+    rows = [_row("Adam", 1000, 8003.3, 8003.3, 1.0, others=0.43),    # issue 9's 8 ms rows
+            _row("Adam", 2**23, 10_000.0, 9_800.0, 80_000.0)]
+    text = _flat(_report.text_report(_data(rows)))
+    assert "8,003" not in text and "8.0 ms" not in text and "0.00x" not in text
+    assert "— busy 43%" in text and "1 of 2 measurements stayed disturbed" in text
+    assert "8.00x" in text                                 # the quiet row keeps its figures
+    md = _report.markdown_report(_data(rows))
+    assert "8,003" not in md and "— busy 43%" in md
+
+
+def test_bandwidth_is_the_roofline_at_the_largest_size_without_disturbed_rows():
+    big = 2**23
+    rows = [_row("Adam", 1000, 5.0, 1.0, 50.0),                          # cache: 28 GB/s+
+            _row("Adam", big, 10_000.0, 9_000.0, 80_000.0),
+            _row("SGD", big, 9_000.0, 8_000.0, 80_000.0, bpe=20),
+            _row("AdaGrad", big, 9_000.0, 1.0, 80_000.0, bpe=20, others=0.5)]  # disturbed
+    gbps, n, count = _report.bandwidth(_data(rows))
+    assert n == big and count == 2
+    expected = sorted([28 * big / 9e-3 / 1e9, 20 * big / 8e-3 / 1e9])
+    assert gbps == pytest.approx(sum(expected) / 2)
+    text = _flat(_report.text_report(_data(rows)))
+    assert f"{gbps:.1f} GB/s, the in-place same-traffic roofline kernel at n = 2^23" in text
+    # Adam's arrays at 1e3 fit in the 32 MiB cache, at 2^23 they do not
+    assert "32 MiB last-level cache (here n = 1e3)" in text
+
+
+def test_every_ratio_is_rival_time_over_fastadapt_time():
+    per_call = [{"label": "Adam", "n": 1000, "us": {"fastadapt": 2.0, "driver": 1.0,
+                                                    "torch_fused": 6.0},
+                 "overhead_us": 1.0, "x_torch_fused": 3.0, "unavailable": {}, "others_cpu": 0}]
+    table = _report.per_call_table(per_call).text()
+    assert "x torch fused" in table and "3.00x" in table
+    gpt2 = {"arrays": 148, "elements": 10, "dtype": "float32", "d_model": 128,
+            "others_cpu": 0.0, "unavailable": {},
+            "results": {"fastadapt_class": {"median_s": 1.0, "gbps": 1.0,
+                                            "x_fastadapt_class": 1.0},
+                        "torch_fused": {"median_s": 1.5, "gbps": 1.0,
+                                        "x_fastadapt_class": 1.5}}}
+    table = _report.gpt2_table(gpt2).text()
+    assert "fastadapt.Adam speed-up" in table and "1.50x" in table
+
+
+def test_no_pass_fail_targets_in_the_installed_tool():
+    assert not hasattr(_report, "targets")
+    text = _report.text_report(_data([_row("Adam", 2**23, 10.0, 9.0, 80.0)]))
+    assert "MISSED" not in text and "Targets" not in text
+
+
+def test_progress_eta_scales_what_is_left_by_the_pace_so_far():
+    now = [0.0]
+    lines = []
+
+    class Stream:
+        def write(self, text):
+            lines.append(text)
+
+        def flush(self):
+            pass
+    progress = _cli.Progress({"main": 60.0, "gpt2": 40.0}, stream=Stream(),
+                             clock=lambda: now[0])
+    assert progress.eta() == (0.0, 100.0)
+    now[0] = 20.0
+    progress.advance(10.0)                 # twice as slow as planned
+    elapsed, left = progress.eta()
+    assert elapsed == 20.0 and left == pytest.approx(180.0)
+    progress("row done")
+    assert lines[0].startswith("[0:20 elapsed, ~3:00 left] row done")
+
+
+def test_default_run_fits_its_budget_by_the_arithmetic():
+    """The default run is planned at about two minutes of measurement on 2 cores
+    (the bound is 3 minutes; the margin is for a busy machine and retries)."""
+    configs = select(["all"])
+    plan = _cli._plan(_cli.DEFAULT_SECTIONS, configs, list(_cli.DEFAULT_SIZES),
+                      np.dtype(np.float32), *_cli.MODES["default"][:2], "default")
+    assert sum(plan.values()) + _cli.MODES["default"][3] <= 150, plan
+    full = _cli._plan(_cli.SECTIONS, configs, list(_cli.FULL_SIZES), np.dtype(np.float32),
+                      *_cli.MODES["full"][:2], "full")
+    assert sum(full.values()) > sum(plan.values())
+    assert "gpt2" in plan and max(_cli.DEFAULT_SIZES) <= 2**23     # ~3 GiB at most
+
+
+def test_quick_and_full_exclude_each_other(capsys):
+    from fastadapt.benchmark import main
+    assert main(["--quick", "--full"]) == 2
+    assert "not allowed with" in capsys.readouterr().err
+
+
+def test_gpu_section_without_a_gpu_skips_cleanly(capsys):
+    from fastadapt.benchmark import main
+    from fastadapt.benchmark._gpu import status
+    if status()[0]:
+        pytest.skip("a GPU is present: the section runs instead")
+    assert main(["--sections", "gpu", "--rules", "adam", "--sizes", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "no GPU section" in out
+
+
+_GPU_SIM_SCRIPT = """
+import json, sys
+import numpy as np
+from fastadapt.kernels import cuda as kernels
+kernels.THREADS_PER_BLOCK = 32            # several blocks and strides on tiny arrays
+from numba import cuda
+from fastadapt.benchmark import select, make_problem
+from fastadapt.benchmark import _gpu
+
+# the roofline kernels move a k-state rule's traffic: grad added to param and each state
+for k in range(_gpu.MAX_STATE + 1):
+    p, g = np.arange(70.0), np.full(70, 0.5)
+    s = [np.full(70, float(j)) for j in range(k)]
+    d = [cuda.to_device(a) for a in [p, g] + s]
+    _gpu.roofline_kernel(k)[3, 32](*d)
+    assert np.array_equal(d[0].copy_to_host(), p + 0.5)
+    assert np.array_equal(d[1].copy_to_host(), g)
+    for j in range(k):
+        assert np.array_equal(d[2 + j].copy_to_host(), s[j] + 0.5)
+
+# fastadapt's step on device arrays is the functional step
+config = select(["adam"])[0]
+param, grad = make_problem(70, np.float32)
+steps, unavailable = _gpu.build_steps(config, param, grad, "torch does not run here")
+steps["fastadapt"](); steps["fastadapt"]()
+p, m, v = param.copy(), np.zeros(70, np.float32), np.zeros(70, np.float32)
+for t in (1, 2):
+    config.rule.step_fn(p, grad, m, v, step=t)
+assert np.array_equal(steps["fastadapt"].arrays[0].copy_to_host(), p)
+assert set(unavailable) == {"torch_single", "torch_foreach", "torch_fused"}
+
+ok, what = _gpu.status()
+assert ok and "simulator" in what
+out = _gpu.measure(select(["adam", "sgd"]), [40, 70], np.float32, 0.01, 3, lambda line: None)
+print(json.dumps(out))
+"""
+
+
+def test_gpu_section_under_the_cuda_simulator():
+    proc = subprocess.run([sys.executable, "-c", _GPU_SIM_SCRIPT], capture_output=True,
+                          text=True, timeout=300,
+                          env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["available"] and out["simulator"]
+    assert [(r["config"], r["n"]) for r in out["rows"]] == [
+        ("adam", 40), ("adam", 70), ("sgd-momentum", 40), ("sgd-momentum", 70)]
+    for r in out["rows"]:
+        assert "error" not in r, r
+        rule = select([r["config"]])[0]
+        assert r["bytes_per_element"] == rule.bytes_per_element(4)       # from the registry
+        assert set(r["implementations"]) == {"fastadapt", "roofline"}
+        assert r["pct_roofline"] > 0 and r["speedup"]["roofline"] > 0
+        assert r["unavailable"]["torch_fused"] == "torch does not run on the CUDA simulator"
+    assert out["roofline_n"] == 70 and out["roofline_gbps"] > 0
+    text = _report.cuda_table(out).text()
+    assert "no CUDA torch" in text and "% roofline" in text
+
+
+def test_interleaved_timing_stops_at_twice_the_budget_after_min_rounds(monkeypatch):
+    """Rounds are sized from the fastest calls; when calls turn slow (a busy
+    machine), the measurement still ends near its budget."""
+    from fastadapt.benchmark import _timing
+    now = [0.0]
+    calls = {"n": 0}
+    monkeypatch.setattr(_timing, "_clock", lambda: now[0])
+
+    def step():
+        calls["n"] += 1
+        now[0] += 1e-4 if calls["n"] <= 40 else 0.05     # fast while sized, then slow
+    result = _timing.interleaved({"a": step}, budget_s=0.1, min_rounds=3, max_rounds=200)
+    rounds = len(result["a"].samples)
+    assert 3 <= rounds < 10
+    assert result["a"].calls == rounds * result["a"].inner
+
+
+def test_a_sample_ends_early_when_calls_turn_slow(monkeypatch):
+    """A sample sized for 1 us calls does not run its 2000 calls at 4 ms each
+    (8 s) when the machine turns busy: it ends soon after 4 times its planned
+    length, and its time per call is the mean of the calls it made."""
+    from fastadapt.benchmark import _timing
+    now = [0.0]
+    calls = {"n": 0}
+    monkeypatch.setattr(_timing, "_clock", lambda: now[0])
+
+    def step():
+        calls["n"] += 1
+        now[0] += 1e-6 if calls["n"] <= 1000 else 4e-3   # slow from the first sample on
+    result = _timing.interleaved({"a": step}, budget_s=0.01, min_rounds=2, max_rounds=2)
+    timing = result["a"]
+    assert timing.inner >= 1000                     # sized from the fast calls
+    assert now[0] < 1.0                             # not 2 x 2000 x 4 ms
+    assert timing.calls < timing.inner
+    assert max(timing.samples) == pytest.approx(4e-3, rel=0.01)
+
+
+def test_plot_draws_only_undisturbed_rows(tmp_path):
+    pytest.importorskip("matplotlib")
+    quiet = _row("Adam", 2**23, 10_000.0, 9_000.0, 80_000.0)
+    busy = _row("SGD", 2**23, 10_000.0, 9_000.0, 80_000.0, bpe=20, others=0.6)
+    path = tmp_path / "t.png"
+    assert _report.plot(_data([quiet, busy]), str(path)) is None
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "disturbed" in _report.plot(_data([busy]), str(tmp_path / "u.png"))
+    assert not (tmp_path / "u.png").exists()
+
+
+def test_gpu_section_without_numba_cuda_says_what_to_install(monkeypatch):
+    from fastadapt.benchmark import _gpu
+    monkeypatch.setitem(sys.modules, "numba_cuda", None)        # import numba_cuda fails
+    ok, reason = _gpu.status()
+    assert not ok and "numba-cuda is not installed" in reason and "fastadapt[cuda]" in reason
+    out = _gpu.measure(select(["adam"]), [100], np.float32, 0.01, 3, lambda line: None)
+    assert out == {"available": False, "reason": reason}

@@ -2,6 +2,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from fastadapt import demo
@@ -61,3 +62,28 @@ def test_command_line():
                              "--no-plot"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert set(_table_rows(result.stdout)) == set(NAMES)
+
+
+def test_spikes_counts_rises_above_ten_times_the_best_gap_so_far():
+    f_star = 1.0
+    losses = 1.0 + np.array([1.0, 0.1, 0.01, 0.05, 0.2, 0.001, 0.015, 0.0005])
+    count, (step, gap, before) = demo.spikes(losses, f_star, start=1)
+    assert count == 2                    # step 4 (0.2 > 10 x 0.01), step 6 (0.015 > 10 x 0.001)
+    assert step == 4 and gap == pytest.approx(0.2) and before == pytest.approx(0.01)
+    assert demo.spikes(1.0 + np.array([1.0, 0.5, 0.25]), f_star, start=0) == (0, None)
+
+
+def test_narrative_explains_the_stability_bound_and_the_spikes():
+    result = demo.run(steps=1000)
+    text = demo.narrative(result)
+    assert result["lr_cap"] < result["lr_cap_end"]          # curvature falls as the fit improves
+    sgd = next(r for r in result["rows"] if r["name"] == "SGD")
+    if result["lr_cap"] < sgd["lr"] <= result["lr_cap_end"]:
+        assert "lies between the two" in text
+    assert "stable only below" not in text
+    spiky = [r["name"] for r in result["rows"] if r["spikes"][0]]
+    assert "Adam" in spiky                                  # what the demo sets out to explain
+    assert "Loss spikes after reaching the target" in text and "second-moment" in text
+    cosine = result["adam_cosine"]
+    assert cosine["spikes"][0] == 0                         # the claimed remedy, measured
+    assert "annealed to 0" in text

@@ -99,6 +99,26 @@ def test_negative_shape():
         FlatBuffer([(3,), (2, -1)], np.float32)
 
 
+@pytest.mark.parametrize("arrays", [
+    [np.zeros(1000)],                    # once: "maximum supported dimension ... 64"
+    [np.full(4, 2.0)],                   # once: silently a buffer of shape (2, 2, 2, 2)
+    [np.ones((2, 3), np.float32), np.ones(5, np.float32)],
+    np.zeros((3, 4)),                    # one array instead of a list
+    [np.array([2, 3])],                  # a shape written as an integer array
+], ids=["zeros1000", "full4", "two", "one-array", "int-array"])
+def test_arrays_instead_of_shapes_are_refused_with_the_way_out(arrays):
+    with pytest.raises(TypeError, match=r"takes the segments' shapes.*FlatBuffer\.from_arrays"):
+        FlatBuffer(arrays, np.float32)
+
+
+def test_shapes_may_be_ints_or_tuples_of_integers():
+    buffer = FlatBuffer([5, (2, 3), np.int64(4), (np.int64(2),), []], np.float32)
+    assert buffer.shapes == [(5,), (2, 3), (4,), (2,), ()]
+    for bad in ([2.0], [(2, 1.5)], ["ab"], [None]):
+        with pytest.raises(TypeError, match="not a shape"):
+            FlatBuffer(bad, np.float32)
+
+
 @dtypes
 def test_zeros_like(dtype):
     buffer = FlatBuffer.from_arrays([np.ones(s, dtype) for s in SHAPES])

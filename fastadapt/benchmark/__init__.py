@@ -4,10 +4,13 @@ The update steps are memory-bound, so each is judged by the bandwidth it
 reaches and, in one run on one machine, by ratios: to a same-traffic roofline
 kernel (``fastadapt.kernels.roofline``), to a NumPy implementation written the
 way a NumPy user would (``fastadapt.benchmark._numpy_reference``) and to
-``torch.optim``'s single-tensor, foreach and fused paths. The run also times
-the per-call cost on small arrays, the serial/parallel threshold of the CPU
-drivers, Adam over GPT-2 small's 148 parameter arrays through the optimizer
-class, and the cold start of a fresh process; with a GPU, the CUDA paths.
+``torch.optim``'s single-tensor, foreach and fused paths. Every ratio is the
+rival's time / fastadapt's (above 1: fastadapt is faster). The run also times
+the per-call cost on small arrays, Adam over GPT-2 small's 148 parameter
+arrays through the optimizer class, the cold start of a fresh process and,
+with a GPU, the same comparison on the GPU (``_gpu``); ``--full`` adds more
+sizes, full-size GPT-2 small and the serial/parallel threshold of the CPU
+drivers.
 
 Everything iterates over :data:`CONFIGS` (rule configurations of
 :data:`fastadapt.RULES`), and the published table (``bench/RESULTS.md``) is

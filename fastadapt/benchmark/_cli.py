@@ -11,15 +11,25 @@ import numpy as np
 from . import _report, _sections
 from ._configs import CONFIGS, select
 from ._contention import Retry
-from ._machine import copy_bandwidth, describe, machine_load
+from ._machine import describe, machine_load
 
-DEFAULT_SIZES = (10**3, 10**4, 10**5, 10**6, 2**22, 2**24)
+# The default run: a representative sweep that fits in about two minutes of
+# measurement and well under 3 GiB on 2 cores. One size per regime: 1e3 (the
+# per-call cost dominates), 1e5 (L2-resident), 1e6 (L3-resident) and 2^23 (in
+# memory: Adam's five arrays of 32 MiB dwarf any L3), every rule
+# configuration, budget arithmetic in _plan. --full adds 1e4, 2^22 and 2^24,
+# full-size GPT-2 small (~9 GiB) and the serial/parallel threshold.
+DEFAULT_SIZES = (10**3, 10**5, 10**6, 2**23)
+FULL_SIZES = (10**3, 10**4, 10**5, 10**6, 2**22, 2**24)
 QUICK_SIZES = (10**3, 10**5, 2**20)
 THRESHOLD_SIZES = tuple(2**k for k in range(6, 16))          # 64 .. 32768
 QUICK_THRESHOLD_SIZES = (64, 512, 4096)
 PER_CALL_SIZES = (10**3, 10**4)
 SECTIONS = ("main", "percall", "threshold", "gpt2", "coldstart", "gpu")
-QUICK_SECTIONS = ("main", "percall", "threshold", "gpu")
+DEFAULT_SECTIONS = ("main", "percall", "gpt2", "coldstart", "gpu")
+QUICK_SECTIONS = ("main", "percall", "gpu")
+# (budget per measurement in s, minimum rounds, retries, seconds of re-measuring in all)
+MODES = {"quick": (0.15, 3, 0, 0.0), "default": (0.5, 5, 1, 20.0), "full": (1.0, 7, 2, 90.0)}
 
 
 def parse_size(token):
@@ -50,10 +60,17 @@ def _parser():
                     "(single-tensor, foreach, fused) and a same-traffic roofline kernel, "
                     "on this machine, in one run. Progress goes to stderr, the tables to "
                     "stdout.")
-    p.add_argument("--quick", action="store_true",
-                   help=f"few sizes ({', '.join(map(str, QUICK_SIZES))}) and short "
-                        "measurements; skips the GPT-2 and cold-start sections unless "
-                        "--sections names them (well under a minute)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true",
+                      help=f"few sizes ({', '.join(map(str, QUICK_SIZES))}) and short "
+                           "measurements; only the main, per-call and GPU sections unless "
+                           "--sections names others (well under a minute)")
+    mode.add_argument("--full", action="store_true",
+                      help=f"the full sweep: sizes {', '.join(map(str, FULL_SIZES))}, "
+                           "longer measurements, full-size GPT-2 small (~9 GiB of memory) "
+                           "and the serial/parallel threshold (about 9 minutes on 2 cores); "
+                           "the default run is a representative subset (about 2 minutes, "
+                           "under 3 GiB)")
     p.add_argument("--rules", default="all",
                    help="comma-separated: " + ", ".join(c.key for c in CONFIGS)
                         + " (a rule name such as sgd or rmsprop selects its variants); "
@@ -67,19 +84,22 @@ def _parser():
     p.add_argument("--sections",
                    help="comma-separated subset of " + ",".join(SECTIONS)
                         + " (main: the table; percall: small-array cost; threshold: serial "
-                        "vs parallel driver; gpt2: a GPT-2-shaped Adam step; coldstart: "
-                        "import + first call in fresh processes; gpu: CUDA columns)")
+                        "vs parallel driver; gpt2: a GPT-2-shaped Adam step, narrowed to "
+                        "d_model=128 unless --full; coldstart: import + first call in fresh "
+                        "processes; gpu: the same table on an NVIDIA GPU, skipped without "
+                        "one); default " + ",".join(DEFAULT_SECTIONS))
     p.add_argument("--threshold", action="store_true",
                    help="only measure the serial/parallel threshold (SERIAL_BELOW in "
                         "kernels/cpu.py); same as --sections threshold")
     p.add_argument("--budget", type=float,
                    help="seconds aimed at per measurement, all implementations together "
-                        "(default 1.0, 0.15 with --quick)")
+                        "(default 0.5; 1.0 with --full, 0.15 with --quick)")
     p.add_argument("--retries", type=int,
                    help="measure again, up to this many times, a measurement during which "
-                        "other processes used more than 15%% of the CPUs (default 2, 0 with "
-                        "--quick); the least disturbed attempt is kept and tables mark "
-                        "those that stayed disturbed")
+                        "other processes used more than 15%% of the CPUs (default 1; 2 with "
+                        "--full, 0 with --quick); the least disturbed attempt is kept, and "
+                        "one that stayed disturbed is printed as \"—\" with the reason "
+                        "(its numbers stay in --json)")
     p.add_argument("--json", metavar="PATH", help="write every number of the run as JSON")
     p.add_argument("--markdown", metavar="PATH",
                    help="write the results as Markdown with the machine named "
@@ -127,8 +147,10 @@ def main(argv=None):
         return exc.code if isinstance(exc.code, int) else 2
     try:
         configs = select(args.rules.split(","))
+        mode = "quick" if args.quick else "full" if args.full else "default"
         sizes = ([parse_size(s) for s in args.sizes.split(",") if s.strip()] if args.sizes
-                 else list(QUICK_SIZES if args.quick else DEFAULT_SIZES))
+                 else list({"quick": QUICK_SIZES, "default": DEFAULT_SIZES,
+                            "full": FULL_SIZES}[mode]))
         if args.threshold:
             sections = ["threshold"]
         elif args.sections:
@@ -137,7 +159,8 @@ def main(argv=None):
             if unknown:
                 raise ValueError(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
         else:
-            sections = list(QUICK_SECTIONS if args.quick else SECTIONS)
+            sections = list({"quick": QUICK_SECTIONS, "default": DEFAULT_SECTIONS,
+                             "full": SECTIONS}[mode])
         if args.threads is not None:
             _set_threads(args.threads)
         if args.budget is not None and not args.budget > 0:
@@ -151,64 +174,137 @@ def main(argv=None):
         print("fastadapt bench: error: no rules or no sizes selected", file=sys.stderr)
         return 2
 
-    def progress(line):
-        print(line, file=sys.stderr, flush=True)
-
     if args.from_json:
         with open(args.from_json) as f:
             data = json.load(f)
-        data["targets"] = _report.targets(data)
-        return _output(data, args, progress)
+        return _output(data, args, lambda line: print(line, file=sys.stderr, flush=True))
 
-    quick = args.quick
-    budget = args.budget or (0.15 if quick else 1.0)
-    min_rounds = 3 if quick else 7
+    budget, min_rounds, retries, retry_budget = MODES[mode]
+    budget = args.budget or budget
     dtype = np.dtype(args.dtype)
-    retry = Retry(retries=args.retries if args.retries is not None else (0 if quick else 2))
-    start = time.perf_counter()
+    if args.retries is not None:
+        retries, retry_budget = args.retries, max(retry_budget, 30.0 * args.retries)
+    retry = Retry(retries=retries, budget_s=retry_budget)
+    plan = _plan(sections, configs, sizes, dtype, budget, min_rounds, mode)
+    progress = Progress(plan)
     # Thousands of steps on one fixed gradient drive some states to inf / NaN
     # (centered RMSprop's v - g_avg^2 cancels to below zero) in every
     # implementation alike; x86 runs those at full speed, so only the warnings go.
     with np.errstate(all="ignore"):
-        data = _measure(sections, configs, sizes, dtype, budget, min_rounds, quick, retry,
-                        argv, start, progress)
-    return _output(data, args, progress)
+        data = _measure(sections, configs, sizes, dtype, budget, min_rounds, mode, retry,
+                        argv, progress)
+    return _output(data, args, lambda line: print(line, file=sys.stderr, flush=True))
 
 
-def _measure(sections, configs, sizes, dtype, budget, min_rounds, quick, retry, argv, start,
+def _plan(sections, configs, sizes, dtype, budget, min_rounds, mode):
+    """``{section: estimated seconds}``, from the budget arithmetic of each
+    section (see the ``estimate_*`` functions of ``_sections``)."""
+    est = {}
+    if "main" in sections:
+        est["main"] = sum(_sections.estimate_sweep_row(c, n, dtype, budget, min_rounds,
+                                                       _max_sample_s(mode))
+                          for c in configs for n in sizes)
+    if "percall" in sections:
+        est["percall"] = len(configs) * len(PER_CALL_SIZES) * (budget / 2 + 0.2)
+    if "threshold" in sections:
+        n_sizes = len(QUICK_THRESHOLD_SIZES if mode == "quick" else THRESHOLD_SIZES)
+        est["threshold"] = len(configs) * n_sizes * (budget / 4 + 0.05)
+    if "gpt2" in sections:
+        est["gpt2"] = sum(_sections.estimate_gpt2(d, dtype, b, min_rounds)
+                          for d, b in _gpt2_models(mode, budget))
+    if "coldstart" in sections:
+        est["coldstart"] = 15.0
+    if "gpu" in sections:
+        est["gpu"] = 1.0 + (len(configs) * len(sizes) * (budget + 0.5)
+                            if _sections.gpu_status()[0] else 0.0)
+    return est
+
+
+def _max_sample_s(mode):
+    """The longest sample of one implementation: with --full, as long as the
+    slowest rival's call (up to 0.25 s); otherwise 0.05 s, which keeps the
+    largest size's rows short at no cost to the medians of the fast ones."""
+    return 0.25 if mode == "full" else 0.05
+
+
+def _gpt2_models(mode, budget):
+    """``[(d_model, budget)]``: GPT-2 small itself (~9 GiB for five implementations)
+    only with --full; the same 148 arrays narrowed to d_model=128 always."""
+    models = [(768, 4 * budget)] if mode == "full" else []
+    return models + [(128, 2 * budget)]
+
+
+class Progress:
+    """Progress lines on stderr with the run's elapsed time and an overall ETA.
+
+    The ETA scales the estimates of what is left (``plan``: seconds per section,
+    from the budget arithmetic) by how the estimates of what is done compared
+    with the time it took (re-measuring included), so it corrects itself on a
+    slow or busy machine.
+    """
+
+    def __init__(self, plan, stream=None, clock=time.perf_counter):
+        self.plan = dict(plan)
+        self.total = sum(self.plan.values())
+        self.done = 0.0
+        self.clock = clock
+        self.start = clock()
+        self.stream = stream
+
+    def advance(self, seconds):
+        """Mark ``seconds`` of the plan's estimate as done."""
+        self.done = min(self.total, self.done + seconds)
+
+    def eta(self):
+        elapsed = self.clock() - self.start
+        left = max(0.0, self.total - self.done)
+        if self.done > 0:
+            left *= max(0.25, min(4.0, elapsed / self.done))
+        return elapsed, left
+
+    def __call__(self, line):
+        elapsed, left = self.eta()
+        print(f"[{_clock(elapsed)} elapsed, ~{_clock(left)} left] {line}",
+              file=self.stream or sys.stderr, flush=True)
+
+
+def _clock(seconds):
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def _measure(sections, configs, sizes, dtype, budget, min_rounds, mode, retry, argv,
              progress):
-    progress("measuring the copy bandwidth...")
-    copy_gbps = copy_bandwidth(1 << (22 if quick else 26), dtype=np.float32,
-                               repeats=5 if quick else 15)
+    start = time.perf_counter()
     data = {"command": ["fastadapt", "bench"] + argv,
             "settings": {"dtype": dtype.name, "sizes": sizes, "rules": [c.key for c in configs],
-                         "sections": sections, "quick": quick, "budget_s": budget,
+                         "sections": sections, "mode": mode, "budget_s": budget,
                          "min_rounds": min_rounds, "retries": retry.retries,
                          "disturbed_above": retry.threshold},
-            "machine": describe(copy_gbps)}
+            "machine": describe()}
     if "main" in sections:
         data["sweep"] = _sections.sweep(configs, sizes, dtype, budget, min_rounds, progress,
-                                        retry)
+                                        retry, max_sample_s=_max_sample_s(mode))
     if "percall" in sections:
         data["per_call"] = _sections.per_call(configs, PER_CALL_SIZES, dtype, budget / 2,
                                               min_rounds, progress, retry)
     if "threshold" in sections:
         data["threshold"] = _sections.threshold(
-            configs, QUICK_THRESHOLD_SIZES if quick else THRESHOLD_SIZES, dtype,
+            configs, QUICK_THRESHOLD_SIZES if mode == "quick" else THRESHOLD_SIZES, dtype,
             budget / 4, min_rounds, progress, retry)
     if "gpt2" in sections:
-        data["gpt2"] = _sections.gpt2(dtype, 4 * budget, min_rounds, progress, retry)
-        # the same 148 arrays at ~10^7 elements, where per-array costs weigh more
-        data["gpt2_narrow"] = _sections.gpt2(dtype, 2 * budget, min_rounds, progress, retry,
-                                             d_model=128)
+        for d_model, model_budget in _gpt2_models(mode, budget):
+            key = "gpt2" if d_model == 768 else "gpt2_narrow"
+            data[key] = _sections.gpt2(dtype, model_budget, min_rounds, progress, retry,
+                                       d_model=d_model)
     if "coldstart" in sections:
         data["cold_start"] = _sections.cold_start(dtype, progress)
+        progress.advance(progress.plan.get("coldstart", 0.0))
     if "gpu" in sections:
         data["cuda"] = _sections.cuda(configs, sizes, dtype, budget, min_rounds, progress)
     data["wall_s"] = time.perf_counter() - start
     data["machine"]["load_average_end"] = machine_load()
     data["retry_seconds"] = retry.spent_s
-    data["targets"] = _report.targets(data)
     return data
 
 

@@ -34,17 +34,38 @@ def memory_available():
     return _meminfo("MemAvailable")
 
 
-def copy_bandwidth(n=1 << 26, dtype=np.float32, repeats=15):
-    """The machine's copy bandwidth in GB/s: a parallel ``dst[:] = src`` (Numba
-    ``prange``, the same threads as the kernels) over ``n`` elements, counted as
-    one read and one write per element; the median of ``repeats``."""
-    from ..kernels import roofline
-    from ._timing import interleaved
-    src = np.ones(n, dtype)
-    dst = np.zeros(n, dtype)
-    t = interleaved({"copy": lambda: roofline.copy(dst, src)}, budget_s=0.5,
-                    min_rounds=repeats, max_rounds=repeats)["copy"]
-    return 2 * src.nbytes / t.median_s / 1e9
+def caches():
+    """The CPU caches as Linux reports them for CPU 0: ``{"levels": {"L1d": bytes,
+    "L2": bytes, "L3": bytes}, "largest_bytes": bytes}``, or None if unknown."""
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    levels = {}
+    try:
+        entries = sorted(os.listdir(base))
+    except OSError:
+        return None
+    for entry in entries:
+        if not entry.startswith("index"):
+            continue
+        try:
+            with open(os.path.join(base, entry, "level")) as f:
+                level = f.read().strip()
+            with open(os.path.join(base, entry, "type")) as f:
+                kind = f.read().strip()
+            with open(os.path.join(base, entry, "size")) as f:
+                size = f.read().strip()
+        except OSError:
+            continue
+        if kind == "Instruction":
+            continue
+        units = {"K": 2**10, "M": 2**20, "G": 2**30}
+        try:
+            nbytes = int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
+        except (ValueError, IndexError):
+            continue
+        levels[f"L{level}" + ("d" if kind == "Data" else "")] = nbytes
+    if not levels:
+        return None
+    return {"levels": levels, "largest_bytes": max(levels.values())}
 
 
 def versions():
@@ -61,7 +82,7 @@ def versions():
     return out
 
 
-def describe(copy_gbps=None):
+def describe():
     """A dict naming the machine, the software and the thread counts."""
     import numba
     try:
@@ -78,7 +99,7 @@ def describe(copy_gbps=None):
         "numba_threading_layer": _threading_layer(),
         "versions": versions(),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "copy_gbps": copy_gbps,
+        "caches": caches(),
         "load_average_start": machine_load(),
     }
     try:
@@ -110,11 +131,12 @@ def one_line(info):
     mem = f"{mem / 2**30:.1f} GiB" if mem else "unknown memory"
     v = info["versions"]
     torch = f"torch {v['torch']}" if v["torch"] else "torch not installed"
-    copy = f"{info['copy_gbps']:.1f} GB/s" if info.get("copy_gbps") else "not measured"
     threads = f"numba {info['numba_threads']} threads ({info['numba_threading_layer']})"
     if info.get("torch_threads"):
         threads += f", torch {info['torch_threads']} threads"
-    return (f"{info['cpu']}, {info['usable_cpus']} cores, {mem}, copy bandwidth {copy}, "
+    cache = (info.get("caches") or {}).get("largest_bytes")
+    cache = f", {cache / 2**20:g} MiB last-level cache" if cache else ""
+    return (f"{info['cpu']}, {info['usable_cpus']} cores, {mem}{cache}, "
             f"load average {load_text(info)}; "
             f"{threads}; numba {v['numba']}, numpy {v['numpy']}, {torch}, "
             f"python {v['python']}, fastadapt {v['fastadapt']}; {info['date_utc']}")

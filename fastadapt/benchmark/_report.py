@@ -1,4 +1,4 @@
-"""Tables (terminal and Markdown), the targets check and the throughput plot,
+"""Tables (terminal and Markdown) and the throughput plot,
 all generated from one run's data (the dict ``fastadapt bench --json`` writes)."""
 import os
 
@@ -47,12 +47,19 @@ def _us(seconds_or_us, already_us=False):
 
 
 DISTURBED_ABOVE = 0.15
+DASH = "—"
 
 
-def _star(entry, above=DISTURBED_ABOVE):
-    """"*" when other processes used more than ``above`` of the CPUs meanwhile."""
+def _disturbed(entry, above=DISTURBED_ABOVE):
+    """The share of the CPUs other processes used during a measurement that
+    stayed disturbed after its retries, else None."""
     others = entry.get("others_cpu") if isinstance(entry, dict) else entry
-    return "*" if others is not None and others > above else ""
+    return others if others is not None and others > above else None
+
+
+def _busy(others):
+    """The cell that replaces a disturbed measurement's figures."""
+    return f"{DASH} busy {others:.0%}"
 
 
 def _unavailable_cell(reason):
@@ -60,19 +67,28 @@ def _unavailable_cell(reason):
         return reason
     if reason.startswith("no fused"):
         return "no fused"
+    if "CUDA" in reason or "simulator" in reason:
+        return "no CUDA torch"
     return "n/a"
 
 
 # ----------------------------------------------------------------- tables
+SWEEP_HEADERS = ["rule", "n", "time/step", "GB/s", "% roofline", "x NumPy",
+                 "x NumPy fresh temps", "x torch single", "x torch foreach", "x torch fused"]
+
+
 def sweep_table(rows):
-    headers = ["rule", "n", "time/step", "GB/s", "% roofline", "x NumPy",
-               "x NumPy fresh temps", "x torch single", "x torch foreach", "x torch fused"]
+    headers = SWEEP_HEADERS
     out = []
     for r in rows:
         if "fastadapt_us" not in r:
             out.append([r["label"], _n(r["n"]), "did not run"] + [""] * (len(headers) - 3))
             continue
-        cells = [r["label"], _n(r["n"]), _us(r["fastadapt_us"], True) + _star(r),
+        others = _disturbed(r)
+        if others is not None:
+            out.append([r["label"], _n(r["n"]), _busy(others)] + [DASH] * (len(headers) - 3))
+            continue
+        cells = [r["label"], _n(r["n"]), _us(r["fastadapt_us"], True),
                  f"{r['fastadapt_gbps']:.1f}",
                  f"{r['pct_roofline']:.0f}%" if "pct_roofline" in r else "n/a"]
         for name in SPEEDUP_COLUMNS:
@@ -89,28 +105,40 @@ def throughput_table(rows):
     out = []
     for r in rows:
         cells = [r["label"], _n(r["n"]), str(r["bytes_per_element"])]
+        others = _disturbed(r)
         for name in IMPLEMENTATIONS:
             entry = r["implementations"][name]
-            cells.append(f"{entry['gbps']:.1f}" if "gbps" in entry
-                         else _unavailable_cell(entry["unavailable"]))
+            if "gbps" not in entry:
+                cells.append(_unavailable_cell(entry["unavailable"]))
+            elif others is not None:
+                cells.append(DASH)
+            else:
+                cells.append(f"{entry['gbps']:.1f}")
         out.append(cells)
     return Table(headers, out)
 
 
 def per_call_table(rows):
     headers = ["rule", "n", "fastadapt", "driver alone", "Python side", "torch fused",
-               "torch single", "fastadapt / torch fused"]
+               "torch single", "x torch fused"]
     out = []
     for r in rows:
         us = r["us"]
+        others = _disturbed(r)
+        if others is not None:
+            out.append([r["label"], _n(r["n"]), _busy(others)] + [DASH] * 5)
+            continue
 
         def cell(name):
             if name in us:
                 return _us(us[name], True)
             return _unavailable_cell(r["unavailable"].get(name, "n/a"))
-        out.append([r["label"], _n(r["n"]), cell("fastadapt") + _star(r), cell("driver"),
-                    _us(r["overhead_us"], True), cell("torch_fused"), cell("torch_single"),
-                    f"{r['vs_torch_fused']:.2f}" if "vs_torch_fused" in r else "n/a"])
+        # a difference of two medians can fall below zero by noise: not a cost
+        overhead = (_us(r["overhead_us"], True) if r["overhead_us"] >= 0
+                    else f"{DASH} (below noise)")
+        out.append([r["label"], _n(r["n"]), cell("fastadapt"), cell("driver"),
+                    overhead, cell("torch_fused"), cell("torch_single"),
+                    _x(r["x_torch_fused"]) if "x_torch_fused" in r else "n/a"])
     return Table(headers, out)
 
 
@@ -119,21 +147,27 @@ def threshold_table(data):
     headers = ["rule", "driver"] + [f"{n:,}" for n in sizes] + ["parallel faster from"]
     out = []
     for r in data["rows"]:
-        cross = f"{r['crossover']:,}" if r["crossover"] else f"> {sizes[-1]:,}"
-        stars = [_star(o) for o in r.get("others_cpu", [None] * len(sizes))]
-        out.append([r["label"], "serial"] + [f"{t:.2f}{m}" for t, m in zip(r["serial_us"], stars)]
-                   + [cross])
-        out.append(["", "parallel"] + [f"{t:.2f}{m}" for t, m in zip(r["parallel_us"], stars)]
-                   + [""])
+        others = [_disturbed(o) for o in r.get("others_cpu", [None] * len(sizes))]
+        disturbed = any(o is not None for o in others)
+        cross = (DASH if disturbed else f"{r['crossover']:,}" if r["crossover"]
+                 else f"> {sizes[-1]:,}")
+        for kind, label in (("serial_us", "serial"), ("parallel_us", "parallel")):
+            out.append([r["label"] if kind == "serial_us" else "", label]
+                       + [DASH if o is not None else f"{t:.2f}" for t, o in zip(r[kind], others)]
+                       + [cross if kind == "serial_us" else ""])
     return Table(headers, out, right=range(2, len(headers)))
 
 
 def gpt2_table(data):
-    headers = ["implementation", "time/step", "GB/s", "x vs torch fused"]
+    headers = ["implementation", "time/step", "GB/s", "fastadapt.Adam speed-up"]
     out = []
+    others = _disturbed(data)
     for name, r in data["results"].items():
-        out.append([GPT2_LABELS[name], _us(r["median_s"]) + _star(data), f"{r['gbps']:.1f}",
-                    _x(r["vs_torch_fused"]) if "vs_torch_fused" in r else "n/a"])
+        if others is not None:
+            out.append([GPT2_LABELS[name], _busy(others), DASH, DASH])
+            continue
+        out.append([GPT2_LABELS[name], _us(r["median_s"]), f"{r['gbps']:.1f}",
+                    _x(r["x_fastadapt_class"]) if "x_fastadapt_class" in r else "n/a"])
     for name, reason in data["unavailable"].items():
         out.append([GPT2_LABELS[name], reason, "", ""])
     return Table(headers, out)
@@ -157,7 +191,7 @@ def cold_start_table(data):
 
 
 def cuda_table(data):
-    headers = ["rule", "n", "fastadapt", "GB/s", "% of copy", "x torch single",
+    headers = ["rule", "n", "fastadapt", "GB/s", "% roofline", "x torch single",
                "x torch foreach", "x torch fused"]
     out = []
     for r in data["rows"]:
@@ -166,72 +200,14 @@ def cuda_table(data):
             continue
         fa = r["implementations"]["fastadapt"]
         cells = [r["label"], _n(r["n"]), _us(fa["median_s"]), f"{fa['gbps']:.0f}",
-                 f"{r['pct_copy']:.0f}%"]
+                 f"{r['pct_roofline']:.0f}%"]
         for mode in TORCH_MODES:
-            cells.append(_x(r["speedup"][mode]) if mode in r["speedup"] else "n/a")
+            if mode in r["speedup"]:
+                cells.append(_x(r["speedup"][mode]))
+            else:
+                cells.append(_unavailable_cell(r["unavailable"].get(mode, "n/a")))
         out.append(cells)
     return Table(headers, out)
-
-
-# ----------------------------------------------------------------- targets
-def targets(data):
-    """The issue's targets, checked against this run: a list of dicts with
-    ``target``, ``measured`` and ``met`` (True / False)."""
-    out = []
-    if data["settings"]["dtype"] != "float32":
-        return out
-    rows = {(r["config"], r["n"]): r for r in data.get("sweep", [])}
-
-    def check(target, value, ok, fmt):
-        out.append({"target": target, "measured": fmt(value), "met": bool(ok)})
-    big = 2 ** 24
-    adam = rows.get(("adam", big))
-    if adam and "fastadapt_us" in adam:
-        if "pct_roofline" in adam:
-            check("Adam fp32 2^24: >= 90% of roofline", adam["pct_roofline"],
-                  adam["pct_roofline"] >= 90, lambda v: f"{v:.0f}%")
-        s = adam["speedup"]
-        if "torch_fused" in s:
-            check("Adam fp32 2^24: >= 1.0x torch fused", s["torch_fused"],
-                  s["torch_fused"] >= 1.0, _x)
-        if "numpy" in s:
-            fresh = (f" (with temporaries allocated per call: {_x(s['numpy_alloc'])})"
-                     if "numpy_alloc" in s else "")
-            check("Adam fp32 2^24: >= 6x NumPy (temporaries reused)", s["numpy"],
-                  s["numpy"] >= 6, lambda v: _x(v) + fresh)
-    for key, label in (("rmsprop", "RMSprop"), ("rmsprop-centered", "RMSprop centered"),
-                       ("adadelta", "Adadelta")):
-        r = rows.get((key, big))
-        if r and "torch_best" in r.get("speedup", {}):
-            check(f"{label} fp32 2^24: >= 3x torch's best", r["speedup"]["torch_best"],
-                  r["speedup"]["torch_best"] >= 3, _x)
-    for key, label in (("sgd-momentum", "SGD-momentum"), ("adagrad", "AdaGrad")):
-        r = rows.get((key, big))
-        if r and "torch_fused" in r.get("speedup", {}):
-            check(f"{label} fp32 2^24: >= 1.0x torch fused", r["speedup"]["torch_fused"],
-                  r["speedup"]["torch_fused"] >= 1.0, _x)
-    for r in data.get("per_call", []):
-        if "vs_torch_fused" in r:
-            check(f"{r['label']} n={_n(r['n'])}: per call <= 2x torch fused's",
-                  r["vs_torch_fused"], r["vs_torch_fused"] <= 2.0,
-                  lambda v: f"{v:.2f}x torch fused's time")
-    g = data.get("gpt2")
-    if g and "vs_torch_fused" in g["results"].get("fastadapt_class", {}):
-        v = g["results"]["fastadapt_class"]["vs_torch_fused"]
-        check("GPT-2 small, fastadapt.Adam: >= 1.0x torch fused Adam", v, v >= 1.0, _x)
-    for model in (g, data.get("gpt2_narrow")):
-        ratio = (model or {}).get("class_over_one_array")
-        if ratio is not None:
-            check(f"{model['arrays']} arrays, {_n(model['elements'])} elements: fastadapt.Adam "
-                  "step <= 1.1x adam_step on one array of that size", ratio, ratio <= 1.1,
-                  lambda v: f"{v:.3f}x")
-    return out
-
-
-def targets_table(items):
-    return Table(["target", "measured", ""],
-                 [[t["target"], t["measured"], "met" if t["met"] else "MISSED"] for t in items],
-                 right={1})
 
 
 # ----------------------------------------------------------------- documents
@@ -240,18 +216,73 @@ _EXPLAIN = (
     "round, in rotated order). GB/s = bytes moved per step / time, where bytes = "
     "itemsize x (3 + 2 x state arrays) x n (param read+written, grad read, each state "
     "array read+written). % roofline = the same-traffic roofline kernel's time / "
-    "fastadapt's (the roofline kernel is called directly, so on small arrays this "
-    "column measures fastadapt's per-call overhead; on large ones, above 100% means "
-    "the two are equal within the noise). \"x\" columns = that implementation's time / fastadapt's (above 1: "
-    "fastadapt is faster). torch runs `optimizer.step()` on one parameter tensor with "
-    "`.grad` set. NumPy is the in-place-ufunc rival in "
-    "`fastadapt/benchmark/_numpy_reference.py` (one pass over memory per ufunc) with its "
-    "two or three temporaries allocated once and reused; \"NumPy fresh temps\" is the same "
-    "code allocating them in every call (`np.empty_like`), as a step function that keeps "
-    "no buffers does. A measurement during which other processes used more than 15% of "
-    "the CPUs (machine busy time from /proc/stat minus this process's CPU time) is taken "
-    "again, up to `--retries` times; `*` marks one that stayed disturbed."
+    "fastadapt's, at the same size (the roofline kernel is called directly, so on small "
+    "arrays this column measures fastadapt's per-call overhead; on large ones, above "
+    "100% means the two are equal within the noise). Every \"x\" column, in every table, "
+    "is the rival's time / fastadapt's time: above 1, fastadapt is faster. torch runs "
+    "`optimizer.step()` on one parameter tensor with `.grad` set. NumPy is the "
+    "in-place-ufunc rival in `fastadapt/benchmark/_numpy_reference.py` (one pass over "
+    "memory per ufunc) with its two or three temporaries allocated once and reused; "
+    "\"NumPy fresh temps\" is the same code allocating them in every call "
+    "(`np.empty_like`), as a step function that keeps no buffers does. A measurement "
+    "during which other processes used more than 15% of the CPUs (machine busy time from "
+    "/proc/stat minus this process's CPU time) is taken again, up to `--retries` times; "
+    "one that stayed disturbed shows \"— busy N%\" instead of figures, since they would "
+    "measure the contention rather than the code (`--json` keeps them)."
 )
+
+
+def _wrap(text, width=100):
+    import textwrap
+    return "\n".join(textwrap.wrap(text, width))
+
+
+def bandwidth(data):
+    """``(GB/s, n, rows)``: the median over rules of the same-traffic roofline's
+    bandwidth at the largest size of the sweep (undisturbed rows only), the
+    figure every row's % roofline is relative to; ``(None, n, 0)`` if none."""
+    rows = [r for r in data.get("sweep") or [] if "gbps" in r["implementations"]["roofline"]]
+    if not rows:
+        return None, None, 0
+    n = max(r["n"] for r in rows)
+    good = sorted(r["implementations"]["roofline"]["gbps"] for r in rows
+                  if r["n"] == n and _disturbed(r) is None)
+    if not good:
+        return None, n, 0
+    mid = len(good) // 2
+    median = good[mid] if len(good) % 2 else (good[mid - 1] + good[mid]) / 2
+    return median, n, len(good)
+
+
+def _cache_line(data):
+    """One line on the sizes that run from cache, or "" if the cache is unknown."""
+    cache = (data["machine"].get("caches") or {}).get("largest_bytes")
+    rows = data.get("sweep") or []
+    if not cache or not rows:
+        return ""
+    itemsize = 4 if data["settings"]["dtype"] == "float32" else 8
+
+    def footprint(r):          # param, grad and each state array, once each
+        states = (r["bytes_per_element"] // itemsize - 3) // 2
+        return (2 + states) * itemsize * r["n"]
+    resident = sorted({r["n"] for r in rows if footprint(r) <= cache})
+    sizes = ", ".join(_n(n) for n in resident) if resident else "none"
+    return (f"Cache-resident sizes: when a row's arrays fit in the {cache / 2**20:.0f} MiB "
+            f"last-level cache (here n = {sizes}), the update runs from cache, not from "
+            "memory, so its GB/s can exceed the bandwidth above; % roofline still compares "
+            "it with the roofline kernel at that same size.")
+
+
+def _bandwidth_line(data):
+    gbps, n, count = bandwidth(data)
+    if n is None:
+        return ""
+    if gbps is None:
+        return (f"Memory bandwidth: {DASH} (every roofline measurement at n = {_n(n)} was "
+                "disturbed by other processes)")
+    return (f"Memory bandwidth the rows are compared with: {gbps:.1f} GB/s, the in-place "
+            f"same-traffic roofline kernel at n = {_n(n)} ("
+            + (f"median over {count} rules)" if count > 1 else "one rule undisturbed)"))
 
 
 def sections_text(data):
@@ -277,30 +308,39 @@ def sections_text(data):
     if data.get("cuda") is not None:
         c = data["cuda"]
         if c["available"]:
-            out.append((f"GPU: {c['device']}, copy bandwidth {c['copy_gbps']:.0f} GB/s",
-                        cuda_table(c).text()))
+            out.append((_gpu_title(c), cuda_table(c).text()))
         else:
             out.append(("GPU", c["reason"]))
-    if data.get("targets"):
-        out.append(("Targets (this run)", targets_table(data["targets"]).text()))
     note = _disturbance_note(data)
     if note:
-        out.append(("Disturbed measurements", note))
+        out.append(("Disturbed measurements", _wrap(note)))
     return out
 
 
+def _gpu_title(c):
+    title = f"GPU: {c['device']}"
+    if c.get("roofline_gbps"):
+        title += (f"; memory bandwidth {c['roofline_gbps']:.0f} GB/s (same-traffic roofline "
+                  f"kernel at n = {_n(c['roofline_n'])})")
+    if c.get("torch_unavailable"):
+        title += f"; torch columns: {c['torch_unavailable']}"
+    return title
+
+
 def _disturbance_note(data):
-    """A footnote for "*" marks, or "" when nothing stayed disturbed."""
+    """A footnote for "— busy" cells, or "" when nothing stayed disturbed."""
     entries = list(data.get("sweep", [])) + list(data.get("per_call", []))
     entries += [{"others_cpu": o} for r in (data.get("threshold") or {}).get("rows", [])
                 for o in r.get("others_cpu", [])]
     entries += [g for g in (data.get("gpt2"), data.get("gpt2_narrow")) if g]
-    marked = sum(1 for e in entries if _star(e))
+    marked = sum(1 for e in entries if _disturbed(e) is not None)
     if not marked:
         return ""
-    return (f"* other processes used more than {DISTURBED_ABOVE:.0%} of the CPUs during "
-            f"this measurement ({marked} of {len(entries)}), even after "
-            f"{data['settings'].get('retries', 0)} retries: treat it with suspicion.")
+    return (f"{marked} of {len(entries)} measurements stayed disturbed: other processes used "
+            f"more than {DISTURBED_ABOVE:.0%} of the CPUs while they ran, even after "
+            f"{data['settings'].get('retries', 0)} retries, so they show \"— busy N%\" "
+            "instead of figures. Run again on a quieter machine (`--json` keeps the raw "
+            "numbers).")
 
 
 def _cross(value, t):
@@ -311,7 +351,11 @@ def _cross(value, t):
 
 
 def text_report(data):
-    lines = [f"fastadapt bench: {one_line(data['machine'])}", ""]
+    lines = [f"fastadapt bench: {one_line(data['machine'])}"]
+    for extra in (_bandwidth_line(data), _cache_line(data)):
+        if extra:
+            lines.append(_wrap(extra))
+    lines += ["", _wrap(_EXPLAIN), ""]
     for title, body in sections_text(data):
         lines += [title, body, ""]
     lines.append(f"wall time {data['wall_s']:.0f} s")
@@ -322,7 +366,32 @@ def markdown_report(data, plot_path=None, markdown_path=None):
     m = data["machine"]
     v = m["versions"]
     mem = f"{m['memory_bytes'] / 2**30:.1f} GiB" if m["memory_bytes"] else "unknown"
-    copy = f"{m['copy_gbps']:.1f} GB/s" if m.get("copy_gbps") else "not measured"
+    gbps, n, count = bandwidth(data)
+    machine_rows = [
+        ["CPU", m["cpu"]],
+        ["cores", f"{m['usable_cpus']} usable ({m['logical_cpus']} logical)"],
+        ["memory", mem],
+    ]
+    caches = (m.get("caches") or {}).get("levels")
+    if caches:
+        machine_rows.append(["caches", ", ".join(f"{k} {b / 2**20:g} MiB" for k, b in
+                                                   caches.items())])
+    if n is not None:
+        machine_rows.append([
+            f"memory bandwidth (same-traffic roofline kernel at n = {_n(n)}, median over the "
+            "rules; what % roofline is relative to)",
+            f"{gbps:.1f} GB/s" if gbps is not None else f"{DASH} (disturbed)"])
+    machine_rows += [
+        ["threads", f"numba {m['numba_threads']} ({m['numba_threading_layer']}), torch "
+                    f"{m['torch_threads'] if m['torch_threads'] else 'n/a'}"],
+        ["software", f"fastadapt {v['fastadapt']}, numba {v['numba']}, numpy {v['numpy']}, "
+                     f"torch {v['torch'] or 'not installed'}, python {v['python']}"],
+        ["load average (1 min, all processes)", load_text(m)],
+        ["platform", m["platform"]],
+        ["date", m["date_utc"]],
+        ["run time", f"{data['wall_s']:.0f} s (of which re-measuring disturbed "
+                     f"measurements: {data.get('retry_seconds', 0):.0f} s)"],
+    ]
     lines = [
         "# fastadapt benchmark results",
         "",
@@ -331,29 +400,14 @@ def markdown_report(data, plot_path=None, markdown_path=None):
         "",
         "## Machine",
         "",
-        Table(["", ""], [
-            ["CPU", m["cpu"]],
-            ["cores", f"{m['usable_cpus']} usable ({m['logical_cpus']} logical)"],
-            ["memory", mem],
-            ["copy bandwidth (parallel `dst[:] = src`, counted as one read + one write per "
-             "element as STREAM does; the in-place updates below pay no write-allocate "
-             "read, so they can exceed it)", copy],
-            ["threads", f"numba {m['numba_threads']} ({m['numba_threading_layer']}), torch "
-                        f"{m['torch_threads'] if m['torch_threads'] else 'n/a'}"],
-            ["software", f"fastadapt {v['fastadapt']}, numba {v['numba']}, numpy {v['numpy']}, "
-                         f"torch {v['torch'] or 'not installed'}, python {v['python']}"],
-            ["load average (1 min, all processes)", load_text(m)],
-            ["platform", m["platform"]],
-            ["date", m["date_utc"]],
-            ["run time", f"{data['wall_s']:.0f} s (of which re-measuring disturbed "
-                         f"measurements: {data.get('retry_seconds', 0):.0f} s)"],
-        ], right=()).markdown(),
+        Table(["", ""], machine_rows, right=()).markdown(),
         "",
         _EXPLAIN,
         "",
     ]
-    if data.get("targets"):
-        lines += ["## Targets", "", targets_table(data["targets"]).markdown(), ""]
+    cache_line = _cache_line(data)
+    if cache_line:
+        lines += [cache_line, ""]
     if data.get("sweep"):
         lines += [f"## Update step ({data['settings']['dtype']})", "",
                   sweep_table(data["sweep"]).markdown(), ""]
@@ -385,7 +439,8 @@ def markdown_report(data, plot_path=None, markdown_path=None):
                   + ("" if d == 768 else f" narrowed to d_model={d}")
                   + f" ({g['elements']:,} {g['dtype']} elements): fastadapt's optimizer class "
                   "keeps them in one flat buffer (one kernel call); torch steps the list of "
-                  "tensors; `adam_step` on one array of the same size is the class's floor.", "",
+                  "tensors; `adam_step` on one array of the same size is the class's floor. "
+                  "Speed-up = that row's time / fastadapt.Adam's.", "",
                   gpt2_table(g).markdown(), ""]
     if data.get("cold_start"):
         c = data["cold_start"]
@@ -398,8 +453,7 @@ def markdown_report(data, plot_path=None, markdown_path=None):
         c = data["cuda"]
         lines += ["## GPU", ""]
         if c["available"]:
-            lines += [f"{c['device']}, copy bandwidth {c['copy_gbps']:.0f} GB/s", "",
-                      cuda_table(c).markdown(), ""]
+            lines += [_gpu_title(c) + ".", "", cuda_table(c).markdown(), ""]
         else:
             lines += [c["reason"] + ".", ""]
     return "\n".join(lines)
@@ -424,10 +478,11 @@ def plot(data, path):
         import matplotlib.pyplot as plt
     except ImportError:
         return "matplotlib not installed (pip install 'fastadapt[bench]')"
-    rows = data.get("sweep") or []
+    rows = [r for r in data.get("sweep") or [] if _disturbed(r) is None]
     labels = list(dict.fromkeys(r["label"] for r in rows))
     if not labels:
-        return "no sweep results to plot"
+        return ("no sweep results to plot" if not data.get("sweep") else
+                "every sweep measurement stayed disturbed: nothing to plot")
     ncols = min(4, len(labels))
     nrows = -(-len(labels) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(max(4.2 * ncols, 8.4), 3.3 * nrows + 1.2),
@@ -451,6 +506,8 @@ def plot(data, path):
     for ax in axes[:, 0]:
         ax.set_ylabel("GB/s")
     handles, names = axes.flat[0].get_legend_handles_labels()
+    if not names:
+        names, handles = ["(none)"], [plt.Line2D([], [])]
     legend_cols = len(names) if ncols >= 4 else min(4, len(names))
     legend_rows = -(-len(names) // legend_cols)
     fig.legend(handles, names, loc="lower center", ncol=legend_cols, fontsize=9, frameon=False)

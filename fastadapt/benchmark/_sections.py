@@ -29,8 +29,44 @@ def _impl_entry(timing, nbytes):
     return {**timing.as_dict(), "gbps": nbytes / timing.median_s / 1e9}
 
 
+def _advance(progress, seconds):
+    """Tell a :class:`~._cli.Progress` that ``seconds`` of its plan are done
+    (a plain callable, as tests pass, has nothing to tell)."""
+    advance = getattr(progress, "advance", None)
+    if advance:
+        advance(seconds)
+
+
+# ----------------------------------------------------------------- budget arithmetic
+# What a section should take, for the overall ETA and for sizing the default
+# run. The unit is one same-traffic pass over the row's bytes at an assumed
+# 20 GB/s (2 cores; the ETA corrects the assumption as the run goes). Per
+# round, the seven implementations of a row cost about 30 passes (NumPy ~8,
+# NumPy with fresh temporaries ~10, torch single-tensor ~5, foreach ~4, fused
+# ~1.2, fastadapt and the roofline 1 each) plus, since each sample lasts as
+# long as the slowest call up to ``max_sample_s``, about 7 times the slowest
+# call (~10 passes) in repeated calls of the fast ones.
+ASSUMED_BANDWIDTH = 20e9
+_PASSES_PER_ROUND = 30
+_SLOWEST_PASSES = 10
+
+
+def estimate_sweep_row(config, n, dtype, budget_s, min_rounds, max_sample_s=0.25):
+    one = config.bytes_per_element(np.dtype(dtype).itemsize) * n / ASSUMED_BANDWIDTH
+    sample = min(max_sample_s, _SLOWEST_PASSES * one)
+    round_s = _PASSES_PER_ROUND * one + 7 * sample
+    setup = 0.25 + 40 * one         # copies, the torch optimizers' first steps, estimates
+    return max(budget_s, min_rounds * round_s) + setup
+
+
+def estimate_gpt2(d_model, dtype, budget_s, min_rounds):
+    numel = sum(int(np.prod(s)) for s in gpt2_small_shapes(d_model))
+    one = BY_KEY["adam"].bytes_per_element(np.dtype(dtype).itemsize) * numel / ASSUMED_BANDWIDTH
+    return max(budget_s, min_rounds * 23 * one) + 1.0 + 15 * one
+
+
 # ----------------------------------------------------------------- main sweep
-def sweep(configs, sizes, dtype, budget_s, min_rounds, progress, retry):
+def sweep(configs, sizes, dtype, budget_s, min_rounds, progress, retry, max_sample_s=0.25):
     """Every configuration at every size, all implementations interleaved;
     measured again (same arrays) while other processes disturb it (``retry``)."""
     rows, total, done = [], len(configs) * len(sizes), 0
@@ -43,12 +79,16 @@ def sweep(configs, sizes, dtype, budget_s, min_rounds, progress, retry):
             del param, grad
             row = retry.measure(
                 lambda: sweep_row(config, n, dtype,
-                                  interleaved(steps, budget_s=budget_s, min_rounds=min_rounds),
+                                  interleaved(steps, budget_s=budget_s, min_rounds=min_rounds,
+                                              max_sample_s=max_sample_s),
                                   unavailable),
                 progress)
             steps.clear()                   # free this size's arrays before the next
             rows.append(row)
-            progress(f"[{done}/{total}] {config.label} n={_fmt_n(n)}: {_summary(row)}"
+            _advance(progress, estimate_sweep_row(config, n, dtype, budget_s, min_rounds,
+                                                  max_sample_s))
+            progress(f"[{done}/{total}] {config.label} n={_fmt_n(n)}: "
+                     f"{_summary(row, retry.threshold)}"
                      f"  ({time.perf_counter() - start:.1f} s)")
     return rows
 
@@ -81,9 +121,16 @@ def sweep_row(config, n, dtype, timings, unavailable):
     return row
 
 
-def _summary(row):
+def _busy_text(result):
+    return (f"disturbed (other processes used {result['others_cpu']:.0%} of the CPUs): "
+            "no figures")
+
+
+def _summary(row, disturbed_above):
     if "fastadapt_us" not in row:
         return "fastadapt did not run"
+    if row.get("others_cpu") is not None and row["others_cpu"] > disturbed_above:
+        return _busy_text(row)
     s = row["speedup"]
     parts = [f"fastadapt {row['fastadapt_us']:.1f} us ({row['fastadapt_gbps']:.1f} GB/s)"]
     if "pct_roofline" in row:
@@ -121,13 +168,17 @@ def per_call(configs, sizes, dtype, budget_s, min_rounds, progress, retry):
                    "unavailable": unavailable}
             us = row["us"]
             row["overhead_us"] = us["fastadapt"] - us["driver"]
-            if "torch_fused" in us:
-                row["vs_torch_fused"] = us["fastadapt"] / us["torch_fused"]
+            if "torch_fused" in us:       # rival time / fastadapt time, as everywhere
+                row["x_torch_fused"] = us["torch_fused"] / us["fastadapt"]
             rows.append(row)
+            _advance(progress, budget_s + 0.2)
             fused = (f", torch fused {us['torch_fused']:.1f} us" if "torch_fused" in us
                      else "")
-            progress(f"per-call {config.label} n={_fmt_n(n)}: fastadapt {us['fastadapt']:.1f} us, "
-                     f"driver {us['driver']:.1f} us{fused}")
+            if retry.disturbed(row):
+                progress(f"per-call {config.label} n={_fmt_n(n)}: {_busy_text(row)}")
+            else:
+                progress(f"per-call {config.label} n={_fmt_n(n)}: fastadapt "
+                         f"{us['fastadapt']:.1f} us, driver {us['driver']:.1f} us{fused}")
     return rows
 
 
@@ -152,13 +203,18 @@ def threshold(configs, sizes, dtype, budget_s, min_rounds, progress, retry):
             for kind in times:
                 times[kind].append(result[kind])
             others.append(result["others_cpu"])
+            _advance(progress, budget_s + 0.05)
         faster = [p < s for s, p in zip(times["serial"], times["parallel"])]
         crossover = next((sizes[i] for i in range(len(sizes)) if all(faster[i:])), None)
         rows.append({"config": config.key, "label": config.label, "sizes": list(sizes),
                      "serial_us": times["serial"], "parallel_us": times["parallel"],
                      "crossover": crossover, "others_cpu": others})
-        progress(f"threshold {config.label}: parallel faster from n = "
-                 f"{_fmt_n(crossover) if crossover else f'> {_fmt_n(sizes[-1])}'}")
+        if any(o is not None and o > retry.threshold for o in others):
+            progress(f"threshold {config.label}: disturbed by other processes (up to "
+                     f"{max(o for o in others if o is not None):.0%} of the CPUs): no figures")
+        else:
+            progress(f"threshold {config.label}: parallel faster from n = "
+                     f"{_fmt_n(crossover) if crossover else f'> {_fmt_n(sizes[-1])}'}")
     crossovers = sorted(r["crossover"] if r["crossover"] else 2 * sizes[-1] for r in rows)
     median = crossovers[(len(crossovers) - 1) // 2] if crossovers else None
     return {"serial_below": cpu.SERIAL_BELOW, "dtype": np.dtype(dtype).name, "rows": rows,
@@ -196,7 +252,9 @@ def gpt2(dtype, budget_s, min_rounds, progress, retry, names=GPT2_ORDER, d_model
             out["unavailable"][name] = ("torch not installed" if name.startswith("torch")
                                         and "torch_fused" not in chosen
                                         else "not enough free memory for it as well")
+    estimate = estimate_gpt2(d_model, dtype, budget_s, min_rounds)
     if not chosen:
+        _advance(progress, estimate)
         return out
     progress(f"GPT-2 (d_model={d_model}): {len(shapes)} arrays, {_fmt_n(numel)} elements, "
              f"{per_impl * len(chosen) / 2**30:.1f} GiB for {len(chosen)} implementations")
@@ -215,15 +273,16 @@ def gpt2(dtype, budget_s, min_rounds, progress, retry, names=GPT2_ORDER, d_model
     for name, t in timings.items():
         out["results"][name] = {**t.as_dict(), "ms": t.median_s * 1e3,
                                 "gbps": out["bytes_per_step"] / t.median_s / 1e9}
-    if "fastadapt_class" in timings and "fastadapt_one_array" in timings:
-        out["class_over_one_array"] = (timings["fastadapt_class"].median_s
-                                       / timings["fastadapt_one_array"].median_s)
-    base = timings.get("torch_fused")
-    if base is not None:
+    base = timings.get("fastadapt_class")
+    if base is not None:       # each row's time / fastadapt.Adam's: higher = fastadapt faster
         for name, t in timings.items():
-            out["results"][name]["vs_torch_fused"] = base.median_s / t.median_s
-    progress(f"GPT-2 (d_model={d_model}) Adam: " + ", ".join(
-        f"{GPT2_LABELS[n]} {r['ms']:.1f} ms" for n, r in out["results"].items()))
+            out["results"][name]["x_fastadapt_class"] = t.median_s / base.median_s
+    _advance(progress, estimate)
+    if retry.disturbed(out):
+        progress(f"GPT-2 (d_model={d_model}) Adam: {_busy_text(out)}")
+    else:
+        progress(f"GPT-2 (d_model={d_model}) Adam: " + ", ".join(
+            f"{GPT2_LABELS[n]} {r['ms']:.1f} ms" for n, r in out["results"].items()))
     return out
 
 
@@ -299,84 +358,19 @@ def cold_start(dtype, progress, n=10**6):
     return out
 
 
-# ----------------------------------------------------------------- CUDA
+# ----------------------------------------------------------------- GPU
 def gpu_status():
-    """``(True, description)`` with a usable GPU for fastadapt and torch, else
-    ``(False, reason)``."""
-    try:
-        from numba import cuda
-        numba_ok = cuda.is_available()
-    except Exception as exc:  # numba-cuda missing or broken: no GPU path
-        return False, f"no GPU (numba.cuda unavailable: {type(exc).__name__})"
-    if not numba_ok:
-        return False, "no GPU (numba.cuda.is_available() is False)"
-    try:
-        torch = import_torch()
-    except Unavailable:
-        return False, "GPU present but torch is not installed (the GPU columns use torch CUDA tensors)"
-    if not torch.cuda.is_available():
-        return False, "GPU present but this torch build has no CUDA"
-    return True, torch.cuda.get_device_name()
+    """``(True, device name)`` with a GPU fastadapt can use, else ``(False, reason)``."""
+    from . import _gpu
+    return _gpu.status()
 
 
 def cuda(configs, sizes, dtype, budget_s, min_rounds, progress):
-    """fastadapt on torch CUDA tensors against torch's CUDA paths, and the
-    device's copy bandwidth."""
-    ok, what = gpu_status()
-    if not ok:
-        progress(what)
-        return {"available": False, "reason": what}
-    torch = import_torch()
-    sync = torch.cuda.synchronize
-    out = {"available": True, "device": what, "rows": []}
-    src = torch.ones(1 << 28, dtype=torch.float32, device="cuda")
-    dst = torch.empty_like(src)
-    t = interleaved({"copy": lambda: dst.copy_(src)}, budget_s=0.5, min_rounds=10, sync=sync)
-    out["copy_gbps"] = 2 * src.numel() * 4 / t["copy"].median_s / 1e9
-    src = dst = None
-    progress(f"GPU {what}: copy bandwidth {out['copy_gbps']:.0f} GB/s")
-    for config in configs:
-        for n in sizes:
-            param, grad = make_problem(n, dtype)
-            steps, unavailable = {}, {}
-            p = torch.from_numpy(param).to("cuda")
-            g = torch.from_numpy(grad).to("cuda")
-            state = {name: torch.zeros_like(p) for name in config.state_names}
-            fn, opts = config.rule.step_fn, dict(config.options, **state)
-            counter = iter(range(1, 1 << 62))
-            if config.rule.takes_step:
-                steps["fastadapt"] = lambda: fn(p, g, step=next(counter), **opts)
-            else:
-                steps["fastadapt"] = lambda: fn(p, g, **opts)
-            for mode in TORCH_MODES:
-                tp = torch.from_numpy(param).to("cuda").requires_grad_()
-                tp.grad = torch.from_numpy(grad).to("cuda")
-                try:
-                    opt = getattr(torch.optim, config.rule.torch_name)(
-                        [tp], **config.torch_kwargs(), **TORCH_MODES[mode])
-                    opt.step()
-                    steps[mode] = opt.step
-                except (TypeError, RuntimeError, ValueError):
-                    unavailable[mode] = f"no {mode[6:]} {config.rule.torch_name} on CUDA"
-            try:
-                timings = interleaved(steps, budget_s=budget_s, min_rounds=min_rounds, sync=sync)
-            except Exception as exc:  # report, do not hide: the row says what failed
-                out["rows"].append({"config": config.key, "label": config.label, "n": n,
-                                    "error": f"{type(exc).__name__}: {exc}"})
-                progress(f"GPU {config.label} n={_fmt_n(n)}: {type(exc).__name__}: {exc}")
-                continue
-            nbytes = config.bytes_per_element(np.dtype(dtype).itemsize) * n
-            row = {"config": config.key, "label": config.label, "n": n,
-                   "implementations": {k: _impl_entry(v, nbytes) for k, v in timings.items()},
-                   "unavailable": unavailable}
-            fa = timings["fastadapt"].median_s
-            row["pct_copy"] = 100 * (nbytes / fa / 1e9) / out["copy_gbps"]
-            row["speedup"] = {k: v.median_s / fa for k, v in timings.items() if k != "fastadapt"}
-            out["rows"].append(row)
-            progress(f"GPU {config.label} n={_fmt_n(n)}: fastadapt {fa * 1e6:.1f} us")
-            steps.clear()
-            torch.cuda.empty_cache()
-    return out
+    """The main table's comparison on the GPU (see ``_gpu``)."""
+    from . import _gpu
+    return _gpu.measure(configs, sizes, dtype, budget_s, min_rounds, progress,
+                        advance=getattr(progress, "advance", None))
 
 
-__all__ = ["sweep", "per_call", "threshold", "gpt2", "cold_start", "cuda", "gpu_status"]
+__all__ = ["sweep", "per_call", "threshold", "gpt2", "cold_start", "cuda", "gpu_status",
+           "estimate_sweep_row", "estimate_gpt2"]

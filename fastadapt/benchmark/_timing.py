@@ -73,7 +73,8 @@ def interleaved(steps, budget_s=1.0, min_rounds=5, max_rounds=200, min_sample_s=
     steps : dict name -> zero-argument callable
     budget_s : float
         Wall time aimed at for the whole measurement (all implementations);
-        at least ``min_rounds`` rounds are run whatever it costs.
+        at least ``min_rounds`` rounds are run whatever it costs, and no new
+        round starts after twice the budget.
     min_sample_s, max_sample_s : float
         Bounds on one sample's duration: at least ``min_sample_s`` so the
         clock's resolution and the loop are negligible, and no implementation
@@ -96,23 +97,44 @@ def interleaved(steps, budget_s=1.0, min_rounds=5, max_rounds=200, min_sample_s=
     rounds = max(min_rounds, min(max_rounds, math.ceil(budget_s / max(round_s, 1e-9))))
 
     samples = {name: [] for name in names}
+    calls = {name: 0 for name in names}
     was_enabled = gc.isenabled()
     gc.disable()
+    # The rounds and samples were sized from the fastest calls seen; on a busy
+    # machine every call can take far longer (a parallel region waits for time
+    # slices), so a sample ends after 4 times its planned length (its calls so
+    # far still give a valid time per call), and no round starts after twice
+    # the budget once min_rounds are done.
+    deadline = _clock() + 2 * budget_s
     try:
         for r in range(rounds):
+            if r >= min_rounds and _clock() > deadline:
+                break
             k = r % len(names)
             for name in names[k:] + names[:k]:
                 step, count = steps[name], inner[name]
                 step()                      # untimed: settles the switch
                 sync()
+                done = 0
                 start = _clock()
-                for _ in range(count):
-                    step()
+                limit = start + 4 * sample_s
+                while done < count:
+                    chunk = min(_CHUNK, count - done)
+                    for _ in range(chunk):
+                        step()
+                    done += chunk
+                    if done < count and _clock() > limit:
+                        break
                 sync()
-                samples[name].append((_clock() - start) / count)
+                samples[name].append((_clock() - start) / done)
+                calls[name] += done
     finally:
         if was_enabled:
             gc.enable()
     return {name: Timing(statistics.median(samples[name]), samples[name], inner[name],
-                         inner[name] * rounds)
+                         calls[name])
             for name in names}
+
+
+# calls between two looks at the clock within a sample
+_CHUNK = 32

@@ -1,0 +1,105 @@
+"""The ``fastadapt`` command and ``fastadapt.warmup``: help on stdout, a version,
+unknown commands refused with exit status 2, and ahead-of-time compilation."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import fastadapt
+from fastadapt.__main__ import COMMANDS, main
+from fastadapt.kernels import cpu
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_goes_to_stdout_and_names_every_command(capsys, flag):
+    assert main([flag]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    for name in COMMANDS:
+        assert name in out
+    assert "--version" in out
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"fastadapt {fastadapt.__version__}"
+
+
+def test_unknown_command_is_named_and_exits_2(capsys):
+    assert main(["foo"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "unknown command 'foo'" in err and "usage: fastadapt" in err
+
+
+def test_no_command_prints_usage_to_stderr_and_exits_2(capsys):
+    assert main([]) == 2
+    assert "usage: fastadapt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_every_command_has_help(capsys, command):
+    assert main([command, "--help"]) == 0
+    assert f"fastadapt {command}" in capsys.readouterr().out
+
+
+def test_console_script_exit_status():
+    """The real entry point (``python -m fastadapt``) returns main's status."""
+    proc = subprocess.run([sys.executable, "-m", "fastadapt", "nope"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "unknown command 'nope'" in proc.stderr
+
+
+def test_warmup_prepares_both_drivers_of_every_rule_and_dtype():
+    times = fastadapt.warmup()
+    assert set(times) == {(r, d) for r in fastadapt.RULES for d in ("float32", "float64")}
+    assert all(t >= 0 for t in times.values())
+    for driver in cpu.DRIVERS.values():
+        for path in (driver.serial, driver.parallel):
+            compiled = {sig[0].dtype.name for sig in path.signatures}
+            assert {"float32", "float64"} <= compiled
+
+
+def test_warmup_selects_and_validates():
+    times = fastadapt.warmup(rules="sgd", dtypes=np.float32)
+    assert list(times) == [("sgd", "float32")]
+    assert list(fastadapt.warmup(["adam", "adagrad"], ["float64"])) == [
+        ("adam", "float64"), ("adagrad", "float64")]
+    with pytest.raises(ValueError, match="unknown rule.*'adamax'"):
+        fastadapt.warmup(rules=["adamax"])
+    with pytest.raises(TypeError, match="unsupported dtype float16"):
+        fastadapt.warmup(dtypes=[np.float16])
+
+
+def test_compile_command(capsys):
+    assert main(["compile", "--rules", "adam,sgd", "--dtypes", "float32"]) == 0
+    out = capsys.readouterr().out
+    assert "adam float32" in out and "sgd float32" in out and "2 rule/dtype pairs" in out
+    assert main(["compile", "--rules", "adamax"]) == 2
+    assert "unknown rule" in capsys.readouterr().err
+
+
+def test_compile_fills_the_cache_a_fresh_process_loads(tmp_path):
+    """After ``fastadapt compile`` in one process, a fresh process's first call
+    compiles nothing (the cache directory is private to this test)."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-m", "fastadapt", "compile", "--rules", "adagrad",
+                           "--dtypes", "float64"], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    code = textwrap.dedent(f"""
+        import numpy as np, fastadapt
+        from fastadapt.kernels import cpu
+        for n in (8, cpu.SERIAL_BELOW):
+            fastadapt.adagrad_step(np.ones(n), np.ones(n), np.zeros(n), step=1)
+        d = cpu.DRIVERS["adagrad"]
+        print(sum(len(p.stats.cache_hits) for p in (d.serial, d.parallel)),
+              sum(len(p.stats.cache_misses) for p in (d.serial, d.parallel)))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["2", "0"]
