@@ -58,8 +58,9 @@ optional attributes that this module reads:
     step (torch's lazy initialisation). Without the attribute, the
     ``state_init`` of the rule's :mod:`fastadapt.optim` class is used.
 ``scalar_state``
-    ``{name: initial value or hyper-parameter name}`` for per-parameter scalar
-    state (NAdam's ``mu_product``, ASGD's ``eta`` and ``mu``). The current
+    ``{name: initial value or hyper-parameter name}`` (or a sequence of
+    objects with ``name`` and ``initial``) for per-parameter scalar state
+    (NAdam's ``mu_product``, ASGD's ``eta`` and ``mu``). The current
     value is passed to the functional step as a keyword and the step must
     return ``{name: new value}``; it is kept per parameter as torch keeps it,
     and saved as a 0-dim tensor.
@@ -107,7 +108,13 @@ def _state_init(rule):
 
 
 def _scalar_state(rule):
-    return dict(getattr(rule, "scalar_state", None) or {})
+    """``{name: initial value or hyper-parameter name}``, from a dict or from
+    a sequence of objects with ``name`` and ``initial`` (the registry's
+    ``ScalarState``)."""
+    spec = getattr(rule, "scalar_state", None) or {}
+    if isinstance(spec, dict):
+        return dict(spec)
+    return {s.name: s.initial for s in spec}
 
 
 def _torch_state_names(rule):
