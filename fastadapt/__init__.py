@@ -1,20 +1,24 @@
 """fastadapt: fused, single-pass optimizer updates for large flat arrays.
 
-Adam, AdamW, AMSGrad, SGD (momentum, Nesterov), RMSprop, AdaGrad and Adadelta
-with torch.optim's exact semantics, compiled with Numba for the CPU (and for
-NVIDIA GPUs with the ``cuda`` extra). Importing fastadapt needs neither torch
-nor a GPU.
+Every elementwise torch.optim algorithm (Adam, AdamW, AMSGrad, SGD with
+momentum or Nesterov, RMSprop, AdaGrad, Adadelta, ...) with torch.optim's
+exact semantics, compiled with Numba for the CPU (and for NVIDIA GPUs with the
+``cuda`` extra). Importing fastadapt needs neither torch nor a GPU.
+
+Each rule is declared once in :data:`RULES`; its functional step
+(``<name>_step``) and optimizer class (torch's class name) are derived from
+the declaration and exported here.
 """
 from .flat import FlatBuffer
-from .functional import (adadelta_step, adagrad_step, adam_step, adamw_step,
-                         rmsprop_step, sgd_step)
+from . import functional
+from .functional import *  # noqa: F401,F403  (one <name>_step per rule)
 from .rules import RULES, Rule
 from . import schedules
-from .optim import SGD, Adadelta, Adagrad, Adam, AdamW, Optimizer, RMSprop
+from . import optim
+from .optim import *  # noqa: F401,F403  (Optimizer and one class per rule)
 from ._warmup import warmup
 
 __version__ = "0.1.0"
 
-__all__ = ["FlatBuffer", "RULES", "Rule", "adadelta_step", "adagrad_step", "adam_step",
-           "adamw_step", "rmsprop_step", "sgd_step", "schedules", "Optimizer", "Adam",
-           "AdamW", "SGD", "RMSprop", "Adagrad", "Adadelta", "warmup"]
+__all__ = (["FlatBuffer", "RULES", "Rule", "schedules", "warmup"] + list(functional.__all__)
+           + list(optim.__all__))

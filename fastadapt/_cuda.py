@@ -24,11 +24,10 @@ gradient) is finished before the update reads it, and work queued later sees
 the updated values, without any synchronisation. An update whose arrays come
 from different libraries or streams must be ordered by the caller.
 """
-import sys
-
 import numpy as np
 
-from ._dispatch import SUPPORTED_DTYPES, _is_device_array, check_no_aliasing, no_op
+from ._arrays import SUPPORTED_DTYPES, check_no_aliasing, is_device_array, no_op
+from ._arrays import kind as _kind
 
 INSTALL_HINT = ('pip install "fastadapt[cuda]" (CUDA 12) or "fastadapt[cuda13]" '
                 "(CUDA 13), which install NVIDIA's numba-cuda")
@@ -75,17 +74,6 @@ class _Array:
         self.ptr, self.readonly = interface["data"]
         self.size = int(np.prod(self.shape, dtype=np.int64))
         self.nbytes = self.size * self.dtype.itemsize
-
-
-def _kind(obj):
-    torch, cupy = sys.modules.get("torch"), sys.modules.get("cupy")
-    if torch is not None and isinstance(obj, torch.Tensor):
-        return "torch"
-    if cupy is not None and isinstance(obj, cupy.ndarray):
-        return "cupy"
-    if getattr(obj, "__cuda_ndarray__", False):
-        return "numba"
-    return "other"
 
 
 def _c_contiguous(shape, strides, itemsize):
@@ -265,7 +253,7 @@ def copy(dst, src):
     """
     cuda = _numba_cuda()
     target = _Array("dst", dst, _state["kernels"].SIMULATOR)
-    on_gpu = _is_device_array(src)
+    on_gpu = is_device_array(src)
     if not on_gpu:
         src = np.asarray(src)
         if not np.can_cast(src.dtype, target.dtype, "same_kind"):

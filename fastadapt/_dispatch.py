@@ -11,9 +11,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ._arrays import (SUPPORTED_DTYPES, check_no_aliasing, check_plain_ndarray,
+                      is_device_array, no_op)
 from .kernels import cpu
-
-SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 # Numba's workqueue threading layer aborts the process if two threads launch
 # parallel regions at once; serialising parallel launches keeps fastadapt
@@ -21,22 +21,11 @@ SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _PARALLEL_LAUNCH = threading.Lock()
 
 
-def _is_device_array(a):
-    """Whether ``a`` lives on a GPU: it exports ``__cuda_array_interface__``
-    (CuPy, Numba), is a torch CUDA tensor (whose interface raises rather than
-    export a tensor that requires grad) or is a Numba device array (the CUDA
-    simulator's have no interface)."""
-    if isinstance(a, np.ndarray):
-        return False
-    if getattr(a, "is_cuda", False) or getattr(a, "__cuda_ndarray__", False):
-        return True
-    return hasattr(a, "__cuda_array_interface__")
-
-
 def _check_host_array(name, a, writes):
     if not isinstance(a, np.ndarray):
         raise TypeError(
             f"{name} must be a numpy.ndarray (or a CUDA array), got {type(a).__name__}")
+    check_plain_ndarray(name, a)
     if a.dtype not in SUPPORTED_DTYPES:
         if a.dtype.kind == "f" and a.dtype.newbyteorder("=") in SUPPORTED_DTYPES:
             raise TypeError(f"{name} has non-native byte order {a.dtype.str}; "
@@ -59,12 +48,14 @@ class Update(NamedTuple):
     ``arrays`` maps argument names to arrays in the driver's order, with
     ``None`` for state an option does not use; ``written`` names the arrays
     the update writes; ``scalars`` are the rule's host-computed scalars
-    (floats, flags as bools), cast to the arrays' dtype at launch.
+    (floats, flags as bools), cast to the arrays' dtype at launch; ``state``
+    is the rule's scalar state after the update (None for rules without).
     """
     rule: str
     arrays: dict
     written: frozenset
     scalars: tuple
+    state: dict = None      # the rule's scalar state after this step, if it has any
 
 
 def run(update):
@@ -81,7 +72,7 @@ def prepare(update):
     launch of their own (unchanging) buffers, so a step does not re-check them.
     """
     present = {name: a for name, a in update.arrays.items() if a is not None}
-    device = [_is_device_array(a) for a in present.values()]
+    device = [is_device_array(a) for a in present.values()]
     if any(device):
         if not all(device):
             host = [n for n, d in zip(present, device) if not d]
@@ -114,10 +105,6 @@ def prepare(update):
     return launch
 
 
-def no_op(scalars):
-    """The launch of an update over zero-size arrays."""
-
-
 def _prepare_host(arrays, written):
     first = next(iter(arrays))
     ref = arrays[first]
@@ -130,13 +117,3 @@ def _prepare_host(arrays, written):
             raise ValueError(f"{name} has shape {a.shape} but {first} has {ref.shape}")
     check_no_aliasing(arrays, np.may_share_memory)
     return {name: a.reshape(-1) for name, a in arrays.items()}
-
-
-def check_no_aliasing(arrays, overlaps):
-    """Raise ValueError if two non-empty arrays of ``arrays`` overlap."""
-    names = [n for n in arrays if arrays[n].size]
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            if overlaps(arrays[a], arrays[b]):
-                raise ValueError(f"{a} and {b} share memory; every array of an "
-                                 "update must be distinct")

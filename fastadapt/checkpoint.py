@@ -38,6 +38,7 @@ import zipfile
 
 import numpy as np
 
+from . import _args
 from .schedules import from_config, resolve_lr
 
 __all__ = ["save", "load", "to_host_flat", "segments", "state_dict", "load_state_dict",
@@ -62,7 +63,7 @@ def to_host_flat(buffer):
     data = _to_host(buffer.data)
     if not buffer.shapes:
         return np.empty(0, buffer.dtype)
-    return np.concatenate([data[o:o + _size(s)] for o, s in zip(buffer.offsets, buffer.shapes)])
+    return np.concatenate([data[o:o + _args.size(s)] for o, s in zip(buffer.offsets, buffer.shapes)])
 
 
 def segments(flat, buffer):
@@ -74,8 +75,8 @@ def segments(flat, buffer):
         offsets, start = [], 0
         for shape in buffer.shapes:
             offsets.append(start)
-            start += _size(shape)
-    return [flat[o:o + _size(s)].reshape(s) for o, s in zip(offsets, buffer.shapes)]
+            start += _args.size(shape)
+    return [flat[o:o + _args.size(s)].reshape(s) for o, s in zip(offsets, buffer.shapes)]
 
 
 def _to_host(a):
@@ -89,13 +90,6 @@ def _to_host(a):
     if hasattr(a, "detach"):                    # torch
         return a.detach().cpu().numpy()
     return np.asarray(a)
-
-
-def _size(shape):
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
 
 
 # ----------------------------------------------------------------- state dicts
@@ -526,7 +520,7 @@ def declared_layout(meta):
                 isinstance(s, list) and all(type(d) is int and d >= 0 for d in s)
                 for s in shapes):
             raise _Misfit(f"param group {g} has malformed shapes")
-        numel = sum(_size(s) for s in shapes)
+        numel = sum(_args.size(s) for s in shapes)
         layout[f"params.{g}"] = ((numel,), np.dtype(dtype))
         for name in state_names:
             if not isinstance(name, str):
@@ -668,7 +662,7 @@ def _read_array(zf, info, shape, dtype, limit):
                 or (fortran and len(got_shape) > 1):
             raise _Misfit(f"array {name!r} is {got_dtype}{list(got_shape)}, expected "
                           f"{dtype}{list(shape) if shape is not None else '[n]'}")
-        nbytes = _size(got_shape) * dtype.itemsize
+        nbytes = _args.size(got_shape) * dtype.itemsize
         if limit is not None and nbytes > limit:
             raise ValueError(f"array {name!r} holds {nbytes} bytes, more than {limit}")
         if info.file_size != fp.tell() + nbytes:

@@ -10,7 +10,8 @@ import operator
 
 import numpy as np
 
-from ._dispatch import SUPPORTED_DTYPES, _is_device_array
+from . import _args
+from ._arrays import SUPPORTED_DTYPES, is_device_array
 
 ALIGN_BYTES = 64
 
@@ -54,7 +55,7 @@ class FlatBuffer:
             end += -(-int(np.prod(shape, dtype=np.int64)) // align) * align
         self._like = like
         self.data = _zeros(end, dtype, like)
-        self.views = [self.data[o:o + _size(s)].reshape(s)
+        self.views = [self.data[o:o + _args.size(s)].reshape(s)
                       for o, s in zip(self.offsets, self.shapes)]
 
     @classmethod
@@ -96,7 +97,7 @@ class FlatBuffer:
     @property
     def numel(self):
         """Elements in the segments, padding excluded."""
-        return sum(_size(s) for s in self.shapes)
+        return sum(_args.size(s) for s in self.shapes)
 
     def __len__(self):
         return len(self.views)
@@ -115,7 +116,7 @@ class FlatBuffer:
 def _is_array(obj):
     if isinstance(obj, np.generic):   # a NumPy integer is a length, not an array
         return False
-    return (isinstance(obj, np.ndarray) or _is_device_array(obj)
+    return (isinstance(obj, np.ndarray) or is_device_array(obj)
             or (hasattr(obj, "shape") and hasattr(obj, "dtype")))
 
 
@@ -145,19 +146,15 @@ def _shapes(shapes):
     return out
 
 
-def _size(shape):
-    return int(np.prod(shape, dtype=np.int64))
-
-
 def _dtype_of(a):
-    if _is_device_array(a):  # torch's dtypes are not NumPy's
+    if is_device_array(a):  # torch's dtypes are not NumPy's
         from . import _cuda
         return _cuda.dtype_of(a)
     return np.asarray(a).dtype
 
 
 def _zeros(n, dtype, like):
-    if like is None or not _is_device_array(like):
+    if like is None or not is_device_array(like):
         # NumPy only guarantees 16-byte alignment: over-allocate one line and
         # start on a 64-byte boundary so the segment offsets are absolute.
         spare = ALIGN_BYTES // dtype.itemsize
@@ -170,7 +167,7 @@ def _zeros(n, dtype, like):
 
 def _copy(dst, src):
     if isinstance(dst, np.ndarray):
-        if _is_device_array(src):
+        if is_device_array(src):
             raise ValueError("cannot copy a GPU array into a host FlatBuffer")
         np.copyto(dst, src, casting="same_kind")
         return

@@ -1,9 +1,9 @@
 r"""Optimizer classes: torch.optim-style objects over the fused functional steps.
 
 One generic :class:`Optimizer` is driven by a :class:`~fastadapt.rules.Rule` of
-the registry; :class:`Adam`, :class:`AdamW`, :class:`SGD`, :class:`RMSprop`,
-:class:`Adagrad` and :class:`Adadelta` only declare their rule, their
-signature (torch's names and defaults) and their algorithm.
+the registry; each rule's class (:class:`Adam`, :class:`NAdam`, :class:`Lion`, ...
+one per entry of :data:`fastadapt.RULES`) is derived from the declaration: its
+rule, its signature (torch's names and defaults) and its docstring.
 
 How it differs from torch.optim
 -------------------------------
@@ -32,13 +32,14 @@ import threading
 
 import numpy as np
 
-from . import checkpoint as _ckpt
-from ._dispatch import _is_device_array, prepare
+from . import _args, checkpoint as _ckpt
+from ._arrays import is_device_array as _is_device_array
+from ._dispatch import prepare
 from .flat import FlatBuffer
 from .rules import RULES
 from .schedules import resolve_lr
 
-__all__ = ["Optimizer", "Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adadelta"]
+__all__ = ["Optimizer"]   # and one class per rule, derived at the bottom
 
 CHECKPOINT_FORMAT = _ckpt.CHECKPOINT_FORMAT
 
@@ -56,6 +57,7 @@ class _GroupBuffers:
         self.steps = 0                      # completed steps
         self.validated = None               # the options last checked (lr excluded)
         self.scalar_state = {}              # named per-group floats a rule keeps
+                                            # (NAdam's mu_product, ASGD's eta and mu)
         self._launch = None                 # the checked kernel launch over these buffers
         self._launch_arrays = ()            # ... and the arrays it was checked for
         self._padding = None                # where the padding lies in ``data``
@@ -148,8 +150,8 @@ class Optimizer:
     def __init__(self, params, **defaults):
         self._lock = threading.RLock()      # one step (or checkpoint) at a time
         if self.rule is None:
-            raise TypeError("Optimizer is a base class; use Adam, AdamW, SGD, RMSprop, "
-                            "Adagrad or Adadelta")
+            raise TypeError("Optimizer is a base class; use one of its subclasses: "
+                            + ", ".join(r.torch_name for r in RULES.values()))
         missing = [k for k in self._option_names() if k not in defaults]
         if missing:
             raise TypeError(f"{type(self).__name__}: missing default(s) {missing}")
@@ -175,6 +177,7 @@ class Optimizer:
             buffers = _GroupBuffers(FlatBuffer.from_arrays(arrays, dtype=dtypes[0]))
             for name in self.rule.state_for(**self._options(group)):
                 self._new_state(buffers, group, name)
+            buffers.scalar_state = self._initial_scalar_state(group)
             buffers.validated = self._options(group)
             del buffers.validated["lr"]
             self.param_groups.append({"params": list(buffers.param.views), **group})
@@ -199,8 +202,8 @@ class Optimizer:
             lr = options["lr"]
             if callable(lr):
                 options["lr"] = resolve_lr(lr, 0)
-            for key in set(self.state_init.values()):
-                _initial_value(key, group[key])
+            for key in set(self.state_init.values()) - set(self.rule.defaults):
+                _initial_value(key, group[key])   # the step's own are checked below
             state = {name: np.empty(0, dtype) for name in self.rule.state_for(**options)}
             if self.rule.takes_step:
                 options["step"] = 1
@@ -211,6 +214,12 @@ class Optimizer:
         except (TypeError, ValueError) as exc:
             raise _in_group(exc, index)
 
+    def _initial_scalar_state(self, group):
+        options = dict(group)
+        if callable(options.get("lr")):
+            options["lr"] = resolve_lr(options["lr"], 0)
+        return {s.name: s.start(options) for s in self.rule.scalar_state}
+
     def _new_state(self, buffers, group, name):
         buffer = buffers.state[name] = self._zero_state(buffers, group, name)
         return buffer
@@ -219,8 +228,10 @@ class Optimizer:
         """A new state buffer ``name`` at its initial value (not yet kept)."""
         buffer = buffers.param.zeros_like()
         key = self.state_init.get(name)
-        if key is not None and float(group[key]) != 0.0:
-            buffer.data[:] = float(group[key])
+        if key is not None:
+            value = _initial_float(group[key], buffers.steps)
+            if value != 0.0:
+                buffer.data[:] = value
         return buffer
 
     # ------------------------------------------------------------- arrays
@@ -253,6 +264,12 @@ class Optimizer:
         """
         return [{"step": b.steps, **{n: list(s.views) for n, s in b.state.items()}}
                 for b in self._groups]
+
+    @property
+    def scalar_state(self):
+        """Per group, the rule's scalar state (``{}`` for rules without): NAdam's
+        ``mu_product``, ASGD's ``eta`` and ``mu``, as floats."""
+        return [dict(b.scalar_state) for b in self._groups]
 
     def get_lr(self):
         """The learning rate each group's next step will use."""
@@ -316,12 +333,15 @@ class Optimizer:
                 for name in names:
                     options[name] = b.state[name].data
                 update = plan(b.param.data, b.grad.data, **options)
-                launches.append((b.launcher(update), update.scalars))
-            for (g, b), (launch, scalars), (_, _, nan_padding) in zip(groups, launches, calls):
+                launches.append((b.launcher(update), update.scalars, update.state))
+            for (g, b), (launch, scalars, scalar_state), (_, _, nan_padding) in zip(
+                    groups, launches, calls):
                 launch(scalars)
                 b.steps += 1
+                if scalar_state is not None:       # NAdam's mu_product, ASGD's eta, mu
+                    b.scalar_state = scalar_state
                 if nan_padding:
-                    b.reset_padding({name: float(g[key])
+                    b.reset_padding({name: _initial_float(g[key], b.steps)
                                      for name, key in self.state_init.items()})
 
     def _prepare(self, index, group, buffers):
@@ -342,6 +362,7 @@ class Optimizer:
         names = self.rule.state_for(**options)
         if self.rule.takes_step:
             options["step"] = buffers.steps + 1
+        options.update(buffers.scalar_state)   # the rule's scalar state, if any
         # The padding holds zeros (gradient included): a rule that divides by
         # eps there computes 0/0 when eps is 0 in the buffer's dtype.
         eps = options.get("eps")
@@ -511,14 +532,14 @@ def _in_group(exc, index):
     return type(exc)(f"param group {index}: {exc}")
 
 
+def _initial_float(value, steps):
+    """A state's initial value from its option: a number, or (Rprop's ``lr``) a
+    schedule, read at ``steps`` completed steps."""
+    return float(resolve_lr(value, steps) if callable(value) else value)
+
+
 def _initial_value(key, value):
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{key} must be a real number, got {value!r}") from None
-    if not (math.isfinite(x) and x >= 0):
-        raise ValueError(f"invalid {key}: {value!r} (must be a finite number >= 0)")
-    return x
+    return _args.real(key, value, 0.0, math.inf, high_open=True)
 
 
 def _check_copyable(a, buffer, name):
@@ -554,208 +575,55 @@ def _split_flat(buffer, flat, index):
 
 
 # ----------------------------------------------------------------- the optimizers
-class Adam(Optimizer):
-    r"""Adam (Kingma & Ba, 2015), and AMSGrad (Reddi et al., 2018); torch.optim.Adam.
-
-    Each step ``t = 1, 2, ...`` of a group, elementwise::
-
-        g = -grad if maximize else grad
-        g = g + weight_decay * param                         (L2 penalty)
-        exp_avg    = beta1 * exp_avg + (1 - beta1) * g
-        exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
-        v = max_exp_avg_sq = max(max_exp_avg_sq, exp_avg_sq)   if amsgrad
-            exp_avg_sq                                          otherwise
-        param = param - lr / (1 - beta1**t) * exp_avg / (sqrt(v) / sqrt(1 - beta2**t) + eps)
-
-    State: ``exp_avg``, ``exp_avg_sq`` (zeros), ``max_exp_avg_sq`` with amsgrad.
-
-    Parameters
-    ----------
-    params : array, list of arrays or list of parameter-group dicts
-        Copied into flat buffers; use ``opt.params`` afterwards (see :class:`Optimizer`).
-    lr : float or schedule, default 1e-3
-    betas : (float, float), default (0.9, 0.999), each in [0, 1)
-    eps : float, default 1e-8
-    weight_decay : float, default 0
-    amsgrad : bool, default False
-    maximize : bool, default False
-    """
-    rule = RULES["adam"]
-
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 amsgrad=False, *, maximize=False):
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                         amsgrad=amsgrad, maximize=maximize)
+def _class_docstring(rule):
+    lines = [f"{rule.summary}; "
+             + (f"torch.optim.{rule.torch_name}." if rule.in_torch else "not in torch.optim."),
+             "", "Each step of a group (``step`` counts them from 1), elementwise::", ""]
+    lines += ["    " + line for line in rule.pseudocode.splitlines()]
+    state = ", ".join(f"``{s.name}``" + (f" (when {s.when_doc})" if s.when is not None else "")
+                      + (f" (starts at ``{s.init}``)" if s.init else "")
+                      for s in rule.state_specs)
+    lines += ["", f"State (zeros unless said): {state}."]
+    if rule.scalar_state:
+        names = ", ".join(f"``{s.name}``" for s in rule.scalar_state)
+        lines += [f"Scalar state, per group: {names} (in :attr:`Optimizer.scalar_state` and "
+                  "the checkpoint)."]
+    lines += ["", "Parameters", "----------",
+              "params : array, list of arrays or list of parameter-group dicts",
+              "    Copied into flat buffers; use ``opt.params`` afterwards (see "
+              ":class:`Optimizer`)."]
+    for h in rule.hyper:
+        kind = "float or schedule" if h.name == "lr" else \
+            {"Real": "float", "Pair": "(float, float)", "Flag": "bool"}[type(h).__name__]
+        lines.append(f"{h.name} : {kind}, default {h.default!r} ({h.describe()})")
+        if h.doc:
+            lines.append(f"    {h.doc[:1].upper() + h.doc[1:]}.")
+    return "\n".join(lines) + "\n"
 
 
-class AdamW(Optimizer):
-    r"""AdamW: Adam with decoupled weight decay (Loshchilov & Hutter, 2019); torch.optim.AdamW.
-
-    As :class:`Adam`, except that the decay shrinks the parameter instead of
-    entering the gradient::
-
-        param = param * (1 - lr * weight_decay)              (first)
-        g = -grad if maximize else grad                      (no L2 term)
-        ...                                                  (then Adam's update)
-
-    Parameters
-    ----------
-    params : array, list of arrays or list of parameter-group dicts
-        Copied into flat buffers; use ``opt.params`` afterwards (see :class:`Optimizer`).
-    lr : float or schedule, default 1e-3
-    betas : (float, float), default (0.9, 0.999)
-    eps : float, default 1e-8
-    weight_decay : float, default 1e-2
-    amsgrad : bool, default False
-    maximize : bool, default False
-    """
-    rule = RULES["adamw"]
-
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False, *, maximize=False):
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                         amsgrad=amsgrad, maximize=maximize)
+def _derive_class(rule):
+    """The optimizer class of ``rule``: torch's constructor signature (names,
+    order, defaults, keyword-only options) over the generic :class:`Optimizer`."""
+    positional = [h.name for h in rule.hyper if not h.keyword]
+    keyword = [h.name for h in rule.hyper if h.keyword]
+    params = ["self", "params", *(f"{h}=_defaults[{h!r}]" for h in positional)]
+    if keyword:
+        params += ["*", *(f"{h}=_defaults[{h!r}]" for h in keyword)]
+    names = positional + keyword
+    source = (f"def __init__({', '.join(params)}):\n"
+              f"    Optimizer.__init__(self, params, "
+              f"{', '.join(f'{h}={h}' for h in names)})\n")
+    namespace = {"Optimizer": Optimizer,
+                 "_defaults": {h.name: h.default for h in rule.hyper}}
+    exec(compile(source, f"<fastadapt.optim.{rule.torch_name}>", "exec"), namespace)
+    init = namespace["__init__"]
+    init.__qualname__ = f"{rule.torch_name}.__init__"
+    return type(rule.torch_name, (Optimizer,), {
+        "__init__": init, "rule": rule, "state_init": rule.state_init,
+        "__doc__": _class_docstring(rule), "__module__": __name__})
 
 
-class SGD(Optimizer):
-    r"""Stochastic gradient descent with optional (Nesterov) momentum; torch.optim.SGD.
-
-    Each step ``t = 1, 2, ...`` of a group, elementwise::
-
-        g = -grad if maximize else grad
-        g = g + weight_decay * param
-        if momentum != 0:
-            momentum_buffer = g                                           (t = 1)
-                              momentum * momentum_buffer + (1 - dampening) * g   (t > 1)
-            g = g + momentum * momentum_buffer if nesterov else momentum_buffer
-        param = param - lr * g
-
-    (Sutskever et al., 2013 for the momentum form.) State: ``momentum_buffer``
-    when ``momentum != 0``.
-
-    Parameters
-    ----------
-    params : array, list of arrays or list of parameter-group dicts
-        Copied into flat buffers; use ``opt.params`` afterwards (see :class:`Optimizer`).
-    lr : float or schedule, default 1e-3
-    momentum : float, default 0
-    dampening : float, default 0
-    weight_decay : float, default 0
-    nesterov : bool, default False (needs momentum > 0 and dampening 0)
-    maximize : bool, default False
-    """
-    rule = RULES["sgd"]
-
-    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
-                 nesterov=False, *, maximize=False):
-        super().__init__(params, lr=lr, momentum=momentum, dampening=dampening,
-                         weight_decay=weight_decay, nesterov=nesterov, maximize=maximize)
-
-
-class RMSprop(Optimizer):
-    r"""RMSprop (Hinton, 2012; centered: Graves, 2013); torch.optim.RMSprop.
-
-    Each step, elementwise::
-
-        g = -grad if maximize else grad
-        g = g + weight_decay * param
-        square_avg = alpha * square_avg + (1 - alpha) * g * g
-        if centered:
-            grad_avg = alpha * grad_avg + (1 - alpha) * g
-            avg = sqrt(square_avg - grad_avg**2) + eps
-        else:
-            avg = sqrt(square_avg) + eps
-        if momentum > 0:
-            momentum_buffer = momentum * momentum_buffer + g / avg
-            param = param - lr * momentum_buffer
-        else:
-            param = param - lr * g / avg
-
-    State (zeros): ``square_avg``, ``grad_avg`` if centered, ``momentum_buffer``
-    if momentum > 0.
-
-    Parameters
-    ----------
-    params : array, list of arrays or list of parameter-group dicts
-        Copied into flat buffers; use ``opt.params`` afterwards (see :class:`Optimizer`).
-    lr : float or schedule, default 1e-2
-    alpha : float, default 0.99
-    eps : float, default 1e-8
-    weight_decay : float, default 0
-    momentum : float, default 0
-    centered : bool, default False
-    maximize : bool, default False
-    """
-    rule = RULES["rmsprop"]
-
-    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
-                 centered=False, *, maximize=False):
-        super().__init__(params, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
-                         momentum=momentum, centered=centered, maximize=maximize)
-
-
-class Adagrad(Optimizer):
-    r"""AdaGrad (Duchi, Hazan & Singer, 2011); torch.optim.Adagrad.
-
-    ``state_sum`` starts at ``initial_accumulator_value``; each step
-    ``t = 1, 2, ...`` of a group, elementwise::
-
-        g = -grad if maximize else grad
-        g = g + weight_decay * param
-        clr = lr / (1 + (t - 1) * lr_decay)
-        state_sum = state_sum + g * g
-        param = param - clr * g / (sqrt(state_sum) + eps)
-
-    State: ``state_sum`` (torch's ``sum``).
-
-    Parameters
-    ----------
-    params : array, list of arrays or list of parameter-group dicts
-        Copied into flat buffers; use ``opt.params`` afterwards (see :class:`Optimizer`).
-    lr : float or schedule, default 1e-2
-    lr_decay : float, default 0
-    weight_decay : float, default 0
-    initial_accumulator_value : float, default 0 (>= 0)
-    eps : float, default 1e-10
-    maximize : bool, default False
-    """
-    rule = RULES["adagrad"]
-    state_init = {"state_sum": "initial_accumulator_value"}
-
-    def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
-                 initial_accumulator_value=0.0, eps=1e-10, *, maximize=False):
-        super().__init__(params, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
-                         initial_accumulator_value=initial_accumulator_value, eps=eps,
-                         maximize=maximize)
-
-
-class Adadelta(Optimizer):
-    r"""Adadelta (Zeiler, 2012); torch.optim.Adadelta.
-
-    Each step, elementwise::
-
-        g = -grad if maximize else grad
-        g = g + weight_decay * param
-        square_avg = rho * square_avg + (1 - rho) * g * g
-        delta = sqrt(acc_delta + eps) / sqrt(square_avg + eps) * g
-        acc_delta = rho * acc_delta + (1 - rho) * delta * delta
-        param = param - lr * delta
-
-    State (zeros): ``square_avg``, ``acc_delta``.
-
-    Parameters
-    ----------
-    params : array, list of arrays or list of parameter-group dicts
-        Copied into flat buffers; use ``opt.params`` afterwards (see :class:`Optimizer`).
-    lr : float or schedule, default 1.0
-    rho : float in [0, 1], default 0.9
-    eps : float, default 1e-6
-    weight_decay : float, default 0
-    maximize : bool, default False
-    """
-    rule = RULES["adadelta"]
-
-    def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, *,
-                 maximize=False):
-        super().__init__(params, lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
-                         maximize=maximize)
+for _rule in RULES.values():
+    globals()[_rule.torch_name] = _derive_class(_rule)
+    __all__.append(_rule.torch_name)
+del _rule

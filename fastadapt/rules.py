@@ -1,68 +1,598 @@
 """The registry of update rules: each rule declared once.
 
-The optimizer classes, the tests and the benchmarks iterate over ``RULES``
-rather than repeating a list of algorithms. A :class:`Rule` names its
-functional step, its state arrays (in the functional's argument order), which
-of them an option set needs, its hyper-parameters with torch's defaults, and
-the bytes one update moves per element.
+A :class:`Rule` declares everything about an algorithm that is not its
+per-element math (``kernels/math.py``): its hyper-parameters with torch's
+names, defaults and ranges, its state arrays and the option that turns each
+on, the per-step scalars its math takes (computed on the host, by name, in
+float64), and the update as pseudo-code. Everything else is derived from it:
+the functional step (``fastadapt.functional``), the optimizer class
+(``fastadapt.optim``), the CPU and CUDA drivers (``kernels/loops.py``), the
+bytes moved per element, the benchmark's entries and the tests' matrix.
+
+Adding a rule touches its math, one declaration here, its test case
+(``tests/optim_cases.py`` and ``tests/naive.py``) and the README's table.
 """
-from dataclasses import dataclass
-from typing import Callable
+import math
 
-from . import functional as F
+import numpy as np
+
+from . import _args
+
+# ----------------------------------------------------------------- declarations
 
 
-@dataclass(frozen=True)
+def _real_check(name, low, high, low_open, high_open):
+    """A checker of one real in the interval: a float inside it returns at once
+    (the per-step path), anything else goes through ``_args.real``."""
+    not_low = low if low_open else math.nan      # NaN compares unequal to all
+    not_high = high if high_open else math.nan
+
+    def check(value):
+        if type(value) is float and low <= value <= high and value != not_low \
+                and value != not_high:
+            return value
+        return _args.real(name, value, low, high, low_open, high_open)
+    return check
+
+
+class Real:
+    """A real hyper-parameter in an interval (closed unless ``*_open``)."""
+
+    def __init__(self, name, default, low=0.0, high=math.inf, low_open=False,
+                 high_open=False, keyword=False, setup=False, doc=""):
+        self.name, self.default, self.doc = name, default, doc
+        self.bounds = dict(low=low, high=high, low_open=low_open, high_open=high_open)
+        self.keyword = keyword      # keyword-only in the class (after torch's ``*``)
+        self.setup = setup          # shapes the initial state only: the class's, not the step's
+        self.check = self._checker()
+
+    def _checker(self):
+        return _real_check(self.name, **self.bounds)
+
+    def describe(self):
+        b = self.bounds
+        if b["low"] == 0.0 and b["high"] == math.inf and not b["low_open"]:
+            return ">= 0"
+        lo = "(" if b["low_open"] else "["
+        hi = ")" if b["high_open"] else "]"
+        return f"in {lo}{b['low']:g}, {b['high']:g}{hi}"
+
+
+class Pair(Real):
+    """A pair of reals (``betas``), each in the interval, named ``name[0]``, ``name[1]``."""
+
+    def _checker(self):
+        name = self.name
+        first = _real_check(f"{name}[0]", **self.bounds)
+        second = _real_check(f"{name}[1]", **self.bounds)
+
+        def check(value):
+            a, b = _args.pair(name, value)
+            return first(a), second(b)
+        return check
+
+    def describe(self):
+        return "each " + super().describe()
+
+
+class Flag:
+    """A bool option."""
+
+    def __init__(self, name, default=False, keyword=False, doc=""):
+        self.name, self.default, self.keyword, self.doc = name, default, keyword, doc
+        self.setup = False
+
+    def check(self, value):
+        return _args.flag(self.name, value)
+
+    def describe(self):
+        return "bool"
+
+
+class State:
+    """A state array. ``when``: the option (name, truthy) or predicate of the
+    checked options under which the rule uses it (always if None); ``flag``:
+    the math's bool scalar that gates its load and store (``when``'s name by
+    default); ``init``: the setup hyper-parameter holding its initial value
+    (zeros otherwise)."""
+
+    def __init__(self, name, when=None, flag=None, init=None, when_doc=None, doc=""):
+        self.name, self.when, self.init, self.doc = name, when, init, doc
+        self.when_doc = when_doc if when_doc is not None else (
+            f"{when}=True" if isinstance(when, str) else None)
+        self.flag = flag if flag is not None else (when if isinstance(when, str) else None)
+        if when is not None and self.flag is None:
+            raise ValueError(f"state {name}: a predicate 'when' needs the math's 'flag'")
+
+    def used(self, options):
+        if self.when is None:
+            return True
+        if isinstance(self.when, str):
+            return bool(options[self.when])
+        return bool(self.when(options))
+
+
+class ScalarState:
+    """One number of per-parameter state that is not an array (NAdam's
+    ``mu_product``, ASGD's ``eta`` and ``mu``): it starts at ``initial`` (a
+    number, or the name of the hyper-parameter holding it) and the rule's
+    ``scalars`` advances it once per step."""
+
+    def __init__(self, name, initial, doc=""):
+        self.name, self.initial, self.doc = name, initial, doc
+
+    def start(self, options):
+        value = options[self.initial] if isinstance(self.initial, str) else self.initial
+        return float(value)
+
+
 class Rule:
-    name: str                       # "adam"
-    torch_name: str                 # torch.optim class name, "Adam"
-    step_fn: Callable               # the functional step, e.g. adam_step
-    state: tuple                    # every state array the step can take
-    defaults: dict                  # hyper-parameters with torch's defaults
-    takes_step: bool                # whether step_fn needs step=
-    needs: Callable                 # options -> state names this option set uses
+    """One update rule; see the module docstring.
+
+    ``kernel`` names the math function (rules may share one: Adam and
+    AdamW); ``hyper`` lists the hyper-parameters in the order of torch's
+    constructor; ``scalars(options, step)`` returns the math's host scalars
+    by name (all but ``grad_sign``, which every kernel takes and the
+    dispatcher computes from ``maximize`` and ``grad_scale``); ``check`` may
+    reject combinations of options; ``pseudocode`` is the update, elementwise.
+
+    A rule with ``scalar_state`` (:class:`ScalarState`) has
+    ``scalars(options, step, state) -> (scalars, new_state)`` instead, both
+    dicts by name: the functional step takes the state as keyword arguments
+    and returns the new one, and the classes keep it per group.
+    """
+
+    def __init__(self, name, torch_name, kernel, hyper, state, scalars, pseudocode,
+                 summary, takes_step=True, check=None, notes="", in_torch=True, bench=None,
+                 scalar_state=()):
+        self.name, self.torch_name, self.kernel = name, torch_name, kernel
+        self.hyper = tuple(hyper)
+        self.state_specs = tuple(state)
+        self.scalars = scalars
+        self.pseudocode, self.summary, self.notes = pseudocode, summary, notes
+        self.takes_step = takes_step
+        self.check = check
+        self.in_torch = in_torch     # torch.optim has it (the tests' oracle)
+        # the variants the benchmark measures: (key, label, options); the rule's
+        # defaults alone unless declared
+        self.bench = tuple(bench) if bench is not None else ((name, torch_name, {}),)
+        self.scalar_state = tuple(scalar_state)
+        self.step_fn = None          # set by fastadapt.functional
+
+    @property
+    def state(self):
+        """Every state array the step can take, in the math's order."""
+        return tuple(s.name for s in self.state_specs)
+
+    @property
+    def defaults(self):
+        """The functional step's hyper-parameters with torch's defaults."""
+        return {h.name: h.default for h in self.hyper if not h.setup}
+
+    @property
+    def setup_options(self):
+        """Class-only hyper-parameters that set the initial state: name -> default."""
+        return {h.name: h.default for h in self.hyper if h.setup}
+
+    @property
+    def state_init(self):
+        """State name -> the setup hyper-parameter holding its initial value."""
+        return {s.name: s.init for s in self.state_specs if s.init is not None}
+
+    def initial_value(self, name, **options):
+        """The value state array ``name`` starts at under ``options`` (0 unless it
+        declares an ``init`` option: Adagrad's ``initial_accumulator_value``,
+        Rprop's ``lr``)."""
+        key = self.state_init.get(name)
+        if key is None:
+            return 0.0
+        return float({**self.defaults, **self.setup_options, **options}[key])
 
     def state_for(self, **options):
         """The state arrays needed under ``options`` (unset ones take defaults)."""
-        return tuple(self.needs({**self.defaults, **options}))
+        options = {**self.defaults, **options}
+        return tuple(s.name for s in self.state_specs if s.used(options))
 
     def bytes_per_element(self, itemsize=4, **options):
         """Bytes one step moves per element: param read+write, grad read,
         and each used state array read+written."""
         return itemsize * (3 + 2 * len(self.state_for(**options)))
 
-
-_ADAM_DEFAULTS = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                      amsgrad=False, maximize=False)
-
-
-def _adam_needs(o):
-    return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if o["amsgrad"] else ())
+    def __repr__(self):
+        return f"Rule({self.name!r})"
 
 
-def _rmsprop_needs(o):
-    return (("square_avg",) + (("grad_avg",) if o["centered"] else ())
-            + (("momentum_buffer",) if o["momentum"] > 0 else ()))
+# ----------------------------------------------------------------- helpers
+def _lerp_weight(prefix, weight):
+    """torch.lerp's scalars for weight ``w``: w, w - 1 and which form is exact."""
+    return {f"one_minus_{prefix}": weight, f"neg_{prefix}": weight - 1.0,
+            f"one_minus_{prefix}_is_small": abs(weight) < 0.5}
 
 
-RULES = {rule.name: rule for rule in (
-    Rule("adam", "Adam", F.adam_step,
-         ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), _ADAM_DEFAULTS, True, _adam_needs),
-    Rule("adamw", "AdamW", F.adamw_step,
-         ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
-         {**_ADAM_DEFAULTS, "weight_decay": 1e-2}, True, _adam_needs),
-    Rule("sgd", "SGD", F.sgd_step, ("momentum_buffer",),
-         dict(lr=1e-3, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
-              maximize=False), True,
-         lambda o: ("momentum_buffer",) if o["momentum"] != 0 else ()),
-    Rule("rmsprop", "RMSprop", F.rmsprop_step,
-         ("square_avg", "grad_avg", "momentum_buffer"),
-         dict(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
-              centered=False, maximize=False), False, _rmsprop_needs),
-    Rule("adagrad", "Adagrad", F.adagrad_step, ("state_sum",),
-         dict(lr=1e-2, lr_decay=0.0, weight_decay=0.0, eps=1e-10, maximize=False),
-         True, lambda o: ("state_sum",)),
-    Rule("adadelta", "Adadelta", F.adadelta_step, ("square_avg", "acc_delta"),
-         dict(lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, maximize=False),
-         False, lambda o: ("square_avg", "acc_delta")),
-)}
+_LR = Real("lr", 1e-3, doc="learning rate (or a schedule, in the classes)")
+_EPS = Real("eps", 1e-8, doc="added to the denominator")
+_WD = Real("weight_decay", 0.0, doc="L2 penalty added to the gradient")
+_MAXIMIZE = Flag("maximize", keyword=True, doc="ascend the objective instead")
+
+
+def _with(spec, **changes):
+    """A copy of a hyper-parameter spec with another default (or doc)."""
+    out = object.__new__(type(spec))
+    out.__dict__.update(spec.__dict__)
+    out.__dict__.update(changes)
+    if hasattr(out, "_checker"):
+        out.check = out._checker()
+    return out
+
+
+# ----------------------------------------------------------------- Adam, AdamW
+_ADAM_CODE = """\
+g = -grad if maximize else grad
+g = g + weight_decay * param                      (L2 penalty)
+exp_avg    = lerp(exp_avg, g, 1 - beta1)
+exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
+v = max_exp_avg_sq = max(max_exp_avg_sq, exp_avg_sq)   if amsgrad
+    exp_avg_sq                                          otherwise
+denom = sqrt(v) / sqrt(1 - beta2**step) + eps
+param = param - lr / (1 - beta1**step) * exp_avg / denom"""
+
+_ADAMW_CODE = """\
+param = param * (1 - lr * weight_decay)           (decoupled decay, first)
+g = -grad if maximize else grad                   (no L2 term)
+exp_avg    = lerp(exp_avg, g, 1 - beta1)
+exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
+v = max_exp_avg_sq = max(max_exp_avg_sq, exp_avg_sq)   if amsgrad
+    exp_avg_sq                                          otherwise
+denom = sqrt(v) / sqrt(1 - beta2**step) + eps
+param = param - lr / (1 - beta1**step) * exp_avg / denom"""
+
+
+def _adam_scalars(decoupled):
+    def scalars(o, t):
+        beta1, beta2 = o["betas"]
+        lr, wd = o["lr"], o["weight_decay"]
+        one_minus_beta1 = 1.0 - beta1
+        return {"weight_decay": 0.0 if decoupled else wd,
+                "decay_factor": 1.0 - lr * wd if decoupled else 1.0,
+                "one_minus_beta1": one_minus_beta1, "neg_beta1": one_minus_beta1 - 1.0,
+                "one_minus_beta1_is_small": abs(one_minus_beta1) < 0.5,
+                "beta2": beta2, "one_minus_beta2": 1.0 - beta2,
+                "bias_correction2_sqrt": math.sqrt(1.0 - beta2 ** t),
+                "eps": o["eps"], "neg_step_size": -lr / (1.0 - beta1 ** t),
+                "amsgrad": o["amsgrad"], "l2": not decoupled and wd != 0}
+    return scalars
+
+
+_BETAS = Pair("betas", (0.9, 0.999), 0.0, 1.0, high_open=True,
+              doc="decay rates of the first and second moment")
+_AMSGRAD = Flag("amsgrad", doc="use the running maximum of exp_avg_sq (Reddi et al., 2018)")
+_ADAM_STATE = (State("exp_avg"), State("exp_avg_sq"), State("max_exp_avg_sq", when="amsgrad"))
+
+ADAM = Rule(
+    "adam", "Adam", "adam",
+    (_LR, _BETAS, _EPS, _WD, _AMSGRAD, _MAXIMIZE), _ADAM_STATE, _adam_scalars(False),
+    _ADAM_CODE, "Adam (Kingma & Ba, 2015), and AMSGrad (Reddi et al., 2018)",
+    bench=(("adam", "Adam", {}), ("amsgrad", "AMSGrad", {"amsgrad": True})))
+
+ADAMW = Rule(
+    "adamw", "AdamW", "adam",
+    (_LR, _BETAS, _EPS, _with(_WD, default=1e-2, doc="decoupled weight decay"),
+     _AMSGRAD, _MAXIMIZE),
+    _ADAM_STATE, _adam_scalars(True), _ADAMW_CODE,
+    "AdamW: Adam with decoupled weight decay (Loshchilov & Hutter, 2019)")
+
+
+# ----------------------------------------------------------------- SGD
+def _sgd_check(o):
+    if o["nesterov"] and (o["momentum"] <= 0 or o["dampening"] != 0):
+        raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+
+
+SGD = Rule(
+    "sgd", "SGD", "sgd",
+    (_LR, Real("momentum", 0.0, doc="momentum factor"),
+     Real("dampening", 0.0, low=-math.inf, doc="dampening of the momentum"),
+     _WD, Flag("nesterov", doc="Nesterov momentum (Sutskever et al., 2013)"), _MAXIMIZE),
+    (State("momentum_buffer", when=lambda o: o["momentum"] != 0, flag="use_momentum",
+           when_doc="momentum != 0",
+           doc="its contents are ignored on step 1"),),
+    lambda o, t: {"weight_decay": o["weight_decay"], "momentum": o["momentum"],
+                  "one_minus_dampening": 1.0 - o["dampening"], "neg_lr": -o["lr"],
+                  "use_momentum": o["momentum"] != 0, "first_step": t == 1,
+                  "nesterov": o["nesterov"], "l2": o["weight_decay"] != 0},
+    """\
+g = -grad if maximize else grad
+g = g + weight_decay * param
+if momentum != 0:
+    momentum_buffer = g                                           (step 1)
+                      momentum * momentum_buffer + (1 - dampening) * g   (later)
+    g = g + momentum * momentum_buffer if nesterov else momentum_buffer
+param = param - lr * g""",
+    "Stochastic gradient descent with optional (Nesterov) momentum",
+    check=_sgd_check, bench=(("sgd-momentum", "SGD-momentum", {"momentum": 0.9}),))
+
+
+# ----------------------------------------------------------------- RMSprop
+RMSPROP = Rule(
+    "rmsprop", "RMSprop", "rmsprop",
+    (_with(_LR, default=1e-2), Real("alpha", 0.99, doc="smoothing constant"), _EPS, _WD,
+     Real("momentum", 0.0, doc="momentum factor"),
+     Flag("centered", doc="normalise by the variance instead (Graves, 2013)"), _MAXIMIZE),
+    (State("square_avg"), State("grad_avg", when="centered"),
+     State("momentum_buffer", when=lambda o: o["momentum"] > 0, flag="use_momentum",
+           when_doc="momentum > 0")),
+    lambda o, t: {"weight_decay": o["weight_decay"], "alpha": o["alpha"],
+                  **_lerp_weight("alpha", 1.0 - o["alpha"]), "eps": o["eps"],
+                  "momentum": o["momentum"], "neg_lr": -o["lr"],
+                  "centered": o["centered"], "use_momentum": o["momentum"] > 0,
+                  "l2": o["weight_decay"] != 0},
+    """\
+g = -grad if maximize else grad
+g = g + weight_decay * param
+square_avg = alpha * square_avg + (1 - alpha) * g * g
+if centered:
+    grad_avg = lerp(grad_avg, g, 1 - alpha)
+    avg = sqrt(square_avg - grad_avg**2) + eps
+else:
+    avg = sqrt(square_avg) + eps
+if momentum > 0:
+    momentum_buffer = momentum * momentum_buffer + g / avg
+    param = param - lr * momentum_buffer
+else:
+    param = param - lr * g / avg""",
+    "RMSprop (Hinton, 2012; centered: Graves, 2013)", takes_step=False,
+    bench=(("rmsprop", "RMSprop", {}),
+           ("rmsprop-centered", "RMSprop centered", {"centered": True})))
+
+
+# ----------------------------------------------------------------- Adagrad
+ADAGRAD = Rule(
+    "adagrad", "Adagrad", "adagrad",
+    (_with(_LR, default=1e-2), Real("lr_decay", 0.0, doc="learning-rate decay"), _WD,
+     Real("initial_accumulator_value", 0.0, high=math.inf, setup=True,
+          doc="initial value of state_sum"),
+     _with(_EPS, default=1e-10), _MAXIMIZE),
+    (State("state_sum", init="initial_accumulator_value", doc="torch's ``sum``"),),
+    lambda o, t: {"weight_decay": o["weight_decay"], "eps": o["eps"],
+                  "neg_clr": -o["lr"] / (1.0 + (t - 1.0) * o["lr_decay"]),
+                  "l2": o["weight_decay"] != 0},
+    """\
+g = -grad if maximize else grad
+g = g + weight_decay * param
+clr = lr / (1 + (step - 1) * lr_decay)
+state_sum = state_sum + g * g
+param = param - clr * g / (sqrt(state_sum) + eps)""",
+    "AdaGrad (Duchi, Hazan & Singer, 2011)", bench=(("adagrad", "AdaGrad", {}),))
+
+
+# ----------------------------------------------------------------- Adadelta
+ADADELTA = Rule(
+    "adadelta", "Adadelta", "adadelta",
+    (_with(_LR, default=1.0), Real("rho", 0.9, high=1.0, doc="decay rate of the averages"),
+     _with(_EPS, default=1e-6), _WD, _MAXIMIZE),
+    (State("square_avg"), State("acc_delta")),
+    lambda o, t: {"weight_decay": o["weight_decay"], "rho": o["rho"],
+                  "one_minus_rho": 1.0 - o["rho"], "eps": o["eps"], "neg_lr": -o["lr"],
+                  "l2": o["weight_decay"] != 0},
+    """\
+g = -grad if maximize else grad
+g = g + weight_decay * param
+square_avg = rho * square_avg + (1 - rho) * g * g
+delta = sqrt(acc_delta + eps) / sqrt(square_avg + eps) * g
+acc_delta = rho * acc_delta + (1 - rho) * delta * delta
+param = param - lr * delta""",
+    "Adadelta (Zeiler, 2012)", takes_step=False)
+
+
+# ----------------------------------------------------------------- Adamax
+ADAMAX = Rule(
+    "adamax", "Adamax", "adamax",
+    (_with(_LR, default=2e-3), _BETAS, _EPS, _WD, _MAXIMIZE),
+    (State("exp_avg"), State("exp_inf")),
+    lambda o, t: {"weight_decay": o["weight_decay"],
+                  **_lerp_weight("beta1", 1.0 - o["betas"][0]), "beta2": o["betas"][1],
+                  "eps": o["eps"], "neg_clr": -o["lr"] / (1.0 - o["betas"][0] ** t),
+                  "l2": o["weight_decay"] != 0},
+    """\
+g = -grad if maximize else grad
+g = g + weight_decay * param
+exp_avg = lerp(exp_avg, g, 1 - beta1)
+exp_inf = max(beta2 * exp_inf, |g| + eps)
+param = param - lr / (1 - beta1**step) * exp_avg / exp_inf""",
+    "Adamax, Adam's infinity-norm variant (Kingma & Ba, 2015, section 7)")
+
+
+# ----------------------------------------------------------------- RAdam
+def _radam_scalars(o, t):
+    beta1, beta2 = o["betas"]
+    lr, wd, decoupled = o["lr"], o["weight_decay"], o["decoupled_weight_decay"]
+    bias_correction2 = 1.0 - beta2 ** t
+    rho_inf = 2.0 / (1.0 - beta2) - 1.0
+    rho_t = rho_inf - 2.0 * t * beta2 ** t / bias_correction2
+    rectify = rho_t > 5.0
+    rect = math.sqrt((rho_t - 4.0) * (rho_t - 2.0) * rho_inf
+                     / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)) if rectify else 1.0
+    return {"weight_decay": wd,
+            "decay_factor": 1.0 - lr * wd if decoupled and wd != 0 else 1.0,
+            **_lerp_weight("beta1", 1.0 - beta1), "beta2": beta2,
+            "one_minus_beta2": 1.0 - beta2, "bias_correction1": 1.0 - beta1 ** t,
+            "bias_correction2_sqrt": math.sqrt(bias_correction2), "eps": o["eps"],
+            "lr": lr, "rect": rect, "rectify": rectify, "l2": not decoupled and wd != 0}
+
+
+RADAM = Rule(
+    "radam", "RAdam", "radam",
+    (_LR, _BETAS, _EPS, _WD,
+     Flag("decoupled_weight_decay", doc="decay the parameter as AdamW does instead of "
+          "adding an L2 term"), _MAXIMIZE),
+    (State("exp_avg"), State("exp_avg_sq")), _radam_scalars,
+    """\
+param = param * (1 - lr * weight_decay)        if decoupled_weight_decay
+g = -grad if maximize else grad
+g = g + weight_decay * param                   unless decoupled_weight_decay
+exp_avg    = lerp(exp_avg, g, 1 - beta1)
+exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
+rho_inf = 2 / (1 - beta2) - 1
+rho_t   = rho_inf - 2 * step * beta2**step / (1 - beta2**step)
+update  = exp_avg / (1 - beta1**step) * lr
+if rho_t > 5:                                  (the variance is tractable: rectify)
+    rect = sqrt((rho_t - 4) (rho_t - 2) rho_inf / ((rho_inf - 4) (rho_inf - 2) rho_t))
+    update = update * sqrt(1 - beta2**step) / (sqrt(exp_avg_sq) + eps) * rect
+param = param - update""",
+    "RAdam, rectified Adam (Liu et al., 2020)")
+
+
+# ----------------------------------------------------------------- Rprop
+def _rprop_check(o):
+    etaminus, etaplus = o["etas"]
+    if not etaminus < 1.0 < etaplus:
+        raise ValueError(f"invalid etas: {o['etas']!r} (must be 0 < etas[0] < 1 < etas[1])")
+
+
+RPROP = Rule(
+    "rprop", "Rprop", "rprop",
+    (_with(_LR, default=1e-2, doc="the initial step size: step_size starts at it (the "
+           "class fills it; the functional step reads step_size)"),
+     Pair("etas", (0.5, 1.2), low_open=True, doc="(etaminus, etaplus): the factors a "
+          "step size shrinks and grows by"),
+     Pair("step_sizes", (1e-6, 50), doc="(min, max): the range of a step size"),
+     _MAXIMIZE),
+    (State("prev", doc="the previous step's gradient (zeroed where its sign flipped)"),
+     State("step_size", init="lr", doc="each element's step size")),
+    lambda o, t: {"etaminus": o["etas"][0], "etaplus": o["etas"][1],
+                  "step_size_min": o["step_sizes"][0], "step_size_max": o["step_sizes"][1],
+                  "zero": 0.0, "one": 1.0},
+    """\
+g = -grad if maximize else grad
+s = sign(g * prev)
+factor = etaplus if s > 0, etaminus if s < 0, 1 if s == 0
+step_size = clamp(step_size * factor, step_sizes[0], step_sizes[1])
+g = 0 where factor == etaminus                 (the sign flipped: no move, forget it)
+param = param - sign(g) * step_size
+prev = g""",
+    "Rprop, resilient backpropagation (Riedmiller & Braun, 1993)",
+    takes_step=False, check=_rprop_check)
+
+
+# ----------------------------------------------------------------- NAdam
+def _float32(x):
+    """``x`` rounded to float32, as torch keeps a scalar state tensor."""
+    return float(np.float32(x))
+
+
+def _nadam_scalars(o, t, state):
+    beta1, beta2 = o["betas"]
+    lr, wd, decoupled = o["lr"], o["weight_decay"], o["decoupled_weight_decay"]
+    decay = o["momentum_decay"]
+    mu = beta1 * (1.0 - 0.5 * 0.96 ** (t * decay))
+    mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((t + 1.0) * decay))
+    # torch's mu_product is a float32 tensor: multiplied (and rounded) in float32
+    mu_product = _float32(np.float32(state["mu_product"]) * np.float32(mu))
+    mu_product_next = mu_product * mu_next
+    scalars = {"weight_decay": wd,
+               "decay_factor": 1.0 - lr * wd if decoupled and wd != 0 else 1.0,
+               **_lerp_weight("beta1", 1.0 - beta1), "beta2": beta2,
+               "one_minus_beta2": 1.0 - beta2, "bias_correction2": 1.0 - beta2 ** t,
+               "eps": o["eps"], "coef_grad": -lr * (1.0 - mu) / (1.0 - mu_product),
+               "coef_avg": (-lr * mu_next) / (1.0 - mu_product_next),
+               "l2": not decoupled and wd != 0}
+    return scalars, {"mu_product": mu_product}
+
+
+NADAM = Rule(
+    "nadam", "NAdam", "nadam",
+    (_with(_LR, default=2e-3), _BETAS, _EPS, _WD,
+     Real("momentum_decay", 4e-3, doc="the momentum schedule's decay (psi)"),
+     Flag("decoupled_weight_decay", doc="decay the parameter as AdamW does instead of "
+          "adding an L2 term"), _MAXIMIZE),
+    (State("exp_avg"), State("exp_avg_sq")), _nadam_scalars,
+    """\
+param = param * (1 - lr * weight_decay)        if decoupled_weight_decay
+g = -grad if maximize else grad
+g = g + weight_decay * param                   unless decoupled_weight_decay
+mu      = beta1 * (1 - 0.5 * 0.96**(step * momentum_decay))
+mu_next = beta1 * (1 - 0.5 * 0.96**((step + 1) * momentum_decay))
+mu_product = mu_product * mu                   (a float32 scalar, as torch keeps it)
+exp_avg    = lerp(exp_avg, g, 1 - beta1)
+exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
+denom = sqrt(exp_avg_sq / (1 - beta2**step)) + eps
+param = param - lr * (1 - mu) / (1 - mu_product) * g / denom
+param = param - lr * mu_next / (1 - mu_product * mu_next) * exp_avg / denom""",
+    "NAdam, Adam with Nesterov momentum (Dozat, 2016)",
+    scalar_state=(ScalarState("mu_product", 1.0, doc="the product of the momentum "
+                              "schedule's mu so far"),))
+
+
+# ----------------------------------------------------------------- ASGD
+def _asgd_scalars(o, t, state):
+    lr, lambd = o["lr"], o["lambd"]
+    eta, mu = _float32(state["eta"]), _float32(state["mu"])   # float32 tensors in torch
+    scalars = {"weight_decay": o["weight_decay"], "decay": 1.0 - lambd * eta,
+               "neg_eta": -eta, "mu": mu, "average": mu != 1.0,
+               "l2": o["weight_decay"] != 0}
+    try:
+        new_eta = lr / ((1.0 + lambd * lr * t) ** o["alpha"])
+    except OverflowError:           # the denominator beyond float64: eta has reached 0
+        new_eta = 0.0
+    new_mu = 1.0 / max(1.0, t - o["t0"])
+    return scalars, {"eta": _float32(new_eta), "mu": _float32(new_mu)}
+
+
+ASGD = Rule(
+    "asgd", "ASGD", "asgd",
+    (_with(_LR, default=1e-2), Real("lambd", 1e-4, low=-math.inf, doc="decay term"),
+     Real("alpha", 0.75, low=-math.inf, doc="power for the eta update"),
+     Real("t0", 1e6, low=-math.inf, doc="the step at which averaging starts"), _WD,
+     _MAXIMIZE),
+    (State("ax", doc="the averaged parameters, the point of ASGD"),), _asgd_scalars,
+    """\
+g = -grad if maximize else grad
+g = g + weight_decay * param
+param = param * (1 - lambd * eta)
+param = param - eta * g
+ax = ax + (param - ax) * mu          if mu != 1
+     param                           otherwise
+eta = lr / (1 + lambd * lr * step)**alpha     (for the next step)
+mu  = 1 / max(1, step - t0)                   (for the next step)""",
+    "ASGD, averaged stochastic gradient descent (Polyak & Juditsky, 1992)",
+    scalar_state=(ScalarState("eta", "lr", doc="the step size of this step (float32, "
+                              "as torch keeps it)"),
+                  ScalarState("mu", 1.0, doc="the averaging weight of this step (float32)")))
+
+
+# ----------------------------------------------------------------- Lion
+LION = Rule(
+    "lion", "Lion", "lion",
+    (_with(_LR, default=1e-4), _with(_BETAS, default=(0.9, 0.99), doc="interpolation of "
+     "the update's and the momentum's averages"),
+     _with(_WD, doc="decoupled weight decay"), _MAXIMIZE),
+    (State("exp_avg"),),
+    lambda o, t: {"decay_factor": 1.0 - o["lr"] * o["weight_decay"],
+                  "one_minus_beta1": 1.0 - o["betas"][0], "beta1": o["betas"][0],
+                  "one_minus_beta2": 1.0 - o["betas"][1], "beta2": o["betas"][1],
+                  "neg_lr": -o["lr"], "zero": 0.0, "one": 1.0},
+    """\
+g = -grad if maximize else grad
+c = beta1 * exp_avg + (1 - beta1) * g
+param = param * (1 - lr * weight_decay) - lr * sign(c)
+exp_avg = beta2 * exp_avg + (1 - beta2) * g""",
+    "Lion, evolved sign momentum (Chen et al., 2023, arXiv:2302.06675)",
+    takes_step=False, in_torch=False)
+
+
+RULES = {rule.name: rule for rule in (ADAM, ADAMW, SGD, RMSPROP, ADAGRAD, ADADELTA,
+                                      ADAMAX, RADAM, RPROP, NADAM, ASGD, LION)}
+
+
+def kernel_specs():
+    """Kernel name -> ``((state name, gating flag or None), ...)``, from every rule.
+
+    Rules sharing a kernel must declare the same state, and this is what the
+    drivers are generated from (with the math's signature).
+    """
+    specs = {}
+    for rule in RULES.values():
+        spec = tuple((s.name, s.flag) for s in rule.state_specs)
+        if specs.setdefault(rule.kernel, spec) != spec:
+            raise ValueError(f"rules sharing kernel {rule.kernel!r} declare different state")
+    return specs

@@ -1,20 +1,20 @@
 """The CPU target: the drivers of ``loops.py`` as Numba ``prange`` loops.
 
-``DRIVERS[rule].parallel`` runs on Numba's thread pool; ``.serial`` is the
+``DRIVERS[kernel].parallel`` runs on Numba's thread pool; ``.serial`` is the
 same source compiled without ``parallel=True``, for arrays below
 ``SERIAL_BELOW`` elements where waking the pool costs more than the loop.
 Scalars arrive as a small array of the arrays' dtype: building a tuple of
 NumPy scalars per call costs more than the whole update of a small array.
-Both versions are cached on disk under their own names, stamped with every
-kernel source file.
+Both versions follow NumPy's error model (IEEE division: ``x / 0`` is inf or
+NaN, never ``ZeroDivisionError``, as in torch) and are cached on disk under
+names that carry a hash of their sources (see ``loops.py``).
 """
-import types
+import math
 
 from numba import njit, prange
-from numba.core.caching import FunctionCache
 
-from . import loops, math
-from ._cache import watching
+from . import loops, math as _math
+from ._jit import cached
 
 if __name__ != "fastadapt.kernels.cpu":
     # From the repository root ``kernels`` is also importable as a top-level
@@ -23,27 +23,29 @@ if __name__ != "fastadapt.kernels.cpu":
     # later process where only fastadapt is importable.
     raise ImportError(f"import this module as fastadapt.kernels.cpu, not {__name__}")
 
+from ..rules import kernel_specs  # noqa: E402  (after the guard above)
+
 # Measured on 2 cores with `fastadapt bench --threshold`: the parallel region
 # costs about 2 us more than a serial loop, which the serial loop's lack of
 # SIMD repays at a few hundred elements.
 SERIAL_BELOW = 512
 
-_Cache = watching(FunctionCache, math.__file__, __file__)
-_elem, _sources = loops.build(njit(inline="always"), prange, __name__)
+VOCABULARY = {**_math.SCALAR_VOCABULARY, "sqrt": math.sqrt}
+SPECS = kernel_specs()
+SIGNATURES = loops.signatures(SPECS)
+_elem, _sources = loops.build(njit(inline="always", error_model="numpy"), VOCABULARY,
+                              prange, __name__, __file__, SPECS)
 
 
-def _cached(dispatcher):
-    dispatcher._cache = _Cache(dispatcher.py_func)  # what cache=True does
-    return dispatcher
+class Driver:
+    """One kernel's two compiled loops."""
+
+    __slots__ = ("parallel", "serial")
+
+    def __init__(self, source):
+        self.parallel = cached(njit, source, parallel=True, nogil=True, error_model="numpy")
+        self.serial = cached(njit, loops.renamed(source, "_serial"), nogil=True,
+                             error_model="numpy")
 
 
-def _compile(rule, source):
-    serial = types.FunctionType(source.__code__, source.__globals__, rule + "_serial")
-    serial.__qualname__, serial.__module__ = source.__qualname__ + "_serial", __name__
-    return types.SimpleNamespace(
-        parallel=_cached(njit(parallel=True, nogil=True)(source)),
-        serial=_cached(njit(nogil=True)(serial)),
-    )
-
-
-DRIVERS = {rule: _compile(rule, source) for rule, source in _sources.items()}
+DRIVERS = {kernel: Driver(source) for kernel, source in _sources.items()}

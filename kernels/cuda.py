@@ -10,13 +10,22 @@ The per-element math is ``math.py`` compiled as inlined CUDA device
 functions. NVVM contracts ``a * b + c`` into fused multiply-adds by default,
 so float32 results may differ from the CPU's in the last bits (float64 too,
 far below any tolerance); torch's CUDA kernels do the same. Kernels compile
-lazily, once per dtype, and are cached on disk, stamped with every kernel
-source file.
+lazily, once per dtype, and are cached on disk under names that carry a hash
+of their sources (see ``loops.py``).
+
+Under Numba's CUDA simulator the device functions run as Python on NumPy
+scalars; there ``sqrt`` is ``numpy.sqrt``, which keeps a float32 argument
+float32 and rounds correctly, as the GPU's ``sqrt.rn.f32`` does (Python's
+``math.sqrt`` would return a float64).
 """
+import math
+
+import numpy as np
 from numba import cuda
 
-from . import loops, math
-from ._cache import watching
+from . import loops, math as _math
+from ._jit import cached
+from ..rules import kernel_specs
 
 try:  # numba-cuda keeps its own config; older versions shared Numba's
     from numba.cuda.core.config import ENABLE_CUDASIM as SIMULATOR
@@ -49,13 +58,9 @@ def launch_config(n, multiprocessors):
     return max(blocks, 1), threads
 
 
-def _kernel(source):
-    kernel = cuda.jit(source)
-    if not SIMULATOR:
-        from numba.cuda.dispatcher import CUDACache
-        kernel._cache = watching(CUDACache, math.__file__, __file__)(kernel.py_func)
-    return kernel
-
-
-_elem, _sources = loops.build(_device, grid_stride, __name__)
-KERNELS = {rule: _kernel(source) for rule, source in _sources.items()}
+VOCABULARY = {**_math.SCALAR_VOCABULARY, "sqrt": np.sqrt if SIMULATOR else math.sqrt}
+SPECS = kernel_specs()
+SIGNATURES = loops.signatures(SPECS)
+_elem, _sources = loops.build(_device, VOCABULARY, grid_stride, __name__, __file__, SPECS)
+KERNELS = {kernel: (cuda.jit(source) if SIMULATOR else cached(cuda.jit, source))
+           for kernel, source in _sources.items()}

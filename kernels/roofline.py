@@ -27,6 +27,7 @@ import types
 from numba import njit, prange
 
 from . import cpu as _cpu  # also refuses a top-level ``kernels`` import (see cpu.py)
+from ._jit import cached
 
 MAX_STATE = 4
 
@@ -85,13 +86,13 @@ def _renamed(func, suffix):
 
 def _compile(func):
     return types.SimpleNamespace(
-        parallel=njit(parallel=True, cache=True, nogil=True)(func),
-        serial=njit(cache=True, nogil=True)(_renamed(func, "_serial")),
+        parallel=cached(njit, func, parallel=True, nogil=True),
+        serial=cached(njit, _renamed(func, "_serial"), nogil=True),
     )
 
 
 ROOFLINE = [_compile(f) for f in (roofline0, roofline1, roofline2, roofline3, roofline4)]
-copy = njit(parallel=True, cache=True, nogil=True)(copy)
+copy = cached(njit, copy, parallel=True, nogil=True)
 
 
 def step(param, grad, state):

@@ -14,6 +14,10 @@ def _f64(*arrays):
     return [np.asarray(a, dtype=np.float64) for a in arrays]
 
 
+def _unscaled(grad, grad_scale):
+    return grad if grad_scale is None else grad / grad_scale
+
+
 def _direction(param, grad, weight_decay, maximize):
     g = -grad if maximize else grad
     return g + weight_decay * param
@@ -111,5 +115,106 @@ def adadelta_step(param, grad, square_avg, acc_delta, *, lr=1.0, rho=0.9, eps=1e
     param[...], square_avg[...], acc_delta[...] = p - lr * delta, v, u
 
 
+def adamax_step(param, grad, exp_avg, exp_inf, *, step, lr=2e-3, betas=(0.9, 0.999),
+                eps=1e-8, weight_decay=0.0, maximize=False, grad_scale=None):
+    beta1, beta2 = betas
+    p, grad, m, u = _f64(param, grad, exp_avg, exp_inf)
+    g = _direction(p, _unscaled(grad, grad_scale), weight_decay, maximize)
+    m = beta1 * m + (1.0 - beta1) * g
+    u = np.maximum(beta2 * u, np.abs(g) + eps)      # the infinity norm, eps inside
+    param[...] = p - lr / (1.0 - beta1 ** step) * m / u
+    exp_avg[...], exp_inf[...] = m, u
+
+
+def radam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, betas=(0.9, 0.999),
+               eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False, maximize=False):
+    beta1, beta2 = betas
+    p, grad, m, v = _f64(param, grad, exp_avg, exp_avg_sq)
+    if decoupled_weight_decay:
+        p = p * (1.0 - lr * weight_decay)
+        g = _direction(p, grad, 0.0, maximize)
+    else:
+        g = _direction(p, grad, weight_decay, maximize)
+    m = beta1 * m + (1.0 - beta1) * g
+    v = beta2 * v + (1.0 - beta2) * g ** 2
+    m_hat = m / (1.0 - beta1 ** step)
+    rho_inf = 2.0 / (1.0 - beta2) - 1.0          # length of the approximated SMA
+    rho_t = rho_inf - 2.0 * step * beta2 ** step / (1.0 - beta2 ** step)
+    if rho_t > 5.0:
+        r = np.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf
+                    / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+        # eps added to sqrt(v) before the bias correction, as torch places it
+        v_hat = np.sqrt(v) / np.sqrt(1.0 - beta2 ** step) + eps / np.sqrt(1.0 - beta2 ** step)
+        param[...] = p - lr * m_hat * r / v_hat
+    else:
+        param[...] = p - lr * m_hat
+    exp_avg[...], exp_avg_sq[...] = m, v
+
+
+def rprop_step(param, grad, prev, step_size, *, lr=1e-2, etas=(0.5, 1.2),
+               step_sizes=(1e-6, 50), maximize=False):
+    etaminus, etaplus = etas
+    p, g, prev64, size = _f64(param, grad, prev, step_size)
+    g = -g if maximize else g
+    agree = np.sign(g * prev64)
+    factor = np.where(agree > 0, etaplus, np.where(agree < 0, etaminus, 1.0))
+    size = np.clip(size * factor, step_sizes[0], step_sizes[1])
+    g = np.where(agree < 0, 0.0, g)              # a sign change: no move this step
+    param[...] = p - np.sign(g) * size
+    prev[...], step_size[...] = g, size
+
+
+def nadam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=2e-3, betas=(0.9, 0.999),
+               eps=1e-8, weight_decay=0.0, momentum_decay=4e-3,
+               decoupled_weight_decay=False, maximize=False, mu_product=None):
+    """Returns the new mu_product, which torch keeps as a float32 tensor (so it
+    is rounded to float32 here too)."""
+    beta1, beta2 = betas
+    p, grad, m, v = _f64(param, grad, exp_avg, exp_avg_sq)
+    if decoupled_weight_decay:
+        p = p * (1.0 - lr * weight_decay)
+        g = _direction(p, grad, 0.0, maximize)
+    else:
+        g = _direction(p, grad, weight_decay, maximize)
+    mu = beta1 * (1.0 - 0.5 * 0.96 ** (step * momentum_decay))        # Dozat's schedule
+    mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((step + 1) * momentum_decay))
+    product = float(np.float32(np.float32(1.0 if mu_product is None else mu_product)
+                               * np.float32(mu)))
+    m = beta1 * m + (1.0 - beta1) * g
+    v = beta2 * v + (1.0 - beta2) * g ** 2
+    v_hat = v / (1.0 - beta2 ** step)
+    m_hat = mu_next * m / (1.0 - product * mu_next) + (1.0 - mu) * g / (1.0 - product)
+    param[...] = p - lr * m_hat / (np.sqrt(v_hat) + eps)
+    exp_avg[...], exp_avg_sq[...] = m, v
+    return {"mu_product": product}
+
+
+def asgd_step(param, grad, ax, *, step, lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6,
+              weight_decay=0.0, maximize=False, eta=None, mu=None):
+    """Returns the next step's eta and mu, float32 as torch keeps them."""
+    f32 = lambda x: float(np.float32(x))          # noqa: E731
+    eta, mu = f32(lr if eta is None else eta), f32(1.0 if mu is None else mu)
+    p, grad, a = _f64(param, grad, ax)
+    g = _direction(p, grad, weight_decay, maximize)
+    p = p * (1.0 - lambd * eta) - eta * g
+    a = a + (p - a) * mu if mu != 1.0 else p     # Polyak averaging
+    param[...], ax[...] = p, a
+    return {"eta": f32(lr / (1.0 + lambd * lr * step) ** alpha),
+            "mu": f32(1.0 / max(1.0, step - t0))}
+
+
+def lion_step(param, grad, exp_avg, *, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0,
+              maximize=False):
+    """Chen et al. (2023), Algorithm 2: the sign of an interpolation, then the momentum."""
+    beta1, beta2 = betas
+    p, grad, m = _f64(param, grad, exp_avg)
+    g = -grad if maximize else grad
+    update = np.sign(beta1 * m + (1.0 - beta1) * g)
+    param[...] = p * (1.0 - lr * weight_decay) - lr * update
+    exp_avg[...] = beta2 * m + (1.0 - beta2) * g
+
+
 STEPS = {"adam": adam_step, "adamw": adamw_step, "sgd": sgd_step,
-         "rmsprop": rmsprop_step, "adagrad": adagrad_step, "adadelta": adadelta_step}
+         "rmsprop": rmsprop_step, "adagrad": adagrad_step, "adadelta": adadelta_step,
+         "adamax": adamax_step, "radam": radam_step, "rprop": rprop_step,
+         "nadam": nadam_step, "asgd": asgd_step, "lion": lion_step}

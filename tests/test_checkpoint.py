@@ -12,6 +12,8 @@ import fastadapt
 from fastadapt import checkpoint, schedules
 from fastadapt.optim import Optimizer
 
+import optim_cases
+
 TESTS = os.path.dirname(os.path.abspath(__file__))
 SHAPES = [(7,), (3, 5), (4, 4, 2), (1,), (0,)]
 TOTAL, SAVED_AT = 30, 12
@@ -30,7 +32,12 @@ CASES = {
     "adagrad": lambda: (fastadapt.Adagrad, dict(lr=0.1, lr_decay=0.01,
                                                 initial_accumulator_value=0.1)),
     "adadelta": lambda: (fastadapt.Adadelta, dict(rho=0.8, weight_decay=0.01)),
+    "nadam": lambda: (fastadapt.NAdam, dict(                 # scalar state (mu_product)
+        lr=schedules.ExponentialDecay(0.01, 0.95), momentum_decay=0.05)),
 }
+for _name, _rule in fastadapt.RULES.items():   # every other rule: every state it has
+    CASES.setdefault(_name, lambda _rule=_rule: (getattr(fastadapt, _rule.torch_name),
+                                                 dict(optim_cases.EVERY_STATE[_rule.name])))
 
 
 def make(name, dtype=np.float32, shapes=SHAPES):

@@ -68,8 +68,8 @@ def test_warmup_selects_and_validates():
     assert list(times) == [("sgd", "float32")]
     assert list(fastadapt.warmup(["adam", "adagrad"], ["float64"])) == [
         ("adam", "float64"), ("adagrad", "float64")]
-    with pytest.raises(ValueError, match="unknown rule.*'adamax'"):
-        fastadapt.warmup(rules=["adamax"])
+    with pytest.raises(ValueError, match="unknown rule.*'nosuchrule'"):
+        fastadapt.warmup(rules=["nosuchrule"])
     with pytest.raises(TypeError, match="unsupported dtype float16"):
         fastadapt.warmup(dtypes=[np.float16])
 
@@ -78,7 +78,7 @@ def test_compile_command(capsys):
     assert main(["compile", "--rules", "adam,sgd", "--dtypes", "float32"]) == 0
     out = capsys.readouterr().out
     assert "adam float32" in out and "sgd float32" in out and "2 rule/dtype pairs" in out
-    assert main(["compile", "--rules", "adamax"]) == 2
+    assert main(["compile", "--rules", "nosuchrule"]) == 2
     assert "unknown rule" in capsys.readouterr().err
 
 

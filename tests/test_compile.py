@@ -32,7 +32,7 @@ def _run_python(code, cwd, **env):
 @pytest.mark.parametrize("size", [7, cpu.SERIAL_BELOW + 1], ids=["serial", "parallel"])
 def test_a_second_call_compiles_nothing(name, dtype, size):
     rule = fastadapt.RULES[name]
-    driver = cpu.DRIVERS["adam" if name == "adamw" else name]
+    driver = cpu.DRIVERS[rule.kernel]
     path = driver.serial if size < cpu.SERIAL_BELOW else driver.parallel
 
     def step(shape, t, lr, options):

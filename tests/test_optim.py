@@ -19,20 +19,40 @@ from fastadapt import schedules
 from fastadapt.optim import Optimizer
 
 from conftest import DTYPES, assert_close
+import optim_cases as cases_db
 from optim_cases import CONFIGS, SETUP_OPTIONS, TORCH_STATE_NAMES, cases
 
 SHAPES = [(7,), (3, 5), (4, 4, 2), (1,), (0,)]
 STEPS = 50
-CLASSES = {cls.rule.name: cls for cls in (fastadapt.Adam, fastadapt.AdamW, fastadapt.SGD,
-                                          fastadapt.RMSprop, fastadapt.Adagrad,
-                                          fastadapt.Adadelta)}
+CLASSES = {name: getattr(fastadapt, rule.torch_name) for name, rule in fastadapt.RULES.items()}
 
 
 def test_every_rule_has_a_class():
     assert CLASSES.keys() == fastadapt.RULES.keys()
     for name, cls in CLASSES.items():
         assert cls.__name__ == fastadapt.RULES[name].torch_name
+        assert cls.rule is fastadapt.RULES[name]
         assert issubclass(cls, Optimizer) and "step" not in vars(cls)
+
+
+def test_class_signatures_are_torchs(torch):
+    """Names, order and defaults of torch's constructors, less torch's implementation
+    switches (foreach, fused, capturable, differentiable); what is positional here is
+    positional in torch too, in the same places. Not offered: Adam's
+    decoupled_weight_decay (that is AdamW)."""
+    skip = {"foreach", "fused", "capturable", "differentiable", "decoupled_weight_decay"}
+    for name, cls in CLASSES.items():
+        rule = fastadapt.RULES[name]
+        if not rule.in_torch:
+            continue
+        theirs = [p for p in inspect.signature(getattr(torch.optim, cls.__name__))
+                  .parameters.values() if p.name not in skip or p.name in rule.defaults]
+        ours = list(inspect.signature(cls).parameters.values())
+        assert [(p.name, p.default) for p in ours] == \
+            [(p.name, p.default) for p in theirs], name
+        positional = [p.name for p in ours if p.kind is p.POSITIONAL_OR_KEYWORD]
+        assert positional == [p.name for p in theirs[:len(positional)]], name
+        assert all(p.kind is p.POSITIONAL_OR_KEYWORD for p in theirs[:len(positional)]), name
 
 
 def _model(dtype, seed=0):
@@ -54,7 +74,7 @@ def _groups(name, config, arrays):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("name, config", cases())
+@pytest.mark.parametrize("name, config", cases(torch=True))
 def test_matches_torch_with_param_groups(torch, name, config, dtype):
     params0, grads = _model(dtype), _gradients(dtype)
 
@@ -81,11 +101,41 @@ def test_matches_torch_with_param_groups(torch, name, config, dtype):
         assert int(tstate.get("step", STEPS)) == STEPS   # torch's SGD keeps no count
         ours = {n: v[i] for n, v in state[g].items() if n != "step"}
         expected = {TORCH_STATE_NAMES.get(n, n) for n in ours}
-        assert expected == {n for n, v in tstate.items()
-                            if n != "step" and v is not None}, f"state names, param {k}"
+        scalar = opt.scalar_state[g]
+        assert expected | set(scalar) == {n for n, v in tstate.items()
+                                          if n != "step" and v is not None}, \
+            f"state names, param {k}"
+        for n, v in scalar.items():      # kept as torch keeps it: float32 0-d tensors
+            assert v == tstate[n].item(), f"param {k} {n}"
         for n, v in ours.items():
             assert_close(v, tstate[TORCH_STATE_NAMES.get(n, n)].numpy(), dtype,
                          f"param {k} {n}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("name, config", [c for c in cases()
+                                          if not fastadapt.RULES[c.values[0]].in_torch])
+def test_matches_the_reference_with_param_groups(name, config, dtype):
+    """Rules torch.optim lacks: each parameter against the float64 reference run
+    with its group's options."""
+    steps = 20
+    params0, grads = _model(dtype), _gradients(dtype, steps=steps)
+    opt = CLASSES[name](_groups(name, config, params0), **config)
+    for step_grads in grads:
+        opt.step(step_grads)
+    groups = _groups(name, config, list(range(len(SHAPES))))
+    views_state = [(g, i) for g, b in enumerate(opt._groups) for i in range(len(b.param))]
+    for gi, group in enumerate(groups):
+        options = {**config, **{k: v for k, v in group.items() if k != "params"}}
+        for k in group["params"]:
+            param, state = cases_db.run_naive(name, options, params0[k], [g[k] for g in grads])
+            assert_close(opt.params[k], param, dtype, f"param {k}")
+            g, i = views_state[k]
+            assert opt.state[g]["step"] == steps
+            ours = {n: v[i] for n, v in opt.state[g].items() if n != "step"}
+            assert set(ours) == set(state)
+            for n in ours:
+                assert_close(ours[n], state[n], dtype, f"param {k} {n}")
 
 
 def test_input_arrays_are_copied_not_updated():
@@ -310,7 +360,7 @@ def test_params_forms():
 
 def test_setup_options_match_the_case_database():
     for name, cls in CLASSES.items():
-        assert set(cls.state_init.values()) <= SETUP_OPTIONS
+        assert set(cls.state_init.values()) <= SETUP_OPTIONS | set(cls.rule.defaults)
         for config in CONFIGS[name]:
             cls([np.zeros(2)], **config)    # every database config constructs
 

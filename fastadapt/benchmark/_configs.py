@@ -1,7 +1,8 @@
 """The rule configurations the benchmark measures, declared once.
 
 A :class:`Config` is a rule of :data:`fastadapt.RULES` plus the options that
-select one of its variants (AMSGrad is Adam with ``amsgrad=True``, ...). The
+select one of its variants (AMSGrad is Adam with ``amsgrad=True``, ...), as
+the rule's declaration lists them (``Rule.bench``). The
 benchmark, its NumPy rivals, the pytest-benchmark suites in ``bench/`` and
 ``tests/test_benchmark.py`` all iterate over :data:`CONFIGS`.
 """
@@ -32,21 +33,20 @@ class Config:
         """Bytes one step moves per element (param r+w, grad r, each state r+w)."""
         return self.rule.bytes_per_element(itemsize, **self.options)
 
+    def initial_state(self, like):
+        """The state arrays this variant updates, as NumPy arrays like ``like``
+        holding their initial values (zeros, or the declared ``init``)."""
+        return {name: np.full_like(like, self.rule.initial_value(name, **self.options))
+                for name in self.state_names}
+
     def torch_kwargs(self):
         """The torch.optim constructor's hyper-parameters (same names, same defaults)."""
         return {**self.rule.defaults, **self.options}
 
 
-CONFIGS = (
-    Config("adam", "Adam", "adam"),
-    Config("adamw", "AdamW", "adamw"),
-    Config("amsgrad", "AMSGrad", "adam", {"amsgrad": True}),
-    Config("sgd-momentum", "SGD-momentum", "sgd", {"momentum": 0.9}),
-    Config("rmsprop", "RMSprop", "rmsprop"),
-    Config("rmsprop-centered", "RMSprop centered", "rmsprop", {"centered": True}),
-    Config("adagrad", "AdaGrad", "adagrad"),
-    Config("adadelta", "Adadelta", "adadelta"),
-)
+#: Every rule's benchmark variants, as its declaration lists them (``Rule.bench``).
+CONFIGS = tuple(Config(key, label, rule.name, dict(options))
+                for rule in RULES.values() for key, label, options in rule.bench)
 
 BY_KEY = {c.key: c for c in CONFIGS}
 

@@ -46,14 +46,14 @@ def import_torch():
 
 def fastadapt_step(config, param, grad):
     p, g = param.copy(), grad.copy()
-    state = {name: np.zeros_like(p) for name in config.state_names}
+    state = config.initial_state(p)
     return _functional_closure(config.rule.step_fn, config, p, g, state, {})
 
 
 def numpy_step(config, param, grad):
     """The NumPy rival with its temporaries allocated once and reused."""
     p, g = param.copy(), grad.copy()
-    state = {name: np.zeros_like(p) for name in config.state_names}
+    state = config.initial_state(p)
     scratch = [np.empty_like(p) for _ in range(SCRATCH_ARRAYS)]
     return _functional_closure(NUMPY_STEPS[config.rule_name], config, p, g, state,
                                {"scratch": scratch})
@@ -63,13 +63,19 @@ def numpy_alloc_step(config, param, grad):
     """The NumPy rival allocating its temporaries in every call (``np.empty_like``),
     as a step function that keeps no buffers between calls does."""
     p, g = param.copy(), grad.copy()
-    state = {name: np.zeros_like(p) for name in config.state_names}
+    state = config.initial_state(p)
     return _functional_closure(NUMPY_STEPS[config.rule_name], config, p, g, state, {})
 
 
 def _functional_closure(fn, config, p, g, state, extra):
     options = {**config.options, **state, **extra}
-    if config.rule.takes_step:
+    if config.rule.scalar_state:        # NAdam's mu_product, ...: carried step to step
+        counter = itertools.count(1)
+
+        def step():
+            counter_kw = {"step": next(counter)} if config.rule.takes_step else {}
+            options.update(fn(p, g, **counter_kw, **options) or {})
+    elif config.rule.takes_step:
         counter = itertools.count(1)
 
         def step():
@@ -97,6 +103,8 @@ def torch_optimizer(config, tensors, mode):
     Raises Unavailable when torch lacks this path (no fused RMSprop, ...).
     """
     torch = import_torch()
+    if not config.rule.in_torch:
+        raise Unavailable(f"torch.optim has no {config.rule.torch_name}")
     cls = getattr(torch.optim, config.rule.torch_name)
     flags = TORCH_MODES[mode]
     try:
@@ -277,7 +285,7 @@ def driver_call(config, param, grad):
 
     from ..kernels import cpu
     p, g = param.copy(), grad.copy()
-    state = {name: np.zeros_like(p) for name in config.state_names}
+    state = config.initial_state(p)
     captured = []
 
     def recorder(key):

@@ -1,5 +1,8 @@
 """The NumPy rivals: each update written the way a careful NumPy user would.
 
+A rule without a hand-written rival here gets one derived from its math
+(:func:`derived_step`), so a new rule needs no entry in this file.
+
 In-place ufuncs with ``out=`` and a couple of temporaries, one pass over
 memory per ufunc; the same signatures, defaults and semantics as
 :mod:`fastadapt.functional` (``tests/test_benchmark.py`` checks that each
@@ -171,9 +174,59 @@ def adadelta_step(param, grad, square_avg, acc_delta, *, lr=1.0, rho=0.9, eps=1e
     param -= delta
 
 
-#: rule name (as in :data:`fastadapt.RULES`) -> NumPy step
-NUMPY_STEPS = {"adam": adam_step, "adamw": adamw_step, "sgd": sgd_step,
-               "rmsprop": rmsprop_step, "adagrad": adagrad_step, "adadelta": adadelta_step}
+def derived_step(rule):
+    """The NumPy rival of any rule: its math (``kernels/math.py``) evaluated on
+    whole arrays, with NumPy's ufuncs for the math's vocabulary, and the host
+    scalars of its functional step.
+
+    Every operation is one ufunc pass allocating its result, as plain NumPy
+    code would be written; ``scratch`` is accepted and ignored. The rules
+    with a hand-written rival (:data:`CAREFUL`) avoid those allocations.
+    """
+    from ..functional import _SIGNATURES
+    kernel = _numpy_math(rule.kernel)
+    signature = _SIGNATURES[rule.kernel]
+
+    def step(param, grad, *args, scratch=None, **kwargs):
+        update = rule.step_fn.plan(param, grad, *args, **kwargs)
+        if param.size == 0:
+            return update.state
+        arrays = update.arrays
+        cast = param.dtype.type
+        scalars = [bool(x) if name in signature.flags else cast(x)
+                   for name, x in zip(signature.scalars, update.scalars)]
+        elements = [arrays[n] if arrays[n] is not None else param
+                    for n in signature.elements]
+        out = kernel(*elements, *scalars)
+        for name, value in zip(("param",) + rule.state, out):
+            if arrays[name] is not None:
+                arrays[name][...] = value
+        return update.state
+    step.__name__ = f"{rule.name}_step"
+    step.__doc__ = f"{rule.torch_name} in NumPy, derived from its math; " \
+                   f":func:`fastadapt.{rule.name}_step`'s semantics."
+    return step
+
+
+def _numpy_math(kernel):
+    from ..kernels import math
+    vocabulary = {"sqrt": np.sqrt, "maximum": np.maximum, "where": np.where}
+    return getattr(math.compile_with(lambda f: f, vocabulary, names=(kernel,)), kernel)
+
+
+#: rule name -> hand-written NumPy step (in-place ufuncs, reusable scratch)
+CAREFUL = {"adam": adam_step, "adamw": adamw_step, "sgd": sgd_step,
+           "rmsprop": rmsprop_step, "adagrad": adagrad_step, "adadelta": adadelta_step}
+
+
+def _numpy_steps():
+    from ..rules import RULES
+    return {name: CAREFUL.get(name) or derived_step(rule) for name, rule in RULES.items()}
+
+
+#: rule name (as in :data:`fastadapt.RULES`) -> NumPy step: the hand-written
+#: one where there is one, else derived from the rule's math
+NUMPY_STEPS = _numpy_steps()
 
 #: scratch arrays a step may use
 SCRATCH_ARRAYS = 3

@@ -1,0 +1,29 @@
+"""Disk caching through Numba's public ``cache=True``, with an in-memory fallback.
+
+Numba raises ``RuntimeError: cannot cache function ...: no locator available``
+when neither the package directory nor ``NUMBA_CACHE_DIR`` (nor the user's
+cache directory) is writable. Importing fastadapt must still work there, so
+``cached`` then compiles that kernel in memory (once per process) and warns
+once, saying how to enable the cache.
+"""
+import warnings
+
+_warned = []
+
+
+def cached(decorator, func, **options):
+    """``decorator(cache=True, **options)(func)``, or without the cache when no
+    cache location is writable (with one warning per process)."""
+    try:
+        return decorator(cache=True, **options)(func)
+    except RuntimeError as exc:
+        if "cannot cache" not in str(exc):
+            raise
+        if not _warned:
+            _warned.append(True)
+            warnings.warn(
+                "fastadapt: no writable cache location for the compiled kernels "
+                f"({exc}); compiling them in memory, once per process. Set "
+                "NUMBA_CACHE_DIR to a writable directory to cache them on disk.",
+                RuntimeWarning, stacklevel=2)
+        return decorator(**options)(func)

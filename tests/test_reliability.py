@@ -1,0 +1,220 @@
+"""Regression tests for the kernel-side reliability defects of issue 8: IEEE division
+on every path, import without a writable cache, no stale cache after an edit,
+ndarray subclasses, overflow behaving as torch's, huge step numbers and
+non-numeric hyper-parameters."""
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastadapt
+from fastadapt.kernels.cpu import SERIAL_BELOW
+
+import optim_cases as cases
+from conftest import assert_unchanged, snapshot
+
+REPO = Path(__file__).resolve().parents[1]
+RULES = fastadapt.RULES
+
+
+# ------------------------------------------------------------ 1. IEEE division
+@pytest.mark.parametrize("n", [8, SERIAL_BELOW + 8], ids=["serial", "parallel"])
+@pytest.mark.parametrize("name", ["adam", "rmsprop", "adagrad"])
+def test_eps_zero_divides_as_ieee_like_torch(torch, name, n):
+    """eps=0 with a zero gradient is 0/0: NaN like torch, on every element, never a
+    ZeroDivisionError half-way through the update."""
+    g = np.ones(n, np.float32)
+    g[n // 2:] = 0
+    config = {"eps": 0.0}
+    param0 = np.ones(n, np.float32)
+    ours, _ = cases.run_fastadapt(name, config, param0, [g])
+    theirs, _ = cases.run_torch(name, config, param0, [g])
+    np.testing.assert_array_equal(np.isnan(ours), np.isnan(theirs))
+    assert np.isnan(ours[n // 2:]).all()
+    np.testing.assert_allclose(ours[:n // 2], theirs[:n // 2], rtol=1e-6)
+
+
+def test_eps_below_float32s_range_is_zero_not_an_error():
+    p, g = np.ones(8, np.float32), np.zeros(8, np.float32)
+    m, v = np.zeros(8, np.float32), np.zeros(8, np.float32)
+    fastadapt.adam_step(p, g, m, v, step=1, eps=1e-46)   # rounds to 0 in float32
+    assert np.isnan(p).all()
+
+
+def test_a_class_with_eps_zero_steps_without_raising():
+    """The flat buffer's padding (zero gradient) must not raise either."""
+    opt = fastadapt.Adam([np.ones(10, np.float32)], eps=0.0)
+    opt.step([np.ones(10, np.float32)])
+    opt.step([np.ones(10, np.float32)])
+    assert opt.state[0]["step"] == 2 and np.isfinite(opt.params[0]).all()
+
+
+# ------------------------------------------------------------ 2, 3. the disk cache
+def _copy_package(root):
+    """fastadapt with its kernels, as an installed package would lie, under ``root``."""
+    ignore = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(REPO / "fastadapt", root / "fastadapt", ignore=ignore)
+    shutil.copytree(REPO / "kernels", root / "fastadapt" / "kernels", ignore=ignore)
+    return root
+
+
+def _python(code, root, env):
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("NUMBA_CACHE_DIR", "XDG_CACHE_HOME", "PYTHONPATH")}
+    result = subprocess.run([sys.executable, "-W", "always", "-c", textwrap.dedent(code)],
+                            cwd=root, env={**base, "PYTHONPATH": str(root), **env},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+_ONE_STEP = """
+    import fastadapt, numpy as np
+    assert fastadapt.__file__.startswith({root!r}), fastadapt.__file__
+    p = np.ones(3, np.float32)
+    fastadapt.adam_step(p, np.ones(3, np.float32), np.zeros(3, np.float32),
+                        np.zeros(3, np.float32), step=1, lr=0.5)
+    print(repr(float(p[0])))
+"""
+
+
+def test_import_works_with_no_writable_cache_location(tmp_path):
+    """No NUMBA_CACHE_DIR, and neither the package's directory nor the user's cache
+    directory can hold a cache (their ``__pycache__`` / ``.cache`` are files, which
+    stops root too, unlike permissions): the kernels compile in memory, with one
+    warning that names NUMBA_CACHE_DIR."""
+    root = _copy_package(tmp_path / "site")
+    for d in (root / "fastadapt", root / "fastadapt" / "kernels"):
+        (d / "__pycache__").write_text("not a directory")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".cache").write_text("not a directory")
+    result = _python(_ONE_STEP.format(root=str(root)), root,
+                     {"HOME": str(home), "PYTHONDONTWRITEBYTECODE": "1"})
+    assert float(result.stdout.split()[-1]) == pytest.approx(0.5)
+    warnings = [line for line in result.stderr.splitlines() if "RuntimeWarning" in line]
+    assert len(warnings) == 1 and "NUMBA_CACHE_DIR" in warnings[0], result.stderr
+
+
+def test_an_edited_kernel_source_is_not_served_from_the_cache(tmp_path):
+    """Same size, same mtime, different math: a fresh process computes the new math."""
+    root = _copy_package(tmp_path / "site")
+    env = {"NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    code = _ONE_STEP.format(root=str(root))
+    before = float(_python(code, root, env).stdout.split()[-1])
+    assert float(_python(code, root, env).stdout.split()[-1]) == before   # cached
+    math_py = root / "fastadapt" / "kernels" / "math.py"
+    stat = math_py.stat()
+    text = math_py.read_text()
+    old = "return p + neg_step_size * m / denom"
+    assert text.count(old) == 1
+    math_py.write_text(text.replace(old, "return p - neg_step_size * m / denom"))
+    os.utime(math_py, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert math_py.stat().st_size == stat.st_size
+    after = float(_python(code, root, env).stdout.split()[-1])
+    assert before == pytest.approx(0.5) and after == pytest.approx(1.5)
+
+
+# ------------------------------------------------------------ 8. ndarray subclasses
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+@pytest.mark.parametrize("arg", ["param", "grad", "exp_avg"])
+def test_np_matrix_is_a_type_error_naming_the_argument(arg):
+    arrays = {a: np.ones((1, 4)) for a in ("param", "grad", "exp_avg", "exp_avg_sq")}
+    arrays[arg] = np.asmatrix(arrays[arg])
+    before = snapshot(list(arrays.values()))
+    with pytest.raises(TypeError, match=f"{arg} is a numpy.matrix"):
+        fastadapt.adam_step(**arrays, step=1)
+    assert_unchanged(list(arrays.values()), before)
+
+
+def test_a_memmap_is_an_array_like_any_other(tmp_path):
+    p = np.memmap(tmp_path / "p.bin", np.float64, "w+", shape=(5,))
+    fastadapt.sgd_step(p, np.ones(5), step=1, lr=0.5)
+    np.testing.assert_array_equal(p, -0.5)
+
+
+# ------------------------------------------------------------ 12. overflow as torch's
+def test_centered_rmsprop_with_a_huge_gradient_matches_torch(torch):
+    p, g = np.array([0.5], np.float32), np.array([3e38], np.float32)
+    fastadapt.rmsprop_step(p, g, np.zeros(1, np.float32), centered=True,
+                           grad_avg=np.zeros(1, np.float32))
+    assert p[0] == np.float32(0.5)
+
+
+def _overflow_cases():
+    return [pytest.param(name, config, id=f"{name}[{cases.config_id(config)}]")
+            for name, rule in RULES.items() if rule.in_torch
+            for config in ({}, {"weight_decay": 0.1} if "weight_decay" in rule.defaults
+                           else {"maximize": True}, cases.EVERY_STATE[name])]
+
+
+@pytest.mark.parametrize("name, config", _overflow_cases())
+def test_huge_and_non_finite_gradients_match_torch(torch, name, config):
+    """Gradients near float32's limit, infinite and NaN, for three steps: the same
+    elements are finite, infinite or NaN as in torch, and the finite ones agree
+    (torch fuses some multiply-adds, so an overflow can hide in its exact product;
+    and it skips the L2 term when weight_decay is 0, where 0 * inf is NaN)."""
+    column = np.array([3e38, -3e38, 1e20, 2e19, np.inf, -np.inf, np.nan, 1.0], np.float32)
+    param0 = np.linspace(-1, 1, column.size).astype(np.float32)
+    grads = [column, column * np.float32(0.5), column]
+    ours, _ = cases.run_fastadapt(name, config, param0, grads)
+    theirs, _ = cases.run_torch(name, config, param0, grads)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, equal_nan=True)
+
+
+# ------------------------------------------------------------ 13. huge steps
+@pytest.mark.parametrize("name", [n for n, r in RULES.items() if r.takes_step])
+@pytest.mark.parametrize("step", [2 ** 64, 2 ** 1100])
+def test_a_huge_step_is_the_limit_not_an_error(name, step):
+    """Beyond 2**64 every bias correction has reached its limit: the same update."""
+    config = dict(cases.EVERY_STATE[name], lr_decay=0.5) if name == "adagrad" else \
+        cases.EVERY_STATE[name]
+    param0, grads = cases.problem(33, np.float64, 3, steps=1)
+    huge, _ = cases.run_fastadapt(name, config, param0, grads, first_step=step)
+    limit, _ = cases.run_fastadapt(name, config, param0, grads, first_step=2 ** 64)
+    np.testing.assert_array_equal(huge, limit)
+    assert np.isfinite(huge).all()
+
+
+def test_adam_at_a_huge_step_has_no_bias_correction():
+    p, g = np.ones(4), np.full(4, 2.0)
+    m, v = np.zeros(4), np.zeros(4)
+    fastadapt.adam_step(p, g, m, v, step=2 ** 1100, lr=0.1)
+    np.testing.assert_allclose(p, 1 - 0.1 * m / (np.sqrt(v) + 1e-8))
+
+
+# ------------------------------------------------------------ 14. numbers and flags
+@pytest.mark.parametrize("value", ["0.001", b"0.001", None, 1e-3 + 0j, True, [1e-3]],
+                         ids=repr)
+def test_a_hyper_parameter_must_be_a_real_number(value):
+    arrays = {a: np.ones(3) for a in ("param", "grad", "exp_avg", "exp_avg_sq")}
+    before = snapshot(list(arrays.values()))
+    with pytest.raises(TypeError, match="lr must be a real number"):
+        fastadapt.adam_step(**arrays, step=1, lr=value)
+    assert_unchanged(list(arrays.values()), before)
+
+
+@pytest.mark.parametrize("value", ["false", "True", None, 2, -1, 0.0, 1.0], ids=repr)
+def test_a_flag_must_be_a_bool(value):
+    arrays = {a: np.ones(3) for a in ("param", "grad", "exp_avg", "exp_avg_sq")}
+    before = snapshot(list(arrays.values()))
+    with pytest.raises(TypeError, match="maximize must be a bool"):
+        fastadapt.adam_step(**arrays, step=1, maximize=value)
+    assert_unchanged(list(arrays.values()), before)
+
+
+@pytest.mark.parametrize("value", [0, 1, np.bool_(True), False])
+def test_a_flag_may_be_0_or_1(value):
+    arrays = {a: np.ones(3) for a in ("param", "grad", "exp_avg", "exp_avg_sq")}
+    fastadapt.adam_step(**arrays, step=1, maximize=value)
+
+
+def test_numpy_reals_are_real_numbers():
+    arrays = {a: np.ones(3) for a in ("param", "grad", "exp_avg", "exp_avg_sq")}
+    fastadapt.adam_step(**arrays, step=np.int32(1), lr=np.float32(0.1), eps=np.int64(0),
+                        betas=(np.float64(0.9), 0.99))

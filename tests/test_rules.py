@@ -1,0 +1,101 @@
+"""The registry's declarations are consistent with the math they drive, and what is
+derived from them (functional steps, classes, drivers) says what they declare."""
+import inspect
+
+import numpy as np
+import pytest
+
+import fastadapt
+from fastadapt.functional import _SIGNATURES
+from fastadapt.kernels import cpu, loops
+
+import optim_cases as cases
+
+RULES = fastadapt.RULES
+rules = pytest.mark.parametrize("name", list(RULES))
+
+
+@rules
+@pytest.mark.parametrize("which", ["defaults", "every-state"])
+def test_host_scalars_are_exactly_the_maths(name, which):
+    """A rule's scalars function names every scalar of its math (but grad_sign,
+    which the dispatcher adds) and no other, under any options."""
+    rule = RULES[name]
+    options = {**rule.defaults, **(cases.EVERY_STATE[name] if which != "defaults" else {})}
+    options = {h.name: h.check(options[h.name]) for h in rule.hyper if not h.setup}
+    if rule.scalar_state:
+        scalars, new = rule.scalars(options, 1.0, {s.name: s.start(options)
+                                                    for s in rule.scalar_state})
+        assert set(new) == {s.name for s in rule.scalar_state}
+    else:
+        scalars = rule.scalars(options, 1.0)
+    assert set(scalars) | {"grad_sign"} == set(_SIGNATURES[rule.kernel].scalars)
+
+
+@rules
+def test_the_functional_signature_is_derived_from_the_declaration(name):
+    rule = RULES[name]
+    params = inspect.signature(rule.step_fn).parameters
+    names = list(params)
+    assert names[:2] == ["param", "grad"]
+    assert names[2:2 + len(rule.state)] == list(rule.state)
+    for spec in rule.state_specs:        # optional state defaults to None, required has none
+        assert (params[spec.name].default is None) == (spec.when is not None)
+    assert ("step" in params) == rule.takes_step
+    for key, default in rule.defaults.items():
+        assert params[key].kind is inspect.Parameter.KEYWORD_ONLY
+        assert params[key].default == default
+    for s in rule.scalar_state:
+        assert params[s.name].default is None
+    assert params["grad_scale"].default is None
+    assert rule.pseudocode.splitlines()[0] in rule.step_fn.__doc__
+
+
+@rules
+def test_the_class_is_derived_from_the_declaration(name):
+    rule = RULES[name]
+    cls = getattr(fastadapt, rule.torch_name)
+    assert cls.rule is rule and cls.__module__ == "fastadapt.optim"
+    params = inspect.signature(cls).parameters
+    assert list(params)[1:] == [h.name for h in rule.hyper]
+    assert all(params[h.name].default == h.default for h in rule.hyper)
+    assert rule.pseudocode.splitlines()[-1] in cls.__doc__
+
+
+@rules
+def test_a_driver_loads_and_stores_gated_state_only_under_its_flag(name):
+    rule = RULES[name]
+    source = cpu.SIGNATURES[rule.kernel].source(rule.kernel)
+    for spec in rule.state_specs:
+        if spec.flag is None:
+            assert f"    {spec.name}[i] = e_{spec.name}" in source
+        else:
+            assert f"{spec.name}[i] if {spec.flag} else" in source
+            assert f"if {spec.flag}:\n            {spec.name}[i] = e_{spec.name}" in source
+
+
+def test_the_driver_names_carry_a_hash_of_their_sources():
+    digest = loops.source_hash(cpu.__file__, cpu.SPECS)
+    for kernel, driver in cpu.DRIVERS.items():
+        assert driver.parallel.py_func.__qualname__ == f"cpu.{kernel}_{digest}"
+        assert driver.serial.py_func.__qualname__ == f"cpu.{kernel}_{digest}_serial"
+        assert driver.parallel.py_func.__code__.co_filename == loops.__file__
+
+
+def test_a_math_signature_that_does_not_fit_its_state_is_refused():
+    with pytest.raises(TypeError, match="must take param, grad, exp_avg"):
+        loops.Signature("adam", (("exp_avg", None), ("max_exp_avg_sq", "amsgrad"),
+                                 ("exp_avg_sq", None)))
+    with pytest.raises(TypeError, match="annotated ': bool'"):
+        loops.Signature("adagrad", (("state_sum", "eps"),))
+
+
+@rules
+def test_initial_values_are_the_declared_ones(name):
+    rule = RULES[name]
+    for s in rule.state:
+        key = rule.state_init.get(s)
+        want = 0.0 if key is None else float({**rule.defaults, **rule.setup_options}[key])
+        assert rule.initial_value(s) == want
+    state = cases.initial_state(name, {}, (3,), np.float32)
+    assert all((a == rule.initial_value(s)).all() for s, a in state.items())
