@@ -55,15 +55,15 @@ optional attributes that this module reads:
     ``{state name: hyper-parameter name}`` for state arrays that do not start
     at zero (Adagrad's ``state_sum`` starts at ``initial_accumulator_value``,
     Rprop's step sizes at ``lr``). Filled when a parameter takes its first
-    step (torch's lazy initialisation). Without the attribute, the
-    ``state_init`` of the rule's :mod:`fastadapt.optim` class is used.
+    step (torch's lazy initialisation).
 ``scalar_state``
-    ``{name: initial value or hyper-parameter name}`` (or a sequence of
-    objects with ``name`` and ``initial``) for per-parameter scalar state
-    (NAdam's ``mu_product``, ASGD's ``eta`` and ``mu``). The current
-    value is passed to the functional step as a keyword and the step must
-    return ``{name: new value}``; it is kept per parameter as torch keeps it,
-    and saved as a 0-dim tensor.
+    A sequence of objects with ``name`` and ``initial`` (the registry's
+    ``ScalarState``; a dict ``{name: initial}`` works too), ``initial`` a
+    number or the name of a hyper-parameter, for per-parameter scalar state
+    (NAdam's ``mu_product``, ASGD's ``eta`` and ``mu``). The current value is
+    passed to the functional step as a keyword and the step returns
+    ``{name: new value}``; it is kept per parameter as torch keeps it, and
+    saved as a 0-dim tensor.
 ``torch_state_names``
     ``{fastadapt state name: torch's name}`` where they differ (default:
     ``state_sum`` is torch's ``sum``).
@@ -80,7 +80,6 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without torch
     raise ImportError("fastadapt.torch needs PyTorch: pip install 'fastadapt[torch]'") from exc
 
-from . import optim as _optim
 from .rules import RULES
 
 __all__ = ["FlatOptimizer", "optimizer_class"]
@@ -100,11 +99,7 @@ _NO_TORCH_STEP = {"SGD"}
 
 # ----------------------------------------------------------------- rule hooks
 def _state_init(rule):
-    init = getattr(rule, "state_init", None)
-    if init is None:
-        cls = _optim.Optimizer._by_rule.get(rule.name)
-        init = getattr(cls, "state_init", None) or {}
-    return dict(init)
+    return dict(getattr(rule, "state_init", None) or {})
 
 
 def _scalar_state(rule):
