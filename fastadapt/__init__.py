@@ -13,6 +13,7 @@ from .flat import FlatBuffer
 from ._storage import Blockwise8
 from . import functional
 from .functional import *  # noqa: F401,F403  (one <name>_step per rule)
+from .norm import grad_norm
 from .rules import RULES, Rule
 from . import schedules
 from . import optim
@@ -21,5 +22,5 @@ from ._warmup import warmup
 
 __version__ = "0.1.0"
 
-__all__ = (["FlatBuffer", "Blockwise8", "RULES", "Rule", "schedules", "warmup"] + list(functional.__all__)
-           + list(optim.__all__))
+__all__ = (["FlatBuffer", "Blockwise8", "RULES", "Rule", "grad_norm", "schedules", "warmup"]
+           + list(functional.__all__) + list(optim.__all__))

@@ -82,7 +82,9 @@ def warmup(rules=None, dtypes=None, progress=None):
     Returns
     -------
     dict
-        ``{(rule name, dtype name): seconds}``: what each took.
+        ``{(rule name, dtype name): seconds}``: what each took; with every
+        rule (``rules=None``) also ``("grad_norm", dtype name)``, the kernels
+        of :func:`fastadapt.grad_norm`.
 
     Notes
     -----
@@ -101,7 +103,21 @@ def warmup(rules=None, dtypes=None, progress=None):
             times[(rule.name, dtype.name)] = elapsed = time.perf_counter() - start
             if progress:
                 progress(f"{rule.name} {dtype.name}: {elapsed:.2f} s")
+        if rules is None:
+            start = time.perf_counter()
+            _warm_grad_norm(dtype)
+            times[("grad_norm", dtype.name)] = elapsed = time.perf_counter() - start
+            if progress:
+                progress(f"grad_norm {dtype.name}: {elapsed:.2f} s")
     return times
+
+
+def _warm_grad_norm(dtype):
+    """``fastadapt.grad_norm``'s serial and parallel kernels for ``dtype``."""
+    from .kernels import reduce
+    from .norm import grad_norm
+    for n in (_SMALL, reduce.SERIAL_BELOW_CHUNKS * reduce.CHUNK):
+        grad_norm(np.zeros(n, dtype))
 
 
 def main(argv=None):

@@ -27,6 +27,8 @@ unless parameters are skipped, which fastadapt never does), and ``lr`` may be a
 number or a schedule (any callable of the number of completed steps, see
 :mod:`fastadapt.schedules`).
 """
+import functools
+import inspect
 import math
 import threading
 
@@ -37,6 +39,7 @@ from ._arrays import is_device_array as _is_device_array
 from .kernels.storage import stream_key
 from ._dispatch import prepare
 from .flat import FlatBuffer
+from .norm import SumOfSquares, check_grad_scale, norm_of
 from .rules import RULES
 from .schedules import resolve_lr
 
@@ -170,6 +173,13 @@ class Optimizer:
         kept in :attr:`seed` and in checkpoints.
     **defaults
         The hyper-parameters, torch's names; ``lr`` may be a schedule.
+    max_grad_norm : float, optional (keyword of every optimizer)
+        Clip by the global norm over all groups, as
+        ``torch.nn.utils.clip_grad_norm_(all params, max_grad_norm)`` does
+        (see :meth:`step`). Finite or inf, > 0; settable later as an attribute.
+        Not part of :meth:`state_dict` (torch keeps clipping outside the
+        optimizer too): set it again on an optimizer made by
+        :meth:`from_checkpoint`.
 
     Attributes
     ----------
@@ -186,6 +196,14 @@ class Optimizer:
         The constructor's hyper-parameters.
     rule : Rule
         The update rule (class attribute).
+    grad_norm : float or None
+        After each :meth:`step`: the global L2 norm of the unscaled gradients
+        over all groups, before clipping (``inf`` / ``nan`` if a gradient was
+        not finite), or None when the step computed no norm (no
+        ``max_grad_norm`` and no ``grad_scale``).
+    step_skipped : bool
+        After each :meth:`step`: True when a gradient was not finite and the
+        step was skipped, as ``GradScaler.step`` skips it.
     """
 
     #: The update rule; set by each subclass.
@@ -200,6 +218,8 @@ class Optimizer:
         super().__init_subclass__(**kwargs)
         if cls.rule is not None:
             Optimizer._by_rule.setdefault(cls.rule.name, cls)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _takes_max_grad_norm(cls.__dict__["__init__"])
 
     def __init__(self, params, *, state_dtype=None, master_weights=False,
                  stochastic_rounding=False, seed=None, **defaults):
@@ -221,7 +241,10 @@ class Optimizer:
         missing = [k for k in self._option_names() if k not in defaults]
         if missing:
             raise TypeError(f"{type(self).__name__}: missing default(s) {missing}")
+        self._max_grad_norm = _check_max_grad_norm(defaults.pop("max_grad_norm", None))
         self.defaults = dict(defaults)
+        self.grad_norm, self.step_skipped = None, False
+        self._norm_passes = None
         groups = _normalise_groups(params)
         several = len(groups) > 1
         seen = set()
@@ -357,6 +380,15 @@ class Optimizer:
                     buffer.data[:] = value
         return buffer
 
+    @property
+    def max_grad_norm(self):
+        """The global-norm clipping threshold (None: no clipping)."""
+        return self._max_grad_norm
+
+    @max_grad_norm.setter
+    def max_grad_norm(self, value):
+        self._max_grad_norm = _check_max_grad_norm(value)
+
     # ------------------------------------------------------------- arrays
     @property
     def params(self):
@@ -413,8 +445,26 @@ class Optimizer:
                 b.grad.data[:] = 0  # works for NumPy, CuPy, torch and Numba device arrays
 
     # ------------------------------------------------------------- stepping
-    def step(self, grads=None):
+    def step(self, grads=None, grad_scale=None):
         """Apply one update to every group: one fused kernel call per group.
+
+        With ``max_grad_norm`` set or a ``grad_scale`` given, the step is
+        whole: GradScaler's unscale and inf check, ``clip_grad_norm_`` and
+        the update, in two passes over the gradients instead of four::
+
+            norm = sqrt(sum over all groups' gradients of g**2) / grad_scale
+            if norm is not finite: skip the step    (no parameter, state or step
+                                                     count changes)
+            clip_coef = min(1, max_grad_norm / (norm + 1e-6))
+            update every group with g / (grad_scale / clip_coef)
+
+        The norm is one read-only pass over the gradients (their padding in
+        the flat buffers is left out); the division is folded into the
+        update's gradient scalar (the functional steps' ``grad_scale``).
+        Afterwards :attr:`grad_norm` holds ``norm`` and :attr:`step_skipped`
+        whether the step was skipped. Without either option no norm is
+        computed (``grad_norm`` is None, non-finite gradients are applied as
+        torch.optim applies them).
 
         Parameters
         ----------
@@ -434,15 +484,20 @@ class Optimizer:
             A list whose entries all have the parameters' shapes is read as
             per-parameter (if each group holds one parameter both readings
             coincide).
+        grad_scale : float, optional
+            The loss scale the gradients carry (finite, > 0): they are
+            divided by it, and the step is skipped if any is not finite.
 
-        A step is all or nothing: the gradients, then every group's
-        hyper-parameters and learning rate are checked before the gradients
-        are copied, any new state is allocated before any kernel runs, and an
-        error raised before the kernels run leaves the optimizer (its
-        parameters, gradients, state and step counts) as it was. Steps (and
-        the other methods) of one optimizer called from several threads run
-        one at a time.
+        A step is all or nothing: ``grad_scale``, the gradients, then every
+        group's hyper-parameters and learning rate are checked before the
+        gradients are copied, any new state is allocated before any kernel
+        runs, and an error raised before the kernels run leaves the optimizer
+        (its parameters, gradients, state and step counts) as it was. A
+        skipped step has copied the gradients and changed nothing else. Steps
+        (and the other methods) of one optimizer called from several threads
+        run one at a time.
         """
+        scale = check_grad_scale(grad_scale)
         with self._lock:
             copies = self._set_grads(grads) if grads is not None else ()
             groups = list(zip(self.param_groups, self._groups))
@@ -451,6 +506,18 @@ class Optimizer:
                      for i, (g, b) in enumerate(groups)]
             for b, arrays in copies:
                 b.grad.copy_from(arrays)
+            self.grad_norm, self.step_skipped = None, False
+            fold = None
+            if self._max_grad_norm is not None or grad_scale is not None:
+                self.grad_norm = self._global_grad_norm() / scale
+                if not math.isfinite(self.grad_norm):
+                    self.step_skipped = True
+                    return
+                fold = scale
+                if self._max_grad_norm is not None:
+                    clip_coef = self._max_grad_norm / (self.grad_norm + 1e-6)
+                    if clip_coef < 1.0:
+                        fold = scale / clip_coef
             created = []
             for (g, b), (_, names, _) in zip(groups, calls):
                 for name in names:
@@ -466,7 +533,7 @@ class Optimizer:
                 if b.param.dtype.itemsize == 2:
                     options.update(self._storage_arguments(
                         b.master.data if b.master is not None else None, b.steps))
-                update = plan(b.param.data, b.grad.data, **options)
+                update = plan(b.param.data, b.grad.data, **options, grad_scale=fold)
                 launches.append((b.launcher(update), update.scalars, update.state,
                                  update.key))
             for (g, b), (launch, scalars, scalar_state, key), (_, _, nan_padding) in zip(
@@ -478,6 +545,17 @@ class Optimizer:
                 if nan_padding:
                     b.reset_padding({name: _initial_float(g[key], b.steps)
                                      for name, key in self.state_init.items()})
+
+    def _global_grad_norm(self):
+        """The L2 norm of every group's gradient segments (padding left out),
+        from one read-only pass per group, checked once and kept."""
+        if self._norm_passes is None:
+            self._norm_passes = [
+                SumOfSquares(b.grad.data, f"gradients of group {i}",
+                             segments=[(o, int(np.prod(s, dtype=np.int64)))
+                                       for o, s in zip(b.grad.offsets, b.grad.shapes)])
+                for i, b in enumerate(self._groups)]
+        return norm_of(p() for p in self._norm_passes)
 
     def _prepare(self, index, group, buffers):
         """Check ``group`` for its next step (only what changed since the last
@@ -619,6 +697,43 @@ class Optimizer:
 
 
 # ----------------------------------------------------------------- helpers
+def _check_max_grad_norm(value):
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise TypeError(f"max_grad_norm must be a real number or None, got {value!r}")
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"max_grad_norm must be a real number or None, got {value!r}") from None
+    if math.isnan(x) or x <= 0:
+        raise ValueError(f"invalid max_grad_norm: {value!r} (must be > 0)")
+    return x
+
+
+def _takes_max_grad_norm(init):
+    """``init`` with one more keyword, ``max_grad_norm=None``, checked before
+    ``init`` runs and set after it (so every optimizer class takes it without
+    repeating it in its signature). An ``init`` that already takes it, by name
+    or through ``**kwargs`` passed on to the base class, is returned as is."""
+    signature = inspect.signature(init)
+    if "max_grad_norm" in signature.parameters or any(
+            p.kind == inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
+        return init
+
+    @functools.wraps(init)
+    def __init__(self, *args, max_grad_norm=None, **kwargs):
+        max_grad_norm = _check_max_grad_norm(max_grad_norm)
+        init(self, *args, **kwargs)
+        if max_grad_norm is not None:
+            self._max_grad_norm = max_grad_norm
+
+    extra = inspect.Parameter("max_grad_norm", inspect.Parameter.KEYWORD_ONLY, default=None)
+    __init__.__signature__ = signature.replace(
+        parameters=[*signature.parameters.values(), extra])
+    return __init__
+
+
 def _normalise_groups(params):
     if isinstance(params, dict):
         groups = [params]
@@ -763,7 +878,10 @@ def _class_docstring(rule):
             lines.append(f"    {h.doc[:1].upper() + h.doc[1:]}.")
     lines += ["state_dtype, master_weights, stochastic_rounding, seed : keyword-only",
               "    Storage narrower than the math (16-bit params, float32 master weights, "
-              "bfloat16 state); see :class:`Optimizer`."]
+              "bfloat16 or 8-bit state); see :class:`Optimizer`."]
+    lines += ["max_grad_norm : float, optional, keyword-only",
+              "    Clip by the global gradient norm over all groups, as "
+              "``torch.nn.utils.clip_grad_norm_`` (see :meth:`Optimizer.step`)."]
     return "\n".join(lines) + "\n"
 
 

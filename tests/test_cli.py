@@ -55,9 +55,11 @@ def test_console_script_exit_status():
 
 def test_warmup_prepares_both_drivers_of_every_rule_and_dtype():
     times = fastadapt.warmup()
-    assert set(times) == {(r, d) for r in fastadapt.RULES for d in ("float32", "float64")}
+    assert set(times) == {(r, d) for r in (*fastadapt.RULES, "grad_norm")
+                          for d in ("float32", "float64")}
     assert all(t >= 0 for t in times.values())
-    for driver in cpu.DRIVERS.values():
+    from fastadapt.kernels import reduce
+    for driver in (*cpu.DRIVERS.values(), reduce.SUM_OF_SQUARES):
         for path in (driver.serial, driver.parallel):
             compiled = {sig[0].dtype.name for sig in path.signatures}
             assert {"float32", "float64"} <= compiled

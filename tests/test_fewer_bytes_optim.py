@@ -212,3 +212,22 @@ def test_bfloat16_without_ml_dtypes_says_what_to_install(monkeypatch):
     with pytest.raises(ImportError) as info:
         fastadapt.Adam(model(F32), state_dtype="bfloat16")
     assert "state_dtype='bfloat16'" in str(info.value) and "ml_dtypes" in str(info.value)
+
+
+@pytest.mark.parametrize("dtype", [BF16, F16], ids=["bfloat16", "float16"])
+def test_grad_norm_and_clipping_with_sixteen_bit_gradients(dtype):
+    """grad_norm reads 16-bit gradients exactly (through float32), and a
+    16-bit optimizer with max_grad_norm clips as the float32 one does on the
+    same (exactly representable) values."""
+    g = grads(1, dtype)
+    exact = np.sqrt(sum(np.sum(x.astype(np.float64) ** 2) for x in g))
+    assert fastadapt.grad_norm(*g) == pytest.approx(exact, rel=1e-6)
+    ref = fastadapt.SGD(model(F32), lr=0.1, max_grad_norm=0.5)
+    opt = fastadapt.SGD(model(dtype), lr=0.1, max_grad_norm=0.5, master_weights=True)
+    ref.load_state_dict({**ref.state_dict(), "params": [np.concatenate(
+        [p.astype(F32).ravel() for p in model(dtype)])]})
+    ref.step(grads(1, F32))
+    opt.step(g)
+    assert opt.grad_norm == pytest.approx(ref.grad_norm, rel=1e-6)
+    np.testing.assert_allclose(np.concatenate([p.ravel() for p in opt.master_params]),
+                               np.concatenate([p.ravel() for p in ref.params]), rtol=1e-6)

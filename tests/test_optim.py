@@ -40,7 +40,8 @@ def test_class_signatures_are_torchs(torch):
     switches (foreach, fused, capturable, differentiable); what is positional here is
     positional in torch too, in the same places. Not offered: Adam's
     decoupled_weight_decay (that is AdamW). Added at the end, keyword-only:
-    fastadapt's storage options (state_dtype, master_weights, ...)."""
+    fastadapt's storage options (state_dtype, master_weights, ...), then
+    max_grad_norm, last."""
     skip = {"foreach", "fused", "capturable", "differentiable", "decoupled_weight_decay"}
     storage = list(fastadapt.optim._STORAGE_OPTIONS.items())
     for name, cls in CLASSES.items():
@@ -50,6 +51,8 @@ def test_class_signatures_are_torchs(torch):
         theirs = [p for p in inspect.signature(getattr(torch.optim, cls.__name__))
                   .parameters.values() if p.name not in skip or p.name in rule.defaults]
         ours = list(inspect.signature(cls).parameters.values())
+        assert ours[-1].name == "max_grad_norm" and ours[-1].kind is ours[-1].KEYWORD_ONLY
+        ours = ours[:-1]
         assert [(p.name, p.default) for p in ours[-len(storage):]] == storage
         assert all(p.kind is p.KEYWORD_ONLY for p in ours[-len(storage):])
         ours = ours[:-len(storage)]

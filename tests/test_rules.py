@@ -58,7 +58,7 @@ def test_the_class_is_derived_from_the_declaration(name):
     assert cls.rule is rule and cls.__module__ == "fastadapt.optim"
     params = inspect.signature(cls).parameters
     storage = list(fastadapt.optim._STORAGE_OPTIONS)
-    assert list(params)[1:] == [h.name for h in rule.hyper] + storage
+    assert list(params)[1:] == [h.name for h in rule.hyper] + storage + ["max_grad_norm"]
     assert all(params[h.name].default == h.default for h in rule.hyper)
     assert rule.pseudocode.splitlines()[-1] in cls.__doc__
 

@@ -1,0 +1,833 @@
+r"""fastadapt.torch: drop-in ``torch.optim`` optimizers over flat buffers.
+
+For every rule of :data:`fastadapt.RULES` this module defines a subclass of
+:class:`torch.optim.Optimizer` named as torch names it (``Adam``, ``AdamW``,
+``SGD``, ``RMSprop``, ``Adagrad``, ``Adadelta``, and any rule added to the
+registry later), with torch's constructor signature and defaults, so a torch
+training loop changes one line::
+
+    opt = fastadapt.torch.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
+
+Importing this module imports torch; ``import fastadapt`` never does.
+
+How it works
+------------
+At construction the parameters of each group are packed into one flat buffer
+per (device, dtype), with 64-byte aligned segments, and every parameter's
+``.data`` is re-pointed to its view of that buffer; the model keeps training
+the same ``nn.Parameter`` objects. Gradients, and every state array of the
+rule, get flat buffers of the same layout. A step is then one call of the
+rule's functional step (``fastadapt.adam_step`` ...) over the whole buffer: a
+CPU buffer is passed as the zero-copy ``Tensor.numpy()`` view, a CUDA buffer
+as the tensor itself (``__cuda_array_interface__``, on torch's current
+stream).
+
+Each step first looks at every parameter's ``.grad``:
+
+* it is the parameter's view of the flat gradient buffer (autograd
+  accumulated into it in place): nothing to do, the **zero-copy path**;
+* it is another tensor (after ``zero_grad(set_to_none=True)`` autograd
+  allocates a fresh one; or the user assigned ``.grad``): it is copied into
+  the flat buffer (one ``torch._foreach_copy_`` per buffer) and ``.grad`` is
+  re-pointed to the view, the **copy path**: one extra read and write of the
+  gradient;
+* it is ``None``: the parameter is skipped as torch skips it (its values,
+  its state and its step count are left alone). The buffer is then updated
+  by one call per run of consecutive parameters that have a gradient and the
+  same step count, instead of one call.
+
+A parameter whose ``.data`` was replaced by a tensor of the same shape, dtype
+and device has its new values copied into its slot and is re-pointed there;
+any other change (shape, dtype, device, a changed ``param_groups[i]["params"]``)
+raises ``ValueError``, as do sparse gradients.
+
+State dicts are torch's format: ``state`` keyed by parameter index, each entry
+``{"step": tensor, <torch's state names>: tensor}``, and ``param_groups``; a
+checkpoint moves between ``fastadapt.torch.Adam`` and ``torch.optim.Adam``
+both ways.
+
+Rule hooks
+----------
+The classes are built from the registry; a :class:`~fastadapt.Rule` may carry
+optional attributes that this module reads:
+
+``state_init``
+    ``{state name: hyper-parameter name}`` for state arrays that do not start
+    at zero (Adagrad's ``state_sum`` starts at ``initial_accumulator_value``,
+    Rprop's step sizes at ``lr``). Filled when a parameter takes its first
+    step (torch's lazy initialisation).
+``scalar_state``
+    A sequence of objects with ``name`` and ``initial`` (the registry's
+    ``ScalarState``; a dict ``{name: initial}`` works too), ``initial`` a
+    number or the name of a hyper-parameter, for per-parameter scalar state
+    (NAdam's ``mu_product``, ASGD's ``eta`` and ``mu``). The current value is
+    passed to the functional step as a keyword and the step returns
+    ``{name: new value}``; it is kept per parameter as torch keeps it, and
+    saved as a 0-dim tensor.
+``torch_state_names``
+    ``{fastadapt state name: torch's name}`` where they differ (default:
+    ``state_sum`` is torch's ``sum``).
+"""
+import inspect
+import math
+import operator
+from itertools import chain
+
+import numpy as np
+
+try:
+    import torch
+except ImportError as exc:  # pragma: no cover - exercised only without torch
+    raise ImportError("fastadapt.torch needs PyTorch: pip install 'fastadapt[torch]'") from exc
+
+from .rules import RULES
+
+__all__ = ["FlatOptimizer", "optimizer_class"]
+
+ALIGN_BYTES = 64
+#: Accepted for compatibility with torch.optim; they change nothing.
+NO_OP_FLAGS = ("foreach", "fused")
+#: torch.optim options fastadapt.torch cannot honour: True raises.
+REJECTED_FLAGS = ("differentiable", "capturable")
+SUPPORTED_DTYPES = (torch.float32, torch.float64)
+_DEFAULT_TORCH_STATE_NAMES = {"state_sum": "sum"}
+# torch.optim classes whose per-parameter state has no "step" (their rule's
+# step only marks the first step, which a loaded state infers from the
+# presence of the state arrays).
+_NO_TORCH_STEP = {"SGD"}
+
+
+# ----------------------------------------------------------------- rule hooks
+def _state_init(rule):
+    return dict(getattr(rule, "state_init", None) or {})
+
+
+def _scalar_state(rule):
+    """``{name: initial value or hyper-parameter name}``, from a dict or from
+    a sequence of objects with ``name`` and ``initial`` (the registry's
+    ``ScalarState``)."""
+    spec = getattr(rule, "scalar_state", None) or {}
+    if isinstance(spec, dict):
+        return dict(spec)
+    return {s.name: s.initial for s in spec}
+
+
+def _torch_state_names(rule):
+    names = dict(_DEFAULT_TORCH_STATE_NAMES)
+    names.update(getattr(rule, "torch_state_names", None) or {})
+    return names
+
+
+def _scalar_dtype():
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def _plain(value):
+    """A hyper-parameter as a plain Python value (0-dim tensors become floats)."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise TypeError(f"expected a number, got a tensor of shape {tuple(value.shape)}")
+        return value.item()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
+def _initial(spec, group):
+    """An initial value: a number, or the name of a hyper-parameter of ``group``."""
+    return float(_plain(group[spec])) if isinstance(spec, str) else float(spec)
+
+
+# ----------------------------------------------------------------- one flat buffer
+class _Bucket:
+    """The parameters of one group that share a device and dtype, packed into
+    one flat buffer, with their gradient and state buffers."""
+
+    def __init__(self, owner, group_index, params, indices):
+        self.owner = owner
+        self.group_index = group_index
+        self.params = params                 # the nn.Parameters, in group order
+        self.indices = indices               # their positions in group["params"]
+        first = params[0]
+        self.device, self.dtype = first.device, first.dtype
+        self.shapes = [p.shape for p in params]
+        self.sizes = [p.numel() for p in params]
+        align = ALIGN_BYTES // first.element_size()
+        self.offsets, end = [], 0
+        for n in self.sizes:
+            self.offsets.append(end)
+            end += -(-n // align) * align
+        self.length = end
+        self.param_flat = torch.zeros(end, dtype=self.dtype, device=self.device)
+        self.grad_flat = torch.zeros_like(self.param_flat)
+        self.param_views = self._views(self.param_flat)
+        self.grad_views = self._views(self.grad_flat)
+        self.host = self.device.type == "cpu"
+        self.k_param = self._kernel_array(self.param_flat)
+        self.k_grad = self._kernel_array(self.grad_flat)
+        self.state_flat, self.state_views, self.k_state = {}, {}, {}
+        self.steps = torch.zeros(len(params), dtype=_scalar_dtype())
+        self.steps_np = self.steps.numpy()
+        self.scalars, self.scalars_np = {}, {}
+        self.uniform = True                  # same step count and scalar state everywhere
+        self.published = [False] * len(params)
+        with torch.no_grad():
+            for p, view in zip(params, self.param_views):
+                view.copy_(p)
+                p.data = view
+            for p, view in zip(params, self.grad_views):
+                if p.grad is not None:       # keep a gradient that is already there
+                    view.copy_(p.grad)
+                    p.grad = view
+        self.param_ptrs = [v.data_ptr() for v in self.param_views]
+        self.grad_ptrs = [v.data_ptr() for v in self.grad_views]
+
+    def _views(self, flat):
+        return [flat[o:o + n].view(s) for o, n, s in zip(self.offsets, self.sizes, self.shapes)]
+
+    def _kernel_array(self, flat):
+        return flat.numpy() if self.host else flat
+
+    # ----------------------------------------------------------- state
+    def ensure_state(self, names, group):
+        """Allocate the state arrays ``names`` that do not exist yet."""
+        init = self.owner._state_init
+        for name in names:
+            if name in self.state_flat:
+                continue
+            flat = torch.zeros_like(self.param_flat)
+            if name in init:
+                flat.fill_(_initial(init[name], group))
+            self.state_flat[name] = flat
+            self.state_views[name] = self._views(flat)
+            self.k_state[name] = self._kernel_array(flat)
+            for j, published in enumerate(self.published):
+                if published:
+                    self.owner.state[self.params[j]][self.owner._torch_names.get(name, name)] = \
+                        self.state_views[name][j]
+        for name, spec in self.owner._scalar_state.items():
+            if name not in self.scalars:
+                self.scalars[name] = torch.full((len(self.params),), _initial(spec, group),
+                                                dtype=torch.float64)
+                self.scalars_np[name] = self.scalars[name].numpy()
+
+    def reset(self, j0, j1, group, names=None):
+        """Parameters ``j0..j1`` back to their state before their first step
+        (all state arrays, or those in ``names``)."""
+        init = self.owner._state_init
+        lo, hi = self.offsets[j0], self.offsets[j1] + self.sizes[j1]
+        for name, flat in self.state_flat.items():
+            if names is None or name in names:
+                flat[lo:hi].fill_(_initial(init[name], group) if name in init else 0.0)
+        if names is None:
+            for name, spec in self.owner._scalar_state.items():
+                self.scalars_np[name][j0:j1 + 1] = _initial(spec, group)
+            self.steps_np[j0:j1 + 1] = 0
+
+    def publish(self, j):
+        """Show parameter ``j``'s state in ``optimizer.state`` (torch shows a
+        parameter's state from its first step on)."""
+        owner = self.owner
+        entry = {} if owner._no_step else {"step": self.steps[j]}
+        for name, views in self.state_views.items():
+            entry[owner._torch_names.get(name, name)] = views[j]
+        for name, values in self.scalars.items():
+            entry[owner._torch_names.get(name, name)] = values[j]
+        owner.state[self.params[j]] = entry
+        self.published[j] = True
+
+    def scalar_tensor(self, name, j):
+        return torch.tensor(float(self.scalars_np[name][j]), dtype=_scalar_dtype())
+
+    # ----------------------------------------------------------- a step
+    def scan(self):
+        """Check the parameters and gradients before anything is written.
+
+        Returns ``(present, replaced, copies)``: which parameters have a
+        gradient (``None``: all of them), which had ``.data`` replaced (same
+        shape) and which gradients must be copied into the flat buffer. The
+        common cases (nothing replaced; every gradient the flat buffer's view)
+        are two list comprehensions and two C-level comparisons.
+        """
+        params = self.params
+        ptrs = [p.data_ptr() for p in params]
+        replaced = []
+        if ptrs != self.param_ptrs:
+            for j, (ptr, p) in enumerate(zip(ptrs, params)):
+                if ptr != self.param_ptrs[j]:
+                    self._check_replaced(j, p)
+                    replaced.append(j)
+        grads = [p.grad for p in params]
+        if all(map(operator.is_, grads, self.grad_views)):
+            return None, replaced, []
+        gi = self.group_index
+        present, copies = [], []
+        for j, g in enumerate(grads):
+            present.append(g is not None)
+            if g is None or g is self.grad_views[j]:
+                continue
+            if g.layout != torch.strided:
+                raise ValueError(f"param group {gi}, parameter {self.indices[j]}: sparse "
+                                 "gradients are not supported")
+            if g.shape != self.shapes[j]:
+                raise ValueError(f"param group {gi}, parameter {self.indices[j]}: gradient of "
+                                 f"shape {tuple(g.shape)} for a parameter of shape "
+                                 f"{tuple(self.shapes[j])}")
+            if not (g.data_ptr() == self.grad_ptrs[j] and g.is_contiguous()
+                    and g.dtype == self.dtype):
+                copies.append(j)
+        return present, replaced, copies
+
+    def _check_replaced(self, j, p):
+        where = f"param group {self.group_index}, parameter {self.indices[j]}"
+        if p.shape != self.shapes[j]:
+            raise ValueError(f"{where} changed shape from {tuple(self.shapes[j])} to "
+                             f"{tuple(p.shape)} after the optimizer was built; build a new "
+                             "optimizer for the new shapes")
+        if p.dtype != self.dtype or p.device != self.device:
+            raise ValueError(f"{where} moved from {self.device}/{self.dtype} to "
+                             f"{p.device}/{p.dtype} after the optimizer was built; move or "
+                             "convert the model before building the optimizer")
+
+    def apply(self, group, options, scan, grad_scale):
+        """Copy what ``scan`` found into the buffers and run the update."""
+        present, replaced, copies = scan
+        for j in replaced:
+            p = self.params[j]
+            self.param_views[j].copy_(p.data)
+            p.data = self.param_views[j]
+        if copies:
+            torch._foreach_copy_([self.grad_views[j] for j in copies],
+                                 [self.params[j].grad for j in copies])
+            for j in copies:
+                self.params[j].grad = self.grad_views[j]
+        every = present is None
+        if not every and not any(present):
+            return
+        owner = self.owner
+        rule = owner.rule
+        needed = rule.state_for(**options)
+        self.ensure_state(needed, group)
+        unscale_in_kernel = grad_scale is not None and owner._kernel_unscales
+        if grad_scale is not None and not unscale_in_kernel:
+            self.grad_flat.mul_(1.0 / grad_scale)
+        if self.uniform and (every or all(present)):
+            runs = [(0, len(self.params) - 1)]
+        else:
+            runs = self._runs([True] * len(self.params) if every else present)
+        for j0, j1 in runs:
+            lo = self.offsets[j0]
+            hi = self.length if j1 == len(self.params) - 1 else self.offsets[j1] + self.sizes[j1]
+            first_step = self.steps_np[j0] == 0
+            if first_step:                    # torch creates state at a parameter's first step
+                self.reset(j0, j1, group)
+            kwargs = dict(options)
+            for name in needed:
+                kwargs[name] = self.k_state[name][lo:hi]
+            if rule.takes_step:
+                kwargs["step"] = int(self.steps_np[j0]) + 1
+            for name in owner._scalar_state:
+                kwargs[name] = float(self.scalars_np[name][j0])
+            if unscale_in_kernel:
+                kwargs["grad_scale"] = grad_scale
+            result = rule.step_fn(self.k_param[lo:hi], self.k_grad[lo:hi], **kwargs)
+            for name in owner._scalar_state:
+                if not isinstance(result, dict) or name not in result:
+                    raise RuntimeError(f"{rule.step_fn.__name__} must return {{{name!r}: new "
+                                       f"value}} (the rule declares scalar state {name!r})")
+                self.scalars_np[name][j0:j1 + 1] = float(result[name])
+            if first_step:
+                for j in range(j0, j1 + 1):
+                    if not self.published[j]:
+                        self.publish(j)
+        if every or all(present):
+            self.steps_np += 1
+        else:
+            self.steps_np[np.asarray(present)] += 1
+            self.update_uniform()
+
+    def update_uniform(self):
+        """Whether one call can update the whole buffer: every parameter has
+        the same step count and the same scalar state."""
+        arrays = (self.steps_np, *self.scalars_np.values())
+        self.uniform = all(bool((a == a[0]).all()) for a in arrays if len(a))
+
+    def _runs(self, present):
+        """Runs ``(first, last)`` of consecutive parameters that have a
+        gradient, the same step count and the same scalar state."""
+        runs, start = [], None
+        steps, scalars = self.steps_np, list(self.scalars_np.values())
+        for j, has in enumerate(present):
+            if start is not None and not (has and steps[j] == steps[start] and all(
+                    s[j] == s[start] for s in scalars)):
+                runs.append((start, j - 1))
+                start = None
+            if has and start is None:
+                start = j
+        if start is not None:
+            runs.append((start, len(present) - 1))
+        return runs
+
+
+# ----------------------------------------------------------------- the base class
+class FlatOptimizer(torch.optim.Optimizer):
+    """Base class of the fastadapt.torch optimizers: a :class:`torch.optim.Optimizer`
+    whose step is one fused fastadapt kernel call per (group, device, dtype).
+
+    Not instantiated directly: each subclass (``fastadapt.torch.Adam`` ...) is
+    built from a rule of :data:`fastadapt.RULES` by :func:`optimizer_class`.
+    See the module docstring for the gradient paths and their cost.
+    """
+
+    #: The update rule (set on each subclass).
+    rule = None
+    #: GradScaler passes ``grad_scale`` / ``found_inf``: gradients are unscaled
+    #: in the step and the step is skipped when ``found_inf`` is set.
+    _step_supports_amp_scaling = True
+    _signature = None
+    _extras = {}
+
+    def __init__(self, params, defaults):
+        if self.rule is None:
+            raise TypeError("FlatOptimizer is a base class; use fastadapt.torch.Adam, "
+                            "AdamW, SGD, ...")
+        self._state_init = _state_init(self.rule)
+        self._scalar_state = _scalar_state(self.rule)
+        self._torch_names = _torch_state_names(self.rule)
+        self._no_step = getattr(self.rule, "torch_name", None) in _NO_TORCH_STEP
+        self._kernel_unscales = "grad_scale" in inspect.signature(self.rule.step_fn).parameters
+        self._buckets = []              # per group: list of _Bucket
+        self._group_params = []         # per group: its parameters at construction
+        self._validated = []            # per group: the options last checked (lr excluded)
+        self._check_options(defaults, None)
+        super().__init__(params, defaults)
+
+    def __getstate__(self):
+        raise TypeError(f"fastadapt.torch.{type(self).__name__} cannot be pickled (its "
+                        "parameters live in flat buffers); save state_dict() instead")
+
+    # ------------------------------------------------------------- options
+    def _check_options(self, group, index):
+        """Validate a group's hyper-parameters (ValueError/TypeError naming the group)."""
+        at = "" if index is None else f"param group {index}: "
+        name = type(self).__name__
+        for flag in REJECTED_FLAGS:
+            if group.get(flag):
+                raise ValueError(f"{at}fastadapt.torch.{name} does not support {flag}=True "
+                                 f"(use torch.optim.{self.rule.torch_name} for it)")
+        for key, default in self._extras.items():
+            if key in group and _plain(group[key]) != default:
+                raise ValueError(f"{at}fastadapt.torch.{name} does not support "
+                                 f"{key}={group[key]!r} (only torch's default, {default!r})")
+        empty = np.empty(0, np.float32)
+        try:
+            options = self._rule_options(group)
+            for key in set(self._state_init.values()) | {
+                    v for v in self._scalar_state.values() if isinstance(v, str)}:
+                value = float(_plain(group[key]))
+                if not math.isfinite(value):
+                    raise ValueError(f"invalid {key}: {group[key]!r}")
+            self._check_lr(options["lr"])
+            state = {s: empty for s in self.rule.state_for(**options)}
+            if self.rule.takes_step:
+                options["step"] = 1
+            for s, spec in self._scalar_state.items():
+                options[s] = _initial(spec, group)
+            self.rule.step_fn(empty, empty, **state, **options)
+        except KeyError as exc:
+            raise ValueError(f"{at}missing hyper-parameter {exc.args[0]!r}") from None
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"{at}{exc}") from None
+
+    def _rule_options(self, group):
+        return {k: _plain(group[k]) for k in self.rule.defaults}
+
+    @staticmethod
+    def _check_lr(lr):
+        try:
+            x = float(lr)
+        except (TypeError, ValueError):
+            raise TypeError(f"lr must be a real number, got {lr!r}") from None
+        if not (math.isfinite(x) and x >= 0):
+            raise ValueError(f"invalid lr: {lr!r} (must be a finite number >= 0)")
+        return x
+
+    def _group_options(self, index, group):
+        """The functional step's keywords for ``group``, validated when they changed."""
+        options = self._rule_options(group)
+        key = ({k: v for k, v in options.items() if k != "lr"},
+               {k: _plain(group.get(k)) for k in chain(
+                   REJECTED_FLAGS, self._extras, self._state_init.values(),
+                   (v for v in self._scalar_state.values() if isinstance(v, str)))})
+        if key != self._validated[index]:
+            self._check_options(group, index if len(self.param_groups) > 1 else None)
+            self._validated[index] = key
+        try:
+            options["lr"] = self._check_lr(options["lr"])
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"param group {index}: {exc}") from None
+        return options
+
+    # ------------------------------------------------------------- groups
+    def add_param_group(self, param_group):
+        """Add a parameter group (torch's semantics); its parameters are packed
+        into new flat buffers and their ``.data`` re-pointed to them."""
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        index = len(self.param_groups) - 1
+        try:
+            self._check_options(group, index)
+            buckets = self._pack(group, index)
+        except BaseException:
+            self.param_groups.pop()
+            raise
+        self._buckets.append(buckets)
+        self._group_params.append(list(group["params"]))
+        self._validated.append(None)
+        for b in buckets:
+            b.ensure_state(self.rule.state_for(**self._rule_options(group)), group)
+            if self._state_init:             # torch initialises such state eagerly (Adagrad)
+                for j in range(len(b.params)):
+                    b.publish(j)
+
+    def _pack(self, group, index):
+        params = group["params"]
+        seen = {}
+        for i, p in enumerate(params):
+            where = f"param group {index}, parameter {i}"
+            if id(p) in seen:
+                raise ValueError(f"{where} is the same tensor as parameter {seen[id(p)]}; "
+                                 "each parameter may be given once")
+            seen[id(p)] = i
+            if p.layout != torch.strided:
+                raise TypeError(f"{where}: sparse parameters are not supported")
+            if p.dtype not in SUPPORTED_DTYPES:
+                raise TypeError(f"{where} has dtype {p.dtype}; fastadapt.torch supports "
+                                "float32 and float64 parameters")
+            if p.device.type not in ("cpu", "cuda"):
+                raise TypeError(f"{where} is on {p.device}; fastadapt.torch supports CPU "
+                                "and CUDA tensors")
+            if p.grad is not None and p.grad.layout != torch.strided:
+                raise ValueError(f"{where} has a sparse gradient; sparse gradients are "
+                                 "not supported")
+        _check_no_shared_memory(self.param_groups, index)
+        by_key = {}
+        for i, p in enumerate(params):
+            by_key.setdefault((p.device, p.dtype), []).append(i)
+        return [_Bucket(self, index, [params[i] for i in idx], idx) for idx in by_key.values()]
+
+    # ------------------------------------------------------------- gradients
+    def zero_grad(self, set_to_none=True):
+        """Reset the gradients (torch's semantics).
+
+        ``set_to_none=True`` (torch's default) sets every ``.grad`` to None: the
+        next backward allocates fresh gradients, which the step copies into the
+        flat buffer (the copy path). ``set_to_none=False`` zeroes the flat
+        gradient buffers in place (one fill per buffer) and leaves ``.grad`` as
+        views of them, so the next backward accumulates straight into the flat
+        buffer (the zero-copy path). As in torch, a ``.grad`` that is None
+        stays None (that parameter is skipped unless it gets a gradient).
+        """
+        for group, buckets in zip(self.param_groups, self._buckets):
+            if set_to_none:
+                for p in group["params"]:
+                    p.grad = None
+                continue
+            for b in buckets:
+                b.grad_flat.zero_()
+                for p, view in zip(b.params, b.grad_views):
+                    if p.grad is not None and p.grad is not view:
+                        p.grad = view
+
+    # ------------------------------------------------------------- stepping
+    def step(self, closure=None):
+        """One update of every parameter that has a gradient.
+
+        Under ``torch.amp.GradScaler``, ``self.grad_scale`` / ``self.found_inf``
+        are set by the scaler: gradients are divided by ``grad_scale`` and the
+        whole step (parameters, state and step counts) is skipped when
+        ``found_inf`` is non-zero. The division happens in the kernel when the
+        rule's functional step takes ``grad_scale=`` (the flat gradient buffer
+        then keeps the scaled values), else by one in-place multiply of the
+        flat gradient buffer before the kernel. Everything is checked before anything is
+        written: an invalid hyper-parameter or gradient raises and changes
+        nothing.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        with torch.no_grad():
+            plans = []
+            for index, (group, buckets) in enumerate(zip(self.param_groups, self._buckets)):
+                params = group["params"]
+                if len(params) != len(self._group_params[index]) or not all(
+                        map(operator.is_, params, self._group_params[index])):
+                    raise ValueError(f"param_groups[{index}]['params'] was changed after the "
+                                     "optimizer was built; use add_param_group to add "
+                                     "parameters")
+                options = self._group_options(index, group)
+                plans.extend((group, options, b, b.scan()) for b in buckets)
+            found_inf = getattr(self, "found_inf", None)
+            if found_inf is not None and float(found_inf) != 0.0:
+                return loss
+            grad_scale = getattr(self, "grad_scale", None)
+            if grad_scale is not None:
+                grad_scale = float(grad_scale)
+                if not (math.isfinite(grad_scale) and grad_scale > 0):
+                    raise ValueError(f"grad_scale must be a finite number > 0, got {grad_scale}")
+            for group, options, bucket, scan in plans:
+                bucket.apply(group, options, scan, grad_scale)
+        return loss
+
+    # ------------------------------------------------------------- checkpoints
+    def state_dict(self):
+        """The optimizer's state in torch's format.
+
+        ``{"state": {index: {"step": tensor, <state>: tensor, ...}},
+        "param_groups": [{..., "params": [indices]}]}``, indices counting the
+        parameters of all groups in order, state names as torch names them.
+        A parameter appears once it has taken a step (from construction on for
+        rules whose state does not start at zero, as torch's Adagrad). The
+        state tensors are views of the optimizer's live buffers, as torch's
+        are the live tensors; ``step`` is a fresh tensor.
+        """
+        for hook in self._optimizer_state_dict_pre_hooks.values():
+            hook(self)
+        param_groups, state, start = [], {}, 0
+        for group, buckets in zip(self.param_groups, self._buckets):
+            packed = {k: v for k, v in group.items() if k != "params"}
+            packed["params"] = list(range(start, start + len(group["params"])))
+            param_groups.append(packed)
+            for b in buckets:
+                for j in range(len(b.params)):
+                    if not b.published[j]:
+                        continue
+                    entry = {} if self._no_step else {
+                        "step": torch.tensor(float(b.steps_np[j]), dtype=_scalar_dtype())}
+                    for name, views in b.state_views.items():
+                        entry[self._torch_names.get(name, name)] = views[j]
+                    for name in self._scalar_state:
+                        entry[self._torch_names.get(name, name)] = b.scalar_tensor(name, j)
+                    if entry:
+                        state[start + b.indices[j]] = entry
+            start += len(group["params"])
+        state_dict = {"state": dict(sorted(state.items())), "param_groups": param_groups}
+        for hook in self._optimizer_state_dict_post_hooks.values():
+            result = hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        return state_dict
+
+    def load_state_dict(self, state_dict):
+        """Load a state dict of torch's format (from this class or from the
+        torch.optim optimizer of the same algorithm).
+
+        Everything is checked before anything is written: a state dict with
+        another number of groups or parameters, state of the wrong size, a
+        parameter's state missing an array the options need, or invalid
+        hyper-parameters raises ``ValueError`` and changes nothing. The saved
+        hyper-parameters replace the groups' (as in torch), except
+        ``foreach``, ``fused``, ``capturable`` and ``differentiable``, which
+        describe how torch computed and keep this optimizer's values.
+        """
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
+        state_dict = state_dict.copy()
+        for hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        for key in ("state", "param_groups"):
+            if key not in state_dict:
+                raise ValueError(f"optimizer state dict is missing key {key!r}")
+        saved_groups = [dict(g) for g in state_dict["param_groups"]]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError("loaded state dict has a different number of parameter groups")
+        if any(len(g["params"]) != len(s["params"])
+               for g, s in zip(self.param_groups, saved_groups)):
+            raise ValueError("loaded state dict contains a parameter group that doesn't match "
+                             "the size of optimizer's group")
+        new_groups = []
+        for index, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
+            new = {k: v for k, v in saved.items() if k != "params"}
+            for key, value in self.defaults.items():
+                new.setdefault(key, value)
+            for flag in NO_OP_FLAGS + REJECTED_FLAGS:
+                if flag in group:
+                    new[flag] = group[flag]
+            new["params"] = group["params"]
+            if "param_names" in group and "param_names" not in new:
+                new["param_names"] = group["param_names"]
+            self._check_options(new, index)
+            new_groups.append(new)
+        ids = {saved_id: (gi, i) for gi, s in enumerate(saved_groups)
+               for i, saved_id in enumerate(s["params"])}
+        by_param = {}
+        our_names = {v: k for k, v in self._torch_names.items()}
+        for key, value in state_dict["state"].items():
+            if key not in ids:
+                continue
+            gi, i = ids[key]
+            by_param[(gi, i)] = self._checked_state(value, gi, i, new_groups[gi])
+
+        # everything checked: apply
+        for group, new in zip(self.param_groups, new_groups):
+            group.clear()
+            group.update(new)
+        self._validated = [None] * len(self.param_groups)
+        with torch.no_grad():
+            for gi, (group, buckets) in enumerate(zip(self.param_groups, self._buckets)):
+                options = self._rule_options(group)
+                for b in buckets:
+                    b.ensure_state(self.rule.state_for(**options), group)
+                    for j, i in enumerate(b.indices):
+                        saved = by_param.get((gi, i))
+                        if saved is None:
+                            b.reset(j, j, group)
+                            self.state.pop(b.params[j], None)
+                            b.published[j] = False
+                            if self._state_init:
+                                b.publish(j)
+                            continue
+                        step, arrays, scalars = saved
+                        for name, flat in b.state_flat.items():
+                            view = b.state_views[name][j]
+                            src = arrays.get(self._torch_names.get(name, name))
+                            if src is None:
+                                b.reset(j, j, group, names=(name,))
+                            elif src.data_ptr() != view.data_ptr():
+                                view.copy_(src.reshape(view.shape))
+                        for name, value in scalars.items():
+                            b.scalars_np[our_names.get(name, name)][j] = value
+                        b.steps_np[j] = step
+                        b.publish(j)
+                    b.update_uniform()
+        for hook in self._optimizer_load_state_dict_post_hooks.values():
+            hook(self)
+
+    def _checked_state(self, value, gi, i, group):
+        where = f"loaded state of param group {gi}, parameter {i}"
+        if not isinstance(value, dict):
+            raise ValueError(f"{where} must be a dict, got {type(value).__name__}")
+        p = group["params"][i]
+        step = value.get("step")
+        arrays, scalars = {}, {}
+        scalar_names = {self._torch_names.get(n, n) for n in self._scalar_state}
+        array_names = {self._torch_names.get(n, n) for n in self.rule.state}
+        for key, v in value.items():
+            if key == "step":
+                continue
+            if key in scalar_names:
+                try:
+                    scalars[key] = float(_plain(v))
+                except (TypeError, ValueError):
+                    raise ValueError(f"{where}: {key} must be a number") from None
+            elif key in array_names:
+                if not isinstance(v, torch.Tensor):
+                    raise ValueError(f"{where}: {key} must be a tensor, got {type(v).__name__}")
+                if v.numel() != p.numel():
+                    raise ValueError(f"{where}: {key} has {v.numel()} elements, the parameter "
+                                     f"has {p.numel()} (shape {tuple(p.shape)})")
+                if not (v.is_floating_point() and v.layout == torch.strided):
+                    raise ValueError(f"{where}: {key} must be a dense floating-point tensor")
+                arrays[key] = v
+        if step is None:
+            # torch's SGD keeps no step; a parameter with state has stepped
+            step = 1 if arrays else 0
+        try:
+            step_f = float(_plain(step))
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: step must be a number, got {step!r}") from None
+        if not (math.isfinite(step_f) and step_f >= 0 and step_f == int(step_f)):
+            raise ValueError(f"{where}: step must be a whole number >= 0, got {step_f}")
+        needed = {self._torch_names.get(n, n) for n in
+                  self.rule.state_for(**self._rule_options(group))}
+        missing = sorted(needed - set(arrays))
+        if step_f > 0 and missing:
+            raise ValueError(f"{where} lacks {missing} (is it a state dict of another "
+                             "algorithm or option set?)")
+        missing_scalars = sorted(scalar_names - set(scalars))
+        if step_f > 0 and missing_scalars:
+            raise ValueError(f"{where} lacks {missing_scalars}")
+        return int(step_f), arrays, scalars
+
+
+def _check_no_shared_memory(groups, index):
+    """Parameters must not share memory: each gets its own slot in a flat buffer."""
+    spans = []
+    for gi, group in enumerate(groups):
+        for i, p in enumerate(group["params"]):
+            if p.numel() == 0:
+                continue
+            start = p.data_ptr()
+            spans.append((p.device, start, start + p.numel() * p.element_size(), gi, i))
+    spans.sort(key=lambda s: (str(s[0]), s[1]))
+    for a, b in zip(spans, spans[1:]):
+        if a[0] == b[0] and b[1] < a[2] and index in (a[3], b[3]):
+            raise ValueError(f"param group {a[3]}, parameter {a[4]} and param group {b[3]}, "
+                             f"parameter {b[4]} share memory; fastadapt.torch packs every "
+                             "parameter into its own slot, so they would stop sharing it")
+
+
+# ----------------------------------------------------------------- the classes
+def _signature_for(rule, torch_cls):
+    if torch_cls is not None:
+        return inspect.signature(torch_cls.__init__)
+    P = inspect.Parameter
+    params = [P("self", P.POSITIONAL_OR_KEYWORD), P("params", P.POSITIONAL_OR_KEYWORD)]
+    for key, default in rule.defaults.items():
+        kind = P.KEYWORD_ONLY if key == "maximize" else P.POSITIONAL_OR_KEYWORD
+        params.append(P(key, kind, default=default))
+    params.sort(key=lambda p: p.kind)
+    params += [P("foreach", P.KEYWORD_ONLY, default=None), P("fused", P.KEYWORD_ONLY, default=None),
+               P("capturable", P.KEYWORD_ONLY, default=False),
+               P("differentiable", P.KEYWORD_ONLY, default=False)]
+    return inspect.Signature(params)
+
+
+def optimizer_class(rule):
+    """The drop-in optimizer class for ``rule`` (a :class:`fastadapt.Rule`).
+
+    Its signature and defaults are those of ``torch.optim.<rule.torch_name>``
+    when torch has that optimizer, else the rule's defaults plus torch's
+    ``foreach``/``fused``/``capturable``/``differentiable`` keywords.
+    """
+    torch_cls = getattr(torch.optim, rule.torch_name or "", None)
+    if not (isinstance(torch_cls, type) and issubclass(torch_cls, torch.optim.Optimizer)):
+        torch_cls = None
+    signature = _signature_for(rule, torch_cls)
+    known = set(rule.defaults) | set(_state_init(rule).values()) | {
+        v for v in _scalar_state(rule).values() if isinstance(v, str)} | set(
+        NO_OP_FLAGS + REJECTED_FLAGS) | {"self", "params"}
+    extras = {name: p.default for name, p in signature.parameters.items()
+              if name not in known and p.default is not inspect.Parameter.empty}
+    name = rule.torch_name or rule.name.capitalize()
+
+    def __init__(self, params, *args, **kwargs):
+        bound = signature.bind(self, params, *args, **kwargs)
+        bound.apply_defaults()
+        defaults = dict(bound.arguments)
+        del defaults["self"], defaults["params"]
+        FlatOptimizer.__init__(self, params, defaults)
+
+    __init__.__signature__ = signature
+    __init__.__qualname__ = f"{name}.__init__"
+    twin = f"torch.optim.{name}" if torch_cls is not None else "the rule"
+    doc = (f"{name} over flat buffers: a drop-in for {twin} (same signature, defaults and "
+           f"numbers), one fused ``fastadapt.{rule.step_fn.__name__}`` call per (group, "
+           f"device, dtype).\n\n``foreach`` and ``fused`` are accepted and change nothing; "
+           f"``capturable=True`` and ``differentiable=True`` raise ValueError. See "
+           f":mod:`fastadapt.torch` for the gradient paths and their cost.\n\n"
+           f"The update (from ``fastadapt.{rule.step_fn.__name__}``):\n"
+           f"{inspect.getdoc(rule.step_fn) or ''}\n")
+    return type(name, (FlatOptimizer,), {
+        "rule": rule, "_signature": signature, "_extras": extras, "__init__": __init__,
+        "__doc__": doc, "__module__": __name__, "__qualname__": name})
+
+
+for _rule in RULES.values():
+    _cls = optimizer_class(_rule)
+    globals()[_cls.__name__] = _cls
+    __all__.append(_cls.__name__)
+del _rule, _cls

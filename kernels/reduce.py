@@ -1,0 +1,144 @@
+"""Read-only reductions: the sum of squares behind a global gradient norm.
+
+The array is cut by the host into chunks, given as ``starts`` / ``stops``
+(int64 element indices, so a flat buffer's padding can be left out). Each
+chunk's sum of squares is accumulated in float64 and written to ``out[c]``;
+the host adds the partials with ``math.fsum`` (exact, so the order of the
+partials does not matter).
+
+Within a chunk the order of the additions is fixed by the chunk alone, so the
+result is the same whatever the thread count and on either target:
+
+- element ``start + j`` goes to lane ``j % LANES``; each lane adds its
+  elements in increasing order, ``acc[k] += float64(x) * float64(x)``;
+- the ``LANES`` lanes are then added as a binary tree,
+  ``acc[k] += acc[k + s]`` for ``k < s``, ``s = LANES/2, LANES/4, ..., 1``.
+
+On the CPU a chunk is one ``prange`` iteration and the lanes are a small
+float64 array (the loop over lanes carries no dependence, so LLVM vectorizes
+it without reassociating anything); on the GPU (``reduce_cuda.py``) a chunk is
+one block of ``LANES`` threads, thread ``k`` being lane ``k`` (its loads are
+coalesced), and the tree runs in shared memory. For float32 input the square
+of a float32 is exact in float64, so a GPU's fused multiply-add rounds the
+same as the CPU's multiply then add: the two targets agree bit for bit.
+
+Accuracy: every addend is non-negative, so a lane's running sum of ``m``
+terms has a relative error below ``m * 2**-53`` and the tree adds
+``log2(LANES)`` more roundings. With ``CHUNK = 2**14`` elements and 256
+lanes, a chunk's partial is within ``(64 + 8) * 2**-53 < 1e-14`` of its
+exact value, whatever the array's size; ``fsum`` adds one rounding and the
+square root halves the relative error. (Squares of float64 inputs round
+once more, ``2**-53``.) A NaN anywhere makes its lane, its chunk and the
+total NaN (no comparison or ``max`` is involved that could drop it); an inf
+with no NaN makes the total inf.
+
+The float64 accumulation of float32 data is deliberate: it is what makes the
+norm independent of the array's size and exact enough to match torch's
+float64 norm. Its cost: on one AVX-512 core the lane loop (widen, square,
+add to the lanes held in L1, store them back) ran at about two thirds of
+``read_only``'s bandwidth (30 against 44 GB/s, single thread, on a shared
+2-core machine); with several cores sharing the memory bus the gap closes.
+Variants that add two or four rows per visit to the lanes (the same order,
+half the lane stores) defeated LLVM's vectorizer and ran 3x slower.
+"""
+import types
+
+import numpy as np
+from numba import njit, prange
+
+from ._jit import cached
+
+if __name__ != "fastadapt.kernels.reduce":
+    # As in cpu.py: the disk cache records the module name.
+    raise ImportError(f"import this module as fastadapt.kernels.reduce, not {__name__}")
+
+#: Lanes per chunk; also the CUDA kernel's threads per block (a power of two).
+LANES = 256
+#: Elements per chunk (a multiple of LANES). 2**14 float32 are 64 KiB: enough
+#: to amortise a prange iteration, few enough that 2**24 elements make 1024
+#: chunks to share among threads.
+CHUNK = 2 ** 14
+#: Arrays of fewer chunks run on the calling thread. Not measured separately:
+#: one or two chunks would run on at most two threads anyway, and a serial
+#: pass over 2**15 float32 takes about as long as waking the pool.
+SERIAL_BELOW_CHUNKS = 3
+
+
+def sum_of_squares(x, starts, stops, out):
+    """``out[c] = sum(float64(x[i])**2 for i in range(starts[c], stops[c]))``,
+    added in the lane-then-tree order of the module docstring."""
+    for c in prange(starts.size):
+        # Indexing a view from 0 (not x[start + j]) lets Numba prove the
+        # indices non-negative and drop its wraparound check, which would
+        # otherwise keep LLVM from vectorizing the lanes (measured 4 -> 28 GB/s).
+        chunk = x[starts[c]:stops[c]]
+        acc = np.zeros(LANES, np.float64)
+        full = chunk.size // LANES * LANES
+        for j in range(0, full, LANES):
+            row = chunk[j:j + LANES]
+            for k in range(LANES):
+                v = np.float64(row[k])
+                acc[k] += v * v
+        tail = chunk[full:]
+        for k in range(tail.size):
+            v = np.float64(tail[k])
+            acc[k] += v * v
+        s = LANES // 2
+        while s > 0:
+            for k in range(s):
+                acc[k] += acc[k + s]
+            s //= 2
+        out[c] = acc[0]
+
+
+def read_only(x, starts, stops, out):
+    """The read-only roofline: ``out[c] = sum(x[starts[c]:stops[c]])`` in the
+    arrays' dtype, over the same chunks, compiled with reassociation allowed
+    so LLVM vectorizes it as far as it can. It reads exactly the bytes
+    :func:`sum_of_squares` reads and does less work per element; it is a
+    benchmark baseline, never used for results."""
+    for c in prange(starts.size):
+        chunk = x[starts[c]:stops[c]]
+        acc = chunk[0] - chunk[0]
+        for i in range(chunk.size):
+            acc += chunk[i]
+        out[c] = acc
+
+
+def _renamed(func, suffix):
+    clone = types.FunctionType(func.__code__, func.__globals__, func.__name__ + suffix,
+                               func.__defaults__, func.__closure__)
+    clone.__qualname__ = func.__qualname__ + suffix
+    clone.__module__ = func.__module__
+    return clone
+
+
+def _compile(func, **options):
+    return types.SimpleNamespace(
+        parallel=cached(njit, func, parallel=True, nogil=True, error_model="numpy",
+                        **options),
+        serial=cached(njit, _renamed(func, "_serial"), nogil=True, error_model="numpy",
+                      **options),
+    )
+
+
+SUM_OF_SQUARES = _compile(sum_of_squares)
+READ_ONLY = _compile(read_only, fastmath={"reassoc"})
+
+
+def chunks(n, segments=None, chunk=None):
+    """``(starts, stops)``: int64 chunk bounds covering ``range(n)``, or only the
+    given ``(offset, size)`` segments (a flat buffer's arrays, padding left
+    out), each cut into pieces of at most ``chunk`` elements (default
+    :data:`CHUNK`). A segment's chunks start at the segment, so the bounds
+    depend on the layout only."""
+    chunk = CHUNK if chunk is None else int(chunk)
+    if segments is None:
+        segments = [(0, n)]
+    starts = [np.arange(o, o + size, chunk, dtype=np.int64) for o, size in segments if size]
+    if not starts:
+        empty = np.empty(0, np.int64)
+        return empty, empty
+    stops = [np.minimum(s + chunk, o + size) for s, (o, size) in
+             zip(starts, [seg for seg in segments if seg[1]])]
+    return np.concatenate(starts), np.concatenate(stops).astype(np.int64)
