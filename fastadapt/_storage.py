@@ -42,8 +42,22 @@ def is_bfloat16(dtype):
     return dtype.name == "bfloat16" and dtype.itemsize == 2
 
 
+_CODES = {}
+
+
 def code(dtype):
     """The storage code of ``dtype`` (see ``loops.Layout``), or None."""
+    try:
+        return _CODES[dtype]
+    except KeyError:
+        pass
+    except TypeError:               # unhashable: not a dtype
+        return None
+    out = _CODES[dtype] = _code(dtype)
+    return out
+
+
+def _code(dtype):
     if dtype == F32 or dtype == F64:
         return NATIVE
     if dtype == F16:
@@ -70,7 +84,21 @@ def check_dtype(arg, dtype):
                         f"{PARAM_DTYPES}")
 
 
+_LAYOUTS = {}
+
+
 def layout(dtypes, master=None, stochastic=False, blockwise=()):
+    """See :func:`_layout`; remembered per combination (the per-call path)."""
+    key = (tuple(dtypes.items()), master, bool(stochastic), tuple(blockwise))
+    try:
+        return _LAYOUTS[key]
+    except KeyError:
+        pass
+    out = _LAYOUTS[key] = _layout(dtypes, master, stochastic, blockwise)
+    return out
+
+
+def _layout(dtypes, master=None, stochastic=False, blockwise=()):
     """``(layout, compute dtype)`` for an update whose arrays have ``dtypes``
     (argument name -> dtype, in the driver's order, ``param`` and ``grad``
     first, unused state left out); ``master``: the master copy's dtype (None
@@ -138,6 +166,8 @@ def full_layout(names, codes, master, stochastic):
 def bits(a):
     """The array a driver takes: 16-bit floats as their ``uint16`` bits."""
     return a.view(np.uint16) if a.dtype.itemsize == 2 else a
+
+
 
 
 # ------------------------------------------------------------------ 8-bit state
