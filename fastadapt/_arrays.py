@@ -39,6 +39,11 @@ def kind(obj):
     return "other"
 
 
+def is_torch_host_tensor(a):
+    """Whether ``a`` is a torch tensor in host memory (without importing torch)."""
+    return kind(a) == "torch" and not getattr(a, "is_cuda", False)
+
+
 def check_plain_ndarray(name, a):
     """Refuse ndarray subclasses whose indexing differs from an ndarray's.
 

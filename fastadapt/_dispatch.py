@@ -13,7 +13,7 @@ import numpy as np
 
 from . import _storage
 from ._arrays import (SUPPORTED_DTYPES, check_no_aliasing, check_plain_ndarray,
-                      is_device_array, no_op)
+                      is_device_array, is_torch_host_tensor, no_op)
 from .kernels import cpu
 
 # Numba's workqueue threading layer aborts the process if two threads launch
@@ -23,6 +23,11 @@ _PARALLEL_LAUNCH = threading.Lock()
 
 
 def _check_host_array(name, a, writes):
+    if is_torch_host_tensor(a):
+        raise TypeError(
+            f"{name} is a torch CPU tensor; the functional API takes NumPy arrays: pass "
+            f"{name}.detach().numpy() (a zero-copy view, updated in place), or use "
+            "fastadapt.torch (drop-in torch.optim optimizers) for model parameters")
     if not isinstance(a, np.ndarray):
         raise TypeError(
             f"{name} must be a numpy.ndarray (or a CUDA array), got {type(a).__name__}")

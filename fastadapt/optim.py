@@ -35,7 +35,7 @@ import threading
 import numpy as np
 
 from . import _args, _storage, checkpoint as _ckpt
-from ._arrays import is_device_array as _is_device_array
+from ._arrays import is_device_array as _is_device_array, is_torch_host_tensor
 from .kernels.storage import stream_key
 from ._dispatch import prepare
 from .flat import FlatBuffer
@@ -245,7 +245,7 @@ class Optimizer:
         self.defaults = dict(defaults)
         self.grad_norm, self.step_skipped = None, False
         self._norm_passes = None
-        groups = _normalise_groups(params)
+        groups = _normalise_groups(params, type(self).__name__)
         several = len(groups) > 1
         seen = set()
         self.param_groups, self._groups = [], []
@@ -734,7 +734,7 @@ def _takes_max_grad_norm(init):
     return __init__
 
 
-def _normalise_groups(params):
+def _normalise_groups(params, cls_name):
     if isinstance(params, dict):
         groups = [params]
     elif hasattr(params, "shape"):
@@ -765,6 +765,12 @@ def _normalise_groups(params):
             if not (hasattr(a, "shape") and hasattr(a, "dtype")):
                 raise TypeError(f"param group {i}: parameters must be arrays, "
                                 f"got {type(a).__name__}")
+            if is_torch_host_tensor(a):
+                raise TypeError(
+                    f"fastadapt.{cls_name} takes NumPy or CUDA arrays and copies them; for "
+                    f"torch parameters use fastadapt.torch.{cls_name}(model.parameters(), "
+                    "...), a drop-in torch.optim optimizer that trains the model's own "
+                    "parameters")
         out.append({**group, "params": arrays})
     return out
 

@@ -681,3 +681,20 @@ def test_the_bench_section_runs_at_tiny_sizes():
     assert "overhead_us_per_tensor" in data["many_small"]
     text = bench.markdown(data)
     assert "GPT-2-small shapes" in text and "Whole training step" in text
+
+
+def test_torch_cpu_tensors_in_the_numpy_api_say_what_to_use_instead():
+    """The issue's first stumbles: a torch CPU tensor in the functional API or a
+    NumPy optimizer class gets an error naming the way that works."""
+    p = torch.ones(8)
+    g = torch.ones(8)
+    m, v = torch.zeros(8), torch.zeros(8)
+    with pytest.raises(TypeError, match=r"param is a torch CPU tensor.*param\.detach\(\)"
+                                        r"\.numpy\(\).*fastadapt\.torch"):
+        fastadapt.adam_step(p, g, m, v, step=1)
+    assert torch.equal(p, torch.ones(8))
+    model = torch.nn.Linear(3, 2)
+    with pytest.raises(TypeError, match=r"fastadapt\.torch\.AdamW\(model\.parameters\(\)"):
+        fastadapt.AdamW(model.parameters())
+    with pytest.raises(TypeError, match=r"fastadapt\.torch\.SGD"):
+        fastadapt.SGD([p.numpy(), torch.ones(3)])
