@@ -25,7 +25,7 @@ QUICK_SIZES = (10**3, 10**5, 2**20)
 THRESHOLD_SIZES = tuple(2**k for k in range(6, 16))          # 64 .. 32768
 QUICK_THRESHOLD_SIZES = (64, 512, 4096)
 PER_CALL_SIZES = (10**3, 10**4)
-SECTIONS = ("main", "percall", "threshold", "gpt2", "coldstart", "gpu", "storage")
+SECTIONS = ("main", "percall", "threshold", "gpt2", "coldstart", "gpu", "storage", "accuracy")
 DEFAULT_SECTIONS = ("main", "percall", "gpt2", "coldstart", "gpu")
 QUICK_SECTIONS = ("main", "percall", "gpu")
 # (budget per measurement in s, minimum rounds, retries, seconds of re-measuring in all)
@@ -218,6 +218,8 @@ def _plan(sections, configs, sizes, dtype, budget, min_rounds, mode):
         # eight Adam steps of 2**24 (2**20 quick) elements per round, the 8-bit
         # state's ~0.6 s on 2 cores the slowest, and two small sizes
         est["storage"] = 1.5 * budget + (20.0 if mode != "quick" else 3.0)
+    if "accuracy" in sections:
+        est["accuracy"] = 5.0
     if "gpu" in sections:
         est["gpu"] = 1.0 + (len(configs) * len(sizes) * (budget + 0.5)
                             if _sections.gpu_status()[0] else 0.0)
@@ -311,6 +313,10 @@ def _measure(sections, configs, sizes, dtype, budget, min_rounds, mode, retry, a
         data["storage"] = _storage_modes.storage(2 ** 20 if mode == "quick" else 2 ** 24,
                                                  budget, min_rounds, progress)
         progress.advance(progress.plan.get("storage", 0.0))
+    if "accuracy" in sections:
+        from . import _accuracy
+        data["accuracy"] = _accuracy.run()
+        progress.advance(progress.plan.get("accuracy", 0.0))
     data["wall_s"] = time.perf_counter() - start
     data["machine"]["load_average_end"] = machine_load()
     data["retry_seconds"] = retry.spent_s

@@ -316,10 +316,22 @@ def sections_text(data):
         out.append((f"Storage modes, Adam at n = {_n(s['n'])} (1.0x = torch fused float32 "
                      "Adam, same run)", storage_table(s).text()))
         out.append(("Storage modes, per call on small arrays", _storage_per_call(s)))
+    if data.get("accuracy"):
+        out.append((_accuracy_title(data["accuracy"]), accuracy_table(data["accuracy"]).text()))
     note = _disturbance_note(data)
     if note:
         out.append(("Disturbed measurements", _wrap(note)))
     return out
+
+
+def _accuracy_title(a):
+    return (f"Storage modes, accuracy: Adam (lr {a['lr']:g}) on a small MLP, {a['steps']} "
+            f"full-batch steps from loss {a['initial_loss']:.4g}")
+
+
+def accuracy_table(a):
+    from ._accuracy import table
+    return Table(*table(a), right={1, 2})
 
 
 def storage_table(s):
@@ -472,6 +484,11 @@ def markdown_report(data, plot_path=None, markdown_path=None):
                   "each mode reads and writes.", "", storage_table(s).markdown(), "",
                   "Per call on small arrays, against fastadapt's float32 call:", "",
                   "```", _storage_per_call(s), "```", ""]
+    if data.get("accuracy"):
+        a = data["accuracy"]
+        lines += ["## Fewer bytes: accuracy", "", _accuracy_title(a) + ". Final loss in each "
+                  "storage mode and its ratio to float32's (above 1: the mode hurts).", "",
+                  accuracy_table(a).markdown(), ""]
     if data.get("cuda") is not None:
         c = data["cuda"]
         lines += ["## GPU", ""]
