@@ -93,6 +93,10 @@ def prepare(update):
 
     written = update.written | {"master_param"}
     blocks = {n: a for n, a in present.items() if isinstance(a, _storage.Blockwise8)}
+    for name in ("param", "grad", "master_param"):
+        if name in blocks:
+            raise TypeError(f"{name} is a Blockwise8; 8-bit blockwise storage is for state "
+                            "arrays only")
     for name, b in blocks.items():
         _storage.check_blockwise(name, b, _size(present["param"]))
         del present[name]

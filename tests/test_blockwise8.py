@@ -164,6 +164,7 @@ def test_zero_size_and_zero_state():
      TypeError, ("8-bit", "float64")),
     (lambda n: {"exp_avg": _broken(n)}, ValueError, ("exp_avg.absmax",)),
     (lambda n: {"exp_avg_sq": "not an array"}, TypeError, ("exp_avg_sq",)),
+    (lambda n: {"grad": fastadapt.Blockwise8(n)}, TypeError, ("grad", "state arrays only")),
 ])
 def test_bad_containers_raise_and_change_nothing(make, exc, words):
     n = 300
