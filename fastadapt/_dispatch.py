@@ -80,6 +80,10 @@ def prepare(update):
     present = {name: a for name, a in update.arrays.items() if a is not None}
     if update.master is not None:
         present["master_param"] = update.master
+    for name in ("param", "grad", "master_param"):
+        if isinstance(present.get(name), _storage.Blockwise8):
+            raise TypeError(f"{name} is a Blockwise8; 8-bit blockwise storage is for state "
+                            "arrays only")
     device = [is_device_array(a.codes if isinstance(a, _storage.Blockwise8) else a)
               for a in present.values()]
     if any(device):
@@ -93,10 +97,6 @@ def prepare(update):
 
     written = update.written | {"master_param"}
     blocks = {n: a for n, a in present.items() if isinstance(a, _storage.Blockwise8)}
-    for name in ("param", "grad", "master_param"):
-        if name in blocks:
-            raise TypeError(f"{name} is a Blockwise8; 8-bit blockwise storage is for state "
-                            "arrays only")
     for name, b in blocks.items():
         _storage.check_blockwise(name, b, _size(present["param"]))
         del present[name]
