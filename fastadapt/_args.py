@@ -39,6 +39,12 @@ def real(name, value, low=0.0, high=math.inf, low_open=False, high_open=False):
     return x
 
 
+def max_grad_norm(value):
+    """The clipping threshold: None (no clipping) or a real number > 0 (inf
+    clips nothing but still skips steps with non-finite gradients)."""
+    return None if value is None else real("max_grad_norm", value, low_open=True)
+
+
 def flag(name, value):
     """``value`` as a bool; it must be a bool or the integer 0 or 1 (TypeError otherwise)."""
     if value is True or value is False:

@@ -241,7 +241,7 @@ class Optimizer:
         missing = [k for k in self._option_names() if k not in defaults]
         if missing:
             raise TypeError(f"{type(self).__name__}: missing default(s) {missing}")
-        self._max_grad_norm = _check_max_grad_norm(defaults.pop("max_grad_norm", None))
+        self._max_grad_norm = _args.max_grad_norm(defaults.pop("max_grad_norm", None))
         self.defaults = dict(defaults)
         self.grad_norm, self.step_skipped = None, False
         self._norm_passes = None
@@ -387,7 +387,7 @@ class Optimizer:
 
     @max_grad_norm.setter
     def max_grad_norm(self, value):
-        self._max_grad_norm = _check_max_grad_norm(value)
+        self._max_grad_norm = _args.max_grad_norm(value)
 
     # ------------------------------------------------------------- arrays
     @property
@@ -697,20 +697,6 @@ class Optimizer:
 
 
 # ----------------------------------------------------------------- helpers
-def _check_max_grad_norm(value):
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise TypeError(f"max_grad_norm must be a real number or None, got {value!r}")
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"max_grad_norm must be a real number or None, got {value!r}") from None
-    if math.isnan(x) or x <= 0:
-        raise ValueError(f"invalid max_grad_norm: {value!r} (must be > 0)")
-    return x
-
-
 def _takes_max_grad_norm(init):
     """``init`` with one more keyword, ``max_grad_norm=None``, checked before
     ``init`` runs and set after it (so every optimizer class takes it without
@@ -723,7 +709,7 @@ def _takes_max_grad_norm(init):
 
     @functools.wraps(init)
     def __init__(self, *args, max_grad_norm=None, **kwargs):
-        max_grad_norm = _check_max_grad_norm(max_grad_norm)
+        max_grad_norm = _args.max_grad_norm(max_grad_norm)
         init(self, *args, **kwargs)
         if max_grad_norm is not None:
             self._max_grad_norm = max_grad_norm

@@ -80,6 +80,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without torch
     raise ImportError("fastadapt.torch needs PyTorch: pip install 'fastadapt[torch]'") from exc
 
+from . import _args
 from .rules import RULES
 
 __all__ = ["FlatOptimizer", "optimizer_class"]
@@ -289,8 +290,10 @@ class _Bucket:
                              f"{p.device}/{p.dtype} after the optimizer was built; move or "
                              "convert the model before building the optimizer")
 
-    def apply(self, group, options, scan, grad_scale):
-        """Copy what ``scan`` found into the buffers and run the update."""
+    def gather(self, scan):
+        """Copy what ``scan`` found (replaced parameters, gradients that are not
+        the flat buffer's views) into the buffers; the values the model sees do
+        not change."""
         present, replaced, copies = scan
         for j in replaced:
             p = self.params[j]
@@ -301,6 +304,20 @@ class _Bucket:
                                  [self.params[j].grad for j in copies])
             for j in copies:
                 self.params[j].grad = self.grad_views[j]
+
+    def present_grads(self, scan):
+        """The gradients this step applies, as arrays for ``fastadapt.grad_norm``:
+        the whole flat buffer when every parameter has one (its padding is zero),
+        else one slice per parameter that has one."""
+        present = scan[0]
+        if present is None or all(present):
+            return [self.k_grad]
+        return [self.k_grad[o:o + n]
+                for o, n, has in zip(self.offsets, self.sizes, present) if has]
+
+    def apply(self, group, options, scan, grad_scale):
+        """Run the update (after :meth:`gather`)."""
+        present = scan[0]
         every = present is None
         if not every and not any(present):
             return
@@ -399,8 +416,20 @@ class FlatOptimizer(torch.optim.Optimizer):
         self._buckets = []              # per group: list of _Bucket
         self._group_params = []         # per group: its parameters at construction
         self._validated = []            # per group: the options last checked (lr excluded)
+        self._max_grad_norm = _args.max_grad_norm(defaults.pop("max_grad_norm", None))
+        self.grad_norm, self.step_skipped = None, False
         self._check_options(defaults, None)
         super().__init__(params, defaults)
+
+    @property
+    def max_grad_norm(self):
+        """Clip by the global norm of all gradients to this before each step
+        (``None``: no clipping); may be changed between steps."""
+        return self._max_grad_norm
+
+    @max_grad_norm.setter
+    def max_grad_norm(self, value):
+        self._max_grad_norm = _args.max_grad_norm(value)
 
     def __getstate__(self):
         raise TypeError(f"fastadapt.torch.{type(self).__name__} cannot be pickled (its "
@@ -568,17 +597,42 @@ class FlatOptimizer(torch.optim.Optimizer):
                                      "parameters")
                 options = self._group_options(index, group)
                 plans.extend((group, options, b, b.scan()) for b in buckets)
+            self.step_skipped = False
             found_inf = getattr(self, "found_inf", None)
             if found_inf is not None and float(found_inf) != 0.0:
+                self.step_skipped = True
                 return loss
             grad_scale = getattr(self, "grad_scale", None)
             if grad_scale is not None:
                 grad_scale = float(grad_scale)
                 if not (math.isfinite(grad_scale) and grad_scale > 0):
                     raise ValueError(f"grad_scale must be a finite number > 0, got {grad_scale}")
+            for _, _, bucket, scan in plans:
+                bucket.gather(scan)
+            if self.max_grad_norm is not None:
+                grad_scale = self._clip(plans, grad_scale)
+                if self.step_skipped:
+                    return loss
             for group, options, bucket, scan in plans:
                 bucket.apply(group, options, scan, grad_scale)
         return loss
+
+    def _clip(self, plans, grad_scale):
+        """Global-norm clipping as ``torch.nn.utils.clip_grad_norm_(params,
+        max_grad_norm)``, in one read-only pass over the gradients: sets
+        :attr:`grad_norm` (of the unscaled gradients) and, when it is not
+        finite, :attr:`step_skipped`; returns the loss scale with the clipping
+        coefficient folded in (the kernel divides the gradients by it)."""
+        from .norm import grad_norm
+        squares = [grad_norm(*bucket.present_grads(scan), grad_scale=grad_scale) ** 2
+                   for _, _, bucket, scan in plans]
+        total = math.sqrt(math.fsum(squares))
+        self.grad_norm = total
+        if not math.isfinite(total):
+            self.step_skipped = True
+            return grad_scale
+        clip_coef = min(self.max_grad_norm / (total + 1e-6), 1.0)
+        return (1.0 if grad_scale is None else grad_scale) / clip_coef
 
     # ------------------------------------------------------------- checkpoints
     def state_dict(self):
@@ -797,7 +851,9 @@ def optimizer_class(rule):
     if not (isinstance(torch_cls, type) and issubclass(torch_cls, torch.optim.Optimizer)):
         torch_cls = None
     signature = _signature_for(rule, torch_cls)
-    known = set(rule.defaults) | set(_state_init(rule).values()) | {
+    signature = signature.replace(parameters=[*signature.parameters.values(), inspect.Parameter(
+        "max_grad_norm", inspect.Parameter.KEYWORD_ONLY, default=None)])
+    known = {"max_grad_norm"} | set(rule.defaults) | set(_state_init(rule).values()) | {
         v for v in _scalar_state(rule).values() if isinstance(v, str)} | set(
         NO_OP_FLAGS + REJECTED_FLAGS) | {"self", "params"}
     extras = {name: p.default for name, p in signature.parameters.items()

@@ -461,6 +461,82 @@ def test_grad_scaler_cpu_matches_torch_and_skips_steps_with_inf():
     assert_same(model, ref_model, opt, ref)
 
 
+# ----------------------------------------------------------------- clipping
+@pytest.mark.parametrize("name", ["adam", "sgd", "rmsprop"])
+@pytest.mark.parametrize("max_norm", [0.05, 1e3])          # below and above the norms
+def test_max_grad_norm_matches_clip_grad_norm(name, max_norm):
+    """``max_grad_norm`` clips as ``clip_grad_norm_`` over every parameter that
+    has a gradient (the branch has none on odd steps), before the step."""
+    model, ref_model = make_models()
+    config = {"momentum": 0.9} if name == "sgd" else {}
+    opt, ref = build(name, config, model, ref_model, max_grad_norm=max_norm)
+    clipped = 0
+    for step in range(12):
+        backward(model, opt, step)
+        for p, q in zip(model.parameters(), ref_model.parameters()):
+            q.grad = None if p.grad is None else p.grad.detach().clone()
+        with_grad = [q for q in ref_model.parameters() if q.grad is not None]
+        total = float(torch.nn.utils.clip_grad_norm_(with_grad, max_norm))
+        clipped += total > max_norm
+        ref.step()
+        opt.step()
+        assert opt.grad_norm == pytest.approx(total, rel=1e-5)
+        assert opt.step_skipped is False
+    assert clipped == (12 if max_norm < 1 else 0)
+    assert_same(model, ref_model, opt, ref)
+
+
+def test_max_grad_norm_with_grad_scaler_skips_non_finite_steps():
+    """GradScaler's path: torch's ``unscale_`` -> ``clip_grad_norm_`` ->
+    ``scaler.step`` against fastadapt's one step; a step whose gradients
+    overflow changes nothing in either."""
+    model, ref_model = make_models()
+    opt, ref = build("adamw", {}, model, ref_model, max_grad_norm=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    ref_scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    poisoned = 3
+    for step in range(8):
+        handles = []
+        if step == poisoned:
+            handles = [m.conv.weight.register_hook(lambda g: g * math.inf)
+                       for m in (model, ref_model)]
+            before = [p.detach().clone() for p in model.parameters()]
+        for m, o, s in ((ref_model, ref, ref_scaler), (model, opt, scaler)):
+            backward(m, o, step, scaler=s)
+        ref_scaler.unscale_(ref)
+        torch.nn.utils.clip_grad_norm_(
+            [q for q in ref_model.parameters() if q.grad is not None], 0.1)
+        ref_scaler.step(ref)
+        ref_scaler.update()
+        scaler.step(opt)
+        scaler.update()
+        for h in handles:
+            h.remove()
+        if step == poisoned:
+            assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+    assert scaler.get_scale() == ref_scaler.get_scale() < 2.0 ** 10
+    assert_same(model, ref_model, opt, ref)
+
+
+def test_max_grad_norm_skips_a_step_with_a_nan_gradient_without_a_scaler():
+    model, _ = make_models()
+    opt = ft.SGD(model.parameters(), lr=0.1, momentum=0.9, max_grad_norm=1.0)
+    train_step(model, opt, 0)
+    before = [p.detach().clone() for p in model.parameters()]
+    state_before = {k: v.clone() for k, v in opt.state[model.emb.weight].items()}
+    backward(model, opt, 1)
+    model.head.bias.grad[-1] = math.nan
+    opt.step()
+    assert opt.step_skipped is True and math.isnan(opt.grad_norm)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+    for k, v in opt.state[model.emb.weight].items():
+        assert torch.equal(v, state_before[k]), k
+    with pytest.raises(ValueError, match="invalid max_grad_norm"):
+        opt.max_grad_norm = 0.0
+    with pytest.raises(TypeError, match="max_grad_norm must be a real number"):
+        ft.Adam(model.parameters(), max_grad_norm="1")
+
+
 def test_step_supports_amp_scaling():
     assert ft.Adam._step_supports_amp_scaling is True
 
@@ -578,11 +654,16 @@ def test_sparse_gradients_shape_changes_and_edited_param_lists_raise():
 
 
 def test_the_class_signature_is_torchs():
+    """torch's signature, plus one keyword-only ``max_grad_norm=None`` at the end."""
     import inspect
     for rule in fastadapt.RULES.values():
         theirs = getattr(torch.optim, rule.torch_name, None)
+        ours = inspect.signature(getattr(ft, rule.torch_name))
+        *head, last = ours.parameters.values()
+        assert (last.name, last.kind, last.default) == (
+            "max_grad_norm", inspect.Parameter.KEYWORD_ONLY, None)
         if theirs is not None:
-            assert inspect.signature(getattr(ft, rule.torch_name)) == inspect.signature(theirs)
+            assert ours.replace(parameters=head) == inspect.signature(theirs)
         assert issubclass(getattr(ft, rule.torch_name), torch.optim.Optimizer)
 
 

@@ -19,14 +19,15 @@ from ._machine import describe, machine_load
 # memory: Adam's five arrays of 32 MiB dwarf any L3), every rule
 # configuration, budget arithmetic in _plan. --full adds 1e4, 2^22 and 2^24,
 # full-size GPT-2 small (~9 GiB) and the serial/parallel threshold.
-DEFAULT_SIZES = (10**3, 10**5, 10**6, 2**23)
-FULL_SIZES = (10**3, 10**4, 10**5, 10**6, 2**22, 2**24)
+DEFAULT_SIZES = (10**3, 10**5, 2**22)
+FULL_SIZES = (10**3, 10**4, 10**5, 10**6, 2**22, 2**23, 2**24)
 QUICK_SIZES = (10**3, 10**5, 2**20)
 THRESHOLD_SIZES = tuple(2**k for k in range(6, 16))          # 64 .. 32768
 QUICK_THRESHOLD_SIZES = (64, 512, 4096)
 PER_CALL_SIZES = (10**3, 10**4)
-SECTIONS = ("main", "percall", "threshold", "gpt2", "coldstart", "gpu", "storage", "accuracy")
-DEFAULT_SECTIONS = ("main", "percall", "gpt2", "coldstart", "gpu")
+SECTIONS = ("main", "percall", "threshold", "gpt2", "coldstart", "gpu", "wholestep", "torch",
+            "storage", "accuracy")
+DEFAULT_SECTIONS = ("main", "percall", "gpt2", "coldstart", "gpu", "wholestep")
 QUICK_SECTIONS = ("main", "percall", "gpu")
 # (budget per measurement in s, minimum rounds, retries, seconds of re-measuring in all)
 MODES = {"quick": (0.15, 3, 0, 0.0), "default": (0.5, 5, 1, 20.0), "full": (1.0, 7, 2, 90.0)}
@@ -87,7 +88,10 @@ def _parser():
                         "vs parallel driver; gpt2: a GPT-2-shaped Adam step, narrowed to "
                         "d_model=128 unless --full; coldstart: import + first call in fresh "
                         "processes; gpu: the same table on an NVIDIA GPU, skipped without "
-                        "one); default " + ",".join(DEFAULT_SECTIONS))
+                        "one; wholestep: grad_norm and the clipped, unscaled step against "
+                        "torch's GradScaler + clip_grad_norm_ pipeline; torch: "
+                        "fastadapt.torch's optimizer.step() against torch.optim); default "
+                        + ",".join(DEFAULT_SECTIONS))
     p.add_argument("--threshold", action="store_true",
                    help="only measure the serial/parallel threshold (SERIAL_BELOW in "
                         "kernels/cpu.py); same as --sections threshold")
@@ -214,9 +218,17 @@ def _plan(sections, configs, sizes, dtype, budget, min_rounds, mode):
                           for d, b in _gpt2_models(mode, budget))
     if "coldstart" in sections:
         est["coldstart"] = 15.0
+    if "wholestep" in sections:
+        # the norm pass and the whole step at 2**24 (and GPT-2 small with --full):
+        # each measurement's budget plus building four optimizers' arrays
+        est["wholestep"] = 2 * budget + 8.0 + (4 * budget + 40.0 if mode == "full" else 0.0)
+    if "torch" in sections:
+        # three rules on GPT-2's shapes (narrowed unless --full), many small
+        # tensors and a transformer block's whole step, each at its own budget
+        est["torch"] = 25.0 if mode != "full" else 120.0
     if "storage" in sections:
         # eight Adam steps of 2**24 (2**20 quick) elements per round, the 8-bit
-        # state's ~0.6 s on 2 cores the slowest, and two small sizes
+        # state the slowest (~0.1 s on 2 cores), and two small sizes
         est["storage"] = 1.5 * budget + (20.0 if mode != "quick" else 3.0)
     if "accuracy" in sections:
         est["accuracy"] = 5.0
@@ -308,6 +320,19 @@ def _measure(sections, configs, sizes, dtype, budget, min_rounds, mode, retry, a
         progress.advance(progress.plan.get("coldstart", 0.0))
     if "gpu" in sections:
         data["cuda"] = _sections.cuda(configs, sizes, dtype, budget, min_rounds, progress)
+    if "wholestep" in sections:
+        from . import _pipeline
+        whole = {"norm_pass": _pipeline.norm_pass(dtype, budget, min_rounds, progress, retry),
+                 "whole_step": _pipeline.whole_step(dtype, budget, min_rounds, progress, retry)}
+        if mode == "full":
+            whole["whole_step_gpt2"] = _pipeline.whole_step(dtype, 2 * budget, min_rounds,
+                                                            progress, retry, d_model=768)
+        data["wholestep"] = whole
+        progress.advance(progress.plan.get("wholestep", 0.0))
+    if "torch" in sections:
+        from . import _torch_step
+        data["torch_step"] = _torch_step.run(quick=mode != "full", progress=progress)
+        progress.advance(progress.plan.get("torch", 0.0))
     if "storage" in sections:
         from . import _storage_modes
         data["storage"] = _storage_modes.storage(2 ** 20 if mode == "quick" else 2 ** 24,

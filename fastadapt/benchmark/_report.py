@@ -311,6 +311,11 @@ def sections_text(data):
             out.append((_gpu_title(c), cuda_table(c).text()))
         else:
             out.append(("GPU", c["reason"]))
+    for title, table in wholestep_tables(data.get("wholestep")):
+        out.append((title, table.text()))
+    if data.get("torch_step"):
+        out.append(("fastadapt.torch: optimizer.step() against torch.optim",
+                    _torch_step_markdown(data["torch_step"])))
     if data.get("storage"):
         s = data["storage"]
         out.append((f"Storage modes, Adam at n = {_n(s['n'])} (1.0x = torch fused float32 "
@@ -322,6 +327,54 @@ def sections_text(data):
     if note:
         out.append(("Disturbed measurements", _wrap(note)))
     return out
+
+
+_PIPELINE_LABELS = {"fastadapt": "fastadapt: grad_norm + Adam step (folded scale and clip)",
+                    "fastadapt_update_only": "fastadapt: Adam step alone (no norm)",
+                    "torch_fused": "torch: unscale_ + clip_grad_norm_ + fused Adam",
+                    "torch_foreach": "torch: unscale_ + clip_grad_norm_ + foreach Adam",
+                    "grad_norm": "fastadapt.grad_norm",
+                    "read_only_roofline": "read-only roofline (sum of the same chunks)"}
+
+
+def wholestep_tables(w):
+    """``[(title, Table)]`` for the whole-step section (norm pass, pipelines)."""
+    if not w:
+        return []
+    out = []
+    busy = _disturbed(w["norm_pass"])
+    n = w["norm_pass"]
+    rows = [[_PIPELINE_LABELS.get(k, k)] + ([_busy(busy), ""] if busy else
+            [f"{r['ms']:.2f}", f"{r['gbps']:.1f}"]) for k, r in n["results"].items()]
+    pct = _busy(busy) if busy else f"{n['pct_roofline']:.0f}%"
+    out.append((f"Global norm, one read-only pass over {_n(n['n'])} {n['dtype']} elements "
+                f"({pct} of the read-only roofline)",
+                Table(["implementation", "ms", "GB/s"], rows)))
+    for key in ("whole_step", "whole_step_gpt2"):
+        if not w.get(key):
+            continue
+        r = w[key]
+        busy = _disturbed(r)
+        shape = (f"GPT-2 small's {r['arrays']} arrays" if r.get("d_model")
+                 else "one array")
+        rows = []
+        for name, e in r["results"].items():
+            bpe = str(r["bytes_per_element"][name])
+            rows.append([_PIPELINE_LABELS.get(name, name), bpe]
+                        + ([_busy(busy), "", ""] if busy else
+                           [f"{e['ms']:.1f}", f"{e['gbps']:.1f}", _x(e["speedup_vs"])]))
+        for name, why in r.get("unavailable", {}).items():
+            rows.append([_PIPELINE_LABELS.get(name, name), "", why, "", ""])
+        out.append((f"Whole optimizer step (unscale, non-finite check, clip to "
+                    f"{r['max_grad_norm']:g}, Adam), {shape}, {r['n']:,} {r['dtype']} "
+                    "elements; x = that pipeline's time / fastadapt's",
+                    Table(["pipeline", "bytes/element", "ms", "GB/s", "x"], rows)))
+    return out
+
+
+def _torch_step_markdown(data):
+    from ._torch_step import markdown
+    return markdown(data).rstrip()
 
 
 def _accuracy_title(a):
@@ -476,6 +529,18 @@ def markdown_report(data, plot_path=None, markdown_path=None):
                   "elements) in a fresh process: first with an empty compile cache (the "
                   "one-off compile), then with the cache that run filled.", "",
                   cold_start_table(c).markdown(), ""]
+    tables = wholestep_tables(data.get("wholestep"))
+    if tables:
+        lines += ["## Whole-step fusion", "",
+                  "fastadapt's step with `max_grad_norm` reads the gradients once for the "
+                  "global norm, then folds the loss scale and the clipping coefficient into "
+                  "the update's gradient scalar: 4 + 28 bytes per float32 element for Adam, "
+                  "against torch's `GradScaler.unscale_` (8), `clip_grad_norm_` (4 + 8) and "
+                  "the step (28).", ""]
+        for title, table in tables:
+            lines += [f"### {title}", "", table.markdown(), ""]
+    if data.get("torch_step"):
+        lines += ["## fastadapt.torch", "", _torch_step_markdown(data["torch_step"]), ""]
     if data.get("storage"):
         s = data["storage"]
         lines += ["## Fewer bytes: storage modes (Adam)", "",
