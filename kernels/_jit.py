@@ -6,6 +6,7 @@ cache directory) is writable. Importing fastadapt must still work there, so
 ``cached`` then compiles that kernel in memory (once per process) and warns
 once, saying how to enable the cache.
 """
+import types
 import warnings
 
 _warned = []
@@ -27,3 +28,14 @@ def cached(decorator, func, **options):
                 "NUMBA_CACHE_DIR to a writable directory to cache them on disk.",
                 RuntimeWarning, stacklevel=2)
         return decorator(**options)(func)
+
+
+def renamed(func, suffix):
+    """A copy of ``func`` whose name and qualname end in ``suffix``: a second
+    compiled version of one source (the serial twin of a parallel driver)
+    gets cache entries of its own."""
+    clone = types.FunctionType(func.__code__, func.__globals__, func.__name__ + suffix,
+                               func.__defaults__, func.__closure__)
+    clone.__qualname__ = func.__qualname__ + suffix
+    clone.__module__ = func.__module__
+    return clone

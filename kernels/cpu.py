@@ -14,7 +14,7 @@ import math
 from numba import njit, prange
 
 from . import loops, math as _math, storage
-from ._jit import cached
+from ._jit import cached, renamed
 
 if __name__ != "fastadapt.kernels.cpu":
     # From the repository root ``kernels`` is also importable as a top-level
@@ -44,7 +44,7 @@ class Driver:
 
     def __init__(self, source):
         self.parallel = cached(njit, source, parallel=True, nogil=True, error_model="numpy")
-        self.serial = cached(njit, loops.renamed(source, "_serial"), nogil=True,
+        self.serial = cached(njit, renamed(source, "_serial"), nogil=True,
                              error_model="numpy")
 
 

@@ -37,7 +37,6 @@ entries instead of serving stale ones.
 """
 import hashlib
 import inspect
-import types
 from pathlib import Path
 from typing import NamedTuple
 
@@ -285,10 +284,3 @@ def build_layout(sig, layout, elem, vocabulary, indices, module, digest):
     return driver
 
 
-def renamed(func, suffix):
-    """A copy of ``func`` whose name and qualname end in ``suffix``."""
-    clone = types.FunctionType(func.__code__, func.__globals__, func.__name__ + suffix,
-                               func.__defaults__, func.__closure__)
-    clone.__qualname__ = func.__qualname__ + suffix
-    clone.__module__ = func.__module__
-    return clone

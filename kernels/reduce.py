@@ -46,7 +46,7 @@ import types
 import numpy as np
 from numba import njit, prange
 
-from ._jit import cached
+from ._jit import cached, renamed
 
 if __name__ != "fastadapt.kernels.reduce":
     # As in cpu.py: the disk cache records the module name.
@@ -105,19 +105,11 @@ def read_only(x, starts, stops, out):
         out[c] = acc
 
 
-def _renamed(func, suffix):
-    clone = types.FunctionType(func.__code__, func.__globals__, func.__name__ + suffix,
-                               func.__defaults__, func.__closure__)
-    clone.__qualname__ = func.__qualname__ + suffix
-    clone.__module__ = func.__module__
-    return clone
-
-
 def _compile(func, **options):
     return types.SimpleNamespace(
         parallel=cached(njit, func, parallel=True, nogil=True, error_model="numpy",
                         **options),
-        serial=cached(njit, _renamed(func, "_serial"), nogil=True, error_model="numpy",
+        serial=cached(njit, renamed(func, "_serial"), nogil=True, error_model="numpy",
                       **options),
     )
 

@@ -27,7 +27,7 @@ import types
 from numba import njit, prange
 
 from . import cpu as _cpu  # also refuses a top-level ``kernels`` import (see cpu.py)
-from ._jit import cached
+from ._jit import cached, renamed
 
 MAX_STATE = 4
 
@@ -76,18 +76,10 @@ def copy(dst, src):
         dst[i] = src[i]
 
 
-def _renamed(func, suffix):
-    clone = types.FunctionType(func.__code__, func.__globals__, func.__name__ + suffix,
-                               func.__defaults__, func.__closure__)
-    clone.__qualname__ = func.__qualname__ + suffix
-    clone.__module__ = func.__module__
-    return clone
-
-
 def _compile(func):
     return types.SimpleNamespace(
         parallel=cached(njit, func, parallel=True, nogil=True),
-        serial=cached(njit, _renamed(func, "_serial"), nogil=True),
+        serial=cached(njit, renamed(func, "_serial"), nogil=True),
     )
 
 
