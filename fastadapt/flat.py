@@ -55,10 +55,7 @@ class FlatBuffer:
         # buffer's layout (a float32 state buffer of bfloat16 params)
         align = ALIGN_BYTES // dtype.itemsize if align is None else int(align)
         self._align = align
-        self.offsets, end = [], 0
-        for shape in self.shapes:
-            self.offsets.append(end)
-            end += -(-int(np.prod(shape, dtype=np.int64)) // align) * align
+        self.offsets, end = layout([_args.size(s) for s in self.shapes], align)
         self._like = like
         self.data = _zeros(end, dtype, like)
         self.views = [self.data[o:o + _args.size(s)].reshape(s)
@@ -121,10 +118,20 @@ class FlatBuffer:
                 f"dtype={self.dtype}, {self.data.size - self.numel} padding)")
 
 
+def layout(sizes, align):
+    """``(offsets, length)`` of segments of ``sizes`` elements packed one after
+    another, each starting on a multiple of ``align`` elements."""
+    offsets, end = [], 0
+    for n in sizes:
+        offsets.append(end)
+        end += -(-int(n) // align) * align
+    return offsets, end
+
+
 def padded_length(shapes, dtype):
     """The length of the ``data`` of a :class:`FlatBuffer` of ``shapes`` and ``dtype``."""
     align = ALIGN_BYTES // np.dtype(dtype).itemsize
-    return sum(-(-_args.size(s) // align) * align for s in _shapes(shapes))
+    return layout([_args.size(s) for s in _shapes(shapes)], align)[1]
 
 
 def _is_array(obj):

@@ -81,11 +81,11 @@ except ImportError as exc:  # pragma: no cover - exercised only without torch
     raise ImportError("fastadapt.torch needs PyTorch: pip install 'fastadapt[torch]'") from exc
 
 from . import _args
+from .flat import ALIGN_BYTES, layout
 from .rules import RULES
 
 __all__ = ["FlatOptimizer", "optimizer_class"]
 
-ALIGN_BYTES = 64
 #: Accepted for compatibility with torch.optim; they change nothing.
 NO_OP_FLAGS = ("foreach", "fused")
 #: torch.optim options fastadapt.torch cannot honour: True raises.
@@ -153,11 +153,7 @@ class _Bucket:
         self.device, self.dtype = first.device, first.dtype
         self.shapes = [p.shape for p in params]
         self.sizes = [p.numel() for p in params]
-        align = ALIGN_BYTES // first.element_size()
-        self.offsets, end = [], 0
-        for n in self.sizes:
-            self.offsets.append(end)
-            end += -(-n // align) * align
+        self.offsets, end = layout(self.sizes, ALIGN_BYTES // first.element_size())
         self.length = end
         self.param_flat = torch.zeros(end, dtype=self.dtype, device=self.device)
         self.grad_flat = torch.zeros_like(self.param_flat)
