@@ -89,6 +89,15 @@ def grad_norm(*grads, grad_scale=None):
     return norm_of(p() for p in passes) / scale
 
 
+def clipped_scale(norm, max_grad_norm, grad_scale=1.0):
+    """``grad_scale`` with ``torch.nn.utils.clip_grad_norm_``'s coefficient
+    folded in: the kernel divides the gradients by the result, so they are
+    unscaled and multiplied by ``min(1, max_grad_norm / (norm + 1e-6))`` in one
+    go. ``norm`` is the norm of the unscaled gradients."""
+    clip_coef = max_grad_norm / (norm + 1e-6)
+    return grad_scale / clip_coef if clip_coef < 1.0 else grad_scale
+
+
 def check_grad_scale(grad_scale):
     """``grad_scale`` as a float (1.0 for None); TypeError / ValueError unless
     it is a finite number > 0."""

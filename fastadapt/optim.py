@@ -39,7 +39,7 @@ from ._arrays import is_device_array as _is_device_array, is_torch_host_tensor
 from .kernels.storage import stream_key
 from ._dispatch import prepare
 from .flat import FlatBuffer
-from .norm import SumOfSquares, check_grad_scale, norm_of
+from .norm import SumOfSquares, check_grad_scale, clipped_scale, norm_of
 from .rules import RULES
 from .schedules import resolve_lr
 
@@ -513,11 +513,8 @@ class Optimizer:
                 if not math.isfinite(self.grad_norm):
                     self.step_skipped = True
                     return
-                fold = scale
-                if self._max_grad_norm is not None:
-                    clip_coef = self._max_grad_norm / (self.grad_norm + 1e-6)
-                    if clip_coef < 1.0:
-                        fold = scale / clip_coef
+                fold = scale if self._max_grad_norm is None else \
+                    clipped_scale(self.grad_norm, self._max_grad_norm, scale)
             created = []
             for (g, b), (_, names, _) in zip(groups, calls):
                 for name in names:

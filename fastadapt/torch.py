@@ -619,7 +619,7 @@ class FlatOptimizer(torch.optim.Optimizer):
         :attr:`grad_norm` (of the unscaled gradients) and, when it is not
         finite, :attr:`step_skipped`; returns the loss scale with the clipping
         coefficient folded in (the kernel divides the gradients by it)."""
-        from .norm import grad_norm
+        from .norm import clipped_scale, grad_norm
         squares = [grad_norm(*bucket.present_grads(scan), grad_scale=grad_scale) ** 2
                    for _, _, bucket, scan in plans]
         total = math.sqrt(math.fsum(squares))
@@ -627,8 +627,8 @@ class FlatOptimizer(torch.optim.Optimizer):
         if not math.isfinite(total):
             self.step_skipped = True
             return grad_scale
-        clip_coef = min(self.max_grad_norm / (total + 1e-6), 1.0)
-        return (1.0 if grad_scale is None else grad_scale) / clip_coef
+        return clipped_scale(total, self.max_grad_norm,
+                             1.0 if grad_scale is None else grad_scale)
 
     # ------------------------------------------------------------- checkpoints
     def state_dict(self):
