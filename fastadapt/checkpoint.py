@@ -530,8 +530,21 @@ def save(path, state_dict):
     the directory by saves of this machine whose process no longer exists
     (killed mid-save) are removed first.
     """
-    path = os.fspath(path)
     arrays = _flatten(state_dict)       # JSON errors raise here, before any file is made
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def atomic_write(path, write):
+    """Call ``write(f)`` on a new file beside ``path``, then move it to ``path``.
+
+    ``path`` holds either its old content or the complete new one, never a
+    part: the temporary is flushed to disk before ``os.replace``, and removed
+    if ``write`` raises. A file already at ``path`` keeps its permission bits.
+    Temporaries left in the directory by writes of this machine whose process
+    no longer exists (killed mid-write) are removed first, when they are zip
+    files as ``np.savez`` and ``torch.save`` write.
+    """
+    path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     remove_stale_temporaries(directory)
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{_host_tag()}-{os.getpid()}."
@@ -539,7 +552,7 @@ def save(path, state_dict):
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         try:

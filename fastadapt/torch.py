@@ -154,6 +154,7 @@ class _Bucket:
         self.shapes = [p.shape for p in params]
         self.sizes = [p.numel() for p in params]
         self.offsets, end = layout(self.sizes, ALIGN_BYTES // first.element_size())
+        end = self._flat_length(end)
         self.length = end
         self.param_flat = torch.zeros(end, dtype=self.dtype, device=self.device)
         self.grad_flat = torch.zeros_like(self.param_flat)
@@ -178,6 +179,11 @@ class _Bucket:
                     p.grad = view
         self.param_ptrs = [v.data_ptr() for v in self.param_views]
         self.grad_ptrs = [v.data_ptr() for v in self.grad_views]
+
+    def _flat_length(self, end):
+        """The flat buffers' length for segments ending at ``end`` (a subclass
+        may pad them further, as ZeroRedundancyOptimizer's shards do)."""
+        return end
 
     def _views(self, flat):
         return [flat[o:o + n].view(s) for o, n, s in zip(self.offsets, self.sizes, self.shapes)]
@@ -220,6 +226,12 @@ class _Bucket:
             for name, spec in self.owner._scalar_state.items():
                 self.scalars_np[name][j0:j1 + 1] = _initial(spec, group)
             self.steps_np[j0:j1 + 1] = 0
+
+    def load_state(self, name, j, src):
+        """Copy ``src`` (a loaded state tensor of parameter ``j``) into state ``name``."""
+        view = self.state_views[name][j]
+        if src.data_ptr() != view.data_ptr():
+            view.copy_(src.reshape(view.shape))
 
     def publish(self, j):
         """Show parameter ``j``'s state in ``optimizer.state`` (torch shows a
@@ -399,6 +411,8 @@ class FlatOptimizer(torch.optim.Optimizer):
     _step_supports_amp_scaling = True
     _signature = None
     _extras = {}
+    #: The flat-buffer class of each (group, device, dtype).
+    _bucket_class = _Bucket
 
     def __init__(self, params, defaults):
         if self.rule is None:
@@ -539,7 +553,8 @@ class FlatOptimizer(torch.optim.Optimizer):
         by_key = {}
         for i, p in enumerate(params):
             by_key.setdefault((p.device, p.dtype), []).append(i)
-        return [_Bucket(self, index, [params[i] for i in idx], idx) for idx in by_key.values()]
+        return [self._bucket_class(self, index, [params[i] for i in idx], idx)
+                for idx in by_key.values()]
 
     # ------------------------------------------------------------- gradients
     def zero_grad(self, set_to_none=True):
@@ -741,13 +756,12 @@ class FlatOptimizer(torch.optim.Optimizer):
                                 b.publish(j)
                             continue
                         step, arrays, scalars = saved
-                        for name, flat in b.state_flat.items():
-                            view = b.state_views[name][j]
+                        for name in b.state_flat:
                             src = arrays.get(self._torch_names.get(name, name))
                             if src is None:
                                 b.reset(j, j, group, names=(name,))
-                            elif src.data_ptr() != view.data_ptr():
-                                view.copy_(src.reshape(view.shape))
+                            else:
+                                b.load_state(name, j, src)
                         for name, value in scalars.items():
                             b.scalars_np[our_names.get(name, name)][j] = value
                         b.steps_np[j] = step
@@ -883,3 +897,6 @@ for _rule in RULES.values():
     globals()[_cls.__name__] = _cls
     __all__.append(_cls.__name__)
 del _rule, _cls
+
+from .zero import ZeroRedundancyOptimizer  # noqa: E402  (built on the classes above)
+__all__.append("ZeroRedundancyOptimizer")

@@ -1,0 +1,730 @@
+r"""ZeRO-style sharded optimizer state over ``torch.distributed``.
+
+:class:`ZeroRedundancyOptimizer` follows the contract of
+``torch.distributed.optim.ZeroRedundancyOptimizer`` for the
+``fastadapt.torch`` optimizers. It is exported as
+``fastadapt.torch.ZeroRedundancyOptimizer``; importing this module imports
+torch.
+
+How it works
+------------
+Every rank packs the parameters into the same flat buffers as
+``fastadapt.torch`` (one per group, device and dtype, 64-byte aligned
+segments), padded at the end so the buffer splits into ``world_size`` equal,
+contiguous shards. Rank ``r`` keeps the optimizer state of shard ``r`` only::
+
+    shard_length = ceil(length / (world_size * align)) * align
+    shard r      = [r * shard_length, (r + 1) * shard_length)
+
+``align`` is one cache line of the buffer's dtype (16 float32 elements); the
+state of a rank is therefore ``1/world_size`` of the whole, plus at most one
+``align`` of padding per state array. A step on every rank:
+
+1. checks the parameters and gradients (as ``fastadapt.torch``) and copies
+   gradients that are not views of the flat gradient buffer into it;
+2. one all-reduce (MAX) of GradScaler's ``found_inf`` flag and a checksum of
+   which parameters have gradients: every rank skips, or steps, the same way
+   (ranks that disagree on which parameters have a gradient raise);
+3. with ``reduce_gradients=True``: ``reduce_scatter`` of the flat gradient
+   buffer, so that the local shard holds the sum of every rank's gradients,
+   divided by the world size (DDP's average), ZeRO-2 style;
+4. with ``max_grad_norm``: the sum of squares of the local shard's
+   gradients, all-reduced (SUM, float64), gives the global norm on every rank;
+5. the fused kernel of the rule over the local shard only (per-parameter step
+   counts and scalar state, NAdam's ``mu_product``, ASGD's ``eta`` and
+   ``mu``, are kept for every parameter on every rank, since they depend on
+   the step count only);
+6. one in-place ``all_gather`` per flat buffer, straight into the flat
+   parameter buffer (no per-tensor copies).
+
+Elementwise rules do not depend on where a shard starts, so the parameters
+after any number of steps are bit-identical to the single-process
+``fastadapt.torch`` optimizer's, whatever the world size. Clipping sums the
+squares in another order (per shard, then across ranks): its coefficient
+agrees to float32 rounding.
+
+With DDP the gradients are already averaged: keep ``reduce_gradients=False``.
+Without DDP, ``reduce_gradients=True`` averages them here; afterwards ``.grad``
+holds the average only on the local shard (elsewhere the rank's own
+gradients).
+
+Checkpoints
+-----------
+* ``consolidate_state_dict(to=0)`` (every rank) then ``state_dict()`` (rank
+  ``to``): the full state in torch's format, loadable into the single-process
+  ``fastadapt.torch`` optimizer or ``torch.optim`` of the same algorithm.
+  ``load_state_dict`` (every rank, the full dict) keeps each rank's shard.
+* ``save_sharded(directory)`` / ``load_sharded(directory)`` (every rank): one
+  file per rank, written atomically, then a manifest written by rank 0 once
+  every rank's file is complete. Loading works with another world size
+  (each rank reads the old shards that overlap its new one).
+
+Faults
+------
+A collective that fails (a rank died, or raised and left the step) raises
+:class:`CollectiveError` on the ranks still running, within the process
+group's timeout; the message says which collective failed. A failed sharded
+save leaves the previous complete checkpoint in place.
+"""
+import math
+import operator
+import os
+import secrets
+import zlib
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .checkpoint import atomic_write
+from .flat import ALIGN_BYTES
+from .kernels.storage import BLOCK
+from .torch import FlatOptimizer, _Bucket, _initial, _scalar_dtype
+
+__all__ = ["ZeroRedundancyOptimizer", "CollectiveError"]
+
+_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+SHARDED_FORMAT = 1
+MANIFEST = "manifest.pt"
+
+
+class CollectiveError(RuntimeError):
+    """A collective of :class:`ZeroRedundancyOptimizer` failed: another rank
+    died or left the step. The ranks' parameters may now differ; resume from
+    the last complete checkpoint."""
+
+
+# ----------------------------------------------------------------- one shard
+class _ShardBucket(_Bucket):
+    """A flat buffer of ``fastadapt.torch`` whose state covers one rank's shard.
+
+    The parameter and gradient buffers are whole (every rank holds the
+    parameters); ``state_flat[name]`` has ``shard_length`` elements, element
+    ``i`` standing for element ``shard[0] + i`` of the flat buffer.
+    """
+
+    def _flat_length(self, end):
+        owner = self.owner
+        align = ALIGN_BYTES // self.dtype.itemsize
+        group = owner.param_groups[self.group_index]
+        if str(group.get("state_dtype", "")) == "int8":   # 8-bit blockwise state
+            align = math.lcm(align, BLOCK)
+        self.align = align
+        world = owner.world_size
+        per = max(1, -(-end // (world * align))) * align
+        self.shard_length = per
+        self.shard = (owner.rank * per, (owner.rank + 1) * per)
+        return per * world
+
+    def _clip(self, lo, hi):
+        """``[lo, hi)`` of the flat buffer intersected with the shard (may be empty)."""
+        s0, s1 = self.shard
+        a, b = max(lo, s0), min(hi, s1)
+        return (a, b) if a < b else (s0, s0)
+
+    def ensure_state(self, names, group):
+        init = self.owner._state_init
+        for name in names:
+            if name in self.state_flat:
+                continue
+            flat = torch.zeros(self.shard_length, dtype=self.dtype, device=self.device)
+            if name in init:
+                flat.fill_(_initial(init[name], group))
+            self.state_flat[name] = flat
+            self.k_state[name] = self._kernel_array(flat)
+        for name, spec in self.owner._scalar_state.items():
+            if name not in self.scalars:
+                self.scalars[name] = torch.full((len(self.params),), _initial(spec, group),
+                                                dtype=torch.float64)
+                self.scalars_np[name] = self.scalars[name].numpy()
+
+    def reset(self, j0, j1, group, names=None):
+        init = self.owner._state_init
+        a, b = self._clip(self.offsets[j0], self.offsets[j1] + self.sizes[j1])
+        s0 = self.shard[0]
+        for name, flat in self.state_flat.items():
+            if names is None or name in names:
+                flat[a - s0:b - s0].fill_(_initial(init[name], group) if name in init else 0.0)
+        if names is None:
+            for name, spec in self.owner._scalar_state.items():
+                self.scalars_np[name][j0:j1 + 1] = _initial(spec, group)
+            self.steps_np[j0:j1 + 1] = 0
+
+    def load_state(self, name, j, src):
+        lo = self.offsets[j]
+        a, b = self._clip(lo, lo + self.sizes[j])
+        if b > a:
+            s0 = self.shard[0]
+            self.state_flat[name][a - s0:b - s0].copy_(src.reshape(-1)[a - lo:b - lo])
+
+    def publish(self, j):
+        """``optimizer.state[p]`` shows the step count and scalar state (the
+        same on every rank); the state arrays are sharded, see
+        :meth:`ZeroRedundancyOptimizer.consolidate_state_dict`."""
+        owner = self.owner
+        entry = {} if owner._no_step else {"step": self.steps[j]}
+        for name, values in self.scalars.items():
+            entry[owner._torch_names.get(name, name)] = values[j]
+        owner.state[self.params[j]] = entry
+        self.published[j] = True
+
+    def present_grads(self, scan):
+        present = scan[0]
+        s0, s1 = self.shard
+        if present is None or all(present):
+            return [self.k_grad[s0:s1]]
+        pieces = []
+        for o, n, has in zip(self.offsets, self.sizes, present):
+            a, b = self._clip(o, o + n)
+            if has and b > a:
+                pieces.append(self.k_grad[a:b])
+        return pieces
+
+    def apply(self, group, options, scan, grad_scale):
+        """The update of :class:`fastadapt.torch`'s bucket, over the local shard."""
+        present = scan[0]
+        every = present is None
+        if not every and not any(present):
+            return
+        owner = self.owner
+        rule = owner.rule
+        needed = rule.state_for(**options)
+        self.ensure_state(needed, group)
+        s0, s1 = self.shard
+        unscale_in_kernel = grad_scale is not None and owner._kernel_unscales
+        if grad_scale is not None and not unscale_in_kernel:
+            self.grad_flat[s0:s1].mul_(1.0 / grad_scale)
+        last = len(self.params) - 1
+        if self.uniform and (every or all(present)):
+            runs = [(0, last)]
+        else:
+            runs = self._runs([True] * len(self.params) if every else present)
+        for j0, j1 in runs:
+            lo = self.offsets[j0]
+            hi = self.length if j1 == last else self.offsets[j1] + self.sizes[j1]
+            a, b = self._clip(lo, hi)
+            first_step = self.steps_np[j0] == 0
+            if first_step:
+                self.reset(j0, j1, group)
+            kwargs = dict(options)
+            for name in needed:
+                kwargs[name] = self.k_state[name][a - s0:b - s0]
+            if rule.takes_step:
+                kwargs["step"] = int(self.steps_np[j0]) + 1
+            for name in owner._scalar_state:
+                kwargs[name] = float(self.scalars_np[name][j0])
+            if unscale_in_kernel:
+                kwargs["grad_scale"] = grad_scale
+            # an empty slice still returns the new scalar state, the same on every rank
+            result = rule.step_fn(self.k_param[a:b], self.k_grad[a:b], **kwargs)
+            for name in owner._scalar_state:
+                self.scalars_np[name][j0:j1 + 1] = float(result[name])
+            if first_step:
+                for j in range(j0, j1 + 1):
+                    if not self.published[j]:
+                        self.publish(j)
+        if every or all(present):
+            self.steps_np += 1
+        else:
+            self.steps_np[np.asarray(present)] += 1
+            self.update_uniform()
+
+    def describe(self):
+        """The layout a sharded checkpoint records, to check it on load."""
+        return {"group": self.group_index, "indices": list(self.indices),
+                "sizes": list(self.sizes), "dtype": str(self.dtype).replace("torch.", ""),
+                "length": self.length, "shard_length": self.shard_length}
+
+
+# ----------------------------------------------------------------- the optimizer
+def _checked_class(optimizer_class):
+    from . import torch as ft
+    if optimizer_class is None:
+        return ft.Adam
+    if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, FlatOptimizer)
+            and optimizer_class.rule is not None
+            and not issubclass(optimizer_class, ZeroRedundancyOptimizer)):
+        what = (f"{optimizer_class.__module__}.{optimizer_class.__qualname__}"
+                if isinstance(optimizer_class, type) else repr(optimizer_class))
+        raise TypeError(f"optimizer_class must be a fastadapt.torch optimizer class "
+                        f"(fastadapt.torch.Adam, AdamW, SGD, ...), got {what}")
+    return optimizer_class
+
+
+def _process_group(process_group):
+    """``(group, rank, world size, backend)``; ValueError when there is none."""
+    if not dist.is_available():
+        raise ValueError("process_group: this torch build has no torch.distributed")
+    if not dist.is_initialized():
+        raise ValueError("process_group: torch.distributed is not initialised; call "
+                         "torch.distributed.init_process_group(...) on every rank before "
+                         "building a ZeroRedundancyOptimizer")
+    group = dist.group.WORLD if process_group is None else process_group
+    try:
+        rank, world = dist.get_rank(group), dist.get_world_size(group)
+        backend = str(dist.get_backend(group)).lower()
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise ValueError(f"process_group: not a usable process group ({exc})") from None
+    if rank < 0:
+        raise ValueError("process_group: this process is not a member of the given group")
+    return group, rank, world, backend
+
+
+class ZeroRedundancyOptimizer(FlatOptimizer):
+    r"""A ``fastadapt.torch`` optimizer whose state is sharded across ranks (ZeRO).
+
+    The contract of ``torch.distributed.optim.ZeroRedundancyOptimizer``: every
+    rank builds it over the same parameters, in the same order, and calls
+    :meth:`step` together; each rank keeps the state of one contiguous shard
+    of every flat buffer, updates that shard with the rule's fused kernel
+    and all-gathers the parameters. See :mod:`fastadapt.zero` for the step's
+    collectives and the layout.
+
+    Parameters
+    ----------
+    params : iterable of tensors or of dicts (parameter groups)
+        All on one device: the CPU (gloo) or this rank's GPU (NCCL, or gloo).
+    optimizer_class : a ``fastadapt.torch`` optimizer class
+        ``fastadapt.torch.Adam`` by default; its hyper-parameters, defaults
+        and ``max_grad_norm`` are accepted as ``**defaults``.
+    process_group : torch.distributed ProcessGroup, optional
+        The ranks sharing the state (the default group when None); it must be
+        initialised.
+    reduce_gradients : bool
+        False (with DDP, whose gradients are already averaged) or True:
+        the step reduce-scatters the flat gradient buffer and divides by the
+        world size, so a loop without DDP trains as with it (ZeRO-2).
+    parameters_as_bucket_view : bool
+        Accepted for torch's signature; the parameters are always views of
+        the flat buffers here.
+    overlap_with_ddp : bool
+        Only False.
+    **defaults
+        The hyper-parameters of ``optimizer_class``.
+
+    Attributes
+    ----------
+    rank, world_size : this rank and the group's size
+    local_state_bytes : bytes of optimizer state arrays held by this rank
+    """
+
+    _bucket_class = _ShardBucket
+
+    def __init__(self, params, optimizer_class=None, process_group=None, reduce_gradients=False,
+                 *, parameters_as_bucket_view=False, overlap_with_ddp=False, **defaults):
+        cls = _checked_class(optimizer_class)
+        if not isinstance(reduce_gradients, bool):
+            raise TypeError(f"reduce_gradients must be True or False, got {reduce_gradients!r}")
+        if overlap_with_ddp:
+            raise ValueError("overlap_with_ddp=True is not supported by fastadapt's "
+                             "ZeroRedundancyOptimizer (its step runs after the backward)")
+        self.process_group, self.rank, self.world_size, self._backend = \
+            _process_group(process_group)
+        self.optimizer_class = cls
+        self.reduce_gradients = reduce_gradients
+        self.rule, self._signature, self._extras = cls.rule, cls._signature, cls._extras
+        self._device = None
+        self._consolidated = None
+        bound = cls._signature.bind(self, params, **defaults)
+        bound.apply_defaults()
+        defaults = dict(bound.arguments)
+        del defaults["self"], defaults["params"]
+        FlatOptimizer.__init__(self, params, defaults)
+
+    def __repr__(self):
+        return (f"ZeroRedundancyOptimizer({self.optimizer_class.__name__}, rank {self.rank} "
+                f"of {self.world_size})")
+
+    # ------------------------------------------------------------- layout
+    def _pack(self, group, index):
+        for i, p in enumerate(group["params"]):
+            device = p.device if isinstance(p, torch.Tensor) else None
+            if device is None:
+                continue
+            if self._device is None:
+                self._device = device
+            elif device != self._device:
+                raise ValueError(f"params: param group {index}, parameter {i} is on {device}, "
+                                 f"an earlier one on {self._device}; ZeroRedundancyOptimizer "
+                                 "needs every parameter on one device")
+            if self._backend == "nccl" and device.type != "cuda":
+                raise ValueError(f"params: param group {index}, parameter {i} is on {device}; "
+                                 "the NCCL backend needs CUDA tensors (use gloo for the CPU)")
+        return super()._pack(group, index)
+
+    @property
+    def local_state_bytes(self):
+        """Bytes of the optimizer state arrays this rank holds (its shards)."""
+        return sum(t.numel() * t.element_size() for buckets in self._buckets
+                   for b in buckets for t in b.state_flat.values())
+
+    # ------------------------------------------------------------- collectives
+    def _collective(self, what, fn, *args, **kwargs):
+        try:
+            return fn(*args, group=self.process_group, **kwargs)
+        except Exception as exc:
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise CollectiveError(
+                f"ZeroRedundancyOptimizer: {what} failed on rank {self.rank} of "
+                f"{self.world_size} ({type(exc).__name__}: {detail[:300]}); another rank "
+                "probably died or left the collective. The ranks' parameters and state may "
+                "now differ: resume from the last complete checkpoint") from exc
+
+    def _tensor(self, values):
+        device = self._device if self._device is not None else torch.device("cpu")
+        if self._backend == "nccl" and device.type != "cuda":
+            device = torch.device("cuda", torch.cuda.current_device())
+        return torch.tensor(values, dtype=torch.float64, device=device)
+
+    def _agree(self, flags, what):
+        """All ranks' ``flags`` (each 0 or 1 ...) combined by MAX."""
+        t = self._tensor(flags)
+        self._collective(what, dist.all_reduce, t, op=dist.ReduceOp.MAX)
+        return t.tolist()
+
+    # ------------------------------------------------------------- stepping
+    def step(self, closure=None):
+        """One update of every parameter that has a gradient, on every rank.
+
+        As ``fastadapt.torch``'s step (GradScaler's ``grad_scale`` and
+        ``found_inf``, ``max_grad_norm``, ``step_skipped``), with the
+        decisions taken across ranks: the step is skipped on every rank when
+        any rank's ``found_inf`` is set or the global gradient norm is not
+        finite. Every rank must call it.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        with torch.no_grad():
+            plans = []
+            for index, (group, buckets) in enumerate(zip(self.param_groups, self._buckets)):
+                params = group["params"]
+                if len(params) != len(self._group_params[index]) or not all(
+                        map(operator.is_, params, self._group_params[index])):
+                    raise ValueError(f"param_groups[{index}]['params'] was changed after the "
+                                     "optimizer was built; use add_param_group to add "
+                                     "parameters")
+                options = self._group_options(index, group)
+                plans.extend((group, options, b, b.scan()) for b in buckets)
+            self.step_skipped = False
+            found_inf = getattr(self, "found_inf", None)
+            local_inf = float(found_inf is not None and float(found_inf) != 0.0)
+            grad_scale = getattr(self, "grad_scale", None)
+            if grad_scale is not None and not local_inf:
+                grad_scale = float(grad_scale)
+                if not (math.isfinite(grad_scale) and grad_scale > 0):
+                    raise ValueError(f"grad_scale must be a finite number > 0, got {grad_scale}")
+            presence = zlib.crc32(b"".join(
+                b"*" if scan[0] is None else bytes(map(int, scan[0])) + b"|"
+                for _, _, _, scan in plans))
+            any_inf, high, neg_low = self._agree([local_inf, presence, -presence],
+                                                 "the found_inf all-reduce")
+            if high != -neg_low:
+                raise ValueError("the ranks disagree on which parameters have a gradient; "
+                                 "every rank must step the same parameters (as under DDP)")
+            if any_inf:
+                self.step_skipped = True
+                return loss
+            for _, _, bucket, scan in plans:
+                bucket.gather(scan)
+            if self.reduce_gradients:
+                self._reduce_gradients()
+            if self.max_grad_norm is not None:
+                grad_scale = self._clip(plans, grad_scale)
+                if self.step_skipped:
+                    return loss
+            for group, options, bucket, scan in plans:
+                bucket.apply(group, options, scan, grad_scale)
+            for buckets in self._buckets:
+                for b in buckets:
+                    s0, s1 = b.shard
+                    self._collective("the parameters' all_gather", _all_gather,
+                                     b.param_flat, b.param_flat[s0:s1])
+        return loss
+
+    def _reduce_gradients(self):
+        """Each rank's shard of the flat gradient buffers becomes the average
+        of every rank's gradients (a sum, then a division by the world size,
+        as DDP averages)."""
+        for buckets in self._buckets:
+            for b in buckets:
+                s0, s1 = b.shard
+                out = torch.empty(s1 - s0, dtype=b.dtype, device=b.device)
+                self._collective("the gradients' reduce_scatter", _reduce_scatter,
+                                 out, b.grad_flat)
+                torch.div(out, self.world_size, out=b.grad_flat[s0:s1])
+
+    def _clip(self, plans, grad_scale):
+        """Global-norm clipping across the shards: each rank's sum of squares,
+        all-reduced; then as ``fastadapt.torch`` (sets :attr:`grad_norm` and
+        :attr:`step_skipped`, returns the scale with the coefficient folded in)."""
+        from .norm import clipped_scale, grad_norm
+        local = math.fsum(grad_norm(*bucket.present_grads(scan), grad_scale=grad_scale) ** 2
+                          for _, _, bucket, scan in plans)
+        t = self._tensor([local])
+        self._collective("the gradient norm's all-reduce", dist.all_reduce, t)
+        total = math.sqrt(t.item())
+        self.grad_norm = total
+        if not math.isfinite(total):
+            self.step_skipped = True
+            return grad_scale
+        return clipped_scale(total, self.max_grad_norm,
+                             1.0 if grad_scale is None else grad_scale)
+
+    # ------------------------------------------------------------- full state dicts
+    def consolidate_state_dict(self, to=0):
+        """Gather the full state on rank ``to`` (of the process group); every
+        rank must call it. :meth:`state_dict` on rank ``to`` then returns it."""
+        if not (isinstance(to, int) and 0 <= to < self.world_size):
+            raise ValueError(f"to must be a rank of the process group (0 .. "
+                             f"{self.world_size - 1}), got {to!r}")
+        dst = to if self.process_group is dist.group.WORLD else dist.get_global_rank(
+            self.process_group, to)
+        receive = self.rank == to
+        param_groups, state, start = [], {}, 0
+        for group, buckets in zip(self.param_groups, self._buckets):
+            packed = {k: v for k, v in group.items() if k != "params"}
+            packed["params"] = list(range(start, start + len(group["params"])))
+            param_groups.append(packed)
+            for b in buckets:
+                full = {}
+                for name, local in b.state_flat.items():
+                    parts = [torch.empty_like(local) for _ in range(self.world_size)] \
+                        if receive else None
+                    self._collective(f"consolidate_state_dict's gather of {name}", dist.gather,
+                                     local, parts, dst=dst)
+                    if receive:
+                        full[name] = torch.cat(parts)
+                if not receive:
+                    continue
+                for j in range(len(b.params)):
+                    if not b.published[j]:
+                        continue
+                    entry = {} if self._no_step else {
+                        "step": torch.tensor(float(b.steps_np[j]), dtype=_scalar_dtype())}
+                    o, n = b.offsets[j], b.sizes[j]
+                    for name, flat in full.items():
+                        entry[self._torch_names.get(name, name)] = flat[o:o + n].view(
+                            b.shapes[j])
+                    for name in self._scalar_state:
+                        entry[self._torch_names.get(name, name)] = b.scalar_tensor(name, j)
+                    if entry:
+                        state[start + b.indices[j]] = entry
+            start += len(group["params"])
+        self._consolidated = ({"state": dict(sorted(state.items())),
+                               "param_groups": param_groups} if receive else None)
+
+    def state_dict(self):
+        """The full state in torch's format, as last consolidated on this rank.
+
+        Raises RuntimeError unless :meth:`consolidate_state_dict` was called
+        (on every rank) with ``to`` this rank; the result is a snapshot of that
+        moment, loadable into ``optimizer_class`` (one process) or
+        ``torch.optim`` of the same algorithm, or into this class with any
+        world size.
+        """
+        if self._consolidated is None:
+            raise RuntimeError("Optimizer state has not been consolidated on this rank. "
+                               f"Please call `consolidate_state_dict(to={self.rank})` on all "
+                               "ranks beforehand if you meant to save the global state.")
+        state_dict = self._consolidated
+        for hook in self._optimizer_state_dict_pre_hooks.values():
+            hook(self)
+        for hook in self._optimizer_state_dict_post_hooks.values():
+            result = hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        return state_dict
+
+    # ------------------------------------------------------------- sharded checkpoints
+    def _shard_name(self, token, rank, world):
+        return f"shard-{token}-{rank:05d}-of-{world:05d}.pt"
+
+    def _layout(self):
+        return [b.describe() for buckets in self._buckets for b in buckets]
+
+    def save_sharded(self, directory):
+        """Write this rank's shard of the state to ``directory`` (every rank
+        calls it; a directory every rank can reach).
+
+        Each rank's file is written atomically; rank 0 then writes
+        ``manifest.pt``, which names the new files, only once every rank's
+        file is complete, and removes the files of earlier saves. Until then
+        the previous complete checkpoint in ``directory`` stays loadable; a
+        rank that fails makes every rank raise.
+        """
+        directory = os.fspath(directory)
+        token = [secrets.token_hex(6) if self.rank == 0 else None]
+        self._collective("save_sharded's broadcast", dist.broadcast_object_list, token,
+                         src=self._global(0))
+        token = token[0]
+        shard = {"format": SHARDED_FORMAT, "token": token, "rank": self.rank,
+                 "world_size": self.world_size,
+                 "param_groups": [{k: v for k, v in g.items() if k != "params"}
+                                  for g in self.param_groups],
+                 "buckets": [{"shard": list(b.shard),
+                              "state": {k: v.cpu() for k, v in b.state_flat.items()},
+                              "steps": b.steps.clone(),
+                              "scalars": {k: v.clone() for k, v in b.scalars.items()},
+                              "published": list(b.published)}
+                             for buckets in self._buckets for b in buckets]}
+        error = None
+        try:
+            if self.rank == 0:
+                os.makedirs(directory, exist_ok=True)
+            self._collective("save_sharded's barrier", dist.barrier)
+            path = os.path.join(directory, self._shard_name(token, self.rank, self.world_size))
+            atomic_write(path, lambda f: torch.save(shard, f))
+        except CollectiveError:
+            raise
+        except Exception as exc:
+            error = exc
+        (failed,) = self._agree([float(error is not None)], "save_sharded's agreement")
+        if error is not None:
+            raise error
+        if failed:
+            raise RuntimeError("save_sharded failed on another rank; the checkpoint in "
+                               f"{directory!r} was not updated")
+        if self.rank == 0:
+            manifest = {"format": SHARDED_FORMAT, "kind": "fastadapt.ZeroRedundancyOptimizer",
+                        "rule": self.rule.name, "token": token,
+                        "world_size": self.world_size, "layout": self._layout()}
+            atomic_write(os.path.join(directory, MANIFEST), lambda f: torch.save(manifest, f))
+            keep = {self._shard_name(token, r, self.world_size) for r in range(self.world_size)}
+            for name in os.listdir(directory):
+                if name.startswith("shard-") and name.endswith(".pt") and name not in keep:
+                    try:
+                        os.unlink(os.path.join(directory, name))
+                    except OSError:
+                        pass
+        self._collective("save_sharded's final barrier", dist.barrier)
+
+    def _global(self, rank):
+        return rank if self.process_group is dist.group.WORLD else dist.get_global_rank(
+            self.process_group, rank)
+
+    def load_sharded(self, directory):
+        """Load a checkpoint of :meth:`save_sharded` (every rank calls it),
+        saved with this or another world size: each rank reads the old shards
+        that overlap its own. Everything is checked on every rank before
+        anything is written; a failure on any rank makes every rank raise
+        and changes nothing."""
+        error, plan = None, None
+        try:
+            plan = self._read_sharded(os.fspath(directory))
+        except (OSError, ValueError, TypeError, KeyError, RuntimeError) as exc:
+            error = exc
+        (failed,) = self._agree([float(error is not None)], "load_sharded's agreement")
+        if error is not None:
+            if isinstance(error, (ValueError, TypeError, OSError)):
+                raise error
+            raise ValueError(f"cannot load the sharded checkpoint in {directory!r}: "
+                             f"{error}") from error
+        if failed:
+            raise ValueError("load_sharded failed on another rank (see its error); nothing "
+                             "was loaded")
+        self._apply_sharded(*plan)
+
+    def _read_sharded(self, directory):
+        where = f"sharded checkpoint {directory!r}"
+        manifest = torch.load(os.path.join(directory, MANIFEST), map_location="cpu",
+                              weights_only=True)
+        if not (isinstance(manifest, dict) and manifest.get("format") == SHARDED_FORMAT
+                and manifest.get("kind") == "fastadapt.ZeroRedundancyOptimizer"):
+            raise ValueError(f"{where}: {MANIFEST} is not a fastadapt sharded checkpoint")
+        if manifest["rule"] != self.rule.name:
+            raise ValueError(f"{where} holds {manifest['rule']} state; this optimizer runs "
+                             f"{self.rule.name}")
+        old_layout, ours = manifest["layout"], self._layout()
+        keys = ("group", "indices", "sizes", "dtype")
+        if len(old_layout) != len(ours) or any(
+                o[k] != n[k] for o, n in zip(old_layout, ours) for k in keys):
+            raise ValueError(f"{where} was saved for other parameters (groups, shapes or "
+                             "dtypes differ)")
+        token, old_world = manifest["token"], int(manifest["world_size"])
+        files = {}
+
+        def shard(rank):
+            if rank not in files:
+                path = os.path.join(directory, self._shard_name(token, rank, old_world))
+                data = torch.load(path, map_location="cpu", weights_only=True)
+                if not (data.get("token") == token and data.get("rank") == rank
+                        and data.get("world_size") == old_world):
+                    raise ValueError(f"{where}: {path} does not belong to its manifest")
+                files[rank] = data
+            return files[rank]
+
+        buckets = [b for bs in self._buckets for b in bs]
+        pieces = []     # per bucket: [(state name, src tensor, local offset)]
+        for bi, (b, old) in enumerate(zip(buckets, old_layout)):
+            per = int(old["shard_length"])
+            s0, s1 = b.shard
+            s1 = min(s1, b.offsets[-1] + b.sizes[-1]) if b.sizes else s0
+            todo = []
+            first = s0 // per
+            last = max(first, (max(s1, s0 + 1) - 1) // per)
+            for r in range(first, min(last, old_world - 1) + 1):
+                data = shard(r)["buckets"][bi]
+                o0, o1 = data["shard"]
+                a, c = max(s0, o0), min(s1, o1)
+                if a >= c:
+                    continue
+                for name, src in data["state"].items():
+                    if src.numel() != o1 - o0:
+                        raise ValueError(f"{where}: state {name} of rank {r} has "
+                                         f"{src.numel()} elements, its shard {o1 - o0}")
+                    todo.append((name, src[a - o0:c - o0], a - b.shard[0]))
+            pieces.append(todo)
+        head = shard(0)
+        groups = head["param_groups"]
+        if len(groups) != len(self.param_groups):
+            raise ValueError(f"{where} has {len(groups)} parameter groups, this optimizer "
+                             f"{len(self.param_groups)}")
+        new_groups = []
+        for index, (group, saved) in enumerate(zip(self.param_groups, groups)):
+            new = dict(saved)
+            for flag in ("foreach", "fused", "capturable", "differentiable"):
+                if flag in group:
+                    new[flag] = group[flag]
+            new["params"] = group["params"]
+            self._check_options(new, index)
+            new_groups.append(new)
+        meta = []
+        for bi, b in enumerate(buckets):
+            data = head["buckets"][bi]
+            needed = self.rule.state_for(**self._rule_options(new_groups[b.group_index]))
+            have = set(data["state"])
+            stepped = bool((data["steps"] > 0).any())
+            if stepped and not set(needed) <= have:
+                raise ValueError(f"{where} lacks state {sorted(set(needed) - have)}")
+            if len(data["steps"]) != len(b.params):
+                raise ValueError(f"{where}: step counts for another number of parameters")
+            meta.append(data)
+        return new_groups, pieces, meta
+
+    def _apply_sharded(self, new_groups, pieces, meta):
+        buckets = [b for bs in self._buckets for b in bs]
+        for group, new in zip(self.param_groups, new_groups):
+            group.clear()
+            group.update(new)
+        self._validated = [None] * len(self.param_groups)
+        with torch.no_grad():
+            for b, todo, data in zip(buckets, pieces, meta):
+                group = self.param_groups[b.group_index]
+                b.ensure_state(list(data["state"]) + list(
+                    self.rule.state_for(**self._rule_options(group))), group)
+                for name in b.state_flat:
+                    b.reset(0, len(b.params) - 1, group, names=(name,))
+                for name, src, at in todo:
+                    b.state_flat[name][at:at + src.numel()].copy_(src)
+                b.steps.copy_(data["steps"].to(b.steps.dtype))
+                for name, values in data["scalars"].items():
+                    b.scalars[name].copy_(values)
+                for j, published in enumerate(data["published"]):
+                    self.state.pop(b.params[j], None)
+                    b.published[j] = False
+                    if published:
+                        b.publish(j)
+                b.update_uniform()
