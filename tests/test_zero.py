@@ -1,0 +1,359 @@
+"""fastadapt.torch.ZeroRedundancyOptimizer over gloo, against the single-process optimizer.
+
+Each world size (2, then 4, then 1) runs once for the whole module: its
+ranks (``zero_worker.py``, one process each; the world of 1 in the test's own
+process) run every check and save what they found; the tests here compare it with the single-process
+``fastadapt.torch`` optimizer run on the same numbers (whose agreement with
+``torch.optim`` is test_torch.py's business). The worlds run in that order
+because each resumes the sharded checkpoint the previous one saved, so the
+2 -> 4 -> 1 chain crosses world sizes both ways.
+"""
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+torch = pytest.importorskip("torch")
+if not torch.distributed.is_available():      # pragma: no cover
+    pytest.skip("this torch build has no torch.distributed", allow_module_level=True)
+
+import fastadapt  # noqa: E402
+import fastadapt.torch as ft  # noqa: E402
+from fastadapt.checkpoint import remove_stale_temporaries  # noqa: E402
+
+import zero_worker as W  # noqa: E402
+
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "zero_worker.py")
+WORLDS = (2, 4, 1)
+# a world must finish in this long (it takes ~20-40 s on 2 busy cores); a stuck
+# rank is killed rather than left to hang pytest
+LAUNCH_TIMEOUT_S = 400
+FAULT_TIMEOUT_S = 15          # the process group's timeout in the fault test
+F32_EPS = float(torch.finfo(torch.float32).eps)
+
+
+def launch(world, workdir, scenario, timeout_s=20):
+    """Run ``world`` ranks of ``zero_worker.py``; ``[(returncode, log)]`` per rank."""
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [os.path.dirname(WORKER),
+                                                        os.environ.get("PYTHONPATH")])))
+    init = os.path.join(workdir, f"init-{scenario}")
+    procs, logs = [], []
+    try:
+        for rank in range(world):
+            log = open(os.path.join(workdir, f"{scenario}-rank{rank}.log"), "w+")
+            logs.append(log)
+            procs.append(subprocess.Popen(
+                [sys.executable, WORKER, str(rank), str(world), init, workdir, scenario,
+                 str(timeout_s)], stdout=log, stderr=subprocess.STDOUT, env=env))
+        deadline = time.monotonic() + LAUNCH_TIMEOUT_S
+        for p in procs:
+            try:
+                p.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    results = []
+    for p, log in zip(procs, logs):
+        log.seek(0)
+        results.append((p.returncode, log.read()[-4000:]))
+        log.close()
+    return results
+
+
+def load(workdir, scenario, rank):
+    return torch.load(os.path.join(workdir, f"{scenario}-rank{rank}.pt"), weights_only=False)
+
+
+# ----------------------------------------------------------------- references
+def single(name, config, dtype, steps, grads=None, **extra):
+    """The single-process fastadapt.torch optimizer after ``steps`` steps."""
+    groups = W.make_params(dtype)
+    cls = getattr(ft, fastadapt.RULES[name].torch_name)
+    opt = cls(W.groups_for(name, groups), **config, **extra)
+    norms = []
+    for step in range(1, steps + 1):
+        (grads or W.set_grads)(groups, step)
+        opt.step()
+        norms.append(opt.grad_norm)
+    return W.flat(groups), opt, norms
+
+
+def in_process(workdir):
+    """The main scenario as a gloo group of one: this process alone."""
+    dist = torch.distributed
+    assert not dist.is_initialized()
+    dist.init_process_group("gloo", init_method=f"file://{os.path.join(workdir, 'init')}",
+                            rank=0, world_size=1)
+    try:
+        return W.scenario_main(0, 1, workdir)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def worlds(tmp_path_factory):
+    """``{world: [rank results]}`` of the main scenario, after building every
+    single-process reference (which also fills the kernels' disk cache, so
+    the ranks load rather than compile)."""
+    refs = {"parity": {}, "bytes": {}}
+    for name, config in W.CASES:
+        for dtype in W.DTYPES:
+            key = W.case_id(name, config, dtype)
+            params, opt, _ = single(name, config, dtype, W.STEPS)
+            refs["parity"][key] = params
+            refs["bytes"][key] = W.storage_bytes(opt)
+    # the state dict every rank loads: NAdam after 2 steps, with its parameters
+    params, opt, _ = single("nadam", {}, torch.float32, 2)
+    sd_bytes = {"params": params, "optimizer": opt.state_dict()}
+    out, previous = {}, None
+    for world in WORLDS:
+        workdir = str(tmp_path_factory.mktemp(f"world{world}"))
+        torch.save(sd_bytes, os.path.join(workdir, "single_sd.pt"))
+        if previous is not None:
+            for name in ("nadam", "adagrad"):
+                shutil.copytree(os.path.join(previous, f"next-{name}"),
+                                os.path.join(workdir, f"previous-{name}"))
+        if world == 1:       # in this process: it has paid its imports already
+            out[world] = [in_process(workdir)]
+        else:
+            status = launch(world, workdir, "main")
+            for rank, (code, log) in enumerate(status):
+                assert code == 0, f"world {world}, rank {rank} exited with {code}:\n{log}"
+            out[world] = [load(workdir, "main", r) for r in range(world)]
+        previous = workdir
+    return refs, out
+
+
+def mismatches(actual, expected):
+    return [i for i, (a, e) in enumerate(zip(actual, expected))
+            if not (a.dtype == e.dtype and a.shape == e.shape and torch.equal(a, e))]
+
+
+# ----------------------------------------------------------------- parity
+@pytest.mark.parametrize("world", WORLDS)
+def test_every_rule_is_bit_identical_to_one_process(worlds, world):
+    """3 steps (one with a parameter without gradient), two groups, float32
+    and float64, every rule with the options that use all its state: the
+    parameters equal the single-process optimizer's bit for bit, on every
+    rank."""
+    refs, out = worlds
+    assert set(out[world][0]["parity"]) == set(refs["parity"])
+    bad = {}
+    for key, expected in refs["parity"].items():
+        for rank in range(world):
+            wrong = mismatches(out[world][rank]["parity"][key], expected)
+            if wrong:
+                bad[f"{key} rank {rank}"] = wrong
+    assert not bad, f"parameters that differ (by index): {bad}"
+
+
+@pytest.mark.parametrize("world", WORLDS)
+def test_state_bytes_per_rank_are_a_world_share_of_the_whole(worlds, world):
+    """Measured from the state tensors' storages: each rank holds
+    ``whole / world`` plus less than one 64-byte line per state array
+    (the shards are rounded up to a cache line)."""
+    refs, out = worlds
+    for key, whole in refs["bytes"].items():
+        for rank in range(world):
+            measured, reported = out[world][rank]["bytes"][key]
+            arrays = out[world][rank]["counts"][key]
+            assert measured == reported, key
+            assert 0 <= measured - whole / world < 64 * max(arrays, 1), (
+                f"{key}, rank {rank}: {measured} bytes against {whole} / {world}")
+            if arrays and world > 1:
+                assert measured < whole, key
+
+
+@pytest.mark.parametrize("world", WORLDS)
+def test_reduce_gradients_averages_as_ddp(worlds, world):
+    """Each rank's own gradients (multiples of 1/64, so every sum and the
+    division by the world size are exact): the parameters equal one process
+    stepping on the mean gradient, bit for bit."""
+    _, out = worlds
+    expected, _, _ = single("adam", {"weight_decay": 0.1}, torch.float32, W.STEPS,
+                            grads=lambda g, s: W.set_grads(g, s, world=world))
+    for rank in range(world):
+        assert not mismatches(out[world][rank]["reduce"], expected), rank
+
+
+@pytest.mark.parametrize("world", WORLDS)
+@pytest.mark.parametrize("reduce", [False, True])
+def test_clipping_agrees_to_float32_rounding(worlds, world, reduce):
+    """The global norm is summed per shard then across ranks, in another order
+    than one process: the norm agrees to float64 rounding (1e-12 relative) and
+    the parameters to 2 float32 ulps of their scale (the clipping coefficient
+    differs in its last float64 bits, which rounds to at most an ulp of each
+    float32 update)."""
+    _, out = worlds
+    grads = (lambda g, s: W.set_grads(g, s, world=world)) if reduce else None
+    expected, _, norms = single("adamw", {}, torch.float32, W.STEPS, grads=grads,
+                                max_grad_norm=0.5)
+    assert min(norms) > 0.5, "the test must clip"
+    for rank in range(world):
+        params, got_norms = out[world][rank][f"clip_reduce={reduce}"]
+        for a, e in zip(got_norms, norms):
+            assert a == pytest.approx(e, rel=1e-12, abs=0)
+        for i, (a, e) in enumerate(zip(params, expected)):
+            scale = float(e.abs().max()) if e.numel() else 0.0
+            torch.testing.assert_close(a, e, rtol=0, atol=2 * F32_EPS * scale,
+                                       msg=f"parameter {i}, rank {rank}")
+
+
+@pytest.mark.parametrize("world", WORLDS)
+def test_skip_decisions_are_the_same_on_every_rank(worlds, world):
+    """GradScaler's found_inf set on the last rank only, then an infinite
+    gradient on the last rank under clipping: every rank skips, nothing changes."""
+    _, out = worlds
+    for rank in range(world):
+        (skipped, unchanged, has_state), (skipped2, unchanged2, norm) = \
+            out[world][rank]["skips"]
+        assert skipped and unchanged and not has_state, rank
+        assert skipped2 and unchanged2 and not math.isfinite(norm), rank
+
+
+# ----------------------------------------------------------------- checkpoints
+@pytest.mark.parametrize("world", WORLDS)
+def test_consolidated_state_dict_is_the_one_process_state_dict(worlds, world):
+    _, out = worlds
+    sd = out[world][world - 1]["consolidated"]
+    assert "consolidate_state_dict" in out[world][0]["unconsolidated"]
+    params, opt, _ = single("adam", {"amsgrad": True}, torch.float32, W.STEPS)
+    expected = opt.state_dict()
+    assert sd["param_groups"] == expected["param_groups"]
+    assert sd["state"].keys() == expected["state"].keys()
+    for index, entry in expected["state"].items():
+        assert sd["state"][index].keys() == entry.keys()
+        for name, value in entry.items():
+            assert torch.equal(sd["state"][index][name], value), (index, name)
+    # loads into torch.optim.Adam, and into fastadapt.torch.Adam, which then
+    # steps as the optimizer that never stopped
+    groups = W.make_params(torch.float32)
+    flat_params = [p for ps in groups for p in ps]
+    for p, v in zip(flat_params, params):
+        p.data.copy_(v)
+    reference = torch.optim.Adam(W.groups_for("adam", groups), amsgrad=True)
+    reference.load_state_dict(sd)
+    for index, entry in expected["state"].items():
+        for name in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step"):
+            assert torch.equal(reference.state[flat_params[index]][name], entry[name])
+    resumed = ft.Adam(W.groups_for("adam", groups), amsgrad=True)
+    resumed.load_state_dict(sd)
+    W.set_grads(groups, W.STEPS + 1)
+    resumed.step()
+    W.set_grads([g["params"] for g in opt.param_groups], W.STEPS + 1)
+    opt.step()
+    assert not mismatches(W.flat(groups),
+                          [p.detach() for g in opt.param_groups for p in g["params"]])
+
+
+@pytest.mark.parametrize("world", WORLDS)
+def test_a_one_process_state_dict_loads_on_every_rank(worlds, world):
+    """NAdam after 2 single-process steps, loaded by every rank, 2 more steps:
+    the trajectory of 4 single-process steps (mu_product included)."""
+    _, out = worlds
+    expected, _, _ = single("nadam", {}, torch.float32, 4)
+    for rank in range(world):
+        assert not mismatches(out[world][rank]["loaded"], expected), rank
+
+
+def test_resuming_with_another_world_size_keeps_the_trajectory(worlds):
+    """World 2 steps twice and saves its shards; world 4 loads them, steps
+    twice and saves; world 1 loads those and steps twice: after each, the
+    parameters are the single-process run's after 2, 4 and 6 steps."""
+    _, out = worlds
+    for name in ("nadam", "adagrad"):
+        for world, steps in zip(WORLDS, (2, 4, 6)):
+            expected, _, _ = single(name, {}, torch.float32, steps)
+            for rank in range(world):
+                done, params = out[world][rank]["resumed"][name]
+                assert done == steps, (name, world)
+                assert not mismatches(params, expected), (name, world, rank)
+
+
+# ----------------------------------------------------------------- errors
+def test_bad_input_raises_clear_errors(worlds):
+    _, out = worlds
+    for world in WORLDS:
+        errors = out[world][0]["errors"]
+        assert errors.pop("unchanged") is True
+        for key, message in errors.items():
+            assert message is not None, f"{key}: no error raised (world {world})"
+        assert "params" in errors["mixed_devices"] and "one device" in errors["mixed_devices"]
+        assert "optimizer_class" in errors["torch_class"] and \
+            "fastadapt.torch" in errors["torch_class"]
+        assert "optimizer_class" in errors["not_a_class"]
+        assert "betas" in errors["unknown_option"]
+        assert "lr" in errors["bad_lr"]
+        assert "reduce_gradients" in errors["reduce_gradients"]
+        assert "to must be a rank" in errors["bad_to"]
+
+
+def test_without_a_process_group_nothing_is_built():
+    p = torch.nn.Parameter(torch.ones(3))
+    ptr = p.data_ptr()
+    with pytest.raises(ValueError, match="process_group: torch.distributed is not initialised"):
+        ft.ZeroRedundancyOptimizer([p])
+    with pytest.raises(TypeError, match="optimizer_class must be a fastadapt.torch"):
+        ft.ZeroRedundancyOptimizer([p], optimizer_class=torch.optim.Adam)
+    assert p.data_ptr() == ptr and torch.equal(p.detach(), torch.ones(3))
+
+
+def test_import_fastadapt_does_not_import_torch_distributed():
+    code = "import sys, fastadapt; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.stdout.strip() == "False", result.stderr
+
+
+# ----------------------------------------------------------------- faults
+def test_a_killed_rank_makes_the_other_fail_within_the_timeout(tmp_path):
+    """Rank 1 is killed in the middle of writing its shard (after a complete
+    save): rank 0 raises CollectiveError within the process group's timeout,
+    in the save and in the next step; the directory still holds the earlier,
+    complete checkpoint (its manifest and both its shards), and the killed
+    rank's temporary file is recognised as stale."""
+    status = launch(2, str(tmp_path), "fault", timeout_s=FAULT_TIMEOUT_S)
+    (code0, log0), (code1, _) = status
+    assert code1 == -9, "rank 1 should have been killed"
+    assert code0 == 0, log0
+    out = load(str(tmp_path), "fault", 0)
+    assert out["save_error"] and out["save_error"].startswith("CollectiveError"), out
+    assert "save_sharded" in out["save_error"]
+    assert out["save_error_after_s"] < FAULT_TIMEOUT_S + 10
+    assert out["step_error"] and out["step_error"].startswith("CollectiveError"), out
+    assert out["step_error_after_s"] < FAULT_TIMEOUT_S + 10
+    ckpt = tmp_path / "ckpt"
+    manifest = torch.load(ckpt / "manifest.pt", weights_only=True)
+    token = out["complete"]
+    assert manifest["token"] == token and manifest["world_size"] == 2
+    for rank in range(2):
+        shard = torch.load(ckpt / f"shard-{token}-{rank:05d}-of-00002.pt", weights_only=True)
+        assert shard["token"] == token and shard["rank"] == rank
+    stale = remove_stale_temporaries(str(ckpt))
+    assert len(stale) == 1 and stale[0].startswith(".shard-"), stale
+
+
+# ----------------------------------------------------------------- GPU
+@pytest.mark.gpu
+def test_nccl_matches_one_process(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    status = launch(1, str(tmp_path), "nccl")
+    assert status[0][0] == 0, status[0][1]
+    got = load(str(tmp_path), "nccl", 0)
+    groups = [[p.cuda() for p in ps] for ps in W.make_params(torch.float32)]
+    groups = [[torch.nn.Parameter(p.detach()) for p in ps] for ps in groups]
+    opt = ft.Adam(W.groups_for("adam", groups))
+    for step in range(1, W.STEPS + 1):
+        W.set_grads(groups, step)
+        opt.step()
+    assert not mismatches([p.cpu() for p in got], [p.cpu() for p in W.flat(groups)])

@@ -1,0 +1,314 @@
+"""One rank of the ZeroRedundancyOptimizer tests (tests/test_zero.py).
+
+Run as ``python zero_worker.py RANK WORLD INIT_FILE WORKDIR SCENARIO``: joins a
+gloo group through ``file://INIT_FILE``, runs every check of SCENARIO and
+saves what it found to ``WORKDIR/<scenario>-rank<RANK>.pt`` for the test to
+compare against the single-process optimizer. The problem definitions (the
+parameters, the gradients, the cases) live here too, so the test builds its
+references from the same numbers.
+"""
+import datetime
+import os
+import signal
+import sys
+import time
+
+import torch
+
+import fastadapt
+
+STEPS = 3
+# two groups: small segments (every shard of 4 ranks runs the serial driver)
+# and segments on both sides of SERIAL_BELOW (512); zero-size and 1-element ones
+SHAPES = ([(0,), (1,), (7,), (97,), (3, 5, 7)], [(1009,), (511,), (513,)])
+# every rule, with the options that use every state array it can take
+EVERY_STATE = {"adam": {"amsgrad": True}, "adamw": {"amsgrad": True},
+               "sgd": {"momentum": 0.9}, "rmsprop": {"centered": True, "momentum": 0.9}}
+CASES = [(name, config) for name in fastadapt.RULES
+         for config in ([{}] + ([EVERY_STATE[name]] if name in EVERY_STATE else []))]
+DTYPES = (torch.float32, torch.float64)
+# a step with a parameter without gradient (torch skips it): group 0, parameter 2
+SKIP_AT = 2
+
+
+def case_id(name, config, dtype):
+    opts = ",".join(f"{k}={v}" for k, v in config.items()) or "defaults"
+    return f"{name}[{opts}]-{str(dtype).replace('torch.', '')}"
+
+
+def make_params(dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [[torch.nn.Parameter(torch.randn(s, generator=g, dtype=torch.float64).to(dtype))
+             for s in shapes] for shapes in SHAPES]
+
+
+def gradient(shape, dtype, step, index, rank=0, coarse=False):
+    """A gradient for one parameter; ``coarse`` values are multiples of 1/64
+    below 8 in magnitude, so sums over ranks and the division by 2 or 4 are
+    exact in float32 (the mean of ranks' gradients then has one value)."""
+    g = torch.Generator().manual_seed(1000 * step + 10 * index + rank)
+    x = torch.randn(shape, generator=g, dtype=torch.float64)
+    if coarse:
+        x = torch.round(x * 64).clamp(-500, 500) / 64
+    return x.to(dtype)
+
+
+def mean_gradient(shape, dtype, step, index, world):
+    return (sum(gradient(shape, torch.float64, step, index, r, True) for r in range(world))
+            / world).to(dtype)
+
+
+def set_grads(groups, step, rank=0, coarse=False, world=None, skip=True):
+    """``.grad`` of every parameter for ``step`` (1-based); ``world``: the mean
+    over ranks (the single-process reference of reduce_gradients)."""
+    index = 0
+    for gi, params in enumerate(groups):
+        for i, p in enumerate(params):
+            if skip and step == SKIP_AT and (gi, i) == (0, 2):
+                p.grad = None
+            elif world is not None:
+                p.grad = mean_gradient(p.shape, p.dtype, step, index, world).to(p.device)
+            else:
+                p.grad = gradient(p.shape, p.dtype, step, index, rank, coarse).to(p.device)
+            index += 1
+
+
+def groups_for(name, groups):
+    """Two parameter groups, the second with a halved learning rate."""
+    lr = fastadapt.RULES[name].defaults["lr"]
+    return [{"params": groups[0]}, {"params": groups[1], "lr": lr / 2}]
+
+
+def flat(groups):
+    return [p.detach().clone() for params in groups for p in params]
+
+
+def storage_bytes(opt):
+    """Bytes allocated for the optimizer's state arrays, from the tensors' storages."""
+    return sum(t.untyped_storage().nbytes() for buckets in opt._buckets for b in buckets
+               for t in b.state_flat.values())
+
+
+# ----------------------------------------------------------------- scenarios
+def scenario_main(rank, world, workdir):
+    import fastadapt.torch as ft
+    out = {"parity": {}, "bytes": {}, "counts": {}}
+    for name, config in CASES:
+        cls = getattr(ft, fastadapt.RULES[name].torch_name)
+        for dtype in DTYPES:
+            groups = make_params(dtype)
+            opt = ft.ZeroRedundancyOptimizer(groups_for(name, groups), optimizer_class=cls,
+                                             **config)
+            for step in range(1, STEPS + 1):
+                set_grads(groups, step)
+                opt.step()
+            key = case_id(name, config, dtype)
+            out["parity"][key] = flat(groups)
+            out["bytes"][key] = (storage_bytes(opt), opt.local_state_bytes)
+            out["counts"][key] = sum(len(b.state_flat) for bs in opt._buckets for b in bs)
+
+    # reduce_gradients: each rank's own (coarse) gradients, averaged here
+    groups = make_params(torch.float32)
+    opt = ft.ZeroRedundancyOptimizer(groups_for("adam", groups), optimizer_class=ft.Adam,
+                                     reduce_gradients=True, weight_decay=0.1)
+    for step in range(1, STEPS + 1):
+        set_grads(groups, step, rank=rank, coarse=True)
+        opt.step()
+    out["reduce"] = flat(groups)
+
+    # clipping across shards, with DDP-like (identical) and with reduced gradients
+    for reduce in (False, True):
+        groups = make_params(torch.float32)
+        opt = ft.ZeroRedundancyOptimizer(groups_for("adamw", groups), optimizer_class=ft.AdamW,
+                                         reduce_gradients=reduce, max_grad_norm=0.5)
+        norms = []
+        for step in range(1, STEPS + 1):
+            set_grads(groups, step, rank=rank if reduce else 0, coarse=reduce)
+            opt.step()
+            norms.append(opt.grad_norm)
+        out[f"clip_reduce={reduce}"] = (flat(groups), norms)
+
+    # GradScaler's found_inf on one rank only, and a non-finite gradient on one
+    # rank under clipping: every rank skips the step
+    groups = make_params(torch.float32)
+    opt = ft.ZeroRedundancyOptimizer(groups_for("adam", groups), optimizer_class=ft.Adam,
+                                     reduce_gradients=True)
+    set_grads(groups, 1, rank=rank, coarse=True)
+    before = flat(groups)
+    opt.grad_scale = torch.tensor(1024.0)
+    opt.found_inf = torch.tensor(1.0 if rank == world - 1 else 0.0)
+    opt.step()
+    skipped_inf = (opt.step_skipped, all(torch.equal(a, b) for a, b in zip(before, flat(groups))),
+                   bool(opt.state))
+    del opt.grad_scale, opt.found_inf
+    opt.max_grad_norm = 1.0
+    if rank == world - 1:
+        groups[1][0].grad[5] = float("inf")
+    opt.step()
+    skipped_norm = (opt.step_skipped, all(torch.equal(a, b) for a, b in zip(before, flat(groups))),
+                    opt.grad_norm)
+    out["skips"] = (skipped_inf, skipped_norm)
+
+    # consolidated state dict of a 3-step Adam (amsgrad) run
+    groups = make_params(torch.float32)
+    opt = ft.ZeroRedundancyOptimizer(groups_for("adam", groups), optimizer_class=ft.Adam,
+                                     amsgrad=True)
+    for step in range(1, STEPS + 1):
+        set_grads(groups, step)
+        opt.step()
+    try:
+        opt.state_dict()
+        out["unconsolidated"] = None
+    except RuntimeError as exc:
+        out["unconsolidated"] = str(exc)
+    opt.consolidate_state_dict(to=world - 1)
+    if rank == world - 1:
+        out["consolidated"] = opt.state_dict()
+
+    # a single-process state dict (after 2 steps) loaded on every rank, then 2 more steps
+    sd = torch.load(os.path.join(workdir, "single_sd.pt"), weights_only=False)
+    groups = make_params(torch.float32)
+    for p, v in zip((p for ps in groups for p in ps), sd["params"]):
+        p.data.copy_(v)
+    opt = ft.ZeroRedundancyOptimizer(groups_for("nadam", groups), optimizer_class=ft.NAdam)
+    opt.load_state_dict(sd["optimizer"])
+    for step in (3, 4):
+        set_grads(groups, step)
+        opt.step()
+    out["loaded"] = flat(groups)
+
+    # resume from the sharded checkpoint of the previous world size, 2 more steps, save
+    out["resumed"] = {}
+    for name in ("nadam", "adagrad"):
+        cls = getattr(ft, fastadapt.RULES[name].torch_name)
+        groups = make_params(torch.float32)
+        opt = ft.ZeroRedundancyOptimizer(groups_for(name, groups), optimizer_class=cls)
+        previous = os.path.join(workdir, f"previous-{name}")
+        first = 1
+        if os.path.exists(os.path.join(previous, "manifest.pt")):
+            saved = torch.load(os.path.join(previous, "params.pt"), weights_only=True)
+            for p, v in zip((p for ps in groups for p in ps), saved["params"]):
+                p.data.copy_(v)
+            opt.load_sharded(previous)
+            first = saved["step"] + 1
+        for step in (first, first + 1):
+            set_grads(groups, step)
+            opt.step()
+        target = os.path.join(workdir, f"next-{name}")
+        opt.save_sharded(target)
+        if rank == 0:
+            torch.save({"params": flat(groups), "step": first + 1},
+                       os.path.join(target, "params.pt"))
+        out["resumed"][name] = (first + 1, flat(groups))
+
+    out["errors"] = bad_input(ft, rank, world)
+    return out
+
+
+def bad_input(ft, rank, world):
+    """The message of each expected error (``None`` where none was raised)."""
+    errors = {}
+
+    def expect(key, exc_type, fn):
+        try:
+            fn()
+        except exc_type as exc:
+            errors[key] = f"{type(exc).__name__}: {exc}"
+        else:
+            errors[key] = None
+
+    p = torch.nn.Parameter(torch.ones(3))
+    q = torch.nn.Parameter(torch.ones(3, device="meta"))
+    expect("mixed_devices", ValueError,
+           lambda: ft.ZeroRedundancyOptimizer([p, q], optimizer_class=ft.Adam))
+    expect("torch_class", TypeError,
+           lambda: ft.ZeroRedundancyOptimizer([p], optimizer_class=torch.optim.Adam))
+    expect("not_a_class", TypeError,
+           lambda: ft.ZeroRedundancyOptimizer([p], optimizer_class="adam"))
+    expect("unknown_option", TypeError,
+           lambda: ft.ZeroRedundancyOptimizer([p], optimizer_class=ft.SGD, betas=(0.9, 0.9)))
+    expect("bad_lr", ValueError, lambda: ft.ZeroRedundancyOptimizer([p], lr=-1.0))
+    expect("reduce_gradients", TypeError,
+           lambda: ft.ZeroRedundancyOptimizer([p], reduce_gradients="yes"))
+    expect("overlap_with_ddp", ValueError,
+           lambda: ft.ZeroRedundancyOptimizer([p], overlap_with_ddp=True))
+    opt = ft.ZeroRedundancyOptimizer([p])
+    expect("bad_to", ValueError, lambda: opt.consolidate_state_dict(to=world))
+    expect("missing_checkpoint", OSError, lambda: opt.load_sharded("/nonexistent/zero"))
+    errors["unchanged"] = torch.equal(p.detach(), torch.ones(3)) and not opt.state
+    return errors
+
+
+def scenario_fault(rank, world, workdir):
+    """Rank 1 saves a complete checkpoint, then dies in the middle of a
+    sharded save (after rank 0 wrote its file), then rank 0 steps."""
+    import fastadapt.torch as ft
+    import fastadapt.zero as zero
+    groups = make_params(torch.float32)
+    opt = ft.ZeroRedundancyOptimizer(groups_for("adam", groups), optimizer_class=ft.Adam)
+    set_grads(groups, 1)
+    opt.step()
+    target = os.path.join(workdir, "ckpt")
+    opt.save_sharded(target)
+    out = {"complete": torch.load(os.path.join(target, "manifest.pt"))["token"]}
+    if rank == 1:
+        real = zero.atomic_write
+
+        def dying_write(path, write):
+            def partial(f):
+                f.write(b"PK\x03\x04 half a file")
+                f.flush()
+                time.sleep(1.0)       # rank 0 writes its file meanwhile
+                os.kill(os.getpid(), signal.SIGKILL)
+            real(path, partial)
+        zero.atomic_write = dying_write
+    set_grads(groups, 2)
+    opt.step()
+    start = time.monotonic()
+    try:
+        opt.save_sharded(target)
+        out["save_error"] = None
+    except Exception as exc:
+        out["save_error"] = f"{type(exc).__name__}: {exc}"
+    out["save_error_after_s"] = time.monotonic() - start
+    start = time.monotonic()
+    try:
+        set_grads(groups, 3)
+        opt.step()
+        out["step_error"] = None
+    except Exception as exc:
+        out["step_error"] = f"{type(exc).__name__}: {exc}"
+    out["step_error_after_s"] = time.monotonic() - start
+    return out
+
+
+def scenario_nccl(rank, world, workdir):
+    """Adam over CUDA parameters through NCCL (this rank's GPU)."""
+    import fastadapt.torch as ft
+    groups = [[torch.nn.Parameter(p.detach().cuda()) for p in ps]
+              for ps in make_params(torch.float32)]
+    opt = ft.ZeroRedundancyOptimizer(groups_for("adam", groups), optimizer_class=ft.Adam)
+    for step in range(1, STEPS + 1):
+        set_grads(groups, step)
+        opt.step()
+    return [p.cpu() for p in flat(groups)]
+
+
+def main(rank, world, init_file, workdir, scenario, timeout_s=20.0):
+    import torch.distributed as dist
+    if scenario == "nccl":
+        torch.cuda.set_device(rank % torch.cuda.device_count())
+    dist.init_process_group("nccl" if scenario == "nccl" else "gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world, timeout=datetime.timedelta(seconds=timeout_s))
+    scenarios = {"main": scenario_main, "fault": scenario_fault, "nccl": scenario_nccl}
+    out = scenarios[scenario](rank, world, workdir)
+    path = os.path.join(workdir, f"{scenario}-rank{rank}.pt")
+    torch.save(out, path + ".tmp")
+    os.replace(path + ".tmp", path)
+    if scenario != "fault":
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5],
+         float(sys.argv[6]) if len(sys.argv) > 6 else 20.0)
