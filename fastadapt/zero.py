@@ -22,19 +22,22 @@ state of a rank is therefore ``1/world_size`` of the whole, plus at most one
 
 1. checks the parameters and gradients (as ``fastadapt.torch``) and copies
    gradients that are not views of the flat gradient buffer into it;
-2. one all-reduce (MAX) of GradScaler's ``found_inf`` flag and a checksum of
-   which parameters have gradients: every rank skips, or steps, the same way
-   (ranks that disagree on which parameters have a gradient raise);
-3. with ``reduce_gradients=True``: ``reduce_scatter`` of the flat gradient
-   buffer, so that the local shard holds the sum of every rank's gradients,
-   divided by the world size (DDP's average), ZeRO-2 style;
-4. with ``max_grad_norm``: the sum of squares of the local shard's
+2. with ``reduce_gradients=True``: one all-reduce (MAX) of GradScaler's
+   ``found_inf`` flag and of which parameters have a gradient, so every rank
+   skips, or steps the same parameters (a parameter with a gradient on some
+   rank only counts zeros elsewhere, as DDP's unused parameters); then a
+   ``reduce_scatter`` of the flat gradient buffer, so that the local shard
+   holds the sum of every rank's gradients, divided by the world size (DDP's
+   average), ZeRO-2 style. Without it, the ranks' gradients are DDP's, the
+   same everywhere, and so are ``found_inf`` and which parameters have one:
+   no collective is needed;
+3. with ``max_grad_norm``: the sum of squares of the local shard's
    gradients, all-reduced (SUM, float64), gives the global norm on every rank;
-5. the fused kernel of the rule over the local shard only (per-parameter step
+4. the fused kernel of the rule over the local shard only (per-parameter step
    counts and scalar state, NAdam's ``mu_product``, ASGD's ``eta`` and
    ``mu``, are kept for every parameter on every rank, since they depend on
    the step count only);
-6. one in-place ``all_gather`` per flat buffer, straight into the flat
+5. one in-place ``all_gather`` per flat buffer, straight into the flat
    parameter buffer (no per-tensor copies).
 
 Elementwise rules do not depend on where a shard starts, so the parameters
@@ -70,7 +73,6 @@ import math
 import operator
 import os
 import secrets
-import zlib
 
 import numpy as np
 import torch
@@ -416,21 +418,17 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
                 grad_scale = float(grad_scale)
                 if not (math.isfinite(grad_scale) and grad_scale > 0):
                     raise ValueError(f"grad_scale must be a finite number > 0, got {grad_scale}")
-            presence = zlib.crc32(b"".join(
-                b"*" if scan[0] is None else bytes(map(int, scan[0])) + b"|"
-                for _, _, _, scan in plans))
-            any_inf, high, neg_low = self._agree([local_inf, presence, -presence],
-                                                 "the found_inf all-reduce")
-            if high != -neg_low:
-                raise ValueError("the ranks disagree on which parameters have a gradient; "
-                                 "every rank must step the same parameters (as under DDP)")
+            if self.reduce_gradients:
+                plans, any_inf = self._agree_on_gradients(plans, local_inf)
+            else:
+                any_inf = local_inf         # DDP's gradients, hence its found_inf, agree
             if any_inf:
                 self.step_skipped = True
                 return loss
             for _, _, bucket, scan in plans:
                 bucket.gather(scan)
             if self.reduce_gradients:
-                self._reduce_gradients()
+                self._reduce_gradients(plans)
             if self.max_grad_norm is not None:
                 grad_scale = self._clip(plans, grad_scale)
                 if self.step_skipped:
@@ -444,10 +442,37 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
                                      b.param_flat, b.param_flat[s0:s1])
         return loss
 
-    def _reduce_gradients(self):
+    def _agree_on_gradients(self, plans, local_inf):
+        """With ``reduce_gradients``: one all-reduce (MAX) of the found_inf
+        flag and of which parameters have a gradient. A parameter steps when
+        any rank has a gradient for it (the others count zeros, as DDP's
+        unused parameters do); returns the plans with that presence and
+        whether any rank found an inf."""
+        flags = [local_inf]
+        for _, _, bucket, scan in plans:
+            present = scan[0]
+            flags += [1.0] * len(bucket.params) if present is None else [float(x) for x in present]
+        agreed = self._agree(flags, "the gradients' presence all-reduce")
+        out, at = [], 1
+        for group, options, bucket, (present, replaced, copies) in plans:
+            n = len(bucket.params)
+            anywhere = [bool(x) for x in agreed[at:at + n]]
+            at += n
+            if present is not None:
+                bucket.absent_here = [j for j in range(n) if anywhere[j] and not present[j]]
+            else:
+                bucket.absent_here = []
+            out.append((group, options, bucket,
+                        (None if all(anywhere) else anywhere, replaced, copies)))
+        return out, bool(agreed[0])
+
+    def _reduce_gradients(self, plans):
         """Each rank's shard of the flat gradient buffers becomes the average
         of every rank's gradients (a sum, then a division by the world size,
-        as DDP averages)."""
+        as DDP averages; a parameter without gradient on this rank adds zeros)."""
+        for _, _, bucket, _ in plans:
+            for j in bucket.absent_here:
+                bucket.grad_views[j].zero_()
         for buckets in self._buckets:
             for b in buckets:
                 s0, s1 = b.shard

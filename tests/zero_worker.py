@@ -107,12 +107,15 @@ def scenario_main(rank, world, workdir):
             out["bytes"][key] = (storage_bytes(opt), opt.local_state_bytes)
             out["counts"][key] = sum(len(b.state_flat) for bs in opt._buckets for b in bs)
 
-    # reduce_gradients: each rank's own (coarse) gradients, averaged here
+    # reduce_gradients: each rank's own (coarse) gradients, averaged here; at
+    # step SKIP_AT rank 0 has no gradient for one parameter (the others do)
     groups = make_params(torch.float32)
     opt = ft.ZeroRedundancyOptimizer(groups_for("adam", groups), optimizer_class=ft.Adam,
                                      reduce_gradients=True, weight_decay=0.1)
     for step in range(1, STEPS + 1):
-        set_grads(groups, step, rank=rank, coarse=True)
+        set_grads(groups, step, rank=rank, coarse=True, skip=False)
+        if step == SKIP_AT and rank == 0:
+            groups[0][2].grad = None
         opt.step()
     out["reduce"] = flat(groups)
 
