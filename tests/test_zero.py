@@ -357,6 +357,40 @@ def test_a_killed_rank_makes_the_other_fail_within_the_timeout(tmp_path):
     assert len(stale) == 1 and stale[0].startswith(".shard-"), stale
 
 
+@pytest.mark.slow
+def test_a_rank_that_raises_and_stays_makes_the_other_fail_at_the_timeout(tmp_path):
+    """Rank 1 raises in the middle of a step and lingers (no connection closes):
+    rank 0 raises CollectiveError once the process group's timeout (5 s) passes."""
+    status = launch(2, str(tmp_path), "raise", timeout_s=5)
+    assert [code for code, _ in status] == [0, 0], status
+    assert load(str(tmp_path), "raise", 1)["raised"] == "injected failure in the update"
+    out = load(str(tmp_path), "raise", 0)
+    assert out["error"] and out["error"].startswith("CollectiveError"), out
+    assert "all_gather" in out["error"]
+    assert 4 <= out["after_s"] < 5 + 10, out
+
+
+@pytest.mark.slow
+def test_bench_section_runs_at_a_tiny_size():
+    """The ``zero`` bench section end to end (two rank processes) on three
+    small arrays: both optimizers timed, state bytes per rank measured, the
+    report renders. fastadapt's shards hold half the state each, to a line."""
+    from fastadapt.benchmark import _report, _zero
+    data = _zero.run(shapes=[(1000,), (7,), (3, 5)], rounds=2, progress=lambda s: None,
+                     timeout_s=LAUNCH_TIMEOUT_S)
+    assert "unavailable" not in data, data
+    assert data["elements"] == 1022 and data["world_size"] == 2
+    for name in ("fastadapt", "torch_fused"):
+        entry = data["results"][name]
+        assert entry["median_s"] > 0 and len(entry["state_bytes_per_rank"]) == 2
+    # Adam's two state arrays over a 1,040-element flat buffer (segments of
+    # 1000, 7 and 15 padded to 16-element lines), split in two 528-element halves
+    assert data["results"]["fastadapt"]["state_bytes_per_rank"] == [2 * 528 * 4] * 2
+    text = _zero.markdown(data)
+    assert "fastadapt.torch.ZeroRedundancyOptimizer" in text and "x |" in text
+    assert any("ZeRO" in title for title, _ in _report.sections_text({"zero": data}))
+
+
 # ----------------------------------------------------------------- GPU
 @pytest.mark.gpu
 def test_nccl_matches_one_process(tmp_path):

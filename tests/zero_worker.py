@@ -285,6 +285,37 @@ def scenario_fault(rank, world, workdir):
     return out
 
 
+def scenario_raise(rank, world, workdir, timeout_s):
+    """Rank 1 raises in the middle of a step (after its checks, before the
+    all-gather) and stays alive past the timeout; rank 0 steps."""
+    import fastadapt.torch as ft
+    groups = make_params(torch.float32)
+    opt = ft.ZeroRedundancyOptimizer(groups_for("adam", groups), optimizer_class=ft.Adam)
+    set_grads(groups, 1)
+    opt.step()
+    set_grads(groups, 2)
+    out = {}
+    if rank == 1:
+        def broken(*args, **kwargs):
+            raise RuntimeError("injected failure in the update")
+        for b in opt._buckets[0]:
+            b.apply = broken
+        try:
+            opt.step()
+        except RuntimeError as exc:
+            out["raised"] = str(exc)
+        time.sleep(timeout_s + 4)
+        return out
+    start = time.monotonic()
+    try:
+        opt.step()
+        out["error"] = None
+    except Exception as exc:
+        out["error"] = f"{type(exc).__name__}: {exc}"
+    out["after_s"] = time.monotonic() - start
+    return out
+
+
 def scenario_nccl(rank, world, workdir):
     """Adam over CUDA parameters through NCCL (this rank's GPU)."""
     import fastadapt.torch as ft
@@ -303,12 +334,13 @@ def main(rank, world, init_file, workdir, scenario, timeout_s=20.0):
         torch.cuda.set_device(rank % torch.cuda.device_count())
     dist.init_process_group("nccl" if scenario == "nccl" else "gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=world, timeout=datetime.timedelta(seconds=timeout_s))
-    scenarios = {"main": scenario_main, "fault": scenario_fault, "nccl": scenario_nccl}
+    scenarios = {"main": scenario_main, "fault": scenario_fault, "nccl": scenario_nccl,
+                 "raise": lambda r, w, d: scenario_raise(r, w, d, timeout_s)}
     out = scenarios[scenario](rank, world, workdir)
     path = os.path.join(workdir, f"{scenario}-rank{rank}.pt")
     torch.save(out, path + ".tmp")
     os.replace(path + ".tmp", path)
-    if scenario != "fault":
+    if scenario not in ("fault", "raise"):
         dist.destroy_process_group()
 
 

@@ -26,7 +26,7 @@ THRESHOLD_SIZES = tuple(2**k for k in range(6, 16))          # 64 .. 32768
 QUICK_THRESHOLD_SIZES = (64, 512, 4096)
 PER_CALL_SIZES = (10**3, 10**4)
 SECTIONS = ("main", "percall", "threshold", "gpt2", "coldstart", "gpu", "wholestep", "torch",
-            "storage", "accuracy")
+            "storage", "accuracy", "zero")
 DEFAULT_SECTIONS = ("main", "percall", "gpt2", "coldstart", "gpu", "wholestep")
 QUICK_SECTIONS = ("main", "percall", "gpu")
 # (budget per measurement in s, minimum rounds, retries, seconds of re-measuring in all)
@@ -90,7 +90,9 @@ def _parser():
                         "processes; gpu: the same table on an NVIDIA GPU, skipped without "
                         "one; wholestep: grad_norm and the clipped, unscaled step against "
                         "torch's GradScaler + clip_grad_norm_ pipeline; torch: "
-                        "fastadapt.torch's optimizer.step() against torch.optim); default "
+                        "fastadapt.torch's optimizer.step() against torch.optim; zero: "
+                        "the sharded ZeroRedundancyOptimizer at 2 ranks (gloo) against "
+                        "torch's); default "
                         + ",".join(DEFAULT_SECTIONS))
     p.add_argument("--threshold", action="store_true",
                    help="only measure the serial/parallel threshold (SERIAL_BELOW in "
@@ -232,6 +234,10 @@ def _plan(sections, configs, sizes, dtype, budget, min_rounds, mode):
         est["storage"] = 1.5 * budget + (20.0 if mode != "quick" else 3.0)
     if "accuracy" in sections:
         est["accuracy"] = 5.0
+    if "zero" in sections:
+        # two rank processes (imports ~5 s each on 2 cores), two optimizers over
+        # GPT-2's shapes (8.9M elements; 35.6M --full), ~0.15 s a step per round
+        est["zero"] = 30.0 if mode != "full" else 90.0
     if "gpu" in sections:
         est["gpu"] = 1.0 + (len(configs) * len(sizes) * (budget + 0.5)
                             if _sections.gpu_status()[0] else 0.0)
@@ -342,6 +348,10 @@ def _measure(sections, configs, sizes, dtype, budget, min_rounds, mode, retry, a
         from . import _accuracy
         data["accuracy"] = _accuracy.run()
         progress.advance(progress.plan.get("accuracy", 0.0))
+    if "zero" in sections:
+        from . import _zero
+        data["zero"] = _zero.run(quick=mode != "full", progress=progress)
+        progress.advance(progress.plan.get("zero", 0.0))
     data["wall_s"] = time.perf_counter() - start
     data["machine"]["load_average_end"] = machine_load()
     data["retry_seconds"] = retry.spent_s

@@ -323,6 +323,9 @@ def sections_text(data):
         out.append(("Storage modes, per call on small arrays", _storage_per_call(s)))
     if data.get("accuracy"):
         out.append((_accuracy_title(data["accuracy"]), accuracy_table(data["accuracy"]).text()))
+    if data.get("zero"):
+        out.append(("Sharded state (ZeRO): step time per rank and state bytes per rank",
+                    _zero_markdown(data["zero"])))
     note = _disturbance_note(data)
     if note:
         out.append(("Disturbed measurements", _wrap(note)))
@@ -370,6 +373,11 @@ def wholestep_tables(w):
                     "elements; x = that pipeline's time / fastadapt's",
                     Table(["pipeline", "bytes/element", "ms", "GB/s", "x"], rows)))
     return out
+
+
+def _zero_markdown(data):
+    from ._zero import markdown
+    return markdown(data)
 
 
 def _torch_step_markdown(data):
@@ -554,6 +562,12 @@ def markdown_report(data, plot_path=None, markdown_path=None):
         lines += ["## Fewer bytes: accuracy", "", _accuracy_title(a) + ". Final loss in each "
                   "storage mode and its ratio to float32's (above 1: the mode hurts).", "",
                   accuracy_table(a).markdown(), ""]
+    if data.get("zero"):
+        lines += ["## Sharded state (ZeRO)", "",
+                  "`fastadapt.torch.ZeroRedundancyOptimizer` against torch's "
+                  "`ZeroRedundancyOptimizer` (fused Adam), each rank a process; time per "
+                  "step is the slower rank's median, state bytes are measured per rank.", "",
+                  _zero_markdown(data["zero"]), ""]
     if data.get("cuda") is not None:
         c = data["cuda"]
         lines += ["## GPU", ""]
