@@ -632,7 +632,10 @@ class Optimizer:
             same object as group ``j``'s (restored as one object). Each
             ``params`` entry is the group's parameters concatenated into one
             1-D array (no padding) and each ``state`` entry maps state names to
-            such arrays. Everything is a copy, taken between steps.
+            such arrays. With ``max_grad_norm`` set, ``"max_grad_norm"``
+            holds it: :meth:`from_checkpoint` restores it, while
+            :meth:`load_state_dict` keeps the receiving optimizer's own.
+            Everything is a copy, taken between steps.
         """
         with self._lock:
             return _ckpt.state_dict(self)
