@@ -164,8 +164,8 @@ class Optimizer:
         group (:attr:`master_params`); the update runs on it and the 16-bit
         params receive it rounded to nearest, in the same pass.
     stochastic_rounding : bool
-        For bfloat16 params without master weights: store each updated param
-        rounded up or down at random, unbiased (see
+        For bfloat16 / float16 params without master weights: store each
+        updated param rounded up or down at random, unbiased (see
         :func:`fastadapt.adam_step`).
     seed : int, optional
         The seed of stochastic rounding's random bits (a hash of seed, step
@@ -294,9 +294,9 @@ class Optimizer:
         if self.master_weights and not sixteen:
             raise _in_group(ValueError(f"master_weights=True is for bfloat16 / float16 "
                                        f"params; these are {name}"), index)
-        if self.stochastic_rounding and not _storage.is_bfloat16(dtype):
-            raise _in_group(ValueError(f"stochastic_rounding=True is for bfloat16 params; "
-                                       f"these are {name}"), index)
+        if self.stochastic_rounding and not sixteen:
+            raise _in_group(ValueError(f"stochastic_rounding=True is for bfloat16 / float16 "
+                                       f"params; these are {name}"), index)
         state = self.state_dtype
         if state is None:
             return np.dtype(np.float32) if sixteen else dtype
