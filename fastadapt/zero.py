@@ -328,6 +328,7 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
         self.rule, self._signature, self._extras = cls.rule, cls._signature, cls._extras
         self._device = None
         self._consolidated = None
+        params = self._checked_devices(params)
         bound = cls._signature.bind(self, params, **defaults)
         bound.apply_defaults()
         defaults = dict(bound.arguments)
@@ -339,8 +340,27 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
                 f"of {self.world_size})")
 
     # ------------------------------------------------------------- layout
-    def _pack(self, group, index):
-        for i, p in enumerate(group["params"]):
+    def _checked_devices(self, params):
+        """``params`` as a list (each group's parameters too), every parameter
+        of every group checked for one device before any is packed."""
+        if isinstance(params, torch.Tensor) or params is None:
+            return params                   # torch.optim.Optimizer raises its TypeError
+        groups = []
+        for item in params:
+            if isinstance(item, dict) and "params" in item and not isinstance(
+                    item["params"], torch.Tensor):
+                item = dict(item, params=list(item["params"]))
+            groups.append(item)
+        if groups and isinstance(groups[0], dict):
+            for index, item in enumerate(groups):
+                if isinstance(item, dict):
+                    self._pack_devices(item.get("params", ()), index)
+        else:
+            self._pack_devices(groups, 0)
+        return groups
+
+    def _pack_devices(self, tensors, index):
+        for i, p in enumerate(tensors if not isinstance(tensors, torch.Tensor) else [tensors]):
             device = p.device if isinstance(p, torch.Tensor) else None
             if device is None:
                 continue
@@ -353,6 +373,9 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
             if self._backend == "nccl" and device.type != "cuda":
                 raise ValueError(f"params: param group {index}, parameter {i} is on {device}; "
                                  "the NCCL backend needs CUDA tensors (use gloo for the CPU)")
+
+    def _pack(self, group, index):
+        self._pack_devices(group["params"], index)
         return super()._pack(group, index)
 
     @property

@@ -235,6 +235,19 @@ def test_skip_decisions_are_the_same_on_every_rank(worlds, world):
         assert skipped2 and unchanged2 and not math.isfinite(norm), rank
 
 
+@pytest.mark.parametrize("world", WORLDS)
+def test_add_param_group_shards_the_new_group(worlds, world):
+    _, out = worlds
+    groups = W.make_params(torch.float32)
+    opt = ft.RMSprop(groups[0], momentum=0.5)
+    opt.add_param_group({"params": groups[1], "lr": 1e-3})
+    for step in range(1, W.STEPS + 1):
+        W.set_grads(groups, step)
+        opt.step()
+    for rank in range(world):
+        assert not mismatches(out[world][rank]["added"], W.flat(groups)), rank
+
+
 # ----------------------------------------------------------------- checkpoints
 @pytest.mark.parametrize("world", WORLDS)
 def test_consolidated_state_dict_is_the_one_process_state_dict(worlds, world):
@@ -303,6 +316,7 @@ def test_bad_input_raises_clear_errors(worlds):
         for key, message in errors.items():
             assert message is not None, f"{key}: no error raised (world {world})"
         assert "params" in errors["mixed_devices"] and "one device" in errors["mixed_devices"]
+        assert "param group 1" in errors["mixed_groups"]
         assert "optimizer_class" in errors["torch_class"] and \
             "fastadapt.torch" in errors["torch_class"]
         assert "optimizer_class" in errors["not_a_class"]

@@ -204,6 +204,15 @@ def scenario_main(rank, world, workdir):
                        os.path.join(target, "params.pt"))
         out["resumed"][name] = (first + 1, flat(groups))
 
+    # a group added after construction gets its own sharded buffer
+    groups = make_params(torch.float32)
+    opt = ft.ZeroRedundancyOptimizer(groups[0], optimizer_class=ft.RMSprop, momentum=0.5)
+    opt.add_param_group({"params": groups[1], "lr": 1e-3})
+    for step in range(1, STEPS + 1):
+        set_grads(groups, step)
+        opt.step()
+    out["added"] = flat(groups)
+
     out["errors"] = bad_input(ft, rank, world)
     return out
 
@@ -221,9 +230,12 @@ def bad_input(ft, rank, world):
             errors[key] = None
 
     p = torch.nn.Parameter(torch.ones(3))
+    ptr = p.data_ptr()
     q = torch.nn.Parameter(torch.ones(3, device="meta"))
     expect("mixed_devices", ValueError,
            lambda: ft.ZeroRedundancyOptimizer([p, q], optimizer_class=ft.Adam))
+    expect("mixed_groups", ValueError,
+           lambda: ft.ZeroRedundancyOptimizer(iter([{"params": iter([p])}, {"params": [q]}])))
     expect("torch_class", TypeError,
            lambda: ft.ZeroRedundancyOptimizer([p], optimizer_class=torch.optim.Adam))
     expect("not_a_class", TypeError,
@@ -235,10 +247,13 @@ def bad_input(ft, rank, world):
            lambda: ft.ZeroRedundancyOptimizer([p], reduce_gradients="yes"))
     expect("overlap_with_ddp", ValueError,
            lambda: ft.ZeroRedundancyOptimizer([p], overlap_with_ddp=True))
+    ptr = None
     opt = ft.ZeroRedundancyOptimizer([p])
+    ptr = p.data_ptr()
     expect("bad_to", ValueError, lambda: opt.consolidate_state_dict(to=world))
     expect("missing_checkpoint", OSError, lambda: opt.load_sharded("/nonexistent/zero"))
-    errors["unchanged"] = torch.equal(p.detach(), torch.ones(3)) and not opt.state
+    errors["unchanged"] = (torch.equal(p.detach(), torch.ones(3)) and not opt.state
+                           and ptr == p.data_ptr())
     return errors
 
 
