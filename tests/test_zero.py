@@ -2,9 +2,9 @@
 
 Each world size (2, then 4, then 1) runs once for the whole module: its
 ranks (``zero_worker.py``, one process each; the world of 1 in the test's own
-process) run every check and save what they found; the tests here compare it with the single-process
-``fastadapt.torch`` optimizer run on the same numbers (whose agreement with
-``torch.optim`` is test_torch.py's business). The worlds run in that order
+process) run every check and save what they found; the tests here compare it
+with the single-process ``fastadapt.torch`` optimizer run on the same numbers
+(whose agreement with ``torch.optim`` is test_torch.py's business). The worlds run in that order
 because each resumes the sharded checkpoint the previous one saved, so the
 2 -> 4 -> 1 chain crosses world sizes both ways.
 """
@@ -336,7 +336,7 @@ def test_without_a_process_group_nothing_is_built():
     assert p.data_ptr() == ptr and torch.equal(p.detach(), torch.ones(3))
 
 
-def test_import_fastadapt_does_not_import_torch_distributed():
+def test_import_fastadapt_does_not_import_torch():
     code = "import sys, fastadapt; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=120)

@@ -347,8 +347,9 @@ def main(rank, world, init_file, workdir, scenario, timeout_s=20.0):
     import torch.distributed as dist
     if scenario == "nccl":
         torch.cuda.set_device(rank % torch.cuda.device_count())
-    dist.init_process_group("nccl" if scenario == "nccl" else "gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=world, timeout=datetime.timedelta(seconds=timeout_s))
+    dist.init_process_group("nccl" if scenario == "nccl" else "gloo",
+                            init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=timeout_s))
     scenarios = {"main": scenario_main, "fault": scenario_fault, "nccl": scenario_nccl,
                  "raise": lambda r, w, d: scenario_raise(r, w, d, timeout_s)}
     out = scenarios[scenario](rank, world, workdir)
