@@ -37,8 +37,10 @@ state of a rank is therefore ``1/world_size`` of the whole, plus at most one
    counts and scalar state, NAdam's ``mu_product``, ASGD's ``eta`` and
    ``mu``, are kept for every parameter on every rank, since they depend on
    the step count only);
-5. one in-place ``all_gather`` per flat buffer, straight into the flat
-   parameter buffer (no per-tensor copies).
+5. the parameters gathered in place, straight into the flat parameter buffer
+   (no per-tensor copies): one ``all_gather`` per flat buffer (NCCL), or on
+   gloo, whose allgather is three times slower than its broadcasts here, one
+   broadcast of each rank's shard, all in flight at once.
 
 Elementwise rules do not depend on where a shard starts, so the parameters
 after any number of steps are bit-identical to the single-process
@@ -325,6 +327,9 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
             _process_group(process_group)
         self.optimizer_class = cls
         self.reduce_gradients = reduce_gradients
+        self._global_ranks = [self._global(r) for r in range(self.world_size)]
+        #: gather the parameters by broadcasts (gloo) or one all_gather (others)
+        self._gather_by_broadcast = self._backend == "gloo"
         self.rule, self._signature, self._extras = cls.rule, cls._signature, cls._extras
         self._device = None
         self._consolidated = None
@@ -460,10 +465,30 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
                 bucket.apply(group, options, scan, grad_scale)
             for buckets in self._buckets:
                 for b in buckets:
-                    s0, s1 = b.shard
-                    self._collective("the parameters' all_gather", _all_gather,
-                                     b.param_flat, b.param_flat[s0:s1])
+                    self._gather_parameters(b)
         return loss
+
+    def _gather_parameters(self, b):
+        """Every rank's updated shard into every rank's flat parameter buffer,
+        in place: one ``all_gather`` (NCCL and other backends) or, on gloo, one
+        broadcast per rank of its shard, all in flight at once. gloo's
+        allgather moves the same bytes three times slower here (8.9M float32
+        elements at 2 ranks on 2 cores: 36 ms against 12 ms for the two
+        broadcasts), and torch's own ZeroRedundancyOptimizer broadcasts too."""
+        if self._gather_by_broadcast:
+            per = b.shard_length
+
+            def broadcasts(group):
+                works = [dist.broadcast(b.param_flat[r * per:(r + 1) * per], src=src,
+                                        group=group, async_op=True)
+                         for r, src in enumerate(self._global_ranks)]
+                for work in works:
+                    work.wait()
+            self._collective("the parameters' all_gather (broadcasts)", broadcasts)
+        else:
+            s0, s1 = b.shard
+            self._collective("the parameters' all_gather", _all_gather,
+                             b.param_flat, b.param_flat[s0:s1])
 
     def _agree_on_gradients(self, plans, local_inf):
         """With ``reduce_gradients``: one all-reduce (MAX) of the found_inf

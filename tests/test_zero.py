@@ -157,6 +157,16 @@ def test_every_rule_is_bit_identical_to_one_process(worlds, world):
 
 
 @pytest.mark.parametrize("world", WORLDS)
+def test_the_all_gather_path_is_bit_identical_too(worlds, world):
+    """gloo gathers the parameters by broadcasts; NCCL by one all_gather,
+    forced here on gloo for Adam (AMSGrad)."""
+    refs, out = worlds
+    expected = refs["parity"][W.case_id("adam", {"amsgrad": True}, torch.float32)]
+    for rank in range(world):
+        assert not mismatches(out[world][rank]["all_gather"], expected), rank
+
+
+@pytest.mark.parametrize("world", WORLDS)
 def test_state_bytes_per_rank_are_a_world_share_of_the_whole(worlds, world):
     """Measured from the state tensors' storages: each rank holds
     ``whole / world`` plus less than one 64-byte line per state array

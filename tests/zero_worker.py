@@ -107,6 +107,16 @@ def scenario_main(rank, world, workdir):
             out["bytes"][key] = (storage_bytes(opt), opt.local_state_bytes)
             out["counts"][key] = sum(len(b.state_flat) for bs in opt._buckets for b in bs)
 
+    # the all_gather path (NCCL's; gloo broadcasts by default), on one case
+    groups = make_params(torch.float32)
+    opt = ft.ZeroRedundancyOptimizer(groups_for("adam", groups), optimizer_class=ft.Adam,
+                                     amsgrad=True)
+    opt._gather_by_broadcast = False
+    for step in range(1, STEPS + 1):
+        set_grads(groups, step)
+        opt.step()
+    out["all_gather"] = flat(groups)
+
     # reduce_gradients: each rank's own (coarse) gradients, averaged here; at
     # step SKIP_AT rank 0 has no gradient for one parameter (the others do)
     groups = make_params(torch.float32)

@@ -8,10 +8,10 @@ one thread (the machine's cores shared between the ranks), the gradients
 already in place (as after DDP's all-reduce).
 
 A step is what each optimizer's ``step()`` does: fastadapt runs the fused
-kernel over its rank's contiguous half of the flat buffer and all-gathers the
-flat parameter buffer in place; torch's steps the parameters its rank owns
-(whole tensors, balanced greedily) and broadcasts every parameter from its
-owner. The two are timed interleaved, round after round, with a barrier
+kernel over its rank's contiguous half of the flat buffer and gathers the
+flat parameter buffer in place (on gloo one broadcast of each rank's half);
+torch's steps the parameters its rank owns (whole tensors, balanced
+greedily) and broadcasts every parameter from its owner. The two are timed interleaved, round after round, with a barrier
 before each timed step so that both ranks start it together; each rank's
 time is the median of its rounds, and the slower rank's median is the
 result (a step ends for everyone only when its last collective does).
@@ -73,14 +73,17 @@ def run(quick=True, progress=print, d=None, shapes=None, rounds=None, timeout_s=
                 if p.poll() is None:
                     p.kill()
                     p.wait()
+        failed = []
         for rank, (p, log) in enumerate(zip(procs, logs)):
             log.seek(0)
             text = log.read()
             log.close()
             if p.returncode != 0:
-                out["unavailable"] = (f"rank {rank} exited with {p.returncode}: "
-                                      f"{text.strip().splitlines()[-1:] or ''}")
-                return out
+                failed.append(f"rank {rank} exited with {p.returncode}: "
+                              + " | ".join(text.strip().splitlines()[-6:]))
+        if failed:
+            out["unavailable"] = "; ".join(failed)
+            return out
         ranks = []
         for rank in range(WORLD):
             with open(os.path.join(tmp, f"rank{rank}.json")) as f:
@@ -174,6 +177,7 @@ def _rank(rank, world, init, outdir, config):
     with open(path + ".tmp", "w") as f:
         json.dump(result, f)
     os.replace(path + ".tmp", path)
+    dist.barrier()              # neither rank tears the group down under the other
     dist.destroy_process_group()
 
 
