@@ -29,8 +29,8 @@ state of a rank is therefore ``1/world_size`` of the whole, plus at most one
    ``reduce_scatter`` of the flat gradient buffer, so that the local shard
    holds the sum of every rank's gradients, divided by the world size (DDP's
    average), ZeRO-2 style. Without it, the ranks' gradients are DDP's, the
-   same everywhere, and so are ``found_inf`` and which parameters have one:
-   no collective is needed;
+   same everywhere, and so is which parameters have one: only GradScaler's
+   ``found_inf``, when it passes one, is all-reduced (MAX);
 3. with ``max_grad_norm``: the sum of squares of the local shard's
    gradients, all-reduced (SUM, float64), gives the global norm on every rank;
 4. the fused kernel of the rule over the local shard only (per-parameter step
@@ -448,8 +448,10 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
                     raise ValueError(f"grad_scale must be a finite number > 0, got {grad_scale}")
             if self.reduce_gradients:
                 plans, any_inf = self._agree_on_gradients(plans, local_inf)
+            elif found_inf is not None:     # GradScaler on every rank: agree on its flag
+                (any_inf,) = self._agree([local_inf], "the found_inf all-reduce")
             else:
-                any_inf = local_inf         # DDP's gradients, hence its found_inf, agree
+                any_inf = local_inf
             if any_inf:
                 self.step_skipped = True
                 return loss

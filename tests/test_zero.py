@@ -235,14 +235,17 @@ def test_clipping_agrees_to_float32_rounding(worlds, world, reduce):
 
 @pytest.mark.parametrize("world", WORLDS)
 def test_skip_decisions_are_the_same_on_every_rank(worlds, world):
-    """GradScaler's found_inf set on the last rank only, then an infinite
-    gradient on the last rank under clipping: every rank skips, nothing changes."""
+    """GradScaler's found_inf set on the last rank only (with reduce_gradients,
+    and with DDP-like gradients), then an infinite gradient on the last rank
+    under clipping: every rank skips, nothing changes; then every rank steps."""
     _, out = worlds
     for rank in range(world):
-        (skipped, unchanged, has_state), (skipped2, unchanged2, norm) = \
-            out[world][rank]["skips"]
+        (skipped, unchanged, has_state), (skipped2, unchanged2, norm), \
+            (skipped3, unchanged3, has_state3), stepped = out[world][rank]["skips"]
         assert skipped and unchanged and not has_state, rank
         assert skipped2 and unchanged2 and not math.isfinite(norm), rank
+        assert skipped3 and unchanged3 and not has_state3, rank
+        assert stepped, rank
 
 
 @pytest.mark.parametrize("world", WORLDS)

@@ -160,7 +160,20 @@ def scenario_main(rank, world, workdir):
     opt.step()
     skipped_norm = (opt.step_skipped, all(torch.equal(a, b) for a, b in zip(before, flat(groups))),
                     opt.grad_norm)
-    out["skips"] = (skipped_inf, skipped_norm)
+    # found_inf on one rank only, gradients as under DDP (the same on every rank)
+    groups = make_params(torch.float32)
+    opt = ft.ZeroRedundancyOptimizer(groups_for("adam", groups), optimizer_class=ft.Adam)
+    set_grads(groups, 1)
+    before = flat(groups)
+    opt.grad_scale = torch.tensor(1.0)
+    opt.found_inf = torch.tensor(1.0 if rank == world - 1 else 0.0)
+    opt.step()
+    skipped_ddp = (opt.step_skipped, all(torch.equal(a, b) for a, b in zip(before, flat(groups))),
+                   bool(opt.state))
+    opt.found_inf = torch.tensor(0.0)
+    opt.step()
+    stepped_ddp = not opt.step_skipped and not torch.equal(before[-1], flat(groups)[-1])
+    out["skips"] = (skipped_inf, skipped_norm, skipped_ddp, stepped_ddp)
 
     # consolidated state dict of a 3-step Adam (amsgrad) run
     groups = make_params(torch.float32)
