@@ -111,8 +111,7 @@ class _ShardBucket(_Bucket):
     def _flat_length(self, end):
         owner = self.owner
         align = ALIGN_BYTES // self.dtype.itemsize
-        group = owner.param_groups[self.group_index]
-        if str(group.get("state_dtype", "")) == "int8":   # 8-bit blockwise state
+        if getattr(self, "blockwise", False):      # 8-bit state: whole blocks per shard
             align = math.lcm(align, BLOCK)
         self.align = align
         world = owner.world_size
@@ -154,6 +153,15 @@ class _ShardBucket(_Bucket):
             for name, spec in self.owner._scalar_state.items():
                 self.scalars_np[name][j0:j1 + 1] = _initial(spec, group)
             self.steps_np[j0:j1 + 1] = 0
+
+    def load(self, name, j, arrays, extras, group):
+        """Parameter ``j``'s state ``name`` from a checked state dict (reset when
+        the dict has none)."""
+        src = arrays.get(self.owner._torch_names.get(name, name))
+        if src is None:
+            self.reset(j, j, group, names=(name,))
+        else:
+            self.load_state(name, j, src)
 
     def load_state(self, name, j, src):
         lo = self.offsets[j]
@@ -325,6 +333,10 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
                              "ZeroRedundancyOptimizer (its step runs after the backward)")
         self.process_group, self.rank, self.world_size, self._backend = \
             _process_group(process_group)
+        for key in ("state_dtype", "master_weights", "stochastic_rounding"):
+            if defaults.get(key) not in (None, False):
+                raise ValueError(f"{key}={defaults[key]!r}: ZeroRedundancyOptimizer shards "
+                                 "float32 and float64 state of the parameters' own dtype only")
         self.optimizer_class = cls
         self.reduce_gradients = reduce_gradients
         self._global_ranks = [self._global(r) for r in range(self.world_size)]
