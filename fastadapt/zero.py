@@ -390,6 +390,10 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
             if self._backend == "nccl" and device.type != "cuda":
                 raise ValueError(f"params: param group {index}, parameter {i} is on {device}; "
                                  "the NCCL backend needs CUDA tensors (use gloo for the CPU)")
+            if p.dtype not in (torch.float32, torch.float64):
+                raise TypeError(f"params: param group {index}, parameter {i} has dtype "
+                                f"{p.dtype}; ZeroRedundancyOptimizer shards float32 and "
+                                "float64 parameters")
 
     def _pack(self, group, index):
         self._pack_devices(group["params"], index)

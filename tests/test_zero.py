@@ -330,6 +330,7 @@ def test_bad_input_raises_clear_errors(worlds):
             assert message is not None, f"{key}: no error raised (world {world})"
         assert "params" in errors["mixed_devices"] and "one device" in errors["mixed_devices"]
         assert "param group 1" in errors["mixed_groups"]
+        assert "float32 and float64" in errors["half_params"]
         assert "optimizer_class" in errors["torch_class"] and \
             "fastadapt.torch" in errors["torch_class"]
         assert "optimizer_class" in errors["not_a_class"]

@@ -259,6 +259,8 @@ def bad_input(ft, rank, world):
            lambda: ft.ZeroRedundancyOptimizer([p, q], optimizer_class=ft.Adam))
     expect("mixed_groups", ValueError,
            lambda: ft.ZeroRedundancyOptimizer(iter([{"params": iter([p])}, {"params": [q]}])))
+    expect("half_params", TypeError, lambda: ft.ZeroRedundancyOptimizer(
+        [p, torch.nn.Parameter(torch.ones(2, dtype=torch.bfloat16))]))
     expect("torch_class", TypeError,
            lambda: ft.ZeroRedundancyOptimizer([p], optimizer_class=torch.optim.Adam))
     expect("not_a_class", TypeError,
