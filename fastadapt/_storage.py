@@ -278,6 +278,28 @@ class Blockwise8:
         self.codes[:] = one
         self.absmax[:] = abs(value)
 
+    def assign(self, values):
+        """Store ``values`` (``n`` numbers, any float dtype) as a step stores
+        its result: each block's absmax is its largest magnitude, each element
+        the code nearest to ``value / absmax`` in float32 (a block of zeros
+        keeps absmax 0). For loading full-precision state (a torch checkpoint)
+        into 8-bit state."""
+        values = np.asarray(values, dtype=np.float32).reshape(-1)
+        if values.size != self.codes.size:
+            raise ValueError(f"Blockwise8.assign: got {values.size} values for "
+                             f"{self.codes.size} elements")
+        if not self.signed and np.any(values < 0):
+            raise ValueError("an unsigned Blockwise8 holds values >= 0")
+        padded = np.zeros(self.absmax.size * BLOCK, np.float32)
+        padded[:values.size] = values
+        absmax = np.abs(padded).reshape(-1, BLOCK).max(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            x = (padded.reshape(-1, BLOCK) / absmax[:, None]).reshape(-1)[:values.size]
+        codes = np.searchsorted(self.thresholds[:-1], x, side="right")
+        codes[np.isnan(x)] = 0                  # as the kernels encode NaN (0 / 0)
+        self.codes[:] = codes
+        self.absmax[:] = absmax
+
     def dequantize(self):
         """The values, as a new float32 array."""
         scale = np.repeat(self.absmax, BLOCK)[:self.codes.size]
