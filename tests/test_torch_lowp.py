@@ -597,3 +597,51 @@ def test_cuda_bfloat16_parameters_raise():
     p = nn.Parameter(torch.ones(5, dtype=torch.bfloat16, device="cuda"))
     with pytest.raises(NotImplementedError, match="CPU"):
         ft.Adam([p])
+
+
+# ----------------------------------------------------------------- odd sizes, every mode
+SIZE_MODES = [m for m in MODES if m != "bf16-sr"]  # its bits depend on the call's span
+
+
+@pytest.mark.parametrize("mode", SIZE_MODES)
+def test_odd_sizes_equal_one_functional_call_per_parameter(mode):
+    """Sizes 0, 1, 7, 255, 257 and both sides of SERIAL_BELOW in one bucket:
+    the flat-buffer step equals the functional step on each parameter alone
+    (NumPy copies; bit for bit, padding and block boundaries included)."""
+    import ml_dtypes
+    from fastadapt.kernels.cpu import SERIAL_BELOW
+
+    dtype, options = MODES[mode]
+    sizes = [0, 1, 7, 255, 257, SERIAL_BELOW - 1, SERIAL_BELOW + 3]
+    g = torch.Generator().manual_seed(11)
+    params = [nn.Parameter(torch.randn(n, generator=g).to(dtype)) for n in sizes]
+    opt = ft.AdamW(params, lr=1e-2, weight_decay=0.1, **options)
+    np_dtype = {torch.bfloat16: ml_dtypes.bfloat16, torch.float16: np.float16,
+                torch.float32: np.float32}[dtype]
+    state = options.get("state_dtype")
+    refs = []
+    for p in params:
+        arrays = {"param": p.detach().float().numpy().astype(np_dtype)}
+        if state == "int8":
+            arrays["exp_avg"] = Blockwise8(p.numel(), signed=True)
+            arrays["exp_avg_sq"] = Blockwise8(p.numel(), signed=False)
+        else:
+            s = {torch.bfloat16: ml_dtypes.bfloat16, "bfloat16": ml_dtypes.bfloat16,
+                 "float16": np.float16}.get(state, np.float32)
+            arrays["exp_avg"] = np.zeros(p.numel(), s)
+            arrays["exp_avg_sq"] = np.zeros(p.numel(), s)
+        if options.get("master_weights"):
+            arrays["master_param"] = arrays["param"].astype(np.float32)
+        refs.append(arrays)
+    for t in range(1, 4):
+        for p, arrays in zip(params, refs):
+            p.grad = torch.randn(p.shape, generator=g).to(dtype)
+            fastadapt.adamw_step(arrays["param"], p.grad.float().numpy().astype(np_dtype),
+                                 arrays["exp_avg"], arrays["exp_avg_sq"], step=t, lr=1e-2,
+                                 weight_decay=0.1, master_param=arrays.get("master_param"))
+        opt.step()
+    for p, arrays in zip(params, refs):
+        ours = p.detach().float().numpy()
+        assert np.array_equal(ours, arrays["param"].astype(np.float32)), p.numel()
+        if options.get("master_weights") and p.numel():
+            assert np.array_equal(opt.state[p]["master_param"].numpy(), arrays["master_param"])
