@@ -645,3 +645,21 @@ def test_odd_sizes_equal_one_functional_call_per_parameter(mode):
         assert np.array_equal(ours, arrays["param"].astype(np.float32)), p.numel()
         if options.get("master_weights") and p.numel():
             assert np.array_equal(opt.state[p]["master_param"].numpy(), arrays["master_param"])
+
+
+# ----------------------------------------------------------------- bench rows
+def test_the_storage_mode_bench_rows_run_at_tiny_sizes():
+    from fastadapt.benchmark import _torch_step as bench
+
+    data = bench.storage_modes(n=1000, budget_s=0.01, min_rounds=1, progress=lambda line: None)
+    rows = {row["mode"]: row for row in data["rows"]}
+    assert set(rows) == {"bf16_state", "bf16_master"}
+    for row in rows.values():
+        assert set(row["timings"]) == {"fastadapt", "torch_fused"}
+        assert row["speedup"] > 0 and row["elements"] == 1000
+    assert rows["bf16_state"]["bytes_per_element"] == {"fastadapt": 20, "torch_fused": 28}
+    text = bench.markdown({"device": "cpu", "gpt2_width": 4, "gpt2": [],
+                           "many_small": {"tensors": 1, "elements_each": 1, "timings": {}},
+                           "storage": data})
+    assert "bf16-state Adam vs torch fused float32" in text
+    assert "fp32 master vs torch fused fp32 step + copy" in text
