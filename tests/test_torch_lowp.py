@@ -482,6 +482,13 @@ def test_bad_extra_keys_raise_and_change_nothing():
     del bad["state"][0]["exp_avg.absmax"]
     with pytest.raises(ValueError, match="go together"):
         opt.load_state_dict(bad)
+    bad = copy.deepcopy(good)                 # a torch dict: no codes, a negative square
+    for key in list(bad["state"][0]):
+        if key.endswith((".codes", ".absmax")):
+            del bad["state"][0][key]
+    bad["state"][0]["exp_avg_sq"] = -bad["state"][0]["exp_avg_sq"] - 1.0
+    with pytest.raises(ValueError, match="negative values"):
+        opt.load_state_dict(bad)
     for k, v in opt.state_dict()["state"][0].items():
         assert torch.equal(v, before[k]), k
 
