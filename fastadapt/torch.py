@@ -493,6 +493,8 @@ class _Bucket:
         for j in replaced:
             p = self.params[j]
             self.param_views[j].copy_(p.data)
+            if self.master_views is not None:   # the new values are the truth
+                self.master_views[j].copy_(p.data)
             p.data = self.param_views[j]
         if copies:
             torch._foreach_copy_([self.grad_views[j] for j in copies],

@@ -266,6 +266,14 @@ def test_master_weights_follow_parameters_written_in_place():
     # the untouched bias kept its float32 master (not its bfloat16 rounding)
     assert torch.equal(opt.state[model.bias]["master_param"], bias_master)
     assert not torch.equal(bias_master, model.bias.detach().float())
+    # a replaced .data and nn.init are seen too
+    model.bias.data = torch.full((5,), 0.25, dtype=torch.bfloat16)
+    with torch.no_grad():
+        nn.init.constant_(model.weight, -0.5)
+    opt.step()
+    assert torch.all(opt.state[model.bias]["master_param"] == 0.25)
+    assert torch.all(opt.state[model.weight]["master_param"] == -0.5)
+    assert torch.all(model.bias == 0.25) and torch.all(model.weight == -0.5)
 
 
 # ----------------------------------------------------------------- stochastic rounding
