@@ -655,6 +655,10 @@ def test_odd_sizes_equal_one_functional_call_per_parameter(mode):
                                  arrays["exp_avg"], arrays["exp_avg_sq"], step=t, lr=1e-2,
                                  weight_decay=0.1, master_param=arrays.get("master_param"))
         opt.step()
+    bucket = opt._buckets[0][0]             # the kernels see the tensors' own memory
+    assert bucket.k_param.__array_interface__["data"][0] == bucket.param_flat.data_ptr()
+    assert bucket.k_grad.__array_interface__["data"][0] == bucket.grad_flat.data_ptr()
+    assert all(p.grad.data_ptr() == v.data_ptr() for p, v in zip(params, bucket.grad_views))
     for p, arrays in zip(params, refs):
         ours = p.detach().float().numpy()
         assert np.array_equal(ours, arrays["param"].astype(np.float32)), p.numel()
