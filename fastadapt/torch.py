@@ -71,15 +71,15 @@ optimizer-wide; the math runs in float32 whatever the storage):
     to them. Writes through ``p.data`` bypass the version counter and are
     not seen (as in torch's own in-place checks).
 ``stochastic_rounding`` and ``seed``
-    For bfloat16 parameters without master weights: each stored value is
+    For 16-bit parameters without master weights: each stored value is
     rounded up or down at random, unbiased, from a hash of (seed, step,
     element index in the call); reproducible, and one step over a whole
     bucket draws the bits ``fastadapt.adam_step(..., stochastic_rounding=
     True, seed=seed)`` draws over the flat buffer. ``seed=None`` draws one,
     kept in :attr:`FlatOptimizer.seed`.
 
-Nonsense raises (8-bit state with float64, stochastic rounding without
-bfloat16, master weights without 16-bit parameters) with fastadapt.optim's
+Nonsense raises (8-bit state with float64, stochastic rounding or master
+weights without 16-bit parameters) with fastadapt.optim's
 messages. On CUDA tensors, fastadapt.torch keeps float32 / float64 with
 same-dtype state: any other layout raises NotImplementedError at
 construction. GradScaler's unscale and inf skip and ``max_grad_norm`` work
