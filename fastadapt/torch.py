@@ -57,7 +57,10 @@ optimizer-wide; the math runs in float32 whatever the storage):
     parameters), ``torch.float32`` / ``"float32"``, ``torch.bfloat16`` /
     ``"bfloat16"``, ``"float16"`` (float16 parameters only) or ``"int8"``
     (8-bit blockwise state, :class:`fastadapt.Blockwise8`; each parameter
-    starts a block of 256 elements). torch's fused CPU optimizers keep the
+    starts a block of 256 elements; ``state[p]`` then holds the live
+    ``"<name>.codes"`` (uint8) and ``"<name>.absmax"`` (float32 per block)
+    views, and :meth:`~FlatOptimizer.state_dict` adds the dequantized values
+    under torch's name). torch's fused CPU optimizers keep the
     parameters' dtype: ``state_dtype=torch.bfloat16`` on bfloat16 parameters
     is their mode, and gives their numbers.
 ``master_weights``
@@ -662,10 +665,10 @@ class FlatOptimizer(torch.optim.Optimizer):
         state = state if isinstance(state, str) else _torch_dtype(state)
         if device.type != "cpu" and (dtype in _SIXTEEN_BIT or state != dtype):
             raise NotImplementedError(
-                f"{at}fastadapt.torch keeps {dtype} parameters with {state} state "
-                f"on {device.type} tensors only on the CPU for now (on the GPU it supports "
-                "float32 / float64 parameters with state of the same dtype, and no "
-                "master_weights or stochastic_rounding); use torch.optim for them")
+                f"{at}fastadapt.torch updates {dtype} parameters with {state} state on "
+                f"the CPU only for now; on {device.type} tensors it supports float32 / "
+                "float64 parameters with state of their own dtype (no state_dtype, "
+                "master_weights or stochastic_rounding): use torch.optim there")
         return state
 
     def _rounding_seed(self, step):
