@@ -598,7 +598,20 @@ class FlatOptimizer(torch.optim.Optimizer):
 
     Not instantiated directly: each subclass (``fastadapt.torch.Adam`` ...) is
     built from a rule of :data:`fastadapt.RULES` by :func:`optimizer_class`.
-    See the module docstring for the gradient paths and their cost.
+    See the module docstring for the gradient paths and their cost, and for
+    the storage options.
+
+    Attributes
+    ----------
+    state_dtype : None, NumPy dtype or "int8"
+        The ``state_dtype`` option as given (None: each bucket's default).
+    master_weights, stochastic_rounding : bool
+        The storage options.
+    seed : int or None
+        Stochastic rounding's seed (drawn when not given; None without
+        stochastic rounding); saved in and restored from state dicts.
+    grad_norm, step_skipped
+        As in :class:`fastadapt.Optimizer`, after each step.
     """
 
     #: The update rule (set on each subclass).
