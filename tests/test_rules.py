@@ -65,14 +65,31 @@ def test_the_class_is_derived_from_the_declaration(name):
 
 @rules
 def test_a_driver_loads_and_stores_gated_state_only_under_its_flag(name):
+    """One loop per combination of the state-gating flags, each passing them to
+    the math as literals; a gated array is loaded and stored exactly in the
+    loops where its flag is True (and so never touched when it is off)."""
     rule = RULES[name]
-    source = cpu.SIGNATURES[rule.kernel].source(rule.kernel)
-    for spec in rule.state_specs:
-        if spec.flag is None:
-            assert f"    {spec.name}[i] = e_{spec.name}" in source
-        else:
-            assert f"{spec.name}[i] if {spec.flag} else" in source
-            assert f"if {spec.flag}:\n            {spec.name}[i] = e_{spec.name}" in source
+    sig = cpu.SIGNATURES[rule.kernel]
+    source = sig.source(rule.kernel)
+    gated = {spec.name: spec.flag for spec in rule.state_specs if spec.flag is not None}
+    flags = sorted(set(gated.values()))
+    loops_ = source.split("for i in indices(param.size):")[1:]
+    assert len(loops_) == 2 ** len(flags)
+    seen = set()
+    for body in loops_:
+        call = body[body.index("elem("):].split(")")[0]
+        args = [a.strip() for a in call[len("elem("):].split(",")]
+        scalars = dict(zip(sig.scalars, args[len(sig.elements):]))
+        values = tuple(scalars[f] for f in flags)
+        assert all(v in ("True", "False") for v in values)
+        seen.add(values)
+        for spec in rule.state_specs:
+            on = spec.flag is None or scalars[spec.flag] == "True"
+            assert (f"e_{spec.name} = {spec.name}[i]" in body) == on
+            assert (f"{spec.name}[i] = e_{spec.name}" in body) == on
+            if not on:
+                assert f"e_{spec.name} = e_param" in body
+    assert len(seen) == 2 ** len(flags)
 
 
 def test_the_driver_names_carry_a_hash_of_their_sources():
