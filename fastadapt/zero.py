@@ -83,7 +83,7 @@ import torch.distributed as dist
 from .checkpoint import atomic_write
 from .flat import ALIGN_BYTES
 from .kernels.storage import BLOCK
-from .torch import FlatOptimizer, _Bucket, _initial, _scalar_dtype
+from .torch import MASTER_KEY, FlatOptimizer, _Bucket, _initial, _scalar_dtype
 
 __all__ = ["ZeroRedundancyOptimizer", "CollectiveError"]
 
@@ -100,13 +100,60 @@ class CollectiveError(RuntimeError):
 
 
 # ----------------------------------------------------------------- one shard
+class _MasterPiece:
+    """The part of one parameter's float32 master copy that lies in this
+    rank's shard, standing where ``fastadapt.torch`` keeps a view of the whole:
+    ``copy_(values)`` (the parameter's full values, any shape) writes the
+    shard's part."""
+
+    def __init__(self, master, lo, n, shape, a, b, s0):
+        self.master, self.shape = master, shape
+        self.src, self.dst = slice(a - lo, b - lo), slice(a - s0, b - s0)
+
+    def data_ptr(self):
+        return -1                       # never a tensor's: a loaded value is always copied
+
+    def copy_(self, values):
+        if self.dst.stop > self.dst.start:
+            self.master[self.dst].copy_(values.reshape(-1)[self.src])
+        return self
+
+
 class _ShardBucket(_Bucket):
     """A flat buffer of ``fastadapt.torch`` whose state covers one rank's shard.
 
     The parameter and gradient buffers are whole (every rank holds the
-    parameters); ``state_flat[name]`` has ``shard_length`` elements, element
-    ``i`` standing for element ``shard[0] + i`` of the flat buffer.
+    parameters); ``state_flat[name]``, and the float32 master copy of 16-bit
+    parameters under ``master_weights``, have ``shard_length`` elements,
+    element ``i`` standing for element ``shard[0] + i`` of the flat buffer.
     """
+
+    def __init__(self, owner, group_index, params, indices):
+        super().__init__(owner, group_index, params, indices)
+        if self.master_flat is not None:
+            s0, s1 = self.shard
+            self.master_flat = self.master_flat[s0:s1].clone()
+            self.k_master = self._kernel_array(self.master_flat)
+            self.master_views = [
+                _MasterPiece(self.master_flat, o, n, shape, *self._clip(o, o + n), s0)
+                for o, n, shape in zip(self.offsets, self.sizes, self.shapes)]
+
+    def sync_master(self):
+        """As ``fastadapt.torch``: the master copy takes the values of a
+        parameter written in place since the last step, on this rank's shard."""
+        if self.master_flat is None:
+            return
+        versions = self._versions()
+        if versions == self.versions:
+            return
+        s0 = self.shard[0]
+        for j, (now, before) in enumerate(zip(versions, self.versions)):
+            if now != before:
+                a, b = self._clip(self.offsets[j], self.offsets[j] + self.sizes[j])
+                master, param = self.master_flat[a - s0:b - s0], self.param_flat[a:b]
+                stale = master.to(self.dtype) != param
+                master[stale] = param[stale].float()
+        self.versions = versions
 
     def _flat_length(self, end):
         owner = self.owner
@@ -131,7 +178,7 @@ class _ShardBucket(_Bucket):
         for name in names:
             if name in self.state_flat:
                 continue
-            flat = torch.zeros(self.shard_length, dtype=self.dtype, device=self.device)
+            flat = torch.zeros(self.shard_length, dtype=self.state_dtype, device=self.device)
             if name in init:
                 flat.fill_(_initial(init[name], group))
             self.state_flat[name] = flat
@@ -228,6 +275,8 @@ class _ShardBucket(_Bucket):
                 kwargs[name] = float(self.scalars_np[name][j0])
             if unscale_in_kernel:
                 kwargs["grad_scale"] = grad_scale
+            if self.k_master is not None:
+                kwargs["master_param"] = self.k_master[a - s0:b - s0]
             # an empty slice still returns the new scalar state, the same on every rank
             result = rule.step_fn(self.k_param[a:b], self.k_grad[a:b], **kwargs)
             for name in owner._scalar_state:
@@ -333,10 +382,14 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
                              "ZeroRedundancyOptimizer (its step runs after the backward)")
         self.process_group, self.rank, self.world_size, self._backend = \
             _process_group(process_group)
-        for key in ("state_dtype", "master_weights", "stochastic_rounding"):
-            if defaults.get(key) not in (None, False):
-                raise ValueError(f"{key}={defaults[key]!r}: ZeroRedundancyOptimizer shards "
-                                 "float32 and float64 state of the parameters' own dtype only")
+        if defaults.get("stochastic_rounding"):
+            raise ValueError("stochastic_rounding=True is not supported by "
+                             "ZeroRedundancyOptimizer: its random bits are keyed on each "
+                             "element's index in the kernel call, which sharding changes (use "
+                             "master_weights=True)")
+        if str(defaults.get("state_dtype")) == "int8":
+            raise ValueError("state_dtype='int8': ZeroRedundancyOptimizer does not shard 8-bit "
+                             "state yet (float32, bfloat16 or float16 state works)")
         self.optimizer_class = cls
         self.reduce_gradients = reduce_gradients
         self._global_ranks = [self._global(r) for r in range(self.world_size)]
@@ -390,10 +443,11 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
             if self._backend == "nccl" and device.type != "cuda":
                 raise ValueError(f"params: param group {index}, parameter {i} is on {device}; "
                                  "the NCCL backend needs CUDA tensors (use gloo for the CPU)")
-            if p.dtype not in (torch.float32, torch.float64):
+            if not p.is_floating_point() or p.element_size() < 2:
                 raise TypeError(f"params: param group {index}, parameter {i} has dtype "
-                                f"{p.dtype}; ZeroRedundancyOptimizer shards float32 and "
-                                "float64 parameters")
+                                f"{p.dtype}; ZeroRedundancyOptimizer shards floating-point "
+                                "parameters (float32, float64; bfloat16 and float16 on the "
+                                "CPU)")
 
     def _pack(self, group, index):
         self._pack_devices(group["params"], index)
@@ -401,9 +455,11 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
 
     @property
     def local_state_bytes(self):
-        """Bytes of the optimizer state arrays this rank holds (its shards)."""
+        """Bytes of the optimizer state arrays this rank holds (its shards),
+        the float32 master copy of 16-bit parameters included."""
         return sum(t.numel() * t.element_size() for buckets in self._buckets
-                   for b in buckets for t in b.state_flat.values())
+                   for b in buckets for t in [*b.state_flat.values(), b.master_flat]
+                   if t is not None)
 
     # ------------------------------------------------------------- collectives
     def _collective(self, what, fn, *args, **kwargs):
@@ -473,6 +529,7 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
                 return loss
             for _, _, bucket, scan in plans:
                 bucket.gather(scan)
+                bucket.sync_master()
             if self.reduce_gradients:
                 self._reduce_gradients(plans)
             if self.max_grad_norm is not None:
@@ -588,6 +645,13 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
                                      local, parts, dst=dst)
                     if receive:
                         full[name] = torch.cat(parts)
+                master = None
+                if b.master_flat is not None:
+                    parts = [torch.empty_like(b.master_flat) for _ in range(self.world_size)] \
+                        if receive else None
+                    self._collective("consolidate_state_dict's gather of the master copy",
+                                     dist.gather, b.master_flat, parts, dst=dst)
+                    master = torch.cat(parts) if receive else None
                 if not receive:
                     continue
                 for j in range(len(b.params)):
@@ -601,6 +665,8 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
                             b.shapes[j])
                     for name in self._scalar_state:
                         entry[self._torch_names.get(name, name)] = b.scalar_tensor(name, j)
+                    if master is not None:
+                        entry[MASTER_KEY] = master[o:o + n].view(b.shapes[j])
                     if entry:
                         state[start + b.indices[j]] = entry
             start += len(group["params"])
@@ -657,6 +723,7 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
                                   for g in self.param_groups],
                  "buckets": [{"shard": list(b.shard),
                               "state": {k: v.cpu() for k, v in b.state_flat.items()},
+                              "master": None if b.master_flat is None else b.master_flat.cpu(),
                               "steps": b.steps.clone(),
                               "scalars": {k: v.clone() for k, v in b.scalars.items()},
                               "published": list(b.published)}
@@ -762,7 +829,12 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
                 a, c = max(s0, o0), min(s1, o1)
                 if a >= c:
                     continue
-                for name, src in data["state"].items():
+                arrays = dict(data["state"])
+                if b.master_flat is not None:
+                    if data.get("master") is None:
+                        raise ValueError(f"{where} was saved without master_weights")
+                    arrays[MASTER_KEY] = data["master"]
+                for name, src in arrays.items():
                     if src.numel() != o1 - o0:
                         raise ValueError(f"{where}: state {name} of rank {r} has "
                                          f"{src.numel()} elements, its shard {o1 - o0}")
@@ -809,7 +881,8 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
                 for name in b.state_flat:
                     b.reset(0, len(b.params) - 1, group, names=(name,))
                 for name, src, at in todo:
-                    b.state_flat[name][at:at + src.numel()].copy_(src)
+                    target = b.master_flat if name == MASTER_KEY else b.state_flat[name]
+                    target[at:at + src.numel()].copy_(src)
                 b.steps.copy_(data["steps"].to(b.steps.dtype))
                 for name, values in data["scalars"].items():
                     b.scalars[name].copy_(values)

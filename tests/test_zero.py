@@ -167,6 +167,35 @@ def test_the_all_gather_path_is_bit_identical_too(worlds, world):
 
 
 @pytest.mark.parametrize("world", WORLDS)
+def test_16_bit_parameters_shard_the_master_copy_and_the_state(worlds, world):
+    """AdamW over bfloat16 parameters with a float32 master copy, float16 ones
+    with float32 state and bfloat16 ones with bfloat16 state: parameters
+    bit-identical to one process, the consolidated state (master copy
+    included) equal to its state dict, and each rank holding its share."""
+    _, out = worlds
+    for label, (dtype, options) in W.LOWP_CASES.items():
+        expected, opt, _ = single("adamw", options, dtype, W.STEPS)
+        for rank in range(world):
+            params, sd, held = out[world][rank]["lowp"][label]
+            assert not mismatches(params, expected), (label, rank)
+            whole = sum(t.untyped_storage().nbytes() for bs in opt._buckets for b in bs
+                        for t in [*b.state_flat.values(), b.master_flat] if t is not None)
+            # each of the 2 buckets' shards is rounded up to a cache line of the
+            # parameters (32 16-bit elements), each state array (<= 4 bytes an
+            # element) padded by less than that
+            arrays = 3 if options.get("master_weights") else 2
+            line = 64 // torch.finfo(dtype).bits * 8
+            assert 0 <= held - whole / world < 2 * arrays * line * 4, (label, rank, held, whole)
+        sd = out[world][0]["lowp"][label][1]
+        ref = opt.state_dict()
+        assert sd["state"].keys() == ref["state"].keys(), label
+        for index, entry in ref["state"].items():
+            assert sd["state"][index].keys() == entry.keys(), (label, index)
+            for name, value in entry.items():
+                assert torch.equal(sd["state"][index][name], value), (label, index, name)
+
+
+@pytest.mark.parametrize("world", WORLDS)
 def test_state_bytes_per_rank_are_a_world_share_of_the_whole(worlds, world):
     """Measured from the state tensors' storages: each rank holds
     ``whole / world`` plus less than one 64-byte line per state array
@@ -330,7 +359,9 @@ def test_bad_input_raises_clear_errors(worlds):
             assert message is not None, f"{key}: no error raised (world {world})"
         assert "params" in errors["mixed_devices"] and "one device" in errors["mixed_devices"]
         assert "param group 1" in errors["mixed_groups"]
-        assert "float32 and float64" in errors["half_params"]
+        assert "int32" in errors["int_params"] and "floating-point" in errors["int_params"]
+        assert "state_dtype='int8'" in errors["int8_state"]
+        assert "stochastic_rounding" in errors["stochastic_rounding"]
         assert "optimizer_class" in errors["torch_class"] and \
             "fastadapt.torch" in errors["torch_class"]
         assert "optimizer_class" in errors["not_a_class"]

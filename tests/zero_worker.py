@@ -27,6 +27,10 @@ EVERY_STATE = {"adam": {"amsgrad": True}, "adamw": {"amsgrad": True},
 CASES = [(name, config) for name in fastadapt.RULES
          for config in ([{}] + ([EVERY_STATE[name]] if name in EVERY_STATE else []))]
 DTYPES = (torch.float32, torch.float64)
+# 16-bit parameters (AdamW): label -> (dtype, storage options)
+LOWP_CASES = {"bfloat16, master weights": (torch.bfloat16, {"master_weights": True}),
+              "float16, float32 state": (torch.float16, {}),
+              "bfloat16, bfloat16 state": (torch.bfloat16, {"state_dtype": torch.bfloat16})}
 # a step with a parameter without gradient (torch skips it): group 0, parameter 2
 SKIP_AT = 2
 
@@ -106,6 +110,19 @@ def scenario_main(rank, world, workdir):
             out["parity"][key] = flat(groups)
             out["bytes"][key] = (storage_bytes(opt), opt.local_state_bytes)
             out["counts"][key] = sum(len(b.state_flat) for bs in opt._buckets for b in bs)
+
+    # 16-bit parameters: the float32 master copy and the state are sharded
+    out["lowp"] = {}
+    for label, (dtype, options) in LOWP_CASES.items():
+        groups = make_params(dtype)
+        opt = ft.ZeroRedundancyOptimizer(groups_for("adamw", groups), optimizer_class=ft.AdamW,
+                                         **options)
+        for step in range(1, STEPS + 1):
+            set_grads(groups, step)
+            opt.step()
+        opt.consolidate_state_dict(to=0)
+        out["lowp"][label] = (flat(groups), opt.state_dict() if rank == 0 else None,
+                              opt.local_state_bytes)
 
     # the all_gather path (NCCL's; gloo broadcasts by default), on one case
     groups = make_params(torch.float32)
@@ -259,8 +276,12 @@ def bad_input(ft, rank, world):
            lambda: ft.ZeroRedundancyOptimizer([p, q], optimizer_class=ft.Adam))
     expect("mixed_groups", ValueError,
            lambda: ft.ZeroRedundancyOptimizer(iter([{"params": iter([p])}, {"params": [q]}])))
-    expect("half_params", TypeError, lambda: ft.ZeroRedundancyOptimizer(
-        [p, torch.nn.Parameter(torch.ones(2, dtype=torch.bfloat16))]))
+    expect("int_params", TypeError, lambda: ft.ZeroRedundancyOptimizer(
+        [p, torch.ones(2, dtype=torch.int32)]))
+    expect("int8_state", ValueError, lambda: ft.ZeroRedundancyOptimizer(
+        [p], state_dtype="int8"))
+    expect("stochastic_rounding", ValueError, lambda: ft.ZeroRedundancyOptimizer(
+        [p], stochastic_rounding=True))
     expect("torch_class", TypeError,
            lambda: ft.ZeroRedundancyOptimizer([p], optimizer_class=torch.optim.Adam))
     expect("not_a_class", TypeError,
