@@ -16,9 +16,12 @@ contiguous shards. Rank ``r`` keeps the optimizer state of shard ``r`` only::
     shard_length = ceil(length / (world_size * align)) * align
     shard r      = [r * shard_length, (r + 1) * shard_length)
 
-``align`` is one cache line of the buffer's dtype (16 float32 elements); the
-state of a rank is therefore ``1/world_size`` of the whole, plus at most one
-``align`` of padding per state array. A step on every rank:
+``align`` is one cache line of the parameters' dtype (16 float32 elements, 32
+bfloat16 ones), or a multiple of 8-bit state's 256-element block where a
+bucket keeps that state; the state of a rank is therefore ``1/world_size`` of
+the whole, plus less than ``align`` elements of padding per state array. With
+``master_weights=True`` (16-bit parameters) the float32 master copy is
+sharded the same way. A step on every rank:
 
 1. checks the parameters and gradients (as ``fastadapt.torch``) and copies
    gradients that are not views of the flat gradient buffer into it;
@@ -33,7 +36,9 @@ state of a rank is therefore ``1/world_size`` of the whole, plus at most one
    ``found_inf``, when it passes one, is all-reduced (MAX);
 3. with ``max_grad_norm``: the sum of squares of the local shard's
    gradients, all-reduced (SUM, float64), gives the global norm on every rank;
-4. the fused kernel of the rule over the local shard only (per-parameter step
+4. the fused kernel of the rule over the local shard only (on the master
+   copy's shard with ``master_weights``, rounding the parameters' shard from
+   it in the same pass; per-parameter step
    counts and scalar state, NAdam's ``mu_product``, ASGD's ``eta`` and
    ``mu``, are kept for every parameter on every rank, since they depend on
    the step count only);
