@@ -89,7 +89,10 @@ import torch.distributed as dist
 from .checkpoint import atomic_write
 from .flat import ALIGN_BYTES
 from .kernels.storage import BLOCK
-from .torch import MASTER_KEY, FlatOptimizer, _Bucket, _initial, _scalar_dtype
+from . import _storage
+from .optim import NON_NEGATIVE_STATE
+from .torch import (MASTER_KEY, FlatOptimizer, _blocks, _Bucket, _fill_blocks, _initial,
+                    _scalar_dtype)
 
 __all__ = ["ZeroRedundancyOptimizer", "CollectiveError"]
 
@@ -184,9 +187,18 @@ class _ShardBucket(_Bucket):
         for name in names:
             if name in self.state_flat:
                 continue
+            value = _initial(init[name], group) if name in init else 0.0
+            if self.blockwise:
+                b8 = _storage.Blockwise8(self.shard_length, name not in NON_NEGATIVE_STATE)
+                if value != 0.0:
+                    b8.fill(value)
+                self.state_flat[name] = self.k_state[name] = b8
+                self.block_tensors[name] = (torch.from_numpy(b8.codes),
+                                            torch.from_numpy(b8.absmax))
+                continue
             flat = torch.zeros(self.shard_length, dtype=self.state_dtype, device=self.device)
-            if name in init:
-                flat.fill_(_initial(init[name], group))
+            if value != 0.0:
+                flat.fill_(value)
             self.state_flat[name] = flat
             self.k_state[name] = self._kernel_array(flat)
         for name, spec in self.owner._scalar_state.items():
@@ -201,7 +213,11 @@ class _ShardBucket(_Bucket):
         s0 = self.shard[0]
         for name, flat in self.state_flat.items():
             if names is None or name in names:
-                flat[a - s0:b - s0].fill_(_initial(init[name], group) if name in init else 0.0)
+                value = _initial(init[name], group) if name in init else 0.0
+                if not self.blockwise:
+                    flat[a - s0:b - s0].fill_(value)
+                elif b > a:
+                    _fill_blocks(_blocks(flat, a - s0, b - s0), value)
         if names is None:
             for name, spec in self.owner._scalar_state.items():
                 self.scalars_np[name][j0:j1 + 1] = _initial(spec, group)
@@ -210,8 +226,23 @@ class _ShardBucket(_Bucket):
     def load(self, name, j, arrays, extras, group):
         """Parameter ``j``'s state ``name`` from a checked state dict (reset when
         the dict has none)."""
-        src = arrays.get(self.owner._torch_names.get(name, name))
-        if src is None:
+        key = self.owner._torch_names.get(name, name)
+        src = arrays.get(key)
+        if self.blockwise and (src is not None or f"{key}.codes" in extras):
+            lo = self.offsets[j]
+            a, b = self._clip(lo, lo + self.sizes[j])
+            if b <= a:
+                return
+            target = _blocks(self.state_flat[name], a - self.shard[0], b - self.shard[0])
+            codes = extras.get(f"{key}.codes")
+            if codes is not None:       # as saved; a - lo starts a block
+                target.codes[:] = codes.detach().cpu().reshape(-1).numpy()[a - lo:b - lo]
+                absmax = extras[f"{key}.absmax"].detach().cpu().reshape(-1).numpy()
+                target.absmax[:] = absmax[(a - lo) // BLOCK:-(-(b - lo) // BLOCK)]
+            else:                       # quantized per block, as one process quantizes
+                target.assign(src.detach().to("cpu", torch.float32).reshape(-1).numpy()[
+                    a - lo:b - lo])
+        elif src is None:
             self.reset(j, j, group, names=(name,))
         else:
             self.load_state(name, j, src)
@@ -274,7 +305,8 @@ class _ShardBucket(_Bucket):
                 self.reset(j0, j1, group)
             kwargs = dict(options)
             for name in needed:
-                kwargs[name] = self.k_state[name][a - s0:b - s0]
+                kwargs[name] = (_blocks(self.state_flat[name], a - s0, b - s0) if self.blockwise
+                                else self.k_state[name][a - s0:b - s0])
             if rule.takes_step:
                 kwargs["step"] = int(self.steps_np[j0]) + 1
             for name in owner._scalar_state:
@@ -297,11 +329,45 @@ class _ShardBucket(_Bucket):
             self.steps_np[np.asarray(present)] += 1
             self.update_uniform()
 
+    def state_tensors(self):
+        """The tensors holding this rank's state (8-bit state: its codes and
+        absmax), the master copy included."""
+        if self.blockwise:
+            out = [t for pair in self.block_tensors.values() for t in pair]
+        else:
+            out = list(self.state_flat.values())
+        return out + ([self.master_flat] if self.master_flat is not None else [])
+
+    def local_arrays(self):
+        """``{key: tensor}`` of this rank's state as collectives and files move
+        it: ``name`` (or ``name.codes`` and ``name.absmax`` for 8-bit state)."""
+        if self.blockwise:
+            return {f"{name}.{part}": t for name, pair in self.block_tensors.items()
+                    for part, t in zip(("codes", "absmax"), pair)}
+        return dict(self.state_flat)
+
     def describe(self):
         """The layout a sharded checkpoint records, to check it on load."""
         return {"group": self.group_index, "indices": list(self.indices),
                 "sizes": list(self.sizes), "dtype": str(self.dtype).replace("torch.", ""),
                 "length": self.length, "shard_length": self.shard_length}
+
+
+def _entries(b, name, full, o, n, shape):
+    """A parameter's entries of state ``name`` from the consolidated ``full``
+    arrays, as ``fastadapt.torch``'s state dict has them (8-bit state: the
+    codes, the blocks' absmax and the dequantized values under torch's name)."""
+    key = b.owner._torch_names.get(name, name)
+    if not b.blockwise:
+        return {key: full[name][o:o + n].view(shape)}
+    codes, absmax = full[f"{name}.codes"], full[f"{name}.absmax"]
+    template = b.state_flat[name]
+    whole = _storage.Blockwise8.__new__(_storage.Blockwise8)
+    whole.signed, whole.map, whole.thresholds, whole.buckets = (
+        template.signed, template.map, template.thresholds, template.buckets)
+    whole.codes, whole.absmax = codes.numpy(), absmax.numpy()
+    return {f"{key}.codes": codes[o:o + n], f"{key}.absmax": absmax[o // BLOCK:-(-(o + n) // BLOCK)],
+            key: torch.from_numpy(_blocks(whole, o, o + n).dequantize()).view(shape)}
 
 
 # ----------------------------------------------------------------- the optimizer
@@ -393,9 +459,6 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
                              "ZeroRedundancyOptimizer: its random bits are keyed on each "
                              "element's index in the kernel call, which sharding changes (use "
                              "master_weights=True)")
-        if str(defaults.get("state_dtype")) == "int8":
-            raise ValueError("state_dtype='int8': ZeroRedundancyOptimizer does not shard 8-bit "
-                             "state yet (float32, bfloat16 or float16 state works)")
         self.optimizer_class = cls
         self.reduce_gradients = reduce_gradients
         self._global_ranks = [self._global(r) for r in range(self.world_size)]
@@ -464,8 +527,7 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
         """Bytes of the optimizer state arrays this rank holds (its shards),
         the float32 master copy of 16-bit parameters included."""
         return sum(t.numel() * t.element_size() for buckets in self._buckets
-                   for b in buckets for t in [*b.state_flat.values(), b.master_flat]
-                   if t is not None)
+                   for b in buckets for t in b.state_tensors())
 
     # ------------------------------------------------------------- collectives
     def _collective(self, what, fn, *args, **kwargs):
@@ -644,7 +706,7 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
             param_groups.append(packed)
             for b in buckets:
                 full = {}
-                for name, local in b.state_flat.items():
+                for name, local in b.local_arrays().items():
                     parts = [torch.empty_like(local) for _ in range(self.world_size)] \
                         if receive else None
                     self._collective(f"consolidate_state_dict's gather of {name}", dist.gather,
@@ -666,9 +728,8 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
                     entry = {} if self._no_step else {
                         "step": torch.tensor(float(b.steps_np[j]), dtype=_scalar_dtype())}
                     o, n = b.offsets[j], b.sizes[j]
-                    for name, flat in full.items():
-                        entry[self._torch_names.get(name, name)] = flat[o:o + n].view(
-                            b.shapes[j])
+                    for name in b.state_flat:
+                        entry.update(_entries(b, name, full, o, n, b.shapes[j]))
                     for name in self._scalar_state:
                         entry[self._torch_names.get(name, name)] = b.scalar_tensor(name, j)
                     if master is not None:
@@ -728,7 +789,7 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
                  "param_groups": [{k: v for k, v in g.items() if k != "params"}
                                   for g in self.param_groups],
                  "buckets": [{"shard": list(b.shard),
-                              "state": {k: v.cpu() for k, v in b.state_flat.items()},
+                              "state": {k: v.cpu() for k, v in b.local_arrays().items()},
                               "master": None if b.master_flat is None else b.master_flat.cpu(),
                               "steps": b.steps.clone(),
                               "scalars": {k: v.clone() for k, v in b.scalars.items()},
@@ -841,10 +902,13 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
                         raise ValueError(f"{where} was saved without master_weights")
                     arrays[MASTER_KEY] = data["master"]
                 for name, src in arrays.items():
-                    if src.numel() != o1 - o0:
+                    # 8-bit state's absmax has one value per block (a, o0 start blocks)
+                    unit = BLOCK if name.endswith(".absmax") else 1
+                    if src.numel() != (o1 - o0) // unit:
                         raise ValueError(f"{where}: state {name} of rank {r} has "
                                          f"{src.numel()} elements, its shard {o1 - o0}")
-                    todo.append((name, src[a - o0:c - o0], a - b.shard[0]))
+                    todo.append((name, src[(a - o0) // unit:-(-(c - o0) // unit)],
+                                 (a - b.shard[0]) // unit))
             pieces.append(todo)
         head = shard(0)
         groups = head["param_groups"]
@@ -864,7 +928,7 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
         for bi, b in enumerate(buckets):
             data = head["buckets"][bi]
             needed = self.rule.state_for(**self._rule_options(new_groups[b.group_index]))
-            have = set(data["state"])
+            have = {key.split(".")[0] for key in data["state"]}
             stepped = bool((data["steps"] > 0).any())
             if stepped and not set(needed) <= have:
                 raise ValueError(f"{where} lacks state {sorted(set(needed) - have)}")
@@ -882,12 +946,13 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
         with torch.no_grad():
             for b, todo, data in zip(buckets, pieces, meta):
                 group = self.param_groups[b.group_index]
-                b.ensure_state(list(data["state"]) + list(
+                b.ensure_state([key.split(".")[0] for key in data["state"]] + list(
                     self.rule.state_for(**self._rule_options(group))), group)
                 for name in b.state_flat:
                     b.reset(0, len(b.params) - 1, group, names=(name,))
+                arrays = b.local_arrays()
                 for name, src, at in todo:
-                    target = b.master_flat if name == MASTER_KEY else b.state_flat[name]
+                    target = b.master_flat if name == MASTER_KEY else arrays[name]
                     target[at:at + src.numel()].copy_(src)
                 b.steps.copy_(data["steps"].to(b.steps.dtype))
                 for name, values in data["scalars"].items():

@@ -119,7 +119,7 @@ def worlds(tmp_path_factory):
         workdir = str(tmp_path_factory.mktemp(f"world{world}"))
         torch.save(sd_bytes, os.path.join(workdir, "single_sd.pt"))
         if previous is not None:
-            for name in ("nadam", "adagrad"):
+            for name in W.RESUMED:
                 shutil.copytree(os.path.join(previous, f"next-{name}"),
                                 os.path.join(workdir, f"previous-{name}"))
         if world == 1:       # in this process: it has paid its imports already
@@ -169,7 +169,8 @@ def test_the_all_gather_path_is_bit_identical_too(worlds, world):
 @pytest.mark.parametrize("world", WORLDS)
 def test_16_bit_parameters_shard_the_master_copy_and_the_state(worlds, world):
     """AdamW over bfloat16 parameters with a float32 master copy, float16 ones
-    with float32 state and bfloat16 ones with bfloat16 state: parameters
+    with float32 state, bfloat16 ones with bfloat16 state, and 8-bit state
+    (float32 parameters; bfloat16 ones with master weights): parameters
     bit-identical to one process, the consolidated state (master copy
     included) equal to its state dict, and each rank holding its share."""
     _, out = worlds
@@ -178,13 +179,13 @@ def test_16_bit_parameters_shard_the_master_copy_and_the_state(worlds, world):
         for rank in range(world):
             params, sd, held = out[world][rank]["lowp"][label]
             assert not mismatches(params, expected), (label, rank)
-            whole = sum(t.untyped_storage().nbytes() for bs in opt._buckets for b in bs
-                        for t in [*b.state_flat.values(), b.master_flat] if t is not None)
+            whole = W.storage_bytes(opt)
             # each of the 2 buckets' shards is rounded up to a cache line of the
-            # parameters (32 16-bit elements), each state array (<= 4 bytes an
-            # element) padded by less than that
+            # parameters (or to 8-bit state's 256-element blocks), each state
+            # array (<= 4 bytes an element) padded by less than that
             arrays = 3 if options.get("master_weights") else 2
-            line = 64 // torch.finfo(dtype).bits * 8
+            line = 256 if options.get("state_dtype") == "int8" else 64 * 8 // torch.finfo(
+                dtype).bits
             assert 0 <= held - whole / world < 2 * arrays * line * 4, (label, rank, held, whole)
         sd = out[world][0]["lowp"][label][1]
         ref = opt.state_dict()
@@ -340,9 +341,11 @@ def test_resuming_with_another_world_size_keeps_the_trajectory(worlds):
     twice and saves; world 1 loads those and steps twice: after each, the
     parameters are the single-process run's after 2, 4 and 6 steps."""
     _, out = worlds
-    for name in ("nadam", "adagrad"):
+    for name, options in W.RESUMED.items():
+        options = dict(options)
+        dtype = options.pop("dtype", torch.float32)
         for world, steps in zip(WORLDS, (2, 4, 6)):
-            expected, _, _ = single(name, {}, torch.float32, steps)
+            expected, _, _ = single(name, options, dtype, steps)
             for rank in range(world):
                 done, params = out[world][rank]["resumed"][name]
                 assert done == steps, (name, world)
@@ -360,7 +363,6 @@ def test_bad_input_raises_clear_errors(worlds):
         assert "params" in errors["mixed_devices"] and "one device" in errors["mixed_devices"]
         assert "param group 1" in errors["mixed_groups"]
         assert "int32" in errors["int_params"] and "floating-point" in errors["int_params"]
-        assert "state_dtype='int8'" in errors["int8_state"]
         assert "stochastic_rounding" in errors["stochastic_rounding"]
         assert "optimizer_class" in errors["torch_class"] and \
             "fastadapt.torch" in errors["torch_class"]

@@ -30,7 +30,13 @@ DTYPES = (torch.float32, torch.float64)
 # 16-bit parameters (AdamW): label -> (dtype, storage options)
 LOWP_CASES = {"bfloat16, master weights": (torch.bfloat16, {"master_weights": True}),
               "float16, float32 state": (torch.float16, {}),
-              "bfloat16, bfloat16 state": (torch.bfloat16, {"state_dtype": torch.bfloat16})}
+              "bfloat16, bfloat16 state": (torch.bfloat16, {"state_dtype": torch.bfloat16}),
+              "float32, 8-bit state": (torch.float32, {"state_dtype": "int8"}),
+              "bfloat16, master weights, 8-bit state": (torch.bfloat16, {
+                  "master_weights": True, "state_dtype": "int8"})}
+# the sharded checkpoints resumed across world sizes: rule -> options
+RESUMED = {"nadam": {}, "adagrad": {},
+           "adamw": {"dtype": torch.bfloat16, "master_weights": True, "state_dtype": "int8"}}
 # a step with a parameter without gradient (torch skips it): group 0, parameter 2
 SKIP_AT = 2
 
@@ -87,10 +93,17 @@ def flat(groups):
     return [p.detach().clone() for params in groups for p in params]
 
 
+def state_tensors(b):
+    """A bucket's state tensors (8-bit state: its codes and absmax) and master copy."""
+    tensors = ([t for pair in b.block_tensors.values() for t in pair] if b.blockwise
+               else list(b.state_flat.values()))
+    return tensors + ([b.master_flat] if b.master_flat is not None else [])
+
+
 def storage_bytes(opt):
     """Bytes allocated for the optimizer's state arrays, from the tensors' storages."""
     return sum(t.untyped_storage().nbytes() for buckets in opt._buckets for b in buckets
-               for t in b.state_flat.values())
+               for t in state_tensors(b))
 
 
 # ----------------------------------------------------------------- scenarios
@@ -222,10 +235,12 @@ def scenario_main(rank, world, workdir):
 
     # resume from the sharded checkpoint of the previous world size, 2 more steps, save
     out["resumed"] = {}
-    for name in ("nadam", "adagrad"):
+    for name, options in RESUMED.items():
         cls = getattr(ft, fastadapt.RULES[name].torch_name)
-        groups = make_params(torch.float32)
-        opt = ft.ZeroRedundancyOptimizer(groups_for(name, groups), optimizer_class=cls)
+        options = dict(options)
+        groups = make_params(options.pop("dtype", torch.float32))
+        opt = ft.ZeroRedundancyOptimizer(groups_for(name, groups), optimizer_class=cls,
+                                         **options)
         previous = os.path.join(workdir, f"previous-{name}")
         first = 1
         if os.path.exists(os.path.join(previous, "manifest.pt")):
@@ -278,8 +293,6 @@ def bad_input(ft, rank, world):
            lambda: ft.ZeroRedundancyOptimizer(iter([{"params": iter([p])}, {"params": [q]}])))
     expect("int_params", TypeError, lambda: ft.ZeroRedundancyOptimizer(
         [p, torch.ones(2, dtype=torch.int32)]))
-    expect("int8_state", ValueError, lambda: ft.ZeroRedundancyOptimizer(
-        [p], state_dtype="int8"))
     expect("stochastic_rounding", ValueError, lambda: ft.ZeroRedundancyOptimizer(
         [p], stochastic_rounding=True))
     expect("torch_class", TypeError,
