@@ -17,10 +17,10 @@ contiguous shards. Rank ``r`` keeps the optimizer state of shard ``r`` only::
     shard r      = [r * shard_length, (r + 1) * shard_length)
 
 ``align`` is one cache line of the parameters' dtype (16 float32 elements, 32
-bfloat16 ones; a bucket with 8-bit state would round to its 256-element
-blocks, but that state is not sharded yet and is refused); the state of a
-rank is therefore ``1/world_size`` of the whole, plus less than ``align``
-elements of padding per state array. With
+bfloat16 ones), or 256 elements (a multiple of the line) where a bucket keeps
+8-bit blockwise state, so that every shard is whole blocks and quantizes as
+one process does; the state of a rank is therefore ``1/world_size`` of the
+whole, plus less than ``align`` elements of padding per state array. With
 ``master_weights=True`` (16-bit parameters) the float32 master copy is
 sharded the same way. A step on every rank:
 
