@@ -366,7 +366,8 @@ def _entries(b, name, full, o, n, shape):
     whole.signed, whole.map, whole.thresholds, whole.buckets = (
         template.signed, template.map, template.thresholds, template.buckets)
     whole.codes, whole.absmax = codes.numpy(), absmax.numpy()
-    return {f"{key}.codes": codes[o:o + n], f"{key}.absmax": absmax[o // BLOCK:-(-(o + n) // BLOCK)],
+    return {f"{key}.codes": codes[o:o + n],
+            f"{key}.absmax": absmax[o // BLOCK:-(-(o + n) // BLOCK)],
             key: torch.from_numpy(_blocks(whole, o, o + n).dequantize()).view(shape)}
 
 

@@ -11,8 +11,9 @@ A step is what each optimizer's ``step()`` does: fastadapt runs the fused
 kernel over its rank's contiguous half of the flat buffer and gathers the
 flat parameter buffer in place (on gloo one broadcast of each rank's half);
 torch's steps the parameters its rank owns (whole tensors, balanced
-greedily) and broadcasts every parameter from its owner. The two are timed interleaved, round after round, with a barrier
-before each timed step so that both ranks start it together; each rank's
+greedily) and broadcasts every parameter from its owner. The two are timed
+interleaved, round after round, with a barrier before each timed step so
+that both ranks start it together; each rank's
 time is the median of its rounds, and the slower rank's median is the
 result (a step ends for everyone only when its last collective does).
 
