@@ -45,6 +45,10 @@ import numpy as np
 from . import math as _math
 from .storage import BLOCK
 
+#: Blocks of 8-bit state per iteration of the parallel loop: each iteration
+#: allocates its scratch buffers once for this many blocks.
+CHUNK = 16
+
 
 #: Storage codes of one array in a :class:`Layout`: the compute dtype itself
 #: (float32 or float64), bfloat16 or float16 (both as ``uint16`` bits), or
@@ -79,11 +83,14 @@ class Layout(NamedTuple):
             ("s" if self.stochastic else "")
 
 
-_LOAD = {NATIVE: "{a}[i]", BFLOAT16: "bf16_to_f32({a}[i])", FLOAT16: "f16_to_f32({a}[i])",
-         BLOCKWISE8: "{a}_map[{a}[i]] * scale_{a}"}
-_STORE = {NATIVE: "{a}[i] = {v}", BFLOAT16: "{a}[i] = f32_to_bf16({v})",
-          FLOAT16: "{a}[i] = f32_to_f16({v})",
-          BLOCKWISE8: "{a}[i] = nearest_code({a}_buckets, {a}_thresholds, {v} / absmax_{a})"}
+# ``{x}`` is the element (``param[i]``, or ``block_param[j]`` in a block of
+# 8-bit state), ``{a}`` the array's name and ``{j}`` the element's index in its
+# block.
+_LOAD = {NATIVE: "{x}", BFLOAT16: "bf16_to_f32({x})", FLOAT16: "f16_to_f32({x})",
+         BLOCKWISE8: "new_{a}[{j}]"}
+_STORE = {NATIVE: "{x} = {v}", BFLOAT16: "{x} = f32_to_bf16({v})",
+          FLOAT16: "{x} = f32_to_f16({v})",
+          BLOCKWISE8: "new_{a}[{j}] = {v}\n{pad}top_{a} = max(top_{a}, magnitude_bits({v}))"}
 
 
 class Signature:
@@ -160,47 +167,73 @@ class Signature:
                          else f"    {s} = scalars[{k}]")
         if not blockwise:
             lines.append("    for i in indices(param.size):")
-            lines += self._element(layout, codes, "        ", store=True)
+            lines += self._element(layout, codes, "        ")
             return "\n".join(lines) + "\n"
-        # 8-bit blockwise state: one block of BLOCK elements per iteration. The
-        # first pass over the block finds each state's new absmax, the second
-        # recomputes the same values (bit for bit: same inputs, same code) and
-        # stores them, quantized with the new absmax; nothing is written before
-        # the second pass, so both passes read the old values.
+        # 8-bit blockwise state, a chunk of CHUNK blocks per iteration (each
+        # chunk allocates one BLOCK-element float32 scratch buffer per 8-bit
+        # state, reused by its blocks). Per block, in four loops:
+        #  1. dequantize each 8-bit state into its scratch buffer (a table
+        #     lookup per element, which LLVM does not vectorize on CPUs whose
+        #     gathers are slow, so it is kept out of the update's loop);
+        #  2. update every element (vectorized), store the param and the other
+        #     state, put each 8-bit state's new value back in its scratch
+        #     buffer and take the block's new absmax (an integer maximum of
+        #     magnitude bits, see storage.magnitude_bits: a float maximum does
+        #     not vectorize without fast-math);
+        #  3. divide the scratch buffer by the new absmax (vectorized);
+        #  4. store the nearest codes (three table lookups per element).
+        # Blocks are independent, so any chunking gives the same bits. The
+        # loops index slices of the block from 0, which LLVM sees are
+        # non-negative: with ``array[start + j]`` it cannot, keeps Numba's
+        # negative-index wraparound on every access and vectorizes nothing.
         gate = dict(self.state)
+        sliced = list(self.elements) + (["master"] if layout.master else [])
         lines += ["    n = param.size",
-                  f"    for block in indices((n + {BLOCK - 1}) // {BLOCK}):",
-                  f"        start = block * {BLOCK}",
-                  f"        stop = min(start + {BLOCK}, n)"]
+                  f"    blocks = (n + {BLOCK - 1}) // {BLOCK}",
+                  f"    for chunk in indices((blocks + {CHUNK - 1}) // {CHUNK}):"]
         for s in blockwise:
-            lines += [f"        scale_{s} = {s}_absmax[block]",
-                      f"        absmax_{s} = float32(0.0)"]
-        lines.append("        for i in range(start, stop):")
-        lines += self._element(layout, codes, "            ", store=False)
-        for s in blockwise:
-            flag = gate[s]
+            lines.append(f"        new_{s} = empty({BLOCK}, float32)")
+        lines += [f"        for block in range(chunk * {CHUNK}, min(chunk * {CHUNK} + {CHUNK}, "
+                  "blocks)):",
+                  f"            start = block * {BLOCK}",
+                  "            count = min(n - start, {})".format(BLOCK)]
+        # (an array that a flag turns off is empty: its slice is too, unused)
+        lines += [f"            block_{a} = {a}[start:start + count]" for a in sliced]
+
+        def gated(s, body):
             pad = "            "
-            if flag is not None:
-                lines.append(f"{pad}if {flag}:")
-                pad += "    "
-            lines += [f"{pad}m_{s} = abs(e_{s})",
-                      f"{pad}if m_{s} > absmax_{s}:",
-                      f"{pad}    absmax_{s} = m_{s}"]
-        lines.append("        for i in range(start, stop):")
-        lines += self._element(layout, codes, "            ", store=True)
+            if gate[s] is None:
+                return [pad + b for b in body]
+            return [f"{pad}if {gate[s]}:"] + [pad + "    " + b for b in body]
         for s in blockwise:
-            flag = gate[s]
-            if flag is None:
-                lines.append(f"        {s}_absmax[block] = absmax_{s}")
-            else:
-                lines += [f"        if {flag}:", f"            {s}_absmax[block] = absmax_{s}"]
+            lines += gated(s, [f"scale_{s} = {s}_absmax[block]",
+                               "for j in range(count):",
+                               f"    new_{s}[j] = {s}_map[block_{s}[j]] * scale_{s}"])
+            lines.append(f"            top_{s} = uint32(0)")
+        lines.append("            for j in range(count):")
+        lines += self._element(layout, codes, "                ", block=True)
+        for s in blockwise:
+            lines += gated(s, [f"absmax_{s} = bits_to_float32(top_{s})",
+                               "for j in range(count):",
+                               f"    new_{s}[j] = new_{s}[j] / absmax_{s}",
+                               "for j in range(count):",
+                               f"    block_{s}[j] = nearest_code({s}_buckets, "
+                               f"{s}_thresholds, new_{s}[j])",
+                               f"{s}_absmax[block] = absmax_{s}"])
         return "\n".join(lines) + "\n"
 
-    def _element(self, layout, codes, pad, store):
-        """The lines that load element ``i``, update it and (if ``store``) store it."""
-        load = {a: _LOAD[codes[a]].format(a=a) for a in self.elements}
+    def _element(self, layout, codes, pad, block=False):
+        """The lines that load element ``i`` (``block``: element ``j`` of the
+        block's slices ``block_<array>``, whose first is element ``start``),
+        update it and store it; an 8-bit state's new value goes to its block's
+        scratch buffer (see ``_layout_source``)."""
+        index = "j" if block else "i"
+
+        def x(a):
+            return f"block_{a}[j]" if block else f"{a}[i]"
+        load = {a: _LOAD[codes[a]].format(a=a, x=x(a), j=index) for a in self.elements}
         if layout.master:
-            load["param"] = "master[i]"
+            load["param"] = x("master")
         lines = [f"{pad}e_param = {load['param']}", f"{pad}e_grad = {load['grad']}"]
         for s, flag in self.state:
             lines.append(f"{pad}e_{s} = {load[s]}" if flag is None
@@ -208,21 +241,20 @@ class Signature:
         outputs = ", ".join(f"e_{a}" for a in ("param",) + tuple(s for s, _ in self.state))
         inputs = ", ".join([f"e_{a}" for a in self.elements] + list(self.scalars))
         lines.append(f"{pad}{outputs} = elem({inputs})")
-        if not store:
-            return lines
         if layout.master:
-            lines.append(f"{pad}master[i] = e_param")
+            lines.append(f"{pad}{x('master')} = e_param")
         if layout.stochastic:
-            lines.append(f"{pad}param[i] = f32_to_bf16_stochastic(e_param, "
-                         "random_bits(key0, key1, i))")
+            lines.append(f"{pad}{x('param')} = f32_to_bf16_stochastic(e_param, "
+                         f"random_bits(key0, key1, {'start + j' if block else 'i'}))")
         else:
-            lines.append(pad + _STORE[codes["param"]].format(a="param", v="e_param"))
+            lines.append(pad + _STORE[codes["param"]].format(x=x("param"), v="e_param"))
         for s, flag in self.state:
-            store = _STORE[codes[s]].format(a=s, v=f"e_{s}")
+            inner = pad + ("    " if flag is not None else "")
+            store = _STORE[codes[s]].format(a=s, x=x(s), v=f"e_{s}", j=index, pad=inner)
             if flag is None:
                 lines.append(f"{pad}{store}")
             else:
-                lines += [f"{pad}if {flag}:", f"{pad}    {store}"]
+                lines += [f"{pad}if {flag}:", f"{inner}{store}"]
         return lines
 
 
@@ -276,7 +308,8 @@ def build_layout(sig, layout, elem, vocabulary, indices, module, digest):
     ``__qualname__`` carries the source hash and the layout's tag, so each
     layout is a cached driver of its own."""
     name = f"{sig.kernel}_{layout.tag}"
-    namespace = {"indices": indices, "elem": elem, "float32": np.float32, **vocabulary}
+    namespace = {"indices": indices, "elem": elem, "float32": np.float32,
+                 "uint32": np.uint32, "empty": np.empty, **vocabulary}
     exec(compile(sig.source(name, layout), __file__, "exec"), namespace)
     driver = namespace[name]
     driver.__module__ = module
