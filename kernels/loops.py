@@ -6,9 +6,13 @@ and ``scalars`` (the host-computed scalars in the order of the math's
 signature, flags as 0 / 1; a small array on the CPU, a by-value tuple on the
 GPU). It unpacks the scalars once, then for every index loads each element,
 calls the math and stores the results. A state array that an option turns
-off may be empty: it is loaded and stored only under its flag, which is
-uniform over the loop, so LLVM unswitches the loop and vectorizes each version
-(and a GPU warp never diverges on it).
+off may be empty. The driver branches once on the flags that turn state
+arrays on or off and runs a loop in which those flags are literals, so a loop
+never touches an off array, and each loop vectorizes without masks (a masked
+vector load of an empty array reads addresses far past it, and where those
+are unmapped, every masked-off lane takes a microcode assist: measured on
+AMD Zen 4, RMSprop went from 1.76 to 0.62 ns per element at 2**23, serial).
+A GPU warp never diverges on the branch.
 
 For the Adam kernel the generated source reads (abridged)::
 
@@ -16,16 +20,23 @@ For the Adam kernel the generated source reads (abridged)::
         grad_sign = scalars[0]
         ...
         amsgrad = scalars[11] != 0
-        for i in indices(param.size):
-            e_param = param[i]
-            ...
-            e_max_exp_avg_sq = max_exp_avg_sq[i] if amsgrad else e_param
-            e_param, e_exp_avg, e_exp_avg_sq, e_max_exp_avg_sq = elem(
-                e_param, e_grad, e_exp_avg, e_exp_avg_sq, e_max_exp_avg_sq, grad_sign, ...)
-            param[i] = e_param
-            ...
-            if amsgrad:
+        if amsgrad:
+            for i in indices(param.size):
+                e_param = param[i]
+                ...
+                e_max_exp_avg_sq = max_exp_avg_sq[i]
+                e_param, e_exp_avg, e_exp_avg_sq, e_max_exp_avg_sq = elem(
+                    e_param, e_grad, e_exp_avg, e_exp_avg_sq, e_max_exp_avg_sq,
+                    grad_sign, ..., True, l2)
+                param[i] = e_param
+                ...
                 max_exp_avg_sq[i] = e_max_exp_avg_sq
+        else:
+            for i in indices(param.size):
+                ...
+                e_max_exp_avg_sq = e_param
+                ... = elem(..., False, l2)
+                ...             # max_exp_avg_sq neither loaded nor stored
 
 ``indices`` and ``elem`` are bound per target: ``numba.prange`` and the
 ``njit`` math for the CPU, a grid-stride range and the CUDA device math for
@@ -127,29 +138,7 @@ class Signature:
         widening conversion and stores it through a narrowing one (see
         ``storage.py``); the math in between is the same.
         """
-        if layout is not None and not layout.plain:
-            return self._layout_source(name, layout)
-        arrays = ", ".join(self.elements)
-        lines = [f"def {name}({arrays}, scalars):"]
-        for k, s in enumerate(self.scalars):
-            lines.append(f"    {s} = scalars[{k}] != 0" if s in self.flags
-                         else f"    {s} = scalars[{k}]")
-        lines.append("    for i in indices(param.size):")
-        lines += ["        e_param = param[i]", "        e_grad = grad[i]"]
-        for s, flag in self.state:
-            load = f"{s}[i]" if flag is None else f"{s}[i] if {flag} else e_param"
-            lines.append(f"        e_{s} = {load}")
-        outputs = ", ".join(f"e_{a}" for a in ("param",) + tuple(s for s, _ in self.state))
-        inputs = ", ".join([f"e_{a}" for a in self.elements] + list(self.scalars))
-        lines.append(f"        {outputs} = elem({inputs})")
-        lines.append("        param[i] = e_param")
-        for s, flag in self.state:
-            if flag is None:
-                lines.append(f"        {s}[i] = e_{s}")
-            else:
-                lines += [f"        if {flag}:", f"            {s}[i] = e_{s}"]
-        return "\n".join(lines) + "\n"
-
+        return self._layout_source(name, layout or Layout((NATIVE,) * len(self.elements)))
 
     def _layout_source(self, name, layout):
         if len(layout.codes) != len(self.elements):

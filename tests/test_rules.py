@@ -1,5 +1,6 @@
 """The registry's declarations are consistent with the math they drive, and what is
 derived from them (functional steps, classes, drivers) says what they declare."""
+import itertools
 import inspect
 
 import numpy as np
@@ -63,16 +64,46 @@ def test_the_class_is_derived_from_the_declaration(name):
     assert rule.pseudocode.splitlines()[-1] in cls.__doc__
 
 
+def _branches(source, gates):
+    """The driver ``source``'s loops, one per setting of the ``gates`` flags:
+    {(flag values in order of gates): the loop's source}."""
+    import re
+    head = re.compile(r"^    (?:if|elif|else)\b.*:$", re.M)
+    starts = [m.start() for m in head.finditer(source)]
+    if not gates:
+        return {(): source}
+    out = {}
+    for begin, end in zip(starts, starts[1:] + [len(source)]):
+        test = source[begin:source.index("\n", begin)]
+        values = tuple(f"not {g}" not in test for g in gates)
+        if test.strip() == "else:":
+            values = tuple(v for v in itertools.product((True, False), repeat=len(gates))
+                           if v not in out)[0]
+        out[values] = source[begin:end]
+    return out
+
+
 @rules
 def test_a_driver_loads_and_stores_gated_state_only_under_its_flag(name):
+    """One loop per setting of the flags that gate state arrays: an array
+    whose flag is off is neither loaded nor stored in that loop (not even as
+    a masked vector access), one whose flag is on (or that has none) is both;
+    the math gets the loop's flags as literals."""
     rule = RULES[name]
     source = cpu.SIGNATURES[rule.kernel].source(rule.kernel)
-    for spec in rule.state_specs:
-        if spec.flag is None:
-            assert f"    {spec.name}[i] = e_{spec.name}" in source
-        else:
-            assert f"{spec.name}[i] if {spec.flag} else" in source
-            assert f"if {spec.flag}:\n            {spec.name}[i] = e_{spec.name}" in source
+    gates = sorted({spec.flag for spec in rule.state_specs if spec.flag is not None})
+    loops_ = _branches(source, gates)
+    assert sorted(loops_) == sorted(itertools.product((True, False), repeat=len(gates)))
+    for values, loop in loops_.items():
+        on = dict(zip(gates, values))
+        assert loop.count("for i in indices(param.size):") == 1
+        for spec in rule.state_specs:
+            used = spec.flag is None or on[spec.flag]
+            assert (f"e_{spec.name} = {spec.name}[i]" in loop) == used, (values, spec.name)
+            assert (f"{spec.name}[i] = e_{spec.name}" in loop) == used, (values, spec.name)
+            assert f" if {spec.flag} else" not in loop
+        literal = [str(on[g]) for g in gates]
+        assert all(f", {v}" in loop.split("elem(")[1] for v in literal)
 
 
 def test_the_driver_names_carry_a_hash_of_their_sources():
