@@ -106,6 +106,28 @@ def test_a_driver_loads_and_stores_gated_state_only_under_its_flag(name):
         assert all(f", {v}" in loop.split("elem(")[1] for v in literal)
 
 
+@rules
+@pytest.mark.parametrize("state_code", [loops.BFLOAT16, loops.BLOCKWISE8])
+def test_a_layout_driver_touches_gated_state_only_where_its_flag_is_on(name, state_code):
+    """The same for the storage-layout drivers (bfloat16 params and grad,
+    every state array bfloat16 or 8-bit, stochastic rounding): in each loop an
+    array whose flag is off is never indexed."""
+    import re
+    rule = RULES[name]
+    sig = cpu.SIGNATURES[rule.kernel]
+    layout = loops.Layout((loops.BFLOAT16,) * 2 + (state_code,) * len(sig.state),
+                          stochastic=True)
+    source = sig.source(rule.kernel, layout)
+    gates = sorted({spec.flag for spec in rule.state_specs if spec.flag is not None})
+    for values, loop in _branches(source, gates).items():
+        on = dict(zip(gates, values))
+        for spec in rule.state_specs:
+            used = spec.flag is None or on[spec.flag]
+            indexed = re.findall(rf"\b(?:block_|new_)?{spec.name}\[[ij]\]", loop)
+            assert bool(indexed) == used, (values, spec.name)
+            assert (f"e_{spec.name} = e_param" in loop) == (not used)
+
+
 def test_the_driver_names_carry_a_hash_of_their_sources():
     digest = loops.source_hash(cpu.__file__, cpu.SPECS)
     for kernel, driver in cpu.DRIVERS.items():
