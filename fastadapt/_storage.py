@@ -13,7 +13,7 @@ TypeError / ValueError naming the argument:
   narrow for a second moment of anything else);
 - ``master_param``: float32, the param's shape, only for 16-bit params: the
   update runs on it and ``param`` receives it rounded to nearest;
-- ``stochastic_rounding``: bfloat16 params without a master copy.
+- ``stochastic_rounding``: 16-bit params without a master copy.
 
 The math runs in float64 for float64 params and in float32 otherwise.
 """
@@ -142,11 +142,8 @@ def _layout(dtypes, master=None, stochastic=False, blockwise=()):
             raise TypeError(f"master_param has dtype {name(master)}; it must be float32")
     if stochastic:
         if not sixteen:
-            raise ValueError(f"stochastic_rounding=True is for bfloat16 params; param is "
-                             f"{name(p)}, which the update stores exactly")
-        if p == F16:
-            raise ValueError("stochastic_rounding=True rounds to bfloat16 only; for "
-                             "float16 params pass master_param (a float32 copy) instead")
+            raise ValueError(f"stochastic_rounding=True is for 16-bit params (bfloat16 or "
+                             f"float16); param is {name(p)}, which the update stores exactly")
         if master is not None:
             raise ValueError("stochastic_rounding=True and master_param exclude each "
                              "other: with a master copy, param is its nearest rounding")

@@ -150,6 +150,10 @@ def state_dict(optimizer):
             sd["master"] = [to_host_flat(b.master) for b in optimizer._groups]
         if optimizer.state_dtype == _INT8:
             sd["absmax"] = absmax
+    if optimizer.max_grad_norm is not None:
+        # a constructor option, not state: ``from_checkpoint`` restores it,
+        # ``load_state_dict`` leaves the receiving optimizer's own setting
+        sd["max_grad_norm"] = float(optimizer.max_grad_norm)
     return sd
 
 
@@ -231,9 +235,14 @@ def _check_state_dict(optimizer, sd):
         raise ValueError(f"{where} is for algorithm {sd['algorithm']!r}, this optimizer "
                          f"is {rule.name!r} ({type(optimizer).__name__})")
     unknown = sorted(set(sd) - {"format", "algorithm", "param_groups", "params", "state",
-                                "storage", "master", "absmax"})
+                                "storage", "master", "absmax", "max_grad_norm"})
     if unknown:
         raise ValueError(f"{where} has unknown key(s) {unknown}")
+    if "max_grad_norm" in sd:
+        try:
+            _args.max_grad_norm(sd["max_grad_norm"])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: {exc}") from None
     storage = _storage_options(optimizer)
     given = sd.get("storage", {})
     if not isinstance(given, dict) or set(given) - set(_STORAGE_KEYS):
@@ -481,7 +490,7 @@ def from_checkpoint(cls, by_rule, path):
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ValueError(f"checkpoint {path!s}: malformed param_groups ({exc})") from None
     try:
-        optimizer = target(groups, **storage)
+        optimizer = target(groups, **storage, max_grad_norm=sd.get("max_grad_norm"))
     except MemoryError:
         raise ValueError(f"checkpoint {path!s} declares parameters too large for this "
                          "machine's memory") from None

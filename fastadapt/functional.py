@@ -111,10 +111,10 @@ master_param : float32 array, optional
     shape of ``param``. The update runs on it and ``param`` receives it
     rounded to nearest, in the same pass.
 stochastic_rounding : bool, default False
-    For bfloat16 ``param`` without ``master_param``: store the new value
-    rounded up or down at random, with the probability of its distance to
-    each neighbour, so updates smaller than half a bfloat16 ulp still move
-    ``param`` in expectation.
+    For 16-bit ``param`` (bfloat16 or float16) without ``master_param``:
+    store the new value rounded up or down at random, with the probability
+    of its distance to each neighbour, so updates smaller than half an ulp
+    still move ``param`` in expectation.
 seed : int, optional
     Needed with ``stochastic_rounding``: the random bits come from a hash of
     (seed, step, element index) (step 0 for a rule without ``step``: pass a

@@ -156,21 +156,23 @@ class SumOfSquares:
             # bfloat16 / float16 gradients: the reduction kernels take float32
             # and float64, so each pass reads a float32 copy (exact)
             values = lambda: flat.astype(np.float32)    # noqa: E731
+            kernels = _reduce.sum_of_squares_kernels(np.float32)
         else:
             values = lambda: flat                       # noqa: E731
+            kernels = _reduce.sum_of_squares_kernels(flat.dtype)
         starts, stops = _reduce.chunks(flat.size, segments)
         out = np.empty(starts.size, np.float64)
         if starts.size == 0:
             self._run = lambda: out
         elif starts.size < _reduce.SERIAL_BELOW_CHUNKS:
-            serial = _reduce.SUM_OF_SQUARES.serial
+            serial = kernels.serial
 
             def run():
                 serial(values(), starts, stops, out)
                 return out
             self._run = run
         else:
-            parallel = _reduce.SUM_OF_SQUARES.parallel
+            parallel = kernels.parallel
 
             def run():
                 with _PARALLEL_LAUNCH:

@@ -164,8 +164,8 @@ class Optimizer:
         group (:attr:`master_params`); the update runs on it and the 16-bit
         params receive it rounded to nearest, in the same pass.
     stochastic_rounding : bool
-        For bfloat16 params without master weights: store each updated param
-        rounded up or down at random, unbiased (see
+        For bfloat16 / float16 params without master weights: store each
+        updated param rounded up or down at random, unbiased (see
         :func:`fastadapt.adam_step`).
     seed : int, optional
         The seed of stochastic rounding's random bits (a hash of seed, step
@@ -294,9 +294,9 @@ class Optimizer:
         if self.master_weights and not sixteen:
             raise _in_group(ValueError(f"master_weights=True is for bfloat16 / float16 "
                                        f"params; these are {name}"), index)
-        if self.stochastic_rounding and not _storage.is_bfloat16(dtype):
-            raise _in_group(ValueError(f"stochastic_rounding=True is for bfloat16 params; "
-                                       f"these are {name}"), index)
+        if self.stochastic_rounding and not sixteen:
+            raise _in_group(ValueError(f"stochastic_rounding=True is for bfloat16 / float16 "
+                                       f"params; these are {name}"), index)
         state = self.state_dtype
         if state is None:
             return np.dtype(np.float32) if sixteen else dtype
@@ -632,7 +632,10 @@ class Optimizer:
             same object as group ``j``'s (restored as one object). Each
             ``params`` entry is the group's parameters concatenated into one
             1-D array (no padding) and each ``state`` entry maps state names to
-            such arrays. Everything is a copy, taken between steps.
+            such arrays. With ``max_grad_norm`` set, ``"max_grad_norm"``
+            holds it: :meth:`from_checkpoint` restores it, while
+            :meth:`load_state_dict` keeps the receiving optimizer's own.
+            Everything is a copy, taken between steps.
         """
         with self._lock:
             return _ckpt.state_dict(self)

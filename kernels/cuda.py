@@ -90,6 +90,7 @@ def layout_kernel(kernel, layout):
                       "f32_to_bf16": py.float32_to_bfloat16,
                       "f16_to_f32": py.half_to_float32, "f32_to_f16": py.float32_to_half,
                       "f32_to_bf16_stochastic": py.float32_to_bfloat16_stochastic,
+                      "f32_to_f16_stochastic": py.float32_to_half_stochastic,
                       "random_bits": py.random_bits, "nearest_code": py.nearest_code_bucketed,
                       "magnitude_bits": py.magnitude_bits,
                       "bits_to_float32": py.bits_to_float32}

@@ -79,8 +79,8 @@ class Layout(NamedTuple):
     ``codes`` has one storage code per element array, in the driver's order
     (``param``, ``grad``, the state arrays); ``master``: the driver takes a
     float32 ``master`` array after them, on which the update runs, and
-    ``param`` receives it rounded to nearest; ``stochastic``: ``param`` (bfloat16)
-    is stored with stochastic rounding from the bits of the stream
+    ``param`` receives it rounded to nearest; ``stochastic``: ``param`` (bfloat16
+    or float16) is stored with stochastic rounding from the bits of the stream
     ``(key0, key1)``, two uint64 arguments after ``scalars``.
     """
     codes: tuple
@@ -144,8 +144,8 @@ class Signature:
         if len(layout.codes) != len(self.elements):
             raise ValueError(f"layout {layout.tag!r} has {len(layout.codes)} codes for "
                              f"{len(self.elements)} arrays")
-        if layout.stochastic and layout.codes[0] != BFLOAT16:
-            raise ValueError("stochastic rounding stores bfloat16 parameters only")
+        if layout.stochastic and layout.codes[0] not in (BFLOAT16, FLOAT16):
+            raise ValueError("stochastic rounding stores 16-bit parameters only")
         codes = dict(zip(self.elements, layout.codes))
         blockwise = [s for s, _ in self.state if codes[s] == BLOCKWISE8]
         args = []
@@ -259,7 +259,8 @@ class Signature:
         if layout.master:
             lines.append(f"{pad}{x('master')} = e_param")
         if layout.stochastic:
-            lines.append(f"{pad}{x('param')} = f32_to_bf16_stochastic(e_param, "
+            to = "bf16" if codes["param"] == BFLOAT16 else "f16"
+            lines.append(f"{pad}{x('param')} = f32_to_{to}_stochastic(e_param, "
                          f"random_bits(key0, key1, {'start + j' if block else 'i'}))")
         else:
             lines.append(pad + _STORE[codes["param"]].format(x=x("param"), v="e_param"))
@@ -319,7 +320,7 @@ def build_layout(sig, layout, elem, vocabulary, indices, module, digest):
     """The driver of one kernel (``sig``) for one storage ``layout``, as a plain
     Python function to compile: ``vocabulary`` binds the storage conversions
     (``bf16_to_f32``, ``f32_to_bf16``, ``f16_to_f32``, ``f32_to_f16``,
-    ``f32_to_bf16_stochastic``, ``random_bits``) for the target; its
+    ``f32_to_bf16_stochastic``, ``f32_to_f16_stochastic``, ``random_bits``) for the target; its
     ``__qualname__`` carries the source hash and the layout's tag, so each
     layout is a cached driver of its own."""
     name = f"{sig.kernel}_{layout.tag}"

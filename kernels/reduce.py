@@ -39,7 +39,10 @@ add to the lanes held in L1, store them back) ran at about two thirds of
 ``read_only``'s bandwidth (30 against 44 GB/s, single thread, on a shared
 2-core machine); with several cores sharing the memory bus the gap closes.
 Variants that add two or four rows per visit to the lanes (the same order,
-half the lane stores) defeated LLVM's vectorizer and ran 3x slower.
+half the lane stores) vectorize but ran 2-3x slower from memory. The
+widening (``vcvtps2pd``) is the bound in cache; for float32 input the add is
+fused into the square (:data:`SUM_OF_SQUARES_F32`, exact, see there), which
+leaves the add pipes to the widening.
 """
 import types
 
@@ -115,6 +118,17 @@ def _compile(func, **options):
 
 
 SUM_OF_SQUARES = _compile(sum_of_squares)
+#: The same for float32 input, compiled with contraction allowed: the square
+#: of a float32 is exact in float64, so ``fma(v, v, acc)`` rounds exactly as
+#: ``acc + v * v`` does (bit for bit), and it takes the add off the pipes the
+#: float32 -> float64 widening needs (the widening bounds this loop on AVX-512).
+#: Not for float64 input, whose square the fma would not round.
+SUM_OF_SQUARES_F32 = _compile(renamed(sum_of_squares, "_f32"), fastmath={"contract"})
+
+
+def sum_of_squares_kernels(dtype):
+    """The :func:`sum_of_squares` kernels (``.serial``, ``.parallel``) for ``dtype``."""
+    return SUM_OF_SQUARES_F32 if np.dtype(dtype) == np.float32 else SUM_OF_SQUARES
 READ_ONLY = _compile(read_only, fastmath={"reassoc"})
 
 

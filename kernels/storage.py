@@ -17,6 +17,8 @@ loop, with no temporaries. Arrays of 16-bit floats reach the kernels as
   come from a counter-based hash of (key, element index), the key derived on
   the host from (seed, step): the same element draws the same bits whatever
   the thread count, chunking or device, and no generator state lives in memory.
+* Stochastic rounding to float16 does the same with the 13 bits float16
+  drops (more in its subnormal range: float16's spacing there is 2**-24).
 
 Numba's CPU target has no 16-bit float type and no scalar bit cast, so the
 casts are ``numba.extending.intrinsic`` functions (public API) emitting one
@@ -33,7 +35,8 @@ from numba.extending import intrinsic
 
 __all__ = ["bits_to_float32", "float32_to_bits", "half_to_float32", "float32_to_half",
            "bfloat16_to_float32", "float32_to_bfloat16", "float32_to_bfloat16_stochastic",
-           "random_bits", "stream_key", "magnitude_bits", "PYTHON"]
+           "float32_to_half_stochastic", "random_bits", "stream_key", "magnitude_bits",
+           "PYTHON"]
 
 
 @intrinsic
@@ -107,6 +110,33 @@ def _float32_to_bfloat16_stochastic(x, bits):
     if magnitude == np.uint64(0x7F800000):                        # inf stays inf
         return np.uint16(u >> np.uint64(16))
     return np.uint16((u + (bits & np.uint64(0xFFFF))) >> np.uint64(16))
+
+
+def _float32_to_half_stochastic(x, bits):
+    """Stochastic rounding to float16 bits; ``bits``: random bits (uint64) of
+    which the low 24 are used. Unbiased: the dropped bits are compared with
+    as many random ones (exactly where ``|x| >= 2**-25``; below, a value
+    rounds to 0 or to float16's smallest subnormal with a probability
+    accurate to ``2**-24``, so the mean is off by less than ``2**-48``).
+    NaN and inf convert as with round-to-nearest; a value rounding up past
+    the largest float16 (65504) gives inf."""
+    u = np.uint64(float32_to_bits(x))
+    sign = u & np.uint64(0x80000000)
+    magnitude = u & np.uint64(0x7FFFFFFF)
+    if magnitude >= np.uint64(0x7F800000):                        # NaN, inf
+        return float32_to_half(x)
+    exponent = magnitude >> np.uint64(23)                         # biased
+    if exponent >= np.uint64(103):                                # |x| >= 2**-24
+        drop = np.uint64(13)                                      # float16's normal range
+        if exponent < np.uint64(113):                             # its subnormal range
+            drop = drop + (np.uint64(113) - exponent)
+        mask = (np.uint64(1) << drop) - np.uint64(1)
+        rounded = (magnitude + (bits & mask)) & (np.uint64(0x7FFFFFFF) ^ mask)
+        return float32_to_half(bits_to_float32(np.uint32(sign | rounded)))
+    # below the smallest subnormal, 2**-24: to 0 or to it, with probability |x| / 2**-24
+    scaled = bits_to_float32(np.uint32(magnitude)) * np.float32(2.0 ** 48)    # exact
+    up = np.uint64(1) if np.float32(bits & np.uint64(0xFFFFFF)) < scaled else np.uint64(0)
+    return np.uint16((sign >> np.uint64(16)) | up)
 
 
 def _mix32(x):
@@ -240,6 +270,7 @@ def _random_bits_ir(typingctx, key0, key1, index):
 
 float32_to_bfloat16_stochastic = _float32_to_bfloat16_stochastic_ir
 random_bits = _random_bits_ir
+float32_to_half_stochastic = _inline(_float32_to_half_stochastic)
 
 
 def _py_bits_to_float32(bits):
@@ -276,6 +307,9 @@ def _python_twins():
     out["float32_to_bfloat16"] = rebind(_float32_to_bfloat16, "float32_to_bfloat16")
     out["float32_to_bfloat16_stochastic"] = rebind(_float32_to_bfloat16_stochastic,
                                                    "float32_to_bfloat16_stochastic")
+    namespace["float32_to_half"] = _py_float32_to_half
+    out["float32_to_half_stochastic"] = rebind(_float32_to_half_stochastic,
+                                               "float32_to_half_stochastic")
     namespace["_mix32"] = _mix32
     out["random_bits"] = rebind(_random_bits, "random_bits")
     return _types.SimpleNamespace(**out)

@@ -59,10 +59,14 @@ def test_warmup_prepares_both_drivers_of_every_rule_and_dtype():
                           for d in ("float32", "float64")}
     assert all(t >= 0 for t in times.values())
     from fastadapt.kernels import reduce
-    for driver in (*cpu.DRIVERS.values(), reduce.SUM_OF_SQUARES):
+    for driver in cpu.DRIVERS.values():
         for path in (driver.serial, driver.parallel):
             compiled = {sig[0].dtype.name for sig in path.signatures}
             assert {"float32", "float64"} <= compiled
+    for dtype in ("float32", "float64"):
+        driver = reduce.sum_of_squares_kernels(dtype)
+        for path in (driver.serial, driver.parallel):
+            assert dtype in {sig[0].dtype.name for sig in path.signatures}
 
 
 def test_warmup_selects_and_validates():

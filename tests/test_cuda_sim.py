@@ -115,11 +115,12 @@ def _storage_cases():
             ("adam", {}, f16, f16, f32, True, False),
             ("sgd", {"momentum": 0.9}, f32, f32, bf16, False, False),
             ("rmsprop", {"centered": True}, bf16, f32, bf16, True, False),
-            ("sgd", {"momentum": 0.9}, f16, f16, f16, False, False)]
+            ("sgd", {"momentum": 0.9}, f16, f16, f16, False, False),
+            ("adamw", {"weight_decay": 0.1}, f16, f16, f32, False, True)]
 
 
 @sim
-@pytest.mark.parametrize("case", range(6))
+@pytest.mark.parametrize("case", range(7))
 def test_storage_layouts_match_cpu(cuda, case):
     """16-bit storage, master weights and stochastic rounding under the
     simulator equal the CPU bit for bit (same conversions, same random bits)."""

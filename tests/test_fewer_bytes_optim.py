@@ -156,7 +156,6 @@ def test_checkpoint_of_other_storage_is_refused(tmp_path):
 
 @pytest.mark.parametrize("dtype, options, exc, words", [
     (F32, {"master_weights": True}, ValueError, ("master_weights", "float32")),
-    (F16, {"stochastic_rounding": True}, ValueError, ("stochastic_rounding", "float16")),
     (F32, {"stochastic_rounding": True}, ValueError, ("stochastic_rounding", "float32")),
     (BF16, {"master_weights": True, "stochastic_rounding": True}, ValueError,
      ("master_weights", "stochastic_rounding")),

@@ -144,7 +144,8 @@ def test_same_bits_for_every_thread_count(dtype):
     # which loads the kernel from the disk cache rather than compiling it
     code = ("import numpy as np, fastadapt; x = np.load('{}'); "
             "print(repr(fastadapt.grad_norm(x))); "
-            "from fastadapt.kernels.reduce import SUM_OF_SQUARES as k; "
+            "from fastadapt.kernels.reduce import sum_of_squares_kernels; "
+            "k = sum_of_squares_kernels(x.dtype); "
             "print(sum(k.parallel.stats.cache_misses.values()))")
     return_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"grad_norm_{os.getpid()}.npy"
     np.save(return_path, x)
@@ -169,6 +170,26 @@ def test_serial_and_parallel_kernels_agree():
     kernels.SUM_OF_SQUARES.serial(x, starts, stops, a)
     kernels.SUM_OF_SQUARES.parallel(x, starts, stops, b)
     np.testing.assert_array_equal(a, b)
+
+
+@host
+def test_float32_kernel_with_fma_rounds_as_multiply_then_add():
+    # The float32 kernels may fuse acc + v * v into one fma: exact only because
+    # a float32's square is exact in float64. Same bits as the unfused kernel,
+    # over magnitudes from subnormal to near overflow.
+    rng = np.random.default_rng(9)
+    x = (rng.standard_normal(4 * kernels.CHUNK + 77)
+         * np.exp2(rng.integers(-140, 120, 4 * kernels.CHUNK + 77))).astype(np.float32)
+    starts, stops = kernels.chunks(x.size)
+    plain, fused = np.empty(starts.size), np.empty(starts.size)
+    kernels.SUM_OF_SQUARES.parallel(x, starts, stops, plain)
+    f32 = kernels.sum_of_squares_kernels(np.float32)
+    assert f32 is not kernels.SUM_OF_SQUARES
+    for k in (f32.serial, f32.parallel):
+        fused[:] = np.nan
+        k(x, starts, stops, fused)
+        np.testing.assert_array_equal(fused, plain)
+    assert kernels.sum_of_squares_kernels(np.float64) is kernels.SUM_OF_SQUARES
 
 
 @host
@@ -263,11 +284,10 @@ def test_read_only_arrays_are_fine_and_untouched():
 def test_second_call_does_not_compile():
     x = _random(3 * kernels.CHUNK, np.float32)
     fastadapt.grad_norm(x, x[:10])
-    counts = [len(k.signatures) for k in (kernels.SUM_OF_SQUARES.serial,
-                                          kernels.SUM_OF_SQUARES.parallel)]
+    used = kernels.sum_of_squares_kernels(np.float32)
+    counts = [len(k.signatures) for k in (used.serial, used.parallel)]
     fastadapt.grad_norm(x, x[:10])
-    assert counts == [len(k.signatures) for k in (kernels.SUM_OF_SQUARES.serial,
-                                                  kernels.SUM_OF_SQUARES.parallel)]
+    assert counts == [len(k.signatures) for k in (used.serial, used.parallel)]
 
 
 # ------------------------------------------------------------------ GPU (simulated)

@@ -7,6 +7,8 @@ the compiled functions on the same inputs. Stochastic rounding is checked for
 its support (one of the two neighbours), its bias (a binomial test) and its
 reproducibility (the same bits whatever the chunking).
 """
+import math
+
 import numpy as np
 import pytest
 from numba import njit, prange
@@ -330,3 +332,77 @@ def test_nearest_code_matches_argmin(signed):
     np.testing.assert_array_equal(out[finite], _nearest_reference(code, x[finite]))
     assert out[x == np.inf][0] == 255 and out[x == -np.inf][0] == 0
     assert [int(S.PYTHON.nearest_code(table, v)) for v in x[::97]] == list(map(int, out[::97]))
+
+
+# ------------------------------------------------------------------ float16 stochastic rounding
+@njit(parallel=True)
+def _to_half_stochastic(x, key0, key1, start, out):
+    for i in prange(x.size):
+        out[i] = S.float32_to_half_stochastic(x[i], S.random_bits(key0, key1, start + i))
+
+
+def _half_stochastic_reference(x, r):
+    """The specification in float64 and Python integers: with ``u`` float16's
+    spacing at ``|x|`` and ``d`` the bits float32 has below it, ``|x|`` rounds
+    up from ``floor(|x| / u) * u`` when its dropped fraction plus the low
+    ``d`` random bits reach ``2**d``; below float16's smallest subnormal
+    (``2**-24``) it rounds up to it when the low 24 random bits, as an
+    integer, are below ``|x| * 2**48``."""
+    a = abs(float(x))
+    if a >= 2.0 ** -24:
+        exponent = math.frexp(a)[1] - 1
+        spacing = 2.0 ** (max(exponent, -14) - 10)
+        d = (max(exponent, -14) - 10) - (exponent - 23)
+        q = a / spacing
+        k = math.floor(q)
+        up = (r % 2 ** d) + round((q - k) * 2 ** d) >= 2 ** d
+        value = (k + up) * spacing
+    else:
+        value = 2.0 ** -24 if (r % 2 ** 24) < a * 2.0 ** 48 else 0.0
+    with np.errstate(over="ignore"):
+        return int(np.array(np.float16(math.copysign(value, x))).view(np.uint16))
+
+
+def test_half_stochastic_rounding_matches_its_specification_and_twin():
+    x = _float32_cases(40_000, seed=4)
+    x = np.concatenate([x, np.float32([65504.0, 65519.0, 65520.0, 65535.9, 70000.0,
+                                       2.0 ** -24, 2.0 ** -25, 3e-8, 1e-12, 1e-45])])
+    key0, key1 = S.stream_key(3, 8)
+    out = np.empty(x.size, np.uint16)
+    _to_half_stochastic(x, key0, key1, 0, out)
+    py = S.PYTHON
+    twin = [int(py.float32_to_half_stochastic(v, py.random_bits(key0, key1, i)))
+            for i, v in enumerate(x)]
+    assert twin == list(map(int, out))
+    bits = np.empty(x.size, np.uint64)
+    _random(key0, key1, np.arange(x.size, dtype=np.int64), bits)
+    finite = np.isfinite(x)
+    want = [_half_stochastic_reference(v, int(r)) for v, r in zip(x[finite], bits[finite])]
+    assert want == list(map(int, out[finite]))
+    got = out[~finite].view(np.float16).astype(np.float32)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(x[~finite]))
+    np.testing.assert_array_equal(got[~np.isnan(got)], x[~finite][~np.isnan(got)])
+
+
+def test_half_stochastic_rounding_is_unbiased_and_keeps_exact_values():
+    rng = np.random.default_rng(8)
+    # normal and subnormal float16 range, and below its smallest subnormal
+    values = np.concatenate([rng.standard_normal(24), rng.standard_normal(12) * 1e-6,
+                             rng.standard_normal(4) * 2e-8]).astype(np.float32)
+    draws = 4096
+    out = np.empty(values.size * draws, np.uint16)
+    _to_half_stochastic(np.repeat(values, draws), *S.stream_key(2, 9), 0, out)
+    rounded = out.view(np.float16).astype(np.float64).reshape(values.size, draws)
+    for row, v in zip(rounded, values.astype(np.float64)):
+        lo = float(np.float16(v)) if abs(float(np.float16(v))) <= abs(v) else \
+            float(np.nextafter(np.float16(v), np.float16(0)))
+        hi = float(np.nextafter(np.float16(lo), np.float16(np.copysign(np.inf, v))))
+        assert set(np.unique(row)) <= {lo, hi}, v
+        p = (v - lo) / (hi - lo)
+        sd = np.sqrt(p * (1 - p) / draws)
+        assert abs(np.mean(row == hi) - p) <= 6 * sd + 1 / 65536, (v, p)
+    exact = ALL16.view(np.float16).astype(np.float32)
+    out = np.empty(exact.size, np.uint16)
+    _to_half_stochastic(exact, *S.stream_key(1, 1), 0, out)
+    keep = ~np.isnan(exact)
+    np.testing.assert_array_equal(out[keep], ALL16[keep])     # inf and -0.0 included

@@ -371,3 +371,38 @@ def test_bad_hyper_parameters_raise_even_when_the_step_would_be_skipped():
         opt.step(bad, grad_scale=2.0)
     _assert_same_snapshot(_snapshot(opt), before)
     assert not np.isnan(opt.grads[0][0])           # checks first: nothing copied
+
+
+@pytest.mark.parametrize("max_norm", [0.5, np.inf])
+def test_max_grad_norm_survives_a_checkpoint(tmp_path, max_norm):
+    # from_checkpoint rebuilds the optimizer: without the threshold in the file
+    # the resumed run would silently stop clipping and leave the trajectory
+    rng = np.random.default_rng(3)
+    params0 = [rng.standard_normal(n).astype(np.float32) for n in (7, 130)]
+    grads = [[rng.standard_normal(p.size).astype(np.float32) * 4 for p in params0]
+             for _ in range(4)]
+    straight = fastadapt.Adam([p.copy() for p in params0], lr=0.1, max_grad_norm=max_norm)
+    first = fastadapt.Adam([p.copy() for p in params0], lr=0.1, max_grad_norm=max_norm)
+    for opt in (straight, first):
+        opt.step(grads[0])
+        opt.step(grads[1])
+    first.save(tmp_path / "ckpt.npz")
+    resumed = fastadapt.Adam.from_checkpoint(tmp_path / "ckpt.npz")
+    assert resumed.max_grad_norm == max_norm
+    for g in grads[2:]:
+        straight.step(g)
+        resumed.step(g)
+    for a, b in zip(straight.param_groups[0]["params"], resumed.param_groups[0]["params"]):
+        np.testing.assert_array_equal(a, b)
+    # load_state_dict keeps the receiving optimizer's own setting
+    other = fastadapt.Adam([p.copy() for p in params0], lr=0.1)
+    other.load(tmp_path / "ckpt.npz")
+    assert other.max_grad_norm is None
+
+
+def test_checkpoint_with_a_bad_max_grad_norm_is_refused():
+    opt = fastadapt.Adam([np.ones(3, np.float32)], max_grad_norm=1.0)
+    sd = opt.state_dict()
+    sd["max_grad_norm"] = -1.0
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        fastadapt.Adam([np.ones(3, np.float32)]).load_state_dict(sd)

@@ -1,16 +1,26 @@
 """Accuracy of the storage modes: the same training run in each, against float32.
 
-A small NumPy MLP (one tanh hidden layer, squared loss, full batch, data from
-a fixed random teacher network) is trained with fastadapt's Adam in each
-storage mode from the same start, gradients computed in float32 NumPy from
-the stored params. The table is each mode's final loss and its ratio to the
-float32 run's: near 1 the mode costs nothing on this problem; above 1 it
-hurts (bfloat16 params with round-to-nearest, for instance, stall once the
-updates fall below half an ulp of the weights, which stochastic rounding and
-master weights avoid).
+Two problems, each trained with fastadapt's Adam in every storage mode from the
+same start, gradients computed in float32 NumPy from the stored params:
 
-``fastadapt bench --sections accuracy`` prints it; the function returns plain
-data for the report and the tests.
+- ``mlp``: a small MLP (one tanh hidden layer, squared loss, full batch, data
+  from a fixed random teacher network); the figure is the final loss;
+- ``logistic``: ``fastadapt demo``'s problem, logistic regression on raw
+  features whose scales span 1e-2 .. 1e2, so gradients (and Adam's second
+  moments) span eight orders of magnitude within one array; the figure is the
+  final suboptimality ``f - f*`` (``f*`` from the demo's Newton solve).
+
+The table is each mode's figure and its ratio to the float32 run's: near 1 the
+mode costs nothing on that problem; above 1 it hurts. bfloat16 params with
+round-to-nearest stall once the updates fall below half an ulp of the weights
+(stochastic rounding and master weights avoid that); 8-bit state shares one
+absmax per block of 256 elements, so a second moment far below its block's
+largest quantizes to zero and its coordinate takes a step of about ``lr *
+m / eps``: the logistic problem, whose ten weights share one block, shows it.
+
+``fastadapt bench --sections accuracy`` prints it (``--accuracy-plot PATH``
+draws the loss curves); :func:`study` returns plain data for the report and
+the tests.
 """
 import numpy as np
 
@@ -56,11 +66,45 @@ def loss_and_grads(x, y, params):
     return loss, [gw1, gb1, gw2, gb2]
 
 
-def run(steps=300, lr=1e-3, seed=0, modes=None):
-    """``{"steps", "lr", "rows": [{"mode", "label", "final_loss", "ratio"}], "curves"}``."""
+def _mlp(seed):
+    x, y, start = _problem(seed)
+    return start, lambda params: loss_and_grads(x, y, params)
+
+
+def _logistic(seed):
+    from .. import demo
+    x, y, scales = demo.make_problem(seed)
+    f_star = demo.optimum(x, y, scales)[0]
+    x32, y32 = x.astype(np.float32), y.astype(np.float32)
+    n = np.float32(len(y))
+
+    def gap_and_grads(params):
+        w, b = (np.asarray(p, np.float32) for p in params)
+        z = x32 @ w + b[0]
+        z64 = z.astype(np.float64)
+        loss = float(np.mean(np.logaddexp(0.0, z64) - y * z64))
+        r = (np.float32(0.5) * (np.float32(1) + np.tanh(np.float32(0.5) * z)) - y32) / n
+        return loss - f_star, [x32.T @ r, np.array([r.sum()], np.float32)]
+    return [np.zeros(x.shape[1], np.float32), np.zeros(1, np.float32)], gap_and_grads
+
+
+#: problem -> (title, what the figure is, builder(seed) -> (start, figure_and_grads), lr)
+PROBLEMS = {
+    "mlp": ("a small MLP (tanh, 16-32-1, squared loss)", "final loss", _mlp, 1e-3),
+    "logistic": ("fastadapt demo's logistic regression (feature scales 1e-2 .. 1e2)",
+                 "final f - f*", _logistic, 0.1),
+}
+
+
+def run(steps=300, lr=None, seed=0, modes=None, problem="mlp"):
+    """One problem in each mode: ``{"problem", "title", "metric", "steps", "lr",
+    "initial_loss", "rows": [{"mode", "label", "final_loss", "ratio"}],
+    "curves"}`` (``final_loss`` and the curves hold the problem's figure)."""
     import fastadapt
     from .._storage import bfloat16
-    x, y, start = _problem(seed)
+    title, metric, build, default_lr = PROBLEMS[problem]
+    lr = default_lr if lr is None else lr
+    start, figure_and_grads = build(seed)
     rows, curves = [], {}
     for key in (modes or MODES):
         label, dtype, options = MODES[key]
@@ -68,22 +112,64 @@ def run(steps=300, lr=1e-3, seed=0, modes=None):
         opt = fastadapt.Adam([p.astype(dtype) for p in start], lr=lr, **options)
         losses = []
         for _ in range(steps):
-            loss, grads = loss_and_grads(x, y, opt.params)
+            loss, grads = figure_and_grads(opt.params)
             losses.append(loss)
             opt.step([g.astype(dtype) for g in grads])
-        losses.append(loss_and_grads(x, y, opt.params)[0])
+        losses.append(figure_and_grads(opt.params)[0])
         curves[key] = losses
         rows.append({"mode": key, "label": label, "final_loss": losses[-1]})
     base = curves["fp32"][-1] if "fp32" in curves else None
     for r in rows:
         r["ratio"] = r["final_loss"] / base if base else None
-    return {"steps": steps, "lr": lr, "initial_loss": curves[next(iter(curves))][0],
-            "rows": rows, "curves": curves}
+    return {"problem": problem, "title": title, "metric": metric, "steps": steps, "lr": lr,
+            "initial_loss": curves[next(iter(curves))][0], "rows": rows, "curves": curves}
+
+
+def study(steps=300, seed=0, modes=None):
+    """Every problem of :data:`PROBLEMS`: ``{"problems": [run(...), ...]}``."""
+    return {"problems": [run(steps, seed=seed, modes=modes, problem=p) for p in PROBLEMS]}
+
+
+def problems(data):
+    """The per-problem results of :func:`study`'s output (or of one :func:`run`'s,
+    as older JSON files hold)."""
+    return data["problems"] if "problems" in data else [data]
 
 
 def table(result):
-    """(headers, rows) for the report."""
-    headers = ["mode", "final loss", "x float32's"]
+    """(headers, rows) for the report, for one problem's result."""
+    metric = result.get("metric", "final loss")
+    headers = ["mode", metric, "x float32's"]
     return headers, [[r["label"], f"{r['final_loss']:.4g}",
                       "n/a" if r["ratio"] is None else f"{r['ratio']:.3f}"]
                      for r in result["rows"]]
+
+
+def plot(data, path):
+    """Loss curves per problem (log scale), one line per mode; returns None or
+    the reason no plot was written."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib not installed (pip install 'fastadapt[bench]')"
+    results = problems(data)
+    fig, axes = plt.subplots(1, len(results), figsize=(6.2 * len(results), 4.4), squeeze=False)
+    for ax, result in zip(axes[0], results):
+        for r in result["rows"]:
+            ys = np.maximum(np.asarray(result["curves"][r["mode"]], np.float64), 1e-12)
+            style = dict(color="black", lw=2.4, zorder=3) if r["mode"] == "fp32" else dict(lw=1.3)
+            ax.plot(np.arange(ys.size), ys, label=f"{r['label']} ({r['ratio']:.3g}x)"
+                    if r["ratio"] is not None else r["label"], **style)
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel(result.get("metric", "final loss").replace("final ", ""))
+        ax.set_title(f"Adam, lr {result['lr']:g}: {result['title']}", fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, title="mode (final, x float32's)", title_fontsize=7)
+    fig.suptitle("Storage modes: training curves against float32", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None

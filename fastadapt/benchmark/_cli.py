@@ -111,6 +111,9 @@ def _parser():
     p.add_argument("--plot", metavar="PATH",
                    help="write a PNG of throughput vs size per implementation "
                         "(needs matplotlib)")
+    p.add_argument("--accuracy-plot", metavar="PATH",
+                   help="with the accuracy section: write a PNG of each storage mode's "
+                        "training curves (needs matplotlib)")
     p.add_argument("--from-json", metavar="PATH",
                    help="measure nothing: print (and write with --markdown / --plot) the "
                         "results of an earlier run saved with --json")
@@ -340,7 +343,7 @@ def _measure(sections, configs, sizes, dtype, budget, min_rounds, mode, retry, a
         progress.advance(progress.plan.get("storage", 0.0))
     if "accuracy" in sections:
         from . import _accuracy
-        data["accuracy"] = _accuracy.run()
+        data["accuracy"] = _accuracy.study()
         progress.advance(progress.plan.get("accuracy", 0.0))
     data["wall_s"] = time.perf_counter() - start
     data["machine"]["load_average_end"] = machine_load()
@@ -355,8 +358,16 @@ def _output(data, args, progress):
         progress(f"no plot: {why_not}" if why_not else f"wrote {args.plot}")
         if why_not:
             args.plot = None
+    if args.accuracy_plot:
+        from . import _accuracy
+        why_not = (_accuracy.plot(data["accuracy"], args.accuracy_plot) if data.get("accuracy")
+                   else "the accuracy section did not run (--sections accuracy)")
+        progress(f"no accuracy plot: {why_not}" if why_not else f"wrote {args.accuracy_plot}")
+        if why_not:
+            args.accuracy_plot = None
     if args.markdown:
-        _write(args.markdown, _report.markdown_report(data, args.plot, args.markdown) + "\n")
+        _write(args.markdown, _report.markdown_report(data, args.plot, args.markdown,
+                                                      args.accuracy_plot) + "\n")
         progress(f"wrote {args.markdown}")
     if args.json:
         _write(args.json, json.dumps(_clean(data), indent=1, allow_nan=False) + "\n")

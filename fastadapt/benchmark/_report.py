@@ -322,7 +322,9 @@ def sections_text(data):
                      "Adam, same run)", storage_table(s).text()))
         out.append(("Storage modes, per call on small arrays", _storage_per_call(s)))
     if data.get("accuracy"):
-        out.append((_accuracy_title(data["accuracy"]), accuracy_table(data["accuracy"]).text()))
+        from ._accuracy import problems
+        for result in problems(data["accuracy"]):
+            out.append((_accuracy_title(result), accuracy_table(result).text()))
     note = _disturbance_note(data)
     if note:
         out.append(("Disturbed measurements", _wrap(note)))
@@ -378,8 +380,10 @@ def _torch_step_markdown(data):
 
 
 def _accuracy_title(a):
-    return (f"Storage modes, accuracy: Adam (lr {a['lr']:g}) on a small MLP, {a['steps']} "
-            f"full-batch steps from loss {a['initial_loss']:.4g}")
+    what = a.get("title", "a small MLP")
+    start = "f - f*" if a.get("metric") == "final f - f*" else "loss"
+    return (f"Storage modes, accuracy: Adam (lr {a['lr']:g}) on {what}, {a['steps']} "
+            f"full-batch steps from {start} {a['initial_loss']:.4g}")
 
 
 def accuracy_table(a):
@@ -442,7 +446,7 @@ def text_report(data):
     return "\n".join(lines)
 
 
-def markdown_report(data, plot_path=None, markdown_path=None):
+def markdown_report(data, plot_path=None, markdown_path=None, accuracy_plot_path=None):
     m = data["machine"]
     v = m["versions"]
     mem = f"{m['memory_bytes'] / 2**30:.1f} GiB" if m["memory_bytes"] else "unknown"
@@ -550,10 +554,18 @@ def markdown_report(data, plot_path=None, markdown_path=None):
                   "Per call on small arrays, against fastadapt's float32 call:", "",
                   "```", _storage_per_call(s), "```", ""]
     if data.get("accuracy"):
-        a = data["accuracy"]
-        lines += ["## Fewer bytes: accuracy", "", _accuracy_title(a) + ". Final loss in each "
-                  "storage mode and its ratio to float32's (above 1: the mode hurts).", "",
-                  accuracy_table(a).markdown(), ""]
+        from ._accuracy import problems
+        lines += ["## Fewer bytes: accuracy", "",
+                  "Each problem trained in every storage mode from the same start; the "
+                  "figure in each mode and its ratio to float32's (above 1: the mode hurts).",
+                  ""]
+        for a in problems(data["accuracy"]):
+            lines += [_accuracy_title(a) + ".", "", accuracy_table(a).markdown(), ""]
+        if accuracy_plot_path:
+            rel = os.path.relpath(accuracy_plot_path,
+                                  os.path.dirname(os.path.abspath(markdown_path))
+                                  if markdown_path else ".")
+            lines += [f"![training curves per storage mode]({rel})", ""]
     if data.get("cuda") is not None:
         c = data["cuda"]
         lines += ["## GPU", ""]
