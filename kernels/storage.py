@@ -389,8 +389,9 @@ def bucket_table(thresholds):
     """A 65536-entry uint8 table that starts :func:`nearest_code_bucketed` near
     its answer: entry ``b`` is the number of thresholds at or below the
     smallest float32 whose top 16 bits are ``b`` (a bfloat16 bucket), 0 for
-    NaN buckets. No bucket holds more than two thresholds (checked here), so
-    two compares finish the search.
+    NaN buckets. No bucket holds more than one threshold (checked here: the
+    dynamic maps' thresholds are at least a bfloat16 bucket apart), so one
+    compare finishes the search.
     """
     hi = np.arange(65536, dtype=np.uint32) << np.uint32(16)
     negative = (hi >> np.uint32(31)) == 1
@@ -401,8 +402,13 @@ def bucket_table(thresholds):
         start = np.searchsorted(finite, smallest, side="right")
         end = np.searchsorted(finite, largest, side="right")
     nan = np.isnan(smallest)
-    if np.any((end - start)[~nan] > 2):
-        raise ValueError("a bfloat16 bucket holds more than two thresholds")
+    if np.any((end - start)[~nan] > 1):
+        raise ValueError("a bfloat16 bucket holds more than one threshold")
+    # A bucket at or above the largest finite threshold starts one below it,
+    # so that its one step up ends at the last code (+inf included) instead
+    # of stepping past the table. (Signalling NaNs in +inf's bucket, which no
+    # arithmetic produces, are the one input that does not encode as 0.)
+    start = np.minimum(start, finite.size - 1)
     return np.where(nan, 0, start).astype(np.uint8)
 
 
@@ -436,10 +442,10 @@ PYTHON.magnitude_bits = _types.FunctionType(
 
 
 def _nearest_code_bucketed(buckets, thresholds, x):
-    """:func:`nearest_code` in three loads: the bucket of ``x``'s top 16 bits,
-    then at most two steps up. Equal to it for every float32 (NaN: 0)."""
+    """:func:`nearest_code` in two loads: the bucket of ``x``'s top 16 bits,
+    then at most one step up (see :func:`bucket_table`). Equal to it for every
+    float32 (NaN: 0) but the signalling NaNs next to +inf."""
     k = np.int64(buckets[float32_to_bits(x) >> np.uint32(16)])
-    k += np.int64(x >= thresholds[k])
     k += np.int64(x >= thresholds[k])
     return np.uint8(k)
 
