@@ -193,7 +193,8 @@ class Signature:
         #     magnitude bits, see storage.magnitude_bits: a float maximum does
         #     not vectorize without fast-math);
         #  3. divide the scratch buffer by the new absmax (vectorized);
-        #  4. store the nearest codes (two table lookups per element, see storage.nearest_code_bucketed).
+        #  4. store the nearest codes (two table lookups per element: see
+        #     storage.nearest_code_bucketed).
         # Blocks are independent, so any chunking gives the same bits. The
         # loops index slices of the block from 0, which LLVM sees are
         # non-negative: with ``array[start + j]`` it cannot, keeps Numba's
