@@ -84,6 +84,40 @@ def check_dtype(arg, dtype):
                         f"{PARAM_DTYPES}")
 
 
+def state_dtype_for(dtype, state_dtype, master_weights=False, stochastic_rounding=False):
+    """The state dtype (a NumPy dtype, or ``"int8"`` for 8-bit blockwise state)
+    of params of ``dtype`` under the optimizer classes' storage options, after
+    checking the options fit them: ValueError / TypeError naming the option.
+
+    ``state_dtype`` None: the params' dtype for float32 / float64 params,
+    float32 for 16-bit params. Shared by :mod:`fastadapt.optim` and
+    :mod:`fastadapt.torch`, so both refuse the same things in the same words.
+    """
+    param = name(dtype)
+    sixteen = dtype.itemsize == 2
+    if master_weights and not sixteen:
+        raise ValueError(f"master_weights=True is for bfloat16 / float16 params; these "
+                         f"are {param}")
+    if stochastic_rounding and not sixteen:
+        raise ValueError(f"stochastic_rounding=True is for bfloat16 / float16 params; these "
+                         f"are {param}")
+    if state_dtype is None:
+        return F32 if sixteen else dtype
+    if isinstance(state_dtype, str):                # "int8"
+        if dtype == F64:
+            raise TypeError("state_dtype='int8' (8-bit blockwise state) is for float32, "
+                            "bfloat16 or float16 params; these are float64")
+        return state_dtype
+    if dtype == F64 and state_dtype != dtype:
+        raise TypeError(f"state_dtype={name(state_dtype)!r}: float64 params keep float64 "
+                        "state")
+    if dtype != F64 and state_dtype == F64:
+        raise TypeError(f"state_dtype='float64' is for float64 params; these are {param}")
+    if state_dtype == F16 and dtype != F16:
+        raise TypeError(f"state_dtype='float16' is for float16 params; these are {param}")
+    return state_dtype
+
+
 _LAYOUTS = {}
 
 
@@ -241,6 +275,28 @@ class Blockwise8:
         one = int(np.flatnonzero(self.map == (1.0 if value >= 0 else -1.0))[0])
         self.codes[:] = one
         self.absmax[:] = abs(value)
+
+    def assign(self, values):
+        """Store ``values`` (``n`` numbers, any float dtype) as a step stores
+        its result: each block's absmax is its largest magnitude, each element
+        the code nearest to ``value / absmax`` in float32 (a block of zeros
+        keeps absmax 0). For loading full-precision state (a torch checkpoint)
+        into 8-bit state."""
+        values = np.asarray(values, dtype=np.float32).reshape(-1)
+        if values.size != self.codes.size:
+            raise ValueError(f"Blockwise8.assign: got {values.size} values for "
+                             f"{self.codes.size} elements")
+        if not self.signed and np.any(values < 0):
+            raise ValueError("an unsigned Blockwise8 holds values >= 0")
+        padded = np.zeros(self.absmax.size * BLOCK, np.float32)
+        padded[:values.size] = values
+        absmax = np.abs(padded).reshape(-1, BLOCK).max(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            x = (padded.reshape(-1, BLOCK) / absmax[:, None]).reshape(-1)[:values.size]
+        codes = np.searchsorted(self.thresholds[:-1], x, side="right")
+        codes[np.isnan(x)] = 0                  # as the kernels encode NaN (0 / 0)
+        self.codes[:] = codes
+        self.absmax[:] = absmax
 
     def dequantize(self):
         """The values, as a new float32 array."""

@@ -289,33 +289,11 @@ class Optimizer:
     def _check_storage(self, dtype, index):
         """The state dtype of a group of ``dtype`` params, after checking the
         storage options fit them (ValueError / TypeError naming the option)."""
-        name = _storage.name(dtype)
-        sixteen = dtype.itemsize == 2
-        if self.master_weights and not sixteen:
-            raise _in_group(ValueError(f"master_weights=True is for bfloat16 / float16 "
-                                       f"params; these are {name}"), index)
-        if self.stochastic_rounding and not sixteen:
-            raise _in_group(ValueError(f"stochastic_rounding=True is for bfloat16 / float16 "
-                                       f"params; these are {name}"), index)
-        state = self.state_dtype
-        if state is None:
-            return np.dtype(np.float32) if sixteen else dtype
-        if state == "int8":
-            if dtype == np.float64:
-                raise _in_group(TypeError("state_dtype='int8' (8-bit blockwise state) is for "
-                                          "float32, bfloat16 or float16 params; these are "
-                                          "float64"), index)
-            return state
-        if dtype == np.float64 and state != dtype:
-            raise _in_group(TypeError(f"state_dtype={_storage.name(state)!r}: float64 "
-                                      "params keep float64 state"), index)
-        if dtype != np.float64 and state == np.float64:
-            raise _in_group(TypeError(f"state_dtype='float64' is for float64 params; these "
-                                      f"are {name}"), index)
-        if state == np.float16 and dtype != np.float16:
-            raise _in_group(TypeError(f"state_dtype='float16' is for float16 params; these "
-                                      f"are {name}"), index)
-        return state
+        try:
+            return _storage.state_dtype_for(dtype, self.state_dtype, self.master_weights,
+                                            self.stochastic_rounding)
+        except (TypeError, ValueError) as exc:
+            raise _in_group(exc, index) from None
 
     def _validate(self, group, dtype, index=None, state_dtype=None):
         """Check ``group``'s hyper-parameters by a dry run of the functional step

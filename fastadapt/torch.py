@@ -46,6 +46,48 @@ State dicts are torch's format: ``state`` keyed by parameter index, each entry
 checkpoint moves between ``fastadapt.torch.Adam`` and ``torch.optim.Adam``
 both ways.
 
+Storage narrower than float32
+-----------------------------
+Parameters may be ``torch.bfloat16`` or ``torch.float16`` CPU tensors, and
+every class takes fastadapt.optim's storage options (keyword-only,
+optimizer-wide; the math runs in float32 whatever the storage):
+
+``state_dtype``
+    None (the parameters' dtype for float32 / float64, float32 for 16-bit
+    parameters), ``torch.float32`` / ``"float32"``, ``torch.bfloat16`` /
+    ``"bfloat16"``, ``"float16"`` (float16 parameters only) or ``"int8"``
+    (8-bit blockwise state, :class:`fastadapt.Blockwise8`; each parameter
+    starts a block of 256 elements; ``state[p]`` then holds the live
+    ``"<name>.codes"`` (uint8) and ``"<name>.absmax"`` (float32 per block)
+    views, and :meth:`~FlatOptimizer.state_dict` adds the dequantized values
+    under torch's name). torch's fused CPU optimizers keep the
+    parameters' dtype: ``state_dtype=torch.bfloat16`` on bfloat16 parameters
+    is their mode, and gives their numbers.
+``master_weights``
+    For 16-bit parameters: a float32 master copy (one flat buffer per bucket);
+    the update runs on it and the parameters the model sees receive it
+    rounded to nearest, in the same pass. ``state[p]["master_param"]`` is a
+    view of it. A parameter written in place between steps (``model.
+    load_state_dict``, ``nn.init``, ``p.copy_`` under ``no_grad``: anything
+    that bumps its version counter, or a replaced ``.data``) is seen at the
+    next step: its master copy takes the new values where it no longer rounds
+    to them. Writes through ``p.data`` bypass the version counter and are
+    not seen (as in torch's own in-place checks).
+``stochastic_rounding`` and ``seed``
+    For 16-bit parameters without master weights: each stored value is
+    rounded up or down at random, unbiased, from a hash of (seed, step,
+    element index in the call); reproducible, and one step over a whole
+    bucket draws the bits ``fastadapt.adam_step(..., stochastic_rounding=
+    True, seed=seed)`` draws over the flat buffer. ``seed=None`` draws one,
+    kept in :attr:`FlatOptimizer.seed`.
+
+Nonsense raises (8-bit state with float64, stochastic rounding or master
+weights without 16-bit parameters) with fastadapt.optim's
+messages. On CUDA tensors, fastadapt.torch keeps float32 / float64 with
+same-dtype state: any other layout raises NotImplementedError at
+construction. GradScaler's unscale and inf skip and ``max_grad_norm`` work
+the same in every mode (the division happens in the kernel).
+
 Rule hooks
 ----------
 The classes are built from the registry; a :class:`~fastadapt.Rule` may carry
@@ -80,8 +122,10 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without torch
     raise ImportError("fastadapt.torch needs PyTorch: pip install 'fastadapt[torch]'") from exc
 
-from . import _args
+from . import _args, _storage
 from .flat import ALIGN_BYTES, layout
+from .kernels.storage import BLOCK, stream_key
+from .optim import NON_NEGATIVE_STATE, _state_dtype
 from .rules import RULES
 
 __all__ = ["FlatOptimizer", "optimizer_class"]
@@ -90,7 +134,15 @@ __all__ = ["FlatOptimizer", "optimizer_class"]
 NO_OP_FLAGS = ("foreach", "fused")
 #: torch.optim options fastadapt.torch cannot honour: True raises.
 REJECTED_FLAGS = ("differentiable", "capturable")
-SUPPORTED_DTYPES = (torch.float32, torch.float64)
+SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_SIXTEEN_BIT = (torch.bfloat16, torch.float16)
+#: Storage options (keyword-only, optimizer-wide), as fastadapt.optim's classes take them.
+STORAGE_OPTIONS = {"state_dtype": None, "master_weights": False,
+                   "stochastic_rounding": False, "seed": None}
+#: Extra per-parameter state-dict keys of the storage modes torch has no
+#: equivalent for (the 8-bit state's are ``"<state>.codes"`` / ``"<state>.absmax"``).
+MASTER_KEY = "master_param"
+SEED_KEY = "stochastic_rounding_seed"
 _DEFAULT_TORCH_STATE_NAMES = {"state_sum": "sum"}
 # torch.optim classes whose per-parameter state has no "step" (their rule's
 # step only marks the first step, which a loaded state infers from the
@@ -139,6 +191,46 @@ def _initial(spec, group):
     return float(_plain(group[spec])) if isinstance(spec, str) else float(spec)
 
 
+def _numpy_dtype(dtype):
+    """The NumPy dtype of a torch floating dtype (bfloat16 through ml_dtypes)."""
+    if dtype == torch.bfloat16:
+        return _storage.bfloat16("bfloat16 parameters or state")
+    return np.dtype(str(dtype).rsplit(".", 1)[-1])
+
+
+def _torch_dtype(dtype):
+    """The torch dtype of a NumPy dtype of :func:`_numpy_dtype`."""
+    return torch.bfloat16 if _storage.is_bfloat16(dtype) else getattr(torch, dtype.name)
+
+
+def _host_array(flat):
+    """The zero-copy NumPy view of a CPU tensor (``Tensor.numpy()`` refuses
+    bfloat16: its bits are viewed as int16, then as ``ml_dtypes.bfloat16``)."""
+    if flat.dtype == torch.bfloat16:
+        return flat.view(torch.int16).numpy().view(_storage.bfloat16())
+    return flat.numpy()
+
+
+def _blocks(b8, lo, hi):
+    """The :class:`~fastadapt.Blockwise8` over elements ``lo:hi`` of ``b8``
+    (views of its codes and absmax; ``lo`` starts a block)."""
+    out = _storage.Blockwise8.__new__(_storage.Blockwise8)
+    out.signed, out.map, out.thresholds, out.buckets = b8.signed, b8.map, b8.thresholds, \
+        b8.buckets
+    out.codes, out.absmax = b8.codes[lo:hi], b8.absmax[lo // BLOCK:-(-hi // BLOCK)]
+    return out
+
+
+def _fill_blocks(b8, value):
+    """Every element of ``b8`` at ``value`` (0: the zero code, absmax 0, as a new
+    Blockwise8 starts)."""
+    if value == 0.0:
+        b8.codes[:] = int(np.flatnonzero(b8.map == 0)[0])
+        b8.absmax[:] = 0.0
+    else:
+        b8.fill(value)
+
+
 # ----------------------------------------------------------------- one flat buffer
 class _Bucket:
     """The parameters of one group that share a device and dtype, packed into
@@ -151,9 +243,15 @@ class _Bucket:
         self.indices = indices               # their positions in group["params"]
         first = params[0]
         self.device, self.dtype = first.device, first.dtype
+        # the state's storage: a torch dtype, or "int8" (8-bit blockwise state)
+        self.state_dtype = owner._state_storage(self.dtype, self.device, group_index)
+        self.blockwise = self.state_dtype == "int8"
         self.shapes = [p.shape for p in params]
         self.sizes = [p.numel() for p in params]
-        self.offsets, end = layout(self.sizes, ALIGN_BYTES // first.element_size())
+        # 8-bit state: every parameter starts a block of its own, so a run of
+        # parameters (and one parameter's checkpoint) is whole blocks
+        align = BLOCK if self.blockwise else ALIGN_BYTES // first.element_size()
+        self.offsets, end = layout(self.sizes, align)
         self.length = end
         self.param_flat = torch.zeros(end, dtype=self.dtype, device=self.device)
         self.grad_flat = torch.zeros_like(self.param_flat)
@@ -163,6 +261,7 @@ class _Bucket:
         self.k_param = self._kernel_array(self.param_flat)
         self.k_grad = self._kernel_array(self.grad_flat)
         self.state_flat, self.state_views, self.k_state = {}, {}, {}
+        self.block_tensors = {}              # 8-bit state: name -> (codes, absmax) tensors
         self.steps = torch.zeros(len(params), dtype=_scalar_dtype())
         self.steps_np = self.steps.numpy()
         self.scalars, self.scalars_np = {}, {}
@@ -178,12 +277,74 @@ class _Bucket:
                     p.grad = view
         self.param_ptrs = [v.data_ptr() for v in self.param_views]
         self.grad_ptrs = [v.data_ptr() for v in self.grad_views]
+        # master weights: a float32 copy the update runs on; the parameters
+        # receive it rounded to nearest in the same pass
+        self.master_flat = self.master_views = self.k_master = None
+        if owner.master_weights:
+            self.master_flat = self.param_flat.float()
+            self.master_views = self._views(self.master_flat)
+            self.k_master = self._kernel_array(self.master_flat)
+        self.versions = self._versions()
 
     def _views(self, flat):
         return [flat[o:o + n].view(s) for o, n, s in zip(self.offsets, self.sizes, self.shapes)]
 
     def _kernel_array(self, flat):
-        return flat.numpy() if self.host else flat
+        return _host_array(flat) if self.host else flat
+
+    def _versions(self):
+        return [p._version for p in self.params]
+
+    def sync_master(self):
+        """With master weights: bring the master copy of every parameter that
+        was written in place since the last step (``model.load_state_dict``,
+        ``nn.init``, ``p.copy_`` under ``no_grad``: each bumps the parameter's
+        version counter; a replaced ``.data`` too) up to date: where the master
+        no longer rounds to the parameter, it takes the parameter's value. One
+        compare per changed parameter; nothing when none changed."""
+        if self.master_flat is None:
+            return
+        versions = self._versions()
+        if versions == self.versions:
+            return
+        for j, (now, before) in enumerate(zip(versions, self.versions)):
+            if now != before:
+                master, param = self.master_views[j], self.param_views[j]
+                stale = master.to(self.dtype) != param
+                master[stale] = param[stale].float()
+        self.versions = versions
+
+    def block_view(self, name, j0, j1=None):
+        """8-bit state ``name`` over parameters ``j0..j1`` (one parameter by
+        default) as a Blockwise8 of views."""
+        j1 = j0 if j1 is None else j1
+        return _blocks(self.state_flat[name], self.offsets[j0],
+                       self.offsets[j1] + self.sizes[j1])
+
+    def kernel_state(self, name, lo, hi):
+        """The state array ``name`` the functional step takes, over ``lo:hi``."""
+        if not self.blockwise:
+            return self.k_state[name][lo:hi]
+        b8 = self.state_flat[name]
+        return b8 if lo == 0 and hi == self.length else _blocks(b8, lo, hi)
+
+    def state_entries(self, name, j, values=False):
+        """The entries of state array ``name`` in parameter ``j``'s state:
+        ``{torch's name: view}``; for 8-bit state the live codes and absmax
+        (``"<name>.codes"``, ``"<name>.absmax"``) and, with ``values``, the
+        dequantized values under torch's name (a fresh float32 tensor, what
+        torch.optim loads)."""
+        key = self.owner._torch_names.get(name, name)
+        if not self.blockwise:
+            return {key: self.state_views[name][j]}
+        codes, absmax = self.block_tensors[name]
+        lo, n = self.offsets[j], self.sizes[j]
+        out = {f"{key}.codes": codes[lo:lo + n],
+               f"{key}.absmax": absmax[lo // BLOCK:-(-(lo + n) // BLOCK)]}
+        if values:
+            out[key] = torch.from_numpy(self.block_view(name, j).dequantize()).view(
+                self.shapes[j])
+        return out
 
     # ----------------------------------------------------------- state
     def ensure_state(self, names, group):
@@ -192,16 +353,24 @@ class _Bucket:
         for name in names:
             if name in self.state_flat:
                 continue
-            flat = torch.zeros_like(self.param_flat)
-            if name in init:
-                flat.fill_(_initial(init[name], group))
-            self.state_flat[name] = flat
-            self.state_views[name] = self._views(flat)
-            self.k_state[name] = self._kernel_array(flat)
+            value = _initial(init[name], group) if name in init else 0.0
+            if self.blockwise:
+                b8 = _storage.Blockwise8(self.length, name not in NON_NEGATIVE_STATE)
+                if value != 0.0:
+                    b8.fill(value)
+                self.state_flat[name] = self.k_state[name] = b8
+                self.block_tensors[name] = (torch.from_numpy(b8.codes),
+                                            torch.from_numpy(b8.absmax))
+            else:
+                flat = torch.zeros(self.length, dtype=self.state_dtype, device=self.device)
+                if value != 0.0:
+                    flat.fill_(value)
+                self.state_flat[name] = flat
+                self.state_views[name] = self._views(flat)
+                self.k_state[name] = self._kernel_array(flat)
             for j, published in enumerate(self.published):
                 if published:
-                    self.owner.state[self.params[j]][self.owner._torch_names.get(name, name)] = \
-                        self.state_views[name][j]
+                    self.owner.state[self.params[j]].update(self.state_entries(name, j))
         for name, spec in self.owner._scalar_state.items():
             if name not in self.scalars:
                 self.scalars[name] = torch.full((len(self.params),), _initial(spec, group),
@@ -215,21 +384,54 @@ class _Bucket:
         lo, hi = self.offsets[j0], self.offsets[j1] + self.sizes[j1]
         for name, flat in self.state_flat.items():
             if names is None or name in names:
-                flat[lo:hi].fill_(_initial(init[name], group) if name in init else 0.0)
+                value = _initial(init[name], group) if name in init else 0.0
+                if self.blockwise:
+                    _fill_blocks(self.block_view(name, j0, j1), value)
+                else:
+                    flat[lo:hi].fill_(value)
         if names is None:
             for name, spec in self.owner._scalar_state.items():
                 self.scalars_np[name][j0:j1 + 1] = _initial(spec, group)
             self.steps_np[j0:j1 + 1] = 0
+
+    def load(self, name, j, arrays, extras, group):
+        """Parameter ``j``'s state array ``name`` from a checked state dict:
+        converted to this bucket's state dtype, quantized into 8-bit state
+        unless the dict has the codes (used as they are), reset when absent."""
+        key = self.owner._torch_names.get(name, name)
+        src = arrays.get(key)
+        if self.blockwise:
+            codes = extras.get(f"{key}.codes")
+            target = self.block_view(name, j)
+            if codes is not None:
+                target.codes[:] = codes.detach().cpu().reshape(-1).numpy()
+                target.absmax[:] = extras[f"{key}.absmax"].detach().cpu().reshape(-1).numpy()
+            elif src is not None:
+                values = src.detach().to("cpu", torch.float32).reshape(-1).numpy()
+                try:
+                    target.assign(values)
+                except ValueError as exc:   # checked in _checked_state; kept as a guard
+                    raise ValueError(f"loaded {key}: {exc}") from None
+            else:
+                self.reset(j, j, group, names=(name,))
+            return
+        view = self.state_views[name][j]
+        if src is None:
+            self.reset(j, j, group, names=(name,))
+        elif src.data_ptr() != view.data_ptr():
+            view.copy_(src.reshape(view.shape))
 
     def publish(self, j):
         """Show parameter ``j``'s state in ``optimizer.state`` (torch shows a
         parameter's state from its first step on)."""
         owner = self.owner
         entry = {} if owner._no_step else {"step": self.steps[j]}
-        for name, views in self.state_views.items():
-            entry[owner._torch_names.get(name, name)] = views[j]
+        for name in self.state_flat:
+            entry.update(self.state_entries(name, j))
         for name, values in self.scalars.items():
             entry[owner._torch_names.get(name, name)] = values[j]
+        if self.master_views is not None:
+            entry[MASTER_KEY] = self.master_views[j]
         owner.state[self.params[j]] = entry
         self.published[j] = True
 
@@ -294,6 +496,8 @@ class _Bucket:
         for j in replaced:
             p = self.params[j]
             self.param_views[j].copy_(p.data)
+            if self.master_views is not None:   # the new values are the truth
+                self.master_views[j].copy_(p.data)
             p.data = self.param_views[j]
         if copies:
             torch._foreach_copy_([self.grad_views[j] for j in copies],
@@ -336,9 +540,14 @@ class _Bucket:
                 self.reset(j0, j1, group)
             kwargs = dict(options)
             for name in needed:
-                kwargs[name] = self.k_state[name][lo:hi]
+                kwargs[name] = self.kernel_state(name, lo, hi)
             if rule.takes_step:
                 kwargs["step"] = int(self.steps_np[j0]) + 1
+            if self.k_master is not None:
+                kwargs["master_param"] = self.k_master[lo:hi]
+            elif owner.stochastic_rounding:
+                kwargs["stochastic_rounding"] = True
+                kwargs["seed"] = owner._rounding_seed(int(self.steps_np[j0]) + 1)
             for name in owner._scalar_state:
                 kwargs[name] = float(self.scalars_np[name][j0])
             if unscale_in_kernel:
@@ -389,7 +598,20 @@ class FlatOptimizer(torch.optim.Optimizer):
 
     Not instantiated directly: each subclass (``fastadapt.torch.Adam`` ...) is
     built from a rule of :data:`fastadapt.RULES` by :func:`optimizer_class`.
-    See the module docstring for the gradient paths and their cost.
+    See the module docstring for the gradient paths and their cost, and for
+    the storage options.
+
+    Attributes
+    ----------
+    state_dtype : None, NumPy dtype or "int8"
+        The ``state_dtype`` option as given (None: each bucket's default).
+    master_weights, stochastic_rounding : bool
+        The storage options.
+    seed : int or None
+        Stochastic rounding's seed (drawn when not given; None without
+        stochastic rounding); saved in and restored from state dicts.
+    grad_norm, step_skipped
+        As in :class:`fastadapt.Optimizer`, after each step.
     """
 
     #: The update rule (set on each subclass).
@@ -413,6 +635,23 @@ class FlatOptimizer(torch.optim.Optimizer):
         self._group_params = []         # per group: its parameters at construction
         self._validated = []            # per group: the options last checked (lr excluded)
         self._max_grad_norm = _args.max_grad_norm(defaults.pop("max_grad_norm", None))
+        storage = {k: defaults.pop(k, v) for k, v in STORAGE_OPTIONS.items()}
+        self.master_weights = _args.flag("master_weights", storage["master_weights"])
+        self.stochastic_rounding = _args.flag("stochastic_rounding",
+                                              storage["stochastic_rounding"])
+        if self.master_weights and self.stochastic_rounding:
+            raise ValueError("master_weights=True and stochastic_rounding=True exclude each "
+                             "other: with master weights the params are its nearest rounding")
+        state_dtype = storage["state_dtype"]
+        if isinstance(state_dtype, torch.dtype):     # torch.bfloat16 -> "bfloat16"
+            state_dtype = str(state_dtype).rsplit(".", 1)[-1]
+        self.state_dtype = _state_dtype(state_dtype)
+        seed = storage["seed"]
+        if seed is not None:
+            seed = _args.seed(seed)
+        elif self.stochastic_rounding:
+            seed = int(np.random.SeedSequence().entropy) % 2 ** 64
+        self.seed = seed                # of stochastic rounding (None without it)
         self.grad_norm, self.step_skipped = None, False
         self._check_options(defaults, None)
         super().__init__(params, defaults)
@@ -426,6 +665,33 @@ class FlatOptimizer(torch.optim.Optimizer):
     @max_grad_norm.setter
     def max_grad_norm(self, value):
         self._max_grad_norm = _args.max_grad_norm(value)
+
+    def _state_storage(self, dtype, device, index):
+        """The state storage of ``dtype`` parameters on ``device`` (a torch
+        dtype, or ``"int8"``), after checking the storage options fit them."""
+        at = f"param group {index}: "
+        try:
+            state = _storage.state_dtype_for(_numpy_dtype(dtype), self.state_dtype,
+                                             self.master_weights, self.stochastic_rounding)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"{at}{exc}") from None
+        state = state if isinstance(state, str) else _torch_dtype(state)
+        if device.type != "cpu" and (dtype in _SIXTEEN_BIT or state != dtype):
+            raise NotImplementedError(
+                f"{at}fastadapt.torch updates {dtype} parameters with {state} state on "
+                f"the CPU only for now; on {device.type} tensors it supports float32 / "
+                "float64 parameters with state of their own dtype (no state_dtype, "
+                "master_weights or stochastic_rounding): use torch.optim there")
+        return state
+
+    def _rounding_seed(self, step):
+        """The functional step's ``seed`` for stochastic rounding at ``step``:
+        the optimizer's seed for rules that take ``step`` (the stream is keyed
+        on (seed, step)), else a seed of the step's own, as fastadapt.optim."""
+        if self.rule.takes_step:
+            return self.seed
+        key0, key1 = stream_key(self.seed, step)
+        return int(key0) | int(key1) << 32
 
     def __getstate__(self):
         raise TypeError(f"fastadapt.torch.{type(self).__name__} cannot be pickled (its "
@@ -528,7 +794,7 @@ class FlatOptimizer(torch.optim.Optimizer):
                 raise TypeError(f"{where}: sparse parameters are not supported")
             if p.dtype not in SUPPORTED_DTYPES:
                 raise TypeError(f"{where} has dtype {p.dtype}; fastadapt.torch supports "
-                                "float32 and float64 parameters")
+                                "float32, float64, bfloat16 and float16 parameters")
             if p.device.type not in ("cpu", "cuda"):
                 raise TypeError(f"{where} is on {p.device}; fastadapt.torch supports CPU "
                                 "and CUDA tensors")
@@ -539,6 +805,8 @@ class FlatOptimizer(torch.optim.Optimizer):
         by_key = {}
         for i, p in enumerate(params):
             by_key.setdefault((p.device, p.dtype), []).append(i)
+        for device, dtype in by_key:         # refuse before anything is packed
+            self._state_storage(dtype, device, index)
         return [_Bucket(self, index, [params[i] for i in idx], idx) for idx in by_key.values()]
 
     # ------------------------------------------------------------- gradients
@@ -605,6 +873,7 @@ class FlatOptimizer(torch.optim.Optimizer):
                     raise ValueError(f"grad_scale must be a finite number > 0, got {grad_scale}")
             for _, _, bucket, scan in plans:
                 bucket.gather(scan)
+                bucket.sync_master()
             if self.max_grad_norm is not None:
                 grad_scale = self._clip(plans, grad_scale)
                 if self.step_skipped:
@@ -641,9 +910,22 @@ class FlatOptimizer(torch.optim.Optimizer):
         rules whose state does not start at zero, as torch's Adagrad). The
         state tensors are views of the optimizer's live buffers, as torch's
         are the live tensors; ``step`` is a fresh tensor.
+
+        The storage modes torch has no equivalent for add keys per parameter
+        (torch.optim keeps them when it loads the dict, and ignores them):
+        ``"master_param"`` (the float32 master copy, with
+        ``master_weights=True``), ``"<state>.codes"`` / ``"<state>.absmax"``
+        (8-bit state; ``"<state>"`` then holds its dequantized float32
+        values) and ``"stochastic_rounding_seed"`` (an int; with it ``step``
+        is saved for every rule, SGD included: the random bits are keyed on
+        seed, step and element). bfloat16 state is saved as it is stored.
         """
         for hook in self._optimizer_state_dict_pre_hooks.values():
             hook(self)
+        for buckets in self._buckets:
+            for b in buckets:
+                b.sync_master()
+        keep_step = not self._no_step or self.stochastic_rounding
         param_groups, state, start = [], {}, 0
         for group, buckets in zip(self.param_groups, self._buckets):
             packed = {k: v for k, v in group.items() if k != "params"}
@@ -653,12 +935,16 @@ class FlatOptimizer(torch.optim.Optimizer):
                 for j in range(len(b.params)):
                     if not b.published[j]:
                         continue
-                    entry = {} if self._no_step else {
+                    entry = {} if not keep_step else {
                         "step": torch.tensor(float(b.steps_np[j]), dtype=_scalar_dtype())}
-                    for name, views in b.state_views.items():
-                        entry[self._torch_names.get(name, name)] = views[j]
+                    for name in b.state_flat:
+                        entry.update(b.state_entries(name, j, values=True))
                     for name in self._scalar_state:
                         entry[self._torch_names.get(name, name)] = b.scalar_tensor(name, j)
+                    if b.master_views is not None:
+                        entry[MASTER_KEY] = b.master_views[j]
+                    if self.stochastic_rounding:
+                        entry[SEED_KEY] = self.seed
                     if entry:
                         state[start + b.indices[j]] = entry
             start += len(group["params"])
@@ -680,6 +966,15 @@ class FlatOptimizer(torch.optim.Optimizer):
         hyper-parameters replace the groups' (as in torch), except
         ``foreach``, ``fused``, ``capturable`` and ``differentiable``, which
         describe how torch computed and keep this optimizer's values.
+
+        Storage converts: state saved in another dtype is rounded to this
+        optimizer's (a float32 torch checkpoint into bfloat16 state, say),
+        full-precision state is quantized into 8-bit state (and 8-bit codes
+        are used as they are), a ``"master_param"`` is loaded into the
+        master copy (without one the master copy takes the parameter's
+        current value) and a ``"stochastic_rounding_seed"`` becomes
+        :attr:`seed`. A dict saved by an optimizer of the same options
+        resumes bit for bit.
         """
         if not isinstance(state_dict, dict):
             raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
@@ -720,6 +1015,12 @@ class FlatOptimizer(torch.optim.Optimizer):
                 continue
             gi, i = ids[key]
             by_param[(gi, i)] = self._checked_state(value, gi, i, new_groups[gi])
+        seeds = {saved[3][SEED_KEY] for saved in by_param.values() if SEED_KEY in saved[3]}
+        if len(seeds) > 1:
+            raise ValueError(f"loaded state holds {len(seeds)} different "
+                             f"{SEED_KEY}s; one optimizer has one seed")
+        if seeds and self.stochastic_rounding:
+            self.seed = seeds.pop()
 
         # everything checked: apply
         for group, new in zip(self.param_groups, new_groups):
@@ -740,12 +1041,14 @@ class FlatOptimizer(torch.optim.Optimizer):
                             if self._state_init:
                                 b.publish(j)
                             continue
-                        step, arrays, scalars = saved
-                        for name, flat in b.state_flat.items():
-                            view = b.state_views[name][j]
-                            src = arrays.get(self._torch_names.get(name, name))
+                        step, arrays, scalars, extras = saved
+                        for name in b.state_flat:
+                            b.load(name, j, arrays, extras, group)
+                        if b.master_views is not None:
+                            src = extras.get(MASTER_KEY)
+                            view = b.master_views[j]
                             if src is None:
-                                b.reset(j, j, group, names=(name,))
+                                view.copy_(b.param_views[j])
                             elif src.data_ptr() != view.data_ptr():
                                 view.copy_(src.reshape(view.shape))
                         for name, value in scalars.items():
@@ -753,6 +1056,7 @@ class FlatOptimizer(torch.optim.Optimizer):
                         b.steps_np[j] = step
                         b.publish(j)
                     b.update_uniform()
+                    b.versions = b._versions()
         for hook in self._optimizer_load_state_dict_post_hooks.values():
             hook(self)
 
@@ -762,12 +1066,41 @@ class FlatOptimizer(torch.optim.Optimizer):
             raise ValueError(f"{where} must be a dict, got {type(value).__name__}")
         p = group["params"][i]
         step = value.get("step")
-        arrays, scalars = {}, {}
+        arrays, scalars, extras = {}, {}, {}
         scalar_names = {self._torch_names.get(n, n) for n in self._scalar_state}
         array_names = {self._torch_names.get(n, n) for n in self.rule.state}
+        blocks = -(-p.numel() // BLOCK)
+        extra_names = {MASTER_KEY: ("a floating-point tensor", p.numel(), None)}
+        for n in array_names:
+            extra_names[f"{n}.codes"] = ("a uint8 tensor", p.numel(), torch.uint8)
+            extra_names[f"{n}.absmax"] = ("a float32 tensor", blocks, torch.float32)
         for key, v in value.items():
             if key == "step":
                 continue
+            if key == SEED_KEY:
+                try:
+                    extras[key] = _args.seed(v)
+                except (TypeError, ValueError) as exc:
+                    raise ValueError(f"{where}: {key}: {exc}") from None
+                continue
+            if key in extra_names:
+                what, size, dtype = extra_names[key]
+                if not (isinstance(v, torch.Tensor) and v.layout == torch.strided and (
+                        v.dtype == dtype if dtype is not None else v.is_floating_point())):
+                    raise ValueError(f"{where}: {key} must be {what}, got "
+                                     f"{getattr(v, 'dtype', type(v).__name__)}")
+                if v.numel() != size:
+                    raise ValueError(f"{where}: {key} has {v.numel()} elements, expected "
+                                     f"{size} (the parameter has {p.numel()})")
+                extras[key] = v
+                continue
+            ours = next((n for n, t in self._torch_names.items() if t == key), key)
+            if (key in array_names and ours in NON_NEGATIVE_STATE
+                    and self.state_dtype == "int8" and f"{key}.codes" not in value
+                    and isinstance(v, torch.Tensor) and v.is_floating_point()
+                    and bool((v < 0).any())):
+                raise ValueError(f"{where}: {key} has negative values; this optimizer "
+                                 "keeps it in unsigned 8-bit state")
             if key in scalar_names:
                 try:
                     scalars[key] = float(_plain(v))
@@ -791,6 +1124,10 @@ class FlatOptimizer(torch.optim.Optimizer):
             raise ValueError(f"{where}: step must be a number, got {step!r}") from None
         if not (math.isfinite(step_f) and step_f >= 0 and step_f == int(step_f)):
             raise ValueError(f"{where}: step must be a whole number >= 0, got {step_f}")
+        for n in array_names:
+            if (f"{n}.codes" in extras) != (f"{n}.absmax" in extras):
+                raise ValueError(f"{where}: {n}.codes and {n}.absmax go together; one is "
+                                 "missing")
         needed = {self._torch_names.get(n, n) for n in
                   self.rule.state_for(**self._rule_options(group))}
         missing = sorted(needed - set(arrays))
@@ -800,7 +1137,7 @@ class FlatOptimizer(torch.optim.Optimizer):
         missing_scalars = sorted(scalar_names - set(scalars))
         if step_f > 0 and missing_scalars:
             raise ValueError(f"{where} lacks {missing_scalars}")
-        return int(step_f), arrays, scalars
+        return int(step_f), arrays, scalars, extras
 
 
 def _check_no_shared_memory(groups, index):
@@ -847,9 +1184,11 @@ def optimizer_class(rule):
     if not (isinstance(torch_cls, type) and issubclass(torch_cls, torch.optim.Optimizer)):
         torch_cls = None
     signature = _signature_for(rule, torch_cls)
-    signature = signature.replace(parameters=[*signature.parameters.values(), inspect.Parameter(
-        "max_grad_norm", inspect.Parameter.KEYWORD_ONLY, default=None)])
-    known = {"max_grad_norm"} | set(rule.defaults) | set(_state_init(rule).values()) | {
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    signature = signature.replace(parameters=[
+        *signature.parameters.values(), inspect.Parameter("max_grad_norm", keyword, default=None),
+        *(inspect.Parameter(k, keyword, default=v) for k, v in STORAGE_OPTIONS.items())])
+    known = {"max_grad_norm"} | set(STORAGE_OPTIONS) | set(rule.defaults) | set(_state_init(rule).values()) | {
         v for v in _scalar_state(rule).values() if isinstance(v, str)} | set(
         NO_OP_FLAGS + REJECTED_FLAGS) | {"self", "params"}
     extras = {name: p.default for name, p in signature.parameters.items()
@@ -869,7 +1208,10 @@ def optimizer_class(rule):
     doc = (f"{name} over flat buffers: a drop-in for {twin} (same signature, defaults and "
            f"numbers), one fused ``fastadapt.{rule.step_fn.__name__}`` call per (group, "
            f"device, dtype).\n\n``foreach`` and ``fused`` are accepted and change nothing; "
-           f"``capturable=True`` and ``differentiable=True`` raise ValueError. See "
+           f"``capturable=True`` and ``differentiable=True`` raise ValueError. "
+           f"``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed`` "
+           f"choose the storage (16-bit parameters, float32 master weights, bfloat16 or "
+           f"8-bit state), as in :class:`fastadapt.Optimizer`. See "
            f":mod:`fastadapt.torch` for the gradient paths and their cost.\n\n"
            f"The update (from ``fastadapt.{rule.step_fn.__name__}``):\n"
            f"{inspect.getdoc(rule.step_fn) or ''}\n")

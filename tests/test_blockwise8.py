@@ -238,3 +238,37 @@ def test_container_checks_its_arguments():
         fastadapt.Blockwise8(-1)
     with pytest.raises(TypeError, match="signed"):
         fastadapt.Blockwise8(3, signed="yes")
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("signed", [True, False])
+def test_assign_quantizes_as_the_reference(n, signed):
+    """``Blockwise8.assign`` (loading full-precision state): absmax exact, codes
+    the nearest except within float32 rounding of a midpoint."""
+    rng = np.random.default_rng(n)
+    values = rng.standard_normal(n).astype(np.float32) * 10.0 ** rng.integers(-6, 2, n)
+    if not signed:
+        values = np.abs(values)
+    values[:min(n, 3)] = 0.0
+    if n > BLOCK:
+        values[BLOCK:2 * BLOCK] = 0.0           # an all-zero block keeps absmax 0
+    b = fastadapt.Blockwise8(n, signed)
+    b.assign(values)
+    codes, absmax, near = ref_quantize(values, signed)
+    assert np.array_equal(b.absmax, absmax)
+    live = np.repeat(absmax > 0, BLOCK)[:n]     # a zero block's codes are moot
+    sure = (near > 1e-6) & live
+    assert np.array_equal(b.codes[sure], codes[sure])
+    assert np.all(np.abs(b.codes[live].astype(int) - codes[live].astype(int)) <= 1)
+    assert np.all(b.dequantize()[~live] == 0)
+
+
+def test_assign_refuses_what_it_cannot_hold_and_changes_nothing():
+    b = fastadapt.Blockwise8(300, signed=False)
+    b.fill(0.5)
+    codes, absmax = b.codes.copy(), b.absmax.copy()
+    with pytest.raises(ValueError, match=">= 0"):
+        b.assign(-np.ones(300, np.float32))
+    with pytest.raises(ValueError, match="299 values for 300"):
+        b.assign(np.ones(299, np.float32))
+    assert np.array_equal(b.codes, codes) and np.array_equal(b.absmax, absmax)

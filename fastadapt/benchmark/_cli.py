@@ -227,8 +227,9 @@ def _plan(sections, configs, sizes, dtype, budget, min_rounds, mode):
         est["wholestep"] = 2 * budget + 8.0 + (4 * budget + 40.0 if mode == "full" else 0.0)
     if "torch" in sections:
         # three rules on GPT-2's shapes (narrowed unless --full), many small
-        # tensors and a transformer block's whole step, each at its own budget
-        est["torch"] = 25.0 if mode != "full" else 120.0
+        # tensors, a transformer block's whole step and two storage-mode rows
+        # (2**22 elements unless --full, 2**24 then), each at its own budget
+        est["torch"] = 30.0 if mode != "full" else 135.0
     if "storage" in sections:
         # eight Adam steps of 2**24 (2**20 quick) elements per round, the 8-bit
         # state the slowest (~0.1 s on 2 cores), and two small sizes

@@ -1,6 +1,6 @@
 """Bench section: ``optimizer.step()`` of ``fastadapt.torch`` against ``torch.optim``.
 
-Three measurements, every implementation timed interleaved (see
+Four measurements, every implementation timed interleaved (see
 :mod:`._timing`), so only the ratios taken in one run mean anything:
 
 * **GPT-2-small shapes** (148 tensors, 124,439,808 elements at ``d=768``):
@@ -20,6 +20,10 @@ Three measurements, every implementation timed interleaved (see
   per-step overhead, mostly the per-parameter checks in Python).
 * **A whole training step** (forward, backward, step) of a small transformer
   block on the CPU, so the step's share of an iteration is visible.
+* **Storage modes** (CPU, one tensor of 2^24 elements, 2^22 in quick mode):
+  bfloat16-state Adam against torch's fused float32 Adam, and bfloat16
+  parameters with a float32 master copy against torch's fused float32 step
+  on a master copy plus the copy to bfloat16 (see :func:`storage_modes`).
 
 Threads: torch runs its operators on its own OpenMP pool and fastadapt on
 Numba's (the ``omp`` layer here), so one process holds two pools; on a small
@@ -228,6 +232,76 @@ def whole_step(d_model=256, nhead=4, seq=128, batch=8, budget_s=3.0, min_rounds=
     return row
 
 
+#: The storage-mode rows: (key, label, issue target), fastadapt.torch.Adam
+#: against torch's fused float32 Adam doing the same job.
+STORAGE_ROWS = (
+    ("bf16_state", "bf16-state Adam vs torch fused float32", 1.3),
+    ("bf16_master", "bf16 params + fp32 master vs torch fused fp32 step + copy to bf16", 1.1))
+#: bytes per element per step of each side (see DESIGN.md "Fewer bytes")
+_STORAGE_BYTES = {"bf16_state": (20, 28), "bf16_master": (30, 30)}
+
+
+def storage_modes(n=1 << 24, budget_s=3.0, min_rounds=5, progress=print):
+    """Adam over one CPU tensor of ``n`` elements in the storage modes of
+    ``fastadapt.torch`` against what torch does for the same job:
+
+    * ``bf16_state``: float32 parameters and gradients, bfloat16 moments
+      (``state_dtype=torch.bfloat16``, 20 bytes per element) against
+      ``torch.optim.Adam(fused=True)`` on float32 (28 bytes);
+    * ``bf16_master``: bfloat16 parameters and gradients with a float32
+      master copy (``master_weights=True``: 30 bytes) against torch's fused
+      float32 step on a float32 master (fed the bfloat16 gradient as
+      float32) followed by ``p16.copy_(master)``.
+
+    Each side has its own tensors; ``speedup`` is torch's median time over
+    fastadapt.torch's (> 1: fastadapt.torch is faster).
+    """
+    torch = import_torch()
+    import fastadapt.torch as ft
+
+    g = torch.Generator().manual_seed(0)
+    start = torch.empty(n).uniform_(-0.1, 0.1, generator=g)
+    grad = torch.empty(n).normal_(0, 1e-3, generator=g)
+    rows = []
+    for key, label, target in STORAGE_ROWS:
+        steps = {}
+        if key == "bf16_state":
+            p = torch.nn.Parameter(start.clone())
+            p.grad = grad.clone()
+            ours = ft.Adam([p], state_dtype=torch.bfloat16)
+            q = torch.nn.Parameter(start.clone())
+            q.grad = grad.clone()
+            theirs = torch.optim.Adam([q], fused=True)
+            steps = {"fastadapt": ours.step, "torch_fused": theirs.step}
+        else:
+            p = torch.nn.Parameter(start.to(torch.bfloat16))
+            p.grad = grad.to(torch.bfloat16)
+            ours = ft.Adam([p], master_weights=True)
+            master = torch.nn.Parameter(p.detach().float())
+            master.grad = p.grad.float()
+            model = p.detach().clone()
+            theirs = torch.optim.Adam([master], fused=True)
+
+            def torch_step(theirs=theirs, model=model, master=master):
+                theirs.step()
+                with torch.no_grad():
+                    model.copy_(master)
+            steps = {"fastadapt": ours.step, "torch_fused": torch_step}
+        timings = interleaved(steps, budget_s=budget_s, min_rounds=min_rounds)
+        ours_b, theirs_b = _STORAGE_BYTES[key]
+        row = {"mode": key, "label": label, "target": target, "elements": n,
+               "bytes_per_element": {"fastadapt": ours_b, "torch_fused": theirs_b},
+               **_row(timings, {})}
+        row["speedup"] = (row["timings"]["torch_fused"]["median_s"]
+                          / row["timings"]["fastadapt"]["median_s"])
+        rows.append(row)
+        del steps, ours, theirs
+        progress(f"torch storage modes, {label}: {row['speedup']:.2f}x "
+                 + ", ".join(f"{k} {v['median_s'] * 1e3:.2f} ms"
+                             for k, v in row["timings"].items()))
+    return {"elements": n, "rows": rows}
+
+
 def run(quick=False, device="cpu", progress=print, rules=RULES, d=None):
     """The whole section: ``{"gpt2": [...], "many_small": {...}, "whole_step": {...}}``.
 
@@ -242,6 +316,8 @@ def run(quick=False, device="cpu", progress=print, rules=RULES, d=None):
         out["many_small"] = many_small(device=device, budget_s=budget / 2, progress=progress)
         if str(device) == "cpu":
             out["whole_step"] = whole_step(budget_s=budget, progress=progress)
+            out["storage"] = storage_modes(n=1 << (22 if quick else 24), budget_s=budget,
+                                           progress=progress)
     except Unavailable as exc:
         out["unavailable"] = str(exc)
     return out
@@ -291,4 +367,16 @@ def markdown(data):
             share = entry.get("step_share")
             lines.append(f"| {LABELS.get(name, name)} | {_ms(entry)} | "
                          f"{'' if share is None else f'{share:.0%}'} |")
+    storage = data.get("storage")
+    if storage:
+        lines += ["", f"### Storage modes: Adam over one tensor of {storage['elements']:,} "
+                  "elements, CPU", "",
+                  "| comparison | bytes / element (fastadapt, torch) | fastadapt ms | "
+                  "torch ms | speedup | issue target |", "|---|---|---|---|---|---|"]
+        for row in storage["rows"]:
+            b = row["bytes_per_element"]
+            lines.append(f"| {row['label']} | {b['fastadapt']}, {b['torch_fused']} | "
+                         f"{_ms(row['timings']['fastadapt'])} | "
+                         f"{_ms(row['timings']['torch_fused'])} | {row['speedup']:.2f}x | "
+                         f">= {row['target']}x |")
     return "\n".join(lines) + "\n"
