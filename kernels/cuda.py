@@ -91,7 +91,9 @@ def layout_kernel(kernel, layout):
                       "f16_to_f32": py.half_to_float32, "f32_to_f16": py.float32_to_half,
                       "f32_to_bf16_stochastic": py.float32_to_bfloat16_stochastic,
                       "f32_to_f16_stochastic": py.float32_to_half_stochastic,
-                      "random_bits": py.random_bits, "nearest_code": py.nearest_code_bucketed}
+                      "random_bits": py.random_bits, "nearest_code": py.nearest_code_bucketed,
+                      "magnitude_bits": py.magnitude_bits,
+                      "bits_to_float32": py.bits_to_float32}
         source = loops.build_layout(SIGNATURES[kernel], layout, getattr(_elem, kernel),
                                     vocabulary, grid_stride, __name__, _DIGEST)
         _LAYOUTS[key] = cuda.jit(source)

@@ -35,7 +35,8 @@ from numba.extending import intrinsic
 
 __all__ = ["bits_to_float32", "float32_to_bits", "half_to_float32", "float32_to_half",
            "bfloat16_to_float32", "float32_to_bfloat16", "float32_to_bfloat16_stochastic",
-           "float32_to_half_stochastic", "random_bits", "stream_key", "PYTHON"]
+           "float32_to_half_stochastic", "random_bits", "stream_key", "magnitude_bits",
+           "PYTHON"]
 
 
 @intrinsic
@@ -388,8 +389,9 @@ def bucket_table(thresholds):
     """A 65536-entry uint8 table that starts :func:`nearest_code_bucketed` near
     its answer: entry ``b`` is the number of thresholds at or below the
     smallest float32 whose top 16 bits are ``b`` (a bfloat16 bucket), 0 for
-    NaN buckets. No bucket holds more than two thresholds (checked here), so
-    two compares finish the search.
+    NaN buckets. No bucket holds more than one threshold (checked here: the
+    dynamic maps' thresholds are at least a bfloat16 bucket apart), so one
+    compare finishes the search.
     """
     hi = np.arange(65536, dtype=np.uint32) << np.uint32(16)
     negative = (hi >> np.uint32(31)) == 1
@@ -400,16 +402,50 @@ def bucket_table(thresholds):
         start = np.searchsorted(finite, smallest, side="right")
         end = np.searchsorted(finite, largest, side="right")
     nan = np.isnan(smallest)
-    if np.any((end - start)[~nan] > 2):
-        raise ValueError("a bfloat16 bucket holds more than two thresholds")
+    if np.any((end - start)[~nan] > 1):
+        raise ValueError("a bfloat16 bucket holds more than one threshold")
+    # A bucket at or above the largest finite threshold starts one below it,
+    # so that its one step up ends at the last code (+inf included) instead
+    # of stepping past the table. (Signalling NaNs in +inf's bucket, which no
+    # arithmetic produces, are the one input that does not encode as 0.)
+    start = np.minimum(start, finite.size - 1)
     return np.where(nan, 0, start).astype(np.uint8)
 
 
+def _magnitude_bits(x):
+    """The bits of ``abs(x)`` as a uint32 (0 for NaN): for values that are not
+    NaN, ordered as the magnitudes are, so a block's absmax is the float32 of
+    the integer maximum (an integer reduction, which vectorizes without
+    fast-math, where a float maximum does not)."""
+    u = np.uint64(float32_to_bits(x)) & np.uint64(0x7FFFFFFF)
+    return np.uint32(0 if u > np.uint64(0x7F800000) else u)
+
+
+@intrinsic
+def _magnitude_bits_ir(typingctx, x):
+    """:func:`_magnitude_bits` as branch-free 32-bit IR."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        u = builder.and_(builder.bitcast(args[0], i32), ir.Constant(i32, 0x7FFFFFFF))
+        nan = builder.icmp_unsigned(">", u, ir.Constant(i32, 0x7F800000))
+        return builder.select(nan, ir.Constant(i32, 0), u)
+    return types.uint32(x), codegen
+
+
+magnitude_bits = _magnitude_bits_ir
+PYTHON.magnitude_bits = _types.FunctionType(
+    _magnitude_bits.__code__, {**globals(), "float32_to_bits": _py_float32_to_bits},
+    "magnitude_bits")
+
+
 def _nearest_code_bucketed(buckets, thresholds, x):
-    """:func:`nearest_code` in three loads: the bucket of ``x``'s top 16 bits,
-    then at most two steps up. Equal to it for every float32 (NaN: 0)."""
+    """:func:`nearest_code` in two loads: the bucket of ``x``'s top 16 bits,
+    then at most one step up (see :func:`bucket_table`). Equal to it for every
+    float32 (NaN: 0) but the signalling NaNs next to +inf."""
     k = np.int64(buckets[float32_to_bits(x) >> np.uint32(16)])
-    k += np.int64(x >= thresholds[k])
     k += np.int64(x >= thresholds[k])
     return np.uint8(k)
 

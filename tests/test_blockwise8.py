@@ -192,10 +192,11 @@ def _broken(n):
 
 @pytest.mark.parametrize("signed", [True, False])
 def test_bucketed_encoding_equals_the_binary_search(signed):
-    """The kernels encode with a bfloat16-bucket table and two compares
+    """The kernels encode with a bfloat16-bucket table and one compare
     (``storage.nearest_code_bucketed``): equal to the eight-compare search of
-    ``storage.nearest_code`` on every threshold, its float32 neighbours, every
-    code value and random values at every scale, NaN included."""
+    ``storage.nearest_code`` on every threshold, its float32 neighbours, both
+    ends of every bfloat16 bucket, every code value and random values at every
+    scale, NaN included."""
     from numba import njit
     from fastadapt.kernels import storage as S
     code = dynamic_map(signed)
@@ -207,7 +208,14 @@ def test_bucketed_encoding_equals_the_binary_search(signed):
                          np.nextafter(t, np.float32(np.inf)), code, -code,
                          rng.uniform(-1, 1, 200_000),
                          *(rng.standard_normal(50_000) * 10.0 ** -e for e in range(1, 9)),
-                         [0.0, -0.0, 1.0, -1.0, np.nan, 1e-40, -1e-40]]).astype(np.float32)
+                         [0.0, -0.0, 1.0, -1.0, np.nan, 1e-40, -1e-40, np.inf, -np.inf]
+                         ]).astype(np.float32)
+    edges = np.arange(2**16, dtype=np.uint32) << np.uint32(16)       # kept as float32 bits
+    xs = np.concatenate([xs, edges.view(np.float32), (edges | np.uint32(0xFFFF)).view(np.float32)])
+    # (signalling NaNs, which no arithmetic produces, may not encode as 0:
+    # those in +inf's bucket do not; see storage.bucket_table)
+    bits = xs.view(np.uint32)
+    xs = xs[~(np.isnan(xs) & ((bits & np.uint32(0x00400000)) == 0))]
 
     @njit
     def both(xs, buckets, thr):

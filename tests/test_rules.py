@@ -1,5 +1,6 @@
 """The registry's declarations are consistent with the math they drive, and what is
 derived from them (functional steps, classes, drivers) says what they declare."""
+import itertools
 import inspect
 
 import numpy as np
@@ -63,6 +64,25 @@ def test_the_class_is_derived_from_the_declaration(name):
     assert rule.pseudocode.splitlines()[-1] in cls.__doc__
 
 
+def _branches(source, gates):
+    """The driver ``source``'s loops, one per setting of the ``gates`` flags:
+    {(flag values in order of gates): the loop's source}."""
+    import re
+    head = re.compile(r"^    (?:if|elif|else)\b.*:$", re.M)
+    starts = [m.start() for m in head.finditer(source)]
+    if not gates:
+        return {(): source}
+    out = {}
+    for begin, end in zip(starts, starts[1:] + [len(source)]):
+        test = source[begin:source.index("\n", begin)]
+        values = tuple(f"not {g}" not in test for g in gates)
+        if test.strip() == "else:":
+            values = tuple(v for v in itertools.product((True, False), repeat=len(gates))
+                           if v not in out)[0]
+        out[values] = source[begin:end]
+    return out
+
+
 @rules
 def test_a_driver_loads_and_stores_gated_state_only_under_its_flag(name):
     """One loop per combination of the state-gating flags, each passing them to
@@ -90,6 +110,28 @@ def test_a_driver_loads_and_stores_gated_state_only_under_its_flag(name):
             if not on:
                 assert f"e_{spec.name} = e_param" in body
     assert len(seen) == 2 ** len(flags)
+
+
+@rules
+@pytest.mark.parametrize("state_code", [loops.BFLOAT16, loops.BLOCKWISE8])
+def test_a_layout_driver_touches_gated_state_only_where_its_flag_is_on(name, state_code):
+    """The same for the storage-layout drivers (bfloat16 params and grad,
+    every state array bfloat16 or 8-bit, stochastic rounding): in each loop an
+    array whose flag is off is never indexed."""
+    import re
+    rule = RULES[name]
+    sig = cpu.SIGNATURES[rule.kernel]
+    layout = loops.Layout((loops.BFLOAT16,) * 2 + (state_code,) * len(sig.state),
+                          stochastic=True)
+    source = sig.source(rule.kernel, layout)
+    gates = sorted({spec.flag for spec in rule.state_specs if spec.flag is not None})
+    for values, loop in _branches(source, gates).items():
+        on = dict(zip(gates, values))
+        for spec in rule.state_specs:
+            used = spec.flag is None or on[spec.flag]
+            indexed = re.findall(rf"\b(?:block_|new_)?{spec.name}\[[ij]\]", loop)
+            assert bool(indexed) == used, (values, spec.name)
+            assert (f"e_{spec.name} = e_param" in loop) == (not used)
 
 
 def test_the_driver_names_carry_a_hash_of_their_sources():

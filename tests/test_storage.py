@@ -162,6 +162,28 @@ def test_python_twins_equal_compiled_functions():
     assert twin == list(map(int, sr))
 
 
+@njit
+def _magnitudes(x, out):
+    for i in range(x.size):
+        out[i] = S.magnitude_bits(x[i])
+
+
+def test_magnitude_bits_order_as_magnitudes_and_drop_nan():
+    """``magnitude_bits`` (the 8-bit state's absmax as an integer maximum): the
+    bits of |x|, 0 for NaN, so the integer maximum over a block is the bits of
+    NumPy's ``nanmax(abs(x))`` (0 for a block of NaNs); the Python twin agrees."""
+    x = _float32_cases(n=4000, seed=2)
+    out = np.empty(x.size, np.uint32)
+    _magnitudes(x, out)
+    expected = np.where(np.isnan(x), np.float32(0), np.abs(x)).view(np.uint32)
+    np.testing.assert_array_equal(out, expected)
+    assert [int(S.PYTHON.magnitude_bits(v)) for v in x[::13]] == list(map(int, out[::13]))
+    for block, bits in zip(np.array_split(x, 97), np.array_split(out, 97)):
+        with np.errstate(invalid="ignore"):
+            top = np.float32(0) if np.all(np.isnan(block)) else np.nanmax(np.abs(block))
+        assert np.array(bits.max(), np.uint32).view(np.float32) == top
+
+
 def test_random_bits_are_uniform_and_keyed():
     key0, key1 = S.stream_key(0, 1)
     n = 1 << 16
