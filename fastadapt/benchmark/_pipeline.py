@@ -8,7 +8,8 @@ other sections of ``fastadapt bench`` (``progress`` takes one line of text;
     ``fastadapt.grad_norm`` against a read-only roofline over the same array
     (``kernels.reduce.READ_ONLY``: a parallel float sum of the same chunks with
     reassociation allowed, so LLVM vectorizes it fully). Both read 4 bytes per
-    float32 element; ``pct_roofline`` is the norm's share of that bandwidth.
+    float32 element, from memory (each call reads another copy of the array);
+    ``pct_roofline`` is the norm's share of that bandwidth.
 
 :func:`whole_step`
     float32 Adam with loss-scale unscaling, a non-finite check and global-norm
@@ -49,6 +50,8 @@ from ..kernels import reduce as _reduce
 from ._implementations import Unavailable, gpt2_small_shapes, import_torch
 from ._timing import interleaved
 
+#: Copies of the array the norm pass cycles through (see :func:`norm_pass`).
+COPIES = 3
 #: Bytes per float32 element of each pipeline (see the module docstring).
 BYTES_PER_ELEMENT = {"fastadapt": 32, "fastadapt_update_only": 28, "torch_fused": 48,
                      "torch_foreach": 48}
@@ -69,12 +72,23 @@ def norm_pass(dtype=np.float32, budget_s=1.0, min_rounds=5, progress=print, retr
     import fastadapt
     dtype = np.dtype(dtype)
     x = np.random.default_rng(0).standard_normal(n, dtype=dtype)
+    # Each call reads the next of COPIES copies of the array, so no call finds
+    # the previous call's data in the last-level cache: one 64 MB array read
+    # back to back kept part of itself in a 32 MB L3, and the roofline kernel
+    # (doing less per element) then measured cache bandwidth, not memory.
+    copies = [x] + [x.copy() for _ in range(COPIES - 1)]
     starts, stops = _reduce.chunks(n)
     out = np.empty(starts.size, dtype)
     roofline = (_reduce.READ_ONLY.parallel if starts.size >= _reduce.SERIAL_BELOW_CHUNKS
                 else _reduce.READ_ONLY.serial)
-    steps = {"grad_norm": lambda: fastadapt.grad_norm(x),
-             "read_only_roofline": lambda: roofline(x, starts, stops, out)}
+    turn = {"grad_norm": 0, "read_only_roofline": 0}
+
+    def next_copy(name):
+        turn[name] += 1
+        return copies[turn[name] % COPIES]
+    steps = {"grad_norm": lambda: fastadapt.grad_norm(next_copy("grad_norm")),
+             "read_only_roofline": lambda: roofline(next_copy("read_only_roofline"),
+                                                    starts, stops, out)}
     result = _measure(steps, budget_s, min_rounds, progress, retry)
     timings = result.pop("timings")
     nbytes = dtype.itemsize * n            # one read of every element
