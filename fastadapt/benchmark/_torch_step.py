@@ -20,7 +20,8 @@ Four measurements, every implementation timed interleaved (see
   per-step overhead, mostly the per-parameter checks in Python).
 * **A whole training step** (forward, backward, step) of a small transformer
   block on the CPU, so the step's share of an iteration is visible.
-* **Storage modes** (CPU, one tensor of 2^24 elements, 2^22 in quick mode):
+* **Storage modes** (CPU, one tensor of 2^24 elements, as the storage section,
+  so the arrays are far larger than the last-level cache):
   bfloat16-state Adam against torch's fused float32 Adam, and bfloat16
   parameters with a float32 master copy against torch's fused float32 step
   on a master copy plus the copy to bfloat16 (see :func:`storage_modes`).
@@ -316,7 +317,7 @@ def run(quick=False, device="cpu", progress=print, rules=RULES, d=None):
         out["many_small"] = many_small(device=device, budget_s=budget / 2, progress=progress)
         if str(device) == "cpu":
             out["whole_step"] = whole_step(budget_s=budget, progress=progress)
-            out["storage"] = storage_modes(n=1 << (22 if quick else 24), budget_s=budget,
+            out["storage"] = storage_modes(n=1 << 24, budget_s=budget,
                                            progress=progress)
     except Unavailable as exc:
         out["unavailable"] = str(exc)
