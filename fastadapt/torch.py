@@ -872,24 +872,41 @@ class FlatOptimizer(torch.optim.Optimizer):
                 plans.extend((group, options, b, b.scan()) for b in buckets)
             self.step_skipped = False
             found_inf = getattr(self, "found_inf", None)
-            if found_inf is not None and float(found_inf) != 0.0:
-                self.step_skipped = True
-                return loss
+            local_inf = found_inf is not None and float(found_inf) != 0.0
             grad_scale = getattr(self, "grad_scale", None)
-            if grad_scale is not None:
+            if grad_scale is not None and not local_inf:
                 grad_scale = float(grad_scale)
                 if not (math.isfinite(grad_scale) and grad_scale > 0):
                     raise ValueError(f"grad_scale must be a finite number > 0, got {grad_scale}")
+            plans, skip = self._decide_skip(plans, found_inf is not None, local_inf)
+            if skip:
+                self.step_skipped = True
+                return loss
             for _, _, bucket, scan in plans:
                 bucket.gather(scan)
                 bucket.sync_master()
+            self._before_update(plans)
             if self.max_grad_norm is not None:
                 grad_scale = self._clip(plans, grad_scale)
                 if self.step_skipped:
                     return loss
             for group, options, bucket, scan in plans:
                 bucket.apply(group, options, scan, grad_scale)
+            self._after_update()
         return loss
+
+    # Hooks of ``step`` for a subclass that spreads the work over processes
+    # (``fastadapt.zero``); here, one process decides and updates alone.
+    def _decide_skip(self, plans, has_found_inf, local_inf):
+        """``(plans, skip)``: the plans to apply and whether to skip the step,
+        given GradScaler's flag (``has_found_inf``: the scaler set one)."""
+        return plans, local_inf
+
+    def _before_update(self, plans):
+        """Called with the gradients in the flat buffers, before clipping."""
+
+    def _after_update(self):
+        """Called after every bucket's update."""
 
     def _clip(self, plans, grad_scale):
         """Global-norm clipping as ``torch.nn.utils.clip_grad_norm_(params,

@@ -78,7 +78,6 @@ group's timeout; the message says which collective failed. A failed sharded
 save leaves the previous complete checkpoint in place.
 """
 import math
-import operator
 import os
 import secrets
 
@@ -564,53 +563,24 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
         any rank's ``found_inf`` is set or the global gradient norm is not
         finite. Every rank must call it.
         """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        with torch.no_grad():
-            plans = []
-            for index, (group, buckets) in enumerate(zip(self.param_groups, self._buckets)):
-                params = group["params"]
-                if len(params) != len(self._group_params[index]) or not all(
-                        map(operator.is_, params, self._group_params[index])):
-                    raise ValueError(f"param_groups[{index}]['params'] was changed after the "
-                                     "optimizer was built; use add_param_group to add "
-                                     "parameters")
-                options = self._group_options(index, group)
-                plans.extend((group, options, b, b.scan()) for b in buckets)
-            self.step_skipped = False
-            found_inf = getattr(self, "found_inf", None)
-            local_inf = float(found_inf is not None and float(found_inf) != 0.0)
-            grad_scale = getattr(self, "grad_scale", None)
-            if grad_scale is not None and not local_inf:
-                grad_scale = float(grad_scale)
-                if not (math.isfinite(grad_scale) and grad_scale > 0):
-                    raise ValueError(f"grad_scale must be a finite number > 0, got {grad_scale}")
-            if self.reduce_gradients:
-                plans, any_inf = self._agree_on_gradients(plans, local_inf)
-            elif found_inf is not None:     # GradScaler on every rank: agree on its flag
-                (any_inf,) = self._agree([local_inf], "the found_inf all-reduce")
-            else:
-                any_inf = local_inf
-            if any_inf:
-                self.step_skipped = True
-                return loss
-            for _, _, bucket, scan in plans:
-                bucket.gather(scan)
-                bucket.sync_master()
-            if self.reduce_gradients:
-                self._reduce_gradients(plans)
-            if self.max_grad_norm is not None:
-                grad_scale = self._clip(plans, grad_scale)
-                if self.step_skipped:
-                    return loss
-            for group, options, bucket, scan in plans:
-                bucket.apply(group, options, scan, grad_scale)
-            for buckets in self._buckets:
-                for b in buckets:
-                    self._gather_parameters(b)
-        return loss
+        return super().step(closure)
+
+    def _decide_skip(self, plans, has_found_inf, local_inf):
+        if self.reduce_gradients:
+            return self._agree_on_gradients(plans, float(local_inf))
+        if has_found_inf:               # GradScaler on every rank: agree on its flag
+            (any_inf,) = self._agree([float(local_inf)], "the found_inf all-reduce")
+            return plans, any_inf
+        return plans, local_inf
+
+    def _before_update(self, plans):
+        if self.reduce_gradients:
+            self._reduce_gradients(plans)
+
+    def _after_update(self):
+        for buckets in self._buckets:
+            for b in buckets:
+                self._gather_parameters(b)
 
     def _gather_parameters(self, b):
         """Every rank's updated shard into every rank's flat parameter buffer,

@@ -148,12 +148,10 @@ def table(result):
 def plot(data, path):
     """Loss curves per problem (log scale), one line per mode; returns None or
     the reason no plot was written."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "matplotlib not installed (pip install 'fastadapt[bench]')"
+    from ._report import NO_MATPLOTLIB, pyplot
+    plt = pyplot()
+    if plt is None:
+        return NO_MATPLOTLIB
     results = problems(data)
     fig, axes = plt.subplots(1, len(results), figsize=(6.2 * len(results), 4.4), squeeze=False)
     for ax, result in zip(axes[0], results):

@@ -600,15 +600,27 @@ _STYLE = {"fastadapt": dict(color="C0", lw=2.2, marker="o"),
           "torch_fused": dict(color="C4", marker="D", ms=3)}
 
 
-def plot(data, path):
-    """Throughput vs size, one panel per rule configuration; returns None or
-    the reason no plot was written."""
+def pyplot():
+    """``matplotlib.pyplot`` on the file-only Agg backend, or None without matplotlib."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return "matplotlib not installed (pip install 'fastadapt[bench]')"
+        return None
+    return plt
+
+
+#: Why a plot was not written when :func:`pyplot` is None.
+NO_MATPLOTLIB = "matplotlib not installed (pip install 'fastadapt[bench]')"
+
+
+def plot(data, path):
+    """Throughput vs size, one panel per rule configuration; returns None or
+    the reason no plot was written."""
+    plt = pyplot()
+    if plt is None:
+        return NO_MATPLOTLIB
     rows = [r for r in data.get("sweep") or [] if _disturbed(r) is None]
     labels = list(dict.fromkeys(r["label"] for r in rows))
     if not labels:
