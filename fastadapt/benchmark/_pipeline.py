@@ -72,8 +72,8 @@ def norm_pass(dtype=np.float32, budget_s=1.0, min_rounds=5, progress=print, retr
     import fastadapt
     dtype = np.dtype(dtype)
     x = np.random.default_rng(0).standard_normal(n, dtype=dtype)
-    # Each call reads the next of COPIES copies of the array, so no call finds
-    # the previous call's data in the last-level cache: one 64 MB array read
+    # Each call, of either kernel, reads the next of COPIES copies of the
+    # array, so no call finds the previous call's data in the last-level cache: one 64 MB array read
     # back to back kept part of itself in a 32 MB L3, and the roofline kernel
     # (doing less per element) then measured cache bandwidth, not memory.
     copies = [x] + [x.copy() for _ in range(COPIES - 1)]
@@ -81,14 +81,14 @@ def norm_pass(dtype=np.float32, budget_s=1.0, min_rounds=5, progress=print, retr
     out = np.empty(starts.size, dtype)
     roofline = (_reduce.READ_ONLY.parallel if starts.size >= _reduce.SERIAL_BELOW_CHUNKS
                 else _reduce.READ_ONLY.serial)
-    turn = {"grad_norm": 0, "read_only_roofline": 0}
+    turn = [0]
 
-    def next_copy(name):
-        turn[name] += 1
-        return copies[turn[name] % COPIES]
-    steps = {"grad_norm": lambda: fastadapt.grad_norm(next_copy("grad_norm")),
-             "read_only_roofline": lambda: roofline(next_copy("read_only_roofline"),
-                                                    starts, stops, out)}
+    def next_copy():
+        # one counter for both kernels: consecutive calls never read the same copy
+        turn[0] += 1
+        return copies[turn[0] % COPIES]
+    steps = {"grad_norm": lambda: fastadapt.grad_norm(next_copy()),
+             "read_only_roofline": lambda: roofline(next_copy(), starts, stops, out)}
     result = _measure(steps, budget_s, min_rounds, progress, retry)
     timings = result.pop("timings")
     nbytes = dtype.itemsize * n            # one read of every element
