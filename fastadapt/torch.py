@@ -327,8 +327,18 @@ class _Bucket:
         return _blocks(self.state_flat[name], self.offsets[j0],
                        self.offsets[j1] + self.sizes[j1])
 
+    #: Where this bucket's state and master arrays start in the flat buffer
+    #: (a sharded bucket keeps them for its shard only).
+    state_offset = 0
+
+    def _span(self, lo, hi):
+        """The part of the flat range ``[lo, hi)`` this process updates: all of
+        it here (a sharded bucket: its shard's part)."""
+        return lo, hi
+
     def kernel_state(self, name, lo, hi):
-        """The state array ``name`` the functional step takes, over ``lo:hi``."""
+        """The state array ``name`` the functional step takes, over ``lo:hi``
+        of the state arrays (``state_offset`` before the flat buffer's)."""
         if not self.blockwise:
             return self.k_state[name][lo:hi]
         b8 = self.state_flat[name]
@@ -533,7 +543,8 @@ class _Bucket:
         self.ensure_state(needed, group)
         unscale_in_kernel = grad_scale is not None and owner._kernel_unscales
         if grad_scale is not None and not unscale_in_kernel:
-            self.grad_flat.mul_(1.0 / grad_scale)
+            g0, g1 = self._span(0, self.length)
+            self.grad_flat[g0:g1].mul_(1.0 / grad_scale)
         if self.uniform and (every or all(present)):
             runs = [(0, len(self.params) - 1)]
         else:
@@ -541,16 +552,18 @@ class _Bucket:
         for j0, j1 in runs:
             lo = self.offsets[j0]
             hi = self.length if j1 == len(self.params) - 1 else self.offsets[j1] + self.sizes[j1]
+            a, b = self._span(lo, hi)
+            la, lb = a - self.state_offset, b - self.state_offset
             first_step = self.steps_np[j0] == 0
             if first_step:                    # torch creates state at a parameter's first step
                 self.reset(j0, j1, group)
             kwargs = dict(options)
             for name in needed:
-                kwargs[name] = self.kernel_state(name, lo, hi)
+                kwargs[name] = self.kernel_state(name, la, lb)
             if rule.takes_step:
                 kwargs["step"] = int(self.steps_np[j0]) + 1
             if self.k_master is not None:
-                kwargs["master_param"] = self.k_master[lo:hi]
+                kwargs["master_param"] = self.k_master[la:lb]
             elif owner.stochastic_rounding:
                 kwargs["stochastic_rounding"] = True
                 kwargs["seed"] = owner._rounding_seed(int(self.steps_np[j0]) + 1)
@@ -558,7 +571,9 @@ class _Bucket:
                 kwargs[name] = float(self.scalars_np[name][j0])
             if unscale_in_kernel:
                 kwargs["grad_scale"] = grad_scale
-            result = rule.step_fn(self.k_param[lo:hi], self.k_grad[lo:hi], **kwargs)
+            # an empty span (a sharded bucket's run outside its shard) still
+            # returns the new scalar state
+            result = rule.step_fn(self.k_param[a:b], self.k_grad[a:b], **kwargs)
             for name in owner._scalar_state:
                 if not isinstance(result, dict) or name not in result:
                     raise RuntimeError(f"{rule.step_fn.__name__} must return {{{name!r}: new "

@@ -143,7 +143,7 @@ class _ShardBucket(_Bucket):
             self.master_flat = self.master_flat[s0:s1].clone()
             self.k_master = self._kernel_array(self.master_flat)
             self.master_views = [
-                _MasterPiece(self.master_flat, o, n, shape, *self._clip(o, o + n), s0)
+                _MasterPiece(self.master_flat, o, n, shape, *self._span(o, o + n), s0)
                 for o, n, shape in zip(self.offsets, self.sizes, self.shapes)]
 
     def sync_master(self):
@@ -157,7 +157,7 @@ class _ShardBucket(_Bucket):
         s0 = self.shard[0]
         for j, (now, before) in enumerate(zip(versions, self.versions)):
             if now != before:
-                a, b = self._clip(self.offsets[j], self.offsets[j] + self.sizes[j])
+                a, b = self._span(self.offsets[j], self.offsets[j] + self.sizes[j])
                 master, param = self.master_flat[a - s0:b - s0], self.param_flat[a:b]
                 stale = master.to(self.dtype) != param
                 master[stale] = param[stale].float()
@@ -173,9 +173,10 @@ class _ShardBucket(_Bucket):
         per = max(1, -(-end // (world * align))) * align
         self.shard_length = per
         self.shard = (owner.rank * per, (owner.rank + 1) * per)
+        self.state_offset = self.shard[0]
         return per * world
 
-    def _clip(self, lo, hi):
+    def _span(self, lo, hi):
         """``[lo, hi)`` of the flat buffer intersected with the shard (may be empty)."""
         s0, s1 = self.shard
         a, b = max(lo, s0), min(hi, s1)
@@ -208,7 +209,7 @@ class _ShardBucket(_Bucket):
 
     def reset(self, j0, j1, group, names=None):
         init = self.owner._state_init
-        a, b = self._clip(self.offsets[j0], self.offsets[j1] + self.sizes[j1])
+        a, b = self._span(self.offsets[j0], self.offsets[j1] + self.sizes[j1])
         s0 = self.shard[0]
         for name, flat in self.state_flat.items():
             if names is None or name in names:
@@ -229,7 +230,7 @@ class _ShardBucket(_Bucket):
         src = arrays.get(key)
         if self.blockwise and (src is not None or f"{key}.codes" in extras):
             lo = self.offsets[j]
-            a, b = self._clip(lo, lo + self.sizes[j])
+            a, b = self._span(lo, lo + self.sizes[j])
             if b <= a:
                 return
             target = _blocks(self.state_flat[name], a - self.shard[0], b - self.shard[0])
@@ -248,7 +249,7 @@ class _ShardBucket(_Bucket):
 
     def load_state(self, name, j, src):
         lo = self.offsets[j]
-        a, b = self._clip(lo, lo + self.sizes[j])
+        a, b = self._span(lo, lo + self.sizes[j])
         if b > a:
             s0 = self.shard[0]
             self.state_flat[name][a - s0:b - s0].copy_(src.reshape(-1)[a - lo:b - lo])
@@ -271,62 +272,10 @@ class _ShardBucket(_Bucket):
             return [self.k_grad[s0:s1]]
         pieces = []
         for o, n, has in zip(self.offsets, self.sizes, present):
-            a, b = self._clip(o, o + n)
+            a, b = self._span(o, o + n)
             if has and b > a:
                 pieces.append(self.k_grad[a:b])
         return pieces
-
-    def apply(self, group, options, scan, grad_scale):
-        """The update of :class:`fastadapt.torch`'s bucket, over the local shard."""
-        present = scan[0]
-        every = present is None
-        if not every and not any(present):
-            return
-        owner = self.owner
-        rule = owner.rule
-        needed = rule.state_for(**options)
-        self.ensure_state(needed, group)
-        s0, s1 = self.shard
-        unscale_in_kernel = grad_scale is not None and owner._kernel_unscales
-        if grad_scale is not None and not unscale_in_kernel:
-            self.grad_flat[s0:s1].mul_(1.0 / grad_scale)
-        last = len(self.params) - 1
-        if self.uniform and (every or all(present)):
-            runs = [(0, last)]
-        else:
-            runs = self._runs([True] * len(self.params) if every else present)
-        for j0, j1 in runs:
-            lo = self.offsets[j0]
-            hi = self.length if j1 == last else self.offsets[j1] + self.sizes[j1]
-            a, b = self._clip(lo, hi)
-            first_step = self.steps_np[j0] == 0
-            if first_step:
-                self.reset(j0, j1, group)
-            kwargs = dict(options)
-            for name in needed:
-                kwargs[name] = (_blocks(self.state_flat[name], a - s0, b - s0) if self.blockwise
-                                else self.k_state[name][a - s0:b - s0])
-            if rule.takes_step:
-                kwargs["step"] = int(self.steps_np[j0]) + 1
-            for name in owner._scalar_state:
-                kwargs[name] = float(self.scalars_np[name][j0])
-            if unscale_in_kernel:
-                kwargs["grad_scale"] = grad_scale
-            if self.k_master is not None:
-                kwargs["master_param"] = self.k_master[a - s0:b - s0]
-            # an empty slice still returns the new scalar state, the same on every rank
-            result = rule.step_fn(self.k_param[a:b], self.k_grad[a:b], **kwargs)
-            for name in owner._scalar_state:
-                self.scalars_np[name][j0:j1 + 1] = float(result[name])
-            if first_step:
-                for j in range(j0, j1 + 1):
-                    if not self.published[j]:
-                        self.publish(j)
-        if every or all(present):
-            self.steps_np += 1
-        else:
-            self.steps_np[np.asarray(present)] += 1
-            self.update_uniform()
 
     def state_tensors(self):
         """The tensors holding this rank's state (8-bit state: its codes and
