@@ -180,7 +180,7 @@ class Signature:
         """The loops of a layout driver, for the flags ``fixed`` (name -> bool)."""
         if not blockwise:
             return [f"{pad}for i in indices(param.size):"] + \
-                self._element(layout, codes, pad + "    ", fixed=fixed)
+                self._element(layout, codes, pad + "    ", fixed)
         # 8-bit blockwise state, a chunk of CHUNK blocks per iteration (each
         # chunk allocates one BLOCK-element float32 scratch buffer per 8-bit
         # state, reused by its blocks). Per block, in four loops:
@@ -219,7 +219,7 @@ class Signature:
                       f"{inner}    new_{s}[j] = {s}_map[block_{s}[j]] * scale_{s}",
                       f"{inner}top_{s} = uint32(0)"]
         lines.append(f"{inner}for j in range(count):")
-        lines += self._element(layout, codes, inner + "    ", block=True, fixed=fixed)
+        lines += self._element(layout, codes, inner + "    ", fixed, block=True)
         for s in on:
             lines += [f"{inner}absmax_{s} = bits_to_float32(top_{s})",
                       f"{inner}for j in range(count):",
@@ -230,14 +230,13 @@ class Signature:
                       f"{inner}{s}_absmax[block] = absmax_{s}"]
         return lines
 
-    def _element(self, layout, codes, pad, block=False, fixed=None):
+    def _element(self, layout, codes, pad, fixed, block=False):
         """The lines that load element ``i`` (``block``: element ``j`` of the
         block's slices ``block_<array>``, whose first is element ``start``),
         update it and store it; an 8-bit state's new value goes to its block's
-        scratch buffer (see ``_layout_loops``). ``fixed``: flags known in this
-        loop (name -> bool), passed to the math as literals; a state array
-        whose flag is fixed off is neither loaded nor stored."""
-        fixed = fixed or {}
+        scratch buffer (see ``_layout_loops``). ``fixed``: the value of every
+        state-gating flag in this loop (name -> bool), passed to the math as
+        literals; a state array whose flag is off is neither loaded nor stored."""
         index = "j" if block else "i"
 
         def x(a):
@@ -247,12 +246,7 @@ class Signature:
             load["param"] = x("master")
         lines = [f"{pad}e_param = {load['param']}", f"{pad}e_grad = {load['grad']}"]
         for s, flag in self.state:
-            if flag is None or fixed.get(flag) is True:
-                lines.append(f"{pad}e_{s} = {load[s]}")
-            elif flag in fixed:
-                lines.append(f"{pad}e_{s} = e_param")
-            else:
-                lines.append(f"{pad}e_{s} = {load[s]} if {flag} else e_param")
+            lines.append(f"{pad}e_{s} = {load[s] if flag is None or fixed[flag] else 'e_param'}")
         outputs = ", ".join(f"e_{a}" for a in ("param",) + tuple(s for s, _ in self.state))
         scalars = [str(fixed[c]) if c in fixed else c for c in self.scalars]
         inputs = ", ".join([f"e_{a}" for a in self.elements] + scalars)
@@ -266,12 +260,9 @@ class Signature:
         else:
             lines.append(pad + _STORE[codes["param"]].format(x=x("param"), v="e_param"))
         for s, flag in self.state:
-            if flag in fixed and not fixed[flag]:
-                continue
-            runtime = flag is not None and flag not in fixed
-            inner = pad + ("    " if runtime else "")
-            store = _STORE[codes[s]].format(a=s, x=x(s), v=f"e_{s}", j=index, pad=inner)
-            lines += [f"{pad}if {flag}:", f"{inner}{store}"] if runtime else [f"{pad}{store}"]
+            if flag is None or fixed[flag]:
+                lines.append(pad + _STORE[codes[s]].format(a=s, x=x(s), v=f"e_{s}", j=index,
+                                                           pad=pad))
         return lines
 
 
