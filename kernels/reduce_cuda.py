@@ -6,13 +6,13 @@ there are more chunks than blocks): thread ``k`` is lane ``k`` and adds
 threads read consecutive elements, so the loads are coalesced), then the
 lanes are added as the same binary tree as on the CPU, in shared memory, and
 thread 0 writes the chunk's partial to ``out[c]``. The host adds the partials
-with ``math.fsum``.
+exactly (``reduce.add_exactly``), as it does the CPU's.
 
 Why the partials go back to the host rather than to a second kernel: the
-result is a Python float, so the host waits for the GPU anyway; ``fsum`` over
-at most ``n / CHUNK`` float64 (6 104 for 10**8 elements, 48 KB) is exact and
-costs a few tens of microseconds, and it keeps the final sum identical to the
-CPU's whatever the GPU's size or launch shape.
+result is a Python float, so the host waits for the GPU anyway; the exact sum
+of at most ``n / CHUNK`` float64 (6 104 for 10**8 elements, 48 KB) costs a
+few microseconds, and it keeps the final sum identical to the CPU's whatever
+the GPU's size or launch shape.
 
 Indices are 64-bit (``starts`` / ``stops`` are int64). The kernel compiles
 lazily, once per input dtype, and is cached on disk.

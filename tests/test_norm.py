@@ -209,6 +209,82 @@ def test_chunking():
         assert math.sqrt(math.fsum(out)) == pytest.approx(exact, rel=EXACT_RTOL)
 
 
+def _fsum_or_inf(values):
+    try:
+        return math.fsum(values)
+    except OverflowError:
+        return math.inf
+
+
+def _exact_float(values):
+    limbs = np.zeros(kernels.LIMBS, np.int64)
+    assert kernels.ADD_EXACTLY(np.asarray(values, np.float64), limbs) == 0.0
+    try:
+        return kernels.exact_float(kernels.limbs_integer(limbs))
+    except OverflowError:
+        return math.inf
+
+
+@host
+@pytest.mark.parametrize("kind", ["similar", "every_exponent", "subnormal", "near_overflow",
+                                  "overflowing", "cancelling_carries"])
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 1023, 4099])
+def test_add_exactly_rounds_as_fsum(kind, n):
+    """The limb accumulator is exact and rounds once, to nearest even: equal
+    to ``math.fsum`` (also exact, correctly rounded) on every kind of value."""
+    rng = np.random.default_rng(n)
+    big = np.finfo(np.float64).max
+    values = {
+        "similar": rng.random(n) * 2.0 ** 14,
+        "every_exponent": rng.random(n) * np.exp2(rng.integers(-1074, 1024, n).astype(float)),
+        "subnormal": rng.integers(0, 2 ** 52, n) * 2.0 ** -1074,
+        "near_overflow": np.full(n, big / max(n, 1)),
+        "overflowing": np.full(n, big),
+        # every 32-bit half all ones: the most carries between limbs
+        "cancelling_carries": np.full(n, (2.0 ** 53 - 1) * 2.0 ** 970),
+    }[kind]
+    values = np.where(np.isfinite(values), values, big)
+    assert _exact_float(values) == _fsum_or_inf(values.tolist())
+    assert _exact_float(values[::-1]) == _exact_float(values)
+
+
+@host
+def test_add_exactly_ties_round_to_even():
+    # 1 + 2**-53 is a tie between 1 and its successor: even (1.0) wins;
+    # 1 + 2**-52 + 2**-53 ties between two odd/even neighbours: 1 + 2**-51
+    assert _exact_float([1.0, 2.0 ** -53]) == 1.0
+    assert _exact_float([1.0, 2.0 ** -52, 2.0 ** -53]) == 1.0 + 2.0 ** -51
+    assert _exact_float([1.0, 2.0 ** -53, 5e-324]) == 1.0 + 2.0 ** -52   # just past the tie
+
+
+@host
+def test_add_exactly_reports_non_finite_and_rejects_negatives():
+    def special(values):
+        return kernels.ADD_EXACTLY(np.array(values, np.float64),
+                                   np.zeros(kernels.LIMBS, np.int64))
+    assert special([1.0, 2.0]) == 0.0
+    assert special([1.0, np.inf]) == np.inf
+    assert np.isnan(special([np.inf, np.nan, 1.0]))
+    assert np.isnan(special([np.nan, np.inf]))
+    with pytest.raises(ValueError, match="negative"):
+        special([1.0, -2.0])
+
+
+@host
+def test_norm_of_moves_full_limbs_into_a_python_int(monkeypatch):
+    """Past its int64 headroom the accumulator is flushed: with the flush
+    forced every 3 partials the result is unchanged (and still exact)."""
+    from fastadapt import norm
+    rng = np.random.default_rng(4)
+    parts = [rng.random(n) * 2.0 ** rng.integers(-30, 30) for n in (0, 1, 5, 11)]
+    exact = math.sqrt(math.fsum(v for p in parts for v in p.tolist()))
+    assert norm.norm_of(parts) == exact
+    monkeypatch.setattr(norm, "_PARTIALS_PER_FLUSH", 3)
+    assert norm.norm_of(parts) == exact
+    assert np.isnan(norm.norm_of(parts + [np.array([np.inf]), np.array([np.nan, 1.0])]))
+    assert norm.norm_of([np.array([np.finfo(np.float64).max] * 2)]) == math.inf
+
+
 @host
 def test_chunks_cover_segments_only():
     starts, stops = kernels.chunks(100, segments=[(0, 10), (16, 0), (32, 40)], chunk=16)
