@@ -48,7 +48,10 @@ def grad_norm(*grads, grad_scale=None):
     *grads : arrays
         float32 or float64 (they may differ), C-contiguous, any shape; NumPy
         arrays or GPU arrays (``__cuda_array_interface__``: Numba, CuPy, torch
-        CUDA tensors), all on the host or all on one GPU. Only read.
+        CUDA tensors), all on the host or all on one GPU. Only read. On the
+        host also bfloat16 (ml_dtypes) and float16, read as 2 bytes per
+        element and widened exactly in the kernel (the same bits as the norm
+        of a float32 copy).
     grad_scale : float, optional
         Finite and > 0: the result is divided by it.
 
@@ -175,14 +178,9 @@ class SumOfSquares:
                              "(e.g. from numpy.ascontiguousarray)")
         _check_host_array(name, array, writes=False)
         flat = array.reshape(-1)
-        if flat.dtype.itemsize == 2:
-            # bfloat16 / float16 gradients: the reduction kernels take float32
-            # and float64, so each pass reads a float32 copy (exact)
-            values = lambda: flat.astype(np.float32)    # noqa: E731
-            kernels = _reduce.sum_of_squares_kernels(np.float32)
-        else:
-            values = lambda: flat                       # noqa: E731
-            kernels = _reduce.sum_of_squares_kernels(flat.dtype)
+        kernels = _reduce.sum_of_squares_kernels(flat.dtype)
+        # bfloat16 / float16: the kernels read the bit patterns
+        values = flat.view(np.uint16) if flat.dtype.itemsize == 2 else flat
         starts, stops = (_whole_array_chunks(flat.size) if segments is None
                          else _reduce.chunks(flat.size, segments))
         out = np.empty(starts.size, np.float64)
@@ -192,7 +190,7 @@ class SumOfSquares:
             serial = kernels.serial
 
             def run():
-                serial(values(), starts, stops, out)
+                serial(values, starts, stops, out)
                 return out
             self._run = run
         else:
@@ -200,7 +198,7 @@ class SumOfSquares:
 
             def run():
                 with _PARALLEL_LAUNCH:
-                    parallel(values(), starts, stops, out)
+                    parallel(values, starts, stops, out)
                 return out
             self._run = run
 

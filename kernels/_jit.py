@@ -30,11 +30,13 @@ def cached(decorator, func, **options):
         return decorator(**options)(func)
 
 
-def renamed(func, suffix):
+def renamed(func, suffix, **bind):
     """A copy of ``func`` whose name and qualname end in ``suffix``: a second
     compiled version of one source (the serial twin of a parallel driver)
-    gets cache entries of its own."""
-    clone = types.FunctionType(func.__code__, func.__globals__, func.__name__ + suffix,
+    gets cache entries of its own. ``bind`` rebinds global names the copy
+    calls (a variant of one loop for another input type)."""
+    scope = {**func.__globals__, **bind} if bind else func.__globals__
+    clone = types.FunctionType(func.__code__, scope, func.__name__ + suffix,
                                func.__defaults__, func.__closure__)
     clone.__qualname__ = func.__qualname__ + suffix
     clone.__module__ = func.__module__

@@ -1,7 +1,9 @@
 """Read-only reductions: the sum of squares behind a global gradient norm.
 
 The array is cut by the host into chunks, given as ``starts`` / ``stops``
-(int64 element indices, so a flat buffer's padding can be left out). Each
+(int64 element indices, so a flat buffer's padding can be left out); the
+elements are float32, float64, or bfloat16 / float16 bit patterns (``uint16``,
+widened in the loop: :data:`SUM_OF_SQUARES_BF16`, :data:`SUM_OF_SQUARES_F16`). Each
 chunk's sum of squares is accumulated in float64 and written to ``out[c]``;
 the host adds the partials exactly (:func:`add_exactly`, an integer
 accumulator, so the order of the partials does not matter) and rounds once.
@@ -52,6 +54,7 @@ from numba import types as nbtypes
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from . import storage
 from ._jit import cached, renamed
 
 if __name__ != "fastadapt.kernels.reduce":
@@ -89,6 +92,13 @@ def _zeroed_stack_lanes(typingctx, n):
     return nbtypes.CPointer(nbtypes.float64)(n), codegen
 
 
+@njit(inline="always")
+def widen(v):
+    """An element as a float (the identity, for float32 and float64 input;
+    the 16-bit variants rebind it to a bit-pattern conversion)."""
+    return v
+
+
 def sum_of_squares(x, starts, stops, out):
     """``out[c] = sum(float64(x[i])**2 for i in range(starts[c], stops[c]))``,
     added in the lane-then-tree order of the module docstring."""
@@ -105,11 +115,11 @@ def sum_of_squares(x, starts, stops, out):
         for j in range(0, full, LANES):
             row = chunk[j:j + LANES]
             for k in range(LANES):
-                v = np.float64(row[k])
+                v = np.float64(widen(row[k]))
                 acc[k] += v * v
         tail = chunk[full:]
         for k in range(tail.size):
-            v = np.float64(tail[k])
+            v = np.float64(widen(tail[k]))
             acc[k] += v * v
         s = LANES // 2
         while s > 0:
@@ -151,9 +161,28 @@ SUM_OF_SQUARES = _compile(sum_of_squares)
 SUM_OF_SQUARES_F32 = _compile(renamed(sum_of_squares, "_f32"), fastmath={"contract"})
 
 
+#: The same for bfloat16 and float16 input, given as its ``uint16`` bit
+#: patterns: each element is widened to float32 (exact), so the partials equal
+#: those of a float32 copy, bit for bit, without writing and reading the copy.
+SUM_OF_SQUARES_BF16 = _compile(renamed(sum_of_squares, "_bf16",
+                                       widen=storage.bfloat16_to_float32),
+                               fastmath={"contract"})
+SUM_OF_SQUARES_F16 = _compile(renamed(sum_of_squares, "_f16", widen=storage.half_to_float32),
+                              fastmath={"contract"})
+
+
 def sum_of_squares_kernels(dtype):
-    """The :func:`sum_of_squares` kernels (``.serial``, ``.parallel``) for ``dtype``."""
-    return SUM_OF_SQUARES_F32 if np.dtype(dtype) == np.float32 else SUM_OF_SQUARES
+    """The :func:`sum_of_squares` kernels (``.serial``, ``.parallel``) for
+    ``dtype``: float32, float64, or bfloat16 / float16 (whose kernels take
+    the ``uint16`` view of the array)."""
+    dtype = np.dtype(dtype)
+    if dtype == np.float32:
+        return SUM_OF_SQUARES_F32
+    if dtype == np.float16:
+        return SUM_OF_SQUARES_F16
+    if dtype.itemsize == 2:
+        return SUM_OF_SQUARES_BF16
+    return SUM_OF_SQUARES
 READ_ONLY = _compile(read_only, fastmath={"reassoc"})
 
 

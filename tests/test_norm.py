@@ -314,6 +314,54 @@ def test_non_finite(torch, dtype, where):
     assert math.isnan(fastadapt.grad_norm(np.ones(3, dtype), y))   # in the second array
 
 
+def _sixteen_bit(name):
+    if name == "float16":
+        return np.dtype(np.float16)
+    return np.dtype(pytest.importorskip("ml_dtypes").bfloat16)
+
+
+@host
+@pytest.mark.parametrize("name", ["bfloat16", "float16"])
+@pytest.mark.parametrize("n", SIZES)
+def test_16_bit_gradients_equal_their_float32_copy(name, n):
+    """16-bit gradients are read as bit patterns and widened in the kernel:
+    exact, so the result has the same bits as the float32 copy's (and so the
+    same accuracy), over every binade the format has, subnormals included."""
+    dtype = _sixteen_bit(name)
+    info = {"float16": (-24, 15), "bfloat16": (-133, 127)}[name]
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal(n) * np.exp2(rng.integers(*info, n))).astype(dtype)
+    x = np.where(np.isfinite(x), x, dtype.type(1.0)).astype(dtype)
+    assert fastadapt.grad_norm(x) == fastadapt.grad_norm(x.astype(np.float32))
+    assert fastadapt.grad_norm(x.reshape(1, -1), x[: n // 2]) == fastadapt.grad_norm(
+        x.astype(np.float32), x[: n // 2].astype(np.float32))
+    if n:
+        for where in (0, n // 2, n - 1):
+            bad = x.copy()
+            bad[where] = np.inf
+            assert fastadapt.grad_norm(bad) == math.inf
+            bad[n - 1 - where] = np.nan
+            assert math.isnan(fastadapt.grad_norm(bad))
+
+
+@host
+@pytest.mark.parametrize("name", ["bfloat16", "float16"])
+def test_16_bit_kernels_read_the_bits(name):
+    """The 16-bit kernels take the uint16 view (no float32 copy is made), and
+    their serial and parallel versions agree."""
+    dtype = _sixteen_bit(name)
+    x = _random(5 * kernels.CHUNK + 3, dtype, seed=5)
+    k = kernels.sum_of_squares_kernels(dtype)
+    assert k not in (kernels.SUM_OF_SQUARES, kernels.SUM_OF_SQUARES_F32)
+    starts, stops = kernels.chunks(x.size)
+    a, b, ref = (np.empty(starts.size) for _ in range(3))
+    k.serial(x.view(np.uint16), starts, stops, a)
+    k.parallel(x.view(np.uint16), starts, stops, b)
+    kernels.SUM_OF_SQUARES.parallel(x.astype(np.float64), starts, stops, ref)
+    np.testing.assert_array_equal(a, ref)
+    np.testing.assert_array_equal(b, ref)
+
+
 @host
 def test_float32_squares_cannot_overflow_float64_ones_can(torch):
     big = np.full(1000, np.finfo(np.float32).max, np.float32)
@@ -331,7 +379,7 @@ def test_float32_squares_cannot_overflow_float64_ones_can(torch):
 @pytest.mark.parametrize("args, kwargs, error, match", [
     (([1.0, 2.0],), {}, TypeError, r"grads\[0\] must be a numpy.ndarray"),
     ((np.ones(3), np.ones(3, np.int32)), {}, TypeError, r"grads\[1\] has unsupported dtype int32"),
-    # float16 / bfloat16 gradients are read through float32 (test_fewer_bytes_optim)
+    # float16 / bfloat16 gradients: test_16_bit_gradients_equal_their_float32_copy
     ((np.ones(3, np.uint16),), {}, TypeError, "unsupported dtype uint16"),
     ((np.ones(3, ">f8"),), {}, TypeError, "non-native byte order"),
     ((np.ones((4, 4))[:, ::2],), {}, ValueError, r"grads\[0\] is not C-contiguous"),
