@@ -89,11 +89,22 @@ def size(shape):
     return n
 
 
+def _integer_in(name, value, high, bounds):
+    """``value`` as an int in [0, high); TypeError / ValueError naming ``name``."""
+    if isinstance(value, (bool, np.bool_)) or not hasattr(value, "__index__"):
+        raise TypeError(f"{name} must be an integer in {bounds}, got {value!r}")
+    value = value.__index__()
+    if not 0 <= value < high:
+        raise ValueError(f"invalid {name}: {value} (must be in {bounds})")
+    return value
+
+
 def seed(value):
     """A generator seed, as an int in [0, 2**64)."""
-    if isinstance(value, (bool, np.bool_)) or not hasattr(value, "__index__"):
-        raise TypeError(f"seed must be an integer in [0, 2**64), got {value!r}")
-    value = value.__index__()
-    if not 0 <= value < 2 ** 64:
-        raise ValueError(f"invalid seed: {value} (must be in [0, 2**64))")
-    return value
+    return _integer_in("seed", value, 2 ** 64, "[0, 2**64)")
+
+
+def rounding_offset(value):
+    """Where an array starts in a stochastic-rounding stream: an int in
+    [0, 2**62) (so that offset + index stays within int64)."""
+    return _integer_in("rounding_offset", value, 2 ** 62, "[0, 2**62)")

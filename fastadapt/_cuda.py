@@ -220,7 +220,7 @@ def prepare(update):
 
     def launch(scalars, key=None):
         scalars = tuple(dtype.type(s) for s in scalars)
-        extra = () if key is None else (np.uint64(key[0]), np.uint64(key[1]))
+        extra = () if key is None else (np.uint64(key[0]), np.uint64(key[1]), np.int64(key[2]))
         with cuda.gpus[device]:
             kernel[blocks, threads, _stream(first, cuda)](*args, scalars, *extra)
     return launch

@@ -52,7 +52,8 @@ class Update(NamedTuple):
     (floats, flags as bools), cast to the arrays' dtype at launch; ``state``
     is the rule's scalar state after the update (None for rules without);
     ``master`` is the float32 master copy of a 16-bit ``param`` (or None);
-    ``key`` is the (key0, key1) stream of stochastic rounding (or None).
+    ``key`` is the (key0, key1) stream of stochastic rounding and the index
+    ``offset`` of ``param[0]`` in it (or None).
     """
     rule: str
     arrays: dict
@@ -133,7 +134,7 @@ def prepare(update):
         serial = driver.serial
         if layout is not None and layout[2]:
             def launch(scalars, key=None):
-                serial(*args, np.array(scalars, dtype), key[0], key[1])
+                serial(*args, np.array(scalars, dtype), *key)
         else:
             def launch(scalars, key=None):
                 serial(*args, np.array(scalars, dtype))
@@ -143,7 +144,7 @@ def prepare(update):
             def launch(scalars, key=None):
                 scalars = np.array(scalars, dtype)
                 with _PARALLEL_LAUNCH:
-                    parallel(*args, scalars, key[0], key[1])
+                    parallel(*args, scalars, *key)
         else:
             def launch(scalars, key=None):
                 scalars = np.array(scalars, dtype)

@@ -50,7 +50,7 @@ def _planner(rule, fn_name):
 
     def plan(param, grad, state, values, step, grad_scale, storage, carried=()):
         options = {name: check(v) for (name, check), v in zip(checks, values)}
-        master_param, stochastic_rounding, seed = storage
+        master_param, stochastic_rounding, seed, offset = storage
         if rule.check is not None:
             rule.check(options)
         t = None
@@ -83,9 +83,12 @@ def _planner(rule, fn_name):
             if seed is None:
                 raise TypeError(f"{fn_name}(stochastic_rounding=True) needs seed= (an "
                                 "int in [0, 2**64))")
-            key = stream_key(_args.seed(seed), int(t) if t is not None else 0)
+            key = (*stream_key(_args.seed(seed), int(t) if t is not None else 0),
+                   _args.rounding_offset(offset))
         elif seed is not None:
             raise ValueError(f"{fn_name}: seed is for stochastic_rounding=True")
+        elif offset != 0:
+            raise ValueError(f"{fn_name}: rounding_offset is for stochastic_rounding=True")
         return Update(rule.kernel, arrays, written, ordered(scalars), new_state,
                       master_param, key)
     return plan
@@ -118,7 +121,12 @@ stochastic_rounding : bool, default False
 seed : int, optional
     Needed with ``stochastic_rounding``: the random bits come from a hash of
     (seed, step, element index) (step 0 for a rule without ``step``: pass a
-    new seed each call), the same whatever the thread count or device."""
+    new seed each call), the same whatever the thread count or device.
+rounding_offset : int, default 0
+    With ``stochastic_rounding``: the index of ``param``'s first element in
+    the stream. Updating ``whole[k:j]`` with ``rounding_offset=k`` draws the
+    bits one call over ``whole`` would draw for those elements, so an array
+    updated in pieces (a shard of it per process) rounds as if in one call."""
 
 _KIND = {"Real": "float", "Pair": "(float, float)", "Flag": "bool"}
 
@@ -185,7 +193,8 @@ def derive_step(rule):
         params.append("step")
     params += [f"{h}=_defaults[{h!r}]" for h in hyper]
     params += [f"{s.name}=None" for s in rule.scalar_state] + ["grad_scale=None"]
-    params += ["master_param=None", "stochastic_rounding=False", "seed=None"]
+    params += ["master_param=None", "stochastic_rounding=False", "seed=None",
+               "rounding_offset=0"]
     carried = ", ".join(s.name for s in rule.scalar_state)
     carried = f", ({carried},)" if carried else ""
     state = ", ".join(rule.state) + ("," if len(rule.state) == 1 else "")
@@ -193,7 +202,7 @@ def derive_step(rule):
     source = (f"def {fn_name}({', '.join(params)}):\n"
               f"    return _plan(param, grad, ({state}), ({values}), "
               f"{'step' if rule.takes_step else 'None'}, grad_scale, "
-              f"(master_param, stochastic_rounding, seed){carried})\n")
+              f"(master_param, stochastic_rounding, seed, rounding_offset){carried})\n")
     namespace = {"_plan": _planner(rule, fn_name), "_defaults": rule.defaults}
     exec(compile(source, f"<fastadapt.functional.{fn_name}>", "exec"), namespace)
     plan = namespace[fn_name]

@@ -76,10 +76,12 @@ optimizer-wide; the math runs in float32 whatever the storage):
 ``stochastic_rounding`` and ``seed``
     For 16-bit parameters without master weights: each stored value is
     rounded up or down at random, unbiased, from a hash of (seed, step,
-    element index in the call); reproducible, and one step over a whole
-    bucket draws the bits ``fastadapt.adam_step(..., stochastic_rounding=
-    True, seed=seed)`` draws over the flat buffer. ``seed=None`` draws one,
-    kept in :attr:`FlatOptimizer.seed`.
+    element index in the bucket's flat buffer); reproducible: a step draws
+    the bits ``fastadapt.adam_step(..., stochastic_rounding=True, seed=seed)``
+    draws over the flat buffer, whether it updates the whole bucket, the runs
+    of parameters that have gradients, or one process's shard
+    (:class:`ZeroRedundancyOptimizer`). ``seed=None`` draws one, kept in
+    :attr:`FlatOptimizer.seed`.
 
 Nonsense raises (8-bit state with float64, stochastic rounding or master
 weights without 16-bit parameters) with fastadapt.optim's
@@ -567,6 +569,7 @@ class _Bucket:
             elif owner.stochastic_rounding:
                 kwargs["stochastic_rounding"] = True
                 kwargs["seed"] = owner._rounding_seed(int(self.steps_np[j0]) + 1)
+                kwargs["rounding_offset"] = a      # the bits of one call over the bucket
             for name in owner._scalar_state:
                 kwargs[name] = float(self.scalars_np[name][j0])
             if unscale_in_kernel:

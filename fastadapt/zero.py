@@ -90,8 +90,8 @@ from .flat import ALIGN_BYTES
 from .kernels.storage import BLOCK
 from . import _storage
 from .optim import NON_NEGATIVE_STATE
-from .torch import (MASTER_KEY, FlatOptimizer, _blocks, _Bucket, _fill_blocks, _initial,
-                    _scalar_dtype)
+from .torch import (MASTER_KEY, SEED_KEY, FlatOptimizer, _blocks, _Bucket, _fill_blocks,
+                    _initial, _scalar_dtype)
 
 __all__ = ["ZeroRedundancyOptimizer", "CollectiveError"]
 
@@ -403,11 +403,6 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
                              "ZeroRedundancyOptimizer (its step runs after the backward)")
         self.process_group, self.rank, self.world_size, self._backend = \
             _process_group(process_group)
-        if defaults.get("stochastic_rounding"):
-            raise ValueError("stochastic_rounding=True is not supported by "
-                             "ZeroRedundancyOptimizer: its random bits are keyed on each "
-                             "element's index in the kernel call, which sharding changes (use "
-                             "master_weights=True)")
         self.optimizer_class = cls
         self.reduce_gradients = reduce_gradients
         self._global_ranks = [self._global(r) for r in range(self.world_size)]
@@ -422,6 +417,13 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
         defaults = dict(bound.arguments)
         del defaults["self"], defaults["params"]
         FlatOptimizer.__init__(self, params, defaults)
+        if self.stochastic_rounding:
+            # one stream for the whole model: rank 0's seed (drawn there when
+            # none was given), so each rank rounds its shard as one process would
+            seed = [self.seed]
+            self._collective("the stochastic-rounding seed's broadcast",
+                             dist.broadcast_object_list, seed, src=self._global(0))
+            self.seed = seed[0]
 
     def __repr__(self):
         return (f"ZeroRedundancyOptimizer({self.optimizer_class.__name__}, rank {self.rank} "
@@ -645,7 +647,7 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
                 for j in range(len(b.params)):
                     if not b.published[j]:
                         continue
-                    entry = {} if self._no_step else {
+                    entry = {} if self._no_step and not self.stochastic_rounding else {
                         "step": torch.tensor(float(b.steps_np[j]), dtype=_scalar_dtype())}
                     o, n = b.offsets[j], b.sizes[j]
                     for name in b.state_flat:
@@ -654,6 +656,8 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
                         entry[self._torch_names.get(name, name)] = b.scalar_tensor(name, j)
                     if master is not None:
                         entry[MASTER_KEY] = master[o:o + n].view(b.shapes[j])
+                    if self.stochastic_rounding:
+                        entry[SEED_KEY] = self.seed
                     if entry:
                         state[start + b.indices[j]] = entry
             start += len(group["params"])
@@ -705,7 +709,7 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
                          src=self._global(0))
         token = token[0]
         shard = {"format": SHARDED_FORMAT, "token": token, "rank": self.rank,
-                 "world_size": self.world_size,
+                 "world_size": self.world_size, "seed": self.seed,
                  "param_groups": [{k: v for k, v in g.items() if k != "params"}
                                   for g in self.param_groups],
                  "buckets": [{"shard": list(b.shard),
@@ -855,10 +859,12 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
             if len(data["steps"]) != len(b.params):
                 raise ValueError(f"{where}: step counts for another number of parameters")
             meta.append(data)
-        return new_groups, pieces, meta
+        return new_groups, pieces, meta, head.get("seed")
 
-    def _apply_sharded(self, new_groups, pieces, meta):
+    def _apply_sharded(self, new_groups, pieces, meta, seed):
         buckets = [b for bs in self._buckets for b in bs]
+        if self.stochastic_rounding and seed is not None:    # else: keep this one's
+            self.seed = int(seed)
         for group, new in zip(self.param_groups, new_groups):
             group.clear()
             group.update(new)

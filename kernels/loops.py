@@ -81,7 +81,9 @@ class Layout(NamedTuple):
     float32 ``master`` array after them, on which the update runs, and
     ``param`` receives it rounded to nearest; ``stochastic``: ``param`` (bfloat16
     or float16) is stored with stochastic rounding from the bits of the stream
-    ``(key0, key1)``, two uint64 arguments after ``scalars``.
+    ``(key0, key1)``, two uint64 arguments after ``scalars``, at index
+    ``offset + i`` for element ``i`` (``offset``, an int64 argument after them:
+    where ``param`` starts in a larger array whose bits one call would draw).
     """
     codes: tuple
     master: bool = False
@@ -153,7 +155,7 @@ class Signature:
             args += [a, f"{a}_absmax", f"{a}_map", f"{a}_thresholds", f"{a}_buckets"] \
                 if a in blockwise else [a]
         args += (["master"] if layout.master else []) + ["scalars"]
-        args += ["key0", "key1"] if layout.stochastic else []
+        args += ["key0", "key1", "offset"] if layout.stochastic else []
         lines = [f"def {name}({', '.join(args)}):"]
         for k, s in enumerate(self.scalars):
             lines.append(f"    {s} = scalars[{k}] != 0" if s in self.flags
@@ -256,7 +258,7 @@ class Signature:
         if layout.stochastic:
             to = "bf16" if codes["param"] == BFLOAT16 else "f16"
             lines.append(f"{pad}{x('param')} = f32_to_{to}_stochastic(e_param, "
-                         f"random_bits(key0, key1, {'start + j' if block else 'i'}))")
+                         f"random_bits(key0, key1, offset + {'start + j' if block else 'i'}))")
         else:
             lines.append(pad + _STORE[codes["param"]].format(x=x("param"), v="e_param"))
         for s, flag in self.state:

@@ -119,6 +119,34 @@ def test_with_bfloat16_params_and_stochastic_rounding(n):
     assert np.any(got == away) and np.any((got == toward) & (p32 != toward))
 
 
+def test_stochastic_rounding_offset_in_the_blockwise_driver():
+    """The 8-bit drivers key the bits on ``rounding_offset + element``: two
+    calls over whole blocks with their offsets equal one call."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+    n = 5 * BLOCK + 3
+    rng = np.random.default_rng(8)
+    p0 = rng.standard_normal(n).astype(bf16)
+    g = rng.standard_normal(n).astype(np.float32)
+    runs = []
+    for pieces in ([(0, n)], [(0, 2 * BLOCK), (2 * BLOCK, n)]):
+        p = p0.copy()
+        state = [fastadapt.Blockwise8(n, True), fastadapt.Blockwise8(n, False)]
+        for step in (1, 2):
+            for lo, hi in pieces:
+                parts = [fastadapt.Blockwise8(hi - lo, s.signed) for s in state]
+                for part, s in zip(parts, state):
+                    part.codes[:] = s.codes[lo:hi]
+                    part.absmax[:] = s.absmax[lo // BLOCK:-(-hi // BLOCK)]
+                fastadapt.adam_step(p[lo:hi], g[lo:hi], *parts, step=step, lr=1e-2,
+                                    stochastic_rounding=True, seed=4, rounding_offset=lo)
+                for part, s in zip(parts, state):
+                    s.codes[lo:hi] = part.codes
+                    s.absmax[lo // BLOCK:-(-hi // BLOCK)] = part.absmax
+        runs.append(p.view(np.uint16))
+    np.testing.assert_array_equal(runs[0], runs[1])
+
+
 def test_chunk_and_thread_invariance():
     """Blocks are independent: the parallel driver equals the serial one, and a
     call on the first k whole blocks equals the whole call's first k blocks."""

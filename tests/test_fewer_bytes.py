@@ -318,6 +318,46 @@ def test_stochastic_rounding_is_reproducible_and_keyed():
     assert not np.array_equal(base, run(1, 4))      # another step, other bits
 
 
+@pytest.mark.parametrize("dtype", [BF16, np.dtype(np.float16)], ids=["bfloat16", "float16"])
+@pytest.mark.parametrize("cuts", [(1,), (7, 8), (300, 2000), (2999,)])
+def test_rounding_offset_makes_pieces_round_as_one_call(dtype, cuts):
+    """AdamW over ``whole[lo:hi]`` pieces with ``rounding_offset=lo`` draws the
+    bits of one call over ``whole`` (pieces of 1 element, odd sizes, the
+    serial and the parallel driver); without the offsets the bits differ."""
+    n = 3001
+    p0, g = problem(n, 8, dtype)
+    bounds = list(zip((0,) + cuts, cuts + (n,)))
+
+    def run(pieces, offsets=True):
+        p, m, v = p0.copy(), np.zeros(n, dtype), np.zeros(n, dtype)
+        for step in (1, 2, 3):
+            for lo, hi in pieces:
+                extra = {"rounding_offset": lo} if offsets else {}
+                fastadapt.adamw_step(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], step=step,
+                                     lr=1e-2, stochastic_rounding=True, seed=9, **extra)
+        return p.view(np.uint16)
+    whole = run([(0, n)])
+    np.testing.assert_array_equal(run(bounds), whole)
+    assert not np.array_equal(run(bounds, offsets=False), whole)
+
+
+def test_rounding_offset_is_checked_and_needs_stochastic_rounding():
+    p0, g = problem(8, 1, BF16)
+    for bad, error in [(-1, ValueError), (2 ** 62, ValueError), (1.5, TypeError),
+                       (True, TypeError), ("3", TypeError)]:
+        p = p0.copy()
+        with pytest.raises(error, match="rounding_offset"):
+            fastadapt.sgd_step(p, g, step=1, lr=0.1, stochastic_rounding=True, seed=1,
+                               rounding_offset=bad)
+        np.testing.assert_array_equal(p.view(np.uint16), p0.view(np.uint16))
+    with pytest.raises(ValueError, match="rounding_offset is for stochastic_rounding"):
+        fastadapt.sgd_step(p0.copy(), g, step=1, lr=0.1, rounding_offset=3)
+    p = p0.copy()           # 0 is the default, accepted either way
+    fastadapt.sgd_step(p, g, step=1, lr=0.1, rounding_offset=0)
+    fastadapt.sgd_step(p, g, step=1, lr=0.1, stochastic_rounding=True, seed=1,
+                       rounding_offset=np.int64(2 ** 62 - 1 - 8))
+
+
 # ------------------------------------------------------------------ bad input
 def _adam(**kw):
     n = 8

@@ -313,6 +313,36 @@ def test_stochastic_rounding_is_reproducible_and_equals_the_functional_api():
                           p.detach().view(torch.int16).numpy().view(np.uint16))
 
 
+def test_stochastic_rounding_of_a_partial_step_keys_the_bits_on_the_bucket():
+    """A step in which the first parameter has no gradient updates the second
+    alone, with the bits a call over the whole flat buffer would draw for
+    it: the functional step on its slice with ``rounding_offset`` equal to
+    its offset in the bucket."""
+    import ml_dtypes
+
+    rng = np.random.default_rng(6)
+    values = [rng.standard_normal(k).astype(np.float32) for k in (37, N)]
+    params = [nn.Parameter(torch.from_numpy(v).to(torch.bfloat16)) for v in values]
+    opt = ft.AdamW(params, lr=1e-2, stochastic_rounding=True, seed=77)
+    bucket = opt._buckets[0][0]
+    lo = bucket.offsets[1]
+    assert lo > 0
+    param = np.zeros(N, ml_dtypes.bfloat16)
+    param[:] = params[1].detach().float().numpy().astype(ml_dtypes.bfloat16)
+    m, v = np.zeros(N, np.float32), np.zeros(N, np.float32)
+    for step in (1, 2, 3):
+        g = rng.standard_normal(N).astype(np.float32)
+        params[0].grad = None
+        params[1].grad = torch.from_numpy(g).to(torch.bfloat16)
+        opt.step()
+        fastadapt.adamw_step(param, g.astype(ml_dtypes.bfloat16), m, v, step=step, lr=1e-2,
+                             stochastic_rounding=True, seed=77, rounding_offset=lo)
+        assert np.array_equal(param.view(np.uint16),
+                              params[1].detach().view(torch.int16).numpy().view(np.uint16)), step
+    assert torch.equal(params[0].detach().float(), torch.from_numpy(values[0]).to(
+        torch.bfloat16).float())
+
+
 def test_stochastic_rounding_moves_parameters_in_expectation():
     """Updates far below half a bfloat16 ulp: nearest rounding never moves the
     parameter, stochastic rounding moves the mean by the right amount."""

@@ -33,10 +33,18 @@ LOWP_CASES = {"bfloat16, master weights": (torch.bfloat16, {"master_weights": Tr
               "bfloat16, bfloat16 state": (torch.bfloat16, {"state_dtype": torch.bfloat16}),
               "float32, 8-bit state": (torch.float32, {"state_dtype": "int8"}),
               "bfloat16, master weights, 8-bit state": (torch.bfloat16, {
-                  "master_weights": True, "state_dtype": "int8"})}
+                  "master_weights": True, "state_dtype": "int8"}),
+              # each rank's bits keyed on the element's index in the whole bucket
+              "bfloat16, stochastic rounding": (torch.bfloat16, {
+                  "stochastic_rounding": True, "seed": 11}),
+              "float16, stochastic rounding, 8-bit state": (torch.float16, {
+                  "stochastic_rounding": True, "seed": 12, "state_dtype": "int8"})}
 # the sharded checkpoints resumed across world sizes: rule -> options
 RESUMED = {"nadam": {}, "adagrad": {},
-           "adamw": {"dtype": torch.bfloat16, "master_weights": True, "state_dtype": "int8"}}
+           "adamw": {"dtype": torch.bfloat16, "master_weights": True, "state_dtype": "int8"},
+           # a resumed world is built with another seed: the checkpoint's must win
+           "sgd": {"dtype": torch.bfloat16, "momentum": 0.9, "stochastic_rounding": True,
+                   "seed": 21}}
 # a step with a parameter without gradient (torch skips it): group 0, parameter 2
 SKIP_AT = 2
 
@@ -123,6 +131,10 @@ def scenario_main(rank, world, workdir):
             out["parity"][key] = flat(groups)
             out["bytes"][key] = (storage_bytes(opt), opt.local_state_bytes)
             out["counts"][key] = sum(len(b.state_flat) for bs in opt._buckets for b in bs)
+
+    # stochastic rounding without a seed: every rank takes rank 0's
+    opt = ft.ZeroRedundancyOptimizer(make_params(torch.bfloat16)[0], stochastic_rounding=True)
+    out["drawn_seed"] = opt.seed
 
     # 16-bit parameters: the float32 master copy and the state are sharded
     out["lowp"] = {}
@@ -244,6 +256,8 @@ def scenario_main(rank, world, workdir):
         previous = os.path.join(workdir, f"previous-{name}")
         first = 1
         if os.path.exists(os.path.join(previous, "manifest.pt")):
+            if opt.stochastic_rounding:
+                opt.seed += 1
             saved = torch.load(os.path.join(previous, "params.pt"), weights_only=True)
             for p, v in zip((p for ps in groups for p in ps), saved["params"]):
                 p.data.copy_(v)
@@ -294,7 +308,7 @@ def bad_input(ft, rank, world):
     expect("int_params", TypeError, lambda: ft.ZeroRedundancyOptimizer(
         [p, torch.ones(2, dtype=torch.int32)]))
     expect("stochastic_rounding", ValueError, lambda: ft.ZeroRedundancyOptimizer(
-        [p], stochastic_rounding=True))
+        [p], stochastic_rounding=True))         # p is float32
     expect("torch_class", TypeError,
            lambda: ft.ZeroRedundancyOptimizer([p], optimizer_class=torch.optim.Adam))
     expect("not_a_class", TypeError,
