@@ -206,7 +206,7 @@ class SumOfSquares:
         return self._run()
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=32)
 def _whole_array_chunks(n):
     """``kernels.reduce.chunks(n)``, kept for the next pass over an array of
     ``n`` elements (the kernels only read the bounds)."""
