@@ -14,9 +14,9 @@ accumulated in float64 in a fixed order, on the CPU (``prange`` over chunks)
 or the GPU (one block per chunk); the chunk partials are added on the host
 exactly, in a 68-limb integer accumulator (``kernels.reduce.add_exactly``:
 as exact as ``math.fsum`` and 8x quicker on 1,024 partials), and the sum
-rounded once. So the result does not depend on the
-thread count, the GPU's size or the order of the partials, the CPU and the
-simulated GPU give the same bits, and the relative error of the norm is
+rounded once. So the result does not depend on the thread count, the GPU's
+size or the order of the partials or arrays, the CPU and the simulated GPU
+give the same bits, and the relative error of the norm is
 below ``1e-14`` whatever the size (every addend is non-negative, and a chunk
 adds at most 72 roundings).
 """
@@ -73,9 +73,9 @@ def grad_norm(*grads, grad_scale=None):
 
     Notes
     -----
-    Each array's chunks are summed in float64 and the chunk sums added exactly
-    (in an integer accumulator), so the result is the same for any thread count and on
-    the CPU and GPU; its relative error is below ``1e-14`` at any size.
+    Each array's chunks are summed in float64 and the chunk sums added
+    exactly (in an integer accumulator), so the result is the same for any
+    thread count and on the CPU and GPU; its relative error is below ``1e-14`` at any size.
     On the GPU the call waits for the reduction (it returns a number); it is
     queued on the stream of the first array's library.
     """

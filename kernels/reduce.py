@@ -2,9 +2,9 @@
 
 The array is cut by the host into chunks, given as ``starts`` / ``stops``
 (int64 element indices, so a flat buffer's padding can be left out); the
-elements are float32, float64, or bfloat16 / float16 bit patterns (``uint16``,
-widened in the loop: :data:`SUM_OF_SQUARES_BF16`, :data:`SUM_OF_SQUARES_F16`). Each
-chunk's sum of squares is accumulated in float64 and written to ``out[c]``;
+elements are float32, float64, or bfloat16 / float16 bit patterns
+(``uint16``, widened in the loop: :data:`SUM_OF_SQUARES_BF16`,
+:data:`SUM_OF_SQUARES_F16`). Each chunk's sum of squares is accumulated in float64 and written to ``out[c]``;
 the host adds the partials exactly (:func:`add_exactly`, an integer
 accumulator, so the order of the partials does not matter) and rounds once.
 
@@ -18,9 +18,10 @@ result is the same whatever the thread count and on either target:
 
 On the CPU a chunk is one ``prange`` iteration and the lanes are a small
 float64 array on the stack (the loop over lanes carries no dependence, so
-LLVM vectorizes it without reassociating anything); on the GPU (``reduce_cuda.py``) a chunk is
-one block of ``LANES`` threads, thread ``k`` being lane ``k`` (its loads are
-coalesced), and the tree runs in shared memory. For float32 input the square
+LLVM vectorizes it without reassociating anything); on the GPU
+(``reduce_cuda.py``) a chunk is one block of ``LANES`` threads, thread ``k``
+being lane ``k`` (its loads are coalesced), and the tree runs in shared
+memory. For float32 input the square
 of a float32 is exact in float64, so a GPU's fused multiply-add rounds the
 same as the CPU's multiply then add: the two targets agree bit for bit.
 
@@ -28,8 +29,8 @@ Accuracy: every addend is non-negative, so a lane's running sum of ``m``
 terms has a relative error below ``m * 2**-53`` and the tree adds
 ``log2(LANES)`` more roundings. With ``CHUNK = 2**14`` elements and 256
 lanes, a chunk's partial is within ``(64 + 8) * 2**-53 < 1e-14`` of its
-exact value, whatever the array's size; the exact sum adds one rounding and the
-square root halves the relative error. (Squares of float64 inputs round
+exact value, whatever the array's size; the exact sum adds one rounding and
+the square root halves the relative error. (Squares of float64 inputs round
 once more, ``2**-53``.) A NaN anywhere makes its lane, its chunk and the
 total NaN (no comparison or ``max`` is involved that could drop it); an inf
 with no NaN makes the total inf.
