@@ -25,10 +25,13 @@ if __name__ != "fastadapt.kernels.cpu":
 
 from ..rules import kernel_specs  # noqa: E402  (after the guard above)
 
-# Measured on 2 cores with `fastadapt bench --threshold`: the parallel region
-# costs about 2 us more than a serial loop, which the serial loop's lack of
-# SIMD repays at a few hundred elements.
-SERIAL_BELOW = 512
+# Measured on 2 cores with `fastadapt bench --sections threshold`: waking the
+# pool costs 1.5-3 us, and the serial (vectorized) loop stays faster up to
+# 16K-32K elements (median crossover over the rules 32,768; Adam at 8,192:
+# 3.6 us serial, 3.7 parallel). With T threads the crossover is where the
+# serial loop takes T / (T - 1) times the wake-up, so it comes sooner on
+# bigger machines: 8192 is near it for 2 to 16 threads.
+SERIAL_BELOW = 8192
 
 VOCABULARY = {**_math.SCALAR_VOCABULARY, "sqrt": math.sqrt}
 SPECS = kernel_specs()

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 
 import fastadapt
+from fastadapt.kernels.cpu import SERIAL_BELOW
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
 BF16 = np.dtype(ml_dtypes.bfloat16)
 F16, F32 = np.dtype(np.float16), np.dtype(np.float32)
-SHAPES = [(7,), (3, 5), (1,), (600,)]       # the last crosses SERIAL_BELOW alone
+SHAPES = [(7,), (3, 5), (1,), (SERIAL_BELOW + 88,)]   # the last crosses SERIAL_BELOW alone
 
 
 def model(dtype, seed=0):

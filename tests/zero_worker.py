@@ -19,8 +19,9 @@ import fastadapt
 
 STEPS = 3
 # two groups: small segments (every shard of 4 ranks runs the serial driver)
-# and segments on both sides of SERIAL_BELOW (512); zero-size and 1-element ones
-SHAPES = ([(0,), (1,), (7,), (97,), (3, 5, 7)], [(1009,), (511,), (513,)])
+# and segments on both sides of SERIAL_BELOW (8192), each shard of 2 ranks
+# holding a run longer than it; zero-size and 1-element ones
+SHAPES = ([(0,), (1,), (7,), (97,), (3, 5, 7)], [(1009,), (8191,), (24593,)])
 # every rule, with the options that use every state array it can take
 EVERY_STATE = {"adam": {"amsgrad": True}, "adamw": {"amsgrad": True},
                "sgd": {"momentum": 0.9}, "rmsprop": {"centered": True, "momentum": 0.9}}

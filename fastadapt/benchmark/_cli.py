@@ -22,8 +22,8 @@ from ._machine import describe, machine_load
 DEFAULT_SIZES = (10**3, 10**5, 2**22)
 FULL_SIZES = (10**3, 10**4, 10**5, 10**6, 2**22, 2**23, 2**24)
 QUICK_SIZES = (10**3, 10**5, 2**20)
-THRESHOLD_SIZES = tuple(2**k for k in range(6, 16))          # 64 .. 32768
-QUICK_THRESHOLD_SIZES = (64, 512, 4096)
+THRESHOLD_SIZES = tuple(2**k for k in range(6, 18))          # 64 .. 131072
+QUICK_THRESHOLD_SIZES = (512, 8192, 32768)
 PER_CALL_SIZES = (10**3, 10**4)
 SECTIONS = ("main", "percall", "threshold", "gpt2", "coldstart", "gpu", "wholestep", "torch",
             "storage", "accuracy", "zero")
