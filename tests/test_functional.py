@@ -83,12 +83,19 @@ def test_hyper_parameters_match_the_reference(name, data):
         pytest.importorskip("torch")
     config = data.draw(cases.HYPER_PARAMETERS[name], label="config")
     dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
-    # not size 1: one element can cancel to near zero, leaving no scale for its rounding
-    size = data.draw(st.sampled_from([64, cpu.SERIAL_BELOW + 3]), label="size")
+    # not size 1: one element can cancel to near zero, leaving no scale for its
+    # rounding. 515 elements run the parallel driver under a lowered threshold:
+    # the tolerance's budget holds per element, and an array of SERIAL_BELOW
+    # (8,192) elements under the most unstable configurations drawn here (lr 1,
+    # momentum 0.875, 20 steps) shows float32 errors of 90-200 of its units
+    # against the float64 reference in torch and fastadapt alike.
+    size = data.draw(st.sampled_from([64, 515]), label="size")
     param0, grads = cases.problem(size, dtype, data.draw(st.integers(0, 2**32 - 1)))
     expected = cases.run_reference(name, config, param0, grads)
-    assert_same_result(cases.run_fastadapt(name, config, param0, grads), expected, dtype,
-                       f"{name} vs reference")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cpu, "SERIAL_BELOW", 512)
+        actual = cases.run_fastadapt(name, config, param0, grads)
+    assert_same_result(actual, expected, dtype, f"{name} vs reference")
 
 
 # ------------------------------------------------------ the tests can fail
