@@ -227,17 +227,9 @@ class Optimizer:
         if self.rule is None:
             raise TypeError("Optimizer is a base class; use one of its subclasses: "
                             + ", ".join(r.torch_name for r in RULES.values()))
-        self.master_weights = _args.flag("master_weights", master_weights)
-        self.stochastic_rounding = _args.flag("stochastic_rounding", stochastic_rounding)
-        if self.master_weights and self.stochastic_rounding:
-            raise ValueError("master_weights=True and stochastic_rounding=True exclude each "
-                             "other: with master weights the params are its nearest rounding")
-        self.state_dtype = _state_dtype(state_dtype)
-        if seed is not None:
-            seed = _args.seed(seed)
-        elif self.stochastic_rounding:
-            seed = int(np.random.SeedSequence().entropy) % 2 ** 64
-        self.seed = seed                    # of stochastic rounding (None without it)
+        # (the seed: of stochastic rounding, None without it)
+        self.state_dtype, self.master_weights, self.stochastic_rounding, self.seed = \
+            storage_options(state_dtype, master_weights, stochastic_rounding, seed)
         missing = [k for k in self._option_names() if k not in defaults]
         if missing:
             raise TypeError(f"{type(self).__name__}: missing default(s) {missing}")
@@ -331,11 +323,8 @@ class Optimizer:
         if self.master_weights:
             return {"master_param": master}
         if self.stochastic_rounding:
-            seed = self.seed
-            if not self.rule.takes_step:    # the step's stream: a seed of its own
-                key0, key1 = stream_key(seed, steps + 1)
-                seed = int(key0) | int(key1) << 32
-            return {"stochastic_rounding": True, "seed": seed}
+            return {"stochastic_rounding": True,
+                    "seed": rounding_seed(self.seed, steps + 1, self.rule.takes_step)}
         return {}
 
     def _new_state(self, buffers, group, name):
@@ -754,6 +743,33 @@ def _resolve_dtype(name):
 
 
 _STATE_DTYPES = ("float32", "bfloat16", "float16", "float64", "int8")
+
+
+def storage_options(state_dtype, master_weights, stochastic_rounding, seed):
+    """The storage options of an optimizer class, checked: ``(state_dtype,
+    master_weights, stochastic_rounding, seed)``, the seed drawn at random for
+    stochastic rounding when none is given (shared with fastadapt.torch)."""
+    master_weights = _args.flag("master_weights", master_weights)
+    stochastic_rounding = _args.flag("stochastic_rounding", stochastic_rounding)
+    if master_weights and stochastic_rounding:
+        raise ValueError("master_weights=True and stochastic_rounding=True exclude each "
+                         "other: with master weights the params are its nearest rounding")
+    state_dtype = _state_dtype(state_dtype)
+    if seed is not None:
+        seed = _args.seed(seed)
+    elif stochastic_rounding:
+        seed = int(np.random.SeedSequence().entropy) % 2 ** 64
+    return state_dtype, master_weights, stochastic_rounding, seed
+
+
+def rounding_seed(seed, step, takes_step):
+    """The functional step's ``seed`` for stochastic rounding at ``step``: the
+    optimizer's seed for rules that take ``step`` (the stream is keyed on
+    (seed, step)), else a seed of the step's own."""
+    if takes_step:
+        return seed
+    key0, key1 = stream_key(seed, step)
+    return int(key0) | int(key1) << 32
 
 
 def _state_dtype(value):

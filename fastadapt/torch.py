@@ -126,8 +126,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without torch
 
 from . import _args, _storage
 from .flat import ALIGN_BYTES, layout
-from .kernels.storage import BLOCK, stream_key
-from .optim import NON_NEGATIVE_STATE, _state_dtype
+from .kernels.storage import BLOCK
+from .optim import NON_NEGATIVE_STATE, rounding_seed, storage_options
 from .rules import RULES
 
 __all__ = ["FlatOptimizer", "optimizer_class"]
@@ -254,7 +254,7 @@ class _Bucket:
         # parameters (and one parameter's checkpoint) is whole blocks
         align = BLOCK if self.blockwise else ALIGN_BYTES // first.element_size()
         self.offsets, end = layout(self.sizes, align)
-        end = self._flat_length(end)
+        end = self._flat_length(end, align)
         self.length = end
         self.param_flat = torch.zeros(end, dtype=self.dtype, device=self.device)
         self.grad_flat = torch.zeros_like(self.param_flat)
@@ -289,9 +289,10 @@ class _Bucket:
             self.k_master = self._kernel_array(self.master_flat)
         self.versions = self._versions()
 
-    def _flat_length(self, end):
-        """The flat buffers' length for segments ending at ``end`` (a subclass
-        may pad them further, as ZeroRedundancyOptimizer's shards do)."""
+    def _flat_length(self, end, align):
+        """The flat buffers' length for segments ending at ``end``, laid out
+        in units of ``align`` elements (a subclass may pad them further, as
+        ZeroRedundancyOptimizer's shards do)."""
         return end
 
     def _views(self, flat):
@@ -302,6 +303,15 @@ class _Bucket:
 
     def _versions(self):
         return [p._version for p in self.params]
+
+    def state_tensors(self):
+        """The tensors holding this bucket's state (8-bit state: its codes and
+        absmax), the master copy included (a shard's, in a sharded bucket)."""
+        if self.blockwise:
+            out = [t for pair in self.block_tensors.values() for t in pair]
+        else:
+            out = list(self.state_flat.values())
+        return out + ([self.master_flat] if self.master_flat is not None else [])
 
     def sync_master(self):
         """With master weights: bring the master copy of every parameter that
@@ -317,7 +327,9 @@ class _Bucket:
             return
         for j, (now, before) in enumerate(zip(versions, self.versions)):
             if now != before:
-                master, param = self.master_views[j], self.param_views[j]
+                a, b = self._span(self.offsets[j], self.offsets[j] + self.sizes[j])
+                master = self.master_flat[a - self.state_offset:b - self.state_offset]
+                param = self.param_flat[a:b]
                 stale = master.to(self.dtype) != param
                 master[stale] = param[stale].float()
         self.versions = versions
@@ -399,14 +411,15 @@ class _Bucket:
         """Parameters ``j0..j1`` back to their state before their first step
         (all state arrays, or those in ``names``)."""
         init = self.owner._state_init
-        lo, hi = self.offsets[j0], self.offsets[j1] + self.sizes[j1]
+        a, b = self._span(self.offsets[j0], self.offsets[j1] + self.sizes[j1])
+        la, lb = a - self.state_offset, b - self.state_offset
         for name, flat in self.state_flat.items():
             if names is None or name in names:
                 value = _initial(init[name], group) if name in init else 0.0
-                if self.blockwise:
-                    _fill_blocks(self.block_view(name, j0, j1), value)
-                else:
-                    flat[lo:hi].fill_(value)
+                if not self.blockwise:
+                    flat[la:lb].fill_(value)
+                elif lb > la:
+                    _fill_blocks(_blocks(flat, la, lb), value)
         if names is None:
             for name, spec in self.owner._scalar_state.items():
                 self.scalars_np[name][j0:j1 + 1] = _initial(spec, group)
@@ -568,7 +581,8 @@ class _Bucket:
                 kwargs["master_param"] = self.k_master[la:lb]
             elif owner.stochastic_rounding:
                 kwargs["stochastic_rounding"] = True
-                kwargs["seed"] = owner._rounding_seed(int(self.steps_np[j0]) + 1)
+                kwargs["seed"] = rounding_seed(owner.seed, int(self.steps_np[j0]) + 1,
+                                               rule.takes_step)
                 kwargs["rounding_offset"] = a      # the bits of one call over the bucket
             for name in owner._scalar_state:
                 kwargs[name] = float(self.scalars_np[name][j0])
@@ -662,22 +676,13 @@ class FlatOptimizer(torch.optim.Optimizer):
         self._validated = []            # per group: the options last checked (lr excluded)
         self._max_grad_norm = _args.max_grad_norm(defaults.pop("max_grad_norm", None))
         storage = {k: defaults.pop(k, v) for k, v in STORAGE_OPTIONS.items()}
-        self.master_weights = _args.flag("master_weights", storage["master_weights"])
-        self.stochastic_rounding = _args.flag("stochastic_rounding",
-                                              storage["stochastic_rounding"])
-        if self.master_weights and self.stochastic_rounding:
-            raise ValueError("master_weights=True and stochastic_rounding=True exclude each "
-                             "other: with master weights the params are its nearest rounding")
         state_dtype = storage["state_dtype"]
         if isinstance(state_dtype, torch.dtype):     # torch.bfloat16 -> "bfloat16"
             state_dtype = str(state_dtype).rsplit(".", 1)[-1]
-        self.state_dtype = _state_dtype(state_dtype)
-        seed = storage["seed"]
-        if seed is not None:
-            seed = _args.seed(seed)
-        elif self.stochastic_rounding:
-            seed = int(np.random.SeedSequence().entropy) % 2 ** 64
-        self.seed = seed                # of stochastic rounding (None without it)
+        # (the seed: of stochastic rounding, None without it)
+        self.state_dtype, self.master_weights, self.stochastic_rounding, self.seed = \
+            storage_options(state_dtype, storage["master_weights"],
+                            storage["stochastic_rounding"], storage["seed"])
         self.grad_norm, self.step_skipped = None, False
         self._check_options(defaults, None)
         super().__init__(params, defaults)
@@ -709,15 +714,6 @@ class FlatOptimizer(torch.optim.Optimizer):
                 "float64 parameters with state of their own dtype (no state_dtype, "
                 "master_weights or stochastic_rounding): use torch.optim there")
         return state
-
-    def _rounding_seed(self, step):
-        """The functional step's ``seed`` for stochastic rounding at ``step``:
-        the optimizer's seed for rules that take ``step`` (the stream is keyed
-        on (seed, step)), else a seed of the step's own, as fastadapt.optim."""
-        if self.rule.takes_step:
-            return self.seed
-        key0, key1 = stream_key(self.seed, step)
-        return int(key0) | int(key1) << 32
 
     def __getstate__(self):
         raise TypeError(f"fastadapt.torch.{type(self).__name__} cannot be pickled (its "
@@ -933,15 +929,20 @@ class FlatOptimizer(torch.optim.Optimizer):
         finite, :attr:`step_skipped`; returns the loss scale with the clipping
         coefficient folded in (the kernel divides the gradients by it)."""
         from .norm import clipped_scale, grad_norm
-        squares = [grad_norm(*bucket.present_grads(scan), grad_scale=grad_scale) ** 2
-                   for _, _, bucket, scan in plans]
-        total = math.sqrt(math.fsum(squares))
+        local = math.fsum(grad_norm(*bucket.present_grads(scan), grad_scale=grad_scale) ** 2
+                          for _, _, bucket, scan in plans)
+        total = math.sqrt(self._sum_over_processes(local))
         self.grad_norm = total
         if not math.isfinite(total):
             self.step_skipped = True
             return grad_scale
         return clipped_scale(total, self.max_grad_norm,
                              1.0 if grad_scale is None else grad_scale)
+
+    def _sum_over_processes(self, value):
+        """``value`` summed over the processes sharing this optimizer's
+        parameters: itself here (a sharded optimizer all-reduces it)."""
+        return value
 
     # ------------------------------------------------------------- checkpoints
     def state_dict(self):

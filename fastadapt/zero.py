@@ -77,7 +77,6 @@ A collective that fails (a rank died, or raised and left the step) raises
 group's timeout; the message says which collective failed. A failed sharded
 save leaves the previous complete checkpoint in place.
 """
-import math
 import os
 import secrets
 
@@ -86,7 +85,6 @@ import torch
 import torch.distributed as dist
 
 from .checkpoint import atomic_write
-from .flat import ALIGN_BYTES
 from .kernels.storage import BLOCK
 from . import _storage
 from .optim import NON_NEGATIVE_STATE
@@ -138,6 +136,7 @@ class _ShardBucket(_Bucket):
 
     def __init__(self, owner, group_index, params, indices):
         super().__init__(owner, group_index, params, indices)
+        self.reduced = None     # the reduce-scatter's output (reduce_gradients=True)
         if self.master_flat is not None:
             s0, s1 = self.shard
             self.master_flat = self.master_flat[s0:s1].clone()
@@ -146,29 +145,9 @@ class _ShardBucket(_Bucket):
                 _MasterPiece(self.master_flat, o, n, shape, *self._span(o, o + n), s0)
                 for o, n, shape in zip(self.offsets, self.sizes, self.shapes)]
 
-    def sync_master(self):
-        """As ``fastadapt.torch``: the master copy takes the values of a
-        parameter written in place since the last step, on this rank's shard."""
-        if self.master_flat is None:
-            return
-        versions = self._versions()
-        if versions == self.versions:
-            return
-        s0 = self.shard[0]
-        for j, (now, before) in enumerate(zip(versions, self.versions)):
-            if now != before:
-                a, b = self._span(self.offsets[j], self.offsets[j] + self.sizes[j])
-                master, param = self.master_flat[a - s0:b - s0], self.param_flat[a:b]
-                stale = master.to(self.dtype) != param
-                master[stale] = param[stale].float()
-        self.versions = versions
-
-    def _flat_length(self, end):
+    def _flat_length(self, end, align):
+        # shards of whole units: cache lines, or 8-bit state's blocks
         owner = self.owner
-        align = ALIGN_BYTES // self.dtype.itemsize
-        if getattr(self, "blockwise", False):      # 8-bit state: whole blocks per shard
-            align = math.lcm(align, BLOCK)
-        self.align = align
         world = owner.world_size
         per = max(1, -(-end // (world * align))) * align
         self.shard_length = per
@@ -206,22 +185,6 @@ class _ShardBucket(_Bucket):
                 self.scalars[name] = torch.full((len(self.params),), _initial(spec, group),
                                                 dtype=torch.float64)
                 self.scalars_np[name] = self.scalars[name].numpy()
-
-    def reset(self, j0, j1, group, names=None):
-        init = self.owner._state_init
-        a, b = self._span(self.offsets[j0], self.offsets[j1] + self.sizes[j1])
-        s0 = self.shard[0]
-        for name, flat in self.state_flat.items():
-            if names is None or name in names:
-                value = _initial(init[name], group) if name in init else 0.0
-                if not self.blockwise:
-                    flat[a - s0:b - s0].fill_(value)
-                elif b > a:
-                    _fill_blocks(_blocks(flat, a - s0, b - s0), value)
-        if names is None:
-            for name, spec in self.owner._scalar_state.items():
-                self.scalars_np[name][j0:j1 + 1] = _initial(spec, group)
-            self.steps_np[j0:j1 + 1] = 0
 
     def load(self, name, j, arrays, extras, group):
         """Parameter ``j``'s state ``name`` from a checked state dict (reset when
@@ -276,15 +239,6 @@ class _ShardBucket(_Bucket):
             if has and b > a:
                 pieces.append(self.k_grad[a:b])
         return pieces
-
-    def state_tensors(self):
-        """The tensors holding this rank's state (8-bit state: its codes and
-        absmax), the master copy included."""
-        if self.blockwise:
-            out = [t for pair in self.block_tensors.values() for t in pair]
-        else:
-            out = list(self.state_flat.values())
-        return out + ([self.master_flat] if self.master_flat is not None else [])
 
     def local_arrays(self):
         """``{key: tensor}`` of this rank's state as collectives and files move
@@ -405,7 +359,10 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
             _process_group(process_group)
         self.optimizer_class = cls
         self.reduce_gradients = reduce_gradients
-        self._global_ranks = [self._global(r) for r in range(self.world_size)]
+        #: the process group's ranks as global ranks (collectives' src / dst)
+        self._global_ranks = [
+            r if self.process_group is dist.group.WORLD
+            else dist.get_global_rank(self.process_group, r) for r in range(self.world_size)]
         #: gather the parameters by broadcasts (gloo) or one all_gather (others)
         self._gather_by_broadcast = self._backend == "gloo"
         self.rule, self._signature, self._extras = cls.rule, cls._signature, cls._extras
@@ -422,7 +379,7 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
             # none was given), so each rank rounds its shard as one process would
             seed = [self.seed]
             self._collective("the stochastic-rounding seed's broadcast",
-                             dist.broadcast_object_list, seed, src=self._global(0))
+                             dist.broadcast_object_list, seed, src=self._global_ranks[0])
             self.seed = seed[0]
 
     def __repr__(self):
@@ -589,27 +546,19 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
         for buckets in self._buckets:
             for b in buckets:
                 s0, s1 = b.shard
-                out = torch.empty(s1 - s0, dtype=b.dtype, device=b.device)
+                if b.reduced is None:       # allocated once, at the first such step
+                    b.reduced = torch.empty(s1 - s0, dtype=b.dtype, device=b.device)
+                out = b.reduced
                 self._collective("the gradients' reduce_scatter", _reduce_scatter,
                                  out, b.grad_flat)
                 torch.div(out, self.world_size, out=b.grad_flat[s0:s1])
 
-    def _clip(self, plans, grad_scale):
-        """Global-norm clipping across the shards: each rank's sum of squares,
-        all-reduced; then as ``fastadapt.torch`` (sets :attr:`grad_norm` and
-        :attr:`step_skipped`, returns the scale with the coefficient folded in)."""
-        from .norm import clipped_scale, grad_norm
-        local = math.fsum(grad_norm(*bucket.present_grads(scan), grad_scale=grad_scale) ** 2
-                          for _, _, bucket, scan in plans)
-        t = self._tensor([local])
+    def _sum_over_processes(self, value):
+        """``value`` all-reduced over the process group (the gradient norm's
+        sum of squares: each rank's shard, so every rank clips alike)."""
+        t = self._tensor([value])
         self._collective("the gradient norm's all-reduce", dist.all_reduce, t)
-        total = math.sqrt(t.item())
-        self.grad_norm = total
-        if not math.isfinite(total):
-            self.step_skipped = True
-            return grad_scale
-        return clipped_scale(total, self.max_grad_norm,
-                             1.0 if grad_scale is None else grad_scale)
+        return t.item()
 
     # ------------------------------------------------------------- full state dicts
     def consolidate_state_dict(self, to=0):
@@ -618,8 +567,7 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
         if not (isinstance(to, int) and 0 <= to < self.world_size):
             raise ValueError(f"to must be a rank of the process group (0 .. "
                              f"{self.world_size - 1}), got {to!r}")
-        dst = to if self.process_group is dist.group.WORLD else dist.get_global_rank(
-            self.process_group, to)
+        dst = self._global_ranks[to]
         receive = self.rank == to
         param_groups, state, start = [], {}, 0
         for group, buckets in zip(self.param_groups, self._buckets):
@@ -706,7 +654,7 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
         directory = os.fspath(directory)
         token = [secrets.token_hex(6) if self.rank == 0 else None]
         self._collective("save_sharded's broadcast", dist.broadcast_object_list, token,
-                         src=self._global(0))
+                         src=self._global_ranks[0])
         token = token[0]
         shard = {"format": SHARDED_FORMAT, "token": token, "rank": self.rank,
                  "world_size": self.world_size, "seed": self.seed,
@@ -749,10 +697,6 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
                     except OSError:
                         pass
         self._collective("save_sharded's final barrier", dist.barrier)
-
-    def _global(self, rank):
-        return rank if self.process_group is dist.group.WORLD else dist.get_global_rank(
-            self.process_group, rank)
 
     def load_sharded(self, directory):
         """Load a checkpoint of :meth:`save_sharded` (every rank calls it),

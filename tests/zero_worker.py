@@ -102,17 +102,10 @@ def flat(groups):
     return [p.detach().clone() for params in groups for p in params]
 
 
-def state_tensors(b):
-    """A bucket's state tensors (8-bit state: its codes and absmax) and master copy."""
-    tensors = ([t for pair in b.block_tensors.values() for t in pair] if b.blockwise
-               else list(b.state_flat.values()))
-    return tensors + ([b.master_flat] if b.master_flat is not None else [])
-
-
 def storage_bytes(opt):
     """Bytes allocated for the optimizer's state arrays, from the tensors' storages."""
     return sum(t.untyped_storage().nbytes() for buckets in opt._buckets for b in buckets
-               for t in state_tensors(b))
+               for t in b.state_tensors())
 
 
 # ----------------------------------------------------------------- scenarios

@@ -168,7 +168,7 @@ def _rank(rank, world, init, outdir, config):
             times[name].append(time.perf_counter() - start)
     state_bytes = {
         "fastadapt": _storage_bytes(t for bs in ours._buckets for b in bs
-                                    for t in b.state_flat.values()),
+                                    for t in b.state_tensors()),
         "torch_fused": _storage_bytes(t for s in theirs.optim.state.values()
                                       for t in s.values() if isinstance(t, torch.Tensor))}
     result = {"rank": rank, "state_bytes": state_bytes,
