@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -23,6 +22,7 @@ if not torch.distributed.is_available():      # pragma: no cover
 
 import fastadapt  # noqa: E402
 import fastadapt.torch as ft  # noqa: E402
+from fastadapt.benchmark._zero import launch_ranks  # noqa: E402
 from fastadapt.checkpoint import remove_stale_temporaries  # noqa: E402
 
 import zero_worker as W  # noqa: E402
@@ -42,31 +42,11 @@ def launch(world, workdir, scenario, timeout_s=20):
                PYTHONPATH=os.pathsep.join(filter(None, [os.path.dirname(WORKER),
                                                         os.environ.get("PYTHONPATH")])))
     init = os.path.join(workdir, f"init-{scenario}")
-    procs, logs = [], []
-    try:
-        for rank in range(world):
-            log = open(os.path.join(workdir, f"{scenario}-rank{rank}.log"), "w+")
-            logs.append(log)
-            procs.append(subprocess.Popen(
-                [sys.executable, WORKER, str(rank), str(world), init, workdir, scenario,
-                 str(timeout_s)], stdout=log, stderr=subprocess.STDOUT, env=env))
-        deadline = time.monotonic() + LAUNCH_TIMEOUT_S
-        for p in procs:
-            try:
-                p.wait(timeout=max(1.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    results = []
-    for p, log in zip(procs, logs):
-        log.seek(0)
-        results.append((p.returncode, log.read()[-4000:]))
-        log.close()
-    return results
+    status = launch_ranks(
+        [[sys.executable, WORKER, str(rank), str(world), init, workdir, scenario,
+          str(timeout_s)] for rank in range(world)],
+        env, workdir, LAUNCH_TIMEOUT_S, prefix=f"{scenario}-")
+    return [(code, log[-4000:]) for code, log in status]
 
 
 def load(workdir, scenario, rank):

@@ -37,6 +37,37 @@ LABELS = {"fastadapt": "fastadapt.torch.ZeroRedundancyOptimizer (fastadapt.torch
           "torch_fused": "torch ZeroRedundancyOptimizer (torch.optim.Adam, fused=True)"}
 
 
+def launch_ranks(commands, env, logdir, timeout_s, prefix=""):
+    """Run one process per command (rank ``r``: ``commands[r]``, its output in
+    ``logdir/<prefix>rank<r>.log``) until all exit or ``timeout_s`` passes,
+    then kill what is left; ``[(returncode, output)]`` per rank (a killed
+    rank's code is negative)."""
+    procs, logs = [], []
+    try:
+        for rank, command in enumerate(commands):
+            log = open(os.path.join(logdir, f"{prefix}rank{rank}.log"), "w+")
+            logs.append(log)
+            procs.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                          env=env))
+        deadline = time.monotonic() + timeout_s
+        for p in procs:
+            try:
+                p.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    results = []
+    for p, log in zip(procs, logs):
+        log.seek(0)
+        results.append((p.returncode, log.read()))
+        log.close()
+    return results
+
+
 def run(quick=True, progress=print, d=None, shapes=None, rounds=None, timeout_s=600):
     """Measure both optimizers at 2 ranks; ``shapes`` overrides GPT-2's."""
     from ._implementations import gpt2_small_shapes
@@ -54,34 +85,13 @@ def run(quick=True, progress=print, d=None, shapes=None, rounds=None, timeout_s=
         with open(config, "w") as f:
             json.dump({"shapes": shapes, "rounds": rounds}, f)
         env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
-        procs, logs = [], []
-        try:
-            for rank in range(WORLD):
-                log = open(os.path.join(tmp, f"rank{rank}.log"), "w+")
-                logs.append(log)
-                procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "fastadapt.benchmark._zero", str(rank),
-                     str(WORLD), os.path.join(tmp, "init"), tmp, config],
-                    stdout=log, stderr=subprocess.STDOUT, env=env))
-            deadline = time.monotonic() + timeout_s
-            for p in procs:
-                try:
-                    p.wait(timeout=max(1.0, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    pass
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
-        failed = []
-        for rank, (p, log) in enumerate(zip(procs, logs)):
-            log.seek(0)
-            text = log.read()
-            log.close()
-            if p.returncode != 0:
-                failed.append(f"rank {rank} exited with {p.returncode}: "
-                              + " | ".join(text.strip().splitlines()[-6:]))
+        status = launch_ranks(
+            [[sys.executable, "-m", "fastadapt.benchmark._zero", str(rank), str(WORLD),
+              os.path.join(tmp, "init"), tmp, config] for rank in range(WORLD)],
+            env, tmp, timeout_s)
+        failed = [f"rank {rank} exited with {code}: "
+                  + " | ".join(text.strip().splitlines()[-6:])
+                  for rank, (code, text) in enumerate(status) if code != 0]
         if failed:
             out["unavailable"] = "; ".join(failed)
             return out
