@@ -252,9 +252,27 @@ class Blockwise8:
             raise TypeError(f"Blockwise8: signed must be a bool, got {signed!r}")
         self.signed = bool(signed)
         self.map, self.thresholds, self.buckets = _tables(self.signed)
-        zero = int(np.flatnonzero(self.map == 0)[0])
-        self.codes = np.full(n, zero, np.uint8)
-        self.absmax = np.zeros(-(-n // BLOCK), np.float32)
+        self.codes = np.empty(n, np.uint8)
+        self.absmax = np.empty(-(-n // BLOCK), np.float32)
+        self._clear()
+
+    def _over(self, codes, absmax):
+        """A Blockwise8 of this one's code over the arrays ``codes`` and
+        ``absmax`` (not copied)."""
+        out = Blockwise8.__new__(Blockwise8)
+        out.signed, out.map, out.thresholds, out.buckets = (
+            self.signed, self.map, self.thresholds, self.buckets)
+        out.codes, out.absmax = codes, absmax
+        return out
+
+    def _view(self, lo, hi):
+        """Elements ``lo:hi`` (``lo`` starts a block) as a Blockwise8 of views."""
+        return self._over(self.codes[lo:hi], self.absmax[lo // BLOCK:-(-hi // BLOCK)])
+
+    def _clear(self):
+        """Every element at 0: the zero code, absmax 0 (as a new one starts)."""
+        self.codes[:] = int(np.flatnonzero(self.map == 0)[0])
+        self.absmax[:] = 0.0
 
     @property
     def size(self):

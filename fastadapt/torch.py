@@ -213,26 +213,6 @@ def _host_array(flat):
     return flat.numpy()
 
 
-def _blocks(b8, lo, hi):
-    """The :class:`~fastadapt.Blockwise8` over elements ``lo:hi`` of ``b8``
-    (views of its codes and absmax; ``lo`` starts a block)."""
-    out = _storage.Blockwise8.__new__(_storage.Blockwise8)
-    out.signed, out.map, out.thresholds, out.buckets = b8.signed, b8.map, b8.thresholds, \
-        b8.buckets
-    out.codes, out.absmax = b8.codes[lo:hi], b8.absmax[lo // BLOCK:-(-hi // BLOCK)]
-    return out
-
-
-def _fill_blocks(b8, value):
-    """Every element of ``b8`` at ``value`` (0: the zero code, absmax 0, as a new
-    Blockwise8 starts)."""
-    if value == 0.0:
-        b8.codes[:] = int(np.flatnonzero(b8.map == 0)[0])
-        b8.absmax[:] = 0.0
-    else:
-        b8.fill(value)
-
-
 # ----------------------------------------------------------------- one flat buffer
 class _Bucket:
     """The parameters of one group that share a device and dtype, packed into
@@ -338,8 +318,8 @@ class _Bucket:
         """8-bit state ``name`` over parameters ``j0..j1`` (one parameter by
         default) as a Blockwise8 of views."""
         j1 = j0 if j1 is None else j1
-        return _blocks(self.state_flat[name], self.offsets[j0],
-                       self.offsets[j1] + self.sizes[j1])
+        return self.state_flat[name]._view(self.offsets[j0],
+                                           self.offsets[j1] + self.sizes[j1])
 
     #: Where this bucket's state and master arrays start in the flat buffer
     #: (a sharded bucket keeps them for its shard only).
@@ -356,7 +336,7 @@ class _Bucket:
         if not self.blockwise:
             return self.k_state[name][lo:hi]
         b8 = self.state_flat[name]
-        return b8 if lo == 0 and hi == self.length else _blocks(b8, lo, hi)
+        return b8 if lo == 0 and hi == self.length else b8._view(lo, hi)
 
     def state_entries(self, name, j, values=False):
         """The entries of state array ``name`` in parameter ``j``'s state:
@@ -419,7 +399,11 @@ class _Bucket:
                 if not self.blockwise:
                     flat[la:lb].fill_(value)
                 elif lb > la:
-                    _fill_blocks(_blocks(flat, la, lb), value)
+                    blocks = flat._view(la, lb)
+                    if value == 0.0:    # the zero code and absmax 0, as a new one starts
+                        blocks._clear()
+                    else:
+                        blocks.fill(value)
         if names is None:
             for name, spec in self.owner._scalar_state.items():
                 self.scalars_np[name][j0:j1 + 1] = _initial(spec, group)

@@ -88,8 +88,7 @@ from .checkpoint import atomic_write
 from .kernels.storage import BLOCK
 from . import _storage
 from .optim import NON_NEGATIVE_STATE
-from .torch import (MASTER_KEY, SEED_KEY, FlatOptimizer, _blocks, _Bucket, _fill_blocks,
-                    _initial, _scalar_dtype)
+from .torch import MASTER_KEY, SEED_KEY, FlatOptimizer, _Bucket, _initial, _scalar_dtype
 
 __all__ = ["ZeroRedundancyOptimizer", "CollectiveError"]
 
@@ -196,7 +195,7 @@ class _ShardBucket(_Bucket):
             a, b = self._span(lo, lo + self.sizes[j])
             if b <= a:
                 return
-            target = _blocks(self.state_flat[name], a - self.shard[0], b - self.shard[0])
+            target = self.state_flat[name]._view(a - self.shard[0], b - self.shard[0])
             codes = extras.get(f"{key}.codes")
             if codes is not None:       # as saved; a - lo starts a block
                 target.codes[:] = codes.detach().cpu().reshape(-1).numpy()[a - lo:b - lo]
@@ -263,14 +262,10 @@ def _entries(b, name, full, o, n, shape):
     if not b.blockwise:
         return {key: full[name][o:o + n].view(shape)}
     codes, absmax = full[f"{name}.codes"], full[f"{name}.absmax"]
-    template = b.state_flat[name]
-    whole = _storage.Blockwise8.__new__(_storage.Blockwise8)
-    whole.signed, whole.map, whole.thresholds, whole.buckets = (
-        template.signed, template.map, template.thresholds, template.buckets)
-    whole.codes, whole.absmax = codes.numpy(), absmax.numpy()
+    whole = b.state_flat[name]._over(codes.numpy(), absmax.numpy())
     return {f"{key}.codes": codes[o:o + n],
             f"{key}.absmax": absmax[o // BLOCK:-(-(o + n) // BLOCK)],
-            key: torch.from_numpy(_blocks(whole, o, o + n).dequantize()).view(shape)}
+            key: torch.from_numpy(whole._view(o, o + n).dequantize()).view(shape)}
 
 
 # ----------------------------------------------------------------- the optimizer
