@@ -272,7 +272,9 @@ class _Bucket:
     def _flat_length(self, end, align):
         """The flat buffers' length for segments ending at ``end``, laid out
         in units of ``align`` elements (a subclass may pad them further, as
-        ZeroRedundancyOptimizer's shards do)."""
+        ZeroRedundancyOptimizer's shards do); sets ``state_length``, the
+        state arrays' (here the flat buffers')."""
+        self.state_length = end
         return end
 
     def _views(self, flat):
@@ -357,30 +359,38 @@ class _Bucket:
         return out
 
     # ----------------------------------------------------------- state
+    def _show_state(self, name):
+        """A new state array's per-parameter views, in ``optimizer.state`` of
+        the parameters already there."""
+        if not self.blockwise:
+            self.state_views[name] = self._views(self.state_flat[name])
+        for j, published in enumerate(self.published):
+            if published:
+                self.owner.state[self.params[j]].update(self.state_entries(name, j))
+
     def ensure_state(self, names, group):
-        """Allocate the state arrays ``names`` that do not exist yet."""
+        """Allocate the state arrays ``names`` that do not exist yet
+        (``state_length`` elements each)."""
         init = self.owner._state_init
         for name in names:
             if name in self.state_flat:
                 continue
             value = _initial(init[name], group) if name in init else 0.0
             if self.blockwise:
-                b8 = _storage.Blockwise8(self.length, name not in NON_NEGATIVE_STATE)
+                b8 = _storage.Blockwise8(self.state_length, name not in NON_NEGATIVE_STATE)
                 if value != 0.0:
                     b8.fill(value)
                 self.state_flat[name] = self.k_state[name] = b8
                 self.block_tensors[name] = (torch.from_numpy(b8.codes),
                                             torch.from_numpy(b8.absmax))
             else:
-                flat = torch.zeros(self.length, dtype=self.state_dtype, device=self.device)
+                flat = torch.zeros(self.state_length, dtype=self.state_dtype,
+                                   device=self.device)
                 if value != 0.0:
                     flat.fill_(value)
                 self.state_flat[name] = flat
-                self.state_views[name] = self._views(flat)
                 self.k_state[name] = self._kernel_array(flat)
-            for j, published in enumerate(self.published):
-                if published:
-                    self.owner.state[self.params[j]].update(self.state_entries(name, j))
+            self._show_state(name)
         for name, spec in self.owner._scalar_state.items():
             if name not in self.scalars:
                 self.scalars[name] = torch.full((len(self.params),), _initial(spec, group),

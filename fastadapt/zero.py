@@ -80,15 +80,12 @@ save leaves the previous complete checkpoint in place.
 import os
 import secrets
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
 from .checkpoint import atomic_write
 from .kernels.storage import BLOCK
-from . import _storage
-from .optim import NON_NEGATIVE_STATE
-from .torch import MASTER_KEY, SEED_KEY, FlatOptimizer, _Bucket, _initial, _scalar_dtype
+from .torch import MASTER_KEY, SEED_KEY, FlatOptimizer, _Bucket, _scalar_dtype
 
 __all__ = ["ZeroRedundancyOptimizer", "CollectiveError"]
 
@@ -149,7 +146,7 @@ class _ShardBucket(_Bucket):
         owner = self.owner
         world = owner.world_size
         per = max(1, -(-end // (world * align))) * align
-        self.shard_length = per
+        self.shard_length = self.state_length = per
         self.shard = (owner.rank * per, (owner.rank + 1) * per)
         self.state_offset = self.shard[0]
         return per * world
@@ -160,30 +157,8 @@ class _ShardBucket(_Bucket):
         a, b = max(lo, s0), min(hi, s1)
         return (a, b) if a < b else (s0, s0)
 
-    def ensure_state(self, names, group):
-        init = self.owner._state_init
-        for name in names:
-            if name in self.state_flat:
-                continue
-            value = _initial(init[name], group) if name in init else 0.0
-            if self.blockwise:
-                b8 = _storage.Blockwise8(self.shard_length, name not in NON_NEGATIVE_STATE)
-                if value != 0.0:
-                    b8.fill(value)
-                self.state_flat[name] = self.k_state[name] = b8
-                self.block_tensors[name] = (torch.from_numpy(b8.codes),
-                                            torch.from_numpy(b8.absmax))
-                continue
-            flat = torch.zeros(self.shard_length, dtype=self.state_dtype, device=self.device)
-            if value != 0.0:
-                flat.fill_(value)
-            self.state_flat[name] = flat
-            self.k_state[name] = self._kernel_array(flat)
-        for name, spec in self.owner._scalar_state.items():
-            if name not in self.scalars:
-                self.scalars[name] = torch.full((len(self.params),), _initial(spec, group),
-                                                dtype=torch.float64)
-                self.scalars_np[name] = self.scalars[name].numpy()
+    def _show_state(self, name):
+        """Nothing: ``optimizer.state`` shows no sharded arrays (see :meth:`publish`)."""
 
     def load(self, name, j, arrays, extras, group):
         """Parameter ``j``'s state ``name`` from a checked state dict (reset when
