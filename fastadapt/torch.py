@@ -264,10 +264,15 @@ class _Bucket:
         # receive it rounded to nearest in the same pass
         self.master_flat = self.master_views = self.k_master = None
         if owner.master_weights:
-            self.master_flat = self.param_flat.float()
-            self.master_views = self._views(self.master_flat)
+            self.master_flat, self.master_views = self._new_master()
             self.k_master = self._kernel_array(self.master_flat)
         self.versions = self._versions()
+
+    def _new_master(self):
+        """``(master_flat, master_views)``: the float32 master copy of the
+        parameters (16-bit: always a new tensor) and its per-parameter views."""
+        flat = self.param_flat.float()
+        return flat, self._views(flat)
 
     def _flat_length(self, end, align):
         """The flat buffers' length for segments ending at ``end``, laid out

@@ -133,13 +133,13 @@ class _ShardBucket(_Bucket):
     def __init__(self, owner, group_index, params, indices):
         super().__init__(owner, group_index, params, indices)
         self.reduced = None     # the reduce-scatter's output (reduce_gradients=True)
-        if self.master_flat is not None:
-            s0, s1 = self.shard
-            self.master_flat = self.master_flat[s0:s1].clone()
-            self.k_master = self._kernel_array(self.master_flat)
-            self.master_views = [
-                _MasterPiece(self.master_flat, o, n, shape, *self._span(o, o + n), s0)
-                for o, n, shape in zip(self.offsets, self.sizes, self.shapes)]
+
+    def _new_master(self):
+        """The master copy of this rank's shard only, and its pieces per parameter."""
+        s0, s1 = self.shard
+        flat = self.param_flat[s0:s1].float()
+        return flat, [_MasterPiece(flat, o, n, shape, *self._span(o, o + n), s0)
+                      for o, n, shape in zip(self.offsets, self.sizes, self.shapes)]
 
     def _flat_length(self, end, align):
         # shards of whole units: cache lines, or 8-bit state's blocks
