@@ -969,6 +969,21 @@ class FlatOptimizer(torch.optim.Optimizer):
         for buckets in self._buckets:
             for b in buckets:
                 b.sync_master()
+        state_dict = self._packed_state(
+            lambda b, j: {k: v for name in b.state_flat
+                          for k, v in b.state_entries(name, j, values=True).items()},
+            lambda b, j: None if b.master_views is None else b.master_views[j])
+        for hook in self._optimizer_state_dict_post_hooks.values():
+            result = hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        return state_dict
+
+    def _packed_state(self, arrays_of, master_of):
+        """``{"state", "param_groups"}`` in torch's format, parameter ``j`` of
+        bucket ``b`` taking its state arrays' entries from ``arrays_of(b, j)``
+        and its master copy (or None) from ``master_of(b, j)``; the step, the
+        scalar state and the seed from the buckets (see :meth:`state_dict`)."""
         keep_step = not self._no_step or self.stochastic_rounding
         param_groups, state, start = [], {}, 0
         for group, buckets in zip(self.param_groups, self._buckets):
@@ -981,23 +996,18 @@ class FlatOptimizer(torch.optim.Optimizer):
                         continue
                     entry = {} if not keep_step else {
                         "step": torch.tensor(float(b.steps_np[j]), dtype=_scalar_dtype())}
-                    for name in b.state_flat:
-                        entry.update(b.state_entries(name, j, values=True))
+                    entry.update(arrays_of(b, j))
                     for name in self._scalar_state:
                         entry[self._torch_names.get(name, name)] = b.scalar_tensor(name, j)
-                    if b.master_views is not None:
-                        entry[MASTER_KEY] = b.master_views[j]
+                    master = master_of(b, j)
+                    if master is not None:
+                        entry[MASTER_KEY] = master
                     if self.stochastic_rounding:
                         entry[SEED_KEY] = self.seed
                     if entry:
                         state[start + b.indices[j]] = entry
             start += len(group["params"])
-        state_dict = {"state": dict(sorted(state.items())), "param_groups": param_groups}
-        for hook in self._optimizer_state_dict_post_hooks.values():
-            result = hook(self, state_dict)
-            if result is not None:
-                state_dict = result
-        return state_dict
+        return {"state": dict(sorted(state.items())), "param_groups": param_groups}
 
     def load_state_dict(self, state_dict):
         """Load a state dict of torch's format (from this class or from the

@@ -85,7 +85,7 @@ import torch.distributed as dist
 
 from .checkpoint import atomic_write
 from .kernels.storage import BLOCK
-from .torch import MASTER_KEY, SEED_KEY, FlatOptimizer, _Bucket, _scalar_dtype
+from .torch import MASTER_KEY, FlatOptimizer, _Bucket
 
 __all__ = ["ZeroRedundancyOptimizer", "CollectiveError"]
 
@@ -539,48 +539,29 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
                              f"{self.world_size - 1}), got {to!r}")
         dst = self._global_ranks[to]
         receive = self.rank == to
-        param_groups, state, start = [], {}, 0
-        for group, buckets in zip(self.param_groups, self._buckets):
-            packed = {k: v for k, v in group.items() if k != "params"}
-            packed["params"] = list(range(start, start + len(group["params"])))
-            param_groups.append(packed)
+        full, master = {}, {}           # per bucket: the whole state arrays, master copy
+        for buckets in self._buckets:
             for b in buckets:
-                full = {}
+                arrays = full[b] = {}
                 for name, local in b.local_arrays().items():
                     parts = [torch.empty_like(local) for _ in range(self.world_size)] \
                         if receive else None
                     self._collective(f"consolidate_state_dict's gather of {name}", dist.gather,
                                      local, parts, dst=dst)
                     if receive:
-                        full[name] = torch.cat(parts)
-                master = None
+                        arrays[name] = torch.cat(parts)
+                master[b] = None
                 if b.master_flat is not None:
                     parts = [torch.empty_like(b.master_flat) for _ in range(self.world_size)] \
                         if receive else None
                     self._collective("consolidate_state_dict's gather of the master copy",
                                      dist.gather, b.master_flat, parts, dst=dst)
-                    master = torch.cat(parts) if receive else None
-                if not receive:
-                    continue
-                for j in range(len(b.params)):
-                    if not b.published[j]:
-                        continue
-                    entry = {} if self._no_step and not self.stochastic_rounding else {
-                        "step": torch.tensor(float(b.steps_np[j]), dtype=_scalar_dtype())}
-                    o, n = b.offsets[j], b.sizes[j]
-                    for name in b.state_flat:
-                        entry.update(_entries(b, name, full, o, n, b.shapes[j]))
-                    for name in self._scalar_state:
-                        entry[self._torch_names.get(name, name)] = b.scalar_tensor(name, j)
-                    if master is not None:
-                        entry[MASTER_KEY] = master[o:o + n].view(b.shapes[j])
-                    if self.stochastic_rounding:
-                        entry[SEED_KEY] = self.seed
-                    if entry:
-                        state[start + b.indices[j]] = entry
-            start += len(group["params"])
-        self._consolidated = ({"state": dict(sorted(state.items())),
-                               "param_groups": param_groups} if receive else None)
+                    master[b] = torch.cat(parts) if receive else None
+        self._consolidated = None if not receive else self._packed_state(
+            lambda b, j: {k: v for name in b.state_flat for k, v in _entries(
+                b, name, full[b], b.offsets[j], b.sizes[j], b.shapes[j]).items()},
+            lambda b, j: None if master[b] is None else
+            master[b][b.offsets[j]:b.offsets[j] + b.sizes[j]].view(b.shapes[j]))
 
     def state_dict(self):
         """The full state in torch's format, as last consolidated on this rank.
