@@ -238,7 +238,7 @@ def whole_step(d_model=256, nhead=4, seq=128, batch=8, budget_s=3.0, min_rounds=
 STORAGE_ROWS = (
     ("bf16_state", "bf16-state Adam vs torch fused float32", 1.3),
     ("bf16_master", "bf16 params + fp32 master vs torch fused fp32 step + copy to bf16", 1.1))
-#: bytes per element per step of each side (see DESIGN.md "Fewer bytes")
+#: bytes per element per step of each side (see the README's "Fewer bytes")
 _STORAGE_BYTES = {"bf16_state": (20, 28), "bf16_master": (30, 30)}
 
 
