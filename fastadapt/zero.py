@@ -527,7 +527,9 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
             indices = range(len(self.param_groups))
             out.update({"optimizer_class": self.optimizer_class.__qualname__,
                         "reduce_gradients": repr(self.reduce_gradients),
-                        "state_dtype": _shown(self.state_dtype),
+                        "state_dtype": _shown(self.state_dtype if self.state_dtype is None
+                                              or isinstance(self.state_dtype, str)
+                                              else str(self.state_dtype)),
                         "master_weights": repr(self.master_weights),
                         "stochastic_rounding": repr(self.stochastic_rounding),
                         "max_grad_norm": _shown(self.max_grad_norm)})
@@ -537,7 +539,8 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
             out.update(_group_shown(index, self.param_groups[index]))
         return out
 
-    def _consensus(self, what, error, description, kind=ValueError):
+    def _consensus(self, what, error, description, kind=ValueError,
+                   outcome="nothing was changed"):
         """Raise on every rank when ``error`` (an exception or None) is set on
         any rank, or when ``description`` (``{name: short text}``) differs
         between ranks: the rank with the error raises it, the others ``kind``
@@ -562,7 +565,7 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
         if failed:
             r, e = failed[0]
             raise kind(f"ZeroRedundancyOptimizer: {what} failed on rank {r} of "
-                       f"{self.world_size} ({e}); every rank raises, and nothing was changed")
+                       f"{self.world_size} ({e}); every rank raises, and {outcome}")
         differ = []
         for key in dict.fromkeys(k for _, d in everything for k in d):
             ranks = {}              # value -> the ranks that gave it
@@ -574,7 +577,7 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
                    "parameters and hyper-parameters, but these differ across ranks: "
                    + "; ".join(differ[:4])
                    + (f"; and {len(differ) - 4} more" if len(differ) > 4 else "")
-                   + ". Nothing was changed")
+                   + f". Every rank raises, and {outcome}")
 
     def __repr__(self):
         return (f"ZeroRedundancyOptimizer({self.optimizer_class.__name__}, rank {self.rank} "
@@ -909,7 +912,8 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
         except Exception as exc:
             error = exc
         # (also the barrier: rank 0 has made the directory)
-        self._consensus("save_sharded", error, None, kind=RuntimeError)
+        self._consensus("save_sharded", error, None, kind=RuntimeError,
+                        outcome=f"the checkpoint in {directory!r} was not updated")
         token = [secrets.token_hex(6) if self.rank == 0 else None]
         self._collective("save_sharded's broadcast", dist.broadcast_object_list, token,
                          src=self._global_ranks[0])
@@ -931,20 +935,34 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
             atomic_write(path, lambda f: torch.save(shard, f))
         except Exception as exc:
             error = exc
-        self._consensus("save_sharded", error, None, kind=RuntimeError)
+        self._consensus("save_sharded", error, None, kind=RuntimeError,
+                        outcome=f"the checkpoint in {directory!r} was not updated")
+        error = None
         if self.rank == 0:
             manifest = {"format": SHARDED_FORMAT, "kind": KIND,
                         "rule": self.rule.name, "token": token,
                         "world_size": self.world_size, "layout": self._layout()}
-            atomic_write(os.path.join(directory, MANIFEST), lambda f: torch.save(manifest, f))
-            keep = {self._shard_name(token, r, self.world_size) for r in range(self.world_size)}
-            for name in os.listdir(directory):
-                if name.startswith("shard-") and name.endswith(".pt") and name not in keep:
-                    try:
-                        os.unlink(os.path.join(directory, name))
-                    except OSError:
-                        pass
-        self._collective("save_sharded's final barrier", dist.barrier)
+            try:
+                atomic_write(os.path.join(directory, MANIFEST),
+                             lambda f: torch.save(manifest, f))
+            except Exception as exc:
+                error = exc
+            else:
+                keep = {self._shard_name(token, r, self.world_size)
+                        for r in range(self.world_size)}
+                try:
+                    names = os.listdir(directory)
+                except OSError:         # the checkpoint is complete; the old files stay
+                    names = []
+                for name in names:
+                    if name.startswith("shard-") and name.endswith(".pt") and name not in keep:
+                        try:
+                            os.unlink(os.path.join(directory, name))
+                        except OSError:
+                            pass
+        # (also the final barrier: no rank returns before the manifest is written)
+        self._consensus("save_sharded's manifest", error, None, kind=RuntimeError,
+                        outcome=f"the checkpoint in {directory!r} was not updated")
 
     def load_sharded(self, directory):
         """Load a checkpoint of :meth:`save_sharded` (every rank calls it, on

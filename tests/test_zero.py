@@ -541,14 +541,15 @@ def test_options_that_differ_across_ranks_raise_on_every_rank(checks):
     parameter is touched; a construction that agrees then steps."""
     world, out = checks
     # what differs: (the other ranks' value, the last rank's)
-    named = {"master_weights": ("False", "True"), "state_dtype": ("None", "'int8'"),
-             "reduce_gradients": ("False", "True"), "max_grad_norm": ("None", "1.0"),
-             "param group 0: lr": ("0.01", "0.1"),
-             "param group 1: parameters": ("3 tensors", "4 tensors")}
-    cases = dict(zip(named, ("master_weights", "state_dtype", "reduce_gradients",
-                             "max_grad_norm", "lr", "shapes")))
-    for what, (usual, odd) in named.items():
-        key = cases[what]
+    named = {   # case: (what differs, the other ranks' value, the last rank's)
+        "master_weights": ("master_weights", "False", "True"),
+        "state_dtype": ("state_dtype", "None", "'int8'"),
+        "state_dtype bfloat16": ("state_dtype", "None", "'bfloat16'"),
+        "reduce_gradients": ("reduce_gradients", "False", "True"),
+        "max_grad_norm": ("max_grad_norm", "None", "1.0"),
+        "lr": ("param group 0: lr", "0.01", "0.1"),
+        "shapes": ("param group 1: parameters", "3 tensors", "4 tensors")}
+    for key, (what, usual, odd) in named.items():
         messages = raised_everywhere([out[r]["options_differ"][key] for r in range(world)])
         for rank, message in enumerate(messages):
             others = "rank 0" if world == 2 else f"ranks {', '.join(map(str, range(world - 1)))}"
@@ -562,6 +563,9 @@ def test_options_that_differ_across_ranks_raise_on_every_rank(checks):
     for rank in range(world):
         assert not mismatches(out[rank]["options_differ"]["after"],
                               out[0]["options_differ"]["after"]), rank
+        # the agreement costs the step nothing: no all-reduce without
+        # reduce_gradients, clipping or GradScaler
+        assert out[rank]["options_differ"]["step_all_reduces"] == 0, rank
 
 
 def test_hyper_parameters_are_checked_at_add_param_group_and_load_sharded(checks):
@@ -612,6 +616,20 @@ def test_damaged_or_hostile_checkpoint_files_raise_on_every_rank(checks):
     for rank in range(world):
         assert out[rank]["bad_files"]["reloaded"], rank
         assert not mismatches(out[rank]["bad_files"]["after"], out[0]["bad_files"]["after"])
+
+
+def test_a_manifest_that_cannot_be_written_raises_on_every_rank(checks):
+    """Rank 0 cannot write the manifest (disk full): it raises its OSError,
+    every other rank a RuntimeError naming it, within seconds (they waited
+    in a barrier for the process group's timeout before), and the previous
+    manifest stays."""
+    world, out = checks
+    results = [out[r]["bad_files"]["manifest_error"] for r in range(world)]
+    assert results[0][0] == "OSError" and "No space left" in results[0][1], results[0]
+    raised_everywhere(results[1:], kind="RuntimeError", within=PROMPT_S)
+    for rank in range(1, world):
+        assert "failed on rank 0" in results[rank][1] and "No space left" in results[rank][1]
+    assert all(out[r]["bad_files"]["manifest_token"] for r in range(world))
 
 
 # ----------------------------------------------------------------- GPU

@@ -533,6 +533,7 @@ def check_options_differ(ft, rank, world, workdir):
     out = {}
     cases = {"master_weights": dict(master_weights=odd),
              "state_dtype": dict(state_dtype="int8" if odd else None),
+             "state_dtype bfloat16": dict(state_dtype=torch.bfloat16 if odd else None),
              "reduce_gradients": dict(reduce_gradients=odd),
              "max_grad_norm": dict(max_grad_norm=1.0 if odd else None),
              "lr": dict(lr=1e-1 if odd else 1e-2),
@@ -547,12 +548,22 @@ def check_options_differ(ft, rank, world, workdir):
             groups_for("adamw", groups), optimizer_class=ft.AdamW, **options))
         out[f"{key}, unchanged"] = same(
             before, (flat(groups), [p.data_ptr() for ps in groups for p in ps]))
+    import torch.distributed as dist
     groups = make_params(torch.bfloat16)
     opt = ft.ZeroRedundancyOptimizer(groups_for("adamw", groups), optimizer_class=ft.AdamW,
                                      master_weights=True)
     set_grads(groups, 1)
-    opt.step()
-    out["after"] = flat(groups)
+    real, calls = dist.all_reduce, []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+    dist.all_reduce = counted
+    try:
+        opt.step()
+    finally:
+        dist.all_reduce = real
+    out["after"], out["step_all_reduces"] = flat(groups), len(calls)
     return out
 
 
@@ -606,6 +617,7 @@ def check_bad_files(ft, rank, world, workdir):
     def shard_path(r):
         return os.path.join(target, f"shard-{token}-{r:05d}-of-{world:05d}.pt")
     good = {r: open(shard_path(r), "rb").read() for r in range(world)}
+    dist.barrier()          # every rank has read the files before any is edited
     layout = manifest["layout"]
     edits = {   # name -> (manifest, or None for the saved one; {rank: shard bytes})
         "unpickling": (None, {world - 1: "object"}),
@@ -652,6 +664,21 @@ def check_bad_files(ft, rank, world, workdir):
     set_grads(groups, 2)
     opt.step()
     out["after"] = flat(groups)
+    # rank 0 cannot write the manifest: every rank raises, the old one stays
+    import fastadapt.zero as zero
+    real = zero.atomic_write
+
+    def no_manifest(path, write):
+        if path.endswith("manifest.pt"):
+            raise OSError(28, "No space left on device (injected)")
+        return real(path, write)
+    if rank == 0:
+        zero.atomic_write = no_manifest
+    try:
+        out["manifest_error"] = outcome(lambda: opt.save_sharded(target))
+    finally:
+        zero.atomic_write = real
+    out["manifest_token"] = torch.load(manifest_path, weights_only=True)["token"] == token
     return out
 
 
