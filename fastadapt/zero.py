@@ -572,7 +572,8 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
             for r, (_, d) in enumerate(everything):
                 ranks.setdefault(d.get(key, "<absent>"), []).append(r)
             if len(ranks) > 1:
-                differ.append(f"{key} ({'; '.join(f'{_ranks_shown(rs)}: {v}' for v, rs in ranks.items())})")
+                shown = "; ".join(f"{_ranks_shown(rs)}: {v}" for v, rs in ranks.items())
+                differ.append(f"{key} ({shown})")
         raise kind(f"ZeroRedundancyOptimizer: {what}: every rank must give the same options, "
                    "parameters and hyper-parameters, but these differ across ranks: "
                    + "; ".join(differ[:4])
@@ -1152,13 +1153,13 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
                     raise ValueError(f"{here}: unknown state {k!r} (the rule's: {sorted(names)})")
                 if part and f"{base}.{'absmax' if part == 'codes' else 'codes'}" not in state:
                     raise ValueError(f"{here}: {base}.codes and {base}.absmax go together")
-                ok = {"codes": v.dtype == torch.uint8, "absmax": v.dtype == torch.float32,
-                      "": v.is_floating_point()}[part]
+                kind, ok = {"codes": ("uint8", v.dtype == torch.uint8),
+                            "absmax": ("float32", v.dtype == torch.float32),
+                            "": ("floating-point", v.is_floating_point())}[part]
                 size = per // BLOCK if part == "absmax" else per
                 if not ok or v.numel() != size:
-                    raise ValueError(f"{here}: state {k} must be {size} "
-                                     f"{'uint8' if part == 'codes' else 'float32' if part else 'floating-point'}"
-                                     f" values (its shard's), got {v.numel()} {v.dtype}")
+                    raise ValueError(f"{here}: state {k} must be {size} {kind} values (its "
+                                     f"shard's), got {v.numel()} {v.dtype}")
                 if part == "absmax" and not bool(((v >= 0) & torch.isfinite(v)).all()):
                     raise ValueError(f"{here}: state {k} has negative or non-finite values")
                 state[k] = v.reshape(-1)
@@ -1173,7 +1174,8 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
                     and not steps.is_complex()):
                 raise ValueError(f"{here}: steps must be a tensor of {n} step counts")
             counts = steps.double().reshape(-1)
-            if not bool((torch.isfinite(counts) & (counts >= 0) & (counts == counts.round())).all()):
+            whole = torch.isfinite(counts) & (counts >= 0) & (counts == counts.round())
+            if not bool(whole.all()):
                 raise ValueError(f"{here}: steps must be whole numbers >= 0")
             d["steps"] = counts
             scalars = d.get("scalars")
