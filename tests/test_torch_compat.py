@@ -217,6 +217,30 @@ def test_loading_replaces_the_non_parameter_keys_as_torch_does():
         assert "old" not in opt.state
 
 
+def test_torchs_optimizer_hooks_run():
+    """Step, state-dict and load-state-dict hooks (torch's machinery, on the
+    subclass): each runs, and a load pre hook's returned dict is the one loaded."""
+    p = nn.Parameter(torch.zeros(2))
+    opt = ft.Adam([p], lr=0.1)
+    seen = []
+    opt.register_step_pre_hook(lambda o, args, kwargs: seen.append("step_pre"))
+    opt.register_step_post_hook(lambda o, args, kwargs: seen.append("step_post"))
+    opt.register_state_dict_post_hook(lambda o, sd: {**sd, "extra": True})
+
+    def lower_lr(o, sd):
+        sd = copy.deepcopy(sd)
+        sd["param_groups"][0]["lr"] = 0.003
+        return sd
+    opt.register_load_state_dict_pre_hook(lower_lr)
+    p.grad = torch.ones(2)
+    opt.step()
+    assert seen == ["step_pre", "step_post"]
+    sd = opt.state_dict()
+    assert sd["extra"] is True
+    opt.load_state_dict(sd)
+    assert opt.param_groups[0]["lr"] == 0.003
+
+
 # ----------------------------------------------------------------- AdamW's flag
 def train(opt, params, steps, seed=3):
     g = torch.Generator().manual_seed(seed)
