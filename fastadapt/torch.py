@@ -140,7 +140,6 @@ optional attributes that this module reads:
 import inspect
 import math
 import operator
-import warnings
 import weakref
 from itertools import chain
 
@@ -1128,6 +1127,10 @@ class FlatOptimizer(torch.optim.Optimizer):
         values) and ``"stochastic_rounding_seed"`` (an int; with it ``step``
         is saved for every rule, SGD included: the random bits are keyed on
         seed, step and element). bfloat16 state is saved as it is stored.
+
+        Keys of ``optimizer.state`` this class does not write are kept as
+        torch keeps them: a parameter's under its index, others (a hook's
+        ``state["test"]``) as they are; :meth:`load_state_dict` restores them.
         """
         for hook in self._optimizer_state_dict_pre_hooks.values():
             hook(self)
