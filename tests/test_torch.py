@@ -760,6 +760,23 @@ def test_the_bench_section_runs_at_tiny_sizes():
     assert "GPT-2-small shapes" in text and "Whole training step" in text
 
 
+def test_the_bench_times_gradients_in_the_flat_buffer_where_it_says_so():
+    """The bench's "grads in the flat buffer" rows: gradients handed over
+    through a backward land in the flat buffer, values unchanged, and the step
+    has nothing to copy (an assigned ``.grad`` would stay the caller's)."""
+    from fastadapt.benchmark import _torch_step as bench
+
+    params = bench._model_params(torch, [(5,), (3, 4)], torch.device("cpu"))
+    grads = [p.grad.clone() for p in params]
+    opt = ft.RMSprop(params)
+    assert opt._buckets[0][0].scan()[2] == [0, 1]           # assigned: copied
+    bench.through_autograd(torch, params)
+    bucket = opt._buckets[0][0]
+    assert all(p.grad is v for p, v in zip(params, bucket.grad_views))
+    assert all(torch.equal(p.grad, g) for p, g in zip(params, grads))
+    assert bucket.scan()[2] == []
+
+
 def test_torch_cpu_tensors_in_the_numpy_api_say_what_to_use_instead():
     """The issue's first stumbles: a torch CPU tensor in the functional API or a
     NumPy optimizer class gets an error naming the way that works."""
