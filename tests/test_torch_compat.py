@@ -3,9 +3,10 @@
 What torch's own optimizer tests check (gradients are never replaced or written,
 custom keys of ``optimizer.state``, AdamW's ``decoupled_weight_decay``, SGD's
 empty state, the constructors' errors, deepcopy and pickling), each tested
-against torch.optim itself. The constructors' error cases come from torch's
-``optim_db`` (``torch.testing._internal.common_optimizers``, shipped with torch;
-it needs ``expecttest``, one of the ``[test]`` extras).
+against torch.optim itself. The constructors' error cases and a parity run
+of every CPU configuration come from torch's ``optim_db``
+(``torch.testing._internal.common_optimizers``, shipped with torch; it needs
+``expecttest``, one of the ``[test]`` extras).
 
 Tolerance: parameters after a few steps (at most 25) agree with torch.optim's
 single-tensor path to 1e-6 of their scale (float32: an ulp or so per step,
@@ -310,14 +311,44 @@ def test_sgd_without_momentum_keeps_no_state_as_torch():
     assert set(opt.state[ours[0]]) == {"momentum_buffer"}
 
 
-# ----------------------------------------------------------------- constructor errors
-def _error_cases():
+# ----------------------------------------------------------------- optim_db
+def _optim_db():
     try:
         from torch.testing._internal.common_optimizers import optim_db
     except ImportError as exc:       # pragma: no cover - expecttest is a [test] extra
         pytest.fail(f"torch's optim_db does not import ({exc}); pip install expecttest")
+    return optim_db
+
+
+def _config_cases():
     cases = []
-    for info in optim_db:
+    for info in _optim_db():
+        name = info.optim_cls.__name__
+        if name not in TORCH_CLASSES:
+            continue
+        for inp in info.optim_inputs_func(device="cpu", dtype=torch.float32):
+            if not (inp.kwargs.get("differentiable") or inp.kwargs.get("capturable")):
+                cases.append(pytest.param(name, inp.kwargs, id=f"{name}-{inp.desc}"))
+    return cases
+
+
+@pytest.mark.parametrize("name,kwargs", _config_cases())
+def test_every_optim_db_configuration_matches_torch(name, kwargs):
+    """optim_db's CPU configurations (tensor lr included; differentiable and
+    capturable are refused): five steps against torch's single-tensor path."""
+    theirs, ours = params_pair(shapes=((4, 3), (5,)))
+    opt = getattr(ft, name)(ours, **kwargs)
+    ref = getattr(torch.optim, name)(theirs, **{**kwargs, "foreach": False})
+    train(opt, ours, 5)
+    train(ref, theirs, 5)
+    for p, q in zip(ours, theirs):
+        assert_close(p, q)
+
+
+# ----------------------------------------------------------------- constructor errors
+def _error_cases():
+    cases = []
+    for info in _optim_db():
         name = info.optim_cls.__name__
         if name not in TORCH_CLASSES:
             continue
