@@ -313,23 +313,20 @@ def test_sgd_without_momentum_keeps_no_state_as_torch():
 
 # ----------------------------------------------------------------- optim_db
 def _optim_db():
+    """torch's optim_db entries of the classes fastadapt.torch has: (name, info)."""
     try:
         from torch.testing._internal.common_optimizers import optim_db
     except ImportError as exc:       # pragma: no cover - expecttest is a [test] extra
         pytest.fail(f"torch's optim_db does not import ({exc}); pip install expecttest")
-    return optim_db
+    return [(info.optim_cls.__name__, info) for info in optim_db
+            if info.optim_cls.__name__ in TORCH_CLASSES]
 
 
 def _config_cases():
-    cases = []
-    for info in _optim_db():
-        name = info.optim_cls.__name__
-        if name not in TORCH_CLASSES:
-            continue
-        for inp in info.optim_inputs_func(device="cpu", dtype=torch.float32):
-            if not (inp.kwargs.get("differentiable") or inp.kwargs.get("capturable")):
-                cases.append(pytest.param(name, inp.kwargs, id=f"{name}-{inp.desc}"))
-    return cases
+    return [pytest.param(name, inp.kwargs, id=f"{name}-{inp.desc}")
+            for name, info in _optim_db()
+            for inp in info.optim_inputs_func(device="cpu", dtype=torch.float32)
+            if not (inp.kwargs.get("differentiable") or inp.kwargs.get("capturable"))]
 
 
 @pytest.mark.parametrize("name,kwargs", _config_cases())
@@ -347,15 +344,9 @@ def test_every_optim_db_configuration_matches_torch(name, kwargs):
 
 # ----------------------------------------------------------------- constructor errors
 def _error_cases():
-    cases = []
-    for info in _optim_db():
-        name = info.optim_cls.__name__
-        if name not in TORCH_CLASSES:
-            continue
-        for error in info.optim_error_inputs_func(device="cpu", dtype=torch.float32):
-            desc = error.optimizer_error_input.desc
-            cases.append(pytest.param(name, error, id=f"{name}-{desc}"))
-    return cases
+    return [pytest.param(name, error, id=f"{name}-{error.optimizer_error_input.desc}")
+            for name, info in _optim_db()
+            for error in info.optim_error_inputs_func(device="cpu", dtype=torch.float32)]
 
 
 @pytest.mark.parametrize("name,error", _error_cases())
