@@ -13,6 +13,7 @@ single-tensor path to 1e-6 of their scale (float32: an ulp or so per step,
 from torch's fused multiply-adds, see tests/test_torch.py).
 """
 import copy
+import datetime
 import io
 import warnings
 
@@ -455,3 +456,20 @@ def test_setstate_refuses_what_getstate_did_not_write():
     opt = ft.SGD([nn.Parameter(torch.zeros(2))], lr=0.1)
     with pytest.raises(TypeError, match="load_state_dict"):
         opt.__setstate__({"state": {}, "param_groups": []})
+
+
+def test_a_sharded_optimizer_refuses_copy_and_pickle_clearly(tmp_path):
+    import torch.distributed as dist
+    if dist.is_initialized():                   # pragma: no cover - a group from elsewhere
+        pytest.skip("a process group is already initialised in this process")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0,
+                            world_size=1, timeout=datetime.timedelta(seconds=30))
+    try:
+        opt = ft.ZeroRedundancyOptimizer([nn.Parameter(torch.zeros(4))],
+                                         optimizer_class=ft.SGD, lr=0.1)
+        with pytest.raises(TypeError, match="process group.*consolidate_state_dict"):
+            copy.deepcopy(opt)
+        with pytest.raises(TypeError, match="process group.*save_sharded"):
+            torch.save(opt, io.BytesIO())
+    finally:
+        dist.destroy_process_group()
