@@ -22,29 +22,54 @@ CPU buffer is passed as the zero-copy ``Tensor.numpy()`` view, a CUDA buffer
 as the tensor itself (``__cuda_array_interface__``, on torch's current
 stream).
 
-Each step first looks at every parameter's ``.grad``:
+Gradients: ``p.grad`` is never replaced by the step, nor written by it
+(nor by GradScaler's unscale or clipping, which happen in the kernel). Each
+step looks at every parameter's ``.grad``:
 
-* it is the parameter's view of the flat gradient buffer (autograd
-  accumulated into it in place): nothing to do, the **zero-copy path**;
-* it is another tensor (after ``zero_grad(set_to_none=True)`` autograd
-  allocates a fresh one; or the user assigned ``.grad``): it is copied into
-  the flat buffer (one ``torch._foreach_copy_`` per buffer) and ``.grad`` is
-  re-pointed to the view, the **copy path**: one extra read and write of the
-  gradient;
+* it is the parameter's view of the flat gradient buffer: nothing to do, the
+  **zero-copy path**. It gets there without replacing anything the caller
+  could hold: when autograd allocates a fresh gradient (``.grad`` was None
+  before this backward), hooks on the parameter (``register_hook`` and
+  ``register_post_accumulate_grad_hook``) copy it into the view and re-point
+  ``.grad`` to the view during the backward, before anyone else sees the
+  fresh tensor (one read and write of the gradient, in the backward, and the
+  fresh tensor freed at once). From then on ``zero_grad(set_to_none=False)``
+  zeroes the views in place (one fill per buffer) and keeps them, as torch
+  keeps its tensors, and each backward accumulates straight into the flat
+  buffer: no copy at all. With ``zero_grad()`` (``set_to_none=True``, torch's
+  default) each step pays the one copy in the backward;
+* it is another tensor (one the caller assigned, a view of DDP's buckets,
+  one with a graph from ``create_graph=True``): it stays ``.grad`` and the
+  step reads it, copying it into the flat buffer (one ``torch._foreach_copy_``
+  per buffer: one read and write of the gradient per step, every step);
+  ``zero_grad(set_to_none=False)`` zeroes it in place and keeps it;
 * it is ``None``: the parameter is skipped as torch skips it (its values,
   its state and its step count are left alone). The buffer is then updated
   by one call per run of consecutive parameters that have a gradient and the
   same step count, instead of one call.
 
+The hooks hold the optimizer weakly and go with it; they are not pickled
+with the parameters.
+
 A parameter whose ``.data`` was replaced by a tensor of the same shape, dtype
 and device has its new values copied into its slot and is re-pointed there;
 any other change (shape, dtype, device, a changed ``param_groups[i]["params"]``)
-raises ``ValueError``, as do sparse gradients.
+raises ``ValueError``, as do sparse gradients. A parameter given twice in a
+group draws torch's warning and is kept (and updated) once.
 
 State dicts are torch's format: ``state`` keyed by parameter index, each entry
 ``{"step": tensor, <torch's state names>: tensor}``, and ``param_groups``; a
 checkpoint moves between ``fastadapt.torch.Adam`` and ``torch.optim.Adam``
-both ways.
+both ways. Keys of ``optimizer.state`` this module does not write (a hook's
+``state["test"]``, a library's per-parameter entry) are saved and loaded as
+torch saves and loads them. AdamW's groups hold
+``decoupled_weight_decay=True`` and ``Adam(decoupled_weight_decay=True)``
+computes AdamW, as in torch.
+
+``copy.deepcopy(optimizer)`` and pickling (``torch.save``) rebuild the
+optimizer from its options, parameter groups and state dict:
+``copy.deepcopy((model, optimizer))`` gives an optimizer of the copied
+model's parameters, with a copy of the state.
 
 Storage narrower than float32
 -----------------------------
@@ -115,6 +140,7 @@ optional attributes that this module reads:
 import inspect
 import math
 import operator
+import weakref
 from itertools import chain
 
 import numpy as np
@@ -146,10 +172,15 @@ STORAGE_OPTIONS = {"state_dtype": None, "master_weights": False,
 MASTER_KEY = "master_param"
 SEED_KEY = "stochastic_rounding_seed"
 _DEFAULT_TORCH_STATE_NAMES = {"state_sum": "sum"}
+#: torch's Adam computes AdamW when this is True (and its AdamW's groups hold True).
+DECOUPLED_FLAG = "decoupled_weight_decay"
 # torch.optim classes whose per-parameter state has no "step" (their rule's
 # step only marks the first step, which a loaded state infers from the
 # presence of the state arrays).
 _NO_TORCH_STEP = {"SGD"}
+# torch.optim classes whose constructor refuses betas mixing a tensor and a
+# number, and a tensor lr or betas with foreach=True (without capturable)
+_TORCH_REFUSES_TENSOR_MIX = {"Adam", "AdamW"}
 
 
 # ----------------------------------------------------------------- rule hooks
@@ -167,6 +198,20 @@ def _scalar_state(rule):
     return {s.name: s.initial for s in spec}
 
 
+def _decoupled_twins(rule):
+    """``(coupled rule, decoupled rule)`` when torch's class of ``rule`` picks
+    one of the two by ``decoupled_weight_decay`` and the rule itself has no
+    such hyper-parameter (Adam and AdamW; a rule's ``coupled_twin`` names the
+    rule it decouples), else None."""
+    if DECOUPLED_FLAG in rule.defaults:
+        return None
+    for r in RULES.values():
+        twin = getattr(r, "coupled_twin", None)
+        if twin is not None and rule.name in (r.name, twin):
+            return RULES[twin], r
+    return None
+
+
 def _torch_state_names(rule):
     names = dict(_DEFAULT_TORCH_STATE_NAMES)
     names.update(getattr(rule, "torch_state_names", None) or {})
@@ -181,7 +226,8 @@ def _plain(value):
     """A hyper-parameter as a plain Python value (0-dim tensors become floats)."""
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
-            raise TypeError(f"expected a number, got a tensor of shape {tuple(value.shape)}")
+            raise ValueError(f"expected a number or a 1-element tensor, got a tensor of shape "
+                             f"{tuple(value.shape)}")
         return value.item()
     if isinstance(value, (tuple, list)):
         return type(value)(_plain(v) for v in value)
@@ -211,6 +257,32 @@ def _host_array(flat):
     if flat.dtype == torch.bfloat16:
         return flat.view(torch.int16).numpy().view(_storage.bfloat16())
     return flat.numpy()
+
+
+# ----------------------------------------------------------------- gradient hooks
+# Module-level functions holding a weak reference to the bucket, so a model
+# never keeps its optimizer alive; not pickled with the parameters.
+def _fresh_marker(ref, j):
+    @torch.utils.hooks.unserializable_hook
+    def hook(grad):
+        bucket = ref()
+        if bucket is not None:
+            bucket.fresh[j] = bucket.params[j].grad is None
+    return hook
+
+
+def _fresh_adopter(ref, j):
+    def hook(param):
+        bucket = ref()
+        if bucket is not None and bucket.fresh[j]:
+            bucket.fresh[j] = False
+            bucket.adopt(j)
+    return hook
+
+
+def _remove_hooks(handles):
+    for handle in handles:
+        handle.remove()
 
 
 # ----------------------------------------------------------------- one flat buffer
@@ -254,12 +326,10 @@ class _Bucket:
             for p, view in zip(params, self.param_views):
                 view.copy_(p)
                 p.data = view
-            for p, view in zip(params, self.grad_views):
-                if p.grad is not None:       # keep a gradient that is already there
-                    view.copy_(p.grad)
-                    p.grad = view
+        # a gradient already there stays the parameter's (the step copies it)
         self.param_ptrs = [v.data_ptr() for v in self.param_views]
         self.grad_ptrs = [v.data_ptr() for v in self.grad_views]
+        self._adopt_fresh_gradients()
         # master weights: a float32 copy the update runs on; the parameters
         # receive it rounded to nearest in the same pass
         self.master_flat = self.master_views = self.k_master = None
@@ -267,6 +337,35 @@ class _Bucket:
             self.master_flat, self.master_views = self._new_master()
             self.k_master = self._kernel_array(self.master_flat)
         self.versions = self._versions()
+
+    def _adopt_fresh_gradients(self):
+        """Hooks on each parameter that requires a gradient: when autograd
+        allocates a fresh ``.grad`` (it was None before this accumulation),
+        the gradient is copied into the flat buffer's view and ``.grad``
+        re-pointed there, inside the backward, before anyone else can hold
+        the fresh tensor. A ``.grad`` that existed before (the view, or a
+        tensor the user assigned) is never replaced."""
+        self.fresh = [False] * len(self.params)
+        ref = weakref.ref(self)
+        handles = []
+        for j, p in enumerate(self.params):
+            if p.requires_grad and p.is_leaf:
+                handles.append(p.register_hook(_fresh_marker(ref, j)))
+                handles.append(p.register_post_accumulate_grad_hook(_fresh_adopter(ref, j)))
+        weakref.finalize(self, _remove_hooks, handles)
+
+    def adopt(self, j):
+        """Parameter ``j``'s fresh gradient into its view, and ``.grad`` the view
+        (see :meth:`_adopt_fresh_gradients`); a gradient the view cannot hold
+        (sparse, another shape or dtype, one with a graph) is left alone."""
+        p, view = self.params[j], self.grad_views[j]
+        g = p.grad
+        if (g is None or g is view or g.requires_grad or g.layout != torch.strided
+                or g.shape != view.shape or g.dtype != view.dtype or g.device != view.device):
+            return
+        with torch.no_grad():
+            view.copy_(g)
+        p.grad = view
 
     def _new_master(self):
         """``(master_flat, master_views)``: the float32 master copy of the
@@ -462,7 +561,7 @@ class _Bucket:
             entry[owner._torch_names.get(name, name)] = values[j]
         if self.master_views is not None:
             entry[MASTER_KEY] = self.master_views[j]
-        owner.state[self.params[j]] = entry
+        owner._show_entry(self.params[j], entry)
         self.published[j] = True
 
     def scalar_tensor(self, name, j):
@@ -520,8 +619,8 @@ class _Bucket:
 
     def gather(self, scan):
         """Copy what ``scan`` found (replaced parameters, gradients that are not
-        the flat buffer's views) into the buffers; the values the model sees do
-        not change."""
+        the flat buffer's views) into the buffers; the values the model sees,
+        and the gradient tensors, do not change."""
         present, replaced, copies = scan
         for j in replaced:
             p = self.params[j]
@@ -529,11 +628,9 @@ class _Bucket:
             if self.master_views is not None:   # the new values are the truth
                 self.master_views[j].copy_(p.data)
             p.data = self.param_views[j]
-        if copies:
+        if copies:      # .grad stays the caller's tensor, read and never written
             torch._foreach_copy_([self.grad_views[j] for j in copies],
                                  [self.params[j].grad for j in copies])
-            for j in copies:
-                self.params[j].grad = self.grad_views[j]
 
     def present_grads(self, scan):
         """The gradients this step applies, as arrays for ``fastadapt.grad_norm``:
@@ -552,7 +649,7 @@ class _Bucket:
         if not every and not any(present):
             return
         owner = self.owner
-        rule = owner.rule
+        rule = owner._group_rule(group)
         needed = rule.state_for(**options)
         self.ensure_state(needed, group)
         unscale_in_kernel = grad_scale is not None and owner._kernel_unscales
@@ -670,6 +767,13 @@ class FlatOptimizer(torch.optim.Optimizer):
         self._torch_names = _torch_state_names(self.rule)
         self._no_step = getattr(self.rule, "torch_name", None) in _NO_TORCH_STEP
         self._kernel_unscales = "grad_scale" in inspect.signature(self.rule.step_fn).parameters
+        self._twins = _decoupled_twins(self.rule)
+        # the per-parameter state keys this class writes; any other key of
+        # optimizer.state is the caller's, kept through state dicts as torch keeps it
+        names = [self._torch_names.get(n, n) for n in self.rule.state]
+        self._own_keys = {"step", MASTER_KEY, SEED_KEY, *names,
+                          *(f"{n}.{part}" for n in names for part in ("codes", "absmax")),
+                          *(self._torch_names.get(n, n) for n in self._scalar_state)}
         self._buckets = []              # per group: list of _Bucket
         self._group_params = []         # per group: its parameters at construction
         self._validated = []            # per group: the options last checked (lr excluded)
@@ -683,6 +787,7 @@ class FlatOptimizer(torch.optim.Optimizer):
             storage_options(state_dtype, storage["master_weights"],
                             storage["stochastic_rounding"], storage["seed"])
         self.grad_norm, self.step_skipped = None, False
+        defaults.update(self._group_constants())
         self._check_options(defaults, None)
         super().__init__(params, defaults)
 
@@ -695,6 +800,14 @@ class FlatOptimizer(torch.optim.Optimizer):
     @max_grad_norm.setter
     def max_grad_norm(self, value):
         self._max_grad_norm = _args.max_grad_norm(value)
+
+    def _show_entry(self, p, entry):
+        """``entry`` as ``state[p]``; none when it is empty (torch's SGD
+        without momentum keeps no state)."""
+        if entry:
+            self.state[p] = entry
+        else:
+            self.state.pop(p, None)
 
     def _state_storage(self, dtype, device, index):
         """The state storage of ``dtype`` parameters on ``device`` (a torch
@@ -714,9 +827,35 @@ class FlatOptimizer(torch.optim.Optimizer):
                 "master_weights or stochastic_rounding): use torch.optim there")
         return state
 
+    # ------------------------------------------------------------- copy and pickle
     def __getstate__(self):
-        raise TypeError(f"fastadapt.torch.{type(self).__name__} cannot be pickled (its "
-                        "parameters live in flat buffers); save state_dict() instead")
+        """What ``copy.deepcopy`` and pickling (``torch.save``) keep: the
+        constructor's options, the parameter groups (with the parameters
+        themselves, so a model copied or pickled together with the optimizer
+        shares them), the state dict and the public attributes. Hooks are not
+        kept (as torch.optim's pickling drops them)."""
+        return {"fastadapt": 1, "defaults": self.defaults,
+                "options": {"max_grad_norm": self._max_grad_norm,
+                            "state_dtype": self.state_dtype,
+                            "master_weights": self.master_weights,
+                            "stochastic_rounding": self.stochastic_rounding,
+                            "seed": self.seed},
+                "param_groups": self.param_groups,
+                "state_dict": self._state_dict_without_hooks(),
+                "attributes": {k: v for k, v in self.__dict__.items() if not k.startswith("_")
+                               and k not in ("defaults", "state", "param_groups")}}
+
+    def __setstate__(self, state):
+        """Rebuild from :meth:`__getstate__`: the parameters are packed into
+        new flat buffers and the state loaded into them."""
+        if not (isinstance(state, dict) and state.get("fastadapt") == 1):
+            raise TypeError(f"fastadapt.torch.{type(self).__name__}.__setstate__ takes what "
+                            "its __getstate__ returns; use load_state_dict(...) to load a "
+                            "state dict")
+        groups = [dict(g) for g in state["param_groups"]]
+        FlatOptimizer.__init__(self, groups, {**state["defaults"], **state["options"]})
+        self.load_state_dict(state["state_dict"])
+        self.__dict__.update(state["attributes"])
 
     # ------------------------------------------------------------- options
     def _check_options(self, group, index):
@@ -727,6 +866,8 @@ class FlatOptimizer(torch.optim.Optimizer):
             if group.get(flag):
                 raise ValueError(f"{at}fastadapt.torch.{name} does not support {flag}=True "
                                  f"(use torch.optim.{self.rule.torch_name} for it)")
+        if self.rule.torch_name in _TORCH_REFUSES_TENSOR_MIX:
+            _check_tensor_hyper_parameters(group, at, self.rule.torch_name)
         for key, default in self._extras.items():
             if key in group and _plain(group[key]) != default:
                 raise ValueError(f"{at}fastadapt.torch.{name} does not support "
@@ -745,7 +886,7 @@ class FlatOptimizer(torch.optim.Optimizer):
                 options["step"] = 1
             for s, spec in self._scalar_state.items():
                 options[s] = _initial(spec, group)
-            self.rule.step_fn(empty, empty, **state, **options)
+            self._group_rule(group).step_fn(empty, empty, **state, **options)
         except KeyError as exc:
             raise ValueError(f"{at}missing hyper-parameter {exc.args[0]!r}") from None
         except (TypeError, ValueError) as exc:
@@ -753,6 +894,20 @@ class FlatOptimizer(torch.optim.Optimizer):
 
     def _rule_options(self, group):
         return {k: _plain(group[k]) for k in self.rule.defaults}
+
+    def _group_constants(self):
+        """Entries every group holds whatever was given: torch's AdamW groups
+        hold ``decoupled_weight_decay=True`` (its signature has no such keyword)."""
+        if self._twins is None or DECOUPLED_FLAG in self._signature.parameters:
+            return {}
+        return {DECOUPLED_FLAG: self.rule is self._twins[1]}
+
+    def _group_rule(self, group):
+        """The rule ``group`` runs: Adam's groups with ``decoupled_weight_decay``
+        run AdamW's (as torch's Adam does), AdamW's without it Adam's."""
+        if self._twins is None:
+            return self.rule
+        return self._twins[1] if _plain(group.get(DECOUPLED_FLAG, False)) else self._twins[0]
 
     @staticmethod
     def _check_lr(lr):
@@ -783,10 +938,13 @@ class FlatOptimizer(torch.optim.Optimizer):
     # ------------------------------------------------------------- groups
     def add_param_group(self, param_group):
         """Add a parameter group (torch's semantics); its parameters are packed
-        into new flat buffers and their ``.data`` re-pointed to them."""
+        into new flat buffers and their ``.data`` re-pointed to them. A
+        parameter given twice in the group draws torch's UserWarning and is
+        kept once (torch keeps both entries and updates it once per entry)."""
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         index = len(self.param_groups) - 1
+        _deduplicate(group)
         try:
             self._check_options(group, index)
             buckets = self._pack(group, index)
@@ -804,13 +962,8 @@ class FlatOptimizer(torch.optim.Optimizer):
 
     def _pack(self, group, index):
         params = group["params"]
-        seen = {}
         for i, p in enumerate(params):
             where = f"param group {index}, parameter {i}"
-            if id(p) in seen:
-                raise ValueError(f"{where} is the same tensor as parameter {seen[id(p)]}; "
-                                 "each parameter may be given once")
-            seen[id(p)] = i
             if p.layout != torch.strided:
                 raise TypeError(f"{where}: sparse parameters are not supported")
             if p.dtype not in SUPPORTED_DTYPES:
@@ -836,11 +989,13 @@ class FlatOptimizer(torch.optim.Optimizer):
         """Reset the gradients (torch's semantics).
 
         ``set_to_none=True`` (torch's default) sets every ``.grad`` to None: the
-        next backward allocates fresh gradients, which the step copies into the
-        flat buffer (the copy path). ``set_to_none=False`` zeroes the flat
-        gradient buffers in place (one fill per buffer) and leaves ``.grad`` as
-        views of them, so the next backward accumulates straight into the flat
-        buffer (the zero-copy path). As in torch, a ``.grad`` that is None
+        next backward allocates fresh gradients, which this optimizer's hooks
+        copy into the flat buffer as autograd accumulates them (``.grad`` then
+        is the flat buffer's view). ``set_to_none=False`` zeroes each gradient
+        in place and keeps the same tensors, as torch does: the views with one
+        fill per buffer, so the next backward accumulates straight into the
+        flat buffer (the zero-copy path); any other tensor (one you assigned)
+        stays ``.grad`` and is zeroed. As in torch, a ``.grad`` that is None
         stays None (that parameter is skipped unless it gets a gradient).
         """
         for group, buckets in zip(self.param_groups, self._buckets):
@@ -850,9 +1005,18 @@ class FlatOptimizer(torch.optim.Optimizer):
                 continue
             for b in buckets:
                 b.grad_flat.zero_()
+                others = []
                 for p, view in zip(b.params, b.grad_views):
-                    if p.grad is not None and p.grad is not view:
-                        p.grad = view
+                    g = p.grad
+                    if g is None or g is view:
+                        continue
+                    if g.grad_fn is not None:
+                        g.detach_()
+                    else:
+                        g.requires_grad_(False)
+                    others.append(g)
+                for g in others:
+                    g.zero_()
 
     # ------------------------------------------------------------- stepping
     def step(self, closure=None):
@@ -963,21 +1127,28 @@ class FlatOptimizer(torch.optim.Optimizer):
         values) and ``"stochastic_rounding_seed"`` (an int; with it ``step``
         is saved for every rule, SGD included: the random bits are keyed on
         seed, step and element). bfloat16 state is saved as it is stored.
+
+        Keys of ``optimizer.state`` this class does not write are kept as
+        torch keeps them: a parameter's under its index, others (a hook's
+        ``state["test"]``) as they are; :meth:`load_state_dict` restores them.
         """
         for hook in self._optimizer_state_dict_pre_hooks.values():
             hook(self)
-        for buckets in self._buckets:
-            for b in buckets:
-                b.sync_master()
-        state_dict = self._packed_state(
-            lambda b, j: {k: v for name in b.state_flat
-                          for k, v in b.state_entries(name, j, values=True).items()},
-            lambda b, j: None if b.master_views is None else b.master_views[j])
+        state_dict = self._state_dict_without_hooks()
         for hook in self._optimizer_state_dict_post_hooks.values():
             result = hook(self, state_dict)
             if result is not None:
                 state_dict = result
         return state_dict
+
+    def _state_dict_without_hooks(self):
+        for buckets in self._buckets:
+            for b in buckets:
+                b.sync_master()
+        return self._packed_state(
+            lambda b, j: {k: v for name in b.state_flat
+                          for k, v in b.state_entries(name, j, values=True).items()},
+            lambda b, j: None if b.master_views is None else b.master_views[j])
 
     def _packed_state(self, arrays_of, master_of):
         """``{"state", "param_groups"}`` in torch's format, parameter ``j`` of
@@ -992,22 +1163,32 @@ class FlatOptimizer(torch.optim.Optimizer):
             param_groups.append(packed)
             for b in buckets:
                 for j in range(len(b.params)):
-                    if not b.published[j]:
-                        continue
-                    entry = {} if not keep_step else {
-                        "step": torch.tensor(float(b.steps_np[j]), dtype=_scalar_dtype())}
-                    entry.update(arrays_of(b, j))
-                    for name in self._scalar_state:
-                        entry[self._torch_names.get(name, name)] = b.scalar_tensor(name, j)
-                    master = master_of(b, j)
-                    if master is not None:
-                        entry[MASTER_KEY] = master
-                    if self.stochastic_rounding:
-                        entry[SEED_KEY] = self.seed
+                    entry = self._custom_state(b.params[j])
+                    if b.published[j]:
+                        if keep_step:
+                            entry["step"] = torch.tensor(float(b.steps_np[j]),
+                                                         dtype=_scalar_dtype())
+                        entry.update(arrays_of(b, j))
+                        for name in self._scalar_state:
+                            entry[self._torch_names.get(name, name)] = b.scalar_tensor(name, j)
+                        master = master_of(b, j)
+                        if master is not None:
+                            entry[MASTER_KEY] = master
+                        if self.stochastic_rounding:
+                            entry[SEED_KEY] = self.seed
                     if entry:
                         state[start + b.indices[j]] = entry
             start += len(group["params"])
-        return {"state": dict(sorted(state.items())), "param_groups": param_groups}
+        state = dict(sorted(state.items()))
+        # keys of optimizer.state that are not parameters, as they are (torch's)
+        state.update((k, v) for k, v in self.state.items() if not isinstance(k, torch.Tensor))
+        return {"state": state, "param_groups": param_groups}
+
+    def _custom_state(self, p):
+        """The entries of ``state[p]`` this class does not write (a hook's or
+        a library's), as they are."""
+        entry = self.state.get(p)
+        return {k: v for k, v in entry.items() if k not in self._own_keys} if entry else {}
 
     def load_state_dict(self, state_dict):
         """Load a state dict of torch's format (from this class or from the
@@ -1055,6 +1236,7 @@ class FlatOptimizer(torch.optim.Optimizer):
             for flag in NO_OP_FLAGS + REJECTED_FLAGS:
                 if flag in group:
                     new[flag] = group[flag]
+            new.update(self._group_constants())      # torch's AdamW forces its flag too
             new["params"] = group["params"]
             if "param_names" in group and "param_names" not in new:
                 new["param_names"] = group["param_names"]
@@ -1062,13 +1244,17 @@ class FlatOptimizer(torch.optim.Optimizer):
             new_groups.append(new)
         ids = {saved_id: (gi, i) for gi, s in enumerate(saved_groups)
                for i, saved_id in enumerate(s["params"])}
-        by_param = {}
+        by_param, customs, others = {}, {}, {}
         our_names = {v: k for k, v in self._torch_names.items()}
         for key, value in state_dict["state"].items():
             if key not in ids:
+                others[key] = value         # kept as it is, as torch keeps it
                 continue
             gi, i = ids[key]
             by_param[(gi, i)] = self._checked_state(value, gi, i, new_groups[gi])
+            p = new_groups[gi]["params"][i]
+            customs[(gi, i)] = {k: _cast_like(p, v, k) for k, v in value.items()
+                                if k not in self._own_keys}
         seeds = {saved[3][SEED_KEY] for saved in by_param.values() if SEED_KEY in saved[3]}
         if len(seeds) > 1:
             raise ValueError(f"loaded state holds {len(seeds)} different "
@@ -1081,6 +1267,9 @@ class FlatOptimizer(torch.optim.Optimizer):
             group.clear()
             group.update(new)
         self._validated = [None] * len(self.param_groups)
+        for key in [k for k in self.state if not isinstance(k, torch.Tensor)]:
+            del self.state[key]
+        self.state.update(others)
         with torch.no_grad():
             for gi, (group, buckets) in enumerate(zip(self.param_groups, self._buckets)):
                 options = self._rule_options(group)
@@ -1088,12 +1277,15 @@ class FlatOptimizer(torch.optim.Optimizer):
                     b.ensure_state(self.rule.state_for(**options), group)
                     for j, i in enumerate(b.indices):
                         saved = by_param.get((gi, i))
-                        if saved is None:
+                        if saved is None or not (saved[0] or any(saved[1:])):
+                            # nothing of this class's state (perhaps custom keys only)
                             b.reset(j, j, group)
                             self.state.pop(b.params[j], None)
                             b.published[j] = False
                             if self._state_init:
                                 b.publish(j)
+                            if customs.get((gi, i)):
+                                self.state[b.params[j]].update(customs[(gi, i)])
                             continue
                         step, arrays, scalars, extras = saved
                         for name in b.state_flat:
@@ -1109,6 +1301,8 @@ class FlatOptimizer(torch.optim.Optimizer):
                             b.scalars_np[our_names.get(name, name)][j] = value
                         b.steps_np[j] = step
                         b.publish(j)
+                        if customs[(gi, i)]:
+                            self.state[b.params[j]].update(customs[(gi, i)])
                     b.update_uniform()
                     b.versions = b._versions()
         for hook in self._optimizer_load_state_dict_post_hooks.values():
@@ -1194,6 +1388,54 @@ class FlatOptimizer(torch.optim.Optimizer):
         return int(step_f), arrays, scalars, extras
 
 
+def _check_tensor_hyper_parameters(group, at, torch_name):
+    """What torch's Adam and AdamW refuse of tensor hyper-parameters (ValueError)."""
+    betas = group.get("betas")
+    pair = tuple(betas) if isinstance(betas, (tuple, list)) and len(betas) == 2 else (None, None)
+    if isinstance(pair[0], torch.Tensor) != isinstance(pair[1], torch.Tensor):
+        raise ValueError(f"{at}betas must be both numbers or both tensors, got {betas!r} "
+                         f"(torch.optim.{torch_name} refuses a mix)")
+    if group.get("foreach") and not group.get("capturable"):
+        for what, value in (("lr", group.get("lr")), ("betas[0]", pair[0]), ("betas[1]", pair[1])):
+            if isinstance(value, torch.Tensor):
+                raise ValueError(f"{at}{what} as a tensor with foreach=True: torch.optim."
+                                 f"{torch_name} refuses it (foreach changes nothing here; "
+                                 "leave it None)")
+
+
+def _deduplicate(group):
+    """Keep the first of each parameter given more than once in ``group``
+    (with its name, when the group has ``param_names``)."""
+    params = group["params"]
+    seen, keep = set(), []
+    for i, p in enumerate(params):
+        if id(p) not in seen:
+            seen.add(id(p))
+            keep.append(i)
+    if len(keep) == len(params):
+        return
+    group["params"] = [params[i] for i in keep]
+    if "param_names" in group:
+        group["param_names"] = [group["param_names"][i] for i in keep]
+
+
+def _cast_like(param, value, key=None):
+    """A loaded state entry as torch.optim loads it: tensors (but ``"step"``)
+    moved to the parameter's device and, for a floating-point parameter,
+    converted to its dtype; dicts, lists and tuples element by element."""
+    if isinstance(value, torch.Tensor):
+        if key == "step":
+            return value
+        if param.is_floating_point():
+            return value.to(dtype=param.dtype, device=param.device)
+        return value.to(device=param.device)
+    if isinstance(value, dict):
+        return {k: _cast_like(param, v, k) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cast_like(param, v) for v in value)
+    return value
+
+
 def _check_no_shared_memory(groups, index):
     """Parameters must not share memory: each gets its own slot in a flat buffer."""
     spans = []
@@ -1245,6 +1487,8 @@ def optimizer_class(rule):
     known = {"max_grad_norm"} | set(STORAGE_OPTIONS) | set(rule.defaults) | set(_state_init(rule).values()) | {
         v for v in _scalar_state(rule).values() if isinstance(v, str)} | set(
         NO_OP_FLAGS + REJECTED_FLAGS) | {"self", "params"}
+    if _decoupled_twins(rule) is not None:
+        known.add(DECOUPLED_FLAG)
     extras = {name: p.default for name, p in signature.parameters.items()
               if name not in known and p.default is not inspect.Parameter.empty}
     name = rule.torch_name or rule.name.capitalize()

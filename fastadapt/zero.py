@@ -58,9 +58,10 @@ squares in another order (per shard, then across ranks): its coefficient
 agrees to float32 rounding.
 
 With DDP the gradients are already averaged: keep ``reduce_gradients=False``.
-Without DDP, ``reduce_gradients=True`` averages them here; afterwards ``.grad``
-holds the average only on the local shard (elsewhere the rank's own
-gradients).
+Without DDP, ``reduce_gradients=True`` averages them here, in the flat
+gradient buffer; afterwards a ``.grad`` that is that buffer's view (see
+:mod:`fastadapt.torch`) holds the average only on the local shard (elsewhere
+the rank's own gradients), and a ``.grad`` of the caller's own is unchanged.
 
 Checkpoints
 -----------
@@ -223,7 +224,7 @@ class _ShardBucket(_Bucket):
         entry = {} if owner._no_step else {"step": self.steps[j]}
         for name, values in self.scalars.items():
             entry[owner._torch_names.get(name, name)] = values[j]
-        owner.state[self.params[j]] = entry
+        owner._show_entry(self.params[j], entry)
         self.published[j] = True
 
     def present_grads(self, scan):
@@ -579,6 +580,12 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
                    + "; ".join(differ[:4])
                    + (f"; and {len(differ) - 4} more" if len(differ) > 4 else "")
                    + f". Every rank raises, and {outcome}")
+
+    def __getstate__(self):
+        raise TypeError("a ZeroRedundancyOptimizer cannot be pickled or deep-copied: it "
+                        "belongs to a process group, and each rank holds one shard of the "
+                        "state. Save consolidate_state_dict() + state_dict() (the full "
+                        "state, loadable at any world size) or save_sharded(directory)")
 
     def __repr__(self):
         return (f"ZeroRedundancyOptimizer({self.optimizer_class.__name__}, rank {self.rank} "
