@@ -181,7 +181,8 @@ def load_state_dict(optimizer, sd):
         options, params, state, steps, schedule, scalar_state = plan
         b.param.copy_from(params)
         if masters is not None:
-            b.master.copy_from(segments(masters[i], b.master))
+            b.master.copy_from([_trusted_master(m, p) for m, p in
+                                zip(segments(masters[i], b.master), params)])
         for name in list(b.state):
             if name not in state:
                 del b.state[name]
@@ -217,6 +218,16 @@ def load_state_dict(optimizer, sd):
             built[i] = group["lr"]
         b.validated = optimizer._options(group)
         del b.validated["lr"]
+
+
+def _trusted_master(master, param):
+    """A copy of a loaded master array, trusted only where it rounds to the
+    loaded 16-bit ``param`` (a dict whose ``params`` were edited or converted
+    by another tool keeps a stale master): elsewhere the parameter's value."""
+    master = np.array(master, np.float32)
+    stale = master.astype(param.dtype) != param
+    master[stale] = param[stale].astype(np.float32)
+    return master
 
 
 def _check_state_dict(optimizer, sd):

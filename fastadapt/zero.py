@@ -199,8 +199,7 @@ class _ShardBucket(_Bucket):
         entry = {} if owner._no_step else {"step": self.steps[j]}
         for name, values in self.scalars.items():
             entry[owner._torch_names.get(name, name)] = values[j]
-        owner.state[self.params[j]] = entry
-        self.published[j] = True
+        self.show(j, entry)
 
     def present_grads(self, scan):
         present = scan[0]
