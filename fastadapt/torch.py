@@ -44,7 +44,17 @@ raises ``ValueError``, as do sparse gradients.
 State dicts are torch's format: ``state`` keyed by parameter index, each entry
 ``{"step": tensor, <torch's state names>: tensor}``, and ``param_groups``; a
 checkpoint moves between ``fastadapt.torch.Adam`` and ``torch.optim.Adam``
-both ways.
+both ways. Step counts are exact: ``optimizer.state[p]["step"]`` is a float64
+tensor (torch's float32 count stops at 2**24), state dicts keep torch's
+float32 ``step``.
+
+torch's ways to reset a parameter's state are honoured as torch honours them:
+after ``optimizer.state.clear()``, ``optimizer.state.pop(p)``, ``del
+optimizer.state[p]``, ``optimizer.state[p] = {}`` (or a new ``optimizer.state``
+dict) the parameter starts from fresh state, step count 0, at its next step
+with a gradient (the master copy of ``master_weights`` is kept: it is the
+parameter's value). A non-empty dict put in place of a parameter's state
+raises ``ValueError`` at the next step (set state with ``load_state_dict``).
 
 Storage narrower than float32
 -----------------------------
@@ -146,6 +156,9 @@ STORAGE_OPTIONS = {"state_dtype": None, "master_weights": False,
 #: equivalent for (the 8-bit state's are ``"<state>.codes"`` / ``"<state>.absmax"``).
 MASTER_KEY = "master_param"
 SEED_KEY = "stochastic_rounding_seed"
+#: The step count as an int, saved beside torch's float32 ``step`` where that
+#: cannot hold it (past 2**24 steps).
+STEP_KEY = "exact_step"
 _DEFAULT_TORCH_STATE_NAMES = {"state_sum": "sum"}
 # torch.optim classes whose per-parameter state has no "step" (their rule's
 # step only marks the first step, which a loaded state infers from the
@@ -1037,9 +1050,12 @@ class FlatOptimizer(torch.optim.Optimizer):
         ``"master_param"`` (the float32 master copy, with
         ``master_weights=True``), ``"<state>.codes"`` / ``"<state>.absmax"``
         (8-bit state; ``"<state>"`` then holds its dequantized float32
-        values) and ``"stochastic_rounding_seed"`` (an int; with it ``step``
+        values), ``"stochastic_rounding_seed"`` (an int; with it ``step``
         is saved for every rule, SGD included: the random bits are keyed on
-        seed, step and element). bfloat16 state is saved as it is stored.
+        seed, step and element) and ``"exact_step"`` (an int, past 2**24
+        steps, where torch's float32 ``step`` no longer holds the count; it is
+        loaded where it rounds to ``step``). bfloat16 state is saved as it is
+        stored.
 
         A parameter whose ``.data`` was replaced, or that was written in place,
         since the last step is first brought into its slot and its master
@@ -1079,8 +1095,12 @@ class FlatOptimizer(torch.optim.Optimizer):
                 for j in range(len(b.params)):
                     if not b.published[j]:
                         continue
-                    entry = {} if not keep_step else {
-                        "step": torch.tensor(float(b.steps_np[j]), dtype=_scalar_dtype())}
+                    entry = {}
+                    if keep_step:
+                        steps = int(b.steps_np[j])
+                        entry["step"] = torch.tensor(float(steps), dtype=_scalar_dtype())
+                        if float(entry["step"]) != steps:
+                            entry[STEP_KEY] = steps
                     entry.update(arrays_of(b, j))
                     for name in self._scalar_state:
                         entry[self._torch_names.get(name, name)] = b.scalar_tensor(name, j)
@@ -1236,6 +1256,10 @@ class FlatOptimizer(torch.optim.Optimizer):
                 except (TypeError, ValueError) as exc:
                     raise ValueError(f"{where}: {key}: {exc}") from None
                 continue
+            if key == STEP_KEY:
+                if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+                    raise ValueError(f"{where}: {key} must be an int >= 0, got {v!r}")
+                continue
             if key in extra_names:
                 what, size, dtype = extra_names[key]
                 if not (isinstance(v, torch.Tensor) and v.layout == torch.strided and (
@@ -1277,6 +1301,9 @@ class FlatOptimizer(torch.optim.Optimizer):
             raise ValueError(f"{where}: step must be a number, got {step!r}") from None
         if not (math.isfinite(step_f) and step_f >= 0 and step_f == int(step_f)):
             raise ValueError(f"{where}: step must be a whole number >= 0, got {step_f}")
+        exact = value.get(STEP_KEY)
+        if exact is not None and np.float32(exact) == np.float32(step_f):
+            step_f = int(exact)     # trusted while it rounds to ``step`` (torch never updates it)
         for n in array_names:
             if (f"{n}.codes" in extras) != (f"{n}.absmax" in extras):
                 raise ValueError(f"{where}: {n}.codes and {n}.absmax go together; one is "

@@ -429,3 +429,39 @@ def test_a_foreign_state_dict_entry_raises_and_changes_nothing(torch):
     with pytest.raises(ValueError, match=r"optimizer.state.pop\(p\)"):
         opt.step()
     assert torch.equal(w.detach(), before)
+
+
+def test_stochastic_rounding_draws_new_bits_past_two_to_the_24_steps(torch):
+    """torch's float32 step count stops at 2**24 (2**24 + 1 rounds back), so
+    the rounding stream, keyed on the step, drew the same bits every step.
+    Reference: the functional step over the same buffer at the exact step."""
+    import fastadapt.torch as ft
+    n, seed, start = 64, 7, 2 ** 24
+    gen = torch.Generator().manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(n, generator=gen).bfloat16())
+    opt = ft.Adam([w], lr=1e-3, stochastic_rounding=True, seed=seed)
+    w.grad = torch.randn(n, generator=gen).bfloat16()
+    opt.step()
+    sd = opt.state_dict()
+    sd["state"][0]["step"] = torch.tensor(float(start))
+    opt.load_state_dict(sd)
+    p = w.detach().float().numpy().astype(np.float32)
+    state = [opt.state[w][k].numpy().copy() for k in ("exp_avg", "exp_avg_sq")]
+    import ml_dtypes
+    p = p.astype(ml_dtypes.bfloat16)
+    for t in (start + 1, start + 2, start + 3):
+        g = torch.randn(n, generator=gen).bfloat16()
+        w.grad = g.clone()
+        opt.step()
+        fastadapt.adam_step(p, g.float().numpy().astype(ml_dtypes.bfloat16), *state, step=t,
+                            lr=1e-3, stochastic_rounding=True, seed=seed)
+        assert w.detach().float().numpy().tobytes() == p.astype(np.float32).tobytes(), t
+    # torch's float32 step stays in the dict; the exact count rides beside it
+    sd = opt.state_dict()
+    assert sd["state"][0]["step"].dtype == torch.float32
+    assert float(sd["state"][0]["step"]) == start + 4 and sd["state"][0]["exact_step"] == start + 3
+    opt.load_state_dict(sd)
+    assert int(opt.state[w]["step"]) == start + 3
+    sd["state"][0]["step"] = torch.tensor(float(start + 100))   # torch stepped on: stale
+    opt.load_state_dict(sd)
+    assert int(opt.state[w]["step"]) == start + 100
