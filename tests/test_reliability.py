@@ -465,3 +465,34 @@ def test_stochastic_rounding_draws_new_bits_past_two_to_the_24_steps(torch):
     sd["state"][0]["step"] = torch.tensor(float(start + 100))   # torch stepped on: stale
     opt.load_state_dict(sd)
     assert int(opt.state[w]["step"]) == start + 100
+
+
+# ------------------------------------------------------------ issue 19, item 18
+def _slots():
+    for name, rule in RULES.items():
+        for i, spec in enumerate(rule.state_specs):
+            yield pytest.param(name, i, id=f"{name}-{spec.name}")
+
+
+@pytest.mark.parametrize("value", [0.1, "garbage", True], ids=repr)
+@pytest.mark.parametrize("name, slot", list(_slots()))
+def test_a_positional_hyper_parameter_in_a_state_slot_is_a_type_error(name, slot, value):
+    """``sgd_step(p, g, 0.1, step=1)`` ran with lr 1e-3: the 0.1 landed in the
+    momentum-buffer slot, unused without momentum, and was never checked."""
+    rule = RULES[name]
+    arrays = [np.ones(5, np.float32) for _ in range(2 + len(rule.state_specs))]
+    args = list(arrays)
+    args[2 + slot] = value
+    before = snapshot(arrays)
+    with pytest.raises(TypeError, match="hyper-parameters are keyword-only"):
+        rule.step_fn(*args, **({"step": 1} if rule.takes_step else {}))
+    assert_unchanged(arrays, before)
+
+
+def test_an_unused_state_array_is_still_checked():
+    p, g, m, v = (np.ones(4, np.float32) for _ in range(4))
+    with pytest.raises(ValueError, match=r"max_exp_avg_sq has shape \(3,\)"):
+        fastadapt.adam_step(p, g, m, v, np.zeros(3, np.float32), step=1)
+    with pytest.raises(TypeError, match="momentum_buffer must be a numpy.ndarray"):
+        fastadapt.sgd_step(p, g, [0.0] * 4, step=1)
+    fastadapt.adam_step(p, g, m, v, np.zeros(4, np.float32), step=1)     # amsgrad off: fine
