@@ -73,12 +73,10 @@ def _planner(rule, fn_name):
             if spec.when is None or spec.used(options):
                 if array is None:
                     raise ValueError(f"{fn_name}({spec.when_doc}) needs {spec.name}")
-                arrays[spec.name] = array
+                arrays[spec.name] = array       # the dispatcher checks it
             else:
-                if array is not None and np.shape(array) != np.shape(param) and not \
-                        isinstance(array, _storage.Blockwise8):
-                    raise ValueError(f"{spec.name} has shape {np.shape(array)} but param has "
-                                     f"{np.shape(param)}")
+                if array is not None:
+                    _check_unused_state(spec.name, array, param)
                 arrays[spec.name] = None
         new_state = None
         if scalar_state:
@@ -106,16 +104,24 @@ def _planner(rule, fn_name):
 
 
 def _check_state_argument(fn_name, spec, a):
-    """A state argument that is not a NumPy array must be another array the
-    dispatcher takes (8-bit state, a GPU array); a number or a string is a
-    hyper-parameter given by position, where the state arrays go."""
+    """A number or a string where a state array goes is a hyper-parameter
+    given by position."""
     if isinstance(a, (numbers.Number, str, bytes)):
         what = "an array" if spec.when is None else "an array or None"
         raise TypeError(f"{fn_name}: {spec.name} must be {what}, got {type(a).__name__} "
                         f"{a!r}; hyper-parameters are keyword-only (e.g. "
                         f"{fn_name}(param, grad, ..., lr=0.1))")
-    if not (isinstance(a, _storage.Blockwise8) or is_device_array(a)):
-        _check_host_array(spec.name, a, True)   # raises, naming what to pass
+
+
+def _check_unused_state(name, a, param):
+    """State the options do not use, given anyway: still an array the
+    dispatcher would take, of ``param``'s shape."""
+    if isinstance(a, _storage.Blockwise8):
+        return
+    if not (isinstance(a, np.ndarray) or is_device_array(a)):
+        _check_host_array(name, a, True)        # raises, naming what to pass
+    if np.shape(a) != np.shape(param):
+        raise ValueError(f"{name} has shape {np.shape(a)} but param has {np.shape(param)}")
 
 
 def _in_place(plan):
