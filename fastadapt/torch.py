@@ -80,8 +80,8 @@ optimizer-wide; the math runs in float32 whatever the storage):
     view of it. A parameter written in place between steps (``model.
     load_state_dict``, ``nn.init``, ``p.copy_`` under ``no_grad``: anything
     that bumps its version counter, or a replaced ``.data``) is seen at the
-    next step: its master copy takes the new values where it no longer rounds
-    to them. Writes through ``p.data`` bypass the version counter and are
+    next step or ``state_dict()``: its master copy takes the new values where
+    it no longer rounds to them. Writes through ``p.data`` bypass the version counter and are
     not seen (as in torch's own in-place checks).
 ``stochastic_rounding`` and ``seed``
     For 16-bit parameters without master weights: each stored value is
