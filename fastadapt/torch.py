@@ -498,15 +498,18 @@ class _Bucket:
             return []
         cleared = []
         for j, (entry, shown) in enumerate(zip(now, self.entries)):
-            if entry is shown or not self.published[j]:
+            if entry is shown:
+                continue
+            if not self.published[j]:      # e.g. {} made by reading state[p]: nothing to reset
+                self.entries[j] = entry
                 continue
             if entry:
                 raise ValueError(
                     f"optimizer.state of param group {self.group_index}, parameter "
-                    f"{self.indices[j]} was replaced by a dict with keys {sorted(map(str, entry))}; "
-                    "fastadapt.torch keeps the state in flat buffers: reset it with "
-                    "optimizer.state.pop(p) (or state[p] = {}, state.clear()), or set it with "
-                    "load_state_dict")
+                    f"{self.indices[j]} was replaced by a dict with keys "
+                    f"{sorted(map(str, entry))}; fastadapt.torch keeps the state in flat "
+                    "buffers: reset it with optimizer.state.pop(p) (or state[p] = {}, "
+                    "state.clear()), or set it with load_state_dict")
             cleared.append(j)
         return cleared
 

@@ -416,6 +416,12 @@ def test_a_reset_of_a_parameter_without_gradient_waits_for_its_next_gradient(tor
     opt.step()
     assert b not in opt.state and int(opt.state[a]["step"]) == 1
     assert int(opt.state_dict()["state"][0]["step"]) == 1 and 1 not in opt.state_dict()["state"]
+    assert opt.state[b] == {}                    # reading it makes an empty entry, as in torch
+    opt.step()
+    assert opt.state[b] == {} and int(opt.state[a]["step"]) == 2
+    b.grad = torch.ones(4)
+    opt.step()
+    assert int(opt.state[b]["step"]) == 1 and int(opt.state[a]["step"]) == 3
 
 
 def test_a_foreign_state_dict_entry_raises_and_changes_nothing(torch):
