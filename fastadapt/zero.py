@@ -493,7 +493,7 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
             flags += [1.0] * len(bucket.params) if present is None else [float(x) for x in present]
         agreed = self._agree(flags, "the gradients' presence all-reduce")
         out, at = [], 1
-        for group, options, bucket, (present, replaced, copies) in plans:
+        for group, options, bucket, (present, *rest) in plans:
             n = len(bucket.params)
             anywhere = [bool(x) for x in agreed[at:at + n]]
             at += n
@@ -502,7 +502,7 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
             else:
                 bucket.absent_here = []
             out.append((group, options, bucket,
-                        (None if all(anywhere) else anywhere, replaced, copies)))
+                        (None if all(anywhere) else anywhere, *rest)))
         return out, bool(agreed[0])
 
     def _reduce_gradients(self, plans):
