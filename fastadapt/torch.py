@@ -1067,7 +1067,7 @@ class FlatOptimizer(torch.optim.Optimizer):
         """
         for hook in self._optimizer_state_dict_pre_hooks.values():
             hook(self)
-        buckets = [b for group in self._buckets for b in group]
+        buckets = [b for per_group in self._buckets for b in per_group]
         replaced = [b.replaced() for b in buckets]     # checked before anything moves
         for b, r in zip(buckets, replaced):
             with torch.no_grad():
