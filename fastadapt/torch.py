@@ -71,6 +71,18 @@ optimizer from its options, parameter groups and state dict:
 ``copy.deepcopy((model, optimizer))`` gives an optimizer of the copied
 model's parameters, with a copy of the state.
 
+Step counts are exact: ``optimizer.state[p]["step"]`` is a float64
+tensor (torch's float32 count stops at 2**24), state dicts keep torch's
+float32 ``step``.
+
+torch's ways to reset a parameter's state are honoured as torch honours them:
+after ``optimizer.state.clear()``, ``optimizer.state.pop(p)``, ``del
+optimizer.state[p]``, ``optimizer.state[p] = {}`` (or a new ``optimizer.state``
+dict) the parameter starts from fresh state, step count 0, at its next step
+with a gradient (the master copy of ``master_weights`` is kept: it is the
+parameter's value). A non-empty dict put in place of a parameter's state
+raises ``ValueError`` at the next step (set state with ``load_state_dict``).
+
 Storage narrower than float32
 -----------------------------
 Parameters may be ``torch.bfloat16`` or ``torch.float16`` CPU tensors, and
@@ -95,8 +107,8 @@ optimizer-wide; the math runs in float32 whatever the storage):
     view of it. A parameter written in place between steps (``model.
     load_state_dict``, ``nn.init``, ``p.copy_`` under ``no_grad``: anything
     that bumps its version counter, or a replaced ``.data``) is seen at the
-    next step: its master copy takes the new values where it no longer rounds
-    to them. Writes through ``p.data`` bypass the version counter and are
+    next step or ``state_dict()``: its master copy takes the new values where
+    it no longer rounds to them. Writes through ``p.data`` bypass the version counter and are
     not seen (as in torch's own in-place checks).
 ``stochastic_rounding`` and ``seed``
     For 16-bit parameters without master weights: each stored value is
@@ -137,6 +149,7 @@ optional attributes that this module reads:
     ``{fastadapt state name: torch's name}`` where they differ (default:
     ``state_sum`` is torch's ``sum``).
 """
+import functools
 import inspect
 import math
 import operator
@@ -171,6 +184,9 @@ STORAGE_OPTIONS = {"state_dtype": None, "master_weights": False,
 #: equivalent for (the 8-bit state's are ``"<state>.codes"`` / ``"<state>.absmax"``).
 MASTER_KEY = "master_param"
 SEED_KEY = "stochastic_rounding_seed"
+#: The step count as an int, saved beside torch's float32 ``step`` where that
+#: cannot hold it (past 2**24 steps).
+STEP_KEY = "exact_step"
 _DEFAULT_TORCH_STATE_NAMES = {"state_sum": "sum"}
 #: torch's Adam computes AdamW when this is True (and its AdamW's groups hold True).
 DECOUPLED_FLAG = "decoupled_weight_decay"
@@ -317,11 +333,14 @@ class _Bucket:
         self.k_grad = self._kernel_array(self.grad_flat)
         self.state_flat, self.state_views, self.k_state = {}, {}, {}
         self.block_tensors = {}              # 8-bit state: name -> (codes, absmax) tensors
-        self.steps = torch.zeros(len(params), dtype=_scalar_dtype())
+        # float64: exact step counts to 2**53 (torch's float32 ones stop at 2**24,
+        # and stochastic rounding, keyed on the step, would then repeat its bits)
+        self.steps = torch.zeros(len(params), dtype=torch.float64)
         self.steps_np = self.steps.numpy()
         self.scalars, self.scalars_np = {}, {}
         self.uniform = True                  # same step count and scalar state everywhere
         self.published = [False] * len(params)
+        self.entries = [None] * len(params)  # the optimizer.state entries shown
         with torch.no_grad():
             for p, view in zip(params, self.param_views):
                 view.copy_(p)
@@ -561,8 +580,52 @@ class _Bucket:
             entry[owner._torch_names.get(name, name)] = values[j]
         if self.master_views is not None:
             entry[MASTER_KEY] = self.master_views[j]
-        owner._show_entry(self.params[j], entry)
+        self.show(j, entry)
+
+    def show(self, j, entry):
+        """Make ``entry`` parameter ``j``'s ``optimizer.state`` (none when it is
+        empty: torch's SGD without momentum keeps no state)."""
+        self.owner._show_entry(self.params[j], entry)
+        self.entries[j] = entry if entry else None
         self.published[j] = True
+
+    def cleared(self):
+        """The parameters whose ``optimizer.state`` entry was removed or
+        replaced by an empty dict since it was shown (torch's ways to reset a
+        parameter's state: ``state.clear()``, ``state.pop(p)``, ``del
+        state[p]``, ``state[p] = {}``); a non-empty dict of another origin
+        raises ValueError. One C-level comparison when none was."""
+        now = list(map(self.owner.state.get, self.params))
+        if all(map(operator.is_, now, self.entries)):
+            return []
+        cleared = []
+        for j, (entry, shown) in enumerate(zip(now, self.entries)):
+            if entry is shown:
+                continue
+            if not self.published[j]:      # e.g. {} made by reading state[p]: nothing to reset
+                self.entries[j] = entry
+                continue
+            if entry:
+                raise ValueError(
+                    f"optimizer.state of param group {self.group_index}, parameter "
+                    f"{self.indices[j]} was replaced by a dict with keys "
+                    f"{sorted(map(str, entry))}; fastadapt.torch keeps the state in flat "
+                    "buffers: reset it with optimizer.state.pop(p) (or state[p] = {}, "
+                    "state.clear()), or set it with load_state_dict")
+            cleared.append(j)
+        return cleared
+
+    def forget(self, cleared):
+        """Parameters ``cleared`` start from fresh state at their next step,
+        as torch's do after their state was removed."""
+        if not cleared:
+            return
+        group = self.owner.param_groups[self.group_index]
+        for j in cleared:
+            self.reset(j, j, group)
+            self.published[j] = False
+            self.entries[j] = None
+        self.update_uniform()
 
     def scalar_tensor(self, name, j):
         return torch.tensor(float(self.scalars_np[name][j]), dtype=_scalar_dtype())
@@ -571,23 +634,19 @@ class _Bucket:
     def scan(self):
         """Check the parameters and gradients before anything is written.
 
-        Returns ``(present, replaced, copies)``: which parameters have a
-        gradient (``None``: all of them), which had ``.data`` replaced (same
-        shape) and which gradients must be copied into the flat buffer. The
-        common cases (nothing replaced; every gradient the flat buffer's view)
-        are two list comprehensions and two C-level comparisons.
+        Returns ``(present, replaced, copies, cleared)``: which parameters
+        have a gradient (``None``: all of them), which had ``.data`` replaced
+        (same shape), which gradients must be copied into the flat buffer and
+        whose ``optimizer.state`` was cleared (:meth:`cleared`). The common
+        cases (nothing replaced or cleared; every gradient the flat buffer's
+        view) are three list comprehensions and three C-level comparisons.
         """
         params = self.params
-        ptrs = [p.data_ptr() for p in params]
-        replaced = []
-        if ptrs != self.param_ptrs:
-            for j, (ptr, p) in enumerate(zip(ptrs, params)):
-                if ptr != self.param_ptrs[j]:
-                    self._check_replaced(j, p)
-                    replaced.append(j)
+        replaced = self.replaced()
+        cleared = self.cleared()
         grads = [p.grad for p in params]
         if all(map(operator.is_, grads, self.grad_views)):
-            return None, replaced, []
+            return None, replaced, [], cleared
         gi = self.group_index
         present, copies = [], []
         for j, g in enumerate(grads):
@@ -604,7 +663,31 @@ class _Bucket:
             if not (g.data_ptr() == self.grad_ptrs[j] and g.is_contiguous()
                     and g.dtype == self.dtype):
                 copies.append(j)
-        return present, replaced, copies
+        return present, replaced, copies, cleared
+
+    def replaced(self):
+        """The parameters whose ``.data`` was replaced (same shape, dtype and
+        device: anything else raises ValueError) since they were re-pointed."""
+        ptrs = [p.data_ptr() for p in self.params]
+        if ptrs == self.param_ptrs:
+            return []
+        replaced = []
+        for j, (ptr, p) in enumerate(zip(ptrs, self.params)):
+            if ptr != self.param_ptrs[j]:
+                self._check_replaced(j, p)
+                replaced.append(j)
+        return replaced
+
+    def adopt_replaced(self, replaced):
+        """Copy the replaced parameters' values into their slots (and their
+        master copies: the new values are the truth) and re-point their
+        ``.data`` there; the values the model sees do not change."""
+        for j in replaced:
+            p = self.params[j]
+            self.param_views[j].copy_(p.data)
+            if self.master_views is not None:
+                self.master_views[j].copy_(p.data)
+            p.data = self.param_views[j]
 
     def _check_replaced(self, j, p):
         where = f"param group {self.group_index}, parameter {self.indices[j]}"
@@ -621,13 +704,9 @@ class _Bucket:
         """Copy what ``scan`` found (replaced parameters, gradients that are not
         the flat buffer's views) into the buffers; the values the model sees,
         and the gradient tensors, do not change."""
-        present, replaced, copies = scan
-        for j in replaced:
-            p = self.params[j]
-            self.param_views[j].copy_(p.data)
-            if self.master_views is not None:   # the new values are the truth
-                self.master_views[j].copy_(p.data)
-            p.data = self.param_views[j]
+        present, replaced, copies, cleared = scan
+        self.adopt_replaced(replaced)
+        self.forget(cleared)
         if copies:      # .grad stays the caller's tensor, read and never written
             torch._foreach_copy_([self.grad_views[j] for j in copies],
                                  [self.params[j].grad for j in copies])
@@ -726,6 +805,20 @@ class _Bucket:
 
 
 # ----------------------------------------------------------------- the base class
+def _clears_scaler_flags_on_failure(step):
+    """``step``, removing GradScaler's ``grad_scale`` and ``found_inf`` from
+    the optimizer when it raises."""
+    @functools.wraps(step)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return step(self, *args, **kwargs)
+        except BaseException:
+            self.__dict__.pop("grad_scale", None)
+            self.__dict__.pop("found_inf", None)
+            raise
+    return wrapper
+
+
 class FlatOptimizer(torch.optim.Optimizer):
     """Base class of the fastadapt.torch optimizers: a :class:`torch.optim.Optimizer`
     whose step is one fused fastadapt kernel call per (group, device, dtype).
@@ -1019,6 +1112,7 @@ class FlatOptimizer(torch.optim.Optimizer):
                     g.zero_()
 
     # ------------------------------------------------------------- stepping
+    @_clears_scaler_flags_on_failure
     def step(self, closure=None):
         """One update of every parameter that has a gradient.
 
@@ -1030,7 +1124,9 @@ class FlatOptimizer(torch.optim.Optimizer):
         then keeps the scaled values), else by one in-place multiply of the
         flat gradient buffer before the kernel. Everything is checked before anything is
         written: an invalid hyper-parameter or gradient raises and changes
-        nothing.
+        nothing, and clears ``grad_scale`` / ``found_inf`` (GradScaler removes
+        them only after a step that returns; left set, the next ``scaler.step``
+        would multiply its scale into the stale one).
         """
         loss = None
         if closure is not None:
@@ -1124,9 +1220,17 @@ class FlatOptimizer(torch.optim.Optimizer):
         ``"master_param"`` (the float32 master copy, with
         ``master_weights=True``), ``"<state>.codes"`` / ``"<state>.absmax"``
         (8-bit state; ``"<state>"`` then holds its dequantized float32
-        values) and ``"stochastic_rounding_seed"`` (an int; with it ``step``
+        values), ``"stochastic_rounding_seed"`` (an int; with it ``step``
         is saved for every rule, SGD included: the random bits are keyed on
-        seed, step and element). bfloat16 state is saved as it is stored.
+        seed, step and element) and ``"exact_step"`` (an int, past 2**24
+        steps, where torch's float32 ``step`` no longer holds the count; it is
+        loaded where it rounds to ``step``). bfloat16 state is saved as it is
+        stored.
+
+        A parameter whose ``.data`` was replaced, or that was written in place,
+        since the last step is first brought into its slot and its master
+        copy, as the next step would do it (the values the model sees do not
+        change), so the saved ``"master_param"`` is the parameter's.
 
         Keys of ``optimizer.state`` this class does not write are kept as
         torch keeps them: a parameter's under its index, others (a hook's
@@ -1142,9 +1246,12 @@ class FlatOptimizer(torch.optim.Optimizer):
         return state_dict
 
     def _state_dict_without_hooks(self):
-        for buckets in self._buckets:
-            for b in buckets:
-                b.sync_master()
+        buckets = [b for per_group in self._buckets for b in per_group]
+        replaced = [b.replaced() for b in buckets]     # checked before anything moves
+        for b, r in zip(buckets, replaced):
+            with torch.no_grad():
+                b.adopt_replaced(r)
+            b.sync_master()
         return self._packed_state(
             lambda b, j: {k: v for name in b.state_flat
                           for k, v in b.state_entries(name, j, values=True).items()},
@@ -1166,8 +1273,10 @@ class FlatOptimizer(torch.optim.Optimizer):
                     entry = self._custom_state(b.params[j])
                     if b.published[j]:
                         if keep_step:
-                            entry["step"] = torch.tensor(float(b.steps_np[j]),
-                                                         dtype=_scalar_dtype())
+                            steps = int(b.steps_np[j])
+                            entry["step"] = torch.tensor(float(steps), dtype=_scalar_dtype())
+                            if float(entry["step"]) != steps:
+                                entry[STEP_KEY] = steps
                         entry.update(arrays_of(b, j))
                         for name in self._scalar_state:
                             entry[self._torch_names.get(name, name)] = b.scalar_tensor(name, j)
@@ -1196,8 +1305,9 @@ class FlatOptimizer(torch.optim.Optimizer):
 
         Everything is checked before anything is written: a state dict with
         another number of groups or parameters, state of the wrong size, a
-        parameter's state missing an array the options need, or invalid
-        hyper-parameters raises ``ValueError`` and changes nothing. The saved
+        parameter's state missing an array the options need, invalid
+        hyper-parameters or a tensor on a device it cannot be copied from
+        (``meta``) raises ``ValueError`` and changes nothing. The saved
         hyper-parameters replace the groups' (as in torch), except
         ``foreach``, ``fused``, ``capturable`` and ``differentiable``, which
         describe how torch computed and keep this optimizer's values.
@@ -1206,8 +1316,10 @@ class FlatOptimizer(torch.optim.Optimizer):
         optimizer's (a float32 torch checkpoint into bfloat16 state, say),
         full-precision state is quantized into 8-bit state (and 8-bit codes
         are used as they are), a ``"master_param"`` is loaded into the
-        master copy (without one the master copy takes the parameter's
-        current value) and a ``"stochastic_rounding_seed"`` becomes
+        master copy where it rounds to the parameter's current value (elsewhere,
+        and without one, the master copy takes that value: torch.optim keeps
+        the key of a dict it loads but never updates it) and a
+        ``"stochastic_rounding_seed"`` becomes
         :attr:`seed`. A dict saved by an optimizer of the same options
         resumes bit for bit.
         """
@@ -1282,6 +1394,7 @@ class FlatOptimizer(torch.optim.Optimizer):
                             b.reset(j, j, group)
                             self.state.pop(b.params[j], None)
                             b.published[j] = False
+                            b.entries[j] = None
                             if self._state_init:
                                 b.publish(j)
                             if customs.get((gi, i)):
@@ -1305,6 +1418,11 @@ class FlatOptimizer(torch.optim.Optimizer):
                             self.state[b.params[j]].update(customs[(gi, i)])
                     b.update_uniform()
                     b.versions = b._versions()
+                    if b.master_views is not None:
+                        # a loaded master is trusted only where it still rounds to
+                        # the parameter (torch.optim keeps the key, never updates it)
+                        b.versions = [None] * len(b.params)
+                        b.sync_master()
         for hook in self._optimizer_load_state_dict_post_hooks.values():
             hook(self)
 
@@ -1313,6 +1431,11 @@ class FlatOptimizer(torch.optim.Optimizer):
         if not isinstance(value, dict):
             raise ValueError(f"{where} must be a dict, got {type(value).__name__}")
         p = group["params"][i]
+        for key, v in value.items():     # a tensor that cannot be copied fails now, not mid-load
+            if isinstance(v, torch.Tensor) and v.device.type not in ("cpu", "cuda",
+                                                                     p.device.type):
+                raise ValueError(f"{where}: {key} is on {v.device}; state tensors load from "
+                                 f"the CPU or a CUDA device (the parameter is on {p.device})")
         step = value.get("step")
         arrays, scalars, extras = {}, {}, {}
         scalar_names = {self._torch_names.get(n, n) for n in self._scalar_state}
@@ -1330,6 +1453,10 @@ class FlatOptimizer(torch.optim.Optimizer):
                     extras[key] = _args.seed(v)
                 except (TypeError, ValueError) as exc:
                     raise ValueError(f"{where}: {key}: {exc}") from None
+                continue
+            if key == STEP_KEY:
+                if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+                    raise ValueError(f"{where}: {key} must be an int >= 0, got {v!r}")
                 continue
             if key in extra_names:
                 what, size, dtype = extra_names[key]
@@ -1372,6 +1499,9 @@ class FlatOptimizer(torch.optim.Optimizer):
             raise ValueError(f"{where}: step must be a number, got {step!r}") from None
         if not (math.isfinite(step_f) and step_f >= 0 and step_f == int(step_f)):
             raise ValueError(f"{where}: step must be a whole number >= 0, got {step_f}")
+        exact = value.get(STEP_KEY)
+        if exact is not None and np.float32(exact) == np.float32(step_f):
+            step_f = int(exact)     # trusted while it rounds to ``step`` (torch never updates it)
         for n in array_names:
             if (f"{n}.codes" in extras) != (f"{n}.absmax" in extras):
                 raise ValueError(f"{where}: {n}.codes and {n}.absmax go together; one is "

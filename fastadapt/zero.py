@@ -224,8 +224,7 @@ class _ShardBucket(_Bucket):
         entry = {} if owner._no_step else {"step": self.steps[j]}
         for name, values in self.scalars.items():
             entry[owner._torch_names.get(name, name)] = values[j]
-        owner._show_entry(self.params[j], entry)
-        self.published[j] = True
+        self.show(j, entry)
 
     def present_grads(self, scan):
         present = scan[0]
@@ -776,7 +775,7 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
             flags += [1.0] * len(bucket.params) if present is None else [float(x) for x in present]
         agreed = self._agree(flags, "the gradients' presence all-reduce")
         out, at = [], 1
-        for group, options, bucket, (present, replaced, copies) in plans:
+        for group, options, bucket, (present, *rest) in plans:
             n = len(bucket.params)
             anywhere = [bool(x) for x in agreed[at:at + n]]
             at += n
@@ -785,7 +784,7 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
             else:
                 bucket.absent_here = []
             out.append((group, options, bucket,
-                        (None if all(anywhere) else anywhere, replaced, copies)))
+                        (None if all(anywhere) else anywhere, *rest)))
         return out, bool(agreed[0])
 
     def _reduce_gradients(self, plans):
@@ -862,14 +861,9 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
         with torch.no_grad():
             for buckets in self._buckets:
                 for b in buckets:
-                    if b.master_flat is None:
-                        continue
-                    replaced = [j for j, (p, ptr) in enumerate(zip(b.params, b.param_ptrs))
-                                if p.data_ptr() != ptr]
-                    for j in replaced:
-                        b._check_replaced(j, b.params[j])
-                    b.gather((None, replaced, []))
-                    b.sync_master()
+                    if b.master_flat is not None:
+                        b.adopt_replaced(b.replaced())
+                        b.sync_master()
 
     def state_dict(self):
         """The full state in torch's format, as last consolidated on this rank.
