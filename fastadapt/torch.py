@@ -71,6 +71,12 @@ optimizer from its options, parameter groups and state dict:
 ``copy.deepcopy((model, optimizer))`` gives an optimizer of the copied
 model's parameters, with a copy of the state.
 
+Complex parameters (complex64, complex128) are packed as their real view
+(``torch.view_as_real``), which is what torch's single-tensor optimizers
+update; ``p``, ``p.grad`` and the state in ``optimizer.state`` and state dicts
+are complex views of the flat buffers, as torch keeps them. Only the classes
+torch takes complex parameters for accept them, without storage options.
+
 Storage narrower than float32
 -----------------------------
 Parameters may be ``torch.bfloat16`` or ``torch.float16`` CPU tensors, and
@@ -163,6 +169,11 @@ NO_OP_FLAGS = ("foreach", "fused")
 #: torch.optim options fastadapt.torch cannot honour: True raises.
 REJECTED_FLAGS = ("differentiable", "capturable")
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+COMPLEX_DTYPES = (torch.complex64, torch.complex128)
+#: torch.optim classes that take complex parameters (torch 2.13's optim_db
+#: ``supports_complex``); each updates ``view_as_real(param)``, as fastadapt does.
+_TORCH_SUPPORTS_COMPLEX = {"Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adadelta", "Adamax",
+                           "RAdam", "Rprop", "NAdam", "ASGD"}
 _SIXTEEN_BIT = (torch.bfloat16, torch.float16)
 #: Storage options (keyword-only, optimizer-wide), as fastadapt.optim's classes take them.
 STORAGE_OPTIONS = {"state_dtype": None, "master_weights": False,
@@ -296,22 +307,29 @@ class _Bucket:
         self.params = params                 # the nn.Parameters, in group order
         self.indices = indices               # their positions in group["params"]
         first = params[0]
-        self.device, self.dtype = first.device, first.dtype
+        # complex parameters: the flat buffers hold their real view (torch's
+        # single-tensor optimizers update view_as_real(param) too); ``dtype`` is
+        # the buffers' (real) dtype, ``param_dtype`` the parameters'
+        self.device, self.param_dtype = first.device, first.dtype
+        self.complex = first.is_complex()
+        self.dtype = first.dtype.to_real()
         # the state's storage: a torch dtype, or "int8" (8-bit blockwise state)
         self.state_dtype = owner._state_storage(self.dtype, self.device, group_index)
         self.blockwise = self.state_dtype == "int8"
         self.shapes = [p.shape for p in params]
-        self.sizes = [p.numel() for p in params]
+        pair = 2 if self.complex else 1
+        self.sizes = [p.numel() * pair for p in params]
+        self.real_shapes = [(*s, 2) if self.complex else s for s in self.shapes]
         # 8-bit state: every parameter starts a block of its own, so a run of
         # parameters (and one parameter's checkpoint) is whole blocks
-        align = BLOCK if self.blockwise else ALIGN_BYTES // first.element_size()
+        align = BLOCK if self.blockwise else ALIGN_BYTES // (first.element_size() // pair)
         self.offsets, end = layout(self.sizes, align)
         end = self._flat_length(end, align)
         self.length = end
         self.param_flat = torch.zeros(end, dtype=self.dtype, device=self.device)
         self.grad_flat = torch.zeros_like(self.param_flat)
-        self.param_views = self._views(self.param_flat)
-        self.grad_views = self._views(self.grad_flat)
+        self.param_views = self._param_views(self.param_flat)
+        self.grad_views = self._param_views(self.grad_flat)
         self.host = self.device.type == "cpu"
         self.k_param = self._kernel_array(self.param_flat)
         self.k_grad = self._kernel_array(self.grad_flat)
@@ -382,7 +400,17 @@ class _Bucket:
         return end
 
     def _views(self, flat):
-        return [flat[o:o + n].view(s) for o, n, s in zip(self.offsets, self.sizes, self.shapes)]
+        """Per-parameter views of ``flat`` (complex parameters: their real view)."""
+        return [flat[o:o + n].view(s)
+                for o, n, s in zip(self.offsets, self.sizes, self.real_shapes)]
+
+    def _param_views(self, flat):
+        """Per-parameter views of ``flat`` of the parameters' dtype."""
+        return [self.as_param(v) for v in self._views(flat)]
+
+    def as_param(self, view):
+        """A real view as the parameters' dtype (complex: ``torch.view_as_complex``)."""
+        return torch.view_as_complex(view) if self.complex else view
 
     def _kernel_array(self, flat):
         return _host_array(flat) if self.host else flat
@@ -452,7 +480,7 @@ class _Bucket:
         torch.optim loads)."""
         key = self.owner._torch_names.get(name, name)
         if not self.blockwise:
-            return {key: self.state_views[name][j]}
+            return {key: self.as_param(self.state_views[name][j])}
         codes, absmax = self.block_tensors[name]
         lo, n = self.offsets[j], self.sizes[j]
         out = {f"{key}.codes": codes[lo:lo + n],
@@ -544,7 +572,7 @@ class _Bucket:
             else:
                 self.reset(j, j, group, names=(name,))
             return
-        view = self.state_views[name][j]
+        view = self.as_param(self.state_views[name][j])
         if src is None:
             self.reset(j, j, group, names=(name,))
         elif src.data_ptr() != view.data_ptr():
@@ -602,7 +630,7 @@ class _Bucket:
                                  f"shape {tuple(g.shape)} for a parameter of shape "
                                  f"{tuple(self.shapes[j])}")
             if not (g.data_ptr() == self.grad_ptrs[j] and g.is_contiguous()
-                    and g.dtype == self.dtype):
+                    and g.dtype == self.param_dtype):
                 copies.append(j)
         return present, replaced, copies
 
@@ -612,8 +640,8 @@ class _Bucket:
             raise ValueError(f"{where} changed shape from {tuple(self.shapes[j])} to "
                              f"{tuple(p.shape)} after the optimizer was built; build a new "
                              "optimizer for the new shapes")
-        if p.dtype != self.dtype or p.device != self.device:
-            raise ValueError(f"{where} moved from {self.device}/{self.dtype} to "
+        if p.dtype != self.param_dtype or p.device != self.device:
+            raise ValueError(f"{where} moved from {self.device}/{self.param_dtype} to "
                              f"{p.device}/{p.dtype} after the optimizer was built; move or "
                              "convert the model before building the optimizer")
 
@@ -966,9 +994,12 @@ class FlatOptimizer(torch.optim.Optimizer):
             where = f"param group {index}, parameter {i}"
             if p.layout != torch.strided:
                 raise TypeError(f"{where}: sparse parameters are not supported")
-            if p.dtype not in SUPPORTED_DTYPES:
+            if p.dtype in COMPLEX_DTYPES:
+                self._check_complex(where, p)
+            elif p.dtype not in SUPPORTED_DTYPES:
                 raise TypeError(f"{where} has dtype {p.dtype}; fastadapt.torch supports "
-                                "float32, float64, bfloat16 and float16 parameters")
+                                "float32, float64, bfloat16, float16, complex64 and "
+                                "complex128 parameters")
             if p.device.type not in ("cpu", "cuda"):
                 raise TypeError(f"{where} is on {p.device}; fastadapt.torch supports CPU "
                                 "and CUDA tensors")
@@ -980,9 +1011,21 @@ class FlatOptimizer(torch.optim.Optimizer):
         for i, p in enumerate(params):
             by_key.setdefault((p.device, p.dtype), []).append(i)
         for device, dtype in by_key:         # refuse before anything is packed
-            self._state_storage(dtype, device, index)
+            self._state_storage(dtype.to_real(), device, index)
         return [self._bucket_class(self, index, [params[i] for i in idx], idx)
                 for idx in by_key.values()]
+
+    def _check_complex(self, where, p):
+        """Complex parameters where torch takes them, with state of their own precision."""
+        name = self.rule.torch_name
+        if name not in _TORCH_SUPPORTS_COMPLEX:
+            raise TypeError(f"{where} is complex ({p.dtype}); fastadapt.torch.{type(self).__name__}"
+                            " does not support complex parameters (torch.optim has no complex "
+                            "form of it)")
+        if self.state_dtype is not None or self.master_weights or self.stochastic_rounding:
+            raise ValueError(f"{where} is complex ({p.dtype}); complex parameters keep state "
+                             "of their own precision (no state_dtype, master_weights or "
+                             "stochastic_rounding)")
 
     # ------------------------------------------------------------- gradients
     def zero_grad(self, set_to_none=True):
@@ -1360,8 +1403,11 @@ class FlatOptimizer(torch.optim.Optimizer):
                 if v.numel() != p.numel():
                     raise ValueError(f"{where}: {key} has {v.numel()} elements, the parameter "
                                      f"has {p.numel()} (shape {tuple(p.shape)})")
-                if not (v.is_floating_point() and v.layout == torch.strided):
-                    raise ValueError(f"{where}: {key} must be a dense floating-point tensor")
+                if not (v.layout == torch.strided and (
+                        v.is_complex() if p.is_complex() else v.is_floating_point())):
+                    kind = "complex" if p.is_complex() else "floating-point"
+                    raise ValueError(f"{where}: {key} must be a dense {kind} tensor (the "
+                                     f"parameter is {p.dtype})")
                 arrays[key] = v
         if step is None:
             # torch's SGD keeps no step; a parameter with state has stepped
