@@ -277,7 +277,7 @@ def _fresh_marker(ref, j):
     @torch.utils.hooks.unserializable_hook
     def hook(grad):
         bucket = ref()
-        if bucket is not None:
+        if bucket is not None and not bucket.released[j]:
             bucket.fresh[j] = bucket.params[j].grad is None
     return hook
 
@@ -327,12 +327,13 @@ class _Bucket:
         end = self._flat_length(end, align)
         self.length = end
         self.param_flat = torch.zeros(end, dtype=self.dtype, device=self.device)
-        self.grad_flat = torch.zeros_like(self.param_flat)
         self.param_views = self._param_views(self.param_flat)
-        self.grad_views = self._param_views(self.grad_flat)
         self.host = self.device.type == "cpu"
         self.k_param = self._kernel_array(self.param_flat)
-        self.k_grad = self._kernel_array(self.grad_flat)
+        self.set_grad_buffer(True)
+        # gradient release (fastadapt._release): these parameters are updated
+        # in the backward, from autograd's gradient, which is then dropped
+        self.released = [False] * len(params)
         self.state_flat, self.state_views, self.k_state = {}, {}, {}
         self.block_tensors = {}              # 8-bit state: name -> (codes, absmax) tensors
         self.steps = torch.zeros(len(params), dtype=_scalar_dtype())
@@ -346,7 +347,6 @@ class _Bucket:
                 p.data = view
         # a gradient already there stays the parameter's (the step copies it)
         self.param_ptrs = [v.data_ptr() for v in self.param_views]
-        self.grad_ptrs = [v.data_ptr() for v in self.grad_views]
         self._adopt_fresh_gradients()
         # master weights: a float32 copy the update runs on; the parameters
         # receive it rounded to nearest in the same pass
@@ -670,8 +670,22 @@ class _Bucket:
         return [self.k_grad[o:o + n]
                 for o, n, has in zip(self.offsets, self.sizes, present) if has]
 
-    def apply(self, group, options, scan, grad_scale):
-        """Run the update (after :meth:`gather`)."""
+    def set_grad_buffer(self, keep):
+        """Allocate the flat gradient buffer and its views (``keep``), or drop
+        them (every parameter released: no ``.grad`` is ever one of them)."""
+        if keep:
+            self.grad_flat = torch.zeros_like(self.param_flat)
+            self.grad_views = self._param_views(self.grad_flat)
+        else:
+            self.grad_flat = self.param_flat.new_empty(0)
+            self.grad_views = [object() for _ in self.params]   # never any .grad
+        self.k_grad = self._kernel_array(self.grad_flat)
+        self.grad_ptrs = [v.data_ptr() if keep else None for v in self.grad_views]
+
+    def apply(self, group, options, scan, grad_scale, grad=None):
+        """Run the update (after :meth:`gather`); ``grad``: the kernel array of
+        the gradient of the one parameter ``scan`` presents, instead of the
+        flat buffer's (gradient release)."""
         present = scan[0]
         every = present is None
         if not every and not any(present):
@@ -690,7 +704,8 @@ class _Bucket:
             runs = self._runs([True] * len(self.params) if every else present)
         for j0, j1 in runs:
             lo = self.offsets[j0]
-            hi = self.length if j1 == len(self.params) - 1 else self.offsets[j1] + self.sizes[j1]
+            hi = (self.length if j1 == len(self.params) - 1 and grad is None
+                  else self.offsets[j1] + self.sizes[j1])
             a, b = self._span(lo, hi)
             la, lb = a - self.state_offset, b - self.state_offset
             first_step = self.steps_np[j0] == 0
@@ -714,7 +729,8 @@ class _Bucket:
                 kwargs["grad_scale"] = grad_scale
             # an empty span (a sharded bucket's run outside its shard) still
             # returns the new scalar state
-            result = rule.step_fn(self.k_param[a:b], self.k_grad[a:b], **kwargs)
+            result = rule.step_fn(self.k_param[a:b], self.k_grad[a:b] if grad is None else grad,
+                                  **kwargs)
             for name in owner._scalar_state:
                 if not isinstance(result, dict) or name not in result:
                     raise RuntimeError(f"{rule.step_fn.__name__} must return {{{name!r}: new "
@@ -870,8 +886,10 @@ class FlatOptimizer(torch.optim.Optimizer):
                             "seed": self.seed},
                 "param_groups": self.param_groups,
                 "state_dict": self._state_dict_without_hooks(),
+                # (an instance's ``step``: a wrapper of an lr scheduler or of
+                # gradient release, which go with their hooks)
                 "attributes": {k: v for k, v in self.__dict__.items() if not k.startswith("_")
-                               and k not in ("defaults", "state", "param_groups")}}
+                               and k not in ("defaults", "state", "param_groups", "step")}}
 
     def __setstate__(self, state):
         """Rebuild from :meth:`__getstate__`: the parameters are packed into
@@ -1571,4 +1589,5 @@ for _rule in RULES.values():
 del _rule, _cls
 
 from .zero import ZeroRedundancyOptimizer  # noqa: E402  (built on the classes above)
-__all__.append("ZeroRedundancyOptimizer")
+from ._release import GradientRelease, enable_gradient_release  # noqa: E402
+__all__ += ["ZeroRedundancyOptimizer", "GradientRelease", "enable_gradient_release"]
