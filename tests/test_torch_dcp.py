@@ -96,3 +96,24 @@ def test_set_optimizer_state_dict_from_torchs_optimizer(group):
     for p, q in zip(ours.parameters(), theirs.parameters()):
         torch.testing.assert_close(p.detach(), q.detach(), rtol=0,
                                    atol=1e-6 * float(q.detach().abs().max()))
+
+
+def test_zero_redundancy_optimizer_after_consolidation(group):
+    """ZeroRedundancyOptimizer's ``state_dict`` is the consolidated full state:
+    ``get_optimizer_state_dict`` raises torch's message naming
+    ``consolidate_state_dict`` before it, and works after; the full state
+    sets a fresh one, which resumes bit for bit (one rank)."""
+    model, resumed = make_model(), make_model()
+    opt = ft.ZeroRedundancyOptimizer(model.parameters(), optimizer_class=ft.Adam, lr=1e-2)
+    train(model, opt, 2, seed=1)
+    with pytest.raises(RuntimeError, match="consolidate_state_dict"):
+        get_optimizer_state_dict(model, opt)
+    opt.consolidate_state_dict(to=0)
+    saved = get_optimizer_state_dict(model, opt)
+    resumed.load_state_dict(model.state_dict())
+    ropt = ft.ZeroRedundancyOptimizer(resumed.parameters(), optimizer_class=ft.Adam, lr=1e-2)
+    set_optimizer_state_dict(resumed, ropt, saved)
+    train(model, opt, 2, seed=2)
+    train(resumed, ropt, 2, seed=2)
+    for p, q in zip(model.parameters(), resumed.parameters()):
+        assert torch.equal(p, q)
