@@ -2,9 +2,10 @@
 
 ``get_optimizer_state_dict`` / ``set_optimizer_state_dict``
 (``torch.distributed.checkpoint.state_dict``) and ``dcp.save`` / ``dcp.load``
-in one process with a gloo group of world size 1: a run resumed from the
-checkpoint continues bit for bit as the uninterrupted run (same kernels, same
-state), for float32, bfloat16 and 8-bit state.
+in one process with a gloo group of world size 1 (and ZeroRedundancyOptimizer
+with two gloo ranks, tests/dcp_worker.py): a run resumed from the checkpoint
+continues bit for bit as the uninterrupted run (same kernels, same state),
+for float32, bfloat16 and 8-bit state.
 """
 import datetime
 
@@ -18,6 +19,9 @@ from torch.distributed.checkpoint.state_dict import (  # noqa: E402
     StateDictOptions, get_optimizer_state_dict, set_optimizer_state_dict)
 
 import fastadapt.torch as ft  # noqa: E402
+
+# two ranks take ~15 s on 2 busy cores; a stuck rank is killed after this long
+LAUNCH_TIMEOUT_S = 240
 
 
 @pytest.fixture
@@ -117,3 +121,24 @@ def test_zero_redundancy_optimizer_after_consolidation(group):
     train(resumed, ropt, 2, seed=2)
     for p, q in zip(model.parameters(), resumed.parameters()):
         assert torch.equal(p, q)
+
+
+@pytest.mark.slow
+def test_zero_redundancy_optimizer_two_ranks(tmp_path):
+    """Two gloo ranks on localhost (tests/dcp_worker.py): each consolidates the
+    full state for itself, ``dcp.save``, ``dcp.load`` and
+    ``set_optimizer_state_dict`` into a fresh ZeroRedundancyOptimizer, and
+    the resumed run continues bit for bit on both ranks. A stuck rank is
+    killed after LAUNCH_TIMEOUT_S (the group's own timeout is 30 s)."""
+    import os
+    import sys
+
+    from fastadapt.benchmark._zero import launch_ranks
+    worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dcp_worker.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    status = launch_ranks([[sys.executable, worker, str(rank), "2", str(tmp_path / "init"),
+                            str(tmp_path / "ck")] for rank in range(2)],
+                          env, str(tmp_path), LAUNCH_TIMEOUT_S)
+    for rank, (code, log) in enumerate(status):
+        assert code == 0 and f"rank {rank}: resumed bit for bit" in log, log[-3000:]
+
