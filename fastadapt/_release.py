@@ -46,10 +46,9 @@ class GradientRelease:
         self._pending = set()            # ids updated since the last opt.step()
         self._handles = []
         self.active = True
-        for p in (b.params[j] for b, j, _ in params.values()):
-            ref = weakref.ref(self)
-            self._handles.append(p.register_post_accumulate_grad_hook(
-                lambda param, ref=ref: ref() is not None and ref()._update(param)))
+        ref = weakref.ref(self)
+        for b, j, _ in params.values():
+            self._handles.append(b.params[j].register_post_accumulate_grad_hook(_hook(ref)))
         self._buckets = {id(b): b for b, _, _ in params.values()}.values()
         for b, j, _ in params.values():
             b.released[j] = True
@@ -144,6 +143,16 @@ class GradientRelease:
                 del self._opt.step
             else:
                 self._opt.step = self._previous_step
+
+
+def _hook(ref):
+    """The post-accumulate-grad hook; it holds the handle weakly, so a model
+    never keeps its optimizer alive."""
+    def hook(param):
+        handle = ref()
+        if handle is not None:
+            handle._update(param)
+    return hook
 
 
 def _released_step(opt, closure=None, grad_scaler=None):

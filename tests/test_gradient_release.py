@@ -238,3 +238,18 @@ def test_no_full_gradient_is_held_during_the_backward():
     assert max(live) == 0                   # each gradient dropped as soon as it is used
     assert sum(b.grad_flat.numel() for bs in opt._buckets for b in bs) == 0
     assert total > 30000
+
+
+def test_complex_parameters_are_released_as_their_real_view():
+    w = torch.randn(3, 4, dtype=torch.complex64, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(5, 3, dtype=torch.complex64, generator=torch.Generator().manual_seed(1))
+    a, b = nn.Parameter(w.clone()), nn.Parameter(w.clone())
+    opt, ref = ft.Adam([a], lr=0.1), ft.Adam([b], lr=0.1)
+    ft.enable_gradient_release([a], opt)
+    for _ in range(3):
+        for p, o in ((a, opt), (b, ref)):
+            o.zero_grad()
+            (x @ p).abs().pow(2).sum().backward()
+            o.step()
+    assert a.grad is None and torch.equal(a, b)
+    assert torch.equal(opt.state[a]["exp_avg_sq"], ref.state[b]["exp_avg_sq"])
