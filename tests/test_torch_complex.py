@@ -154,3 +154,19 @@ def test_loading_real_state_for_a_complex_parameter_raises_and_changes_nothing()
     with pytest.raises(ValueError, match="must be a dense complex tensor"):
         opt.load_state_dict(bad)
     assert torch.equal(opt.state[p]["momentum_buffer"], before)
+
+
+def test_max_grad_norm_of_complex_gradients_is_torchs_clip_grad_norm():
+    """The global norm over the real view is torch's norm of complex
+    gradients (sqrt of the sum of |z|^2)."""
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(4, 3, generator=g, dtype=torch.complex64)
+    grad = 3 * torch.randn(4, 3, generator=g, dtype=torch.complex64)
+    a, b = nn.Parameter(w.clone()), nn.Parameter(w.clone())
+    opt, ref = ft.SGD([a], lr=0.1, max_grad_norm=0.5), torch.optim.SGD([b], lr=0.1)
+    a.grad, b.grad = grad.clone(), grad.clone()
+    opt.step()
+    norm = torch.nn.utils.clip_grad_norm_([b], 0.5)
+    ref.step()
+    assert opt.grad_norm == pytest.approx(float(norm), rel=1e-6)
+    assert_close(a, b, torch.complex64)
