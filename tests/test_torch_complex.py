@@ -134,6 +134,7 @@ def test_a_complex_model_trains_through_autograd_on_the_zero_copy_path():
     assert_close(a, b, torch.complex64)
 
 
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
 def test_complex_parameters_refused_where_torch_has_no_complex_form():
     p = nn.Parameter(torch.zeros(3, dtype=torch.complex64))
     with pytest.raises(TypeError, match="Lion does not support complex"):
