@@ -83,6 +83,12 @@ with a gradient (the master copy of ``master_weights`` is kept: it is the
 parameter's value). A non-empty dict put in place of a parameter's state
 raises ``ValueError`` at the next step (set state with ``load_state_dict``).
 
+Complex parameters (complex64, complex128) are packed as their real view
+(``torch.view_as_real``), which is what torch's single-tensor optimizers
+update; ``p``, ``p.grad`` and the state in ``optimizer.state`` and state dicts
+are complex views of the flat buffers, as torch keeps them. Only the classes
+torch takes complex parameters for accept them, without storage options.
+
 Storage narrower than float32
 -----------------------------
 Parameters may be ``torch.bfloat16`` or ``torch.float16`` CPU tensors, and
@@ -176,6 +182,11 @@ NO_OP_FLAGS = ("foreach", "fused")
 #: torch.optim options fastadapt.torch cannot honour: True raises.
 REJECTED_FLAGS = ("differentiable", "capturable")
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+COMPLEX_DTYPES = (torch.complex64, torch.complex128)
+#: torch.optim classes that take complex parameters (torch 2.13's optim_db
+#: ``supports_complex``); each updates ``view_as_real(param)``, as fastadapt does.
+_TORCH_SUPPORTS_COMPLEX = {"Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adadelta", "Adamax",
+                           "RAdam", "Rprop", "NAdam", "ASGD"}
 _SIXTEEN_BIT = (torch.bfloat16, torch.float16)
 #: Storage options (keyword-only, optimizer-wide), as fastadapt.optim's classes take them.
 STORAGE_OPTIONS = {"state_dtype": None, "master_weights": False,
@@ -282,7 +293,7 @@ def _fresh_marker(ref, j):
     @torch.utils.hooks.unserializable_hook
     def hook(grad):
         bucket = ref()
-        if bucket is not None:
+        if bucket is not None and not bucket.released[j]:
             bucket.fresh[j] = bucket.params[j].grad is None
     return hook
 
@@ -312,25 +323,33 @@ class _Bucket:
         self.params = params                 # the nn.Parameters, in group order
         self.indices = indices               # their positions in group["params"]
         first = params[0]
-        self.device, self.dtype = first.device, first.dtype
+        # complex parameters: the flat buffers hold their real view (torch's
+        # single-tensor optimizers update view_as_real(param) too); ``dtype`` is
+        # the buffers' (real) dtype, ``param_dtype`` the parameters'
+        self.device, self.param_dtype = first.device, first.dtype
+        self.complex = first.is_complex()
+        self.dtype = first.dtype.to_real()
         # the state's storage: a torch dtype, or "int8" (8-bit blockwise state)
         self.state_dtype = owner._state_storage(self.dtype, self.device, group_index)
         self.blockwise = self.state_dtype == "int8"
         self.shapes = [p.shape for p in params]
-        self.sizes = [p.numel() for p in params]
+        pair = 2 if self.complex else 1
+        self.sizes = [p.numel() * pair for p in params]
+        self.real_shapes = [(*s, 2) if self.complex else s for s in self.shapes]
         # 8-bit state: every parameter starts a block of its own, so a run of
         # parameters (and one parameter's checkpoint) is whole blocks
-        align = BLOCK if self.blockwise else ALIGN_BYTES // first.element_size()
+        align = BLOCK if self.blockwise else ALIGN_BYTES // (first.element_size() // pair)
         self.offsets, end = layout(self.sizes, align)
         end = self._flat_length(end, align)
         self.length = end
         self.param_flat = torch.zeros(end, dtype=self.dtype, device=self.device)
-        self.grad_flat = torch.zeros_like(self.param_flat)
-        self.param_views = self._views(self.param_flat)
-        self.grad_views = self._views(self.grad_flat)
+        self.param_views = self._param_views(self.param_flat)
         self.host = self.device.type == "cpu"
         self.k_param = self._kernel_array(self.param_flat)
-        self.k_grad = self._kernel_array(self.grad_flat)
+        self.set_grad_buffer(True)
+        # gradient release (fastadapt._release): these parameters are updated
+        # in the backward, from autograd's gradient, which is then dropped
+        self.released = [False] * len(params)
         self.state_flat, self.state_views, self.k_state = {}, {}, {}
         self.block_tensors = {}              # 8-bit state: name -> (codes, absmax) tensors
         # float64: exact step counts to 2**53 (torch's float32 ones stop at 2**24,
@@ -347,7 +366,6 @@ class _Bucket:
                 p.data = view
         # a gradient already there stays the parameter's (the step copies it)
         self.param_ptrs = [v.data_ptr() for v in self.param_views]
-        self.grad_ptrs = [v.data_ptr() for v in self.grad_views]
         self._adopt_fresh_gradients()
         # master weights: a float32 copy the update runs on; the parameters
         # receive it rounded to nearest in the same pass
@@ -401,7 +419,17 @@ class _Bucket:
         return end
 
     def _views(self, flat):
-        return [flat[o:o + n].view(s) for o, n, s in zip(self.offsets, self.sizes, self.shapes)]
+        """Per-parameter views of ``flat`` (complex parameters: their real view)."""
+        return [flat[o:o + n].view(s)
+                for o, n, s in zip(self.offsets, self.sizes, self.real_shapes)]
+
+    def _param_views(self, flat):
+        """Per-parameter views of ``flat`` of the parameters' dtype."""
+        return [self.as_param(v) for v in self._views(flat)]
+
+    def as_param(self, view):
+        """A real view as the parameters' dtype (complex: ``torch.view_as_complex``)."""
+        return torch.view_as_complex(view) if self.complex else view
 
     def _kernel_array(self, flat):
         return _host_array(flat) if self.host else flat
@@ -471,7 +499,7 @@ class _Bucket:
         torch.optim loads)."""
         key = self.owner._torch_names.get(name, name)
         if not self.blockwise:
-            return {key: self.state_views[name][j]}
+            return {key: self.as_param(self.state_views[name][j])}
         codes, absmax = self.block_tensors[name]
         lo, n = self.offsets[j], self.sizes[j]
         out = {f"{key}.codes": codes[lo:lo + n],
@@ -563,7 +591,7 @@ class _Bucket:
             else:
                 self.reset(j, j, group, names=(name,))
             return
-        view = self.state_views[name][j]
+        view = self.as_param(self.state_views[name][j])
         if src is None:
             self.reset(j, j, group, names=(name,))
         elif src.data_ptr() != view.data_ptr():
@@ -661,7 +689,7 @@ class _Bucket:
                                  f"shape {tuple(g.shape)} for a parameter of shape "
                                  f"{tuple(self.shapes[j])}")
             if not (g.data_ptr() == self.grad_ptrs[j] and g.is_contiguous()
-                    and g.dtype == self.dtype):
+                    and g.dtype == self.param_dtype):
                 copies.append(j)
         return present, replaced, copies, cleared
 
@@ -695,8 +723,8 @@ class _Bucket:
             raise ValueError(f"{where} changed shape from {tuple(self.shapes[j])} to "
                              f"{tuple(p.shape)} after the optimizer was built; build a new "
                              "optimizer for the new shapes")
-        if p.dtype != self.dtype or p.device != self.device:
-            raise ValueError(f"{where} moved from {self.device}/{self.dtype} to "
+        if p.dtype != self.param_dtype or p.device != self.device:
+            raise ValueError(f"{where} moved from {self.device}/{self.param_dtype} to "
                              f"{p.device}/{p.dtype} after the optimizer was built; move or "
                              "convert the model before building the optimizer")
 
@@ -721,8 +749,22 @@ class _Bucket:
         return [self.k_grad[o:o + n]
                 for o, n, has in zip(self.offsets, self.sizes, present) if has]
 
-    def apply(self, group, options, scan, grad_scale):
-        """Run the update (after :meth:`gather`)."""
+    def set_grad_buffer(self, keep):
+        """Allocate the flat gradient buffer and its views (``keep``), or drop
+        them (every parameter released: no ``.grad`` is ever one of them)."""
+        if keep:
+            self.grad_flat = torch.zeros_like(self.param_flat)
+            self.grad_views = self._param_views(self.grad_flat)
+        else:
+            self.grad_flat = self.param_flat.new_empty(0)
+            self.grad_views = [object() for _ in self.params]   # never any .grad
+        self.k_grad = self._kernel_array(self.grad_flat)
+        self.grad_ptrs = [v.data_ptr() if keep else None for v in self.grad_views]
+
+    def apply(self, group, options, scan, grad_scale, grad=None):
+        """Run the update (after :meth:`gather`); ``grad``: the kernel array of
+        the gradient of the one parameter ``scan`` presents, instead of the
+        flat buffer's (gradient release)."""
         present = scan[0]
         every = present is None
         if not every and not any(present):
@@ -741,7 +783,8 @@ class _Bucket:
             runs = self._runs([True] * len(self.params) if every else present)
         for j0, j1 in runs:
             lo = self.offsets[j0]
-            hi = self.length if j1 == len(self.params) - 1 else self.offsets[j1] + self.sizes[j1]
+            hi = (self.length if j1 == len(self.params) - 1 and grad is None
+                  else self.offsets[j1] + self.sizes[j1])
             a, b = self._span(lo, hi)
             la, lb = a - self.state_offset, b - self.state_offset
             first_step = self.steps_np[j0] == 0
@@ -765,7 +808,8 @@ class _Bucket:
                 kwargs["grad_scale"] = grad_scale
             # an empty span (a sharded bucket's run outside its shard) still
             # returns the new scalar state
-            result = rule.step_fn(self.k_param[a:b], self.k_grad[a:b], **kwargs)
+            result = rule.step_fn(self.k_param[a:b], self.k_grad[a:b] if grad is None else grad,
+                                  **kwargs)
             for name in owner._scalar_state:
                 if not isinstance(result, dict) or name not in result:
                     raise RuntimeError(f"{rule.step_fn.__name__} must return {{{name!r}: new "
@@ -935,8 +979,10 @@ class FlatOptimizer(torch.optim.Optimizer):
                             "seed": self.seed},
                 "param_groups": self.param_groups,
                 "state_dict": self._state_dict_without_hooks(),
+                # (an instance's ``step``: a wrapper of an lr scheduler or of
+                # gradient release, which go with their hooks)
                 "attributes": {k: v for k, v in self.__dict__.items() if not k.startswith("_")
-                               and k not in ("defaults", "state", "param_groups")}}
+                               and k not in ("defaults", "state", "param_groups", "step")}}
 
     def __setstate__(self, state):
         """Rebuild from :meth:`__getstate__`: the parameters are packed into
@@ -1059,9 +1105,12 @@ class FlatOptimizer(torch.optim.Optimizer):
             where = f"param group {index}, parameter {i}"
             if p.layout != torch.strided:
                 raise TypeError(f"{where}: sparse parameters are not supported")
-            if p.dtype not in SUPPORTED_DTYPES:
+            if p.dtype in COMPLEX_DTYPES:
+                self._check_complex(where, p)
+            elif p.dtype not in SUPPORTED_DTYPES:
                 raise TypeError(f"{where} has dtype {p.dtype}; fastadapt.torch supports "
-                                "float32, float64, bfloat16 and float16 parameters")
+                                "float32, float64, bfloat16, float16, complex64 and "
+                                "complex128 parameters")
             if p.device.type not in ("cpu", "cuda"):
                 raise TypeError(f"{where} is on {p.device}; fastadapt.torch supports CPU "
                                 "and CUDA tensors")
@@ -1073,9 +1122,21 @@ class FlatOptimizer(torch.optim.Optimizer):
         for i, p in enumerate(params):
             by_key.setdefault((p.device, p.dtype), []).append(i)
         for device, dtype in by_key:         # refuse before anything is packed
-            self._state_storage(dtype, device, index)
+            self._state_storage(dtype.to_real(), device, index)
         return [self._bucket_class(self, index, [params[i] for i in idx], idx)
                 for idx in by_key.values()]
+
+    def _check_complex(self, where, p):
+        """Complex parameters where torch takes them, with state of their own precision."""
+        name = self.rule.torch_name
+        if name not in _TORCH_SUPPORTS_COMPLEX:
+            raise TypeError(f"{where} is complex ({p.dtype}); fastadapt.torch.{type(self).__name__}"
+                            " does not support complex parameters (torch.optim has no complex "
+                            "form of it)")
+        if self.state_dtype is not None or self.master_weights or self.stochastic_rounding:
+            raise ValueError(f"{where} is complex ({p.dtype}); complex parameters keep state "
+                             "of their own precision (no state_dtype, master_weights or "
+                             "stochastic_rounding)")
 
     # ------------------------------------------------------------- gradients
     def zero_grad(self, set_to_none=True):
@@ -1487,8 +1548,11 @@ class FlatOptimizer(torch.optim.Optimizer):
                 if v.numel() != p.numel():
                     raise ValueError(f"{where}: {key} has {v.numel()} elements, the parameter "
                                      f"has {p.numel()} (shape {tuple(p.shape)})")
-                if not (v.is_floating_point() and v.layout == torch.strided):
-                    raise ValueError(f"{where}: {key} must be a dense floating-point tensor")
+                if not (v.layout == torch.strided and (
+                        v.is_complex() if p.is_complex() else v.is_floating_point())):
+                    kind = "complex" if p.is_complex() else "floating-point"
+                    raise ValueError(f"{where}: {key} must be a dense {kind} tensor (the "
+                                     f"parameter is {p.dtype})")
                 arrays[key] = v
         if step is None:
             # torch's SGD keeps no step; a parameter with state has stepped
@@ -1655,4 +1719,5 @@ for _rule in RULES.values():
 del _rule, _cls
 
 from .zero import ZeroRedundancyOptimizer  # noqa: E402  (built on the classes above)
-__all__.append("ZeroRedundancyOptimizer")
+from ._release import GradientRelease, enable_gradient_release  # noqa: E402
+__all__ += ["ZeroRedundancyOptimizer", "GradientRelease", "enable_gradient_release"]
