@@ -203,16 +203,17 @@ def bits(a):
 
 # ------------------------------------------------------------------ 8-bit state
 _TABLES = {}
+_TINY = np.float32(2.0 ** -149)     # the smallest float32: scales a block of non-finite values
 
 
 def _tables(signed):
-    """(map, thresholds, bucket table) of bitsandbytes' dynamic code, read-only,
-    one per sign."""
+    """(map, thresholds, bucket tables) of bitsandbytes' dynamic code, then of
+    its special map (``kernels.storage.tables``), read-only, one per sign."""
     if signed not in _TABLES:
         from .kernels import storage
-        code = storage.dynamic_map(signed)
-        thresholds = storage.thresholds(code)
-        buckets = storage.bucket_table(thresholds)
+        code, thresholds = storage.tables(signed)
+        buckets = np.concatenate([storage.bucket_table(thresholds[:BLOCK]),
+                                  storage.bucket_table(thresholds[BLOCK:])])
         code.flags.writeable = thresholds.flags.writeable = buckets.flags.writeable = False
         _TABLES[signed] = (code, thresholds, buckets)
     return _TABLES[signed]
@@ -230,16 +231,28 @@ class Blockwise8:
     updates it, takes the block's new absmax and stores each element as the
     code nearest to ``value / absmax``, all in one pass over memory.
 
+    Non-finite values stay in their element: ``absmax`` is the block's
+    largest *finite* magnitude, and a block that holds a NaN or an infinity
+    stores it negated (its sign bit set: ``-0.0`` when nothing else in it is
+    nonzero); its codes then index the second half of ``map``, the special
+    map, whose codes 0, 1 and 255 stand for NaN, -inf and +inf (the unsigned
+    one has no -inf) and whose other values are the dynamic map's but three
+    (see ``kernels.storage.special_map``). Such a block decodes as
+    ``map[256 + codes[i]] * max(-absmax, 2**-149)``. A block of finite values
+    is stored exactly as bitsandbytes' format stores it.
+
     Accepted wherever a state array is (float32, bfloat16 or float16 params;
     ``n`` must be the params' size). Starts at zero.
 
     Attributes
     ----------
     codes : uint8 array of ``n`` elements
-    absmax : float32 array of ``ceil(n / 256)`` elements
+    absmax : float32 array of ``ceil(n / 256)`` elements (sign bit: the block
+        holds a non-finite value)
     signed : bool
-    map, thresholds, buckets : the code's 256 values and its encoding tables
-        (read-only; see ``kernels/storage.py``)
+    map, thresholds, buckets : the 256 values of the code, then the 256 of
+        its special map, and their encoding tables (read-only; see
+        ``kernels/storage.py``)
     """
 
     def __init__(self, n, signed=True):
@@ -271,7 +284,7 @@ class Blockwise8:
 
     def _clear(self):
         """Every element at 0: the zero code, absmax 0 (as a new one starts)."""
-        self.codes[:] = int(np.flatnonzero(self.map == 0)[0])
+        self.codes[:] = int(np.flatnonzero(self.map[:BLOCK] == 0)[0])
         self.absmax[:] = 0.0
 
     @property
@@ -286,40 +299,58 @@ class Blockwise8:
         return self.codes.size
 
     def fill(self, value):
-        """Set every element to ``value`` (exactly: the code of +-1 times |value|)."""
+        """Set every element to the finite ``value`` (exactly: the code of
+        +-1 times |value|; a signed Blockwise8 has no -1, so a negative value
+        is assigned as :meth:`assign` stores it)."""
         value = float(value)
+        if not np.isfinite(value):
+            raise ValueError(f"Blockwise8.fill: value must be finite, got {value}")
         if value < 0 and not self.signed:
             raise ValueError("an unsigned Blockwise8 holds values >= 0")
-        one = int(np.flatnonzero(self.map == (1.0 if value >= 0 else -1.0))[0])
-        self.codes[:] = one
-        self.absmax[:] = abs(value)
+        if value < 0:
+            self.assign(np.full(self.codes.size, value, np.float32))
+            return
+        self.codes[:] = int(np.flatnonzero(self.map[:BLOCK] == 1.0)[0])
+        self.absmax[:] = value
 
     def assign(self, values):
         """Store ``values`` (``n`` numbers, any float dtype) as a step stores
-        its result: each block's absmax is its largest magnitude, each element
+        its result: each block's absmax is its largest finite magnitude
+        (negated where the block holds a NaN or an infinity), each element
         the code nearest to ``value / absmax`` in float32 (a block of zeros
-        keeps absmax 0). For loading full-precision state (a torch checkpoint)
-        into 8-bit state."""
+        keeps absmax 0). For loading full-precision state (a torch
+        checkpoint) into 8-bit state."""
         values = np.asarray(values, dtype=np.float32).reshape(-1)
         if values.size != self.codes.size:
             raise ValueError(f"Blockwise8.assign: got {values.size} values for "
                              f"{self.codes.size} elements")
         if not self.signed and np.any(values < 0):
             raise ValueError("an unsigned Blockwise8 holds values >= 0")
-        padded = np.zeros(self.absmax.size * BLOCK, np.float32)
+        blocks = self.absmax.size
+        padded = np.zeros(blocks * BLOCK, np.float32)
         padded[:values.size] = values
-        absmax = np.abs(padded).reshape(-1, BLOCK).max(axis=1)
+        rows = padded.reshape(-1, BLOCK)
+        finite = np.isfinite(rows)
+        special = ~finite.all(axis=1)
+        absmax = np.where(finite, np.abs(rows), np.float32(0)).max(axis=1, initial=0)
+        divisor = np.where(special, np.maximum(absmax, _TINY), absmax)
         with np.errstate(invalid="ignore", divide="ignore"):
-            x = (padded.reshape(-1, BLOCK) / absmax[:, None]).reshape(-1)[:values.size]
-        codes = np.searchsorted(self.thresholds[:-1], x, side="right")
-        codes[np.isnan(x)] = 0                  # as the kernels encode NaN (0 / 0)
-        self.codes[:] = codes
-        self.absmax[:] = absmax
+            x = rows / divisor[:, None]
+        codes = np.empty(rows.shape, np.int64)
+        for half, rows_in in ((0, ~special), (1, special)):
+            t = self.thresholds[half * BLOCK:(half + 1) * BLOCK - 1]
+            codes[rows_in] = np.searchsorted(t, x[rows_in], side="right")
+        codes[np.isnan(x)] = 0          # as the kernels encode NaN (0 / 0 too)
+        self.codes[:] = codes.reshape(-1)[:values.size]
+        self.absmax[:] = np.where(special, -absmax, absmax)
 
     def dequantize(self):
         """The values, as a new float32 array."""
-        scale = np.repeat(self.absmax, BLOCK)[:self.codes.size]
-        return self.map[self.codes] * scale
+        special = np.signbit(self.absmax)
+        scale = np.where(special, np.maximum(-self.absmax, _TINY), self.absmax)
+        base = np.repeat(np.where(special, BLOCK, 0), BLOCK)[:self.codes.size]
+        with np.errstate(invalid="ignore", over="ignore"):
+            return self.map[base + self.codes] * np.repeat(scale, BLOCK)[:self.codes.size]
 
     def nbytes_per_element(self):
         """Bytes stored per element: 1 + 4 / 256."""

@@ -68,8 +68,9 @@ CHUNK = 4
 #: Storage codes of one array in a :class:`Layout`: the compute dtype itself
 #: (float32 or float64), bfloat16 or float16 (both as ``uint16`` bits), or
 #: 8-bit blockwise codes (a state array only: ``uint8`` codes, one float32
-#: absmax per block of ``BLOCK`` elements, the code's map, thresholds and
-#: bucket table: see ``storage.nearest_code_bucketed``).
+#: absmax per block of ``BLOCK`` elements, the code's map and thresholds
+#: (``storage.tables``: two halves of 256) and its two bucket tables of 65536:
+#: see ``storage.nearest_code_bucketed``).
 NATIVE, BFLOAT16, FLOAT16, BLOCKWISE8 = "f", "b", "h", "q"
 
 
@@ -107,7 +108,9 @@ _LOAD = {NATIVE: "{x}", BFLOAT16: "bf16_to_f32({x})", FLOAT16: "f16_to_f32({x})"
          BLOCKWISE8: "new_{a}[{j}]"}
 _STORE = {NATIVE: "{x} = {v}", BFLOAT16: "{x} = f32_to_bf16({v})",
           FLOAT16: "{x} = f32_to_f16({v})",
-          BLOCKWISE8: "new_{a}[{j}] = {v}\n{pad}top_{a} = max(top_{a}, magnitude_bits({v}))"}
+          BLOCKWISE8: "new_{a}[{j}] = {v}\n{pad}u_{a} = magnitude_bits({v})\n"
+                      "{pad}top_{a} = max(top_{a}, u_{a} if u_{a} < INF_BITS else uint32(0))\n"
+                      "{pad}worst_{a} = max(worst_{a}, u_{a})"}
 
 
 class Signature:
@@ -191,12 +194,19 @@ class Signature:
         #     gathers are slow, so it is kept out of the update's loop);
         #  2. update every element (vectorized), store the param and the other
         #     state, put each 8-bit state's new value back in its scratch
-        #     buffer and take the block's new absmax (an integer maximum of
-        #     magnitude bits, see storage.magnitude_bits: a float maximum does
-        #     not vectorize without fast-math);
+        #     buffer and take the block's new absmax, its largest finite
+        #     magnitude, and whether it holds a non-finite value (integer
+        #     maxima of magnitude bits, see storage.magnitude_bits: a float
+        #     maximum does not vectorize without fast-math);
         #  3. divide the scratch buffer by the new absmax (vectorized);
         #  4. store the nearest codes (two table lookups per element: see
         #     storage.nearest_code_bucketed).
+        # A block holding a non-finite value uses the second half of the
+        # tables (storage.special_map: codes for NaN, -inf and +inf), says so
+        # by the sign bit of its stored absmax, and scales by at least the
+        # smallest float32 (an infinite code times an absmax of 0 would be
+        # NaN); so a NaN or inf stays in its element and the others keep
+        # their values. A block of finite values is stored as before.
         # Blocks are independent, so any chunking gives the same bits. The
         # loops index slices of the block from 0, which LLVM sees are
         # non-negative: with ``array[start + j]`` it cannot, keeps Numba's
@@ -216,20 +226,36 @@ class Signature:
         # (an array that a flag turns off is empty: its slice is too, unused)
         lines += [f"{inner}block_{a} = {a}[start:start + count]" for a in sliced]
         for s in on:
-            lines += [f"{inner}scale_{s} = {s}_absmax[block]",
+            lines += [f"{inner}stored_{s} = {s}_absmax[block]",
+                      f"{inner}if float32_to_bits(stored_{s}) >= SIGN_BIT:",
+                      f"{inner}    map_{s} = {s}_map[{BLOCK}:]",
+                      f"{inner}    scale_{s} = max(-stored_{s}, TINY)",
+                      f"{inner}else:",
+                      f"{inner}    map_{s} = {s}_map[:{BLOCK}]",
+                      f"{inner}    scale_{s} = stored_{s}",
                       f"{inner}for j in range(count):",
-                      f"{inner}    new_{s}[j] = {s}_map[block_{s}[j]] * scale_{s}",
-                      f"{inner}top_{s} = uint32(0)"]
+                      f"{inner}    new_{s}[j] = map_{s}[block_{s}[j]] * scale_{s}",
+                      f"{inner}top_{s} = uint32(0)",
+                      f"{inner}worst_{s} = uint32(0)"]
         lines.append(f"{inner}for j in range(count):")
         lines += self._element(layout, codes, inner + "    ", fixed, block=True)
         for s in on:
             lines += [f"{inner}absmax_{s} = bits_to_float32(top_{s})",
+                      f"{inner}if worst_{s} >= INF_BITS:",
+                      f"{inner}    divisor_{s} = max(absmax_{s}, TINY)",
+                      f"{inner}    thresholds_{s} = {s}_thresholds[{BLOCK}:]",
+                      f"{inner}    buckets_{s} = {s}_buckets[65536:]",
+                      f"{inner}    {s}_absmax[block] = -absmax_{s}",
+                      f"{inner}else:",
+                      f"{inner}    divisor_{s} = absmax_{s}",
+                      f"{inner}    thresholds_{s} = {s}_thresholds[:{BLOCK}]",
+                      f"{inner}    buckets_{s} = {s}_buckets[:65536]",
+                      f"{inner}    {s}_absmax[block] = absmax_{s}",
                       f"{inner}for j in range(count):",
-                      f"{inner}    new_{s}[j] = new_{s}[j] / absmax_{s}",
+                      f"{inner}    new_{s}[j] = new_{s}[j] / divisor_{s}",
                       f"{inner}for j in range(count):",
-                      f"{inner}    block_{s}[j] = nearest_code({s}_buckets, "
-                      f"{s}_thresholds, new_{s}[j])",
-                      f"{inner}{s}_absmax[block] = absmax_{s}"]
+                      f"{inner}    block_{s}[j] = nearest_code(buckets_{s}, "
+                      f"thresholds_{s}, new_{s}[j])"]
         return lines
 
     def _element(self, layout, codes, pad, fixed, block=False):
@@ -314,12 +340,16 @@ def build_layout(sig, layout, elem, vocabulary, indices, module, digest):
     """The driver of one kernel (``sig``) for one storage ``layout``, as a plain
     Python function to compile: ``vocabulary`` binds the storage conversions
     (``bf16_to_f32``, ``f32_to_bf16``, ``f16_to_f32``, ``f32_to_f16``,
-    ``f32_to_bf16_stochastic``, ``f32_to_f16_stochastic``, ``random_bits``) for the target; its
+    ``f32_to_bf16_stochastic``, ``f32_to_f16_stochastic``, ``random_bits``;
+    for 8-bit state ``nearest_code``, ``magnitude_bits``, ``bits_to_float32``
+    and ``float32_to_bits``) for the target; its
     ``__qualname__`` carries the source hash and the layout's tag, so each
     layout is a cached driver of its own."""
     name = f"{sig.kernel}_{layout.tag}"
     namespace = {"indices": indices, "elem": elem, "float32": np.float32,
-                 "uint32": np.uint32, "empty": np.empty, **vocabulary}
+                 "uint32": np.uint32, "empty": np.empty, "INF_BITS": np.uint32(0x7F800000),
+                 "SIGN_BIT": np.uint32(0x80000000), "TINY": np.float32(2.0 ** -149),
+                 **vocabulary}
     exec(compile(sig.source(name, layout), __file__, "exec"), namespace)
     driver = namespace[name]
     driver.__module__ = module
