@@ -361,6 +361,18 @@ class Blockwise8:
                 f"{self.absmax.size} blocks of {BLOCK})")
 
 
+def absmax_problem(absmax):
+    """What makes the 8-bit state's ``absmax`` (one per block) unsound, as a
+    phrase, or None: it must be finite (a NaN or an infinity would make its
+    whole block NaN or infinite). Its sign is not checked: a set sign bit
+    marks a block holding a non-finite value (see :class:`Blockwise8`)."""
+    absmax = np.asarray(absmax, np.float32).reshape(-1)
+    bad = np.flatnonzero(~np.isfinite(absmax))
+    if bad.size:
+        return f"is {absmax[bad[0]]} at block {bad[0]}; it must be finite"
+    return None
+
+
 def check_blockwise(name, b, param_size):
     """ValueError / TypeError unless ``b`` is a sound Blockwise8 of ``param_size``."""
     codes, absmax = b.codes, b.absmax

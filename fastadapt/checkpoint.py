@@ -418,6 +418,9 @@ def _checked_blockwise(sd, index, name, codes, buffers, at):
             raise ValueError(f"{at}: state {name!r} {what} must be a {np.dtype(dtype)} array "
                              f"of shape ({size},), got {getattr(a, 'dtype', type(a))}"
                              f"{getattr(a, 'shape', '')}")
+    problem = _storage.absmax_problem(block_max)
+    if problem:
+        raise ValueError(f"{at}: state {name!r} absmax {problem}")
     return codes, block_max
 
 
