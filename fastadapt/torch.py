@@ -682,6 +682,10 @@ class FlatOptimizer(torch.optim.Optimizer):
         self.state_dtype, self.master_weights, self.stochastic_rounding, self.seed = \
             storage_options(state_dtype, storage["master_weights"],
                             storage["stochastic_rounding"], storage["seed"])
+        if self.state_dtype == "int8c":
+            raise NotImplementedError(
+                "state_dtype='int8c' (companded 8-bit state) runs in the functional API "
+                "and fastadapt's NumPy optimizers so far; here use state_dtype='int8'")
         self.grad_norm, self.step_skipped = None, False
         self._check_options(defaults, None)
         super().__init__(params, defaults)

@@ -55,7 +55,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import math as _math
-from .storage import BLOCK
+from .storage import BLOCK, GROUP
 
 #: Blocks of 8-bit state per iteration of the parallel loop: each iteration
 #: allocates its scratch buffers once for this many blocks. Small, so that the
@@ -72,6 +72,14 @@ CHUNK = 4
 #: (``storage.tables``: two halves of 256) and its two bucket tables of 65536:
 #: see ``storage.nearest_code_bucketed``).
 NATIVE, BFLOAT16, FLOAT16, BLOCKWISE8 = "f", "b", "h", "q"
+#: Companded 8-bit codes (a state array only: ``uint8`` codes and one float32
+#: scale per group of ``GROUP`` elements, decoded and encoded by arithmetic:
+#: signed softsign, or the square root of a non-negative state; see
+#: ``storage.softsign_encode`` / ``storage.root_encode``).
+SOFTSIGN8, ROOT8 = "c", "r"
+COMPANDED = (SOFTSIGN8, ROOT8)
+#: Groups of companded state per iteration of the parallel loop.
+GROUP_CHUNK = 32
 
 
 class Layout(NamedTuple):
@@ -105,12 +113,15 @@ class Layout(NamedTuple):
 # 8-bit state), ``{a}`` the array's name and ``{j}`` the element's index in its
 # block.
 _LOAD = {NATIVE: "{x}", BFLOAT16: "bf16_to_f32({x})", FLOAT16: "f16_to_f32({x})",
-         BLOCKWISE8: "new_{a}[{j}]"}
+         BLOCKWISE8: "new_{a}[{j}]", SOFTSIGN8: "new_{a}[{j}]", ROOT8: "new_{a}[{j}]"}
+_GROUP_STORE = ("new_{a}[{j}] = {v}\n{pad}u_{a} = magnitude_bits({v})\n"
+                "{pad}top_{a} = max(top_{a}, u_{a} if u_{a} < INF_BITS else uint32(0))")
 _STORE = {NATIVE: "{x} = {v}", BFLOAT16: "{x} = f32_to_bf16({v})",
           FLOAT16: "{x} = f32_to_f16({v})",
           BLOCKWISE8: "new_{a}[{j}] = {v}\n{pad}u_{a} = magnitude_bits({v})\n"
                       "{pad}top_{a} = max(top_{a}, u_{a} if u_{a} < INF_BITS else uint32(0))\n"
-                      "{pad}worst_{a} = max(worst_{a}, u_{a})"}
+                      "{pad}worst_{a} = max(worst_{a}, u_{a})",
+          SOFTSIGN8: _GROUP_STORE, ROOT8: _GROUP_STORE}
 
 
 class Signature:
@@ -153,10 +164,13 @@ class Signature:
             raise ValueError("stochastic rounding stores 16-bit parameters only")
         codes = dict(zip(self.elements, layout.codes))
         blockwise = [s for s, _ in self.state if codes[s] == BLOCKWISE8]
+        grouped = [s for s, _ in self.state if codes[s] in COMPANDED]
+        if blockwise and grouped:
+            raise ValueError("one update keeps its 8-bit state in one format")
         args = []
         for a in self.elements:
             args += [a, f"{a}_absmax", f"{a}_map", f"{a}_thresholds", f"{a}_buckets"] \
-                if a in blockwise else [a]
+                if a in blockwise else [a, f"{a}_scale"] if a in grouped else [a]
         args += (["master"] if layout.master else []) + ["scalars"]
         args += ["key0", "key1", "offset"] if layout.stochastic else []
         lines = [f"def {name}({', '.join(args)}):"]
@@ -171,14 +185,15 @@ class Signature:
         # and a bfloat16-state Adam ran ten times slower from 2**22 elements.)
         gates = sorted({flag for _, flag in self.state if flag is not None})
         if not gates:
-            lines += self._layout_loops(layout, codes, blockwise, {}, "    ")
+            lines += self._layout_loops(layout, codes, blockwise or grouped, {}, "    ")
             return "\n".join(lines) + "\n"
         for k, values in enumerate(itertools.product((True, False), repeat=len(gates))):
             fixed = dict(zip(gates, values))
             test = " and ".join(g if v else f"not {g}" for g, v in fixed.items())
             lines.append(f"    {'if' if k == 0 else 'elif'} {test}:" if k < 2 ** len(gates) - 1
                          else "    else:")
-            lines += self._layout_loops(layout, codes, blockwise, fixed, "        ")
+            lines += self._layout_loops(layout, codes, blockwise or grouped, fixed,
+                                        "        ")
         return "\n".join(lines) + "\n"
 
     def _layout_loops(self, layout, codes, blockwise, fixed, pad):
@@ -186,6 +201,8 @@ class Signature:
         if not blockwise:
             return [f"{pad}for i in indices(param.size):"] + \
                 self._element(layout, codes, pad + "    ", fixed)
+        if codes[blockwise[0]] in COMPANDED:
+            return self._group_loops(layout, codes, blockwise, fixed, pad)
         # 8-bit blockwise state, a chunk of CHUNK blocks per iteration (each
         # chunk allocates one BLOCK-element float32 scratch buffer per 8-bit
         # state, reused by its blocks). Per block, in four loops:
@@ -211,20 +228,7 @@ class Signature:
         # loops index slices of the block from 0, which LLVM sees are
         # non-negative: with ``array[start + j]`` it cannot, keeps Numba's
         # negative-index wraparound on every access and vectorizes nothing.
-        gate = dict(self.state)
-        on = [s for s in blockwise if fixed.get(gate[s], True)]
-        sliced = list(self.elements) + (["master"] if layout.master else [])
-        inner = pad + "        "
-        lines = [f"{pad}n = param.size",
-                 f"{pad}blocks = (n + {BLOCK - 1}) // {BLOCK}",
-                 f"{pad}for chunk in indices((blocks + {CHUNK - 1}) // {CHUNK}):"]
-        lines += [f"{pad}    new_{s} = empty({BLOCK}, float32)" for s in on]
-        lines += [f"{pad}    for block in range(chunk * {CHUNK}, "
-                  f"min(chunk * {CHUNK} + {CHUNK}, blocks)):",
-                  f"{inner}start = block * {BLOCK}",
-                  f"{inner}count = min(n - start, {BLOCK})"]
-        # (an array that a flag turns off is empty: its slice is too, unused)
-        lines += [f"{inner}block_{a} = {a}[start:start + count]" for a in sliced]
+        on, inner, lines = self._block_header(layout, blockwise, fixed, pad, BLOCK, CHUNK)
         for s in on:
             lines += [f"{inner}stored_{s} = {s}_absmax[block]",
                       f"{inner}if float32_to_bits(stored_{s}) >= SIGN_BIT:",
@@ -256,6 +260,57 @@ class Signature:
                       f"{inner}for j in range(count):",
                       f"{inner}    block_{s}[j] = nearest_code(buckets_{s}, "
                       f"thresholds_{s}, new_{s}[j])"]
+        return lines
+
+    def _block_header(self, layout, coded, fixed, pad, size, chunk):
+        """The lines that open the loops over blocks of ``size`` elements,
+        ``chunk`` blocks per parallel iteration: the scratch buffers of the
+        8-bit states that are ``on`` (of ``coded``, the flags ``fixed``) and
+        each array's slice ``block_<array>`` of block ``block``. Returns
+        ``(on, the block body's indent, lines)``."""
+        gate = dict(self.state)
+        on = [s for s in coded if fixed.get(gate[s], True)]
+        sliced = list(self.elements) + (["master"] if layout.master else [])
+        inner = pad + "        "
+        lines = [f"{pad}n = param.size",
+                 f"{pad}blocks = (n + {size - 1}) // {size}",
+                 f"{pad}for chunk in indices((blocks + {chunk - 1}) // {chunk}):"]
+        lines += [f"{pad}    new_{s} = empty({size}, float32)" for s in on]
+        lines += [f"{pad}    for block in range(chunk * {chunk}, "
+                  f"min(chunk * {chunk} + {chunk}, blocks)):",
+                  f"{inner}start = block * {size}",
+                  f"{inner}count = min(n - start, {size})"]
+        # (an array that a flag turns off is empty: its slice is too, unused)
+        lines += [f"{inner}block_{a} = {a}[start:start + count]" for a in sliced]
+        return on, inner, lines
+
+    def _group_loops(self, layout, codes, grouped, fixed, pad):
+        """The loops over groups of companded 8-bit state (``grouped``: its
+        arrays), as the blockwise ones (see ``_layout_loops``) but with
+        arithmetic codecs: per group of GROUP elements, decode each state into
+        a scratch buffer, update every element (taking the group's largest
+        finite magnitude as an integer maximum), then encode each value
+        against the new scale (at least the smallest float32, so a group of
+        zeros and non-finite values divides by something). NaN and +-inf have
+        codes of their own, so they stay in their element."""
+        on, inner, lines = self._block_header(layout, grouped, fixed, pad, GROUP, GROUP_CHUNK)
+        decode = {SOFTSIGN8: "softsign_decode", ROOT8: "root_decode"}
+        for s in on:
+            lines += [f"{inner}scale_{s} = {s}_scale[block]",
+                      f"{inner}for j in range(count):",
+                      f"{inner}    new_{s}[j] = {decode[codes[s]]}(block_{s}[j], scale_{s})",
+                      f"{inner}top_{s} = uint32(0)"]
+        lines.append(f"{inner}for j in range(count):")
+        lines += self._element(layout, codes, inner + "    ", fixed, block=True)
+        for s in on:
+            lines += [f"{inner}scale_{s} = bits_to_float32(top_{s})",
+                      f"{inner}divisor_{s} = max(scale_{s}, TINY)",
+                      f"{inner}for j in range(count):"]
+            lines.append(f"{inner}    block_{s}[j] = softsign_encode(new_{s}[j], divisor_{s})"
+                         if codes[s] == SOFTSIGN8 else
+                         f"{inner}    block_{s}[j] = root_encode(new_{s}[j], divisor_{s}, "
+                         f"scale_{s})")
+            lines.append(f"{inner}{s}_scale[block] = scale_{s}")
         return lines
 
     def _element(self, layout, codes, pad, fixed, block=False):
