@@ -427,7 +427,7 @@ def check_blockwise(name, b, param_size):
 
 class Companded8(_State8):
     """An optimizer state array of ``n`` elements in 8 bits per element,
-    companded (FlashOptim's formats: Databricks, 2026), with one float32
+    companded (after FlashOptim: Databricks, 2026), with one float32
     ``scale`` per group of ``GROUP = 32`` elements: the group's largest finite
     magnitude.
 
@@ -436,12 +436,12 @@ class Companded8(_State8):
       as a linear code, half as fine near the scale), decoded as
       ``y / (2 - |y|) * scale`` with ``y = c / 126``;
     * unsigned (second moments, sums of squares): ``c = round(253 *
-      sqrt(value / scale))``, decoded as ``(c / 253) ** 2 * scale``, but
-      never code 0 for a positive value: a positive second moment stays
-      positive (at least ``scale / 253**2``), so ``m / (sqrt(v) + eps)``
-      never meets a zero ``v`` that was not zero. (Not rounded up: re-encoded
-      at every step, a rounded-up value cannot decay by less than a code
-      step per step; see ``kernels.storage._root_encode``.)
+      (value / scale) ** (1/4))`` (the square root of ``sqrt(v)``, which
+      Adam divides by), decoded as ``(c / 253) ** 4 * scale``, but never
+      code 0 for a positive value: a positive second moment stays positive
+      (at least ``2.4e-10 * scale``), so ``m / (sqrt(v) + eps)`` never meets
+      a zero ``v`` that was not zero. (Not a square root, and not rounded
+      up: see ``kernels.storage._root_encode`` for what each cost.)
 
     Zero is code 0, exactly 0. NaN, +inf and -inf have codes of their own
     (signed: -128, 127, -127; unsigned: 255 NaN, 254 +inf) and the scale

@@ -74,7 +74,7 @@ CHUNK = 4
 NATIVE, BFLOAT16, FLOAT16, BLOCKWISE8 = "f", "b", "h", "q"
 #: Companded 8-bit codes (a state array only: ``uint8`` codes and one float32
 #: scale per group of ``GROUP`` elements, decoded and encoded by arithmetic:
-#: signed softsign, or the square root of a non-negative state; see
+#: signed softsign, or the fourth root of a non-negative state; see
 #: ``storage.softsign_encode`` / ``storage.root_encode``).
 SOFTSIGN8, ROOT8 = "c", "r"
 COMPANDED = (SOFTSIGN8, ROOT8)
@@ -308,8 +308,7 @@ class Signature:
                       f"{inner}for j in range(count):"]
             lines.append(f"{inner}    block_{s}[j] = softsign_encode(new_{s}[j], divisor_{s})"
                          if codes[s] == SOFTSIGN8 else
-                         f"{inner}    block_{s}[j] = root_encode(new_{s}[j], divisor_{s}, "
-                         f"scale_{s})")
+                         f"{inner}    block_{s}[j] = root_encode(new_{s}[j], divisor_{s})")
             lines.append(f"{inner}{s}_scale[block] = scale_{s}")
         return lines
 

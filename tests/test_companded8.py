@@ -1,7 +1,7 @@
 """Companded 8-bit optimizer state (``fastadapt.Companded8``, ``state_dtype="int8c"``).
 
 The codecs are checked against their own definitions in float64 (softsign for
-signed state, square root for non-negative state, one scale per group of 32);
+signed state, fourth root for non-negative state, one scale per group of 32);
 the compiled codecs equal their Python twins (the CUDA simulator's) bit for
 bit; a step equals the float64 reference step on the decoded state, to the
 reference's float32 tolerance, and stores what the reference's values encode
@@ -27,7 +27,7 @@ SIGNED = {name: name not in fastadapt.optim.NON_NEGATIVE_STATE
 def _encode(values, divisor, scale, signed, out):
     for i in range(values.size):
         out[i] = (S.softsign_encode(values[i], divisor) if signed
-                  else S.root_encode(values[i], divisor, scale))
+                  else S.root_encode(values[i], divisor))
 
 
 @njit
@@ -62,7 +62,7 @@ def test_codecs_equal_their_python_twins(signed):
     _encode(x, scale, scale, signed, out)
     with np.errstate(invalid="ignore"):
         twin = [(S.PYTHON.softsign_encode(v, scale) if signed
-                 else S.PYTHON.root_encode(v, scale, scale)) for v in x[::7]]
+                 else S.PYTHON.root_encode(v, scale)) for v in x[::7]]
     assert np.array_equal(np.array(twin, np.uint8), out[::7])
 
 
@@ -71,9 +71,9 @@ def test_codecs_round_trip_within_half_a_step(signed):
     """Zero is code 0 and decodes as exactly 0; NaN and +-inf decode as
     themselves; a finite value comes back within half a code step in the
     companded domain (float64 reference): signed, ``|y - y'| <= 0.5 / 126``
-    with ``y = 2x / (1 + |x|)``; unsigned, ``|sqrt(x) - sqrt(x')| <= 0.5 /
+    with ``y = 2x / (1 + |x|)``; unsigned, ``|x**(1/4) - x'**(1/4)| <= 0.5 /
     253``, except that a positive value never decodes as zero (below half
-    the first step it decodes as code 1, ``1 / 253**2``)."""
+    the first step it decodes as code 1, ``1 / 253**4``)."""
     x = _values(signed, seed=1)
     finite = np.isfinite(x)
     scale = np.float32(np.abs(x[finite]).max())
@@ -90,10 +90,10 @@ def test_codecs_round_trip_within_half_a_step(signed):
         y, yb = 2 * r / (1 + np.abs(r)), 2 * rb / (1 + np.abs(rb))
         assert np.all(np.abs(y - yb) <= 0.5 / 126 + slack)
     else:
-        rounded = np.sqrt(r) >= 0.5 / 253
-        assert np.all(np.abs(np.sqrt(r) - np.sqrt(rb))[rounded] <= 0.5 / 253 + slack)
+        rounded = r ** 0.25 >= 0.5 / 253
+        assert np.all(np.abs(r ** 0.25 - rb ** 0.25)[rounded] <= 0.5 / 253 + slack)
         floored = (r > 0) & ~rounded        # (below half the first step: code 1)
-        assert np.all(np.abs(np.sqrt(rb[floored]) - 1 / 253) <= slack)
+        assert np.all(np.abs(rb[floored] ** 0.25 - 1 / 253) <= slack)
 
 
 def _reference_encode(values, signed):
@@ -107,7 +107,7 @@ def _reference_encode(values, signed):
     if signed:
         c = np.floor(126 * 2 * x / (1 + np.abs(x)) + 0.5)
     else:
-        c = np.minimum(np.floor(np.sqrt(x) * 253 + 0.5), 253)
+        c = np.minimum(np.floor(x ** 0.25 * 253 + 0.5), 253)
         c[(c == 0) & (x > 0)] = 1
     return c.reshape(-1)[:n].astype(np.int64), scale.astype(np.float32)
 
@@ -194,8 +194,8 @@ def _quadratic(seed, n, state, steps=400):
     return 0.5 * np.sum(h.astype(np.float64) * x.astype(np.float64) ** 2)
 
 
-# Measured (n = 200,000, seeds 0-5): 0.93-0.95 times float32's final f; with the
-# second moment rounded up instead of to nearest, 2.4-3.5 times; Blockwise8 19-177.
+# Measured (n = 200,000, seeds 0-5): 0.89-0.92 times float32's final f; with a
+# square-root second moment rounded up instead, 2.4-3.5 times; Blockwise8 19-177.
 @pytest.mark.parametrize("seed", [0, 1])
 def test_badly_scaled_quadratic_small(seed):
     f32, c8 = _quadratic(seed, 20_000, "float32"), _quadratic(seed, 20_000, "int8c")
