@@ -10,7 +10,7 @@ Each rule is declared once in :data:`RULES`; its functional step
 the declaration and exported here.
 """
 from .flat import FlatBuffer
-from ._storage import Blockwise8
+from ._storage import Blockwise8, Companded8
 from . import functional
 from .functional import *  # noqa: F401,F403  (one <name>_step per rule)
 from .norm import grad_norm
@@ -22,5 +22,5 @@ from ._warmup import warmup
 
 __version__ = "0.1.0"
 
-__all__ = (["FlatBuffer", "Blockwise8", "RULES", "Rule", "grad_norm", "schedules", "warmup"]
+__all__ = (["FlatBuffer", "Blockwise8", "Companded8", "RULES", "Rule", "grad_norm", "schedules", "warmup"]
            + list(functional.__all__) + list(optim.__all__))

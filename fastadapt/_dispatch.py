@@ -82,12 +82,17 @@ def prepare(update):
     if update.master is not None:
         present["master_param"] = update.master
     for name in ("param", "grad", "master_param"):
-        if isinstance(present.get(name), _storage.Blockwise8):
-            raise TypeError(f"{name} is a Blockwise8; 8-bit blockwise storage is for state "
-                            "arrays only")
-    device = [is_device_array(a.codes if isinstance(a, _storage.Blockwise8) else a)
+        if isinstance(present.get(name), _storage.STATE8):
+            raise TypeError(f"{name} is a {type(present[name]).__name__}; 8-bit storage is "
+                            "for state arrays only")
+    device = [is_device_array(a.codes if isinstance(a, _storage.STATE8) else a)
               for a in present.values()]
     if any(device):
+        companded = [n for n, a in present.items() if isinstance(a, _storage.Companded8)]
+        if companded:
+            raise NotImplementedError(
+                f"{companded[0]} is a Companded8 on the GPU; companded 8-bit state runs "
+                "on the CPU so far (Blockwise8 runs on both)")
         if not all(device):
             host = [n for n, d in zip(present, device) if not d]
             gpu = [n for n, d in zip(present, device) if d]
@@ -97,20 +102,29 @@ def prepare(update):
         return _cuda.prepare(update)
 
     written = update.written | {"master_param"}
-    blocks = {n: a for n, a in present.items() if isinstance(a, _storage.Blockwise8)}
+    blocks = {n: a for n, a in present.items() if isinstance(a, _storage.STATE8)}
     for name, b in blocks.items():
-        _storage.check_blockwise(name, b, _size(present["param"]))
+        if isinstance(b, _storage.Companded8):
+            b._check(name, _size(present["param"]))
+        else:
+            _storage.check_blockwise(name, b, _size(present["param"]))
         del present[name]
     flat = _prepare_host(present, written)
     master = flat.pop("master_param", None)
     parts = {}
     for name, b in blocks.items():
-        parts[f"{name}.codes"], parts[f"{name}.absmax"] = b.codes, b.absmax
+        if isinstance(b, _storage.Companded8):
+            parts.update(b._parts(name))
+        else:
+            parts[f"{name}.codes"], parts[f"{name}.absmax"] = b.codes, b.absmax
     check_no_aliasing({**flat, **parts}, np.may_share_memory)
     dtypes = {name: flat[name].dtype if name in flat else None
               for name in update.arrays if name in flat or name in blocks}
-    layout, dtype = _storage.layout(dtypes, None if master is None else master.dtype,
-                                    update.key is not None, tuple(blocks))
+    companded = tuple((n, b.layout_code) for n, b in blocks.items()
+                      if isinstance(b, _storage.Companded8))
+    layout, dtype = _storage.layout(
+        dtypes, None if master is None else master.dtype, update.key is not None,
+        tuple(n for n, b in blocks.items() if isinstance(b, _storage.Blockwise8)), companded)
     first = flat["param"]
     if first.size == 0:
         return no_op
@@ -119,7 +133,8 @@ def prepare(update):
     for name in update.arrays:
         if name in blocks:
             b = blocks[name]
-            args += [b.codes, b.absmax, b.map, b.thresholds, b.buckets]
+            args += (b._kernel_args() if isinstance(b, _storage.Companded8)
+                     else [b.codes, b.absmax, b.map, b.thresholds, b.buckets])
         else:
             args.append(_storage.bits(flat[name]) if name in flat else unused)
     if layout is None:

@@ -19,8 +19,8 @@ The math runs in float64 for float64 params and in float32 otherwise.
 """
 import numpy as np
 
-from .kernels.loops import BFLOAT16, BLOCKWISE8, FLOAT16, NATIVE, Layout
-from .kernels.storage import BLOCK
+from .kernels.loops import BFLOAT16, BLOCKWISE8, FLOAT16, NATIVE, ROOT8, SOFTSIGN8, Layout
+from .kernels.storage import BLOCK, GROUP
 
 F32, F64, F16 = np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16)
 
@@ -105,7 +105,7 @@ def state_dtype_for(dtype, state_dtype, master_weights=False, stochastic_roundin
         return F32 if sixteen else dtype
     if isinstance(state_dtype, str):                # "int8"
         if dtype == F64:
-            raise TypeError("state_dtype='int8' (8-bit blockwise state) is for float32, "
+            raise TypeError(f"state_dtype={state_dtype!r} (8-bit state) is for float32, "
                             "bfloat16 or float16 params; these are float64")
         return state_dtype
     if dtype == F64 and state_dtype != dtype:
@@ -121,34 +121,42 @@ def state_dtype_for(dtype, state_dtype, master_weights=False, stochastic_roundin
 _LAYOUTS = {}
 
 
-def layout(dtypes, master=None, stochastic=False, blockwise=()):
+def layout(dtypes, master=None, stochastic=False, blockwise=(), companded=()):
     """See :func:`_layout`; remembered per combination (the per-call path)."""
-    key = (tuple(dtypes.items()), master, bool(stochastic), tuple(blockwise))
+    key = (tuple(dtypes.items()), master, bool(stochastic), tuple(blockwise),
+           tuple(companded))
     try:
         return _LAYOUTS[key]
     except KeyError:
         pass
-    out = _LAYOUTS[key] = _layout(dtypes, master, stochastic, blockwise)
+    out = _LAYOUTS[key] = _layout(dtypes, master, stochastic, blockwise, companded)
     return out
 
 
-def _layout(dtypes, master=None, stochastic=False, blockwise=()):
+def _layout(dtypes, master=None, stochastic=False, blockwise=(), companded=()):
     """``(layout, compute dtype)`` for an update whose arrays have ``dtypes``
     (argument name -> dtype, in the driver's order, ``param`` and ``grad``
     first, unused state left out); ``master``: the master copy's dtype (None
     without one); ``blockwise``: the names of state arrays that are
-    :class:`Blockwise8` (their dtype in ``dtypes`` is ignored). ``layout`` is
+    :class:`Blockwise8` (their dtype in ``dtypes`` is ignored);
+    ``companded``: ``(name, storage code)`` of those that are
+    :class:`Companded8`. ``layout`` is
     None when every array has the compute dtype
     and neither option is set (the plain drivers).
     """
     names = list(dtypes)
     p = dtypes["param"]
+    grouped = dict(companded)
+    blockwise = tuple(blockwise) + tuple(grouped)
     for arg in names:
         if arg not in blockwise:
             check_dtype(arg, dtypes[arg])
     if blockwise and p == F64:
-        raise TypeError(f"{blockwise[0]} is 8-bit blockwise state, which is for float32, "
+        raise TypeError(f"{blockwise[0]} is 8-bit state, which is for float32, "
                         "bfloat16 or float16 params; param is float64")
+    if grouped and len(grouped) < len(blockwise):
+        raise TypeError("an update keeps its 8-bit state in one format: Blockwise8 or "
+                        "Companded8, not both")
     sixteen = p.itemsize == 2
     compute = F64 if p == F64 else F32
     g = dtypes["grad"]
@@ -181,7 +189,8 @@ def _layout(dtypes, master=None, stochastic=False, blockwise=()):
         if master is not None:
             raise ValueError("stochastic_rounding=True and master_param exclude each "
                              "other: with a master copy, param is its nearest rounding")
-    codes = tuple(BLOCKWISE8 if arg in blockwise else code(dtypes[arg]) for arg in names)
+    codes = tuple(grouped[arg] if arg in grouped else BLOCKWISE8 if arg in blockwise
+                  else code(dtypes[arg]) for arg in names)
     if master is None and not stochastic and set(codes) == {NATIVE}:
         return None, compute
     return (codes, master is not None, bool(stochastic)), compute
@@ -203,22 +212,82 @@ def bits(a):
 
 # ------------------------------------------------------------------ 8-bit state
 _TABLES = {}
+_TINY = np.float32(2.0 ** -149)     # the smallest float32: scales a block of non-finite values
 
 
 def _tables(signed):
-    """(map, thresholds, bucket table) of bitsandbytes' dynamic code, read-only,
-    one per sign."""
+    """(map, thresholds, bucket tables) of bitsandbytes' dynamic code, then of
+    its special map (``kernels.storage.tables``), read-only, one per sign."""
     if signed not in _TABLES:
         from .kernels import storage
-        code = storage.dynamic_map(signed)
-        thresholds = storage.thresholds(code)
-        buckets = storage.bucket_table(thresholds)
+        code, thresholds = storage.tables(signed)
+        buckets = np.concatenate([storage.bucket_table(thresholds[:BLOCK]),
+                                  storage.bucket_table(thresholds[BLOCK:])])
         code.flags.writeable = thresholds.flags.writeable = buckets.flags.writeable = False
         _TABLES[signed] = (code, thresholds, buckets)
     return _TABLES[signed]
 
 
-class Blockwise8:
+class _State8:
+    """What the 8-bit state containers share: ``codes`` (uint8, one per
+    element), ``signed``, and a float32 array of one value per block."""
+
+    def _start(self, n, signed):
+        """Check the constructor's arguments; returns ``n`` as an int."""
+        kind = type(self).__name__
+        if isinstance(n, (bool, np.bool_)) or not hasattr(n, "__index__"):
+            raise TypeError(f"{kind}(n): n must be an integer, got {n!r}")
+        n = n.__index__()
+        if n < 0:
+            raise ValueError(f"{kind}(n): n must be >= 0, got {n}")
+        if not isinstance(signed, (bool, np.bool_)):
+            raise TypeError(f"{kind}: signed must be a bool, got {signed!r}")
+        self.signed = bool(signed)
+        return n
+
+    @property
+    def size(self):
+        return self.codes.size
+
+    @property
+    def shape(self):
+        return (self.codes.size,)
+
+    def __len__(self):
+        return self.codes.size
+
+    def _checked_values(self, values):
+        """``values`` for :meth:`assign`, as a flat float32 array, checked."""
+        kind = type(self).__name__
+        values = np.asarray(values, dtype=np.float32).reshape(-1)
+        if values.size != self.codes.size:
+            raise ValueError(f"{kind}.assign: got {values.size} values for "
+                             f"{self.codes.size} elements")
+        if not self.signed and np.any(values < 0):
+            raise ValueError(f"an unsigned {kind} holds values >= 0")
+        return values
+
+    def _check_arrays(self, name, per_block, part, unit, param_size):
+        """ValueError / TypeError unless ``codes`` and the per-block array
+        ``per_block`` (attribute ``part``, one per ``unit`` elements) are sound
+        for a param of ``param_size``."""
+        codes = self.codes
+        if not (isinstance(codes, np.ndarray) and codes.dtype == np.uint8 and codes.ndim == 1
+                and codes.flags.c_contiguous and codes.flags.writeable):
+            raise TypeError(f"{name}.codes must be a writeable contiguous 1-D uint8 array")
+        if not (isinstance(per_block, np.ndarray) and per_block.dtype == np.float32
+                and per_block.ndim == 1 and per_block.flags.c_contiguous
+                and per_block.flags.writeable):
+            raise TypeError(f"{name}.{part} must be a writeable contiguous 1-D float32 array")
+        if codes.size != param_size:
+            raise ValueError(f"{name} is a {type(self).__name__} of {codes.size} elements but "
+                             f"param has {param_size}")
+        if per_block.size != -(-codes.size // unit):
+            raise ValueError(f"{name}.{part} has {per_block.size} blocks; {codes.size} "
+                             f"elements need {-(-codes.size // unit)} of {unit}")
+
+
+class Blockwise8(_State8):
     """An optimizer state array of ``n`` elements stored in 8 bits per element
     (bitsandbytes' blockwise quantization; Dettmers et al., 2022).
 
@@ -230,27 +299,32 @@ class Blockwise8:
     updates it, takes the block's new absmax and stores each element as the
     code nearest to ``value / absmax``, all in one pass over memory.
 
+    Non-finite values stay in their element: ``absmax`` is the block's
+    largest *finite* magnitude, and a block that holds a NaN or an infinity
+    stores it negated (its sign bit set: ``-0.0`` when nothing else in it is
+    nonzero); its codes then index the second half of ``map``, the special
+    map, whose codes 0, 1 and 255 stand for NaN, -inf and +inf (the unsigned
+    one has no -inf) and whose other values are the dynamic map's but three
+    (see ``kernels.storage.special_map``). Such a block decodes as
+    ``map[256 + codes[i]] * max(-absmax, 2**-149)``. A block of finite values
+    is stored exactly as bitsandbytes' format stores it.
+
     Accepted wherever a state array is (float32, bfloat16 or float16 params;
     ``n`` must be the params' size). Starts at zero.
 
     Attributes
     ----------
     codes : uint8 array of ``n`` elements
-    absmax : float32 array of ``ceil(n / 256)`` elements
+    absmax : float32 array of ``ceil(n / 256)`` elements (sign bit: the block
+        holds a non-finite value)
     signed : bool
-    map, thresholds, buckets : the code's 256 values and its encoding tables
-        (read-only; see ``kernels/storage.py``)
+    map, thresholds, buckets : the 256 values of the code, then the 256 of
+        its special map, and their encoding tables (read-only; see
+        ``kernels/storage.py``)
     """
 
     def __init__(self, n, signed=True):
-        if isinstance(n, (bool, np.bool_)) or not hasattr(n, "__index__"):
-            raise TypeError(f"Blockwise8(n): n must be an integer, got {n!r}")
-        n = n.__index__()
-        if n < 0:
-            raise ValueError(f"Blockwise8(n): n must be >= 0, got {n}")
-        if not isinstance(signed, (bool, np.bool_)):
-            raise TypeError(f"Blockwise8: signed must be a bool, got {signed!r}")
-        self.signed = bool(signed)
+        n = self._start(n, signed)
         self.map, self.thresholds, self.buckets = _tables(self.signed)
         self.codes = np.empty(n, np.uint8)
         self.absmax = np.empty(-(-n // BLOCK), np.float32)
@@ -271,55 +345,57 @@ class Blockwise8:
 
     def _clear(self):
         """Every element at 0: the zero code, absmax 0 (as a new one starts)."""
-        self.codes[:] = int(np.flatnonzero(self.map == 0)[0])
+        self.codes[:] = int(np.flatnonzero(self.map[:BLOCK] == 0)[0])
         self.absmax[:] = 0.0
 
-    @property
-    def size(self):
-        return self.codes.size
-
-    @property
-    def shape(self):
-        return (self.codes.size,)
-
-    def __len__(self):
-        return self.codes.size
-
     def fill(self, value):
-        """Set every element to ``value`` (exactly: the code of +-1 times |value|)."""
+        """Set every element to the finite ``value`` (exactly: the code of
+        +-1 times |value|; a signed Blockwise8 has no -1, so a negative value
+        is assigned as :meth:`assign` stores it)."""
         value = float(value)
+        if not np.isfinite(value):
+            raise ValueError(f"Blockwise8.fill: value must be finite, got {value}")
         if value < 0 and not self.signed:
             raise ValueError("an unsigned Blockwise8 holds values >= 0")
-        one = int(np.flatnonzero(self.map == (1.0 if value >= 0 else -1.0))[0])
-        self.codes[:] = one
-        self.absmax[:] = abs(value)
+        if value < 0:
+            self.assign(np.full(self.codes.size, value, np.float32))
+            return
+        self.codes[:] = int(np.flatnonzero(self.map[:BLOCK] == 1.0)[0])
+        self.absmax[:] = value
 
     def assign(self, values):
         """Store ``values`` (``n`` numbers, any float dtype) as a step stores
-        its result: each block's absmax is its largest magnitude, each element
+        its result: each block's absmax is its largest finite magnitude
+        (negated where the block holds a NaN or an infinity), each element
         the code nearest to ``value / absmax`` in float32 (a block of zeros
-        keeps absmax 0). For loading full-precision state (a torch checkpoint)
-        into 8-bit state."""
-        values = np.asarray(values, dtype=np.float32).reshape(-1)
-        if values.size != self.codes.size:
-            raise ValueError(f"Blockwise8.assign: got {values.size} values for "
-                             f"{self.codes.size} elements")
-        if not self.signed and np.any(values < 0):
-            raise ValueError("an unsigned Blockwise8 holds values >= 0")
-        padded = np.zeros(self.absmax.size * BLOCK, np.float32)
+        keeps absmax 0). For loading full-precision state (a torch
+        checkpoint) into 8-bit state."""
+        values = self._checked_values(values)
+        blocks = self.absmax.size
+        padded = np.zeros(blocks * BLOCK, np.float32)
         padded[:values.size] = values
-        absmax = np.abs(padded).reshape(-1, BLOCK).max(axis=1)
+        rows = padded.reshape(-1, BLOCK)
+        finite = np.isfinite(rows)
+        special = ~finite.all(axis=1)
+        absmax = np.where(finite, np.abs(rows), np.float32(0)).max(axis=1, initial=0)
+        divisor = np.where(special, np.maximum(absmax, _TINY), absmax)
         with np.errstate(invalid="ignore", divide="ignore"):
-            x = (padded.reshape(-1, BLOCK) / absmax[:, None]).reshape(-1)[:values.size]
-        codes = np.searchsorted(self.thresholds[:-1], x, side="right")
-        codes[np.isnan(x)] = 0                  # as the kernels encode NaN (0 / 0)
-        self.codes[:] = codes
-        self.absmax[:] = absmax
+            x = rows / divisor[:, None]
+        codes = np.empty(rows.shape, np.int64)
+        for half, rows_in in ((0, ~special), (1, special)):
+            t = self.thresholds[half * BLOCK:(half + 1) * BLOCK - 1]
+            codes[rows_in] = np.searchsorted(t, x[rows_in], side="right")
+        codes[np.isnan(x)] = 0          # as the kernels encode NaN (0 / 0 too)
+        self.codes[:] = codes.reshape(-1)[:values.size]
+        self.absmax[:] = np.where(special, -absmax, absmax)
 
     def dequantize(self):
         """The values, as a new float32 array."""
-        scale = np.repeat(self.absmax, BLOCK)[:self.codes.size]
-        return self.map[self.codes] * scale
+        special = np.signbit(self.absmax)
+        scale = np.where(special, np.maximum(-self.absmax, _TINY), self.absmax)
+        base = np.repeat(np.where(special, BLOCK, 0), BLOCK)[:self.codes.size]
+        with np.errstate(invalid="ignore", over="ignore"):
+            return self.map[base + self.codes] * np.repeat(scale, BLOCK)[:self.codes.size]
 
     def nbytes_per_element(self):
         """Bytes stored per element: 1 + 4 / 256."""
@@ -330,20 +406,118 @@ class Blockwise8:
                 f"{self.absmax.size} blocks of {BLOCK})")
 
 
+def absmax_problem(absmax):
+    """What makes the 8-bit state's ``absmax`` (one per block) unsound, as a
+    phrase, or None: it must be finite (a NaN or an infinity would make its
+    whole block NaN or infinite). Its sign is not checked: a set sign bit
+    marks a block holding a non-finite value (see :class:`Blockwise8`)."""
+    absmax = np.asarray(absmax, np.float32).reshape(-1)
+    bad = np.flatnonzero(~np.isfinite(absmax))
+    if bad.size:
+        return f"is {absmax[bad[0]]} at block {bad[0]}; it must be finite"
+    return None
+
+
 def check_blockwise(name, b, param_size):
     """ValueError / TypeError unless ``b`` is a sound Blockwise8 of ``param_size``."""
-    codes, absmax = b.codes, b.absmax
-    if not (isinstance(codes, np.ndarray) and codes.dtype == np.uint8 and codes.ndim == 1
-            and codes.flags.c_contiguous and codes.flags.writeable):
-        raise TypeError(f"{name}.codes must be a writeable contiguous 1-D uint8 array")
-    if not (isinstance(absmax, np.ndarray) and absmax.dtype == np.float32
-            and absmax.ndim == 1 and absmax.flags.c_contiguous and absmax.flags.writeable):
-        raise TypeError(f"{name}.absmax must be a writeable contiguous 1-D float32 array")
-    if codes.size != param_size:
-        raise ValueError(f"{name} is a Blockwise8 of {codes.size} elements but param has "
-                         f"{param_size}")
-    if absmax.size != -(-codes.size // BLOCK):
-        raise ValueError(f"{name}.absmax has {absmax.size} blocks; {codes.size} elements "
-                         f"need {-(-codes.size // BLOCK)} of {BLOCK}")
+    b._check_arrays(name, b.absmax, "absmax", BLOCK, param_size)
     if any(x is not y for x, y in zip((b.map, b.thresholds, b.buckets), _tables(b.signed))):
         raise ValueError(f"{name}: its map and tables must be the container's own")
+
+
+class Companded8(_State8):
+    """An optimizer state array of ``n`` elements in 8 bits per element,
+    companded (after FlashOptim: Databricks, 2026), with one float32
+    ``scale`` per group of ``GROUP = 32`` elements: the group's largest finite
+    magnitude.
+
+    * ``signed`` (first moments): ``x = value / scale`` is stored as
+      ``c = round(126 * 2x / (1 + |x|))`` (softsign: twice as fine near zero
+      as a linear code, half as fine near the scale), decoded as
+      ``y / (2 - |y|) * scale`` with ``y = c / 126``;
+    * unsigned (second moments, sums of squares): ``c = round(253 *
+      (value / scale) ** (1/4))`` (the square root of ``sqrt(v)``, which
+      Adam divides by), decoded as ``(c / 253) ** 4 * scale``, but never
+      code 0 for a positive value: a positive second moment stays positive
+      (at least ``2.4e-10 * scale``), so ``m / (sqrt(v) + eps)`` never meets
+      a zero ``v`` that was not zero. (Not a square root, and not rounded
+      up: see ``kernels.storage._root_encode`` for what each cost.)
+
+    Zero is code 0, exactly 0. NaN, +inf and -inf have codes of their own
+    (signed: -128, 127, -127; unsigned: 255 NaN, 254 +inf) and the scale
+    ignores them, so they stay in their element. Decoding and encoding are
+    arithmetic (no table), so the loops vectorize. Accepted wherever a state
+    array is (float32, bfloat16 or float16 params). Starts at zero.
+
+    Attributes
+    ----------
+    codes : uint8 array of ``n`` elements (signed codes as two's complement)
+    scale : float32 array of ``ceil(n / 32)`` elements
+    signed : bool
+    """
+
+    def __init__(self, n, signed=True):
+        n = self._start(n, signed)
+        self.codes = np.zeros(n, np.uint8)
+        self.scale = np.zeros(-(-n // GROUP), np.float32)
+
+    @property
+    def layout_code(self):
+        return SOFTSIGN8 if self.signed else ROOT8
+
+    def _over(self, codes, scale):
+        """A Companded8 of this one's sign over ``codes`` and ``scale`` (not copied)."""
+        out = Companded8.__new__(Companded8)
+        out.signed, out.codes, out.scale = self.signed, codes, scale
+        return out
+
+    def _view(self, lo, hi):
+        """Elements ``lo:hi`` (``lo`` starts a group) as a Companded8 of views."""
+        return self._over(self.codes[lo:hi], self.scale[lo // GROUP:-(-hi // GROUP)])
+
+    def _clear(self):
+        """Every element at 0 (as a new one starts)."""
+        self.codes[:] = 0
+        self.scale[:] = 0.0
+
+    def fill(self, value):
+        """Set every element to ``value`` (as :meth:`assign` stores it: exactly,
+        for a finite value, since it is its group's scale)."""
+        self.assign(np.full(self.codes.size, value, np.float32))
+
+    def assign(self, values):
+        """Store ``values`` (``n`` numbers, any float dtype) exactly as a step
+        stores its result. For loading full-precision state."""
+        from .kernels import storage
+        values = self._checked_values(values)
+        codes, scale = np.empty_like(self.codes), np.empty_like(self.scale)
+        storage.encode_groups(np.ascontiguousarray(values), codes, scale, self.signed)
+        self.codes[:], self.scale[:] = codes, scale
+
+    def dequantize(self):
+        """The values, as a new float32 array."""
+        from .kernels import storage
+        out = np.empty(self.codes.size, np.float32)
+        storage.decode_groups(self.codes, self.scale, self.signed, out)
+        return out
+
+    def nbytes_per_element(self):
+        """Bytes stored per element: 1 + 4 / 32."""
+        return 1 + 4 / GROUP
+
+    def _check(self, name, param_size):
+        self._check_arrays(name, self.scale, "scale", GROUP, param_size)
+
+    def _parts(self, name):
+        return {f"{name}.codes": self.codes, f"{name}.scale": self.scale}
+
+    def _kernel_args(self):
+        return [self.codes, self.scale]
+
+    def __repr__(self):
+        return (f"Companded8({self.codes.size}, signed={self.signed}: "
+                f"{self.scale.size} groups of {GROUP})")
+
+
+#: The 8-bit state containers.
+STATE8 = (Blockwise8, Companded8)

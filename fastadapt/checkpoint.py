@@ -15,7 +15,8 @@ objects:
 * ``master.<g>``: group ``g``'s float32 master weights (``master_weights=True``).
 * with ``state_dtype="int8"``, ``state.<g>.<name>`` holds the uint8 codes over
   the flat buffer's whole length (padding included: blocks of 256 are laid
-  over it) and ``absmax.<g>.<name>`` the float32 absmax of each block.
+  over it) and ``absmax.<g>.<name>`` the float32 absmax of each block; with
+  ``"int8c"`` (companded), the codes and the float32 scale of each group of 32.
 
 Storage narrower than float32 is recorded in the metadata: a group's
 ``"dtype"`` may be ``"bfloat16"`` or ``"float16"``, its ``"state_dtype"`` is
@@ -68,6 +69,14 @@ _DEFLATE_RATIO = 1032
 _DTYPES = ("float32", "float64", "bfloat16", "float16")
 _STORAGE_KEYS = ("state_dtype", "master_weights", "stochastic_rounding", "seed")
 _INT8 = "int8"
+#: 8-bit state dtypes -> elements per float32 scale (Blockwise8's absmax,
+#: Companded8's scale), which ``absmax.<g>.<name>`` holds.
+_EIGHT_BIT = {"int8": 256, "int8c": 32}
+
+
+def _scales(container):
+    """The per-block float32 array of an 8-bit state container."""
+    return container.absmax if hasattr(container, "absmax") else container.scale
 
 
 def _dtype_name(dtype):
@@ -136,9 +145,9 @@ def state_dict(optimizer):
             entry["scalar_state"] = {k: float(v) for k, v in scalar_state.items()}
         groups.append(entry)
         params.append(to_host_flat(b.param))
-        if b.state_dtype == _INT8:
+        if b.state_dtype in _EIGHT_BIT:
             state.append({n: s.data.codes.copy() for n, s in b.state.items()})
-            absmax.append({n: s.data.absmax.copy() for n, s in b.state.items()})
+            absmax.append({n: _scales(s.data).copy() for n, s in b.state.items()})
         else:
             state.append({n: to_host_flat(s) for n, s in b.state.items()})
     sd = {"format": CHECKPOINT_FORMAT, "algorithm": optimizer.rule.name,
@@ -148,7 +157,7 @@ def state_dict(optimizer):
         sd["storage"] = storage
         if optimizer.master_weights:
             sd["master"] = [to_host_flat(b.master) for b in optimizer._groups]
-        if optimizer.state_dtype == _INT8:
+        if optimizer.state_dtype in _EIGHT_BIT:
             sd["absmax"] = absmax
     if optimizer.max_grad_norm is not None:
         # a constructor option, not state: ``from_checkpoint`` restores it,
@@ -187,12 +196,12 @@ def load_state_dict(optimizer, sd):
             if name not in state:
                 del b.state[name]
         for name, arrays in state.items():
-            if b.state_dtype == _INT8:
+            if b.state_dtype in _EIGHT_BIT:
                 codes, block_max = arrays
                 target = b.state[name] if name in b.state else optimizer._zero_state(
                     b, group, name)
                 target.data.codes[:] = codes
-                target.data.absmax[:] = block_max
+                _scales(target.data)[:] = block_max
             else:
                 target = b.state[name] if name in b.state else b.param.zeros_like(
                     b.state_dtype)
@@ -331,7 +340,7 @@ def _check_state_dict(optimizer, sd):
         if missing or unknown:
             raise ValueError(f"{at}: state arrays missing {missing}, unknown {unknown} "
                              f"(algorithm {rule.name!r} has {list(rule.state)})")
-        if b.state_dtype == _INT8:
+        if b.state_dtype in _EIGHT_BIT:
             state = {name: _checked_blockwise(sd, i, name, a, b, at) for name, a in s.items()}
         else:
             like = b.param.zeros_like(b.state_dtype) if b.state_dtype != b.param.dtype \
@@ -418,7 +427,7 @@ def _scalar_state(buffers, given, at):
 def _checked_blockwise(sd, index, name, codes, buffers, at):
     """(codes, absmax) of an 8-bit state array, checked against the group's layout."""
     n = len(buffers.param.data)
-    blocks = -(-n // 256)
+    blocks = -(-n // _EIGHT_BIT[buffers.state_dtype])
     try:
         block_max = sd["absmax"][index][name]
     except (KeyError, IndexError, TypeError):
@@ -429,6 +438,11 @@ def _checked_blockwise(sd, index, name, codes, buffers, at):
             raise ValueError(f"{at}: state {name!r} {what} must be a {np.dtype(dtype)} array "
                              f"of shape ({size},), got {getattr(a, 'dtype', type(a))}"
                              f"{getattr(a, 'shape', '')}")
+    problem = _storage.absmax_problem(block_max)
+    if not problem and buffers.state_dtype != _INT8 and np.signbit(block_max).any():
+        problem = "is negative; a companded state's scale is a magnitude"
+    if problem:
+        raise ValueError(f"{at}: state {name!r} absmax {problem}")
     return codes, block_max
 
 
@@ -677,7 +691,7 @@ def declared_layout(meta):
                 for s in shapes):
             raise _Misfit(f"param group {g} has malformed shapes")
         state_dtype = group.get("state_dtype", dtype)
-        if state_dtype not in _DTYPES + (_INT8,):
+        if state_dtype not in _DTYPES + tuple(_EIGHT_BIT):
             raise _Misfit(f"param group {g} has state dtype {state_dtype!r}, expected one "
                           f"of {_DTYPES}")
         numel = sum(_args.size(s) for s in shapes)
@@ -685,10 +699,11 @@ def declared_layout(meta):
         for name in state_names:
             if not isinstance(name, str):
                 raise _Misfit(f"param group {g} has a malformed state name {name!r}")
-            if state_dtype == _INT8:
+            if state_dtype in _EIGHT_BIT:
                 padded = padded_length([tuple(s) for s in shapes], _dtype(dtype))
+                unit = _EIGHT_BIT[state_dtype]
                 layout[f"state.{g}.{name}"] = ((padded,), np.dtype(np.uint8))
-                layout[f"absmax.{g}.{name}"] = ((-(-padded // 256),), np.dtype(np.float32))
+                layout[f"absmax.{g}.{name}"] = ((-(-padded // unit),), np.dtype(np.float32))
             else:
                 layout[f"state.{g}.{name}"] = ((numel,), _dtype(state_dtype))
         storage = meta.get("storage")
@@ -728,10 +743,11 @@ def optimizer_layout(optimizer):
                     raise _Misfit(f"param group {g}: unknown state array {name!r} "
                                   f"(algorithm {optimizer.rule.name!r} has "
                                   f"{list(optimizer.rule.state)})")
-                if b.state_dtype == _INT8:
+                if b.state_dtype in _EIGHT_BIT:
                     padded = len(b.param.data)
+                    unit = _EIGHT_BIT[b.state_dtype]
                     out[f"state.{g}.{name}"] = ((padded,), np.dtype(np.uint8))
-                    out[f"absmax.{g}.{name}"] = ((-(-padded // 256),), np.dtype(np.float32))
+                    out[f"absmax.{g}.{name}"] = ((-(-padded // unit),), np.dtype(np.float32))
                 else:
                     out[f"state.{g}.{name}"] = ((b.param.numel,), b.state_dtype)
         return out

@@ -54,14 +54,19 @@ NON_NEGATIVE_STATE = frozenset({"exp_avg_sq", "max_exp_avg_sq", "square_avg", "s
                                 "acc_delta", "exp_inf", "step_size"})
 
 
-class _Blockwise8Buffer:
-    """A group's state array under ``state_dtype="int8"``: one
-    :class:`~fastadapt.Blockwise8` over the params' flat layout (padding
-    included, so blocks are the same whatever a segment's size)."""
+#: The 8-bit ``state_dtype`` values and their containers.
+EIGHT_BIT = {"int8": _storage.Blockwise8, "int8c": _storage.Companded8}
 
-    def __init__(self, layout, signed):
+
+class _Blockwise8Buffer:
+    """A group's state array under ``state_dtype="int8"`` (or ``"int8c"``):
+    one :class:`~fastadapt.Blockwise8` (:class:`~fastadapt.Companded8`) over
+    the params' flat layout (padding included, so blocks are the same
+    whatever a segment's size)."""
+
+    def __init__(self, layout, signed, kind="int8"):
         self.layout = layout                # the params' FlatBuffer
-        self.data = _storage.Blockwise8(len(layout.data), signed)
+        self.data = EIGHT_BIT[kind](len(layout.data), signed)
 
     @property
     def views(self):
@@ -151,14 +156,16 @@ class Optimizer:
         override the optimizer's defaults for that group, as in torch. Arrays
         are float32 or float64 (one dtype per group), NumPy or CUDA arrays.
         **They are copied**: read and use ``opt.params`` afterwards.
-    state_dtype : None, "float32", "bfloat16", "float16" or "int8"
+    state_dtype : None, "float32", "bfloat16", "float16", "int8" or "int8c"
         How the state arrays are stored (the math runs in float32 whatever
         the storage). None: the params' dtype for float32 / float64 params,
         float32 for 16-bit params. float64 params keep float64 state;
         "float16" is for float16 params only. "int8": 8-bit blockwise state
         (:class:`~fastadapt.Blockwise8`; signed map for first moments,
         unsigned for the others), for float32 and 16-bit params; there
-        :attr:`state` holds dequantized copies.
+        :attr:`state` holds dequantized copies. "int8c": companded 8-bit
+        state (:class:`~fastadapt.Companded8`: softsign for first moments,
+        square root for the others, a scale per 32 elements), likewise.
     master_weights : bool
         For bfloat16 / float16 params: keep a float32 master copy of each
         group (:attr:`master_params`); the update runs on it and the 16-bit
@@ -298,7 +305,7 @@ class Optimizer:
                 options["lr"] = resolve_lr(lr, 0)
             for key in set(self.state_init.values()) - set(self.rule.defaults):
                 _initial_value(key, group[key])   # the step's own are checked below
-            state = {name: _storage.Blockwise8(0, name not in NON_NEGATIVE_STATE)
+            state = {name: EIGHT_BIT[state_dtype](0, name not in NON_NEGATIVE_STATE)
                      if isinstance(state_dtype, str) else np.empty(0, state_dtype)
                      for name in self.rule.state_for(**options)}
             if self.rule.takes_step:
@@ -333,8 +340,9 @@ class Optimizer:
 
     def _zero_state(self, buffers, group, name):
         """A new state buffer ``name`` at its initial value (not yet kept)."""
-        if isinstance(buffers.state_dtype, str):        # "int8"
-            buffer = _Blockwise8Buffer(buffers.param, name not in NON_NEGATIVE_STATE)
+        if isinstance(buffers.state_dtype, str):        # "int8", "int8c"
+            buffer = _Blockwise8Buffer(buffers.param, name not in NON_NEGATIVE_STATE,
+                                       buffers.state_dtype)
         else:
             buffer = buffers.param.zeros_like(buffers.state_dtype)
         key = self.state_init.get(name)
@@ -742,7 +750,7 @@ def _resolve_dtype(name):
     return np.dtype(name)
 
 
-_STATE_DTYPES = ("float32", "bfloat16", "float16", "float64", "int8")
+_STATE_DTYPES = ("float32", "bfloat16", "float16", "float64", "int8", "int8c")
 
 
 def storage_options(state_dtype, master_weights, stochastic_rounding, seed):
@@ -782,8 +790,8 @@ def _state_dtype(value):
         name = None
     if name == "bfloat16":
         return _storage.bfloat16("state_dtype='bfloat16'")
-    if name == "int8":
-        return "int8"
+    if name in EIGHT_BIT:
+        return name
     if name not in _STATE_DTYPES:
         raise TypeError(f"state_dtype must be None or one of {list(_STATE_DTYPES)}, "
                         f"got {value!r}")

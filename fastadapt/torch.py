@@ -923,6 +923,10 @@ class FlatOptimizer(torch.optim.Optimizer):
         self.state_dtype, self.master_weights, self.stochastic_rounding, self.seed = \
             storage_options(state_dtype, storage["master_weights"],
                             storage["stochastic_rounding"], storage["seed"])
+        if self.state_dtype == "int8c":
+            raise NotImplementedError(
+                "state_dtype='int8c' (companded 8-bit state) runs in the functional API "
+                "and fastadapt's NumPy optimizers so far; here use state_dtype='int8'")
         self.grad_norm, self.step_skipped = None, False
         defaults.update(self._group_constants())
         self._check_options(defaults, None)
@@ -1504,8 +1508,12 @@ class FlatOptimizer(torch.optim.Optimizer):
         blocks = -(-p.numel() // BLOCK)
         extra_names = {MASTER_KEY: ("a floating-point tensor", p.numel(), None)}
         for n in array_names:
-            extra_names[f"{n}.codes"] = ("a uint8 tensor", p.numel(), torch.uint8)
-            extra_names[f"{n}.absmax"] = ("a float32 tensor", blocks, torch.float32)
+            # torch.optim casts a loaded state's tensors to the parameter's
+            # dtype: codes come back as float (exact: 0..255 are), absmax
+            # rounded to a 16-bit parameter's dtype
+            extra_names[f"{n}.codes"] = ("a tensor of whole numbers in 0..255", p.numel(),
+                                         "codes")
+            extra_names[f"{n}.absmax"] = ("a floating-point tensor", blocks, None)
         for key, v in value.items():
             if key == "step":
                 continue
@@ -1522,12 +1530,16 @@ class FlatOptimizer(torch.optim.Optimizer):
             if key in extra_names:
                 what, size, dtype = extra_names[key]
                 if not (isinstance(v, torch.Tensor) and v.layout == torch.strided and (
-                        v.dtype == dtype if dtype is not None else v.is_floating_point())):
+                        _is_real(v) if dtype == "codes" else v.is_floating_point())):
                     raise ValueError(f"{where}: {key} must be {what}, got "
                                      f"{getattr(v, 'dtype', type(v).__name__)}")
                 if v.numel() != size:
                     raise ValueError(f"{where}: {key} has {v.numel()} elements, expected "
                                      f"{size} (the parameter has {p.numel()})")
+                if dtype == "codes":
+                    v = _codes(v, f"{where}: {key}")
+                elif key.endswith(".absmax") and v.dtype != torch.float32:
+                    v = v.detach().to(torch.float32)
                 extras[key] = v
                 continue
             ours = next((n for n, t in self._torch_names.items() if t == key), key)
@@ -1570,6 +1582,18 @@ class FlatOptimizer(torch.optim.Optimizer):
             if (f"{n}.codes" in extras) != (f"{n}.absmax" in extras):
                 raise ValueError(f"{where}: {n}.codes and {n}.absmax go together; one is "
                                  "missing")
+            if f"{n}.codes" in extras and self.state_dtype == "int8":
+                ours = next((o for o, t in self._torch_names.items() if t == n), n)
+                problem = _storage.absmax_problem(extras[f"{n}.absmax"].detach().cpu().numpy())
+                if problem:
+                    raise ValueError(f"{where}: {n}.absmax {problem}")
+                if n in arrays and not _codes_hold(extras, n, arrays[n], ours):
+                    # the values moved on without the codes (a torch.optim
+                    # step keeps the codes it does not know): use the values
+                    del extras[f"{n}.codes"], extras[f"{n}.absmax"]
+                    if ours in NON_NEGATIVE_STATE and bool((arrays[n] < 0).any()):
+                        raise ValueError(f"{where}: {n} has negative values; this "
+                                         "optimizer keeps it in unsigned 8-bit state")
         needed = {self._torch_names.get(n, n) for n in
                   self.rule.state_for(**self._rule_options(group))}
         missing = sorted(needed - set(arrays))
@@ -1628,6 +1652,36 @@ def _cast_like(param, value, key=None):
     if isinstance(value, (list, tuple)):
         return type(value)(_cast_like(param, v) for v in value)
     return value
+
+
+def _is_real(t):
+    return not (t.is_complex() or t.dtype == torch.bool)
+
+
+def _codes(v, where):
+    """8-bit codes as uint8, from any tensor of whole numbers in 0..255 (torch
+    casts them to the parameter's dtype on load); ValueError otherwise."""
+    if v.dtype == torch.uint8:
+        return v
+    values = v.detach().cpu().reshape(-1).to(torch.float64)
+    bad = ~((values >= 0) & (values <= 255) & (values == values.round()))
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        raise ValueError(f"{where} must hold whole numbers in 0..255 (8-bit codes, "
+                         f"as saved or cast to another dtype); element {i} is "
+                         f"{values[i].item()}")
+    return values.to(torch.uint8).view(v.shape)
+
+
+def _codes_hold(extras, n, values, ours):
+    """Whether state ``n``'s 8-bit codes still decode to its ``values`` (as
+    rounded to their dtype)."""
+    codes, absmax = (extras[f"{n}.{part}"].detach().cpu().reshape(-1).numpy()
+                     for part in ("codes", "absmax"))
+    b8 = _storage.Blockwise8(0, ours not in NON_NEGATIVE_STATE)._over(codes, absmax)
+    decoded = torch.from_numpy(b8.dequantize()).to(values.dtype)
+    values = values.detach().cpu().reshape(-1)
+    return bool(((decoded == values) | (decoded.isnan() & values.isnan())).all())
 
 
 def _check_no_shared_memory(groups, index):

@@ -93,7 +93,11 @@ def layout_kernel(kernel, layout):
                       "f32_to_f16_stochastic": py.float32_to_half_stochastic,
                       "random_bits": py.random_bits, "nearest_code": py.nearest_code_bucketed,
                       "magnitude_bits": py.magnitude_bits,
-                      "bits_to_float32": py.bits_to_float32}
+                      "bits_to_float32": py.bits_to_float32,
+                      "float32_to_bits": py.float32_to_bits,
+                      "softsign_decode": py.softsign_decode,
+                      "softsign_encode": py.softsign_encode,
+                      "root_decode": py.root_decode, "root_encode": py.root_encode}
         source = loops.build_layout(SIGNATURES[kernel], layout, getattr(_elem, kernel),
                                     vocabulary, grid_stride, __name__, _DIGEST)
         _LAYOUTS[key] = cuda.jit(source)

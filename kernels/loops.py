@@ -55,7 +55,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import math as _math
-from .storage import BLOCK
+from .storage import BLOCK, GROUP
 
 #: Blocks of 8-bit state per iteration of the parallel loop: each iteration
 #: allocates its scratch buffers once for this many blocks. Small, so that the
@@ -68,9 +68,18 @@ CHUNK = 4
 #: Storage codes of one array in a :class:`Layout`: the compute dtype itself
 #: (float32 or float64), bfloat16 or float16 (both as ``uint16`` bits), or
 #: 8-bit blockwise codes (a state array only: ``uint8`` codes, one float32
-#: absmax per block of ``BLOCK`` elements, the code's map, thresholds and
-#: bucket table: see ``storage.nearest_code_bucketed``).
+#: absmax per block of ``BLOCK`` elements, the code's map and thresholds
+#: (``storage.tables``: two halves of 256) and its two bucket tables of 65536:
+#: see ``storage.nearest_code_bucketed``).
 NATIVE, BFLOAT16, FLOAT16, BLOCKWISE8 = "f", "b", "h", "q"
+#: Companded 8-bit codes (a state array only: ``uint8`` codes and one float32
+#: scale per group of ``GROUP`` elements, decoded and encoded by arithmetic:
+#: signed softsign, or the fourth root of a non-negative state; see
+#: ``storage.softsign_encode`` / ``storage.root_encode``).
+SOFTSIGN8, ROOT8 = "c", "r"
+COMPANDED = (SOFTSIGN8, ROOT8)
+#: Groups of companded state per iteration of the parallel loop.
+GROUP_CHUNK = 32
 
 
 class Layout(NamedTuple):
@@ -104,10 +113,15 @@ class Layout(NamedTuple):
 # 8-bit state), ``{a}`` the array's name and ``{j}`` the element's index in its
 # block.
 _LOAD = {NATIVE: "{x}", BFLOAT16: "bf16_to_f32({x})", FLOAT16: "f16_to_f32({x})",
-         BLOCKWISE8: "new_{a}[{j}]"}
+         BLOCKWISE8: "new_{a}[{j}]", SOFTSIGN8: "new_{a}[{j}]", ROOT8: "new_{a}[{j}]"}
+_GROUP_STORE = ("new_{a}[{j}] = {v}\n{pad}u_{a} = magnitude_bits({v})\n"
+                "{pad}top_{a} = max(top_{a}, u_{a} if u_{a} < INF_BITS else uint32(0))")
 _STORE = {NATIVE: "{x} = {v}", BFLOAT16: "{x} = f32_to_bf16({v})",
           FLOAT16: "{x} = f32_to_f16({v})",
-          BLOCKWISE8: "new_{a}[{j}] = {v}\n{pad}top_{a} = max(top_{a}, magnitude_bits({v}))"}
+          BLOCKWISE8: "new_{a}[{j}] = {v}\n{pad}u_{a} = magnitude_bits({v})\n"
+                      "{pad}top_{a} = max(top_{a}, u_{a} if u_{a} < INF_BITS else uint32(0))\n"
+                      "{pad}worst_{a} = max(worst_{a}, u_{a})",
+          SOFTSIGN8: _GROUP_STORE, ROOT8: _GROUP_STORE}
 
 
 class Signature:
@@ -150,10 +164,13 @@ class Signature:
             raise ValueError("stochastic rounding stores 16-bit parameters only")
         codes = dict(zip(self.elements, layout.codes))
         blockwise = [s for s, _ in self.state if codes[s] == BLOCKWISE8]
+        grouped = [s for s, _ in self.state if codes[s] in COMPANDED]
+        if blockwise and grouped:
+            raise ValueError("one update keeps its 8-bit state in one format")
         args = []
         for a in self.elements:
             args += [a, f"{a}_absmax", f"{a}_map", f"{a}_thresholds", f"{a}_buckets"] \
-                if a in blockwise else [a]
+                if a in blockwise else [a, f"{a}_scale"] if a in grouped else [a]
         args += (["master"] if layout.master else []) + ["scalars"]
         args += ["key0", "key1", "offset"] if layout.stochastic else []
         lines = [f"def {name}({', '.join(args)}):"]
@@ -168,14 +185,15 @@ class Signature:
         # and a bfloat16-state Adam ran ten times slower from 2**22 elements.)
         gates = sorted({flag for _, flag in self.state if flag is not None})
         if not gates:
-            lines += self._layout_loops(layout, codes, blockwise, {}, "    ")
+            lines += self._layout_loops(layout, codes, blockwise or grouped, {}, "    ")
             return "\n".join(lines) + "\n"
         for k, values in enumerate(itertools.product((True, False), repeat=len(gates))):
             fixed = dict(zip(gates, values))
             test = " and ".join(g if v else f"not {g}" for g, v in fixed.items())
             lines.append(f"    {'if' if k == 0 else 'elif'} {test}:" if k < 2 ** len(gates) - 1
                          else "    else:")
-            lines += self._layout_loops(layout, codes, blockwise, fixed, "        ")
+            lines += self._layout_loops(layout, codes, blockwise or grouped, fixed,
+                                        "        ")
         return "\n".join(lines) + "\n"
 
     def _layout_loops(self, layout, codes, blockwise, fixed, pad):
@@ -183,6 +201,8 @@ class Signature:
         if not blockwise:
             return [f"{pad}for i in indices(param.size):"] + \
                 self._element(layout, codes, pad + "    ", fixed)
+        if codes[blockwise[0]] in COMPANDED:
+            return self._group_loops(layout, codes, blockwise, fixed, pad)
         # 8-bit blockwise state, a chunk of CHUNK blocks per iteration (each
         # chunk allocates one BLOCK-element float32 scratch buffer per 8-bit
         # state, reused by its blocks). Per block, in four loops:
@@ -191,45 +211,105 @@ class Signature:
         #     gathers are slow, so it is kept out of the update's loop);
         #  2. update every element (vectorized), store the param and the other
         #     state, put each 8-bit state's new value back in its scratch
-        #     buffer and take the block's new absmax (an integer maximum of
-        #     magnitude bits, see storage.magnitude_bits: a float maximum does
-        #     not vectorize without fast-math);
+        #     buffer and take the block's new absmax, its largest finite
+        #     magnitude, and whether it holds a non-finite value (integer
+        #     maxima of magnitude bits, see storage.magnitude_bits: a float
+        #     maximum does not vectorize without fast-math);
         #  3. divide the scratch buffer by the new absmax (vectorized);
         #  4. store the nearest codes (two table lookups per element: see
         #     storage.nearest_code_bucketed).
+        # A block holding a non-finite value uses the second half of the
+        # tables (storage.special_map: codes for NaN, -inf and +inf), says so
+        # by the sign bit of its stored absmax, and scales by at least the
+        # smallest float32 (an infinite code times an absmax of 0 would be
+        # NaN); so a NaN or inf stays in its element and the others keep
+        # their values. A block of finite values is stored as before.
         # Blocks are independent, so any chunking gives the same bits. The
         # loops index slices of the block from 0, which LLVM sees are
         # non-negative: with ``array[start + j]`` it cannot, keeps Numba's
         # negative-index wraparound on every access and vectorizes nothing.
-        gate = dict(self.state)
-        on = [s for s in blockwise if fixed.get(gate[s], True)]
-        sliced = list(self.elements) + (["master"] if layout.master else [])
-        inner = pad + "        "
-        lines = [f"{pad}n = param.size",
-                 f"{pad}blocks = (n + {BLOCK - 1}) // {BLOCK}",
-                 f"{pad}for chunk in indices((blocks + {CHUNK - 1}) // {CHUNK}):"]
-        lines += [f"{pad}    new_{s} = empty({BLOCK}, float32)" for s in on]
-        lines += [f"{pad}    for block in range(chunk * {CHUNK}, "
-                  f"min(chunk * {CHUNK} + {CHUNK}, blocks)):",
-                  f"{inner}start = block * {BLOCK}",
-                  f"{inner}count = min(n - start, {BLOCK})"]
-        # (an array that a flag turns off is empty: its slice is too, unused)
-        lines += [f"{inner}block_{a} = {a}[start:start + count]" for a in sliced]
+        on, inner, lines = self._block_header(layout, blockwise, fixed, pad, BLOCK, CHUNK)
         for s in on:
-            lines += [f"{inner}scale_{s} = {s}_absmax[block]",
+            lines += [f"{inner}stored_{s} = {s}_absmax[block]",
+                      f"{inner}if float32_to_bits(stored_{s}) >= SIGN_BIT:",
+                      f"{inner}    map_{s} = {s}_map[{BLOCK}:]",
+                      f"{inner}    scale_{s} = max(-stored_{s}, TINY)",
+                      f"{inner}else:",
+                      f"{inner}    map_{s} = {s}_map[:{BLOCK}]",
+                      f"{inner}    scale_{s} = stored_{s}",
                       f"{inner}for j in range(count):",
-                      f"{inner}    new_{s}[j] = {s}_map[block_{s}[j]] * scale_{s}",
-                      f"{inner}top_{s} = uint32(0)"]
+                      f"{inner}    new_{s}[j] = map_{s}[block_{s}[j]] * scale_{s}",
+                      f"{inner}top_{s} = uint32(0)",
+                      f"{inner}worst_{s} = uint32(0)"]
         lines.append(f"{inner}for j in range(count):")
         lines += self._element(layout, codes, inner + "    ", fixed, block=True)
         for s in on:
             lines += [f"{inner}absmax_{s} = bits_to_float32(top_{s})",
+                      f"{inner}if worst_{s} >= INF_BITS:",
+                      f"{inner}    divisor_{s} = max(absmax_{s}, TINY)",
+                      f"{inner}    thresholds_{s} = {s}_thresholds[{BLOCK}:]",
+                      f"{inner}    buckets_{s} = {s}_buckets[65536:]",
+                      f"{inner}    {s}_absmax[block] = -absmax_{s}",
+                      f"{inner}else:",
+                      f"{inner}    divisor_{s} = absmax_{s}",
+                      f"{inner}    thresholds_{s} = {s}_thresholds[:{BLOCK}]",
+                      f"{inner}    buckets_{s} = {s}_buckets[:65536]",
+                      f"{inner}    {s}_absmax[block] = absmax_{s}",
                       f"{inner}for j in range(count):",
-                      f"{inner}    new_{s}[j] = new_{s}[j] / absmax_{s}",
+                      f"{inner}    new_{s}[j] = new_{s}[j] / divisor_{s}",
                       f"{inner}for j in range(count):",
-                      f"{inner}    block_{s}[j] = nearest_code({s}_buckets, "
-                      f"{s}_thresholds, new_{s}[j])",
-                      f"{inner}{s}_absmax[block] = absmax_{s}"]
+                      f"{inner}    block_{s}[j] = nearest_code(buckets_{s}, "
+                      f"thresholds_{s}, new_{s}[j])"]
+        return lines
+
+    def _block_header(self, layout, coded, fixed, pad, size, chunk):
+        """The lines that open the loops over blocks of ``size`` elements,
+        ``chunk`` blocks per parallel iteration: the scratch buffers of the
+        8-bit states that are ``on`` (of ``coded``, the flags ``fixed``) and
+        each array's slice ``block_<array>`` of block ``block``. Returns
+        ``(on, the block body's indent, lines)``."""
+        gate = dict(self.state)
+        on = [s for s in coded if fixed.get(gate[s], True)]
+        sliced = list(self.elements) + (["master"] if layout.master else [])
+        inner = pad + "        "
+        lines = [f"{pad}n = param.size",
+                 f"{pad}blocks = (n + {size - 1}) // {size}",
+                 f"{pad}for chunk in indices((blocks + {chunk - 1}) // {chunk}):"]
+        lines += [f"{pad}    new_{s} = empty({size}, float32)" for s in on]
+        lines += [f"{pad}    for block in range(chunk * {chunk}, "
+                  f"min(chunk * {chunk} + {chunk}, blocks)):",
+                  f"{inner}start = block * {size}",
+                  f"{inner}count = min(n - start, {size})"]
+        # (an array that a flag turns off is empty: its slice is too, unused)
+        lines += [f"{inner}block_{a} = {a}[start:start + count]" for a in sliced]
+        return on, inner, lines
+
+    def _group_loops(self, layout, codes, grouped, fixed, pad):
+        """The loops over groups of companded 8-bit state (``grouped``: its
+        arrays), as the blockwise ones (see ``_layout_loops``) but with
+        arithmetic codecs: per group of GROUP elements, decode each state into
+        a scratch buffer, update every element (taking the group's largest
+        finite magnitude as an integer maximum), then encode each value
+        against the new scale (at least the smallest float32, so a group of
+        zeros and non-finite values divides by something). NaN and +-inf have
+        codes of their own, so they stay in their element."""
+        on, inner, lines = self._block_header(layout, grouped, fixed, pad, GROUP, GROUP_CHUNK)
+        decode = {SOFTSIGN8: "softsign_decode", ROOT8: "root_decode"}
+        for s in on:
+            lines += [f"{inner}scale_{s} = {s}_scale[block]",
+                      f"{inner}for j in range(count):",
+                      f"{inner}    new_{s}[j] = {decode[codes[s]]}(block_{s}[j], scale_{s})",
+                      f"{inner}top_{s} = uint32(0)"]
+        lines.append(f"{inner}for j in range(count):")
+        lines += self._element(layout, codes, inner + "    ", fixed, block=True)
+        for s in on:
+            lines += [f"{inner}scale_{s} = bits_to_float32(top_{s})",
+                      f"{inner}divisor_{s} = max(scale_{s}, TINY)",
+                      f"{inner}for j in range(count):"]
+            lines.append(f"{inner}    block_{s}[j] = softsign_encode(new_{s}[j], divisor_{s})"
+                         if codes[s] == SOFTSIGN8 else
+                         f"{inner}    block_{s}[j] = root_encode(new_{s}[j], divisor_{s})")
+            lines.append(f"{inner}{s}_scale[block] = scale_{s}")
         return lines
 
     def _element(self, layout, codes, pad, fixed, block=False):
@@ -314,12 +394,16 @@ def build_layout(sig, layout, elem, vocabulary, indices, module, digest):
     """The driver of one kernel (``sig``) for one storage ``layout``, as a plain
     Python function to compile: ``vocabulary`` binds the storage conversions
     (``bf16_to_f32``, ``f32_to_bf16``, ``f16_to_f32``, ``f32_to_f16``,
-    ``f32_to_bf16_stochastic``, ``f32_to_f16_stochastic``, ``random_bits``) for the target; its
+    ``f32_to_bf16_stochastic``, ``f32_to_f16_stochastic``, ``random_bits``;
+    for 8-bit state ``nearest_code``, ``magnitude_bits``, ``bits_to_float32``
+    and ``float32_to_bits``) for the target; its
     ``__qualname__`` carries the source hash and the layout's tag, so each
     layout is a cached driver of its own."""
     name = f"{sig.kernel}_{layout.tag}"
     namespace = {"indices": indices, "elem": elem, "float32": np.float32,
-                 "uint32": np.uint32, "empty": np.empty, **vocabulary}
+                 "uint32": np.uint32, "empty": np.empty, "INF_BITS": np.uint32(0x7F800000),
+                 "SIGN_BIT": np.uint32(0x80000000), "TINY": np.float32(2.0 ** -149),
+                 **vocabulary}
     exec(compile(sig.source(name, layout), __file__, "exec"), namespace)
     driver = namespace[name]
     driver.__module__ = module

@@ -362,3 +362,38 @@ def run_torch(name, config, param0, grads):
     state = {to_ours.get(k, k): v.numpy() for k, v in optimizer.state[param].items()
              if k != "step" and v.dim() > 0}           # not the scalar state (mu_product)
     return param.detach().numpy(), state
+
+
+def check_non_finite_confined(name, container, unit, bad, n):
+    """With 8-bit state in ``container`` (``container(n, signed)``: blocks of
+    ``unit`` elements), one gradient element (3) of ``bad`` on the first of
+    three steps: the parameter is non-finite exactly where torch.optim's
+    float32 step makes it so (for rules torch lacks, where fastadapt's
+    float32 state does), every other element stays finite, and the blocks
+    after the first are bit for bit what they are without the bad element."""
+    config = dict(EVERY_STATE[name])
+    param0, grads = problem((n,), np.float32, seed=7, steps=3)
+    clean = [g.copy() for g in grads]
+    grads[0][3] = bad
+
+    def run(grads):
+        param, state = param0.copy(), {}
+        for s, values in initial_state(name, config, (n,), np.float32).items():
+            state[s] = container(n, s not in fastadapt.optim.NON_NEGATIVE_STATE)
+            if np.any(values):
+                state[s].assign(values)
+        run_steps(fastadapt.RULES[name].step_fn, name, config, param, grads, state)
+        return param, state
+    ours, state = run(grads)
+    other, other_state = run(clean)
+    reference = (run_torch if fastadapt.RULES[name].in_torch
+                 else run_fastadapt)(name, config, param0, grads)[0]
+    with np.errstate(invalid="ignore"):
+        for kind in (np.isnan, np.isposinf, np.isneginf):
+            np.testing.assert_array_equal(kind(ours), kind(reference), err_msg=kind.__name__)
+    assert np.all(np.isfinite(np.delete(ours, 3)))
+    assert ours[unit:].tobytes() == other[unit:].tobytes()
+    for s, b in state.items():
+        assert b.codes[unit:].tobytes() == other_state[s].codes[unit:].tobytes(), s
+        assert np.all(np.isfinite(np.delete(b.dequantize(), 3))), s
+    return state, other_state

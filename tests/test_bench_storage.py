@@ -17,6 +17,7 @@ def test_storage_section_measures_every_mode():
         assert modes[key]["bytes_per_element"] == b
     # 8-bit: 4r+4w param, 4r grad, per state 1r+1w code and 8 bytes per 256 of absmax
     assert modes["int8_state"]["bytes_per_element"] == pytest.approx(16 + 16 / 256)
+    assert modes["int8c_state"]["bytes_per_element"] == pytest.approx(16 + 16 / 32)
     for r in data["rows"]:
         assert r["median_s"] > 0
     if data["torch_unavailable"] is None:
@@ -59,7 +60,7 @@ def test_accuracy_study_gradients_and_findings():
     result = A.run(steps=300)
     ratio = {r["mode"]: r["ratio"] for r in result["rows"]}
     assert ratio["fp32"] == 1.0
-    for mode in ("bf16_state", "int8_state", "bf16_sr", "bf16_master"):
+    for mode in ("bf16_state", "int8_state", "int8c_state", "bf16_sr", "bf16_master"):
         assert ratio[mode] < 1.05, (mode, ratio)
     assert ratio["bf16_nearest"] > ratio["bf16_sr"] * 1.1, ratio
     assert result["rows"][0]["final_loss"] < 0.1 * result["initial_loss"]
@@ -97,6 +98,9 @@ def test_accuracy_study_on_the_demo_problem():
     for mode in ("bf16_state", "bf16_sr", "bf16_master"):
         assert abs(ratio[mode] - 1) < 0.1, (mode, ratio)
     assert ratio["int8_state"] > 10, ratio
+    # companded 8-bit state keeps those moments (code 1 is 2.4e-10 of a group's
+    # scale): issue 21's bar is 1.5x; measured 0.08 (seed 0) and 0.02 (seed 1)
+    assert ratio["int8c_state"] < 1.5, ratio
     assert all(r["final_loss"] >= 0 for r in result["rows"])     # f* is the minimum
 
 

@@ -231,3 +231,44 @@ def test_grad_norm_and_clipping_with_sixteen_bit_gradients(dtype):
     assert opt.grad_norm == pytest.approx(ref.grad_norm, rel=1e-6)
     np.testing.assert_allclose(np.concatenate([p.ravel() for p in opt.master_params]),
                                np.concatenate([p.ravel() for p in ref.params]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_checkpoint_with_unsound_absmax_is_refused(tmp_path, bad):
+    """A NaN or infinite 8-bit absmax (which would make its whole block NaN),
+    in a state dict or an ``.npz``, is a ValueError naming the state; the
+    optimizer is unchanged."""
+    from fastadapt import checkpoint
+    opt = fastadapt.Adam(model(F32), lr=1e-2, state_dtype="int8")
+    for k in range(1, 3):
+        opt.step(grads(k, F32))
+    sd = opt.state_dict()
+    sd["absmax"][0]["exp_avg_sq"][1] = bad
+    path = tmp_path / "bad.npz"
+    checkpoint.save(path, sd)
+    before = [(b.data.codes.tobytes(), b.data.absmax.tobytes())
+              for b in opt._groups[0].state.values()]
+    for load in (lambda: opt.load_state_dict(sd), lambda: opt.load(path)):
+        with pytest.raises(ValueError, match=r"state 'exp_avg_sq' absmax is .* finite"):
+            load()
+        assert [(b.data.codes.tobytes(), b.data.absmax.tobytes())
+                for b in opt._groups[0].state.values()] == before
+
+
+def test_a_block_holding_an_infinity_resumes_from_its_checkpoint(tmp_path):
+    """A block holding an infinity stores its absmax negated (its sign bit
+    marks it); the checkpoint keeps it and resumes bit for bit."""
+    opt = fastadapt.Adam(model(F32), lr=1e-2, state_dtype="int8")
+    g = grads(1, F32)
+    g[3][5] = np.inf
+    opt.step(g)
+    assert np.signbit(opt._groups[0].state["exp_avg_sq"].data.absmax).any()
+    path = tmp_path / "inf.npz"
+    opt.save(path)
+    again = fastadapt.Adam.from_checkpoint(path)
+    for k in range(2, 4):
+        for o in (opt, again):
+            o.step(grads(k, F32))
+    assert bits(again.params) == bits(opt.params)
+    for s, b in opt._groups[0].state.items():
+        assert again._groups[0].state[s].data.absmax.tobytes() == b.data.absmax.tobytes()

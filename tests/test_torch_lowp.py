@@ -556,7 +556,11 @@ def test_bad_extra_keys_raise_and_change_nothing():
     good = opt.state_dict()
     before = {k: v.clone() for k, v in opt.state_dict()["state"][0].items()}
     cases = [("master_param", torch.zeros(3), ValueError, "master_param has 3 elements"),
-             ("exp_avg.codes", torch.zeros(77, dtype=torch.int32), ValueError, "uint8"),
+             ("exp_avg.codes", torch.zeros(78, dtype=torch.int32), ValueError,
+              "exp_avg.codes has 78 elements"),
+             ("exp_avg.codes", torch.full((77,), 1.5), ValueError, "whole numbers"),
+             ("exp_avg.codes", torch.zeros(77, dtype=torch.complex64), ValueError,
+              "exp_avg.codes must be a tensor of whole numbers"),
              ("stochastic_rounding_seed", -1, ValueError, "seed")]
     for key, value, exc, words in cases:
         bad = copy.deepcopy(good)
@@ -576,6 +580,91 @@ def test_bad_extra_keys_raise_and_change_nothing():
         opt.load_state_dict(bad)
     for k, v in opt.state_dict()["state"][0].items():
         assert torch.equal(v, before[k]), k
+
+
+def _int8_run(steps=2):
+    model = _model(torch.float32)
+    opt = ft.Adam(model.parameters(), lr=1e-2, state_dtype="int8")
+    _train(model, opt, steps)
+    return model, opt
+
+
+def _unchanged(opt, before):
+    for i, entry in opt.state_dict()["state"].items():
+        for k, v in entry.items():
+            assert torch.equal(v, before[i][k]), (i, k)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_unsound_absmax_is_refused_and_changes_nothing(bad):
+    """A NaN or infinite absmax (which would make its whole block NaN) is a
+    ValueError naming the key; nothing changes. (A negative one is sound: its
+    sign bit marks a block holding a NaN or an infinity.)"""
+    model, opt = _int8_run()
+    before = copy.deepcopy(opt.state_dict()["state"])
+    sd = copy.deepcopy(opt.state_dict())
+    sd["state"][0]["exp_avg_sq.absmax"][0] = bad
+    with pytest.raises(ValueError, match=r"parameter 0: exp_avg_sq\.absmax is .* finite"):
+        opt.load_state_dict(sd)
+    _unchanged(opt, before)
+
+
+def test_negative_absmax_of_a_block_holding_an_infinity_loads():
+    model, opt = _int8_run()
+    model[0].weight.grad = torch.zeros_like(model[0].weight)
+    model[0].weight.grad[0, 0] = float("inf")
+    opt.step()
+    sd = opt.state_dict()
+    assert torch.signbit(sd["state"][0]["exp_avg_sq.absmax"][0])
+    again = ft.Adam(_model(torch.float32).parameters(), lr=1e-2, state_dtype="int8")
+    again.load_state_dict(copy.deepcopy(sd))
+    for key in ("exp_avg_sq.codes", "exp_avg_sq.absmax"):
+        assert torch.equal(again.state_dict()["state"][0][key], sd["state"][0][key])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_state_dict_goes_through_torch_optim_and_back(dtype):
+    """torch.optim loads fastadapt's 8-bit dict, casting ``<state>.codes`` to
+    the parameter's dtype: loading torch's dict back resumes bit for bit as
+    the dict itself does; after torch steps (its values move on, the codes it
+    keeps do not), the values are quantized, as a dict without codes loads.
+    Codes that are not whole numbers in 0..255 are refused, naming the key."""
+    model = _model(dtype)
+    opt = ft.Adam(model.parameters(), lr=1e-2, state_dtype="int8")
+    _train(model, opt, 3)
+    sd = copy.deepcopy(opt.state_dict())
+    twin = _model(dtype)
+    twin.load_state_dict(model.state_dict())
+    ref = torch.optim.Adam(twin.parameters(), lr=1e-2)
+    ref.load_state_dict(copy.deepcopy(sd))
+    through = ref.state_dict()
+    assert through["state"][0]["exp_avg.codes"].dtype == dtype
+    direct = ft.Adam(_model(dtype).parameters(), lr=1e-2, state_dtype="int8")
+    direct.load_state_dict(copy.deepcopy(sd))
+    back = ft.Adam(_model(dtype).parameters(), lr=1e-2, state_dtype="int8")
+    back.load_state_dict(copy.deepcopy(through))
+    for i, entry in direct.state_dict()["state"].items():
+        for key, value in entry.items():
+            if key.endswith((".codes", ".absmax")) and dtype == torch.float32:
+                assert torch.equal(back.state_dict()["state"][i][key], value), (i, key)
+    _train(twin, ref, 2, start=3)                   # torch steps on the values
+    stepped = copy.deepcopy(ref.state_dict())
+    stripped = copy.deepcopy(stepped)
+    for entry in stripped["state"].values():
+        for key in [k for k in entry if k.endswith((".codes", ".absmax"))]:
+            del entry[key]
+    a = ft.Adam(_model(dtype).parameters(), lr=1e-2, state_dtype="int8")
+    a.load_state_dict(stepped)
+    b = ft.Adam(_model(dtype).parameters(), lr=1e-2, state_dtype="int8")
+    b.load_state_dict(stripped)
+    for i, entry in b.state_dict()["state"].items():
+        for key, value in entry.items():
+            assert torch.equal(a.state_dict()["state"][i][key], value), (i, key)
+    for bad in (1.5, 256.0, -1.0, float("nan")):
+        wrong = copy.deepcopy(through)
+        wrong["state"][1]["exp_avg.codes"][0] = bad
+        with pytest.raises(ValueError, match=r"parameter 1: exp_avg\.codes must hold whole"):
+            back.load_state_dict(wrong)
 
 
 # ----------------------------------------------------------------- GradScaler, clipping

@@ -17,6 +17,8 @@ round-to-nearest stall once the updates fall below half an ulp of the weights
 absmax per block of 256 elements, so a second moment far below its block's
 largest quantizes to zero and its coordinate takes a step of about ``lr *
 m / eps``: the logistic problem, whose ten weights share one block, shows it.
+Companded 8-bit state (a scale per 32, fourth-root second moments that never
+round a positive value to zero) keeps them.
 
 ``fastadapt bench --sections accuracy`` prints it (``--accuracy-plot PATH``
 draws the loss curves); :func:`study` returns plain data for the report and
@@ -29,6 +31,8 @@ MODES = {
     "fp32": ("float32", "float32", {}),
     "bf16_state": ("fp32 params, bf16 state", "float32", {"state_dtype": "bfloat16"}),
     "int8_state": ("fp32 params, 8-bit state", "float32", {"state_dtype": "int8"}),
+    "int8c_state": ("fp32 params, companded 8-bit state", "float32",
+                    {"state_dtype": "int8c"}),
     "bf16_nearest": ("bf16 params + state, nearest rounding", "bfloat16",
                      {"state_dtype": "bfloat16"}),
     "bf16_sr": ("bf16 params + state, stochastic rounding", "bfloat16",

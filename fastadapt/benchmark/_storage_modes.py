@@ -4,7 +4,8 @@ Every mode of the issue "Fewer bytes than fp32" is one Adam step (torch's
 defaults) at ``n`` elements, timed interleaved with torch's fused float32
 Adam (the 1.0x of the table) and, where torch has the same mode, torch's own
 version of it. Bytes per element are what each mode reads and writes (8-bit
-state: one byte per element plus a float32 absmax per block of 256). Per-call
+state: one byte per element plus a float32 absmax per block of 256, or a
+float32 scale per group of 32 when companded). Per-call
 costs on small arrays are reported against fastadapt's own float32 call.
 """
 import numpy as np
@@ -18,6 +19,7 @@ MODES = {
     "fp32": ("fastadapt, float32", 28),
     "bf16_state": ("fp32 param + grad, bf16 state", 20),
     "int8_state": ("fp32 param + grad, 8-bit state", 12 + 2 * (2 + 8 / BLOCK)),
+    "int8c_state": ("fp32 param + grad, companded 8-bit state", 12 + 2 * (2 + 8 / 32)),
     "bf16_sr": ("bf16 param + grad + state, stochastic rounding", 14),
     "bf16_master": ("bf16 param + grad, fp32 master + state", 30),
 }
@@ -48,6 +50,8 @@ def _fastadapt_steps(n, seed=0):
     make("bf16_state", p32.copy(), g32, np.zeros(n, bf16), np.zeros(n, bf16))
     make("int8_state", p32.copy(), g32, fastadapt.Blockwise8(n, True),
          fastadapt.Blockwise8(n, False))
+    make("int8c_state", p32.copy(), g32, fastadapt.Companded8(n, True),
+         fastadapt.Companded8(n, False))
     make("bf16_sr", p32.astype(bf16), g32.astype(bf16), np.zeros(n, bf16), np.zeros(n, bf16),
          stochastic_rounding=True, seed=1)
     make("bf16_master", p32.astype(bf16), g32.astype(bf16), np.zeros(n, np.float32),
