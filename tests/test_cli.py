@@ -73,10 +73,11 @@ def test_warmup_prepares_every_storage_mode():
     from fastadapt._warmup import MODES
     times = fastadapt.warmup(rules="rmsprop", dtypes=(), modes=None)
     assert list(times) == [("rmsprop", m) for m in MODES]
-    # each mode is a layout driver of its own, compiled in both loops
-    layouts = {layout: d for (kernel, layout), d in cpu._LAYOUTS.items() if kernel == "rmsprop"}
-    assert len(layouts) >= len(MODES)
-    assert all(d.serial.signatures and d.parallel.signatures for d in layouts.values())
+    # each mode is a layout driver of its own, compiled in both loops (other
+    # tests may have compiled more layouts, in one loop or both)
+    ready = [d for (kernel, _), d in cpu._LAYOUTS.items()
+             if kernel == "rmsprop" and d.serial.signatures and d.parallel.signatures]
+    assert len(ready) >= len(MODES)
 
 
 def test_warmup_selects_and_validates():
