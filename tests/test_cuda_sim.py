@@ -12,9 +12,8 @@ test session. This module therefore has two halves:
 - in an ordinary run (``host`` tests): ``test_simulator_suite`` runs this
   module again in a subprocess with the simulator on and asserts that it
   passes, so the single ``pytest`` command covers it; plus what needs no
-  simulator: the error a GPU array gets without numba-cuda or a driver, and
-  (where NVIDIA's NVVM library is installed) the real CUDA compilation of every
-  kernel, with no float64 instruction in a float32 kernel.
+  simulator: the error a GPU array gets without numba-cuda or a driver (the
+  real CUDA compilation of every kernel is ``test_gpu_compile.py``'s).
 
 Comparison with the CPU is exact (``array_equal``) in both dtypes, and that is
 not luck: the simulator runs ``math.py`` as Python on NumPy scalars, so each
@@ -32,7 +31,6 @@ two float64s.) A real GPU contracts ``a * b + c`` into fused multiply-adds, so
 import os
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -330,48 +328,3 @@ def test_gpu_array_without_a_driver(monkeypatch):
     monkeypatch.setattr(_cuda, "_state", {})
     with pytest.raises(RuntimeError, match="CUDA is not usable"):
         fastadapt.sgd_step(_FakeGPUArray(), _FakeGPUArray(), step=1)
-
-
-def _compile_ptx_or_skip(monkeypatch):
-    """``numba.cuda.compile_ptx`` for sm_90, or skip when NVVM is not installed."""
-    pytest.importorskip("numba_cuda")
-    from numba import cuda, types
-    if not cuda.is_available():
-        # Device functions are compiled for the current device's compute
-        # capability; without a GPU, name one.
-        import numba.cuda.dispatcher as dispatcher
-        if not hasattr(dispatcher, "get_current_device"):
-            pytest.skip("this numba-cuda compiles device functions differently")
-        monkeypatch.setattr(dispatcher, "get_current_device",
-                            lambda: type("Device", (), {"compute_capability": (9, 0)}))
-
-    def compile_ptx(func, sig):
-        return cuda.compile_ptx(func, sig, cc=(9, 0))[0]
-
-    try:
-        compile_ptx(lambda a: None, (types.float32[::1],))
-    except Exception as e:  # NVVM / NVRTC libraries missing: a packaging matter, not ours
-        pytest.skip(f"NVVM unavailable: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
-    return compile_ptx
-
-
-@host
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_kernels_compile_for_a_real_gpu(monkeypatch, dtype):
-    """Every kernel types and compiles for sm_90; float32 kernels hold no
-    float64 instruction and every device function is inlined."""
-    import inspect
-    import re
-    compile_ptx = _compile_ptx_or_skip(monkeypatch)
-    from numba import types
-    from fastadapt.kernels import cuda as kernels
-    t = getattr(types, dtype)
-    for name, kernel in kernels.KERNELS.items():
-        n_arrays = len(inspect.signature(kernel.py_func).parameters) - 1
-        n_scalars = len(kernels.SIGNATURES[name].scalars)
-        ptx = compile_ptx(kernel.py_func,
-                          (t[::1],) * n_arrays + (types.UniTuple(t, n_scalars),))
-        assert not re.search(r"\bcall(\.uni)?\b", ptx), f"{name}: a device function was not inlined"
-        if dtype == "float32":
-            assert ".f64" not in ptx, f"{name}: float64 instruction in a float32 kernel"
-        assert "mul.wide" in ptx or "mul.lo.s64" in ptx, f"{name}: 32-bit grid index?"
