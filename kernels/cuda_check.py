@@ -89,26 +89,59 @@ def _kernels():
 
 
 def targets(full=False):
-    """The kernels to compile: every update kernel in float32 and float64 and
-    the reduction in both, plus the storage layouts of ``layouts(full)``."""
+    """The kernels to compile: every update kernel in float32 and float64,
+    the reduction for each gradient dtype, and the storage layouts of
+    ``layouts(full)``."""
     from ..rules import kernel_specs
     out = [Target(k, d) for k in kernel_specs() for d in ("float32", "float64")]
-    out += [Target(SUM_OF_SQUARES, d) for d in ("float32", "float64")]
+    out += [Target(SUM_OF_SQUARES, d) for d in ("float32", "float64", "bfloat16", "float16")]
     out += [Target(k, "float32", layout) for k, layout in layouts(full)]
     return out
 
 
+#: One of each storage feature on a real GPU, for the default run: each
+#: 16-bit format as param, grad and state, master weights, stochastic
+#: rounding to either format, a state-gating flag on and off.
+REPRESENTATIVE = (("adam", "bbbbb", "s"), ("adam", "bffff", "m"), ("adam", "hhhhf", "s"),
+                  ("adam", "hhfff", "m"), ("sgd", "ffb", ""), ("rmsprop", "bfbbb", ""),
+                  ("adagrad", "hhh", ""))
+
+
 def layouts(full=False):
-    """``(kernel, Layout)`` pairs of the storage layouts the CUDA path runs:
-    none on a real GPU yet."""
-    return []
+    """``(kernel, Layout)`` pairs of the storage layouts the CUDA path runs
+    (every one but 8-bit state): :data:`REPRESENTATIVE`, or with ``full``
+    every one the optimizer classes make (one state dtype for all the state
+    arrays; an array its flag turns off stays in the compute dtype), for
+    every kernel and every setting of its flags."""
+    if not full:
+        return [(k, Layout(tuple(codes), "m" in mode, "s" in mode))
+                for k, codes, mode in REPRESENTATIVE]
+    from ..rules import kernel_specs
+    f, b, h = NATIVE, BFLOAT16, FLOAT16
+    storage = [(f, f, b, "")]                          # float32 params, bfloat16 state
+    storage += [(p, g, s, mode) for p, grads, states in ((b, (b, f), (f, b)),
+                                                        (h, (h, f), (f, b, h)))
+                for g in grads for s in states for mode in ("", "m", "s")]
+    out = []
+    for kernel, spec in kernel_specs().items():
+        gates = sorted({flag for _, flag in spec if flag is not None})
+        for values in itertools.product((True, False), repeat=len(gates)):
+            on = dict(zip(gates, values))
+            for p, g, s, mode in storage:
+                codes = (p, g) + tuple(s if flag is None or on[flag] else f
+                                       for _, flag in spec)
+                layout = Layout(codes, "m" in mode, "s" in mode)
+                if not layout.plain and (kernel, layout) not in out:
+                    out.append((kernel, layout))
+    return out
 
 
 def signature(target):
     """The Numba argument types the launcher passes to ``target``'s kernel."""
     from numba import types
     if target.kernel == SUM_OF_SQUARES:
-        x = getattr(types, target.dtype)
+        x = types.uint16 if target.dtype in ("bfloat16", "float16") else \
+            getattr(types, target.dtype)
         return (x[::1], types.int64[::1], types.int64[::1], types.float64[::1])
     sig = _kernels().SIGNATURES[target.kernel]
     t = getattr(types, target.dtype)
@@ -127,7 +160,9 @@ def python_function(target):
     kernels = _kernels()
     if target.kernel == SUM_OF_SQUARES:
         from . import reduce_cuda
-        return reduce_cuda.SUM_OF_SQUARES.py_func
+        from .._storage import bfloat16
+        dtype = bfloat16() if target.dtype == "bfloat16" else np.dtype(target.dtype)
+        return reduce_cuda.kernel_for(dtype).py_func
     if target.layout is None:
         return kernels.KERNELS[target.kernel].py_func
     return kernels.layout_kernel(target.kernel, target.layout).py_func
