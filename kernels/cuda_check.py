@@ -18,7 +18,12 @@ stack and spills. From the PTX itself:
   the declared bytes (``rules.Rule.bytes_per_element`` for the plain
   layouts). LLVM unrolls and unswitches the loops, so one setting has several
   bodies, and a body may read less than declared (SGD's first step stores
-  the momentum buffer without reading it).
+  the momentum buffer without reading it);
+- **each array once per element**: every access is traced back through the
+  PTX to the kernel argument it addresses, and each loop (unrolled k times)
+  must load each array it loads, and store each it stores, k times: a
+  second read of an array (which would land in a body of its own, behind a
+  store that may alias it) breaks the count.
 
 Needs numba-cuda with NVVM and ``ptxas`` (``pip install "fastadapt[cuda]"``:
 NVIDIA's wheels), no GPU and no driver. Compiling a kernel takes about a
