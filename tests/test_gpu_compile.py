@@ -120,8 +120,8 @@ def test_traffic_check_catches_a_wrong_declaration():
 
 
 def test_traffic_check_catches_a_second_read():
-    """An element loop that reads grad twice (a volatile-like second load
-    behind a store to param that may alias it)."""
+    """An element loop that reads grad twice (the second read behind a store
+    to param that may alias it, so it stays)."""
     from numba import cuda, types
 
     def reread(param, grad, scalars):
@@ -132,8 +132,9 @@ def test_traffic_check_catches_a_second_read():
     f32 = types.float32[::1]
     ptx, _ = cuda_check.compile_function(reread, (f32, f32, types.UniTuple(types.float32, 1)),
                                          (8, 0))
-    # sgd declares (param, grad[, momentum]) loads and (param[, momentum]) stores
-    assert cuda_check.traffic_problems(target, ptx)
+    # each body alone is within SGD's declaration (param, grad in; param out)
+    problems = cuda_check.traffic_problems(target, ptx)
+    assert any("more than once per element" in p for p in problems), problems
 
 
 def test_float64_check_catches_a_python_float():
