@@ -10,7 +10,7 @@ numba-cuda, NVVM or ptxas is missing, and under the CUDA simulator.
 The default run compiles every update kernel plain (float32, float64), the
 reduction, and one of each storage feature (``cuda_check.REPRESENTATIVE``).
 The full matrix, every layout of every kernel (417 kernels, 834 compilations:
-about 15 minutes on 2 cores), is ``slow`` and runs only with
+10 minutes on 2 busy cores), is ``slow`` and runs only with
 ``FASTADAPT_GPU_COMPILE_FULL=1`` (``bench/gpu_check.sh`` sets it, on a
 machine with many cores). Results are cached in pytest's cache folder, keyed
 by every source the kernels depend on and the compilers' versions, so a run
@@ -73,7 +73,7 @@ def test_kernel(compiled, target):
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("FASTADAPT_GPU_COMPILE_FULL") != "1",
                     reason="the full layout matrix compiles only with "
-                    "FASTADAPT_GPU_COMPILE_FULL=1 (about 15 minutes on 2 cores)")
+                    "FASTADAPT_GPU_COMPILE_FULL=1 (about 10 minutes on 2 cores)")
 @pytest.mark.parametrize("target", FULL, ids=lambda t: t.name)
 def test_kernel_full_matrix(compiled_full, target):
     _assert_clean(compiled_full, target)
@@ -135,6 +135,20 @@ def test_traffic_check_catches_a_second_read():
     # each body alone is within SGD's declaration (param, grad in; param out)
     problems = cuda_check.traffic_problems(target, ptx)
     assert any("more than once per element" in p for p in problems), problems
+
+
+def test_branchy_layouts_are_checked_for_arrays_and_widths():
+    """float16 stochastic rounding branches on the value (see
+    ``cuda_check.branches_in_element``): its kernels get the weaker check,
+    which still catches an access wider than any array's storage."""
+    from fastadapt.kernels.loops import FLOAT16, NATIVE, Layout
+    target = cuda_check.Target("sgd", "float32", Layout((FLOAT16, FLOAT16, NATIVE), False, True))
+    assert cuda_check.branches_in_element(target)
+    plain = cuda_check.Target("sgd", "float64")
+    ptx, _ = cuda_check.compile_function(cuda_check.python_function(plain),
+                                         cuda_check.signature(plain), (9, 0))
+    problems = cuda_check.traffic_problems(target, ptx)
+    assert any("an access of 8 bytes" in p for p in problems), problems
 
 
 def test_float64_check_catches_a_python_float():
