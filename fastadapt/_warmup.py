@@ -9,7 +9,8 @@ process still pays, on its first call, for Numba to set itself up (about
 kernel to load it from the cache. ``warmup`` moves all of that to a moment of
 the caller's choosing: it runs one step of each rule through the public
 functional API on a small array (the serial driver) and on one of
-``SERIAL_BELOW`` elements (the parallel driver), per dtype.
+``SERIAL_BELOW`` elements (the parallel driver), per dtype and per storage
+mode (:data:`MODES`: each is a kernel of its own).
 """
 import argparse
 import sys
@@ -26,6 +27,17 @@ _SMALL = 8
 def _sizes():
     from .kernels import cpu
     return (_SMALL, cpu.SERIAL_BELOW)
+
+
+#: The storage modes of the README's "Fewer bytes" table (float32 math): each
+#: name maps to ``(param dtype, grad dtype, state dtype or "int8", options)``.
+MODES = {
+    "bf16_state": ("float32", "float32", "bfloat16", {}),
+    "int8_state": ("float32", "float32", "int8", {}),
+    "bf16": ("bfloat16", "bfloat16", "bfloat16", {}),
+    "bf16_stochastic": ("bfloat16", "bfloat16", "bfloat16", {"stochastic_rounding": True}),
+    "bf16_master": ("bfloat16", "bfloat16", "float32", {"master_weights": True}),
+}
 
 
 def _resolve(rules, dtypes):
@@ -54,20 +66,45 @@ def _resolve(rules, dtypes):
     return [RULES[n] for n in names], kinds
 
 
-def warm_call(rule, n, dtype):
+def _resolve_modes(modes):
+    names = list(MODES) if modes is None else [modes] if isinstance(modes, str) else list(modes)
+    unknown = [m for m in names if m not in MODES]
+    if unknown:
+        raise ValueError(f"unknown storage mode(s) {', '.join(map(repr, unknown))}; "
+                         f"choose from {', '.join(MODES)}")
+    return names
+
+
+def warm_call(rule, n, dtype, mode=None):
     """One step of ``rule`` (a :class:`fastadapt.Rule`) with its default
-    options on fresh arrays of ``n`` elements of ``dtype``."""
-    param = np.zeros(n, dtype)
-    kwargs = {name: np.zeros(n, dtype) for name in rule.state_for()}
+    options on fresh arrays of ``n`` elements of ``dtype``, or in the storage
+    mode ``mode`` of :data:`MODES`."""
+    from ._storage import Blockwise8, bfloat16
+    from .optim import NON_NEGATIVE_STATE
+    kwargs = {}
+    if mode is None:
+        param_dtype = grad_dtype = state_dtype = dtype
+    else:
+        param_dtype, grad_dtype, state_dtype, options = MODES[mode]
+        if options.get("master_weights"):
+            kwargs["master_param"] = np.zeros(n, np.float32)
+        if options.get("stochastic_rounding"):
+            kwargs.update(stochastic_rounding=True, seed=0)
+
+    def zeros(name):
+        return np.zeros(n, bfloat16() if name == "bfloat16" else name)
+    for name in rule.state_for():
+        kwargs[name] = (Blockwise8(n, signed=name not in NON_NEGATIVE_STATE)
+                        if state_dtype == "int8" else zeros(state_dtype))
     if rule.takes_step:
         kwargs["step"] = 1
-    rule.step_fn(param, np.zeros(n, dtype), **kwargs)
+    rule.step_fn(zeros(param_dtype), zeros(grad_dtype), **kwargs)
 
 
-def warmup(rules=None, dtypes=None, progress=None):
+def warmup(rules=None, dtypes=None, modes=None, progress=None):
     """Compile (first process on a machine) or load from the disk cache (any
-    later process) every CPU kernel of ``rules`` x ``dtypes``, so that no later
-    call pays for it.
+    later process) every CPU kernel of ``rules`` x (``dtypes`` + ``modes``),
+    so that no later call pays for it.
 
     Parameters
     ----------
@@ -76,15 +113,17 @@ def warmup(rules=None, dtypes=None, progress=None):
         default.
     dtypes : dtype or iterable of dtypes, optional
         float32 and/or float64; both by default.
+    modes : str or iterable of str, optional
+        Storage modes, names of :data:`MODES`; all by default, ``()`` for none.
     progress : callable, optional
-        Called with one line of text per rule and dtype.
+        Called with one line of text per rule and dtype or mode.
 
     Returns
     -------
     dict
-        ``{(rule name, dtype name): seconds}``: what each took; with every
-        rule (``rules=None``) also ``("grad_norm", dtype name)``, the kernels
-        of :func:`fastadapt.grad_norm`.
+        ``{(rule name, dtype or mode name): seconds}``: what each took; with
+        every rule (``rules=None``) also ``("grad_norm", dtype name)``, the
+        kernels of :func:`fastadapt.grad_norm`.
 
     Notes
     -----
@@ -94,21 +133,28 @@ def warmup(rules=None, dtypes=None, progress=None):
     their first call with GPU arrays and are not touched here.
     """
     chosen, kinds = _resolve(rules, dtypes)
+    mode_names = _resolve_modes(modes)
     times = {}
+
+    def warm(rule, label, dtype, mode):
+        start = time.perf_counter()
+        for n in _sizes():
+            warm_call(rule, n, dtype, mode)
+        times[(rule.name, label)] = elapsed = time.perf_counter() - start
+        if progress:
+            progress(f"{rule.name} {label}: {elapsed:.2f} s")
     for dtype in kinds:
         for rule in chosen:
-            start = time.perf_counter()
-            for n in _sizes():
-                warm_call(rule, n, dtype)
-            times[(rule.name, dtype.name)] = elapsed = time.perf_counter() - start
-            if progress:
-                progress(f"{rule.name} {dtype.name}: {elapsed:.2f} s")
+            warm(rule, dtype.name, dtype, None)
         if rules is None:
             start = time.perf_counter()
             _warm_grad_norm(dtype)
             times[("grad_norm", dtype.name)] = elapsed = time.perf_counter() - start
             if progress:
                 progress(f"grad_norm {dtype.name}: {elapsed:.2f} s")
+    for mode in mode_names:
+        for rule in chosen:
+            warm(rule, mode, None, mode)
     return times
 
 
@@ -132,16 +178,23 @@ def main(argv=None):
                         help="comma-separated: " + ", ".join(RULES) + " (default all)")
     parser.add_argument("--dtypes", default="float32,float64",
                         help="comma-separated: float32, float64 (default both)")
+    parser.add_argument("--modes", default="all",
+                        help="comma-separated storage modes: " + ", ".join(MODES)
+                        + " (default all; none for none)")
     args = parser.parse_args(argv)
     rules = None if args.rules.strip() == "all" else [
         r.strip() for r in args.rules.split(",") if r.strip()]
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    modes = (None if args.modes.strip() == "all" else () if args.modes.strip() == "none"
+             else [m.strip() for m in args.modes.split(",") if m.strip()])
     try:
         _resolve(rules, dtypes)
+        _resolve_modes(modes)
     except (ValueError, TypeError) as exc:
         print(f"fastadapt compile: error: {exc}", file=sys.stderr)
         return 2
     start = time.perf_counter()
-    times = warmup(rules, dtypes, progress=lambda line: print(line, flush=True))
-    print(f"{len(times)} rule/dtype pairs ready in {time.perf_counter() - start:.2f} s")
+    times = warmup(rules, dtypes, modes, progress=lambda line: print(line, flush=True))
+    print(f"{len(times)} rule/dtype and rule/mode pairs ready in "
+          f"{time.perf_counter() - start:.2f} s")
     return 0

@@ -181,7 +181,8 @@ def load_state_dict(optimizer, sd):
         options, params, state, steps, schedule, scalar_state = plan
         b.param.copy_from(params)
         if masters is not None:
-            b.master.copy_from(segments(masters[i], b.master))
+            b.master.copy_from([_trusted_master(m, p) for m, p in
+                                zip(segments(masters[i], b.master), params)])
         for name in list(b.state):
             if name not in state:
                 del b.state[name]
@@ -217,6 +218,16 @@ def load_state_dict(optimizer, sd):
             built[i] = group["lr"]
         b.validated = optimizer._options(group)
         del b.validated["lr"]
+
+
+def _trusted_master(master, param):
+    """A copy of a loaded master array, trusted only where it rounds to the
+    loaded 16-bit ``param`` (a dict whose ``params`` were edited or converted
+    by another tool keeps a stale master): elsewhere the parameter's value."""
+    master = np.array(master, np.float32)
+    stale = master.astype(param.dtype) != param
+    master[stale] = param[stale].astype(np.float32)
+    return master
 
 
 def _check_state_dict(optimizer, sd):
@@ -535,9 +546,10 @@ _TEMPORARY = re.compile(r"^\.(?P<target>.+)\.(?:(?P<host>[0-9a-f]{8})-)?(?P<pid>
 def save(path, state_dict):
     """Write ``state_dict`` (see ``Optimizer.state_dict``) to ``path``, atomically.
 
-    A file already at ``path`` keeps its permission bits. Temporaries left in
-    the directory by saves of this machine whose process no longer exists
-    (killed mid-save) are removed first.
+    A file already at ``path`` keeps its permission bits; a symbolic link at
+    ``path`` is written through (its target is replaced, the link stays).
+    Temporaries left in the directory by saves of this machine whose process
+    no longer exists (killed mid-save) are removed first.
     """
     arrays = _flatten(state_dict)       # JSON errors raise here, before any file is made
     atomic_write(path, lambda f: np.savez(f, **arrays))
@@ -549,11 +561,13 @@ def atomic_write(path, write):
     ``path`` holds either its old content or the complete new one, never a
     part: the temporary is flushed to disk before ``os.replace``, and removed
     if ``write`` raises. A file already at ``path`` keeps its permission bits.
-    Temporaries left in the directory by writes of this machine whose process
-    no longer exists (killed mid-write) are removed first, when they are zip
-    files as ``np.savez`` and ``torch.save`` write.
+    A symbolic link at ``path`` (or on the way to it) is written through: the
+    file it points to is replaced, in that file's directory, and the link
+    stays. Temporaries left in the directory by writes of this machine whose
+    process no longer exists (killed mid-write) are removed first, when they
+    are zip files as ``np.savez`` and ``torch.save`` write.
     """
-    path = os.fspath(path)
+    path = os.path.realpath(os.fspath(path))
     directory = os.path.dirname(os.path.abspath(path))
     remove_stale_temporaries(directory)
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{_host_tag()}-{os.getpid()}."

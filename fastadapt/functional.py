@@ -13,16 +13,21 @@ dtype. A call that raises has changed nothing.
 
 Every function here is derived from its rule's declaration in
 :mod:`fastadapt.rules`: signature (state arrays, then keyword-only ``step``,
-the hyper-parameters with torch's defaults and ``grad_scale``), checks and
+the hyper-parameters with torch's defaults and ``grad_scale``: a number or a
+string where a state array goes is a TypeError that says so), checks and
 docstring. ``step.plan`` returns the checked call as an
 :class:`~fastadapt._dispatch.Update` without applying it.
 """
 import functools
 import math
+import numbers
 import operator
 
-from . import _args
-from ._dispatch import Update, run
+import numpy as np
+
+from . import _args, _storage
+from ._arrays import is_device_array
+from ._dispatch import Update, _check_host_array, run
 from .kernels.loops import Signature
 from .kernels.storage import stream_key
 from .rules import RULES, kernel_specs
@@ -63,11 +68,15 @@ def _planner(rule, fn_name):
                                high_open=True)
         arrays = {"param": param, "grad": grad}
         for spec, array in zip(specs, state):
+            if array is not None and not isinstance(array, np.ndarray):
+                _check_state_argument(fn_name, spec, array)
             if spec.when is None or spec.used(options):
                 if array is None:
                     raise ValueError(f"{fn_name}({spec.when_doc}) needs {spec.name}")
-                arrays[spec.name] = array
+                arrays[spec.name] = array       # the dispatcher checks it
             else:
+                if array is not None:
+                    _check_unused_state(spec.name, array, param)
                 arrays[spec.name] = None
         new_state = None
         if scalar_state:
@@ -92,6 +101,27 @@ def _planner(rule, fn_name):
         return Update(rule.kernel, arrays, written, ordered(scalars), new_state,
                       master_param, key)
     return plan
+
+
+def _check_state_argument(fn_name, spec, a):
+    """A number or a string where a state array goes is a hyper-parameter
+    given by position."""
+    if isinstance(a, (numbers.Number, str, bytes)):
+        what = "an array" if spec.when is None else "an array or None"
+        raise TypeError(f"{fn_name}: {spec.name} must be {what}, got {type(a).__name__} "
+                        f"{a!r}; hyper-parameters are keyword-only (e.g. "
+                        f"{fn_name}(param, grad, ..., lr=0.1))")
+
+
+def _check_unused_state(name, a, param):
+    """State the options do not use, given anyway: still an array the
+    dispatcher would take, of ``param``'s shape."""
+    if isinstance(a, _storage.Blockwise8):
+        return
+    if not (isinstance(a, np.ndarray) or is_device_array(a)):
+        _check_host_array(name, a, True)        # raises, naming what to pass
+    if np.shape(a) != np.shape(param):
+        raise ValueError(f"{name} has shape {np.shape(a)} but param has {np.shape(param)}")
 
 
 def _in_place(plan):
@@ -146,7 +176,7 @@ def _docstring(rule, fn_name):
     for s in optional:
         lines += [f"{s.name} : array, optional",
                   f"    Needed (and updated in place) when {s.when_doc}; otherwise not "
-                  "touched."]
+                  "touched (but still checked: an array of ``param``'s shape, or None)."]
     for s in rule.state_specs:
         if s.init is not None or s.doc:
             start = f" Starts at torch's ``{s.init}``." if s.init else ""

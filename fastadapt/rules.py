@@ -280,6 +280,10 @@ ADAMW = Rule(
      _AMSGRAD, _MAXIMIZE),
     _ADAM_STATE, _adam_scalars(True), _ADAMW_CODE,
     "AdamW: Adam with decoupled weight decay (Loshchilov & Hutter, 2019)")
+# torch's AdamW is its Adam with decoupled_weight_decay=True (a keyword of
+# torch's Adam, True in every group of its AdamW): fastadapt.torch picks each
+# group's rule by that flag
+ADAMW.coupled_twin = "adam"
 
 
 # ----------------------------------------------------------------- SGD

@@ -28,10 +28,10 @@ any) is in ``state_dict()``.  Save both; restore with
 ``s = from_config(cfg); s.load_state_dict(state)``.
 """
 
-import bisect
-import math
-import numbers
-import operator
+import bisect as _bisect
+import math as _math
+import numbers as _numbers
+import operator as _operator
 
 __all__ = [
     "Schedule",
@@ -59,11 +59,11 @@ def _real(owner, name, value, *, low=None, low_open=False, high=None, high_open=
     if high is not None:
         bounds.append(f"{'<' if high_open else '<='} {high}")
     want = "a finite number" + (" " + " and ".join(bounds) if bounds else "")
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if isinstance(value, bool) or not isinstance(value, _numbers.Real):
         raise TypeError(f"{owner}: {name} must be {want}, got {value!r}")
     v = float(value)
     if (
-        not math.isfinite(v)
+        not _math.isfinite(v)
         or (low is not None and (v <= low if low_open else v < low))
         or (high is not None and (v >= high if high_open else v > high))
     ):
@@ -76,7 +76,7 @@ def _int(owner, name, value, low):
     if isinstance(value, bool):
         raise TypeError(f"{owner}: {name} must be an integer >= {low}, got {value!r}")
     try:
-        v = operator.index(value)
+        v = _operator.index(value)
     except TypeError:
         raise TypeError(
             f"{owner}: {name} must be an integer >= {low}, got {value!r}"
@@ -95,17 +95,17 @@ def _scaled(lr, gamma, k):
     try:
         power = gamma**k
     except OverflowError:  # k too large for a float, or gamma ** k above the range
-        power = math.inf if gamma > 1.0 else 0.0
-    if 0.0 < power < math.inf:
+        power = _math.inf if gamma > 1.0 else 0.0
+    if 0.0 < power < _math.inf:
         return lr * power
     try:  # the power alone left the float range: add the logarithms instead
-        log = math.log(lr) + k * math.log(gamma)
+        log = _math.log(lr) + k * _math.log(gamma)
     except OverflowError:  # k itself is beyond the float range
-        return 0.0 if gamma < 1.0 else math.inf
-    return math.inf if log > _LOG_MAX else math.exp(log)
+        return 0.0 if gamma < 1.0 else _math.inf
+    return _math.inf if log > _LOG_MAX else _math.exp(log)
 
 
-_LOG_MAX = math.log(2.0) * 1024  # above this, exp overflows
+_LOG_MAX = _math.log(2.0) * 1024  # above this, exp overflows
 
 
 def _step(value):
@@ -244,7 +244,7 @@ class MultiStepDecay(Schedule):
         self.gamma = _real("MultiStepDecay", "gamma", gamma, low=0, low_open=True)
 
     def _lr(self, t):
-        return _scaled(self.lr, self.gamma, bisect.bisect_right(self.milestones, t))
+        return _scaled(self.lr, self.gamma, _bisect.bisect_right(self.milestones, t))
 
     def _params(self):
         return {"lr": self.lr, "milestones": self.milestones, "gamma": self.gamma}
@@ -319,7 +319,7 @@ class InverseSqrtDecay(Schedule):
         if self.alpha == 0.0:
             return self.lr
         try:
-            return self.lr / math.sqrt(1 + self.alpha * t)
+            return self.lr / _math.sqrt(1 + self.alpha * t)
         except OverflowError:  # t beyond the float range: the limit is 0
             return 0.0
 
@@ -358,7 +358,7 @@ class CosineAnnealing(Schedule):
         # Same operation order as torch's _get_closed_form_lr.
         return (
             self.eta_min
-            + (self.lr - self.eta_min) * (1 + math.cos(math.pi * t / self.T_max)) / 2
+            + (self.lr - self.eta_min) * (1 + _math.cos(_math.pi * t / self.T_max)) / 2
         )
 
     def _params(self):
@@ -496,7 +496,7 @@ class ReduceOnPlateau(Schedule):
         self.min_lr = _real(name, "min_lr", min_lr, low=0)
         self.eps = _real(name, "eps", eps, low=0)
         self.lr = self.initial_lr
-        self.best = math.inf if mode == "min" else -math.inf
+        self.best = _math.inf if mode == "min" else -_math.inf
         self.num_bad_epochs = 0
         self.cooldown_counter = 0
         self.last_epoch = 0
@@ -563,8 +563,8 @@ class ReduceOnPlateau(Schedule):
         try:
             values = {"lr": _real(name, "state['lr']", state["lr"], low=0)}
             best = state["best"]
-            if isinstance(best, bool) or not isinstance(best, numbers.Real) \
-                    or math.isnan(best):
+            if isinstance(best, bool) or not isinstance(best, _numbers.Real) \
+                    or _math.isnan(best):
                 raise ValueError(
                     f"{name}: state['best'] must be a number (not NaN), got {best!r}"
                 )
@@ -648,8 +648,8 @@ def resolve_lr(lr, steps_done):
     try:
         out = float(value)
     except (TypeError, ValueError):
-        out = math.nan
-    if not (math.isfinite(out) and out >= 0):
+        out = _math.nan
+    if not (_math.isfinite(out) and out >= 0):
         raise ValueError(
             f"learning rate from {where} must be a finite number >= 0, got {value!r}"
         )

@@ -22,29 +22,66 @@ CPU buffer is passed as the zero-copy ``Tensor.numpy()`` view, a CUDA buffer
 as the tensor itself (``__cuda_array_interface__``, on torch's current
 stream).
 
-Each step first looks at every parameter's ``.grad``:
+Gradients: ``p.grad`` is never replaced by the step, nor written by it
+(nor by GradScaler's unscale or clipping, which happen in the kernel). Each
+step looks at every parameter's ``.grad``:
 
-* it is the parameter's view of the flat gradient buffer (autograd
-  accumulated into it in place): nothing to do, the **zero-copy path**;
-* it is another tensor (after ``zero_grad(set_to_none=True)`` autograd
-  allocates a fresh one; or the user assigned ``.grad``): it is copied into
-  the flat buffer (one ``torch._foreach_copy_`` per buffer) and ``.grad`` is
-  re-pointed to the view, the **copy path**: one extra read and write of the
-  gradient;
+* it is the parameter's view of the flat gradient buffer: nothing to do, the
+  **zero-copy path**. It gets there without replacing anything the caller
+  could hold: when autograd allocates a fresh gradient (``.grad`` was None
+  before this backward), hooks on the parameter (``register_hook`` and
+  ``register_post_accumulate_grad_hook``) copy it into the view and re-point
+  ``.grad`` to the view during the backward, before anyone else sees the
+  fresh tensor (one read and write of the gradient, in the backward, and the
+  fresh tensor freed at once). From then on ``zero_grad(set_to_none=False)``
+  zeroes the views in place (one fill per buffer) and keeps them, as torch
+  keeps its tensors, and each backward accumulates straight into the flat
+  buffer: no copy at all. With ``zero_grad()`` (``set_to_none=True``, torch's
+  default) each step pays the one copy in the backward;
+* it is another tensor (one the caller assigned, a view of DDP's buckets,
+  one with a graph from ``create_graph=True``): it stays ``.grad`` and the
+  step reads it, copying it into the flat buffer (one ``torch._foreach_copy_``
+  per buffer: one read and write of the gradient per step, every step);
+  ``zero_grad(set_to_none=False)`` zeroes it in place and keeps it;
 * it is ``None``: the parameter is skipped as torch skips it (its values,
   its state and its step count are left alone). The buffer is then updated
   by one call per run of consecutive parameters that have a gradient and the
   same step count, instead of one call.
 
+The hooks hold the optimizer weakly and go with it; they are not pickled
+with the parameters.
+
 A parameter whose ``.data`` was replaced by a tensor of the same shape, dtype
 and device has its new values copied into its slot and is re-pointed there;
 any other change (shape, dtype, device, a changed ``param_groups[i]["params"]``)
-raises ``ValueError``, as do sparse gradients.
+raises ``ValueError``, as do sparse gradients. A parameter given twice in a
+group draws torch's warning and is kept (and updated) once.
 
 State dicts are torch's format: ``state`` keyed by parameter index, each entry
 ``{"step": tensor, <torch's state names>: tensor}``, and ``param_groups``; a
 checkpoint moves between ``fastadapt.torch.Adam`` and ``torch.optim.Adam``
-both ways.
+both ways. Keys of ``optimizer.state`` this module does not write (a hook's
+``state["test"]``, a library's per-parameter entry) are saved and loaded as
+torch saves and loads them. AdamW's groups hold
+``decoupled_weight_decay=True`` and ``Adam(decoupled_weight_decay=True)``
+computes AdamW, as in torch.
+
+``copy.deepcopy(optimizer)`` and pickling (``torch.save``) rebuild the
+optimizer from its options, parameter groups and state dict:
+``copy.deepcopy((model, optimizer))`` gives an optimizer of the copied
+model's parameters, with a copy of the state.
+
+Step counts are exact: ``optimizer.state[p]["step"]`` is a float64
+tensor (torch's float32 count stops at 2**24), state dicts keep torch's
+float32 ``step``.
+
+torch's ways to reset a parameter's state are honoured as torch honours them:
+after ``optimizer.state.clear()``, ``optimizer.state.pop(p)``, ``del
+optimizer.state[p]``, ``optimizer.state[p] = {}`` (or a new ``optimizer.state``
+dict) the parameter starts from fresh state, step count 0, at its next step
+with a gradient (the master copy of ``master_weights`` is kept: it is the
+parameter's value). A non-empty dict put in place of a parameter's state
+raises ``ValueError`` at the next step (set state with ``load_state_dict``).
 
 Storage narrower than float32
 -----------------------------
@@ -70,8 +107,8 @@ optimizer-wide; the math runs in float32 whatever the storage):
     view of it. A parameter written in place between steps (``model.
     load_state_dict``, ``nn.init``, ``p.copy_`` under ``no_grad``: anything
     that bumps its version counter, or a replaced ``.data``) is seen at the
-    next step: its master copy takes the new values where it no longer rounds
-    to them. Writes through ``p.data`` bypass the version counter and are
+    next step or ``state_dict()``: its master copy takes the new values where
+    it no longer rounds to them. Writes through ``p.data`` bypass the version counter and are
     not seen (as in torch's own in-place checks).
 ``stochastic_rounding`` and ``seed``
     For 16-bit parameters without master weights: each stored value is
@@ -86,8 +123,9 @@ optimizer-wide; the math runs in float32 whatever the storage):
 Nonsense raises (8-bit state with float64, stochastic rounding or master
 weights without 16-bit parameters) with fastadapt.optim's
 messages. On CUDA tensors every option but 8-bit state runs (that one
-raises NotImplementedError at construction). GradScaler's unscale and inf skip and ``max_grad_norm`` work
-the same in every mode (the division happens in the kernel).
+raises NotImplementedError at construction). GradScaler's unscale and inf
+skip and ``max_grad_norm`` work the same in every mode (the division happens
+in the kernel).
 
 Rule hooks
 ----------
@@ -111,9 +149,11 @@ optional attributes that this module reads:
     ``{fastadapt state name: torch's name}`` where they differ (default:
     ``state_sum`` is torch's ``sum``).
 """
+import functools
 import inspect
 import math
 import operator
+import weakref
 from itertools import chain
 
 import numpy as np
@@ -144,11 +184,19 @@ STORAGE_OPTIONS = {"state_dtype": None, "master_weights": False,
 #: equivalent for (the 8-bit state's are ``"<state>.codes"`` / ``"<state>.absmax"``).
 MASTER_KEY = "master_param"
 SEED_KEY = "stochastic_rounding_seed"
+#: The step count as an int, saved beside torch's float32 ``step`` where that
+#: cannot hold it (past 2**24 steps).
+STEP_KEY = "exact_step"
 _DEFAULT_TORCH_STATE_NAMES = {"state_sum": "sum"}
+#: torch's Adam computes AdamW when this is True (and its AdamW's groups hold True).
+DECOUPLED_FLAG = "decoupled_weight_decay"
 # torch.optim classes whose per-parameter state has no "step" (their rule's
 # step only marks the first step, which a loaded state infers from the
 # presence of the state arrays).
 _NO_TORCH_STEP = {"SGD"}
+# torch.optim classes whose constructor refuses betas mixing a tensor and a
+# number, and a tensor lr or betas with foreach=True (without capturable)
+_TORCH_REFUSES_TENSOR_MIX = {"Adam", "AdamW"}
 
 
 # ----------------------------------------------------------------- rule hooks
@@ -166,6 +214,20 @@ def _scalar_state(rule):
     return {s.name: s.initial for s in spec}
 
 
+def _decoupled_twins(rule):
+    """``(coupled rule, decoupled rule)`` when torch's class of ``rule`` picks
+    one of the two by ``decoupled_weight_decay`` and the rule itself has no
+    such hyper-parameter (Adam and AdamW; a rule's ``coupled_twin`` names the
+    rule it decouples), else None."""
+    if DECOUPLED_FLAG in rule.defaults:
+        return None
+    for r in RULES.values():
+        twin = getattr(r, "coupled_twin", None)
+        if twin is not None and rule.name in (r.name, twin):
+            return RULES[twin], r
+    return None
+
+
 def _torch_state_names(rule):
     names = dict(_DEFAULT_TORCH_STATE_NAMES)
     names.update(getattr(rule, "torch_state_names", None) or {})
@@ -180,7 +242,8 @@ def _plain(value):
     """A hyper-parameter as a plain Python value (0-dim tensors become floats)."""
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
-            raise TypeError(f"expected a number, got a tensor of shape {tuple(value.shape)}")
+            raise ValueError(f"expected a number or a 1-element tensor, got a tensor of shape "
+                             f"{tuple(value.shape)}")
         return value.item()
     if isinstance(value, (tuple, list)):
         return type(value)(_plain(v) for v in value)
@@ -210,6 +273,32 @@ def _host_array(flat):
     if flat.dtype == torch.bfloat16:
         return flat.view(torch.int16).numpy().view(_storage.bfloat16())
     return flat.numpy()
+
+
+# ----------------------------------------------------------------- gradient hooks
+# Module-level functions holding a weak reference to the bucket, so a model
+# never keeps its optimizer alive; not pickled with the parameters.
+def _fresh_marker(ref, j):
+    @torch.utils.hooks.unserializable_hook
+    def hook(grad):
+        bucket = ref()
+        if bucket is not None:
+            bucket.fresh[j] = bucket.params[j].grad is None
+    return hook
+
+
+def _fresh_adopter(ref, j):
+    def hook(param):
+        bucket = ref()
+        if bucket is not None and bucket.fresh[j]:
+            bucket.fresh[j] = False
+            bucket.adopt(j)
+    return hook
+
+
+def _remove_hooks(handles):
+    for handle in handles:
+        handle.remove()
 
 
 # ----------------------------------------------------------------- one flat buffer
@@ -244,21 +333,22 @@ class _Bucket:
         self.k_grad = self._kernel_array(self.grad_flat)
         self.state_flat, self.state_views, self.k_state = {}, {}, {}
         self.block_tensors = {}              # 8-bit state: name -> (codes, absmax) tensors
-        self.steps = torch.zeros(len(params), dtype=_scalar_dtype())
+        # float64: exact step counts to 2**53 (torch's float32 ones stop at 2**24,
+        # and stochastic rounding, keyed on the step, would then repeat its bits)
+        self.steps = torch.zeros(len(params), dtype=torch.float64)
         self.steps_np = self.steps.numpy()
         self.scalars, self.scalars_np = {}, {}
         self.uniform = True                  # same step count and scalar state everywhere
         self.published = [False] * len(params)
+        self.entries = [None] * len(params)  # the optimizer.state entries shown
         with torch.no_grad():
             for p, view in zip(params, self.param_views):
                 view.copy_(p)
                 p.data = view
-            for p, view in zip(params, self.grad_views):
-                if p.grad is not None:       # keep a gradient that is already there
-                    view.copy_(p.grad)
-                    p.grad = view
+        # a gradient already there stays the parameter's (the step copies it)
         self.param_ptrs = [v.data_ptr() for v in self.param_views]
         self.grad_ptrs = [v.data_ptr() for v in self.grad_views]
+        self._adopt_fresh_gradients()
         # master weights: a float32 copy the update runs on; the parameters
         # receive it rounded to nearest in the same pass
         self.master_flat = self.master_views = self.k_master = None
@@ -266,6 +356,35 @@ class _Bucket:
             self.master_flat, self.master_views = self._new_master()
             self.k_master = self._kernel_array(self.master_flat)
         self.versions = self._versions()
+
+    def _adopt_fresh_gradients(self):
+        """Hooks on each parameter that requires a gradient: when autograd
+        allocates a fresh ``.grad`` (it was None before this accumulation),
+        the gradient is copied into the flat buffer's view and ``.grad``
+        re-pointed there, inside the backward, before anyone else can hold
+        the fresh tensor. A ``.grad`` that existed before (the view, or a
+        tensor the user assigned) is never replaced."""
+        self.fresh = [False] * len(self.params)
+        ref = weakref.ref(self)
+        handles = []
+        for j, p in enumerate(self.params):
+            if p.requires_grad and p.is_leaf:
+                handles.append(p.register_hook(_fresh_marker(ref, j)))
+                handles.append(p.register_post_accumulate_grad_hook(_fresh_adopter(ref, j)))
+        weakref.finalize(self, _remove_hooks, handles)
+
+    def adopt(self, j):
+        """Parameter ``j``'s fresh gradient into its view, and ``.grad`` the view
+        (see :meth:`_adopt_fresh_gradients`); a gradient the view cannot hold
+        (sparse, another shape or dtype, one with a graph) is left alone."""
+        p, view = self.params[j], self.grad_views[j]
+        g = p.grad
+        if (g is None or g is view or g.requires_grad or g.layout != torch.strided
+                or g.shape != view.shape or g.dtype != view.dtype or g.device != view.device):
+            return
+        with torch.no_grad():
+            view.copy_(g)
+        p.grad = view
 
     def _new_master(self):
         """``(master_flat, master_views)``: the float32 master copy of the
@@ -461,8 +580,52 @@ class _Bucket:
             entry[owner._torch_names.get(name, name)] = values[j]
         if self.master_views is not None:
             entry[MASTER_KEY] = self.master_views[j]
-        owner.state[self.params[j]] = entry
+        self.show(j, entry)
+
+    def show(self, j, entry):
+        """Make ``entry`` parameter ``j``'s ``optimizer.state`` (none when it is
+        empty: torch's SGD without momentum keeps no state)."""
+        self.owner._show_entry(self.params[j], entry)
+        self.entries[j] = entry if entry else None
         self.published[j] = True
+
+    def cleared(self):
+        """The parameters whose ``optimizer.state`` entry was removed or
+        replaced by an empty dict since it was shown (torch's ways to reset a
+        parameter's state: ``state.clear()``, ``state.pop(p)``, ``del
+        state[p]``, ``state[p] = {}``); a non-empty dict of another origin
+        raises ValueError. One C-level comparison when none was."""
+        now = list(map(self.owner.state.get, self.params))
+        if all(map(operator.is_, now, self.entries)):
+            return []
+        cleared = []
+        for j, (entry, shown) in enumerate(zip(now, self.entries)):
+            if entry is shown:
+                continue
+            if not self.published[j]:      # e.g. {} made by reading state[p]: nothing to reset
+                self.entries[j] = entry
+                continue
+            if entry:
+                raise ValueError(
+                    f"optimizer.state of param group {self.group_index}, parameter "
+                    f"{self.indices[j]} was replaced by a dict with keys "
+                    f"{sorted(map(str, entry))}; fastadapt.torch keeps the state in flat "
+                    "buffers: reset it with optimizer.state.pop(p) (or state[p] = {}, "
+                    "state.clear()), or set it with load_state_dict")
+            cleared.append(j)
+        return cleared
+
+    def forget(self, cleared):
+        """Parameters ``cleared`` start from fresh state at their next step,
+        as torch's do after their state was removed."""
+        if not cleared:
+            return
+        group = self.owner.param_groups[self.group_index]
+        for j in cleared:
+            self.reset(j, j, group)
+            self.published[j] = False
+            self.entries[j] = None
+        self.update_uniform()
 
     def scalar_tensor(self, name, j):
         return torch.tensor(float(self.scalars_np[name][j]), dtype=_scalar_dtype())
@@ -471,23 +634,19 @@ class _Bucket:
     def scan(self):
         """Check the parameters and gradients before anything is written.
 
-        Returns ``(present, replaced, copies)``: which parameters have a
-        gradient (``None``: all of them), which had ``.data`` replaced (same
-        shape) and which gradients must be copied into the flat buffer. The
-        common cases (nothing replaced; every gradient the flat buffer's view)
-        are two list comprehensions and two C-level comparisons.
+        Returns ``(present, replaced, copies, cleared)``: which parameters
+        have a gradient (``None``: all of them), which had ``.data`` replaced
+        (same shape), which gradients must be copied into the flat buffer and
+        whose ``optimizer.state`` was cleared (:meth:`cleared`). The common
+        cases (nothing replaced or cleared; every gradient the flat buffer's
+        view) are three list comprehensions and three C-level comparisons.
         """
         params = self.params
-        ptrs = [p.data_ptr() for p in params]
-        replaced = []
-        if ptrs != self.param_ptrs:
-            for j, (ptr, p) in enumerate(zip(ptrs, params)):
-                if ptr != self.param_ptrs[j]:
-                    self._check_replaced(j, p)
-                    replaced.append(j)
+        replaced = self.replaced()
+        cleared = self.cleared()
         grads = [p.grad for p in params]
         if all(map(operator.is_, grads, self.grad_views)):
-            return None, replaced, []
+            return None, replaced, [], cleared
         gi = self.group_index
         present, copies = [], []
         for j, g in enumerate(grads):
@@ -504,7 +663,31 @@ class _Bucket:
             if not (g.data_ptr() == self.grad_ptrs[j] and g.is_contiguous()
                     and g.dtype == self.dtype):
                 copies.append(j)
-        return present, replaced, copies
+        return present, replaced, copies, cleared
+
+    def replaced(self):
+        """The parameters whose ``.data`` was replaced (same shape, dtype and
+        device: anything else raises ValueError) since they were re-pointed."""
+        ptrs = [p.data_ptr() for p in self.params]
+        if ptrs == self.param_ptrs:
+            return []
+        replaced = []
+        for j, (ptr, p) in enumerate(zip(ptrs, self.params)):
+            if ptr != self.param_ptrs[j]:
+                self._check_replaced(j, p)
+                replaced.append(j)
+        return replaced
+
+    def adopt_replaced(self, replaced):
+        """Copy the replaced parameters' values into their slots (and their
+        master copies: the new values are the truth) and re-point their
+        ``.data`` there; the values the model sees do not change."""
+        for j in replaced:
+            p = self.params[j]
+            self.param_views[j].copy_(p.data)
+            if self.master_views is not None:
+                self.master_views[j].copy_(p.data)
+            p.data = self.param_views[j]
 
     def _check_replaced(self, j, p):
         where = f"param group {self.group_index}, parameter {self.indices[j]}"
@@ -519,20 +702,14 @@ class _Bucket:
 
     def gather(self, scan):
         """Copy what ``scan`` found (replaced parameters, gradients that are not
-        the flat buffer's views) into the buffers; the values the model sees do
-        not change."""
-        present, replaced, copies = scan
-        for j in replaced:
-            p = self.params[j]
-            self.param_views[j].copy_(p.data)
-            if self.master_views is not None:   # the new values are the truth
-                self.master_views[j].copy_(p.data)
-            p.data = self.param_views[j]
-        if copies:
+        the flat buffer's views) into the buffers; the values the model sees,
+        and the gradient tensors, do not change."""
+        present, replaced, copies, cleared = scan
+        self.adopt_replaced(replaced)
+        self.forget(cleared)
+        if copies:      # .grad stays the caller's tensor, read and never written
             torch._foreach_copy_([self.grad_views[j] for j in copies],
                                  [self.params[j].grad for j in copies])
-            for j in copies:
-                self.params[j].grad = self.grad_views[j]
 
     def present_grads(self, scan):
         """The gradients this step applies, as arrays for ``fastadapt.grad_norm``:
@@ -551,7 +728,7 @@ class _Bucket:
         if not every and not any(present):
             return
         owner = self.owner
-        rule = owner.rule
+        rule = owner._group_rule(group)
         needed = rule.state_for(**options)
         self.ensure_state(needed, group)
         unscale_in_kernel = grad_scale is not None and owner._kernel_unscales
@@ -628,6 +805,20 @@ class _Bucket:
 
 
 # ----------------------------------------------------------------- the base class
+def _clears_scaler_flags_on_failure(step):
+    """``step``, removing GradScaler's ``grad_scale`` and ``found_inf`` from
+    the optimizer when it raises."""
+    @functools.wraps(step)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return step(self, *args, **kwargs)
+        except BaseException:
+            self.__dict__.pop("grad_scale", None)
+            self.__dict__.pop("found_inf", None)
+            raise
+    return wrapper
+
+
 class FlatOptimizer(torch.optim.Optimizer):
     """Base class of the fastadapt.torch optimizers: a :class:`torch.optim.Optimizer`
     whose step is one fused fastadapt kernel call per (group, device, dtype).
@@ -669,6 +860,13 @@ class FlatOptimizer(torch.optim.Optimizer):
         self._torch_names = _torch_state_names(self.rule)
         self._no_step = getattr(self.rule, "torch_name", None) in _NO_TORCH_STEP
         self._kernel_unscales = "grad_scale" in inspect.signature(self.rule.step_fn).parameters
+        self._twins = _decoupled_twins(self.rule)
+        # the per-parameter state keys this class writes; any other key of
+        # optimizer.state is the caller's, kept through state dicts as torch keeps it
+        names = [self._torch_names.get(n, n) for n in self.rule.state]
+        self._own_keys = {"step", MASTER_KEY, SEED_KEY, *names,
+                          *(f"{n}.{part}" for n in names for part in ("codes", "absmax")),
+                          *(self._torch_names.get(n, n) for n in self._scalar_state)}
         self._buckets = []              # per group: list of _Bucket
         self._group_params = []         # per group: its parameters at construction
         self._validated = []            # per group: the options last checked (lr excluded)
@@ -682,6 +880,7 @@ class FlatOptimizer(torch.optim.Optimizer):
             storage_options(state_dtype, storage["master_weights"],
                             storage["stochastic_rounding"], storage["seed"])
         self.grad_norm, self.step_skipped = None, False
+        defaults.update(self._group_constants())
         self._check_options(defaults, None)
         super().__init__(params, defaults)
 
@@ -694,6 +893,14 @@ class FlatOptimizer(torch.optim.Optimizer):
     @max_grad_norm.setter
     def max_grad_norm(self, value):
         self._max_grad_norm = _args.max_grad_norm(value)
+
+    def _show_entry(self, p, entry):
+        """``entry`` as ``state[p]``; none when it is empty (torch's SGD
+        without momentum keeps no state)."""
+        if entry:
+            self.state[p] = entry
+        else:
+            self.state.pop(p, None)
 
     def _state_storage(self, dtype, device, index):
         """The state storage of ``dtype`` parameters on ``device`` (a torch
@@ -711,9 +918,35 @@ class FlatOptimizer(torch.optim.Optimizer):
                 f"now; on {device.type} tensors use float32 or bfloat16 state")
         return state
 
+    # ------------------------------------------------------------- copy and pickle
     def __getstate__(self):
-        raise TypeError(f"fastadapt.torch.{type(self).__name__} cannot be pickled (its "
-                        "parameters live in flat buffers); save state_dict() instead")
+        """What ``copy.deepcopy`` and pickling (``torch.save``) keep: the
+        constructor's options, the parameter groups (with the parameters
+        themselves, so a model copied or pickled together with the optimizer
+        shares them), the state dict and the public attributes. Hooks are not
+        kept (as torch.optim's pickling drops them)."""
+        return {"fastadapt": 1, "defaults": self.defaults,
+                "options": {"max_grad_norm": self._max_grad_norm,
+                            "state_dtype": self.state_dtype,
+                            "master_weights": self.master_weights,
+                            "stochastic_rounding": self.stochastic_rounding,
+                            "seed": self.seed},
+                "param_groups": self.param_groups,
+                "state_dict": self._state_dict_without_hooks(),
+                "attributes": {k: v for k, v in self.__dict__.items() if not k.startswith("_")
+                               and k not in ("defaults", "state", "param_groups")}}
+
+    def __setstate__(self, state):
+        """Rebuild from :meth:`__getstate__`: the parameters are packed into
+        new flat buffers and the state loaded into them."""
+        if not (isinstance(state, dict) and state.get("fastadapt") == 1):
+            raise TypeError(f"fastadapt.torch.{type(self).__name__}.__setstate__ takes what "
+                            "its __getstate__ returns; use load_state_dict(...) to load a "
+                            "state dict")
+        groups = [dict(g) for g in state["param_groups"]]
+        FlatOptimizer.__init__(self, groups, {**state["defaults"], **state["options"]})
+        self.load_state_dict(state["state_dict"])
+        self.__dict__.update(state["attributes"])
 
     # ------------------------------------------------------------- options
     def _check_options(self, group, index):
@@ -724,6 +957,8 @@ class FlatOptimizer(torch.optim.Optimizer):
             if group.get(flag):
                 raise ValueError(f"{at}fastadapt.torch.{name} does not support {flag}=True "
                                  f"(use torch.optim.{self.rule.torch_name} for it)")
+        if self.rule.torch_name in _TORCH_REFUSES_TENSOR_MIX:
+            _check_tensor_hyper_parameters(group, at, self.rule.torch_name)
         for key, default in self._extras.items():
             if key in group and _plain(group[key]) != default:
                 raise ValueError(f"{at}fastadapt.torch.{name} does not support "
@@ -742,7 +977,7 @@ class FlatOptimizer(torch.optim.Optimizer):
                 options["step"] = 1
             for s, spec in self._scalar_state.items():
                 options[s] = _initial(spec, group)
-            self.rule.step_fn(empty, empty, **state, **options)
+            self._group_rule(group).step_fn(empty, empty, **state, **options)
         except KeyError as exc:
             raise ValueError(f"{at}missing hyper-parameter {exc.args[0]!r}") from None
         except (TypeError, ValueError) as exc:
@@ -750,6 +985,20 @@ class FlatOptimizer(torch.optim.Optimizer):
 
     def _rule_options(self, group):
         return {k: _plain(group[k]) for k in self.rule.defaults}
+
+    def _group_constants(self):
+        """Entries every group holds whatever was given: torch's AdamW groups
+        hold ``decoupled_weight_decay=True`` (its signature has no such keyword)."""
+        if self._twins is None or DECOUPLED_FLAG in self._signature.parameters:
+            return {}
+        return {DECOUPLED_FLAG: self.rule is self._twins[1]}
+
+    def _group_rule(self, group):
+        """The rule ``group`` runs: Adam's groups with ``decoupled_weight_decay``
+        run AdamW's (as torch's Adam does), AdamW's without it Adam's."""
+        if self._twins is None:
+            return self.rule
+        return self._twins[1] if _plain(group.get(DECOUPLED_FLAG, False)) else self._twins[0]
 
     @staticmethod
     def _check_lr(lr):
@@ -780,10 +1029,13 @@ class FlatOptimizer(torch.optim.Optimizer):
     # ------------------------------------------------------------- groups
     def add_param_group(self, param_group):
         """Add a parameter group (torch's semantics); its parameters are packed
-        into new flat buffers and their ``.data`` re-pointed to them."""
+        into new flat buffers and their ``.data`` re-pointed to them. A
+        parameter given twice in the group draws torch's UserWarning and is
+        kept once (torch keeps both entries and updates it once per entry)."""
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         index = len(self.param_groups) - 1
+        _deduplicate(group)
         try:
             self._check_options(group, index)
             buckets = self._pack(group, index)
@@ -801,13 +1053,8 @@ class FlatOptimizer(torch.optim.Optimizer):
 
     def _pack(self, group, index):
         params = group["params"]
-        seen = {}
         for i, p in enumerate(params):
             where = f"param group {index}, parameter {i}"
-            if id(p) in seen:
-                raise ValueError(f"{where} is the same tensor as parameter {seen[id(p)]}; "
-                                 "each parameter may be given once")
-            seen[id(p)] = i
             if p.layout != torch.strided:
                 raise TypeError(f"{where}: sparse parameters are not supported")
             if p.dtype not in SUPPORTED_DTYPES:
@@ -833,11 +1080,13 @@ class FlatOptimizer(torch.optim.Optimizer):
         """Reset the gradients (torch's semantics).
 
         ``set_to_none=True`` (torch's default) sets every ``.grad`` to None: the
-        next backward allocates fresh gradients, which the step copies into the
-        flat buffer (the copy path). ``set_to_none=False`` zeroes the flat
-        gradient buffers in place (one fill per buffer) and leaves ``.grad`` as
-        views of them, so the next backward accumulates straight into the flat
-        buffer (the zero-copy path). As in torch, a ``.grad`` that is None
+        next backward allocates fresh gradients, which this optimizer's hooks
+        copy into the flat buffer as autograd accumulates them (``.grad`` then
+        is the flat buffer's view). ``set_to_none=False`` zeroes each gradient
+        in place and keeps the same tensors, as torch does: the views with one
+        fill per buffer, so the next backward accumulates straight into the
+        flat buffer (the zero-copy path); any other tensor (one you assigned)
+        stays ``.grad`` and is zeroed. As in torch, a ``.grad`` that is None
         stays None (that parameter is skipped unless it gets a gradient).
         """
         for group, buckets in zip(self.param_groups, self._buckets):
@@ -847,11 +1096,21 @@ class FlatOptimizer(torch.optim.Optimizer):
                 continue
             for b in buckets:
                 b.grad_flat.zero_()
+                others = []
                 for p, view in zip(b.params, b.grad_views):
-                    if p.grad is not None and p.grad is not view:
-                        p.grad = view
+                    g = p.grad
+                    if g is None or g is view:
+                        continue
+                    if g.grad_fn is not None:
+                        g.detach_()
+                    else:
+                        g.requires_grad_(False)
+                    others.append(g)
+                for g in others:
+                    g.zero_()
 
     # ------------------------------------------------------------- stepping
+    @_clears_scaler_flags_on_failure
     def step(self, closure=None):
         """One update of every parameter that has a gradient.
 
@@ -863,7 +1122,9 @@ class FlatOptimizer(torch.optim.Optimizer):
         then keeps the scaled values), else by one in-place multiply of the
         flat gradient buffer before the kernel. Everything is checked before anything is
         written: an invalid hyper-parameter or gradient raises and changes
-        nothing.
+        nothing, and clears ``grad_scale`` / ``found_inf`` (GradScaler removes
+        them only after a step that returns; left set, the next ``scaler.step``
+        would multiply its scale into the stale one).
         """
         loss = None
         if closure is not None:
@@ -957,24 +1218,42 @@ class FlatOptimizer(torch.optim.Optimizer):
         ``"master_param"`` (the float32 master copy, with
         ``master_weights=True``), ``"<state>.codes"`` / ``"<state>.absmax"``
         (8-bit state; ``"<state>"`` then holds its dequantized float32
-        values) and ``"stochastic_rounding_seed"`` (an int; with it ``step``
+        values), ``"stochastic_rounding_seed"`` (an int; with it ``step``
         is saved for every rule, SGD included: the random bits are keyed on
-        seed, step and element). bfloat16 state is saved as it is stored.
+        seed, step and element) and ``"exact_step"`` (an int, past 2**24
+        steps, where torch's float32 ``step`` no longer holds the count; it is
+        loaded where it rounds to ``step``). bfloat16 state is saved as it is
+        stored.
+
+        A parameter whose ``.data`` was replaced, or that was written in place,
+        since the last step is first brought into its slot and its master
+        copy, as the next step would do it (the values the model sees do not
+        change), so the saved ``"master_param"`` is the parameter's.
+
+        Keys of ``optimizer.state`` this class does not write are kept as
+        torch keeps them: a parameter's under its index, others (a hook's
+        ``state["test"]``) as they are; :meth:`load_state_dict` restores them.
         """
         for hook in self._optimizer_state_dict_pre_hooks.values():
             hook(self)
-        for buckets in self._buckets:
-            for b in buckets:
-                b.sync_master()
-        state_dict = self._packed_state(
-            lambda b, j: {k: v for name in b.state_flat
-                          for k, v in b.state_entries(name, j, values=True).items()},
-            lambda b, j: None if b.master_views is None else b.master_views[j])
+        state_dict = self._state_dict_without_hooks()
         for hook in self._optimizer_state_dict_post_hooks.values():
             result = hook(self, state_dict)
             if result is not None:
                 state_dict = result
         return state_dict
+
+    def _state_dict_without_hooks(self):
+        buckets = [b for per_group in self._buckets for b in per_group]
+        replaced = [b.replaced() for b in buckets]     # checked before anything moves
+        for b, r in zip(buckets, replaced):
+            with torch.no_grad():
+                b.adopt_replaced(r)
+            b.sync_master()
+        return self._packed_state(
+            lambda b, j: {k: v for name in b.state_flat
+                          for k, v in b.state_entries(name, j, values=True).items()},
+            lambda b, j: None if b.master_views is None else b.master_views[j])
 
     def _packed_state(self, arrays_of, master_of):
         """``{"state", "param_groups"}`` in torch's format, parameter ``j`` of
@@ -989,22 +1268,34 @@ class FlatOptimizer(torch.optim.Optimizer):
             param_groups.append(packed)
             for b in buckets:
                 for j in range(len(b.params)):
-                    if not b.published[j]:
-                        continue
-                    entry = {} if not keep_step else {
-                        "step": torch.tensor(float(b.steps_np[j]), dtype=_scalar_dtype())}
-                    entry.update(arrays_of(b, j))
-                    for name in self._scalar_state:
-                        entry[self._torch_names.get(name, name)] = b.scalar_tensor(name, j)
-                    master = master_of(b, j)
-                    if master is not None:
-                        entry[MASTER_KEY] = master
-                    if self.stochastic_rounding:
-                        entry[SEED_KEY] = self.seed
+                    entry = self._custom_state(b.params[j])
+                    if b.published[j]:
+                        if keep_step:
+                            steps = int(b.steps_np[j])
+                            entry["step"] = torch.tensor(float(steps), dtype=_scalar_dtype())
+                            if float(entry["step"]) != steps:
+                                entry[STEP_KEY] = steps
+                        entry.update(arrays_of(b, j))
+                        for name in self._scalar_state:
+                            entry[self._torch_names.get(name, name)] = b.scalar_tensor(name, j)
+                        master = master_of(b, j)
+                        if master is not None:
+                            entry[MASTER_KEY] = master
+                        if self.stochastic_rounding:
+                            entry[SEED_KEY] = self.seed
                     if entry:
                         state[start + b.indices[j]] = entry
             start += len(group["params"])
-        return {"state": dict(sorted(state.items())), "param_groups": param_groups}
+        state = dict(sorted(state.items()))
+        # keys of optimizer.state that are not parameters, as they are (torch's)
+        state.update((k, v) for k, v in self.state.items() if not isinstance(k, torch.Tensor))
+        return {"state": state, "param_groups": param_groups}
+
+    def _custom_state(self, p):
+        """The entries of ``state[p]`` this class does not write (a hook's or
+        a library's), as they are."""
+        entry = self.state.get(p)
+        return {k: v for k, v in entry.items() if k not in self._own_keys} if entry else {}
 
     def load_state_dict(self, state_dict):
         """Load a state dict of torch's format (from this class or from the
@@ -1012,8 +1303,9 @@ class FlatOptimizer(torch.optim.Optimizer):
 
         Everything is checked before anything is written: a state dict with
         another number of groups or parameters, state of the wrong size, a
-        parameter's state missing an array the options need, or invalid
-        hyper-parameters raises ``ValueError`` and changes nothing. The saved
+        parameter's state missing an array the options need, invalid
+        hyper-parameters or a tensor on a device it cannot be copied from
+        (``meta``) raises ``ValueError`` and changes nothing. The saved
         hyper-parameters replace the groups' (as in torch), except
         ``foreach``, ``fused``, ``capturable`` and ``differentiable``, which
         describe how torch computed and keep this optimizer's values.
@@ -1022,8 +1314,10 @@ class FlatOptimizer(torch.optim.Optimizer):
         optimizer's (a float32 torch checkpoint into bfloat16 state, say),
         full-precision state is quantized into 8-bit state (and 8-bit codes
         are used as they are), a ``"master_param"`` is loaded into the
-        master copy (without one the master copy takes the parameter's
-        current value) and a ``"stochastic_rounding_seed"`` becomes
+        master copy where it rounds to the parameter's current value (elsewhere,
+        and without one, the master copy takes that value: torch.optim keeps
+        the key of a dict it loads but never updates it) and a
+        ``"stochastic_rounding_seed"`` becomes
         :attr:`seed`. A dict saved by an optimizer of the same options
         resumes bit for bit.
         """
@@ -1052,6 +1346,7 @@ class FlatOptimizer(torch.optim.Optimizer):
             for flag in NO_OP_FLAGS + REJECTED_FLAGS:
                 if flag in group:
                     new[flag] = group[flag]
+            new.update(self._group_constants())      # torch's AdamW forces its flag too
             new["params"] = group["params"]
             if "param_names" in group and "param_names" not in new:
                 new["param_names"] = group["param_names"]
@@ -1059,13 +1354,17 @@ class FlatOptimizer(torch.optim.Optimizer):
             new_groups.append(new)
         ids = {saved_id: (gi, i) for gi, s in enumerate(saved_groups)
                for i, saved_id in enumerate(s["params"])}
-        by_param = {}
+        by_param, customs, others = {}, {}, {}
         our_names = {v: k for k, v in self._torch_names.items()}
         for key, value in state_dict["state"].items():
             if key not in ids:
+                others[key] = value         # kept as it is, as torch keeps it
                 continue
             gi, i = ids[key]
             by_param[(gi, i)] = self._checked_state(value, gi, i, new_groups[gi])
+            p = new_groups[gi]["params"][i]
+            customs[(gi, i)] = {k: _cast_like(p, v, k) for k, v in value.items()
+                                if k not in self._own_keys}
         seeds = {saved[3][SEED_KEY] for saved in by_param.values() if SEED_KEY in saved[3]}
         if len(seeds) > 1:
             raise ValueError(f"loaded state holds {len(seeds)} different "
@@ -1078,6 +1377,9 @@ class FlatOptimizer(torch.optim.Optimizer):
             group.clear()
             group.update(new)
         self._validated = [None] * len(self.param_groups)
+        for key in [k for k in self.state if not isinstance(k, torch.Tensor)]:
+            del self.state[key]
+        self.state.update(others)
         with torch.no_grad():
             for gi, (group, buckets) in enumerate(zip(self.param_groups, self._buckets)):
                 options = self._rule_options(group)
@@ -1085,12 +1387,16 @@ class FlatOptimizer(torch.optim.Optimizer):
                     b.ensure_state(self.rule.state_for(**options), group)
                     for j, i in enumerate(b.indices):
                         saved = by_param.get((gi, i))
-                        if saved is None:
+                        if saved is None or not (saved[0] or any(saved[1:])):
+                            # nothing of this class's state (perhaps custom keys only)
                             b.reset(j, j, group)
                             self.state.pop(b.params[j], None)
                             b.published[j] = False
+                            b.entries[j] = None
                             if self._state_init:
                                 b.publish(j)
+                            if customs.get((gi, i)):
+                                self.state[b.params[j]].update(customs[(gi, i)])
                             continue
                         step, arrays, scalars, extras = saved
                         for name in b.state_flat:
@@ -1106,8 +1412,15 @@ class FlatOptimizer(torch.optim.Optimizer):
                             b.scalars_np[our_names.get(name, name)][j] = value
                         b.steps_np[j] = step
                         b.publish(j)
+                        if customs[(gi, i)]:
+                            self.state[b.params[j]].update(customs[(gi, i)])
                     b.update_uniform()
                     b.versions = b._versions()
+                    if b.master_views is not None:
+                        # a loaded master is trusted only where it still rounds to
+                        # the parameter (torch.optim keeps the key, never updates it)
+                        b.versions = [None] * len(b.params)
+                        b.sync_master()
         for hook in self._optimizer_load_state_dict_post_hooks.values():
             hook(self)
 
@@ -1116,6 +1429,11 @@ class FlatOptimizer(torch.optim.Optimizer):
         if not isinstance(value, dict):
             raise ValueError(f"{where} must be a dict, got {type(value).__name__}")
         p = group["params"][i]
+        for key, v in value.items():     # a tensor that cannot be copied fails now, not mid-load
+            if isinstance(v, torch.Tensor) and v.device.type not in ("cpu", "cuda",
+                                                                     p.device.type):
+                raise ValueError(f"{where}: {key} is on {v.device}; state tensors load from "
+                                 f"the CPU or a CUDA device (the parameter is on {p.device})")
         step = value.get("step")
         arrays, scalars, extras = {}, {}, {}
         scalar_names = {self._torch_names.get(n, n) for n in self._scalar_state}
@@ -1133,6 +1451,10 @@ class FlatOptimizer(torch.optim.Optimizer):
                     extras[key] = _args.seed(v)
                 except (TypeError, ValueError) as exc:
                     raise ValueError(f"{where}: {key}: {exc}") from None
+                continue
+            if key == STEP_KEY:
+                if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+                    raise ValueError(f"{where}: {key} must be an int >= 0, got {v!r}")
                 continue
             if key in extra_names:
                 what, size, dtype = extra_names[key]
@@ -1175,6 +1497,9 @@ class FlatOptimizer(torch.optim.Optimizer):
             raise ValueError(f"{where}: step must be a number, got {step!r}") from None
         if not (math.isfinite(step_f) and step_f >= 0 and step_f == int(step_f)):
             raise ValueError(f"{where}: step must be a whole number >= 0, got {step_f}")
+        exact = value.get(STEP_KEY)
+        if exact is not None and np.float32(exact) == np.float32(step_f):
+            step_f = int(exact)     # trusted while it rounds to ``step`` (torch never updates it)
         for n in array_names:
             if (f"{n}.codes" in extras) != (f"{n}.absmax" in extras):
                 raise ValueError(f"{where}: {n}.codes and {n}.absmax go together; one is "
@@ -1189,6 +1514,54 @@ class FlatOptimizer(torch.optim.Optimizer):
         if step_f > 0 and missing_scalars:
             raise ValueError(f"{where} lacks {missing_scalars}")
         return int(step_f), arrays, scalars, extras
+
+
+def _check_tensor_hyper_parameters(group, at, torch_name):
+    """What torch's Adam and AdamW refuse of tensor hyper-parameters (ValueError)."""
+    betas = group.get("betas")
+    pair = tuple(betas) if isinstance(betas, (tuple, list)) and len(betas) == 2 else (None, None)
+    if isinstance(pair[0], torch.Tensor) != isinstance(pair[1], torch.Tensor):
+        raise ValueError(f"{at}betas must be both numbers or both tensors, got {betas!r} "
+                         f"(torch.optim.{torch_name} refuses a mix)")
+    if group.get("foreach") and not group.get("capturable"):
+        for what, value in (("lr", group.get("lr")), ("betas[0]", pair[0]), ("betas[1]", pair[1])):
+            if isinstance(value, torch.Tensor):
+                raise ValueError(f"{at}{what} as a tensor with foreach=True: torch.optim."
+                                 f"{torch_name} refuses it (foreach changes nothing here; "
+                                 "leave it None)")
+
+
+def _deduplicate(group):
+    """Keep the first of each parameter given more than once in ``group``
+    (with its name, when the group has ``param_names``)."""
+    params = group["params"]
+    seen, keep = set(), []
+    for i, p in enumerate(params):
+        if id(p) not in seen:
+            seen.add(id(p))
+            keep.append(i)
+    if len(keep) == len(params):
+        return
+    group["params"] = [params[i] for i in keep]
+    if "param_names" in group:
+        group["param_names"] = [group["param_names"][i] for i in keep]
+
+
+def _cast_like(param, value, key=None):
+    """A loaded state entry as torch.optim loads it: tensors (but ``"step"``)
+    moved to the parameter's device and, for a floating-point parameter,
+    converted to its dtype; dicts, lists and tuples element by element."""
+    if isinstance(value, torch.Tensor):
+        if key == "step":
+            return value
+        if param.is_floating_point():
+            return value.to(dtype=param.dtype, device=param.device)
+        return value.to(device=param.device)
+    if isinstance(value, dict):
+        return {k: _cast_like(param, v, k) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cast_like(param, v) for v in value)
+    return value
 
 
 def _check_no_shared_memory(groups, index):
@@ -1242,6 +1615,8 @@ def optimizer_class(rule):
     known = {"max_grad_norm"} | set(STORAGE_OPTIONS) | set(rule.defaults) | set(_state_init(rule).values()) | {
         v for v in _scalar_state(rule).values() if isinstance(v, str)} | set(
         NO_OP_FLAGS + REJECTED_FLAGS) | {"self", "params"}
+    if _decoupled_twins(rule) is not None:
+        known.add(DECOUPLED_FLAG)
     extras = {name: p.default for name, p in signature.parameters.items()
               if name not in known and p.default is not inspect.Parameter.empty}
     name = rule.torch_name or rule.name.capitalize()

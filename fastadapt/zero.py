@@ -34,7 +34,10 @@ sharded the same way. A step on every rank:
    holds the sum of every rank's gradients, divided by the world size (DDP's
    average), ZeRO-2 style. Without it, the ranks' gradients are DDP's, the
    same everywhere, and so is which parameters have one: only GradScaler's
-   ``found_inf``, when it passes one, is all-reduced (MAX);
+   ``found_inf``, when it passes one, is all-reduced (MAX). When another
+   rank found an inf, the agreed flag is written into this rank's
+   GradScaler's own flags, so every rank's ``update()`` reduces its scale
+   alike;
 3. with ``max_grad_norm``: the sum of squares of the local shard's
    gradients, all-reduced (SUM, float64), gives the global norm on every rank;
 4. the fused kernel of the rule over the local shard only (on the master
@@ -55,9 +58,10 @@ squares in another order (per shard, then across ranks): its coefficient
 agrees to float32 rounding.
 
 With DDP the gradients are already averaged: keep ``reduce_gradients=False``.
-Without DDP, ``reduce_gradients=True`` averages them here; afterwards ``.grad``
-holds the average only on the local shard (elsewhere the rank's own
-gradients).
+Without DDP, ``reduce_gradients=True`` averages them here, in the flat
+gradient buffer; afterwards a ``.grad`` that is that buffer's view (see
+:mod:`fastadapt.torch`) holds the average only on the local shard (elsewhere
+the rank's own gradients), and a ``.grad`` of the caller's own is unchanged.
 
 Checkpoints
 -----------
@@ -69,6 +73,21 @@ Checkpoints
   file per rank, written atomically, then a manifest written by rank 0 once
   every rank's file is complete. Loading works with another world size
   (each rank reads the old shards that overlap its new one).
+* Both first bring the master copy up to date with parameters written in
+  place or whose ``.data`` was replaced since the last step.
+
+Agreement across ranks
+----------------------
+The construction, ``add_param_group``, ``consolidate_state_dict``,
+``save_sharded`` and ``load_sharded`` end their local work (every check,
+every file read) with one small all-reduce: a failure flag and a digest of
+what must be the same on every rank (the options, each group's parameters'
+layout and hyper-parameters; on load, the checkpoint read). When any rank
+failed or the digests differ, every rank raises (ValueError; RuntimeError
+for a failed save), naming the rank and its error or what differs and each
+rank's value, and nothing changes. The step gains no collective for this:
+hyper-parameters changed between steps (a scheduler, ``max_grad_norm``) are
+not compared, and must change alike on every rank.
 
 Faults
 ------
@@ -77,15 +96,19 @@ A collective that fails (a rank died, or raised and left the step) raises
 group's timeout; the message says which collective failed. A failed sharded
 save leaves the previous complete checkpoint in place.
 """
+import hashlib
 import os
+import re
 import secrets
+import sys
 
 import torch
 import torch.distributed as dist
 
+from . import _args
 from .checkpoint import atomic_write
 from .kernels.storage import BLOCK
-from .torch import MASTER_KEY, FlatOptimizer, _Bucket
+from .torch import MASTER_KEY, FlatOptimizer, _Bucket, _plain
 
 __all__ = ["ZeroRedundancyOptimizer", "CollectiveError"]
 
@@ -93,6 +116,8 @@ _all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_t
 _reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 SHARDED_FORMAT = 1
 MANIFEST = "manifest.pt"
+KIND = "fastadapt.ZeroRedundancyOptimizer"
+_TOKEN = re.compile(r"[0-9a-f]{1,64}")
 
 
 class CollectiveError(RuntimeError):
@@ -199,8 +224,7 @@ class _ShardBucket(_Bucket):
         entry = {} if owner._no_step else {"step": self.steps[j]}
         for name, values in self.scalars.items():
             entry[owner._torch_names.get(name, name)] = values[j]
-        owner.state[self.params[j]] = entry
-        self.published[j] = True
+        self.show(j, entry)
 
     def present_grads(self, scan):
         present = scan[0]
@@ -226,7 +250,116 @@ class _ShardBucket(_Bucket):
         """The layout a sharded checkpoint records, to check it on load."""
         return {"group": self.group_index, "indices": list(self.indices),
                 "sizes": list(self.sizes), "dtype": str(self.dtype).replace("torch.", ""),
+                "state": _storage_name(self.state_dtype),
                 "length": self.length, "shard_length": self.shard_length}
+
+
+def _read_file(path, where):
+    """``torch.load(weights_only=True)`` of one checkpoint file. A file that
+    is not one (damaged, truncated, or holding objects other than tensors and
+    plain containers) is a ValueError; torch's own message, which suggests
+    loading without ``weights_only`` (unsafe for a file that may be hostile),
+    is left out."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except Exception as exc:
+        raise ValueError(f"{where}: {os.path.basename(path)} is damaged or is not a file "
+                         f"save_sharded wrote ({type(exc).__name__}); nothing was loaded"
+                         ) from None
+
+
+def _storage_name(state_dtype):
+    """``"int8"``, ``"float32"``, ``"bfloat16"`` ... for a bucket's state storage."""
+    return state_dtype if isinstance(state_dtype, str) else str(state_dtype).replace("torch.", "")
+
+
+def _shown(value):
+    """A hyper-parameter as the short text ranks compare (a number, string,
+    bool or None, or a tuple or list of them: its repr; anything else: its
+    type, whose repr may hold an address that differs between processes)."""
+    try:
+        value = _plain(value)
+    except (TypeError, ValueError, RuntimeError):
+        pass
+
+    def plain(v):
+        return v is None or isinstance(v, (bool, int, float, str)) or (
+            isinstance(v, (tuple, list)) and all(plain(x) for x in v))
+    text = repr(value) if plain(value) else f"<{type(value).__qualname__}>"
+    return text if len(text) <= 80 else f"{text[:60]}... (sha256 {_digest(text)[:12]})"
+
+
+def _ranks_shown(ranks):
+    """``rank 3``, ``ranks 0, 1, 2``, ``ranks 0, 1, 2, ... (64 ranks)``."""
+    if len(ranks) == 1:
+        return f"rank {ranks[0]}"
+    listed = ", ".join(map(str, ranks[:4]))
+    return f"ranks {listed}" + (f", ... ({len(ranks)} ranks)" if len(ranks) > 4 else "")
+
+
+def _digest(text):
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _parameters_shown(buckets):
+    """A group's parameters as ranks compare them: counts and dtypes, and a
+    digest of the exact layout (shapes, order, storage)."""
+    n = sum(len(b.params) for b in buckets)
+    elements = sum(sum(b.sizes) for b in buckets)
+    dtypes = "/".join(dict.fromkeys(str(b.dtype).replace("torch.", "") for b in buckets))
+    layout = _digest(repr([b.describe() for b in buckets]))[:12]
+    return f"{n} tensors, {elements} elements, {dtypes or 'no dtype'} (layout {layout})"
+
+
+def _group_shown(index, group):
+    """``{"param group i: key": text}`` of a group's hyper-parameters."""
+    return {f"param group {index}: {key}": _shown(value)
+            for key, value in group.items() if key != "params"}
+
+
+def _originals(groups):
+    """``[(tensor, .data, .grad)]`` of every parameter in ``groups`` (a list of
+    tensors or of dicts whose ``"params"`` are lists), to put back when a
+    construction or ``add_param_group`` fails on some rank."""
+    out = []
+    for item in groups:
+        tensors = item.get("params", ()) if isinstance(item, dict) else [item]
+        if isinstance(tensors, torch.Tensor):
+            tensors = [tensors]
+        out.extend((p, p.data, p.grad) for p in tensors if isinstance(p, torch.Tensor))
+    return out
+
+
+def _restore(originals):
+    with torch.no_grad():
+        for p, data, grad in originals:
+            if p.data is not data:
+                p.data = data
+            if p.grad is not grad:
+                p.grad = grad
+
+
+def _scaler_found_infs(optimizer):
+    """The found_inf tensors (one per device) that a ``torch.amp.GradScaler``
+    keeps for ``optimizer`` while its ``step(optimizer)`` runs, the ones its
+    ``update()`` reads: the scaler hands the optimizer only their sum (a new
+    tensor), so they are found in the scaler's ``step`` frame up the stack.
+    Empty when no GradScaler is stepping ``optimizer``."""
+    scaler_class = getattr(getattr(torch, "amp", None), "GradScaler", None)
+    if scaler_class is None:
+        return []
+    frame = sys._getframe(1)
+    while frame is not None:
+        local = frame.f_locals
+        scaler = local.get("self")
+        if isinstance(scaler, scaler_class) and local.get("optimizer") is optimizer:
+            state = getattr(scaler, "_per_optimizer_states", {}).get(id(optimizer))
+            found = state.get("found_inf_per_device") if isinstance(state, dict) else None
+            return [t for t in (found or {}).values() if isinstance(t, torch.Tensor)]
+        frame = frame.f_back
+    return []
 
 
 def _entries(b, name, full, o, n, shape):
@@ -309,6 +442,14 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
     **defaults
         The hyper-parameters of ``optimizer_class``.
 
+    Every rank must give the same options, parameters (shapes, dtypes,
+    order) and hyper-parameters: the construction checks it with one small
+    all-reduce and raises ValueError on every rank naming what differs (the
+    option, or the group and key) and leaves the parameters as they were.
+    ``add_param_group`` and ``load_sharded`` check their groups the same way;
+    the step does not (it gains no collective), so hyper-parameters changed
+    between steps must change alike on every rank.
+
     Attributes
     ----------
     rank, world_size : this rank and the group's size
@@ -319,31 +460,36 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
 
     def __init__(self, params, optimizer_class=None, process_group=None, reduce_gradients=False,
                  *, parameters_as_bucket_view=False, overlap_with_ddp=False, **defaults):
-        cls = _checked_class(optimizer_class)
-        if not isinstance(reduce_gradients, bool):
-            raise TypeError(f"reduce_gradients must be True or False, got {reduce_gradients!r}")
-        if overlap_with_ddp:
-            raise ValueError("overlap_with_ddp=True is not supported by fastadapt's "
-                             "ZeroRedundancyOptimizer (its step runs after the backward)")
-        self.process_group, self.rank, self.world_size, self._backend = \
-            _process_group(process_group)
-        self.optimizer_class = cls
-        self.reduce_gradients = reduce_gradients
+        try:
+            group = _process_group(process_group)
+        except ValueError:
+            _checked_class(optimizer_class)     # a wrong class is named first
+            raise
+        self.process_group, self.rank, self.world_size, self._backend = group
         #: the process group's ranks as global ranks (collectives' src / dst)
         self._global_ranks = [
             r if self.process_group is dist.group.WORLD
             else dist.get_global_rank(self.process_group, r) for r in range(self.world_size)]
-        #: gather the parameters by broadcasts (gloo) or one all_gather (others)
-        self._gather_by_broadcast = self._backend == "gloo"
-        self.rule, self._signature, self._extras = cls.rule, cls._signature, cls._extras
         self._device = None
         self._consolidated = None
-        params = self._checked_devices(params)
-        bound = cls._signature.bind(self, params, **defaults)
-        bound.apply_defaults()
-        defaults = dict(bound.arguments)
-        del defaults["self"], defaults["params"]
-        FlatOptimizer.__init__(self, params, defaults)
+        # add_param_group agrees across ranks, except on the groups given here
+        self._constructing = True
+        error, originals = None, []
+        try:
+            params = self._checked_devices(params)
+            if isinstance(params, list):
+                originals = _originals(params)
+            self._build(params, optimizer_class, reduce_gradients, overlap_with_ddp, defaults)
+        except Exception as exc:
+            error = exc
+        try:
+            self._consensus("the construction", error,
+                            None if error is not None else self._description())
+        except BaseException:
+            _restore(originals)
+            raise
+        finally:
+            self._constructing = False
         if self.stochastic_rounding:
             # one stream for the whole model: rank 0's seed (drawn there when
             # none was given), so each rank rounds its shard as one process would
@@ -351,6 +497,94 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
             self._collective("the stochastic-rounding seed's broadcast",
                              dist.broadcast_object_list, seed, src=self._global_ranks[0])
             self.seed = seed[0]
+
+    def _build(self, params, optimizer_class, reduce_gradients, overlap_with_ddp, defaults):
+        """This rank's part of the construction (no collective)."""
+        cls = _checked_class(optimizer_class)
+        if not isinstance(reduce_gradients, bool):
+            raise TypeError(f"reduce_gradients must be True or False, got {reduce_gradients!r}")
+        if overlap_with_ddp:
+            raise ValueError("overlap_with_ddp=True is not supported by fastadapt's "
+                             "ZeroRedundancyOptimizer (its step runs after the backward)")
+        self.optimizer_class = cls
+        self.reduce_gradients = reduce_gradients
+        #: gather the parameters by broadcasts (gloo) or one all_gather (others)
+        self._gather_by_broadcast = self._backend == "gloo"
+        self.rule, self._signature, self._extras = cls.rule, cls._signature, cls._extras
+        bound = cls._signature.bind(self, params, **defaults)
+        bound.apply_defaults()
+        defaults = dict(bound.arguments)
+        del defaults["self"], defaults["params"]
+        FlatOptimizer.__init__(self, params, defaults)
+
+    def _description(self, indices=None):
+        """What must be the same on every rank, as ``{name: short text}``: the
+        optimizer-wide options, the number of groups and, for each group of
+        ``indices`` (every group when None), its parameters' layout and its
+        hyper-parameters."""
+        out = {}
+        if indices is None:
+            indices = range(len(self.param_groups))
+            out.update({"optimizer_class": self.optimizer_class.__qualname__,
+                        "reduce_gradients": repr(self.reduce_gradients),
+                        "state_dtype": _shown(self.state_dtype if self.state_dtype is None
+                                              or isinstance(self.state_dtype, str)
+                                              else str(self.state_dtype)),
+                        "master_weights": repr(self.master_weights),
+                        "stochastic_rounding": repr(self.stochastic_rounding),
+                        "max_grad_norm": _shown(self.max_grad_norm)})
+        out["the number of param groups"] = str(len(self.param_groups))
+        for index in indices:
+            out[f"param group {index}: parameters"] = _parameters_shown(self._buckets[index])
+            out.update(_group_shown(index, self.param_groups[index]))
+        return out
+
+    def _consensus(self, what, error, description, kind=ValueError,
+                   outcome="nothing was changed"):
+        """Raise on every rank when ``error`` (an exception or None) is set on
+        any rank, or when ``description`` (``{name: short text}``) differs
+        between ranks: the rank with the error raises it, the others ``kind``
+        naming that rank and its error, or naming what differs and each
+        rank's value of it. One all-reduce (MAX) of a failure flag and a
+        digest of ``description``; only when something is wrong, an
+        ``all_gather_object`` of the errors and descriptions."""
+        digest = bytes.fromhex(_digest(repr(sorted((description or {}).items()))))
+        chunks = [float(int.from_bytes(digest[i:i + 6], "big")) for i in (0, 6, 12)]
+        agreed = self._agree([float(error is not None)] + chunks + [-c for c in chunks],
+                             f"{what}'s agreement")
+        if not agreed[0] and agreed[1:4] == [-c for c in agreed[4:7]]:
+            return
+        mine = (None if error is None else f"{type(error).__name__}: {error}"[:600],
+                description or {})
+        everything = [None] * self.world_size
+        self._collective(f"{what}'s exchange of errors", dist.all_gather_object,
+                         everything, mine)
+        if error is not None:
+            raise error
+        failed = [(r, e) for r, (e, _) in enumerate(everything) if e is not None]
+        if failed:
+            r, e = failed[0]
+            raise kind(f"ZeroRedundancyOptimizer: {what} failed on rank {r} of "
+                       f"{self.world_size} ({e}); every rank raises, and {outcome}")
+        differ = []
+        for key in dict.fromkeys(k for _, d in everything for k in d):
+            ranks = {}              # value -> the ranks that gave it
+            for r, (_, d) in enumerate(everything):
+                ranks.setdefault(d.get(key, "<absent>"), []).append(r)
+            if len(ranks) > 1:
+                shown = "; ".join(f"{_ranks_shown(rs)}: {v}" for v, rs in ranks.items())
+                differ.append(f"{key} ({shown})")
+        raise kind(f"ZeroRedundancyOptimizer: {what}: every rank must give the same options, "
+                   "parameters and hyper-parameters, but these differ across ranks: "
+                   + "; ".join(differ[:4])
+                   + (f"; and {len(differ) - 4} more" if len(differ) > 4 else "")
+                   + f". Every rank raises, and {outcome}")
+
+    def __getstate__(self):
+        raise TypeError("a ZeroRedundancyOptimizer cannot be pickled or deep-copied: it "
+                        "belongs to a process group, and each rank holds one shard of the "
+                        "state. Save consolidate_state_dict() + state_dict() (the full "
+                        "state, loadable at any world size) or save_sharded(directory)")
 
     def __repr__(self):
         return (f"ZeroRedundancyOptimizer({self.optimizer_class.__name__}, rank {self.rank} "
@@ -400,6 +634,37 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
         self._pack_devices(group["params"], index)
         return super()._pack(group, index)
 
+    def add_param_group(self, param_group):
+        """Add a parameter group (every rank, the same group): as
+        ``fastadapt.torch``, after one small all-reduce that checks the new
+        group's parameters and hyper-parameters agree across ranks (a
+        ValueError on every rank names what differs, and the group is added
+        nowhere)."""
+        if self._constructing:
+            return super().add_param_group(param_group)
+        if isinstance(param_group, dict) and not isinstance(
+                param_group.get("params"), (torch.Tensor, list, set, type(None))):
+            param_group["params"] = list(param_group["params"])
+        originals = _originals([param_group]) if isinstance(param_group, dict) else []
+        count = len(self.param_groups)
+        error = None
+        try:
+            super().add_param_group(param_group)
+        except Exception as exc:
+            error = exc
+        added = len(self.param_groups) > count
+        try:
+            self._consensus("add_param_group", error,
+                            self._description([count]) if added else None)
+        except BaseException:
+            if added:
+                group = self.param_groups.pop()
+                del self._buckets[count:], self._group_params[count:], self._validated[count:]
+                for p in group["params"]:
+                    self.state.pop(p, None)
+            _restore(originals)
+            raise
+
     @property
     def local_state_bytes(self):
         """Bytes of the optimizer state arrays this rank holds (its shards),
@@ -445,11 +710,27 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
 
     def _decide_skip(self, plans, has_found_inf, local_inf):
         if self.reduce_gradients:
-            return self._agree_on_gradients(plans, float(local_inf))
-        if has_found_inf:               # GradScaler on every rank: agree on its flag
-            (any_inf,) = self._agree([float(local_inf)], "the found_inf all-reduce")
-            return plans, any_inf
-        return plans, local_inf
+            plans, skip = self._agree_on_gradients(plans, float(local_inf))
+        elif has_found_inf:             # GradScaler on every rank: agree on its flag
+            (skip,) = self._agree([float(local_inf)], "the found_inf all-reduce")
+        else:
+            return plans, local_inf
+        if skip and has_found_inf and not local_inf:
+            self._share_found_inf()
+        return plans, bool(skip)
+
+    def _share_found_inf(self):
+        """Another rank found an inf: this rank's GradScaler must see it too,
+        or its ``update()`` keeps the scale the others reduce, and the next
+        reduced gradients mix scales. The agreed flag goes into the
+        ``found_inf`` the step was given and into the scaler's own per-device
+        flags (see :func:`_scaler_found_infs`); only on a skipped step."""
+        with torch.no_grad():
+            found_inf = getattr(self, "found_inf", None)
+            if isinstance(found_inf, torch.Tensor):
+                found_inf.fill_(1.0)
+            for flag in _scaler_found_infs(self):
+                flag.fill_(1.0)
 
     def _before_update(self, plans):
         if self.reduce_gradients:
@@ -494,7 +775,7 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
             flags += [1.0] * len(bucket.params) if present is None else [float(x) for x in present]
         agreed = self._agree(flags, "the gradients' presence all-reduce")
         out, at = [], 1
-        for group, options, bucket, (present, replaced, copies) in plans:
+        for group, options, bucket, (present, *rest) in plans:
             n = len(bucket.params)
             anywhere = [bool(x) for x in agreed[at:at + n]]
             at += n
@@ -503,7 +784,7 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
             else:
                 bucket.absent_here = []
             out.append((group, options, bucket,
-                        (None if all(anywhere) else anywhere, replaced, copies)))
+                        (None if all(anywhere) else anywhere, *rest)))
         return out, bool(agreed[0])
 
     def _reduce_gradients(self, plans):
@@ -533,10 +814,19 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
     # ------------------------------------------------------------- full state dicts
     def consolidate_state_dict(self, to=0):
         """Gather the full state on rank ``to`` (of the process group); every
-        rank must call it. :meth:`state_dict` on rank ``to`` then returns it."""
-        if not (isinstance(to, int) and 0 <= to < self.world_size):
-            raise ValueError(f"to must be a rank of the process group (0 .. "
-                             f"{self.world_size - 1}), got {to!r}")
+        rank must call it, with the same ``to``. :meth:`state_dict` on rank
+        ``to`` then returns it. The master copy is first brought up to date
+        with parameters written or replaced since the last step, as
+        ``fastadapt.torch``'s ``state_dict`` does."""
+        error = None
+        try:
+            if not (isinstance(to, int) and 0 <= to < self.world_size):
+                raise ValueError(f"to must be a rank of the process group (0 .. "
+                                 f"{self.world_size - 1}), got {to!r}")
+            self._sync_masters()
+        except Exception as exc:
+            error = exc
+        self._consensus("consolidate_state_dict", error, {"to": repr(to)})
         dst = self._global_ranks[to]
         receive = self.rank == to
         full, master = {}, {}           # per bucket: the whole state arrays, master copy
@@ -562,6 +852,18 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
                 b, name, full[b], b.offsets[j], b.sizes[j], b.shapes[j]).items()},
             lambda b, j: None if master[b] is None else
             master[b][b.offsets[j]:b.offsets[j] + b.sizes[j]].view(b.shapes[j]))
+
+    def _sync_masters(self):
+        """The master copy of parameters written in place since the last step
+        (their version counter moved) or whose ``.data`` was replaced (the
+        new tensor is copied into the flat buffer, as a step does) brought up
+        to date, before a checkpoint reads it."""
+        with torch.no_grad():
+            for buckets in self._buckets:
+                for b in buckets:
+                    if b.master_flat is not None:
+                        b.adopt_replaced(b.replaced())
+                        b.sync_master()
 
     def state_dict(self):
         """The full state in torch's format, as last consolidated on this rank.
@@ -600,9 +902,20 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
         ``manifest.pt``, which names the new files, only once every rank's
         file is complete, and removes the files of earlier saves. Until then
         the previous complete checkpoint in ``directory`` stays loadable; a
-        rank that fails makes every rank raise.
+        rank that fails makes every rank raise. The master copy is first
+        brought up to date as in :meth:`consolidate_state_dict`.
         """
-        directory = os.fspath(directory)
+        error = None
+        try:
+            directory = os.fspath(directory)
+            self._sync_masters()
+            if self.rank == 0:
+                os.makedirs(directory, exist_ok=True)
+        except Exception as exc:
+            error = exc
+        # (also the barrier: rank 0 has made the directory)
+        self._consensus("save_sharded", error, None, kind=RuntimeError,
+                        outcome=f"the checkpoint in {directory!r} was not updated")
         token = [secrets.token_hex(6) if self.rank == 0 else None]
         self._collective("save_sharded's broadcast", dist.broadcast_object_list, token,
                          src=self._global_ranks[0])
@@ -620,92 +933,125 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
                              for buckets in self._buckets for b in buckets]}
         error = None
         try:
-            if self.rank == 0:
-                os.makedirs(directory, exist_ok=True)
-            self._collective("save_sharded's barrier", dist.barrier)
             path = os.path.join(directory, self._shard_name(token, self.rank, self.world_size))
             atomic_write(path, lambda f: torch.save(shard, f))
-        except CollectiveError:
-            raise
         except Exception as exc:
             error = exc
-        (failed,) = self._agree([float(error is not None)], "save_sharded's agreement")
-        if error is not None:
-            raise error
-        if failed:
-            raise RuntimeError("save_sharded failed on another rank; the checkpoint in "
-                               f"{directory!r} was not updated")
+        self._consensus("save_sharded", error, None, kind=RuntimeError,
+                        outcome=f"the checkpoint in {directory!r} was not updated")
+        error = None
         if self.rank == 0:
-            manifest = {"format": SHARDED_FORMAT, "kind": "fastadapt.ZeroRedundancyOptimizer",
+            manifest = {"format": SHARDED_FORMAT, "kind": KIND,
                         "rule": self.rule.name, "token": token,
                         "world_size": self.world_size, "layout": self._layout()}
-            atomic_write(os.path.join(directory, MANIFEST), lambda f: torch.save(manifest, f))
-            keep = {self._shard_name(token, r, self.world_size) for r in range(self.world_size)}
-            for name in os.listdir(directory):
-                if name.startswith("shard-") and name.endswith(".pt") and name not in keep:
-                    try:
-                        os.unlink(os.path.join(directory, name))
-                    except OSError:
-                        pass
-        self._collective("save_sharded's final barrier", dist.barrier)
+            try:
+                atomic_write(os.path.join(directory, MANIFEST),
+                             lambda f: torch.save(manifest, f))
+            except Exception as exc:
+                error = exc
+            else:
+                keep = {self._shard_name(token, r, self.world_size)
+                        for r in range(self.world_size)}
+                try:
+                    names = os.listdir(directory)
+                except OSError:         # the checkpoint is complete; the old files stay
+                    names = []
+                for name in names:
+                    if name.startswith("shard-") and name.endswith(".pt") and name not in keep:
+                        try:
+                            os.unlink(os.path.join(directory, name))
+                        except OSError:
+                            pass
+        # (also the final barrier: no rank returns before the manifest is written)
+        self._consensus("save_sharded's manifest", error, None, kind=RuntimeError,
+                        outcome=f"the checkpoint in {directory!r} was not updated")
 
     def load_sharded(self, directory):
-        """Load a checkpoint of :meth:`save_sharded` (every rank calls it),
-        saved with this or another world size: each rank reads the old shards
-        that overlap its own. Everything is checked on every rank before
-        anything is written; a failure on any rank makes every rank raise
-        and changes nothing."""
-        error, plan = None, None
+        """Load a checkpoint of :meth:`save_sharded` (every rank calls it, on
+        the same checkpoint), saved with this or another world size: each
+        rank reads the old shards that overlap its own.
+
+        Everything is checked on every rank before anything is written, and
+        the files are read with ``torch.load(weights_only=True)`` (tensors and
+        plain containers only): a missing, damaged or hostile file, a
+        checkpoint of other parameters, rule or state storage, or ranks that
+        read checkpoints with other hyper-parameters make every rank raise
+        (the rank that met the problem its ``ValueError``, or ``OSError`` for
+        a missing file; the others a ``ValueError`` naming that rank and its
+        error) and change nothing. The loaded hyper-parameters are checked to
+        agree across ranks, as at construction.
+        """
+        error, plan, description = None, None, None
         try:
             plan = self._read_sharded(os.fspath(directory))
-        except (OSError, ValueError, TypeError, KeyError, RuntimeError) as exc:
+        except (ValueError, TypeError, OSError) as exc:
             error = exc
-        (failed,) = self._agree([float(error is not None)], "load_sharded's agreement")
-        if error is not None:
-            if isinstance(error, (ValueError, TypeError, OSError)):
-                raise error
-            raise ValueError(f"cannot load the sharded checkpoint in {directory!r}: "
-                             f"{error}") from error
-        if failed:
-            raise ValueError("load_sharded failed on another rank (see its error); nothing "
-                             "was loaded")
-        self._apply_sharded(*plan)
+        except Exception as exc:        # a structure no check foresaw: refused all the same
+            error = ValueError(f"cannot load the sharded checkpoint in {directory!r}: "
+                               f"{type(exc).__name__}: {str(exc)[:300]}")
+        else:
+            description = {"the checkpoint's token": plan[-1]}
+            for index, group in enumerate(plan[0]):
+                description.update(_group_shown(index, group))
+        self._consensus("load_sharded", error, description)
+        self._apply_sharded(*plan[:-1])
 
     def _read_sharded(self, directory):
+        """``(groups, pieces, meta, seed, token)`` of the checkpoint in
+        ``directory``, every field the load uses checked for type and range."""
         where = f"sharded checkpoint {directory!r}"
-        manifest = torch.load(os.path.join(directory, MANIFEST), map_location="cpu",
-                              weights_only=True)
+        manifest = _read_file(os.path.join(directory, MANIFEST), where)
         if not (isinstance(manifest, dict) and manifest.get("format") == SHARDED_FORMAT
-                and manifest.get("kind") == "fastadapt.ZeroRedundancyOptimizer"):
+                and manifest.get("kind") == KIND):
             raise ValueError(f"{where}: {MANIFEST} is not a fastadapt sharded checkpoint")
-        if manifest["rule"] != self.rule.name:
-            raise ValueError(f"{where} holds {manifest['rule']} state; this optimizer runs "
-                             f"{self.rule.name}")
-        old_layout, ours = manifest["layout"], self._layout()
+        if manifest.get("rule") != self.rule.name:
+            raise ValueError(f"{where} holds {_shown(manifest.get('rule'))} state; this "
+                             f"optimizer runs {self.rule.name}")
+        at = f"{where}: {MANIFEST}"
+        token, old_world = manifest.get("token"), manifest.get("world_size")
+        if not (isinstance(token, str) and _TOKEN.fullmatch(token)):
+            raise ValueError(f"{at}: token must be a string of hex digits, got {_shown(token)}")
+        if not (type(old_world) is int and old_world >= 1):
+            raise ValueError(f"{at}: world_size must be an int >= 1, got {_shown(old_world)}")
+        buckets = [b for bs in self._buckets for b in bs]
+        old_layout = manifest.get("layout")
+        if not (isinstance(old_layout, list) and all(isinstance(o, dict) for o in old_layout)):
+            raise ValueError(f"{at}: layout must be a list of dicts")
         keys = ("group", "indices", "sizes", "dtype")
-        if len(old_layout) != len(ours) or any(
-                o[k] != n[k] for o, n in zip(old_layout, ours) for k in keys):
+        if len(old_layout) != len(buckets) or any(
+                o.get(k) != n[k] for o, n in zip(old_layout, self._layout()) for k in keys):
             raise ValueError(f"{where} was saved for other parameters (groups, shapes or "
                              "dtypes differ)")
-        token, old_world = manifest["token"], int(manifest["world_size"])
+        for bi, (b, old) in enumerate(zip(buckets, old_layout)):
+            per, length = old.get("shard_length"), old.get("length")
+            used = b.offsets[-1] + b.sizes[-1]
+            if not (type(per) is int and per >= 1):
+                raise ValueError(f"{at}: layout[{bi}]: shard_length must be an int >= 1, got "
+                                 f"{_shown(per)}")
+            if "state" in old:       # (8-bit state lays the parameters out otherwise)
+                self._check_storage(b, old["state"] == "int8", _shown(old["state"]), where)
+            if not (type(length) is int and length == per * old_world and length >= used):
+                raise ValueError(f"{at}: layout[{bi}]: length must be shard_length x "
+                                 f"world_size ({per} x {old_world}) and hold the parameters' "
+                                 f"{used} elements, got {_shown(length)}")
+            if b.blockwise and per % BLOCK:
+                raise ValueError(f"{at}: layout[{bi}]: shard_length {per} is not whole "
+                                 f"8-bit blocks ({BLOCK} elements)")
         files = {}
 
         def shard(rank):
             if rank not in files:
-                path = os.path.join(directory, self._shard_name(token, rank, old_world))
-                data = torch.load(path, map_location="cpu", weights_only=True)
-                if not (data.get("token") == token and data.get("rank") == rank
-                        and data.get("world_size") == old_world):
-                    raise ValueError(f"{where}: {path} does not belong to its manifest")
-                files[rank] = data
+                name = self._shard_name(token, rank, old_world)
+                files[rank] = self._checked_shard(
+                    _read_file(os.path.join(directory, name), where), f"{where}: {name}",
+                    token, rank, old_world, old_layout, buckets)
             return files[rank]
 
-        buckets = [b for bs in self._buckets for b in bs]
         pieces = []     # per bucket: [(state name, src tensor, local offset)]
         for bi, (b, old) in enumerate(zip(buckets, old_layout)):
-            per = int(old["shard_length"])
+            per = old["shard_length"]
             s0, s1 = b.shard
-            s1 = min(s1, b.offsets[-1] + b.sizes[-1]) if b.sizes else s0
+            s1 = min(s1, b.offsets[-1] + b.sizes[-1])
             todo = []
             first = s0 // per
             last = max(first, (max(s1, s0 + 1) - 1) // per)
@@ -717,23 +1063,29 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
                     continue
                 arrays = dict(data["state"])
                 if b.master_flat is not None:
-                    if data.get("master") is None:
+                    if data["master"] is None:
                         raise ValueError(f"{where} was saved without master_weights")
                     arrays[MASTER_KEY] = data["master"]
                 for name, src in arrays.items():
                     # 8-bit state's absmax has one value per block (a, o0 start blocks)
                     unit = BLOCK if name.endswith(".absmax") else 1
-                    if src.numel() != (o1 - o0) // unit:
-                        raise ValueError(f"{where}: state {name} of rank {r} has "
-                                         f"{src.numel()} elements, its shard {o1 - o0}")
                     todo.append((name, src[(a - o0) // unit:-(-(c - o0) // unit)],
                                  (a - b.shard[0]) // unit))
             pieces.append(todo)
         head = shard(0)
-        groups = head["param_groups"]
+        groups = head.get("param_groups")
+        if not (isinstance(groups, list) and all(
+                isinstance(g, dict) and all(isinstance(k, str) for k in g) for g in groups)):
+            raise ValueError(f"{where}: param_groups must be a list of dicts")
         if len(groups) != len(self.param_groups):
             raise ValueError(f"{where} has {len(groups)} parameter groups, this optimizer "
                              f"{len(self.param_groups)}")
+        seed = head.get("seed")
+        if seed is not None:
+            try:
+                seed = _args.seed(seed)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{where}: {exc}") from None
         new_groups = []
         for index, (group, saved) in enumerate(zip(self.param_groups, groups)):
             new = dict(saved)
@@ -741,20 +1093,103 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
                 if flag in group:
                     new[flag] = group[flag]
             new["params"] = group["params"]
-            self._check_options(new, index)
+            try:
+                self._check_options(new, index)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{where}: {exc}") from None
             new_groups.append(new)
         meta = []
         for bi, b in enumerate(buckets):
             data = head["buckets"][bi]
             needed = self.rule.state_for(**self._rule_options(new_groups[b.group_index]))
             have = {key.split(".")[0] for key in data["state"]}
-            stepped = bool((data["steps"] > 0).any())
-            if stepped and not set(needed) <= have:
+            if bool((data["steps"] > 0).any()) and not set(needed) <= have:
                 raise ValueError(f"{where} lacks state {sorted(set(needed) - have)}")
-            if len(data["steps"]) != len(b.params):
-                raise ValueError(f"{where}: step counts for another number of parameters")
             meta.append(data)
-        return new_groups, pieces, meta, head.get("seed")
+        return new_groups, pieces, meta, seed, token
+
+    def _check_storage(self, b, saved_int8, saved, where):
+        """8-bit and full-precision state cannot load into each other from
+        shards (their layouts differ): ValueError naming both."""
+        if saved_int8 != b.blockwise:
+            raise ValueError(
+                f"{where} holds {saved} state for param group {b.group_index} "
+                f"({str(b.dtype).replace('torch.', '')} parameters), this optimizer keeps "
+                f"{_storage_name(b.state_dtype)!r} state (state_dtype="
+                f"{_shown(self.state_dtype)}): 8-bit and full-precision state do not load "
+                "into each other from shards. Build the optimizer with the checkpoint's "
+                "state_dtype, or convert through consolidate_state_dict() and "
+                "load_state_dict()")
+
+    def _checked_shard(self, data, at, token, rank, world, layout, buckets):
+        """A shard file's contents after checking every field the load uses
+        (state arrays flattened)."""
+        if not (isinstance(data, dict) and data.get("token") == token
+                and data.get("rank") == rank and data.get("world_size") == world):
+            raise ValueError(f"{at} does not belong to its manifest")
+        saved = data.get("buckets")
+        if not (isinstance(saved, list) and len(saved) == len(buckets)
+                and all(isinstance(d, dict) for d in saved)):
+            raise ValueError(f"{at}: buckets must be a list of {len(buckets)} dicts")
+        names = set(self.rule.state)
+        for bi, (b, old, d) in enumerate(zip(buckets, layout, saved)):
+            here, per, n = f"{at}: bucket {bi}", old["shard_length"], len(b.params)
+            if d.get("shard") != [rank * per, (rank + 1) * per]:
+                raise ValueError(f"{here}: shard must be [{rank * per}, {(rank + 1) * per}], "
+                                 f"got {_shown(d.get('shard'))}")
+            state = d.get("state")
+            if not (isinstance(state, dict) and all(
+                    isinstance(k, str) and isinstance(v, torch.Tensor)
+                    and v.layout == torch.strided for k, v in state.items())):
+                raise ValueError(f"{here}: state must be a dict of dense tensors")
+            parts = {k: k.rpartition(".") if k.endswith((".codes", ".absmax")) else (k, "", "")
+                     for k in state}
+            if state:
+                int8 = any(p[2] for p in parts.values())
+                self._check_storage(b, int8, "'int8'" if int8 else repr(_storage_name(
+                    next(iter(state.values())).dtype)), at)
+            for k, v in state.items():
+                base, _, part = parts[k]
+                if base not in names:
+                    raise ValueError(f"{here}: unknown state {k!r} (the rule's: {sorted(names)})")
+                if part and f"{base}.{'absmax' if part == 'codes' else 'codes'}" not in state:
+                    raise ValueError(f"{here}: {base}.codes and {base}.absmax go together")
+                kind, ok = {"codes": ("uint8", v.dtype == torch.uint8),
+                            "absmax": ("float32", v.dtype == torch.float32),
+                            "": ("floating-point", v.is_floating_point())}[part]
+                size = per // BLOCK if part == "absmax" else per
+                if not ok or v.numel() != size:
+                    raise ValueError(f"{here}: state {k} must be {size} {kind} values (its "
+                                     f"shard's), got {v.numel()} {v.dtype}")
+                if part == "absmax" and not bool(((v >= 0) & torch.isfinite(v)).all()):
+                    raise ValueError(f"{here}: state {k} has negative or non-finite values")
+                state[k] = v.reshape(-1)
+            master = d.get("master")
+            if master is not None and not (isinstance(master, torch.Tensor)
+                                           and master.is_floating_point()
+                                           and master.numel() == per):
+                raise ValueError(f"{here}: master must be None or {per} floating-point values")
+            d["master"] = None if master is None else master.reshape(-1)
+            steps = d.get("steps")
+            if not (isinstance(steps, torch.Tensor) and steps.numel() == n
+                    and not steps.is_complex()):
+                raise ValueError(f"{here}: steps must be a tensor of {n} step counts")
+            counts = steps.double().reshape(-1)
+            whole = torch.isfinite(counts) & (counts >= 0) & (counts == counts.round())
+            if not bool(whole.all()):
+                raise ValueError(f"{here}: steps must be whole numbers >= 0")
+            d["steps"] = counts
+            scalars = d.get("scalars")
+            if not (isinstance(scalars, dict) and set(scalars) == set(b.scalars) and all(
+                    isinstance(v, torch.Tensor) and v.numel() == n and v.is_floating_point()
+                    and bool(torch.isfinite(v).all()) for v in scalars.values())):
+                raise ValueError(f"{here}: scalars must hold {sorted(b.scalars)}, {n} finite "
+                                 "values each")
+            published = d.get("published")
+            if not (isinstance(published, list) and len(published) == n
+                    and all(isinstance(x, bool) for x in published)):
+                raise ValueError(f"{here}: published must be a list of {n} bools")
+        return data
 
     def _apply_sharded(self, new_groups, pieces, meta, seed):
         buckets = [b for bs in self._buckets for b in bs]
@@ -777,7 +1212,7 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
                     target[at:at + src.numel()].copy_(src)
                 b.steps.copy_(data["steps"].to(b.steps.dtype))
                 for name, values in data["scalars"].items():
-                    b.scalars[name].copy_(values)
+                    b.scalars[name].copy_(values.reshape(-1))
                 for j, published in enumerate(data["published"]):
                     self.state.pop(b.params[j], None)
                     b.published[j] = False

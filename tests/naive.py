@@ -1,6 +1,7 @@
-"""Slow, obviously-correct float64 references for the six functional steps.
+"""Slow, obviously-correct float64 references for every functional step.
 
-Written from the formulas in DESIGN.md and torch.optim's documentation, not
+Written from torch.optim's documented formulas (its pseudo-code; the Lion paper
+for Lion, which torch lacks), not
 from ``kernels/math.py``: each function upcasts everything to float64, applies
 the textbook update with whole-array NumPy operations and writes the results
 back into the caller's arrays (rounding once to their dtype). The signatures

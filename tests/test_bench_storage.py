@@ -111,5 +111,6 @@ def test_accuracy_report_and_plot(tmp_path):
     assert "final loss" in texts[0] and "final f - f*" in texts[1]
     pytest.importorskip("matplotlib")
     path = tmp_path / "acc.png"
-    assert A.plot(data, str(path)) is None
+    from fastadapt.benchmark import _plot
+    assert _plot.accuracy(data, str(path)) is None
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

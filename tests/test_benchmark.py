@@ -585,9 +585,10 @@ def test_plot_draws_only_undisturbed_rows(tmp_path):
     quiet = _row("Adam", 2**23, 10_000.0, 9_000.0, 80_000.0)
     busy = _row("SGD", 2**23, 10_000.0, 9_000.0, 80_000.0, bpe=20, others=0.6)
     path = tmp_path / "t.png"
-    assert _report.plot(_data([quiet, busy]), str(path)) is None
+    from fastadapt.benchmark import _plot
+    assert _plot.throughput(_data([quiet, busy]), str(path)) is None
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "disturbed" in _report.plot(_data([busy]), str(tmp_path / "u.png"))
+    assert "disturbed" in _plot.throughput(_data([busy]), str(tmp_path / "u.png"))
     assert not (tmp_path / "u.png").exists()
 
 

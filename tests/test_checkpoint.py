@@ -546,6 +546,30 @@ def test_save_keeps_the_permission_bits_of_the_file_it_replaces(tmp_path):
     assert restored.state[0]["step"] == 1
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX symbolic links")
+def test_save_through_a_symlink_replaces_its_target_and_keeps_the_link(tmp_path):
+    """A save used to rename its temporary over the link itself, leaving a
+    regular file there and the target untouched."""
+    (tmp_path / "run3").mkdir()
+    target = tmp_path / "run3" / "c.npz"
+    link = tmp_path / "latest.npz"
+    opt = make("sgd")
+    opt.save(target)
+    os.symlink(os.path.join("run3", "c.npz"), link)
+    train(opt, 0, 1)
+    opt.save(link)
+    assert os.path.islink(link) and os.readlink(link) == os.path.join("run3", "c.npz")
+    assert sorted(os.listdir(tmp_path)) == ["latest.npz", "run3"]
+    assert os.listdir(tmp_path / "run3") == ["c.npz"]
+    restored = make("sgd")
+    restored.load(target)
+    assert restored.state[0]["step"] == 1
+    dangling = tmp_path / "next.npz"                 # a link to a file not yet written
+    os.symlink(os.path.join("run3", "d.npz"), dangling)
+    opt.save(dangling)
+    assert os.path.islink(dangling) and os.path.isfile(tmp_path / "run3" / "d.npz")
+
+
 def test_corrupted_files_only_ever_raise_value_error(tmp_path):
     """Seeded byte flips and truncations anywhere in a checkpoint: loading it
     either succeeds (a flip the format does not depend on) or raises

@@ -54,7 +54,7 @@ def test_console_script_exit_status():
 
 
 def test_warmup_prepares_both_drivers_of_every_rule_and_dtype():
-    times = fastadapt.warmup()
+    times = fastadapt.warmup(modes=())
     assert set(times) == {(r, d) for r in (*fastadapt.RULES, "grad_norm")
                           for d in ("float32", "float64")}
     assert all(t >= 0 for t in times.values())
@@ -69,11 +69,23 @@ def test_warmup_prepares_both_drivers_of_every_rule_and_dtype():
             assert dtype in {sig[0].dtype.name for sig in path.signatures}
 
 
+def test_warmup_prepares_every_storage_mode():
+    from fastadapt._warmup import MODES
+    times = fastadapt.warmup(rules="rmsprop", dtypes=(), modes=None)
+    assert list(times) == [("rmsprop", m) for m in MODES]
+    # each mode is a layout driver of its own, compiled in both loops
+    layouts = {layout: d for (kernel, layout), d in cpu._LAYOUTS.items() if kernel == "rmsprop"}
+    assert len(layouts) >= len(MODES)
+    assert all(d.serial.signatures and d.parallel.signatures for d in layouts.values())
+
+
 def test_warmup_selects_and_validates():
-    times = fastadapt.warmup(rules="sgd", dtypes=np.float32)
+    times = fastadapt.warmup(rules="sgd", dtypes=np.float32, modes=())
     assert list(times) == [("sgd", "float32")]
-    assert list(fastadapt.warmup(["adam", "adagrad"], ["float64"])) == [
-        ("adam", "float64"), ("adagrad", "float64")]
+    assert list(fastadapt.warmup(["adam", "adagrad"], ["float64"], modes="bf16")) == [
+        ("adam", "float64"), ("adagrad", "float64"), ("adam", "bf16"), ("adagrad", "bf16")]
+    with pytest.raises(ValueError, match="unknown storage mode.*'int4'"):
+        fastadapt.warmup(modes=["int4"])
     with pytest.raises(ValueError, match="unknown rule.*'nosuchrule'"):
         fastadapt.warmup(rules=["nosuchrule"])
     with pytest.raises(TypeError, match="unsupported dtype float16"):
@@ -81,9 +93,12 @@ def test_warmup_selects_and_validates():
 
 
 def test_compile_command(capsys):
-    assert main(["compile", "--rules", "adam,sgd", "--dtypes", "float32"]) == 0
+    assert main(["compile", "--rules", "adam,sgd", "--dtypes", "float32", "--modes",
+                 "bf16_state"]) == 0
     out = capsys.readouterr().out
-    assert "adam float32" in out and "sgd float32" in out and "2 rule/dtype pairs" in out
+    assert "adam float32" in out and "sgd bf16_state" in out and "4 rule/dtype and" in out
+    assert main(["compile", "--modes", "int4"]) == 2
+    assert "unknown storage mode" in capsys.readouterr().err
     assert main(["compile", "--rules", "nosuchrule"]) == 2
     assert "unknown rule" in capsys.readouterr().err
 
@@ -93,19 +108,25 @@ def test_compile_fills_the_cache_a_fresh_process_loads(tmp_path):
     compiles nothing (the cache directory is private to this test)."""
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
     proc = subprocess.run([sys.executable, "-m", "fastadapt", "compile", "--rules", "adagrad",
-                           "--dtypes", "float64"], env=env, capture_output=True, text=True,
-                          timeout=600)
+                           "--dtypes", "float64", "--modes", "bf16_master"], env=env,
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     code = textwrap.dedent(f"""
         import numpy as np, fastadapt
         from fastadapt.kernels import cpu
+        from fastadapt._storage import bfloat16
         for n in (8, cpu.SERIAL_BELOW):
             fastadapt.adagrad_step(np.ones(n), np.ones(n), np.zeros(n), step=1)
-        d = cpu.DRIVERS["adagrad"]
-        print(sum(len(p.stats.cache_hits) for p in (d.serial, d.parallel)),
-              sum(len(p.stats.cache_misses) for p in (d.serial, d.parallel)))
+            p16, g16 = np.ones(n, bfloat16()), np.ones(n, bfloat16())
+            fastadapt.adagrad_step(p16, g16, np.zeros(n, np.float32), step=1,
+                                   master_param=np.ones(n, np.float32))
+        drivers = [cpu.DRIVERS["adagrad"], *(d for (k, _), d in cpu._LAYOUTS.items()
+                                             if k == "adagrad")]
+        paths = [p for d in drivers for p in (d.serial, d.parallel)]
+        print(sum(len(p.stats.cache_hits) for p in paths),
+              sum(len(p.stats.cache_misses) for p in paths))
     """)
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["2", "0"]
+    assert proc.stdout.split() == ["4", "0"]

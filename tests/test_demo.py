@@ -7,7 +7,8 @@ import pytest
 
 from fastadapt import demo
 
-NAMES = ["SGD", "SGD-momentum", "AdaGrad", "RMSprop", "Adadelta", "Adam", "AdamW"]
+NAMES = ["SGD", "SGD-momentum", "AdaGrad", "RMSprop", "Adadelta", "Adam", "AdamW", "AMSGrad",
+         "Adamax", "RAdam", "NAdam", "ASGD", "Rprop", "Lion"]
 
 
 def _table_rows(out):
@@ -28,7 +29,7 @@ def test_table_and_adaptive_methods_beat_sgd(capsys, seed):
     final = {name: float(fields[2]) for name, fields in rows.items()}
     for name in demo.ADAPTIVE:
         assert final[name] < final["SGD"], (name, final)
-    assert "5 of 5 adaptive methods" in out
+    assert f"{len(demo.ADAPTIVE)} of {len(demo.ADAPTIVE)} adaptive methods" in out
     best = min(final, key=final.get)
     assert f"the best optimizer, {best}," in out
 
@@ -37,6 +38,8 @@ def test_learning_rates_are_from_the_grid_and_not_at_its_edge():
     result = demo.run(steps=100)
     for row in result["rows"]:
         assert row["lr"] in demo.LR_GRID
+        if row["name"] == "Rprop":      # its lr is only the first step size: it adapts its own
+            continue
         assert demo.LR_GRID[0] < row["lr"] < demo.LR_GRID[-1], row["name"]   # grid wide enough
 
 
@@ -74,7 +77,7 @@ def test_spikes_counts_rises_above_ten_times_the_best_gap_so_far():
 
 
 def test_narrative_explains_the_stability_bound_and_the_spikes():
-    result = demo.run(steps=1000)
+    result = demo.run(steps=1000, names=("SGD", "Adam", "AdamW", "RAdam"))
     text = demo.narrative(result)
     assert result["lr_cap"] < result["lr_cap_end"]          # curvature falls as the fit improves
     sgd = next(r for r in result["rows"] if r["name"] == "SGD")

@@ -2,6 +2,7 @@
 on every path, import without a writable cache, no stale cache after an edit,
 ndarray subclasses, overflow behaving as torch's, huge step numbers and
 non-numeric hyper-parameters."""
+import collections
 import os
 import shutil
 import subprocess
@@ -218,3 +219,286 @@ def test_numpy_reals_are_real_numbers():
     arrays = {a: np.ones(3) for a in ("param", "grad", "exp_avg", "exp_avg_sq")}
     fastadapt.adam_step(**arrays, step=np.int32(1), lr=np.float32(0.1), eps=np.int64(0),
                         betas=(np.float64(0.9), 0.99))
+
+
+# ------------------------------------------------------------ issue 19: state, master
+# copies and GradScaler in one process (fastadapt.torch and the NumPy classes)
+def _bf16_adamw(torch, n=256, steps=2, seed=0, **options):
+    """A bfloat16 parameter trained ``steps`` AdamW steps with master weights."""
+    import fastadapt.torch as ft
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.nn.Parameter(torch.randn(n, generator=gen).bfloat16())
+    opt = ft.AdamW([w], lr=0.05, master_weights=True, **options)
+    for _ in range(steps):
+        w.grad = torch.randn(n, generator=gen).bfloat16()
+        opt.step()
+    return w, opt
+
+
+def _lr0_move(torch, sd, like):
+    """How far one lr=0 step of a fresh optimizer that loads ``sd`` moves a
+    parameter holding ``like``'s values: its master copy's distance from them."""
+    import fastadapt.torch as ft
+    w = torch.nn.Parameter(like.detach().clone())
+    opt = ft.AdamW([w], lr=0.0, weight_decay=0.0, master_weights=True)
+    opt.load_state_dict(sd)
+    opt.param_groups[0]["lr"] = 0.0
+    before = w.detach().float().clone()
+    w.grad = torch.zeros_like(w)
+    opt.step()
+    return float((w.detach().float() - before).abs().max())
+
+
+def test_state_dict_after_a_data_replacement_saves_the_new_master(torch):
+    """Replaced ``.data`` reached the master copy only at the next step, so a
+    state dict taken before it saved the old master, and resuming moved w back."""
+    w, opt = _bf16_adamw(torch)
+    w.data = torch.randn(256, generator=torch.Generator().manual_seed(9)).bfloat16() * 3
+    seen = w.detach().clone()
+    sd = opt.state_dict()
+    assert torch.equal(w.detach(), seen)                 # the model sees the same values
+    assert torch.equal(sd["state"][0]["master_param"], seen.float())
+    assert _lr0_move(torch, sd, seen) == 0.0
+
+
+def test_a_state_dict_does_not_move_a_replaced_parameter_of_another_shape(torch):
+    w, opt = _bf16_adamw(torch)
+    w.data = torch.zeros(3, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="changed shape"):
+        opt.state_dict()
+
+
+def test_a_stale_master_from_a_torch_round_trip_is_not_trusted(torch):
+    """torch.optim keeps the unknown master_param key and never updates it; back
+    in fastadapt the stale master would undo torch's steps."""
+    w, opt = _bf16_adamw(torch, steps=3)
+    ref = torch.optim.AdamW([w], lr=0.05)
+    ref.load_state_dict(opt.state_dict())
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(5):
+        w.grad = torch.randn(256, generator=gen).bfloat16()
+        ref.step()
+    sd = ref.state_dict()
+    assert not torch.equal(sd["state"][0]["master_param"].bfloat16(), w.detach())
+    assert _lr0_move(torch, sd, w) == 0.0
+
+
+def test_a_master_that_rounds_to_the_parameter_keeps_its_low_bits(torch):
+    w, opt = _bf16_adamw(torch, steps=3)
+    sd = opt.state_dict()
+    master = sd["state"][0]["master_param"].clone()
+    assert not torch.equal(master, w.detach().float())    # it has bits below bfloat16's
+    import fastadapt.torch as ft
+    twin = torch.nn.Parameter(w.detach().clone())
+    other = ft.AdamW([twin], lr=0.05, master_weights=True)
+    other.load_state_dict(sd)
+    assert torch.equal(other.state[twin]["master_param"], master)
+
+
+def test_an_npz_master_is_trusted_only_where_it_rounds_to_the_params(tmp_path):
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    bf16 = ml_dtypes.bfloat16
+    rng = np.random.default_rng(0)
+    opt = fastadapt.AdamW([rng.standard_normal(300).astype(bf16)], lr=0.05,
+                          master_weights=True)
+    for _ in range(3):
+        opt.step([rng.standard_normal(300).astype(np.float32)])
+    sd = opt.state_dict()
+    kept = sd["master"][0][150:].copy()           # still rounds to the params there
+    sd["params"][0][:150] = (sd["params"][0][:150].astype(np.float32) + 1).astype(bf16)
+    from fastadapt.checkpoint import save
+    save(tmp_path / "edited.npz", sd)             # as a tool that edits checkpoints would
+    resumed = fastadapt.AdamW([np.zeros(300, bf16)], lr=0.0, weight_decay=0.0,
+                              master_weights=True)
+    resumed.load(tmp_path / "edited.npz")
+    resumed.param_groups[0]["lr"] = 0.0
+    before = resumed.params[0].copy()
+    resumed.step([np.zeros(300, np.float32)])
+    assert resumed.params[0].tobytes() == before.tobytes()
+    np.testing.assert_array_equal(resumed.master_params[0][150:], kept)
+    np.testing.assert_array_equal(resumed.master_params[0][:150],
+                                  sd["params"][0][:150].astype(np.float32))
+
+
+def test_a_step_that_raises_under_grad_scaler_leaves_no_scale_behind(torch):
+    """GradScaler removes grad_scale / found_inf only after a step that returns;
+    left set, the next good step was divided by the scale twice."""
+    import fastadapt.torch as ft
+    w = torch.nn.Parameter(torch.zeros(4))
+    opt = ft.SGD([w], lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    opt.param_groups[0]["lr"] = -1.0
+    scaler.scale(w.sum()).backward()
+    with pytest.raises(ValueError, match="invalid lr"):
+        scaler.step(opt)
+    assert not hasattr(opt, "grad_scale") and not hasattr(opt, "found_inf")
+    assert torch.equal(w.detach(), torch.zeros(4))
+    opt.param_groups[0]["lr"] = 0.1
+    opt.zero_grad()
+    scaler.scale(w.sum()).backward()
+    scaler.step(opt)
+    scaler.update()
+    assert torch.equal(w.detach(), torch.full((4,), -0.1))
+
+
+def test_a_state_tensor_on_another_device_is_refused_before_anything_changes(torch):
+    """A meta tensor in parameter 1's state passed the checks, then failed
+    mid-copy with param_groups and parameter 0's state already overwritten."""
+    import fastadapt.torch as ft
+    a, b = torch.nn.Parameter(torch.randn(8)), torch.nn.Parameter(torch.randn(8))
+    opt = ft.Adam([a, b], lr=0.1)
+    a.grad, b.grad = torch.ones(8), torch.ones(8)
+    opt.step()
+    sd = opt.state_dict()
+    bad = {"state": {k: {n: t.clone() + 1 for n, t in v.items()}
+                     for k, v in sd["state"].items()},
+           "param_groups": [dict(g, lr=0.5) for g in sd["param_groups"]]}
+    for key in ("exp_avg", "step"):
+        broken = {k: dict(v) for k, v in bad["state"].items()}
+        broken[1][key] = torch.empty_like(broken[1][key], device="meta")
+        before = {p: {k: v.clone() for k, v in opt.state[p].items()} for p in (a, b)}
+        with pytest.raises(ValueError, match=f"{key} is on meta"):
+            opt.load_state_dict({"state": broken, "param_groups": bad["param_groups"]})
+        assert opt.param_groups[0]["lr"] == 0.1
+        for p in (a, b):
+            assert all(torch.equal(v, opt.state[p][k]) for k, v in before[p].items())
+
+
+_RESETS = {"clear": lambda opt, ps: opt.state.clear(),
+           "pop": lambda opt, ps: opt.state.pop(ps[0]),
+           "del": lambda opt, ps: opt.state.__delitem__(ps[1]),
+           "empty": lambda opt, ps: opt.state.__setitem__(ps[1], {}),
+           "new dict": lambda opt, ps: setattr(opt, "state", collections.defaultdict(dict))}
+
+
+@pytest.mark.parametrize("idiom", list(_RESETS))
+@pytest.mark.parametrize("cls, cfg", [("Adam", {}), ("AdamW", {"amsgrad": True}),
+                                      ("SGD", {"momentum": 0.9}),
+                                      ("RMSprop", {"centered": True, "momentum": 0.5}),
+                                      ("Adagrad", {}), ("NAdam", {})], ids=str)
+def test_torchs_ways_to_reset_state_restart_the_parameter_as_torch_does(torch, cls, cfg,
+                                                                         idiom):
+    """3 steps, a reset, 3 steps, against torch.optim doing the same: the
+    parameters and every state tensor agree to float32 rounding (1e-6 of their
+    scale; a reset ignored is 0.03-1.4 off)."""
+    import fastadapt.torch as ft
+    gen = torch.Generator().manual_seed(0)
+    init = [torch.randn(5, 3, generator=gen), torch.randn(7, generator=gen)]
+    ps = [torch.nn.Parameter(t.clone()) for t in init]
+    qs = [torch.nn.Parameter(t.clone()) for t in init]
+    opt = getattr(ft, cls)(ps, lr=0.05, **cfg)
+    ref = getattr(torch.optim, cls)(qs, lr=0.05, foreach=False, **cfg)
+    for t in range(6):
+        if t == 3:
+            _RESETS[idiom](opt, ps)
+            _RESETS[idiom](ref, qs)
+        for p, q in zip(ps, qs):
+            p.grad = torch.randn(p.shape, generator=gen)
+            q.grad = p.grad.clone()
+        opt.step()
+        ref.step()
+    for p, q in zip(ps, qs):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=1e-6)
+        assert set(opt.state[p]) == set(ref.state[q])
+        for key, value in ref.state[q].items():
+            torch.testing.assert_close(opt.state[p][key].double(), value.double(),
+                                       rtol=0, atol=1e-6 * max(1.0, float(value.abs().max())))
+
+
+def test_a_reset_of_a_parameter_without_gradient_waits_for_its_next_gradient(torch):
+    import fastadapt.torch as ft
+    a, b = torch.nn.Parameter(torch.ones(4)), torch.nn.Parameter(torch.ones(4))
+    opt = ft.Adam([a, b], lr=0.1)
+    a.grad, b.grad = torch.ones(4), torch.ones(4)
+    opt.step()
+    opt.state.clear()
+    b.grad = None
+    opt.step()
+    assert b not in opt.state and int(opt.state[a]["step"]) == 1
+    assert int(opt.state_dict()["state"][0]["step"]) == 1 and 1 not in opt.state_dict()["state"]
+    assert opt.state[b] == {}                    # reading it makes an empty entry, as in torch
+    opt.step()
+    assert opt.state[b] == {} and int(opt.state[a]["step"]) == 2
+    b.grad = torch.ones(4)
+    opt.step()
+    assert int(opt.state[b]["step"]) == 1 and int(opt.state[a]["step"]) == 3
+
+
+def test_a_foreign_state_dict_entry_raises_and_changes_nothing(torch):
+    import fastadapt.torch as ft
+    w = torch.nn.Parameter(torch.ones(4))
+    opt = ft.Adam([w], lr=0.1)
+    w.grad = torch.ones(4)
+    opt.step()
+    before = w.detach().clone()
+    opt.state[w] = {"exp_avg": torch.zeros(4)}
+    with pytest.raises(ValueError, match=r"optimizer.state.pop\(p\)"):
+        opt.step()
+    assert torch.equal(w.detach(), before)
+
+
+def test_stochastic_rounding_draws_new_bits_past_two_to_the_24_steps(torch):
+    """torch's float32 step count stops at 2**24 (2**24 + 1 rounds back), so
+    the rounding stream, keyed on the step, drew the same bits every step.
+    Reference: the functional step over the same buffer at the exact step."""
+    import fastadapt.torch as ft
+    n, seed, start = 64, 7, 2 ** 24
+    gen = torch.Generator().manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(n, generator=gen).bfloat16())
+    opt = ft.Adam([w], lr=1e-3, stochastic_rounding=True, seed=seed)
+    w.grad = torch.randn(n, generator=gen).bfloat16()
+    opt.step()
+    sd = opt.state_dict()
+    sd["state"][0]["step"] = torch.tensor(float(start))
+    opt.load_state_dict(sd)
+    p = w.detach().float().numpy().astype(np.float32)
+    state = [opt.state[w][k].numpy().copy() for k in ("exp_avg", "exp_avg_sq")]
+    import ml_dtypes
+    p = p.astype(ml_dtypes.bfloat16)
+    for t in (start + 1, start + 2, start + 3):
+        g = torch.randn(n, generator=gen).bfloat16()
+        w.grad = g.clone()
+        opt.step()
+        fastadapt.adam_step(p, g.float().numpy().astype(ml_dtypes.bfloat16), *state, step=t,
+                            lr=1e-3, stochastic_rounding=True, seed=seed)
+        assert w.detach().float().numpy().tobytes() == p.astype(np.float32).tobytes(), t
+    # torch's float32 step stays in the dict; the exact count rides beside it
+    sd = opt.state_dict()
+    assert sd["state"][0]["step"].dtype == torch.float32
+    assert float(sd["state"][0]["step"]) == start + 4 and sd["state"][0]["exact_step"] == start + 3
+    opt.load_state_dict(sd)
+    assert int(opt.state[w]["step"]) == start + 3
+    sd["state"][0]["step"] = torch.tensor(float(start + 100))   # torch stepped on: stale
+    opt.load_state_dict(sd)
+    assert int(opt.state[w]["step"]) == start + 100
+
+
+# ------------------------------------------------------------ issue 19, item 18
+def _slots():
+    for name, rule in RULES.items():
+        for i, spec in enumerate(rule.state_specs):
+            yield pytest.param(name, i, id=f"{name}-{spec.name}")
+
+
+@pytest.mark.parametrize("value", [0.1, "garbage", True], ids=repr)
+@pytest.mark.parametrize("name, slot", list(_slots()))
+def test_a_positional_hyper_parameter_in_a_state_slot_is_a_type_error(name, slot, value):
+    """``sgd_step(p, g, 0.1, step=1)`` ran with lr 1e-3: the 0.1 landed in the
+    momentum-buffer slot, unused without momentum, and was never checked."""
+    rule = RULES[name]
+    arrays = [np.ones(5, np.float32) for _ in range(2 + len(rule.state_specs))]
+    args = list(arrays)
+    args[2 + slot] = value
+    before = snapshot(arrays)
+    with pytest.raises(TypeError, match="hyper-parameters are keyword-only"):
+        rule.step_fn(*args, **({"step": 1} if rule.takes_step else {}))
+    assert_unchanged(arrays, before)
+
+
+def test_an_unused_state_array_is_still_checked():
+    p, g, m, v = (np.ones(4, np.float32) for _ in range(4))
+    with pytest.raises(ValueError, match=r"max_exp_avg_sq has shape \(3,\)"):
+        fastadapt.adam_step(p, g, m, v, np.zeros(3, np.float32), step=1)
+    with pytest.raises(TypeError, match="momentum_buffer must be a numpy.ndarray"):
+        fastadapt.sgd_step(p, g, [0.0] * 4, step=1)
+    fastadapt.adam_step(p, g, m, v, np.zeros(4, np.float32), step=1)     # amsgrad off: fine

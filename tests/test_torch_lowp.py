@@ -11,12 +11,15 @@ References and tolerances
   differ over 40 steps of every configuration below).
 * **torch's fused CPU optimizers on the same 16-bit tensors.** Measured with
   torch 2.13 (CPU), each step started from the same parameters and state:
-  - Adam / AdamW: parameters bit-exact per step (over a float16 model's
-    trajectory, a subnormal second moment can round one step apart, see
-    ``test_a_16bit_model_trains_as_torch_fused_does``); state bit-exact but where
-    ``beta1*m`` and ``(1-beta1)*g`` cancel (2 elements in 40 steps of 1009:
-    fastadapt stores 0, torch's lerp 2.5e-10), so state is compared at the
-    scale of the step's inputs, max(|m|, |g|);
+  - Adam / AdamW: torch's kernel fuses two multiply-adds fastadapt does not
+    (see ``FUSED_ADAM_BOUNDS``), so a stored value is one rounding step from
+    torch's where the two float32 results straddle a rounding point of the
+    storage dtype: a few in 1e5 of the bfloat16 state values, 0.3 % of
+    float16 exp_avg, parameters rarely (0 and 2 in 1.3M). Where ``beta1*m``
+    and ``(1-beta1)*g`` cancel (fastadapt stores 0, torch's lerp 2.5e-10) that
+    step is many of the result's ulps, so exp_avg is compared at the scale of
+    the step's inputs, max(|m|, |g|). Over a trajectory such a difference
+    feeds into later steps (see ``test_a_16bit_model_trains_as_torch_fused_does``);
   - Adagrad: 0.25 % (bfloat16) and 0.37 % (float16) of the parameters differ
     by one unit of the storage dtype at the parameter's scale (``ulps``):
     torch's fp32 arithmetic rounds an operation differently (the results sit
@@ -193,19 +196,58 @@ def test_matches_torch_fused_on_the_same_16bit_tensors(cls, cfg, fraction, dtype
     assert differing <= fraction * N * STEPS, f"{differing} of {N * STEPS} differ"
 
 
+# fastadapt computes torch's single-tensor order in float32 without fused
+# multiply-adds; torch 2.13's fused CPU kernel (x86-64 build) fuses two:
+# exp_avg.lerp_(g, 1 - beta1) as fma(1 - beta1, g - m, m), and
+# exp_avg_sq as fma((1 - beta2) * g, g, beta2 * v) (the compiler contracts that
+# multiply and add). A NumPy emulation of those two FMAs reproduced torch's
+# stored bits exactly (0 of 5.2M parameters, exp_avg and exp_avg_sq values over
+# 20 steps, both dtypes); without them it reproduces fastadapt's. Where the
+# two float32 results straddle a rounding point of the storage dtype, the
+# stored values are one rounding step apart. Measured here (2**16 elements,
+# 20 steps, each from the same parameters and state): bfloat16 exp_avg 6.1e-5
+# of values, exp_avg_sq 1.1e-5, parameters 0; float16 exp_avg 3.2e-3,
+# exp_avg_sq 0, parameters 1.5e-6 (2 elements). Bounds: 3-5x those (parameters:
+# 13 elements), and never more than one rounding step.
+FUSED_ADAM_BOUNDS = {torch.bfloat16: {"param": 1e-5, "exp_avg": 2e-4, "exp_avg_sq": 5e-5},
+                     torch.float16: {"param": 1e-5, "exp_avg": 1e-2, "exp_avg_sq": 5e-5}}
+
+
 @pytest.mark.parametrize("dtype", SIXTEEN, ids=str)
-def test_adam_trajectory_is_bit_exact_against_torch_fused(dtype):
-    p0, grads = stream(dtype, seed=3)
-    p, q = nn.Parameter(p0.clone()), nn.Parameter(p0.clone())
-    opt = ft.AdamW([p], lr=1e-2, weight_decay=0.05, state_dtype=dtype)
-    ref = torch.optim.AdamW([q], lr=1e-2, weight_decay=0.05, fused=True)
-    for g in grads:
+def test_adam_state_is_one_rounding_step_from_torch_fused_in_few_elements(dtype):
+    """Each step starts torch's fused AdamW from fastadapt's parameters and
+    state (no drift), at the scales of a small transformer's weights and
+    gradients; counts the stored values one rounding step apart."""
+    n, steps = 1 << 16, 20
+    gen = torch.Generator().manual_seed(4)
+    p = nn.Parameter((torch.randn(n, generator=gen) * 0.02).to(dtype))
+    q = nn.Parameter(p.detach().clone())
+    opt = ft.AdamW([p], lr=1e-3, weight_decay=0.1, state_dtype=dtype)
+    ref = torch.optim.AdamW([q], lr=1e-3, weight_decay=0.1, fused=True)
+    differing = dict.fromkeys(FUSED_ADAM_BOUNDS[dtype], 0)
+    for t in range(steps):
+        g = (torch.randn(n, generator=gen) * 1e-3 * torch.rand(n, generator=gen)).to(dtype)
+        with torch.no_grad():
+            q.copy_(p)
+            for k, v in opt.state.get(p, {}).items():
+                if k != "step":
+                    ref.state[q][k].copy_(v)
+        # exp_avg at the scale of the step's inputs: where beta1*m and
+        # (1-beta1)*g cancel, one rounding step of them is many of the result
+        scale = g.float().abs() if t == 0 else torch.maximum(
+            opt.state[p]["exp_avg"].float().abs(), g.float().abs())
         p.grad, q.grad = g.clone(), g.clone()
         opt.step()
         ref.step()
-    assert same_bits(p, q)
-    for k in ("exp_avg", "exp_avg_sq"):
-        assert same_bits(opt.state[p][k], ref.state[q][k])
+        for what, ours, theirs, at in [("param", p, q, None),
+                                       ("exp_avg", opt.state[p]["exp_avg"],
+                                        ref.state[q]["exp_avg"], scale),
+                                       ("exp_avg_sq", opt.state[p]["exp_avg_sq"],
+                                        ref.state[q]["exp_avg_sq"], None)]:
+            assert float(ulps(ours, theirs, at).max()) <= 1.0, f"step {t}: {what}"
+            differing[what] += int((ours != theirs).sum())
+    for what, count in differing.items():
+        assert count <= FUSED_ADAM_BOUNDS[dtype][what] * n * steps, (what, count)
 
 
 # ----------------------------------------------------------------- master weights
@@ -738,7 +780,8 @@ def test_odd_sizes_equal_one_functional_call_per_parameter(mode):
     bucket = opt._buckets[0][0]             # the kernels see the tensors' own memory
     assert bucket.k_param.__array_interface__["data"][0] == bucket.param_flat.data_ptr()
     assert bucket.k_grad.__array_interface__["data"][0] == bucket.grad_flat.data_ptr()
-    assert all(p.grad.data_ptr() == v.data_ptr() for p, v in zip(params, bucket.grad_views))
+    # assigned gradients stay .grad (copied into the flat buffer, never replaced)
+    assert not any(p.grad is v for p, v in zip(params, bucket.grad_views))
     for p, arrays in zip(params, refs):
         ours = p.detach().float().numpy()
         assert np.array_equal(ours, arrays["param"].astype(np.float32)), p.numel()
@@ -770,7 +813,10 @@ def test_a_16bit_model_trains_as_torch_fused_does(dtype):
     """test_torch.py's model (embedding, conv, layer norm, linear layers, a
     frozen layer, a branch without gradient on odd steps, three groups) in
     16 bits, every gradient path, 30 steps of AdamW against torch's fused
-    AdamW fed the same gradients. bfloat16: parameters bit-exact. float16:
+    AdamW fed the same gradients. bfloat16: parameters bit-exact in this run,
+    but not in every run (a state value one rounding step from torch's, see
+    FUSED_ADAM_BOUNDS, feeds into later steps: a 60-step small transformer
+    ended with 9 of 835k weights one step away). float16:
     measured 1 element of 623 off, by 2 ulps at the end: at step 3 one
     second moment in float16's subnormal range (8e-6, below 6.1e-5) rounds
     one subnormal step apart (7.987e-6 vs 8.047e-6: the two float32
@@ -787,8 +833,6 @@ def test_a_16bit_model_trains_as_torch_fused_does(dtype):
         lockstep(model, opt, ref_model, ref, step, ZERO_MODES[step % len(ZERO_MODES)])
     total = differing = 0
     for (name, p), q in zip(model.named_parameters(), ref_model.parameters()):
-        if dtype == torch.bfloat16:
-            assert same_bits(p, q), name
         assert float(ulps(p, q).max()) <= 4.0, name
         total += p.numel()
         differing += int((p != q).sum())

@@ -442,6 +442,197 @@ def test_bench_section_runs_at_a_tiny_size():
     assert any("ZeRO" in title for title, _ in _report.sections_text({"zero": data}))
 
 
+# ----------------------------------------------------------------- agreement across ranks
+CHECKS_TIMEOUT_S = 30     # the process group's timeout in the checks (a hang fails them)
+PROMPT_S = 10             # a failure every rank must see well before that timeout
+
+
+@pytest.fixture(scope="module", params=[2, pytest.param(3, marks=pytest.mark.slow)])
+def checks(request, tmp_path_factory):
+    """``(world, [rank results])`` of zero_worker's agreement checks, every
+    check in one launch of ``world`` ranks."""
+    world = request.param
+    workdir = str(tmp_path_factory.mktemp(f"checks{world}"))
+    status = launch(world, workdir, "checks", timeout_s=CHECKS_TIMEOUT_S)
+    for rank, (code, log) in enumerate(status):
+        assert code == 0, f"world {world}, rank {rank} exited with {code}:\n{log}"
+    return world, [load(workdir, "checks", rank) for rank in range(world)]
+
+
+def raised_everywhere(results, kind="ValueError", within=None):
+    """Every rank's outcome is ``kind`` (within ``within`` seconds); their
+    messages, by rank."""
+    for rank, (name, message, seconds) in enumerate(results):
+        assert name == kind, f"rank {rank}: {name}: {message}"
+        assert within is None or seconds < within, f"rank {rank} took {seconds:.1f} s"
+    return [message for _, message, _ in results]
+
+
+def test_checkpoints_carry_parameters_changed_since_the_last_step(checks):
+    """bfloat16 parameters with master weights: after two steps one is halved
+    in place and another's ``.data`` replaced. The consolidated state's
+    master copy rounds to every parameter, and resuming from it or from a
+    sharded checkpoint, an lr=0 step moves nothing (it moved parameters by
+    up to 2.1 when the checkpoints carried the master copy of the last
+    step)."""
+    world, out = checks
+    for rank in range(world):
+        assert out[rank]["master_sync"]["moved"] == {"load_sharded": 0.0,
+                                                     "load_state_dict": 0.0}, rank
+    params = out[0]["master_sync"]["params"]
+    sd = out[0]["master_sync"]["sd"]
+    assert len(sd["state"]) == len(params)
+    for index, p in enumerate(params):
+        master = sd["state"][index][ft.MASTER_KEY]
+        assert master.dtype == torch.float32
+        assert torch.equal(master.to(torch.bfloat16), p), index
+    # and one process resumes from it: an lr=0 step keeps every parameter
+    groups = [[torch.nn.Parameter(p.clone()) for p in params[:len(W.SHAPES[0])]],
+              [torch.nn.Parameter(p.clone()) for p in params[len(W.SHAPES[0]):]]]
+    opt = ft.AdamW(W.groups_for("adamw", groups), master_weights=True)
+    opt.load_state_dict(sd)
+    for group in opt.param_groups:
+        group["lr"] = 0.0
+    W.set_grads(groups, 3)
+    opt.step()
+    assert not mismatches(W.flat(groups), params)
+
+
+def test_every_rank_sees_the_agreed_found_inf(checks):
+    """torch.amp.GradScaler over SGD with reduce_gradients=True, one rank's
+    gradient infinite at step 2: every rank skips that step and halves its
+    scale (1024, 512, 512, 512 on every rank; one rank kept 1024 before), so
+    the next reductions average gradients of one scale, and the parameters
+    equal one process's SGD on the ranks' mean gradient, bit for bit
+    (coarse gradients and power-of-2 scales: every operation is exact, the
+    division by the world size rounds alike in both)."""
+    world, out = checks
+    params = W.make_params(torch.float32)[0]
+    opt = ft.SGD(params, lr=0.1)
+    for step in range(1, W.SCALER_STEPS + 1):
+        if step == W.SCALER_OVERFLOW_AT:
+            continue
+        for index, p in enumerate(params):
+            total = sum(W.gradient(p.shape, torch.float64, step, index, r, coarse=True)
+                        for r in range(world))
+            p.grad = total.to(torch.float32) / world
+        opt.step()
+    for rank in range(world):
+        got = out[rank]["scaler"]
+        assert got["scales"] == [1024.0, 512.0, 512.0, 512.0], (rank, got["scales"])
+        assert got["skipped"] == [False, True, False, False], rank
+        assert not mismatches(got["params"], [p.detach() for p in params]), rank
+
+
+def test_sharded_8_bit_and_float32_state_do_not_load_into_each_other(checks):
+    world, out = checks
+    for direction in ("int8 into float32", "float32 into int8"):
+        messages = raised_everywhere([out[r]["storage_mismatch"][direction]
+                                      for r in range(world)])
+        for rank, message in enumerate(messages):
+            assert "'int8'" in message and "'float32'" in message, (rank, message)
+            assert out[rank]["storage_mismatch"][f"{direction}, unchanged"], (direction, rank)
+
+
+def test_options_that_differ_across_ranks_raise_on_every_rank(checks):
+    """Options (storage, reduce_gradients, max_grad_norm), a hyper-parameter
+    or the parameters' shapes differing on the last rank, or an invalid
+    option there only: every rank raises ValueError at construction, naming
+    what differs (and each rank's value) or the rank that failed, and no
+    parameter is touched; a construction that agrees then steps."""
+    world, out = checks
+    # what differs: (the other ranks' value, the last rank's)
+    named = {   # case: (what differs, the other ranks' value, the last rank's)
+        "master_weights": ("master_weights", "False", "True"),
+        "state_dtype": ("state_dtype", "None", "'int8'"),
+        "state_dtype bfloat16": ("state_dtype", "None", "'bfloat16'"),
+        "reduce_gradients": ("reduce_gradients", "False", "True"),
+        "max_grad_norm": ("max_grad_norm", "None", "1.0"),
+        "lr": ("param group 0: lr", "0.01", "0.1"),
+        "shapes": ("param group 1: parameters", "3 tensors", "4 tensors")}
+    for key, (what, usual, odd) in named.items():
+        messages = raised_everywhere([out[r]["options_differ"][key] for r in range(world)])
+        for rank, message in enumerate(messages):
+            others = "rank 0" if world == 2 else f"ranks {', '.join(map(str, range(world - 1)))}"
+            assert f"{what} ({others}: {usual}" in message, (key, rank, message)
+            assert f"; rank {world - 1}: {odd}" in message, (key, rank, message)
+            assert out[rank]["options_differ"][f"{key}, unchanged"], (key, rank)
+    messages = raised_everywhere([out[r]["options_differ"]["invalid lr"] for r in range(world)])
+    assert "invalid lr" in messages[-1] and "failed on rank" not in messages[-1]
+    for message in messages[:-1]:
+        assert f"failed on rank {world - 1}" in message and "invalid lr" in message
+    for rank in range(world):
+        assert not mismatches(out[rank]["options_differ"]["after"],
+                              out[0]["options_differ"]["after"]), rank
+        # the agreement costs the step nothing: no all-reduce without
+        # reduce_gradients, clipping or GradScaler
+        assert out[rank]["options_differ"]["step_all_reduces"] == 0, rank
+
+
+def test_hyper_parameters_are_checked_at_add_param_group_and_load_sharded(checks):
+    """A group added with other betas on the last rank, and a sharded
+    checkpoint with another lr read there: ValueError on every rank naming
+    the group and the key, nothing changed; agreeing calls then work."""
+    world, out = checks
+    for key, what, odd in (("add_param_group", "param group 1: betas (", "(0.8, 0.99)"),
+                           ("load_sharded", "param group 1: lr (", "0.005")):
+        messages = raised_everywhere([out[r]["hyper_differ"][key] for r in range(world)])
+        for rank, message in enumerate(messages):
+            assert what in message and f"rank {world - 1}: {odd}" in message, (rank, message)
+            assert out[rank]["hyper_differ"][f"{key}, unchanged"], (key, rank)
+    for rank in range(world):
+        assert out[rank]["hyper_differ"]["loaded_lr"] == 1e-3
+        assert not mismatches(out[rank]["hyper_differ"]["stepped"],
+                              out[0]["hyper_differ"]["stepped"])
+
+
+BAD_FILES = {"unpickling": "is damaged or is not a file save_sharded wrote",
+             "truncated": "is damaged or is not a file save_sharded wrote",
+             "shard_length 0": "shard_length must be an int >= 1, got 0",
+             "shard_length str": "shard_length must be an int >= 1, got '64'",
+             "length": "length must be shard_length x world_size",
+             "world_size 0": "world_size must be an int >= 1, got 0",
+             "token": "token must be a string of hex digits",
+             "layout": "layout must be a list of dicts",
+             "steps": "steps must be whole numbers >= 0"}
+
+
+def test_damaged_or_hostile_checkpoint_files_raise_on_every_rank(checks):
+    """A shard that will not unpickle (weights_only) or is truncated on the
+    last rank only, hostile manifest fields (shard_length 0 divided by
+    before), a shard with negative step counts: every rank raises ValueError
+    within seconds (the rank that read the file names the field; the others
+    name that rank), nothing changes, the message never suggests
+    weights_only=False, and the group loads the intact checkpoint and steps
+    after."""
+    world, out = checks
+    for name, text in BAD_FILES.items():
+        messages = raised_everywhere([out[r]["bad_files"]["errors"][name] for r in range(world)],
+                                     within=PROMPT_S)
+        assert any(text in m and "failed on rank" not in m for m in messages), (name, messages)
+        for rank, message in enumerate(messages):
+            assert text in message, (name, rank, message)
+            assert "weights_only" not in message.replace("weights_only=True", ""), message
+            assert out[rank]["bad_files"]["unchanged"][name], (name, rank)
+    for rank in range(world):
+        assert out[rank]["bad_files"]["reloaded"], rank
+        assert not mismatches(out[rank]["bad_files"]["after"], out[0]["bad_files"]["after"])
+
+
+def test_a_manifest_that_cannot_be_written_raises_on_every_rank(checks):
+    """Rank 0 cannot write the manifest (disk full): it raises its OSError,
+    every other rank a RuntimeError naming it, within seconds (they waited
+    in a barrier for the process group's timeout before), and the previous
+    manifest stays."""
+    world, out = checks
+    results = [out[r]["bad_files"]["manifest_error"] for r in range(world)]
+    assert results[0][0] == "OSError" and "No space left" in results[0][1], results[0]
+    raised_everywhere(results[1:], kind="RuntimeError", within=PROMPT_S)
+    for rank in range(1, world):
+        assert "failed on rank 0" in results[rank][1] and "No space left" in results[rank][1]
+    assert all(out[r]["bad_files"]["manifest_token"] for r in range(world))
+
+
 # ----------------------------------------------------------------- GPU
 @pytest.mark.gpu
 def test_nccl_matches_one_process(tmp_path):

@@ -324,17 +324,25 @@ def bad_input(ft, rank, world):
     return errors
 
 
+def saved_adam(ft, workdir, name, **options):
+    """``(optimizer, params, directory)``: Adam over ``make_params`` after one
+    step, saved with ``save_sharded`` to ``workdir/name``."""
+    groups = make_params(torch.float32)
+    opt = ft.ZeroRedundancyOptimizer(groups_for("adam", groups), optimizer_class=ft.Adam,
+                                     **options)
+    set_grads(groups, 1)
+    opt.step()
+    target = os.path.join(workdir, name)
+    opt.save_sharded(target)
+    return opt, groups, target
+
+
 def scenario_fault(rank, world, workdir):
     """Rank 1 saves a complete checkpoint, then dies in the middle of a
     sharded save (after rank 0 wrote its file), then rank 0 steps."""
     import fastadapt.torch as ft
     import fastadapt.zero as zero
-    groups = make_params(torch.float32)
-    opt = ft.ZeroRedundancyOptimizer(groups_for("adam", groups), optimizer_class=ft.Adam)
-    set_grads(groups, 1)
-    opt.step()
-    target = os.path.join(workdir, "ckpt")
-    opt.save_sharded(target)
+    opt, groups, target = saved_adam(ft, workdir, "ckpt")
     out = {"complete": torch.load(os.path.join(target, "manifest.pt"))["token"]}
     if rank == 1:
         real = zero.atomic_write
@@ -398,6 +406,294 @@ def scenario_raise(rank, world, workdir, timeout_s):
     return out
 
 
+# ----------------------------------------------------------------- agreement checks
+# Each check runs on every rank of one launch (tests/test_zero.py's ``checks``
+# fixture); ZERO_CHECKS (comma-separated names) runs only some of them.
+def outcome(fn):
+    """``(exception type name or None, message, seconds)`` of calling ``fn``."""
+    start = time.monotonic()
+    try:
+        fn()
+    except Exception as exc:
+        return type(exc).__name__, str(exc), time.monotonic() - start
+    return None, None, time.monotonic() - start
+
+
+def snapshot(opt, groups):
+    """Everything a failed call must leave alone: parameters (values and
+    storage), every state array, step counts, scalar state, hyper-parameters."""
+    arrays = [t.clone() for bs in opt._buckets for b in bs for t in b.state_tensors()]
+    steps = [b.steps.clone() for bs in opt._buckets for b in bs]
+    hyper = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+    return (flat(groups), [p.data_ptr() for ps in groups for p in ps], arrays, steps, hyper)
+
+
+def same(a, b):
+    """Whether two snapshots are equal, bit for bit."""
+    def eq(x, y):
+        if isinstance(x, torch.Tensor):
+            return isinstance(y, torch.Tensor) and x.dtype == y.dtype and x.shape == y.shape \
+                and torch.equal(x, y)
+        if isinstance(x, (list, tuple)):
+            return len(x) == len(y) and all(eq(u, v) for u, v in zip(x, y))
+        if isinstance(x, dict):
+            return x.keys() == y.keys() and all(eq(x[k], y[k]) for k in x)
+        return x == y
+    return eq(a, b)
+
+
+def check_master_sync(ft, rank, world, workdir):
+    """bfloat16 parameters with master weights, 2 steps, then one parameter
+    halved in place and another's ``.data`` replaced: the consolidated state
+    and a sharded checkpoint carry the new values, and a resumed lr=0 step
+    moves nothing."""
+    import torch.distributed as dist
+    groups = make_params(torch.bfloat16)
+    opt = ft.ZeroRedundancyOptimizer(groups_for("adamw", groups), optimizer_class=ft.AdamW,
+                                     master_weights=True)
+    for step in (1, 2):
+        set_grads(groups, step)
+        opt.step()
+    with torch.no_grad():
+        groups[1][2].mul_(0.5)                        # in place: its version counter moves
+        groups[1][1].data = groups[1][1].data * 0.5   # a new tensor
+    opt.consolidate_state_dict(to=0)
+    out = {"params": flat(groups), "sd": opt.state_dict() if rank == 0 else None}
+    target = os.path.join(workdir, "master-sync")
+    opt.save_sharded(target)
+    moved = {}
+    for how in ("load_sharded", "load_state_dict"):
+        fresh = [[torch.nn.Parameter(p.detach().clone()) for p in ps] for ps in groups]
+        resumed = ft.ZeroRedundancyOptimizer(groups_for("adamw", fresh),
+                                             optimizer_class=ft.AdamW, master_weights=True)
+        if how == "load_sharded":
+            resumed.load_sharded(target)
+        else:
+            path = os.path.join(workdir, "master-sync.pt")
+            if rank == 0:
+                torch.save(out["sd"], path)
+            dist.barrier()
+            resumed.load_state_dict(torch.load(path, weights_only=True))
+        for group in resumed.param_groups:
+            group["lr"] = 0.0
+        before = flat(fresh)
+        set_grads(fresh, 3)
+        resumed.step()
+        moved[how] = max(float((a.float() - b.float()).abs().max()) if a.numel() else 0.0
+                         for a, b in zip(flat(fresh), before))
+    out["moved"] = moved
+    return out
+
+
+def check_scaler(ft, rank, world, workdir):
+    """torch.amp.GradScaler over SGD with reduce_gradients=True; at step 2 the
+    last rank's gradient overflows: every rank halves its scale, and the
+    parameters are SGD's on the ranks' mean gradient (step 2 skipped)."""
+    params = make_params(torch.float32)[0]
+    opt = ft.ZeroRedundancyOptimizer(params, optimizer_class=ft.SGD, lr=0.1,
+                                     reduce_gradients=True)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=1000)
+    scales, skipped = [], []
+    for step in range(1, SCALER_STEPS + 1):
+        opt.zero_grad()
+        loss = 0
+        for index, p in enumerate(params):
+            g = gradient(p.shape, torch.float32, step, index, rank, coarse=True)
+            if step == SCALER_OVERFLOW_AT and rank == world - 1 and index == SCALER_INF_PARAM:
+                g[0] = float("inf")
+            loss = loss + (p * g).sum()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        scales.append(scaler.get_scale())
+        skipped.append(opt.step_skipped)
+    return {"params": [p.detach().clone() for p in params], "scales": scales,
+            "skipped": skipped}
+
+
+def check_storage_mismatch(ft, rank, world, workdir):
+    """Sharded checkpoints of 8-bit and of float32 state loaded into each
+    other: ValueError on every rank, nothing changed."""
+    out = {}
+    saved = {label: saved_adam(ft, workdir, f"storage-{label}", **options)
+             for label, options in (("int8", {"state_dtype": "int8"}), ("float32", {}))}
+    for label, other in (("int8", "float32"), ("float32", "int8")):
+        opt, groups, _ = saved[label]
+        before = snapshot(opt, groups)
+        out[f"{other} into {label}"] = outcome(lambda: opt.load_sharded(saved[other][2]))
+        out[f"{other} into {label}, unchanged"] = same(before, snapshot(opt, groups))
+    return out
+
+
+def check_options_differ(ft, rank, world, workdir):
+    """Construction with options that differ on the last rank, or that fail
+    there only: ValueError (that rank: its own error) on every rank, the
+    parameters untouched; then a construction that agrees steps as usual."""
+    odd = rank == world - 1
+    out = {}
+    cases = {"master_weights": dict(master_weights=odd),
+             "state_dtype": dict(state_dtype="int8" if odd else None),
+             "state_dtype bfloat16": dict(state_dtype=torch.bfloat16 if odd else None),
+             "reduce_gradients": dict(reduce_gradients=odd),
+             "max_grad_norm": dict(max_grad_norm=1.0 if odd else None),
+             "lr": dict(lr=1e-1 if odd else 1e-2),
+             "invalid lr": dict(lr=-1.0 if odd else 1e-3),
+             "shapes": dict(extra=odd)}
+    for key, options in cases.items():
+        groups = make_params(torch.bfloat16)
+        if options.pop("extra", False):
+            groups[1].append(torch.nn.Parameter(torch.ones(3, dtype=torch.bfloat16)))
+        before = (flat(groups), [p.data_ptr() for ps in groups for p in ps])
+        out[key] = outcome(lambda: ft.ZeroRedundancyOptimizer(
+            groups_for("adamw", groups), optimizer_class=ft.AdamW, **options))
+        out[f"{key}, unchanged"] = same(
+            before, (flat(groups), [p.data_ptr() for ps in groups for p in ps]))
+    import torch.distributed as dist
+    groups = make_params(torch.bfloat16)
+    opt = ft.ZeroRedundancyOptimizer(groups_for("adamw", groups), optimizer_class=ft.AdamW,
+                                     master_weights=True)
+    set_grads(groups, 1)
+    real, calls = dist.all_reduce, []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+    dist.all_reduce = counted
+    try:
+        opt.step()
+    finally:
+        dist.all_reduce = real
+    out["after"], out["step_all_reduces"] = flat(groups), len(calls)
+    return out
+
+
+def check_hyper_differ(ft, rank, world, workdir):
+    """add_param_group and load_sharded with hyper-parameters that differ on
+    the last rank: ValueError on every rank naming the group and the key,
+    nothing changed; the same calls agreeing work."""
+    odd = rank == world - 1
+    out = {}
+    groups = make_params(torch.float32)
+    opt = ft.ZeroRedundancyOptimizer(groups[0], optimizer_class=ft.Adam, lr=1e-2)
+    before = snapshot(opt, [groups[0]])
+    ptrs = [p.data_ptr() for p in groups[1]]
+    out["add_param_group"] = outcome(lambda: opt.add_param_group(
+        {"params": groups[1], "betas": (0.8, 0.99) if odd else (0.9, 0.99)}))
+    out["add_param_group, unchanged"] = (
+        same(before, snapshot(opt, [groups[0]])) and len(opt.param_groups) == 1
+        and ptrs == [p.data_ptr() for p in groups[1]] and not any(p in opt.state
+                                                                  for p in groups[1]))
+    opt.add_param_group({"params": groups[1], "lr": 1e-3})
+    for step in (1, 2):
+        set_grads(groups, step)
+        opt.step()
+    out["stepped"] = flat(groups)
+    opt.save_sharded(os.path.join(workdir, "hyper-a"))
+    opt.param_groups[1]["lr"] = 5e-3
+    opt.save_sharded(os.path.join(workdir, "hyper-b"))
+    before = snapshot(opt, groups)
+    out["load_sharded"] = outcome(
+        lambda: opt.load_sharded(os.path.join(workdir, "hyper-b" if odd else "hyper-a")))
+    out["load_sharded, unchanged"] = same(before, snapshot(opt, groups))
+    opt.load_sharded(os.path.join(workdir, "hyper-a"))
+    out["loaded_lr"] = opt.param_groups[1]["lr"]
+    return out
+
+
+class NotATensor:
+    """A class a weights_only load refuses to unpickle."""
+
+
+def check_bad_files(ft, rank, world, workdir):
+    """A damaged shard on the last rank, and hostile manifests and shards:
+    every rank raises ValueError promptly, nothing changes, and the group
+    goes on working."""
+    import torch.distributed as dist
+    opt, groups, target = saved_adam(ft, workdir, "bad-files")
+    manifest_path = os.path.join(target, "manifest.pt")
+    manifest = torch.load(manifest_path, weights_only=True)
+    token = manifest["token"]
+
+    def shard_path(r):
+        return os.path.join(target, f"shard-{token}-{r:05d}-of-{world:05d}.pt")
+    good = {r: open(shard_path(r), "rb").read() for r in range(world)}
+    dist.barrier()          # every rank has read the files before any is edited
+    layout = manifest["layout"]
+    edits = {   # name -> (manifest, or None for the saved one; {rank: shard bytes})
+        "unpickling": (None, {world - 1: "object"}),
+        "truncated": (None, {world - 1: good[world - 1][:200]}),
+        "shard_length 0": (dict(manifest, layout=[dict(layout[0], shard_length=0)]
+                                + layout[1:]), {}),
+        "shard_length str": (dict(manifest, layout=[dict(layout[0], shard_length="64")]
+                                  + layout[1:]), {}),
+        "length": (dict(manifest, layout=[dict(layout[0], length=layout[0]["length"] - 16)]
+                        + layout[1:]), {}),
+        "world_size 0": (dict(manifest, world_size=0), {}),
+        "token": (dict(manifest, token="../" + token), {}),
+        "layout": (dict(manifest, layout="all of it"), {}),
+        "steps": (None, {0: "steps"}),
+    }
+    out = {"errors": {}, "unchanged": {}}
+    before = snapshot(opt, groups)
+    for name, (edited, shards) in edits.items():
+        if rank == 0:
+            torch.save(edited if edited is not None else manifest, manifest_path)
+        for r, content in shards.items():
+            if r != rank:
+                continue
+            if content == "object":
+                torch.save({"format": 1, "token": token, "x": NotATensor()}, shard_path(r))
+            elif content == "steps":
+                data = torch.load(shard_path(r), weights_only=True)
+                data["buckets"][0]["steps"] = torch.full_like(data["buckets"][0]["steps"], -1)
+                torch.save(data, shard_path(r))
+            else:
+                with open(shard_path(r), "wb") as f:
+                    f.write(content)
+        dist.barrier()
+        out["errors"][name] = outcome(lambda: opt.load_sharded(target))
+        out["unchanged"][name] = same(before, snapshot(opt, groups))
+        dist.barrier()
+        if rank == 0:
+            torch.save(manifest, manifest_path)
+        with open(shard_path(rank), "wb") as f:
+            f.write(good[rank])
+        dist.barrier()
+    opt.load_sharded(target)
+    out["reloaded"] = same(before, snapshot(opt, groups))
+    set_grads(groups, 2)
+    opt.step()
+    out["after"] = flat(groups)
+    # rank 0 cannot write the manifest: every rank raises, the old one stays
+    import fastadapt.zero as zero
+    real = zero.atomic_write
+
+    def no_manifest(path, write):
+        if path.endswith("manifest.pt"):
+            raise OSError(28, "No space left on device (injected)")
+        return real(path, write)
+    if rank == 0:
+        zero.atomic_write = no_manifest
+    try:
+        out["manifest_error"] = outcome(lambda: opt.save_sharded(target))
+    finally:
+        zero.atomic_write = real
+    out["manifest_token"] = torch.load(manifest_path, weights_only=True)["token"] == token
+    return out
+
+
+CHECKS = {"master_sync": check_master_sync, "scaler": check_scaler,
+          "storage_mismatch": check_storage_mismatch, "options_differ": check_options_differ,
+          "hyper_differ": check_hyper_differ, "bad_files": check_bad_files}
+SCALER_STEPS, SCALER_OVERFLOW_AT, SCALER_INF_PARAM = 4, 2, 3
+
+
+def scenario_checks(rank, world, workdir):
+    import fastadapt.torch as ft
+    chosen = [n for n in os.environ.get("ZERO_CHECKS", "").split(",") if n] or list(CHECKS)
+    return {name: CHECKS[name](ft, rank, world, workdir) for name in chosen}
+
+
 def scenario_nccl(rank, world, workdir):
     """Adam over CUDA parameters through NCCL (this rank's GPU)."""
     import fastadapt.torch as ft
@@ -418,6 +714,7 @@ def main(rank, world, init_file, workdir, scenario, timeout_s=20.0):
                             init_method=f"file://{init_file}", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=timeout_s))
     scenarios = {"main": scenario_main, "fault": scenario_fault, "nccl": scenario_nccl,
+                 "checks": scenario_checks,
                  "raise": lambda r, w, d: scenario_raise(r, w, d, timeout_s)}
     out = scenarios[scenario](rank, world, workdir)
     path = os.path.join(workdir, f"{scenario}-rank{rank}.pt")

@@ -143,31 +143,3 @@ def table(result):
     return headers, [[r["label"], f"{r['final_loss']:.4g}",
                       "n/a" if r["ratio"] is None else f"{r['ratio']:.3f}"]
                      for r in result["rows"]]
-
-
-def plot(data, path):
-    """Loss curves per problem (log scale), one line per mode; returns None or
-    the reason no plot was written."""
-    from ._report import NO_MATPLOTLIB, pyplot
-    plt = pyplot()
-    if plt is None:
-        return NO_MATPLOTLIB
-    results = problems(data)
-    fig, axes = plt.subplots(1, len(results), figsize=(6.2 * len(results), 4.4), squeeze=False)
-    for ax, result in zip(axes[0], results):
-        for r in result["rows"]:
-            ys = np.maximum(np.asarray(result["curves"][r["mode"]], np.float64), 1e-12)
-            style = dict(color="black", lw=2.4, zorder=3) if r["mode"] == "fp32" else dict(lw=1.3)
-            ax.plot(np.arange(ys.size), ys, label=f"{r['label']} ({r['ratio']:.3g}x)"
-                    if r["ratio"] is not None else r["label"], **style)
-        ax.set_yscale("log")
-        ax.set_xlabel("step")
-        ax.set_ylabel(result.get("metric", "final loss").replace("final ", ""))
-        ax.set_title(f"Adam, lr {result['lr']:g}: {result['title']}", fontsize=9)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, title="mode (final, x float32's)", title_fontsize=7)
-    fig.suptitle("Storage modes: training curves against float32", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return None

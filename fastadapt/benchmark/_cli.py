@@ -365,13 +365,14 @@ def _measure(sections, configs, sizes, dtype, budget, min_rounds, mode, retry, a
 def _output(data, args, progress):
     print(_report.text_report(data), flush=True)
     if args.plot:
-        why_not = _report.plot(data, args.plot)
+        from . import _plot
+        why_not = _plot.throughput(data, args.plot)
         progress(f"no plot: {why_not}" if why_not else f"wrote {args.plot}")
         if why_not:
             args.plot = None
     if args.accuracy_plot:
-        from . import _accuracy
-        why_not = (_accuracy.plot(data["accuracy"], args.accuracy_plot) if data.get("accuracy")
+        from . import _plot
+        why_not = (_plot.accuracy(data["accuracy"], args.accuracy_plot) if data.get("accuracy")
                    else "the accuracy section did not run (--sections accuracy)")
         progress(f"no accuracy plot: {why_not}" if why_not else f"wrote {args.accuracy_plot}")
         if why_not:

@@ -47,7 +47,7 @@ from ._timing import interleaved
 TORCH_MODES = {"torch_fused": {"fused": True}, "torch_foreach": {"foreach": True},
                "torch_single": {"foreach": False}}
 LABELS = {"fastadapt": "fastadapt.torch (grads in the flat buffer)",
-          "fastadapt_copy": "fastadapt.torch (copy path: fresh .grad tensors)",
+          "fastadapt_copy": "fastadapt.torch (copy path: .grad tensors assigned by hand)",
           "fastadapt_one_array": "fastadapt.adam_step on one array of the same size",
           "torch_fused": "torch.optim fused", "torch_foreach": "torch.optim foreach",
           "torch_single": "torch.optim single-tensor",
@@ -74,6 +74,19 @@ def _model_params(torch, shapes, device, seed=0):
     return params
 
 
+def through_autograd(torch, params):
+    """Hand each parameter's ``.grad`` over again through a backward, as a
+    training loop's gradients arrive: a fastadapt.torch optimizer over
+    ``params`` then holds them in its flat gradient buffer (``.grad`` is its
+    view, the zero-copy path); a ``.grad`` assigned by hand stays the
+    caller's tensor and is copied at every step."""
+    with torch.enable_grad():
+        for p in params:
+            g = p.grad
+            p.grad = None
+            (p * g).sum().backward()
+
+
 def _build(torch, rule, params, names):
     """``{name: step}`` over shared ``params`` (fastadapt first: it packs them)."""
     import fastadapt.torch as ft
@@ -81,15 +94,19 @@ def _build(torch, rule, params, names):
     steps, unavailable = {}, {}
     cls = getattr(ft, rule.torch_name)
     opt = cls(params)
+    through_autograd(torch, params)
+    views = [p.grad for p in params]
     if "fastadapt" in names:
         steps["fastadapt"] = opt.step
     if "fastadapt_copy" in names:
-        fresh = [p.grad.detach().clone() for p in params]
+        fresh = [v.detach().clone() for v in views]
 
         def copy_step():
             for p, g in zip(params, fresh):
                 p.grad = g
             opt.step()
+            for p, v in zip(params, views):     # the other rows' gradients again
+                p.grad = v
         steps["fastadapt_copy"] = copy_step
     for name in names:
         if name not in TORCH_MODES:
@@ -238,7 +255,7 @@ def whole_step(d_model=256, nhead=4, seq=128, batch=8, budget_s=3.0, min_rounds=
 STORAGE_ROWS = (
     ("bf16_state", "bf16-state Adam vs torch fused float32", 1.3),
     ("bf16_master", "bf16 params + fp32 master vs torch fused fp32 step + copy to bf16", 1.1))
-#: bytes per element per step of each side (see DESIGN.md "Fewer bytes")
+#: bytes per element per step of each side (see the README's "Fewer bytes")
 _STORAGE_BYTES = {"bf16_state": (20, 28), "bf16_master": (30, 30)}
 
 
@@ -270,6 +287,7 @@ def storage_modes(n=1 << 24, budget_s=3.0, min_rounds=5, progress=print):
             p = torch.nn.Parameter(start.clone())
             p.grad = grad.clone()
             ours = ft.Adam([p], state_dtype=torch.bfloat16)
+            through_autograd(torch, [p])
             q = torch.nn.Parameter(start.clone())
             q.grad = grad.clone()
             theirs = torch.optim.Adam([q], fused=True)
@@ -278,6 +296,7 @@ def storage_modes(n=1 << 24, budget_s=3.0, min_rounds=5, progress=print):
             p = torch.nn.Parameter(start.to(torch.bfloat16))
             p.grad = grad.to(torch.bfloat16)
             ours = ft.Adam([p], master_weights=True)
+            through_autograd(torch, [p])
             master = torch.nn.Parameter(p.detach().float())
             master.grad = p.grad.float()
             model = p.detach().clone()

@@ -149,6 +149,8 @@ def _rank(rank, world, init, outdir, config):
 
     import fastadapt.torch as ft
 
+    from ._torch_step import through_autograd
+
     with open(config) as f:
         cfg = json.load(f)
     dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
@@ -162,7 +164,9 @@ def _rank(rank, world, init, outdir, config):
             params.append(p)
         return params
 
-    ours = ft.ZeroRedundancyOptimizer(model(), optimizer_class=ft.Adam)
+    ours_params = model()
+    ours = ft.ZeroRedundancyOptimizer(ours_params, optimizer_class=ft.Adam)
+    through_autograd(torch, ours_params)    # gradients in the flat buffer, as in training
     theirs = TorchZero(model(), optimizer_class=torch.optim.Adam, fused=True)
     steps = {"fastadapt": ours.step, "torch_fused": theirs.step}
     for step in steps.values():            # first steps: state allocation, loads
