@@ -75,6 +75,8 @@ class _Array:
         given = getattr(obj, "dtype", None)
         if isinstance(given, np.dtype) and given.itemsize == self.dtype.itemsize:
             self.dtype = given          # bfloat16 (ml_dtypes) exports typestr "<V2"
+        elif self.kind == "torch" and self.dtype.str == "<V2":
+            self.dtype = _storage.bfloat16("bfloat16 tensors")     # torch.bfloat16 does too
         self.ptr, self.readonly = interface["data"]
         self.size = int(np.prod(self.shape, dtype=np.int64))
         self.nbytes = self.size * self.dtype.itemsize
@@ -149,7 +151,9 @@ def _flat(a, cuda, simulator):
     """A 1-D Numba device array over ``a``'s memory, with no copy."""
     if simulator and not hasattr(a.obj, "__cuda_array_interface__"):
         return a.obj.reshape(-1)
-    interface = {"shape": (a.size,), "strides": None, "typestr": a.dtype.str,
+    # 16-bit floats as their bits (the kernels take uint16; Numba has no bfloat16)
+    typestr = "<u2" if a.dtype.itemsize == 2 else a.dtype.str
+    interface = {"shape": (a.size,), "strides": None, "typestr": typestr,
                  "data": (a.ptr, False), "version": 2}
     return cuda.from_cuda_array_interface(interface, owner=a.obj, sync=False)
 

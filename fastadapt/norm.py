@@ -48,8 +48,8 @@ def grad_norm(*grads, grad_scale=None):
     *grads : arrays
         float32 or float64 (they may differ), C-contiguous, any shape; NumPy
         arrays or GPU arrays (``__cuda_array_interface__``: Numba, CuPy, torch
-        CUDA tensors), all on the host or all on one GPU. Only read. On the
-        host also bfloat16 (ml_dtypes) and float16, read as 2 bytes per
+        CUDA tensors), all on the host or all on one GPU. Only read. Also
+        bfloat16 (ml_dtypes, torch) and float16, read as 2 bytes per
         element and widened exactly in the kernel (the same bits as the norm
         of a float32 copy).
     grad_scale : float, optional
@@ -221,9 +221,6 @@ def _gpu_pass(array, name, segments):
     if not _cuda._c_contiguous(a.shape, a.strides, a.dtype.itemsize):
         raise ValueError(f"{name} is not C-contiguous; pass a contiguous array")
     _cuda._check(a, writes=False)
-    if a.dtype.itemsize == 2:
-        raise TypeError(f"{name} has unsupported dtype {a.dtype} on the GPU; the GPU norm "
-                        "takes float32 and float64 (16-bit gradients: the host only)")
     device = _cuda._device(a, simulator)
     starts, stops = _reduce.chunks(a.size, segments)
     if starts.size == 0:
@@ -231,12 +228,12 @@ def _gpu_pass(array, name, segments):
         return (-1 if device is None else device), lambda: empty
     from .kernels import reduce_cuda
     with cuda.gpus[device]:
-        x = _cuda._flat(a, cuda, simulator)
+        x = _cuda._bits(_cuda._flat(a, cuda, simulator))
         d_starts, d_stops = cuda.to_device(starts), cuda.to_device(stops)
         out = cuda.device_array(starts.size, np.float64)
         host = np.empty(starts.size, np.float64)
         blocks, threads = reduce_cuda.launch_config(starts.size, _cuda._sm_count(device, cuda))
-    kernel = reduce_cuda.SUM_OF_SQUARES
+    kernel = reduce_cuda.kernel_for(a.dtype)
 
     def run():
         with cuda.gpus[device]:

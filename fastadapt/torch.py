@@ -128,10 +128,10 @@ optimizer-wide; the math runs in float32 whatever the storage):
 
 Nonsense raises (8-bit state with float64, stochastic rounding or master
 weights without 16-bit parameters) with fastadapt.optim's
-messages. On CUDA tensors, fastadapt.torch keeps float32 / float64 with
-same-dtype state: any other layout raises NotImplementedError at
-construction. GradScaler's unscale and inf skip and ``max_grad_norm`` work
-the same in every mode (the division happens in the kernel).
+messages. On CUDA tensors every option but 8-bit state runs (that one
+raises NotImplementedError at construction). GradScaler's unscale and inf
+skip and ``max_grad_norm`` work the same in every mode (the division happens
+in the kernel).
 
 Rule hooks
 ----------
@@ -960,12 +960,10 @@ class FlatOptimizer(torch.optim.Optimizer):
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"{at}{exc}") from None
         state = state if isinstance(state, str) else _torch_dtype(state)
-        if device.type != "cpu" and (dtype in _SIXTEEN_BIT or state != dtype):
+        if device.type != "cpu" and state == "int8":
             raise NotImplementedError(
-                f"{at}fastadapt.torch updates {dtype} parameters with {state} state on "
-                f"the CPU only for now; on {device.type} tensors it supports float32 / "
-                "float64 parameters with state of their own dtype (no state_dtype, "
-                "master_weights or stochastic_rounding): use torch.optim there")
+                f"{at}state_dtype='int8' (8-bit blockwise state) runs on the CPU only for "
+                f"now; on {device.type} tensors use float32 or bfloat16 state")
         return state
 
     # ------------------------------------------------------------- copy and pickle

@@ -54,16 +54,7 @@ class Driver:
 DRIVERS = {kernel: Driver(source) for kernel, source in _sources.items()}
 
 #: The storage conversions the layout drivers call (see ``loops.Layout``).
-STORAGE = {"bf16_to_f32": storage.bfloat16_to_float32,
-           "f32_to_bf16": storage.float32_to_bfloat16,
-           "f16_to_f32": storage.half_to_float32, "f32_to_f16": storage.float32_to_half,
-           "f32_to_bf16_stochastic": storage.float32_to_bfloat16_stochastic,
-           "f32_to_f16_stochastic": storage.float32_to_half_stochastic,
-           "random_bits": storage.random_bits, "nearest_code": storage.nearest_code_bucketed,
-           "magnitude_bits": storage.magnitude_bits, "bits_to_float32": storage.bits_to_float32,
-           "float32_to_bits": storage.float32_to_bits,
-           "softsign_decode": storage.softsign_decode, "softsign_encode": storage.softsign_encode,
-           "root_decode": storage.root_decode, "root_encode": storage.root_encode}
+STORAGE = loops.storage_vocabulary(storage)
 _DIGEST = loops.source_hash(__file__, SPECS)
 _LAYOUTS = {}
 

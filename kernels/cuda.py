@@ -69,36 +69,44 @@ _DIGEST = loops.source_hash(__file__, SPECS)
 _LAYOUTS = {}
 
 
+#: The 8-bit codecs' functions, CPU and simulator only for now.
+_EIGHT_BIT = ("nearest_code", "magnitude_bits", "bits_to_float32", "float32_to_bits",
+              "softsign_decode", "softsign_encode", "root_decode", "root_encode")
+
+#: The storage conversions the layout drivers call on a real GPU (see
+#: ``loops.Layout``): the CPU's 16-bit ones, whose bodies are integer and
+#: ``half`` LLVM IR that NVVM compiles as it is (``cvt`` for float16, shifts
+#: and adds for bfloat16, 32-bit multiplies for the hash), with float16's
+#: stochastic rounding (a Python function of those, an ``njit`` function on
+#: the CPU) compiled as a device function. ``tests/test_gpu_compile.py``
+#: compiles every layout for sm_80 and sm_90.
+STORAGE = {**{name: f for name, f in loops.storage_vocabulary(storage).items()
+              if name not in ("nearest_code", "magnitude_bits", "bits_to_float32")},
+           "f32_to_f16_stochastic": _device(storage._float32_to_half_stochastic)}
+
+#: Under the simulator the same conversions as Python on NumPy scalars
+#: (``storage.PYTHON``, which the tests check equal to the compiled ones on
+#: every 16-bit pattern), and the 8-bit codec's.
+SIMULATED_STORAGE = loops.storage_vocabulary(storage.PYTHON)
+
+
 def layout_kernel(kernel, layout):
     """The kernel of ``kernel`` for the storage ``layout`` (see
-    ``cpu.layout_driver``), built on first use.
+    ``cpu.layout_driver``), built on first use and cached on disk like the
+    plain kernels (the layout's tag is in its name).
 
-    Under the simulator the storage conversions are ``storage.PYTHON``, which
-    the tests check equal to the CPU's compiled ones on every 16-bit pattern.
-    The CPU's conversions are LLVM intrinsics of Numba's CPU target; GPU
-    versions of them are not written yet, so a real GPU raises.
+    Every layout but 8-bit blockwise state runs on a real GPU; that one runs
+    on the CPU and under the simulator only (its driver allocates a scratch
+    block per iteration, which a CUDA kernel cannot), and raises here.
     """
-    if not SIMULATOR:
-        raise NotImplementedError(
-            "16-bit storage, master weights and stochastic rounding run on the CPU "
-            "(and under the CUDA simulator); on a real GPU only float32 and float64 "
-            "arrays are supported so far")
     key = (kernel, layout)
     if key not in _LAYOUTS:
-        py = storage.PYTHON
-        vocabulary = {"bf16_to_f32": py.bfloat16_to_float32,
-                      "f32_to_bf16": py.float32_to_bfloat16,
-                      "f16_to_f32": py.half_to_float32, "f32_to_f16": py.float32_to_half,
-                      "f32_to_bf16_stochastic": py.float32_to_bfloat16_stochastic,
-                      "f32_to_f16_stochastic": py.float32_to_half_stochastic,
-                      "random_bits": py.random_bits, "nearest_code": py.nearest_code_bucketed,
-                      "magnitude_bits": py.magnitude_bits,
-                      "bits_to_float32": py.bits_to_float32,
-                      "float32_to_bits": py.float32_to_bits,
-                      "softsign_decode": py.softsign_decode,
-                      "softsign_encode": py.softsign_encode,
-                      "root_decode": py.root_decode, "root_encode": py.root_encode}
+        if not SIMULATOR and loops.BLOCKWISE8 in layout.codes:
+            raise NotImplementedError(
+                "8-bit blockwise state runs on the CPU (and under the CUDA simulator); on "
+                "a real GPU use float32 or bfloat16 state")
+        vocabulary = SIMULATED_STORAGE if SIMULATOR else STORAGE
         source = loops.build_layout(SIGNATURES[kernel], layout, getattr(_elem, kernel),
                                     vocabulary, grid_stride, __name__, _DIGEST)
-        _LAYOUTS[key] = cuda.jit(source)
+        _LAYOUTS[key] = cuda.jit(source) if SIMULATOR else cached(cuda.jit, source)
     return _LAYOUTS[key]

@@ -124,6 +124,25 @@ _STORE = {NATIVE: "{x} = {v}", BFLOAT16: "{x} = f32_to_bf16({v})",
           SOFTSIGN8: _GROUP_STORE, ROOT8: _GROUP_STORE}
 
 
+#: The storage functions a layout driver calls, by the name it calls them:
+#: the name of each one in ``storage`` (compiled) and ``storage.PYTHON``.
+STORAGE_FUNCTIONS = {"bf16_to_f32": "bfloat16_to_float32",
+                     "f32_to_bf16": "float32_to_bfloat16",
+                     "f16_to_f32": "half_to_float32", "f32_to_f16": "float32_to_half",
+                     "f32_to_bf16_stochastic": "float32_to_bfloat16_stochastic",
+                     "f32_to_f16_stochastic": "float32_to_half_stochastic",
+                     "random_bits": "random_bits", "nearest_code": "nearest_code_bucketed",
+                     "magnitude_bits": "magnitude_bits", "bits_to_float32": "bits_to_float32",
+                     "float32_to_bits": "float32_to_bits",
+                     "softsign_decode": "softsign_decode", "softsign_encode": "softsign_encode",
+                     "root_decode": "root_decode", "root_encode": "root_encode"}
+
+
+def storage_vocabulary(namespace):
+    """``STORAGE_FUNCTIONS`` bound to the functions of ``namespace``."""
+    return {name: getattr(namespace, f) for name, f in STORAGE_FUNCTIONS.items()}
+
+
 class Signature:
     """What a driver needs to know of a kernel's math: element and scalar names."""
 

@@ -14,18 +14,30 @@ of at most ``n / CHUNK`` float64 (6 104 for 10**8 elements, 48 KB) costs a
 few microseconds, and it keeps the final sum identical to the CPU's whatever
 the GPU's size or launch shape.
 
+bfloat16 and float16 arrays arrive as their ``uint16`` bits and are widened
+exactly to float32 in the loop (``SUM_OF_SQUARES_BF16`` / ``_F16``), so their
+partials equal those of a float32 copy, as on the CPU.
+
 Indices are 64-bit (``starts`` / ``stops`` are int64). The kernel compiles
 lazily, once per input dtype, and is cached on disk.
 """
 import numpy as np
 from numba import cuda
 
-from ._jit import cached
-from .cuda import SIMULATOR
+from . import storage
+from ._jit import cached, renamed
+from .cuda import SIMULATOR, _device
 from .reduce import LANES
 
 #: At most this many blocks per multiprocessor; more chunks are looped over.
 BLOCKS_PER_SM = 8
+
+
+def _same(x):
+    return x
+
+
+widen = _same if SIMULATOR else _device(_same)
 
 
 def sum_of_squares(x, starts, stops, out):
@@ -34,7 +46,7 @@ def sum_of_squares(x, starts, stops, out):
     for c in range(cuda.blockIdx.x, starts.size, cuda.gridDim.x):
         acc = np.float64(0.0)
         for i in range(starts[c] + k, stops[c], LANES):
-            v = np.float64(x[i])
+            v = np.float64(widen(x[i]))
             acc += v * v
         lanes[k] = acc
         cuda.syncthreads()
@@ -49,9 +61,25 @@ def sum_of_squares(x, starts, stops, out):
         cuda.syncthreads()  # lanes[0] is read before the next chunk overwrites it
 
 
-# The simulator's jit takes no ``cache``; it runs the Python source.
-SUM_OF_SQUARES = (cuda.jit(sum_of_squares) if SIMULATOR
-                  else cached(cuda.jit, sum_of_squares))
+def _compile(func):
+    # The simulator's jit takes no ``cache``; it runs the Python source.
+    return cuda.jit(func) if SIMULATOR else cached(cuda.jit, func)
+
+
+_PY = storage.PYTHON
+SUM_OF_SQUARES = _compile(sum_of_squares)
+SUM_OF_SQUARES_BF16 = _compile(renamed(sum_of_squares, "_bf16", widen=(
+    _PY.bfloat16_to_float32 if SIMULATOR else storage.bfloat16_to_float32)))
+SUM_OF_SQUARES_F16 = _compile(renamed(sum_of_squares, "_f16", widen=(
+    _PY.half_to_float32 if SIMULATOR else storage.half_to_float32)))
+
+
+def kernel_for(dtype):
+    """The kernel for arrays of ``dtype`` (16-bit ones passed as their bits)."""
+    dtype = np.dtype(dtype)
+    if dtype == np.float16:
+        return SUM_OF_SQUARES_F16
+    return SUM_OF_SQUARES_BF16 if dtype.itemsize == 2 else SUM_OF_SQUARES
 
 
 def launch_config(chunks, multiprocessors):

@@ -22,9 +22,10 @@ loop, with no temporaries. Arrays of 16-bit floats reach the kernels as
 
 Numba's CPU target has no 16-bit float type and no scalar bit cast, so the
 casts are ``numba.extending.intrinsic`` functions (public API) emitting one
-LLVM instruction each. ``PYTHON`` holds the same functions written with NumPy
-scalars, for targets that run the kernels as Python (the CUDA simulator); the
-tests check both agree on every 16-bit pattern.
+LLVM instruction each. NVVM compiles the same IR for CUDA (the GPU kernels
+call these functions, ``kernels/cuda.py``). ``PYTHON`` holds the same
+functions written with NumPy scalars, for targets that run the kernels as
+Python (the CUDA simulator); the tests check both agree on every 16-bit pattern.
 """
 import types as _types
 

@@ -538,6 +538,7 @@ def test_gpu_section_under_the_cuda_simulator():
         assert r["pct_roofline"] > 0 and r["speedup"]["roofline"] > 0
         assert r["unavailable"]["torch_fused"] == "torch does not run on the CUDA simulator"
     assert out["roofline_n"] == 70 and out["roofline_gbps"] > 0
+    assert "simulator" in out["registers"]["reason"]         # nothing is compiled there
     text = _report.cuda_table(out).text()
     assert "no CUDA torch" in text and "% roofline" in text
 

@@ -12,9 +12,8 @@ test session. This module therefore has two halves:
 - in an ordinary run (``host`` tests): ``test_simulator_suite`` runs this
   module again in a subprocess with the simulator on and asserts that it
   passes, so the single ``pytest`` command covers it; plus what needs no
-  simulator: the error a GPU array gets without numba-cuda or a driver, and
-  (where NVIDIA's NVVM library is installed) the real CUDA compilation of every
-  kernel, with no float64 instruction in a float32 kernel.
+  simulator: the error a GPU array gets without numba-cuda or a driver (the
+  real CUDA compilation of every kernel is ``test_gpu_compile.py``'s).
 
 Comparison with the CPU is exact (``array_equal``) in both dtypes, and that is
 not luck: the simulator runs ``math.py`` as Python on NumPy scalars, so each
@@ -32,7 +31,6 @@ two float64s.) A real GPU contracts ``a * b + c`` into fused multiply-adds, so
 import os
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -105,46 +103,74 @@ def test_launch_config_full_size():
     assert kernels.launch_config(2 ** 33, 132) == (132 * 8, 256)
 
 
+_STORAGE_RULES = [("adam", {"amsgrad": True}), ("adamw", {"weight_decay": 0.1}),
+                  ("sgd", {"momentum": 0.9, "nesterov": True}),
+                  ("rmsprop", {"centered": True, "momentum": 0.5}), ("adagrad", {}),
+                  ("adadelta", {}), ("adamax", {}), ("radam", {}), ("rprop", {}),
+                  ("nadam", {}), ("asgd", {}), ("lion", {}), ("adam", {}),
+                  ("rmsprop", {}), ("sgd", {})]
+
+
 def _storage_cases():
-    """(rule, options, param dtype, grad dtype, state dtype, master, stochastic)."""
+    """(rule, options, param dtype, grad dtype, state dtype, master, stochastic):
+    every storage combination the optimizer classes make on a GPU (bfloat16
+    state for float32 params; for 16-bit params each grad and state dtype,
+    with a master copy, stochastic rounding or neither), each with another
+    rule of ``_STORAGE_RULES``, so every rule runs some 16-bit layout."""
     import ml_dtypes
     bf16 = np.dtype(ml_dtypes.bfloat16)
     f32, f16 = np.dtype(np.float32), np.dtype(np.float16)
-    return [("adam", {"amsgrad": True}, bf16, bf16, bf16, False, False),
-            ("adamw", {"weight_decay": 0.1}, bf16, f32, f32, False, True),
-            ("adam", {}, f16, f16, f32, True, False),
-            ("sgd", {"momentum": 0.9}, f32, f32, bf16, False, False),
-            ("rmsprop", {"centered": True}, bf16, f32, bf16, True, False),
-            ("sgd", {"momentum": 0.9}, f16, f16, f16, False, False),
-            ("adamw", {"weight_decay": 0.1}, f16, f16, f32, False, True)]
+    combos = [(f32, f32, bf16, False, False)]
+    combos += [(p, g, s, mode == "m", mode == "s")
+               for p, grads, states in ((bf16, (bf16, f32), (f32, bf16)),
+                                        (f16, (f16, f32), (f32, bf16, f16)))
+               for g in grads for s in states for mode in ("", "m", "s")]
+    return [(*_STORAGE_RULES[k % len(_STORAGE_RULES)], *combo)
+            for k, combo in enumerate(combos)]
+
+
+def _case_id(case):
+    name, options, pd, gd, sd, master, stochastic = case
+    mode = " master" if master else " stochastic" if stochastic else ""
+    return f"{name}{sorted(options) or ''} {pd.name}/{gd.name}/{sd.name}{mode}"
+
+
+def run_storage_case(case, n, to_device):
+    """Three steps of ``case`` (see :func:`_storage_cases`) on ``n`` elements on
+    the host and on arrays made by ``to_device``; ``(host, device)``, dicts
+    of the arrays (param, state, master_param). Stochastic rounding starts at
+    an offset into the stream, as a shard of a larger array does."""
+    name, options, pd, gd, sd, master, stochastic = case
+    rule = fastadapt.RULES[name]
+    rng = np.random.default_rng(n)
+    p0 = rng.standard_normal(n).astype(np.float32)
+    host = {"param": p0.astype(pd)}
+    host.update({s: np.full(n, rule.initial_value(s, **options), sd)
+                 for s in rule.state_for(**options)})
+    if master:
+        host["master_param"] = p0.copy()
+    dev = {k: to_device(v) for k, v in host.items()}
+    extra = {"stochastic_rounding": True, "seed": 5,
+             "rounding_offset": 3 * n + 1} if stochastic else {}
+    for k in range(1, 4):
+        g = rng.standard_normal(n).astype(gd)
+        step = {"step": k} if rule.takes_step else {}
+        rule.step_fn(grad=g, **host, **step, **options, **extra)
+        rule.step_fn(grad=to_device(g), **dev, **step, **options, **extra)
+    return host, dev
 
 
 @sim
-@pytest.mark.parametrize("case", range(7))
+@pytest.mark.parametrize("case", _storage_cases(), ids=_case_id)
 def test_storage_layouts_match_cpu(cuda, case):
     """16-bit storage, master weights and stochastic rounding under the
-    simulator equal the CPU bit for bit (same conversions, same random bits)."""
-    name, options, pd, gd, sd, master, stochastic = _storage_cases()[case]
-    rule = fastadapt.RULES[name]
-    for n in (1, 7, 100):
-        rng = np.random.default_rng(n)
-        p0 = rng.standard_normal(n).astype(np.float32)
-        host = {"param": p0.astype(pd)}
-        host.update({s: np.zeros(n, sd) for s in rule.state_for(**options)})
-        if master:
-            host["master_param"] = p0.copy()
-        dev = {k: cuda.to_device(v) for k, v in host.items()}
-        # an offset into the stream, as a shard of a larger array passes
-        extra = {"stochastic_rounding": True, "seed": 5,
-                 "rounding_offset": 3 * n + 1} if stochastic else {}
-        for k in range(1, 4):
-            g = rng.standard_normal(n).astype(gd)
-            step = {"step": k} if rule.takes_step else {}
-            rule.step_fn(grad=g, **host, **step, **options, **extra)
-            rule.step_fn(grad=cuda.to_device(g), **dev, **step, **options, **extra)
+    simulator equal the CPU bit for bit (same conversions, same random bits),
+    at sizes that do not divide the 2 x 32 threads (97: a thread does two)."""
+    for n in (0, 1, 7, 31, 97):
+        host, dev = run_storage_case(case, n, cuda.to_device)
         for key, a in host.items():
             _assert_same(a.view(np.uint8), dev[key].copy_to_host().view(np.uint8),
-                         f"{key}, n={n}, case {case}")
+                         f"{key}, n={n}, {_case_id(case)}")
 
 
 @sim
@@ -333,48 +359,3 @@ def test_gpu_array_without_a_driver(monkeypatch):
     monkeypatch.setattr(_cuda, "_state", {})
     with pytest.raises(RuntimeError, match="CUDA is not usable"):
         fastadapt.sgd_step(_FakeGPUArray(), _FakeGPUArray(), step=1)
-
-
-def _compile_ptx_or_skip(monkeypatch):
-    """``numba.cuda.compile_ptx`` for sm_90, or skip when NVVM is not installed."""
-    pytest.importorskip("numba_cuda")
-    from numba import cuda, types
-    if not cuda.is_available():
-        # Device functions are compiled for the current device's compute
-        # capability; without a GPU, name one.
-        import numba.cuda.dispatcher as dispatcher
-        if not hasattr(dispatcher, "get_current_device"):
-            pytest.skip("this numba-cuda compiles device functions differently")
-        monkeypatch.setattr(dispatcher, "get_current_device",
-                            lambda: type("Device", (), {"compute_capability": (9, 0)}))
-
-    def compile_ptx(func, sig):
-        return cuda.compile_ptx(func, sig, cc=(9, 0))[0]
-
-    try:
-        compile_ptx(lambda a: None, (types.float32[::1],))
-    except Exception as e:  # NVVM / NVRTC libraries missing: a packaging matter, not ours
-        pytest.skip(f"NVVM unavailable: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
-    return compile_ptx
-
-
-@host
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_kernels_compile_for_a_real_gpu(monkeypatch, dtype):
-    """Every kernel types and compiles for sm_90; float32 kernels hold no
-    float64 instruction and every device function is inlined."""
-    import inspect
-    import re
-    compile_ptx = _compile_ptx_or_skip(monkeypatch)
-    from numba import types
-    from fastadapt.kernels import cuda as kernels
-    t = getattr(types, dtype)
-    for name, kernel in kernels.KERNELS.items():
-        n_arrays = len(inspect.signature(kernel.py_func).parameters) - 1
-        n_scalars = len(kernels.SIGNATURES[name].scalars)
-        ptx = compile_ptx(kernel.py_func,
-                          (t[::1],) * n_arrays + (types.UniTuple(t, n_scalars),))
-        assert not re.search(r"\bcall(\.uni)?\b", ptx), f"{name}: a device function was not inlined"
-        if dtype == "float32":
-            assert ".f64" not in ptx, f"{name}: float64 instruction in a float32 kernel"
-        assert "mul.wide" in ptx or "mul.lo.s64" in ptx, f"{name}: 32-bit grid index?"

@@ -442,6 +442,18 @@ def test_simulated_gpu_equals_cpu(cuda, dtype):
 
 
 @sim
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_simulated_gpu_16bit_equals_cpu(cuda, dtype):
+    """16-bit gradients on the GPU: widened in the kernel, the CPU's bits."""
+    from fastadapt._storage import bfloat16
+    dtype = bfloat16() if dtype == "bfloat16" else np.dtype(dtype)
+    arrays = [_random(n, np.float32, seed=n).astype(dtype) for n in (0, 7, 301)]
+    expected = fastadapt.grad_norm(*arrays)
+    assert expected == fastadapt.grad_norm(*(a.astype(np.float32) for a in arrays))
+    assert fastadapt.grad_norm(*(cuda.to_device(a) for a in arrays)) == expected
+
+
+@sim
 def test_simulated_gpu_optimizer_global_norm(cuda):
     params = [_random(s, np.float32, seed=i) for i, s in enumerate((7, 700, 1))]
     host_opt = fastadapt.SGD(params, lr=0.1, momentum=0.9, max_grad_norm=1.0)
@@ -460,8 +472,8 @@ def test_simulated_gpu_checks(cuda):
     x = cuda.to_device(np.ones(10, np.float32))
     with pytest.raises(ValueError, match=r"mix of host and GPU arrays: grads\[1\] on the host"):
         fastadapt.grad_norm(x, np.ones(3))
-    with pytest.raises(TypeError, match="unsupported dtype float16"):
-        fastadapt.grad_norm(cuda.to_device(np.ones(3, np.float16)))
+    with pytest.raises(TypeError, match="unsupported dtype uint16"):
+        fastadapt.grad_norm(cuda.to_device(np.ones(3, np.uint16)))
     with pytest.raises(ValueError, match=r"grads\[0\] is not C-contiguous"):
         fastadapt.grad_norm(cuda.to_device(np.ones(20, np.float32))[::2])
 

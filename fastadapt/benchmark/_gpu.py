@@ -17,6 +17,7 @@ same code on the CPU, which tests its logic; the times then mean nothing, and
 the table says so.
 """
 import itertools
+import os
 import time
 
 import numpy as np
@@ -45,6 +46,26 @@ def status():
         return True, "Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1: times are meaningless)"
     name = cuda.get_current_device().name
     return True, name.decode() if isinstance(name, bytes) else str(name)
+
+
+def registers(full=False, cache_dir=None, workers=1):
+    """Registers per thread (and stack and spill bytes) of every CUDA kernel
+    for sm_80 and sm_90, compiled here by NVVM and ptxas (no GPU needed; see
+    ``kernels/cuda_check.py``): ``{"rows": [...]}``, or ``{"reason": ...}``
+    where the compilers are missing. ``full``: every storage layout too."""
+    try:
+        import numba_cuda  # noqa: F401
+        from ..kernels import cuda_check
+        results = cuda_check.check(cuda_check.targets(full), cache_dir=cache_dir,
+                                   workers=workers)
+    except ImportError:
+        return {"reason": 'numba-cuda is not installed (pip install "fastadapt[cuda]")'}
+    except Exception as exc:  # cuda_check.Unavailable, or the simulator is on
+        return {"reason": f"{type(exc).__name__}: {exc}"}
+    rows = cuda_check.register_table(results)
+    problems = {f"{t.name} sm_{cc[0]}{cc[1]}": p for (t, cc), r in results.items()
+                if (p := cuda_check.problems(t, r))}
+    return {"rows": rows, "problems": problems}
 
 
 def _simulator():
@@ -225,6 +246,7 @@ def measure(configs, sizes, dtype, budget_s, min_rounds, progress, advance=None)
                      f"{row['pct_roofline']:.0f}% of roofline "
                      f"({time.perf_counter() - start:.1f} s)")
             steps.clear()
+    out["registers"] = registers(workers=max(1, min(8, os.cpu_count() or 1)))
     largest = [r for r in out["rows"] if "implementations" in r
                and r["n"] == max(x["n"] for x in out["rows"])]
     if largest:

@@ -309,6 +309,8 @@ def sections_text(data):
         c = data["cuda"]
         if c["available"]:
             out.append((_gpu_title(c), cuda_table(c).text()))
+            if c.get("registers", {}).get("rows"):
+                out.append((_REGISTERS_TITLE, register_table(c["registers"]).text()))
         else:
             out.append(("GPU", c["reason"]))
     for title, table in wholestep_tables(data.get("wholestep")):
@@ -407,6 +409,19 @@ def storage_table(s):
 def _storage_per_call(s):
     from ._storage_modes import per_call_text
     return per_call_text(s)
+
+
+_REGISTERS_TITLE = ("Registers per thread of each CUDA kernel (ptxas -v on NVVM's PTX; "
+                    "stack and spill in bytes)")
+
+
+def register_table(registers):
+    """The table of ``_gpu.registers()``'s rows."""
+    archs = ("sm_80", "sm_90")
+    headers = ["kernel", *archs, *(f"{a} stack" for a in archs), *(f"{a} spill" for a in archs)]
+    rows = [[r["kernel"]] + [str(r.get(h, "")) for h in headers[1:]]
+            for r in registers["rows"]]
+    return Table(headers, rows)
 
 
 def _gpu_title(c):
@@ -585,6 +600,9 @@ def markdown_report(data, plot_path=None, markdown_path=None, accuracy_plot_path
         lines += ["## GPU", ""]
         if c["available"]:
             lines += [_gpu_title(c) + ".", "", cuda_table(c).markdown(), ""]
+            if c.get("registers", {}).get("rows"):
+                lines += [_REGISTERS_TITLE + ".", "",
+                          register_table(c["registers"]).markdown(), ""]
         else:
             lines += [c["reason"] + ".", ""]
     return "\n".join(lines)

@@ -1,0 +1,518 @@
+"""The CUDA kernels compiled for GPUs that need not be here, and what the
+compilers say about them.
+
+Each kernel fastadapt launches is compiled to PTX by NVVM
+(``numba.cuda.compile_ptx``) for compute capability 8.0 (A100) and 9.0
+(H100), and the PTX is assembled by ``ptxas -v``, which reports registers,
+stack and spills. From the PTX itself:
+
+- **float64 instructions** (any ``.f64`` operand type) in a float32 kernel:
+  a Python number or an int mixed into float32 math promotes it to float64,
+  which runs at 1/64 of the float32 rate on consumer GPUs;
+- **global loads and stores per element**: the element loop of an update
+  kernel is cut into bodies (a run of global loads followed by a run of
+  global stores: one element's, since the stores may alias the next
+  element's loads and cannot be moved above them), and each body must read
+  and write at most the arrays its gating setting declares, each once, in
+  its storage width, and every setting must have a body that moves exactly
+  the declared bytes (``rules.Rule.bytes_per_element`` for the plain
+  layouts). LLVM unrolls and unswitches the loops, so one setting has several
+  bodies, and a body may read less than declared (SGD's first step stores
+  the momentum buffer without reading it);
+- **each array once per element**: every access is traced back through the
+  PTX to the kernel argument it addresses, and each loop (unrolled k times)
+  must load each array it loads, and store each it stores, k times: a
+  second read of an array (which would land in a body of its own, behind a
+  store that may alias it) breaks the count. (Kernels that branch on an
+  element's value, float16 stochastic rounding, get a weaker check: see
+  :func:`branches_in_element`.)
+
+Needs numba-cuda with NVVM and ``ptxas`` (``pip install "fastadapt[cuda]"``:
+NVIDIA's wheels), no GPU and no driver. Compiling a kernel takes about a
+second and assembling it about as long, so :func:`check` caches its results
+on disk (keyed by everything the code depends on) and can spread the work
+over processes.
+"""
+import collections
+import concurrent.futures
+import contextlib
+import hashlib
+import itertools
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from .loops import BFLOAT16, FLOAT16, NATIVE, Layout
+
+#: The compute capabilities every kernel is compiled for.
+CCS = ((8, 0), (9, 0))
+
+#: The reduction kernel of ``reduce_cuda.py`` (not an update rule).
+SUM_OF_SQUARES = "sum_of_squares"
+
+_WIDTH = {"8": 1, "16": 2, "32": 4, "64": 8}
+_MEMORY_OP = re.compile(r"^\s*(?:@!?%p\d+\s+)?(ld|st)\.global(?:\.nc)?(?:\.v([24]))?"
+                        r"\.[a-z]+(8|16|32|64)\b", re.M)
+_F64 = re.compile(r"^\s*(?:@!?%p\d+\s+)?([a-z][\w.]*\.f64)\b", re.M)
+_PTXAS = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill "
+                    r"loads.*?Used (\d+) registers", re.S)
+
+
+class Unavailable(RuntimeError):
+    """NVVM or ptxas is not installed here (the reason is the message)."""
+
+
+class Target(NamedTuple):
+    """One kernel to compile: ``kernel`` (a kernel of ``rules.kernel_specs()``,
+    or :data:`SUM_OF_SQUARES`), its compute ``dtype`` (the input's for the
+    reduction) and its storage ``layout`` (a ``loops.Layout``; None: every
+    array in ``dtype``)."""
+    kernel: str
+    dtype: str
+    layout: Layout = None
+
+    @property
+    def name(self):
+        if self.layout is None:
+            return f"{self.kernel}[{self.dtype}]"
+        return f"{self.kernel}[{self.dtype}:{self.layout.tag}]"
+
+
+def _kernels():
+    from . import cuda
+    if cuda.SIMULATOR:
+        raise Unavailable("the CUDA simulator is on (NUMBA_ENABLE_CUDASIM=1): nothing "
+                          "is compiled")
+    return cuda
+
+
+def targets(full=False):
+    """The kernels to compile: every update kernel in float32 and float64,
+    the reduction for each gradient dtype, and the storage layouts of
+    ``layouts(full)``."""
+    from ..rules import kernel_specs
+    out = [Target(k, d) for k in kernel_specs() for d in ("float32", "float64")]
+    out += [Target(SUM_OF_SQUARES, d) for d in ("float32", "float64", "bfloat16", "float16")]
+    out += [Target(k, "float32", layout) for k, layout in layouts(full)]
+    return out
+
+
+#: One of each storage feature on a real GPU, for the default run: each
+#: 16-bit format as param, grad and state, master weights, stochastic
+#: rounding to either format, a state-gating flag on and off.
+REPRESENTATIVE = (("adam", "bbbbb", "s"), ("adam", "bffff", "m"), ("adam", "hhhhf", "s"),
+                  ("adam", "hhfff", "m"), ("sgd", "ffb", ""), ("rmsprop", "bfbbb", ""),
+                  ("adagrad", "hhh", ""))
+
+
+def layouts(full=False):
+    """``(kernel, Layout)`` pairs of the storage layouts the CUDA path runs
+    (every one but 8-bit state): :data:`REPRESENTATIVE`, or with ``full``
+    every one the optimizer classes make (one state dtype for all the state
+    arrays; an array its flag turns off stays in the compute dtype), for
+    every kernel and every setting of its flags."""
+    if not full:
+        return [(k, Layout(tuple(codes), "m" in mode, "s" in mode))
+                for k, codes, mode in REPRESENTATIVE]
+    from ..rules import kernel_specs
+    f, b, h = NATIVE, BFLOAT16, FLOAT16
+    storage = [(f, f, b, "")]                          # float32 params, bfloat16 state
+    storage += [(p, g, s, mode) for p, grads, states in ((b, (b, f), (f, b)),
+                                                        (h, (h, f), (f, b, h)))
+                for g in grads for s in states for mode in ("", "m", "s")]
+    out = []
+    for kernel, spec in kernel_specs().items():
+        gates = sorted({flag for _, flag in spec if flag is not None})
+        for values in itertools.product((True, False), repeat=len(gates)):
+            on = dict(zip(gates, values))
+            for p, g, s, mode in storage:
+                codes = (p, g) + tuple(s if flag is None or on[flag] else f
+                                       for _, flag in spec)
+                layout = Layout(codes, "m" in mode, "s" in mode)
+                if not layout.plain and (kernel, layout) not in out:
+                    out.append((kernel, layout))
+    return out
+
+
+def signature(target):
+    """The Numba argument types the launcher passes to ``target``'s kernel."""
+    from numba import types
+    if target.kernel == SUM_OF_SQUARES:
+        x = types.uint16 if target.dtype in ("bfloat16", "float16") else \
+            getattr(types, target.dtype)
+        return (x[::1], types.int64[::1], types.int64[::1], types.float64[::1])
+    sig = _kernels().SIGNATURES[target.kernel]
+    t = getattr(types, target.dtype)
+    layout = target.layout or Layout((NATIVE,) * len(sig.elements))
+    arrays = [types.uint16[::1] if c in (BFLOAT16, FLOAT16) else t[::1] for c in layout.codes]
+    if layout.master:
+        arrays.append(types.float32[::1])
+    arrays.append(types.UniTuple(t, len(sig.scalars)))
+    if layout.stochastic:
+        arrays += [types.uint64, types.uint64, types.int64]
+    return tuple(arrays)
+
+
+def python_function(target):
+    """The Python source function of ``target``'s kernel (what ``cuda.jit`` compiles)."""
+    kernels = _kernels()
+    if target.kernel == SUM_OF_SQUARES:
+        from . import reduce_cuda
+        from .._storage import bfloat16
+        dtype = bfloat16() if target.dtype == "bfloat16" else np.dtype(target.dtype)
+        return reduce_cuda.kernel_for(dtype).py_func
+    if target.layout is None:
+        return kernels.KERNELS[target.kernel].py_func
+    return kernels.layout_kernel(target.kernel, target.layout).py_func
+
+
+def expected_bodies(target):
+    """The ``(load widths, store widths)`` of one element of ``target``'s
+    update loop, sorted, for each setting of its state-gating flags."""
+    sig = _kernels().SIGNATURES[target.kernel]
+    itemsize = np.dtype(target.dtype).itemsize
+    layout = target.layout or Layout((NATIVE,) * len(sig.elements))
+    width = {a: 2 if c in (BFLOAT16, FLOAT16) else itemsize
+             for a, c in zip(sig.elements, layout.codes)}
+    gates = sorted({flag for _, flag in sig.state if flag is not None})
+    out = set()
+    for values in itertools.product((True, False), repeat=len(gates)):
+        on = dict(zip(gates, values))
+        states = [width[s] for s, flag in sig.state if flag is None or on[flag]]
+        loads = [4 if layout.master else width["param"], width["grad"], *states]
+        stores = [width["param"], *([4] if layout.master else []), *states]
+        out.add((tuple(sorted(loads)), tuple(sorted(stores))))
+    return sorted(out)
+
+
+def bodies(ptx):
+    """The element bodies of a PTX kernel: ``(load widths, store widths)``
+    of each run of global loads followed by a run of global stores."""
+    out, loads, stores = [], [], []
+    for op, vector, bits in _MEMORY_OP.findall(ptx):
+        size = _WIDTH[bits] * int(vector or 1)
+        if op == "ld":
+            if stores:
+                out.append((tuple(sorted(loads)), tuple(sorted(stores))))
+                loads, stores = [], []
+            loads.append(size)
+        else:
+            stores.append(size)
+    if loads or stores:
+        out.append((tuple(sorted(loads)), tuple(sorted(stores))))
+    return out
+
+
+def _within(small, large):
+    """Whether the multiset ``small`` is contained in ``large``."""
+    rest = list(large)
+    for x in small:
+        if x not in rest:
+            return False
+        rest.remove(x)
+    return True
+
+
+_REGISTER = re.compile(r"%[a-z]+\d+")
+_PARAM = re.compile(r"_param_(\d+)\]")
+_LABEL = re.compile(r"^(\$L\w+):")
+_BRANCH = re.compile(r"\bbra(?:\.uni)?\s+(\$L\w+);")
+
+
+def accesses(ptx):
+    """The global loads and stores of ``ptx`` grouped by loop: ``{loop:
+    [(op, argument), ...]}``, ``op`` ``"ld"`` or ``"st"``, ``argument`` the
+    kernel argument accessed (None if unknown) and ``loop`` the line of the
+    innermost loop's label (None for code outside loops: peeled iterations).
+
+    An access's argument is found by following its address register back
+    through the instructions that computed it to the kernel parameters it
+    came from (Numba passes a 1-D array as 7 parameters, its data pointer
+    and its length among them; the index itself comes from no parameter).
+    """
+    lines = [line.split("//")[0].strip() for line in ptx.splitlines()]
+    taint = {}
+    changed = True
+    while changed:                  # to a fixed point: loops assign registers again
+        changed = False
+        for line in lines:
+            if not line or line[0] in ".{}$" or not line.endswith(";"):
+                continue
+            code = re.sub(r"^@!?%p\d+\s+", "", line)
+            opcode, _, operands = code.partition(" ")
+            if opcode.startswith(("st.", "bra", "ret", "bar", "setp")):
+                continue
+            first, _, rest = operands.partition(",")
+            targets = [r for r in _REGISTER.findall(first) if not r.startswith("%p")]
+            if opcode.startswith("ld.param"):
+                found = {int(m) for m in _PARAM.findall(rest)}
+            elif opcode.startswith("ld."):
+                found = set()        # a value in memory, not an address
+            else:
+                found = set().union(*(taint.get(r, ()) for r in _REGISTER.findall(rest)
+                                      if not r.startswith("%p")))
+            for r in targets:
+                if not found <= taint.get(r, set()):
+                    taint[r] = taint.get(r, set()) | found
+                    changed = True
+    labels = {m.group(1): k for k, line in enumerate(lines) if (m := _LABEL.match(line))}
+    loops = [(labels[m.group(1)], k) for k, line in enumerate(lines)
+             for m in [_BRANCH.search(line)] if m and labels.get(m.group(1), k) < k]
+    regions = {}
+    for k, line in enumerate(lines):
+        m = _MEMORY_OP.match(line)
+        if not m:
+            continue
+        address = re.search(r"\[(%rd\d+)", line)
+        params = taint.get(address.group(1), set()) if address else set()
+        inside = [(end - start, start) for start, end in loops if start <= k <= end]
+        region = min(inside)[1] if inside else None
+        regions.setdefault(region, []).append((m.group(1), max(params) // 7 if params
+                                               else None))
+    return regions
+
+
+def _reread(ops):
+    """Loop accesses that break "once per element": a loop handles some
+    number of elements per iteration (unrolled), so each array it loads must
+    be loaded, and each it stores stored, that same number of times. Outside
+    loops, each body (loads, then stores) must touch each array at most once."""
+    if any(arg is None for _, arg in ops):
+        return "an access whose array could not be traced"
+    loads = collections.Counter(a for op, a in ops if op == "ld")
+    stores = collections.Counter(a for op, a in ops if op == "st")
+    if len(set(loads.values()) | set(stores.values())) > 1:
+        return f"array: loads {dict(loads)}, stores {dict(stores)}"
+    return None
+
+
+def branches_in_element(target):
+    """Whether ``target``'s element update branches on the element's value:
+    stochastic rounding to float16 (three cases: NaN / inf, float16's normal
+    and subnormal range, below it). NVVM then stores the parameter in each
+    branch and lays the branches out away from the loop, so counting
+    accesses in the PTX's text order overcounts: for these kernels
+    :func:`traffic_problems` checks only that every access is to one of the
+    kernel's arrays, in a declared width."""
+    layout = target.layout
+    return layout is not None and layout.stochastic and layout.codes[0] == FLOAT16
+
+
+def traffic_problems(target, ptx):
+    """What is wrong with ``target``'s global memory traffic in ``ptx`` (empty: nothing)."""
+    found = bodies(ptx)
+    if target.kernel == SUM_OF_SQUARES:
+        # One float64 partial per chunk; the element loop only reads.
+        stores = [s for _, body in found for s in body]
+        return [] if stores == [8] else [f"expected one 8-byte store (the chunk's "
+                                         f"partial), found stores of {stores} bytes"]
+    if branches_in_element(target):
+        # Only what flow-insensitive counting can say: every access is to one
+        # of the kernel's arrays, in one of the declared widths.
+        sig = _kernels().SIGNATURES[target.kernel]
+        arrays = len(sig.elements) + bool(target.layout.master)
+        widths = {w for loads, stores in expected_bodies(target) for w in loads + stores}
+        ops = [op for group in accesses(ptx).values() for op in group]
+        problems = [f"an access to argument {arg}, not one of the {arrays} arrays"
+                    for arg in sorted({a for _, a in ops if a is None or a >= arrays},
+                                      key=str)]
+        problems += [f"an access of {w} bytes, not a declared width {sorted(widths)}"
+                     for w in sorted({w for body in found for side in body for w in side}
+                                     - widths)]
+        return problems
+    expected = expected_bodies(target)
+    problems = [f"a body loads {loads} and stores {stores} bytes, more than any setting "
+                f"declares ({expected})"
+                for loads, stores in sorted(set(found))
+                if not any(_within(loads, el) and _within(stores, es) for el, es in expected)]
+    problems += [f"no body moves the declared {loads} / {stores} bytes"
+                 for loads, stores in expected if (loads, stores) not in found]
+    for loop, ops in accesses(ptx).items():
+        groups = [ops] if loop is not None else _split_bodies(ops)
+        for group in groups:
+            why = _reread(group)
+            if why:
+                where = "outside loops" if loop is None else "in a loop"
+                problems.append(f"{where}, an array is read or written more than once "
+                                f"per element ({why})")
+    return problems
+
+
+def _split_bodies(ops):
+    out = []
+    for op, arg in ops:
+        if not out or (op == "ld" and out[-1][-1][0] == "st"):
+            out.append([])
+        out[-1].append((op, arg))
+    return out
+
+
+def ptxas_path():
+    """The ``ptxas`` of NVIDIA's wheels (or on PATH); Unavailable if none."""
+    try:
+        from cuda.pathfinder import find_nvidia_binary_utility
+        path = find_nvidia_binary_utility("ptxas")
+    except Exception:  # an older cuda-pathfinder, or none
+        path = None
+    path = path or shutil.which("ptxas")
+    if not path:
+        raise Unavailable('ptxas not found: pip install "fastadapt[cuda]" (NVIDIA\'s '
+                          "nvidia-cuda-nvcc wheel has it)")
+    return path
+
+
+@contextlib.contextmanager
+def _compute_capability(cc):
+    """numba-cuda types device functions for the current device's compute
+    capability; with no GPU here, name one."""
+    from numba import cuda
+    import numba.cuda.dispatcher as dispatcher
+    if cuda.is_available() or not hasattr(dispatcher, "get_current_device"):
+        yield
+        return
+    saved = dispatcher.get_current_device
+    dispatcher.get_current_device = lambda: type("Device", (), {"compute_capability": cc})
+    try:
+        yield
+    finally:
+        dispatcher.get_current_device = saved
+
+
+def compile_function(func, sig, cc):
+    """PTX of the kernel ``func`` for argument types ``sig`` and compute
+    capability ``cc``, and ptxas's report on it: ``(ptx, {"registers",
+    "stack", "spill_stores", "spill_loads"})`` (bytes but registers)."""
+    from numba import cuda
+    ptxas = ptxas_path()
+    with _compute_capability(cc):
+        try:
+            ptx = cuda.compile_ptx(func, sig, cc=cc)[0]
+        except Exception as exc:
+            if "NVVM" in type(exc).__name__ or "libnvvm" in str(exc).lower():
+                raise Unavailable(f"NVVM unavailable: {exc}") from None
+            raise
+    arch = f"sm_{cc[0]}{cc[1]}"
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp, "kernel.ptx")
+        source.write_text(ptx)
+        run = subprocess.run([ptxas, f"-arch={arch}", "-v", str(source),
+                              "-o", str(Path(tmp, "kernel.cubin"))],
+                             capture_output=True, text=True, timeout=300)
+    if run.returncode:
+        raise RuntimeError(f"ptxas failed for {arch}:\n{run.stderr[-3000:]}")
+    m = _PTXAS.search(run.stdout + run.stderr)
+    if not m:
+        raise RuntimeError(f"cannot read ptxas's report:\n{run.stderr[-2000:]}")
+    stack, spill_stores, spill_loads, registers = map(int, m.groups())
+    return ptx, {"registers": registers, "stack": stack, "spill_stores": spill_stores,
+                 "spill_loads": spill_loads}
+
+
+def float64_instructions(ptx):
+    """The distinct PTX instructions of ``ptx`` that operate on float64."""
+    return sorted(set(_F64.findall(ptx)))
+
+
+def compile_target(target, ccs=CCS):
+    """Compile and assemble ``target`` for each of ``ccs``; ``{cc: result}``,
+    a result being ptxas's report (see :func:`compile_function`) plus ``f64``
+    (:func:`float64_instructions`), ``problems`` (traffic, see
+    :func:`traffic_problems`) and ``seconds``."""
+    func, sig = python_function(target), signature(target)
+    out = {}
+    for cc in ccs:
+        start = time.perf_counter()
+        ptx, report = compile_function(func, sig, cc)
+        out[cc] = {**report, "f64": float64_instructions(ptx),
+                   "problems": traffic_problems(target, ptx),
+                   "seconds": time.perf_counter() - start}
+    return out
+
+
+def problems(target, result):
+    """Everything wrong with one compiled kernel: spills, float64 work in a
+    float32 update, traffic beyond the declared bytes."""
+    out = list(result["problems"])
+    if result["spill_stores"] or result["spill_loads"]:
+        out.append(f"spills {result['spill_stores']} bytes stored, "
+                   f"{result['spill_loads']} loaded")
+    # The reduction accumulates float32 input in float64 on purpose (exact partials).
+    if target.dtype != "float64" and target.kernel != SUM_OF_SQUARES and result["f64"]:
+        out.append(f"float64 instructions in a float32 kernel: {result['f64']}")
+    return out
+
+
+def _key(target, cc, versions):
+    kernels = _kernels()
+    h = hashlib.sha256()
+    h.update(Path(__file__).read_bytes())
+    from . import reduce_cuda
+    h.update(Path(reduce_cuda.__file__).read_bytes())
+    h.update(kernels._DIGEST.encode())
+    h.update(repr((target, cc, versions)).encode())
+    return h.hexdigest()[:32]
+
+
+def _versions():
+    import numba_cuda
+    run = subprocess.run([ptxas_path(), "--version"], capture_output=True, text=True)
+    return numba_cuda.__version__, run.stdout.strip().splitlines()[-1:]
+
+
+def check(targets, ccs=CCS, cache_dir=None, workers=1):
+    """Compile every target for every cc: ``{(target, cc): result}`` (see
+    :func:`compile_target`). Results already in ``cache_dir`` (written by an
+    earlier call, for the same sources, numba-cuda and ptxas) are read from
+    there; ``workers`` > 1 compiles in that many processes."""
+    _kernels()
+    versions = _versions()
+    cache = Path(cache_dir) if cache_dir is not None else None
+    results, todo = {}, []
+    for target in targets:
+        cached = {}
+        for cc in ccs:
+            path = cache / f"{_key(target, cc, versions)}.json" if cache else None
+            if path is not None and path.exists():
+                cached[cc] = json.loads(path.read_text())
+        if len(cached) == len(ccs):
+            results.update({(target, cc): r for cc, r in cached.items()})
+        else:
+            todo.append(target)
+    if workers > 1 and len(todo) > 1:
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+            done = list(pool.map(compile_target, todo, itertools.repeat(ccs)))
+    else:
+        done = [compile_target(t, ccs) for t in todo]
+    for target, per_cc in zip(todo, done):
+        for cc, result in per_cc.items():
+            results[(target, cc)] = result
+            if cache is not None:
+                cache.mkdir(parents=True, exist_ok=True)
+                path = cache / f"{_key(target, cc, versions)}.json"
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(result))
+                tmp.replace(path)
+    return results
+
+
+def register_table(results):
+    """Rows ``{"kernel", "sm_80", "sm_90", ...}`` of registers per thread
+    (and stack bytes, spill bytes) from :func:`check`'s results, one per target."""
+    rows = {}
+    for (target, cc), r in results.items():
+        row = rows.setdefault(target.name, {"kernel": target.name})
+        arch = f"sm_{cc[0]}{cc[1]}"
+        row[arch] = r["registers"]
+        row[f"{arch} stack"] = r["stack"]
+        row[f"{arch} spill"] = r["spill_stores"] + r["spill_loads"]
+    return list(rows.values())
