@@ -34,6 +34,8 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
+from ._jit import cached
+
 __all__ = ["bits_to_float32", "float32_to_bits", "half_to_float32", "float32_to_half",
            "bfloat16_to_float32", "float32_to_bfloat16", "float32_to_bfloat16_stochastic",
            "float32_to_half_stochastic", "random_bits", "stream_key", "magnitude_bits",
@@ -618,5 +620,5 @@ def _decode_groups(codes, scale, signed, out):
         out[j] = softsign_decode(codes[j], s) if signed else root_decode(codes[j], s)
 
 
-encode_groups = njit(cache=True, error_model="numpy")(_encode_groups)
-decode_groups = njit(cache=True, error_model="numpy")(_decode_groups)
+encode_groups = cached(njit, _encode_groups, error_model="numpy")
+decode_groups = cached(njit, _decode_groups, error_model="numpy")

@@ -40,7 +40,11 @@ WORKERS = max(1, min(4, os.cpu_count() or 1))
 
 
 def _compile(request, targets):
-    cache = request.config.cache.mkdir("fastadapt-gpu-compile")
+    # pytest's cache folder keeps the results between runs; without the cache
+    # plugin (-p no:cacheprovider) a temporary folder serves this run only
+    plugin = getattr(request.config, "cache", None)
+    cache = (plugin.mkdir("fastadapt-gpu-compile") if plugin is not None else
+             request.getfixturevalue("tmp_path_factory").mktemp("fastadapt-gpu-compile"))
     try:
         return cuda_check.check(targets, cache_dir=cache, workers=WORKERS)
     except cuda_check.Unavailable as exc:
