@@ -140,7 +140,8 @@ optimizer-wide; the math runs in float32 whatever the storage):
 Nonsense raises (8-bit state with float64, stochastic rounding or master
 weights without 16-bit parameters) with fastadapt.optim's
 messages. On CUDA tensors every option but 8-bit state runs (that one
-raises NotImplementedError at construction, ``"int8c"`` naming itself). GradScaler's unscale and inf
+raises NotImplementedError at construction, ``"int8c"`` naming itself).
+GradScaler's unscale and inf
 skip and ``max_grad_norm`` work the same in every mode (the division happens
 in the kernel).
 
@@ -1147,8 +1148,9 @@ class FlatOptimizer(torch.optim.Optimizer):
                                  "not supported")
         _check_no_shared_memory(self.param_groups, index)
         by_key = {}
+        eight_bit = self.state_dtype in EIGHT_BIT
         for i, p in enumerate(params):
-            small = p.numel() < self.min_8bit_size
+            small = eight_bit and p.numel() < self.min_8bit_size
             by_key.setdefault((p.device, p.dtype, small), []).append(i)
         for device, dtype, _ in by_key:      # refuse before anything is packed
             self._state_storage(dtype.to_real(), device, index)

@@ -1068,6 +1068,8 @@ def test_min_8bit_size_keeps_small_parameters_in_float32_state(fmt):
     every.load_state_dict(opt.state_dict())
     assert "exp_avg.codes" in every.state_dict()["state"][0]
     assert len(every._buckets[0]) == 1
+    # without 8-bit state it changes nothing: one bucket, as before
+    assert len(ft.Adam([small, large], lr=1e-2)._buckets[0]) == 1
     for bad in (-1, 1.5, True, "4096"):
         with pytest.raises(ValueError, match="min_8bit_size must be an int >= 0"):
             ft.Adam([nn.Parameter(torch.ones(3))], state_dtype=fmt, min_8bit_size=bad)
