@@ -418,6 +418,18 @@ def absmax_problem(absmax):
     return None
 
 
+def scale_problem(scale):
+    """What makes companded 8-bit state's ``scale`` (one per group of 32)
+    unsound, as a phrase, or None: each is its group's largest finite
+    magnitude, so finite and >= 0."""
+    scale = np.asarray(scale, np.float32).reshape(-1)
+    bad = np.flatnonzero(~(np.isfinite(scale) & (scale >= 0)))
+    if bad.size:
+        return (f"is {scale[bad[0]]} at group {bad[0]}; it must be finite and >= 0 (a "
+                "group's largest finite magnitude)")
+    return None
+
+
 def check_blockwise(name, b, param_size):
     """ValueError / TypeError unless ``b`` is a sound Blockwise8 of ``param_size``."""
     b._check_arrays(name, b.absmax, "absmax", BLOCK, param_size)

@@ -98,14 +98,25 @@ optimizer-wide; the math runs in float32 whatever the storage):
 ``state_dtype``
     None (the parameters' dtype for float32 / float64, float32 for 16-bit
     parameters), ``torch.float32`` / ``"float32"``, ``torch.bfloat16`` /
-    ``"bfloat16"``, ``"float16"`` (float16 parameters only) or ``"int8"``
+    ``"bfloat16"``, ``"float16"`` (float16 parameters only), ``"int8"``
     (8-bit blockwise state, :class:`fastadapt.Blockwise8`; each parameter
     starts a block of 256 elements; ``state[p]`` then holds the live
     ``"<name>.codes"`` (uint8) and ``"<name>.absmax"`` (float32 per block)
     views, and :meth:`~FlatOptimizer.state_dict` adds the dequantized values
-    under torch's name). torch's fused CPU optimizers keep the
+    under torch's name) or ``"int8c"`` (companded 8-bit state,
+    :class:`fastadapt.Companded8`, CPU only; the same, with groups of 32
+    elements and ``"<name>.scale"`` in place of ``"<name>.absmax"``; the
+    codes decode and encode with the kernel of the functional API). A state
+    dict of one 8-bit format loads into the other (and into any state) from
+    its dequantized values. torch's fused CPU optimizers keep the
     parameters' dtype: ``state_dtype=torch.bfloat16`` on bfloat16 parameters
     is their mode, and gives their numbers.
+``min_8bit_size``
+    With 8-bit state: parameters of fewer elements (default 4096, as
+    bitsandbytes' ``min_8bit_size``) keep float32 state, in a bucket (flat
+    buffer) of their own per group, dtype and device: a small tensor saves
+    little by it, and one scale per block would cost it most. 0 puts every
+    parameter's state in 8 bits.
 ``master_weights``
     For 16-bit parameters: a float32 master copy (one flat buffer per bucket);
     the update runs on it and the parameters the model sees receive it
@@ -129,7 +140,8 @@ optimizer-wide; the math runs in float32 whatever the storage):
 Nonsense raises (8-bit state with float64, stochastic rounding or master
 weights without 16-bit parameters) with fastadapt.optim's
 messages. On CUDA tensors every option but 8-bit state runs (that one
-raises NotImplementedError at construction). GradScaler's unscale and inf
+raises NotImplementedError at construction, ``"int8c"`` naming itself).
+GradScaler's unscale and inf
 skip and ``max_grad_norm`` work the same in every mode (the division happens
 in the kernel).
 
@@ -171,7 +183,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without torch
 
 from . import _args, _storage
 from .flat import ALIGN_BYTES, layout
-from .kernels.storage import BLOCK
+from .kernels.storage import BLOCK, GROUP
 from .optim import NON_NEGATIVE_STATE, rounding_seed, storage_options
 from .rules import RULES
 
@@ -190,9 +202,16 @@ _TORCH_SUPPORTS_COMPLEX = {"Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adadel
 _SIXTEEN_BIT = (torch.bfloat16, torch.float16)
 #: Storage options (keyword-only, optimizer-wide), as fastadapt.optim's classes take them.
 STORAGE_OPTIONS = {"state_dtype": None, "master_weights": False,
-                   "stochastic_rounding": False, "seed": None}
+                   "stochastic_rounding": False, "seed": None, "min_8bit_size": 4096}
+#: The 8-bit state formats, by ``state_dtype``: the container, the elements
+#: that share one float32 scale, and that scale's key in state dicts
+#: (``"<state>.<key>"``, beside ``"<state>.codes"``), and what makes loaded
+#: scales unsound (a phrase, or None).
+EIGHT_BIT = {"int8": (_storage.Blockwise8, BLOCK, "absmax", _storage.absmax_problem),
+             "int8c": (_storage.Companded8, GROUP, "scale", _storage.scale_problem)}
 #: Extra per-parameter state-dict keys of the storage modes torch has no
-#: equivalent for (the 8-bit state's are ``"<state>.codes"`` / ``"<state>.absmax"``).
+#: equivalent for (the 8-bit state's are ``"<state>.codes"`` and ``"<state>.absmax"``
+#: or ``"<state>.scale"``).
 MASTER_KEY = "master_param"
 SEED_KEY = "stochastic_rounding_seed"
 #: The step count as an int, saved beside torch's float32 ``step`` where that
@@ -317,7 +336,7 @@ class _Bucket:
     """The parameters of one group that share a device and dtype, packed into
     one flat buffer, with their gradient and state buffers."""
 
-    def __init__(self, owner, group_index, params, indices):
+    def __init__(self, owner, group_index, params, indices, small=False):
         self.owner = owner
         self.group_index = group_index
         self.params = params                 # the nn.Parameters, in group order
@@ -329,16 +348,22 @@ class _Bucket:
         self.device, self.param_dtype = first.device, first.dtype
         self.complex = first.is_complex()
         self.dtype = first.dtype.to_real()
-        # the state's storage: a torch dtype, or "int8" (8-bit blockwise state)
+        # the state's storage: a torch dtype, or "int8" / "int8c" (8-bit state);
+        # ``small``: parameters under min_8bit_size, whose state stays float32
         self.state_dtype = owner._state_storage(self.dtype, self.device, group_index)
-        self.blockwise = self.state_dtype == "int8"
+        if small and self.state_dtype in EIGHT_BIT:
+            self.state_dtype = torch.float32
+        self.eight_bit = self.state_dtype in EIGHT_BIT
+        # 8-bit state: its container, elements per scale and the scale's key
+        self.container, self.unit, self.scale_key, _ = EIGHT_BIT.get(
+            self.state_dtype, (None, 1, None, None))
         self.shapes = [p.shape for p in params]
         pair = 2 if self.complex else 1
         self.sizes = [p.numel() * pair for p in params]
         self.real_shapes = [(*s, 2) if self.complex else s for s in self.shapes]
-        # 8-bit state: every parameter starts a block of its own, so a run of
-        # parameters (and one parameter's checkpoint) is whole blocks
-        align = BLOCK if self.blockwise else ALIGN_BYTES // (first.element_size() // pair)
+        # 8-bit state: every parameter starts a block (group) of its own, so a
+        # run of parameters (and one parameter's checkpoint) is whole blocks
+        align = self.unit if self.eight_bit else ALIGN_BYTES // (first.element_size() // pair)
         self.offsets, end = layout(self.sizes, align)
         end = self._flat_length(end, align)
         self.length = end
@@ -351,7 +376,7 @@ class _Bucket:
         # in the backward, from autograd's gradient, which is then dropped
         self.released = [False] * len(params)
         self.state_flat, self.state_views, self.k_state = {}, {}, {}
-        self.block_tensors = {}              # 8-bit state: name -> (codes, absmax) tensors
+        self.block_tensors = {}              # 8-bit state: name -> (codes, scale) tensors
         # float64: exact step counts to 2**53 (torch's float32 ones stop at 2**24,
         # and stochastic rounding, keyed on the step, would then repeat its bits)
         self.steps = torch.zeros(len(params), dtype=torch.float64)
@@ -439,8 +464,8 @@ class _Bucket:
 
     def state_tensors(self):
         """The tensors holding this bucket's state (8-bit state: its codes and
-        absmax), the master copy included (a shard's, in a sharded bucket)."""
-        if self.blockwise:
+        scales), the master copy included (a shard's, in a sharded bucket)."""
+        if self.eight_bit:
             out = [t for pair in self.block_tensors.values() for t in pair]
         else:
             out = list(self.state_flat.values())
@@ -469,7 +494,7 @@ class _Bucket:
 
     def block_view(self, name, j0, j1=None):
         """8-bit state ``name`` over parameters ``j0..j1`` (one parameter by
-        default) as a Blockwise8 of views."""
+        default) as a Blockwise8 (Companded8) of views."""
         j1 = j0 if j1 is None else j1
         return self.state_flat[name]._view(self.offsets[j0],
                                            self.offsets[j1] + self.sizes[j1])
@@ -486,24 +511,24 @@ class _Bucket:
     def kernel_state(self, name, lo, hi):
         """The state array ``name`` the functional step takes, over ``lo:hi``
         of the state arrays (``state_offset`` before the flat buffer's)."""
-        if not self.blockwise:
+        if not self.eight_bit:
             return self.k_state[name][lo:hi]
         b8 = self.state_flat[name]
         return b8 if lo == 0 and hi == self.length else b8._view(lo, hi)
 
     def state_entries(self, name, j, values=False):
         """The entries of state array ``name`` in parameter ``j``'s state:
-        ``{torch's name: view}``; for 8-bit state the live codes and absmax
-        (``"<name>.codes"``, ``"<name>.absmax"``) and, with ``values``, the
-        dequantized values under torch's name (a fresh float32 tensor, what
-        torch.optim loads)."""
+        ``{torch's name: view}``; for 8-bit state the live codes and scales
+        (``"<name>.codes"``, ``"<name>.absmax"`` or ``"<name>.scale"``) and,
+        with ``values``, the dequantized values under torch's name (a fresh
+        float32 tensor, what torch.optim loads)."""
         key = self.owner._torch_names.get(name, name)
-        if not self.blockwise:
+        if not self.eight_bit:
             return {key: self.as_param(self.state_views[name][j])}
-        codes, absmax = self.block_tensors[name]
-        lo, n = self.offsets[j], self.sizes[j]
+        codes, scale = self.block_tensors[name]
+        lo, n, unit = self.offsets[j], self.sizes[j], self.unit
         out = {f"{key}.codes": codes[lo:lo + n],
-               f"{key}.absmax": absmax[lo // BLOCK:-(-(lo + n) // BLOCK)]}
+               f"{key}.{self.scale_key}": scale[lo // unit:-(-(lo + n) // unit)]}
         if values:
             out[key] = torch.from_numpy(self.block_view(name, j).dequantize()).view(
                 self.shapes[j])
@@ -513,7 +538,7 @@ class _Bucket:
     def _show_state(self, name):
         """A new state array's per-parameter views, in ``optimizer.state`` of
         the parameters already there."""
-        if not self.blockwise:
+        if not self.eight_bit:
             self.state_views[name] = self._views(self.state_flat[name])
         for j, published in enumerate(self.published):
             if published:
@@ -527,13 +552,13 @@ class _Bucket:
             if name in self.state_flat:
                 continue
             value = _initial(init[name], group) if name in init else 0.0
-            if self.blockwise:
-                b8 = _storage.Blockwise8(self.state_length, name not in NON_NEGATIVE_STATE)
+            if self.eight_bit:
+                b8 = self.container(self.state_length, name not in NON_NEGATIVE_STATE)
                 if value != 0.0:
                     b8.fill(value)
                 self.state_flat[name] = self.k_state[name] = b8
                 self.block_tensors[name] = (torch.from_numpy(b8.codes),
-                                            torch.from_numpy(b8.absmax))
+                                            torch.from_numpy(getattr(b8, self.scale_key)))
             else:
                 flat = torch.zeros(self.state_length, dtype=self.state_dtype,
                                    device=self.device)
@@ -557,11 +582,11 @@ class _Bucket:
         for name, flat in self.state_flat.items():
             if names is None or name in names:
                 value = _initial(init[name], group) if name in init else 0.0
-                if not self.blockwise:
+                if not self.eight_bit:
                     flat[la:lb].fill_(value)
                 elif lb > la:
                     blocks = flat._view(la, lb)
-                    if value == 0.0:    # the zero code and absmax 0, as a new one starts
+                    if value == 0.0:    # the zero code and scale 0, as a new one starts
                         blocks._clear()
                     else:
                         blocks.fill(value)
@@ -576,12 +601,14 @@ class _Bucket:
         unless the dict has the codes (used as they are), reset when absent."""
         key = self.owner._torch_names.get(name, name)
         src = arrays.get(key)
-        if self.blockwise:
+        if self.eight_bit:
             codes = extras.get(f"{key}.codes")
             target = self.block_view(name, j)
             if codes is not None:
+                part = self.scale_key
                 target.codes[:] = codes.detach().cpu().reshape(-1).numpy()
-                target.absmax[:] = extras[f"{key}.absmax"].detach().cpu().reshape(-1).numpy()
+                getattr(target, part)[:] = extras[f"{key}.{part}"].detach().cpu().reshape(
+                    -1).numpy()
             elif src is not None:
                 values = src.detach().to("cpu", torch.float32).reshape(-1).numpy()
                 try:
@@ -874,8 +901,10 @@ class FlatOptimizer(torch.optim.Optimizer):
 
     Attributes
     ----------
-    state_dtype : None, NumPy dtype or "int8"
+    state_dtype : None, NumPy dtype, "int8" or "int8c"
         The ``state_dtype`` option as given (None: each bucket's default).
+    min_8bit_size : int
+        With 8-bit state, parameters of fewer elements keep float32 state.
     master_weights, stochastic_rounding : bool
         The storage options.
     seed : int or None
@@ -909,7 +938,8 @@ class FlatOptimizer(torch.optim.Optimizer):
         # optimizer.state is the caller's, kept through state dicts as torch keeps it
         names = [self._torch_names.get(n, n) for n in self.rule.state]
         self._own_keys = {"step", MASTER_KEY, SEED_KEY, *names,
-                          *(f"{n}.{part}" for n in names for part in ("codes", "absmax")),
+                          *(f"{n}.{part}" for n in names
+                            for part in ("codes", *(f[2] for f in EIGHT_BIT.values()))),
                           *(self._torch_names.get(n, n) for n in self._scalar_state)}
         self._buckets = []              # per group: list of _Bucket
         self._group_params = []         # per group: its parameters at construction
@@ -923,10 +953,7 @@ class FlatOptimizer(torch.optim.Optimizer):
         self.state_dtype, self.master_weights, self.stochastic_rounding, self.seed = \
             storage_options(state_dtype, storage["master_weights"],
                             storage["stochastic_rounding"], storage["seed"])
-        if self.state_dtype == "int8c":
-            raise NotImplementedError(
-                "state_dtype='int8c' (companded 8-bit state) runs in the functional API "
-                "and fastadapt's NumPy optimizers so far; here use state_dtype='int8'")
+        self.min_8bit_size = _min_8bit_size(storage["min_8bit_size"])
         self.grad_norm, self.step_skipped = None, False
         defaults.update(self._group_constants())
         self._check_options(defaults, None)
@@ -978,7 +1005,7 @@ class FlatOptimizer(torch.optim.Optimizer):
                             "state_dtype": self.state_dtype,
                             "master_weights": self.master_weights,
                             "stochastic_rounding": self.stochastic_rounding,
-                            "seed": self.seed},
+                            "seed": self.seed, "min_8bit_size": self.min_8bit_size},
                 "param_groups": self.param_groups,
                 "state_dict": self._state_dict_without_hooks(),
                 # (an instance's ``step``: a wrapper of an lr scheduler or of
@@ -1121,12 +1148,18 @@ class FlatOptimizer(torch.optim.Optimizer):
                                  "not supported")
         _check_no_shared_memory(self.param_groups, index)
         by_key = {}
+        eight_bit = self.state_dtype in EIGHT_BIT
         for i, p in enumerate(params):
-            by_key.setdefault((p.device, p.dtype), []).append(i)
-        for device, dtype in by_key:         # refuse before anything is packed
+            small = eight_bit and p.numel() < self.min_8bit_size
+            by_key.setdefault((p.device, p.dtype, small), []).append(i)
+        for device, dtype, _ in by_key:      # refuse before anything is packed
             self._state_storage(dtype.to_real(), device, index)
-        return [self._bucket_class(self, index, [params[i] for i in idx], idx)
-                for idx in by_key.values()]
+            if device.type != "cpu" and self.state_dtype == "int8c":
+                raise NotImplementedError(
+                    f"param group {index}: state_dtype='int8c' (companded 8-bit state) runs "
+                    f"on the CPU only for now; on {device.type} tensors use another state_dtype")
+        return [self._bucket_class(self, index, [params[i] for i in idx], idx, small=small)
+                for (_, _, small), idx in by_key.items()]
 
     def _check_complex(self, where, p):
         """Complex parameters where torch takes them, with state of their own precision."""
@@ -1281,8 +1314,9 @@ class FlatOptimizer(torch.optim.Optimizer):
         The storage modes torch has no equivalent for add keys per parameter
         (torch.optim keeps them when it loads the dict, and ignores them):
         ``"master_param"`` (the float32 master copy, with
-        ``master_weights=True``), ``"<state>.codes"`` / ``"<state>.absmax"``
-        (8-bit state; ``"<state>"`` then holds its dequantized float32
+        ``master_weights=True``), ``"<state>.codes"`` and ``"<state>.absmax"``
+        or ``"<state>.scale"`` (8-bit state, ``"int8"`` or ``"int8c"``;
+        ``"<state>"`` then holds its dequantized float32
         values), ``"stochastic_rounding_seed"`` (an int; with it ``step``
         is saved for every rule, SGD included: the random bits are keyed on
         seed, step and element) and ``"exact_step"`` (an int, past 2**24
@@ -1503,15 +1537,20 @@ class FlatOptimizer(torch.optim.Optimizer):
         arrays, scalars, extras = {}, {}, {}
         scalar_names = {self._torch_names.get(n, n) for n in self._scalar_state}
         array_names = {self._torch_names.get(n, n) for n in self.rule.state}
-        blocks = -(-p.numel() // BLOCK)
+        # this parameter's 8-bit format (None: full-precision state)
+        fmt = (self.state_dtype if self.state_dtype in EIGHT_BIT
+               and p.numel() >= self.min_8bit_size else None)
+        scale_keys = tuple(f[2] for f in EIGHT_BIT.values())
         extra_names = {MASTER_KEY: ("a floating-point tensor", p.numel(), None)}
         for n in array_names:
             # torch.optim casts a loaded state's tensors to the parameter's
-            # dtype: codes come back as float (exact: 0..255 are), absmax
+            # dtype: codes come back as float (exact: 0..255 are), scales
             # rounded to a 16-bit parameter's dtype
             extra_names[f"{n}.codes"] = ("a tensor of whole numbers in 0..255", p.numel(),
                                          "codes")
-            extra_names[f"{n}.absmax"] = ("a floating-point tensor", blocks, None)
+            for _, unit, part, _ in EIGHT_BIT.values():
+                extra_names[f"{n}.{part}"] = ("a floating-point tensor",
+                                              -(-p.numel() // unit), None)
         for key, v in value.items():
             if key == "step":
                 continue
@@ -1536,13 +1575,13 @@ class FlatOptimizer(torch.optim.Optimizer):
                                      f"{size} (the parameter has {p.numel()})")
                 if dtype == "codes":
                     v = _codes(v, f"{where}: {key}")
-                elif key.endswith(".absmax") and v.dtype != torch.float32:
+                elif key.endswith(scale_keys) and v.dtype != torch.float32:
                     v = v.detach().to(torch.float32)
                 extras[key] = v
                 continue
             ours = next((n for n, t in self._torch_names.items() if t == key), key)
             if (key in array_names and ours in NON_NEGATIVE_STATE
-                    and self.state_dtype == "int8" and f"{key}.codes" not in value
+                    and fmt is not None and f"{key}.codes" not in value
                     and isinstance(v, torch.Tensor) and v.is_floating_point()
                     and bool((v < 0).any())):
                 raise ValueError(f"{where}: {key} has negative values; this optimizer "
@@ -1577,21 +1616,31 @@ class FlatOptimizer(torch.optim.Optimizer):
         if exact is not None and np.float32(exact) == np.float32(step_f):
             step_f = int(exact)     # trusted while it rounds to ``step`` (torch never updates it)
         for n in array_names:
-            if (f"{n}.codes" in extras) != (f"{n}.absmax" in extras):
-                raise ValueError(f"{where}: {n}.codes and {n}.absmax go together; one is "
-                                 "missing")
-            if f"{n}.codes" in extras and self.state_dtype == "int8":
-                ours = next((o for o, t in self._torch_names.items() if t == n), n)
-                problem = _storage.absmax_problem(extras[f"{n}.absmax"].detach().cpu().numpy())
-                if problem:
-                    raise ValueError(f"{where}: {n}.absmax {problem}")
-                if n in arrays and not _codes_hold(extras, n, arrays[n], ours):
-                    # the values moved on without the codes (a torch.optim
-                    # step keeps the codes it does not know): use the values
-                    del extras[f"{n}.codes"], extras[f"{n}.absmax"]
-                    if ours in NON_NEGATIVE_STATE and bool((arrays[n] < 0).any()):
-                        raise ValueError(f"{where}: {n} has negative values; this "
-                                         "optimizer keeps it in unsigned 8-bit state")
+            saved = [f for f, (_, _, part, _) in EIGHT_BIT.items() if f"{n}.{part}" in extras]
+            if len(saved) > 1 or (f"{n}.codes" in extras) != bool(saved):
+                raise ValueError(f"{where}: {n}.codes and one of "
+                                 f"{' or '.join(f'{n}.{part}' for part in scale_keys)} go "
+                                 f"together; got "
+                                 f"{sorted(k for k in extras if k.startswith(n + '.'))}")
+            if not saved:
+                continue
+            part = EIGHT_BIT[saved[0]][2]
+            if saved[0] != fmt:
+                # another format's codes (or full-precision state here):
+                # the dequantized values load, converted
+                del extras[f"{n}.codes"], extras[f"{n}.{part}"]
+                continue
+            ours = next((o for o, t in self._torch_names.items() if t == n), n)
+            problem = EIGHT_BIT[fmt][3](extras[f"{n}.{part}"].detach().cpu().numpy())
+            if problem:
+                raise ValueError(f"{where}: {n}.{part} {problem}")
+            if n in arrays and not _codes_hold(extras, n, arrays[n], ours, fmt):
+                # the values moved on without the codes (a torch.optim
+                # step keeps the codes it does not know): use the values
+                del extras[f"{n}.codes"], extras[f"{n}.{part}"]
+                if ours in NON_NEGATIVE_STATE and bool((arrays[n] < 0).any()):
+                    raise ValueError(f"{where}: {n} has negative values; this "
+                                     "optimizer keeps it in unsigned 8-bit state")
         needed = {self._torch_names.get(n, n) for n in
                   self.rule.state_for(**self._rule_options(group))}
         missing = sorted(needed - set(arrays))
@@ -1602,6 +1651,14 @@ class FlatOptimizer(torch.optim.Optimizer):
         if step_f > 0 and missing_scalars:
             raise ValueError(f"{where} lacks {missing_scalars}")
         return int(step_f), arrays, scalars, extras
+
+
+def _min_8bit_size(value):
+    """The ``min_8bit_size`` option, checked: an int >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"min_8bit_size must be an int >= 0 (0: every parameter's state in "
+                         f"8 bits), got {value!r}")
+    return int(value)
 
 
 def _check_tensor_hyper_parameters(group, at, torch_name):
@@ -1671,12 +1728,13 @@ def _codes(v, where):
     return values.to(torch.uint8).view(v.shape)
 
 
-def _codes_hold(extras, n, values, ours):
-    """Whether state ``n``'s 8-bit codes still decode to its ``values`` (as
-    rounded to their dtype)."""
-    codes, absmax = (extras[f"{n}.{part}"].detach().cpu().reshape(-1).numpy()
-                     for part in ("codes", "absmax"))
-    b8 = _storage.Blockwise8(0, ours not in NON_NEGATIVE_STATE)._over(codes, absmax)
+def _codes_hold(extras, n, values, ours, fmt):
+    """Whether state ``n``'s 8-bit codes (of format ``fmt``) still decode to
+    its ``values`` (as rounded to their dtype)."""
+    container, _, part, _ = EIGHT_BIT[fmt]
+    codes, scale = (extras[f"{n}.{k}"].detach().cpu().reshape(-1).numpy()
+                    for k in ("codes", part))
+    b8 = container(0, ours not in NON_NEGATIVE_STATE)._over(codes, scale)
     decoded = torch.from_numpy(b8.dequantize()).to(values.dtype)
     values = values.detach().cpu().reshape(-1)
     return bool(((decoded == values) | (decoded.isnan() & values.isnan())).all())
@@ -1755,7 +1813,8 @@ def optimizer_class(rule):
            f"``capturable=True`` and ``differentiable=True`` raise ValueError. "
            f"``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed`` "
            f"choose the storage (16-bit parameters, float32 master weights, bfloat16 or "
-           f"8-bit state), as in :class:`fastadapt.Optimizer`. See "
+           f"8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps "
+           f"smaller parameters' state float32 under 8-bit state. See "
            f":mod:`fastadapt.torch` for the gradient paths and their cost.\n\n"
            f"The update (from ``fastadapt.{rule.step_fn.__name__}``):\n"
            f"{inspect.getdoc(rule.step_fn) or ''}\n")

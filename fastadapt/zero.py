@@ -17,8 +17,9 @@ contiguous shards. Rank ``r`` keeps the optimizer state of shard ``r`` only::
     shard r      = [r * shard_length, (r + 1) * shard_length)
 
 ``align`` is one cache line of the parameters' dtype (16 float32 elements, 32
-bfloat16 ones), or 256 elements (a multiple of the line) where a bucket keeps
-8-bit blockwise state, so that every shard is whole blocks and quantizes as
+bfloat16 ones), or the 8-bit state's unit where a bucket keeps it (256
+elements for ``state_dtype="int8"``'s blocks, 32 for ``"int8c"``'s groups:
+multiples of the line), so that every shard is whole blocks and quantizes as
 one process does; the state of a rank is therefore ``1/world_size`` of the
 whole, plus less than ``align`` elements of padding per state array. With
 ``master_weights=True`` (16-bit parameters) the float32 master copy is
@@ -107,8 +108,7 @@ import torch.distributed as dist
 
 from . import _args
 from .checkpoint import atomic_write
-from .kernels.storage import BLOCK
-from .torch import MASTER_KEY, FlatOptimizer, _Bucket, _plain
+from .torch import EIGHT_BIT, MASTER_KEY, FlatOptimizer, _Bucket, _plain
 
 __all__ = ["ZeroRedundancyOptimizer", "CollectiveError"]
 
@@ -155,8 +155,8 @@ class _ShardBucket(_Bucket):
     element ``i`` standing for element ``shard[0] + i`` of the flat buffer.
     """
 
-    def __init__(self, owner, group_index, params, indices):
-        super().__init__(owner, group_index, params, indices)
+    def __init__(self, owner, group_index, params, indices, small=False):
+        super().__init__(owner, group_index, params, indices, small)
         self.reduced = None     # the reduce-scatter's output (reduce_gradients=True)
 
     def _new_master(self):
@@ -190,17 +190,18 @@ class _ShardBucket(_Bucket):
         the dict has none)."""
         key = self.owner._torch_names.get(name, name)
         src = arrays.get(key)
-        if self.blockwise and (src is not None or f"{key}.codes" in extras):
+        if self.eight_bit and (src is not None or f"{key}.codes" in extras):
             lo = self.offsets[j]
             a, b = self._span(lo, lo + self.sizes[j])
             if b <= a:
                 return
             target = self.state_flat[name]._view(a - self.shard[0], b - self.shard[0])
             codes = extras.get(f"{key}.codes")
-            if codes is not None:       # as saved; a - lo starts a block
+            if codes is not None:       # as saved; a - lo starts a block (group)
                 target.codes[:] = codes.detach().cpu().reshape(-1).numpy()[a - lo:b - lo]
-                absmax = extras[f"{key}.absmax"].detach().cpu().reshape(-1).numpy()
-                target.absmax[:] = absmax[(a - lo) // BLOCK:-(-(b - lo) // BLOCK)]
+                scale = extras[f"{key}.{self.scale_key}"].detach().cpu().reshape(-1).numpy()
+                getattr(target, self.scale_key)[:] = scale[
+                    (a - lo) // self.unit:-(-(b - lo) // self.unit)]
             else:                       # quantized per block, as one process quantizes
                 target.assign(src.detach().to("cpu", torch.float32).reshape(-1).numpy()[
                     a - lo:b - lo])
@@ -240,10 +241,11 @@ class _ShardBucket(_Bucket):
 
     def local_arrays(self):
         """``{key: tensor}`` of this rank's state as collectives and files move
-        it: ``name`` (or ``name.codes`` and ``name.absmax`` for 8-bit state)."""
-        if self.blockwise:
+        it: ``name`` (or ``name.codes`` and ``name.absmax`` / ``name.scale``
+        for 8-bit state)."""
+        if self.eight_bit:
             return {f"{name}.{part}": t for name, pair in self.block_tensors.items()
-                    for part, t in zip(("codes", "absmax"), pair)}
+                    for part, t in zip(("codes", self.scale_key), pair)}
         return dict(self.state_flat)
 
     def describe(self):
@@ -365,14 +367,16 @@ def _scaler_found_infs(optimizer):
 def _entries(b, name, full, o, n, shape):
     """A parameter's entries of state ``name`` from the consolidated ``full``
     arrays, as ``fastadapt.torch``'s state dict has them (8-bit state: the
-    codes, the blocks' absmax and the dequantized values under torch's name)."""
+    codes, the blocks' absmax or groups' scale and the dequantized values
+    under torch's name)."""
     key = b.owner._torch_names.get(name, name)
-    if not b.blockwise:
+    if not b.eight_bit:
         return {key: full[name][o:o + n].view(shape)}
-    codes, absmax = full[f"{name}.codes"], full[f"{name}.absmax"]
-    whole = b.state_flat[name]._over(codes.numpy(), absmax.numpy())
+    part, unit = b.scale_key, b.unit
+    codes, scale = full[f"{name}.codes"], full[f"{name}.{part}"]
+    whole = b.state_flat[name]._over(codes.numpy(), scale.numpy())
     return {f"{key}.codes": codes[o:o + n],
-            f"{key}.absmax": absmax[o // BLOCK:-(-(o + n) // BLOCK)],
+            f"{key}.{part}": scale[o // unit:-(-(o + n) // unit)],
             key: torch.from_numpy(whole._view(o, o + n).dequantize()).view(shape)}
 
 
@@ -530,6 +534,7 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
                         "state_dtype": _shown(self.state_dtype if self.state_dtype is None
                                               or isinstance(self.state_dtype, str)
                                               else str(self.state_dtype)),
+                        "min_8bit_size": repr(self.min_8bit_size),
                         "master_weights": repr(self.master_weights),
                         "stochastic_rounding": repr(self.stochastic_rounding),
                         "max_grad_norm": _shown(self.max_grad_norm)})
@@ -1021,7 +1026,7 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
         if len(old_layout) != len(buckets) or any(
                 o.get(k) != n[k] for o, n in zip(old_layout, self._layout()) for k in keys):
             raise ValueError(f"{where} was saved for other parameters (groups, shapes or "
-                             "dtypes differ)")
+                             "dtypes differ, or min_8bit_size: it buckets them)")
         for bi, (b, old) in enumerate(zip(buckets, old_layout)):
             per, length = old.get("shard_length"), old.get("length")
             used = b.offsets[-1] + b.sizes[-1]
@@ -1029,14 +1034,15 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
                 raise ValueError(f"{at}: layout[{bi}]: shard_length must be an int >= 1, got "
                                  f"{_shown(per)}")
             if "state" in old:       # (8-bit state lays the parameters out otherwise)
-                self._check_storage(b, old["state"] == "int8", _shown(old["state"]), where)
+                self._check_storage(b, old["state"] if old["state"] in EIGHT_BIT else None,
+                                    _shown(old["state"]), where)
             if not (type(length) is int and length == per * old_world and length >= used):
                 raise ValueError(f"{at}: layout[{bi}]: length must be shard_length x "
                                  f"world_size ({per} x {old_world}) and hold the parameters' "
                                  f"{used} elements, got {_shown(length)}")
-            if b.blockwise and per % BLOCK:
+            if b.eight_bit and per % b.unit:
                 raise ValueError(f"{at}: layout[{bi}]: shard_length {per} is not whole "
-                                 f"8-bit blocks ({BLOCK} elements)")
+                                 f"8-bit blocks ({b.unit} elements)")
         files = {}
 
         def shard(rank):
@@ -1067,8 +1073,8 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
                         raise ValueError(f"{where} was saved without master_weights")
                     arrays[MASTER_KEY] = data["master"]
                 for name, src in arrays.items():
-                    # 8-bit state's absmax has one value per block (a, o0 start blocks)
-                    unit = BLOCK if name.endswith(".absmax") else 1
+                    # 8-bit state's scales: one per block (a, o0 start blocks)
+                    unit = b.unit if name.endswith(f".{b.scale_key}") else 1
                     todo.append((name, src[(a - o0) // unit:-(-(c - o0) // unit)],
                                  (a - b.shard[0]) // unit))
             pieces.append(todo)
@@ -1108,18 +1114,19 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
             meta.append(data)
         return new_groups, pieces, meta, seed, token
 
-    def _check_storage(self, b, saved_int8, saved, where):
-        """8-bit and full-precision state cannot load into each other from
-        shards (their layouts differ): ValueError naming both."""
-        if saved_int8 != b.blockwise:
+    def _check_storage(self, b, saved_format, saved, where):
+        """8-bit state of one format (``saved_format``: ``"int8"``, ``"int8c"``,
+        None for full precision) loads from shards into that format only
+        (their layouts differ): ValueError naming both."""
+        if saved_format != (b.state_dtype if b.eight_bit else None):
             raise ValueError(
                 f"{where} holds {saved} state for param group {b.group_index} "
                 f"({str(b.dtype).replace('torch.', '')} parameters), this optimizer keeps "
                 f"{_storage_name(b.state_dtype)!r} state (state_dtype="
-                f"{_shown(self.state_dtype)}): 8-bit and full-precision state do not load "
-                "into each other from shards. Build the optimizer with the checkpoint's "
-                "state_dtype, or convert through consolidate_state_dict() and "
-                "load_state_dict()")
+                f"{_shown(self.state_dtype)}): 8-bit and full-precision state (and the "
+                "two 8-bit formats) do not load into each other from shards. Build the "
+                "optimizer with the checkpoint's state_dtype, or convert through "
+                "consolidate_state_dict() and load_state_dict()")
 
     def _checked_shard(self, data, at, token, rank, world, layout, buckets):
         """A shard file's contents after checking every field the load uses
@@ -1142,28 +1149,37 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
                     isinstance(k, str) and isinstance(v, torch.Tensor)
                     and v.layout == torch.strided for k, v in state.items())):
                 raise ValueError(f"{here}: state must be a dict of dense tensors")
-            parts = {k: k.rpartition(".") if k.endswith((".codes", ".absmax")) else (k, "", "")
-                     for k in state}
+            by_part = {f[2]: name for name, f in EIGHT_BIT.items()}
+            parts = {k: k.rpartition(".") if k.endswith((".codes", *(f".{p}" for p in by_part)))
+                     else (k, "", "") for k in state}
             if state:
-                int8 = any(p[2] for p in parts.values())
-                self._check_storage(b, int8, "'int8'" if int8 else repr(_storage_name(
+                saved = {by_part[p[2]] for p in parts.values() if p[2] in by_part}
+                fmt = saved.pop() if len(saved) == 1 else None
+                self._check_storage(b, fmt, repr(fmt) if fmt else repr(_storage_name(
                     next(iter(state.values())).dtype)), at)
+            scale_key = b.scale_key
             for k, v in state.items():
                 base, _, part = parts[k]
                 if base not in names:
                     raise ValueError(f"{here}: unknown state {k!r} (the rule's: {sorted(names)})")
-                if part and f"{base}.{'absmax' if part == 'codes' else 'codes'}" not in state:
-                    raise ValueError(f"{here}: {base}.codes and {base}.absmax go together")
+                if part not in ("", "codes", scale_key):
+                    raise ValueError(f"{here}: state {k!r} is not of this optimizer's 8-bit "
+                                     f"format ({b.state_dtype!r})")
+                if part and f"{base}.{scale_key if part == 'codes' else 'codes'}" not in state:
+                    raise ValueError(f"{here}: {base}.codes and {base}.{scale_key} go together")
                 kind, ok = {"codes": ("uint8", v.dtype == torch.uint8),
-                            "absmax": ("float32", v.dtype == torch.float32),
+                            scale_key: ("float32", v.dtype == torch.float32),
                             "": ("floating-point", v.is_floating_point())}[part]
-                size = per // BLOCK if part == "absmax" else per
+                size = per // b.unit if part == scale_key else per
                 if not ok or v.numel() != size:
                     raise ValueError(f"{here}: state {k} must be {size} {kind} values (its "
                                      f"shard's), got {v.numel()} {v.dtype}")
-                # (a negative absmax marks a block holding a non-finite value)
-                if part == "absmax" and not bool(torch.isfinite(v).all()):
-                    raise ValueError(f"{here}: state {k} has non-finite values")
+                # (a negative absmax marks a block holding a non-finite value;
+                # a companded scale is a magnitude, >= 0)
+                if part == scale_key:
+                    problem = EIGHT_BIT[b.state_dtype][3](v.numpy())
+                    if problem:
+                        raise ValueError(f"{here}: state {k} {problem}")
                 state[k] = v.reshape(-1)
             master = d.get("master")
             if master is not None and not (isinstance(master, torch.Tensor)

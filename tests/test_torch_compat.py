@@ -411,8 +411,11 @@ COPY_CASES = [pytest.param(ft.Adam, {"lr": 0.1}, torch.float32, id="Adam"),
               pytest.param(ft.SGD, {"lr": 0.1, "momentum": 0.9}, torch.float32, id="SGD"),
               pytest.param(ft.AdamW, {"lr": 0.1, "master_weights": True}, torch.bfloat16,
                            id="AdamW-bf16-master"),
-              pytest.param(ft.Adam, {"lr": 0.1, "state_dtype": "int8"}, torch.float32,
-                           id="Adam-int8-state")]
+              pytest.param(ft.Adam, {"lr": 0.1, "state_dtype": "int8", "min_8bit_size": 0},
+                           torch.float32, id="Adam-int8-state"),
+              # the weights 8-bit, the biases (under 5 elements) float32
+              pytest.param(ft.Adam, {"lr": 0.1, "state_dtype": "int8c", "min_8bit_size": 5},
+                           torch.float32, id="Adam-int8c-state")]
 
 
 @pytest.mark.parametrize("cls,options,dtype", COPY_CASES)

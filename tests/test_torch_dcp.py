@@ -51,7 +51,8 @@ CASES = [("Adam", {"lr": 1e-2, "weight_decay": 0.1}),
          ("SGD", {"lr": 0.1, "momentum": 0.9}),
          ("NAdam", {"lr": 1e-2}),
          ("AdamW", {"lr": 1e-2, "state_dtype": torch.bfloat16}),
-         ("AdamW", {"lr": 1e-2, "state_dtype": "int8"})]
+         ("AdamW", {"lr": 1e-2, "state_dtype": "int8", "min_8bit_size": 0}),
+         ("AdamW", {"lr": 1e-2, "state_dtype": "int8c", "min_8bit_size": 0})]
 
 
 @pytest.mark.parametrize("full", [False, True], ids=["sharded-form", "full"])

@@ -52,7 +52,7 @@ import torch.nn as nn  # noqa: E402
 
 import fastadapt  # noqa: E402
 import fastadapt.torch as ft  # noqa: E402
-from fastadapt._storage import Blockwise8  # noqa: E402
+from fastadapt._storage import Blockwise8, Companded8  # noqa: E402
 
 from test_blockwise8 import ref_quantize  # noqa: E402
 
@@ -411,7 +411,7 @@ def test_int8_state_equals_the_functional_blockwise8_step():
     p0, grads = stream(torch.bfloat16, n=700, seed=5)
     q = nn.Parameter(p0[:300].clone())
     p = nn.Parameter(p0[300:].clone())
-    opt = ft.Adam([q, p], lr=1e-2, state_dtype="int8")
+    opt = ft.Adam([q, p], lr=1e-2, state_dtype="int8", min_8bit_size=0)
     bucket = opt._buckets[0][0]
     assert bucket.offsets == [0, 512]           # each parameter starts a block
     import ml_dtypes
@@ -430,16 +430,24 @@ def test_int8_state_equals_the_functional_blockwise8_step():
     assert torch.equal(state["exp_avg_sq.absmax"], torch.from_numpy(v.absmax))
 
 
-def test_a_torch_checkpoint_loads_into_int8_state_quantized():
-    p0, grads = stream(torch.float32, n=600, seed=6)
+def _loaded_from_torch(fmt, seed):
+    """A torch.optim.Adam after 3 steps, its parameter, and a fastadapt Adam of
+    8-bit state ``fmt`` (every parameter quantized) that loaded its dict, and
+    its parameter."""
+    p0, grads = stream(torch.float32, n=600, seed=seed)
     q = nn.Parameter(p0.clone())
     ref = torch.optim.Adam([q], lr=1e-2)
     for g in grads[:3]:
         q.grad = g.clone()
         ref.step()
     p = nn.Parameter(q.detach().clone())
-    opt = ft.Adam([p], lr=1e-2, state_dtype="int8")
+    opt = ft.Adam([p], lr=1e-2, state_dtype=fmt, min_8bit_size=0)
     opt.load_state_dict(ref.state_dict())
+    return ref, q, opt, p
+
+
+def test_a_torch_checkpoint_loads_into_int8_state_quantized():
+    ref, q, opt, p = _loaded_from_torch("int8", seed=6)
     for key, signed in (("exp_avg", True), ("exp_avg_sq", False)):
         codes, absmax, near = ref_quantize(ref.state[q][key].numpy(), signed)
         sure = near > 1e-6          # not within float32 rounding of a midpoint
@@ -455,9 +463,16 @@ MODES = {"bf16-state": (torch.bfloat16, dict(state_dtype=torch.bfloat16)),
          "fp16-state": (torch.float16, dict(state_dtype="float16")),
          "bf16-sr": (torch.bfloat16, dict(stochastic_rounding=True, seed=99)),
          "fp16-sr": (torch.float16, dict(stochastic_rounding=True, seed=98)),
-         "bf16-int8": (torch.bfloat16, dict(state_dtype="int8")),
+         "bf16-int8": (torch.bfloat16, dict(state_dtype="int8", min_8bit_size=0)),
+         "bf16-int8c": (torch.bfloat16, dict(state_dtype="int8c", min_8bit_size=0)),
          "fp32-bf16-state": (torch.float32, dict(state_dtype="bfloat16")),
-         "fp32-int8": (torch.float32, dict(state_dtype="int8"))}
+         "fp32-int8": (torch.float32, dict(state_dtype="int8", min_8bit_size=0)),
+         "fp32-int8c": (torch.float32, dict(state_dtype="int8c", min_8bit_size=0)),
+         # parameters under 77 elements keep float32 state (the first weight,
+         # of 77, is 8-bit)
+         "fp32-int8c-min": (torch.float32, dict(state_dtype="int8c", min_8bit_size=77))}
+#: The 8-bit formats: state_dtype, the key of their per-block scale, the container.
+EIGHT_BIT = [("int8", "absmax", Blockwise8), ("int8c", "scale", Companded8)]
 
 
 def _model(dtype):
@@ -508,14 +523,16 @@ def test_checkpoint_resumes_bit_identically(mode, rule):
                     else value == other), (i, key)
 
 
-def test_extra_keys_name_the_modes_torch_lacks_and_torch_loads_the_rest():
+@pytest.mark.parametrize("fmt, part, _", EIGHT_BIT)
+def test_extra_keys_name_the_modes_torch_lacks_and_torch_loads_the_rest(fmt, part, _):
     model = _model(torch.bfloat16)
-    opt = ft.Adam(model.parameters(), lr=1e-2, master_weights=True, state_dtype="int8")
+    opt = ft.Adam(model.parameters(), lr=1e-2, master_weights=True, state_dtype=fmt,
+                  min_8bit_size=0)
     _train(model, opt, 2)
     entry = opt.state_dict()["state"][0]
     assert set(entry) == {"step", "exp_avg", "exp_avg_sq", "master_param",
-                          "exp_avg.codes", "exp_avg.absmax", "exp_avg_sq.codes",
-                          "exp_avg_sq.absmax"}
+                          "exp_avg.codes", f"exp_avg.{part}", "exp_avg_sq.codes",
+                          f"exp_avg_sq.{part}"}
     assert entry["master_param"].dtype == torch.float32
     assert entry["exp_avg"].dtype == torch.float32            # dequantized, for torch
     ref_model = copy.deepcopy(model)
@@ -549,9 +566,11 @@ def test_a_plain_torch_checkpoint_converts_into_bf16_state_and_master_weights():
                      ref32.state[model32[0].weight]["exp_avg_sq"].to(torch.bfloat16))
 
 
-def test_bad_extra_keys_raise_and_change_nothing():
+@pytest.mark.parametrize("fmt, part, _", EIGHT_BIT)
+def test_bad_extra_keys_raise_and_change_nothing(fmt, part, _):
     model = _model(torch.bfloat16)
-    opt = ft.Adam(model.parameters(), lr=1e-2, state_dtype="int8", master_weights=True)
+    opt = ft.Adam(model.parameters(), lr=1e-2, state_dtype=fmt, master_weights=True,
+                  min_8bit_size=0)
     _train(model, opt, 2)
     good = opt.state_dict()
     before = {k: v.clone() for k, v in opt.state_dict()["state"][0].items()}
@@ -568,12 +587,17 @@ def test_bad_extra_keys_raise_and_change_nothing():
         with pytest.raises(exc, match=words):
             opt.load_state_dict(bad)
     bad = copy.deepcopy(good)
-    del bad["state"][0]["exp_avg.absmax"]
+    del bad["state"][0][f"exp_avg.{part}"]
+    with pytest.raises(ValueError, match="go together"):
+        opt.load_state_dict(bad)
+    bad = copy.deepcopy(good)                 # both formats' scales
+    bad["state"][0]["exp_avg.absmax" if part == "scale" else "exp_avg.scale"] = torch.zeros(
+        -(-77 // (256 if part == "scale" else 32)))
     with pytest.raises(ValueError, match="go together"):
         opt.load_state_dict(bad)
     bad = copy.deepcopy(good)                 # a torch dict: no codes, a negative square
     for key in list(bad["state"][0]):
-        if key.endswith((".codes", ".absmax")):
+        if key.endswith((".codes", f".{part}")):
             del bad["state"][0][key]
     bad["state"][0]["exp_avg_sq"] = -bad["state"][0]["exp_avg_sq"] - 1.0
     with pytest.raises(ValueError, match="negative values"):
@@ -582,9 +606,9 @@ def test_bad_extra_keys_raise_and_change_nothing():
         assert torch.equal(v, before[k]), k
 
 
-def _int8_run(steps=2):
+def _int8_run(steps=2, fmt="int8"):
     model = _model(torch.float32)
-    opt = ft.Adam(model.parameters(), lr=1e-2, state_dtype="int8")
+    opt = ft.Adam(model.parameters(), lr=1e-2, state_dtype=fmt, min_8bit_size=0)
     _train(model, opt, steps)
     return model, opt
 
@@ -595,16 +619,23 @@ def _unchanged(opt, before):
             assert torch.equal(v, before[i][k]), (i, k)
 
 
-@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
-def test_unsound_absmax_is_refused_and_changes_nothing(bad):
+UNSOUND_SCALES = [("int8", "exp_avg_sq.absmax", 0, bad, "finite")
+                  for bad in (float("nan"), float("inf"), -float("inf"))] + [
+                 ("int8c", "exp_avg.scale", 1, bad, "finite and >= 0")
+                 for bad in (float("nan"), float("inf"), -float("inf"), -1.0)]
+
+
+@pytest.mark.parametrize("fmt, key, at, bad, words", UNSOUND_SCALES)
+def test_unsound_scales_are_refused_and_change_nothing(fmt, key, at, bad, words):
     """A NaN or infinite absmax (which would make its whole block NaN) is a
     ValueError naming the key; nothing changes. (A negative one is sound: its
-    sign bit marks a block holding a NaN or an infinity.)"""
-    model, opt = _int8_run()
+    sign bit marks a block holding a NaN or an infinity.) A companded group's
+    scale is its largest finite magnitude: a negative one is refused too."""
+    model, opt = _int8_run(fmt=fmt)
     before = copy.deepcopy(opt.state_dict()["state"])
     sd = copy.deepcopy(opt.state_dict())
-    sd["state"][0]["exp_avg_sq.absmax"][0] = bad
-    with pytest.raises(ValueError, match=r"parameter 0: exp_avg_sq\.absmax is .* finite"):
+    sd["state"][0][key][at] = bad
+    with pytest.raises(ValueError, match=rf"parameter 0: {key.replace('.', '[.]')} is .* {words}"):
         opt.load_state_dict(sd)
     _unchanged(opt, before)
 
@@ -616,21 +647,23 @@ def test_negative_absmax_of_a_block_holding_an_infinity_loads():
     opt.step()
     sd = opt.state_dict()
     assert torch.signbit(sd["state"][0]["exp_avg_sq.absmax"][0])
-    again = ft.Adam(_model(torch.float32).parameters(), lr=1e-2, state_dtype="int8")
+    again = ft.Adam(_model(torch.float32).parameters(), lr=1e-2, state_dtype="int8",
+                    min_8bit_size=0)
     again.load_state_dict(copy.deepcopy(sd))
     for key in ("exp_avg_sq.codes", "exp_avg_sq.absmax"):
         assert torch.equal(again.state_dict()["state"][0][key], sd["state"][0][key])
 
 
+@pytest.mark.parametrize("fmt, part, _", EIGHT_BIT)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_int8_state_dict_goes_through_torch_optim_and_back(dtype):
+def test_int8_state_dict_goes_through_torch_optim_and_back(dtype, fmt, part, _):
     """torch.optim loads fastadapt's 8-bit dict, casting ``<state>.codes`` to
     the parameter's dtype: loading torch's dict back resumes bit for bit as
     the dict itself does; after torch steps (its values move on, the codes it
     keeps do not), the values are quantized, as a dict without codes loads.
     Codes that are not whole numbers in 0..255 are refused, naming the key."""
     model = _model(dtype)
-    opt = ft.Adam(model.parameters(), lr=1e-2, state_dtype="int8")
+    opt = ft.Adam(model.parameters(), lr=1e-2, state_dtype=fmt, min_8bit_size=0)
     _train(model, opt, 3)
     sd = copy.deepcopy(opt.state_dict())
     twin = _model(dtype)
@@ -639,23 +672,27 @@ def test_int8_state_dict_goes_through_torch_optim_and_back(dtype):
     ref.load_state_dict(copy.deepcopy(sd))
     through = ref.state_dict()
     assert through["state"][0]["exp_avg.codes"].dtype == dtype
-    direct = ft.Adam(_model(dtype).parameters(), lr=1e-2, state_dtype="int8")
+    direct = ft.Adam(_model(dtype).parameters(), lr=1e-2, state_dtype=fmt,
+               min_8bit_size=0)
     direct.load_state_dict(copy.deepcopy(sd))
-    back = ft.Adam(_model(dtype).parameters(), lr=1e-2, state_dtype="int8")
+    back = ft.Adam(_model(dtype).parameters(), lr=1e-2, state_dtype=fmt,
+               min_8bit_size=0)
     back.load_state_dict(copy.deepcopy(through))
     for i, entry in direct.state_dict()["state"].items():
         for key, value in entry.items():
-            if key.endswith((".codes", ".absmax")) and dtype == torch.float32:
+            if key.endswith((".codes", f".{part}")) and dtype == torch.float32:
                 assert torch.equal(back.state_dict()["state"][i][key], value), (i, key)
     _train(twin, ref, 2, start=3)                   # torch steps on the values
     stepped = copy.deepcopy(ref.state_dict())
     stripped = copy.deepcopy(stepped)
     for entry in stripped["state"].values():
-        for key in [k for k in entry if k.endswith((".codes", ".absmax"))]:
+        for key in [k for k in entry if k.endswith((".codes", f".{part}"))]:
             del entry[key]
-    a = ft.Adam(_model(dtype).parameters(), lr=1e-2, state_dtype="int8")
+    a = ft.Adam(_model(dtype).parameters(), lr=1e-2, state_dtype=fmt,
+               min_8bit_size=0)
     a.load_state_dict(stepped)
-    b = ft.Adam(_model(dtype).parameters(), lr=1e-2, state_dtype="int8")
+    b = ft.Adam(_model(dtype).parameters(), lr=1e-2, state_dtype=fmt,
+               min_8bit_size=0)
     b.load_state_dict(stripped)
     for i, entry in b.state_dict()["state"].items():
         for key, value in entry.items():
@@ -848,9 +885,10 @@ def test_odd_sizes_equal_one_functional_call_per_parameter(mode):
     refs = []
     for p in params:
         arrays = {"param": p.detach().float().numpy().astype(np_dtype)}
-        if state == "int8":
-            arrays["exp_avg"] = Blockwise8(p.numel(), signed=True)
-            arrays["exp_avg_sq"] = Blockwise8(p.numel(), signed=False)
+        container = dict((f, c) for f, _, c in EIGHT_BIT).get(state)
+        if container is not None and p.numel() >= options["min_8bit_size"]:
+            arrays["exp_avg"] = container(p.numel(), signed=True)
+            arrays["exp_avg_sq"] = container(p.numel(), signed=False)
         else:
             s = {torch.bfloat16: ml_dtypes.bfloat16, "bfloat16": ml_dtypes.bfloat16,
                  "float16": np.float16}.get(state, np.float32)
@@ -926,3 +964,130 @@ def test_a_16bit_model_trains_as_torch_fused_does(dtype):
         total += p.numel()
         differing += int((p != q).sum())
     assert differing <= 0.01 * total
+
+
+# ----------------------------------------------------------------- companded 8-bit state
+def test_int8c_state_equals_the_functional_companded8_step():
+    """Two parameters in one bucket (each starts a group of 32): the torch
+    face's parameters and its codes and scales (live views in
+    ``optimizer.state``) are bit for bit those of ``fastadapt.adam_step`` over
+    the same values with :class:`fastadapt.Companded8` state: one kernel."""
+    import ml_dtypes
+    p0, grads = stream(torch.bfloat16, n=700, seed=7)
+    q = nn.Parameter(p0[:300].clone())
+    p = nn.Parameter(p0[300:].clone())
+    opt = ft.Adam([q, p], lr=1e-2, amsgrad=True, state_dtype="int8c", min_8bit_size=0)
+    bucket = opt._buckets[0][0]
+    assert bucket.offsets == [0, 320]           # each parameter starts a group of 32
+    param = p0[300:].float().numpy().astype(ml_dtypes.bfloat16)
+    m, v, vmax = (Companded8(400, signed=s) for s in (True, False, False))
+    for t, g in enumerate(grads[:10], 1):
+        q.grad = g[:300].clone()
+        p.grad = g[300:].clone()
+        opt.step()
+        grad = g[300:].float().numpy().astype(ml_dtypes.bfloat16)
+        fastadapt.adam_step(param, grad, m, v, max_exp_avg_sq=vmax, step=t, lr=1e-2,
+                            amsgrad=True)
+    assert np.array_equal(param.view(np.uint16),
+                          p.detach().view(torch.int16).numpy().view(np.uint16))
+    state = opt.state[p]
+    for key, ref in (("exp_avg", m), ("exp_avg_sq", v), ("max_exp_avg_sq", vmax)):
+        assert torch.equal(state[f"{key}.codes"], torch.from_numpy(ref.codes)), key
+        assert torch.equal(state[f"{key}.scale"], torch.from_numpy(ref.scale)), key
+        assert state[f"{key}.codes"].data_ptr() == bucket.block_tensors[key][0].data_ptr() + 320
+    assert state["exp_avg.scale"].numel() == 400 // 32 + 1
+    # the state dict's values are the codes decoded, as NumPy decodes them
+    assert torch.equal(opt.state_dict()["state"][1]["exp_avg_sq"],
+                       torch.from_numpy(v.dequantize()))
+
+
+def test_a_torch_checkpoint_loads_into_int8c_state_as_companded8_assigns():
+    ref, q, opt, p = _loaded_from_torch("int8c", seed=8)
+    for key, signed in (("exp_avg", True), ("exp_avg_sq", False)):
+        expected = Companded8(600, signed)
+        expected.assign(ref.state[q][key].numpy())
+        assert torch.equal(opt.state[p][f"{key}.codes"], torch.from_numpy(expected.codes))
+        assert torch.equal(opt.state[p][f"{key}.scale"], torch.from_numpy(expected.scale))
+
+
+@pytest.mark.parametrize("fmt, part, _", EIGHT_BIT)
+@pytest.mark.parametrize("idiom", ["pop", "empty", "clear"])
+def test_8bit_state_reset_idioms_start_the_parameter_afresh(fmt, part, _, idiom):
+    """torch's ways to reset a parameter's state reset its codes and scales:
+    the next step equals a fresh optimizer's first step on that parameter."""
+    model = _model(torch.float32)
+    opt = ft.Adam(model.parameters(), lr=1e-2, state_dtype=fmt, min_8bit_size=0)
+    _train(model, opt, 2)
+    w = model[0].weight
+    if idiom == "pop":
+        opt.state.pop(w)
+    elif idiom == "empty":
+        opt.state[w] = {}
+    else:
+        opt.state.clear()
+    start = w.detach().clone()
+    fresh = nn.Parameter(start.clone())
+    ref = ft.Adam([fresh], lr=1e-2, state_dtype=fmt, min_8bit_size=0)
+    g = torch.randn(w.shape, generator=torch.Generator().manual_seed(3))
+    w.grad, fresh.grad = g.clone(), g.clone()
+    for other in list(model.parameters())[1:]:
+        other.grad = None
+    opt.step()
+    ref.step()
+    assert torch.equal(w.detach(), fresh.detach())
+    for key in ("exp_avg", "exp_avg_sq"):
+        for suffix in ("codes", part):
+            assert torch.equal(opt.state[w][f"{key}.{suffix}"],
+                               ref.state[fresh][f"{key}.{suffix}"]), (key, suffix)
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int8c"])
+def test_min_8bit_size_keeps_small_parameters_in_float32_state(fmt):
+    """Parameters under ``min_8bit_size`` elements (default 4096, as
+    bitsandbytes') go to a bucket of float32 state of their own and step as
+    ``state_dtype=None`` does; the others keep 8-bit state; 0 quantizes all."""
+    torch.manual_seed(0)
+    small, large = nn.Parameter(torch.randn(4095)), nn.Parameter(torch.randn(4096))
+    opt = ft.Adam([small, large], lr=1e-2, state_dtype=fmt)
+    assert opt.min_8bit_size == 4096
+    assert sorted(str(b.state_dtype) for b in opt._buckets[0]) == [fmt, "torch.float32"]
+    twin = nn.Parameter(small.detach().clone())
+    ref = ft.Adam([twin], lr=1e-2)
+    for _ in range(3):
+        g = torch.randn(4095)
+        small.grad, large.grad, twin.grad = g.clone(), torch.randn(4096), g.clone()
+        opt.step()
+        ref.step()
+    assert torch.equal(small.detach(), twin.detach())
+    assert set(opt.state[small]) == {"step", "exp_avg", "exp_avg_sq"}
+    assert opt.state[small]["exp_avg"].dtype == torch.float32
+    assert "exp_avg.codes" in opt.state[large]
+    # its state dict loads into an optimizer that quantizes everything (and back)
+    every = ft.Adam([nn.Parameter(small.detach().clone()), nn.Parameter(large.detach().clone())],
+                    lr=1e-2, state_dtype=fmt, min_8bit_size=0)
+    every.load_state_dict(opt.state_dict())
+    assert "exp_avg.codes" in every.state_dict()["state"][0]
+    assert len(every._buckets[0]) == 1
+    # without 8-bit state it changes nothing: one bucket, as before
+    assert len(ft.Adam([small, large], lr=1e-2)._buckets[0]) == 1
+    for bad in (-1, 1.5, True, "4096"):
+        with pytest.raises(ValueError, match="min_8bit_size must be an int >= 0"):
+            ft.Adam([nn.Parameter(torch.ones(3))], state_dtype=fmt, min_8bit_size=bad)
+
+
+def test_int8_and_int8c_dicts_convert_into_each_other_through_their_values():
+    """Codes of the other 8-bit format are not used as they are: the
+    dequantized values load, quantized into this optimizer's format."""
+    model = _model(torch.float32)
+    a = ft.Adam(model.parameters(), lr=1e-2, state_dtype="int8", min_8bit_size=0)
+    _train(model, a, 3)
+    sd = a.state_dict()
+    c = ft.Adam(_model(torch.float32).parameters(), lr=1e-2, state_dtype="int8c",
+                min_8bit_size=0)
+    c.load_state_dict(copy.deepcopy(sd))
+    for i, entry in c.state_dict()["state"].items():
+        for key, signed in (("exp_avg", True), ("exp_avg_sq", False)):
+            expected = Companded8(sd["state"][i][key].numel(), signed)
+            expected.assign(sd["state"][i][key].numpy())
+            assert torch.equal(entry[f"{key}.codes"], torch.from_numpy(expected.codes))
+            assert f"{key}.absmax" not in entry

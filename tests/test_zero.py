@@ -160,13 +160,15 @@ def test_16_bit_parameters_shard_the_master_copy_and_the_state(worlds, world):
             params, sd, held = out[world][rank]["lowp"][label]
             assert not mismatches(params, expected), (label, rank)
             whole = W.storage_bytes(opt)
-            # each of the 2 buckets' shards is rounded up to a cache line of the
-            # parameters (or to 8-bit state's 256-element blocks), each state
-            # array (<= 4 bytes an element) padded by less than that
+            # each bucket's shard is rounded up to a cache line of the
+            # parameters (or to 8-bit state's 256-element blocks, 32-element
+            # groups), each state array (<= 4 bytes an element) padded by less
             arrays = 3 if options.get("master_weights") else 2
-            line = 256 if options.get("state_dtype") == "int8" else 64 * 8 // torch.finfo(
-                dtype).bits
-            assert 0 <= held - whole / world < 2 * arrays * line * 4, (label, rank, held, whole)
+            line = 64 * 8 // torch.finfo(dtype).bits
+            line = {"int8": 256, "int8c": max(32, line)}.get(options.get("state_dtype"), line)
+            buckets = sum(len(b) for b in opt._buckets)
+            assert 0 <= held - whole / world < buckets * arrays * line * 4, (
+                label, rank, held, whole)
         sd = out[world][0]["lowp"][label][1]
         ref = opt.state_dict()
         assert sd["state"].keys() == ref["state"].keys(), label
@@ -526,12 +528,20 @@ def test_every_rank_sees_the_agreed_found_inf(checks):
 
 def test_sharded_8_bit_and_float32_state_do_not_load_into_each_other(checks):
     world, out = checks
-    for direction in ("int8 into float32", "float32 into int8"):
+    for direction in ("int8 into float32", "float32 into int8", "int8c into int8",
+                      "int8 into int8c"):
         messages = raised_everywhere([out[r]["storage_mismatch"][direction]
                                       for r in range(world)])
+        saved, _, into = direction.split()
         for rank, message in enumerate(messages):
-            assert "'int8'" in message and "'float32'" in message, (rank, message)
+            assert f"'{saved}'" in message and f"'{into}'" in message, (rank, message)
             assert out[rank]["storage_mismatch"][f"{direction}, unchanged"], (direction, rank)
+    # a shard whose companded scale is negative: refused, naming it, nothing changed
+    messages = raised_everywhere([out[r]["storage_mismatch"]["negative scale"]
+                                  for r in range(world)])
+    for rank, message in enumerate(messages):
+        assert "exp_avg.scale" in message and "finite and >= 0" in message, (rank, message)
+        assert out[rank]["storage_mismatch"]["negative scale, unchanged"], rank
 
 
 def test_options_that_differ_across_ranks_raise_on_every_rank(checks):

@@ -35,13 +35,19 @@ LOWP_CASES = {"bfloat16, master weights": (torch.bfloat16, {"master_weights": Tr
               "float32, 8-bit state": (torch.float32, {"state_dtype": "int8"}),
               "bfloat16, master weights, 8-bit state": (torch.bfloat16, {
                   "master_weights": True, "state_dtype": "int8"}),
+              # companded: the parameters under 4096 elements keep float32
+              # state (buckets of their own); then every parameter's in 8 bits
+              "float32, companded 8-bit state": (torch.float32, {"state_dtype": "int8c"}),
+              "bfloat16, master weights, companded 8-bit state, every parameter": (
+                  torch.bfloat16, {"master_weights": True, "state_dtype": "int8c",
+                                   "min_8bit_size": 0}),
               # each rank's bits keyed on the element's index in the whole bucket
               "bfloat16, stochastic rounding": (torch.bfloat16, {
                   "stochastic_rounding": True, "seed": 11}),
               "float16, stochastic rounding, 8-bit state": (torch.float16, {
                   "stochastic_rounding": True, "seed": 12, "state_dtype": "int8"})}
 # the sharded checkpoints resumed across world sizes: rule -> options
-RESUMED = {"nadam": {}, "adagrad": {},
+RESUMED = {"nadam": {}, "adagrad": {}, "adam": {"state_dtype": "int8c", "min_8bit_size": 0},
            "adamw": {"dtype": torch.bfloat16, "master_weights": True, "state_dtype": "int8"},
            # a resumed world is built with another seed: the checkpoint's must win
            "sgd": {"dtype": torch.bfloat16, "momentum": 0.9, "stochastic_rounding": True,
@@ -512,16 +518,33 @@ def check_scaler(ft, rank, world, workdir):
 
 
 def check_storage_mismatch(ft, rank, world, workdir):
-    """Sharded checkpoints of 8-bit and of float32 state loaded into each
-    other: ValueError on every rank, nothing changed."""
+    """Sharded checkpoints of 8-bit and of float32 state, and of the two 8-bit
+    formats, loaded into each other: ValueError on every rank, nothing changed."""
     out = {}
     saved = {label: saved_adam(ft, workdir, f"storage-{label}", **options)
-             for label, options in (("int8", {"state_dtype": "int8"}), ("float32", {}))}
-    for label, other in (("int8", "float32"), ("float32", "int8")):
+             for label, options in (("int8", {"state_dtype": "int8", "min_8bit_size": 0}),
+                                    ("int8c", {"state_dtype": "int8c", "min_8bit_size": 0}),
+                                    ("float32", {}))}
+    for label, other in (("int8", "float32"), ("float32", "int8"), ("int8", "int8c"),
+                         ("int8c", "int8")):
         opt, groups, _ = saved[label]
         before = snapshot(opt, groups)
         out[f"{other} into {label}"] = outcome(lambda: opt.load_sharded(saved[other][2]))
         out[f"{other} into {label}, unchanged"] = same(before, snapshot(opt, groups))
+    # a negative companded scale in rank 0's shard (every rank reads it)
+    import torch.distributed as dist
+    opt, groups, target = saved["int8c"]
+    token = torch.load(os.path.join(target, "manifest.pt"), weights_only=True)["token"]
+    path = os.path.join(target, f"shard-{token}-00000-of-{world:05d}.pt")
+    dist.barrier()
+    if rank == 0:
+        data = torch.load(path, weights_only=True)
+        data["buckets"][0]["state"]["exp_avg.scale"][0] = -1.0
+        torch.save(data, path)
+    dist.barrier()
+    before = snapshot(opt, groups)
+    out["negative scale"] = outcome(lambda: opt.load_sharded(target))
+    out["negative scale, unchanged"] = same(before, snapshot(opt, groups))
     return out
 
 
