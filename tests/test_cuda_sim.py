@@ -288,6 +288,31 @@ def test_mixed_host_and_device_is_refused(cuda):
 
 
 @sim
+@pytest.mark.parametrize("container", [fastadapt.Blockwise8, fastadapt.Companded8],
+                         ids=lambda c: c.__name__)
+def test_state8_methods_on_device_arrays(cuda, container):
+    """``assign``, ``fill``, ``dequantize`` and the reset to zero work on 8-bit
+    state whose arrays are on the GPU, storing exactly what they store on
+    the host (a NaN and an infinity among the values)."""
+    part = "scale" if container is fastadapt.Companded8 else "absmax"
+    n = 300
+    values = np.random.default_rng(0).standard_normal(n).astype(np.float32)
+    values[[5, 290]] = np.nan, np.inf
+    for signed in (True, False):
+        x = values if signed else np.abs(values)
+        host = container(n, signed)
+        dev = state8_on_device(host, cuda.to_device)
+        for method, arg in (("assign", x), ("fill", 0.25), ("_clear", None), ("assign", x)):
+            getattr(host, method)(*(() if arg is None else (arg,)))
+            getattr(dev, method)(*(() if arg is None else (arg,)))
+            what = f"{method}, signed={signed}"
+            _assert_same(host.codes, dev.codes.copy_to_host(), what)
+            _assert_same(getattr(host, part), getattr(dev, part).copy_to_host(), what)
+            _assert_same(host.dequantize(), dev.dequantize(), what)
+        assert len(dev) == dev.size == n and dev.shape == (n,)
+
+
+@sim
 def test_state8_device_checks(cuda):
     """8-bit state on the GPU gets the host's checks on its codes and its
     absmax (scale), and a refused call writes nothing."""
