@@ -101,6 +101,19 @@ def functional_adam_seconds():
     return timed(lambda: fastadapt.adam_step(p, g, m, v, step=1))
 
 
+def functional_adam8_seconds(container, dtype):
+    """Adam through the functional API with 8-bit moments whose arrays are
+    torch CUDA tensors (fastadapt.torch refuses 8-bit state on CUDA so far)."""
+    p, g = (torch.randn(N, device="cuda").to(dtype) for _ in range(2))
+    moments = []
+    for signed in (True, False):
+        b = container(N, signed)
+        part = "scale" if container is fastadapt.Companded8 else "absmax"
+        moments.append(b._over(torch.from_numpy(b.codes).cuda(),
+                               torch.from_numpy(getattr(b, part)).cuda()))
+    return timed(lambda: fastadapt.adam_step(p, g, *moments, step=1))
+
+
 copy_gbps = copy_gbps()
 adam_s = functional_adam_seconds()
 adam_gbps = 28 * N / adam_s / 1e9
@@ -108,6 +121,16 @@ lines.append(f"Copy bandwidth (torch `copy_`, float32, 2**26): **{copy_gbps:.0f}
              f"fastadapt float32 Adam (functional, 28 B/element): {adam_s * 1e3:.3f} ms, "
              f"{adam_gbps:.0f} GB/s = **{100 * adam_gbps / copy_gbps:.0f}% of copy "
              f"bandwidth** (target >= 85%).")
+
+for container in (fastadapt.Blockwise8, fastadapt.Companded8):
+    for dtype in (torch.float32, torch.bfloat16):
+        try:
+            seconds = functional_adam8_seconds(container, dtype)
+            lines.append(f"fastadapt Adam (functional), {dtype} params, {container.__name__} "
+                         f"moments: {seconds * 1e3:.3f} ms per step.")
+        except Exception as exc:
+            lines.append(f"fastadapt Adam (functional), {dtype} params, {container.__name__} "
+                         f"moments: {type(exc).__name__}: {str(exc)[:200]}")
 
 fp32_fused = torch_fused(torch.float32)
 MODES = [("float32", torch.float32, {}),

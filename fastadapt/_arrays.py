@@ -76,3 +76,17 @@ def check_no_aliasing(arrays, overlaps):
 
 def no_op(scalars, key=None):
     """The launch of an update over zero-size arrays."""
+
+
+def to_host(a):
+    """A host NumPy copy of ``a`` (a Numba device, CuPy or torch array), or
+    ``a`` itself if it is a NumPy array."""
+    if isinstance(a, np.ndarray):
+        return a
+    for method in ("copy_to_host", "get"):      # Numba device arrays, CuPy
+        f = getattr(a, method, None)
+        if callable(f):
+            return np.asarray(f())
+    if hasattr(a, "detach"):                    # torch
+        return a.detach().cpu().numpy()
+    return np.asarray(a)

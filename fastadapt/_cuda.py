@@ -171,7 +171,7 @@ def prepare(update):
     cuda = _numba_cuda()
     kernels = _state["kernels"]
     simulator = kernels.SIMULATOR
-    block8 = {name: a for name, a in arrays.items() if isinstance(a, _storage.Blockwise8)}
+    block8 = {name: a for name, a in arrays.items() if isinstance(a, _storage.STATE8)}
     present = {name: _Array(name, a, simulator)
                for name, a in arrays.items() if a is not None and name not in block8}
     if update.master is not None:
@@ -184,9 +184,10 @@ def prepare(update):
             raise ValueError(f"{a.name} has shape {a.shape} but {first.name} has {first.shape}")
     parts = {}
     for name, b in block8.items():
+        part = "scale" if isinstance(b, _storage.Companded8) else "absmax"
         parts[f"{name}.codes"] = _Array(f"{name}.codes", b.codes, simulator)
-        parts[f"{name}.absmax"] = _Array(f"{name}.absmax", b.absmax, simulator)
-        _check_blockwise(name, parts, first.size)
+        parts[f"{name}.{part}"] = _Array(f"{name}.{part}", getattr(b, part), simulator)
+        _check_state8(name, part, parts, first.size)
     check_no_aliasing({**present, **parts}, _overlaps)
     devices = {a.name: _device(a, simulator) for a in {**present, **parts}.values()}
     if len(set(devices.values()) - {None}) > 1:
@@ -195,16 +196,19 @@ def prepare(update):
     master = present.pop("master_param", None)
     dtypes = {n: present[n].dtype if n in present else None
               for n in arrays if n in present or n in block8}
-    layout, dtype = _storage.layout(dtypes, None if master is None else master.dtype,
-                                    update.key is not None, tuple(block8))
+    companded = tuple((n, b.layout_code) for n, b in block8.items()
+                      if isinstance(b, _storage.Companded8))
+    layout, dtype = _storage.layout(
+        dtypes, None if master is None else master.dtype, update.key is not None,
+        tuple(n for n, b in block8.items() if isinstance(b, _storage.Blockwise8)), companded)
     if first.size == 0:
         return no_op
     if layout is None:
-        kernel = kernels.KERNELS[rule]
+        kernel, full = kernels.KERNELS[rule], None
     else:
         codes, has_master, stochastic = layout
-        kernel = kernels.layout_kernel(rule, _storage.full_layout(
-            arrays, zip(dtypes, codes), has_master, stochastic))
+        full = _storage.full_layout(arrays, zip(dtypes, codes), has_master, stochastic)
+        kernel = kernels.layout_kernel(rule, full)
     device = next(d for d in devices.values() if d is not None)
     with cuda.gpus[device]:
         unused = _empty_array(device, dtype, cuda)
@@ -212,15 +216,18 @@ def prepare(update):
         for name in arrays:
             if name in block8:
                 b = block8[name]
+                part = "scale" if isinstance(b, _storage.Companded8) else "absmax"
                 args += [_flat(parts[f"{name}.codes"], cuda, simulator),
-                         _flat(parts[f"{name}.absmax"], cuda, simulator),
-                         *_code_tables(device, b.signed, cuda)]
+                         _flat(parts[f"{name}.{part}"], cuda, simulator)]
+                if part == "absmax":
+                    args += _code_tables(device, b.signed, cuda)
             else:
                 args.append(_bits(_flat(present[name], cuda, simulator)) if name in present
                             else unused)
         if master is not None:
             args.append(_flat(master, cuda, simulator))
-        blocks, threads = kernels.launch_config(first.size, _sm_count(device, cuda))
+        blocks, threads = kernels.launch_config(kernels.units(first.size, full),
+                                                _sm_count(device, cuda))
 
     def launch(scalars, key=None):
         scalars = tuple(dtype.type(s) for s in scalars)
@@ -240,19 +247,24 @@ def _code_tables(device, signed, cuda):
     return _tables[key]
 
 
-def _check_blockwise(name, parts, n):
-    codes, absmax = parts[f"{name}.codes"], parts[f"{name}.absmax"]
+def _check_state8(name, part, parts, n):
+    """Check the GPU arrays of 8-bit state ``name``: its codes and its
+    ``part`` (``absmax`` per block of a Blockwise8, ``scale`` per group of a
+    Companded8)."""
+    codes, per_block = parts[f"{name}.codes"], parts[f"{name}.{part}"]
+    kind, unit = (("Companded8", _storage.GROUP) if part == "scale"
+                  else ("Blockwise8", _storage.BLOCK))
     if codes.dtype != np.uint8 or len(codes.shape) != 1:
         raise TypeError(f"{name}.codes must be a 1-D uint8 array, got {codes.dtype}"
                         f"{list(codes.shape)}")
-    if absmax.dtype != np.float32 or len(absmax.shape) != 1:
-        raise TypeError(f"{name}.absmax must be a 1-D float32 array")
+    if per_block.dtype != np.float32 or len(per_block.shape) != 1:
+        raise TypeError(f"{name}.{part} must be a 1-D float32 array")
     if codes.size != n:
-        raise ValueError(f"{name} is a Blockwise8 of {codes.size} elements but param has {n}")
-    if absmax.size != -(-n // 256):
-        raise ValueError(f"{name}.absmax has {absmax.size} blocks; {n} elements need "
-                         f"{-(-n // 256)}")
-    for a in (codes, absmax):
+        raise ValueError(f"{name} is a {kind} of {codes.size} elements but param has {n}")
+    if per_block.size != -(-n // unit):
+        raise ValueError(f"{name}.{part} has {per_block.size} blocks; {n} elements need "
+                         f"{-(-n // unit)} of {unit}")
+    for a in (codes, per_block):
         _check_contiguous_writeable(a)
 
 

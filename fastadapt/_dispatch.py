@@ -88,11 +88,6 @@ def prepare(update):
     device = [is_device_array(a.codes if isinstance(a, _storage.STATE8) else a)
               for a in present.values()]
     if any(device):
-        companded = [n for n, a in present.items() if isinstance(a, _storage.Companded8)]
-        if companded:
-            raise NotImplementedError(
-                f"{companded[0]} is a Companded8 on the GPU; companded 8-bit state runs "
-                "on the CPU so far (Blockwise8 runs on both)")
         if not all(device):
             host = [n for n, d in zip(present, device) if not d]
             gpu = [n for n, d in zip(present, device) if d]

@@ -19,6 +19,7 @@ The math runs in float64 for float64 params and in float32 otherwise.
 """
 import numpy as np
 
+from ._arrays import to_host
 from .kernels.loops import BFLOAT16, BLOCKWISE8, FLOAT16, NATIVE, ROOT8, SOFTSIGN8, Layout
 from .kernels.storage import BLOCK, GROUP
 
@@ -245,24 +246,41 @@ class _State8:
         self.signed = bool(signed)
         return n
 
+    # len(): torch tensors, which may hold the arrays, have a size() method
     @property
     def size(self):
-        return self.codes.size
+        return len(self.codes)
 
     @property
     def shape(self):
-        return (self.codes.size,)
+        return (len(self.codes),)
 
     def __len__(self):
-        return self.codes.size
+        return len(self.codes)
+
+    def _host(self, part):
+        """``codes`` and the per-block array ``part`` as NumPy arrays (copies
+        of arrays on a GPU: see ``kernels.cuda``, where 8-bit state lives
+        when its arrays do)."""
+        return to_host(self.codes), to_host(getattr(self, part))
+
+    def _store(self, part, codes, per_block):
+        """Write ``codes`` and the per-block array ``part`` (NumPy arrays or
+        scalars), into host or GPU arrays alike."""
+        for a, values in ((self.codes, codes), (getattr(self, part), per_block)):
+            if isinstance(a, np.ndarray):
+                a[:] = values
+            elif len(a):
+                from . import _cuda
+                _cuda.copy(a, np.broadcast_to(np.asarray(values, _cuda.dtype_of(a)), (len(a),)))
 
     def _checked_values(self, values):
         """``values`` for :meth:`assign`, as a flat float32 array, checked."""
         kind = type(self).__name__
         values = np.asarray(values, dtype=np.float32).reshape(-1)
-        if values.size != self.codes.size:
+        if values.size != len(self):
             raise ValueError(f"{kind}.assign: got {values.size} values for "
-                             f"{self.codes.size} elements")
+                             f"{len(self)} elements")
         if not self.signed and np.any(values < 0):
             raise ValueError(f"an unsigned {kind} holds values >= 0")
         return values
@@ -345,8 +363,7 @@ class Blockwise8(_State8):
 
     def _clear(self):
         """Every element at 0: the zero code, absmax 0 (as a new one starts)."""
-        self.codes[:] = int(np.flatnonzero(self.map[:BLOCK] == 0)[0])
-        self.absmax[:] = 0.0
+        self._store("absmax", int(np.flatnonzero(self.map[:BLOCK] == 0)[0]), 0.0)
 
     def fill(self, value):
         """Set every element to the finite ``value`` (exactly: the code of
@@ -358,10 +375,9 @@ class Blockwise8(_State8):
         if value < 0 and not self.signed:
             raise ValueError("an unsigned Blockwise8 holds values >= 0")
         if value < 0:
-            self.assign(np.full(self.codes.size, value, np.float32))
+            self.assign(np.full(len(self), value, np.float32))
             return
-        self.codes[:] = int(np.flatnonzero(self.map[:BLOCK] == 1.0)[0])
-        self.absmax[:] = value
+        self._store("absmax", int(np.flatnonzero(self.map[:BLOCK] == 1.0)[0]), value)
 
     def assign(self, values):
         """Store ``values`` (``n`` numbers, any float dtype) as a step stores
@@ -371,7 +387,7 @@ class Blockwise8(_State8):
         keeps absmax 0). For loading full-precision state (a torch
         checkpoint) into 8-bit state."""
         values = self._checked_values(values)
-        blocks = self.absmax.size
+        blocks = len(self.absmax)
         padded = np.zeros(blocks * BLOCK, np.float32)
         padded[:values.size] = values
         rows = padded.reshape(-1, BLOCK)
@@ -386,24 +402,25 @@ class Blockwise8(_State8):
             t = self.thresholds[half * BLOCK:(half + 1) * BLOCK - 1]
             codes[rows_in] = np.searchsorted(t, x[rows_in], side="right")
         codes[np.isnan(x)] = 0          # as the kernels encode NaN (0 / 0 too)
-        self.codes[:] = codes.reshape(-1)[:values.size]
-        self.absmax[:] = np.where(special, -absmax, absmax)
+        self._store("absmax", codes.reshape(-1)[:values.size],
+                    np.where(special, -absmax, absmax))
 
     def dequantize(self):
-        """The values, as a new float32 array."""
-        special = np.signbit(self.absmax)
-        scale = np.where(special, np.maximum(-self.absmax, _TINY), self.absmax)
-        base = np.repeat(np.where(special, BLOCK, 0), BLOCK)[:self.codes.size]
+        """The values, as a new float32 array (on the host)."""
+        codes, absmax = self._host("absmax")
+        special = np.signbit(absmax)
+        scale = np.where(special, np.maximum(-absmax, _TINY), absmax)
+        base = np.repeat(np.where(special, BLOCK, 0), BLOCK)[:codes.size]
         with np.errstate(invalid="ignore", over="ignore"):
-            return self.map[base + self.codes] * np.repeat(scale, BLOCK)[:self.codes.size]
+            return self.map[base + codes] * np.repeat(scale, BLOCK)[:codes.size]
 
     def nbytes_per_element(self):
         """Bytes stored per element: 1 + 4 / 256."""
         return 1 + 4 / BLOCK
 
     def __repr__(self):
-        return (f"Blockwise8({self.codes.size}, signed={self.signed}: "
-                f"{self.absmax.size} blocks of {BLOCK})")
+        return (f"Blockwise8({len(self)}, signed={self.signed}: "
+                f"{len(self.absmax)} blocks of {BLOCK})")
 
 
 def absmax_problem(absmax):
@@ -489,28 +506,28 @@ class Companded8(_State8):
 
     def _clear(self):
         """Every element at 0 (as a new one starts)."""
-        self.codes[:] = 0
-        self.scale[:] = 0.0
+        self._store("scale", 0, 0.0)
 
     def fill(self, value):
         """Set every element to ``value`` (as :meth:`assign` stores it: exactly,
         for a finite value, since it is its group's scale)."""
-        self.assign(np.full(self.codes.size, value, np.float32))
+        self.assign(np.full(len(self), value, np.float32))
 
     def assign(self, values):
         """Store ``values`` (``n`` numbers, any float dtype) exactly as a step
         stores its result. For loading full-precision state."""
         from .kernels import storage
         values = self._checked_values(values)
-        codes, scale = np.empty_like(self.codes), np.empty_like(self.scale)
+        codes, scale = np.empty(len(self.codes), np.uint8), np.empty(len(self.scale), np.float32)
         storage.encode_groups(np.ascontiguousarray(values), codes, scale, self.signed)
-        self.codes[:], self.scale[:] = codes, scale
+        self._store("scale", codes, scale)
 
     def dequantize(self):
-        """The values, as a new float32 array."""
+        """The values, as a new float32 array (on the host)."""
         from .kernels import storage
-        out = np.empty(self.codes.size, np.float32)
-        storage.decode_groups(self.codes, self.scale, self.signed, out)
+        codes, scale = self._host("scale")
+        out = np.empty(codes.size, np.float32)
+        storage.decode_groups(codes, scale, self.signed, out)
         return out
 
     def nbytes_per_element(self):
@@ -527,8 +544,8 @@ class Companded8(_State8):
         return [self.codes, self.scale]
 
     def __repr__(self):
-        return (f"Companded8({self.codes.size}, signed={self.signed}: "
-                f"{self.scale.size} groups of {GROUP})")
+        return (f"Companded8({len(self)}, signed={self.signed}: "
+                f"{len(self.scale)} groups of {GROUP})")
 
 
 #: The 8-bit state containers.

@@ -51,6 +51,7 @@ import zipfile
 import numpy as np
 
 from . import _args, _storage
+from ._arrays import to_host as _to_host
 from .flat import padded_length
 from .schedules import from_config, resolve_lr
 
@@ -104,19 +105,6 @@ def segments(flat, buffer):
             offsets.append(start)
             start += _args.size(shape)
     return [flat[o:o + _args.size(s)].reshape(s) for o, s in zip(offsets, buffer.shapes)]
-
-
-def _to_host(a):
-    """A host NumPy copy of ``a`` (NumPy, Numba device, CuPy or torch array)."""
-    if isinstance(a, np.ndarray):
-        return a
-    for method in ("copy_to_host", "get"):      # Numba device arrays, CuPy
-        f = getattr(a, method, None)
-        if callable(f):
-            return np.asarray(f())
-    if hasattr(a, "detach"):                    # torch
-        return a.detach().cpu().numpy()
-    return np.asarray(a)
 
 
 # ----------------------------------------------------------------- state dicts

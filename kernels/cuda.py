@@ -19,6 +19,7 @@ float32 and rounds correctly, as the GPU's ``sqrt.rn.f32`` does (Python's
 ``math.sqrt`` would return a float64).
 """
 import math
+import types as _types
 
 import numpy as np
 from numba import cuda
@@ -69,44 +70,70 @@ _DIGEST = loops.source_hash(__file__, SPECS)
 _LAYOUTS = {}
 
 
-#: The 8-bit codecs' functions, CPU and simulator only for now.
-_EIGHT_BIT = ("nearest_code", "magnitude_bits", "bits_to_float32", "float32_to_bits",
-              "softsign_decode", "softsign_encode", "root_decode", "root_encode")
-
 #: The storage conversions the layout drivers call on a real GPU (see
-#: ``loops.Layout``): the CPU's 16-bit ones, whose bodies are integer and
+#: ``loops.Layout``): the CPU's intrinsics, whose bodies are integer and
 #: ``half`` LLVM IR that NVVM compiles as it is (``cvt`` for float16, shifts
-#: and adds for bfloat16, 32-bit multiplies for the hash), with float16's
-#: stochastic rounding (a Python function of those, an ``njit`` function on
-#: the CPU) compiled as a device function. ``tests/test_gpu_compile.py``
-#: compiles every layout for sm_80 and sm_90.
-STORAGE = {**{name: f for name, f in loops.storage_vocabulary(storage).items()
-              if name not in ("nearest_code", "magnitude_bits", "bits_to_float32")},
-           "f32_to_f16_stochastic": _device(storage._float32_to_half_stochastic)}
+#: and adds for bfloat16, 32-bit multiplies for the hash, bit casts for the
+#: 8-bit codes' magnitudes), and the ones written as Python functions
+#: (float16's stochastic rounding, the 8-bit codecs) compiled as device
+#: functions. The scratch buffers of 8-bit state are per-thread local
+#: arrays. ``tests/test_gpu_compile.py`` compiles every layout for sm_80 and
+#: sm_90.
+_PYTHON_CODECS = {"f32_to_f16_stochastic": storage._float32_to_half_stochastic,
+                  "nearest_code": storage._nearest_code_bucketed,
+                  "softsign_decode": storage._softsign_decode,
+                  "softsign_encode": storage._softsign_encode,
+                  "root_decode": storage._root_decode, "root_encode": storage._root_encode}
+
+
+def _numpy_for_cuda():
+    """NumPy's names as the codecs use them, but ``floor`` and ``sqrt``,
+    which numba-cuda has no ufuncs for, as libdevice's ``floorf`` and
+    ``sqrtf`` (float32 in, float32 out and correctly rounded, as NumPy's of a
+    float32 on the CPU)."""
+    from numba.cuda import libdevice
+    module = _types.ModuleType("numpy_for_cuda")
+    module.__dict__.update({k: v for k, v in vars(np).items() if not k.startswith("__")})
+    module.floor, module.sqrt = libdevice.floorf, libdevice.sqrtf
+    return module
+
+
+_CODEC_SCOPE = {**vars(storage), "np": _numpy_for_cuda()}
+STORAGE = {**loops.storage_vocabulary(storage),
+           **{name: _device(_types.FunctionType(f.__code__, _CODEC_SCOPE, f.__name__))
+              for name, f in _PYTHON_CODECS.items()},
+           "cuda": cuda}
 
 #: Under the simulator the same conversions as Python on NumPy scalars
 #: (``storage.PYTHON``, which the tests check equal to the compiled ones on
-#: every 16-bit pattern), and the 8-bit codec's.
-SIMULATED_STORAGE = loops.storage_vocabulary(storage.PYTHON)
+#: every 16-bit pattern), and the 8-bit codecs'.
+SIMULATED_STORAGE = {**loops.storage_vocabulary(storage.PYTHON), "cuda": cuda}
+
+#: One block (or group) of 8-bit state per thread, its scratch buffers in
+#: local memory (see ``loops.BlockLoops``).
+BLOCKING = loops.BlockLoops(1, 1, "cuda.local.array")
 
 
 def layout_kernel(kernel, layout):
     """The kernel of ``kernel`` for the storage ``layout`` (see
     ``cpu.layout_driver``), built on first use and cached on disk like the
-    plain kernels (the layout's tag is in its name).
-
-    Every layout but 8-bit blockwise state runs on a real GPU; that one runs
-    on the CPU and under the simulator only (its driver allocates a scratch
-    block per iteration, which a CUDA kernel cannot), and raises here.
-    """
+    plain kernels (the layout's tag is in its name). A kernel of 8-bit state
+    runs one thread per block (or group): launch it over ``units(n, layout)``
+    threads."""
     key = (kernel, layout)
     if key not in _LAYOUTS:
-        if not SIMULATOR and loops.BLOCKWISE8 in layout.codes:
-            raise NotImplementedError(
-                "8-bit blockwise state runs on the CPU (and under the CUDA simulator); on "
-                "a real GPU use float32 or bfloat16 state")
         vocabulary = SIMULATED_STORAGE if SIMULATOR else STORAGE
         source = loops.build_layout(SIGNATURES[kernel], layout, getattr(_elem, kernel),
-                                    vocabulary, grid_stride, __name__, _DIGEST)
+                                    vocabulary, grid_stride, __name__, _DIGEST, BLOCKING)
         _LAYOUTS[key] = cuda.jit(source) if SIMULATOR else cached(cuda.jit, source)
     return _LAYOUTS[key]
+
+
+def units(n, layout):
+    """The number of threads' worth of work in ``n`` elements of ``layout``:
+    ``n``, or its blocks (groups) of 8-bit state, one thread each."""
+    if layout is not None and loops.BLOCKWISE8 in layout.codes:
+        return -(-n // storage.BLOCK)
+    if layout is not None and set(layout.codes) & set(loops.COMPANDED):
+        return -(-n // storage.GROUP)
+    return n

@@ -51,7 +51,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .loops import BFLOAT16, FLOAT16, NATIVE, Layout
+from .loops import BFLOAT16, BLOCKWISE8, COMPANDED, FLOAT16, NATIVE, ROOT8, SOFTSIGN8, Layout
 
 #: The compute capabilities every kernel is compiled for.
 CCS = ((8, 0), (9, 0))
@@ -111,19 +111,26 @@ def targets(full=False):
 #: rounding to either format, a state-gating flag on and off.
 REPRESENTATIVE = (("adam", "bbbbb", "s"), ("adam", "bffff", "m"), ("adam", "hhhhf", "s"),
                   ("adam", "hhfff", "m"), ("sgd", "ffb", ""), ("rmsprop", "bfbbb", ""),
-                  ("adagrad", "hhh", ""))
+                  ("adagrad", "hhh", ""),
+                  # 8-bit state, both formats (one thread per block or group)
+                  ("adam", "ffcrr", ""), ("adam", "bbcrr", "s"), ("rmsprop", "ffrcc", ""),
+                  ("adam", "ffqqq", ""), ("sgd", "hhq", "m"))
 
 
 def layouts(full=False):
-    """``(kernel, Layout)`` pairs of the storage layouts the CUDA path runs
-    (every one but 8-bit state): :data:`REPRESENTATIVE`, or with ``full``
-    every one the optimizer classes make (one state dtype for all the state
-    arrays; an array its flag turns off stays in the compute dtype), for
-    every kernel and every setting of its flags."""
+    """``(kernel, Layout)`` pairs of the storage layouts the CUDA path runs:
+    :data:`REPRESENTATIVE`, or with ``full`` every 16-bit one the optimizer
+    classes make (one state dtype for all the state arrays; an array its flag
+    turns off stays in the compute dtype), for every kernel and every setting
+    of its flags, and with 8-bit state in either format float32 params, and
+    bfloat16 params and gradients plain, with a master copy or stochastic
+    rounding (the same drivers, so float16 params add nothing the 16-bit
+    layouts do not)."""
     if not full:
         return [(k, Layout(tuple(codes), "m" in mode, "s" in mode))
                 for k, codes, mode in REPRESENTATIVE]
     from ..rules import kernel_specs
+    from ..optim import NON_NEGATIVE_STATE
     f, b, h = NATIVE, BFLOAT16, FLOAT16
     storage = [(f, f, b, "")]                          # float32 params, bfloat16 state
     storage += [(p, g, s, mode) for p, grads, states in ((b, (b, f), (f, b)),
@@ -140,6 +147,15 @@ def layouts(full=False):
                 layout = Layout(codes, "m" in mode, "s" in mode)
                 if not layout.plain and (kernel, layout) not in out:
                     out.append((kernel, layout))
+            for p, mode in ((f, ""), (b, ""), (b, "m"), (b, "s")):
+                for eight in ("q", "c"):
+                    codes = (p, p) + tuple(
+                        f if not (flag is None or on[flag]) else BLOCKWISE8 if eight == "q"
+                        else ROOT8 if name in NON_NEGATIVE_STATE else SOFTSIGN8
+                        for name, flag in spec)
+                    layout = Layout(codes, "m" in mode, "s" in mode)
+                    if set(codes) - {f, b} and (kernel, layout) not in out:
+                        out.append((kernel, layout))
     return out
 
 
@@ -153,7 +169,12 @@ def signature(target):
     sig = _kernels().SIGNATURES[target.kernel]
     t = getattr(types, target.dtype)
     layout = target.layout or Layout((NATIVE,) * len(sig.elements))
-    arrays = [types.uint16[::1] if c in (BFLOAT16, FLOAT16) else t[::1] for c in layout.codes]
+    arrays = []
+    for c in layout.codes:
+        arrays += [types.uint16[::1]] if c in (BFLOAT16, FLOAT16) else \
+            [types.uint8[::1], types.float32[::1], types.float32[::1], types.float32[::1],
+             types.uint8[::1]] if c == BLOCKWISE8 else \
+            [types.uint8[::1], types.float32[::1]] if c in COMPANDED else [t[::1]]
     if layout.master:
         arrays.append(types.float32[::1])
     arrays.append(types.UniTuple(t, len(sig.scalars)))
@@ -233,6 +254,16 @@ def accesses(ptx):
     [(op, argument), ...]}``, ``op`` ``"ld"`` or ``"st"``, ``argument`` the
     kernel argument accessed (None if unknown) and ``loop`` the line of the
     innermost loop's label (None for code outside loops: peeled iterations).
+    See :func:`traced_accesses`."""
+    regions = {}
+    for region, op, argument, _ in traced_accesses(ptx):
+        regions.setdefault(region, []).append((op, argument))
+    return regions
+
+
+def traced_accesses(ptx):
+    """The global loads and stores of ``ptx`` in text order: ``(loop, op,
+    argument, width)`` as in :func:`accesses`, ``width`` in bytes.
 
     An access's argument is found by following its address register back
     through the instructions that computed it to the kernel parameters it
@@ -267,7 +298,7 @@ def accesses(ptx):
     labels = {m.group(1): k for k, line in enumerate(lines) if (m := _LABEL.match(line))}
     loops = [(labels[m.group(1)], k) for k, line in enumerate(lines)
              for m in [_BRANCH.search(line)] if m and labels.get(m.group(1), k) < k]
-    regions = {}
+    out = []
     for k, line in enumerate(lines):
         m = _MEMORY_OP.match(line)
         if not m:
@@ -276,9 +307,9 @@ def accesses(ptx):
         params = taint.get(address.group(1), set()) if address else set()
         inside = [(end - start, start) for start, end in loops if start <= k <= end]
         region = min(inside)[1] if inside else None
-        regions.setdefault(region, []).append((m.group(1), max(params) // 7 if params
-                                               else None))
-    return regions
+        out.append((region, m.group(1), max(params) // 7 if params else None,
+                    _WIDTH[m.group(3)] * int(m.group(2) or 1)))
+    return out
 
 
 def _reread(ops):
@@ -307,8 +338,81 @@ def branches_in_element(target):
     return layout is not None and layout.stochastic and layout.codes[0] == FLOAT16
 
 
+def is_state8(target):
+    """Whether ``target`` keeps state in 8 bits (either format)."""
+    return target.layout is not None and bool(
+        set(target.layout.codes) & {BLOCKWISE8, *COMPANDED})
+
+
+def state8_arguments(target):
+    """``(name, width, role)`` of each array argument of an 8-bit state
+    kernel, in order: ``role`` is ``"rw"`` (read and written, once each per
+    element: the state, the param but under a master copy, the codes, and
+    the scale once per group), ``"rw2"`` (a block's absmax: read once,
+    written on one of two paths, for a block with or without a non-finite
+    value), ``"r"`` (the gradient),
+    ``"w"`` (a param under a master copy) or ``"table"`` (the blockwise
+    code's map, thresholds and buckets: looked up, never written)."""
+    sig = _kernels().SIGNATURES[target.kernel]
+    layout = target.layout
+    out = []
+    for a, c in zip(sig.elements, layout.codes):
+        if c == BLOCKWISE8:
+            out += [(f"{a}.codes", 1, "rw"), (f"{a}.absmax", 4, "rw2"), (f"{a}.map", 4, "table"),
+                    (f"{a}.thresholds", 4, "table"), (f"{a}.buckets", 1, "table")]
+        elif c in COMPANDED:
+            out += [(f"{a}.codes", 1, "rw"), (f"{a}.scale", 4, "rw")]
+        else:
+            role = "r" if a == "grad" else "w" if a == "param" and layout.master else "rw"
+            out.append((a, 2 if c in (BFLOAT16, FLOAT16) else 4, role))
+    if layout.master:
+        out.append(("master", 4, "rw"))
+    return out
+
+
+def state8_traffic_problems(target, ptx):
+    """:func:`traffic_problems` for a kernel of 8-bit state. Its loops over a
+    block (group) are three (decode the codes into local memory, update the
+    elements, encode), each unrolled its own way, so bodies do not line up;
+    instead, over the whole kernel, every access must be to a declared array
+    in its declared width (one byte per code, four per absmax or scale), no
+    table or gradient is written, and each array read and written is loaded
+    by as many instructions as store it (a second read of a code, an
+    element or a scale adds loads; a block's absmax is stored on two paths,
+    so by half as many), the gradient (and a master copy) by as many as
+    store the param."""
+    arguments = state8_arguments(target)
+    counts = collections.Counter()
+    problems = []
+    for _, op, argument, width in traced_accesses(ptx):
+        if argument is None or argument >= len(arguments):
+            problems.append(f"an access to argument {argument}, not one of the "
+                            f"{len(arguments)} arrays")
+            continue
+        name, declared, role = arguments[argument]
+        if width != declared:
+            problems.append(f"{name} accessed {width} bytes at a time, not {declared}")
+        if (op == "st" and role in ("r", "table")) or (op == "ld" and role == "w"):
+            problems.append(f"{name} {'stored' if op == 'st' else 'loaded'}, declared "
+                            f"{role}")
+        counts[op, name] += 1
+    for name, _, role in arguments:
+        paths = {"rw": 1, "rw2": 2}.get(role)
+        if paths and counts["st", name] != paths * counts["ld", name]:
+            problems.append(f"{name}: {counts['ld', name]} loads but {counts['st', name]} "
+                            f"stores (read once and written once, on one of {paths} paths)")
+    readers = ["grad"] + (["master"] if target.layout.master else [])
+    for name in readers:
+        if counts["ld", name] != counts["st", "param"]:
+            problems.append(f"{name}: {counts['ld', name]} loads but param has "
+                            f"{counts['st', 'param']} stores")
+    return problems
+
+
 def traffic_problems(target, ptx):
     """What is wrong with ``target``'s global memory traffic in ``ptx`` (empty: nothing)."""
+    if is_state8(target):
+        return state8_traffic_problems(target, ptx)
     found = bodies(ptx)
     if target.kernel == SUM_OF_SQUARES:
         # One float64 partial per chunk; the element loop only reads.

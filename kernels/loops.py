@@ -82,6 +82,17 @@ COMPANDED = (SOFTSIGN8, ROOT8)
 GROUP_CHUNK = 32
 
 
+class BlockLoops(NamedTuple):
+    """How a target runs the loops over blocks (and groups) of 8-bit state:
+    ``chunk`` blocks, or ``group_chunk`` groups, per iteration of
+    ``indices``, each with a scratch buffer per 8-bit state allocated by
+    ``scratch`` (a call of ``(size, dtype)``). The CPU's defaults; a GPU
+    thread handles one block or group, in a local array."""
+    chunk: int = CHUNK
+    group_chunk: int = GROUP_CHUNK
+    scratch: str = "empty"
+
+
 class Layout(NamedTuple):
     """How a driver's arrays are stored, when not all in the compute dtype.
 
@@ -165,17 +176,19 @@ class Signature:
                 raise TypeError(f"math.{kernel}: state flag {flag!r} must be a scalar "
                                 "annotated ': bool'")
 
-    def source(self, name, layout=None):
+    def source(self, name, layout=None, blocking=BlockLoops()):
         """The driver's Python source, as a function called ``name``, for the
         storage ``layout`` (all arrays in the compute dtype if None).
 
         A layout other than the plain one loads each element through a
         widening conversion and stores it through a narrowing one (see
-        ``storage.py``); the math in between is the same.
+        ``storage.py``); the math in between is the same. ``blocking``: see
+        :class:`BlockLoops`.
         """
-        return self._layout_source(name, layout or Layout((NATIVE,) * len(self.elements)))
+        return self._layout_source(name, layout or Layout((NATIVE,) * len(self.elements)),
+                                   blocking)
 
-    def _layout_source(self, name, layout):
+    def _layout_source(self, name, layout, blocking):
         if len(layout.codes) != len(self.elements):
             raise ValueError(f"layout {layout.tag!r} has {len(layout.codes)} codes for "
                              f"{len(self.elements)} arrays")
@@ -204,7 +217,8 @@ class Signature:
         # and a bfloat16-state Adam ran ten times slower from 2**22 elements.)
         gates = sorted({flag for _, flag in self.state if flag is not None})
         if not gates:
-            lines += self._layout_loops(layout, codes, blockwise or grouped, {}, "    ")
+            lines += self._layout_loops(layout, codes, blockwise or grouped, {}, "    ",
+                                        blocking)
             return "\n".join(lines) + "\n"
         for k, values in enumerate(itertools.product((True, False), repeat=len(gates))):
             fixed = dict(zip(gates, values))
@@ -212,16 +226,16 @@ class Signature:
             lines.append(f"    {'if' if k == 0 else 'elif'} {test}:" if k < 2 ** len(gates) - 1
                          else "    else:")
             lines += self._layout_loops(layout, codes, blockwise or grouped, fixed,
-                                        "        ")
+                                        "        ", blocking)
         return "\n".join(lines) + "\n"
 
-    def _layout_loops(self, layout, codes, blockwise, fixed, pad):
+    def _layout_loops(self, layout, codes, blockwise, fixed, pad, blocking):
         """The loops of a layout driver, for the flags ``fixed`` (name -> bool)."""
         if not blockwise:
             return [f"{pad}for i in indices(param.size):"] + \
                 self._element(layout, codes, pad + "    ", fixed)
         if codes[blockwise[0]] in COMPANDED:
-            return self._group_loops(layout, codes, blockwise, fixed, pad)
+            return self._group_loops(layout, codes, blockwise, fixed, pad, blocking)
         # 8-bit blockwise state, a chunk of CHUNK blocks per iteration (each
         # chunk allocates one BLOCK-element float32 scratch buffer per 8-bit
         # state, reused by its blocks). Per block, in four loops:
@@ -247,7 +261,8 @@ class Signature:
         # loops index slices of the block from 0, which LLVM sees are
         # non-negative: with ``array[start + j]`` it cannot, keeps Numba's
         # negative-index wraparound on every access and vectorizes nothing.
-        on, inner, lines = self._block_header(layout, blockwise, fixed, pad, BLOCK, CHUNK)
+        on, inner, lines = self._block_header(layout, blockwise, fixed, pad, BLOCK,
+                                              blocking.chunk, blocking.scratch)
         for s in on:
             lines += [f"{inner}stored_{s} = {s}_absmax[block]",
                       f"{inner}if float32_to_bits(stored_{s}) >= SIGN_BIT:",
@@ -281,9 +296,10 @@ class Signature:
                       f"thresholds_{s}, new_{s}[j])"]
         return lines
 
-    def _block_header(self, layout, coded, fixed, pad, size, chunk):
+    def _block_header(self, layout, coded, fixed, pad, size, chunk, scratch):
         """The lines that open the loops over blocks of ``size`` elements,
-        ``chunk`` blocks per parallel iteration: the scratch buffers of the
+        ``chunk`` blocks per parallel iteration: the scratch buffers (made by
+        the call ``scratch``) of the
         8-bit states that are ``on`` (of ``coded``, the flags ``fixed``) and
         each array's slice ``block_<array>`` of block ``block``. Returns
         ``(on, the block body's indent, lines)``."""
@@ -294,7 +310,7 @@ class Signature:
         lines = [f"{pad}n = param.size",
                  f"{pad}blocks = (n + {size - 1}) // {size}",
                  f"{pad}for chunk in indices((blocks + {chunk - 1}) // {chunk}):"]
-        lines += [f"{pad}    new_{s} = empty({size}, float32)" for s in on]
+        lines += [f"{pad}    new_{s} = {scratch}({size}, float32)" for s in on]
         lines += [f"{pad}    for block in range(chunk * {chunk}, "
                   f"min(chunk * {chunk} + {chunk}, blocks)):",
                   f"{inner}start = block * {size}",
@@ -303,7 +319,7 @@ class Signature:
         lines += [f"{inner}block_{a} = {a}[start:start + count]" for a in sliced]
         return on, inner, lines
 
-    def _group_loops(self, layout, codes, grouped, fixed, pad):
+    def _group_loops(self, layout, codes, grouped, fixed, pad, blocking):
         """The loops over groups of companded 8-bit state (``grouped``: its
         arrays), as the blockwise ones (see ``_layout_loops``) but with
         arithmetic codecs: per group of GROUP elements, decode each state into
@@ -312,7 +328,8 @@ class Signature:
         against the new scale (at least the smallest float32, so a group of
         zeros and non-finite values divides by something). NaN and +-inf have
         codes of their own, so they stay in their element."""
-        on, inner, lines = self._block_header(layout, grouped, fixed, pad, GROUP, GROUP_CHUNK)
+        on, inner, lines = self._block_header(layout, grouped, fixed, pad, GROUP,
+                                              blocking.group_chunk, blocking.scratch)
         decode = {SOFTSIGN8: "softsign_decode", ROOT8: "root_decode"}
         for s in on:
             lines += [f"{inner}scale_{s} = {s}_scale[block]",
@@ -409,13 +426,15 @@ def build(element_jit, vocabulary, indices, module, target_file, specs):
     return math, drivers
 
 
-def build_layout(sig, layout, elem, vocabulary, indices, module, digest):
+def build_layout(sig, layout, elem, vocabulary, indices, module, digest,
+                 blocking=BlockLoops()):
     """The driver of one kernel (``sig``) for one storage ``layout``, as a plain
     Python function to compile: ``vocabulary`` binds the storage conversions
     (``bf16_to_f32``, ``f32_to_bf16``, ``f16_to_f32``, ``f32_to_f16``,
     ``f32_to_bf16_stochastic``, ``f32_to_f16_stochastic``, ``random_bits``;
     for 8-bit state ``nearest_code``, ``magnitude_bits``, ``bits_to_float32``
-    and ``float32_to_bits``) for the target; its
+    and ``float32_to_bits``; and what ``blocking.scratch`` names, see
+    :class:`BlockLoops`) for the target; its
     ``__qualname__`` carries the source hash and the layout's tag, so each
     layout is a cached driver of its own."""
     name = f"{sig.kernel}_{layout.tag}"
@@ -423,7 +442,7 @@ def build_layout(sig, layout, elem, vocabulary, indices, module, digest):
                  "uint32": np.uint32, "empty": np.empty, "INF_BITS": np.uint32(0x7F800000),
                  "SIGN_BIT": np.uint32(0x80000000), "TINY": np.float32(2.0 ** -149),
                  **vocabulary}
-    exec(compile(sig.source(name, layout), __file__, "exec"), namespace)
+    exec(compile(sig.source(name, layout, blocking), __file__, "exec"), namespace)
     driver = namespace[name]
     driver.__module__ = module
     driver.__qualname__ = f"{module.rpartition('.')[2]}.{sig.kernel}_{digest}_{layout.tag}"

@@ -208,6 +208,71 @@ def test_blockwise8_state_matches_cpu(cuda, name, options):
             _assert_same(host[s].absmax, dev[s].absmax.copy_to_host(), f"{s} absmax, n={n}")
 
 
+#: Sizes that divide neither a group (32) nor a block (256) of 8-bit state,
+#: nor the threads of the shrunk launches.
+SIZES_8BIT = (0, 1, 7, 31, 97, 257, 513)
+
+
+def state8_on_device(b, to_device):
+    """A copy of the 8-bit state ``b`` (a Blockwise8 or a Companded8) whose
+    arrays are made by ``to_device``: how 8-bit state lives on a GPU."""
+    part = "scale" if isinstance(b, fastadapt.Companded8) else "absmax"
+    return b._over(to_device(b.codes), to_device(getattr(b, part)))
+
+
+def run_state8_case(name, container, n, param_to_device, to_device):
+    """Three steps of rule ``name`` (every state array on, each in 8-bit
+    ``container``) on ``n`` elements, on the host and on arrays made by
+    ``to_device``, with an infinite, a NaN and a huge (1e22) gradient
+    element on the three steps where ``n > 100``; ``(host, device, bad)``:
+    dicts of ``param`` and the 8-bit state, and the bad elements."""
+    config = optim_cases.EVERY_STATE[name]
+    rule = fastadapt.RULES[name]
+    param0, grads = optim_cases.problem((n,), np.float32, seed=n, steps=3)
+    bad = [3, n // 2, n - 1] if n > 100 else []
+    for k, i in enumerate(bad):
+        grads[k][i] = (np.inf, np.nan, 1e22)[k]
+    host = {}
+    for s, values in optim_cases.initial_state(name, config, (n,), np.float32).items():
+        host[s] = container(n, signed=s not in fastadapt.optim.NON_NEGATIVE_STATE)
+        if np.any(values):
+            host[s].assign(values)
+    dev = {s: state8_on_device(b, to_device) for s, b in host.items()}
+    param, d_param = param0.copy(), param_to_device(param0)
+    with np.errstate(all="ignore"):
+        optim_cases.run_steps(rule.step_fn, name, config, param, grads, host)
+        optim_cases.run_steps(rule.step_fn, name, config, d_param,
+                              [param_to_device(g) for g in grads], dev)
+    return {"param": param, **host}, {"param": d_param, **dev}, bad
+
+
+@sim
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")   # the bad elements' overflows
+@pytest.mark.parametrize("container", [fastadapt.Blockwise8, fastadapt.Companded8],
+                         ids=lambda c: c.__name__)
+@pytest.mark.parametrize("name", sorted(optim_cases.EVERY_STATE))
+def test_state8_matches_cpu(cuda, monkeypatch, name, container):
+    """Every rule with all its state in either 8-bit format, under the
+    simulator (one thread per block or group, 2 x 4 threads, so threads
+    stride over several), equals the CPU bit for bit: the parameter, the
+    codes and each block's absmax (group's scale), at sizes that divide
+    nothing, with non-finite and huge gradient elements confined to their
+    element (every other parameter stays finite)."""
+    from fastadapt.kernels import cuda as kernels
+    monkeypatch.setattr(kernels, "THREADS_PER_BLOCK", 4)
+    part = "scale" if container is fastadapt.Companded8 else "absmax"
+    for n in SIZES_8BIT:
+        host, dev, bad = run_state8_case(name, container, n, cuda.to_device, cuda.to_device)
+        _assert_same(host["param"], dev["param"].copy_to_host(), f"param, n={n}")
+        assert np.all(np.isfinite(np.delete(host["param"], bad))), f"n={n}"
+        for s, b in host.items():
+            if s == "param":
+                continue
+            _assert_same(b.codes, dev[s].codes.copy_to_host(), f"{s} codes, n={n}")
+            _assert_same(getattr(b, part), getattr(dev[s], part).copy_to_host(),
+                         f"{s} {part}, n={n}")
+
+
 def _adam_arrays(cuda, n=10, dtype=np.float32):
     """Device param, grad, exp_avg, exp_avg_sq (the moments start at zero)."""
     rng = np.random.default_rng(0)
@@ -220,6 +285,60 @@ def test_mixed_host_and_device_is_refused(cuda):
     param, grad, m, v = _adam_arrays(cuda)
     with pytest.raises(ValueError, match="mix of host and GPU arrays: grad on the host"):
         fastadapt.adam_step(param, grad.copy_to_host(), m, v, step=1)
+
+
+@sim
+@pytest.mark.parametrize("container", [fastadapt.Blockwise8, fastadapt.Companded8],
+                         ids=lambda c: c.__name__)
+def test_state8_methods_on_device_arrays(cuda, container):
+    """``assign``, ``fill``, ``dequantize`` and the reset to zero work on 8-bit
+    state whose arrays are on the GPU, storing exactly what they store on
+    the host (a NaN and an infinity among the values)."""
+    part = "scale" if container is fastadapt.Companded8 else "absmax"
+    n = 300
+    values = np.random.default_rng(0).standard_normal(n).astype(np.float32)
+    values[[5, 290]] = np.nan, np.inf
+    for signed in (True, False):
+        x = values if signed else np.abs(values)
+        host = container(n, signed)
+        dev = state8_on_device(host, cuda.to_device)
+        for method, arg in (("assign", x), ("fill", 0.25), ("_clear", None), ("assign", x)):
+            getattr(host, method)(*(() if arg is None else (arg,)))
+            getattr(dev, method)(*(() if arg is None else (arg,)))
+            what = f"{method}, signed={signed}"
+            _assert_same(host.codes, dev.codes.copy_to_host(), what)
+            _assert_same(getattr(host, part), getattr(dev, part).copy_to_host(), what)
+            _assert_same(host.dequantize(), dev.dequantize(), what)
+        assert len(dev) == dev.size == n and dev.shape == (n,)
+
+
+@sim
+def test_state8_device_checks(cuda):
+    """8-bit state on the GPU gets the host's checks on its codes and its
+    absmax (scale), and a refused call writes nothing."""
+    param, grad, _, _ = _adam_arrays(cuda, n=40)
+    before = param.copy_to_host()
+    m = state8_on_device(fastadapt.Companded8(40, signed=True), cuda.to_device)
+    v = state8_on_device(fastadapt.Companded8(40, signed=False), cuda.to_device)
+    short = fastadapt.Companded8(40, signed=False)._over(
+        cuda.to_device(np.zeros(40, np.uint8)), cuda.to_device(np.zeros(1, np.float32)))
+    with pytest.raises(ValueError, match=r"exp_avg_sq.scale has 1 blocks; 40 elements "
+                                         r"need 2 of 32"):
+        fastadapt.adam_step(param, grad, m, short, step=1)
+    wide = fastadapt.Companded8(40, signed=False)._over(
+        cuda.to_device(np.zeros(40, np.uint16)), v.scale)
+    with pytest.raises(TypeError, match="exp_avg_sq.codes must be a 1-D uint8 array"):
+        fastadapt.adam_step(param, grad, m, wide, step=1)
+    with pytest.raises(ValueError, match="mix of host and GPU arrays"):
+        fastadapt.adam_step(param, grad, m, fastadapt.Companded8(40, signed=False), step=1)
+    with pytest.raises(ValueError, match="exp_avg.codes and exp_avg_sq.codes share memory"):
+        fastadapt.adam_step(param, grad, m, m._over(m.codes, v.scale), step=1)
+    blockwise = state8_on_device(fastadapt.Blockwise8(40, signed=False), cuda.to_device)
+    with pytest.raises(TypeError, match="one format"):
+        fastadapt.adam_step(param, grad, m, blockwise, step=1)
+    _assert_same(before, param.copy_to_host(), "param after refused calls")
+    fastadapt.adam_step(param, grad, m, v, step=1)
+    assert not np.array_equal(param.copy_to_host(), before)
 
 
 @sim

@@ -9,10 +9,10 @@ numba-cuda, NVVM or ptxas is missing, and under the CUDA simulator.
 
 The default run compiles every update kernel plain (float32, float64), the
 reduction, and one of each storage feature (``cuda_check.REPRESENTATIVE``).
-The full matrix, every layout of every kernel (417 kernels, 834 compilations:
-10 minutes on 2 busy cores), is ``slow`` and runs only with
-``FASTADAPT_GPU_COMPILE_FULL=1`` (``bench/gpu_check.sh`` sets it, on a
-machine with many cores). Results are cached in pytest's cache folder, keyed
+The full matrix, every layout of every kernel (563 kernels, 1126
+compilations; 10 minutes on 2 busy cores for the 417 without 8-bit state),
+is ``slow`` and runs only with ``FASTADAPT_GPU_COMPILE_FULL=1``
+(``bench/gpu_check.sh`` sets it, on a machine with many cores). Results are cached in pytest's cache folder, keyed
 by every source the kernels depend on and the compilers' versions, so a run
 whose kernels did not change compiles nothing.
 """
@@ -77,20 +77,24 @@ def test_kernel(compiled, target):
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("FASTADAPT_GPU_COMPILE_FULL") != "1",
                     reason="the full layout matrix compiles only with "
-                    "FASTADAPT_GPU_COMPILE_FULL=1 (about 10 minutes on 2 cores)")
+                    "FASTADAPT_GPU_COMPILE_FULL=1 (about 15 minutes on 2 cores)")
 @pytest.mark.parametrize("target", FULL, ids=lambda t: t.name)
 def test_kernel_full_matrix(compiled_full, target):
     _assert_clean(compiled_full, target)
 
 
 def test_every_kernel_is_compiled():
-    """The default run covers every kernel the registry declares, in both dtypes."""
+    """The default run covers every kernel the registry declares, in both
+    dtypes, and 8-bit state in both formats."""
+    from fastadapt.kernels.loops import BLOCKWISE8, ROOT8, SOFTSIGN8
     from fastadapt.rules import kernel_specs
     plain = {(t.kernel, t.dtype) for t in DEFAULT if t.layout is None}
     for kernel in [*kernel_specs(), cuda_check.SUM_OF_SQUARES]:
         assert {(kernel, "float32"), (kernel, "float64")} <= plain
     assert {(cuda_check.SUM_OF_SQUARES, "bfloat16"), (cuda_check.SUM_OF_SQUARES, "float16")} \
         <= plain
+    codes = {c for t in DEFAULT if t.layout is not None for c in t.layout.codes}
+    assert {BLOCKWISE8, SOFTSIGN8, ROOT8} <= codes, "both 8-bit formats"
 
 
 def test_register_table(compiled):
@@ -153,6 +157,26 @@ def test_branchy_layouts_are_checked_for_arrays_and_widths():
                                          cuda_check.signature(plain), (9, 0))
     problems = cuda_check.traffic_problems(target, ptx)
     assert any("an access of 8 bytes" in p for p in problems), problems
+
+
+def test_state8_traffic_check_catches_a_second_read():
+    """The companded 8-bit Adam kernel is clean; with one load of a code
+    repeated (a second read of the state), or checked as if its codes were
+    16-bit, its traffic is not what it declares."""
+    import re
+    from fastadapt.kernels.loops import Layout
+    target = cuda_check.Target("adam", "float32", Layout(tuple("ffcrr")))
+    assert cuda_check.is_state8(target)
+    ptx, _ = cuda_check.compile_function(cuda_check.python_function(target),
+                                         cuda_check.signature(target), (9, 0))
+    assert cuda_check.traffic_problems(target, ptx) == []
+    line = re.search(r"^\s*ld\.global\.u8\b.*$", ptx, re.M).group(0)
+    twice = ptx.replace(line, line + "\n" + line, 1)
+    problems = cuda_check.traffic_problems(target, twice)
+    assert any("loads but" in p and ".codes" in p for p in problems), problems
+    wider = ptx.replace(line, line.replace(".u8", ".u16"), 1)
+    problems = cuda_check.traffic_problems(target, wider)
+    assert any("2 bytes at a time, not 1" in p for p in problems), problems
 
 
 def test_float64_check_catches_a_python_float():
