@@ -34,6 +34,7 @@ def _sizes():
 MODES = {
     "bf16_state": ("float32", "float32", "bfloat16", {}),
     "int8_state": ("float32", "float32", "int8", {}),
+    "int8c_state": ("float32", "float32", "int8c", {}),
     "bf16": ("bfloat16", "bfloat16", "bfloat16", {}),
     "bf16_stochastic": ("bfloat16", "bfloat16", "bfloat16", {"stochastic_rounding": True}),
     "bf16_master": ("bfloat16", "bfloat16", "float32", {"master_weights": True}),
@@ -79,7 +80,7 @@ def warm_call(rule, n, dtype, mode=None):
     """One step of ``rule`` (a :class:`fastadapt.Rule`) with its default
     options on fresh arrays of ``n`` elements of ``dtype``, or in the storage
     mode ``mode`` of :data:`MODES`."""
-    from ._storage import Blockwise8, bfloat16
+    from ._storage import Blockwise8, Companded8, bfloat16
     from .optim import NON_NEGATIVE_STATE
     kwargs = {}
     if mode is None:
@@ -93,9 +94,10 @@ def warm_call(rule, n, dtype, mode=None):
 
     def zeros(name):
         return np.zeros(n, bfloat16() if name == "bfloat16" else name)
+    eight_bit = {"int8": Blockwise8, "int8c": Companded8}.get(state_dtype)
     for name in rule.state_for():
-        kwargs[name] = (Blockwise8(n, signed=name not in NON_NEGATIVE_STATE)
-                        if state_dtype == "int8" else zeros(state_dtype))
+        kwargs[name] = (eight_bit(n, signed=name not in NON_NEGATIVE_STATE)
+                        if eight_bit else zeros(state_dtype))
     if rule.takes_step:
         kwargs["step"] = 1
     rule.step_fn(zeros(param_dtype), zeros(grad_dtype), **kwargs)
