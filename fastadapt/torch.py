@@ -1342,13 +1342,19 @@ class FlatOptimizer(torch.optim.Optimizer):
                 state_dict = result
         return state_dict
 
-    def _state_dict_without_hooks(self):
+    def _adopt_writes(self):
+        """Bring replaced ``.data`` into its slot, and parameters written since
+        the last step into their master copy, as the next step would (every
+        bucket checked before anything moves); the model sees the same values."""
         buckets = [b for per_group in self._buckets for b in per_group]
-        replaced = [b.replaced() for b in buckets]     # checked before anything moves
-        for b, r in zip(buckets, replaced):
-            with torch.no_grad():
+        replaced = [b.replaced() for b in buckets]
+        with torch.no_grad():
+            for b, r in zip(buckets, replaced):
                 b.adopt_replaced(r)
-            b.sync_master()
+                b.sync_master()
+
+    def _state_dict_without_hooks(self):
+        self._adopt_writes()
         return self._packed_state(
             lambda b, j: {k: v for name in b.state_flat
                           for k, v in b.state_entries(name, j, values=True).items()},

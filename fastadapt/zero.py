@@ -828,7 +828,7 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
             if not (isinstance(to, int) and 0 <= to < self.world_size):
                 raise ValueError(f"to must be a rank of the process group (0 .. "
                                  f"{self.world_size - 1}), got {to!r}")
-            self._sync_masters()
+            self._adopt_writes()
         except Exception as exc:
             error = exc
         self._consensus("consolidate_state_dict", error, {"to": repr(to)})
@@ -857,18 +857,6 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
                 b, name, full[b], b.offsets[j], b.sizes[j], b.shapes[j]).items()},
             lambda b, j: None if master[b] is None else
             master[b][b.offsets[j]:b.offsets[j] + b.sizes[j]].view(b.shapes[j]))
-
-    def _sync_masters(self):
-        """The master copy of parameters written in place since the last step
-        (their version counter moved) or whose ``.data`` was replaced (the
-        new tensor is copied into the flat buffer, as a step does) brought up
-        to date, before a checkpoint reads it."""
-        with torch.no_grad():
-            for buckets in self._buckets:
-                for b in buckets:
-                    if b.master_flat is not None:
-                        b.adopt_replaced(b.replaced())
-                        b.sync_master()
 
     def state_dict(self):
         """The full state in torch's format, as last consolidated on this rank.
@@ -913,7 +901,7 @@ class ZeroRedundancyOptimizer(FlatOptimizer):
         error = None
         try:
             directory = os.fspath(directory)
-            self._sync_masters()
+            self._adopt_writes()
             if self.rank == 0:
                 os.makedirs(directory, exist_ok=True)
         except Exception as exc:
