@@ -90,7 +90,11 @@ def _parser():
                         "processes; gpu: the same table on an NVIDIA GPU, skipped without "
                         "one; wholestep: grad_norm and the clipped, unscaled step against "
                         "torch's GradScaler + clip_grad_norm_ pipeline; torch: "
-                        "fastadapt.torch's optimizer.step() against torch.optim; zero: "
+                        "fastadapt.torch's optimizer.step() against torch.optim; storage: "
+                        "Adam in every storage mode through each face, beside a minimal "
+                        "same-bytes kernel per 16-bit mode, torch's and DeepSpeedCPUAdam's "
+                        "modes (where installed), with each mode's single-thread compute "
+                        "cost; accuracy: the storage modes' training accuracy; zero: "
                         "the sharded ZeroRedundancyOptimizer at 2 ranks (gloo) against "
                         "torch's); default "
                         + ",".join(DEFAULT_SECTIONS))
@@ -106,6 +110,11 @@ def _parser():
                         "--full, 0 with --quick); the least disturbed attempt is kept, and "
                         "one that stayed disturbed is printed as \"—\" with the reason "
                         "(its numbers stay in --json)")
+    p.add_argument("--core-bandwidth", type=float, default=8.0, metavar="GB/S",
+                   help="storage section: the memory bandwidth per core (GB/s) of its "
+                        "predicted column, max(compute, bytes / bandwidth) per element "
+                        "against torch fused float32's (default 8, a many-core server's "
+                        "share)")
     p.add_argument("--json", metavar="PATH", help="write every number of the run as JSON")
     p.add_argument("--markdown", metavar="PATH",
                    help="write the results as Markdown with the machine named "
@@ -174,6 +183,8 @@ def main(argv=None):
             _set_threads(args.threads)
         if args.budget is not None and not args.budget > 0:
             raise ValueError("--budget must be positive")
+        if not args.core_bandwidth > 0:
+            raise ValueError("--core-bandwidth must be positive")
         if args.retries is not None and args.retries < 0:
             raise ValueError("--retries must be >= 0")
     except ValueError as exc:
@@ -201,7 +212,7 @@ def main(argv=None):
     # implementation alike; x86 runs those at full speed, so only the warnings go.
     with np.errstate(all="ignore"):
         data = _measure(sections, configs, sizes, dtype, budget, min_rounds, mode, retry,
-                        argv, progress)
+                        argv, progress, core_bandwidth=args.core_bandwidth * 1e9)
     return _output(data, args, lambda line: print(line, file=sys.stderr, flush=True))
 
 
@@ -233,9 +244,11 @@ def _plan(sections, configs, sizes, dtype, budget, min_rounds, mode):
         # (2**22 elements unless --full, 2**24 then), each at its own budget
         est["torch"] = 30.0 if mode != "full" else 135.0
     if "storage" in sections:
-        # eight Adam steps of 2**24 (2**20 quick) elements per round, the 8-bit
-        # state the slowest (~0.1 s on 2 cores), and two small sizes
-        est["storage"] = 1.5 * budget + (20.0 if mode != "quick" else 3.0)
+        # ~30 Adam steps of 2**24 (2**20 quick) elements per round (every mode,
+        # three faces and a yardstick per 16-bit mode, torch's), each sample as
+        # long as the slowest call (the 8-bit state, ~0.1 s on 2 cores); two
+        # small sizes; the single-thread compute cost at two in-cache sizes
+        est["storage"] = 2.5 * budget + (60.0 if mode != "quick" else 8.0)
     if "accuracy" in sections:
         est["accuracy"] = 5.0
     if "zero" in sections:
@@ -302,7 +315,7 @@ def _clock(seconds):
 
 
 def _measure(sections, configs, sizes, dtype, budget, min_rounds, mode, retry, argv,
-             progress):
+             progress, core_bandwidth=8e9):
     start = time.perf_counter()
     data = {"command": ["fastadapt", "bench"] + argv,
             "settings": {"dtype": dtype.name, "sizes": sizes, "rules": [c.key for c in configs],
@@ -346,7 +359,8 @@ def _measure(sections, configs, sizes, dtype, budget, min_rounds, mode, retry, a
     if "storage" in sections:
         from . import _storage_modes
         data["storage"] = _storage_modes.storage(2 ** 20 if mode == "quick" else 2 ** 24,
-                                                 budget, min_rounds, progress)
+                                                 budget, min_rounds, progress,
+                                                 core_bandwidth=core_bandwidth)
         progress.advance(progress.plan.get("storage", 0.0))
     if "accuracy" in sections:
         from . import _accuracy

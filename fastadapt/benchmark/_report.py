@@ -322,6 +322,8 @@ def sections_text(data):
         s = data["storage"]
         out.append((f"Storage modes, Adam at n = {_n(s['n'])} (1.0x = torch fused float32 "
                      "Adam, same run)", storage_table(s).text()))
+        if s.get("skipped"):
+            out.append(("Storage modes not measured", _storage_skipped(s)))
         out.append(("Storage modes, per call on small arrays", _storage_per_call(s)))
     if data.get("accuracy"):
         from ._accuracy import problems
@@ -403,7 +405,17 @@ def accuracy_table(a):
 
 def storage_table(s):
     from ._storage_modes import storage_table as rows
-    return Table(*rows(s), right={1, 2, 3})
+    return Table(*rows(s), right={2, 3, 4, 5, 7, 8, 9})
+
+
+def _storage_skipped(s):
+    from ._storage_modes import skipped_text
+    return skipped_text(s)
+
+
+def _storage_columns(s):
+    from ._storage_modes import columns_text
+    return columns_text(s)
 
 
 def _storage_per_call(s):
@@ -573,8 +585,11 @@ def markdown_report(data, plot_path=None, markdown_path=None, accuracy_plot_path
         lines += ["## Fewer bytes: storage modes (Adam)", "",
                   f"One Adam step at n = {_n(s['n'])} in each storage mode, interleaved with "
                   "torch's fused float32 Adam (1.0x) in one run; bytes per element are what "
-                  "each mode reads and writes.", "", storage_table(s).markdown(), "",
-                  "Per call on small arrays, against fastadapt's float32 call:", "",
+                  "each mode reads and writes.", "", _storage_columns(s), "",
+                  storage_table(s).markdown(), ""]
+        if s.get("skipped"):
+            lines += ["Not measured:", "", "```", _storage_skipped(s), "```", ""]
+        lines += ["Per call on small arrays, against fastadapt's float32 call:", "",
                   "```", _storage_per_call(s), "```", ""]
     if data.get("accuracy"):
         from ._accuracy import problems

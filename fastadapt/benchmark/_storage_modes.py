@@ -1,72 +1,194 @@
 """The ``storage`` section of ``fastadapt bench``: Adam in each storage mode.
 
-Every mode of the issue "Fewer bytes than fp32" is one Adam step (torch's
-defaults) at ``n`` elements, timed interleaved with torch's fused float32
-Adam (the 1.0x of the table) and, where torch has the same mode, torch's own
-version of it. Bytes per element are what each mode reads and writes (8-bit
-state: one byte per element plus a float32 absmax per block of 256, or a
-float32 scale per group of 32 when companded). Per-call
-costs on small arrays are reported against fastadapt's own float32 call.
+Every mode of the issue "Fewer bytes that pay on the CPU" is one Adam step
+(torch's defaults) at ``n`` elements, all timed in one interleaved run with:
+
+* torch's fused float32 Adam (the 1.0x of the table) and torch's own version
+  of a mode where it has one;
+* for the 16-bit modes, the same step through both optimizer classes
+  (``fastadapt.Adam`` on NumPy arrays, ``fastadapt.torch.Adam`` on a tensor),
+  so the gap between the two faces shows, and through a *yardstick*: a
+  minimal Numba kernel doing the mode's work with the mode's bytes
+  (:mod:`._yardsticks`); ``time / yardstick`` is what fastadapt's generality
+  costs;
+* DeepSpeedCPUAdam in its three modes, where deepspeed is importable (skipped
+  with the reason otherwise).
+
+Bytes per element are what each mode reads and writes (8-bit state: one byte
+per element plus a float32 absmax per block of 256, or a float32 scale per
+group of 32 when companded).
+
+Compute cost (:func:`compute_cost`): the single-thread, in-cache time per
+element of each mode's kernel, the slope of the call's time between two
+sizes that fit in L2 (so the per-call cost drops out). A mode whose compute
+is below its bytes' time at a server's bandwidth per core is memory-bound
+there; the predicted time per element is ``max(ns per element, bytes /
+bandwidth per core)``, and the predicted ratio is torch fused float32's over
+the mode's.
 """
+import importlib.util
+
 import numpy as np
 
+from . import _yardsticks
 from ._timing import interleaved
 
 BLOCK = 256
+SEED = 1
 
-#: key -> (label, bytes per element)
+#: key -> (label, bytes per element) of fastadapt's modes
 MODES = {
-    "fp32": ("fastadapt, float32", 28),
+    "fp32": ("fp32 param + grad + state", 28),
     "bf16_state": ("fp32 param + grad, bf16 state", 20),
+    "bf16_nearest": ("bf16 param + grad + state, round to nearest", 14),
+    "bf16_sr": ("bf16 param + grad + state, stochastic rounding", 14),
+    "bf16_sr_fp32_state": ("bf16 param + grad, fp32 state, stochastic rounding", 22),
+    "bf16_master": ("bf16 param + grad, fp32 master + state", 30),
     "int8_state": ("fp32 param + grad, 8-bit state", 12 + 2 * (2 + 8 / BLOCK)),
     "int8c_state": ("fp32 param + grad, companded 8-bit state", 12 + 2 * (2 + 8 / 32)),
-    "bf16_sr": ("bf16 param + grad + state, stochastic rounding", 14),
-    "bf16_master": ("bf16 param + grad, fp32 master + state", 30),
 }
+#: the modes measured through both class faces and against a yardstick
+SIXTEEN_BIT = ("bf16_state", "bf16_nearest", "bf16_sr", "bf16_sr_fp32_state", "bf16_master")
 TORCH_MODES = {
     "torch_fused_fp32": ("torch fused Adam, float32", 28),
     "torch_fused_bf16": ("torch fused Adam, all bfloat16", 14),
     "torch_master": ("torch fused Adam on fp32 master + copy to bf16", 30),
 }
+#: DeepSpeedCPUAdam's modes: key -> (label, bytes, the fastadapt mode with its bytes)
+DEEPSPEED_MODES = {
+    "deepspeed_fp32": ("DeepSpeedCPUAdam, float32", 28, "fp32"),
+    "deepspeed_bf16": ("DeepSpeedCPUAdam, bf16 param + grad + state", 14, "bf16_nearest"),
+    "deepspeed_bf16_fp32_state": ("DeepSpeedCPUAdam, bf16 param + grad, fp32 state", 22,
+                                  "bf16_sr_fp32_state"),
+}
+FACES = {"functional": "adam_step", "numpy_class": "fastadapt.Adam",
+         "torch_class": "fastadapt.torch.Adam", "yardstick": "yardstick kernel"}
+#: Sizes of the compute-cost slope: both at or above the parallel driver's
+#: threshold (kernels/cpu.py's SERIAL_BELOW, 8192), the larger one's arrays
+#: (at most 18 bytes of footprint per element) within a 512 KiB L2.
+COMPUTE_SIZES = (2 ** 13, 5 * 2 ** 12)
+#: Memory bandwidth per core of the predicted column (bytes per second): a
+#: many-core server's share, where this project's 2-core machines have 20-30.
+CORE_BANDWIDTH = 8e9
+
+
+def _bf16():
+    import ml_dtypes
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def _problem(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(n).astype(np.float32),
+            (rng.standard_normal(n) * 1e-3).astype(np.float32))
+
+
+def _storage_of(mode):
+    """(param dtype, state dtype, master?, stochastic?) of a 16-bit mode, NumPy dtypes."""
+    bf16 = _bf16()
+    return {"bf16_state": (np.float32, bf16, False, False),
+            "bf16_nearest": (bf16, bf16, False, False),
+            "bf16_sr": (bf16, bf16, False, True),
+            "bf16_sr_fp32_state": (bf16, np.float32, False, True),
+            "bf16_master": (bf16, np.float32, True, False)}[mode]
 
 
 def _fastadapt_steps(n, seed=0):
-    import ml_dtypes
+    """``{mode: step}`` through the functional API, every mode of :data:`MODES`."""
     import fastadapt
-    bf16 = np.dtype(ml_dtypes.bfloat16)
-    rng = np.random.default_rng(seed)
-    p32 = rng.standard_normal(n).astype(np.float32)
-    g32 = (rng.standard_normal(n) * 1e-3).astype(np.float32)
-    steps, counters = {}, {}
+    bf16 = _bf16()
+    p32, g32 = _problem(n, seed)
+    g16 = g32.astype(bf16)
+    steps = {}
 
     def make(key, param, grad, m, v, **extra):
-        counters[key] = 0
+        count = [0]
 
         def step():
-            counters[key] += 1
-            fastadapt.adam_step(param, grad, m, v, step=counters[key], **extra)
+            count[0] += 1
+            fastadapt.adam_step(param, grad, m, v, step=count[0], **extra)
         steps[key] = step
     make("fp32", p32.copy(), g32, np.zeros(n, np.float32), np.zeros(n, np.float32))
-    make("bf16_state", p32.copy(), g32, np.zeros(n, bf16), np.zeros(n, bf16))
+    for mode in SIXTEEN_BIT:
+        pdt, sdt, master, stochastic = _storage_of(mode)
+        extra = {"master_param": p32.copy()} if master else {}
+        if stochastic:
+            extra.update(stochastic_rounding=True, seed=SEED)
+        make(mode, p32.astype(pdt), g32 if pdt == np.float32 else g16, np.zeros(n, sdt),
+             np.zeros(n, sdt), **extra)
     make("int8_state", p32.copy(), g32, fastadapt.Blockwise8(n, True),
          fastadapt.Blockwise8(n, False))
     make("int8c_state", p32.copy(), g32, fastadapt.Companded8(n, True),
          fastadapt.Companded8(n, False))
-    make("bf16_sr", p32.astype(bf16), g32.astype(bf16), np.zeros(n, bf16), np.zeros(n, bf16),
-         stochastic_rounding=True, seed=1)
-    make("bf16_master", p32.astype(bf16), g32.astype(bf16), np.zeros(n, np.float32),
-         np.zeros(n, np.float32), master_param=p32.copy())
     return steps
 
 
-def _torch_steps(n, seed=0):
+def _yardstick_steps(n, seed=0):
+    """``{"<mode>:yardstick": step}`` for the 16-bit modes (and float32)."""
+    bf16 = _bf16()
+    p32, g32 = _problem(n, seed)
+    steps = {}
+    for mode in ("fp32",) + SIXTEEN_BIT:
+        pdt, sdt, master, _ = (np.float32, np.float32, False, False) if mode == "fp32" \
+            else _storage_of(mode)
+
+        def bits(a):
+            return a.view(np.uint16) if a.dtype == bf16 else a
+        arrays = [bits(p32.astype(pdt)), bits(g32.astype(pdt)), bits(np.zeros(n, sdt)),
+                  bits(np.zeros(n, sdt))]
+        steps[f"{mode}:yardstick"] = _yardsticks.make_step(
+            mode, *arrays, master=p32.copy() if master else None, seed=SEED)
+    return steps
+
+
+def _numpy_class_steps(n, seed=0):
+    """``{"<mode>:numpy_class": step}``: ``fastadapt.Adam`` over one array."""
+    import fastadapt
+    p32, g32 = _problem(n, seed)
+    steps = {}
+    for mode in SIXTEEN_BIT:
+        pdt, sdt, master, stochastic = _storage_of(mode)
+        opt = fastadapt.Adam([p32.astype(pdt)], state_dtype=np.dtype(sdt).name,
+                             master_weights=master, stochastic_rounding=stochastic,
+                             seed=SEED if stochastic else None)
+        opt.grads[0][...] = g32.astype(pdt)
+        steps[f"{mode}:numpy_class"] = opt.step
+    return steps
+
+
+def _torch_class_steps(torch, n, seed=0):
+    """``{"<mode>:torch_class": step}``: ``fastadapt.torch.Adam`` over one
+    tensor, its gradient handed over through a backward (the zero-copy path a
+    training loop takes)."""
+    import fastadapt.torch as ft
+    from ._torch_step import through_autograd
+    p32, g32 = _problem(n, seed)
+    steps = {}
+    for mode in SIXTEEN_BIT:
+        pdt, sdt, master, stochastic = _storage_of(mode)
+        tdt = torch.float32 if pdt == np.float32 else torch.bfloat16
+        p = torch.nn.Parameter(torch.from_numpy(p32).to(tdt))
+        p.grad = torch.from_numpy(g32).to(tdt)
+        opt = ft.Adam([p], state_dtype=np.dtype(sdt).name, master_weights=master,
+                      stochastic_rounding=stochastic, seed=SEED if stochastic else None)
+        through_autograd(torch, [p])
+        steps[f"{mode}:torch_class"] = opt.step
+    return steps
+
+
+def _import_torch():
     try:
         import torch
     except ImportError:
+        return None
+    return torch
+
+
+def _torch_steps(n, seed=0):
+    torch = _import_torch()
+    if torch is None:
         return {}, "torch is not installed"
-    rng = np.random.default_rng(seed)
-    p32 = torch.from_numpy(rng.standard_normal(n).astype(np.float32))
-    g32 = torch.from_numpy((rng.standard_normal(n) * 1e-3).astype(np.float32))
+    p32, g32 = (torch.from_numpy(a) for a in _problem(n, seed))
     steps = {}
 
     def fused(param, grad, after=None):
@@ -86,56 +208,260 @@ def _torch_steps(n, seed=0):
     return steps, None
 
 
-def storage(n, budget_s, min_rounds, progress, small=(1000, 10000)):
-    """One row per mode at ``n`` elements, and the per-call cost of each mode
-    at the ``small`` sizes relative to fastadapt's float32 call."""
+def deepspeed_status():
+    """``(DeepSpeedCPUAdam, None)`` where deepspeed and its CPU op load, else
+    ``(None, reason)``. The first use JIT-builds the op with the C++ compiler
+    (minutes); later processes load it from deepspeed's cache."""
+    if importlib.util.find_spec("deepspeed") is None:
+        return None, "deepspeed is not installed (pip install deepspeed; optional)"
+    try:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+        from deepspeed.ops.op_builder import CPUAdamBuilder
+        CPUAdamBuilder().load()
+    except Exception as exc:                         # an import or a build failure
+        return None, f"deepspeed is installed but its CPU Adam does not load: " \
+                     f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return DeepSpeedCPUAdam, None
+
+
+def _deepspeed_steps(n, seed=0):
+    """``({key: step}, reason or None)`` for :data:`DEEPSPEED_MODES`."""
+    cls, why_not = deepspeed_status()
+    if cls is None:
+        return {}, why_not
+    import torch
+    p32, g32 = (torch.from_numpy(a) for a in _problem(n, seed))
+    steps = {}
+    for key, dtype, fp32_state in (("deepspeed_fp32", torch.float32, True),
+                                   ("deepspeed_bf16", torch.bfloat16, False),
+                                   ("deepspeed_bf16_fp32_state", torch.bfloat16, True)):
+        p = torch.nn.Parameter(p32.to(dtype))
+        p.grad = g32.to(dtype)
+        opt = cls([p], lr=1e-3, adamw_mode=False, fp32_optimizer_states=fp32_state)
+        steps[key] = opt.step
+    return steps, None
+
+
+def _threads(count):
+    """Set Numba's and torch's thread counts; returns the previous ones."""
+    import numba
+    torch = _import_torch()
+    before = (numba.get_num_threads(), torch.get_num_threads() if torch else None)
+    numba.set_num_threads(count[0])
+    if torch is not None and count[1] is not None:
+        torch.set_num_threads(count[1])
+    return before
+
+
+def compute_cost(budget_s, min_rounds, sizes=COMPUTE_SIZES, deepspeed=True):
+    """``{key: ns per element}``: one thread, arrays in L2, for every mode's
+    functional step, the yardsticks, torch's fused steps and DeepSpeedCPUAdam
+    (where it loads). Each is the slope of the median call time between the
+    two ``sizes`` (interleaved, many calls), so the per-call cost cancels;
+    None where noise made the slope non-positive."""
+    small, large = sizes
+    before = _threads((1, 1))
+    try:
+        steps = {}
+        for n in sizes:
+            for build in (_fastadapt_steps, _yardstick_steps):
+                steps.update({(k, n): s for k, s in build(n).items()})
+            steps.update({(k, n): s for k, s in _torch_steps(n)[0].items()})
+            if deepspeed:
+                steps.update({(k, n): s for k, s in _deepspeed_steps(n)[0].items()})
+        timings = interleaved(steps, budget_s=budget_s, min_rounds=min_rounds)
+    finally:
+        _threads(before)
+    out = {}
+    for key, n in steps:
+        if n == small:
+            slope = (timings[key, large].median_s - timings[key, small].median_s) / (large - small)
+            out[key] = slope * 1e9 if slope > 0 else None
+    return out
+
+
+def _predicted(ns, nbytes, bandwidth):
+    """Predicted seconds per element, or None without a compute cost."""
+    return None if ns is None else max(ns * 1e-9, nbytes / bandwidth)
+
+
+def storage(n, budget_s, min_rounds, progress, small=(1000, 10000), faces=True,
+            deepspeed=True, compute=True, core_bandwidth=CORE_BANDWIDTH):
+    """One row per mode and face at ``n`` elements (module docstring), the
+    per-call cost of each mode at the ``small`` sizes relative to fastadapt's
+    float32 call, and (``compute``) each row's single-thread compute cost with
+    its predicted ratio at ``core_bandwidth`` bytes per second per core."""
     steps = _fastadapt_steps(n)
+    skipped = {}
+    if faces:
+        steps.update(_yardstick_steps(n))
+        steps.update(_numpy_class_steps(n))
+    torch = _import_torch()
     torch_steps, why_not = _torch_steps(n)
+    if why_not:
+        skipped["torch"] = why_not
+    elif faces:
+        steps.update(_torch_class_steps(torch, n))
     steps.update(torch_steps)
+    if deepspeed:
+        ds_steps, ds_why = _deepspeed_steps(n)
+        steps.update(ds_steps)
+        if ds_why:
+            skipped["deepspeed"] = ds_why
+            progress(f"storage: no DeepSpeedCPUAdam rows: {ds_why}")
+    progress(f"storage: {len(steps)} Adam steps of n={n:,}, interleaved")
     timings = interleaved(steps, budget_s=budget_s, min_rounds=min_rounds)
-    base = timings.get("torch_fused_fp32")
-    # 8-bit state: param 4r+4w, grad 4r, each state 1r+1w plus absmax 4r+4w per block
-    bytes_of = {k: v[1] for k, v in MODES.items()}
-    bytes_of.update({k: v[1] for k, v in TORCH_MODES.items()})
-    labels = {**{k: v[0] for k, v in MODES.items()}, **{k: v[0] for k, v in TORCH_MODES.items()}}
-    rows = []
-    for key, t in timings.items():
-        rows.append({"mode": key, "label": labels[key], "bytes_per_element": bytes_of[key],
-                     "median_s": t.median_s, "gbps": bytes_of[key] * n / t.median_s / 1e9,
-                     "x_torch_fused_fp32": base.median_s / t.median_s if base else None})
-    if "torch_fused_bf16" in timings:
-        sr = next(r for r in rows if r["mode"] == "bf16_sr")
-        sr["x_torch_fused_bf16"] = timings["torch_fused_bf16"].median_s / timings[
-            "bf16_sr"].median_s
-    if "torch_master" in timings:
-        m = next(r for r in rows if r["mode"] == "bf16_master")
-        m["x_torch_master"] = timings["torch_master"].median_s / timings[
-            "bf16_master"].median_s
+    rows = [_row(key, t, n) for key, t in timings.items()]
+    _relate(rows)
     progress(f"storage modes at n={n:,}: " + ", ".join(
-        f"{r['mode']} {r['median_s'] * 1e3:.2f} ms" for r in rows))
+        f"{r['key']} {r['median_s'] * 1e3:.2f} ms" for r in rows))
     per_call = []
     for m in small:
         t = interleaved(_fastadapt_steps(m), budget_s=budget_s / 4, min_rounds=min_rounds)
         per_call.append({"n": m, "us": {k: v.median_s * 1e6 for k, v in t.items()},
                          "x_fp32": {k: t["fp32"].median_s / v.median_s for k, v in t.items()}})
-    return {"n": n, "rows": rows, "per_call": per_call, "torch_unavailable": why_not}
+    out = {"n": n, "rows": rows, "per_call": per_call, "skipped": skipped,
+           "torch_unavailable": why_not}
+    if compute:
+        progress("storage: compute cost, one thread, arrays in L2 "
+                 f"(n = {COMPUTE_SIZES[0]:,} and {COMPUTE_SIZES[1]:,})")
+        ns = compute_cost(budget_s, min_rounds, deepspeed=deepspeed)
+        out.update(compute_sizes=list(COMPUTE_SIZES), core_bandwidth=core_bandwidth)
+        _with_compute_cost(rows, ns, core_bandwidth)
+    return out
+
+
+def _with_compute_cost(rows, ns, core_bandwidth):
+    """Each row with a compute cost in ``ns`` gets it, and its predicted ratio
+    to torch fused float32 at ``core_bandwidth`` bytes per second per core."""
+    base = _predicted(ns.get("torch_fused_fp32"), TORCH_MODES["torch_fused_fp32"][1],
+                      core_bandwidth)
+    for r in rows:
+        if r["key"] in ns:
+            r["ns_per_element"] = ns[r["key"]]
+            pred = _predicted(ns[r["key"]], r["bytes_per_element"], core_bandwidth)
+            r["predicted_x_torch_fused_fp32"] = base / pred if base and pred else None
+    return rows
+
+
+def _labels():
+    out = {k: (v[0], v[1], k, "functional") for k, v in MODES.items()}
+    out.update({k: (v[0], v[1], k, "torch") for k, v in TORCH_MODES.items()})
+    out.update({k: (v[0], v[1], v[2], "deepspeed") for k, v in DEEPSPEED_MODES.items()})
+    for mode in ("fp32",) + SIXTEEN_BIT:
+        for face in ("numpy_class", "torch_class", "yardstick"):
+            out[f"{mode}:{face}"] = (MODES[mode][0], MODES[mode][1], mode, face)
+    return out
+
+
+def _row(key, timing, n):
+    label, nbytes, mode, face = _labels()[key]
+    return {"key": key, "mode": mode, "face": face, "label": label,
+            "bytes_per_element": nbytes, "median_s": timing.median_s,
+            "gbps": nbytes * n / timing.median_s / 1e9,
+            "iqr_over_median": timing.as_dict()["iqr_over_median"]}
+
+
+def _relate(rows):
+    """The ratios between rows of one run (each: the other's time / this one's,
+    above 1 = this row faster, except ``x_yardstick``, time / yardstick's)."""
+    t = {r["key"]: r["median_s"] for r in rows}
+    base = t.get("torch_fused_fp32")
+    for r in rows:
+        r["x_torch_fused_fp32"] = base / r["median_s"] if base else None
+        mode, face = r["mode"], r["face"]
+        if face in ("functional", "numpy_class", "torch_class") \
+                and f"{mode}:yardstick" in t:
+            r["x_yardstick"] = r["median_s"] / t[f"{mode}:yardstick"]
+        if face == "torch_class" and f"{mode}:numpy_class" in t:
+            r["x_numpy_class"] = r["median_s"] / t[f"{mode}:numpy_class"]
+        if face == "functional":
+            peer = {"bf16_nearest": "torch_fused_bf16", "bf16_sr": "torch_fused_bf16",
+                    "bf16_master": "torch_master"}.get(mode)
+            if peer in t:
+                r["x_" + peer] = t[peer] / r["median_s"]
+            for ds_key, (_, _, same_bytes) in DEEPSPEED_MODES.items():
+                if same_bytes == mode and ds_key in t:
+                    r["x_deepspeed"] = t[ds_key] / r["median_s"]
+
+
+def _fmt(value, spec=".2f", suffix="x"):
+    return "n/a" if value is None else f"{value:{spec}}{suffix}"
+
+
+#: the mode a torch row sits beside in the table (the same job in torch)
+_TORCH_BESIDE = {"torch_fused_fp32": "fp32", "torch_fused_bf16": "bf16_nearest",
+                 "torch_master": "bf16_master"}
+_FACE_ORDER = ("functional", "numpy_class", "torch_class", "yardstick", "torch", "deepspeed")
+
+
+def _table_order(rows):
+    """Rows grouped by mode (the issue's order), each group's faces in
+    :data:`_FACE_ORDER`, its same-bytes peers last."""
+    modes = list(MODES)
+
+    def key(r):
+        beside = _TORCH_BESIDE.get(r["key"], r["mode"])
+        return (modes.index(beside) if beside in modes else len(modes),
+                _FACE_ORDER.index(r["face"]) if r["face"] in _FACE_ORDER else len(_FACE_ORDER))
+    return sorted(rows, key=key)
+
+
+def _peers(r):
+    parts = []
+    for key, what in (("x_torch_fused_bf16", "torch fused all-bf16"),
+                      ("x_torch_master", "torch fused fp32 + copy"),
+                      ("x_deepspeed", "DeepSpeedCPUAdam")):
+        if key in r:
+            parts.append(f"{r[key]:.2f}x {what}")
+    if "x_numpy_class" in r:
+        parts.append(f"{(r['x_numpy_class'] - 1) * 100:+.1f}% time vs fastadapt.Adam")
+    return "; ".join(parts)
 
 
 def storage_table(data):
-    """(headers, rows) of the modes table, for the report."""
-    headers = ["mode", "bytes/elem", "ms per step", "GB/s", "x torch fused fp32"]
-    out = []
-    for r in data["rows"]:
-        x = r["x_torch_fused_fp32"]
-        extra = ""
-        if "x_torch_fused_bf16" in r:
-            extra = f" ({r['x_torch_fused_bf16']:.2f}x torch fused on all-bf16)"
-        if "x_torch_master" in r:
-            extra = f" ({r['x_torch_master']:.2f}x torch's fused fp32 step + copy)"
-        out.append([r["label"], f"{r['bytes_per_element']:.2f}",
-                    f"{r['median_s'] * 1e3:.2f}", f"{r['gbps']:.1f}",
-                    ("n/a" if x is None else f"{x:.2f}x") + extra])
+    """(headers, rows) of the modes table, for the report: each mode's label
+    on its first row, the faces and peers below it."""
+    bandwidth = data.get("core_bandwidth", CORE_BANDWIDTH) / 1e9
+    headers = ["mode", "face", "B/elem", "ms/step", "GB/s", "x torch fused fp32",
+               "same-bytes peers, face gap", "time / yardstick", "ns/elem, 1 thread, L2",
+               f"predicted x torch fused fp32, {bandwidth:g} GB/s/core"]
+    out, last = [], None
+    for r in _table_order(data["rows"]):
+        computed = "ns_per_element" in r
+        out.append([r["label"] if r["label"] != last else "", FACES.get(r["face"], r["face"]),
+                    f"{r['bytes_per_element']:.2f}", f"{r['median_s'] * 1e3:.2f}",
+                    f"{r['gbps']:.1f}", _fmt(r["x_torch_fused_fp32"]), _peers(r),
+                    _fmt(r["x_yardstick"]) if "x_yardstick" in r else "",
+                    _fmt(r["ns_per_element"], ".2f", "") if computed else "",
+                    _fmt(r.get("predicted_x_torch_fused_fp32")) if computed else ""])
+        last = r["label"]
     return headers, out
+
+
+def columns_text(data):
+    """What the table's columns mean (a paragraph of the Markdown report)."""
+    bandwidth = data.get("core_bandwidth", CORE_BANDWIDTH) / 1e9
+    small, large = data.get("compute_sizes", COMPUTE_SIZES)
+    return (
+        "Faces: `adam_step` (functional), `fastadapt.Adam` (NumPy class) and "
+        "`fastadapt.torch.Adam` (torch class) on one tensor each; a *yardstick* is a minimal "
+        "Numba kernel doing the mode's work with the mode's bytes (no options, no checks; "
+        "`fastadapt/benchmark/_yardsticks.py`), and *time / yardstick* is the face's time "
+        "over it (1.05x: 5% slower). *Same-bytes peers* are torch's or DeepSpeedCPUAdam's "
+        "version of the mode (their time over this row's: above 1, fastadapt is faster); "
+        "on a torch-class row, its time against the NumPy class's. *ns/elem* is the "
+        "single-thread compute cost with every array in L2: the slope of the median call "
+        f"time between n = {small:,} and {large:,} (so the per-call cost drops out). "
+        "*Predicted* is torch fused float32's time per element over the mode's, each "
+        f"taken as max(ns/elem, bytes per element / {bandwidth:g} GB/s): what the ratio "
+        "would be on a server with that much memory bandwidth per core, where a mode "
+        "whose compute is below its bytes' time is memory-bound.")
+
+
+def skipped_text(data):
+    """One line per group of rows that did not run, with the reason."""
+    return "\n".join(f"{what}: {why}" for what, why in data.get("skipped", {}).items())
 
 
 def per_call_text(data):
