@@ -599,3 +599,9 @@ def test_gpu_section_without_numba_cuda_says_what_to_install(monkeypatch):
     assert not ok and "numba-cuda is not installed" in reason and "fastadapt[cuda]" in reason
     out = _gpu.measure(select(["adam"]), [100], np.float32, 0.01, 3, lambda line: None)
     assert out == {"available": False, "reason": reason}
+
+
+def test_storage_core_bandwidth_must_be_positive(capsys):
+    from fastadapt.benchmark import main
+    assert main(["--sections", "storage", "--core-bandwidth", "0"]) == 2
+    assert "--core-bandwidth must be positive" in capsys.readouterr().err
