@@ -14,7 +14,7 @@ def test_storage_section_measures_every_mode_face_and_yardstick():
     or the reason they are missing, and a compute cost per mode."""
     pytest.importorskip("ml_dtypes")
     data = _storage_modes.storage(3000, budget_s=0.05, min_rounds=2, progress=lambda s: None,
-                                  small=(1000,))
+                                  small=(1000,), max_sample_s=0.002)
     rows = {r["key"]: r for r in data["rows"]}
     assert set(_storage_modes.MODES) <= set(rows)
     for mode in _storage_modes.SIXTEEN_BIT:

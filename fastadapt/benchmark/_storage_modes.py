@@ -254,7 +254,7 @@ def _threads(count):
     return before
 
 
-def compute_cost(budget_s, min_rounds, sizes=COMPUTE_SIZES, deepspeed=True):
+def compute_cost(budget_s, min_rounds, sizes=COMPUTE_SIZES, deepspeed=True, max_sample_s=0.25):
     """``{key: ns per element}``: one thread, arrays in L2, for every mode's
     functional step, the yardsticks, torch's fused steps and DeepSpeedCPUAdam
     (where it loads). Each is the slope of the median call time between the
@@ -270,7 +270,8 @@ def compute_cost(budget_s, min_rounds, sizes=COMPUTE_SIZES, deepspeed=True):
             steps.update({(k, n): s for k, s in _torch_steps(n)[0].items()})
             if deepspeed:
                 steps.update({(k, n): s for k, s in _deepspeed_steps(n)[0].items()})
-        timings = interleaved(steps, budget_s=budget_s, min_rounds=min_rounds)
+        timings = interleaved(steps, budget_s=budget_s, min_rounds=min_rounds,
+                              max_sample_s=max_sample_s)
     finally:
         _threads(before)
     out = {}
@@ -287,11 +288,12 @@ def _predicted(ns, nbytes, bandwidth):
 
 
 def storage(n, budget_s, min_rounds, progress, small=(1000, 10000), faces=True,
-            deepspeed=True, compute=True, core_bandwidth=CORE_BANDWIDTH):
+            deepspeed=True, compute=True, core_bandwidth=CORE_BANDWIDTH, max_sample_s=0.25):
     """One row per mode and face at ``n`` elements (module docstring), the
     per-call cost of each mode at the ``small`` sizes relative to fastadapt's
     float32 call, and (``compute``) each row's single-thread compute cost with
-    its predicted ratio at ``core_bandwidth`` bytes per second per core."""
+    its predicted ratio at ``core_bandwidth`` bytes per second per core.
+    ``max_sample_s`` bounds one sample (see :func:`._timing.interleaved`)."""
     steps = _fastadapt_steps(n)
     skipped = {}
     if faces:
@@ -311,14 +313,16 @@ def storage(n, budget_s, min_rounds, progress, small=(1000, 10000), faces=True,
             skipped["deepspeed"] = ds_why
             progress(f"storage: no DeepSpeedCPUAdam rows: {ds_why}")
     progress(f"storage: {len(steps)} Adam steps of n={n:,}, interleaved")
-    timings = interleaved(steps, budget_s=budget_s, min_rounds=min_rounds)
+    timings = interleaved(steps, budget_s=budget_s, min_rounds=min_rounds,
+                          max_sample_s=max_sample_s)
     rows = [_row(key, t, n) for key, t in timings.items()]
     _relate(rows)
     progress(f"storage modes at n={n:,}: " + ", ".join(
         f"{r['key']} {r['median_s'] * 1e3:.2f} ms" for r in rows))
     per_call = []
     for m in small:
-        t = interleaved(_fastadapt_steps(m), budget_s=budget_s / 4, min_rounds=min_rounds)
+        t = interleaved(_fastadapt_steps(m), budget_s=budget_s / 4, min_rounds=min_rounds,
+                        max_sample_s=max_sample_s)
         per_call.append({"n": m, "us": {k: v.median_s * 1e6 for k, v in t.items()},
                          "x_fp32": {k: t["fp32"].median_s / v.median_s for k, v in t.items()}})
     out = {"n": n, "rows": rows, "per_call": per_call, "skipped": skipped,
@@ -326,7 +330,8 @@ def storage(n, budget_s, min_rounds, progress, small=(1000, 10000), faces=True,
     if compute:
         progress("storage: compute cost, one thread, arrays in L2 "
                  f"(n = {COMPUTE_SIZES[0]:,} and {COMPUTE_SIZES[1]:,})")
-        ns = compute_cost(2 * budget_s, min_rounds, deepspeed=deepspeed)
+        ns = compute_cost(2 * budget_s, min_rounds, deepspeed=deepspeed,
+                          max_sample_s=max_sample_s)
         out.update(compute_sizes=list(COMPUTE_SIZES), core_bandwidth=core_bandwidth)
         _with_compute_cost(rows, ns, core_bandwidth)
     return out
