@@ -63,11 +63,23 @@ def test_storage_section_measures_every_mode_face_and_yardstick():
     assert "8-bit state" in text and "16.06" in text
     assert "| fp32 param + grad, bf16 state |" in table.markdown()
     from fastadapt.benchmark._machine import describe
-    md = _report.markdown_report({"command": ["fastadapt", "bench"], "machine": describe(),
-                                  "wall_s": 1.0, "settings": {"dtype": "float32", "retries": 0},
-                                  "storage": data})
+    whole = {"command": ["fastadapt", "bench"], "machine": describe(), "wall_s": 1.0,
+             "settings": {"dtype": "float32", "retries": 0}, "storage": data}
+    md = _report.markdown_report(whole)
     assert "time / yardstick" in md and "ns/elem, 1 thread, L2" in md
+    assert "Storage modes, Adam at n = 3,000" in _report.text_report(whole)
     assert "*Predicted* is torch fused float32's time per element" in md
+
+
+def test_a_disturbed_storage_run_says_so():
+    """Figures taken while other processes used the CPUs are marked as such
+    (the section is too long to take again, as the sweep's rows are)."""
+    data = {"n": 2 ** 20, "others_cpu": 0.43, "compute_others_cpu": 0.05}
+    text = _storage_modes.disturbed_text(data, 0.15)
+    assert "n = 1,048,576 43%" in text and "do not quote" in text
+    assert "compute cost" not in text
+    assert _storage_modes.disturbed_text({**data, "others_cpu": 0.1}, 0.15) == ""
+    assert _storage_modes.disturbed_text({"n": 10, "others_cpu": None}, 0.15) == ""
 
 
 def test_predicted_ratio_is_max_of_compute_and_bytes_over_bandwidth():

@@ -321,7 +321,8 @@ def sections_text(data):
     if data.get("storage"):
         s = data["storage"]
         out.append((f"Storage modes, Adam at n = {_n(s['n'])} (1.0x = torch fused float32 "
-                     "Adam, same run)", storage_table(s).text()))
+                     "Adam, same run)",
+                     "\n".join(filter(None, (_storage_disturbed(s), storage_table(s).text())))))
         if s.get("skipped"):
             out.append(("Storage modes not measured", _storage_skipped(s)))
         out.append(("Storage modes, per call on small arrays", _storage_per_call(s)))
@@ -406,6 +407,11 @@ def accuracy_table(a):
 def storage_table(s):
     from ._storage_modes import storage_table as rows
     return Table(*rows(s), right={2, 3, 4, 5, 7, 8, 9})
+
+
+def _storage_disturbed(s):
+    from ._storage_modes import disturbed_text
+    return _wrap(disturbed_text(s, DISTURBED_ABOVE))
 
 
 def _storage_skipped(s):
@@ -585,8 +591,10 @@ def markdown_report(data, plot_path=None, markdown_path=None, accuracy_plot_path
         lines += ["## Fewer bytes: storage modes (Adam)", "",
                   f"One Adam step at n = {_n(s['n'])} in each storage mode, interleaved with "
                   "torch's fused float32 Adam (1.0x) in one run; bytes per element are what "
-                  "each mode reads and writes.", "", _storage_columns(s), "",
-                  storage_table(s).markdown(), ""]
+                  "each mode reads and writes.", "", _storage_columns(s), ""]
+        if _storage_disturbed(s):
+            lines += [_storage_disturbed(s), ""]
+        lines += [storage_table(s).markdown(), ""]
         if s.get("skipped"):
             lines += ["Not measured:", "", "```", _storage_skipped(s), "```", ""]
         lines += ["Per call on small arrays, against fastadapt's float32 call:", "",

@@ -32,6 +32,7 @@ import importlib.util
 import numpy as np
 
 from . import _yardsticks
+from ._contention import CpuWatch
 from ._timing import interleaved
 
 BLOCK = 256
@@ -313,8 +314,9 @@ def storage(n, budget_s, min_rounds, progress, small=(1000, 10000), faces=True,
             skipped["deepspeed"] = ds_why
             progress(f"storage: no DeepSpeedCPUAdam rows: {ds_why}")
     progress(f"storage: {len(steps)} Adam steps of n={n:,}, interleaved")
-    timings = interleaved(steps, budget_s=budget_s, min_rounds=min_rounds,
-                          max_sample_s=max_sample_s)
+    with CpuWatch() as watch:
+        timings = interleaved(steps, budget_s=budget_s, min_rounds=min_rounds,
+                              max_sample_s=max_sample_s)
     rows = [_row(key, t, n) for key, t in timings.items()]
     _relate(rows)
     progress(f"storage modes at n={n:,}: " + ", ".join(
@@ -326,13 +328,15 @@ def storage(n, budget_s, min_rounds, progress, small=(1000, 10000), faces=True,
         per_call.append({"n": m, "us": {k: v.median_s * 1e6 for k, v in t.items()},
                          "x_fp32": {k: t["fp32"].median_s / v.median_s for k, v in t.items()}})
     out = {"n": n, "rows": rows, "per_call": per_call, "skipped": skipped,
-           "torch_unavailable": why_not}
+           "torch_unavailable": why_not, "others_cpu": watch.others}
     if compute:
         progress("storage: compute cost, one thread, arrays in L2 "
                  f"(n = {COMPUTE_SIZES[0]:,} and {COMPUTE_SIZES[1]:,})")
-        ns = compute_cost(2 * budget_s, min_rounds, deepspeed=deepspeed,
-                          max_sample_s=max_sample_s)
-        out.update(compute_sizes=list(COMPUTE_SIZES), core_bandwidth=core_bandwidth)
+        with CpuWatch() as watch:
+            ns = compute_cost(2 * budget_s, min_rounds, deepspeed=deepspeed,
+                              max_sample_s=max_sample_s)
+        out.update(compute_sizes=list(COMPUTE_SIZES), core_bandwidth=core_bandwidth,
+                   compute_others_cpu=watch.others)
         _with_compute_cost(rows, ns, core_bandwidth)
     return out
 
@@ -463,6 +467,19 @@ def columns_text(data):
         f"taken as max(ns/elem, bytes per element / {bandwidth:g} GB/s): what the ratio "
         "would be on a server with that much memory bandwidth per core, where a mode "
         "whose compute is below its bytes' time is memory-bound.")
+
+
+def disturbed_text(data, above):
+    """A line naming the measurements other processes disturbed beyond
+    ``above`` (a fraction of the CPUs), or "" when none was."""
+    parts = [f"{what} {data[key]:.0%}" for key, what in
+             (("others_cpu", f"the modes at n = {data['n']:,}"),
+              ("compute_others_cpu", "the compute cost"))
+             if data.get(key) is not None and data[key] > above]
+    if not parts:
+        return ""
+    return ("Disturbed: other processes used " + " and ".join(parts) + " of the CPUs while "
+            "these ran; the figures measure the contention, not the code: do not quote them.")
 
 
 def skipped_text(data):
