@@ -47,7 +47,9 @@ def test_storage_section_measures_every_mode_face_and_yardstick():
         assert not deepspeed and "not" in data["skipped"]["deepspeed"]
     else:
         assert set(deepspeed) == set(_storage_modes.DEEPSPEED_MODES)
-        assert "x_deepspeed" in rows["bf16_nearest"]
+        for mode in ("fp32", "bf16_nearest", "bf16_sr_fp32_state"):
+            assert "x_deepspeed" in rows[mode]
+        assert "x_deepspeed_no_master" in rows["bf16_master"]
     # compute cost: every mode's functional step, every yardstick, torch fused
     computed = {k for k, r in rows.items() if "ns_per_element" in r}
     assert set(_storage_modes.MODES) | {f"{m}:yardstick" for m in _storage_modes.SIXTEEN_BIT} \

@@ -393,6 +393,10 @@ def _relate(rows):
             for ds_key, (_, _, same_bytes) in DEEPSPEED_MODES.items():
                 if same_bytes == mode and ds_key in t:
                     r["x_deepspeed"] = t[ds_key] / r["median_s"]
+            # DeepSpeed keeps no master copy: its bf16 params with fp32 state
+            # (22 bytes) are what it offers in the place of master weights
+            if mode == "bf16_master" and "deepspeed_bf16_fp32_state" in t:
+                r["x_deepspeed_no_master"] = t["deepspeed_bf16_fp32_state"] / r["median_s"]
 
 
 def _fmt(value, spec=".2f", suffix="x"):
@@ -421,7 +425,8 @@ def _peers(r):
     parts = []
     for key, what in (("x_torch_fused_bf16", "torch fused all-bf16"),
                       ("x_torch_master", "torch fused fp32 + copy"),
-                      ("x_deepspeed", "DeepSpeedCPUAdam")):
+                      ("x_deepspeed", "DeepSpeedCPUAdam"),
+                      ("x_deepspeed_no_master", "DeepSpeedCPUAdam bf16 + fp32 state, 22 B")):
         if key in r:
             parts.append(f"{r[key]:.2f}x {what}")
     if "x_numpy_class" in r:
