@@ -94,7 +94,8 @@ def _parser():
                         "Adam in every storage mode through each face, beside a minimal "
                         "same-bytes kernel per 16-bit mode, torch's and DeepSpeedCPUAdam's "
                         "modes (where installed), with each mode's single-thread compute "
-                        "cost (2^24 elements, about 6 GiB; 2^20 with --quick); accuracy: the storage modes' training accuracy; zero: "
+                        "cost (2^24 elements, about 6 GiB; 2^20 with --quick); accuracy: "
+                        "the storage modes' training accuracy; zero: "
                         "the sharded ZeroRedundancyOptimizer at 2 ranks (gloo) against "
                         "torch's); default "
                         + ",".join(DEFAULT_SECTIONS))

@@ -15,9 +15,9 @@ Every mode of the issue "Fewer bytes that pay on the CPU" is one Adam step
   with the reason otherwise).
 
 Every implementation holds its own arrays (about 350 bytes per element in
-all, some 6 GiB at 2^24). Bytes per element are what each mode reads and writes (8-bit state: one byte
-per element plus a float32 absmax per block of 256, or a float32 scale per
-group of 32 when companded).
+all, some 6 GiB at 2^24). Bytes per element are what each mode reads and
+writes (8-bit state: one byte per element plus a float32 absmax per block of
+256, or a float32 scale per group of 32 when companded).
 
 Compute cost (:func:`compute_cost`): the single-thread, in-cache time per
 element of each mode's kernel, the slope of the call's time between two
