@@ -13,7 +13,8 @@ def test_storage_section_measures_every_mode_face_and_yardstick():
     both class faces and its yardstick, torch's rows, DeepSpeedCPUAdam's rows
     or the reason they are missing, and a compute cost per mode."""
     pytest.importorskip("ml_dtypes")
-    data = _storage_modes.storage(3000, budget_s=0.05, min_rounds=2, progress=lambda s: None,
+    lines = []
+    data = _storage_modes.storage(3000, budget_s=0.05, min_rounds=2, progress=lines.append,
                                   small=(1000,), max_sample_s=0.002)
     rows = {r["key"]: r for r in data["rows"]}
     assert set(_storage_modes.MODES) <= set(rows)
@@ -45,6 +46,8 @@ def test_storage_section_measures_every_mode_face_and_yardstick():
     deepspeed = [k for k in rows if k.startswith("deepspeed")]
     if _storage_modes.deepspeed_status()[0] is None:
         assert not deepspeed and "not" in data["skipped"]["deepspeed"]
+        assert any(line.startswith("storage: no DeepSpeedCPUAdam rows: deepspeed is")
+                   for line in lines)
     else:
         assert set(deepspeed) == set(_storage_modes.DEEPSPEED_MODES)
         for mode in ("fp32", "bf16_nearest", "bf16_sr_fp32_state"):
@@ -71,6 +74,34 @@ def test_storage_section_measures_every_mode_face_and_yardstick():
     assert "time / yardstick" in md and "ns/elem, 1 thread, L2" in md
     assert "Storage modes, Adam at n = 3,000" in _report.text_report(whole)
     assert "*Predicted* is torch fused float32's time per element" in md
+
+
+def test_compute_cost_is_the_single_thread_slope_between_two_sizes(monkeypatch):
+    """The cost per element is (t(large) - t(small)) / (large - small), each
+    implementation timed at both sizes with Numba and torch on one thread
+    (their counts restored after); a slope noise made non-positive is None."""
+    import numba
+    from fastadapt.benchmark._timing import Timing
+    seen = {}
+
+    def fake_interleaved(steps, **kwargs):
+        seen["threads"] = numba.get_num_threads()
+        torch = _storage_modes._import_torch()
+        seen["torch_threads"] = torch.get_num_threads() if torch else 1
+        out = {}
+        for key, n in steps:
+            per_element = -1e-9 if key == "bf16_sr" else 2e-9    # one noisy slope
+            t = 5e-6 + per_element * n
+            out[key, n] = Timing(t, [t], 1, 1)
+        return out
+    monkeypatch.setattr(_storage_modes, "interleaved", fake_interleaved)
+    before = _storage_modes._threads((numba.get_num_threads(), None))
+    ns = _storage_modes.compute_cost(0.01, 1, sizes=(100, 300), deepspeed=False)
+    assert seen == {"threads": 1, "torch_threads": 1}
+    assert _storage_modes._threads((numba.get_num_threads(), None)) == before
+    assert ns.pop("bf16_sr") is None
+    assert set(_storage_modes.MODES) - {"bf16_sr"} <= set(ns)
+    assert all(v == pytest.approx(2.0) for v in ns.values())
 
 
 def test_a_disturbed_storage_run_says_so():
