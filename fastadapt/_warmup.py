@@ -80,7 +80,8 @@ def warm_call(rule, n, dtype, mode=None):
     """One step of ``rule`` (a :class:`fastadapt.Rule`) with its default
     options on fresh arrays of ``n`` elements of ``dtype``, or in the storage
     mode ``mode`` of :data:`MODES`."""
-    from ._storage import Blockwise8, Companded8, bfloat16
+    from ._options import EIGHT_BIT
+    from ._storage import bfloat16
     from .optim import NON_NEGATIVE_STATE
     kwargs = {}
     if mode is None:
@@ -94,9 +95,9 @@ def warm_call(rule, n, dtype, mode=None):
 
     def zeros(name):
         return np.zeros(n, bfloat16() if name == "bfloat16" else name)
-    eight_bit = {"int8": Blockwise8, "int8c": Companded8}.get(state_dtype)
+    eight_bit = EIGHT_BIT.get(state_dtype)
     for name in rule.state_for():
-        kwargs[name] = (eight_bit(n, signed=name not in NON_NEGATIVE_STATE)
+        kwargs[name] = (eight_bit.new(n, name, NON_NEGATIVE_STATE)
                         if eight_bit else zeros(state_dtype))
     if rule.takes_step:
         kwargs["step"] = 1

@@ -27,17 +27,17 @@ unless parameters are skipped, which fastadapt never does), and ``lr`` may be a
 number or a schedule (any callable of the number of completed steps, see
 :mod:`fastadapt.schedules`).
 """
-import functools
-import inspect
 import math
 import threading
 
 import numpy as np
 
 from . import _args, _storage, checkpoint as _ckpt
-from ._arrays import is_device_array as _is_device_array, is_torch_host_tensor
-from .kernels.storage import stream_key
-from ._dispatch import prepare
+from ._class_builder import numpy_class, takes_max_grad_norm
+from ._group_buffers import (GroupBuffers, check_copyable, normalise_groups, resolve_dtype,
+                             split_flat)
+from ._options import (STORAGE_OPTIONS, dry_run, dtype_name, in_group, naming_group,
+                       rounding_seed, storage_options)
 from .flat import FlatBuffer
 from .norm import SumOfSquares, check_grad_scale, clipped_scale, norm_of
 from .rules import RULES
@@ -52,94 +52,6 @@ CHECKPOINT_FORMAT = _ckpt.CHECKPOINT_FORMAT
 #: 8-bit map under ``state_dtype="int8"`` (the others with the signed map).
 NON_NEGATIVE_STATE = frozenset({"exp_avg_sq", "max_exp_avg_sq", "square_avg", "state_sum",
                                 "acc_delta", "exp_inf", "step_size"})
-
-
-#: The 8-bit ``state_dtype`` values and their containers.
-EIGHT_BIT = {"int8": _storage.Blockwise8, "int8c": _storage.Companded8}
-
-
-class _Blockwise8Buffer:
-    """A group's state array under ``state_dtype="int8"`` (or ``"int8c"``):
-    one :class:`~fastadapt.Blockwise8` (:class:`~fastadapt.Companded8`) over
-    the params' flat layout (padding included, so blocks are the same
-    whatever a segment's size)."""
-
-    def __init__(self, layout, signed, kind="int8"):
-        self.layout = layout                # the params' FlatBuffer
-        self.data = EIGHT_BIT[kind](len(layout.data), signed)
-
-    @property
-    def views(self):
-        """The segments' values, dequantized (copies, not views)."""
-        values = self.data.dequantize()
-        return [values[o:o + _args.size(s)].reshape(s)
-                for o, s in zip(self.layout.offsets, self.layout.shapes)]
-
-
-class _GroupBuffers:
-    """The flat buffers behind one parameter group."""
-
-    __slots__ = ("param", "grad", "state", "steps", "validated", "scalar_state",
-                 "master", "state_dtype", "_launch", "_launch_arrays", "_padding")
-
-    def __init__(self, param, state_dtype=None, master=False):
-        self.param = param                  # FlatBuffer of the parameters
-        self.grad = param.zeros_like()      # FlatBuffer of the gradients
-        self.state_dtype = param.dtype if state_dtype is None else state_dtype
-        self.master = None                  # float32 FlatBuffer of a 16-bit param's master
-        if master:
-            self.master = param.zeros_like(np.float32)
-            self.master.data[:] = param.data
-        self.state = {}                     # state name -> FlatBuffer
-        self.steps = 0                      # completed steps
-        self.validated = None               # the options last checked (lr excluded)
-        self.scalar_state = {}              # named per-group floats a rule keeps
-                                            # (NAdam's mu_product, ASGD's eta and mu)
-        self._launch = None                 # the checked kernel launch over these buffers
-        self._launch_arrays = ()            # ... and the arrays it was checked for
-        self._padding = None                # where the padding lies in ``data``
-
-    def launcher(self, update):
-        """The launch of a planned update, checking the arrays only when they
-        differ from last step's (the buffers are the optimizer's own; they
-        change only when an option adds a state buffer or a checkpoint replaces
-        one). Call it with ``update.scalars``."""
-        arrays = [a for a in update.arrays.values() if a is not None]
-        if update.master is not None:
-            arrays.append(update.master)
-        if len(arrays) != len(self._launch_arrays) or any(
-                a is not b for a, b in zip(arrays, self._launch_arrays)):
-            self._launch = prepare(update)
-            self._launch_arrays = arrays
-        return self._launch
-
-    def reset_padding(self, initial):
-        """Put the padding of the parameters and of every state buffer back to
-        its initial value (``initial``: state name -> value, 0 otherwise)."""
-        if self._padding is None:
-            spans, end = [], 0
-            for offset, shape in zip(self.param.offsets, self.param.shapes):
-                if offset > end:
-                    spans.append((end, offset))
-                end = offset + int(np.prod(shape, dtype=np.int64))
-            if len(self.param.data) > end:
-                spans.append((end, len(self.param.data)))
-            index = (np.concatenate([np.arange(a, b) for a, b in spans]) if spans
-                     else np.empty(0, np.intp))
-            self._padding = (spans, index)
-        spans, index = self._padding
-        if not spans:
-            return
-        buffers = [(self.param, 0.0)] + [(b, initial.get(n, 0.0)) for n, b in self.state.items()
-                                         if not isinstance(b, _Blockwise8Buffer)]
-        if self.master is not None:
-            buffers.append((self.master, 0.0))
-        for buffer, value in buffers:
-            if isinstance(buffer.data, np.ndarray):
-                buffer.data[index] = value
-            else:                   # GPU arrays: one slice at a time
-                for a, b in spans:
-                    buffer.data[a:b] = value
 
 
 class Optimizer:
@@ -226,25 +138,24 @@ class Optimizer:
         if cls.rule is not None:
             Optimizer._by_rule.setdefault(cls.rule.name, cls)
         if "__init__" in cls.__dict__:
-            cls.__init__ = _takes_max_grad_norm(cls.__dict__["__init__"])
+            cls.__init__ = takes_max_grad_norm(cls.__dict__["__init__"])
 
-    def __init__(self, params, *, state_dtype=None, master_weights=False,
-                 stochastic_rounding=False, seed=None, **defaults):
+    def __init__(self, params, **defaults):
         self._lock = threading.RLock()      # one step (or checkpoint) at a time
         if self.rule is None:
             raise TypeError("Optimizer is a base class; use one of its subclasses: "
                             + ", ".join(r.torch_name for r in RULES.values()))
         # (the seed: of stochastic rounding, None without it)
         self.state_dtype, self.master_weights, self.stochastic_rounding, self.seed = \
-            storage_options(state_dtype, master_weights, stochastic_rounding, seed)
-        missing = [k for k in self._option_names() if k not in defaults]
+            storage_options(**{k: defaults.pop(k, v) for k, v in STORAGE_OPTIONS.items()})
+        missing = [k for k in self.option_names() if k not in defaults]
         if missing:
             raise TypeError(f"{type(self).__name__}: missing default(s) {missing}")
         self._max_grad_norm = _args.max_grad_norm(defaults.pop("max_grad_norm", None))
         self.defaults = dict(defaults)
         self.grad_norm, self.step_skipped = None, False
         self._norm_passes = None
-        groups = _normalise_groups(params, type(self).__name__)
+        groups = normalise_groups(params, type(self).__name__)
         several = len(groups) > 1
         seen = set()
         self.param_groups, self._groups = [], []
@@ -255,35 +166,43 @@ class Optimizer:
                     raise ValueError("some parameters appear more than once (in one group "
                                      "or in several); each array may be given once")
                 seen.add(id(a))
-            dtypes = sorted({_dtype_name(a) for a in arrays})
+            dtypes = sorted({dtype_name(a) for a in arrays})
             if len(dtypes) > 1:
                 raise TypeError(f"param group {i} mixes dtypes {dtypes}; the parameters of "
                                 "one group share one flat buffer and so one dtype (put "
                                 "each dtype in its own group)")
             group = {**self.defaults, **{k: v for k, v in given.items() if k != "params"}}
-            dtype = _resolve_dtype(dtypes[0])
+            dtype = resolve_dtype(dtypes[0])
             state_dtype = self._check_storage(dtype, i if several else None)
-            self._validate(group, dtype, i if several else None, state_dtype)
-            buffers = _GroupBuffers(FlatBuffer.from_arrays(arrays, dtype=dtype), state_dtype,
-                                    self.master_weights)
-            for name in self.rule.state_for(**self._options(group)):
-                self._new_state(buffers, group, name)
+            self.check_group(group, dtype, i if several else None, state_dtype)
+            buffers = GroupBuffers(FlatBuffer.from_arrays(arrays, dtype=dtype), state_dtype,
+                                   self.master_weights, NON_NEGATIVE_STATE)
+            for name in self.rule.state_for(**self.step_options(group)):
+                buffers.state[name] = self._zero_state(buffers, group, name)
             buffers.scalar_state = self._initial_scalar_state(group)
-            buffers.validated = self._options(group)
+            buffers.validated = self.step_options(group)
             del buffers.validated["lr"]
             self.param_groups.append({"params": list(buffers.param.views), **group})
             self._groups.append(buffers)
 
     # ------------------------------------------------------------- options
+    # (option_names, step_options, check_group and group_buffers are what
+    # fastadapt.checkpoint reads and checks a state dict with)
     @classmethod
-    def _option_names(cls):
-        """Hyper-parameters: the functional step's plus the state initialisers."""
+    def option_names(cls):
+        """The hyper-parameters a group holds: the functional step's plus the
+        state initialisers."""
         return tuple(cls.rule.defaults) + tuple(
             k for k in cls.state_init.values() if k not in cls.rule.defaults)
 
-    def _options(self, group):
+    def step_options(self, group):
         """The functional step's keyword arguments held by ``group`` (lr unresolved)."""
         return {k: group[k] for k in self.rule.defaults}
+
+    @property
+    def group_buffers(self):
+        """Per group, its flat buffers (parameters, gradients, state, step count)."""
+        return tuple(self._groups)
 
     def _check_storage(self, dtype, index):
         """The state dtype of a group of ``dtype`` params, after checking the
@@ -292,32 +211,24 @@ class Optimizer:
             return _storage.state_dtype_for(dtype, self.state_dtype, self.master_weights,
                                             self.stochastic_rounding)
         except (TypeError, ValueError) as exc:
-            raise _in_group(exc, index) from None
+            raise in_group(exc, index) from None
 
-    def _validate(self, group, dtype, index=None, state_dtype=None):
-        """Check ``group``'s hyper-parameters by a dry run of the functional step
-        on zero-size arrays, so errors are the functional API's own."""
-        state_dtype = dtype if state_dtype is None else state_dtype
-        try:
-            options = self._options(group)
+    def check_group(self, group, dtype, index=None, state_dtype=None):
+        """Check ``group``'s hyper-parameters for params of ``dtype`` and state
+        of ``state_dtype`` by a dry run of the functional step on zero-size
+        arrays, so errors are the functional API's own (naming group ``index``)."""
+        with naming_group(index):
+            options = self.step_options(group)
             lr = options["lr"]
             if callable(lr):
                 options["lr"] = resolve_lr(lr, 0)
             for key in set(self.state_init.values()) - set(self.rule.defaults):
                 _initial_value(key, group[key])   # the step's own are checked below
-            state = {name: EIGHT_BIT[state_dtype](0, name not in NON_NEGATIVE_STATE)
-                     if isinstance(state_dtype, str) else np.empty(0, state_dtype)
-                     for name in self.rule.state_for(**options)}
-            if self.rule.takes_step:
-                options["step"] = 1
-            if dtype.itemsize == 2:
-                options.update(self._storage_arguments(np.empty(0, np.float32), 0))
-            self.rule.step_fn(np.empty(0, dtype), np.empty(0, dtype), **state, **options)
+            storage = (self._storage_arguments(np.empty(0, np.float32), 0)
+                       if dtype.itemsize == 2 else None)
+            dry_run(self.rule, options, dtype, state_dtype, non_negative=NON_NEGATIVE_STATE,
+                    storage=storage)
             resolve_lr(lr, 0)       # a number: also finite (the functional allows inf)
-        except KeyError as exc:
-            raise _in_group(ValueError(f"missing hyper-parameter {exc.args[0]!r}"), index)
-        except (TypeError, ValueError) as exc:
-            raise _in_group(exc, index)
 
     def _initial_scalar_state(self, group):
         options = dict(group)
@@ -334,26 +245,11 @@ class Optimizer:
                     "seed": rounding_seed(self.seed, steps + 1, self.rule.takes_step)}
         return {}
 
-    def _new_state(self, buffers, group, name):
-        buffer = buffers.state[name] = self._zero_state(buffers, group, name)
-        return buffer
-
     def _zero_state(self, buffers, group, name):
         """A new state buffer ``name`` at its initial value (not yet kept)."""
-        if isinstance(buffers.state_dtype, str):        # "int8", "int8c"
-            buffer = _Blockwise8Buffer(buffers.param, name not in NON_NEGATIVE_STATE,
-                                       buffers.state_dtype)
-        else:
-            buffer = buffers.param.zeros_like(buffers.state_dtype)
         key = self.state_init.get(name)
-        if key is not None:
-            value = _initial_float(group[key], buffers.steps)
-            if value != 0.0:
-                if isinstance(buffer, _Blockwise8Buffer):
-                    buffer.data.fill(value)
-                else:
-                    buffer.data[:] = value
-        return buffer
+        return buffers.new_state(
+            name, 0.0 if key is None else _initial_float(group[key], buffers.steps))
 
     @property
     def max_grad_norm(self):
@@ -534,16 +430,16 @@ class Optimizer:
         check) and write nothing; return the functional step's keyword
         arguments (lr resolved, state arrays left out), the state arrays the
         step needs, and whether the step can turn the padding into NaN."""
-        options = self._options(group)
+        options = self.step_options(group)
         lr = options.pop("lr")
         if options != buffers.validated:
-            self._validate(group, buffers.param.dtype, index, buffers.state_dtype)
+            self.check_group(group, buffers.param.dtype, index, buffers.state_dtype)
             buffers.validated = options
             options = dict(options)
         try:
             options["lr"] = resolve_lr(lr, buffers.steps)
         except (TypeError, ValueError) as exc:
-            raise _in_group(exc, index) from None
+            raise in_group(exc, index) from None
         names = self.rule.state_for(**options)
         if self.rule.takes_step:
             options["step"] = buffers.steps + 1
@@ -573,14 +469,14 @@ class Optimizer:
             for b in groups:
                 arrays = grads[start:start + len(b.grad)]
                 for k, a in enumerate(arrays, start):
-                    _check_copyable(a, b.grad, f"grads[{k}]")
+                    check_copyable(a, b.grad, f"grads[{k}]")
                 plan.append((b, arrays))
                 start += len(b.grad)
         elif len(grads) == len(groups):
             plan = []
             for i, (b, g) in enumerate(zip(groups, grads)):
-                arrays = _split_flat(b.grad, g, i)
-                _check_copyable(g, b.grad, f"flat gradient of group {i}")
+                arrays = split_flat(b.grad, g, i)
+                check_copyable(g, b.grad, f"flat gradient of group {i}")
                 plan.append((b, arrays))
         else:
             raise ValueError(
@@ -672,138 +568,6 @@ class Optimizer:
 
 
 # ----------------------------------------------------------------- helpers
-def _takes_max_grad_norm(init):
-    """``init`` with one more keyword, ``max_grad_norm=None``, checked before
-    ``init`` runs and set after it (so every optimizer class takes it without
-    repeating it in its signature). An ``init`` that already takes it, by name
-    or through ``**kwargs`` passed on to the base class, is returned as is."""
-    signature = inspect.signature(init)
-    if "max_grad_norm" in signature.parameters or any(
-            p.kind == inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
-        return init
-
-    @functools.wraps(init)
-    def __init__(self, *args, max_grad_norm=None, **kwargs):
-        max_grad_norm = _args.max_grad_norm(max_grad_norm)
-        init(self, *args, **kwargs)
-        if max_grad_norm is not None:
-            self._max_grad_norm = max_grad_norm
-
-    extra = inspect.Parameter("max_grad_norm", inspect.Parameter.KEYWORD_ONLY, default=None)
-    __init__.__signature__ = signature.replace(
-        parameters=[*signature.parameters.values(), extra])
-    return __init__
-
-
-def _normalise_groups(params, cls_name):
-    if isinstance(params, dict):
-        groups = [params]
-    elif hasattr(params, "shape"):
-        groups = [{"params": [params]}]
-    else:
-        try:
-            items = list(params)
-        except TypeError:
-            raise TypeError("params must be an array, a list of arrays or a list of "
-                            f"parameter-group dicts, got {type(params).__name__}") from None
-        if not items:
-            raise ValueError("optimizer got an empty parameter list")
-        if all(isinstance(x, dict) for x in items):
-            groups = items
-        elif any(isinstance(x, dict) for x in items):
-            raise TypeError("params mixes arrays and parameter-group dicts")
-        else:
-            groups = [{"params": items}]
-    out = []
-    for i, group in enumerate(groups):
-        if "params" not in group:
-            raise ValueError(f"param group {i} has no 'params' key")
-        arrays = group["params"]
-        arrays = [arrays] if hasattr(arrays, "shape") else list(arrays)
-        if not arrays:
-            raise ValueError(f"param group {i} has an empty parameter list")
-        for a in arrays:
-            if not (hasattr(a, "shape") and hasattr(a, "dtype")):
-                raise TypeError(f"param group {i}: parameters must be arrays, "
-                                f"got {type(a).__name__}")
-            if is_torch_host_tensor(a):
-                raise TypeError(
-                    f"fastadapt.{cls_name} takes NumPy or CUDA arrays and copies them; for "
-                    f"torch parameters use fastadapt.torch.{cls_name}(model.parameters(), "
-                    "...), a drop-in torch.optim optimizer that trains the model's own "
-                    "parameters")
-        out.append({**group, "params": arrays})
-    return out
-
-
-def _dtype_name(a):
-    try:
-        return np.dtype(a.dtype).name
-    except TypeError:               # torch.float32 and the like
-        return str(a.dtype).rsplit(".", 1)[-1]
-
-
-def _resolve_dtype(name):
-    """The NumPy dtype named ``name`` (bfloat16 through ml_dtypes)."""
-    if name == "bfloat16":
-        return _storage.bfloat16("bfloat16 params")
-    return np.dtype(name)
-
-
-_STATE_DTYPES = ("float32", "bfloat16", "float16", "float64", "int8", "int8c")
-
-
-def storage_options(state_dtype, master_weights, stochastic_rounding, seed):
-    """The storage options of an optimizer class, checked: ``(state_dtype,
-    master_weights, stochastic_rounding, seed)``, the seed drawn at random for
-    stochastic rounding when none is given (shared with fastadapt.torch)."""
-    master_weights = _args.flag("master_weights", master_weights)
-    stochastic_rounding = _args.flag("stochastic_rounding", stochastic_rounding)
-    if master_weights and stochastic_rounding:
-        raise ValueError("master_weights=True and stochastic_rounding=True exclude each "
-                         "other: with master weights the params are its nearest rounding")
-    state_dtype = _state_dtype(state_dtype)
-    if seed is not None:
-        seed = _args.seed(seed)
-    elif stochastic_rounding:
-        seed = int(np.random.SeedSequence().entropy) % 2 ** 64
-    return state_dtype, master_weights, stochastic_rounding, seed
-
-
-def rounding_seed(seed, step, takes_step):
-    """The functional step's ``seed`` for stochastic rounding at ``step``: the
-    optimizer's seed for rules that take ``step`` (the stream is keyed on
-    (seed, step)), else a seed of the step's own."""
-    if takes_step:
-        return seed
-    key0, key1 = stream_key(seed, step)
-    return int(key0) | int(key1) << 32
-
-
-def _state_dtype(value):
-    """The ``state_dtype`` option as a NumPy dtype (None stays None)."""
-    if value is None:
-        return None
-    try:
-        name = value if isinstance(value, str) else _dtype_name(value)
-    except Exception:
-        name = None
-    if name == "bfloat16":
-        return _storage.bfloat16("state_dtype='bfloat16'")
-    if name in EIGHT_BIT:
-        return name
-    if name not in _STATE_DTYPES:
-        raise TypeError(f"state_dtype must be None or one of {list(_STATE_DTYPES)}, "
-                        f"got {value!r}")
-    return np.dtype(name)
-
-
-def _in_group(exc, index):
-    if index is None:
-        return exc
-    return type(exc)(f"param group {index}: {exc}")
-
-
 def _initial_float(value, steps):
     """A state's initial value from its option: a number, or (Rprop's ``lr``) a
     schedule, read at ``steps`` completed steps."""
@@ -814,99 +578,11 @@ def _initial_value(key, value):
     return _args.real(key, value, 0.0, math.inf, high_open=True)
 
 
-def _check_copyable(a, buffer, name):
-    """Raise TypeError / ValueError unless ``a`` can be copied into ``buffer``
-    (NumPy's ``same_kind`` casting, as :meth:`FlatBuffer.copy_from` does)."""
-    dtype = buffer.dtype
-    if _is_device_array(a):
-        if isinstance(buffer.data, np.ndarray):
-            raise ValueError(f"{name} is a GPU array; this optimizer's buffers are on "
-                             "the host")
-        from . import _cuda
-        source = np.dtype(_cuda.dtype_of(a))
-    else:
-        try:
-            source = np.asarray(a).dtype
-        except Exception:
-            raise TypeError(f"{name} is not an array ({type(a).__name__})") from None
-    if not np.can_cast(source, dtype, "same_kind"):
-        raise TypeError(f"{name} has dtype {source}, which cannot be copied into this "
-                        f"optimizer's {dtype} gradient buffer")
-
-
-def _split_flat(buffer, flat, index):
-    """Per-segment views of a 1-D gradient for ``buffer``'s layout (see ``step``)."""
-    shape = tuple(getattr(flat, "shape", ()))
-    if len(shape) != 1 or shape[0] not in (buffer.numel, len(buffer.data)):
-        raise ValueError(f"flat gradient for group {index} must be 1-D with {buffer.numel} "
-                         f"elements (concatenated) or {len(buffer.data)} (the flat buffer's "
-                         f"layout), got shape {shape}")
-    if flat is buffer.data:
-        return buffer.views
-    return _ckpt.segments(flat, buffer)
-
-
 # ----------------------------------------------------------------- the optimizers
-def _class_docstring(rule):
-    lines = [f"{rule.summary}; "
-             + (f"torch.optim.{rule.torch_name}." if rule.in_torch else "not in torch.optim."),
-             "", "Each step of a group (``step`` counts them from 1), elementwise::", ""]
-    lines += ["    " + line for line in rule.pseudocode.splitlines()]
-    state = ", ".join(f"``{s.name}``" + (f" (when {s.when_doc})" if s.when is not None else "")
-                      + (f" (starts at ``{s.init}``)" if s.init else "")
-                      for s in rule.state_specs)
-    lines += ["", f"State (zeros unless said): {state}."]
-    if rule.scalar_state:
-        names = ", ".join(f"``{s.name}``" for s in rule.scalar_state)
-        lines += [f"Scalar state, per group: {names} (in :attr:`Optimizer.scalar_state` and "
-                  "the checkpoint)."]
-    lines += ["", "Parameters", "----------",
-              "params : array, list of arrays or list of parameter-group dicts",
-              "    Copied into flat buffers; use ``opt.params`` afterwards (see "
-              ":class:`Optimizer`)."]
-    for h in rule.hyper:
-        kind = "float or schedule" if h.name == "lr" else \
-            {"Real": "float", "Pair": "(float, float)", "Flag": "bool"}[type(h).__name__]
-        lines.append(f"{h.name} : {kind}, default {h.default!r} ({h.describe()})")
-        if h.doc:
-            lines.append(f"    {h.doc[:1].upper() + h.doc[1:]}.")
-    lines += ["state_dtype, master_weights, stochastic_rounding, seed : keyword-only",
-              "    Storage narrower than the math (16-bit params, float32 master weights, "
-              "bfloat16 or 8-bit state); see :class:`Optimizer`."]
-    lines += ["max_grad_norm : float, optional, keyword-only",
-              "    Clip by the global gradient norm over all groups, as "
-              "``torch.nn.utils.clip_grad_norm_`` (see :meth:`Optimizer.step`)."]
-    return "\n".join(lines) + "\n"
-
-
 #: The storage options every class takes (keyword-only), with their defaults.
-_STORAGE_OPTIONS = {"state_dtype": None, "master_weights": False,
-                    "stochastic_rounding": False, "seed": None}
-
-
-def _derive_class(rule):
-    """The optimizer class of ``rule``: torch's constructor signature (names,
-    order, defaults, keyword-only options) over the generic :class:`Optimizer`."""
-    positional = [h.name for h in rule.hyper if not h.keyword]
-    keyword = [h.name for h in rule.hyper if h.keyword]
-    params = ["self", "params", *(f"{h}=_defaults[{h!r}]" for h in positional)]
-    params += ["*", *(f"{h}=_defaults[{h!r}]" for h in keyword)]
-    params += [f"{k}={v!r}" for k, v in _STORAGE_OPTIONS.items()]
-    names = positional + keyword + list(_STORAGE_OPTIONS)
-    source = (f"def __init__({', '.join(params)}):\n"
-              f"    Optimizer.__init__(self, params, "
-              f"{', '.join(f'{h}={h}' for h in names)})\n")
-    namespace = {"Optimizer": Optimizer,
-                 "_defaults": {h.name: h.default for h in rule.hyper}}
-    exec(compile(source, f"<fastadapt.optim.{rule.torch_name}>", "exec"), namespace)
-    init = namespace["__init__"]
-    init.__qualname__ = f"{rule.torch_name}.__init__"
-    return type(rule.torch_name, (Optimizer,), {
-        "__init__": init, "rule": rule, "state_init": rule.state_init,
-        "__doc__": _class_docstring(rule), "__module__": __name__})
-
+_STORAGE_OPTIONS = STORAGE_OPTIONS
 
 for _rule in RULES.values():
-    globals()[_rule.torch_name] = _derive_class(_rule)
+    globals()[_rule.torch_name] = numpy_class(_rule, Optimizer, __name__)
     __all__.append(_rule.torch_name)
 del _rule

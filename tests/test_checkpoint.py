@@ -601,3 +601,16 @@ def test_corrupted_files_only_ever_raise_value_error(tmp_path):
                 if load == target.load:
                     target = fastadapt.Adam([np.zeros(5, "f4"), np.zeros(3, "f4")],
                                             amsgrad=True)
+
+
+def test_checkpoint_code_reads_the_optimizer_through_its_interface():
+    """The checkpoint modules reach an optimizer only through its public
+    interface (group_buffers, option_names, step_options, check_group and the
+    buffers' restore), never through its private fields: a name that starts
+    with an underscore after ``optimizer.``, ``target.`` or ``b.``."""
+    import inspect
+    import re
+    from fastadapt import _checkpoint_file
+    private = re.compile(r"\b(?:optimizer|target|cls|b)\._\w+")
+    for module in (checkpoint, _checkpoint_file):
+        assert private.findall(inspect.getsource(module)) == [], module.__name__
