@@ -4,7 +4,9 @@ r"""ZeRO-style sharded optimizer state over ``torch.distributed``.
 ``torch.distributed.optim.ZeroRedundancyOptimizer`` for the
 ``fastadapt.torch`` optimizers. It is exported as
 ``fastadapt.torch.ZeroRedundancyOptimizer``; importing this module imports
-torch.
+torch. It is the ``fastadapt.torch`` core given two values: each flat
+buffer's span is this rank's shard, and the ranks agree through collectives
+(``fastadapt/torch/_zero.py``, ``_zero_collectives.py``, ``_zero_checkpoint.py``).
 
 How it works
 ------------
