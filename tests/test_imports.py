@@ -10,8 +10,11 @@ so those are edges too: ``fastadapt.zero`` importing ``fastadapt.torch._zero``
 depends on ``fastadapt.torch``'s ``__init__``.
 """
 import ast
+import importlib
 import importlib.util
 import os
+
+import pytest
 
 ROOTS = ("fastadapt", "fastadapt.kernels", "fastadapt.benchmark")
 
@@ -161,3 +164,14 @@ def test_the_walk_finds_cycles_through_a_package_and_a_block():
     assert find_cycle(graph) is None
     graph["p.d"] = {"p"}                 # p.d -> p -> p.a -> p.b -> p.c -> p.d
     assert find_cycle(graph) == ["p", "p.a", "p.b", "p.c", "p.d", "p"]
+
+
+def test_torch_inside_the_fastadapt_torch_package_is_the_real_torch():
+    """``fastadapt.torch`` is a package whose modules say ``import torch``:
+    an absolute import, so the name is PyTorch, never the package itself."""
+    torch = pytest.importorskip("torch")
+    for name in sorted(import_graph()):
+        if name.startswith("fastadapt.torch.") or name in ("fastadapt.torch", "fastadapt.zero"):
+            module = importlib.import_module(name)
+            if "torch" in vars(module):
+                assert module.torch is torch and hasattr(module.torch, "optim"), name
