@@ -181,7 +181,7 @@ class _Bucket:
 
     def state_tensors(self):
         """The tensors holding this bucket's state (8-bit state: its codes and
-        scales), the master copy included (a shard's, in a sharded bucket)."""
+        scales), the master copy included (its span's)."""
         if self.eight_bit:
             out = [t for pair in self.block_tensors.values() for t in pair]
         else:
@@ -551,7 +551,7 @@ class _Bucket:
                 kwargs[name] = float(self.scalars_np[name][j0])
             if unscale_in_kernel:
                 kwargs["grad_scale"] = grad_scale
-            # an empty span (a sharded bucket's run outside its shard) still
+            # an empty span (a run outside this rank's shard) still
             # returns the new scalar state
             result = rule.step_fn(self.k_param[a:b], self.k_grad[a:b] if grad is None else grad,
                                   **kwargs)
