@@ -375,6 +375,34 @@ def test_without_a_process_group_nothing_is_built():
     assert p.data_ptr() == ptr and torch.equal(p.detach(), torch.ones(3))
 
 
+def test_shards_tile_the_buffer_in_whole_units():
+    from fastadapt.torch._sharing import WholeBuffer
+    from fastadapt.torch._zero_collectives import Shards
+    for used, align, world in ((0, 16, 2), (1, 16, 3), (1000, 16, 4), (4097, 256, 3), (64, 32, 1)):
+        spans = [Shards(r, world).span(used, align) for r in range(world)]
+        length = spans[0].length
+        assert length >= max(used, 1) and length == world * spans[0].size
+        assert [s.start for s in spans] == [r * spans[0].size for r in range(world)]
+        assert all(s.size % align == 0 and s.length == length and not s.whole for s in spans)
+        for s in spans:                 # clip: the part of a range in the shard, or empty
+            assert s.clip(0, length) == (s.start, s.stop)
+            assert s.clip(length, length + 5) == (s.start, s.start)
+    whole = WholeBuffer().span(1000, 16)
+    assert (whole.start, whole.stop, whole.length, whole.whole) == (0, 1000, 1000, True)
+    assert whole.clip(10, 20) == (10, 20)
+
+
+def test_the_sharded_optimizer_overrides_only_torch_optimizer_methods():
+    """Sharding is given to the core as values (a span and an agreement): the
+    sharded class overrides no method of the core but torch.optim.Optimizer's
+    own (its public API), so the core carries no hook for it."""
+    core = {name for cls in ft.FlatOptimizer.__mro__ if cls is not torch.optim.Optimizer
+            and cls is not object for name in vars(cls)}
+    overridden = core & set(vars(ft.ZeroRedundancyOptimizer))
+    allowed = set(vars(torch.optim.Optimizer)) | {"__doc__", "__module__", "__qualname__"}
+    assert overridden <= allowed, sorted(overridden - allowed)
+
+
 def test_import_fastadapt_does_not_import_torch():
     code = "import sys, fastadapt; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -153,7 +153,7 @@ def scenario_main(rank, world, workdir):
     groups = make_params(torch.float32)
     opt = ft.ZeroRedundancyOptimizer(groups_for("adam", groups), optimizer_class=ft.Adam,
                                      amsgrad=True)
-    opt._gather_by_broadcast = False
+    opt._agreement.gather_by_broadcast = False
     for step in range(1, STEPS + 1):
         set_grads(groups, step)
         opt.step()
@@ -347,11 +347,11 @@ def scenario_fault(rank, world, workdir):
     """Rank 1 saves a complete checkpoint, then dies in the middle of a
     sharded save (after rank 0 wrote its file), then rank 0 steps."""
     import fastadapt.torch as ft
-    import fastadapt.zero as zero
+    from fastadapt.torch import _zero_checkpoint as sharded
     opt, groups, target = saved_adam(ft, workdir, "ckpt")
     out = {"complete": torch.load(os.path.join(target, "manifest.pt"))["token"]}
     if rank == 1:
-        real = zero.atomic_write
+        real = sharded.atomic_write
 
         def dying_write(path, write):
             def partial(f):
@@ -360,7 +360,7 @@ def scenario_fault(rank, world, workdir):
                 time.sleep(1.0)       # rank 0 writes its file meanwhile
                 os.kill(os.getpid(), signal.SIGKILL)
             real(path, partial)
-        zero.atomic_write = dying_write
+        sharded.atomic_write = dying_write
     set_grads(groups, 2)
     opt.step()
     start = time.monotonic()
@@ -688,19 +688,19 @@ def check_bad_files(ft, rank, world, workdir):
     opt.step()
     out["after"] = flat(groups)
     # rank 0 cannot write the manifest: every rank raises, the old one stays
-    import fastadapt.zero as zero
-    real = zero.atomic_write
+    from fastadapt.torch import _zero_checkpoint as sharded
+    real = sharded.atomic_write
 
     def no_manifest(path, write):
         if path.endswith("manifest.pt"):
             raise OSError(28, "No space left on device (injected)")
         return real(path, write)
     if rank == 0:
-        zero.atomic_write = no_manifest
+        sharded.atomic_write = no_manifest
     try:
         out["manifest_error"] = outcome(lambda: opt.save_sharded(target))
     finally:
-        zero.atomic_write = real
+        sharded.atomic_write = real
     out["manifest_token"] = torch.load(manifest_path, weights_only=True)["token"] == token
     return out
 

@@ -31,7 +31,8 @@ import weakref
 
 import torch
 
-from .torch import FlatOptimizer
+from ._optimizer import FlatOptimizer
+from ._zero import ZeroRedundancyOptimizer
 
 __all__ = ["GradientRelease", "enable_gradient_release"]
 
@@ -190,10 +191,9 @@ def enable_gradient_release(model_or_params, opt):
         A handle; ``handle.remove()`` undoes the release.
 
     Keep calling ``opt.step()`` after each backward (it ends the step; see
-    :mod:`fastadapt._release` for the contract); ``max_grad_norm``,
+    :mod:`fastadapt.torch._release` for the contract); ``max_grad_norm``,
     GradScaler, gradient accumulation and ZeroRedundancyOptimizer raise.
     """
-    from .zero import ZeroRedundancyOptimizer
     if isinstance(opt, ZeroRedundancyOptimizer):
         raise TypeError("gradient release does not support ZeroRedundancyOptimizer: its "
                         "gradients are reduced across ranks before the update")

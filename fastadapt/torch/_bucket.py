@@ -1,0 +1,594 @@
+"""One flat buffer of fastadapt.torch: the parameters of one group that share
+a device and dtype, packed together with their gradient and state buffers,
+and the update of the span of it this process owns."""
+import operator
+import weakref
+
+import numpy as np
+import torch
+
+from ..flat import ALIGN_BYTES, layout
+from ..optim import NON_NEGATIVE_STATE, rounding_seed
+from ._conventions import EIGHT_BIT, MASTER_KEY, _host_array, _initial, _scalar_dtype
+
+# ----------------------------------------------------------------- gradient hooks
+# Module-level functions holding a weak reference to the bucket, so a model
+# never keeps its optimizer alive; not pickled with the parameters.
+def _fresh_marker(ref, j):
+    @torch.utils.hooks.unserializable_hook
+    def hook(grad):
+        bucket = ref()
+        if bucket is not None and not bucket.released[j]:
+            bucket.fresh[j] = bucket.params[j].grad is None
+    return hook
+
+
+def _fresh_adopter(ref, j):
+    def hook(param):
+        bucket = ref()
+        if bucket is not None and bucket.fresh[j]:
+            bucket.fresh[j] = False
+            bucket.adopt(j)
+    return hook
+
+
+def _remove_hooks(handles):
+    for handle in handles:
+        handle.remove()
+
+
+# ----------------------------------------------------------------- one flat buffer
+class _Bucket:
+    """The parameters of one group that share a device and dtype, packed into
+    one flat buffer, with their gradient and state buffers.
+
+    The parameter and gradient buffers are whole (every process holds the
+    parameters); the state arrays, and the float32 master copy of 16-bit
+    parameters under ``master_weights``, cover :attr:`span` only (given by
+    ``partition``: the whole buffer, or one rank's shard), element ``i``
+    standing for element ``span.start + i`` of the flat buffer.
+    """
+
+    def __init__(self, owner, group_index, params, indices, partition, small=False):
+        self.owner = owner
+        self.group_index = group_index
+        self.params = params                 # the nn.Parameters, in group order
+        self.indices = indices               # their positions in group["params"]
+        first = params[0]
+        # complex parameters: the flat buffers hold their real view (torch's
+        # single-tensor optimizers update view_as_real(param) too); ``dtype`` is
+        # the buffers' (real) dtype, ``param_dtype`` the parameters'
+        self.device, self.param_dtype = first.device, first.dtype
+        self.complex = first.is_complex()
+        self.dtype = first.dtype.to_real()
+        # the state's storage: a torch dtype, or "int8" / "int8c" (8-bit state);
+        # ``small``: parameters under min_8bit_size, whose state stays float32
+        self.state_dtype = owner._state_storage(self.dtype, self.device, group_index)
+        if small and self.state_dtype in EIGHT_BIT:
+            self.state_dtype = torch.float32
+        self.eight_bit = self.state_dtype in EIGHT_BIT
+        # 8-bit state: its container, elements per scale and the scale's key
+        self.container, self.unit, self.scale_key, _ = EIGHT_BIT.get(
+            self.state_dtype, (None, 1, None, None))
+        self.shapes = [p.shape for p in params]
+        pair = 2 if self.complex else 1
+        self.sizes = [p.numel() * pair for p in params]
+        self.real_shapes = [(*s, 2) if self.complex else s for s in self.shapes]
+        # 8-bit state: every parameter starts a block (group) of its own, so a
+        # run of parameters (and one parameter's checkpoint) is whole blocks
+        align = self.unit if self.eight_bit else ALIGN_BYTES // (first.element_size() // pair)
+        self.offsets, end = layout(self.sizes, align)
+        self.span = partition.span(end, align)
+        end = self.length = self.span.length
+        self.param_flat = torch.zeros(end, dtype=self.dtype, device=self.device)
+        self.param_views = self._param_views(self.param_flat)
+        self.host = self.device.type == "cpu"
+        self.k_param = self._kernel_array(self.param_flat)
+        self.set_grad_buffer(True)
+        # gradient release (fastadapt.torch._release): these parameters are updated
+        # in the backward, from autograd's gradient, which is then dropped
+        self.released = [False] * len(params)
+        self.state_flat, self.state_views, self.k_state = {}, {}, {}
+        self.block_tensors = {}              # 8-bit state: name -> (codes, scale) tensors
+        # float64: exact step counts to 2**53 (torch's float32 ones stop at 2**24,
+        # and stochastic rounding, keyed on the step, would then repeat its bits)
+        self.steps = torch.zeros(len(params), dtype=torch.float64)
+        self.steps_np = self.steps.numpy()
+        self.scalars, self.scalars_np = {}, {}
+        self.uniform = True                  # same step count and scalar state everywhere
+        self.published = [False] * len(params)
+        self.entries = [None] * len(params)  # the optimizer.state entries shown
+        with torch.no_grad():
+            for p, view in zip(params, self.param_views):
+                view.copy_(p)
+                p.data = view
+        # a gradient already there stays the parameter's (the step copies it)
+        self.param_ptrs = [v.data_ptr() for v in self.param_views]
+        self._adopt_fresh_gradients()
+        # master weights: a float32 copy the update runs on; the parameters
+        # receive it rounded to nearest in the same pass
+        # (per-parameter views of it only when the span is the whole buffer)
+        self.master_flat = self.master_views = self.k_master = None
+        if owner.master_weights:
+            self.master_flat = self.param_flat[self.span.start:self.span.stop].float()
+            if self.span.whole:
+                self.master_views = self._views(self.master_flat)
+            self.k_master = self._kernel_array(self.master_flat)
+        self.versions = self._versions()
+
+    def _adopt_fresh_gradients(self):
+        """Hooks on each parameter that requires a gradient: when autograd
+        allocates a fresh ``.grad`` (it was None before this accumulation),
+        the gradient is copied into the flat buffer's view and ``.grad``
+        re-pointed there, inside the backward, before anyone else can hold
+        the fresh tensor. A ``.grad`` that existed before (the view, or a
+        tensor the user assigned) is never replaced."""
+        self.fresh = [False] * len(self.params)
+        ref = weakref.ref(self)
+        handles = []
+        for j, p in enumerate(self.params):
+            if p.requires_grad and p.is_leaf:
+                handles.append(p.register_hook(_fresh_marker(ref, j)))
+                handles.append(p.register_post_accumulate_grad_hook(_fresh_adopter(ref, j)))
+        weakref.finalize(self, _remove_hooks, handles)
+
+    def adopt(self, j):
+        """Parameter ``j``'s fresh gradient into its view, and ``.grad`` the view
+        (see :meth:`_adopt_fresh_gradients`); a gradient the view cannot hold
+        (sparse, another shape or dtype, one with a graph) is left alone."""
+        p, view = self.params[j], self.grad_views[j]
+        g = p.grad
+        if (g is None or g is view or g.requires_grad or g.layout != torch.strided
+                or g.shape != view.shape or g.dtype != view.dtype or g.device != view.device):
+            return
+        with torch.no_grad():
+            view.copy_(g)
+        p.grad = view
+
+    def clip(self, j0, j1=None):
+        """``(a, b)``: the part of parameters ``j0..j1`` (one by default) in
+        :attr:`span`, in the flat buffer's elements (``a == b`` when none)."""
+        j1 = j0 if j1 is None else j1
+        return self.span.clip(self.offsets[j0], self.offsets[j1] + self.sizes[j1])
+
+    def write_master(self, j, values):
+        """The span's part of parameter ``j``'s ``values`` (its full values,
+        any shape) into the master copy."""
+        a, b = self.clip(j)
+        lo, s0 = self.offsets[j], self.span.start
+        target = self.master_flat[a - s0:b - s0]
+        if b > a and values.data_ptr() != target.data_ptr():
+            target.copy_(values.reshape(-1)[a - lo:b - lo])
+
+    def _views(self, flat):
+        """Per-parameter views of ``flat`` (complex parameters: their real view)."""
+        return [flat[o:o + n].view(s)
+                for o, n, s in zip(self.offsets, self.sizes, self.real_shapes)]
+
+    def _param_views(self, flat):
+        """Per-parameter views of ``flat`` of the parameters' dtype."""
+        return [self.as_param(v) for v in self._views(flat)]
+
+    def as_param(self, view):
+        """A real view as the parameters' dtype (complex: ``torch.view_as_complex``)."""
+        return torch.view_as_complex(view) if self.complex else view
+
+    def _kernel_array(self, flat):
+        return _host_array(flat) if self.host else flat
+
+    def _versions(self):
+        return [p._version for p in self.params]
+
+    def state_tensors(self):
+        """The tensors holding this bucket's state (8-bit state: its codes and
+        scales), the master copy included (its span's)."""
+        if self.eight_bit:
+            out = [t for pair in self.block_tensors.values() for t in pair]
+        else:
+            out = list(self.state_flat.values())
+        return out + ([self.master_flat] if self.master_flat is not None else [])
+
+    def sync_master(self):
+        """With master weights: bring the master copy of every parameter that
+        was written in place since the last step (``model.load_state_dict``,
+        ``nn.init``, ``p.copy_`` under ``no_grad``: each bumps the parameter's
+        version counter; a replaced ``.data`` too) up to date: where the master
+        no longer rounds to the parameter, it takes the parameter's value. One
+        compare per changed parameter; nothing when none changed."""
+        if self.master_flat is None:
+            return
+        versions = self._versions()
+        if versions == self.versions:
+            return
+        for j, (now, before) in enumerate(zip(versions, self.versions)):
+            if now != before:
+                a, b = self.clip(j)
+                master = self.master_flat[a - self.span.start:b - self.span.start]
+                param = self.param_flat[a:b]
+                stale = master.to(self.dtype) != param
+                master[stale] = param[stale].float()
+        self.versions = versions
+
+    def block_view(self, name, j0, j1=None):
+        """8-bit state ``name`` over parameters ``j0..j1`` (one parameter by
+        default) as a Blockwise8 (Companded8) of views."""
+        j1 = j0 if j1 is None else j1
+        return self.state_flat[name]._view(self.offsets[j0],
+                                           self.offsets[j1] + self.sizes[j1])
+
+    def kernel_state(self, name, lo, hi):
+        """The state array ``name`` the functional step takes, over ``lo:hi``
+        of the state arrays (``span.start`` before the flat buffer's)."""
+        if not self.eight_bit:
+            return self.k_state[name][lo:hi]
+        b8 = self.state_flat[name]
+        return b8 if lo == 0 and hi == self.span.size else b8._view(lo, hi)
+
+    def state_entries(self, name, j, values=False):
+        """The entries of state array ``name`` in parameter ``j``'s state (a
+        whole buffer's span):
+        ``{torch's name: view}``; for 8-bit state the live codes and scales
+        (``"<name>.codes"``, ``"<name>.absmax"`` or ``"<name>.scale"``) and,
+        with ``values``, the dequantized values under torch's name (a fresh
+        float32 tensor, what torch.optim loads)."""
+        key = self.owner._torch_names.get(name, name)
+        if not self.eight_bit:
+            return {key: self.as_param(self.state_views[name][j])}
+        codes, scale = self.block_tensors[name]
+        lo, n, unit = self.offsets[j], self.sizes[j], self.unit
+        out = {f"{key}.codes": codes[lo:lo + n],
+               f"{key}.{self.scale_key}": scale[lo // unit:-(-(lo + n) // unit)]}
+        if values:
+            out[key] = torch.from_numpy(self.block_view(name, j).dequantize()).view(
+                self.shapes[j])
+        return out
+
+    # ----------------------------------------------------------- state
+    def ensure_state(self, names, group):
+        """Allocate the state arrays ``names`` that do not exist yet (``span.size``
+        elements each); over a whole buffer, show their views in
+        ``optimizer.state`` of the parameters already there."""
+        init = self.owner._state_init
+        for name in names:
+            if name in self.state_flat:
+                continue
+            value = _initial(init[name], group) if name in init else 0.0
+            if self.eight_bit:
+                b8 = self.container(self.span.size, name not in NON_NEGATIVE_STATE)
+                if value != 0.0:
+                    b8.fill(value)
+                self.state_flat[name] = self.k_state[name] = b8
+                self.block_tensors[name] = (torch.from_numpy(b8.codes),
+                                            torch.from_numpy(getattr(b8, self.scale_key)))
+            else:
+                flat = torch.zeros(self.span.size, dtype=self.state_dtype,
+                                   device=self.device)
+                if value != 0.0:
+                    flat.fill_(value)
+                self.state_flat[name] = flat
+                self.k_state[name] = self._kernel_array(flat)
+            if not self.span.whole:
+                continue
+            if not self.eight_bit:
+                self.state_views[name] = self._views(self.state_flat[name])
+            for j, published in enumerate(self.published):
+                if published:
+                    self.owner.state[self.params[j]].update(self.state_entries(name, j))
+        for name, spec in self.owner._scalar_state.items():
+            if name not in self.scalars:
+                self.scalars[name] = torch.full((len(self.params),), _initial(spec, group),
+                                                dtype=torch.float64)
+                self.scalars_np[name] = self.scalars[name].numpy()
+
+    def reset(self, j0, j1, group, names=None):
+        """Parameters ``j0..j1`` back to their state before their first step
+        (all state arrays, or those in ``names``)."""
+        init = self.owner._state_init
+        a, b = self.clip(j0, j1)
+        la, lb = a - self.span.start, b - self.span.start
+        for name, flat in self.state_flat.items():
+            if names is None or name in names:
+                value = _initial(init[name], group) if name in init else 0.0
+                if not self.eight_bit:
+                    flat[la:lb].fill_(value)
+                elif lb > la:
+                    blocks = flat._view(la, lb)
+                    if value == 0.0:    # the zero code and scale 0, as a new one starts
+                        blocks._clear()
+                    else:
+                        blocks.fill(value)
+        if names is None:
+            for name, spec in self.owner._scalar_state.items():
+                self.scalars_np[name][j0:j1 + 1] = _initial(spec, group)
+            self.steps_np[j0:j1 + 1] = 0
+
+    def load(self, name, j, arrays, extras, group):
+        """The span's part of parameter ``j``'s state array ``name`` from a
+        checked state dict: converted to this bucket's state dtype, quantized
+        into 8-bit state (block by block, as one process quantizes) unless
+        the dict has the codes (used as they are), reset when absent."""
+        key = self.owner._torch_names.get(name, name)
+        src = arrays.get(key)
+        codes = extras.get(f"{key}.codes") if self.eight_bit else None
+        if src is None and codes is None:
+            self.reset(j, j, group, names=(name,))
+            return
+        lo, s0 = self.offsets[j], self.span.start
+        a, b = self.clip(j)
+        if b <= a:
+            return
+        if not self.eight_bit:
+            target = self.state_flat[name][a - s0:b - s0]
+            if src.data_ptr() != target.data_ptr():
+                flat = torch.view_as_real(src) if src.is_complex() else src
+                target.copy_(flat.reshape(-1)[a - lo:b - lo])
+            return
+        target = self.state_flat[name]._view(a - s0, b - s0)
+        if codes is not None:           # as saved; a - lo starts a block (group)
+            target.codes[:] = codes.detach().cpu().reshape(-1).numpy()[a - lo:b - lo]
+            scale = extras[f"{key}.{self.scale_key}"].detach().cpu().reshape(-1).numpy()
+            getattr(target, self.scale_key)[:] = scale[
+                (a - lo) // self.unit:-(-(b - lo) // self.unit)]
+            return
+        values = src.detach().to("cpu", torch.float32).reshape(-1).numpy()[a - lo:b - lo]
+        try:
+            target.assign(values)
+        except ValueError as exc:   # checked when the dict was; kept as a guard
+            raise ValueError(f"loaded {key}: {exc}") from None
+
+    def publish(self, j):
+        """Show parameter ``j``'s state in ``optimizer.state`` (torch shows a
+        parameter's state from its first step on): the step count and scalar
+        state and, over a whole buffer, views of the state arrays and the
+        master copy (a shard's are gathered by ``consolidate_state_dict``)."""
+        owner = self.owner
+        entry = {} if owner._no_step else {"step": self.steps[j]}
+        if self.span.whole:
+            for name in self.state_flat:
+                entry.update(self.state_entries(name, j))
+        for name, values in self.scalars.items():
+            entry[owner._torch_names.get(name, name)] = values[j]
+        if self.master_views is not None:
+            entry[MASTER_KEY] = self.master_views[j]
+        self.show(j, entry)
+
+    def show(self, j, entry):
+        """Make ``entry`` parameter ``j``'s ``optimizer.state`` (none when it is
+        empty: torch's SGD without momentum keeps no state)."""
+        self.owner._show_entry(self.params[j], entry)
+        self.entries[j] = entry if entry else None
+        self.published[j] = True
+
+    def cleared(self):
+        """The parameters whose ``optimizer.state`` entry was removed or
+        replaced by an empty dict since it was shown (torch's ways to reset a
+        parameter's state: ``state.clear()``, ``state.pop(p)``, ``del
+        state[p]``, ``state[p] = {}``); a non-empty dict of another origin
+        raises ValueError. One C-level comparison when none was."""
+        now = list(map(self.owner.state.get, self.params))
+        if all(map(operator.is_, now, self.entries)):
+            return []
+        cleared = []
+        for j, (entry, shown) in enumerate(zip(now, self.entries)):
+            if entry is shown:
+                continue
+            if not self.published[j]:      # e.g. {} made by reading state[p]: nothing to reset
+                self.entries[j] = entry
+                continue
+            if entry:
+                raise ValueError(
+                    f"optimizer.state of param group {self.group_index}, parameter "
+                    f"{self.indices[j]} was replaced by a dict with keys "
+                    f"{sorted(map(str, entry))}; fastadapt.torch keeps the state in flat "
+                    "buffers: reset it with optimizer.state.pop(p) (or state[p] = {}, "
+                    "state.clear()), or set it with load_state_dict")
+            cleared.append(j)
+        return cleared
+
+    def forget(self, cleared):
+        """Parameters ``cleared`` start from fresh state at their next step,
+        as torch's do after their state was removed."""
+        if not cleared:
+            return
+        group = self.owner.param_groups[self.group_index]
+        for j in cleared:
+            self.reset(j, j, group)
+            self.published[j] = False
+            self.entries[j] = None
+        self.update_uniform()
+
+    def scalar_tensor(self, name, j):
+        return torch.tensor(float(self.scalars_np[name][j]), dtype=_scalar_dtype())
+
+    # ----------------------------------------------------------- a step
+    def scan(self):
+        """Check the parameters and gradients before anything is written.
+
+        Returns ``(present, replaced, copies, cleared)``: which parameters
+        have a gradient (``None``: all of them), which had ``.data`` replaced
+        (same shape), which gradients must be copied into the flat buffer and
+        whose ``optimizer.state`` was cleared (:meth:`cleared`). The common
+        cases (nothing replaced or cleared; every gradient the flat buffer's
+        view) are three list comprehensions and three C-level comparisons.
+        """
+        params = self.params
+        replaced = self.replaced()
+        cleared = self.cleared()
+        grads = [p.grad for p in params]
+        if all(map(operator.is_, grads, self.grad_views)):
+            return None, replaced, [], cleared
+        gi = self.group_index
+        present, copies = [], []
+        for j, g in enumerate(grads):
+            present.append(g is not None)
+            if g is None or g is self.grad_views[j]:
+                continue
+            if g.layout != torch.strided:
+                raise ValueError(f"param group {gi}, parameter {self.indices[j]}: sparse "
+                                 "gradients are not supported")
+            if g.shape != self.shapes[j]:
+                raise ValueError(f"param group {gi}, parameter {self.indices[j]}: gradient of "
+                                 f"shape {tuple(g.shape)} for a parameter of shape "
+                                 f"{tuple(self.shapes[j])}")
+            if not (g.data_ptr() == self.grad_ptrs[j] and g.is_contiguous()
+                    and g.dtype == self.param_dtype):
+                copies.append(j)
+        return present, replaced, copies, cleared
+
+    def replaced(self):
+        """The parameters whose ``.data`` was replaced (same shape, dtype and
+        device: anything else raises ValueError) since they were re-pointed."""
+        ptrs = [p.data_ptr() for p in self.params]
+        if ptrs == self.param_ptrs:
+            return []
+        replaced = []
+        for j, (ptr, p) in enumerate(zip(ptrs, self.params)):
+            if ptr != self.param_ptrs[j]:
+                self._check_replaced(j, p)
+                replaced.append(j)
+        return replaced
+
+    def adopt_replaced(self, replaced):
+        """Copy the replaced parameters' values into their slots (and their
+        master copies: the new values are the truth) and re-point their
+        ``.data`` there; the values the model sees do not change."""
+        for j in replaced:
+            p = self.params[j]
+            self.param_views[j].copy_(p.data)
+            if self.master_flat is not None:
+                self.write_master(j, p.data)
+            p.data = self.param_views[j]
+
+    def _check_replaced(self, j, p):
+        where = f"param group {self.group_index}, parameter {self.indices[j]}"
+        if p.shape != self.shapes[j]:
+            raise ValueError(f"{where} changed shape from {tuple(self.shapes[j])} to "
+                             f"{tuple(p.shape)} after the optimizer was built; build a new "
+                             "optimizer for the new shapes")
+        if p.dtype != self.param_dtype or p.device != self.device:
+            raise ValueError(f"{where} moved from {self.device}/{self.param_dtype} to "
+                             f"{p.device}/{p.dtype} after the optimizer was built; move or "
+                             "convert the model before building the optimizer")
+
+    def gather(self, scan):
+        """Copy what ``scan`` found (replaced parameters, gradients that are not
+        the flat buffer's views) into the buffers; the values the model sees,
+        and the gradient tensors, do not change."""
+        present, replaced, copies, cleared = scan
+        self.adopt_replaced(replaced)
+        self.forget(cleared)
+        if copies:      # .grad stays the caller's tensor, read and never written
+            torch._foreach_copy_([self.grad_views[j] for j in copies],
+                                 [self.params[j].grad for j in copies])
+
+    def present_grads(self, scan):
+        """The gradients this step applies in the span, as arrays for
+        ``fastadapt.grad_norm``: all of it when every parameter has one (its
+        padding is zero), else one slice per parameter that has one."""
+        present = scan[0]
+        if present is None or all(present):
+            return [self.k_grad[self.span.start:self.span.stop]]
+        pieces = []
+        for j, has in enumerate(present):
+            a, b = self.clip(j)
+            if has and b > a:
+                pieces.append(self.k_grad[a:b])
+        return pieces
+
+    def set_grad_buffer(self, keep):
+        """Allocate the flat gradient buffer and its views (``keep``), or drop
+        them (every parameter released: no ``.grad`` is ever one of them)."""
+        if keep:
+            self.grad_flat = torch.zeros_like(self.param_flat)
+            self.grad_views = self._param_views(self.grad_flat)
+        else:
+            self.grad_flat = self.param_flat.new_empty(0)
+            self.grad_views = [object() for _ in self.params]   # never any .grad
+        self.k_grad = self._kernel_array(self.grad_flat)
+        self.grad_ptrs = [v.data_ptr() if keep else None for v in self.grad_views]
+
+    def apply(self, group, options, scan, grad_scale, grad=None):
+        """Run the update (after :meth:`gather`); ``grad``: the kernel array of
+        the gradient of the one parameter ``scan`` presents, instead of the
+        flat buffer's (gradient release)."""
+        present = scan[0]
+        every = present is None
+        if not every and not any(present):
+            return
+        owner = self.owner
+        rule = owner._group_rule(group)
+        needed = rule.state_for(**options)
+        self.ensure_state(needed, group)
+        unscale_in_kernel = grad_scale is not None and owner._kernel_unscales
+        if grad_scale is not None and not unscale_in_kernel:
+            self.grad_flat[self.span.start:self.span.stop].mul_(1.0 / grad_scale)
+        if self.uniform and (every or all(present)):
+            runs = [(0, len(self.params) - 1)]
+        else:
+            runs = self._runs([True] * len(self.params) if every else present)
+        for j0, j1 in runs:
+            lo = self.offsets[j0]
+            hi = (self.length if j1 == len(self.params) - 1 and grad is None
+                  else self.offsets[j1] + self.sizes[j1])
+            a, b = self.span.clip(lo, hi)
+            la, lb = a - self.span.start, b - self.span.start
+            first_step = self.steps_np[j0] == 0
+            if first_step:                    # torch creates state at a parameter's first step
+                self.reset(j0, j1, group)
+            kwargs = dict(options)
+            for name in needed:
+                kwargs[name] = self.kernel_state(name, la, lb)
+            if rule.takes_step:
+                kwargs["step"] = int(self.steps_np[j0]) + 1
+            if self.k_master is not None:
+                kwargs["master_param"] = self.k_master[la:lb]
+            elif owner.stochastic_rounding:
+                kwargs["stochastic_rounding"] = True
+                kwargs["seed"] = rounding_seed(owner.seed, int(self.steps_np[j0]) + 1,
+                                               rule.takes_step)
+                kwargs["rounding_offset"] = a      # the bits of one call over the bucket
+            for name in owner._scalar_state:
+                kwargs[name] = float(self.scalars_np[name][j0])
+            if unscale_in_kernel:
+                kwargs["grad_scale"] = grad_scale
+            # an empty span (a run outside this rank's shard) still
+            # returns the new scalar state
+            result = rule.step_fn(self.k_param[a:b], self.k_grad[a:b] if grad is None else grad,
+                                  **kwargs)
+            for name in owner._scalar_state:
+                if not isinstance(result, dict) or name not in result:
+                    raise RuntimeError(f"{rule.step_fn.__name__} must return {{{name!r}: new "
+                                       f"value}} (the rule declares scalar state {name!r})")
+                self.scalars_np[name][j0:j1 + 1] = float(result[name])
+            if first_step:
+                for j in range(j0, j1 + 1):
+                    if not self.published[j]:
+                        self.publish(j)
+        if every or all(present):
+            self.steps_np += 1
+        else:
+            self.steps_np[np.asarray(present)] += 1
+            self.update_uniform()
+
+    def update_uniform(self):
+        """Whether one call can update the whole buffer: every parameter has
+        the same step count and the same scalar state."""
+        arrays = (self.steps_np, *self.scalars_np.values())
+        self.uniform = all(bool((a == a[0]).all()) for a in arrays if len(a))
+
+    def _runs(self, present):
+        """Runs ``(first, last)`` of consecutive parameters that have a
+        gradient, the same step count and the same scalar state."""
+        runs, start = [], None
+        steps, scalars = self.steps_np, list(self.scalars_np.values())
+        for j, has in enumerate(present):
+            if start is not None and not (has and steps[j] == steps[start] and all(
+                    s[j] == s[start] for s in scalars)):
+                runs.append((start, j - 1))
+                start = None
+            if has and start is None:
+                start = j
+        if start is not None:
+            runs.append((start, len(present) - 1))
+        return runs
+

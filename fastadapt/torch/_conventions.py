@@ -1,0 +1,125 @@
+"""torch's conventions as fastadapt.torch keeps them: the flags it accepts or
+refuses, the dtypes it packs, the state-dict keys of its storage modes, the
+rule attributes it reads, and conversions between torch and NumPy values."""
+import numpy as np
+import torch
+
+from .. import _storage
+from ..kernels.storage import BLOCK, GROUP
+from ..rules import RULES
+
+#: Accepted for compatibility with torch.optim; they change nothing.
+NO_OP_FLAGS = ("foreach", "fused")
+#: torch.optim options fastadapt.torch cannot honour: True raises.
+REJECTED_FLAGS = ("differentiable", "capturable")
+SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+COMPLEX_DTYPES = (torch.complex64, torch.complex128)
+#: torch.optim classes that take complex parameters (torch 2.13's optim_db
+#: ``supports_complex``); each updates ``view_as_real(param)``, as fastadapt does.
+_TORCH_SUPPORTS_COMPLEX = {"Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adadelta", "Adamax",
+                           "RAdam", "Rprop", "NAdam", "ASGD"}
+_SIXTEEN_BIT = (torch.bfloat16, torch.float16)
+#: Storage options (keyword-only, optimizer-wide), as fastadapt.optim's classes take them.
+STORAGE_OPTIONS = {"state_dtype": None, "master_weights": False,
+                   "stochastic_rounding": False, "seed": None, "min_8bit_size": 4096}
+#: The 8-bit state formats, by ``state_dtype``: the container, the elements
+#: that share one float32 scale, and that scale's key in state dicts
+#: (``"<state>.<key>"``, beside ``"<state>.codes"``), and what makes loaded
+#: scales unsound (a phrase, or None).
+EIGHT_BIT = {"int8": (_storage.Blockwise8, BLOCK, "absmax", _storage.absmax_problem),
+             "int8c": (_storage.Companded8, GROUP, "scale", _storage.scale_problem)}
+#: Extra per-parameter state-dict keys of the storage modes torch has no
+#: equivalent for (the 8-bit state's are ``"<state>.codes"`` and ``"<state>.absmax"``
+#: or ``"<state>.scale"``).
+MASTER_KEY = "master_param"
+SEED_KEY = "stochastic_rounding_seed"
+#: The step count as an int, saved beside torch's float32 ``step`` where that
+#: cannot hold it (past 2**24 steps).
+STEP_KEY = "exact_step"
+_DEFAULT_TORCH_STATE_NAMES = {"state_sum": "sum"}
+#: torch's Adam computes AdamW when this is True (and its AdamW's groups hold True).
+DECOUPLED_FLAG = "decoupled_weight_decay"
+# torch.optim classes whose per-parameter state has no "step" (their rule's
+# step only marks the first step, which a loaded state infers from the
+# presence of the state arrays).
+_NO_TORCH_STEP = {"SGD"}
+# torch.optim classes whose constructor refuses betas mixing a tensor and a
+# number, and a tensor lr or betas with foreach=True (without capturable)
+_TORCH_REFUSES_TENSOR_MIX = {"Adam", "AdamW"}
+
+
+# ----------------------------------------------------------------- rule hooks
+def _state_init(rule):
+    return dict(getattr(rule, "state_init", None) or {})
+
+
+def _scalar_state(rule):
+    """``{name: initial value or hyper-parameter name}``, from a dict or from
+    a sequence of objects with ``name`` and ``initial`` (the registry's
+    ``ScalarState``)."""
+    spec = getattr(rule, "scalar_state", None) or {}
+    if isinstance(spec, dict):
+        return dict(spec)
+    return {s.name: s.initial for s in spec}
+
+
+def _decoupled_twins(rule):
+    """``(coupled rule, decoupled rule)`` when torch's class of ``rule`` picks
+    one of the two by ``decoupled_weight_decay`` and the rule itself has no
+    such hyper-parameter (Adam and AdamW; a rule's ``coupled_twin`` names the
+    rule it decouples), else None."""
+    if DECOUPLED_FLAG in rule.defaults:
+        return None
+    for r in RULES.values():
+        twin = getattr(r, "coupled_twin", None)
+        if twin is not None and rule.name in (r.name, twin):
+            return RULES[twin], r
+    return None
+
+
+def _torch_state_names(rule):
+    names = dict(_DEFAULT_TORCH_STATE_NAMES)
+    names.update(getattr(rule, "torch_state_names", None) or {})
+    return names
+
+
+def _scalar_dtype():
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def _plain(value):
+    """A hyper-parameter as a plain Python value (0-dim tensors become floats)."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"expected a number or a 1-element tensor, got a tensor of shape "
+                             f"{tuple(value.shape)}")
+        return value.item()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
+def _initial(spec, group):
+    """An initial value: a number, or the name of a hyper-parameter of ``group``."""
+    return float(_plain(group[spec])) if isinstance(spec, str) else float(spec)
+
+
+def _numpy_dtype(dtype):
+    """The NumPy dtype of a torch floating dtype (bfloat16 through ml_dtypes)."""
+    if dtype == torch.bfloat16:
+        return _storage.bfloat16("bfloat16 parameters or state")
+    return np.dtype(str(dtype).rsplit(".", 1)[-1])
+
+
+def _torch_dtype(dtype):
+    """The torch dtype of a NumPy dtype of :func:`_numpy_dtype`."""
+    return torch.bfloat16 if _storage.is_bfloat16(dtype) else getattr(torch, dtype.name)
+
+
+def _host_array(flat):
+    """The zero-copy NumPy view of a CPU tensor (``Tensor.numpy()`` refuses
+    bfloat16: its bits are viewed as int16, then as ``ml_dtypes.bfloat16``)."""
+    if flat.dtype == torch.bfloat16:
+        return flat.view(torch.int16).numpy().view(_storage.bfloat16())
+    return flat.numpy()
+
