@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from ..flat import ALIGN_BYTES, layout
-from ..optim import NON_NEGATIVE_STATE, rounding_seed
+from .._options import rounding_seed
+from ..optim import NON_NEGATIVE_STATE
 from ._conventions import EIGHT_BIT, MASTER_KEY, _host_array, _initial, _scalar_dtype
 
 # ----------------------------------------------------------------- gradient hooks

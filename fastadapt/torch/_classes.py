@@ -6,6 +6,8 @@ import torch
 
 from ._conventions import (DECOUPLED_FLAG, NO_OP_FLAGS, REJECTED_FLAGS, STORAGE_OPTIONS,
                            _decoupled_twins, _scalar_state, _state_init)
+from .._class_builder import derive_class
+from .._options import STORAGE_DOC
 from ..rules import RULES
 from ._optimizer import FlatOptimizer
 
@@ -49,30 +51,20 @@ def optimizer_class(rule):
               if name not in known and p.default is not inspect.Parameter.empty}
     name = rule.torch_name or rule.name.capitalize()
 
-    def __init__(self, params, *args, **kwargs):
-        bound = signature.bind(self, params, *args, **kwargs)
-        bound.apply_defaults()
-        defaults = dict(bound.arguments)
-        del defaults["self"], defaults["params"]
-        FlatOptimizer.__init__(self, params, defaults)
-
-    __init__.__signature__ = signature
-    __init__.__qualname__ = f"{name}.__init__"
     twin = f"torch.optim.{name}" if torch_cls is not None else "the rule"
     doc = (f"{name} over flat buffers: a drop-in for {twin} (same signature, defaults and "
            f"numbers), one fused ``fastadapt.{rule.step_fn.__name__}`` call per (group, "
            f"device, dtype).\n\n``foreach`` and ``fused`` are accepted and change nothing; "
            f"``capturable=True`` and ``differentiable=True`` raise ValueError. "
-           f"``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed`` "
-           f"choose the storage (16-bit parameters, float32 master weights, bfloat16 or "
-           f"8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps "
+           f"``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: "
+           f"{STORAGE_DOC.lower()}, as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps "
            f"smaller parameters' state float32 under 8-bit state. See "
            f":mod:`fastadapt.torch` for the gradient paths and their cost.\n\n"
            f"The update (from ``fastadapt.{rule.step_fn.__name__}``):\n"
            f"{inspect.getdoc(rule.step_fn) or ''}\n")
-    return type(name, (FlatOptimizer,), {
-        "rule": rule, "_signature": signature, "_extras": extras, "__init__": __init__,
-        "__doc__": doc, "__module__": "fastadapt.torch", "__qualname__": name})
+    return derive_class(name, FlatOptimizer, signature, FlatOptimizer.__init__,
+                        {"rule": rule, "_signature": signature, "_extras": extras,
+                         "__doc__": doc}, "fastadapt.torch")
 
 
 #: The drop-in class of every rule of the registry, by class name (torch's).

@@ -4,8 +4,8 @@ rule attributes it reads, and conversions between torch and NumPy values."""
 import numpy as np
 import torch
 
-from .. import _storage
-from ..kernels.storage import BLOCK, GROUP
+from .. import _options, _storage
+from .._options import EIGHT_BIT  # noqa: F401  (the 8-bit formats, declared once)
 from ..rules import RULES
 
 #: Accepted for compatibility with torch.optim; they change nothing.
@@ -20,14 +20,7 @@ _TORCH_SUPPORTS_COMPLEX = {"Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adadel
                            "RAdam", "Rprop", "NAdam", "ASGD"}
 _SIXTEEN_BIT = (torch.bfloat16, torch.float16)
 #: Storage options (keyword-only, optimizer-wide), as fastadapt.optim's classes take them.
-STORAGE_OPTIONS = {"state_dtype": None, "master_weights": False,
-                   "stochastic_rounding": False, "seed": None, "min_8bit_size": 4096}
-#: The 8-bit state formats, by ``state_dtype``: the container, the elements
-#: that share one float32 scale, and that scale's key in state dicts
-#: (``"<state>.<key>"``, beside ``"<state>.codes"``), and what makes loaded
-#: scales unsound (a phrase, or None).
-EIGHT_BIT = {"int8": (_storage.Blockwise8, BLOCK, "absmax", _storage.absmax_problem),
-             "int8c": (_storage.Companded8, GROUP, "scale", _storage.scale_problem)}
+STORAGE_OPTIONS = {**_options.STORAGE_OPTIONS, "min_8bit_size": 4096}
 #: Extra per-parameter state-dict keys of the storage modes torch has no
 #: equivalent for (the 8-bit state's are ``"<state>.codes"`` and ``"<state>.absmax"``
 #: or ``"<state>.scale"``).

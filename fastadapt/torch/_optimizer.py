@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .. import _args, _storage
-from ..optim import storage_options
+from .._options import dry_run, naming_group, storage_options
 from ._bucket import _Bucket
 from ._conventions import (COMPLEX_DTYPES, DECOUPLED_FLAG, EIGHT_BIT, MASTER_KEY, REJECTED_FLAGS,
                            SEED_KEY, STORAGE_OPTIONS, SUPPORTED_DTYPES, _NO_TORCH_STEP,
@@ -198,8 +198,7 @@ class FlatOptimizer(TorchStateDict, torch.optim.Optimizer):
             if key in group and _plain(group[key]) != default:
                 raise ValueError(f"{at}fastadapt.torch.{name} does not support "
                                  f"{key}={group[key]!r} (only torch's default, {default!r})")
-        empty = np.empty(0, np.float32)
-        try:
+        with naming_group(index):
             options = self._rule_options(group)
             for key in set(self._state_init.values()) | {
                     v for v in self._scalar_state.values() if isinstance(v, str)}:
@@ -207,16 +206,8 @@ class FlatOptimizer(TorchStateDict, torch.optim.Optimizer):
                 if not math.isfinite(value):
                     raise ValueError(f"invalid {key}: {group[key]!r}")
             self._check_lr(options["lr"])
-            state = {s: empty for s in self.rule.state_for(**options)}
-            if self.rule.takes_step:
-                options["step"] = 1
-            for s, spec in self._scalar_state.items():
-                options[s] = _initial(spec, group)
-            self._group_rule(group).step_fn(empty, empty, **state, **options)
-        except KeyError as exc:
-            raise ValueError(f"{at}missing hyper-parameter {exc.args[0]!r}") from None
-        except (TypeError, ValueError) as exc:
-            raise type(exc)(f"{at}{exc}") from None
+            dry_run(self._group_rule(group), options,
+                    scalar_state={s: _initial(spec, group) for s, spec in self._scalar_state.items()})
 
     def _rule_options(self, group):
         return {k: _plain(group[k]) for k in self.rule.defaults}
