@@ -81,7 +81,7 @@ def warm_call(rule, n, dtype, mode=None):
     options on fresh arrays of ``n`` elements of ``dtype``, or in the storage
     mode ``mode`` of :data:`MODES`."""
     from ._storage import Blockwise8, Companded8, bfloat16
-    from .optim import NON_NEGATIVE_STATE
+    from .functional import step_for
     kwargs = {}
     if mode is None:
         param_dtype = grad_dtype = state_dtype = dtype
@@ -96,11 +96,11 @@ def warm_call(rule, n, dtype, mode=None):
         return np.zeros(n, bfloat16() if name == "bfloat16" else name)
     eight_bit = {"int8": Blockwise8, "int8c": Companded8}.get(state_dtype)
     for name in rule.state_for():
-        kwargs[name] = (eight_bit(n, signed=name not in NON_NEGATIVE_STATE)
+        kwargs[name] = (eight_bit(n, signed=name not in rule.non_negative_state)
                         if eight_bit else zeros(state_dtype))
     if rule.takes_step:
         kwargs["step"] = 1
-    rule.step_fn(zeros(param_dtype), zeros(grad_dtype), **kwargs)
+    step_for(rule)(zeros(param_dtype), zeros(grad_dtype), **kwargs)
 
 
 def warmup(rules=None, dtypes=None, modes=None, progress=None):

@@ -39,6 +39,7 @@ from ._arrays import is_device_array as _is_device_array, is_torch_host_tensor
 from .kernels.storage import stream_key
 from ._dispatch import prepare
 from .flat import FlatBuffer
+from .functional import step_for
 from .norm import SumOfSquares, check_grad_scale, clipped_scale, norm_of
 from .rules import RULES
 from .schedules import resolve_lr
@@ -46,12 +47,6 @@ from .schedules import resolve_lr
 __all__ = ["Optimizer"]   # and one class per rule, derived at the bottom
 
 CHECKPOINT_FORMAT = _ckpt.CHECKPOINT_FORMAT
-
-
-#: State arrays that never go negative: stored with bitsandbytes' unsigned
-#: 8-bit map under ``state_dtype="int8"`` (the others with the signed map).
-NON_NEGATIVE_STATE = frozenset({"exp_avg_sq", "max_exp_avg_sq", "square_avg", "state_sum",
-                                "acc_delta", "exp_inf", "step_size"})
 
 
 #: The 8-bit ``state_dtype`` values and their containers.
@@ -305,14 +300,14 @@ class Optimizer:
                 options["lr"] = resolve_lr(lr, 0)
             for key in set(self.state_init.values()) - set(self.rule.defaults):
                 _initial_value(key, group[key])   # the step's own are checked below
-            state = {name: EIGHT_BIT[state_dtype](0, name not in NON_NEGATIVE_STATE)
+            state = {name: EIGHT_BIT[state_dtype](0, name not in self.rule.non_negative_state)
                      if isinstance(state_dtype, str) else np.empty(0, state_dtype)
                      for name in self.rule.state_for(**options)}
             if self.rule.takes_step:
                 options["step"] = 1
             if dtype.itemsize == 2:
                 options.update(self._storage_arguments(np.empty(0, np.float32), 0))
-            self.rule.step_fn(np.empty(0, dtype), np.empty(0, dtype), **state, **options)
+            step_for(self.rule)(np.empty(0, dtype), np.empty(0, dtype), **state, **options)
             resolve_lr(lr, 0)       # a number: also finite (the functional allows inf)
         except KeyError as exc:
             raise _in_group(ValueError(f"missing hyper-parameter {exc.args[0]!r}"), index)
@@ -341,7 +336,7 @@ class Optimizer:
     def _zero_state(self, buffers, group, name):
         """A new state buffer ``name`` at its initial value (not yet kept)."""
         if isinstance(buffers.state_dtype, str):        # "int8", "int8c"
-            buffer = _Blockwise8Buffer(buffers.param, name not in NON_NEGATIVE_STATE,
+            buffer = _Blockwise8Buffer(buffers.param, name not in self.rule.non_negative_state,
                                        buffers.state_dtype)
         else:
             buffer = buffers.param.zeros_like(buffers.state_dtype)
@@ -497,7 +492,7 @@ class Optimizer:
                         created.append((b, name, self._zero_state(b, g, name)))
             for b, name, buffer in created:
                 b.state[name] = buffer
-            plan = self.rule.step_fn.plan
+            plan = step_for(self.rule).plan
             launches = []
             for (g, b), (options, names, _) in zip(groups, calls):
                 for name in names:

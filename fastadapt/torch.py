@@ -145,27 +145,19 @@ GradScaler's unscale and inf
 skip and ``max_grad_norm`` work the same in every mode (the division happens
 in the kernel).
 
-Rule hooks
-----------
-The classes are built from the registry; a :class:`~fastadapt.Rule` may carry
-optional attributes that this module reads:
-
-``state_init``
-    ``{state name: hyper-parameter name}`` for state arrays that do not start
-    at zero (Adagrad's ``state_sum`` starts at ``initial_accumulator_value``,
-    Rprop's step sizes at ``lr``). Filled when a parameter takes its first
-    step (torch's lazy initialisation).
-``scalar_state``
-    A sequence of objects with ``name`` and ``initial`` (the registry's
-    ``ScalarState``; a dict ``{name: initial}`` works too), ``initial`` a
-    number or the name of a hyper-parameter, for per-parameter scalar state
-    (NAdam's ``mu_product``, ASGD's ``eta`` and ``mu``). The current value is
-    passed to the functional step as a keyword and the step returns
-    ``{name: new value}``; it is kept per parameter as torch keeps it, and
-    saved as a 0-dim tensor.
-``torch_state_names``
-    ``{fastadapt state name: torch's name}`` where they differ (default:
-    ``state_sum`` is torch's ``sum``).
+What a rule declares for this module
+------------------------------------
+The classes are built from the registry; a :class:`~fastadapt.Rule` declares
+what torch.optim's class of it keeps: each state array's key in torch's state
+(``State.torch_name``: Adagrad's ``state_sum`` is ``sum``) and start
+(``State.init``: Adagrad's ``initial_accumulator_value``, Rprop's ``lr``; filled
+when a parameter takes its first step, torch's lazy initialisation), the
+per-parameter scalar state (``ScalarState``: NAdam's ``mu_product``, ASGD's
+``eta`` and ``mu``; passed to the functional step as a keyword, which returns
+``{name: new value}``; saved as a 0-dim tensor), and whether torch keeps a
+``step`` (``torch_step``), takes complex parameters (``torch_complex``),
+refuses tensors mixed with numbers (``torch_refuses_tensor_mix``) or computes
+it as another rule's class with ``decoupled_weight_decay`` (``coupled_twin``).
 """
 import functools
 import inspect
@@ -184,7 +176,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without torch
 from . import _args, _storage
 from .flat import ALIGN_BYTES, layout
 from .kernels.storage import BLOCK, GROUP
-from .optim import NON_NEGATIVE_STATE, rounding_seed, storage_options
+from .functional import step_for
+from .optim import rounding_seed, storage_options
 from .rules import RULES
 
 __all__ = ["FlatOptimizer", "optimizer_class"]
@@ -195,10 +188,6 @@ NO_OP_FLAGS = ("foreach", "fused")
 REJECTED_FLAGS = ("differentiable", "capturable")
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 COMPLEX_DTYPES = (torch.complex64, torch.complex128)
-#: torch.optim classes that take complex parameters (torch 2.13's optim_db
-#: ``supports_complex``); each updates ``view_as_real(param)``, as fastadapt does.
-_TORCH_SUPPORTS_COMPLEX = {"Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adadelta", "Adamax",
-                           "RAdam", "Rprop", "NAdam", "ASGD"}
 _SIXTEEN_BIT = (torch.bfloat16, torch.float16)
 #: Storage options (keyword-only, optimizer-wide), as fastadapt.optim's classes take them.
 STORAGE_OPTIONS = {"state_dtype": None, "master_weights": False,
@@ -217,53 +206,8 @@ SEED_KEY = "stochastic_rounding_seed"
 #: The step count as an int, saved beside torch's float32 ``step`` where that
 #: cannot hold it (past 2**24 steps).
 STEP_KEY = "exact_step"
-_DEFAULT_TORCH_STATE_NAMES = {"state_sum": "sum"}
 #: torch's Adam computes AdamW when this is True (and its AdamW's groups hold True).
 DECOUPLED_FLAG = "decoupled_weight_decay"
-# torch.optim classes whose per-parameter state has no "step" (their rule's
-# step only marks the first step, which a loaded state infers from the
-# presence of the state arrays).
-_NO_TORCH_STEP = {"SGD"}
-# torch.optim classes whose constructor refuses betas mixing a tensor and a
-# number, and a tensor lr or betas with foreach=True (without capturable)
-_TORCH_REFUSES_TENSOR_MIX = {"Adam", "AdamW"}
-
-
-# ----------------------------------------------------------------- rule hooks
-def _state_init(rule):
-    return dict(getattr(rule, "state_init", None) or {})
-
-
-def _scalar_state(rule):
-    """``{name: initial value or hyper-parameter name}``, from a dict or from
-    a sequence of objects with ``name`` and ``initial`` (the registry's
-    ``ScalarState``)."""
-    spec = getattr(rule, "scalar_state", None) or {}
-    if isinstance(spec, dict):
-        return dict(spec)
-    return {s.name: s.initial for s in spec}
-
-
-def _decoupled_twins(rule):
-    """``(coupled rule, decoupled rule)`` when torch's class of ``rule`` picks
-    one of the two by ``decoupled_weight_decay`` and the rule itself has no
-    such hyper-parameter (Adam and AdamW; a rule's ``coupled_twin`` names the
-    rule it decouples), else None."""
-    if DECOUPLED_FLAG in rule.defaults:
-        return None
-    for r in RULES.values():
-        twin = getattr(r, "coupled_twin", None)
-        if twin is not None and rule.name in (r.name, twin):
-            return RULES[twin], r
-    return None
-
-
-def _torch_state_names(rule):
-    names = dict(_DEFAULT_TORCH_STATE_NAMES)
-    names.update(getattr(rule, "torch_state_names", None) or {})
-    return names
-
-
 def _scalar_dtype():
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
@@ -553,7 +497,8 @@ class _Bucket:
                 continue
             value = _initial(init[name], group) if name in init else 0.0
             if self.eight_bit:
-                b8 = self.container(self.state_length, name not in NON_NEGATIVE_STATE)
+                b8 = self.container(self.state_length,
+                                    name not in self.owner.rule.non_negative_state)
                 if value != 0.0:
                     b8.fill(value)
                 self.state_flat[name] = self.k_state[name] = b8
@@ -835,11 +780,11 @@ class _Bucket:
                 kwargs["grad_scale"] = grad_scale
             # an empty span (a sharded bucket's run outside its shard) still
             # returns the new scalar state
-            result = rule.step_fn(self.k_param[a:b], self.k_grad[a:b] if grad is None else grad,
+            result = step_for(rule)(self.k_param[a:b], self.k_grad[a:b] if grad is None else grad,
                                   **kwargs)
             for name in owner._scalar_state:
                 if not isinstance(result, dict) or name not in result:
-                    raise RuntimeError(f"{rule.step_fn.__name__} must return {{{name!r}: new "
+                    raise RuntimeError(f"{step_for(rule).__name__} must return {{{name!r}: new "
                                        f"value}} (the rule declares scalar state {name!r})")
                 self.scalars_np[name][j0:j1 + 1] = float(result[name])
             if first_step:
@@ -928,12 +873,12 @@ class FlatOptimizer(torch.optim.Optimizer):
         if self.rule is None:
             raise TypeError("FlatOptimizer is a base class; use fastadapt.torch.Adam, "
                             "AdamW, SGD, ...")
-        self._state_init = _state_init(self.rule)
-        self._scalar_state = _scalar_state(self.rule)
-        self._torch_names = _torch_state_names(self.rule)
-        self._no_step = getattr(self.rule, "torch_name", None) in _NO_TORCH_STEP
-        self._kernel_unscales = "grad_scale" in inspect.signature(self.rule.step_fn).parameters
-        self._twins = _decoupled_twins(self.rule)
+        self._state_init = self.rule.state_init
+        self._scalar_state = self.rule.scalar_state_init
+        self._torch_names = self.rule.torch_state_names
+        self._no_step = not self.rule.torch_step
+        self._kernel_unscales = "grad_scale" in inspect.signature(step_for(self.rule)).parameters
+        self._twins = self.rule.decoupled_twins
         # the per-parameter state keys this class writes; any other key of
         # optimizer.state is the caller's, kept through state dicts as torch keeps it
         names = [self._torch_names.get(n, n) for n in self.rule.state]
@@ -1034,7 +979,7 @@ class FlatOptimizer(torch.optim.Optimizer):
             if group.get(flag):
                 raise ValueError(f"{at}fastadapt.torch.{name} does not support {flag}=True "
                                  f"(use torch.optim.{self.rule.torch_name} for it)")
-        if self.rule.torch_name in _TORCH_REFUSES_TENSOR_MIX:
+        if self.rule.torch_refuses_tensor_mix:
             _check_tensor_hyper_parameters(group, at, self.rule.torch_name)
         for key, default in self._extras.items():
             if key in group and _plain(group[key]) != default:
@@ -1054,7 +999,7 @@ class FlatOptimizer(torch.optim.Optimizer):
                 options["step"] = 1
             for s, spec in self._scalar_state.items():
                 options[s] = _initial(spec, group)
-            self._group_rule(group).step_fn(empty, empty, **state, **options)
+            step_for(self._group_rule(group))(empty, empty, **state, **options)
         except KeyError as exc:
             raise ValueError(f"{at}missing hyper-parameter {exc.args[0]!r}") from None
         except (TypeError, ValueError) as exc:
@@ -1164,7 +1109,7 @@ class FlatOptimizer(torch.optim.Optimizer):
     def _check_complex(self, where, p):
         """Complex parameters where torch takes them, with state of their own precision."""
         name = self.rule.torch_name
-        if name not in _TORCH_SUPPORTS_COMPLEX:
+        if not self.rule.torch_complex:
             raise TypeError(f"{where} is complex ({p.dtype}); fastadapt.torch.{type(self).__name__}"
                             " does not support complex parameters (torch.optim has no complex "
                             "form of it)")
@@ -1586,7 +1531,7 @@ class FlatOptimizer(torch.optim.Optimizer):
                 extras[key] = v
                 continue
             ours = next((n for n, t in self._torch_names.items() if t == key), key)
-            if (key in array_names and ours in NON_NEGATIVE_STATE
+            if (key in array_names and ours in self.rule.non_negative_state
                     and fmt is not None and f"{key}.codes" not in value
                     and isinstance(v, torch.Tensor) and v.is_floating_point()
                     and bool((v < 0).any())):
@@ -1640,11 +1585,12 @@ class FlatOptimizer(torch.optim.Optimizer):
             problem = EIGHT_BIT[fmt][3](extras[f"{n}.{part}"].detach().cpu().numpy())
             if problem:
                 raise ValueError(f"{where}: {n}.{part} {problem}")
-            if n in arrays and not _codes_hold(extras, n, arrays[n], ours, fmt):
+            if n in arrays and not _codes_hold(extras, n, arrays[n],
+                                               ours in self.rule.non_negative_state, fmt):
                 # the values moved on without the codes (a torch.optim
                 # step keeps the codes it does not know): use the values
                 del extras[f"{n}.codes"], extras[f"{n}.{part}"]
-                if ours in NON_NEGATIVE_STATE and bool((arrays[n] < 0).any()):
+                if ours in self.rule.non_negative_state and bool((arrays[n] < 0).any()):
                     raise ValueError(f"{where}: {n} has negative values; this "
                                      "optimizer keeps it in unsigned 8-bit state")
         needed = {self._torch_names.get(n, n) for n in
@@ -1734,13 +1680,13 @@ def _codes(v, where):
     return values.to(torch.uint8).view(v.shape)
 
 
-def _codes_hold(extras, n, values, ours, fmt):
+def _codes_hold(extras, n, values, non_negative, fmt):
     """Whether state ``n``'s 8-bit codes (of format ``fmt``) still decode to
     its ``values`` (as rounded to their dtype)."""
     container, _, part, _ = EIGHT_BIT[fmt]
     codes, scale = (extras[f"{n}.{k}"].detach().cpu().reshape(-1).numpy()
                     for k in ("codes", part))
-    b8 = container(0, ours not in NON_NEGATIVE_STATE)._over(codes, scale)
+    b8 = container(0, not non_negative)._over(codes, scale)
     decoded = torch.from_numpy(b8.dequantize()).to(values.dtype)
     values = values.detach().cpu().reshape(-1)
     return bool(((decoded == values) | (decoded.isnan() & values.isnan())).all())
@@ -1794,10 +1740,10 @@ def optimizer_class(rule):
     signature = signature.replace(parameters=[
         *signature.parameters.values(), inspect.Parameter("max_grad_norm", keyword, default=None),
         *(inspect.Parameter(k, keyword, default=v) for k, v in STORAGE_OPTIONS.items())])
-    known = {"max_grad_norm"} | set(STORAGE_OPTIONS) | set(rule.defaults) | set(_state_init(rule).values()) | {
-        v for v in _scalar_state(rule).values() if isinstance(v, str)} | set(
+    known = {"max_grad_norm"} | set(STORAGE_OPTIONS) | set(rule.defaults) | set(rule.state_init.values()) | {
+        v for v in rule.scalar_state_init.values() if isinstance(v, str)} | set(
         NO_OP_FLAGS + REJECTED_FLAGS) | {"self", "params"}
-    if _decoupled_twins(rule) is not None:
+    if rule.decoupled_twins is not None:
         known.add(DECOUPLED_FLAG)
     extras = {name: p.default for name, p in signature.parameters.items()
               if name not in known and p.default is not inspect.Parameter.empty}
@@ -1814,7 +1760,7 @@ def optimizer_class(rule):
     __init__.__qualname__ = f"{name}.__init__"
     twin = f"torch.optim.{name}" if torch_cls is not None else "the rule"
     doc = (f"{name} over flat buffers: a drop-in for {twin} (same signature, defaults and "
-           f"numbers), one fused ``fastadapt.{rule.step_fn.__name__}`` call per (group, "
+           f"numbers), one fused ``fastadapt.{step_for(rule).__name__}`` call per (group, "
            f"device, dtype).\n\n``foreach`` and ``fused`` are accepted and change nothing; "
            f"``capturable=True`` and ``differentiable=True`` raise ValueError. "
            f"``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed`` "
@@ -1822,8 +1768,8 @@ def optimizer_class(rule):
            f"8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps "
            f"smaller parameters' state float32 under 8-bit state. See "
            f":mod:`fastadapt.torch` for the gradient paths and their cost.\n\n"
-           f"The update (from ``fastadapt.{rule.step_fn.__name__}``):\n"
-           f"{inspect.getdoc(rule.step_fn) or ''}\n")
+           f"The update (from ``fastadapt.{step_for(rule).__name__}``):\n"
+           f"{inspect.getdoc(step_for(rule)) or ''}\n")
     return type(name, (FlatOptimizer,), {
         "rule": rule, "_signature": signature, "_extras": extras, "__init__": __init__,
         "__doc__": doc, "__module__": __name__, "__qualname__": name})
