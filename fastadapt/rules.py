@@ -12,7 +12,8 @@ drivers (``kernels/loops.py``), the bytes moved per element, the benchmark's
 entries and the tests' matrix.
 
 Adding a rule touches its math, one declaration here, its test case
-(``tests/optim_cases.py`` and ``tests/naive.py``) and the README's table.
+(``tests/optim_cases.py`` and ``tests/naive.py``) and the README's table, and
+regenerates the type stubs (``python -m fastadapt._stubs``).
 """
 import math
 
