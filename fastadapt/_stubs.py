@@ -25,8 +25,21 @@ from pathlib import Path
 #: The modules that derive public names from the registry.
 MODULES = ("fastadapt.functional", "fastadapt.optim", "fastadapt.torch")
 
+#: Modules whose stub also depends on another package's version (the torch
+#: classes take ``torch.optim``'s signatures and defaults): module -> package.
+DEPENDS_ON = {"fastadapt.torch": "torch"}
+
 COMMAND = "python -m fastadapt._stubs"
 _HEADER = f"# Generated from the registry by `{COMMAND}`; do not edit.\n"
+
+
+def dependency_line(name):
+    """The stub's line naming the version of the package it depends on, or None."""
+    package = DEPENDS_ON.get(name)
+    if package is None:
+        return None
+    version = importlib.import_module(package).__version__.split("+")[0]
+    return f"# Signatures from {package} {version}."
 
 
 def stub_path(module):
@@ -150,6 +163,9 @@ class _Stub:
     def text(self):
         body = self._body()
         head = [_HEADER.rstrip("\n")]
+        dependency = dependency_line(self.module.__name__)
+        if dependency:
+            head.append(dependency)
         head += _docstring(self.module.__doc__, "")
         head += sorted(f"import {m}" for m in self.imports)
         return "\n".join(head) + "\n\n" + body

@@ -1,4 +1,5 @@
 # Generated from the registry by `python -m fastadapt._stubs`; do not edit.
+# Signatures from torch 2.13.0.
 """fastadapt.torch: drop-in ``torch.optim`` optimizers over flat buffers.
 
 For every rule of :data:`fastadapt.RULES` this module defines a subclass of

@@ -21,6 +21,10 @@ def test_committed_stub_is_generated(name):
     module = _module(name)
     path = _stubs.stub_path(module)
     assert path.exists(), f"{path} is missing: run `{_stubs.COMMAND}`"
+    dependency = _stubs.dependency_line(name)
+    if dependency and dependency not in path.read_text().splitlines()[:2]:
+        pytest.skip(f"{path.name} was generated against another version than the "
+                    f"installed one ({dependency.lstrip('# ')})")
     assert path.read_text() == _stubs.render(module), \
         f"{path} is out of date with the registry: run `{_stubs.COMMAND}`"
 
