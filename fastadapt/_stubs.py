@@ -91,6 +91,24 @@ def _defined_here(module):
     return names
 
 
+def _instance_attributes(module, cls):
+    """Public attributes the methods of ``cls`` (a top-level class of
+    ``module``'s source) assign on ``self``, in order of appearance."""
+    tree = ast.parse(Path(module.__file__).read_text())
+    node = next((n for n in tree.body if isinstance(n, ast.ClassDef)
+                 and n.name == cls.__name__), None)
+    names = []
+    for fn in (node.body if node is not None else ()):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for n in ast.walk(fn):
+            if (isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Store)
+                    and isinstance(n.value, ast.Name) and n.value.id == "self"
+                    and not n.attr.startswith("_") and n.attr not in names):
+                names.append(n.attr)
+    return names
+
+
 def _literal(value):
     """Source of a default simple enough to show in a stub, else ``...``."""
     if value is None or isinstance(value, (bool, str)):
@@ -250,6 +268,12 @@ class _Stub:
                     members += self._function(attr, raw, inner)
             elif public:
                 members.append(f"{inner}{attr}: {self._type_of(raw)}")
+        if cls.__module__ == self.module.__name__ and not indent:
+            inherited = {a for c in cls.__mro__ for a in vars(c)}
+            for attr in _instance_attributes(self.module, cls):
+                if attr not in inherited:
+                    self.imports.add("typing")
+                    members.append(f"{inner}{attr}: typing.Any")
         return out + (members or [f"{inner}..."])
 
 

@@ -293,6 +293,14 @@ class Optimizer:
         """
         ...
     def __repr__(self): ...
+    defaults: typing.Any
+    state_dtype: typing.Any
+    master_weights: typing.Any
+    stochastic_rounding: typing.Any
+    seed: typing.Any
+    grad_norm: typing.Any
+    step_skipped: typing.Any
+    param_groups: typing.Any
 
 def storage_options(state_dtype, master_weights, stochastic_rounding, seed):
     """The storage options of an optimizer class, checked: ``(state_dtype,

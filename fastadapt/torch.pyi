@@ -347,6 +347,13 @@ class FlatOptimizer(torch.optim.optimizer.Optimizer):
         resumes bit for bit.
         """
         ...
+    min_8bit_size: typing.Any
+    state_dtype: typing.Any
+    master_weights: typing.Any
+    stochastic_rounding: typing.Any
+    seed: typing.Any
+    grad_norm: typing.Any
+    step_skipped: typing.Any
 
 def optimizer_class(rule):
     """The drop-in optimizer class for ``rule`` (a :class:`fastadapt.Rule`).

@@ -98,3 +98,19 @@ def test_every_module_making_public_names_has_a_stub():
     package = _stubs.stub_path(fastadapt).parent
     stale = set(package.rglob("*.pyi")) - covered
     assert not stale, f"stubs of no generated module (delete them): {sorted(map(str, stale))}"
+
+
+def test_an_optimizers_public_attributes_are_declared():
+    """What an instance holds (``opt.param_groups``, ``opt.grad_norm``, ...) is
+    declared in its class's stub, so a type checker accepts using it."""
+    import numpy as np
+    torch = pytest.importorskip("torch")
+    import fastadapt.torch as ft
+    p = torch.nn.Parameter(torch.zeros(3))
+    torchs = set(vars(torch.optim.SGD([torch.nn.Parameter(torch.zeros(3))])))
+    for module, opt, theirs in ((fastadapt.optim, fastadapt.Adam([np.zeros(3)]), set()),
+                                (ft, ft.Adam([p]), torchs)):
+        text = _stubs.stub_path(module).read_text()
+        for key in vars(opt):
+            if not key.startswith("_") and key not in theirs:
+                assert f"\n    {key}: " in text or f"\n    def {key}(" in text, key
