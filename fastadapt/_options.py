@@ -149,4 +149,5 @@ def dry_run(rule, options, dtype=np.float32, state_dtype=None, *, non_negative=f
         kwargs["step"] = 1
     kwargs.update(scalar_state or {})
     kwargs.update(storage or {})
-    rule.step_fn(np.empty(0, dtype), np.empty(0, dtype), **state, **kwargs)
+    from .functional import step_for  # functional builds on this module's checks
+    step_for(rule)(np.empty(0, dtype), np.empty(0, dtype), **state, **kwargs)

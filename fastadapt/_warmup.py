@@ -82,7 +82,6 @@ def warm_call(rule, n, dtype, mode=None):
     mode ``mode`` of :data:`MODES`."""
     from ._options import EIGHT_BIT
     from ._storage import bfloat16
-    from .optim import NON_NEGATIVE_STATE
     kwargs = {}
     if mode is None:
         param_dtype = grad_dtype = state_dtype = dtype
@@ -97,11 +96,11 @@ def warm_call(rule, n, dtype, mode=None):
         return np.zeros(n, bfloat16() if name == "bfloat16" else name)
     eight_bit = EIGHT_BIT.get(state_dtype)
     for name in rule.state_for():
-        kwargs[name] = (eight_bit.new(n, name, NON_NEGATIVE_STATE)
+        kwargs[name] = (eight_bit.new(n, name, rule.non_negative_state)
                         if eight_bit else zeros(state_dtype))
     if rule.takes_step:
         kwargs["step"] = 1
-    rule.step_fn(zeros(param_dtype), zeros(grad_dtype), **kwargs)
+    step_for(rule)(zeros(param_dtype), zeros(grad_dtype), **kwargs)
 
 
 def warmup(rules=None, dtypes=None, modes=None, progress=None):

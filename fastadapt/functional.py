@@ -241,9 +241,22 @@ def derive_step(rule):
     return _in_place(plan)
 
 
+#: Rule -> its functional step: the registry's, and any other rule's once asked for.
+_STEPS = {rule: derive_step(rule) for rule in RULES.values()}
+
+
+def step_for(rule):
+    """The functional step of ``rule`` (a :class:`~fastadapt.rules.Rule`):
+    ``fastadapt.<name>_step`` for a rule of the registry; a rule declared
+    elsewhere (on one of the registry's kernels) gets its step derived once."""
+    step = _STEPS.get(rule)
+    if step is None:
+        step = _STEPS[rule] = derive_step(rule)
+    return step
+
+
 __all__ = []
-for _rule in RULES.values():
-    _rule.step_fn = derive_step(_rule)
-    globals()[_rule.step_fn.__name__] = _rule.step_fn
-    __all__.append(_rule.step_fn.__name__)
-del _rule
+for _step in _STEPS.values():
+    globals()[_step.__name__] = _step
+    __all__.append(_step.__name__)
+del _step

@@ -39,6 +39,7 @@ from ._group_buffers import (GroupBuffers, check_copyable, normalise_groups, res
 from ._options import (STORAGE_OPTIONS, dry_run, dtype_name, in_group, naming_group,
                        rounding_seed, storage_options)
 from .flat import FlatBuffer
+from .functional import step_for
 from .norm import SumOfSquares, check_grad_scale, clipped_scale, norm_of
 from .rules import RULES
 from .schedules import resolve_lr
@@ -47,11 +48,6 @@ __all__ = ["Optimizer"]   # and one class per rule, derived at the bottom
 
 CHECKPOINT_FORMAT = _ckpt.CHECKPOINT_FORMAT
 
-
-#: State arrays that never go negative: stored with bitsandbytes' unsigned
-#: 8-bit map under ``state_dtype="int8"`` (the others with the signed map).
-NON_NEGATIVE_STATE = frozenset({"exp_avg_sq", "max_exp_avg_sq", "square_avg", "state_sum",
-                                "acc_delta", "exp_inf", "step_size"})
 
 
 class Optimizer:
@@ -176,7 +172,7 @@ class Optimizer:
             state_dtype = self._check_storage(dtype, i if several else None)
             self.check_group(group, dtype, i if several else None, state_dtype)
             buffers = GroupBuffers(FlatBuffer.from_arrays(arrays, dtype=dtype), state_dtype,
-                                   self.master_weights, NON_NEGATIVE_STATE)
+                                   self.master_weights, self.rule.non_negative_state)
             for name in self.rule.state_for(**self.step_options(group)):
                 buffers.state[name] = self._zero_state(buffers, group, name)
             buffers.scalar_state = self._initial_scalar_state(group)
@@ -226,7 +222,7 @@ class Optimizer:
                 _initial_value(key, group[key])   # the step's own are checked below
             storage = (self._storage_arguments(np.empty(0, np.float32), 0)
                        if dtype.itemsize == 2 else None)
-            dry_run(self.rule, options, dtype, state_dtype, non_negative=NON_NEGATIVE_STATE,
+            dry_run(self.rule, options, dtype, state_dtype, non_negative=self.rule.non_negative_state,
                     storage=storage)
             resolve_lr(lr, 0)       # a number: also finite (the functional allows inf)
 
@@ -393,7 +389,7 @@ class Optimizer:
                         created.append((b, name, self._zero_state(b, g, name)))
             for b, name, buffer in created:
                 b.state[name] = buffer
-            plan = self.rule.step_fn.plan
+            plan = step_for(self.rule).plan
             launches = []
             for (g, b), (options, names, _) in zip(groups, calls):
                 for name in names:

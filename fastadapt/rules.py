@@ -2,15 +2,18 @@
 
 A :class:`Rule` declares everything about an algorithm that is not its
 per-element math (``kernels/math.py``): its hyper-parameters with torch's
-names, defaults and ranges, its state arrays and the option that turns each
-on, the per-step scalars its math takes (computed on the host, by name, in
-float64), and the update as pseudo-code. Everything else is derived from it:
-the functional step (``fastadapt.functional``), the optimizer class
-(``fastadapt.optim``), the CPU and CUDA drivers (``kernels/loops.py``), the
-bytes moved per element, the benchmark's entries and the tests' matrix.
+names, defaults and ranges, its state arrays (the option that turns each on,
+initial value, sign, torch's name for it) and scalar state, the per-step
+scalars its math takes (computed on the host, by name, in float64), how
+torch.optim's class of it differs, and the update as pseudo-code. Everything
+else is derived from it: the functional step (``fastadapt.functional``), the
+optimizer classes (``fastadapt.optim``, ``fastadapt.torch``), the CPU and CUDA
+drivers (``kernels/loops.py``), the bytes moved per element, the benchmark's
+entries and the tests' matrix.
 
 Adding a rule touches its math, one declaration here, its test case
-(``tests/optim_cases.py`` and ``tests/naive.py``) and the README's table.
+(``tests/optim_cases.py`` and ``tests/naive.py``) and the README's table, and
+regenerates the type stubs (``python -m fastadapt._stubs``).
 """
 import math
 
@@ -94,10 +97,15 @@ class State:
     checked options under which the rule uses it (always if None); ``flag``:
     the math's bool scalar that gates its load and store (``when``'s name by
     default); ``init``: the setup hyper-parameter holding its initial value
-    (zeros otherwise)."""
+    (zeros otherwise); ``non_negative``: the math never makes it negative (8-bit
+    state stores it with an unsigned code map); ``torch_name``: its key in
+    torch.optim's per-parameter state (``name`` unless given)."""
 
-    def __init__(self, name, when=None, flag=None, init=None, when_doc=None, doc=""):
+    def __init__(self, name, when=None, flag=None, init=None, when_doc=None, doc="",
+                 non_negative=False, torch_name=None):
         self.name, self.when, self.init, self.doc = name, when, init, doc
+        self.non_negative = non_negative
+        self.torch_name = name if torch_name is None else torch_name
         self.when_doc = when_doc if when_doc is not None else (
             f"{when}=True" if isinstance(when, str) else None)
         self.flag = flag if flag is not None else (when if isinstance(when, str) else None)
@@ -140,11 +148,23 @@ class Rule:
     ``scalars(options, step, state) -> (scalars, new_state)`` instead, both
     dicts by name: the functional step takes the state as keyword arguments
     and returns the new one, and the classes keep it per group.
+
+    What ``fastadapt.torch`` needs to match torch.optim's class: ``torch_step``,
+    whether its per-parameter state holds a ``step`` (SGD's does not);
+    ``torch_complex``, whether it takes complex parameters (torch 2.13's
+    optim_db ``supports_complex``; by default, whether torch has the rule);
+    ``torch_refuses_tensor_mix``, whether its constructor refuses betas mixing a
+    tensor and a number, and a tensor lr or betas with ``foreach=True``;
+    ``coupled_twin``, the rule whose torch class computes this one under
+    ``decoupled_weight_decay=True`` (AdamW's: Adam).
+
+    The functional step of a rule is ``fastadapt.functional.step_for(rule)``.
     """
 
     def __init__(self, name, torch_name, kernel, hyper, state, scalars, pseudocode,
                  summary, takes_step=True, check=None, notes="", in_torch=True, bench=None,
-                 scalar_state=()):
+                 scalar_state=(), torch_step=True, torch_complex=None,
+                 torch_refuses_tensor_mix=False, coupled_twin=None):
         self.name, self.torch_name, self.kernel = name, torch_name, kernel
         self.hyper = tuple(hyper)
         self.state_specs = tuple(state)
@@ -157,7 +177,10 @@ class Rule:
         # defaults alone unless declared
         self.bench = tuple(bench) if bench is not None else ((name, torch_name, {}),)
         self.scalar_state = tuple(scalar_state)
-        self.step_fn = None          # set by fastadapt.functional
+        self.torch_step = torch_step
+        self.torch_complex = in_torch if torch_complex is None else torch_complex
+        self.torch_refuses_tensor_mix = torch_refuses_tensor_mix
+        self.coupled_twin = coupled_twin
 
     @property
     def state(self):
@@ -178,6 +201,33 @@ class Rule:
     def state_init(self):
         """State name -> the setup hyper-parameter holding its initial value."""
         return {s.name: s.init for s in self.state_specs if s.init is not None}
+
+    @property
+    def scalar_state_init(self):
+        """Scalar state name -> its initial value, or the hyper-parameter holding it."""
+        return {s.name: s.initial for s in self.scalar_state}
+
+    @property
+    def non_negative_state(self):
+        """The state arrays that never go negative."""
+        return frozenset(s.name for s in self.state_specs if s.non_negative)
+
+    @property
+    def torch_state_names(self):
+        """State name -> its key in torch.optim's per-parameter state."""
+        return {s.name: s.torch_name for s in self.state_specs}
+
+    @property
+    def decoupled_twins(self):
+        """``(coupled rule, decoupled rule)`` when torch's class of this rule
+        picks one of the two by ``decoupled_weight_decay`` and the rule itself
+        has no such hyper-parameter (Adam and AdamW), else None."""
+        if "decoupled_weight_decay" in self.defaults:
+            return None
+        for r in RULES.values():
+            if r.coupled_twin is not None and self.name in (r.name, r.coupled_twin):
+                return RULES[r.coupled_twin], r
+        return None
 
     def initial_value(self, name, **options):
         """The value state array ``name`` starts at under ``options`` (0 unless it
@@ -266,24 +316,26 @@ def _adam_scalars(decoupled):
 _BETAS = Pair("betas", (0.9, 0.999), 0.0, 1.0, high_open=True,
               doc="decay rates of the first and second moment")
 _AMSGRAD = Flag("amsgrad", doc="use the running maximum of exp_avg_sq (Reddi et al., 2018)")
-_ADAM_STATE = (State("exp_avg"), State("exp_avg_sq"), State("max_exp_avg_sq", when="amsgrad"))
+_ADAM_STATE = (State("exp_avg"), State("exp_avg_sq", non_negative=True),
+               State("max_exp_avg_sq", when="amsgrad", non_negative=True))
 
 ADAM = Rule(
     "adam", "Adam", "adam",
     (_LR, _BETAS, _EPS, _WD, _AMSGRAD, _MAXIMIZE), _ADAM_STATE, _adam_scalars(False),
     _ADAM_CODE, "Adam (Kingma & Ba, 2015), and AMSGrad (Reddi et al., 2018)",
-    bench=(("adam", "Adam", {}), ("amsgrad", "AMSGrad", {"amsgrad": True})))
+    bench=(("adam", "Adam", {}), ("amsgrad", "AMSGrad", {"amsgrad": True})),
+    torch_refuses_tensor_mix=True)
 
 ADAMW = Rule(
     "adamw", "AdamW", "adam",
     (_LR, _BETAS, _EPS, _with(_WD, default=1e-2, doc="decoupled weight decay"),
      _AMSGRAD, _MAXIMIZE),
     _ADAM_STATE, _adam_scalars(True), _ADAMW_CODE,
-    "AdamW: Adam with decoupled weight decay (Loshchilov & Hutter, 2019)")
-# torch's AdamW is its Adam with decoupled_weight_decay=True (a keyword of
-# torch's Adam, True in every group of its AdamW): fastadapt.torch picks each
-# group's rule by that flag
-ADAMW.coupled_twin = "adam"
+    "AdamW: Adam with decoupled weight decay (Loshchilov & Hutter, 2019)",
+    # torch's AdamW is its Adam with decoupled_weight_decay=True (a keyword of
+    # torch's Adam, True in every group of its AdamW): fastadapt.torch picks
+    # each group's rule by that flag
+    coupled_twin="adam", torch_refuses_tensor_mix=True)
 
 
 # ----------------------------------------------------------------- SGD
@@ -313,7 +365,10 @@ if momentum != 0:
     g = g + momentum * momentum_buffer if nesterov else momentum_buffer
 param = param - lr * g""",
     "Stochastic gradient descent with optional (Nesterov) momentum",
-    check=_sgd_check, bench=(("sgd-momentum", "SGD-momentum", {"momentum": 0.9}),))
+    check=_sgd_check, bench=(("sgd-momentum", "SGD-momentum", {"momentum": 0.9}),),
+    # its step only marks the first step, which a loaded state infers from
+    # the presence of the state arrays
+    torch_step=False)
 
 
 # ----------------------------------------------------------------- RMSprop
@@ -322,7 +377,7 @@ RMSPROP = Rule(
     (_with(_LR, default=1e-2), Real("alpha", 0.99, doc="smoothing constant"), _EPS, _WD,
      Real("momentum", 0.0, doc="momentum factor"),
      Flag("centered", doc="normalise by the variance instead (Graves, 2013)"), _MAXIMIZE),
-    (State("square_avg"), State("grad_avg", when="centered"),
+    (State("square_avg", non_negative=True), State("grad_avg", when="centered"),
      State("momentum_buffer", when=lambda o: o["momentum"] > 0, flag="use_momentum",
            when_doc="momentum > 0")),
     lambda o, t: {"weight_decay": o["weight_decay"], "alpha": o["alpha"],
@@ -356,7 +411,8 @@ ADAGRAD = Rule(
      Real("initial_accumulator_value", 0.0, high=math.inf, setup=True,
           doc="initial value of state_sum"),
      _with(_EPS, default=1e-10), _MAXIMIZE),
-    (State("state_sum", init="initial_accumulator_value", doc="torch's ``sum``"),),
+    (State("state_sum", init="initial_accumulator_value", doc="torch's ``sum``",
+           non_negative=True, torch_name="sum"),),
     lambda o, t: {"weight_decay": o["weight_decay"], "eps": o["eps"],
                   "neg_clr": -o["lr"] / (1.0 + (t - 1.0) * o["lr_decay"]),
                   "l2": o["weight_decay"] != 0},
@@ -374,7 +430,7 @@ ADADELTA = Rule(
     "adadelta", "Adadelta", "adadelta",
     (_with(_LR, default=1.0), Real("rho", 0.9, high=1.0, doc="decay rate of the averages"),
      _with(_EPS, default=1e-6), _WD, _MAXIMIZE),
-    (State("square_avg"), State("acc_delta")),
+    (State("square_avg", non_negative=True), State("acc_delta", non_negative=True)),
     lambda o, t: {"weight_decay": o["weight_decay"], "rho": o["rho"],
                   "one_minus_rho": 1.0 - o["rho"], "eps": o["eps"], "neg_lr": -o["lr"],
                   "l2": o["weight_decay"] != 0},
@@ -392,7 +448,7 @@ param = param - lr * delta""",
 ADAMAX = Rule(
     "adamax", "Adamax", "adamax",
     (_with(_LR, default=2e-3), _BETAS, _EPS, _WD, _MAXIMIZE),
-    (State("exp_avg"), State("exp_inf")),
+    (State("exp_avg"), State("exp_inf", non_negative=True)),
     lambda o, t: {"weight_decay": o["weight_decay"],
                   **_lerp_weight("beta1", 1.0 - o["betas"][0]), "beta2": o["betas"][1],
                   "eps": o["eps"], "neg_clr": -o["lr"] / (1.0 - o["betas"][0] ** t),
@@ -429,7 +485,7 @@ RADAM = Rule(
     (_LR, _BETAS, _EPS, _WD,
      Flag("decoupled_weight_decay", doc="decay the parameter as AdamW does instead of "
           "adding an L2 term"), _MAXIMIZE),
-    (State("exp_avg"), State("exp_avg_sq")), _radam_scalars,
+    (State("exp_avg"), State("exp_avg_sq", non_negative=True)), _radam_scalars,
     """\
 param = param * (1 - lr * weight_decay)        if decoupled_weight_decay
 g = -grad if maximize else grad
@@ -462,7 +518,7 @@ RPROP = Rule(
      Pair("step_sizes", (1e-6, 50), doc="(min, max): the range of a step size"),
      _MAXIMIZE),
     (State("prev", doc="the previous step's gradient (zeroed where its sign flipped)"),
-     State("step_size", init="lr", doc="each element's step size")),
+     State("step_size", init="lr", doc="each element's step size", non_negative=True)),
     lambda o, t: {"etaminus": o["etas"][0], "etaplus": o["etas"][1],
                   "step_size_min": o["step_sizes"][0], "step_size_max": o["step_sizes"][1],
                   "zero": 0.0, "one": 1.0},
@@ -509,7 +565,7 @@ NADAM = Rule(
      Real("momentum_decay", 4e-3, doc="the momentum schedule's decay (psi)"),
      Flag("decoupled_weight_decay", doc="decay the parameter as AdamW does instead of "
           "adding an L2 term"), _MAXIMIZE),
-    (State("exp_avg"), State("exp_avg_sq")), _nadam_scalars,
+    (State("exp_avg"), State("exp_avg_sq", non_negative=True)), _nadam_scalars,
     """\
 param = param * (1 - lr * weight_decay)        if decoupled_weight_decay
 g = -grad if maximize else grad
@@ -594,9 +650,11 @@ def kernel_specs():
     Rules sharing a kernel must declare the same state, and this is what the
     drivers are generated from (with the math's signature).
     """
-    specs = {}
+    specs, signs = {}, {}
     for rule in RULES.values():
         spec = tuple((s.name, s.flag) for s in rule.state_specs)
-        if specs.setdefault(rule.kernel, spec) != spec:
+        if (specs.setdefault(rule.kernel, spec) != spec
+                or signs.setdefault(rule.kernel, rule.non_negative_state)
+                != rule.non_negative_state):
             raise ValueError(f"rules sharing kernel {rule.kernel!r} declare different state")
     return specs

@@ -129,8 +129,8 @@ def layouts(full=False):
     if not full:
         return [(k, Layout(tuple(codes), "m" in mode, "s" in mode))
                 for k, codes, mode in REPRESENTATIVE]
-    from ..rules import kernel_specs
-    from ..optim import NON_NEGATIVE_STATE
+    from ..rules import RULES, kernel_specs
+    non_negative = {rule.kernel: rule.non_negative_state for rule in RULES.values()}
     f, b, h = NATIVE, BFLOAT16, FLOAT16
     storage = [(f, f, b, "")]                          # float32 params, bfloat16 state
     storage += [(p, g, s, mode) for p, grads, states in ((b, (b, f), (f, b)),
@@ -151,7 +151,7 @@ def layouts(full=False):
                 for eight in ("q", "c"):
                     codes = (p, p) + tuple(
                         f if not (flag is None or on[flag]) else BLOCKWISE8 if eight == "q"
-                        else ROOT8 if name in NON_NEGATIVE_STATE else SOFTSIGN8
+                        else ROOT8 if name in non_negative[kernel] else SOFTSIGN8
                         for name, flag in spec)
                     layout = Layout(codes, "m" in mode, "s" in mode)
                     if set(codes) - {f, b} and (kernel, layout) not in out:

@@ -12,16 +12,14 @@ import numpy as np
 from hypothesis import strategies as st
 
 import fastadapt
+from fastadapt.functional import step_for
 
 import naive
 
 STEPS = 20   # consecutive steps per comparison, each with a fresh random gradient
 
 # Options that shape the initial state rather than the step itself.
-SETUP_OPTIONS = {"initial_accumulator_value"}
-
-# fastadapt state name -> key in torch.optim's ``optimizer.state[p]``
-TORCH_STATE_NAMES = {"state_sum": "sum"}
+SETUP_OPTIONS = {h for rule in fastadapt.RULES.values() for h in rule.setup_options}
 
 CONFIGS = {
     "adam": [
@@ -314,9 +312,7 @@ def step_options(config):
 def initial_state(name, config, shape, dtype):
     """The state arrays the rule uses under ``config``, as torch initialises them."""
     rule = fastadapt.RULES[name]
-    fill = {"state_sum": config.get("initial_accumulator_value", 0.0),
-            "step_size": config.get("lr", rule.defaults.get("lr"))}   # Rprop
-    return {s: np.full(shape, fill.get(s, 0.0), dtype)
+    return {s: np.full(shape, rule.initial_value(s, **config), dtype)
             for s in rule.state_for(**step_options(config))}
 
 
@@ -333,7 +329,7 @@ def run_steps(step_fn, name, config, param, grads, state, first_step=1):
 
 def run_fastadapt(name, config, param0, grads, first_step=1):
     param, state = param0.copy(), initial_state(name, config, param0.shape, param0.dtype)
-    return run_steps(fastadapt.RULES[name].step_fn, name, config, param, grads, state,
+    return run_steps(step_for(fastadapt.RULES[name]), name, config, param, grads, state,
                      first_step)
 
 
@@ -358,7 +354,7 @@ def run_torch(name, config, param0, grads):
     for grad in grads:
         param.grad = torch.tensor(grad)
         optimizer.step()
-    to_ours = {v: k for k, v in TORCH_STATE_NAMES.items()}
+    to_ours = {v: k for k, v in fastadapt.RULES[name].torch_state_names.items()}
     state = {to_ours.get(k, k): v.numpy() for k, v in optimizer.state[param].items()
              if k != "step" and v.dim() > 0}           # not the scalar state (mu_product)
     return param.detach().numpy(), state
@@ -379,10 +375,10 @@ def check_non_finite_confined(name, container, unit, bad, n):
     def run(grads):
         param, state = param0.copy(), {}
         for s, values in initial_state(name, config, (n,), np.float32).items():
-            state[s] = container(n, s not in fastadapt.optim.NON_NEGATIVE_STATE)
+            state[s] = container(n, s not in fastadapt.RULES[name].non_negative_state)
             if np.any(values):
                 state[s].assign(values)
-        run_steps(fastadapt.RULES[name].step_fn, name, config, param, grads, state)
+        run_steps(step_for(fastadapt.RULES[name]), name, config, param, grads, state)
         return param, state
     ours, state = run(grads)
     other, other_state = run(clean)

@@ -21,6 +21,7 @@ from fastadapt.benchmark import (CONFIGS, NUMPY_STEPS, build_all, driver_call,
 from fastadapt.benchmark._implementations import gpt2_adam_steps
 from fastadapt.benchmark._numpy_reference import CAREFUL, SCRATCH_ARRAYS, derived_step
 from fastadapt.benchmark._timing import interleaved
+from fastadapt.functional import step_for
 from fastadapt.kernels import cpu, roofline
 
 try:
@@ -87,7 +88,7 @@ def test_numpy_rival_computes_fastadapts_update(case, dtype, with_scratch):
     if with_scratch:
         extra["scratch"] = [np.empty_like(param) for _ in range(SCRATCH_ARRAYS)]
     got = _run_steps(NUMPY_STEPS[rule_name], rule, options, param, grad, 5, **extra)
-    want = _run_steps(rule.step_fn, rule, options, param, grad, 5)
+    want = _run_steps(step_for(rule), rule, options, param, grad, 5)
     _assert_close(got[0], want[0], dtype, "param")
     assert set(got[1]) == set(want[1])
     for name in want[1]:
@@ -106,7 +107,7 @@ def test_derived_numpy_rival_computes_fastadapts_update(case, dtype):
     rule = fastadapt.RULES[rule_name]
     param, grad = make_problem(1031, dtype, seed=3)
     got = _run_steps(derived_step(rule), rule, options, param, grad, 5)
-    want = _run_steps(rule.step_fn, rule, options, param, grad, 5)
+    want = _run_steps(step_for(rule), rule, options, param, grad, 5)
     _assert_close(got[0], want[0], dtype, "param")
     for name in want[1]:
         _assert_close(got[1][name], want[1][name], dtype, name)
@@ -225,7 +226,7 @@ def test_driver_call_is_what_the_dispatcher_runs(config, n):
     kwargs = {**config.options, **state}
     if config.rule.takes_step:
         kwargs["step"] = 1
-    config.rule.step_fn(p, g, **kwargs)
+    step_for(config.rule)(p, g, **kwargs)
     np.testing.assert_array_equal(args[0], p)
 
 
@@ -491,6 +492,7 @@ kernels.THREADS_PER_BLOCK = 32            # several blocks and strides on tiny a
 from numba import cuda
 from fastadapt.benchmark import select, make_problem
 from fastadapt.benchmark import _gpu
+from fastadapt.functional import step_for
 
 # the roofline kernels move a k-state rule's traffic: grad added to param and each state
 for k in range(_gpu.MAX_STATE + 1):
@@ -510,7 +512,7 @@ steps, unavailable = _gpu.build_steps(config, param, grad, "torch does not run h
 steps["fastadapt"](); steps["fastadapt"]()
 p, m, v = param.copy(), np.zeros(70, np.float32), np.zeros(70, np.float32)
 for t in (1, 2):
-    config.rule.step_fn(p, grad, m, v, step=t)
+    step_for(config.rule)(p, grad, m, v, step=t)
 assert np.array_equal(steps["fastadapt"].arrays[0].copy_to_host(), p)
 assert set(unavailable) == {"torch_single", "torch_foreach", "torch_fused"}
 

@@ -24,12 +24,13 @@ import pytest
 import fastadapt
 import naive
 import optim_cases
+from fastadapt.functional import step_for
 from fastadapt.kernels.cpu import SERIAL_BELOW
 from fastadapt.kernels.storage import BLOCK, dynamic_map
 
 # primes, 256 +- 1, both sides of the serial/parallel threshold
 SIZES = [1, 255, 256, 257, 509, 2053, SERIAL_BELOW - 1, SERIAL_BELOW + 9]
-SIGNED = {name: name not in fastadapt.optim.NON_NEGATIVE_STATE
+SIGNED = {name: name not in rule.non_negative_state
           for rule in fastadapt.RULES.values() for name in rule.state}
 CASES = [("adam", dict(lr=1e-2, weight_decay=0.1)), ("adam", dict(lr=1e-2, amsgrad=True)),
          ("adamw", dict(lr=1e-2)), ("sgd", dict(lr=1e-2, momentum=0.9)),
@@ -85,7 +86,7 @@ def test_against_numpy_quantization(name, options, n):
         if "momentum_buffer" in s_ref:
             buf += np.abs(s_ref["momentum_buffer"])
         old = param.astype(np.float64)
-        rule.step_fn(param, g, **state, **step, **options)
+        step_for(rule)(param, g, **state, **step, **options)
         b = p_ref.astype(np.float64)
         allowed = np.spacing(np.abs(p_ref)).astype(np.float64) + 2.0 ** -21 * (
             np.abs(old) + np.abs(old - b) + options["lr"] * buf)

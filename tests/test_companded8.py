@@ -15,11 +15,12 @@ from numba import njit
 import fastadapt
 import naive
 import optim_cases
+from fastadapt.functional import step_for
 from fastadapt.kernels import storage as S
 from fastadapt.kernels.cpu import SERIAL_BELOW
 
 GROUP = S.GROUP
-SIGNED = {name: name not in fastadapt.optim.NON_NEGATIVE_STATE
+SIGNED = {name: name not in rule.non_negative_state
           for rule in fastadapt.RULES.values() for name in rule.state}
 
 
@@ -135,7 +136,7 @@ def test_step_against_the_float64_reference(name, options, n):
         p_ref = param.astype(np.float64)
         s_ref = {s: b.dequantize().astype(np.float64) for s, b in state.items()}
         getattr(naive, f"{name}_step")(p_ref, g.astype(np.float64), **s_ref, **step, **options)
-        rule.step_fn(param, g, **state, **step, **options)
+        step_for(rule)(param, g, **state, **step, **options)
         # float32 against float64 math on the same decoded state: a few roundings
         # of values below 10 (an update of SGD's momentum can cancel: 1e-6 absolute)
         np.testing.assert_allclose(param, p_ref, rtol=2.0 ** -21, atol=1e-6)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import fastadapt
+from fastadapt.functional import step_for
 from fastadapt.kernels import cpu
 
 import optim_cases as cases
@@ -39,7 +40,7 @@ def test_a_second_call_compiles_nothing(name, dtype, size):
         param, (grad,) = cases.problem(shape, dtype, t, steps=1)
         state = cases.initial_state(name, options, param.shape, dtype)
         counter = {"step": t} if rule.takes_step else {}
-        rule.step_fn(param, grad, **state, **options, **counter, lr=lr)
+        step_for(rule)(param, grad, **state, **options, **counter, lr=lr)
 
     step(size, 1, 1e-3, cases.EVERY_STATE[name])
     count = len(path.signatures)

@@ -37,6 +37,7 @@ import numpy as np
 import pytest
 
 import fastadapt
+from fastadapt.functional import step_for
 import optim_cases
 
 SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
@@ -74,10 +75,10 @@ def test_matches_cpu(cuda, name, config, dtype):
         param0, grads = optim_cases.problem(shape, dtype, seed, steps=STEPS)
         state0 = optim_cases.initial_state(name, config, shape, dtype)
         param, state = optim_cases.run_steps(
-            fastadapt.RULES[name].step_fn, name, config, param0.copy(),
+            step_for(fastadapt.RULES[name]), name, config, param0.copy(),
             grads, {k: v.copy() for k, v in state0.items()})
         d_param, d_state = optim_cases.run_steps(
-            fastadapt.RULES[name].step_fn, name, config, cuda.to_device(param0),
+            step_for(fastadapt.RULES[name]), name, config, cuda.to_device(param0),
             [cuda.to_device(g) for g in grads],
             {k: cuda.to_device(v) for k, v in state0.items()})
         _assert_same(param, d_param.copy_to_host(), f"param, shape {shape}")
@@ -155,8 +156,8 @@ def run_storage_case(case, n, to_device):
     for k in range(1, 4):
         g = rng.standard_normal(n).astype(gd)
         step = {"step": k} if rule.takes_step else {}
-        rule.step_fn(grad=g, **host, **step, **options, **extra)
-        rule.step_fn(grad=to_device(g), **dev, **step, **options, **extra)
+        step_for(rule)(grad=g, **host, **step, **options, **extra)
+        step_for(rule)(grad=to_device(g), **dev, **step, **options, **extra)
     return host, dev
 
 
@@ -200,8 +201,8 @@ def test_blockwise8_state_matches_cpu(cuda, name, options):
             if n > 300:
                 g[[3, 300, n - 1][k - 1]] = [np.inf, np.nan, 1e22][k - 1]
             step = {"step": k} if rule.takes_step else {}
-            rule.step_fn(host_p, g, **host, **step, **options)
-            rule.step_fn(dev_p, cuda.to_device(g), **dev, **step, **options)
+            step_for(rule)(host_p, g, **host, **step, **options)
+            step_for(rule)(dev_p, cuda.to_device(g), **dev, **step, **options)
         _assert_same(host_p, dev_p.copy_to_host(), f"param, n={n}")
         for s in host:
             _assert_same(host[s].codes, dev[s].codes.copy_to_host(), f"{s} codes, n={n}")
@@ -234,14 +235,14 @@ def run_state8_case(name, container, n, param_to_device, to_device):
         grads[k][i] = (np.inf, np.nan, 1e22)[k]
     host = {}
     for s, values in optim_cases.initial_state(name, config, (n,), np.float32).items():
-        host[s] = container(n, signed=s not in fastadapt.optim.NON_NEGATIVE_STATE)
+        host[s] = container(n, signed=s not in rule.non_negative_state)
         if np.any(values):
             host[s].assign(values)
     dev = {s: state8_on_device(b, to_device) for s, b in host.items()}
     param, d_param = param0.copy(), param_to_device(param0)
     with np.errstate(all="ignore"):
-        optim_cases.run_steps(rule.step_fn, name, config, param, grads, host)
-        optim_cases.run_steps(rule.step_fn, name, config, d_param,
+        optim_cases.run_steps(step_for(rule), name, config, param, grads, host)
+        optim_cases.run_steps(step_for(rule), name, config, d_param,
                               [param_to_device(g) for g in grads], dev)
     return {"param": param, **host}, {"param": d_param, **dev}, bad
 

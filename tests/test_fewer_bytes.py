@@ -35,6 +35,7 @@ import pytest
 
 import fastadapt
 import naive
+from fastadapt.functional import step_for
 from fastadapt.kernels.cpu import SERIAL_BELOW
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
@@ -123,7 +124,7 @@ def test_matches_torch_within_one_ulp(name, cls, options, state, path, dtype):
                **{s: a.astype(np.float64) for s, a in st.items()}}
         tp.grad = _t(g)
         opt.step()
-        fastadapt.RULES[name].step_fn(param, g, **st, step=k, **options)
+        step_for(fastadapt.RULES[name])(param, g, **st, step=k, **options)
         g64 = g.astype(np.float64)
         for label, ours, theirs in [("param", param, _n(tp, dtype))] + [
                 (s, st[s], _n(opt.state[tp][TORCH_STATE.get(s, s)], dtype)) for s in state]:
@@ -162,7 +163,7 @@ def test_float32_params_bfloat16_state_against_float64(name, options, n):
             if "momentum_buffer" in state else 0.0
         ref(p_ref, g, **s_ref, **step, **options)
         old = param.astype(np.float64)
-        rule.step_fn(param, g, **state, **step, **options)
+        step_for(rule)(param, g, **state, **step, **options)
         # 1 float32 ulp of the result, plus 8 float32 ulps of the operands
         # (the old value and the update) where the new value cancels, and of
         # lr times the momentum buffer before and after (momentum * buf and the
@@ -206,7 +207,7 @@ def test_sixteen_bit_params_against_float64(name, options, dtype):
         getattr(naive, f"{name}_step")(p_ref, g, **s_ref, **step, **options)
         old = {"param": param.astype(np.float64),
                **{s: a.astype(np.float64) for s, a in state.items()}}
-        rule.step_fn(param, g, **state, **step, **options)
+        step_for(rule)(param, g, **state, **step, **options)
         operands = np.abs(g.astype(np.float64)) + np.abs(old["param"])
         for label, ours, ref in [("param", param, p_ref)] + [
                 (s, state[s], s_ref[s]) for s in state]:

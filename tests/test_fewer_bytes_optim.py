@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import fastadapt
+from fastadapt.functional import step_for
 from fastadapt.kernels.cpu import SERIAL_BELOW
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
@@ -64,7 +65,7 @@ def test_class_equals_functional_steps(name, options, dtype, state_dtype):
         opt.step(g)
         step = {"step": k} if rule.takes_step else {}
         for i, p in enumerate(params):
-            rule.step_fn(p, g[i], **{s: a[i] for s, a in state.items()}, lr=1e-2, **step,
+            step_for(rule)(p, g[i], **{s: a[i] for s, a in state.items()}, lr=1e-2, **step,
                          **options)
     assert bits(opt.params) == bits(params)
     for s in state:
@@ -189,13 +190,13 @@ def test_int8_state_is_blockwise8_over_the_flat_buffer(name, options):
     param = opt.flat_params[0].copy()
     state = {}
     for s in rule.state_for(**options):
-        state[s] = fastadapt.Blockwise8(n, signed=s not in fastadapt.optim.NON_NEGATIVE_STATE)
+        state[s] = fastadapt.Blockwise8(n, signed=s not in rule.non_negative_state)
         if rule.initial_value(s, **options):
             state[s].fill(rule.initial_value(s, **options))
     for k in range(1, 4):
         opt.step(grads(k, F32))
         step = {"step": k} if rule.takes_step else {}
-        rule.step_fn(param, opt.flat_grads[0], **state, lr=1e-2, **step,
+        step_for(rule)(param, opt.flat_grads[0], **state, lr=1e-2, **step,
                      **{o: v for o, v in options.items() if o in rule.defaults})
     assert opt.flat_params[0].tobytes() == param.tobytes()
     for s, b in state.items():

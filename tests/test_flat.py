@@ -5,6 +5,7 @@ import pytest
 import fastadapt
 from fastadapt import FlatBuffer
 from fastadapt.flat import ALIGN_BYTES
+from fastadapt.functional import step_for
 from fastadapt.kernels.cpu import SERIAL_BELOW
 
 import optim_cases as cases
@@ -171,9 +172,9 @@ def test_one_call_on_data_equals_one_call_per_array(name, dtype):
         grads = [rng.standard_normal(s).astype(dtype) for s in SHAPES]
         flat["grad"].copy_from(grads)
         counter = {"step": t} if rule.takes_step else {}
-        rule.step_fn(**{a: b.data for a, b in flat.items()}, **options, **counter)
+        step_for(rule)(**{a: b.data for a, b in flat.items()}, **options, **counter)
         for arrays, g in zip(separate, grads):
-            rule.step_fn(grad=g, **arrays, **options, **counter)
+            step_for(rule)(grad=g, **arrays, **options, **counter)
     for i, arrays in enumerate(separate):
         for a, x in arrays.items():
             np.testing.assert_array_equal(flat[a][i], x, err_msg=f"{a}[{i}]")

@@ -30,6 +30,7 @@ if not cuda.is_available():
     pytest.skip("no CUDA GPU or driver", allow_module_level=True)
 
 import fastadapt  # noqa: E402
+from fastadapt.functional import step_for  # noqa: E402
 from fastadapt.kernels import cuda as kernels  # noqa: E402
 
 import optim_cases as cases  # noqa: E402
@@ -63,7 +64,7 @@ def _run_fastadapt_on(to_device, name, config, param0, grads):
     """fastadapt's steps on GPU arrays made by ``to_device``; results on the host."""
     state0 = cases.initial_state(name, config, param0.shape, param0.dtype)
     param, state = cases.run_steps(
-        fastadapt.RULES[name].step_fn, name, config, to_device(param0),
+        step_for(fastadapt.RULES[name]), name, config, to_device(param0),
         [to_device(g) for g in grads], {k: to_device(v) for k, v in state0.items()})
     return _to_host(param), {k: _to_host(v) for k, v in state.items()}
 
@@ -76,7 +77,7 @@ def _run_torch_cuda(torch, name, config, param0, grads):
     for grad in grads:
         param.grad = torch.tensor(grad, device="cuda")
         optimizer.step()
-    to_ours = {v: k for k, v in cases.TORCH_STATE_NAMES.items()}
+    to_ours = {v: k for k, v in fastadapt.RULES[name].torch_state_names.items()}
     state = {to_ours.get(k, k): v.cpu().numpy() for k, v in optimizer.state[param].items()
              if k != "step" and v is not None}
     return param.detach().cpu().numpy(), state

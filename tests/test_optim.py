@@ -15,12 +15,13 @@ import pytest
 
 import fastadapt
 import fastadapt.functional
+from fastadapt.functional import step_for
 from fastadapt import schedules
 from fastadapt.optim import Optimizer
 
 from conftest import DTYPES, assert_close
 import optim_cases as cases_db
-from optim_cases import CONFIGS, SETUP_OPTIONS, TORCH_STATE_NAMES, cases
+from optim_cases import CONFIGS, SETUP_OPTIONS, cases
 
 SHAPES = [(7,), (3, 5), (4, 4, 2), (1,), (0,)]
 STEPS = 50
@@ -108,7 +109,8 @@ def test_matches_torch_with_param_groups(torch, name, config, dtype):
         tstate = topt.state[tp]
         assert int(tstate.get("step", STEPS)) == STEPS   # torch's SGD keeps no count
         ours = {n: v[i] for n, v in state[g].items() if n != "step"}
-        expected = {TORCH_STATE_NAMES.get(n, n) for n in ours}
+        torch_names = fastadapt.RULES[name].torch_state_names
+        expected = {torch_names[n] for n in ours}
         scalar = opt.scalar_state[g]
         assert expected | set(scalar) == {n for n, v in tstate.items()
                                           if n != "step" and v is not None}, \
@@ -116,7 +118,7 @@ def test_matches_torch_with_param_groups(torch, name, config, dtype):
         for n, v in scalar.items():      # kept as torch keeps it: float32 0-d tensors
             assert v == tstate[n].item(), f"param {k} {n}"
         for n, v in ours.items():
-            assert_close(v, tstate[TORCH_STATE_NAMES.get(n, n)].numpy(), dtype,
+            assert_close(v, tstate[torch_names[n]].numpy(), dtype,
                          f"param {k} {n}")
 
 
@@ -181,7 +183,7 @@ def test_one_kernel_call_per_group(monkeypatch, name):
     opt.step()
     assert len(calls) == 2
     for (rule, sizes), buffers in zip(calls, opt._groups):
-        assert rule == fastadapt.RULES[name].step_fn.__name__.removesuffix("_step").replace(
+        assert rule == step_for(fastadapt.RULES[name]).__name__.removesuffix("_step").replace(
             "adamw", "adam")
         assert sizes["param"] == len(buffers.param.data) >= buffers.param.numel
     opt.step()
@@ -347,7 +349,7 @@ def test_construction_errors_are_the_functionals():
         with pytest.raises(ValueError) as functional_error:
             state = {n: np.zeros(1) for n in cls.rule.state}
             step = {"step": 1} if cls.rule.takes_step else {}
-            cls.rule.step_fn(x, x.copy(), **state, **kwargs, **step)
+            step_for(cls.rule)(x, x.copy(), **state, **kwargs, **step)
         with pytest.raises(ValueError) as class_error:
             cls([np.zeros(1)], **kwargs)
         assert str(class_error.value) == str(functional_error.value)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import fastadapt
+from fastadapt.functional import step_for
 from fastadapt.kernels.cpu import SERIAL_BELOW
 
 import optim_cases as cases
@@ -491,7 +492,7 @@ def test_a_positional_hyper_parameter_in_a_state_slot_is_a_type_error(name, slot
     args[2 + slot] = value
     before = snapshot(arrays)
     with pytest.raises(TypeError, match="hyper-parameters are keyword-only"):
-        rule.step_fn(*args, **({"step": 1} if rule.takes_step else {}))
+        step_for(rule)(*args, **({"step": 1} if rule.takes_step else {}))
     assert_unchanged(arrays, before)
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import fastadapt
-from fastadapt.functional import _SIGNATURES
+from fastadapt.functional import _SIGNATURES, step_for
 from fastadapt.kernels import cpu, loops
 
 import optim_cases as cases
@@ -36,7 +36,7 @@ def test_host_scalars_are_exactly_the_maths(name, which):
 @rules
 def test_the_functional_signature_is_derived_from_the_declaration(name):
     rule = RULES[name]
-    params = inspect.signature(rule.step_fn).parameters
+    params = inspect.signature(step_for(rule)).parameters
     names = list(params)
     assert names[:2] == ["param", "grad"]
     assert names[2:2 + len(rule.state)] == list(rule.state)
@@ -49,7 +49,7 @@ def test_the_functional_signature_is_derived_from_the_declaration(name):
     for s in rule.scalar_state:
         assert params[s.name].default is None
     assert params["grad_scale"].default is None
-    assert rule.pseudocode.splitlines()[0] in rule.step_fn.__doc__
+    assert rule.pseudocode.splitlines()[0] in step_for(rule).__doc__
 
 
 @rules
@@ -159,3 +159,28 @@ def test_initial_values_are_the_declared_ones(name):
         assert rule.initial_value(s) == want
     state = cases.initial_state(name, {}, (3,), np.float32)
     assert all((a == rule.initial_value(s)).all() for s, a in state.items())
+
+
+def test_a_rule_holds_only_what_rule_declares():
+    """Every fact about a rule is a declared field (nothing attached later,
+    nothing read with getattr and a default)."""
+    declared = set(vars(fastadapt.Rule("x", "X", "adam", (), (), None, "", "")))
+    for rule in RULES.values():
+        assert set(vars(rule)) == declared, rule.name
+
+
+@rules
+def test_non_negative_state_is_declared_exactly(name):
+    """The state declared ``non_negative`` (8-bit state stores it unsigned) stays
+    >= 0 from random parameters and gradients; every other state array takes
+    a negative value (so the signed map it gets is needed)."""
+    rule, config = RULES[name], cases.EVERY_STATE[name]
+    param, grads = cases.problem((64,), np.float64, seed=11, steps=8)
+    state = cases.initial_state(name, config, param.shape, np.float64)
+    options, carried, seen_negative = cases.step_options(config), {}, set()
+    for t, grad in enumerate(grads, start=1):
+        counter = {"step": t} if rule.takes_step else {}
+        carried = step_for(rule)(param, grad, **state, **options, **counter, **carried) or {}
+        seen_negative |= {s for s, a in state.items() if (a < 0).any()}
+    assert not seen_negative & rule.non_negative_state
+    assert seen_negative | rule.non_negative_state == set(rule.state)

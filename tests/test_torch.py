@@ -27,6 +27,7 @@ import torch.nn as nn  # noqa: E402
 
 import fastadapt  # noqa: E402
 import fastadapt.torch as ft  # noqa: E402
+from fastadapt.rules import Rule, ScalarState  # noqa: E402
 
 import optim_cases  # noqa: E402
 
@@ -663,25 +664,40 @@ def test_the_class_signature_is_torchs():
         assert issubclass(getattr(ft, rule.torch_name), torch.optim.Optimizer)
 
 
-def test_a_rule_with_scalar_state_gets_it_per_parameter():
-    """The scalar-state hook: the functional step receives the value and returns
-    the next; it is kept per parameter and checkpointed as a tensor."""
-    def counted_adam(param, grad, exp_avg, exp_avg_sq, *, count, **options):
-        fastadapt.adam_step(param, grad, exp_avg, exp_avg_sq, **options)
-        return {"count": count + 1}
+@pytest.mark.parametrize("name", [n for n, r in fastadapt.RULES.items() if r.in_torch])
+def test_what_a_rule_declares_of_torchs_class_is_so(name):
+    """A rule's torch facts: the keys of torch.optim's per-parameter state (its
+    names for the state arrays, a ``step`` or not, the scalar state), and
+    whether its constructor refuses a tensor lr with foreach=True."""
+    rule, config = fastadapt.RULES[name], optim_cases.EVERY_STATE[name]
+    cls = getattr(torch.optim, rule.torch_name)
+    p = nn.Parameter(torch.randn(5))
+    opt = cls([p], foreach=False, **config)
+    p.grad = torch.randn(5)
+    opt.step()
+    expected = {rule.torch_state_names[s] for s in rule.state_for(**config)}
+    expected |= set(rule.scalar_state_init) | ({"step"} if rule.torch_step else set())
+    assert set(opt.state[p]) == expected
+    try:
+        cls([nn.Parameter(torch.randn(5))], lr=torch.tensor(0.01), foreach=True)
+        refused = False
+    except ValueError:
+        refused = True
+    assert refused == rule.torch_refuses_tensor_mix
 
+
+def test_a_rule_with_scalar_state_gets_it_per_parameter():
+    """A rule declared outside the registry, with scalar state: its functional
+    step receives the value and returns the next; it is kept per parameter and
+    checkpointed as a tensor."""
     base = fastadapt.RULES["adam"]
 
-    class CountedRule:
-        """Adam's rule with another step function and a scalar state."""
-        name, torch_name = "counted_adam", "CountedAdam"
-        step_fn = staticmethod(counted_adam)
-        scalar_state = {"count": 1.0}
+    def scalars(options, step, state):
+        return base.scalars(options, step), {"count": state["count"] + 1.0}
 
-        def __getattr__(self, attr):
-            return getattr(base, attr)
-
-    rule = CountedRule()
+    rule = Rule("counted_adam", "CountedAdam", base.kernel, base.hyper, base.state_specs,
+                scalars, base.pseudocode, "Adam counting its steps",
+                scalar_state=(ScalarState("count", 1.0),))
     cls = ft.optimizer_class(rule)
     model, ref_model = make_models()
     opt = cls(groups(model, base, 1e-3))

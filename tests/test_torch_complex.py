@@ -18,7 +18,9 @@ torch = pytest.importorskip("torch")
 import torch.nn as nn  # noqa: E402
 
 import fastadapt.torch as ft  # noqa: E402
-from fastadapt.torch import _TORCH_SUPPORTS_COMPLEX  # noqa: E402
+from fastadapt.rules import RULES  # noqa: E402
+
+TORCH_SUPPORTS_COMPLEX = {r.torch_name for r in RULES.values() if r.torch_complex}
 
 TOL = {torch.complex64: 1e-6, torch.complex128: 1e-12}
 COMPLEX = [torch.complex64, torch.complex128]
@@ -54,7 +56,7 @@ def _cases():
     from torch.testing._internal.common_optimizers import optim_db
     return [pytest.param(info.optim_cls.__name__, inp.kwargs,
                          id=f"{info.optim_cls.__name__}-{inp.desc}")
-            for info in optim_db if info.optim_cls.__name__ in _TORCH_SUPPORTS_COMPLEX
+            for info in optim_db if info.optim_cls.__name__ in TORCH_SUPPORTS_COMPLEX
             for inp in info.optim_inputs_func(device="cpu", dtype=torch.float32)
             if not (inp.kwargs.get("differentiable") or inp.kwargs.get("capturable"))]
 
@@ -67,7 +69,7 @@ def test_the_complex_classes_are_torchs():
     ours = {n for n in ft.__all__ if isinstance(getattr(ft, n), type)
             and issubclass(getattr(ft, n), ft.FlatOptimizer) and n != "ZeroRedundancyOptimizer"
             and getattr(ft, n).rule is not None}
-    assert _TORCH_SUPPORTS_COMPLEX == ours & torch_complex
+    assert TORCH_SUPPORTS_COMPLEX == ours & torch_complex
 
 
 @pytest.mark.parametrize("dtype", COMPLEX, ids=str)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import fastadapt
+from fastadapt.functional import step_for
 
 import optim_cases as cases
 from conftest import assert_unchanged, snapshot
@@ -27,7 +28,7 @@ def valid_call(name, dtype=np.float64, shape=SHAPE):
 
 
 def call(name, arrays, options):
-    RULES[name].step_fn(**arrays, **options)
+    step_for(RULES[name])(**arrays, **options)
 
 
 def assert_rejected(name, arrays, options, error, *words, also=()):
@@ -196,7 +197,7 @@ def _state_arguments():
 def test_state_missing(name, missing):
     arrays, options = valid_call(name)
     del arrays[missing]
-    optional = inspect.signature(RULES[name].step_fn).parameters[missing].default is None
+    optional = inspect.signature(step_for(RULES[name])).parameters[missing].default is None
     if optional:           # needed only under an option: the library says which
         assert_rejected(name, arrays, options, ValueError, "needs", missing)
     else:                  # always needed: Python's own missing-argument error

@@ -24,9 +24,9 @@ import pytest
 
 import fastadapt
 from fastadapt import schedules
+from fastadapt.functional import step_for
 
 from conftest import assert_close
-from optim_cases import TORCH_STATE_NAMES
 
 SHAPES = [(7,), (3, 5), (1,), (0,), (4, 4, 2)]
 STEPS = 8
@@ -119,9 +119,10 @@ def test_matches_torch_pipeline(torch, name, max_norm, scale, dtype):
         g, i = where[k]
         tstate = topt.state[tp]
         assert int(tstate.get("step", steps_taken)) == steps_taken
+        torch_names = fastadapt.RULES[name].torch_state_names
         for n, v in state[g].items():
             if n != "step":
-                assert_close(v[i], tstate[TORCH_STATE_NAMES.get(n, n)].numpy(), budget,
+                assert_close(v[i], tstate[torch_names[n]].numpy(), budget,
                              f"param {k} {n}")
 
 
@@ -306,7 +307,7 @@ def _functional_step(name, param, grad, maximize, grad_scale):
     if rule.takes_step:
         kwargs["step"] = 1
     param = param.copy()
-    rule.step_fn(param, grad, grad_scale=grad_scale, **kwargs)
+    step_for(rule)(param, grad, grad_scale=grad_scale, **kwargs)
     return param, state
 
 

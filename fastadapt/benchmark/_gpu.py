@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 
+from ..functional import step_for
 from ._configs import make_problem
 from ._implementations import TORCH_MODES, Unavailable, import_torch, torch_optimizer
 from ._timing import interleaved
@@ -156,7 +157,7 @@ def build_steps(config, param, grad, torch_reason=None):
 
     p, g = cuda.to_device(param), cuda.to_device(grad)
     state = {name: cuda.to_device(np.zeros_like(param)) for name in state_names}
-    fn, options = config.rule.step_fn, {**config.options, **state}
+    fn, options = step_for(config.rule), {**config.options, **state}
     if config.rule.takes_step:
         counter = itertools.count(1)
         steps["fastadapt"] = lambda: fn(p, g, step=next(counter), **options)

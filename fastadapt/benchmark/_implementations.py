@@ -13,6 +13,7 @@ import itertools
 
 import numpy as np
 
+from ..functional import step_for
 from ..kernels import roofline
 from ._numpy_reference import NUMPY_STEPS, SCRATCH_ARRAYS
 
@@ -47,7 +48,7 @@ def import_torch():
 def fastadapt_step(config, param, grad):
     p, g = param.copy(), grad.copy()
     state = config.initial_state(p)
-    return _functional_closure(config.rule.step_fn, config, p, g, state, {})
+    return _functional_closure(step_for(config.rule), config, p, g, state, {})
 
 
 def numpy_step(config, param, grad):
@@ -298,11 +299,11 @@ def driver_call(config, param, grad):
         kwargs = {**config.options, **state}
         if config.rule.takes_step:
             kwargs["step"] = 1
-        config.rule.step_fn(p, g, **kwargs)
+        step_for(config.rule)(p, g, **kwargs)
     finally:
         cpu.DRIVERS.update(real)
     if len(captured) != 1:
-        raise RuntimeError(f"expected one driver call from {config.rule.step_fn.__name__}, "
+        raise RuntimeError(f"expected one driver call from {step_for(config.rule).__name__}, "
                            f"saw {len(captured)}")
     key, args = captured[0]
     return real[key], args

@@ -183,12 +183,12 @@ def derived_step(rule):
     code would be written; ``scratch`` is accepted and ignored. The rules
     with a hand-written rival (:data:`CAREFUL`) avoid those allocations.
     """
-    from ..functional import _SIGNATURES
+    from ..functional import _SIGNATURES, step_for
     kernel = _numpy_math(rule.kernel)
     signature = _SIGNATURES[rule.kernel]
 
     def step(param, grad, *args, scratch=None, **kwargs):
-        update = rule.step_fn.plan(param, grad, *args, **kwargs)
+        update = step_for(rule).plan(param, grad, *args, **kwargs)
         if param.size == 0:
             return update.state
         arrays = update.arrays

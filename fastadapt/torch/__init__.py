@@ -153,27 +153,19 @@ GradScaler's unscale and inf
 skip and ``max_grad_norm`` work the same in every mode (the division happens
 in the kernel).
 
-Rule hooks
-----------
-The classes are built from the registry; a :class:`~fastadapt.Rule` may carry
-optional attributes that this module reads:
-
-``state_init``
-    ``{state name: hyper-parameter name}`` for state arrays that do not start
-    at zero (Adagrad's ``state_sum`` starts at ``initial_accumulator_value``,
-    Rprop's step sizes at ``lr``). Filled when a parameter takes its first
-    step (torch's lazy initialisation).
-``scalar_state``
-    A sequence of objects with ``name`` and ``initial`` (the registry's
-    ``ScalarState``; a dict ``{name: initial}`` works too), ``initial`` a
-    number or the name of a hyper-parameter, for per-parameter scalar state
-    (NAdam's ``mu_product``, ASGD's ``eta`` and ``mu``). The current value is
-    passed to the functional step as a keyword and the step returns
-    ``{name: new value}``; it is kept per parameter as torch keeps it, and
-    saved as a 0-dim tensor.
-``torch_state_names``
-    ``{fastadapt state name: torch's name}`` where they differ (default:
-    ``state_sum`` is torch's ``sum``).
+What a rule declares for this module
+------------------------------------
+The classes are built from the registry; a :class:`~fastadapt.Rule` declares
+what torch.optim's class of it keeps: each state array's key in torch's state
+(``State.torch_name``: Adagrad's ``state_sum`` is ``sum``) and start
+(``State.init``: Adagrad's ``initial_accumulator_value``, Rprop's ``lr``; filled
+when a parameter takes its first step, torch's lazy initialisation), the
+per-parameter scalar state (``ScalarState``: NAdam's ``mu_product``, ASGD's
+``eta`` and ``mu``; passed to the functional step as a keyword, which returns
+``{name: new value}``; saved as a 0-dim tensor), and whether torch keeps a
+``step`` (``torch_step``), takes complex parameters (``torch_complex``),
+refuses tensors mixed with numbers (``torch_refuses_tensor_mix``) or computes
+it as another rule's class with ``decoupled_weight_decay`` (``coupled_twin``).
 """
 try:
     import torch  # noqa: F401  (the real torch: this package's modules import absolutely)
@@ -183,8 +175,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without torch
 from ._classes import CLASSES, optimizer_class
 from ._conventions import (  # noqa: F401  (torch's conventions, as this module always had them)
     COMPLEX_DTYPES, DECOUPLED_FLAG, EIGHT_BIT, MASTER_KEY, NO_OP_FLAGS, REJECTED_FLAGS, SEED_KEY,
-    STEP_KEY, STORAGE_OPTIONS, SUPPORTED_DTYPES, _DEFAULT_TORCH_STATE_NAMES, _NO_TORCH_STEP,
-    _TORCH_SUPPORTS_COMPLEX)
+    STEP_KEY, STORAGE_OPTIONS, SUPPORTED_DTYPES, )
 from ._optimizer import FlatOptimizer
 from ._release import GradientRelease, enable_gradient_release
 from ._zero import ZeroRedundancyOptimizer

@@ -9,7 +9,7 @@ import torch
 
 from ..flat import ALIGN_BYTES, layout
 from .._options import rounding_seed
-from ..optim import NON_NEGATIVE_STATE
+from ..functional import step_for
 from ._conventions import EIGHT_BIT, MASTER_KEY, _host_array, _initial, _scalar_dtype
 
 # ----------------------------------------------------------------- gradient hooks
@@ -255,7 +255,7 @@ class _Bucket:
                 continue
             value = _initial(init[name], group) if name in init else 0.0
             if self.eight_bit:
-                b8 = self.container(self.span.size, name not in NON_NEGATIVE_STATE)
+                b8 = self.container(self.span.size, name not in self.owner.rule.non_negative_state)
                 if value != 0.0:
                     b8.fill(value)
                 self.state_flat[name] = self.k_state[name] = b8
@@ -554,11 +554,11 @@ class _Bucket:
                 kwargs["grad_scale"] = grad_scale
             # an empty span (a run outside this rank's shard) still
             # returns the new scalar state
-            result = rule.step_fn(self.k_param[a:b], self.k_grad[a:b] if grad is None else grad,
+            result = step_for(rule)(self.k_param[a:b], self.k_grad[a:b] if grad is None else grad,
                                   **kwargs)
             for name in owner._scalar_state:
                 if not isinstance(result, dict) or name not in result:
-                    raise RuntimeError(f"{rule.step_fn.__name__} must return {{{name!r}: new "
+                    raise RuntimeError(f"{step_for(rule).__name__} must return {{{name!r}: new "
                                        f"value}} (the rule declares scalar state {name!r})")
                 self.scalars_np[name][j0:j1 + 1] = float(result[name])
             if first_step:

@@ -4,10 +4,10 @@ import inspect
 
 import torch
 
-from ._conventions import (DECOUPLED_FLAG, NO_OP_FLAGS, REJECTED_FLAGS, STORAGE_OPTIONS,
-                           _decoupled_twins, _scalar_state, _state_init)
+from ._conventions import (DECOUPLED_FLAG, NO_OP_FLAGS, REJECTED_FLAGS, STORAGE_OPTIONS)
 from .._class_builder import derive_class
 from .._options import STORAGE_DOC
+from ..functional import step_for
 from ..rules import RULES
 from ._optimizer import FlatOptimizer
 
@@ -42,10 +42,10 @@ def optimizer_class(rule):
     signature = signature.replace(parameters=[
         *signature.parameters.values(), inspect.Parameter("max_grad_norm", keyword, default=None),
         *(inspect.Parameter(k, keyword, default=v) for k, v in STORAGE_OPTIONS.items())])
-    known = {"max_grad_norm"} | set(STORAGE_OPTIONS) | set(rule.defaults) | set(_state_init(rule).values()) | {
-        v for v in _scalar_state(rule).values() if isinstance(v, str)} | set(
+    known = {"max_grad_norm"} | set(STORAGE_OPTIONS) | set(rule.defaults) | set(rule.state_init.values()) | {
+        v for v in rule.scalar_state_init.values() if isinstance(v, str)} | set(
         NO_OP_FLAGS + REJECTED_FLAGS) | {"self", "params"}
-    if _decoupled_twins(rule) is not None:
+    if rule.decoupled_twins is not None:
         known.add(DECOUPLED_FLAG)
     extras = {name: p.default for name, p in signature.parameters.items()
               if name not in known and p.default is not inspect.Parameter.empty}
@@ -53,15 +53,15 @@ def optimizer_class(rule):
 
     twin = f"torch.optim.{name}" if torch_cls is not None else "the rule"
     doc = (f"{name} over flat buffers: a drop-in for {twin} (same signature, defaults and "
-           f"numbers), one fused ``fastadapt.{rule.step_fn.__name__}`` call per (group, "
+           f"numbers), one fused ``fastadapt.{step_for(rule).__name__}`` call per (group, "
            f"device, dtype).\n\n``foreach`` and ``fused`` are accepted and change nothing; "
            f"``capturable=True`` and ``differentiable=True`` raise ValueError. "
            f"``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: "
            f"{STORAGE_DOC.lower()}, as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps "
            f"smaller parameters' state float32 under 8-bit state. See "
            f":mod:`fastadapt.torch` for the gradient paths and their cost.\n\n"
-           f"The update (from ``fastadapt.{rule.step_fn.__name__}``):\n"
-           f"{inspect.getdoc(rule.step_fn) or ''}\n")
+           f"The update (from ``fastadapt.{step_for(rule).__name__}``):\n"
+           f"{inspect.getdoc(step_for(rule)) or ''}\n")
     return derive_class(name, FlatOptimizer, signature, FlatOptimizer.__init__,
                         {"rule": rule, "_signature": signature, "_extras": extras,
                          "__doc__": doc}, "fastadapt.torch")

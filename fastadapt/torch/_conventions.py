@@ -14,10 +14,6 @@ NO_OP_FLAGS = ("foreach", "fused")
 REJECTED_FLAGS = ("differentiable", "capturable")
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 COMPLEX_DTYPES = (torch.complex64, torch.complex128)
-#: torch.optim classes that take complex parameters (torch 2.13's optim_db
-#: ``supports_complex``); each updates ``view_as_real(param)``, as fastadapt does.
-_TORCH_SUPPORTS_COMPLEX = {"Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adadelta", "Adamax",
-                           "RAdam", "Rprop", "NAdam", "ASGD"}
 _SIXTEEN_BIT = (torch.bfloat16, torch.float16)
 #: Storage options (keyword-only, optimizer-wide), as fastadapt.optim's classes take them.
 STORAGE_OPTIONS = {**_options.STORAGE_OPTIONS, "min_8bit_size": 4096}
@@ -29,52 +25,8 @@ SEED_KEY = "stochastic_rounding_seed"
 #: The step count as an int, saved beside torch's float32 ``step`` where that
 #: cannot hold it (past 2**24 steps).
 STEP_KEY = "exact_step"
-_DEFAULT_TORCH_STATE_NAMES = {"state_sum": "sum"}
 #: torch's Adam computes AdamW when this is True (and its AdamW's groups hold True).
 DECOUPLED_FLAG = "decoupled_weight_decay"
-# torch.optim classes whose per-parameter state has no "step" (their rule's
-# step only marks the first step, which a loaded state infers from the
-# presence of the state arrays).
-_NO_TORCH_STEP = {"SGD"}
-# torch.optim classes whose constructor refuses betas mixing a tensor and a
-# number, and a tensor lr or betas with foreach=True (without capturable)
-_TORCH_REFUSES_TENSOR_MIX = {"Adam", "AdamW"}
-
-
-# ----------------------------------------------------------------- rule hooks
-def _state_init(rule):
-    return dict(getattr(rule, "state_init", None) or {})
-
-
-def _scalar_state(rule):
-    """``{name: initial value or hyper-parameter name}``, from a dict or from
-    a sequence of objects with ``name`` and ``initial`` (the registry's
-    ``ScalarState``)."""
-    spec = getattr(rule, "scalar_state", None) or {}
-    if isinstance(spec, dict):
-        return dict(spec)
-    return {s.name: s.initial for s in spec}
-
-
-def _decoupled_twins(rule):
-    """``(coupled rule, decoupled rule)`` when torch's class of ``rule`` picks
-    one of the two by ``decoupled_weight_decay`` and the rule itself has no
-    such hyper-parameter (Adam and AdamW; a rule's ``coupled_twin`` names the
-    rule it decouples), else None."""
-    if DECOUPLED_FLAG in rule.defaults:
-        return None
-    for r in RULES.values():
-        twin = getattr(r, "coupled_twin", None)
-        if twin is not None and rule.name in (r.name, twin):
-            return RULES[twin], r
-    return None
-
-
-def _torch_state_names(rule):
-    names = dict(_DEFAULT_TORCH_STATE_NAMES)
-    names.update(getattr(rule, "torch_state_names", None) or {})
-    return names
-
 
 def _scalar_dtype():
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32

@@ -12,13 +12,12 @@ import numpy as np
 import torch
 
 from .. import _args, _storage
+from ..functional import step_for
 from .._options import dry_run, naming_group, storage_options
 from ._bucket import _Bucket
 from ._conventions import (COMPLEX_DTYPES, DECOUPLED_FLAG, EIGHT_BIT, MASTER_KEY, REJECTED_FLAGS,
-                           SEED_KEY, STORAGE_OPTIONS, SUPPORTED_DTYPES, _NO_TORCH_STEP,
-                           _TORCH_REFUSES_TENSOR_MIX, _TORCH_SUPPORTS_COMPLEX, _decoupled_twins,
-                           _initial, _numpy_dtype, _plain, _scalar_state, _state_init,
-                           _torch_dtype, _torch_state_names)
+                           SEED_KEY, STORAGE_OPTIONS, SUPPORTED_DTYPES, _initial,
+                           _numpy_dtype, _plain, _torch_dtype)
 from ._sharing import Alone, WholeBuffer
 from ._state_dict import TorchStateDict
 
@@ -84,12 +83,12 @@ class FlatOptimizer(TorchStateDict, torch.optim.Optimizer):
         if self.rule is None:
             raise TypeError("FlatOptimizer is a base class; use fastadapt.torch.Adam, "
                             "AdamW, SGD, ...")
-        self._state_init = _state_init(self.rule)
-        self._scalar_state = _scalar_state(self.rule)
-        self._torch_names = _torch_state_names(self.rule)
-        self._no_step = getattr(self.rule, "torch_name", None) in _NO_TORCH_STEP
-        self._kernel_unscales = "grad_scale" in inspect.signature(self.rule.step_fn).parameters
-        self._twins = _decoupled_twins(self.rule)
+        self._state_init = self.rule.state_init
+        self._scalar_state = self.rule.scalar_state_init
+        self._torch_names = self.rule.torch_state_names
+        self._no_step = not self.rule.torch_step
+        self._kernel_unscales = "grad_scale" in inspect.signature(step_for(self.rule)).parameters
+        self._twins = self.rule.decoupled_twins
         self._partition = WholeBuffer() if partition is None else partition
         self._agreement = Alone() if agreement is None else agreement
         # the per-parameter state keys this class writes; any other key of
@@ -192,7 +191,7 @@ class FlatOptimizer(TorchStateDict, torch.optim.Optimizer):
             if group.get(flag):
                 raise ValueError(f"{at}fastadapt.torch.{name} does not support {flag}=True "
                                  f"(use torch.optim.{self.rule.torch_name} for it)")
-        if self.rule.torch_name in _TORCH_REFUSES_TENSOR_MIX:
+        if self.rule.torch_refuses_tensor_mix:
             _check_tensor_hyper_parameters(group, at, self.rule.torch_name)
         for key, default in self._extras.items():
             if key in group and _plain(group[key]) != default:
@@ -313,7 +312,7 @@ class FlatOptimizer(TorchStateDict, torch.optim.Optimizer):
     def _check_complex(self, where, p):
         """Complex parameters where torch takes them, with state of their own precision."""
         name = self.rule.torch_name
-        if name not in _TORCH_SUPPORTS_COMPLEX:
+        if not self.rule.torch_complex:
             raise TypeError(f"{where} is complex ({p.dtype}); fastadapt.torch.{type(self).__name__}"
                             " does not support complex parameters (torch.optim has no complex "
                             "form of it)")

@@ -7,7 +7,6 @@ import numpy as np
 import torch
 
 from .. import _args
-from ..optim import NON_NEGATIVE_STATE
 from ._conventions import (EIGHT_BIT, MASTER_KEY, NO_OP_FLAGS, REJECTED_FLAGS, SEED_KEY, STEP_KEY,
                            _plain, _scalar_dtype)
 
@@ -298,7 +297,7 @@ class TorchStateDict:
                 extras[key] = v
                 continue
             ours = next((n for n, t in self._torch_names.items() if t == key), key)
-            if (key in array_names and ours in NON_NEGATIVE_STATE
+            if (key in array_names and ours in self.rule.non_negative_state
                     and fmt is not None and f"{key}.codes" not in value
                     and isinstance(v, torch.Tensor) and v.is_floating_point()
                     and bool((v < 0).any())):
@@ -352,11 +351,12 @@ class TorchStateDict:
             problem = EIGHT_BIT[fmt][3](extras[f"{n}.{part}"].detach().cpu().numpy())
             if problem:
                 raise ValueError(f"{where}: {n}.{part} {problem}")
-            if n in arrays and not _codes_hold(extras, n, arrays[n], ours, fmt):
+            if n in arrays and not _codes_hold(extras, n, arrays[n],
+                                               ours in self.rule.non_negative_state, fmt):
                 # the values moved on without the codes (a torch.optim
                 # step keeps the codes it does not know): use the values
                 del extras[f"{n}.codes"], extras[f"{n}.{part}"]
-                if ours in NON_NEGATIVE_STATE and bool((arrays[n] < 0).any()):
+                if ours in self.rule.non_negative_state and bool((arrays[n] < 0).any()):
                     raise ValueError(f"{where}: {n} has negative values; this "
                                      "optimizer keeps it in unsigned 8-bit state")
         needed = {self._torch_names.get(n, n) for n in
@@ -407,13 +407,13 @@ def _codes(v, where):
     return values.to(torch.uint8).view(v.shape)
 
 
-def _codes_hold(extras, n, values, ours, fmt):
+def _codes_hold(extras, n, values, non_negative, fmt):
     """Whether state ``n``'s 8-bit codes (of format ``fmt``) still decode to
     its ``values`` (as rounded to their dtype)."""
     container, _, part, _ = EIGHT_BIT[fmt]
     codes, scale = (extras[f"{n}.{k}"].detach().cpu().reshape(-1).numpy()
                     for k in ("codes", part))
-    b8 = container(0, ours not in NON_NEGATIVE_STATE)._over(codes, scale)
+    b8 = container(0, not non_negative)._over(codes, scale)
     decoded = torch.from_numpy(b8.dequantize()).to(values.dtype)
     values = values.detach().cpu().reshape(-1)
     return bool(((decoded == values) | (decoded.isnan() & values.isnan())).all())
