@@ -81,6 +81,7 @@ def warm_call(rule, n, dtype, mode=None):
     options on fresh arrays of ``n`` elements of ``dtype``, or in the storage
     mode ``mode`` of :data:`MODES`."""
     from ._options import EIGHT_BIT
+    from .functional import step_for
     from ._storage import bfloat16
     kwargs = {}
     if mode is None:
