@@ -246,6 +246,8 @@ class _Stub:
         inner = indent + "    "
         members = _docstring(cls.__doc__, inner)
         for attr, raw in vars(cls).items():
+            if getattr(raw, "hooked", False):
+                continue     # torch.optim wraps a class's step at its first instance
             public = not attr.startswith("_")
             dunder = attr.startswith("__") and attr.endswith("__")
             if isinstance(raw, staticmethod):

@@ -33,6 +33,7 @@ __all__ = [
     'nadam_step',
     'asgd_step',
     'lion_step',
+    'sparse_adam_step',
 ]
 
 def derive_step(rule):
@@ -753,5 +754,59 @@ def lion_step(
         the stream. Updating ``whole[k:j]`` with ``rounding_offset=k`` draws the
         bits one call over ``whole`` would draw for those elements, so an array
         updated in pieces (a shard of it per process) rounds as if in one call.
+    """
+    ...
+
+def sparse_adam_step(
+        param, grad, exp_avg, exp_avg_sq, *, step, lr=0.001, betas=(0.9, 0.999), eps=1e-08,
+        maximize=False, grad_scale=None, master_param=None, stochastic_rounding=False, seed=None,
+        rounding_offset=0):
+    """One SparseAdam step, in place: Adam masked to the rows a sparse gradient holds (torch.optim.SparseAdam); torch.optim.SparseAdam's semantics.
+
+    .. code-block:: text
+
+        g = -grad if maximize else grad                (rows present in the gradient only)
+        exp_avg    = exp_avg + (g - exp_avg) * (1 - beta1)
+        exp_avg_sq = exp_avg_sq + (g * g - exp_avg_sq) * (1 - beta2)
+        denom = sqrt(exp_avg_sq) + eps
+        step_size = lr * sqrt(1 - beta2**step) / (1 - beta1**step)
+        param = param + (-step_size) * (exp_avg / denom)
+
+    Parameters
+    ----------
+    param, grad, exp_avg, exp_avg_sq : arrays of one shape and dtype
+        ``param`` and the state arrays are updated in place; ``grad`` is read.
+    step : int
+        The 1-based number of the step being taken (the first step is 1). Beyond 2**64 the scalars are computed as at 2**64, where every power of a beta has reached 0.
+    lr : float, default 0.001 (in (0, inf])
+        Learning rate (or a schedule, in the classes).
+    betas : (float, float), default (0.9, 0.999) (each in [0, 1))
+        Decay rates of the first and second moment.
+    eps : float, default 1e-08 (in (0, inf])
+        Added to the denominator.
+    maximize : bool, default False (bool)
+        Ascend the objective instead.
+    grad_scale : float, optional
+        A finite number > 0 the gradient is divided by inside the kernel (a loss scale to undo, times a clipping factor's inverse), folded into the gradient's sign: ``g = grad * ((-1 if maximize else 1) / grad_scale)``. None: 1.
+    master_param : float32 array, optional
+        For 16-bit ``param`` (bfloat16 or float16): a float32 copy of it, the
+        shape of ``param``. The update runs on it and ``param`` receives it
+        rounded to nearest, in the same pass.
+    stochastic_rounding : bool, default False
+        For 16-bit ``param`` (bfloat16 or float16) without ``master_param``:
+        store the new value rounded up or down at random, with the probability
+        of its distance to each neighbour, so updates smaller than half an ulp
+        still move ``param`` in expectation.
+    seed : int, optional
+        Needed with ``stochastic_rounding``: the random bits come from a hash of
+        (seed, step, element index) (step 0 for a rule without ``step``: pass a
+        new seed each call), the same whatever the thread count or device.
+    rounding_offset : int, default 0
+        With ``stochastic_rounding``: the index of ``param``'s first element in
+        the stream. Updating ``whole[k:j]`` with ``rounding_offset=k`` draws the
+        bits one call over ``whole`` would draw for those elements, so an array
+        updated in pieces (a shard of it per process) rounds as if in one call.
+
+    The functional step and the NumPy class update every element: each is a row present in the gradient. fastadapt.torch.SparseAdam takes sparse gradients (``nn.Embedding(sparse=True)``) and updates only the rows they hold; like torch it refuses dense gradients.
     """
     ...

@@ -45,6 +45,7 @@ __all__ = [
     'NAdam',
     'ASGD',
     'Lion',
+    'SparseAdam',
 ]
 
 CHECKPOINT_FORMAT: int
@@ -835,5 +836,43 @@ class Lion(Optimizer):
     state_init: dict
     def __init__(
             self, params, lr=0.0001, betas=(0.9, 0.99), weight_decay=0.0, *, maximize=False,
+            state_dtype=None, master_weights=False, stochastic_rounding=False, seed=None,
+            max_grad_norm=None): ...
+
+class SparseAdam(Optimizer):
+    """Adam masked to the rows a sparse gradient holds (torch.optim.SparseAdam); torch.optim.SparseAdam.
+
+    Each step of a group (``step`` counts them from 1), elementwise::
+
+        g = -grad if maximize else grad                (rows present in the gradient only)
+        exp_avg    = exp_avg + (g - exp_avg) * (1 - beta1)
+        exp_avg_sq = exp_avg_sq + (g * g - exp_avg_sq) * (1 - beta2)
+        denom = sqrt(exp_avg_sq) + eps
+        step_size = lr * sqrt(1 - beta2**step) / (1 - beta1**step)
+        param = param + (-step_size) * (exp_avg / denom)
+
+    State (zeros unless said): ``exp_avg``, ``exp_avg_sq``.
+
+    Parameters
+    ----------
+    params : array, list of arrays or list of parameter-group dicts
+        Copied into flat buffers; use ``opt.params`` afterwards (see :class:`Optimizer`).
+    lr : float or schedule, default 0.001 (in (0, inf])
+        Learning rate (or a schedule, in the classes).
+    betas : (float, float), default (0.9, 0.999) (each in [0, 1))
+        Decay rates of the first and second moment.
+    eps : float, default 1e-08 (in (0, inf])
+        Added to the denominator.
+    maximize : bool, default False (bool)
+        Ascend the objective instead.
+    state_dtype, master_weights, stochastic_rounding, seed : keyword-only
+        Storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state); see :class:`Optimizer`.
+    max_grad_norm : float, optional, keyword-only
+        Clip by the global gradient norm over all groups, as ``torch.nn.utils.clip_grad_norm_`` (see :meth:`Optimizer.step`).
+    """
+    rule: fastadapt.rules.Rule
+    state_init: dict
+    def __init__(
+            self, params, lr=0.001, betas=(0.9, 0.999), eps=1e-08, *, maximize=False,
             state_dtype=None, master_weights=False, stochastic_rounding=False, seed=None,
             max_grad_norm=None): ...

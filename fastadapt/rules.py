@@ -156,7 +156,9 @@ class Rule:
     ``torch_refuses_tensor_mix``, whether its constructor refuses betas mixing a
     tensor and a number, and a tensor lr or betas with ``foreach=True``;
     ``coupled_twin``, the rule whose torch class computes this one under
-    ``decoupled_weight_decay=True`` (AdamW's: Adam).
+    ``decoupled_weight_decay=True`` (AdamW's: Adam); ``torch_sparse_grad``,
+    whether torch's class takes sparse gradients only (SparseAdam: its tests
+    feed it one sparse gradient holding every row).
 
     The functional step of a rule is ``fastadapt.functional.step_for(rule)``.
     """
@@ -164,7 +166,7 @@ class Rule:
     def __init__(self, name, torch_name, kernel, hyper, state, scalars, pseudocode,
                  summary, takes_step=True, check=None, notes="", in_torch=True, bench=None,
                  scalar_state=(), torch_step=True, torch_complex=None,
-                 torch_refuses_tensor_mix=False, coupled_twin=None):
+                 torch_refuses_tensor_mix=False, coupled_twin=None, torch_sparse_grad=False):
         self.name, self.torch_name, self.kernel = name, torch_name, kernel
         self.hyper = tuple(hyper)
         self.state_specs = tuple(state)
@@ -181,6 +183,7 @@ class Rule:
         self.torch_complex = in_torch if torch_complex is None else torch_complex
         self.torch_refuses_tensor_mix = torch_refuses_tensor_mix
         self.coupled_twin = coupled_twin
+        self.torch_sparse_grad = torch_sparse_grad
 
     @property
     def state(self):
@@ -640,8 +643,36 @@ exp_avg = beta2 * exp_avg + (1 - beta2) * g""",
     takes_step=False, in_torch=False)
 
 
+# ----------------------------------------------------------------- SparseAdam
+def _sparse_adam_scalars(o, t):
+    beta1, beta2 = o["betas"]
+    return {"one_minus_beta1": 1.0 - beta1, "one_minus_beta2": 1.0 - beta2, "eps": o["eps"],
+            "neg_step_size": -(o["lr"] * math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t))}
+
+
+SPARSE_ADAM = Rule(
+    "sparse_adam", "SparseAdam", "sparse_adam",
+    (Real("lr", 1e-3, low_open=True, doc="learning rate (or a schedule, in the classes)"),
+     _BETAS, Real("eps", 1e-8, low_open=True, doc="added to the denominator"), _MAXIMIZE),
+    (State("exp_avg"), State("exp_avg_sq", non_negative=True)), _sparse_adam_scalars,
+    """\
+g = -grad if maximize else grad                (rows present in the gradient only)
+exp_avg    = exp_avg + (g - exp_avg) * (1 - beta1)
+exp_avg_sq = exp_avg_sq + (g * g - exp_avg_sq) * (1 - beta2)
+denom = sqrt(exp_avg_sq) + eps
+step_size = lr * sqrt(1 - beta2**step) / (1 - beta1**step)
+param = param + (-step_size) * (exp_avg / denom)""",
+    "Adam masked to the rows a sparse gradient holds (torch.optim.SparseAdam)",
+    notes="The functional step and the NumPy class update every element: each is a row "
+          "present in the gradient. fastadapt.torch.SparseAdam takes sparse gradients "
+          "(``nn.Embedding(sparse=True)``) and updates only the rows they hold; like torch "
+          "it refuses dense gradients.",
+    torch_complex=False, torch_sparse_grad=True)
+
+
 RULES = {rule.name: rule for rule in (ADAM, ADAMW, SGD, RMSPROP, ADAGRAD, ADADELTA,
-                                      ADAMAX, RADAM, RPROP, NADAM, ASGD, LION)}
+                                      ADAMAX, RADAM, RPROP, NADAM, ASGD, LION,
+                                      SPARSE_ADAM)}
 
 
 def kernel_specs():

@@ -222,6 +222,17 @@ def lion(param, grad, exp_avg, grad_sign, decay_factor, one_minus_beta1, beta1,
     return p, exp_avg * beta2 + one_minus_beta2 * g
 
 
+def sparse_adam(param, grad, exp_avg, exp_avg_sq,
+                grad_sign, one_minus_beta1, one_minus_beta2, eps, neg_step_size):
+    """SparseAdam over rows present in the gradient, in torch's order:
+    ``old += (new - old) * (1 - beta)``, denominator ``sqrt(v) + eps``,
+    ``neg_step_size = -lr * sqrt(1 - beta2**t) / (1 - beta1**t)``."""
+    g = grad * grad_sign
+    m = exp_avg + (g - exp_avg) * one_minus_beta1
+    v = exp_avg_sq + (g * g - exp_avg_sq) * one_minus_beta2
+    return param + neg_step_size * (m / (sqrt(v) + eps)), m, v
+
+
 # ----------------------------------------------------------------- vocabulary
 def scalar_where(condition, a, b):
     """``a if condition else b`` for one element (both already evaluated)."""

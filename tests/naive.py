@@ -215,7 +215,22 @@ def lion_step(param, grad, exp_avg, *, lr=1e-4, betas=(0.9, 0.99), weight_decay=
     exp_avg[...] = beta2 * m + (1.0 - beta2) * g
 
 
+def sparse_adam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3,
+                     betas=(0.9, 0.999), eps=1e-8, maximize=False):
+    """torch.optim.SparseAdam on a gradient holding every element: Adam without
+    decay, eps added to sqrt(v) before the bias correction folds into the step."""
+    beta1, beta2 = betas
+    p, grad, m, v = _f64(param, grad, exp_avg, exp_avg_sq)
+    g = -grad if maximize else grad
+    m = beta1 * m + (1.0 - beta1) * g
+    v = beta2 * v + (1.0 - beta2) * g ** 2
+    step_size = lr * np.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step)
+    param[...] = p - step_size * m / (np.sqrt(v) + eps)
+    exp_avg[...], exp_avg_sq[...] = m, v
+
+
 STEPS = {"adam": adam_step, "adamw": adamw_step, "sgd": sgd_step,
          "rmsprop": rmsprop_step, "adagrad": adagrad_step, "adadelta": adadelta_step,
          "adamax": adamax_step, "radam": radam_step, "rprop": rprop_step,
-         "nadam": nadam_step, "asgd": asgd_step, "lion": lion_step}
+         "nadam": nadam_step, "asgd": asgd_step, "lion": lion_step,
+         "sparse_adam": sparse_adam_step}

@@ -129,6 +129,13 @@ CONFIGS = {
         {"betas": (0.0, 0.5)},              # the sign of the gradient alone
         {"betas": (0.95, 0.98), "weight_decay": 1.0, "lr": 3e-4, "maximize": True},
     ],
+    "sparse_adam": [                        # torch's oracle gets a sparse gradient of every row
+        {},
+        {"lr": 0.01},
+        {"maximize": True},
+        {"betas": (0.0, 0.99)},             # no first moment
+        {"betas": (0.5, 0.9), "eps": 1e-3, "lr": 0.05, "maximize": True},
+    ],
 }
 assert CONFIGS.keys() == fastadapt.RULES.keys(), "every rule needs its configurations"
 
@@ -136,7 +143,7 @@ assert CONFIGS.keys() == fastadapt.RULES.keys(), "every rule needs its configura
 EVERY_STATE = {"adam": {"amsgrad": True}, "adamw": {"amsgrad": True},
                "sgd": {"momentum": 0.9}, "rmsprop": {"centered": True, "momentum": 0.9},
                "adagrad": {}, "adadelta": {}, "adamax": {}, "radam": {}, "rprop": {},
-               "nadam": {}, "asgd": {}, "lion": {}}
+               "nadam": {}, "asgd": {}, "lion": {}, "sparse_adam": {}}
 for _name, _options in EVERY_STATE.items():
     assert fastadapt.RULES[_name].state_for(**_options) == fastadapt.RULES[_name].state
 
@@ -204,6 +211,8 @@ MUTANTS = [
     ("asgd-t0-off-by-one", "asgd", {"t0": 5}, "asgd", {"t0": 6}, 1),
     ("asgd-lambd", "asgd", {"lambd": 0.01, "lr": 0.1}, "asgd", {"lambd": 0.011, "lr": 0.1}, 1),
     ("lion-betas-swapped", "lion", {}, "lion", {"betas": (0.99, 0.9)}, 1),
+    ("sparse-adam-beta2", "sparse_adam", {}, "sparse_adam", {"betas": (0.9, 0.9989)}, 1),
+    ("sparse-adam-step-off-by-one", "sparse_adam", {}, "sparse_adam", {}, 2),
     ("lion-lr", "lion", {"weight_decay": 0.1, "lr": 1e-3}, "lion",
      {"weight_decay": 0.1, "lr": 1.01e-3}, 1),
 ]
@@ -292,6 +301,9 @@ HYPER_PARAMETERS["asgd"] = st.fixed_dictionaries({
 HYPER_PARAMETERS["lion"] = st.fixed_dictionaries({
     "lr": _log_uniform(-6, -2), "betas": st.tuples(_unit, _unit),
     "weight_decay": st.floats(0.0, 2.0), "maximize": st.booleans()})
+HYPER_PARAMETERS["sparse_adam"] = st.fixed_dictionaries({   # beta2 >= 0.1: as Adam's, above
+    "lr": _log_uniform(-5, -1), "betas": st.tuples(_unit, st.floats(0.1, 0.9999)),
+    "eps": _eps, "maximize": st.booleans()})
 assert HYPER_PARAMETERS.keys() == fastadapt.RULES.keys()
 
 
@@ -349,15 +361,41 @@ def run_torch(name, config, param0, grads):
     """
     import torch
     param = torch.tensor(param0, requires_grad=True)
-    optimizer = getattr(torch.optim, fastadapt.RULES[name].torch_name)(
-        [param], foreach=False, **config)
+    optimizer = torch_optimizer(name, [param], config)
     for grad in grads:
-        param.grad = torch.tensor(grad)
+        param.grad = torch_grad(name, torch.tensor(grad))
         optimizer.step()
     to_ours = {v: k for k, v in fastadapt.RULES[name].torch_state_names.items()}
     state = {to_ours.get(k, k): v.numpy() for k, v in optimizer.state[param].items()
              if k != "step" and v.dim() > 0}           # not the scalar state (mu_product)
     return param.detach().numpy(), state
+
+
+def torch_optimizer(name, params, config):
+    """``torch.optim.<Rule>(params, foreach=False, **config)``: its single-tensor
+    path (SparseAdam has only that one, and no ``foreach``)."""
+    import torch
+    rule = fastadapt.RULES[name]
+    single = {} if rule.torch_sparse_grad else {"foreach": False}
+    return getattr(torch.optim, rule.torch_name)(params, **single, **config)
+
+
+def torch_grad(name, grad):
+    """The gradient tensor torch's class of rule ``name`` takes: ``grad`` itself,
+    or (SparseAdam) a sparse one holding every row."""
+    return every_row(grad) if fastadapt.RULES[name].torch_sparse_grad \
+        else grad
+
+
+def every_row(grad):
+    """``grad`` as a coalesced sparse COO tensor holding every row, zeros
+    included (a 0-d gradient: its one element)."""
+    import torch
+    if grad.dim() == 0:
+        indices = torch.zeros(0, 1, dtype=torch.long, device=grad.device)
+        return torch.sparse_coo_tensor(indices, grad.reshape(1), ()).coalesce()
+    indices = torch.arange(grad.shape[0], device=grad.device).unsqueeze(0)
+    return torch.sparse_coo_tensor(indices, grad, grad.shape).coalesce()
 
 
 def check_non_finite_confined(name, container, unit, bad, n):

@@ -72,10 +72,9 @@ def _run_fastadapt_on(to_device, name, config, param0, grads):
 def _run_torch_cuda(torch, name, config, param0, grads):
     """torch.optim's single-tensor path (foreach=False) on the GPU."""
     param = torch.tensor(param0, device="cuda", requires_grad=True)
-    optimizer = getattr(torch.optim, fastadapt.RULES[name].torch_name)(
-        [param], foreach=False, **config)
+    optimizer = cases.torch_optimizer(name, [param], config)
     for grad in grads:
-        param.grad = torch.tensor(grad, device="cuda")
+        param.grad = cases.torch_grad(name, torch.tensor(grad, device="cuda"))
         optimizer.step()
     to_ours = {v: k for k, v in fastadapt.RULES[name].torch_state_names.items()}
     state = {to_ours.get(k, k): v.cpu().numpy() for k, v in optimizer.state[param].items()

@@ -21,7 +21,7 @@ from fastadapt.optim import Optimizer
 
 from conftest import DTYPES, assert_close
 import optim_cases as cases_db
-from optim_cases import CONFIGS, SETUP_OPTIONS, cases
+from optim_cases import CONFIGS, SETUP_OPTIONS, cases, torch_grad, torch_optimizer
 
 SHAPES = [(7,), (3, 5), (4, 4, 2), (1,), (0,)]
 STEPS = 50
@@ -92,11 +92,10 @@ def test_matches_torch_with_param_groups(torch, name, config, dtype):
         opt.step(step_grads)
 
     tparams = [torch.tensor(p, requires_grad=True) for p in params0]
-    topt = getattr(torch.optim, fastadapt.RULES[name].torch_name)(
-        _groups(name, config, tparams), foreach=False, **config)
+    topt = torch_optimizer(name, _groups(name, config, tparams), config)
     for step_grads in grads:
         for p, g in zip(tparams, step_grads):
-            p.grad = torch.tensor(g)
+            p.grad = torch_grad(name, torch.tensor(g))
         topt.step()
 
     state = opt.state

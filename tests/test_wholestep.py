@@ -27,6 +27,7 @@ from fastadapt import schedules
 from fastadapt.functional import step_for
 
 from conftest import assert_close
+import optim_cases as cases
 
 SHAPES = [(7,), (3, 5), (1,), (0,), (4, 4, 2)]
 STEPS = 8
@@ -67,8 +68,7 @@ def _groups(arrays):
 
 def _torch_pipeline(torch, name, config, params0, grads, scale, max_norm):
     tparams = [torch.tensor(p, requires_grad=True) for p in params0]
-    topt = getattr(torch.optim, fastadapt.RULES[name].torch_name)(
-        _groups(tparams), foreach=False, **config)
+    topt = cases.torch_optimizer(name, _groups(tparams), config)
     scaler = torch.amp.GradScaler("cpu", init_scale=scale)
     skipped = []
     for step_grads in grads:
@@ -78,6 +78,8 @@ def _torch_pipeline(torch, name, config, params0, grads, scale, max_norm):
         scaler.unscale_(topt)
         if max_norm is not None:
             torch.nn.utils.clip_grad_norm_(tparams, max_norm)
+        for p in tparams:       # (SparseAdam: as sparse gradients, after the dense clipping)
+            p.grad = cases.torch_grad(name, p.grad)
         skipped.append(bool(sum(v.item() for v in scaler._found_inf_per_device(topt).values())))
         scaler.step(topt)
         scaler.update(scale)                   # keep the scale fixed

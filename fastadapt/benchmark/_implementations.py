@@ -108,6 +108,10 @@ def torch_optimizer(config, tensors, mode):
         raise Unavailable(f"torch.optim has no {config.rule.torch_name}")
     cls = getattr(torch.optim, config.rule.torch_name)
     flags = TORCH_MODES[mode]
+    if config.rule.torch_sparse_grad:    # SparseAdam: one path, no flags
+        if mode != "torch_single":
+            raise Unavailable(f"no {next(iter(flags))} {cls.__name__} in torch {torch.__version__}")
+        flags = {}
     try:
         opt = cls(tensors, **config.torch_kwargs(), **flags)
         opt.step()
@@ -122,6 +126,9 @@ def torch_step(mode):
         torch = import_torch()
         p = torch.from_numpy(param.copy()).requires_grad_()
         p.grad = torch.from_numpy(grad.copy())
+        if config.rule.torch_sparse_grad:   # SparseAdam: every row present
+            rows = torch.arange(p.shape[0]).unsqueeze(0)
+            p.grad = torch.sparse_coo_tensor(rows, p.grad, p.shape).coalesce()
         opt = torch_optimizer(config, [p], mode)
         step = opt.step
         return step

@@ -62,7 +62,7 @@ with the parameters.
 A parameter whose ``.data`` was replaced by a tensor of the same shape, dtype
 and device has its new values copied into its slot and is re-pointed there;
 any other change (shape, dtype, device, a changed ``param_groups[i]["params"]``)
-raises ``ValueError``, as do sparse gradients. A parameter given twice in a
+raises ``ValueError`` (sparse gradients: :mod:`fastadapt.torch._sparse`). A parameter given twice in a
 group draws torch's warning and is kept (and updated) once.
 
 State dicts are torch's format: ``state`` keyed by parameter index, each entry

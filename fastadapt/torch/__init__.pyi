@@ -64,7 +64,7 @@ with the parameters.
 A parameter whose ``.data`` was replaced by a tensor of the same shape, dtype
 and device has its new values copied into its slot and is re-pointed there;
 any other change (shape, dtype, device, a changed ``param_groups[i]["params"]``)
-raises ``ValueError``, as do sparse gradients. A parameter given twice in a
+raises ``ValueError`` (sparse gradients: :mod:`fastadapt.torch._sparse`). A parameter given twice in a
 group draws torch's warning and is kept (and updated) once.
 
 State dicts are torch's format: ``state`` keyed by parameter index, each entry
@@ -187,6 +187,7 @@ __all__ = [
     'NAdam',
     'ASGD',
     'Lion',
+    'SparseAdam',
     'ZeroRedundancyOptimizer',
     'GradientRelease',
     'enable_gradient_release',
@@ -992,3 +993,63 @@ class Lion(fastadapt.torch._optimizer.FlatOptimizer):
             foreach=None, fused=None, capturable=False, differentiable=False, max_grad_norm=None,
             state_dtype=None, master_weights=False, stochastic_rounding=False, seed=None,
             min_8bit_size=4096): ...
+
+class SparseAdam(fastadapt.torch._optimizer.FlatOptimizer):
+    """SparseAdam over flat buffers: a drop-in for torch.optim.SparseAdam (same signature, defaults and numbers), one fused ``fastadapt.sparse_adam_step`` call per (group, device, dtype).
+
+    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state. See :mod:`fastadapt.torch` for the gradient paths and their cost.
+
+    The update (from ``fastadapt.sparse_adam_step``):
+    One SparseAdam step, in place: Adam masked to the rows a sparse gradient holds (torch.optim.SparseAdam); torch.optim.SparseAdam's semantics.
+
+    .. code-block:: text
+
+        g = -grad if maximize else grad                (rows present in the gradient only)
+        exp_avg    = exp_avg + (g - exp_avg) * (1 - beta1)
+        exp_avg_sq = exp_avg_sq + (g * g - exp_avg_sq) * (1 - beta2)
+        denom = sqrt(exp_avg_sq) + eps
+        step_size = lr * sqrt(1 - beta2**step) / (1 - beta1**step)
+        param = param + (-step_size) * (exp_avg / denom)
+
+    Parameters
+    ----------
+    param, grad, exp_avg, exp_avg_sq : arrays of one shape and dtype
+        ``param`` and the state arrays are updated in place; ``grad`` is read.
+    step : int
+        The 1-based number of the step being taken (the first step is 1). Beyond 2**64 the scalars are computed as at 2**64, where every power of a beta has reached 0.
+    lr : float, default 0.001 (in (0, inf])
+        Learning rate (or a schedule, in the classes).
+    betas : (float, float), default (0.9, 0.999) (each in [0, 1))
+        Decay rates of the first and second moment.
+    eps : float, default 1e-08 (in (0, inf])
+        Added to the denominator.
+    maximize : bool, default False (bool)
+        Ascend the objective instead.
+    grad_scale : float, optional
+        A finite number > 0 the gradient is divided by inside the kernel (a loss scale to undo, times a clipping factor's inverse), folded into the gradient's sign: ``g = grad * ((-1 if maximize else 1) / grad_scale)``. None: 1.
+    master_param : float32 array, optional
+        For 16-bit ``param`` (bfloat16 or float16): a float32 copy of it, the
+        shape of ``param``. The update runs on it and ``param`` receives it
+        rounded to nearest, in the same pass.
+    stochastic_rounding : bool, default False
+        For 16-bit ``param`` (bfloat16 or float16) without ``master_param``:
+        store the new value rounded up or down at random, with the probability
+        of its distance to each neighbour, so updates smaller than half an ulp
+        still move ``param`` in expectation.
+    seed : int, optional
+        Needed with ``stochastic_rounding``: the random bits come from a hash of
+        (seed, step, element index) (step 0 for a rule without ``step``: pass a
+        new seed each call), the same whatever the thread count or device.
+    rounding_offset : int, default 0
+        With ``stochastic_rounding``: the index of ``param``'s first element in
+        the stream. Updating ``whole[k:j]`` with ``rounding_offset=k`` draws the
+        bits one call over ``whole`` would draw for those elements, so an array
+        updated in pieces (a shard of it per process) rounds as if in one call.
+
+    The functional step and the NumPy class update every element: each is a row present in the gradient. fastadapt.torch.SparseAdam takes sparse gradients (``nn.Embedding(sparse=True)``) and updates only the rows they hold; like torch it refuses dense gradients.
+    """
+    rule: fastadapt.rules.Rule
+    def __init__(
+            self, params, lr=0.001, betas=(0.9, 0.999), eps=1e-08, maximize=False, *,
+            max_grad_norm=None, state_dtype=None, master_weights=False, stochastic_rounding=False,
+            seed=None, min_8bit_size=4096): ...

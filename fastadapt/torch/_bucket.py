@@ -424,9 +424,9 @@ class _Bucket:
             present.append(g is not None)
             if g is None or g is self.grad_views[j]:
                 continue
-            if g.layout != torch.strided:
-                raise ValueError(f"param group {gi}, parameter {self.indices[j]}: sparse "
-                                 "gradients are not supported")
+            if g.layout != torch.strided:     # not in the runs: fastadapt.torch._sparse updates it
+                present[-1] = False
+                continue
             if g.shape != self.shapes[j]:
                 raise ValueError(f"param group {gi}, parameter {self.indices[j]}: gradient of "
                                  f"shape {tuple(g.shape)} for a parameter of shape "

@@ -14,6 +14,7 @@ import torch
 from .. import _args, _storage
 from ..functional import step_for
 from .._options import dry_run, naming_group, storage_options
+from . import _sparse
 from ._bucket import _Bucket
 from ._conventions import (COMPLEX_DTYPES, DECOUPLED_FLAG, EIGHT_BIT, MASTER_KEY, REJECTED_FLAGS,
                            SEED_KEY, STORAGE_OPTIONS, SUPPORTED_DTYPES, _initial,
@@ -281,7 +282,7 @@ class FlatOptimizer(TorchStateDict, torch.optim.Optimizer):
         for i, p in enumerate(params):
             where = f"param group {index}, parameter {i}"
             if p.layout != torch.strided:
-                raise TypeError(f"{where}: sparse parameters are not supported")
+                raise ValueError(f"{where}: sparse parameters are not supported")
             if p.dtype in COMPLEX_DTYPES:
                 self._check_complex(where, p)
             elif p.dtype not in SUPPORTED_DTYPES:
@@ -291,9 +292,6 @@ class FlatOptimizer(TorchStateDict, torch.optim.Optimizer):
             if p.device.type not in ("cpu", "cuda"):
                 raise TypeError(f"{where} is on {p.device}; fastadapt.torch supports CPU "
                                 "and CUDA tensors")
-            if p.grad is not None and p.grad.layout != torch.strided:
-                raise ValueError(f"{where} has a sparse gradient; sparse gradients are "
-                                 "not supported")
         _check_no_shared_memory(self.param_groups, index)
         by_key = {}
         eight_bit = self.state_dtype in EIGHT_BIT
@@ -311,11 +309,11 @@ class FlatOptimizer(TorchStateDict, torch.optim.Optimizer):
 
     def _check_complex(self, where, p):
         """Complex parameters where torch takes them, with state of their own precision."""
-        name = self.rule.torch_name
         if not self.rule.torch_complex:
-            raise TypeError(f"{where} is complex ({p.dtype}); fastadapt.torch.{type(self).__name__}"
-                            " does not support complex parameters (torch.optim has no complex "
-                            "form of it)")
+            error = ValueError if self.rule.in_torch else TypeError   # as torch's SparseAdam
+            raise error(f"{where} is complex ({p.dtype}); fastadapt.torch.{type(self).__name__}"
+                        " does not support complex parameters (torch.optim has no complex "
+                        "form of it)")
         if self.state_dtype is not None or self.master_weights or self.stochastic_rounding:
             raise ValueError(f"{where} is complex ({p.dtype}); complex parameters keep state "
                              "of their own precision (no state_dtype, master_weights or "
@@ -395,6 +393,7 @@ class FlatOptimizer(TorchStateDict, torch.optim.Optimizer):
                 grad_scale = float(grad_scale)
                 if not (math.isfinite(grad_scale) and grad_scale > 0):
                     raise ValueError(f"grad_scale must be a finite number > 0, got {grad_scale}")
+            sparse = _sparse.prepare(self, plans)
             plans, skip = self._agreement.decide_skip(self, plans, found_inf is not None,
                                                       local_inf)
             if skip:
@@ -410,6 +409,7 @@ class FlatOptimizer(TorchStateDict, torch.optim.Optimizer):
                     return loss
             for group, options, bucket, scan in plans:
                 bucket.apply(group, options, scan, grad_scale)
+            _sparse.apply(self, sparse, grad_scale)
             self._agreement.updated(plans)
         return loss
 
