@@ -368,3 +368,43 @@ def test_torch_distributed_checkpoint_takes_a_compressed_dict(group, tmp_path, f
     for p, q in zip(model.parameters(), resumed.parameters()):
         assert torch.equal(p, q)
     _assert_same(opt.state_dict(), ropt.state_dict())
+
+
+@pytest.mark.parametrize("state_dtype", ["bfloat16", "int8", "int8c"])
+def test_odd_sizes_round_trip_bit_for_bit(state_dtype):
+    """Parameters of 0, 1, 7, 257 and 1031 elements (257 and 1031 cross a
+    256-element block; every parameter starts a block of its own)."""
+    def make():
+        torch.manual_seed(3)
+        return [nn.Parameter(torch.randn(*shape)) for shape in
+                [(0,), (1,), (7,), (257,), (1031,), (0, 3)]]
+
+    def steps(params, opt, seeds):
+        for seed in seeds:
+            g = torch.Generator().manual_seed(seed)
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=g)
+            opt.step()
+
+    params = make()
+    opt = ft.Adam(params, lr=1e-2, state_dtype=state_dtype, min_8bit_size=0,
+                  compressed_state_dict=True)
+    steps(params, opt, range(3))
+    saved = _through_file(opt.state_dict())
+    snapshot = [p.detach().clone() for p in params]
+    assert set(saved["state"]) == set(range(6))
+    for i, p in enumerate(params):
+        if state_dtype != "bfloat16":
+            assert saved["state"][i]["exp_avg.codes"].shape == p.shape
+    steps(params, opt, range(3, 6))
+    params2 = make()
+    with torch.no_grad():
+        for p, q in zip(params2, snapshot):
+            p.copy_(q)
+    opt2 = ft.Adam(params2, lr=1e-2, state_dtype=state_dtype, min_8bit_size=0)
+    opt2.load_state_dict(saved)
+    steps(params2, opt2, range(3, 6))
+    for p, q in zip(params, params2):
+        assert torch.equal(p, q)
+    opt2.compressed_state_dict = True
+    _assert_same(opt.state_dict(), opt2.state_dict())
