@@ -1,8 +1,10 @@
 """One rank of the distributed-checkpoint test of ZeroRedundancyOptimizer
 (tests/test_torch_dcp.py).
 
-Run as ``python dcp_worker.py RANK WORLD INIT_FILE CHECKPOINT_DIR``: trains a
-small model with ``ZeroRedundancyOptimizer(optimizer_class=fastadapt.torch.Adam)``,
+Run as ``python dcp_worker.py RANK WORLD INIT_FILE CHECKPOINT_DIR [STATE_DTYPE
+compressed]``: trains a small model with
+``ZeroRedundancyOptimizer(optimizer_class=fastadapt.torch.Adam)`` (with that
+``state_dtype`` and ``compressed_state_dict=True`` when given),
 saves its state with ``get_optimizer_state_dict`` and ``dcp.save`` (each rank
 consolidates the full state for itself first), loads it with ``dcp.load`` and
 ``set_optimizer_state_dict`` into a fresh optimizer, and checks that the
@@ -23,11 +25,11 @@ from torch.distributed.checkpoint.state_dict import (get_optimizer_state_dict,
 import fastadapt.torch as ft
 
 
-def make():
+def make(options):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
     return model, ft.ZeroRedundancyOptimizer(model.parameters(), optimizer_class=ft.Adam,
-                                             lr=1e-2, weight_decay=0.1)
+                                             lr=1e-2, weight_decay=0.1, **options)
 
 
 def train(model, opt, steps, seed):
@@ -46,16 +48,16 @@ def full_state(model, opt, world):
     return saved
 
 
-def main(rank, world, init_file, checkpoint):
+def main(rank, world, init_file, checkpoint, options):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=world, timeout=datetime.timedelta(seconds=30))
     try:
-        model, opt = make()
+        model, opt = make(options)
         train(model, opt, 2, seed=1)
         saved = full_state(model, opt, world)
         dcp.save({"model": model.state_dict(), "optim": saved}, checkpoint_id=checkpoint)
 
-        resumed, ropt = make()
+        resumed, ropt = make(options)
         target = {"model": resumed.state_dict(), "optim": copy.deepcopy(saved)}
         for entry in target["optim"]["state"].values():
             for value in entry.values():
@@ -74,7 +76,9 @@ def main(rank, world, init_file, checkpoint):
         a, b = full_state(model, opt, world), full_state(resumed, ropt, world)
         for name, entry in a["state"].items():
             for key, value in entry.items():
-                if not torch.equal(torch.as_tensor(value), torch.as_tensor(b["state"][name][key])):
+                other = b["state"][name][key]
+                if not (torch.equal(value, other) if isinstance(value, torch.Tensor)
+                        else value == other):
                     raise AssertionError(f"rank {rank}: state {name}.{key} differs")
         print(f"rank {rank}: resumed bit for bit")
     finally:
@@ -82,4 +86,6 @@ def main(rank, world, init_file, checkpoint):
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4])
+    extra = {} if len(sys.argv) < 6 else {"state_dtype": sys.argv[5], "min_8bit_size": 0,
+                                          "compressed_state_dict": sys.argv[6] == "compressed"}
+    main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], extra)

@@ -125,11 +125,13 @@ def test_zero_redundancy_optimizer_after_consolidation(group):
 
 
 @pytest.mark.slow
-def test_zero_redundancy_optimizer_two_ranks(tmp_path):
+@pytest.mark.parametrize("storage", [[], ["int8c", "compressed"]], ids=["plain", "int8c-compressed"])
+def test_zero_redundancy_optimizer_two_ranks(tmp_path, storage):
     """Two gloo ranks on localhost (tests/dcp_worker.py): each consolidates the
     full state for itself, ``dcp.save``, ``dcp.load`` and
     ``set_optimizer_state_dict`` into a fresh ZeroRedundancyOptimizer, and
-    the resumed run continues bit for bit on both ranks. A stuck rank is
+    the resumed run continues bit for bit on both ranks; float32 state in
+    torch's format, and int8c state in the compressed one. A stuck rank is
     killed after LAUNCH_TIMEOUT_S (the group's own timeout is 30 s)."""
     import os
     import sys
@@ -138,7 +140,7 @@ def test_zero_redundancy_optimizer_two_ranks(tmp_path):
     worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dcp_worker.py")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     status = launch_ranks([[sys.executable, worker, str(rank), "2", str(tmp_path / "init"),
-                            str(tmp_path / "ck")] for rank in range(2)],
+                            str(tmp_path / "ck"), *storage] for rank in range(2)],
                           env, str(tmp_path), LAUNCH_TIMEOUT_S)
     for rank, (code, log) in enumerate(status):
         assert code == 0 and f"rank {rank}: resumed bit for bit" in log, log[-3000:]

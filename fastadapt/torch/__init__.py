@@ -125,6 +125,12 @@ optimizer-wide; the math runs in float32 whatever the storage):
     buffer) of their own per group, dtype and device: a small tensor saves
     little by it, and one scale per block would cost it most. 0 puts every
     parameter's state in 8 bits.
+``compressed_state_dict``
+    False (default): :meth:`~FlatOptimizer.state_dict` gives torch's format;
+    True: 16-bit and 8-bit state as stored (8-bit: codes and scales only),
+    with what decodes it, for checkpoints a quarter of the size; every
+    optimizer loads both (see :meth:`~FlatOptimizer.state_dict`). An
+    attribute too, which may be set at any time.
 ``master_weights``
     For 16-bit parameters: a float32 master copy (one flat buffer per bucket);
     the update runs on it and the parameters the model sees receive it

@@ -127,6 +127,12 @@ optimizer-wide; the math runs in float32 whatever the storage):
     buffer) of their own per group, dtype and device: a small tensor saves
     little by it, and one scale per block would cost it most. 0 puts every
     parameter's state in 8 bits.
+``compressed_state_dict``
+    False (default): :meth:`~FlatOptimizer.state_dict` gives torch's format;
+    True: 16-bit and 8-bit state as stored (8-bit: codes and scales only),
+    with what decodes it, for checkpoints a quarter of the size; every
+    optimizer loads both (see :meth:`~FlatOptimizer.state_dict`). An
+    attribute too, which may be set at any time.
 ``master_weights``
     For 16-bit parameters: a float32 master copy (one flat buffer per bucket);
     the update runs on it and the parameters the model sees receive it
@@ -206,7 +212,7 @@ from fastadapt.torch._zero import ZeroRedundancyOptimizer as ZeroRedundancyOptim
 class Adam(fastadapt.torch._optimizer.FlatOptimizer):
     """Adam over flat buffers: a drop-in for torch.optim.Adam (same signature, defaults and numbers), one fused ``fastadapt.adam_step`` call per (group, device, dtype).
 
-    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state. See :mod:`fastadapt.torch` for the gradient paths and their cost.
+    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
 
     The update (from ``fastadapt.adam_step``):
     One Adam step, in place: Adam (Kingma & Ba, 2015), and AMSGrad (Reddi et al., 2018); torch.optim.Adam's semantics.
@@ -268,12 +274,13 @@ class Adam(fastadapt.torch._optimizer.FlatOptimizer):
             self, params, lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0, amsgrad=False,
             *, foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
             decoupled_weight_decay=False, max_grad_norm=None, state_dtype=None,
-            master_weights=False, stochastic_rounding=False, seed=None, min_8bit_size=4096): ...
+            master_weights=False, stochastic_rounding=False, seed=None, min_8bit_size=4096,
+            compressed_state_dict=False): ...
 
 class AdamW(fastadapt.torch._optimizer.FlatOptimizer):
     """AdamW over flat buffers: a drop-in for torch.optim.AdamW (same signature, defaults and numbers), one fused ``fastadapt.adamw_step`` call per (group, device, dtype).
 
-    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state. See :mod:`fastadapt.torch` for the gradient paths and their cost.
+    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
 
     The update (from ``fastadapt.adamw_step``):
     One AdamW step, in place: AdamW: Adam with decoupled weight decay (Loshchilov & Hutter, 2019); torch.optim.AdamW's semantics.
@@ -335,12 +342,12 @@ class AdamW(fastadapt.torch._optimizer.FlatOptimizer):
             self, params, lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.01,
             amsgrad=False, *, maximize=False, foreach=None, capturable=False, differentiable=False,
             fused=None, max_grad_norm=None, state_dtype=None, master_weights=False,
-            stochastic_rounding=False, seed=None, min_8bit_size=4096): ...
+            stochastic_rounding=False, seed=None, min_8bit_size=4096, compressed_state_dict=False): ...
 
 class SGD(fastadapt.torch._optimizer.FlatOptimizer):
     """SGD over flat buffers: a drop-in for torch.optim.SGD (same signature, defaults and numbers), one fused ``fastadapt.sgd_step`` call per (group, device, dtype).
 
-    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state. See :mod:`fastadapt.torch` for the gradient paths and their cost.
+    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
 
     The update (from ``fastadapt.sgd_step``):
     One SGD step, in place: Stochastic gradient descent with optional (Nesterov) momentum; torch.optim.SGD's semantics.
@@ -402,12 +409,12 @@ class SGD(fastadapt.torch._optimizer.FlatOptimizer):
             self, params, lr=0.001, momentum=0, dampening=0, weight_decay=0, nesterov=False, *,
             maximize=False, foreach=None, differentiable=False, fused=None, max_grad_norm=None,
             state_dtype=None, master_weights=False, stochastic_rounding=False, seed=None,
-            min_8bit_size=4096): ...
+            min_8bit_size=4096, compressed_state_dict=False): ...
 
 class RMSprop(fastadapt.torch._optimizer.FlatOptimizer):
     """RMSprop over flat buffers: a drop-in for torch.optim.RMSprop (same signature, defaults and numbers), one fused ``fastadapt.rmsprop_step`` call per (group, device, dtype).
 
-    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state. See :mod:`fastadapt.torch` for the gradient paths and their cost.
+    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
 
     The update (from ``fastadapt.rmsprop_step``):
     One RMSprop step, in place: RMSprop (Hinton, 2012; centered: Graves, 2013); torch.optim.RMSprop's semantics.
@@ -476,12 +483,12 @@ class RMSprop(fastadapt.torch._optimizer.FlatOptimizer):
             self, params, lr=0.01, alpha=0.99, eps=1e-08, weight_decay=0, momentum=0,
             centered=False, capturable=False, foreach=None, maximize=False, differentiable=False,
             *, max_grad_norm=None, state_dtype=None, master_weights=False,
-            stochastic_rounding=False, seed=None, min_8bit_size=4096): ...
+            stochastic_rounding=False, seed=None, min_8bit_size=4096, compressed_state_dict=False): ...
 
 class Adagrad(fastadapt.torch._optimizer.FlatOptimizer):
     """Adagrad over flat buffers: a drop-in for torch.optim.Adagrad (same signature, defaults and numbers), one fused ``fastadapt.adagrad_step`` call per (group, device, dtype).
 
-    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state. See :mod:`fastadapt.torch` for the gradient paths and their cost.
+    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
 
     The update (from ``fastadapt.adagrad_step``):
     One Adagrad step, in place: AdaGrad (Duchi, Hazan & Singer, 2011); torch.optim.Adagrad's semantics.
@@ -537,12 +544,12 @@ class Adagrad(fastadapt.torch._optimizer.FlatOptimizer):
             self, params, lr=0.01, lr_decay=0, weight_decay=0, initial_accumulator_value=0,
             eps=1e-10, foreach=None, *, maximize=False, differentiable=False, fused=None,
             max_grad_norm=None, state_dtype=None, master_weights=False, stochastic_rounding=False,
-            seed=None, min_8bit_size=4096): ...
+            seed=None, min_8bit_size=4096, compressed_state_dict=False): ...
 
 class Adadelta(fastadapt.torch._optimizer.FlatOptimizer):
     """Adadelta over flat buffers: a drop-in for torch.optim.Adadelta (same signature, defaults and numbers), one fused ``fastadapt.adadelta_step`` call per (group, device, dtype).
 
-    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state. See :mod:`fastadapt.torch` for the gradient paths and their cost.
+    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
 
     The update (from ``fastadapt.adadelta_step``):
     One Adadelta step, in place: Adadelta (Zeiler, 2012); torch.optim.Adadelta's semantics.
@@ -596,12 +603,12 @@ class Adadelta(fastadapt.torch._optimizer.FlatOptimizer):
             self, params, lr=1.0, rho=0.9, eps=1e-06, weight_decay=0, foreach=None, *,
             capturable=False, maximize=False, differentiable=False, max_grad_norm=None,
             state_dtype=None, master_weights=False, stochastic_rounding=False, seed=None,
-            min_8bit_size=4096): ...
+            min_8bit_size=4096, compressed_state_dict=False): ...
 
 class Adamax(fastadapt.torch._optimizer.FlatOptimizer):
     """Adamax over flat buffers: a drop-in for torch.optim.Adamax (same signature, defaults and numbers), one fused ``fastadapt.adamax_step`` call per (group, device, dtype).
 
-    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state. See :mod:`fastadapt.torch` for the gradient paths and their cost.
+    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
 
     The update (from ``fastadapt.adamax_step``):
     One Adamax step, in place: Adamax, Adam's infinity-norm variant (Kingma & Ba, 2015, section 7); torch.optim.Adamax's semantics.
@@ -656,12 +663,12 @@ class Adamax(fastadapt.torch._optimizer.FlatOptimizer):
             self, params, lr=0.002, betas=(0.9, 0.999), eps=1e-08, weight_decay=0, foreach=None, *,
             maximize=False, differentiable=False, capturable=False, max_grad_norm=None,
             state_dtype=None, master_weights=False, stochastic_rounding=False, seed=None,
-            min_8bit_size=4096): ...
+            min_8bit_size=4096, compressed_state_dict=False): ...
 
 class RAdam(fastadapt.torch._optimizer.FlatOptimizer):
     """RAdam over flat buffers: a drop-in for torch.optim.RAdam (same signature, defaults and numbers), one fused ``fastadapt.radam_step`` call per (group, device, dtype).
 
-    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state. See :mod:`fastadapt.torch` for the gradient paths and their cost.
+    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
 
     The update (from ``fastadapt.radam_step``):
     One RAdam step, in place: RAdam, rectified Adam (Liu et al., 2020); torch.optim.RAdam's semantics.
@@ -725,12 +732,12 @@ class RAdam(fastadapt.torch._optimizer.FlatOptimizer):
             self, params, lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0,
             decoupled_weight_decay=False, *, foreach=None, maximize=False, capturable=False,
             differentiable=False, max_grad_norm=None, state_dtype=None, master_weights=False,
-            stochastic_rounding=False, seed=None, min_8bit_size=4096): ...
+            stochastic_rounding=False, seed=None, min_8bit_size=4096, compressed_state_dict=False): ...
 
 class Rprop(fastadapt.torch._optimizer.FlatOptimizer):
     """Rprop over flat buffers: a drop-in for torch.optim.Rprop (same signature, defaults and numbers), one fused ``fastadapt.rprop_step`` call per (group, device, dtype).
 
-    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state. See :mod:`fastadapt.torch` for the gradient paths and their cost.
+    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
 
     The update (from ``fastadapt.rprop_step``):
     One Rprop step, in place: Rprop, resilient backpropagation (Riedmiller & Braun, 1993); torch.optim.Rprop's semantics.
@@ -785,12 +792,12 @@ class Rprop(fastadapt.torch._optimizer.FlatOptimizer):
             self, params, lr=0.01, etas=(0.5, 1.2), step_sizes=(1e-06, 50), *, capturable=False,
             foreach=None, maximize=False, differentiable=False, max_grad_norm=None,
             state_dtype=None, master_weights=False, stochastic_rounding=False, seed=None,
-            min_8bit_size=4096): ...
+            min_8bit_size=4096, compressed_state_dict=False): ...
 
 class NAdam(fastadapt.torch._optimizer.FlatOptimizer):
     """NAdam over flat buffers: a drop-in for torch.optim.NAdam (same signature, defaults and numbers), one fused ``fastadapt.nadam_step`` call per (group, device, dtype).
 
-    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state. See :mod:`fastadapt.torch` for the gradient paths and their cost.
+    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
 
     The update (from ``fastadapt.nadam_step``):
     One NAdam step, in place: NAdam, Adam with Nesterov momentum (Dozat, 2016); torch.optim.NAdam's semantics.
@@ -862,12 +869,13 @@ class NAdam(fastadapt.torch._optimizer.FlatOptimizer):
             self, params, lr=0.002, betas=(0.9, 0.999), eps=1e-08, weight_decay=0,
             momentum_decay=0.004, decoupled_weight_decay=False, *, foreach=None, maximize=False,
             capturable=False, differentiable=False, max_grad_norm=None, state_dtype=None,
-            master_weights=False, stochastic_rounding=False, seed=None, min_8bit_size=4096): ...
+            master_weights=False, stochastic_rounding=False, seed=None, min_8bit_size=4096,
+            compressed_state_dict=False): ...
 
 class ASGD(fastadapt.torch._optimizer.FlatOptimizer):
     """ASGD over flat buffers: a drop-in for torch.optim.ASGD (same signature, defaults and numbers), one fused ``fastadapt.asgd_step`` call per (group, device, dtype).
 
-    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state. See :mod:`fastadapt.torch` for the gradient paths and their cost.
+    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
 
     The update (from ``fastadapt.asgd_step``):
     One ASGD step, in place: ASGD, averaged stochastic gradient descent (Polyak & Juditsky, 1992); torch.optim.ASGD's semantics.
@@ -937,12 +945,12 @@ class ASGD(fastadapt.torch._optimizer.FlatOptimizer):
             self, params, lr=0.01, lambd=0.0001, alpha=0.75, t0=1000000.0, weight_decay=0,
             foreach=None, maximize=False, differentiable=False, capturable=False, *,
             max_grad_norm=None, state_dtype=None, master_weights=False, stochastic_rounding=False,
-            seed=None, min_8bit_size=4096): ...
+            seed=None, min_8bit_size=4096, compressed_state_dict=False): ...
 
 class Lion(fastadapt.torch._optimizer.FlatOptimizer):
     """Lion over flat buffers: a drop-in for the rule (same signature, defaults and numbers), one fused ``fastadapt.lion_step`` call per (group, device, dtype).
 
-    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state. See :mod:`fastadapt.torch` for the gradient paths and their cost.
+    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
 
     The update (from ``fastadapt.lion_step``):
     One Lion step, in place: Lion, evolved sign momentum (Chen et al., 2023, arXiv:2302.06675).
@@ -992,12 +1000,12 @@ class Lion(fastadapt.torch._optimizer.FlatOptimizer):
             self, params, lr=0.0001, betas=(0.9, 0.99), weight_decay=0.0, *, maximize=False,
             foreach=None, fused=None, capturable=False, differentiable=False, max_grad_norm=None,
             state_dtype=None, master_weights=False, stochastic_rounding=False, seed=None,
-            min_8bit_size=4096): ...
+            min_8bit_size=4096, compressed_state_dict=False): ...
 
 class SparseAdam(fastadapt.torch._optimizer.FlatOptimizer):
     """SparseAdam over flat buffers: a drop-in for torch.optim.SparseAdam (same signature, defaults and numbers), one fused ``fastadapt.sparse_adam_step`` call per (group, device, dtype).
 
-    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state. See :mod:`fastadapt.torch` for the gradient paths and their cost.
+    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
 
     The update (from ``fastadapt.sparse_adam_step``):
     One SparseAdam step, in place: Adam masked to the rows a sparse gradient holds (torch.optim.SparseAdam); torch.optim.SparseAdam's semantics.
@@ -1052,4 +1060,4 @@ class SparseAdam(fastadapt.torch._optimizer.FlatOptimizer):
     def __init__(
             self, params, lr=0.001, betas=(0.9, 0.999), eps=1e-08, maximize=False, *,
             max_grad_norm=None, state_dtype=None, master_weights=False, stochastic_rounding=False,
-            seed=None, min_8bit_size=4096): ...
+            seed=None, min_8bit_size=4096, compressed_state_dict=False): ...

@@ -225,24 +225,48 @@ class _Bucket:
         b8 = self.state_flat[name]
         return b8 if lo == 0 and hi == self.span.size else b8._view(lo, hi)
 
-    def state_entries(self, name, j, values=False):
+    def state_entries(self, name, j, values=False, compressed=False):
         """The entries of state array ``name`` in parameter ``j``'s state (a
         whole buffer's span):
         ``{torch's name: view}``; for 8-bit state the live codes and scales
         (``"<name>.codes"``, ``"<name>.absmax"`` or ``"<name>.scale"``) and,
         with ``values``, the dequantized values under torch's name (a fresh
-        float32 tensor, what torch.optim loads)."""
+        float32 tensor, what torch.optim loads); ``compressed``: the codes
+        of the parameter's shape, no values (see :meth:`block_entries`)."""
         key = self.owner._torch_names.get(name, name)
         if not self.eight_bit:
             return {key: self.as_param(self.state_views[name][j])}
         codes, scale = self.block_tensors[name]
+        return self.block_entries(name, codes, scale, j, values, compressed)
+
+    def block_entries(self, name, codes, scale, j, values=False, compressed=False):
+        """Parameter ``j``'s entries of 8-bit state ``name`` from ``codes`` and
+        ``scale``, tensors over the whole flat buffer (the live ones, or those
+        a ZeroRedundancyOptimizer gathered): its codes (flat; of the
+        parameter's shape when ``compressed``) and scales, and with
+        ``values`` (not ``compressed``) the dequantized values."""
+        key = self.owner._torch_names.get(name, name)
         lo, n, unit = self.offsets[j], self.sizes[j], self.unit
-        out = {f"{key}.codes": codes[lo:lo + n],
+        part = codes[lo:lo + n]
+        out = {f"{key}.codes": part.view(self.shapes[j]) if compressed else part,
                f"{key}.{self.scale_key}": scale[lo // unit:-(-(lo + n) // unit)]}
-        if values:
-            out[key] = torch.from_numpy(self.block_view(name, j).dequantize()).view(
+        if values and not compressed:
+            whole = self.state_flat[name]._over(codes.numpy(), scale.numpy())
+            out[key] = torch.from_numpy(whole._view(lo, lo + n).dequantize()).view(
                 self.shapes[j])
         return out
+
+    def compressed_spec(self, name):
+        """What decodes state array ``name`` as stored, for a compressed state
+        dict: ``{"storage": "bfloat16"}`` (or ``"float16"``), ``{"storage":
+        "int8"`` (or ``"int8c"``)``, "block": elements per scale, "signed":
+        bool}``; None for float32 / float64 state, saved as torch's."""
+        if self.eight_bit:
+            return {"storage": self.state_dtype, "block": self.unit,
+                    "signed": bool(self.state_flat[name].signed)}
+        if self.state_dtype in (torch.bfloat16, torch.float16):
+            return {"storage": str(self.state_dtype).replace("torch.", "")}
+        return None
 
     # ----------------------------------------------------------- state
     def ensure_state(self, names, group):

@@ -58,7 +58,8 @@ def optimizer_class(rule):
            f"``capturable=True`` and ``differentiable=True`` raise ValueError. "
            f"``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: "
            f"{STORAGE_DOC.lower()}, as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps "
-           f"smaller parameters' state float32 under 8-bit state. See "
+           f"smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` "
+           f"keeps 16-bit and 8-bit state as stored in ``state_dict()``. See "
            f":mod:`fastadapt.torch` for the gradient paths and their cost.\n\n"
            f"The update (from ``fastadapt.{step_for(rule).__name__}``):\n"
            f"{inspect.getdoc(step_for(rule)) or ''}\n")

@@ -16,7 +16,8 @@ SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 COMPLEX_DTYPES = (torch.complex64, torch.complex128)
 _SIXTEEN_BIT = (torch.bfloat16, torch.float16)
 #: Storage options (keyword-only, optimizer-wide), as fastadapt.optim's classes take them.
-STORAGE_OPTIONS = {**_options.STORAGE_OPTIONS, "min_8bit_size": 4096}
+STORAGE_OPTIONS = {**_options.STORAGE_OPTIONS, "min_8bit_size": 4096,
+                   "compressed_state_dict": False}
 #: Extra per-parameter state-dict keys of the storage modes torch has no
 #: equivalent for (the 8-bit state's are ``"<state>.codes"`` and ``"<state>.absmax"``
 #: or ``"<state>.scale"``).
@@ -25,6 +26,12 @@ SEED_KEY = "stochastic_rounding_seed"
 #: The step count as an int, saved beside torch's float32 ``step`` where that
 #: cannot hold it (past 2**24 steps).
 STEP_KEY = "exact_step"
+#: A compressed state dict's per-parameter key: ``{"version": COMPRESSED_VERSION,
+#: "arrays": {torch's state name: {"storage": ..., ...}}}``, what decodes the
+#: 16-bit and 8-bit state it holds as stored (see ``state_dict``).
+COMPRESSED_KEY = "compressed_state"
+#: The compressed format this version writes and the newest it reads.
+COMPRESSED_VERSION = 1
 #: torch's Adam computes AdamW when this is True (and its AdamW's groups hold True).
 DECOUPLED_FLAG = "decoupled_weight_decay"
 

@@ -16,9 +16,9 @@ from ..functional import step_for
 from .._options import dry_run, naming_group, storage_options
 from . import _sparse
 from ._bucket import _Bucket
-from ._conventions import (COMPLEX_DTYPES, DECOUPLED_FLAG, EIGHT_BIT, MASTER_KEY, REJECTED_FLAGS,
-                           SEED_KEY, STORAGE_OPTIONS, SUPPORTED_DTYPES, _initial,
-                           _numpy_dtype, _plain, _torch_dtype)
+from ._conventions import (COMPLEX_DTYPES, COMPRESSED_KEY, DECOUPLED_FLAG, EIGHT_BIT,
+                           MASTER_KEY, REJECTED_FLAGS, SEED_KEY, STORAGE_OPTIONS,
+                           SUPPORTED_DTYPES, _initial, _numpy_dtype, _plain, _torch_dtype)
 from ._sharing import Alone, WholeBuffer
 from ._state_dict import TorchStateDict
 
@@ -59,6 +59,8 @@ class FlatOptimizer(TorchStateDict, torch.optim.Optimizer):
         The ``state_dtype`` option as given (None: each bucket's default).
     min_8bit_size : int
         With 8-bit state, parameters of fewer elements keep float32 state.
+    compressed_state_dict : bool
+        Whether :meth:`state_dict` keeps 16-bit and 8-bit state as stored.
     master_weights, stochastic_rounding : bool
         The storage options.
     seed : int or None
@@ -95,7 +97,7 @@ class FlatOptimizer(TorchStateDict, torch.optim.Optimizer):
         # the per-parameter state keys this class writes; any other key of
         # optimizer.state is the caller's, kept through state dicts as torch keeps it
         names = [self._torch_names.get(n, n) for n in self.rule.state]
-        self._own_keys = {"step", MASTER_KEY, SEED_KEY, *names,
+        self._own_keys = {"step", MASTER_KEY, SEED_KEY, COMPRESSED_KEY, *names,
                           *(f"{n}.{part}" for n in names
                             for part in ("codes", *(f[2] for f in EIGHT_BIT.values()))),
                           *(self._torch_names.get(n, n) for n in self._scalar_state)}
@@ -112,10 +114,25 @@ class FlatOptimizer(TorchStateDict, torch.optim.Optimizer):
             storage_options(state_dtype, storage["master_weights"],
                             storage["stochastic_rounding"], storage["seed"])
         self.min_8bit_size = _min_8bit_size(storage["min_8bit_size"])
+        self.compressed_state_dict = storage["compressed_state_dict"]
         self.grad_norm, self.step_skipped = None, False
         defaults.update(self._group_constants())
         self._check_options(defaults, None)
         super().__init__(params, defaults)
+
+    @property
+    def compressed_state_dict(self):
+        """Whether :meth:`state_dict` keeps 16-bit and 8-bit state as it is
+        stored (True) or gives torch's format (False, the default); may be
+        changed at any time. An attribute rather than an argument of
+        ``state_dict()``: torch's takes none, and what calls it for you
+        (``torch.distributed.checkpoint``, trainers' checkpoint hooks) passes
+        none. See :meth:`state_dict` for the format."""
+        return self._compressed_state_dict
+
+    @compressed_state_dict.setter
+    def compressed_state_dict(self, value):
+        self._compressed_state_dict = _args.flag("compressed_state_dict", value)
 
     @property
     def max_grad_norm(self):
@@ -163,9 +180,11 @@ class FlatOptimizer(TorchStateDict, torch.optim.Optimizer):
                             "state_dtype": self.state_dtype,
                             "master_weights": self.master_weights,
                             "stochastic_rounding": self.stochastic_rounding,
-                            "seed": self.seed, "min_8bit_size": self.min_8bit_size},
+                            "seed": self.seed, "min_8bit_size": self.min_8bit_size,
+                            "compressed_state_dict": self.compressed_state_dict},
                 "param_groups": self.param_groups,
-                "state_dict": self._state_dict_without_hooks(),
+                # (compressed: the state as stored, which loads back bit for bit)
+                "state_dict": self._state_dict_without_hooks(compressed=True),
                 # (an instance's ``step``: a wrapper of an lr scheduler or of
                 # gradient release, which go with their hooks)
                 "attributes": {k: v for k, v in self.__dict__.items() if not k.startswith("_")

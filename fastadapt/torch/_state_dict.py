@@ -7,8 +7,9 @@ import numpy as np
 import torch
 
 from .. import _args
-from ._conventions import (EIGHT_BIT, MASTER_KEY, NO_OP_FLAGS, REJECTED_FLAGS, SEED_KEY, STEP_KEY,
-                           _plain, _scalar_dtype)
+from ._conventions import (COMPRESSED_KEY, COMPRESSED_VERSION, EIGHT_BIT, MASTER_KEY,
+                           NO_OP_FLAGS, REJECTED_FLAGS, SEED_KEY, STEP_KEY, _plain,
+                           _scalar_dtype)
 
 
 class TorchStateDict:
@@ -47,6 +48,30 @@ class TorchStateDict:
         Keys of ``optimizer.state`` this class does not write are kept as
         torch keeps them: a parameter's under its index, others (a hook's
         ``state["test"]``) as they are; :meth:`load_state_dict` restores them.
+
+        **Compressed** (``compressed_state_dict=True`` at construction, or the
+        attribute set later): 16-bit and 8-bit state is saved as it is
+        stored, for checkpoints that keep the memory saving on disk. A
+        bfloat16 (float16) state array is its stored tensor (as above); an
+        8-bit one is only its ``"<state>.codes"`` (uint8, of the parameter's
+        shape) and ``"<state>.absmax"`` / ``"<state>.scale"`` (float32, one
+        per block), without the float32 values (Adam's state then takes about
+        1/4 of the bytes of torch's float32 format, 1.02 or 1.13 bytes per
+        element and state array for ``"int8"`` / ``"int8c"``). Each such
+        parameter's entry gains ``"compressed_state"``: ``{"version": 1,
+        "arrays": {name: {"storage": "bfloat16"}}}`` or ``{"storage": "int8",
+        "block": 256, "signed": bool}`` (``"int8c"``: block 32), what decodes
+        it; float32 / float64 state (and the step, scalar state and master
+        copy) is saved as in torch's format. Only fastadapt.torch loads it
+        (torch.optim would lack the 8-bit state's values): into the same
+        options bit for bit, into another ``state_dtype`` by decoding.
+
+        It is an option of the optimizer, not an argument of this method,
+        because torch's ``state_dict()`` takes none and what calls it for you
+        (``torch.distributed.checkpoint``'s ``get_optimizer_state_dict``,
+        state-dict hooks, trainers' checkpointing) passes none. torch's format
+        stays the default, as torch.optim and tools that read optimizer
+        state (or average, reshard or edit it) expect it.
         """
         for hook in self._optimizer_state_dict_pre_hooks.values():
             hook(self)
@@ -68,18 +93,23 @@ class TorchStateDict:
                 b.adopt_replaced(r)
                 b.sync_master()
 
-    def _state_dict_without_hooks(self):
+    def _state_dict_without_hooks(self, compressed=None):
+        """:meth:`state_dict` without its hooks; ``compressed`` (None:
+        :attr:`compressed_state_dict`) chooses the format."""
+        compressed = self.compressed_state_dict if compressed is None else compressed
         self._adopt_writes()
         return self._packed_state(
-            lambda b, j: {k: v for name in b.state_flat
-                          for k, v in b.state_entries(name, j, values=True).items()},
-            lambda b, j: None if b.master_views is None else b.master_views[j])
+            lambda b, j: {k: v for name in b.state_flat for k, v in b.state_entries(
+                name, j, values=True, compressed=compressed).items()},
+            lambda b, j: None if b.master_views is None else b.master_views[j], compressed)
 
-    def _packed_state(self, arrays_of, master_of):
+    def _packed_state(self, arrays_of, master_of, compressed=False):
         """``{"state", "param_groups"}`` in torch's format, parameter ``j`` of
         bucket ``b`` taking its state arrays' entries from ``arrays_of(b, j)``
         and its master copy (or None) from ``master_of(b, j)``; the step, the
-        scalar state and the seed from the buckets (see :meth:`state_dict`)."""
+        scalar state and the seed from the buckets (see :meth:`state_dict`);
+        ``compressed``: each entry holding 16-bit or 8-bit state gets its
+        :data:`COMPRESSED_KEY`."""
         keep_step = not self._no_step or self.stochastic_rounding
         param_groups, state, start = [], {}, 0
         for group, buckets in zip(self.param_groups, self._buckets):
@@ -87,6 +117,9 @@ class TorchStateDict:
             packed["params"] = list(range(start, start + len(group["params"])))
             param_groups.append(packed)
             for b in buckets:
+                specs = {self._torch_names.get(name, name): b.compressed_spec(name)
+                         for name in b.state_flat} if compressed else {}
+                specs = {k: v for k, v in specs.items() if v is not None}
                 for j in range(len(b.params)):
                     entry = self._custom_state(b.params[j])
                     if b.published[j]:
@@ -96,6 +129,10 @@ class TorchStateDict:
                             if float(entry["step"]) != steps:
                                 entry[STEP_KEY] = steps
                         entry.update(arrays_of(b, j))
+                        if specs:
+                            entry[COMPRESSED_KEY] = {"version": COMPRESSED_VERSION,
+                                                     "arrays": {k: dict(v)
+                                                                for k, v in specs.items()}}
                         for name in self._scalar_state:
                             entry[self._torch_names.get(name, name)] = b.scalar_tensor(name, j)
                         master = master_of(b, j)
@@ -140,6 +177,15 @@ class TorchStateDict:
         ``"stochastic_rounding_seed"`` becomes
         :attr:`seed`. A dict saved by an optimizer of the same options
         resumes bit for bit.
+
+        A compressed state dict (see :meth:`state_dict`) loads whatever this
+        optimizer's :attr:`compressed_state_dict`: its codes are used as they
+        are where this optimizer keeps the same 8-bit format, and decoded
+        (then rounded or quantized as above) where it keeps another
+        ``state_dtype``. Its ``"compressed_state"`` is checked first: a format
+        version newer than this fastadapt reads, an unknown storage or block
+        size, or a state tensor of another shape than its parameter raise
+        ``ValueError`` and change nothing.
         """
         if not isinstance(state_dict, dict):
             raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
@@ -269,7 +315,7 @@ class TorchStateDict:
                 extra_names[f"{n}.{part}"] = ("a floating-point tensor",
                                               -(-p.numel() // unit), None)
         for key, v in value.items():
-            if key == "step":
+            if key in ("step", COMPRESSED_KEY):
                 continue
             if key == SEED_KEY:
                 try:
@@ -320,9 +366,10 @@ class TorchStateDict:
                     raise ValueError(f"{where}: {key} must be a dense {kind} tensor (the "
                                      f"parameter is {p.dtype})")
                 arrays[key] = v
+        decoded, kept = self._compressed_state(value, p, where, fmt, arrays, extras)
         if step is None:
             # torch's SGD keeps no step; a parameter with state has stepped
-            step = 1 if arrays else 0
+            step = 1 if arrays or kept else 0
         try:
             step_f = float(_plain(step))
         except (TypeError, ValueError):
@@ -342,17 +389,21 @@ class TorchStateDict:
             if not saved:
                 continue
             part = EIGHT_BIT[saved[0]][2]
-            if saved[0] != fmt:
-                # another format's codes (or full-precision state here):
-                # the dequantized values load, converted
-                del extras[f"{n}.codes"], extras[f"{n}.{part}"]
-                continue
             ours = next((o for o, t in self._torch_names.items() if t == n), n)
+            if saved[0] != fmt or n in decoded:
+                # another format's codes (or full-precision state here, or
+                # codes of the other sign): the dequantized values load, converted
+                del extras[f"{n}.codes"], extras[f"{n}.{part}"]
+                if (fmt is not None and ours in self.rule.non_negative_state
+                        and n in arrays and bool((arrays[n] < 0).any())):
+                    raise ValueError(f"{where}: {n} has negative values; this "
+                                     "optimizer keeps it in unsigned 8-bit state")
+                continue
             problem = EIGHT_BIT[fmt][3](extras[f"{n}.{part}"].detach().cpu().numpy())
             if problem:
                 raise ValueError(f"{where}: {n}.{part} {problem}")
-            if n in arrays and not _codes_hold(extras, n, arrays[n],
-                                               ours in self.rule.non_negative_state, fmt):
+            if n in arrays and n not in kept and not _codes_hold(
+                    extras, n, arrays[n], ours in self.rule.non_negative_state, fmt):
                 # the values moved on without the codes (a torch.optim
                 # step keeps the codes it does not know): use the values
                 del extras[f"{n}.codes"], extras[f"{n}.{part}"]
@@ -361,7 +412,7 @@ class TorchStateDict:
                                      "optimizer keeps it in unsigned 8-bit state")
         needed = {self._torch_names.get(n, n) for n in
                   self.rule.state_for(**self._rule_options(group))}
-        missing = sorted(needed - set(arrays))
+        missing = sorted(needed - set(arrays) - kept)
         if step_f > 0 and missing:
             raise ValueError(f"{where} lacks {missing} (is it a state dict of another "
                              "algorithm or option set?)")
@@ -369,6 +420,83 @@ class TorchStateDict:
         if step_f > 0 and missing_scalars:
             raise ValueError(f"{where} lacks {missing_scalars}")
         return int(step_f), arrays, scalars, extras
+
+    def _compressed_state(self, value, p, where, fmt, arrays, extras):
+        """Check a compressed entry's :data:`COMPRESSED_KEY` against its
+        tensors (parameter ``p``, whose 8-bit format here is ``fmt`` or None)
+        and decode into ``arrays`` the 8-bit state that does not load as it
+        is stored (float32, ``p``'s shape). Returns ``(decoded, kept)``: the
+        names decoded, and those whose codes load as they are (same format
+        and sign). ``({}, set())`` for an entry in torch's format."""
+        meta = value.get(COMPRESSED_KEY)
+        if meta is None:
+            return {}, set()
+        if not (isinstance(meta, dict) and "version" in meta):
+            raise ValueError(f"{where}: {COMPRESSED_KEY} must be a dict with a 'version' "
+                             f"(a compressed state dict's), got {type(meta).__name__}")
+        version = meta["version"]
+        if type(version) is not int or version < 1:
+            raise ValueError(f"{where}: {COMPRESSED_KEY} has format version {version!r}; "
+                             f"fastadapt.torch reads versions 1 to {COMPRESSED_VERSION}")
+        if version > COMPRESSED_VERSION:
+            raise ValueError(f"{where}: compressed state of format version {version}, newer "
+                             f"than this fastadapt.torch reads ({COMPRESSED_VERSION}); load it "
+                             "with the fastadapt that saved it and save it again there with "
+                             "compressed_state_dict=False")
+        specs = meta.get("arrays")
+        if not isinstance(specs, dict):
+            raise ValueError(f"{where}: {COMPRESSED_KEY}['arrays'] must be a dict")
+        names = {self._torch_names.get(n, n): n for n in self.rule.state}
+        decoded, kept = {}, set()
+        for n, spec in specs.items():
+            if n not in names:
+                raise ValueError(f"{where}: {COMPRESSED_KEY} describes unknown state {n!r} "
+                                 f"(this optimizer's: {sorted(names)})")
+            storage = spec.get("storage") if isinstance(spec, dict) else None
+            if storage in ("bfloat16", "float16"):
+                v = value.get(n)
+                if not (isinstance(v, torch.Tensor) and v.dtype == getattr(torch, storage)):
+                    raise ValueError(f"{where}: {n} must be a {storage} tensor (as its "
+                                     f"{COMPRESSED_KEY} says), got "
+                                     f"{getattr(v, 'dtype', type(v).__name__)}")
+                _same_shape(where, n, v, p)
+                continue
+            if storage not in EIGHT_BIT:
+                raise ValueError(f"{where}: {COMPRESSED_KEY} gives {n!r} storage {storage!r}; "
+                                 f"this fastadapt.torch reads 'bfloat16', 'float16', "
+                                 f"{', '.join(map(repr, EIGHT_BIT))}")
+            saved = EIGHT_BIT[storage]
+            if spec.get("block") != saved.unit:
+                raise ValueError(f"{where}: {n} was saved as {storage!r} with blocks of "
+                                 f"{spec.get('block')!r} elements; this fastadapt.torch's "
+                                 f"{storage!r} has blocks of {saved.unit}")
+            signed = spec.get("signed")
+            if not isinstance(signed, bool):
+                raise ValueError(f"{where}: {COMPRESSED_KEY} must say whether {n!r} is signed "
+                                 f"(True or False), got {signed!r}")
+            codes, scale = (extras.get(f"{n}.{k}") for k in ("codes", saved.scale_key))
+            if codes is None or scale is None:
+                raise ValueError(f"{where}: {n} is compressed as {storage!r} but lacks "
+                                 f"{n}.codes or {n}.{saved.scale_key}")
+            _same_shape(where, f"{n}.codes", value[f"{n}.codes"], p)
+            if storage == fmt and signed == (names[n] not in self.rule.non_negative_state):
+                kept.add(n)             # the codes load as they are
+                continue
+            problem = saved.problem(scale.detach().cpu().reshape(-1).numpy())
+            if problem:
+                raise ValueError(f"{where}: {n}.{saved.scale_key} {problem}")
+            b8 = saved.container(0, signed)._over(codes.detach().cpu().reshape(-1).numpy(),
+                                                  scale.detach().cpu().reshape(-1).numpy())
+            arrays[n] = torch.from_numpy(b8.dequantize()).view(p.shape)
+            decoded[n] = signed
+        return decoded, kept
+
+
+def _same_shape(where, key, v, p):
+    """ValueError unless tensor ``v`` (a compressed entry's) has ``p``'s shape."""
+    if tuple(v.shape) != tuple(p.shape):
+        raise ValueError(f"{where}: {key} has shape {tuple(v.shape)}, the parameter "
+                         f"{tuple(p.shape)}")
 
 
 def _cast_like(param, value, key=None):

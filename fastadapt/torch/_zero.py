@@ -11,20 +11,16 @@ from ._zero_collectives import (ProcessGroupAgreement, Shards, _group_shown, _pa
                                 _shown, local_arrays)
 
 
-def _entries(b, name, full, o, n, shape):
-    """A parameter's entries of state ``name`` from the consolidated ``full``
-    arrays, as ``fastadapt.torch``'s state dict has them (8-bit state: the
-    codes, the blocks' absmax or groups' scale and the dequantized values
-    under torch's name)."""
-    key = b.owner._torch_names.get(name, name)
+def _entries(b, name, full, j, compressed):
+    """Parameter ``j``'s entries of state ``name`` from the consolidated
+    ``full`` arrays, as ``fastadapt.torch``'s state dict has them (8-bit
+    state: the codes, the blocks' absmax or groups' scale and, unless
+    ``compressed``, the dequantized values under torch's name)."""
     if not b.eight_bit:
-        return {key: full[name][o:o + n].view(shape)}
-    part, unit = b.scale_key, b.unit
-    codes, scale = full[f"{name}.codes"], full[f"{name}.{part}"]
-    whole = b.state_flat[name]._over(codes.numpy(), scale.numpy())
-    return {f"{key}.codes": codes[o:o + n],
-            f"{key}.{part}": scale[o // unit:-(-(o + n) // unit)],
-            key: torch.from_numpy(whole._view(o, o + n).dequantize()).view(shape)}
+        o, n = b.offsets[j], b.sizes[j]
+        return {b.owner._torch_names.get(name, name): full[name][o:o + n].view(b.shapes[j])}
+    return b.block_entries(name, full[f"{name}.codes"], full[f"{name}.{b.scale_key}"], j,
+                           values=True, compressed=compressed)
 
 
 # ----------------------------------------------------------------- the optimizer
@@ -305,7 +301,8 @@ class ZeroRedundancyOptimizer(ShardedCheckpoint, FlatOptimizer):
         rank must call it, with the same ``to``. :meth:`state_dict` on rank
         ``to`` then returns it. The master copy is first brought up to date
         with parameters written or replaced since the last step, as
-        ``fastadapt.torch``'s ``state_dict`` does."""
+        ``fastadapt.torch``'s ``state_dict`` does. The state is packed as
+        :attr:`compressed_state_dict` says at this call."""
         error = None
         try:
             if not (isinstance(to, int) and 0 <= to < self.world_size):
@@ -336,11 +333,13 @@ class ZeroRedundancyOptimizer(ShardedCheckpoint, FlatOptimizer):
                     agreement.collective("consolidate_state_dict's gather of the master copy",
                                          dist.gather, b.master_flat, parts, dst=dst)
                     master[b] = torch.cat(parts) if receive else None
+        compressed = self.compressed_state_dict
         self._consolidated = None if not receive else self._packed_state(
             lambda b, j: {k: v for name in b.state_flat for k, v in _entries(
-                b, name, full[b], b.offsets[j], b.sizes[j], b.shapes[j]).items()},
+                b, name, full[b], j, compressed).items()},
             lambda b, j: None if master[b] is None else
-            master[b][b.offsets[j]:b.offsets[j] + b.sizes[j]].view(b.shapes[j]))
+            master[b][b.offsets[j]:b.offsets[j] + b.sizes[j]].view(b.shapes[j]),
+            compressed)
 
     def state_dict(self):
         """The full state in torch's format, as last consolidated on this rank.
