@@ -11,22 +11,25 @@ of one tensor, in passes:
 factored (``param`` viewed as ``(batch, rows, cols)``):
   1. row sums of ``g**2`` (parallel over rows) and column sums (parallel
      over blocks of columns, rows in order), each lerped into its factor;
-  2. the parameter's sum of squares, then the update's (serial sweeps);
-  3. the in-place update, parallel over rows.
-vector (``param`` 1-D): the variance's lerp and the update's sum of squares
-in one serial sweep, after the parameter's; then the update, in parallel.
+  2. the update ``g / sqrt(max(var, eps1**2))`` into a buffer of the
+     tensor's size (as torch materializes it), parallel over rows;
+  3. the parameter's and the update's sums of squares (serial sweeps, in
+     torch's order), then the in-place update, in parallel.
+vector (``param`` 1-D): the variance's lerp and the update in one parallel
+pass; then 3.
 
 Precision is torch's on the CPU: float32 tensors are reduced in float32
 (``torch.norm`` accumulates in the tensor's dtype there; its AVX2 kernel
-keeps 8 running sums, added in order, then the tail: ``_sumsq`` does the
-same, so the norms match torch's bit for bit on an AVX2 build whenever the
-order is that one, and to a few ulps otherwise), column sums of a 2-D norm
-go row by row (as torch's), ``lerp_`` and ``add_(alpha=)`` are fused
-multiply-adds (as torch's vectorized kernels), and the per-tensor scalars
-(``alpha``, the clipping denominator) are computed in float64 like torch's
-Python floats, then cast to the tensor's dtype. The serial sweeps keep
-torch's summation order (one read of ``param`` and one of ``grad`` each);
-everything else runs on Numba's thread pool.
+keeps one vector of running sums, 8 float32 or 4 float64, added in order,
+then the tail: ``_lane_sum`` does the same, so the norms match torch's bit
+for bit on an AVX2 build, except for some small tensors, where torch's
+comes out an ulp away), column sums of a 2-D norm go row by row (as
+torch's), ``lerp_`` and ``add_(alpha=)`` are fused multiply-adds (as torch's
+vectorized kernels), and the per-tensor scalars (``alpha``, the clipping
+denominator) are computed in float64 like torch's Python floats, then cast
+to the tensor's dtype. The serial sweeps keep torch's summation order (one
+read of ``param`` and one of the update); everything else runs on Numba's
+thread pool.
 """
 import math
 
@@ -88,15 +91,6 @@ def _lane_sum(a, lo, hi, zero, square, width):
 
 
 @njit(inline="always", error_model="numpy")
-def _lanes_total(lanes, width, tail):
-    """The sum of :func:`_lane_sum`'s running sums kept in ``lanes``, then ``tail``."""
-    s = lanes[0]
-    for j in range(1, width):
-        s = s + lanes[j]
-    return s + tail
-
-
-@njit(inline="always", error_model="numpy")
 def _clamp_min(x, low):
     """torch's ``clamp_(min=low)``: NaN stays NaN."""
     return low if x < low else x
@@ -126,7 +120,6 @@ def factored(param, grad, row_var, col_var, scratch, f, h):
     grad_sign, weight, weight_m1, eps1, eps1_sq = f[0], f[1], f[2], f[3], f[4]
     decay, n_rows, n_cols, one = f[5], f[6], f[7], f[8]
     small = h[4] != 0.0
-    apply_decay = h[5] != 0.0
     width = int(h[6])
     zero = one - one
     batch, rows, cols = param.shape
@@ -156,43 +149,37 @@ def factored(param, grad, row_var, col_var, scratch, f, h):
     for b in range(batch):
         mean = _lane_sum(flat_rv, b * rows, (b + 1) * rows, zero, False, width) / n_rows
         scratch[b] = _clamp_min(mean, eps1)
-    # 2. the norms, over the flat tensors in torch's order
-    p_norm = math.sqrt(_lane_sum(flat_p, 0, n, zero, True, width))
-    lanes = scratch[batch + 3:batch + 11]
-    lanes[:] = zero
-    tail = zero
-    whole = n - n % width
-    i = 0
-    for b in range(batch):
-        mean = scratch[b]
-        for r in range(rows):
-            rv = row_var[b, r]
-            for c in range(cols):
-                u = one / math.sqrt(_clamp_min(rv * col_var[b, c] / mean, eps1_sq)) * (
-                    grad[b, r, c] * grad_sign)
-                if i < whole:
-                    lanes[i & (width - 1)] += u * u
-                else:
-                    tail += u * u
-                i += 1
-    u_norm = math.sqrt(_lanes_total(lanes, width, tail))
-    scratch[batch] = p_norm
-    scratch[batch + 1] = u_norm
-    scratch[batch + 2] = _step_size(p_norm, u_norm, h[0], h[1], h[2], h[3])
-    step_size = scratch[batch + 2]          # cast to the arrays' dtype
-    # 3. the update
+    # 2. the update (as torch, materialized), then both norms in torch's order
+    update = np.empty_like(flat_g)
     for k in prange(batch * rows):
         b = k // rows
-        r = k - b * rows
-        rv = row_var[b, r]
+        rv = row_var[b, k - b * rows]
         mean = scratch[b]
+        base = k * cols
         for c in range(cols):
-            u = one / math.sqrt(_clamp_min(rv * col_var[b, c] / mean, eps1_sq)) * (
-                grad[b, r, c] * grad_sign)
-            p = param[b, r, c]
-            if apply_decay:
-                p = p * decay
-            param[b, r, c] = fma(step_size, u, p)
+            update[base + c] = one / math.sqrt(_clamp_min(rv * col_var[b, c] / mean, eps1_sq)) * (
+                flat_g[base + c] * grad_sign)
+    _apply(flat_p, update, scratch, batch, h, decay, zero)
+
+
+@njit(inline="always", error_model="numpy")
+def _apply(flat_p, update, scratch, at, h, decay, zero):
+    """The norms (serial, torch's order), the step size, and the update's
+    pass over the parameter (the caller's thread pool, or serial)."""
+    width = int(h[6])
+    n = flat_p.shape[0]
+    p_norm = math.sqrt(_lane_sum(flat_p, 0, n, zero, True, width))
+    u_norm = math.sqrt(_lane_sum(update, 0, n, zero, True, width))
+    scratch[at] = p_norm
+    scratch[at + 1] = u_norm
+    scratch[at + 2] = _step_size(p_norm, u_norm, h[0], h[1], h[2], h[3])
+    step_size = scratch[at + 2]             # cast to the arrays' dtype
+    if h[5] != 0.0:
+        for i in prange(n):
+            flat_p[i] = fma(step_size, update[i], flat_p[i] * decay)
+    else:
+        for i in prange(n):
+            flat_p[i] = fma(step_size, update[i], flat_p[i])
 
 
 def vector(param, grad, variance, scratch, f, h):
@@ -202,36 +189,15 @@ def vector(param, grad, variance, scratch, f, h):
     grad_sign, weight, weight_m1, eps1_sq = f[0], f[1], f[2], f[4]
     decay, one = f[5], f[8]
     small = h[4] != 0.0
-    apply_decay = h[5] != 0.0
-    width = int(h[6])
     zero = one - one
     n = param.shape[0]
-    p_norm = math.sqrt(_lane_sum(param, 0, n, zero, True, width))
-    lanes = scratch[3:11]
-    lanes[:] = zero
-    tail = zero
-    whole = n - n % width
-    for i in range(n):
+    update = np.empty_like(grad)
+    for i in prange(n):
         g = grad[i] * grad_sign
         v = _lerp(variance[i], g * g, weight, weight_m1, small)
         variance[i] = v
-        u = one / math.sqrt(_clamp_min(v, eps1_sq)) * g
-        if i < whole:
-            lanes[i & (width - 1)] += u * u
-        else:
-            tail += u * u
-    u_norm = math.sqrt(_lanes_total(lanes, width, tail))
-    scratch[0] = p_norm
-    scratch[1] = u_norm
-    scratch[2] = _step_size(p_norm, u_norm, h[0], h[1], h[2], h[3])
-    step_size = scratch[2]
-    for i in prange(n):
-        g = grad[i] * grad_sign
-        u = one / math.sqrt(_clamp_min(variance[i], eps1_sq)) * g
-        p = param[i]
-        if apply_decay:
-            p = p * decay
-        param[i] = fma(step_size, u, p)
+        update[i] = one / math.sqrt(_clamp_min(v, eps1_sq)) * g
+    _apply(param, update, scratch, 0, h, decay, zero)
 
 
 #: Each kernel, parallel and serial (``cpu.Driver``).
