@@ -460,3 +460,27 @@ def test_optim_db_errors_are_torchs(index):
                     if p.grad is None:
                         p.grad = torch.randn_like(p)
                 opt.step()
+
+
+def test_grad_scaler_and_lr_scheduler():
+    """GradScaler (unscale in place, skip on inf) and an lr scheduler drive it
+    as they drive torch's class."""
+    results = []
+    for cls, extra in ((ft.Adafactor, {}), (torch.optim.Adafactor, {"foreach": False})):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 1))
+        opt = cls(model.parameters(), lr=0.05, **extra)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+        g = torch.Generator().manual_seed(1)
+        for t in range(12):
+            x = torch.randn(8, 6, generator=g)
+            opt.zero_grad()
+            loss = model(x).pow(2).mean() * (float("inf") if t == 4 else 1.0)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+        results.append([p.detach().clone() for p in model.parameters()])
+    for p, q in zip(*results):
+        assert_close(p.numpy(), q.numpy(), np.float32, "param")
