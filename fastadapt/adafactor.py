@@ -120,11 +120,11 @@ def _plan(param, grad, row_var, col_var, variance, step, lr, beta2_decay, eps, d
                   float(weight_decay != 0), 32 // param.itemsize], np.float64)
     if param.ndim < 2:
         return "vector", (param.reshape(-1), grad.reshape(-1), variance.reshape(-1),
-                          np.empty(11, param.dtype), f, h)
+                          np.empty(3, param.dtype), f, h)
     batch = param.size // (rows * cols)
     return "factored", (param.reshape(batch, rows, cols), grad.reshape(batch, rows, cols),
                         row_var.reshape(batch, rows), col_var.reshape(batch, cols),
-                        np.empty(batch + 11, param.dtype), f, h)
+                        np.empty(batch + 3, param.dtype), f, h)
 
 
 #: The update as pseudo-code (indented for a docstring), in both faces' docstrings.

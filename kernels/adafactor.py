@@ -115,8 +115,9 @@ def factored(param, grad, row_var, col_var, scratch, f, h):
     decay (1 - lr * weight_decay), rows, cols, 1. ``h`` (float64): eps2, rho,
     sqrt(numel), d, small (|weight| < 0.5), apply_decay, the
     reductions' width (8 for float32, 4 for float64). ``scratch`` (the
-    arrays' dtype, ``batch`` + 11 elements) receives each batch's clamped mean
-    of ``row_var``, the parameter's and the update's norms and the step size."""
+    arrays' dtype, ``batch`` + 3 elements) receives each batch's clamped mean
+    of ``row_var``, then the parameter's and the update's norms and the step
+    size. The update takes a buffer of the tensor's size for the call."""
     grad_sign, weight, weight_m1, eps1, eps1_sq = f[0], f[1], f[2], f[3], f[4]
     decay, n_rows, n_cols, one = f[5], f[6], f[7], f[8]
     small = h[4] != 0.0
@@ -159,13 +160,20 @@ def factored(param, grad, row_var, col_var, scratch, f, h):
         for c in range(cols):
             update[base + c] = one / math.sqrt(_clamp_min(rv * col_var[b, c] / mean, eps1_sq)) * (
                 flat_g[base + c] * grad_sign)
-    _apply(flat_p, update, scratch, batch, h, decay, zero)
+    # 3. the norms, then the parameter (prange loops stay in the kernel's own
+    # body: Numba parallelizes no prange of an inlined helper)
+    step_size = _norms(flat_p, update, scratch, batch, h, zero)
+    apply_decay = h[5] != 0.0
+    for i in prange(n):
+        p = flat_p[i] * decay if apply_decay else flat_p[i]
+        flat_p[i] = fma(step_size, update[i], p)
 
 
 @njit(inline="always", error_model="numpy")
-def _apply(flat_p, update, scratch, at, h, decay, zero):
-    """The norms (serial, torch's order), the step size, and the update's
-    pass over the parameter (the caller's thread pool, or serial)."""
+def _norms(flat_p, update, scratch, at, h, zero):
+    """The parameter's and the update's norms (serial, torch's order) into
+    ``scratch[at:at + 2]``, and the step size ``-alpha / denom`` in the
+    arrays' dtype (``scratch[at + 2]``), returned."""
     width = int(h[6])
     n = flat_p.shape[0]
     p_norm = math.sqrt(_lane_sum(flat_p, 0, n, zero, True, width))
@@ -173,19 +181,13 @@ def _apply(flat_p, update, scratch, at, h, decay, zero):
     scratch[at] = p_norm
     scratch[at + 1] = u_norm
     scratch[at + 2] = _step_size(p_norm, u_norm, h[0], h[1], h[2], h[3])
-    step_size = scratch[at + 2]             # cast to the arrays' dtype
-    if h[5] != 0.0:
-        for i in prange(n):
-            flat_p[i] = fma(step_size, update[i], flat_p[i] * decay)
-    else:
-        for i in prange(n):
-            flat_p[i] = fma(step_size, update[i], flat_p[i])
+    return scratch[at + 2]
 
 
 def vector(param, grad, variance, scratch, f, h):
     """One Adafactor step of a 1-D tensor (``variance`` of its shape); ``f``,
-    ``h`` as :func:`factored`'s, ``scratch`` of 11 elements (the norms and
-    the step size first)."""
+    ``h`` as :func:`factored`'s, ``scratch`` of 3 elements (the norms and
+    the step size)."""
     grad_sign, weight, weight_m1, eps1_sq = f[0], f[1], f[2], f[4]
     decay, one = f[5], f[8]
     small = h[4] != 0.0
@@ -197,7 +199,11 @@ def vector(param, grad, variance, scratch, f, h):
         v = _lerp(variance[i], g * g, weight, weight_m1, small)
         variance[i] = v
         update[i] = one / math.sqrt(_clamp_min(v, eps1_sq)) * g
-    _apply(param, update, scratch, 0, h, decay, zero)
+    step_size = _norms(param, update, scratch, 0, h, zero)
+    apply_decay = h[5] != 0.0
+    for i in prange(n):
+        p = param[i] * decay if apply_decay else param[i]
+        param[i] = fma(step_size, update[i], p)
 
 
 #: Each kernel, parallel and serial (``cpu.Driver``).
