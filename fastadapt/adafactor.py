@@ -60,6 +60,14 @@ def _check_lr(lr):
     return _args.real("lr", lr)
 
 
+def check_hyper(lr, beta2_decay, eps, d, weight_decay, maximize):
+    """The hyper-parameters, checked: ``(lr, beta2_decay, (eps1, eps2), d,
+    weight_decay, maximize)`` as floats (eps1 may be None) and a bool."""
+    return (_check_lr(lr), _args.real("beta2_decay", beta2_decay, -math.inf, 0.0),
+            _check_eps(eps), _args.real("d", d, 1.0),
+            _args.real("weight_decay", weight_decay), _args.flag("maximize", maximize))
+
+
 def _plan(param, grad, row_var, col_var, variance, step, lr, beta2_decay, eps, d,
           weight_decay, maximize):
     """Every check of :func:`adafactor_step`; returns the kernel's arguments,
@@ -95,27 +103,24 @@ def _plan(param, grad, row_var, col_var, variance, step, lr, beta2_decay, eps, d
             if np.shares_memory(a, b):
                 raise ValueError(f"{name} and {other} share memory; each must be its own array")
     step = _args.step(step)
-    lr = _check_lr(lr)
-    beta2_decay = _args.real("beta2_decay", beta2_decay, -math.inf, 0.0)
-    eps1, eps2 = _check_eps(eps)
-    d = _args.real("d", d, 1.0)
-    weight_decay = _args.real("weight_decay", weight_decay)
-    maximize = _args.flag("maximize", maximize)
+    lr, beta2_decay, (eps1, eps2), d, weight_decay, maximize = check_hyper(
+        lr, beta2_decay, eps, d, weight_decay, maximize)
     if param.size == 0:
         return None
     kind = param.dtype.type
     if eps1 is None:
         eps1 = float(np.finfo(param.dtype).eps)
-    # torch's per-step scalars, as its Python floats
-    t = float(step)
+    # torch's per-step scalars, as its Python floats (past 2**64 steps they
+    # have reached their limits: step ** beta2_decay and 1 / sqrt(step) ~ 0)
+    t = float(min(step, 2 ** 64))
     weight = t ** beta2_decay
     rho = min(lr, 1 / (t ** 0.5))
     root_numel = param.size ** 0.5
     w = kind(weight)
     rows, cols = (param.shape[-2], param.shape[-1]) if param.ndim >= 2 else (1, param.size)
+    # w - 1 in the arrays' dtype, as torch's lerp computes it
     f = np.array([-1.0 if maximize else 1.0, w, w - kind(1), eps1, eps1 * eps1,
                   1 - lr * weight_decay, rows, cols, 1.0], param.dtype)
-    f[2] = w - kind(1)          # in the arrays' dtype, as torch's lerp computes it
     h = np.array([eps2, rho, root_numel, d, float(abs(w) < 0.5),
                   float(weight_decay != 0), 32 // param.itemsize], np.float64)
     if param.ndim < 2:

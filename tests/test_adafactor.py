@@ -392,6 +392,12 @@ def test_class_refusals_write_nothing():
     with pytest.raises(ValueError, match="row_var"):
         opt.step()
     assert torch.equal(q.detach(), before) and q not in opt.state
+    # so is a group option changed to a bad value after construction
+    opt = ft.Adafactor([{"params": [q]}, {"params": [p]}])
+    opt.param_groups[1]["d"] = 0.5
+    with pytest.raises(ValueError, match="invalid d"):
+        opt.step()
+    assert torch.equal(q.detach(), before) and not opt.state
 
 
 def test_signature_is_torchs():

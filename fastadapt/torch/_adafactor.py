@@ -152,7 +152,7 @@ class Adafactor(torch.optim.Optimizer):
     @staticmethod
     def _lr(group):
         lr = group["lr"]
-        return lr.item() if isinstance(lr, torch.Tensor) else lr
+        return lr.item() if isinstance(lr, torch.Tensor) and lr.numel() == 1 else lr
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -172,6 +172,9 @@ class Adafactor(torch.optim.Optimizer):
             for i, p in enumerate(group["params"]):
                 if p.grad is not None:
                     self._check(gi, i, p)
+            if params:      # a group's options changed since construction: refused here
+                _functional.check_hyper(self._lr(group), group["beta2_decay"], group["eps"],
+                                        group["d"], group["weight_decay"], group["maximize"])
             plans.append((group, params))
         for group, params in plans:
             eps1, eps2 = group["eps"]
