@@ -17,7 +17,8 @@ The package's modules, one job each: ``_conventions`` (torch's flags, dtypes
 and state-dict keys), ``_sharing`` (the span a core updates, how processes
 agree), ``_bucket`` (one flat buffer), ``_optimizer`` (the core,
 :class:`FlatOptimizer`), ``_state_dict`` (torch-format state dicts),
-``_classes`` (a rule's class), ``_release`` (gradient release) and
+``_classes`` (a rule's class), ``_adafactor`` (Adafactor, per parameter),
+``_release`` (gradient release) and
 ``_zero``, ``_zero_collectives``, ``_zero_checkpoint``
 (:class:`ZeroRedundancyOptimizer`, see :mod:`fastadapt.zero`).
 
