@@ -71,3 +71,36 @@ def test_gpt2_small_adam(benchmark, gpt2_problem, impl, dtype):
     benchmark.group = f"GPT-2-shaped Adam ({len(shapes)} arrays, {numel:,} elements) {dtype.name}"
     benchmark.extra_info["label"] = GPT2_LABELS[impl]
     benchmark.pedantic(step, rounds=7, warmup_rounds=1)
+
+
+def _adafactor_steps(shape, dtype):
+    """One Adafactor step of a ``shape`` parameter: fastadapt.adafactor_step,
+    and torch.optim.Adafactor's single-tensor and foreach paths."""
+    from fastadapt import adafactor_step
+    rng = np.random.default_rng(0)
+    param = rng.standard_normal(shape).astype(dtype)
+    grad = rng.standard_normal(shape).astype(dtype)
+    state = ({"variance": np.zeros(shape, dtype)} if len(shape) < 2 else
+             {"row_var": np.zeros(shape[:-1] + (1,), dtype),
+              "col_var": np.zeros(shape[:-2] + (1,) + shape[-1:], dtype)})
+    steps = {"fastadapt": lambda: adafactor_step(param, grad, step=2, **state)}
+    torch = pytest.importorskip("torch")
+    for name, foreach in (("torch single-tensor", False), ("torch foreach", True)):
+        p = torch.nn.Parameter(torch.from_numpy(param.copy()))
+        p.grad = torch.from_numpy(grad.copy())
+        steps[name] = torch.optim.Adafactor([p], foreach=foreach).step
+    return steps
+
+
+@pytest.mark.parametrize("impl", ["fastadapt", "torch single-tensor", "torch foreach"])
+@pytest.mark.parametrize("kind", ["matrix", "vector"])
+def test_adafactor(benchmark, size, kind, impl, dtype):
+    """Adafactor on one parameter of ``size`` elements: a matrix of 1024 columns
+    (factored second moment) or a vector. Not a rule of the registry (its step
+    reduces over each tensor), so it has its own group here."""
+    cols = 1024 if size >= 1024 else size
+    shape = (size // cols, cols) if kind == "matrix" else (size,)
+    step = _adafactor_steps(shape, dtype)[impl]
+    step()
+    benchmark.group = f"Adafactor {kind} {shape} {dtype.name}"
+    benchmark(step)

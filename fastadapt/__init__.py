@@ -7,12 +7,14 @@ exact semantics, compiled with Numba for the CPU (and for NVIDIA GPUs with the
 
 Each rule is declared once in :data:`RULES`; its functional step
 (``<name>_step``) and optimizer class (torch's class name) are derived from
-the declaration and exported here.
+the declaration and exported here. Adafactor, whose update reduces over each
+tensor, is not a rule: ``adafactor_step`` (:mod:`fastadapt.adafactor`).
 """
 from .flat import FlatBuffer
 from ._storage import Blockwise8, Companded8
 from . import functional
 from .functional import *  # noqa: F401,F403  (one <name>_step per rule)
+from .adafactor import adafactor_step
 from .norm import grad_norm
 from .rules import RULES, Rule
 from . import schedules
@@ -22,5 +24,6 @@ from ._warmup import warmup
 
 __version__ = "0.1.0"
 
-__all__ = (["FlatBuffer", "Blockwise8", "Companded8", "RULES", "Rule", "grad_norm", "schedules", "warmup"]
+__all__ = (["FlatBuffer", "Blockwise8", "Companded8", "RULES", "Rule", "grad_norm", "schedules", "warmup",
+            "adafactor_step"]
            + list(functional.__all__) + list(optim.__all__))

@@ -1,5 +1,8 @@
 r"""fastadapt.torch: drop-in ``torch.optim`` optimizers over flat buffers.
 
+(Adafactor, whose state is shaped per tensor, is the exception: its class
+updates parameter by parameter, see :mod:`fastadapt.torch._adafactor`.)
+
 For every rule of :data:`fastadapt.RULES` this module defines a subclass of
 :class:`torch.optim.Optimizer` named as torch names it (``Adam``, ``AdamW``,
 ``SGD``, ``RMSprop``, ``Adagrad``, ``Adadelta``, and any rule added to the
@@ -14,7 +17,8 @@ The package's modules, one job each: ``_conventions`` (torch's flags, dtypes
 and state-dict keys), ``_sharing`` (the span a core updates, how processes
 agree), ``_bucket`` (one flat buffer), ``_optimizer`` (the core,
 :class:`FlatOptimizer`), ``_state_dict`` (torch-format state dicts),
-``_classes`` (a rule's class), ``_release`` (gradient release) and
+``_classes`` (a rule's class), ``_adafactor`` (Adafactor, per parameter),
+``_release`` (gradient release) and
 ``_zero``, ``_zero_collectives``, ``_zero_checkpoint``
 (:class:`ZeroRedundancyOptimizer`, see :mod:`fastadapt.zero`).
 
@@ -178,6 +182,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without torch
     raise ImportError("fastadapt.torch needs PyTorch: pip install 'fastadapt[torch]'") from exc
 
+from ._adafactor import Adafactor
 from ._classes import CLASSES, optimizer_class
 from ._conventions import (  # noqa: F401  (torch's conventions, as this module always had them)
     COMPLEX_DTYPES, DECOUPLED_FLAG, EIGHT_BIT, MASTER_KEY, NO_OP_FLAGS, REJECTED_FLAGS, SEED_KEY,
@@ -188,5 +193,5 @@ from ._zero import ZeroRedundancyOptimizer
 
 globals().update(CLASSES)      # Adam, AdamW, SGD, ...: one class per rule
 
-__all__ = ["FlatOptimizer", "optimizer_class", *CLASSES, "ZeroRedundancyOptimizer",
+__all__ = ["FlatOptimizer", "optimizer_class", *CLASSES, "Adafactor", "ZeroRedundancyOptimizer",
            "GradientRelease", "enable_gradient_release"]

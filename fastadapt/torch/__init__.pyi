@@ -2,6 +2,9 @@
 # Signatures from torch 2.13.0.
 """fastadapt.torch: drop-in ``torch.optim`` optimizers over flat buffers.
 
+(Adafactor, whose state is shaped per tensor, is the exception: its class
+updates parameter by parameter, see :mod:`fastadapt.torch._adafactor`.)
+
 For every rule of :data:`fastadapt.RULES` this module defines a subclass of
 :class:`torch.optim.Optimizer` named as torch names it (``Adam``, ``AdamW``,
 ``SGD``, ``RMSprop``, ``Adagrad``, ``Adadelta``, and any rule added to the
@@ -16,7 +19,8 @@ The package's modules, one job each: ``_conventions`` (torch's flags, dtypes
 and state-dict keys), ``_sharing`` (the span a core updates, how processes
 agree), ``_bucket`` (one flat buffer), ``_optimizer`` (the core,
 :class:`FlatOptimizer`), ``_state_dict`` (torch-format state dicts),
-``_classes`` (a rule's class), ``_release`` (gradient release) and
+``_classes`` (a rule's class), ``_adafactor`` (Adafactor, per parameter),
+``_release`` (gradient release) and
 ``_zero``, ``_zero_collectives``, ``_zero_checkpoint``
 (:class:`ZeroRedundancyOptimizer`, see :mod:`fastadapt.zero`).
 
@@ -194,10 +198,13 @@ __all__ = [
     'ASGD',
     'Lion',
     'SparseAdam',
+    'Adafactor',
     'ZeroRedundancyOptimizer',
     'GradientRelease',
     'enable_gradient_release',
 ]
+
+from fastadapt.torch._adafactor import Adafactor as Adafactor
 
 from fastadapt.torch._classes import optimizer_class as optimizer_class
 

@@ -31,6 +31,7 @@ import weakref
 
 import torch
 
+from ._adafactor import Adafactor
 from ._optimizer import FlatOptimizer
 from ._zero import ZeroRedundancyOptimizer
 
@@ -197,6 +198,9 @@ def enable_gradient_release(model_or_params, opt):
     if isinstance(opt, ZeroRedundancyOptimizer):
         raise TypeError("gradient release does not support ZeroRedundancyOptimizer: its "
                         "gradients are reduced across ranks before the update")
+    if isinstance(opt, Adafactor):
+        raise TypeError("gradient release does not support fastadapt.torch.Adafactor: it has "
+                        "no flat buffers to update in the backward (call opt.step())")
     if not isinstance(opt, FlatOptimizer):
         raise TypeError(f"enable_gradient_release takes a fastadapt.torch optimizer, got "
                         f"{type(opt).__name__}")

@@ -4,6 +4,7 @@ process group (see :mod:`fastadapt.zero` for the design)."""
 import torch
 import torch.distributed as dist
 
+from ._adafactor import Adafactor
 from ._classes import CLASSES
 from ._optimizer import FlatOptimizer
 from ._zero_checkpoint import ShardedCheckpoint
@@ -27,6 +28,10 @@ def _entries(b, name, full, j, compressed):
 def _checked_class(optimizer_class):
     if optimizer_class is None:
         return CLASSES["Adam"]
+    if optimizer_class is Adafactor:
+        raise TypeError("ZeroRedundancyOptimizer shards flat buffers of elementwise rules; "
+                        "Adafactor's factored state and per-tensor reductions do not split "
+                        "into shards")
     if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, FlatOptimizer)
             and optimizer_class.rule is not None
             and not issubclass(optimizer_class, ZeroRedundancyOptimizer)):
