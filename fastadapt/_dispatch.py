@@ -303,13 +303,15 @@ class LaunchCache:
 
     def __init__(self, size=256):
         self.size = size
-        self._entries = {}
+        #: id(param) -> (extra, arguments_if_same, call): what ``find``
+        #: reads (the functional steps read it inline, on their per-call path)
+        self.entries = {}
         self._lock = threading.Lock()
 
     def find(self, objs, extra):
         """``(call, args)`` for a remembered call on ``objs``, to run as
         ``call(args, scalars, key)``, or None."""
-        entry = self._entries.get(id(objs[0]))
+        entry = self.entries.get(id(objs[0]))
         if entry is None or entry[0] != extra:
             return None
         args = entry[1](objs)
@@ -327,7 +329,7 @@ class LaunchCache:
             call, sources = _no_call, ()
         entry = (extra, _arguments_if_same(objs, sources), call)
         with self._lock:
-            entries = self._entries
+            entries = self.entries
             entries.pop(id(objs[0]), None)      # (re)inserted as the newest
             entries[id(objs[0])] = entry
             while len(entries) > self.size:

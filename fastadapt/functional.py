@@ -65,7 +65,7 @@ def _planner(rule, fn_name):
     # The hyper-parameters of the last call, when all were immutable (numbers,
     # tuples of numbers), and their checked options: the same objects again
     # (defaults, constants, an unchanged schedule value) check the same.
-    last = [((object(),) * len(checks), None, None)]   # matches no call
+    last = [((object(),) * len(checks), None, None, None, None)]   # matches no call
     if all(isinstance(spec.when, str) for spec in optional):
         whens = tuple(spec.when for spec in optional)
 
@@ -76,20 +76,24 @@ def _planner(rule, fn_name):
             return tuple([spec.used(options) for spec in optional])
 
     def options_of(values):
-        """The checked options, and which optional state they use."""
-        known, options, uses = last[0]
-        if len(known) == len(values) and all(map(operator.is_, values, known)):
-            return options, uses
+        """The checked options, which optional state they use (a tuple of
+        bools), the plan keys (that tuple with each rounding mode: see
+        ``run``) and the gradient's sign."""
+        known, *out = last[0]
+        if all(map(operator.is_, values, known)):
+            return out
         options = {name: check(v) for (name, check), v in zip(checks, values)}
         if rule.check is not None:
             rule.check(options)
         uses = used(options)
+        out = [options, uses, ((uses, False), (uses, True)),
+               -1.0 if options.get("maximize") else 1.0]
         if all(map(_immutable, values)):
-            last[0] = (values, options, uses)
-        return options, uses
+            last[0] = (values, *out)
+        return out
 
     def checked(values, step, grad_scale):
-        options, uses = options_of(values)
+        options = options_of(values)[0]
         t = None
         if rule.takes_step:
             t = float(min(_args.step(step), _STEP_CAP))
@@ -98,7 +102,7 @@ def _planner(rule, fn_name):
         else:
             scale = _args.real("grad_scale", grad_scale, 0.0, math.inf, low_open=True,
                                high_open=True)
-        return options, uses, t, scale
+        return options, t, scale
 
     def arrays_of(param, grad, state, options):
         arrays = {"param": param, "grad": grad}
@@ -140,22 +144,23 @@ def _planner(rule, fn_name):
         return ordered(scalars), new_state, key
 
     def plan(param, grad, state, values, step, grad_scale, storage, carried=()):
-        options, _, t, scale = checked(values, step, grad_scale)
+        options, t, scale = checked(values, step, grad_scale)
         arrays = arrays_of(param, grad, state, options)
         scalars, new_state, key = scalars_of(options, t, scale, storage, carried)
         return Update(rule.kernel, arrays, written, scalars, new_state, storage[0], key)
 
     takes_step = rule.takes_step
-    find, keep = launches.find, launches.keep
+    remembered, keep = launches.entries.get, launches.keep
     is_ = operator.is_
 
-    def run(objs, values, step, grad_scale, storage, carried=()):
+    def run(objs, values, step, grad_scale, rounding, seed, offset, carried=()):
         # The per-call path: checked() with the hyper-parameters' check
         # skipped when they are the last call's (immutable) objects, and the
-        # arrays' checks when they are the last call's arrays, unchanged.
-        known, options, uses = last[0]
+        # arrays' checks when they are a remembered call's arrays, unchanged
+        # (LaunchCache.find, inlined).
+        known, options, uses, extras, sign = last[0]
         if not all(map(is_, values, known)):
-            options, uses = options_of(values)
+            options, uses, extras, sign = options_of(values)
         t = None
         if takes_step:
             t = float(step) if type(step) is int and 1 <= step <= _STEP_CAP else \
@@ -165,29 +170,31 @@ def _planner(rule, fn_name):
         # what decides the plan besides the arrays: the optional state the
         # options use, and the rounding mode (a bool; anything else that
         # passes for one is checked in full every call)
-        rounding = storage[0]
-        extra = (uses, rounding)
-        found = find(objs, extra) if type(rounding) is bool else None
-        if found is None:
+        args = None
+        if type(rounding) is bool:
+            extra = extras[rounding]
+            entry = remembered(id(objs[0]))
+            if entry is not None and entry[0] == extra:
+                args = entry[1](objs)
+        if args is None:
             param, grad, *state, master = objs
             arrays = arrays_of(param, grad, state, options)
-            storage = (master, *storage)
+            storage = (master, rounding, seed, offset)
             scalars, new_state, key = scalars_of(options, t, scale, storage, carried)
             update = Update(rule.kernel, arrays, written, scalars, new_state, master, key)
             launch = prepare(update) if type(rounding) is not bool else \
                 keep(objs, extra, update)
             launch(scalars, key)
             return new_state
-        call, args = found
-        if scalar_state or rounding or storage[1] is not None or storage[2] != 0:
-            scalars, new_state, key = scalars_of(options, t, scale, (objs[-1], *storage),
-                                                 carried)
-            call(args, scalars, key)
+        if scalar_state or rounding or seed is not None or offset != 0:
+            scalars, new_state, key = scalars_of(options, t, scale,
+                                                 (objs[-1], rounding, seed, offset), carried)
+            entry[2](args, scalars, key)
             return new_state
         # scalars_of() for a rule without scalar state, rounding to nearest
         scalars = rule.scalars(options, t)
-        scalars["grad_sign"] = (-1.0 if options.get("maximize") else 1.0) / scale
-        call(args, ordered(scalars), None)
+        scalars["grad_sign"] = sign / scale
+        entry[2](args, ordered(scalars), None)
     return plan, run
 
 
@@ -320,7 +327,7 @@ def derive_step(rule):
     # runner directly (no *args layer: this is the per-call path)
     source = (f"def {fn_name}({', '.join(params)}):\n"
               f"    return _run((param, grad, {state} master_param), ({values}), {step_arg}, "
-              f"grad_scale, (stochastic_rounding, seed, rounding_offset){carried})\n"
+              f"grad_scale, stochastic_rounding, seed, rounding_offset{carried})\n"
               f"def plan({', '.join(params)}):\n"
               f"    return _plan(param, grad, ({state}), ({values}), {step_arg}, grad_scale, "
               f"(master_param, stochastic_rounding, seed, rounding_offset){carried})\n")

@@ -250,7 +250,7 @@ def test_threads_sharing_a_small_cache():
             th.start()
         for th in threads:
             th.join()
-        assert len(launches._entries) <= 2
+        assert len(launches.entries) <= 2
         for p, e in zip(problems, expected):
             for k in p:
                 assert p[k].tobytes() == e[k].tobytes(), k
@@ -262,13 +262,13 @@ def test_the_cache_is_bounded():
     launches = _launches(fastadapt.adam_step)
     for seed in range(launches.size + 10):
         remembered(adam_arrays(n=7, seed=seed))
-    assert len(launches._entries) <= launches.size
+    assert len(launches.entries) <= launches.size
 
 
 def _launches(step):
     """The :class:`LaunchCache` of a functional step (held by its runner)."""
     run = step.__globals__["_run"]
     cells = dict(zip(run.__code__.co_freevars, run.__closure__))
-    find = cells["find"].cell_contents
-    assert isinstance(find.__self__, _dispatch.LaunchCache)
-    return find.__self__
+    keep = cells["keep"].cell_contents
+    assert isinstance(keep.__self__, _dispatch.LaunchCache)
+    return keep.__self__
