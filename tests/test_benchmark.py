@@ -434,6 +434,17 @@ def test_bandwidth_is_the_roofline_at_the_largest_size_without_disturbed_rows():
     assert "32 MiB last-level cache (here n = 1e3)" in text
 
 
+def test_the_ratio_to_the_bare_call_is_shown_busy_or_not():
+    """fastadapt / bare call, a ratio within rounds, survives a busy machine;
+    the absolute times do not."""
+    row = {"label": "Adam", "n": 1000, "us": {"fastadapt": 6.0, "driver": 1.2},
+           "overhead_us": 4.8, "x_bare": 5.0, "x_bare_iqr": [4.5, 5.5], "unavailable": {}}
+    quiet = _report.per_call_table([{**row, "others_cpu": 0}]).text()
+    busy = _report.per_call_table([{**row, "others_cpu": 0.5}]).text()
+    assert "5.0x (4.5-5.5)" in quiet and "5.0x (4.5-5.5)" in busy
+    assert "6.00" in quiet and "6.00" not in busy and "busy 50%" in busy
+
+
 def test_every_ratio_is_rival_time_over_fastadapt_time():
     per_call = [{"label": "Adam", "n": 1000, "us": {"fastadapt": 2.0, "driver": 1.0,
                                                     "torch_fused": 6.0},

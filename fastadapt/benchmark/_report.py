@@ -125,8 +125,13 @@ def per_call_table(rows):
     for r in rows:
         us = r["us"]
         others = _disturbed(r)
+        bare = "n/a"
+        if "x_bare" in r:       # a ratio within rounds: shown on a busy machine too
+            lo, hi = r["x_bare_iqr"]
+            bare = f"{r['x_bare']:.1f}x ({lo:.1f}-{hi:.1f})"
         if others is not None:
-            out.append([r["label"], _n(r["n"]), _busy(others)] + [DASH] * 6)
+            out.append([r["label"], _n(r["n"]), _busy(others), DASH, DASH, bare]
+                       + [DASH] * 3)
             continue
 
         def cell(name):
@@ -136,10 +141,6 @@ def per_call_table(rows):
         # a difference of two medians can fall below zero by noise: not a cost
         overhead = (_us(r["overhead_us"], True) if r["overhead_us"] >= 0
                     else f"{DASH} (below noise)")
-        bare = "n/a"
-        if "x_bare" in r:
-            lo, hi = r["x_bare_iqr"]
-            bare = f"{r['x_bare']:.1f}x ({lo:.1f}-{hi:.1f})"
         out.append([r["label"], _n(r["n"]), cell("fastadapt"), cell("driver"),
                     overhead, bare, cell("torch_fused"), cell("torch_single"),
                     _x(r["x_torch_fused"]) if "x_torch_fused" in r else "n/a"])
@@ -555,7 +556,7 @@ def markdown_report(data, plot_path=None, markdown_path=None, accuracy_plot_path
                   "arguments; `Python side` = fastadapt - driver alone (argument checks, "
                   "scalars, dispatch); `x bare call` = fastadapt / driver alone, the median "
                   "of the ratio within each round (the two ran back to back) and its "
-                  "quartiles.", "", per_call_table(data["per_call"]).markdown(), ""]
+                  "quartiles, shown on a busy machine too.", "", per_call_table(data["per_call"]).markdown(), ""]
     if data.get("threshold"):
         t = data["threshold"]
         lines += ["## Serial / parallel threshold", "",
