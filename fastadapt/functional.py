@@ -17,6 +17,13 @@ the hyper-parameters with torch's defaults and ``grad_scale``: a number or a
 string where a state array goes is a TypeError that says so), checks and
 docstring. ``step.plan`` returns the checked call as an
 :class:`~fastadapt._dispatch.Update` without applying it.
+
+A call on the same arrays as the last call with that ``param`` (a training
+loop's) checks its hyper-parameters, step, grad_scale, scalar state and
+rounding options as any call does, and of the arrays only what could have
+changed (identity, shape, dtype, flags): see
+:class:`~fastadapt._dispatch.LaunchCache`. Its cost is a few times a bare
+call of the compiled loop (``fastadapt bench --sections percall``).
 """
 import math
 import numbers
@@ -42,12 +49,13 @@ def _planner(rule, fn_name):
     """The checks and host scalars of ``rule``: ``(plan, run)``.
 
     ``plan(param, grad, state, hyper, step, grad_scale, storage, carried)``
-    returns the checked call as an :class:`Update`; ``run`` takes the same
-    arguments, applies the update and returns the new scalar state. ``run``
-    checks the per-call values (hyper-parameters, step, grad_scale, scalar
-    state, rounding) every call, and the arrays in full unless the same
-    arrays, unchanged, were checked by an earlier call (see
-    :class:`~fastadapt._dispatch.LaunchCache`).
+    returns the checked call as an :class:`Update`. ``run(objs, hyper, step,
+    grad_scale, stochastic_rounding, seed, rounding_offset, carried)``, with
+    ``objs = (param, grad, *state, master_param)``, applies the same update
+    and returns the new scalar state: it checks the per-call values
+    (hyper-parameters, step, grad_scale, scalar state, rounding) every call,
+    and the arrays in full unless the same arrays, unchanged, were checked by
+    an earlier call (see :class:`~fastadapt._dispatch.LaunchCache`).
     """
     signature = _SIGNATURES[rule.kernel]
     order = signature.scalars
@@ -91,6 +99,9 @@ def _planner(rule, fn_name):
         if all(map(_immutable, values)):
             last[0] = (values, *out)
         return out
+
+    if not checks:                  # nothing to check: every call's options
+        options_of(())
 
     def checked(values, step, grad_scale):
         options = options_of(values)[0]
@@ -199,15 +210,18 @@ def _planner(rule, fn_name):
 
 
 _NUMBERS = (float, int, bool)
+_NUMPY_NUMBERS = (np.number, np.bool_)
 
 
 def _immutable(value):
-    """Whether ``value`` is a number or a tuple of numbers (an object whose
-    check cannot give another answer later)."""
-    if type(value) in _NUMBERS or isinstance(value, np.generic):
+    """Whether ``value`` is a number (a Python float, int or bool, a NumPy
+    number or bool scalar) or a tuple of numbers: an object whose check
+    cannot give another answer later. (Not a NumPy ``void`` scalar, which may
+    be a view into an array.)"""
+    if type(value) in _NUMBERS or isinstance(value, _NUMPY_NUMBERS):
         return True
     return type(value) is tuple and all(
-        type(v) in _NUMBERS or isinstance(v, np.generic) for v in value)
+        type(v) in _NUMBERS or isinstance(v, _NUMPY_NUMBERS) for v in value)
 
 
 def _check_state_argument(fn_name, spec, a):
