@@ -297,16 +297,17 @@ class LaunchCache:
     are remembered: anything else (8-bit containers, GPU arrays, subclasses)
     is checked in full every call. The cache holds no array: weak references
     and the shapes, dtypes and flags. At most ``size`` params are
-    remembered, the oldest dropped first. Threads may share a cache: an entry
-    never changes once made, and ``keep`` holds a lock.
+    remembered (a full cache is emptied before the next one is added).
+    Threads may share a cache: an entry never changes once made, and each
+    read or write of the dict is atomic.
     """
 
     def __init__(self, size=256):
         self.size = size
-        #: id(param) -> (extra, arguments_if_same, call): what ``find``
-        #: reads (the functional steps read it inline, on their per-call path)
+        #: id(param) -> (extra, arguments_if_same, call), or (None, weak
+        #: reference to the param) for a param seen once: what ``find`` reads
+        #: (the functional steps read it inline, on their per-call path)
         self.entries = {}
-        self._lock = threading.Lock()
 
     def find(self, objs, extra):
         """``(call, args)`` for a remembered call on ``objs``, to run as
@@ -319,26 +320,41 @@ class LaunchCache:
 
     def keep(self, objs, extra, update):
         """Check ``update`` (planned from ``objs``) as :func:`prepare` does
-        and return its launch, remembered when every object is None or a
-        plain ndarray (host arrays: nothing of :func:`prepare`'s but the
-        host checks applies to them)."""
-        if any(a is not None and type(a) is not np.ndarray for a in objs):
+        and return its launch. The launch is remembered from the second call
+        with the same ``param`` object (the first only notes the param): a
+        caller passing new views every call (slices of a buffer) pays for a
+        weak reference, not for an entry it will never use. Only calls whose
+        objects are all None or plain ndarrays are remembered (host arrays:
+        nothing of :func:`prepare`'s but the host checks applies to them)."""
+        param = objs[0]
+        noted = self.entries.get(id(param))
+        if noted is None or (noted[0] is None and noted[1]() is not param):
+            # not seen (or another param that had this id): note it
+            if type(param) is np.ndarray:
+                self._store(id(param), (None, weakref.ref(param)))
             return prepare(update)
+        for a in objs:
+            if a is not None and type(a) is not np.ndarray:
+                return prepare(update)
         call, sources = _host_call(update)
         if call is None:
             call, sources = _no_call, ()
-        entry = (extra, _arguments_if_same(objs, sources), call)
-        with self._lock:
-            entries = self.entries
-            entries.pop(id(objs[0]), None)      # (re)inserted as the newest
-            entries[id(objs[0])] = entry
-            while len(entries) > self.size:
-                del entries[next(iter(entries))]
+        self._store(id(param), (extra, _arguments_if_same(objs, sources), call))
         args = _arguments(sources, objs)
 
         def launch(scalars, key=None):
             call(args, scalars, key)
         return launch
+
+    def _store(self, key, entry):
+        # No lock: each dict operation is atomic, an entry never changes once
+        # made, and two threads filling a full cache at once clear it twice.
+        entries = self.entries
+        if len(entries) >= self.size and key not in entries:
+            # full: start again (dropping the oldest one by one leaves the
+            # dict's front a run of deleted slots that next(iter(...)) walks)
+            entries.clear()
+        entries[key] = entry
 
 
 def _arguments_if_same(objs, sources):
