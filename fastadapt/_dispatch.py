@@ -5,8 +5,13 @@ writeability, aliasing), picks the backend from where they live and returns a
 launch that calls the driver with 1-D views and the scalars cast to the
 arrays' dtype; ``run`` does both. Nothing is written until every check has
 passed, so a rejected call leaves the caller's arrays as they were.
+:class:`LaunchCache` remembers the checked launches of the functional steps,
+so a call on the same, unchanged arrays as an earlier one skips re-checking
+them (what it compares is what those checks depend on).
 """
+import functools
 import threading
+import weakref
 from typing import NamedTuple
 
 import numpy as np
@@ -96,6 +101,22 @@ def prepare(update):
         from . import _cuda  # imported only when GPU arrays are seen
         return _cuda.prepare(update)
 
+    call, sources = _host_call(update)
+    if call is None:
+        return no_op
+    args = _arguments(sources, (*update.arrays.values(), update.master))
+
+    def launch(scalars, key=None):
+        call(args, scalars, key)
+    return launch
+
+
+def _host_kernel(update):
+    """Check ``update``'s host arrays; the :class:`_HostKernel` that applies
+    it (None for zero-size arrays). It holds none of the caller's arrays."""
+    present = {name: a for name, a in update.arrays.items() if a is not None}
+    if update.master is not None:
+        present["master_param"] = update.master
     written = update.written | {"master_param"}
     blocks = {n: a for n, a in present.items() if isinstance(a, _storage.STATE8)}
     for name, b in blocks.items():
@@ -122,16 +143,17 @@ def prepare(update):
         tuple(n for n, b in blocks.items() if isinstance(b, _storage.Blockwise8)), companded)
     first = flat["param"]
     if first.size == 0:
-        return no_op
+        return None
     unused = np.empty(0, dtype)
-    args = []
-    for name in update.arrays:
+    sources = []
+    for i, name in enumerate(update.arrays):
         if name in blocks:
-            b = blocks[name]
-            args += (b._kernel_args() if isinstance(b, _storage.Companded8)
-                     else [b.codes, b.absmax, b.map, b.thresholds, b.buckets])
+            sources.append((i, _COMPANDED if isinstance(blocks[name], _storage.Companded8)
+                            else _BLOCKWISE))
+        elif name in flat:
+            sources.append((i, _form(present[name])))
         else:
-            args.append(_storage.bits(flat[name]) if name in flat else unused)
+            sources.append((unused, _CONSTANT))
     if layout is None:
         driver = cpu.DRIVERS[update.rule]
     else:
@@ -139,28 +161,103 @@ def prepare(update):
         driver = cpu.layout_driver(update.rule, _storage.full_layout(
             update.arrays, zip(dtypes, codes), has_master, stochastic))
         if has_master:
-            args.append(master)
-    if first.size < cpu.SERIAL_BELOW:
-        serial = driver.serial
-        if layout is not None and layout[2]:
-            def launch(scalars, key=None):
+            sources.append((len(update.arrays), _form(update.master)))
+    stochastic = layout is not None and layout[2]
+    return _HostKernel(driver, first.size >= cpu.SERIAL_BELOW, dtype, stochastic,
+                       tuple(sources))
+
+
+def _host_call(update):
+    """Check ``update``'s host arrays; ``(call, sources)``: ``call(args,
+    scalars, key)`` runs the driver on ``args`` (None for zero-size arrays)
+    and ``sources`` says how each of the driver's arguments is made from
+    ``(*update.arrays.values(), update.master)`` (see :func:`_arguments`).
+    Neither holds the caller's arrays."""
+    kernel = _host_kernel(update)
+    if kernel is None:
+        return None, ()
+    dtype = kernel.dtype
+    if not kernel.parallel:
+        serial = kernel.driver.serial
+        if kernel.stochastic:
+            def call(args, scalars, key):
                 serial(*args, np.array(scalars, dtype), *key)
         else:
-            def launch(scalars, key=None):
+            def call(args, scalars, key):
                 serial(*args, np.array(scalars, dtype))
     else:
-        parallel = driver.parallel
-        if layout is not None and layout[2]:
-            def launch(scalars, key=None):
+        parallel = kernel.driver.parallel
+        if kernel.stochastic:
+            def call(args, scalars, key):
                 scalars = np.array(scalars, dtype)
                 with _PARALLEL_LAUNCH:
                     parallel(*args, scalars, *key)
         else:
-            def launch(scalars, key=None):
+            def call(args, scalars, key):
                 scalars = np.array(scalars, dtype)
                 with _PARALLEL_LAUNCH:
                     parallel(*args, scalars)
-    return launch
+    return call, kernel.sources
+
+
+class _HostKernel(NamedTuple):
+    driver: object          # a cpu.Driver: .serial and .parallel
+    parallel: bool          # whether the update runs on the thread pool
+    dtype: np.dtype         # of the scalars
+    stochastic: bool        # whether the stream key follows the scalars
+    sources: tuple          # see _arguments
+
+
+def kernel_call(update):
+    """``(kernel, driver, args)``: the compiled loop :func:`prepare` would
+    call for the host ``update`` (``driver.serial`` or ``driver.parallel``)
+    and the very arguments it would pass (1-D views, the scalars as an array
+    of the compute dtype, the rounding stream), after the same checks;
+    ``kernel(*args)`` applies the update. None for zero-size arrays. For
+    measuring the dispatcher against the bare call."""
+    kernel = _host_kernel(update)
+    if kernel is None:
+        return None
+    args = [*_arguments(kernel.sources, (*update.arrays.values(), update.master)),
+            np.array(update.scalars, kernel.dtype), *(update.key or ())]
+    driver = kernel.driver
+    return (driver.parallel if kernel.parallel else driver.serial), driver, args
+
+
+# How a driver argument is made from the caller's object: as it is (a 1-D
+# array of a native dtype), flattened, as its 16-bit bits, flattened and as
+# bits, an 8-bit container's arrays, or a constant of the dispatcher's own.
+_AS_IS, _FLAT, _BITS, _FLAT_BITS, _COMPANDED, _BLOCKWISE, _CONSTANT = range(7)
+
+
+def _form(a):
+    if a.dtype.itemsize == 2:
+        return _BITS if a.ndim == 1 else _FLAT_BITS
+    return _AS_IS if a.ndim == 1 else _FLAT
+
+
+def _arguments(sources, objs):
+    """The driver's arguments: each of ``sources`` (an index into ``objs``
+    and its form, or a constant) made from ``objs``."""
+    args = []
+    for source, form in sources:
+        if form == _CONSTANT:
+            args.append(source)
+            continue
+        a = objs[source]
+        if form == _AS_IS:
+            args.append(a)
+        elif form == _FLAT:
+            args.append(a.reshape(-1))
+        elif form == _BITS:
+            args.append(a.view(np.uint16))
+        elif form == _FLAT_BITS:
+            args.append(a.reshape(-1).view(np.uint16))
+        elif form == _COMPANDED:
+            args += a._kernel_args()
+        else:
+            args += [a.codes, a.absmax, a.map, a.thresholds, a.buckets]
+    return args
 
 
 def _size(a):
@@ -176,3 +273,157 @@ def _prepare_host(arrays, written):
             raise ValueError(f"{name} has shape {a.shape} but {first} has {ref.shape}")
     # aliasing is checked by the caller, once, with any 8-bit state's parts
     return {name: a.reshape(-1) for name, a in arrays.items()}
+
+
+
+class LaunchCache:
+    """The host launches a functional step has made lately, for calls that
+    pass the same arrays again (the per-call path of a training loop).
+
+    ``find(objs, extra)`` returns ``(call, args)``, to run as ``call(args,
+    scalars, key)``, when the last call remembered for this ``param``
+    (``objs[0]``) was made with these very objects ``objs`` (the step's
+    arrays in a fixed order: param, grad, the state, master_param; None where
+    one is not given), each still of the shape, dtype and flags it had, and
+    with the same ``extra`` (whatever else decides the plan: the optional
+    state the options use, the rounding mode); otherwise None, and the caller
+    checks everything and calls ``keep``, which checks the update as
+    :func:`prepare` does and remembers it.
+
+    What that call checked cannot have changed since (see
+    :func:`_arguments_if_same`): type, dtype, shape, contiguity, alignment and
+    writeability are compared, and the same objects keep their memory, so
+    they overlap as they did. Only plain ``numpy.ndarray`` objects (and None)
+    are remembered: anything else (8-bit containers, GPU arrays, subclasses)
+    is checked in full every call. The cache holds no array: weak references
+    and the shapes, dtypes and flags. At most ``size`` params are
+    remembered (a full cache is emptied before the next one is added).
+    Threads may share a cache: an entry never changes once made, and each
+    read or write of the dict is atomic.
+    """
+
+    def __init__(self, size=256):
+        self.size = size
+        #: id(param) -> (extra, arguments_if_same, call), or (None, weak
+        #: reference to the param) for a param seen once: what ``find`` reads
+        #: (the functional steps read it inline, on their per-call path)
+        self.entries = {}
+
+    def find(self, objs, extra):
+        """``(call, args)`` for a remembered call on ``objs``, to run as
+        ``call(args, scalars, key)``, or None."""
+        entry = self.entries.get(id(objs[0]))
+        if entry is None or entry[0] != extra:
+            return None
+        args = entry[1](objs)
+        return None if args is None else (entry[2], args)
+
+    def keep(self, objs, extra, update):
+        """Check ``update`` (planned from ``objs``) as :func:`prepare` does
+        and return its launch. The launch is remembered from the second call
+        with the same ``param`` object (the first only notes the param): a
+        caller passing new views every call (slices of a buffer) pays for a
+        weak reference, not for an entry it will never use. Only calls whose
+        objects are all None or plain ndarrays are remembered (host arrays:
+        nothing of :func:`prepare`'s but the host checks applies to them)."""
+        param = objs[0]
+        noted = self.entries.get(id(param))
+        if noted is None or (noted[0] is None and noted[1]() is not param):
+            # not seen (or another param that had this id): note it
+            if type(param) is np.ndarray:
+                self._store(id(param), (None, weakref.ref(param)))
+            return prepare(update)
+        for a in objs:
+            if a is not None and type(a) is not np.ndarray:
+                return prepare(update)
+        call, sources = _host_call(update)
+        if call is None:
+            call, sources = _no_call, ()
+        self._store(id(param), (extra, _arguments_if_same(objs, sources), call))
+        args = _arguments(sources, objs)
+
+        def launch(scalars, key=None):
+            call(args, scalars, key)
+        return launch
+
+    def _store(self, key, entry):
+        # No lock: each dict operation is atomic, an entry never changes once
+        # made, and two threads filling a full cache at once clear it twice.
+        entries = self.entries
+        if len(entries) >= self.size and key not in entries:
+            # full: start again (dropping the oldest one by one leaves the
+            # dict's front a run of deleted slots that next(iter(...)) walks)
+            entries.clear()
+        entries[key] = entry
+
+
+def _arguments_if_same(objs, sources):
+    """``f(objs2)``: the driver's arguments made from ``objs2`` as ``sources``
+    say (see :func:`_arguments`) when ``objs2`` holds the very objects of
+    ``objs`` (None where it has None), each still of its shape, dtype (the
+    same dtype object) and flag bits (``flags.num``: C-contiguity, alignment
+    and writeability among them); None otherwise.
+
+    The arrays are held by weak reference: a live reference is to the object
+    it was made for, so no array made later can pass for one freed since,
+    whatever its id; and NumPy refuses to resize (move) an array with weak
+    references. A C-contiguous array of a given shape and dtype covers the
+    same bytes whatever the strides of its length-1 dimensions (the only
+    strides it can change while keeping its shape and contiguity), so it
+    overlaps what it overlapped. ``f`` is made by a function compiled once
+    per pattern of given and omitted arguments and driver arguments: one
+    expression, no loop.
+    """
+    direct = all(form in (_AS_IS, _CONSTANT) for _, form in sources)
+    constants = tuple(source for source, form in sources if form == _CONSTANT)
+    if direct:
+        layout = tuple(source if form == _AS_IS else None for source, form in sources)
+    else:
+        layout = None
+    pattern = (tuple(a is not None for a in objs), layout)
+    make = _SAMENESS.get(pattern)
+    if make is None:
+        make = _SAMENESS[pattern] = _sameness_factory(*pattern)
+    present = [a for a in objs if a is not None]
+    extra = constants if direct else (functools.partial(_arguments, sources),)
+    return make(*map(weakref.ref, present), *(a.shape for a in present),
+                *(a.dtype for a in present), *(a.flags.num for a in present), *extra)
+
+
+_SAMENESS = {}
+
+
+def _sameness_factory(given, layout):
+    at = [i for i, g in enumerate(given) if g]
+    test = [f"a{i} is None" for i, g in enumerate(given) if not g]
+    for check in ("r{i}() is a{i}", "a{i}.shape == s{i}", "a{i}.dtype is d{i}",
+                  "a{i}.flags.num == f{i}"):
+        test += [check.format(i=i) for i in at]
+    params = [f"{x}{i}" for x in "rsdf" for i in at]
+    if layout is None:
+        params.append("take")
+        args = "take(objs)"
+    else:
+        params += [f"c{k}" for k in range(sum(i is None for i in layout))]
+        names, k = [], 0
+        for i in layout:
+            if i is None:
+                names.append(f"c{k}")
+                k += 1
+            else:
+                names.append(f"a{i}")
+        args = "(" + "".join(f"{n}, " for n in names) + ")"
+    source = (f"def make({', '.join(params)}):\n"
+              f"    def arguments_if_same(objs):\n"
+              f"        {''.join(f'a{i}, ' for i in range(len(given)))}= objs\n"
+              f"        if {' and '.join(test)}:\n"
+              f"            return {args}\n"
+              f"        return None\n"
+              f"    return arguments_if_same\n")
+    namespace = {}
+    exec(compile(source, "<fastadapt._dispatch.arguments_if_same>", "exec"), namespace)
+    return namespace["make"]
+
+
+def _no_call(args, scalars, key):
+    """The call of an update over zero-size arrays."""

@@ -18,6 +18,13 @@ the hyper-parameters with torch's defaults and ``grad_scale``: a number or a
 string where a state array goes is a TypeError that says so), checks and
 docstring. ``step.plan`` returns the checked call as an
 :class:`~fastadapt._dispatch.Update` without applying it.
+
+A call on the same arrays as the last call with that ``param`` (a training
+loop's) checks its hyper-parameters, step, grad_scale, scalar state and
+rounding options as any call does, and of the arrays only what could have
+changed (identity, shape, dtype, flags): see
+:class:`~fastadapt._dispatch.LaunchCache`. Its cost is a few times a bare
+call of the compiled loop (``fastadapt bench --sections percall``).
 """
 
 __all__ = [

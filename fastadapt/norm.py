@@ -186,7 +186,10 @@ class SumOfSquares:
         out = np.empty(starts.size, np.float64)
         if starts.size == 0:
             self._run = lambda: out
-        elif starts.size < _reduce.SERIAL_BELOW_CHUNKS:
+        elif (starts.size < _reduce.SERIAL_BELOW_CHUNKS
+              or flat.size < _reduce.SERIAL_BELOW_CHUNKS * _reduce.CHUNK):
+            # little work, however many chunks (a model of many small
+            # tensors has a chunk per tensor): waking the pool costs more
             serial = kernels.serial
 
             def run():

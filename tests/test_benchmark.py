@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import fastadapt
-from fastadapt.benchmark import (CONFIGS, NUMPY_STEPS, build_all, driver_call,
+from fastadapt.benchmark import (CONFIGS, NUMPY_STEPS, bare_step, build_all, driver_call,
                                  gpt2_small_shapes, make_problem, parse_size, select)
 from fastadapt.benchmark._implementations import gpt2_adam_steps
 from fastadapt.benchmark._numpy_reference import CAREFUL, SCRATCH_ARRAYS, derived_step
@@ -223,13 +223,33 @@ def test_driver_call_is_what_the_dispatcher_runs(config, n):
     assert all(isinstance(d, type(driver)) for d in cpu.DRIVERS.values())
     # one step through the captured arguments equals one functional step
     (driver.serial if n < cpu.SERIAL_BELOW else driver.parallel)(*args)
+    p, _ = _first_functional_step(config, param, grad)
+    assert args[0].tobytes() == p.tobytes()
+
+
+def _first_functional_step(config, param, grad):
+    """``(param, state)`` after the functional step's first call on copies."""
     p, g = param.copy(), grad.copy()
     state = config.initial_state(p)
     kwargs = {**config.options, **state}
     if config.rule.takes_step:
         kwargs["step"] = 1
     step_for(config.rule)(p, g, **kwargs)
-    np.testing.assert_array_equal(args[0], p)
+    return p, state
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.key)
+@pytest.mark.parametrize("n", [1000, cpu.SERIAL_BELOW + 5])
+def test_the_bare_call_gives_the_functional_steps_bits(config, n):
+    """The per-call section's yardstick does the functional step's update:
+    param and every state array bit for bit after one call of each."""
+    param, grad = make_problem(n, np.float32)
+    bare = bare_step(config, param, grad)
+    bare()
+    p, state = _first_functional_step(config, param, grad)
+    assert bare.arrays[0].tobytes() == p.tobytes()
+    written = [a for a in bare.arrays[2:] if isinstance(a, np.ndarray) and a.size == n]
+    assert [a.tobytes() for a in written] == [state[k].tobytes() for k in state]
 
 
 def test_gpt2_small_shapes():
@@ -412,6 +432,17 @@ def test_bandwidth_is_the_roofline_at_the_largest_size_without_disturbed_rows():
     assert f"{gbps:.1f} GB/s, the in-place same-traffic roofline kernel at n = 2^23" in text
     # Adam's arrays at 1e3 fit in the 32 MiB cache, at 2^23 they do not
     assert "32 MiB last-level cache (here n = 1e3)" in text
+
+
+def test_the_ratio_to_the_bare_call_is_shown_busy_or_not():
+    """fastadapt / bare call, a ratio within rounds, survives a busy machine;
+    the absolute times do not."""
+    row = {"label": "Adam", "n": 1000, "us": {"fastadapt": 6.0, "driver": 1.2},
+           "overhead_us": 4.8, "x_bare": 5.0, "x_bare_iqr": [4.5, 5.5], "unavailable": {}}
+    quiet = _report.per_call_table([{**row, "others_cpu": 0}]).text()
+    busy = _report.per_call_table([{**row, "others_cpu": 0.5}]).text()
+    assert "5.0x (4.5-5.5)" in quiet and "5.0x (4.5-5.5)" in busy
+    assert "6.00" in quiet and "6.00" not in busy and "busy 50%" in busy
 
 
 def test_every_ratio_is_rival_time_over_fastadapt_time():

@@ -519,3 +519,32 @@ def test_gpu_kernel_lowers_for_a_real_gpu(monkeypatch, dtype):
     assert "fadd double" in ir and "fmul double" in ir
     if dtype == "float32":
         assert "fpext float" in ir          # each element widened once, then float64 math
+
+
+@host
+def test_a_small_model_of_many_tensors_is_summed_serially():
+    """Small whole-model work stays on the calling thread: a buffer of fewer
+    elements than SERIAL_BELOW_CHUNKS whole chunks takes the serial kernel
+    however many segments (one chunk each) cut it, and gives the bits of the
+    parallel kernel; a big one takes the parallel kernel."""
+    from fastadapt.norm import SumOfSquares
+    small = _random(20_865, np.float32, seed=3)
+    segments = [(o, min(97, small.size - o)) for o in range(0, small.size, 97)]   # 216 tensors
+    assert len(segments) >= kernels.SERIAL_BELOW_CHUNKS
+    plan = SumOfSquares(small, segments=segments)
+    k = kernels.sum_of_squares_kernels(np.float32)
+    assert _kernels_of(plan) == {k.serial}
+    starts, stops = kernels.chunks(small.size, segments)
+    both = np.empty(starts.size), np.empty(starts.size)
+    k.parallel(small, starts, stops, both[1])
+    np.testing.assert_array_equal(plan(), both[1])
+    big = _random(kernels.SERIAL_BELOW_CHUNKS * kernels.CHUNK, np.float32, seed=4)
+    plan = SumOfSquares(big, segments=[(o, kernels.CHUNK) for o in range(0, big.size,
+                                                                          kernels.CHUNK)])
+    assert _kernels_of(plan) == {k.parallel}
+
+
+def _kernels_of(plan):
+    """The compiled kernels a SumOfSquares pass calls (held by its closure)."""
+    return {c.cell_contents for c in plan._run.__closure__
+            if callable(c.cell_contents) and hasattr(c.cell_contents, "py_func")}

@@ -22,12 +22,13 @@ this module's output::
 optional: without them the torch columns say "torch not installed" and no
 plot is drawn.
 """
+from ._bare import bare_step, driver_call
 from ._cli import main, parse_size
 from ._configs import CONFIGS, Config, make_problem, select, size_label
 from ._implementations import (BUILDERS, IMPLEMENTATIONS, LABELS, Unavailable, build_all,
-                               driver_call, gpt2_small_shapes)
+                               gpt2_small_shapes)
 from ._numpy_reference import NUMPY_STEPS
 
 __all__ = ["main", "parse_size", "CONFIGS", "Config", "make_problem", "select", "size_label", "BUILDERS",
-           "IMPLEMENTATIONS", "LABELS", "Unavailable", "build_all", "driver_call",
+           "IMPLEMENTATIONS", "LABELS", "Unavailable", "build_all", "bare_step", "driver_call",
            "gpt2_small_shapes", "NUMPY_STEPS"]

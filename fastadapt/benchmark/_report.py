@@ -119,14 +119,19 @@ def throughput_table(rows):
 
 
 def per_call_table(rows):
-    headers = ["rule", "n", "fastadapt", "driver alone", "Python side", "torch fused",
-               "torch single", "x torch fused"]
+    headers = ["rule", "n", "fastadapt", "driver alone", "Python side", "x bare call",
+               "torch fused", "torch single", "x torch fused"]
     out = []
     for r in rows:
         us = r["us"]
         others = _disturbed(r)
+        bare = "n/a"
+        if "x_bare" in r:       # a ratio within rounds: shown on a busy machine too
+            lo, hi = r["x_bare_iqr"]
+            bare = f"{r['x_bare']:.1f}x ({lo:.1f}-{hi:.1f})"
         if others is not None:
-            out.append([r["label"], _n(r["n"]), _busy(others)] + [DASH] * 5)
+            out.append([r["label"], _n(r["n"]), _busy(others), DASH, DASH, bare]
+                       + [DASH] * 3)
             continue
 
         def cell(name):
@@ -137,7 +142,7 @@ def per_call_table(rows):
         overhead = (_us(r["overhead_us"], True) if r["overhead_us"] >= 0
                     else f"{DASH} (below noise)")
         out.append([r["label"], _n(r["n"]), cell("fastadapt"), cell("driver"),
-                    overhead, cell("torch_fused"), cell("torch_single"),
+                    overhead, bare, cell("torch_fused"), cell("torch_single"),
                     _x(r["x_torch_fused"]) if "x_torch_fused" in r else "n/a"])
     return Table(headers, out)
 
@@ -549,7 +554,9 @@ def markdown_report(data, plot_path=None, markdown_path=None, accuracy_plot_path
         lines += ["## Per-call cost on small arrays", "",
                   "`driver alone` calls the compiled loop directly with the dispatcher's "
                   "arguments; `Python side` = fastadapt - driver alone (argument checks, "
-                  "scalars, dispatch).", "", per_call_table(data["per_call"]).markdown(), ""]
+                  "scalars, dispatch); `x bare call` = fastadapt / driver alone, the median "
+                  "of the ratio within each round (the two ran back to back) and its "
+                  "quartiles, shown on a busy machine too.", "", per_call_table(data["per_call"]).markdown(), ""]
     if data.get("threshold"):
         t = data["threshold"]
         lines += ["## Serial / parallel threshold", "",

@@ -5,6 +5,7 @@ Each returns plain JSON-able data; :mod:`._report` turns it into tables.
 """
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -13,10 +14,10 @@ import time
 import numpy as np
 
 from ..kernels import cpu
+from ._bare import bare_step, driver_call
 from ._configs import BY_KEY, make_problem
 from ._implementations import (GPT2_LABELS, IMPLEMENTATIONS, LABELS, TORCH_MODES, Unavailable,
-                               build_all, driver_call, gpt2_adam_steps, gpt2_small_shapes,
-                               import_torch)
+                               build_all, gpt2_adam_steps, gpt2_small_shapes, import_torch)
 from ._machine import memory_available
 from ._timing import interleaved
 
@@ -148,7 +149,10 @@ def per_call(configs, sizes, dtype, budget_s, min_rounds, progress, retry):
     """Small arrays: the whole call vs the compiled driver alone vs torch.
 
     ``fastadapt - driver`` is what the Python side (checks, scalars, dispatch)
-    costs per call.
+    costs per call; ``x_bare`` is fastadapt's time over the bare driver call
+    (:mod:`._bare`), the median over the rounds of the ratio within each
+    round, with the quartiles of those ratios in ``x_bare_iqr``: both ran in
+    every round, one after the other, so the ratio holds on a busy machine.
     """
     rows = []
     for config in configs:
@@ -156,13 +160,14 @@ def per_call(configs, sizes, dtype, budget_s, min_rounds, progress, retry):
             param, grad = make_problem(n, dtype)
             steps, unavailable = build_all(config, param, grad,
                                            ("fastadapt",) + tuple(TORCH_MODES))
-            driver, args = driver_call(config, param, grad)
-            kernel = driver.serial if n < cpu.SERIAL_BELOW else driver.parallel
-            steps["driver"] = lambda kernel=kernel, args=args: kernel(*args)
+            steps["driver"] = bare_step(config, param, grad)
 
             def run():
                 timings = interleaved(steps, budget_s=budget_s, min_rounds=min_rounds)
-                return {"us": {name: t.median_s * 1e6 for name, t in timings.items()}}
+                out = {"us": {name: t.median_s * 1e6 for name, t in timings.items()}}
+                if "fastadapt" in timings:
+                    out.update(_ratio_spread(timings["fastadapt"], timings["driver"], "x_bare"))
+                return out
             row = {"config": config.key, "label": config.label, "n": n,
                    "dtype": np.dtype(dtype).name, **retry.measure(run, progress),
                    "unavailable": unavailable}
@@ -178,8 +183,22 @@ def per_call(configs, sizes, dtype, budget_s, min_rounds, progress, retry):
                 progress(f"per-call {config.label} n={_fmt_n(n)}: {_busy_text(row)}")
             else:
                 progress(f"per-call {config.label} n={_fmt_n(n)}: fastadapt "
-                         f"{us['fastadapt']:.1f} us, driver {us['driver']:.1f} us{fused}")
+                         f"{us['fastadapt']:.1f} us, driver {us['driver']:.1f} us "
+                         f"({row['x_bare']:.1f}x the bare call){fused}")
     return rows
+
+
+def _ratio_spread(slow, fast, key):
+    """``{key: median ratio, key_iqr: [q1, q3]}`` of ``slow``'s time over
+    ``fast``'s, round by round (two :class:`~._timing.Timing` of one
+    ``interleaved`` run: one sample of each per round)."""
+    ratios = sorted(a / b for a, b in zip(slow.samples, fast.samples))
+    if len(ratios) >= 4:
+        q = statistics.quantiles(ratios, n=4)
+        spread = [q[0], q[2]]
+    else:
+        spread = [ratios[0], ratios[-1]]
+    return {key: statistics.median(ratios), f"{key}_iqr": spread}
 
 
 # ----------------------------------------------------------------- threshold
