@@ -32,7 +32,10 @@ def _check_host_array(name, a, writes):
         raise TypeError(
             f"{name} must be a numpy.ndarray (or a CUDA array), got {type(a).__name__}")
     check_plain_ndarray(name, a)
-    _storage.check_dtype(name, a.dtype)
+    if name == "master_param":
+        _storage.check_master_dtype(a.dtype)
+    else:
+        _storage.check_dtype(name, a.dtype)
     if not a.flags.c_contiguous:
         raise ValueError(f"{name} is not C-contiguous; updates are in place, so "
                          "pass a contiguous array (e.g. from numpy.ascontiguousarray) "
@@ -51,7 +54,8 @@ class Update(NamedTuple):
     the update writes; ``scalars`` are the rule's host-computed scalars
     (floats, flags as bools), cast to the arrays' dtype at launch; ``state``
     is the rule's scalar state after the update (None for rules without);
-    ``master`` is the float32 master copy of a 16-bit ``param`` (or None);
+    ``master`` is the float32 master copy of a 16-bit ``param``, or the
+    int16 / int8 correction of a bfloat16 one's split master (or None);
     ``key`` is the (key0, key1) stream of stochastic rounding and the index
     ``offset`` of ``param[0]`` in it (or None).
     """
@@ -105,7 +109,6 @@ def prepare(update):
             _storage.check_blockwise(name, b, _size(present["param"]))
         del present[name]
     flat = _prepare_host(present, written)
-    master = flat.pop("master_param", None)
     parts = {}
     for name, b in blocks.items():
         if isinstance(b, _storage.Companded8):
@@ -113,6 +116,7 @@ def prepare(update):
         else:
             parts[f"{name}.codes"], parts[f"{name}.absmax"] = b.codes, b.absmax
     check_no_aliasing({**flat, **parts}, np.may_share_memory)
+    master = flat.pop("master_param", None)
     dtypes = {name: flat[name].dtype if name in flat else None
               for name in update.arrays if name in flat or name in blocks}
     companded = tuple((n, b.layout_code) for n, b in blocks.items()
@@ -139,7 +143,7 @@ def prepare(update):
         driver = cpu.layout_driver(update.rule, _storage.full_layout(
             update.arrays, zip(dtypes, codes), has_master, stochastic))
         if has_master:
-            args.append(master)
+            args.append(_storage.bits(master))
     if first.size < cpu.SERIAL_BELOW:
         serial = driver.serial
         if layout is not None and layout[2]:

@@ -244,10 +244,19 @@ class Adam(fastadapt.torch._optimizer.FlatOptimizer):
         Ascend the objective instead.
     grad_scale : float, optional
         A finite number > 0 the gradient is divided by inside the kernel (a loss scale to undo, times a clipping factor's inverse), folded into the gradient's sign: ``g = grad * ((-1 if maximize else 1) / grad_scale)``. None: 1.
-    master_param : float32 array, optional
+    master_param : float32, int16 or int8 array, optional
         For 16-bit ``param`` (bfloat16 or float16): a float32 copy of it, the
         shape of ``param``. The update runs on it and ``param`` receives it
-        rounded to nearest, in the same pass.
+        rounded to nearest, in the same pass. For bfloat16 ``param``, an int16
+        or int8 array of its shape (zeros to start: the master equals the
+        param) keeps a split master instead, in 2 or 1 bytes per element:
+        ``param`` and the correction together are the master the update runs
+        on, and both receive the new master's split (``param`` its nearest
+        rounding, ties away from zero). int16 (``master_weights="bf16+16"``):
+        the master's low 16 bits, so the master is the float32 one, exactly;
+        int8 (``"bf16+8"``): a 24-bit master, the float32 result rounded to
+        nearest on its last 8 bits, within ``2**-16 * |master|``. See
+        ``fastadapt._storage.SPLIT_MASTER``.
     stochastic_rounding : bool, default False
         For 16-bit ``param`` (bfloat16 or float16) without ``master_param``:
         store the new value rounded up or down at random, with the probability
@@ -311,10 +320,19 @@ class AdamW(fastadapt.torch._optimizer.FlatOptimizer):
         Ascend the objective instead.
     grad_scale : float, optional
         A finite number > 0 the gradient is divided by inside the kernel (a loss scale to undo, times a clipping factor's inverse), folded into the gradient's sign: ``g = grad * ((-1 if maximize else 1) / grad_scale)``. None: 1.
-    master_param : float32 array, optional
+    master_param : float32, int16 or int8 array, optional
         For 16-bit ``param`` (bfloat16 or float16): a float32 copy of it, the
         shape of ``param``. The update runs on it and ``param`` receives it
-        rounded to nearest, in the same pass.
+        rounded to nearest, in the same pass. For bfloat16 ``param``, an int16
+        or int8 array of its shape (zeros to start: the master equals the
+        param) keeps a split master instead, in 2 or 1 bytes per element:
+        ``param`` and the correction together are the master the update runs
+        on, and both receive the new master's split (``param`` its nearest
+        rounding, ties away from zero). int16 (``master_weights="bf16+16"``):
+        the master's low 16 bits, so the master is the float32 one, exactly;
+        int8 (``"bf16+8"``): a 24-bit master, the float32 result rounded to
+        nearest on its last 8 bits, within ``2**-16 * |master|``. See
+        ``fastadapt._storage.SPLIT_MASTER``.
     stochastic_rounding : bool, default False
         For 16-bit ``param`` (bfloat16 or float16) without ``master_param``:
         store the new value rounded up or down at random, with the probability
@@ -378,10 +396,19 @@ class SGD(fastadapt.torch._optimizer.FlatOptimizer):
         Ascend the objective instead.
     grad_scale : float, optional
         A finite number > 0 the gradient is divided by inside the kernel (a loss scale to undo, times a clipping factor's inverse), folded into the gradient's sign: ``g = grad * ((-1 if maximize else 1) / grad_scale)``. None: 1.
-    master_param : float32 array, optional
+    master_param : float32, int16 or int8 array, optional
         For 16-bit ``param`` (bfloat16 or float16): a float32 copy of it, the
         shape of ``param``. The update runs on it and ``param`` receives it
-        rounded to nearest, in the same pass.
+        rounded to nearest, in the same pass. For bfloat16 ``param``, an int16
+        or int8 array of its shape (zeros to start: the master equals the
+        param) keeps a split master instead, in 2 or 1 bytes per element:
+        ``param`` and the correction together are the master the update runs
+        on, and both receive the new master's split (``param`` its nearest
+        rounding, ties away from zero). int16 (``master_weights="bf16+16"``):
+        the master's low 16 bits, so the master is the float32 one, exactly;
+        int8 (``"bf16+8"``): a 24-bit master, the float32 result rounded to
+        nearest on its last 8 bits, within ``2**-16 * |master|``. See
+        ``fastadapt._storage.SPLIT_MASTER``.
     stochastic_rounding : bool, default False
         For 16-bit ``param`` (bfloat16 or float16) without ``master_param``:
         store the new value rounded up or down at random, with the probability
@@ -452,10 +479,19 @@ class RMSprop(fastadapt.torch._optimizer.FlatOptimizer):
         Ascend the objective instead.
     grad_scale : float, optional
         A finite number > 0 the gradient is divided by inside the kernel (a loss scale to undo, times a clipping factor's inverse), folded into the gradient's sign: ``g = grad * ((-1 if maximize else 1) / grad_scale)``. None: 1.
-    master_param : float32 array, optional
+    master_param : float32, int16 or int8 array, optional
         For 16-bit ``param`` (bfloat16 or float16): a float32 copy of it, the
         shape of ``param``. The update runs on it and ``param`` receives it
-        rounded to nearest, in the same pass.
+        rounded to nearest, in the same pass. For bfloat16 ``param``, an int16
+        or int8 array of its shape (zeros to start: the master equals the
+        param) keeps a split master instead, in 2 or 1 bytes per element:
+        ``param`` and the correction together are the master the update runs
+        on, and both receive the new master's split (``param`` its nearest
+        rounding, ties away from zero). int16 (``master_weights="bf16+16"``):
+        the master's low 16 bits, so the master is the float32 one, exactly;
+        int8 (``"bf16+8"``): a 24-bit master, the float32 result rounded to
+        nearest on its last 8 bits, within ``2**-16 * |master|``. See
+        ``fastadapt._storage.SPLIT_MASTER``.
     stochastic_rounding : bool, default False
         For 16-bit ``param`` (bfloat16 or float16) without ``master_param``:
         store the new value rounded up or down at random, with the probability
@@ -513,10 +549,19 @@ class Adagrad(fastadapt.torch._optimizer.FlatOptimizer):
         Ascend the objective instead.
     grad_scale : float, optional
         A finite number > 0 the gradient is divided by inside the kernel (a loss scale to undo, times a clipping factor's inverse), folded into the gradient's sign: ``g = grad * ((-1 if maximize else 1) / grad_scale)``. None: 1.
-    master_param : float32 array, optional
+    master_param : float32, int16 or int8 array, optional
         For 16-bit ``param`` (bfloat16 or float16): a float32 copy of it, the
         shape of ``param``. The update runs on it and ``param`` receives it
-        rounded to nearest, in the same pass.
+        rounded to nearest, in the same pass. For bfloat16 ``param``, an int16
+        or int8 array of its shape (zeros to start: the master equals the
+        param) keeps a split master instead, in 2 or 1 bytes per element:
+        ``param`` and the correction together are the master the update runs
+        on, and both receive the new master's split (``param`` its nearest
+        rounding, ties away from zero). int16 (``master_weights="bf16+16"``):
+        the master's low 16 bits, so the master is the float32 one, exactly;
+        int8 (``"bf16+8"``): a 24-bit master, the float32 result rounded to
+        nearest on its last 8 bits, within ``2**-16 * |master|``. See
+        ``fastadapt._storage.SPLIT_MASTER``.
     stochastic_rounding : bool, default False
         For 16-bit ``param`` (bfloat16 or float16) without ``master_param``:
         store the new value rounded up or down at random, with the probability
@@ -572,10 +617,19 @@ class Adadelta(fastadapt.torch._optimizer.FlatOptimizer):
         Ascend the objective instead.
     grad_scale : float, optional
         A finite number > 0 the gradient is divided by inside the kernel (a loss scale to undo, times a clipping factor's inverse), folded into the gradient's sign: ``g = grad * ((-1 if maximize else 1) / grad_scale)``. None: 1.
-    master_param : float32 array, optional
+    master_param : float32, int16 or int8 array, optional
         For 16-bit ``param`` (bfloat16 or float16): a float32 copy of it, the
         shape of ``param``. The update runs on it and ``param`` receives it
-        rounded to nearest, in the same pass.
+        rounded to nearest, in the same pass. For bfloat16 ``param``, an int16
+        or int8 array of its shape (zeros to start: the master equals the
+        param) keeps a split master instead, in 2 or 1 bytes per element:
+        ``param`` and the correction together are the master the update runs
+        on, and both receive the new master's split (``param`` its nearest
+        rounding, ties away from zero). int16 (``master_weights="bf16+16"``):
+        the master's low 16 bits, so the master is the float32 one, exactly;
+        int8 (``"bf16+8"``): a 24-bit master, the float32 result rounded to
+        nearest on its last 8 bits, within ``2**-16 * |master|``. See
+        ``fastadapt._storage.SPLIT_MASTER``.
     stochastic_rounding : bool, default False
         For 16-bit ``param`` (bfloat16 or float16) without ``master_param``:
         store the new value rounded up or down at random, with the probability
@@ -632,10 +686,19 @@ class Adamax(fastadapt.torch._optimizer.FlatOptimizer):
         Ascend the objective instead.
     grad_scale : float, optional
         A finite number > 0 the gradient is divided by inside the kernel (a loss scale to undo, times a clipping factor's inverse), folded into the gradient's sign: ``g = grad * ((-1 if maximize else 1) / grad_scale)``. None: 1.
-    master_param : float32 array, optional
+    master_param : float32, int16 or int8 array, optional
         For 16-bit ``param`` (bfloat16 or float16): a float32 copy of it, the
         shape of ``param``. The update runs on it and ``param`` receives it
-        rounded to nearest, in the same pass.
+        rounded to nearest, in the same pass. For bfloat16 ``param``, an int16
+        or int8 array of its shape (zeros to start: the master equals the
+        param) keeps a split master instead, in 2 or 1 bytes per element:
+        ``param`` and the correction together are the master the update runs
+        on, and both receive the new master's split (``param`` its nearest
+        rounding, ties away from zero). int16 (``master_weights="bf16+16"``):
+        the master's low 16 bits, so the master is the float32 one, exactly;
+        int8 (``"bf16+8"``): a 24-bit master, the float32 result rounded to
+        nearest on its last 8 bits, within ``2**-16 * |master|``. See
+        ``fastadapt._storage.SPLIT_MASTER``.
     stochastic_rounding : bool, default False
         For 16-bit ``param`` (bfloat16 or float16) without ``master_param``:
         store the new value rounded up or down at random, with the probability
@@ -701,10 +764,19 @@ class RAdam(fastadapt.torch._optimizer.FlatOptimizer):
         Ascend the objective instead.
     grad_scale : float, optional
         A finite number > 0 the gradient is divided by inside the kernel (a loss scale to undo, times a clipping factor's inverse), folded into the gradient's sign: ``g = grad * ((-1 if maximize else 1) / grad_scale)``. None: 1.
-    master_param : float32 array, optional
+    master_param : float32, int16 or int8 array, optional
         For 16-bit ``param`` (bfloat16 or float16): a float32 copy of it, the
         shape of ``param``. The update runs on it and ``param`` receives it
-        rounded to nearest, in the same pass.
+        rounded to nearest, in the same pass. For bfloat16 ``param``, an int16
+        or int8 array of its shape (zeros to start: the master equals the
+        param) keeps a split master instead, in 2 or 1 bytes per element:
+        ``param`` and the correction together are the master the update runs
+        on, and both receive the new master's split (``param`` its nearest
+        rounding, ties away from zero). int16 (``master_weights="bf16+16"``):
+        the master's low 16 bits, so the master is the float32 one, exactly;
+        int8 (``"bf16+8"``): a 24-bit master, the float32 result rounded to
+        nearest on its last 8 bits, within ``2**-16 * |master|``. See
+        ``fastadapt._storage.SPLIT_MASTER``.
     stochastic_rounding : bool, default False
         For 16-bit ``param`` (bfloat16 or float16) without ``master_param``:
         store the new value rounded up or down at random, with the probability
@@ -761,10 +833,19 @@ class Rprop(fastadapt.torch._optimizer.FlatOptimizer):
         Ascend the objective instead.
     grad_scale : float, optional
         A finite number > 0 the gradient is divided by inside the kernel (a loss scale to undo, times a clipping factor's inverse), folded into the gradient's sign: ``g = grad * ((-1 if maximize else 1) / grad_scale)``. None: 1.
-    master_param : float32 array, optional
+    master_param : float32, int16 or int8 array, optional
         For 16-bit ``param`` (bfloat16 or float16): a float32 copy of it, the
         shape of ``param``. The update runs on it and ``param`` receives it
-        rounded to nearest, in the same pass.
+        rounded to nearest, in the same pass. For bfloat16 ``param``, an int16
+        or int8 array of its shape (zeros to start: the master equals the
+        param) keeps a split master instead, in 2 or 1 bytes per element:
+        ``param`` and the correction together are the master the update runs
+        on, and both receive the new master's split (``param`` its nearest
+        rounding, ties away from zero). int16 (``master_weights="bf16+16"``):
+        the master's low 16 bits, so the master is the float32 one, exactly;
+        int8 (``"bf16+8"``): a 24-bit master, the float32 result rounded to
+        nearest on its last 8 bits, within ``2**-16 * |master|``. See
+        ``fastadapt._storage.SPLIT_MASTER``.
     stochastic_rounding : bool, default False
         For 16-bit ``param`` (bfloat16 or float16) without ``master_param``:
         store the new value rounded up or down at random, with the probability
@@ -833,10 +914,19 @@ class NAdam(fastadapt.torch._optimizer.FlatOptimizer):
         A finite number > 0 the gradient is divided by inside the kernel (a loss scale to undo, times a clipping factor's inverse), folded into the gradient's sign: ``g = grad * ((-1 if maximize else 1) / grad_scale)``. None: 1.
     mu_product : float, optional
         The product of the momentum schedule's mu so far. None (the first step): 1.0.
-    master_param : float32 array, optional
+    master_param : float32, int16 or int8 array, optional
         For 16-bit ``param`` (bfloat16 or float16): a float32 copy of it, the
         shape of ``param``. The update runs on it and ``param`` receives it
-        rounded to nearest, in the same pass.
+        rounded to nearest, in the same pass. For bfloat16 ``param``, an int16
+        or int8 array of its shape (zeros to start: the master equals the
+        param) keeps a split master instead, in 2 or 1 bytes per element:
+        ``param`` and the correction together are the master the update runs
+        on, and both receive the new master's split (``param`` its nearest
+        rounding, ties away from zero). int16 (``master_weights="bf16+16"``):
+        the master's low 16 bits, so the master is the float32 one, exactly;
+        int8 (``"bf16+8"``): a 24-bit master, the float32 result rounded to
+        nearest on its last 8 bits, within ``2**-16 * |master|``. See
+        ``fastadapt._storage.SPLIT_MASTER``.
     stochastic_rounding : bool, default False
         For 16-bit ``param`` (bfloat16 or float16) without ``master_param``:
         store the new value rounded up or down at random, with the probability
@@ -908,10 +998,19 @@ class ASGD(fastadapt.torch._optimizer.FlatOptimizer):
         The step size of this step (float32, as torch keeps it). None (the first step): ``lr``.
     mu : float, optional
         The averaging weight of this step (float32). None (the first step): 1.0.
-    master_param : float32 array, optional
+    master_param : float32, int16 or int8 array, optional
         For 16-bit ``param`` (bfloat16 or float16): a float32 copy of it, the
         shape of ``param``. The update runs on it and ``param`` receives it
-        rounded to nearest, in the same pass.
+        rounded to nearest, in the same pass. For bfloat16 ``param``, an int16
+        or int8 array of its shape (zeros to start: the master equals the
+        param) keeps a split master instead, in 2 or 1 bytes per element:
+        ``param`` and the correction together are the master the update runs
+        on, and both receive the new master's split (``param`` its nearest
+        rounding, ties away from zero). int16 (``master_weights="bf16+16"``):
+        the master's low 16 bits, so the master is the float32 one, exactly;
+        int8 (``"bf16+8"``): a 24-bit master, the float32 result rounded to
+        nearest on its last 8 bits, within ``2**-16 * |master|``. See
+        ``fastadapt._storage.SPLIT_MASTER``.
     stochastic_rounding : bool, default False
         For 16-bit ``param`` (bfloat16 or float16) without ``master_param``:
         store the new value rounded up or down at random, with the probability
@@ -968,10 +1067,19 @@ class Lion(fastadapt.torch._optimizer.FlatOptimizer):
         Ascend the objective instead.
     grad_scale : float, optional
         A finite number > 0 the gradient is divided by inside the kernel (a loss scale to undo, times a clipping factor's inverse), folded into the gradient's sign: ``g = grad * ((-1 if maximize else 1) / grad_scale)``. None: 1.
-    master_param : float32 array, optional
+    master_param : float32, int16 or int8 array, optional
         For 16-bit ``param`` (bfloat16 or float16): a float32 copy of it, the
         shape of ``param``. The update runs on it and ``param`` receives it
-        rounded to nearest, in the same pass.
+        rounded to nearest, in the same pass. For bfloat16 ``param``, an int16
+        or int8 array of its shape (zeros to start: the master equals the
+        param) keeps a split master instead, in 2 or 1 bytes per element:
+        ``param`` and the correction together are the master the update runs
+        on, and both receive the new master's split (``param`` its nearest
+        rounding, ties away from zero). int16 (``master_weights="bf16+16"``):
+        the master's low 16 bits, so the master is the float32 one, exactly;
+        int8 (``"bf16+8"``): a 24-bit master, the float32 result rounded to
+        nearest on its last 8 bits, within ``2**-16 * |master|``. See
+        ``fastadapt._storage.SPLIT_MASTER``.
     stochastic_rounding : bool, default False
         For 16-bit ``param`` (bfloat16 or float16) without ``master_param``:
         store the new value rounded up or down at random, with the probability
@@ -1027,10 +1135,19 @@ class SparseAdam(fastadapt.torch._optimizer.FlatOptimizer):
         Ascend the objective instead.
     grad_scale : float, optional
         A finite number > 0 the gradient is divided by inside the kernel (a loss scale to undo, times a clipping factor's inverse), folded into the gradient's sign: ``g = grad * ((-1 if maximize else 1) / grad_scale)``. None: 1.
-    master_param : float32 array, optional
+    master_param : float32, int16 or int8 array, optional
         For 16-bit ``param`` (bfloat16 or float16): a float32 copy of it, the
         shape of ``param``. The update runs on it and ``param`` receives it
-        rounded to nearest, in the same pass.
+        rounded to nearest, in the same pass. For bfloat16 ``param``, an int16
+        or int8 array of its shape (zeros to start: the master equals the
+        param) keeps a split master instead, in 2 or 1 bytes per element:
+        ``param`` and the correction together are the master the update runs
+        on, and both receive the new master's split (``param`` its nearest
+        rounding, ties away from zero). int16 (``master_weights="bf16+16"``):
+        the master's low 16 bits, so the master is the float32 one, exactly;
+        int8 (``"bf16+8"``): a 24-bit master, the float32 result rounded to
+        nearest on its last 8 bits, within ``2**-16 * |master|``. See
+        ``fastadapt._storage.SPLIT_MASTER``.
     stochastic_rounding : bool, default False
         For 16-bit ``param`` (bfloat16 or float16) without ``master_param``:
         store the new value rounded up or down at random, with the probability
