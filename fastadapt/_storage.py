@@ -55,6 +55,16 @@ SPLIT_MASTER = {"bf16+16": (np.dtype(np.int16), SPLIT16),
 _SPLIT_CODES = {dtype: code for dtype, code in SPLIT_MASTER.values()}
 
 
+def join_master(param, correction):
+    """The master of a split (bfloat16 ``param`` and its int16 / int8
+    ``correction``, NumPy arrays of one shape) as a new float32 array:
+    ``(param bits << 16) + correction`` (int16), ``+ (correction << 8)``
+    (int8), in 32-bit integers."""
+    low = correction.astype(np.int64) << (0 if correction.dtype.itemsize == 2 else 8)
+    u = ((param.view(np.uint16).astype(np.int64) << 16) + low) & 0xFFFFFFFF
+    return u.astype(np.uint32).view(F32)
+
+
 def check_master_dtype(dtype):
     """TypeError unless ``dtype`` is a ``master_param``'s: float32 (a master
     copy) or a split master's correction (int16 / int8)."""
@@ -139,6 +149,9 @@ def state_dtype_for(dtype, state_dtype, master_weights=False, stochastic_roundin
     """
     param = name(dtype)
     sixteen = dtype.itemsize == 2
+    if master_weights in SPLIT_MASTER and not is_bfloat16(dtype):
+        raise ValueError(f"master_weights={master_weights!r} (a split master) is for "
+                         f"bfloat16 params; these are {param}")
     if master_weights and not sixteen:
         raise ValueError(f"master_weights=True is for bfloat16 / float16 params; these "
                          f"are {param}")

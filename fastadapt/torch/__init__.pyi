@@ -206,7 +206,7 @@ from fastadapt.torch._zero import ZeroRedundancyOptimizer as ZeroRedundancyOptim
 class Adam(fastadapt.torch._optimizer.FlatOptimizer):
     """Adam over flat buffers: a drop-in for torch.optim.Adam (same signature, defaults and numbers), one fused ``fastadapt.adam_step`` call per (group, device, dtype).
 
-    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state. See :mod:`fastadapt.torch` for the gradient paths and their cost.
+    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state. See :mod:`fastadapt.torch` for the gradient paths and their cost.
 
     The update (from ``fastadapt.adam_step``):
     One Adam step, in place: Adam (Kingma & Ba, 2015), and AMSGrad (Reddi et al., 2018); torch.optim.Adam's semantics.
@@ -282,7 +282,7 @@ class Adam(fastadapt.torch._optimizer.FlatOptimizer):
 class AdamW(fastadapt.torch._optimizer.FlatOptimizer):
     """AdamW over flat buffers: a drop-in for torch.optim.AdamW (same signature, defaults and numbers), one fused ``fastadapt.adamw_step`` call per (group, device, dtype).
 
-    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state. See :mod:`fastadapt.torch` for the gradient paths and their cost.
+    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state. See :mod:`fastadapt.torch` for the gradient paths and their cost.
 
     The update (from ``fastadapt.adamw_step``):
     One AdamW step, in place: AdamW: Adam with decoupled weight decay (Loshchilov & Hutter, 2019); torch.optim.AdamW's semantics.
@@ -358,7 +358,7 @@ class AdamW(fastadapt.torch._optimizer.FlatOptimizer):
 class SGD(fastadapt.torch._optimizer.FlatOptimizer):
     """SGD over flat buffers: a drop-in for torch.optim.SGD (same signature, defaults and numbers), one fused ``fastadapt.sgd_step`` call per (group, device, dtype).
 
-    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state. See :mod:`fastadapt.torch` for the gradient paths and their cost.
+    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state. See :mod:`fastadapt.torch` for the gradient paths and their cost.
 
     The update (from ``fastadapt.sgd_step``):
     One SGD step, in place: Stochastic gradient descent with optional (Nesterov) momentum; torch.optim.SGD's semantics.
@@ -434,7 +434,7 @@ class SGD(fastadapt.torch._optimizer.FlatOptimizer):
 class RMSprop(fastadapt.torch._optimizer.FlatOptimizer):
     """RMSprop over flat buffers: a drop-in for torch.optim.RMSprop (same signature, defaults and numbers), one fused ``fastadapt.rmsprop_step`` call per (group, device, dtype).
 
-    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state. See :mod:`fastadapt.torch` for the gradient paths and their cost.
+    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state. See :mod:`fastadapt.torch` for the gradient paths and their cost.
 
     The update (from ``fastadapt.rmsprop_step``):
     One RMSprop step, in place: RMSprop (Hinton, 2012; centered: Graves, 2013); torch.optim.RMSprop's semantics.
@@ -517,7 +517,7 @@ class RMSprop(fastadapt.torch._optimizer.FlatOptimizer):
 class Adagrad(fastadapt.torch._optimizer.FlatOptimizer):
     """Adagrad over flat buffers: a drop-in for torch.optim.Adagrad (same signature, defaults and numbers), one fused ``fastadapt.adagrad_step`` call per (group, device, dtype).
 
-    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state. See :mod:`fastadapt.torch` for the gradient paths and their cost.
+    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state. See :mod:`fastadapt.torch` for the gradient paths and their cost.
 
     The update (from ``fastadapt.adagrad_step``):
     One Adagrad step, in place: AdaGrad (Duchi, Hazan & Singer, 2011); torch.optim.Adagrad's semantics.
@@ -587,7 +587,7 @@ class Adagrad(fastadapt.torch._optimizer.FlatOptimizer):
 class Adadelta(fastadapt.torch._optimizer.FlatOptimizer):
     """Adadelta over flat buffers: a drop-in for torch.optim.Adadelta (same signature, defaults and numbers), one fused ``fastadapt.adadelta_step`` call per (group, device, dtype).
 
-    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state. See :mod:`fastadapt.torch` for the gradient paths and their cost.
+    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state. See :mod:`fastadapt.torch` for the gradient paths and their cost.
 
     The update (from ``fastadapt.adadelta_step``):
     One Adadelta step, in place: Adadelta (Zeiler, 2012); torch.optim.Adadelta's semantics.
@@ -655,7 +655,7 @@ class Adadelta(fastadapt.torch._optimizer.FlatOptimizer):
 class Adamax(fastadapt.torch._optimizer.FlatOptimizer):
     """Adamax over flat buffers: a drop-in for torch.optim.Adamax (same signature, defaults and numbers), one fused ``fastadapt.adamax_step`` call per (group, device, dtype).
 
-    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state. See :mod:`fastadapt.torch` for the gradient paths and their cost.
+    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state. See :mod:`fastadapt.torch` for the gradient paths and their cost.
 
     The update (from ``fastadapt.adamax_step``):
     One Adamax step, in place: Adamax, Adam's infinity-norm variant (Kingma & Ba, 2015, section 7); torch.optim.Adamax's semantics.
@@ -724,7 +724,7 @@ class Adamax(fastadapt.torch._optimizer.FlatOptimizer):
 class RAdam(fastadapt.torch._optimizer.FlatOptimizer):
     """RAdam over flat buffers: a drop-in for torch.optim.RAdam (same signature, defaults and numbers), one fused ``fastadapt.radam_step`` call per (group, device, dtype).
 
-    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state. See :mod:`fastadapt.torch` for the gradient paths and their cost.
+    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state. See :mod:`fastadapt.torch` for the gradient paths and their cost.
 
     The update (from ``fastadapt.radam_step``):
     One RAdam step, in place: RAdam, rectified Adam (Liu et al., 2020); torch.optim.RAdam's semantics.
@@ -802,7 +802,7 @@ class RAdam(fastadapt.torch._optimizer.FlatOptimizer):
 class Rprop(fastadapt.torch._optimizer.FlatOptimizer):
     """Rprop over flat buffers: a drop-in for torch.optim.Rprop (same signature, defaults and numbers), one fused ``fastadapt.rprop_step`` call per (group, device, dtype).
 
-    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state. See :mod:`fastadapt.torch` for the gradient paths and their cost.
+    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state. See :mod:`fastadapt.torch` for the gradient paths and their cost.
 
     The update (from ``fastadapt.rprop_step``):
     One Rprop step, in place: Rprop, resilient backpropagation (Riedmiller & Braun, 1993); torch.optim.Rprop's semantics.
@@ -871,7 +871,7 @@ class Rprop(fastadapt.torch._optimizer.FlatOptimizer):
 class NAdam(fastadapt.torch._optimizer.FlatOptimizer):
     """NAdam over flat buffers: a drop-in for torch.optim.NAdam (same signature, defaults and numbers), one fused ``fastadapt.nadam_step`` call per (group, device, dtype).
 
-    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state. See :mod:`fastadapt.torch` for the gradient paths and their cost.
+    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state. See :mod:`fastadapt.torch` for the gradient paths and their cost.
 
     The update (from ``fastadapt.nadam_step``):
     One NAdam step, in place: NAdam, Adam with Nesterov momentum (Dozat, 2016); torch.optim.NAdam's semantics.
@@ -957,7 +957,7 @@ class NAdam(fastadapt.torch._optimizer.FlatOptimizer):
 class ASGD(fastadapt.torch._optimizer.FlatOptimizer):
     """ASGD over flat buffers: a drop-in for torch.optim.ASGD (same signature, defaults and numbers), one fused ``fastadapt.asgd_step`` call per (group, device, dtype).
 
-    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state. See :mod:`fastadapt.torch` for the gradient paths and their cost.
+    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state. See :mod:`fastadapt.torch` for the gradient paths and their cost.
 
     The update (from ``fastadapt.asgd_step``):
     One ASGD step, in place: ASGD, averaged stochastic gradient descent (Polyak & Juditsky, 1992); torch.optim.ASGD's semantics.
@@ -1041,7 +1041,7 @@ class ASGD(fastadapt.torch._optimizer.FlatOptimizer):
 class Lion(fastadapt.torch._optimizer.FlatOptimizer):
     """Lion over flat buffers: a drop-in for the rule (same signature, defaults and numbers), one fused ``fastadapt.lion_step`` call per (group, device, dtype).
 
-    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state. See :mod:`fastadapt.torch` for the gradient paths and their cost.
+    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state. See :mod:`fastadapt.torch` for the gradient paths and their cost.
 
     The update (from ``fastadapt.lion_step``):
     One Lion step, in place: Lion, evolved sign momentum (Chen et al., 2023, arXiv:2302.06675).
@@ -1105,7 +1105,7 @@ class Lion(fastadapt.torch._optimizer.FlatOptimizer):
 class SparseAdam(fastadapt.torch._optimizer.FlatOptimizer):
     """SparseAdam over flat buffers: a drop-in for torch.optim.SparseAdam (same signature, defaults and numbers), one fused ``fastadapt.sparse_adam_step`` call per (group, device, dtype).
 
-    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state. See :mod:`fastadapt.torch` for the gradient paths and their cost.
+    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state. See :mod:`fastadapt.torch` for the gradient paths and their cost.
 
     The update (from ``fastadapt.sparse_adam_step``):
     One SparseAdam step, in place: Adam masked to the rows a sparse gradient holds (torch.optim.SparseAdam); torch.optim.SparseAdam's semantics.
