@@ -65,6 +65,28 @@ def join_master(param, correction):
     return u.astype(np.uint32).view(F32)
 
 
+def correction_for(master, param, mode):
+    """The split ``mode``'s correction (a key of :data:`SPLIT_MASTER`) that
+    with bfloat16 ``param`` (kept as it is) comes nearest to the float32
+    ``master`` values, for converting a loaded master copy: "bf16+16" the
+    exact ``master - param`` in units of ``2**-16`` of the param's ulp where
+    the master rounds to the param (ties away from zero), "bf16+8" the
+    master's 24-bit rounding less the param in units of ``2**-8`` of it,
+    clamped to the int8 range (which misses by at most 255 units of the
+    master's last place, within ``2**-15 * |master|``, where the two
+    roundings differ); zero elsewhere (the master is then the param)."""
+    u = np.ascontiguousarray(master, F32).view(np.uint32).astype(np.int64)
+    high = np.ascontiguousarray(param).view(np.uint16).astype(np.int64) << 16
+    finite = (u & 0x7FFFFFFF) < 0x7F800000
+    if mode == "bf16+8":
+        d = ((u + 0x80) & 0xFFFFFF00) - high
+        ok = finite & (np.abs(d) <= 0x8000)
+        return np.where(ok, np.clip(d >> 8, -128, 127), 0).astype(np.int8)
+    d = u - high
+    ok = finite & (d >= -0x8000) & (d < 0x8000)
+    return np.where(ok, d, 0).astype(np.int16)
+
+
 def check_master_dtype(dtype):
     """TypeError unless ``dtype`` is a ``master_param``'s: float32 (a master
     copy) or a split master's correction (int16 / int8)."""
