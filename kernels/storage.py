@@ -692,8 +692,8 @@ def _split8_high(x):
 
 def _split8_low(x):
     """The 8-bit correction (bits) of master ``x``: bits 8 to 15 of its 24-bit
-    rounding ``r = (u + 0x80) & ~0xFF`` of its bits ``u`` (of ``u`` itself
-    for a NaN, which the rounding could turn into inf).
+    rounding ``r = (u + 0x80) & ~0xFF`` of its bits ``u`` (branch-free: for a
+    NaN too, whose quietened param keeps any reconstruction a NaN).
 
     Reconstruction bound: :func:`_split8_join` gives ``r`` back exactly (as
     :func:`_split16_join` does, one byte up: ``(r + 0x8000) >> 16 << 16`` is
@@ -709,9 +709,7 @@ def _split8_low(x):
     and ``|x| >= 0x7F7FFF80`` (above the 24-bit format's largest finite value,
     ``(2 - 2**-15) * 2**127``, by half its ulp) rounds to inf."""
     u = np.uint64(float32_to_bits(x))
-    if (u & _MAGNITUDE) <= _INF_BITS:
-        u = (u + _HALF8) & _ROUND8
-    return np.uint8((u >> _U8) & np.uint64(0xFF))
+    return np.uint8(((u + _HALF8) >> _U8) & np.uint64(0xFF))
 
 
 split16_join, split16_high, split16_low = (
