@@ -83,10 +83,7 @@ _PYTHON_CODECS = {"f32_to_f16_stochastic": storage._float32_to_half_stochastic,
                   "nearest_code": storage._nearest_code_bucketed,
                   "softsign_decode": storage._softsign_decode,
                   "softsign_encode": storage._softsign_encode,
-                  "root_decode": storage._root_decode, "root_encode": storage._root_encode,
-                  **{name: getattr(storage, "_" + name) for name in (
-                      "split16_join", "split16_high", "split16_low", "split8_join",
-                      "split8_high", "split8_low")}}
+                  "root_decode": storage._root_decode, "root_encode": storage._root_encode}
 
 
 def _numpy_for_cuda():

@@ -116,12 +116,9 @@ REPRESENTATIVE = (("adam", "bbbbb", "s"), ("adam", "bffff", "m"), ("adam", "hhhh
                   # 8-bit state, both formats (one thread per block or group)
                   ("adam", "ffcrr", ""), ("adam", "bbcrr", "s"), ("rmsprop", "ffrcc", ""),
                   ("adam", "ffqqq", ""), ("sgd", "hhq", "m"),
-                  # a split master, 16-bit correction ("m8", the 8-bit one, is
-                  # left out: NVVM peels three iterations of its loops and
-                  # interleaves their loads, which the outside-loop count of
-                  # ``traffic_problems`` reads as re-reads; the simulator
-                  # checks its results, tests/test_cuda_sim.py)
-                  ("adam", "bbfff", "m16"))
+                  # split master weights
+                  ("adam", "bbfff", "m16"), ("rmsprop", "bfbbb", "m8"),
+                  ("adam", "bbcrr", "m8"))
 
 
 def _master(mode):
@@ -368,7 +365,7 @@ def state8_arguments(target):
     the scale once per group), ``"rw2"`` (a block's absmax: read once,
     written on one of two paths, for a block with or without a non-finite
     value), ``"r"`` (the gradient),
-    ``"w"`` (a param under a master copy) or ``"table"`` (the blockwise
+    ``"w"`` (a param under a float32 master copy) or ``"table"`` (the blockwise
     code's map, thresholds and buckets: looked up, never written)."""
     sig = _kernels().SIGNATURES[target.kernel]
     layout = target.layout
@@ -380,10 +377,12 @@ def state8_arguments(target):
         elif c in COMPANDED:
             out += [(f"{a}.codes", 1, "rw"), (f"{a}.scale", 4, "rw")]
         else:
-            role = "r" if a == "grad" else "w" if a == "param" and layout.master else "rw"
+            # (a split master's param is its high half: read and written)
+            role = "r" if a == "grad" else "w" if a == "param" and layout.master is True \
+                else "rw"
             out.append((a, 2 if c in (BFLOAT16, FLOAT16) else 4, role))
     if layout.master:
-        out.append(("master", 4, "rw"))
+        out.append(("master", {SPLIT16: 2, SPLIT8: 1}.get(layout.master, 4), "rw"))
     return out
 
 
