@@ -9,7 +9,8 @@ The file holds no pickled objects:
   arrays);
 * ``params.<g>``: group ``g``'s parameters, concatenated into one 1-D array;
 * ``state.<g>.<name>``: group ``g``'s state array ``name``, laid out the same way.
-* ``master.<g>``: group ``g``'s float32 master weights (``master_weights=True``).
+* ``master.<g>``: group ``g``'s float32 master weights (``master_weights=True``),
+  or its split master's int16 / int8 correction (``"bf16+16"`` / ``"bf16+8"``).
 * with ``state_dtype="int8"``, ``state.<g>.<name>`` holds the uint8 codes over
   the flat buffer's whole length (padding included: blocks of 256 are laid
   over it) and ``absmax.<g>.<name>`` the float32 absmax of each block; with
@@ -150,7 +151,9 @@ def declared_layout(meta):
                 layout[f"state.{g}.{name}"] = ((numel,), _dtype(state_dtype))
         storage = meta.get("storage")
         if isinstance(storage, dict) and storage.get("master_weights"):
-            layout[f"master.{g}"] = ((numel,), np.dtype(np.float32))
+            master = storage["master_weights"]
+            layout[f"master.{g}"] = ((numel,), _storage.SPLIT_MASTER[master][0]
+                                     if master in _storage.SPLIT_MASTER else np.dtype(np.float32))
     return layout
 
 
@@ -177,7 +180,7 @@ def optimizer_layout(optimizer):
             expected = ((b.param.numel,), b.param.dtype)
             out[f"params.{g}"] = expected
             if b.master is not None:
-                out[f"master.{g}"] = ((b.param.numel,), np.dtype(np.float32))
+                out[f"master.{g}"] = ((b.param.numel,), b.master.dtype)
             if not isinstance(state_names, list):
                 raise Misfit(f"param group {g}: malformed state names")
             for name in state_names:

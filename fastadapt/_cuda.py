@@ -94,7 +94,10 @@ def _c_contiguous(shape, strides, itemsize):
 
 
 def _check(a, writes):
-    _storage.check_dtype(a.name, a.dtype)
+    if a.name == "master_param":
+        _storage.check_master_dtype(a.dtype)
+    else:
+        _storage.check_dtype(a.name, a.dtype)
     if not _c_contiguous(a.shape, a.strides, a.dtype.itemsize):
         raise ValueError(f"{a.name} is not C-contiguous; updates are in place, so pass "
                          "a contiguous array and keep using that one")
@@ -151,8 +154,10 @@ def _flat(a, cuda, simulator):
     """A 1-D Numba device array over ``a``'s memory, with no copy."""
     if simulator and not hasattr(a.obj, "__cuda_array_interface__"):
         return a.obj.reshape(-1)
-    # 16-bit floats as their bits (the kernels take uint16; Numba has no bfloat16)
-    typestr = "<u2" if a.dtype.itemsize == 2 else a.dtype.str
+    # 16-bit floats as their bits (the kernels take uint16; Numba has no
+    # bfloat16), a split master's int16 / int8 correction too (uint16 / uint8)
+    typestr = "<u2" if a.dtype.itemsize == 2 else "|u1" if a.dtype.itemsize == 1 \
+        else a.dtype.str
     interface = {"shape": (a.size,), "strides": None, "typestr": typestr,
                  "data": (a.ptr, False), "version": 2}
     return cuda.from_cuda_array_interface(interface, owner=a.obj, sync=False)
@@ -225,7 +230,7 @@ def prepare(update):
                 args.append(_bits(_flat(present[name], cuda, simulator)) if name in present
                             else unused)
         if master is not None:
-            args.append(_flat(master, cuda, simulator))
+            args.append(_bits(_flat(master, cuda, simulator)))
         blocks, threads = kernels.launch_config(kernels.units(first.size, full),
                                                 _sm_count(device, cuda))
 
@@ -276,7 +281,10 @@ def _check_contiguous_writeable(a):
 
 
 def _bits(a):
-    """16-bit floats as their ``uint16`` bits (the simulator's arrays are NumPy)."""
+    """16-bit floats (and int16 corrections) as their ``uint16`` bits, int8
+    corrections as ``uint8`` (the simulator's arrays are NumPy)."""
+    if a.dtype.itemsize == 1:
+        return a.view(np.uint8)
     if a.dtype.itemsize != 2:
         return a
     return a.view(np.uint16)

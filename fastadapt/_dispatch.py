@@ -37,7 +37,10 @@ def _check_host_array(name, a, writes):
         raise TypeError(
             f"{name} must be a numpy.ndarray (or a CUDA array), got {type(a).__name__}")
     check_plain_ndarray(name, a)
-    _storage.check_dtype(name, a.dtype)
+    if name == "master_param":
+        _storage.check_master_dtype(a.dtype)
+    else:
+        _storage.check_dtype(name, a.dtype)
     if not a.flags.c_contiguous:
         raise ValueError(f"{name} is not C-contiguous; updates are in place, so "
                          "pass a contiguous array (e.g. from numpy.ascontiguousarray) "
@@ -56,7 +59,8 @@ class Update(NamedTuple):
     the update writes; ``scalars`` are the rule's host-computed scalars
     (floats, flags as bools), cast to the arrays' dtype at launch; ``state``
     is the rule's scalar state after the update (None for rules without);
-    ``master`` is the float32 master copy of a 16-bit ``param`` (or None);
+    ``master`` is the float32 master copy of a 16-bit ``param``, or the
+    int16 / int8 correction of a bfloat16 one's split master (or None);
     ``key`` is the (key0, key1) stream of stochastic rounding and the index
     ``offset`` of ``param[0]`` in it (or None).
     """
@@ -126,7 +130,6 @@ def _host_kernel(update):
             _storage.check_blockwise(name, b, _size(present["param"]))
         del present[name]
     flat = _prepare_host(present, written)
-    master = flat.pop("master_param", None)
     parts = {}
     for name, b in blocks.items():
         if isinstance(b, _storage.Companded8):
@@ -134,6 +137,7 @@ def _host_kernel(update):
         else:
             parts[f"{name}.codes"], parts[f"{name}.absmax"] = b.codes, b.absmax
     check_no_aliasing({**flat, **parts}, np.may_share_memory)
+    master = flat.pop("master_param", None)
     dtypes = {name: flat[name].dtype if name in flat else None
               for name in update.arrays if name in flat or name in blocks}
     companded = tuple((n, b.layout_code) for n, b in blocks.items()
@@ -225,13 +229,14 @@ def kernel_call(update):
 
 
 # How a driver argument is made from the caller's object: as it is (a 1-D
-# array of a native dtype), flattened, as its 16-bit bits, flattened and as
-# bits, an 8-bit container's arrays, or a constant of the dispatcher's own.
+# array of a native dtype), flattened, as its bits (16-bit floats, a split
+# master's correction: see _storage.bits), flattened and as bits, an 8-bit
+# container's arrays, or a constant of the dispatcher's own.
 _AS_IS, _FLAT, _BITS, _FLAT_BITS, _COMPANDED, _BLOCKWISE, _CONSTANT = range(7)
 
 
 def _form(a):
-    if a.dtype.itemsize == 2:
+    if a.dtype.itemsize <= 2:      # 16-bit floats, a split master's int16 / int8 correction
         return _BITS if a.ndim == 1 else _FLAT_BITS
     return _AS_IS if a.ndim == 1 else _FLAT
 
@@ -250,9 +255,9 @@ def _arguments(sources, objs):
         elif form == _FLAT:
             args.append(a.reshape(-1))
         elif form == _BITS:
-            args.append(a.view(np.uint16))
+            args.append(_storage.bits(a))
         elif form == _FLAT_BITS:
-            args.append(a.reshape(-1).view(np.uint16))
+            args.append(_storage.bits(a.reshape(-1)))
         elif form == _COMPANDED:
             args += a._kernel_args()
         else:

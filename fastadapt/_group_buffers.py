@@ -6,7 +6,7 @@ import numpy as np
 from . import _args, _storage
 from ._arrays import is_device_array, is_torch_host_tensor, to_host
 from ._dispatch import prepare
-from ._options import EIGHT_BIT
+from ._options import EIGHT_BIT, master_dtype
 
 
 class EightBitBuffer:
@@ -39,10 +39,12 @@ class GroupBuffers:
         self.grad = param.zeros_like()      # FlatBuffer of the gradients
         self.state_dtype = param.dtype if state_dtype is None else state_dtype
         self.non_negative = non_negative    # state names of 8-bit state's unsigned map
-        self.master = None                  # float32 FlatBuffer of a 16-bit param's master
-        if master:
+        self.master = None                  # float32 FlatBuffer of a 16-bit param's master,
+        if master is True:                  # or the correction of a split one
             self.master = param.zeros_like(np.float32)
             self.master.data[:] = param.data
+        elif master:                        # zero: the master is the param
+            self.master = param.zeros_like(master_dtype(master))
         self.state = {}                     # state name -> FlatBuffer
         self.steps = 0                      # completed steps
         self.validated = None               # the options last checked (lr excluded)

@@ -21,8 +21,8 @@ STORAGE_OPTIONS = {"state_dtype": None, "master_weights": False,
 STATE_DTYPES = ("float32", "bfloat16", "float16", "float64", "int8", "int8c")
 
 #: One paragraph for the class docstrings of both faces.
-STORAGE_DOC = ("Storage narrower than the math (16-bit params, float32 master weights, "
-               "bfloat16 or 8-bit state)")
+STORAGE_DOC = ("Storage narrower than the math (16-bit params, float32 or split master "
+               "weights, bfloat16 or 8-bit state)")
 
 
 class EightBit(NamedTuple):
@@ -58,17 +58,44 @@ def storage_options(state_dtype, master_weights, stochastic_rounding, seed):
     """The storage options, checked: ``(state_dtype, master_weights,
     stochastic_rounding, seed)``, the seed drawn at random for stochastic
     rounding when none is given."""
-    master_weights = _args.flag("master_weights", master_weights)
+    master_weights = parse_master_weights(master_weights)
     stochastic_rounding = _args.flag("stochastic_rounding", stochastic_rounding)
     if master_weights and stochastic_rounding:
-        raise ValueError("master_weights=True and stochastic_rounding=True exclude each "
-                         "other: with master weights the params are its nearest rounding")
+        raise ValueError(f"master_weights={master_weights!r} and stochastic_rounding=True "
+                         "exclude each other: with master weights the params are its "
+                         "nearest rounding")
     state_dtype = parse_state_dtype(state_dtype)
     if seed is not None:
         seed = _args.seed(seed)
     elif stochastic_rounding:
         seed = int(np.random.SeedSequence().entropy) % 2 ** 64
     return state_dtype, master_weights, stochastic_rounding, seed
+
+
+def parse_master_weights(value):
+    """The ``master_weights`` option checked: False, True (a float32 master
+    copy) or the name of a split master (a key of
+    :data:`fastadapt._storage.SPLIT_MASTER`: ``"bf16+16"``, ``"bf16+8"``)."""
+    if isinstance(value, str):
+        if value not in _storage.SPLIT_MASTER:
+            raise TypeError(f"master_weights must be a bool or one of "
+                             f"{list(_storage.SPLIT_MASTER)}, got {value!r}")
+        return value
+    try:
+        return _args.flag("master_weights", value)
+    except TypeError:
+        raise TypeError(f"master_weights must be a bool or one of "
+                        f"{list(_storage.SPLIT_MASTER)}, got {value!r}") from None
+
+
+def master_dtype(master_weights):
+    """The dtype of the master array kept under ``master_weights`` (float32,
+    or a split master's correction), or None without one."""
+    if not master_weights:
+        return None
+    if master_weights is True:
+        return np.dtype(np.float32)
+    return _storage.SPLIT_MASTER[master_weights][0]
 
 
 def parse_state_dtype(value):

@@ -12,7 +12,9 @@ TypeError / ValueError naming the argument:
   (torch's fused all-float16 mode: float16's range, 6e-8 to 65504, is too
   narrow for a second moment of anything else);
 - ``master_param``: float32, the param's shape, only for 16-bit params: the
-  update runs on it and ``param`` receives it rounded to nearest;
+  update runs on it and ``param`` receives it rounded to nearest; or int16 /
+  int8, the param's shape, only for bfloat16 params: the correction of a
+  split master (see :data:`SPLIT_MASTER`);
 - ``stochastic_rounding``: 16-bit params without a master copy.
 
 The math runs in float64 for float64 params and in float32 otherwise.
@@ -20,10 +22,83 @@ The math runs in float64 for float64 params and in float32 otherwise.
 import numpy as np
 
 from ._arrays import to_host
-from .kernels.loops import BFLOAT16, BLOCKWISE8, FLOAT16, NATIVE, ROOT8, SOFTSIGN8, Layout
+from .kernels.loops import (BFLOAT16, BLOCKWISE8, FLOAT16, NATIVE, ROOT8, SOFTSIGN8, SPLIT8,
+                            SPLIT16, Layout)
 from .kernels.storage import BLOCK, GROUP
 
 F32, F64, F16 = np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16)
+
+#: The split master weights: the ``master_weights`` option's name -> the
+#: correction's dtype and the layout's ``master`` code. A bfloat16 param
+#: plus the correction makes the master the update runs on:
+#:
+#: - ``"bf16+16"``: an int16, the master's low 16 bits; the float32 master is
+#:   exact (every bit pattern but a NaN's payload), and the param its nearest
+#:   bfloat16, ties away from zero (``kernels/storage.py``: ``_split16_join``);
+#: - ``"bf16+8"``: an int8, bits 8 to 15 of the master rounded to 24 bits (8
+#:   exponent, 15 stored mantissa bits), within ``2**-16 * |master|`` of the
+#:   float32 result of each step (``2**-142`` for subnormals); the param its
+#:   nearest bfloat16 (``_split8_low``).
+#:
+#: Two bytes per element (one for ``"bf16+8"``) instead of float32's four.
+#: Why not ties to even, as ``master_weights=True`` rounds its param: a
+#: bfloat16 value with an even last bit is the nearest-even rounding of
+#: 2**16 + 1 float32 values (both halfway points round to it), one more
+#: than 16 bits tell apart; with ties away from zero each bfloat16 value is
+#: the rounding of exactly 2**16, those with low half in [-0x8000, 0x8000).
+#: So the master, and every state array, is bit-identical to
+#: ``master_weights=True``'s, and the param too except where the master lies
+#: exactly halfway between two bfloat16 values with an even one below it in
+#: magnitude (the low half 0x8000): there it is the other neighbour.
+SPLIT_MASTER = {"bf16+16": (np.dtype(np.int16), SPLIT16),
+                "bf16+8": (np.dtype(np.int8), SPLIT8)}
+_SPLIT_CODES = {dtype: code for dtype, code in SPLIT_MASTER.values()}
+
+
+def join_master(param, correction):
+    """The master of a split (bfloat16 ``param`` and its int16 / int8
+    ``correction``, NumPy arrays of one shape) as a new float32 array:
+    ``(param bits << 16) + correction`` (int16), ``+ (correction << 8)``
+    (int8), in 32-bit integers."""
+    low = correction.astype(np.int64) << (0 if correction.dtype.itemsize == 2 else 8)
+    u = ((param.view(np.uint16).astype(np.int64) << 16) + low) & 0xFFFFFFFF
+    return u.astype(np.uint32).view(F32)
+
+
+def correction_for(master, param, mode):
+    """The split ``mode``'s correction (a key of :data:`SPLIT_MASTER`) that
+    with bfloat16 ``param`` (kept as it is) comes nearest to the float32
+    ``master`` values, for converting a loaded master copy: "bf16+16" the
+    exact ``master - param`` in units of ``2**-16`` of the param's ulp where
+    the master rounds to the param (ties away from zero), "bf16+8" the
+    master's 24-bit rounding less the param in units of ``2**-8`` of it,
+    clamped to the int8 range (which misses by at most 255 units of the
+    master's last place, within ``2**-15 * |master|``, where the two
+    roundings differ); zero elsewhere (the master is then the param)."""
+    u = np.ascontiguousarray(master, F32).view(np.uint32).astype(np.int64)
+    high = np.ascontiguousarray(param).view(np.uint16).astype(np.int64) << 16
+    finite = (u & 0x7FFFFFFF) < 0x7F800000
+    if mode == "bf16+8":
+        d = ((u + 0x80) & 0xFFFFFF00) - high
+        ok = finite & (np.abs(d) <= 0x8000)
+        return np.where(ok, np.clip(d >> 8, -128, 127), 0).astype(np.int8)
+    d = u - high
+    ok = finite & (d >= -0x8000) & (d < 0x8000)
+    return np.where(ok, d, 0).astype(np.int16)
+
+
+def check_master_dtype(dtype):
+    """TypeError unless ``dtype`` is a ``master_param``'s: float32 (a master
+    copy) or a split master's correction (int16 / int8)."""
+    if dtype != F32 and not is_correction(dtype):
+        raise TypeError(f"master_param has dtype {name(dtype)}; it must be float32 (a "
+                        "master copy), or int16 / int8 (the correction of a split master, "
+                        "for bfloat16 params)")
+
+
+def is_correction(dtype):
+    """Whether ``dtype`` is a split master's correction (int16 or int8)."""
+    return dtype in _SPLIT_CODES
 
 
 def bfloat16(needed_for=None):
@@ -96,6 +171,9 @@ def state_dtype_for(dtype, state_dtype, master_weights=False, stochastic_roundin
     """
     param = name(dtype)
     sixteen = dtype.itemsize == 2
+    if master_weights in SPLIT_MASTER and not is_bfloat16(dtype):
+        raise ValueError(f"master_weights={master_weights!r} (a split master) is for "
+                         f"bfloat16 params; these are {param}")
     if master_weights and not sixteen:
         raise ValueError(f"master_weights=True is for bfloat16 / float16 params; these "
                          f"are {param}")
@@ -177,12 +255,18 @@ def _layout(dtypes, master=None, stochastic=False, blockwise=(), companded=()):
             why = (" (float16 state goes with float16 params only)" if s == F16 else "")
             raise TypeError(f"{arg} has dtype {name(s)}; state arrays of {name(p)} params "
                             f"are float32 or bfloat16{why}")
-    if master is not None:
+    master_code = None
+    if master in _SPLIT_CODES:
+        if not is_bfloat16(p):
+            raise ValueError(f"master_param of dtype {master} (a split master's "
+                             f"correction) is for bfloat16 params; param is {name(p)}")
+        master_code = _SPLIT_CODES[master]
+    elif master is not None:
+        check_master_dtype(master)
         if not sixteen:
             raise ValueError(f"master_param is for 16-bit params (bfloat16 or float16); "
                              f"param is {name(p)}")
-        if master != F32:
-            raise TypeError(f"master_param has dtype {name(master)}; it must be float32")
+        master_code = True
     if stochastic:
         if not sixteen:
             raise ValueError(f"stochastic_rounding=True is for 16-bit params (bfloat16 or "
@@ -194,7 +278,7 @@ def _layout(dtypes, master=None, stochastic=False, blockwise=(), companded=()):
                   else code(dtypes[arg]) for arg in names)
     if master is None and not stochastic and set(codes) == {NATIVE}:
         return None, compute
-    return (codes, master is not None, bool(stochastic)), compute
+    return (codes, master_code or False, bool(stochastic)), compute
 
 
 def full_layout(names, codes, master, stochastic):
@@ -205,8 +289,11 @@ def full_layout(names, codes, master, stochastic):
 
 
 def bits(a):
-    """The array a driver takes: 16-bit floats as their ``uint16`` bits."""
-    return a.view(np.uint16) if a.dtype.itemsize == 2 else a
+    """The array a driver takes: 16-bit floats (and int16 corrections) as
+    their ``uint16`` bits, int8 corrections as ``uint8``."""
+    if a.dtype.itemsize == 2:
+        return a.view(np.uint16)
+    return a.view(np.uint8) if a.dtype.itemsize == 1 else a
 
 
 

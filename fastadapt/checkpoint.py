@@ -121,14 +121,15 @@ def load_state_dict(optimizer, sd):
             built[i] = group["lr"]
         master = None
         if masters is not None:
-            master = [_trusted_master(m, p)
-                      for m, p in zip(segments(masters[i], b.master), params)]
+            master = [_trusted_master(m, p) if optimizer.master_weights is True
+                      else np.array(m) for m, p in zip(segments(masters[i], b.master), params)]
         b.restore(params, master, state, steps, scalar_state, optimizer.step_options(group))
 
 
 def _trusted_master(master, param):
-    """A copy of a loaded master array, trusted only where it rounds to the
-    loaded 16-bit ``param`` (a dict whose ``params`` were edited or converted
+    """A copy of a loaded float32 master array, trusted only where it rounds to the
+    loaded 16-bit ``param`` (a split master's correction always makes a master
+    that rounds to its param) (a dict whose ``params`` were edited or converted
     by another tool keeps a stale master): elsewhere the parameter's value."""
     master = np.array(master, np.float32)
     stale = master.astype(param.dtype) != param
@@ -178,8 +179,8 @@ def _check_state_dict(optimizer, sd):
     if optimizer.master_weights:
         masters = sd.get("master")
         if not isinstance(masters, (list, tuple)) or len(masters) != n:
-            raise ValueError(f"{where}: 'master' must hold one float32 array per parameter "
-                             f"group ({n})")
+            raise ValueError(f"{where}: 'master' must hold one array per parameter group "
+                             f"({n})")
         for i, (m, b) in enumerate(zip(masters, optimizer.group_buffers)):
             _checked_array(m, b.master, f"{where}, param group {i}: master")
     elif "master" in sd:

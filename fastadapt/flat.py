@@ -45,10 +45,12 @@ class FlatBuffer:
 
     def __init__(self, shapes, dtype=np.float32, *, like=None, align=None):
         dtype = np.dtype(dtype)
-        if dtype not in SUPPORTED_DTYPES and (_storage.code(dtype) is None
+        narrow = _storage.code(dtype) is not None or _storage.is_correction(dtype)
+        if dtype not in SUPPORTED_DTYPES and (not narrow
                                               or like is not None and is_device_array(like)):
             raise TypeError(f"unsupported dtype {_storage.name(dtype)}; FlatBuffer holds "
-                            "float32 or float64 (and, on the host, bfloat16 or float16)")
+                            "float32 or float64 (and, on the host, bfloat16 or float16, "
+                            "or a split master's int16 / int8 correction)")
         self.shapes = _shapes(shapes)
         self.dtype = dtype
         # segments start on 64-byte lines; ``align`` (elements) keeps another

@@ -246,10 +246,19 @@ def _check_unused_state(name, a, param):
 
 
 _STORAGE_DOC = """\
-master_param : float32 array, optional
+master_param : float32, int16 or int8 array, optional
     For 16-bit ``param`` (bfloat16 or float16): a float32 copy of it, the
     shape of ``param``. The update runs on it and ``param`` receives it
-    rounded to nearest, in the same pass.
+    rounded to nearest, in the same pass. For bfloat16 ``param``, an int16
+    or int8 array of its shape (zeros to start: the master equals the
+    param) keeps a split master instead, in 2 or 1 bytes per element:
+    ``param`` and the correction together are the master the update runs
+    on, and both receive the new master's split (``param`` its nearest
+    rounding, ties away from zero). int16 (``master_weights="bf16+16"``):
+    the master's low 16 bits, so the master is the float32 one, exactly;
+    int8 (``"bf16+8"``): a 24-bit master, the float32 result rounded to
+    nearest on its last 8 bits, within ``2**-16 * |master|``. See
+    ``fastadapt._storage.SPLIT_MASTER``.
 stochastic_rounding : bool, default False
     For 16-bit ``param`` (bfloat16 or float16) without ``master_param``:
     store the new value rounded up or down at random, with the probability

@@ -94,10 +94,19 @@ def adam_step(
         Ascend the objective instead.
     grad_scale : float, optional
         A finite number > 0 the gradient is divided by inside the kernel (a loss scale to undo, times a clipping factor's inverse), folded into the gradient's sign: ``g = grad * ((-1 if maximize else 1) / grad_scale)``. None: 1.
-    master_param : float32 array, optional
+    master_param : float32, int16 or int8 array, optional
         For 16-bit ``param`` (bfloat16 or float16): a float32 copy of it, the
         shape of ``param``. The update runs on it and ``param`` receives it
-        rounded to nearest, in the same pass.
+        rounded to nearest, in the same pass. For bfloat16 ``param``, an int16
+        or int8 array of its shape (zeros to start: the master equals the
+        param) keeps a split master instead, in 2 or 1 bytes per element:
+        ``param`` and the correction together are the master the update runs
+        on, and both receive the new master's split (``param`` its nearest
+        rounding, ties away from zero). int16 (``master_weights="bf16+16"``):
+        the master's low 16 bits, so the master is the float32 one, exactly;
+        int8 (``"bf16+8"``): a 24-bit master, the float32 result rounded to
+        nearest on its last 8 bits, within ``2**-16 * |master|``. See
+        ``fastadapt._storage.SPLIT_MASTER``.
     stochastic_rounding : bool, default False
         For 16-bit ``param`` (bfloat16 or float16) without ``master_param``:
         store the new value rounded up or down at random, with the probability
@@ -155,10 +164,19 @@ def adamw_step(
         Ascend the objective instead.
     grad_scale : float, optional
         A finite number > 0 the gradient is divided by inside the kernel (a loss scale to undo, times a clipping factor's inverse), folded into the gradient's sign: ``g = grad * ((-1 if maximize else 1) / grad_scale)``. None: 1.
-    master_param : float32 array, optional
+    master_param : float32, int16 or int8 array, optional
         For 16-bit ``param`` (bfloat16 or float16): a float32 copy of it, the
         shape of ``param``. The update runs on it and ``param`` receives it
-        rounded to nearest, in the same pass.
+        rounded to nearest, in the same pass. For bfloat16 ``param``, an int16
+        or int8 array of its shape (zeros to start: the master equals the
+        param) keeps a split master instead, in 2 or 1 bytes per element:
+        ``param`` and the correction together are the master the update runs
+        on, and both receive the new master's split (``param`` its nearest
+        rounding, ties away from zero). int16 (``master_weights="bf16+16"``):
+        the master's low 16 bits, so the master is the float32 one, exactly;
+        int8 (``"bf16+8"``): a 24-bit master, the float32 result rounded to
+        nearest on its last 8 bits, within ``2**-16 * |master|``. See
+        ``fastadapt._storage.SPLIT_MASTER``.
     stochastic_rounding : bool, default False
         For 16-bit ``param`` (bfloat16 or float16) without ``master_param``:
         store the new value rounded up or down at random, with the probability
@@ -215,10 +233,19 @@ def sgd_step(
         Ascend the objective instead.
     grad_scale : float, optional
         A finite number > 0 the gradient is divided by inside the kernel (a loss scale to undo, times a clipping factor's inverse), folded into the gradient's sign: ``g = grad * ((-1 if maximize else 1) / grad_scale)``. None: 1.
-    master_param : float32 array, optional
+    master_param : float32, int16 or int8 array, optional
         For 16-bit ``param`` (bfloat16 or float16): a float32 copy of it, the
         shape of ``param``. The update runs on it and ``param`` receives it
-        rounded to nearest, in the same pass.
+        rounded to nearest, in the same pass. For bfloat16 ``param``, an int16
+        or int8 array of its shape (zeros to start: the master equals the
+        param) keeps a split master instead, in 2 or 1 bytes per element:
+        ``param`` and the correction together are the master the update runs
+        on, and both receive the new master's split (``param`` its nearest
+        rounding, ties away from zero). int16 (``master_weights="bf16+16"``):
+        the master's low 16 bits, so the master is the float32 one, exactly;
+        int8 (``"bf16+8"``): a 24-bit master, the float32 result rounded to
+        nearest on its last 8 bits, within ``2**-16 * |master|``. See
+        ``fastadapt._storage.SPLIT_MASTER``.
     stochastic_rounding : bool, default False
         For 16-bit ``param`` (bfloat16 or float16) without ``master_param``:
         store the new value rounded up or down at random, with the probability
@@ -282,10 +309,19 @@ def rmsprop_step(
         Ascend the objective instead.
     grad_scale : float, optional
         A finite number > 0 the gradient is divided by inside the kernel (a loss scale to undo, times a clipping factor's inverse), folded into the gradient's sign: ``g = grad * ((-1 if maximize else 1) / grad_scale)``. None: 1.
-    master_param : float32 array, optional
+    master_param : float32, int16 or int8 array, optional
         For 16-bit ``param`` (bfloat16 or float16): a float32 copy of it, the
         shape of ``param``. The update runs on it and ``param`` receives it
-        rounded to nearest, in the same pass.
+        rounded to nearest, in the same pass. For bfloat16 ``param``, an int16
+        or int8 array of its shape (zeros to start: the master equals the
+        param) keeps a split master instead, in 2 or 1 bytes per element:
+        ``param`` and the correction together are the master the update runs
+        on, and both receive the new master's split (``param`` its nearest
+        rounding, ties away from zero). int16 (``master_weights="bf16+16"``):
+        the master's low 16 bits, so the master is the float32 one, exactly;
+        int8 (``"bf16+8"``): a 24-bit master, the float32 result rounded to
+        nearest on its last 8 bits, within ``2**-16 * |master|``. See
+        ``fastadapt._storage.SPLIT_MASTER``.
     stochastic_rounding : bool, default False
         For 16-bit ``param`` (bfloat16 or float16) without ``master_param``:
         store the new value rounded up or down at random, with the probability
@@ -336,10 +372,19 @@ def adagrad_step(
         Ascend the objective instead.
     grad_scale : float, optional
         A finite number > 0 the gradient is divided by inside the kernel (a loss scale to undo, times a clipping factor's inverse), folded into the gradient's sign: ``g = grad * ((-1 if maximize else 1) / grad_scale)``. None: 1.
-    master_param : float32 array, optional
+    master_param : float32, int16 or int8 array, optional
         For 16-bit ``param`` (bfloat16 or float16): a float32 copy of it, the
         shape of ``param``. The update runs on it and ``param`` receives it
-        rounded to nearest, in the same pass.
+        rounded to nearest, in the same pass. For bfloat16 ``param``, an int16
+        or int8 array of its shape (zeros to start: the master equals the
+        param) keeps a split master instead, in 2 or 1 bytes per element:
+        ``param`` and the correction together are the master the update runs
+        on, and both receive the new master's split (``param`` its nearest
+        rounding, ties away from zero). int16 (``master_weights="bf16+16"``):
+        the master's low 16 bits, so the master is the float32 one, exactly;
+        int8 (``"bf16+8"``): a 24-bit master, the float32 result rounded to
+        nearest on its last 8 bits, within ``2**-16 * |master|``. See
+        ``fastadapt._storage.SPLIT_MASTER``.
     stochastic_rounding : bool, default False
         For 16-bit ``param`` (bfloat16 or float16) without ``master_param``:
         store the new value rounded up or down at random, with the probability
@@ -388,10 +433,19 @@ def adadelta_step(
         Ascend the objective instead.
     grad_scale : float, optional
         A finite number > 0 the gradient is divided by inside the kernel (a loss scale to undo, times a clipping factor's inverse), folded into the gradient's sign: ``g = grad * ((-1 if maximize else 1) / grad_scale)``. None: 1.
-    master_param : float32 array, optional
+    master_param : float32, int16 or int8 array, optional
         For 16-bit ``param`` (bfloat16 or float16): a float32 copy of it, the
         shape of ``param``. The update runs on it and ``param`` receives it
-        rounded to nearest, in the same pass.
+        rounded to nearest, in the same pass. For bfloat16 ``param``, an int16
+        or int8 array of its shape (zeros to start: the master equals the
+        param) keeps a split master instead, in 2 or 1 bytes per element:
+        ``param`` and the correction together are the master the update runs
+        on, and both receive the new master's split (``param`` its nearest
+        rounding, ties away from zero). int16 (``master_weights="bf16+16"``):
+        the master's low 16 bits, so the master is the float32 one, exactly;
+        int8 (``"bf16+8"``): a 24-bit master, the float32 result rounded to
+        nearest on its last 8 bits, within ``2**-16 * |master|``. See
+        ``fastadapt._storage.SPLIT_MASTER``.
     stochastic_rounding : bool, default False
         For 16-bit ``param`` (bfloat16 or float16) without ``master_param``:
         store the new value rounded up or down at random, with the probability
@@ -441,10 +495,19 @@ def adamax_step(
         Ascend the objective instead.
     grad_scale : float, optional
         A finite number > 0 the gradient is divided by inside the kernel (a loss scale to undo, times a clipping factor's inverse), folded into the gradient's sign: ``g = grad * ((-1 if maximize else 1) / grad_scale)``. None: 1.
-    master_param : float32 array, optional
+    master_param : float32, int16 or int8 array, optional
         For 16-bit ``param`` (bfloat16 or float16): a float32 copy of it, the
         shape of ``param``. The update runs on it and ``param`` receives it
-        rounded to nearest, in the same pass.
+        rounded to nearest, in the same pass. For bfloat16 ``param``, an int16
+        or int8 array of its shape (zeros to start: the master equals the
+        param) keeps a split master instead, in 2 or 1 bytes per element:
+        ``param`` and the correction together are the master the update runs
+        on, and both receive the new master's split (``param`` its nearest
+        rounding, ties away from zero). int16 (``master_weights="bf16+16"``):
+        the master's low 16 bits, so the master is the float32 one, exactly;
+        int8 (``"bf16+8"``): a 24-bit master, the float32 result rounded to
+        nearest on its last 8 bits, within ``2**-16 * |master|``. See
+        ``fastadapt._storage.SPLIT_MASTER``.
     stochastic_rounding : bool, default False
         For 16-bit ``param`` (bfloat16 or float16) without ``master_param``:
         store the new value rounded up or down at random, with the probability
@@ -503,10 +566,19 @@ def radam_step(
         Ascend the objective instead.
     grad_scale : float, optional
         A finite number > 0 the gradient is divided by inside the kernel (a loss scale to undo, times a clipping factor's inverse), folded into the gradient's sign: ``g = grad * ((-1 if maximize else 1) / grad_scale)``. None: 1.
-    master_param : float32 array, optional
+    master_param : float32, int16 or int8 array, optional
         For 16-bit ``param`` (bfloat16 or float16): a float32 copy of it, the
         shape of ``param``. The update runs on it and ``param`` receives it
-        rounded to nearest, in the same pass.
+        rounded to nearest, in the same pass. For bfloat16 ``param``, an int16
+        or int8 array of its shape (zeros to start: the master equals the
+        param) keeps a split master instead, in 2 or 1 bytes per element:
+        ``param`` and the correction together are the master the update runs
+        on, and both receive the new master's split (``param`` its nearest
+        rounding, ties away from zero). int16 (``master_weights="bf16+16"``):
+        the master's low 16 bits, so the master is the float32 one, exactly;
+        int8 (``"bf16+8"``): a 24-bit master, the float32 result rounded to
+        nearest on its last 8 bits, within ``2**-16 * |master|``. See
+        ``fastadapt._storage.SPLIT_MASTER``.
     stochastic_rounding : bool, default False
         For 16-bit ``param`` (bfloat16 or float16) without ``master_param``:
         store the new value rounded up or down at random, with the probability
@@ -556,10 +628,19 @@ def rprop_step(
         Ascend the objective instead.
     grad_scale : float, optional
         A finite number > 0 the gradient is divided by inside the kernel (a loss scale to undo, times a clipping factor's inverse), folded into the gradient's sign: ``g = grad * ((-1 if maximize else 1) / grad_scale)``. None: 1.
-    master_param : float32 array, optional
+    master_param : float32, int16 or int8 array, optional
         For 16-bit ``param`` (bfloat16 or float16): a float32 copy of it, the
         shape of ``param``. The update runs on it and ``param`` receives it
-        rounded to nearest, in the same pass.
+        rounded to nearest, in the same pass. For bfloat16 ``param``, an int16
+        or int8 array of its shape (zeros to start: the master equals the
+        param) keeps a split master instead, in 2 or 1 bytes per element:
+        ``param`` and the correction together are the master the update runs
+        on, and both receive the new master's split (``param`` its nearest
+        rounding, ties away from zero). int16 (``master_weights="bf16+16"``):
+        the master's low 16 bits, so the master is the float32 one, exactly;
+        int8 (``"bf16+8"``): a 24-bit master, the float32 result rounded to
+        nearest on its last 8 bits, within ``2**-16 * |master|``. See
+        ``fastadapt._storage.SPLIT_MASTER``.
     stochastic_rounding : bool, default False
         For 16-bit ``param`` (bfloat16 or float16) without ``master_param``:
         store the new value rounded up or down at random, with the probability
@@ -622,10 +703,19 @@ def nadam_step(
         A finite number > 0 the gradient is divided by inside the kernel (a loss scale to undo, times a clipping factor's inverse), folded into the gradient's sign: ``g = grad * ((-1 if maximize else 1) / grad_scale)``. None: 1.
     mu_product : float, optional
         The product of the momentum schedule's mu so far. None (the first step): 1.0.
-    master_param : float32 array, optional
+    master_param : float32, int16 or int8 array, optional
         For 16-bit ``param`` (bfloat16 or float16): a float32 copy of it, the
         shape of ``param``. The update runs on it and ``param`` receives it
-        rounded to nearest, in the same pass.
+        rounded to nearest, in the same pass. For bfloat16 ``param``, an int16
+        or int8 array of its shape (zeros to start: the master equals the
+        param) keeps a split master instead, in 2 or 1 bytes per element:
+        ``param`` and the correction together are the master the update runs
+        on, and both receive the new master's split (``param`` its nearest
+        rounding, ties away from zero). int16 (``master_weights="bf16+16"``):
+        the master's low 16 bits, so the master is the float32 one, exactly;
+        int8 (``"bf16+8"``): a 24-bit master, the float32 result rounded to
+        nearest on its last 8 bits, within ``2**-16 * |master|``. See
+        ``fastadapt._storage.SPLIT_MASTER``.
     stochastic_rounding : bool, default False
         For 16-bit ``param`` (bfloat16 or float16) without ``master_param``:
         store the new value rounded up or down at random, with the probability
@@ -690,10 +780,19 @@ def asgd_step(
         The step size of this step (float32, as torch keeps it). None (the first step): ``lr``.
     mu : float, optional
         The averaging weight of this step (float32). None (the first step): 1.0.
-    master_param : float32 array, optional
+    master_param : float32, int16 or int8 array, optional
         For 16-bit ``param`` (bfloat16 or float16): a float32 copy of it, the
         shape of ``param``. The update runs on it and ``param`` receives it
-        rounded to nearest, in the same pass.
+        rounded to nearest, in the same pass. For bfloat16 ``param``, an int16
+        or int8 array of its shape (zeros to start: the master equals the
+        param) keeps a split master instead, in 2 or 1 bytes per element:
+        ``param`` and the correction together are the master the update runs
+        on, and both receive the new master's split (``param`` its nearest
+        rounding, ties away from zero). int16 (``master_weights="bf16+16"``):
+        the master's low 16 bits, so the master is the float32 one, exactly;
+        int8 (``"bf16+8"``): a 24-bit master, the float32 result rounded to
+        nearest on its last 8 bits, within ``2**-16 * |master|``. See
+        ``fastadapt._storage.SPLIT_MASTER``.
     stochastic_rounding : bool, default False
         For 16-bit ``param`` (bfloat16 or float16) without ``master_param``:
         store the new value rounded up or down at random, with the probability
@@ -743,10 +842,19 @@ def lion_step(
         Ascend the objective instead.
     grad_scale : float, optional
         A finite number > 0 the gradient is divided by inside the kernel (a loss scale to undo, times a clipping factor's inverse), folded into the gradient's sign: ``g = grad * ((-1 if maximize else 1) / grad_scale)``. None: 1.
-    master_param : float32 array, optional
+    master_param : float32, int16 or int8 array, optional
         For 16-bit ``param`` (bfloat16 or float16): a float32 copy of it, the
         shape of ``param``. The update runs on it and ``param`` receives it
-        rounded to nearest, in the same pass.
+        rounded to nearest, in the same pass. For bfloat16 ``param``, an int16
+        or int8 array of its shape (zeros to start: the master equals the
+        param) keeps a split master instead, in 2 or 1 bytes per element:
+        ``param`` and the correction together are the master the update runs
+        on, and both receive the new master's split (``param`` its nearest
+        rounding, ties away from zero). int16 (``master_weights="bf16+16"``):
+        the master's low 16 bits, so the master is the float32 one, exactly;
+        int8 (``"bf16+8"``): a 24-bit master, the float32 result rounded to
+        nearest on its last 8 bits, within ``2**-16 * |master|``. See
+        ``fastadapt._storage.SPLIT_MASTER``.
     stochastic_rounding : bool, default False
         For 16-bit ``param`` (bfloat16 or float16) without ``master_param``:
         store the new value rounded up or down at random, with the probability
@@ -795,10 +903,19 @@ def sparse_adam_step(
         Ascend the objective instead.
     grad_scale : float, optional
         A finite number > 0 the gradient is divided by inside the kernel (a loss scale to undo, times a clipping factor's inverse), folded into the gradient's sign: ``g = grad * ((-1 if maximize else 1) / grad_scale)``. None: 1.
-    master_param : float32 array, optional
+    master_param : float32, int16 or int8 array, optional
         For 16-bit ``param`` (bfloat16 or float16): a float32 copy of it, the
         shape of ``param``. The update runs on it and ``param`` receives it
-        rounded to nearest, in the same pass.
+        rounded to nearest, in the same pass. For bfloat16 ``param``, an int16
+        or int8 array of its shape (zeros to start: the master equals the
+        param) keeps a split master instead, in 2 or 1 bytes per element:
+        ``param`` and the correction together are the master the update runs
+        on, and both receive the new master's split (``param`` its nearest
+        rounding, ties away from zero). int16 (``master_weights="bf16+16"``):
+        the master's low 16 bits, so the master is the float32 one, exactly;
+        int8 (``"bf16+8"``): a 24-bit master, the float32 result rounded to
+        nearest on its last 8 bits, within ``2**-16 * |master|``. See
+        ``fastadapt._storage.SPLIT_MASTER``.
     stochastic_rounding : bool, default False
         For 16-bit ``param`` (bfloat16 or float16) without ``master_param``:
         store the new value rounded up or down at random, with the probability

@@ -33,11 +33,12 @@ import threading
 import numpy as np
 
 from . import _args, _storage, checkpoint as _ckpt
+from ._arrays import to_host
 from ._class_builder import numpy_class, takes_max_grad_norm
 from ._group_buffers import (GroupBuffers, check_copyable, normalise_groups, resolve_dtype,
                              split_flat)
-from ._options import (STORAGE_OPTIONS, dry_run, dtype_name, in_group, naming_group,
-                       rounding_seed, storage_options)
+from ._options import (STORAGE_OPTIONS, dry_run, dtype_name, in_group, master_dtype,
+                       naming_group, rounding_seed, storage_options)
 from .flat import FlatBuffer
 from .functional import step_for
 from .norm import SumOfSquares, check_grad_scale, clipped_scale, norm_of
@@ -74,10 +75,16 @@ class Optimizer:
         :attr:`state` holds dequantized copies. "int8c": companded 8-bit
         state (:class:`~fastadapt.Companded8`: softsign for first moments,
         square root for the others, a scale per 32 elements), likewise.
-    master_weights : bool
+    master_weights : bool, "bf16+16" or "bf16+8"
         For bfloat16 / float16 params: keep a float32 master copy of each
         group (:attr:`master_params`); the update runs on it and the 16-bit
-        params receive it rounded to nearest, in the same pass.
+        params receive it rounded to nearest, in the same pass. For
+        bfloat16 params, "bf16+16" keeps the master split instead: the
+        param plus an int16 correction per element (2 bytes, not 4), which
+        is the float32 master exactly (the same master and state as True,
+        bit for bit; the param rounds ties away from zero); "bf16+8" an int8
+        correction (1 byte), a 24-bit master within ``2**-16`` of each
+        step's float32 result. See ``fastadapt._storage.SPLIT_MASTER``.
     stochastic_rounding : bool
         For bfloat16 / float16 params without master weights: store each
         updated param rounded up or down at random, unbiased (see
@@ -220,7 +227,8 @@ class Optimizer:
                 options["lr"] = resolve_lr(lr, 0)
             for key in set(self.state_init.values()) - set(self.rule.defaults):
                 _initial_value(key, group[key])   # the step's own are checked below
-            storage = (self._storage_arguments(np.empty(0, np.float32), 0)
+            storage = (self._storage_arguments(
+                np.empty(0, master_dtype(self.master_weights) or np.float32), 0)
                        if dtype.itemsize == 2 else None)
             dry_run(self.rule, options, dtype, state_dtype, non_negative=self.rule.non_negative_state,
                     storage=storage)
@@ -265,10 +273,21 @@ class Optimizer:
     @property
     def master_params(self):
         """With ``master_weights=True``, the float32 master copies of :attr:`params`
-        (the arrays the update runs on; write here to change a param); else None."""
+        (the arrays the update runs on; write here to change a param); with a
+        split master ("bf16+16" / "bf16+8"), new read-only float32 arrays of
+        the masters (param plus correction: write a param itself to change it,
+        which keeps its correction); else None."""
         if not self.master_weights:
             return None
-        return [v for b in self._groups for v in b.master.views]
+        if self.master_weights is True:
+            return [v for b in self._groups for v in b.master.views]
+        out = []
+        for b in self._groups:
+            for p, c in zip(b.param.views, b.master.views):
+                m = _storage.join_master(to_host(p), to_host(c))
+                m.flags.writeable = False
+                out.append(m)
+        return out
 
     @property
     def grads(self):

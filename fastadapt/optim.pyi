@@ -74,10 +74,16 @@ class Optimizer:
         :attr:`state` holds dequantized copies. "int8c": companded 8-bit
         state (:class:`~fastadapt.Companded8`: softsign for first moments,
         square root for the others, a scale per 32 elements), likewise.
-    master_weights : bool
+    master_weights : bool, "bf16+16" or "bf16+8"
         For bfloat16 / float16 params: keep a float32 master copy of each
         group (:attr:`master_params`); the update runs on it and the 16-bit
-        params receive it rounded to nearest, in the same pass.
+        params receive it rounded to nearest, in the same pass. For
+        bfloat16 params, "bf16+16" keeps the master split instead: the
+        param plus an int16 correction per element (2 bytes, not 4), which
+        is the float32 master exactly (the same master and state as True,
+        bit for bit; the param rounds ties away from zero); "bf16+8" an int8
+        correction (1 byte), a 24-bit master within ``2**-16`` of each
+        step's float32 result. See ``fastadapt._storage.SPLIT_MASTER``.
     stochastic_rounding : bool
         For bfloat16 / float16 params without master weights: store each
         updated param rounded up or down at random, unbiased (see
@@ -157,7 +163,10 @@ class Optimizer:
     @property
     def master_params(self):
         """With ``master_weights=True``, the float32 master copies of :attr:`params`
-        (the arrays the update runs on; write here to change a param); else None.
+        (the arrays the update runs on; write here to change a param); with a
+        split master ("bf16+16" / "bf16+8"), new read-only float32 arrays of
+        the masters (param plus correction: write a param itself to change it,
+        which keeps its correction); else None.
         """
         ...
     @property
@@ -351,7 +360,7 @@ class Adam(Optimizer):
     maximize : bool, default False (bool)
         Ascend the objective instead.
     state_dtype, master_weights, stochastic_rounding, seed : keyword-only
-        Storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state); see :class:`Optimizer`.
+        Storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state); see :class:`Optimizer`.
     max_grad_norm : float, optional, keyword-only
         Clip by the global gradient norm over all groups, as ``torch.nn.utils.clip_grad_norm_`` (see :meth:`Optimizer.step`).
     """
@@ -395,7 +404,7 @@ class AdamW(Optimizer):
     maximize : bool, default False (bool)
         Ascend the objective instead.
     state_dtype, master_weights, stochastic_rounding, seed : keyword-only
-        Storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state); see :class:`Optimizer`.
+        Storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state); see :class:`Optimizer`.
     max_grad_norm : float, optional, keyword-only
         Clip by the global gradient norm over all groups, as ``torch.nn.utils.clip_grad_norm_`` (see :meth:`Optimizer.step`).
     """
@@ -438,7 +447,7 @@ class SGD(Optimizer):
     maximize : bool, default False (bool)
         Ascend the objective instead.
     state_dtype, master_weights, stochastic_rounding, seed : keyword-only
-        Storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state); see :class:`Optimizer`.
+        Storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state); see :class:`Optimizer`.
     max_grad_norm : float, optional, keyword-only
         Clip by the global gradient norm over all groups, as ``torch.nn.utils.clip_grad_norm_`` (see :meth:`Optimizer.step`).
     """
@@ -489,7 +498,7 @@ class RMSprop(Optimizer):
     maximize : bool, default False (bool)
         Ascend the objective instead.
     state_dtype, master_weights, stochastic_rounding, seed : keyword-only
-        Storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state); see :class:`Optimizer`.
+        Storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state); see :class:`Optimizer`.
     max_grad_norm : float, optional, keyword-only
         Clip by the global gradient norm over all groups, as ``torch.nn.utils.clip_grad_norm_`` (see :meth:`Optimizer.step`).
     """
@@ -530,7 +539,7 @@ class Adagrad(Optimizer):
     maximize : bool, default False (bool)
         Ascend the objective instead.
     state_dtype, master_weights, stochastic_rounding, seed : keyword-only
-        Storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state); see :class:`Optimizer`.
+        Storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state); see :class:`Optimizer`.
     max_grad_norm : float, optional, keyword-only
         Clip by the global gradient norm over all groups, as ``torch.nn.utils.clip_grad_norm_`` (see :meth:`Optimizer.step`).
     """
@@ -570,7 +579,7 @@ class Adadelta(Optimizer):
     maximize : bool, default False (bool)
         Ascend the objective instead.
     state_dtype, master_weights, stochastic_rounding, seed : keyword-only
-        Storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state); see :class:`Optimizer`.
+        Storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state); see :class:`Optimizer`.
     max_grad_norm : float, optional, keyword-only
         Clip by the global gradient norm over all groups, as ``torch.nn.utils.clip_grad_norm_`` (see :meth:`Optimizer.step`).
     """
@@ -609,7 +618,7 @@ class Adamax(Optimizer):
     maximize : bool, default False (bool)
         Ascend the objective instead.
     state_dtype, master_weights, stochastic_rounding, seed : keyword-only
-        Storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state); see :class:`Optimizer`.
+        Storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state); see :class:`Optimizer`.
     max_grad_norm : float, optional, keyword-only
         Clip by the global gradient norm over all groups, as ``torch.nn.utils.clip_grad_norm_`` (see :meth:`Optimizer.step`).
     """
@@ -657,7 +666,7 @@ class RAdam(Optimizer):
     maximize : bool, default False (bool)
         Ascend the objective instead.
     state_dtype, master_weights, stochastic_rounding, seed : keyword-only
-        Storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state); see :class:`Optimizer`.
+        Storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state); see :class:`Optimizer`.
     max_grad_norm : float, optional, keyword-only
         Clip by the global gradient norm over all groups, as ``torch.nn.utils.clip_grad_norm_`` (see :meth:`Optimizer.step`).
     """
@@ -696,7 +705,7 @@ class Rprop(Optimizer):
     maximize : bool, default False (bool)
         Ascend the objective instead.
     state_dtype, master_weights, stochastic_rounding, seed : keyword-only
-        Storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state); see :class:`Optimizer`.
+        Storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state); see :class:`Optimizer`.
     max_grad_norm : float, optional, keyword-only
         Clip by the global gradient norm over all groups, as ``torch.nn.utils.clip_grad_norm_`` (see :meth:`Optimizer.step`).
     """
@@ -746,7 +755,7 @@ class NAdam(Optimizer):
     maximize : bool, default False (bool)
         Ascend the objective instead.
     state_dtype, master_weights, stochastic_rounding, seed : keyword-only
-        Storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state); see :class:`Optimizer`.
+        Storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state); see :class:`Optimizer`.
     max_grad_norm : float, optional, keyword-only
         Clip by the global gradient norm over all groups, as ``torch.nn.utils.clip_grad_norm_`` (see :meth:`Optimizer.step`).
     """
@@ -792,7 +801,7 @@ class ASGD(Optimizer):
     maximize : bool, default False (bool)
         Ascend the objective instead.
     state_dtype, master_weights, stochastic_rounding, seed : keyword-only
-        Storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state); see :class:`Optimizer`.
+        Storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state); see :class:`Optimizer`.
     max_grad_norm : float, optional, keyword-only
         Clip by the global gradient norm over all groups, as ``torch.nn.utils.clip_grad_norm_`` (see :meth:`Optimizer.step`).
     """
@@ -828,7 +837,7 @@ class Lion(Optimizer):
     maximize : bool, default False (bool)
         Ascend the objective instead.
     state_dtype, master_weights, stochastic_rounding, seed : keyword-only
-        Storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state); see :class:`Optimizer`.
+        Storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state); see :class:`Optimizer`.
     max_grad_norm : float, optional, keyword-only
         Clip by the global gradient norm over all groups, as ``torch.nn.utils.clip_grad_norm_`` (see :meth:`Optimizer.step`).
     """
@@ -866,7 +875,7 @@ class SparseAdam(Optimizer):
     maximize : bool, default False (bool)
         Ascend the objective instead.
     state_dtype, master_weights, stochastic_rounding, seed : keyword-only
-        Storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state); see :class:`Optimizer`.
+        Storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state); see :class:`Optimizer`.
     max_grad_norm : float, optional, keyword-only
         Clip by the global gradient norm over all groups, as ``torch.nn.utils.clip_grad_norm_`` (see :meth:`Optimizer.step`).
     """

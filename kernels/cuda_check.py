@@ -51,7 +51,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .loops import BFLOAT16, BLOCKWISE8, COMPANDED, FLOAT16, NATIVE, ROOT8, SOFTSIGN8, Layout
+from .loops import (BFLOAT16, BLOCKWISE8, COMPANDED, FLOAT16, NATIVE, ROOT8, SOFTSIGN8, SPLIT8,
+                    SPLIT16, Layout)
 
 #: The compute capabilities every kernel is compiled for.
 CCS = ((8, 0), (9, 0))
@@ -114,7 +115,16 @@ REPRESENTATIVE = (("adam", "bbbbb", "s"), ("adam", "bffff", "m"), ("adam", "hhhh
                   ("adagrad", "hhh", ""),
                   # 8-bit state, both formats (one thread per block or group)
                   ("adam", "ffcrr", ""), ("adam", "bbcrr", "s"), ("rmsprop", "ffrcc", ""),
-                  ("adam", "ffqqq", ""), ("sgd", "hhq", "m"))
+                  ("adam", "ffqqq", ""), ("sgd", "hhq", "m"),
+                  # split master weights
+                  ("adam", "bbfff", "m16"), ("rmsprop", "bfbbb", "m8"),
+                  ("adam", "bbcrr", "m8"))
+
+
+def _master(mode):
+    """A layout's ``master`` from a mode string: "m16" / "m8" a split master,
+    "m" a float32 one."""
+    return SPLIT16 if "m16" in mode else SPLIT8 if "m8" in mode else "m" in mode
 
 
 def layouts(full=False):
@@ -127,7 +137,7 @@ def layouts(full=False):
     rounding (the same drivers, so float16 params add nothing the 16-bit
     layouts do not)."""
     if not full:
-        return [(k, Layout(tuple(codes), "m" in mode, "s" in mode))
+        return [(k, Layout(tuple(codes), _master(mode), "s" in mode))
                 for k, codes, mode in REPRESENTATIVE]
     from ..rules import RULES, kernel_specs
     non_negative = {rule.kernel: rule.non_negative_state for rule in RULES.values()}
@@ -135,7 +145,8 @@ def layouts(full=False):
     storage = [(f, f, b, "")]                          # float32 params, bfloat16 state
     storage += [(p, g, s, mode) for p, grads, states in ((b, (b, f), (f, b)),
                                                         (h, (h, f), (f, b, h)))
-                for g in grads for s in states for mode in ("", "m", "s")]
+                for g in grads for s in states
+                for mode in ("", "m", "s")]
     out = []
     for kernel, spec in kernel_specs().items():
         gates = sorted({flag for _, flag in spec if flag is not None})
@@ -144,7 +155,7 @@ def layouts(full=False):
             for p, g, s, mode in storage:
                 codes = (p, g) + tuple(s if flag is None or on[flag] else f
                                        for _, flag in spec)
-                layout = Layout(codes, "m" in mode, "s" in mode)
+                layout = Layout(codes, _master(mode), "s" in mode)
                 if not layout.plain and (kernel, layout) not in out:
                     out.append((kernel, layout))
             for p, mode in ((f, ""), (b, ""), (b, "m"), (b, "s")):
@@ -153,7 +164,7 @@ def layouts(full=False):
                         f if not (flag is None or on[flag]) else BLOCKWISE8 if eight == "q"
                         else ROOT8 if name in non_negative[kernel] else SOFTSIGN8
                         for name, flag in spec)
-                    layout = Layout(codes, "m" in mode, "s" in mode)
+                    layout = Layout(codes, _master(mode), "s" in mode)
                     if set(codes) - {f, b} and (kernel, layout) not in out:
                         out.append((kernel, layout))
     return out
@@ -176,7 +187,8 @@ def signature(target):
              types.uint8[::1]] if c == BLOCKWISE8 else \
             [types.uint8[::1], types.float32[::1]] if c in COMPANDED else [t[::1]]
     if layout.master:
-        arrays.append(types.float32[::1])
+        arrays.append({SPLIT16: types.uint16, SPLIT8: types.uint8}.get(
+            layout.master, types.float32)[::1])
     arrays.append(types.UniTuple(t, len(sig.scalars)))
     if layout.stochastic:
         arrays += [types.uint64, types.uint64, types.int64]
@@ -209,8 +221,10 @@ def expected_bodies(target):
     for values in itertools.product((True, False), repeat=len(gates)):
         on = dict(zip(gates, values))
         states = [width[s] for s, flag in sig.state if flag is None or on[flag]]
-        loads = [4 if layout.master else width["param"], width["grad"], *states]
-        stores = [width["param"], *([4] if layout.master else []), *states]
+        master = {SPLIT16: [2], SPLIT8: [1], True: [4]}.get(layout.master, [])
+        loads = [*(master if layout.master is True else [width["param"], *master]),
+                 width["grad"], *states]
+        stores = [width["param"], *master, *states]
         out.add((tuple(sorted(loads)), tuple(sorted(stores))))
     return sorted(out)
 
@@ -351,7 +365,7 @@ def state8_arguments(target):
     the scale once per group), ``"rw2"`` (a block's absmax: read once,
     written on one of two paths, for a block with or without a non-finite
     value), ``"r"`` (the gradient),
-    ``"w"`` (a param under a master copy) or ``"table"`` (the blockwise
+    ``"w"`` (a param under a float32 master copy) or ``"table"`` (the blockwise
     code's map, thresholds and buckets: looked up, never written)."""
     sig = _kernels().SIGNATURES[target.kernel]
     layout = target.layout
@@ -363,10 +377,12 @@ def state8_arguments(target):
         elif c in COMPANDED:
             out += [(f"{a}.codes", 1, "rw"), (f"{a}.scale", 4, "rw")]
         else:
-            role = "r" if a == "grad" else "w" if a == "param" and layout.master else "rw"
+            # (a split master's param is its high half: read and written)
+            role = "r" if a == "grad" else "w" if a == "param" and layout.master is True \
+                else "rw"
             out.append((a, 2 if c in (BFLOAT16, FLOAT16) else 4, role))
     if layout.master:
-        out.append(("master", 4, "rw"))
+        out.append(("master", {SPLIT16: 2, SPLIT8: 1}.get(layout.master, 4), "rw"))
     return out
 
 

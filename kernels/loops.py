@@ -80,6 +80,11 @@ SOFTSIGN8, ROOT8 = "c", "r"
 COMPANDED = (SOFTSIGN8, ROOT8)
 #: Groups of companded state per iteration of the parallel loop.
 GROUP_CHUNK = 32
+#: A :class:`Layout`'s ``master`` when split: the driver's ``master`` is the
+#: 16-bit correction (``int16`` bits as ``uint16``: the master is exact) or the
+#: 8-bit one (``int8`` bits as ``uint8``: a 24-bit master) of a bfloat16
+#: ``param`` (see ``storage.split16_join`` / ``storage.split8_low``).
+SPLIT16, SPLIT8 = "16", "8"
 
 
 class BlockLoops(NamedTuple):
@@ -99,14 +104,18 @@ class Layout(NamedTuple):
     ``codes`` has one storage code per element array, in the driver's order
     (``param``, ``grad``, the state arrays); ``master``: the driver takes a
     float32 ``master`` array after them, on which the update runs, and
-    ``param`` receives it rounded to nearest; ``stochastic``: ``param`` (bfloat16
+    ``param`` receives it rounded to nearest (``True``), or ``SPLIT16`` /
+    ``SPLIT8``: ``master`` is a correction that with the bfloat16 ``param``
+    makes the master (``storage.split16_join`` / ``split8_join``), and both
+    receive the new master's split (``param`` its nearest rounding, ties away
+    from zero); ``stochastic``: ``param`` (bfloat16
     or float16) is stored with stochastic rounding from the bits of the stream
     ``(key0, key1)``, two uint64 arguments after ``scalars``, at index
     ``offset + i`` for element ``i`` (``offset``, an int64 argument after them:
     where ``param`` starts in a larger array whose bits one call would draw).
     """
     codes: tuple
-    master: bool = False
+    master: object = False
     stochastic: bool = False
 
     @property
@@ -116,7 +125,8 @@ class Layout(NamedTuple):
     @property
     def tag(self):
         """A short name for qualnames: the codes, then ``m`` / ``s`` when set."""
-        return "".join(self.codes) + ("m" if self.master else "") + \
+        master = ("m" + ("" if self.master is True else self.master)) if self.master else ""
+        return "".join(self.codes) + master + \
             ("s" if self.stochastic else "")
 
 
@@ -146,7 +156,10 @@ STORAGE_FUNCTIONS = {"bf16_to_f32": "bfloat16_to_float32",
                      "magnitude_bits": "magnitude_bits", "bits_to_float32": "bits_to_float32",
                      "float32_to_bits": "float32_to_bits",
                      "softsign_decode": "softsign_decode", "softsign_encode": "softsign_encode",
-                     "root_decode": "root_decode", "root_encode": "root_encode"}
+                     "root_decode": "root_decode", "root_encode": "root_encode",
+                     "split16_join": "split16_join", "split16_high": "split16_high",
+                     "split16_low": "split16_low", "split8_join": "split8_join",
+                     "split8_high": "split8_high", "split8_low": "split8_low"}
 
 
 def storage_vocabulary(namespace):
@@ -194,6 +207,11 @@ class Signature:
                              f"{len(self.elements)} arrays")
         if layout.stochastic and layout.codes[0] not in (BFLOAT16, FLOAT16):
             raise ValueError("stochastic rounding stores 16-bit parameters only")
+        if layout.master not in (False, True, SPLIT16, SPLIT8):
+            raise ValueError(f"layout master {layout.master!r}: False, True, SPLIT16 or SPLIT8")
+        if layout.master in (SPLIT16, SPLIT8) and (layout.codes[0] != BFLOAT16
+                                                   or layout.stochastic):
+            raise ValueError("a split master goes with bfloat16 params, rounded to nearest")
         codes = dict(zip(self.elements, layout.codes))
         blockwise = [s for s, _ in self.state if codes[s] == BLOCKWISE8]
         grouped = [s for s, _ in self.state if codes[s] in COMPANDED]
@@ -360,7 +378,10 @@ class Signature:
         def x(a):
             return f"block_{a}[j]" if block else f"{a}[i]"
         load = {a: _LOAD[codes[a]].format(a=a, x=x(a), j=index) for a in self.elements}
-        if layout.master:
+        split = layout.master in (SPLIT16, SPLIT8)
+        if split:
+            load["param"] = f"split{layout.master}_join({x('param')}, {x('master')})"
+        elif layout.master:
             load["param"] = x("master")
         lines = [f"{pad}e_param = {load['param']}", f"{pad}e_grad = {load['grad']}"]
         for s, flag in self.state:
@@ -369,13 +390,16 @@ class Signature:
         scalars = [str(fixed[c]) if c in fixed else c for c in self.scalars]
         inputs = ", ".join([f"e_{a}" for a in self.elements] + scalars)
         lines.append(f"{pad}{outputs} = elem({inputs})")
-        if layout.master:
+        if split:
+            lines += [f"{pad}{x('param')} = split{layout.master}_high(e_param)",
+                      f"{pad}{x('master')} = split{layout.master}_low(e_param)"]
+        elif layout.master:
             lines.append(f"{pad}{x('master')} = e_param")
         if layout.stochastic:
             to = "bf16" if codes["param"] == BFLOAT16 else "f16"
             lines.append(f"{pad}{x('param')} = f32_to_{to}_stochastic(e_param, "
                          f"random_bits(key0, key1, offset + {'start + j' if block else 'i'}))")
-        else:
+        elif not split:
             lines.append(pad + _STORE[codes["param"]].format(x=x("param"), v="e_param"))
         for s, flag in self.state:
             if flag is None or fixed[flag]:

@@ -27,7 +27,8 @@ def test_storage_section_measures_every_mode_face_and_yardstick():
         assert rows[mode]["x_yardstick"] == pytest.approx(
             rows[mode]["median_s"] / rows[f"{mode}:yardstick"]["median_s"])
     expected = {"fp32": 28, "bf16_state": 20, "bf16_nearest": 14, "bf16_sr": 14,
-                "bf16_sr_fp32_state": 22, "bf16_master": 30}
+                "bf16_sr_fp32_state": 22, "bf16_master": 30, "bf16_split16": 26,
+                "bf16_split8": 24}
     for key, b in expected.items():
         assert rows[key]["bytes_per_element"] == b
     # 8-bit: 4r+4w param, 4r grad, per state 1r+1w code and 8 bytes per 256 of absmax
@@ -38,7 +39,8 @@ def test_storage_section_measures_every_mode_face_and_yardstick():
     if data["torch_unavailable"] is None:
         assert rows["torch_fused_fp32"]["x_torch_fused_fp32"] == pytest.approx(1.0)
         assert "x_torch_fused_bf16" in rows["bf16_sr"]
-        assert "x_torch_master" in rows["bf16_master"]
+        for mode in ("bf16_master", "bf16_split16", "bf16_split8"):
+            assert "x_torch_master" in rows[mode]
         for mode in _storage_modes.SIXTEEN_BIT:
             assert rows[f"{mode}:torch_class"]["x_numpy_class"] == pytest.approx(
                 rows[f"{mode}:torch_class"]["median_s"]

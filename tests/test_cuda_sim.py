@@ -116,23 +116,27 @@ def _storage_cases():
     """(rule, options, param dtype, grad dtype, state dtype, master, stochastic):
     every storage combination the optimizer classes make on a GPU (bfloat16
     state for float32 params; for 16-bit params each grad and state dtype,
-    with a master copy, stochastic rounding or neither), each with another
+    with a master copy (bfloat16: also split), stochastic rounding or
+    neither), each with another
     rule of ``_STORAGE_RULES``, so every rule runs some 16-bit layout."""
     import ml_dtypes
     bf16 = np.dtype(ml_dtypes.bfloat16)
     f32, f16 = np.dtype(np.float32), np.dtype(np.float16)
     combos = [(f32, f32, bf16, False, False)]
-    combos += [(p, g, s, mode == "m", mode == "s")
+    combos += [(p, g, s, {"m": True, "m16": "bf16+16", "m8": "bf16+8"}.get(mode, False),
+                mode == "s")
                for p, grads, states in ((bf16, (bf16, f32), (f32, bf16)),
                                         (f16, (f16, f32), (f32, bf16, f16)))
-               for g in grads for s in states for mode in ("", "m", "s")]
+               for g in grads for s in states
+               for mode in ("", "m", "s") + (("m16", "m8") if p == bf16 else ())]
     return [(*_STORAGE_RULES[k % len(_STORAGE_RULES)], *combo)
             for k, combo in enumerate(combos)]
 
 
 def _case_id(case):
     name, options, pd, gd, sd, master, stochastic = case
-    mode = " master" if master else " stochastic" if stochastic else ""
+    mode = (f" master {master}" if isinstance(master, str) else " master" if master
+            else " stochastic" if stochastic else "")
     return f"{name}{sorted(options) or ''} {pd.name}/{gd.name}/{sd.name}{mode}"
 
 
@@ -148,7 +152,9 @@ def run_storage_case(case, n, to_device):
     host = {"param": p0.astype(pd)}
     host.update({s: np.full(n, rule.initial_value(s, **options), sd)
                  for s in rule.state_for(**options)})
-    if master:
+    if isinstance(master, str):
+        host["master_param"] = np.zeros(n, fastadapt._storage.SPLIT_MASTER[master][0])
+    elif master:
         host["master_param"] = p0.copy()
     dev = {k: to_device(v) for k, v in host.items()}
     extra = {"stochastic_rounding": True, "seed": 5,

@@ -112,7 +112,10 @@ MODES = [("adam", BF16, {}), ("adam", BF16, {"master_weights": True}),
          ("adagrad", BF16, {"state_dtype": "int8", "initial_accumulator_value": 0.1}),
          ("sgd", F32, {"state_dtype": "int8", "momentum": 0.9}),
          ("rmsprop", F16, {"state_dtype": "int8", "centered": True, "momentum": 0.5,
-                           "master_weights": True})]
+                           "master_weights": True}),
+         ("adamw", BF16, {"master_weights": "bf16+16"}),
+         ("rmsprop", BF16, {"master_weights": "bf16+8", "state_dtype": "bfloat16",
+                            "momentum": 0.5})]
 
 
 @pytest.mark.parametrize("name, dtype, options", MODES, ids=[
@@ -167,6 +170,11 @@ def test_checkpoint_of_other_storage_is_refused(tmp_path):
     (BF16, {"state_dtype": "float16"}, TypeError, ("state_dtype", "float16")),
     (BF16, {"stochastic_rounding": True, "seed": -1}, ValueError, ("seed",)),
     (BF16, {"master_weights": "yes"}, TypeError, ("master_weights",)),
+    (BF16, {"master_weights": "bf16+4"}, TypeError, ("master_weights", "bf16+16")),
+    (F16, {"master_weights": "bf16+16"}, ValueError, ("bf16+16", "bfloat16", "float16")),
+    (F32, {"master_weights": "bf16+8"}, ValueError, ("bf16+8", "bfloat16", "float32")),
+    (BF16, {"master_weights": "bf16+8", "stochastic_rounding": True}, ValueError,
+     ("master_weights", "stochastic_rounding")),
     (np.float64, {"state_dtype": "int8"}, TypeError, ("int8", "float64")),
 ])
 def test_bad_storage_options(dtype, options, exc, words):

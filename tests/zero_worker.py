@@ -43,6 +43,10 @@ LOWP_CASES = {"bfloat16, master weights": (torch.bfloat16, {"master_weights": Tr
               "bfloat16, master weights, companded 8-bit state, every parameter": (
                   torch.bfloat16, {"master_weights": True, "state_dtype": "int8c",
                                    "min_8bit_size": 0}),
+              # split master weights: each rank keeps its share of the correction
+              "bfloat16, split master bf16+16": (torch.bfloat16, {"master_weights": "bf16+16"}),
+              "bfloat16, split master bf16+8, bfloat16 state": (torch.bfloat16, {
+                  "master_weights": "bf16+8", "state_dtype": torch.bfloat16}),
               # each rank's bits keyed on the element's index in the whole bucket
               "bfloat16, stochastic rounding": (torch.bfloat16, {
                   "stochastic_rounding": True, "seed": 11}),

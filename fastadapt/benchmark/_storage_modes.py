@@ -46,6 +46,10 @@ MODES = {
     "bf16_sr": ("bf16 param + grad + state, stochastic rounding", 14),
     "bf16_sr_fp32_state": ("bf16 param + grad, fp32 state, stochastic rounding", 22),
     "bf16_master": ("bf16 param + grad, fp32 master + state", 30),
+    # split master weights: the param read as well as written (it is the
+    # master's high half), then a 2- or 1-byte correction read and written
+    "bf16_split16": ("bf16 param + grad, split master bf16+16, fp32 state", 26),
+    "bf16_split8": ("bf16 param + grad, split master bf16+8, fp32 state", 24),
     "int8_state": ("fp32 param + grad, 8-bit state", 12 + 2 * (2 + 8 / BLOCK)),
     "int8c_state": ("fp32 param + grad, companded 8-bit state", 12 + 2 * (2 + 8 / 32)),
 }
@@ -118,6 +122,9 @@ def _fastadapt_steps(n, seed=0):
             extra.update(stochastic_rounding=True, seed=SEED)
         make(mode, p32.astype(pdt), g32 if pdt == np.float32 else g16, np.zeros(n, sdt),
              np.zeros(n, sdt), **extra)
+    for mode, correction in (("bf16_split16", np.int16), ("bf16_split8", np.int8)):
+        make(mode, p32.astype(bf16), g16, np.zeros(n, np.float32), np.zeros(n, np.float32),
+             master_param=np.zeros(n, correction))
     make("int8_state", p32.copy(), g32, fastadapt.Blockwise8(n, True),
          fastadapt.Blockwise8(n, False))
     make("int8c_state", p32.copy(), g32, fastadapt.Companded8(n, True),
@@ -387,7 +394,8 @@ def _relate(rows):
             r["x_numpy_class"] = r["median_s"] / t[f"{mode}:numpy_class"]
         if face == "functional":
             peer = {"bf16_nearest": "torch_fused_bf16", "bf16_sr": "torch_fused_bf16",
-                    "bf16_master": "torch_master"}.get(mode)
+                    "bf16_master": "torch_master", "bf16_split16": "torch_master",
+                    "bf16_split8": "torch_master"}.get(mode)
             if peer in t:
                 r["x_" + peer] = t[peer] / r["median_s"]
             for ds_key, (_, _, same_bytes) in DEEPSPEED_MODES.items():

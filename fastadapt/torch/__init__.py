@@ -145,6 +145,17 @@ optimizer-wide; the math runs in float32 whatever the storage):
     next step or ``state_dict()``: its master copy takes the new values where
     it no longer rounds to them. Writes through ``p.data`` bypass the version counter and are
     not seen (as in torch's own in-place checks).
+    ``master_weights="bf16+16"`` (bfloat16 parameters): the master split
+    instead, the parameter plus an int16 correction (``state[p]
+    ["master_correction"]``, 2 bytes per element instead of 4): the same
+    float32 master and state as ``True``, bit for bit, the parameter rounding
+    ties away from zero; ``"bf16+8"``: an int8 correction, a 24-bit master
+    (see ``fastadapt._storage.SPLIT_MASTER``). A parameter written in place
+    keeps its correction (its master still rounds to it); a replaced
+    ``.data`` starts from a zero one. Loading converts: a ``"master_param"``
+    splits into the correction where it rounds to the parameter, a
+    ``"master_correction"`` of the other width or under ``True`` is rebuilt
+    with the parameter first.
 ``stochastic_rounding`` and ``seed``
     For 16-bit parameters without master weights: each stored value is
     rounded up or down at random, unbiased, from a hash of (seed, step,

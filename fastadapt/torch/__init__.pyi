@@ -147,6 +147,17 @@ optimizer-wide; the math runs in float32 whatever the storage):
     next step or ``state_dict()``: its master copy takes the new values where
     it no longer rounds to them. Writes through ``p.data`` bypass the version counter and are
     not seen (as in torch's own in-place checks).
+    ``master_weights="bf16+16"`` (bfloat16 parameters): the master split
+    instead, the parameter plus an int16 correction (``state[p]
+    ["master_correction"]``, 2 bytes per element instead of 4): the same
+    float32 master and state as ``True``, bit for bit, the parameter rounding
+    ties away from zero; ``"bf16+8"``: an int8 correction, a 24-bit master
+    (see ``fastadapt._storage.SPLIT_MASTER``). A parameter written in place
+    keeps its correction (its master still rounds to it); a replaced
+    ``.data`` starts from a zero one. Loading converts: a ``"master_param"``
+    splits into the correction where it rounds to the parameter, a
+    ``"master_correction"`` of the other width or under ``True`` is rebuilt
+    with the parameter first.
 ``stochastic_rounding`` and ``seed``
     For 16-bit parameters without master weights: each stored value is
     rounded up or down at random, unbiased, from a hash of (seed, step,
@@ -219,7 +230,7 @@ from fastadapt.torch._zero import ZeroRedundancyOptimizer as ZeroRedundancyOptim
 class Adam(fastadapt.torch._optimizer.FlatOptimizer):
     """Adam over flat buffers: a drop-in for torch.optim.Adam (same signature, defaults and numbers), one fused ``fastadapt.adam_step`` call per (group, device, dtype).
 
-    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
+    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
 
     The update (from ``fastadapt.adam_step``):
     One Adam step, in place: Adam (Kingma & Ba, 2015), and AMSGrad (Reddi et al., 2018); torch.optim.Adam's semantics.
@@ -257,10 +268,19 @@ class Adam(fastadapt.torch._optimizer.FlatOptimizer):
         Ascend the objective instead.
     grad_scale : float, optional
         A finite number > 0 the gradient is divided by inside the kernel (a loss scale to undo, times a clipping factor's inverse), folded into the gradient's sign: ``g = grad * ((-1 if maximize else 1) / grad_scale)``. None: 1.
-    master_param : float32 array, optional
+    master_param : float32, int16 or int8 array, optional
         For 16-bit ``param`` (bfloat16 or float16): a float32 copy of it, the
         shape of ``param``. The update runs on it and ``param`` receives it
-        rounded to nearest, in the same pass.
+        rounded to nearest, in the same pass. For bfloat16 ``param``, an int16
+        or int8 array of its shape (zeros to start: the master equals the
+        param) keeps a split master instead, in 2 or 1 bytes per element:
+        ``param`` and the correction together are the master the update runs
+        on, and both receive the new master's split (``param`` its nearest
+        rounding, ties away from zero). int16 (``master_weights="bf16+16"``):
+        the master's low 16 bits, so the master is the float32 one, exactly;
+        int8 (``"bf16+8"``): a 24-bit master, the float32 result rounded to
+        nearest on its last 8 bits, within ``2**-16 * |master|``. See
+        ``fastadapt._storage.SPLIT_MASTER``.
     stochastic_rounding : bool, default False
         For 16-bit ``param`` (bfloat16 or float16) without ``master_param``:
         store the new value rounded up or down at random, with the probability
@@ -287,7 +307,7 @@ class Adam(fastadapt.torch._optimizer.FlatOptimizer):
 class AdamW(fastadapt.torch._optimizer.FlatOptimizer):
     """AdamW over flat buffers: a drop-in for torch.optim.AdamW (same signature, defaults and numbers), one fused ``fastadapt.adamw_step`` call per (group, device, dtype).
 
-    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
+    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
 
     The update (from ``fastadapt.adamw_step``):
     One AdamW step, in place: AdamW: Adam with decoupled weight decay (Loshchilov & Hutter, 2019); torch.optim.AdamW's semantics.
@@ -325,10 +345,19 @@ class AdamW(fastadapt.torch._optimizer.FlatOptimizer):
         Ascend the objective instead.
     grad_scale : float, optional
         A finite number > 0 the gradient is divided by inside the kernel (a loss scale to undo, times a clipping factor's inverse), folded into the gradient's sign: ``g = grad * ((-1 if maximize else 1) / grad_scale)``. None: 1.
-    master_param : float32 array, optional
+    master_param : float32, int16 or int8 array, optional
         For 16-bit ``param`` (bfloat16 or float16): a float32 copy of it, the
         shape of ``param``. The update runs on it and ``param`` receives it
-        rounded to nearest, in the same pass.
+        rounded to nearest, in the same pass. For bfloat16 ``param``, an int16
+        or int8 array of its shape (zeros to start: the master equals the
+        param) keeps a split master instead, in 2 or 1 bytes per element:
+        ``param`` and the correction together are the master the update runs
+        on, and both receive the new master's split (``param`` its nearest
+        rounding, ties away from zero). int16 (``master_weights="bf16+16"``):
+        the master's low 16 bits, so the master is the float32 one, exactly;
+        int8 (``"bf16+8"``): a 24-bit master, the float32 result rounded to
+        nearest on its last 8 bits, within ``2**-16 * |master|``. See
+        ``fastadapt._storage.SPLIT_MASTER``.
     stochastic_rounding : bool, default False
         For 16-bit ``param`` (bfloat16 or float16) without ``master_param``:
         store the new value rounded up or down at random, with the probability
@@ -354,7 +383,7 @@ class AdamW(fastadapt.torch._optimizer.FlatOptimizer):
 class SGD(fastadapt.torch._optimizer.FlatOptimizer):
     """SGD over flat buffers: a drop-in for torch.optim.SGD (same signature, defaults and numbers), one fused ``fastadapt.sgd_step`` call per (group, device, dtype).
 
-    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
+    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
 
     The update (from ``fastadapt.sgd_step``):
     One SGD step, in place: Stochastic gradient descent with optional (Nesterov) momentum; torch.optim.SGD's semantics.
@@ -392,10 +421,19 @@ class SGD(fastadapt.torch._optimizer.FlatOptimizer):
         Ascend the objective instead.
     grad_scale : float, optional
         A finite number > 0 the gradient is divided by inside the kernel (a loss scale to undo, times a clipping factor's inverse), folded into the gradient's sign: ``g = grad * ((-1 if maximize else 1) / grad_scale)``. None: 1.
-    master_param : float32 array, optional
+    master_param : float32, int16 or int8 array, optional
         For 16-bit ``param`` (bfloat16 or float16): a float32 copy of it, the
         shape of ``param``. The update runs on it and ``param`` receives it
-        rounded to nearest, in the same pass.
+        rounded to nearest, in the same pass. For bfloat16 ``param``, an int16
+        or int8 array of its shape (zeros to start: the master equals the
+        param) keeps a split master instead, in 2 or 1 bytes per element:
+        ``param`` and the correction together are the master the update runs
+        on, and both receive the new master's split (``param`` its nearest
+        rounding, ties away from zero). int16 (``master_weights="bf16+16"``):
+        the master's low 16 bits, so the master is the float32 one, exactly;
+        int8 (``"bf16+8"``): a 24-bit master, the float32 result rounded to
+        nearest on its last 8 bits, within ``2**-16 * |master|``. See
+        ``fastadapt._storage.SPLIT_MASTER``.
     stochastic_rounding : bool, default False
         For 16-bit ``param`` (bfloat16 or float16) without ``master_param``:
         store the new value rounded up or down at random, with the probability
@@ -421,7 +459,7 @@ class SGD(fastadapt.torch._optimizer.FlatOptimizer):
 class RMSprop(fastadapt.torch._optimizer.FlatOptimizer):
     """RMSprop over flat buffers: a drop-in for torch.optim.RMSprop (same signature, defaults and numbers), one fused ``fastadapt.rmsprop_step`` call per (group, device, dtype).
 
-    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
+    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
 
     The update (from ``fastadapt.rmsprop_step``):
     One RMSprop step, in place: RMSprop (Hinton, 2012; centered: Graves, 2013); torch.optim.RMSprop's semantics.
@@ -466,10 +504,19 @@ class RMSprop(fastadapt.torch._optimizer.FlatOptimizer):
         Ascend the objective instead.
     grad_scale : float, optional
         A finite number > 0 the gradient is divided by inside the kernel (a loss scale to undo, times a clipping factor's inverse), folded into the gradient's sign: ``g = grad * ((-1 if maximize else 1) / grad_scale)``. None: 1.
-    master_param : float32 array, optional
+    master_param : float32, int16 or int8 array, optional
         For 16-bit ``param`` (bfloat16 or float16): a float32 copy of it, the
         shape of ``param``. The update runs on it and ``param`` receives it
-        rounded to nearest, in the same pass.
+        rounded to nearest, in the same pass. For bfloat16 ``param``, an int16
+        or int8 array of its shape (zeros to start: the master equals the
+        param) keeps a split master instead, in 2 or 1 bytes per element:
+        ``param`` and the correction together are the master the update runs
+        on, and both receive the new master's split (``param`` its nearest
+        rounding, ties away from zero). int16 (``master_weights="bf16+16"``):
+        the master's low 16 bits, so the master is the float32 one, exactly;
+        int8 (``"bf16+8"``): a 24-bit master, the float32 result rounded to
+        nearest on its last 8 bits, within ``2**-16 * |master|``. See
+        ``fastadapt._storage.SPLIT_MASTER``.
     stochastic_rounding : bool, default False
         For 16-bit ``param`` (bfloat16 or float16) without ``master_param``:
         store the new value rounded up or down at random, with the probability
@@ -495,7 +542,7 @@ class RMSprop(fastadapt.torch._optimizer.FlatOptimizer):
 class Adagrad(fastadapt.torch._optimizer.FlatOptimizer):
     """Adagrad over flat buffers: a drop-in for torch.optim.Adagrad (same signature, defaults and numbers), one fused ``fastadapt.adagrad_step`` call per (group, device, dtype).
 
-    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
+    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
 
     The update (from ``fastadapt.adagrad_step``):
     One Adagrad step, in place: AdaGrad (Duchi, Hazan & Singer, 2011); torch.optim.Adagrad's semantics.
@@ -527,10 +574,19 @@ class Adagrad(fastadapt.torch._optimizer.FlatOptimizer):
         Ascend the objective instead.
     grad_scale : float, optional
         A finite number > 0 the gradient is divided by inside the kernel (a loss scale to undo, times a clipping factor's inverse), folded into the gradient's sign: ``g = grad * ((-1 if maximize else 1) / grad_scale)``. None: 1.
-    master_param : float32 array, optional
+    master_param : float32, int16 or int8 array, optional
         For 16-bit ``param`` (bfloat16 or float16): a float32 copy of it, the
         shape of ``param``. The update runs on it and ``param`` receives it
-        rounded to nearest, in the same pass.
+        rounded to nearest, in the same pass. For bfloat16 ``param``, an int16
+        or int8 array of its shape (zeros to start: the master equals the
+        param) keeps a split master instead, in 2 or 1 bytes per element:
+        ``param`` and the correction together are the master the update runs
+        on, and both receive the new master's split (``param`` its nearest
+        rounding, ties away from zero). int16 (``master_weights="bf16+16"``):
+        the master's low 16 bits, so the master is the float32 one, exactly;
+        int8 (``"bf16+8"``): a 24-bit master, the float32 result rounded to
+        nearest on its last 8 bits, within ``2**-16 * |master|``. See
+        ``fastadapt._storage.SPLIT_MASTER``.
     stochastic_rounding : bool, default False
         For 16-bit ``param`` (bfloat16 or float16) without ``master_param``:
         store the new value rounded up or down at random, with the probability
@@ -556,7 +612,7 @@ class Adagrad(fastadapt.torch._optimizer.FlatOptimizer):
 class Adadelta(fastadapt.torch._optimizer.FlatOptimizer):
     """Adadelta over flat buffers: a drop-in for torch.optim.Adadelta (same signature, defaults and numbers), one fused ``fastadapt.adadelta_step`` call per (group, device, dtype).
 
-    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
+    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
 
     The update (from ``fastadapt.adadelta_step``):
     One Adadelta step, in place: Adadelta (Zeiler, 2012); torch.optim.Adadelta's semantics.
@@ -586,10 +642,19 @@ class Adadelta(fastadapt.torch._optimizer.FlatOptimizer):
         Ascend the objective instead.
     grad_scale : float, optional
         A finite number > 0 the gradient is divided by inside the kernel (a loss scale to undo, times a clipping factor's inverse), folded into the gradient's sign: ``g = grad * ((-1 if maximize else 1) / grad_scale)``. None: 1.
-    master_param : float32 array, optional
+    master_param : float32, int16 or int8 array, optional
         For 16-bit ``param`` (bfloat16 or float16): a float32 copy of it, the
         shape of ``param``. The update runs on it and ``param`` receives it
-        rounded to nearest, in the same pass.
+        rounded to nearest, in the same pass. For bfloat16 ``param``, an int16
+        or int8 array of its shape (zeros to start: the master equals the
+        param) keeps a split master instead, in 2 or 1 bytes per element:
+        ``param`` and the correction together are the master the update runs
+        on, and both receive the new master's split (``param`` its nearest
+        rounding, ties away from zero). int16 (``master_weights="bf16+16"``):
+        the master's low 16 bits, so the master is the float32 one, exactly;
+        int8 (``"bf16+8"``): a 24-bit master, the float32 result rounded to
+        nearest on its last 8 bits, within ``2**-16 * |master|``. See
+        ``fastadapt._storage.SPLIT_MASTER``.
     stochastic_rounding : bool, default False
         For 16-bit ``param`` (bfloat16 or float16) without ``master_param``:
         store the new value rounded up or down at random, with the probability
@@ -615,7 +680,7 @@ class Adadelta(fastadapt.torch._optimizer.FlatOptimizer):
 class Adamax(fastadapt.torch._optimizer.FlatOptimizer):
     """Adamax over flat buffers: a drop-in for torch.optim.Adamax (same signature, defaults and numbers), one fused ``fastadapt.adamax_step`` call per (group, device, dtype).
 
-    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
+    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
 
     The update (from ``fastadapt.adamax_step``):
     One Adamax step, in place: Adamax, Adam's infinity-norm variant (Kingma & Ba, 2015, section 7); torch.optim.Adamax's semantics.
@@ -646,10 +711,19 @@ class Adamax(fastadapt.torch._optimizer.FlatOptimizer):
         Ascend the objective instead.
     grad_scale : float, optional
         A finite number > 0 the gradient is divided by inside the kernel (a loss scale to undo, times a clipping factor's inverse), folded into the gradient's sign: ``g = grad * ((-1 if maximize else 1) / grad_scale)``. None: 1.
-    master_param : float32 array, optional
+    master_param : float32, int16 or int8 array, optional
         For 16-bit ``param`` (bfloat16 or float16): a float32 copy of it, the
         shape of ``param``. The update runs on it and ``param`` receives it
-        rounded to nearest, in the same pass.
+        rounded to nearest, in the same pass. For bfloat16 ``param``, an int16
+        or int8 array of its shape (zeros to start: the master equals the
+        param) keeps a split master instead, in 2 or 1 bytes per element:
+        ``param`` and the correction together are the master the update runs
+        on, and both receive the new master's split (``param`` its nearest
+        rounding, ties away from zero). int16 (``master_weights="bf16+16"``):
+        the master's low 16 bits, so the master is the float32 one, exactly;
+        int8 (``"bf16+8"``): a 24-bit master, the float32 result rounded to
+        nearest on its last 8 bits, within ``2**-16 * |master|``. See
+        ``fastadapt._storage.SPLIT_MASTER``.
     stochastic_rounding : bool, default False
         For 16-bit ``param`` (bfloat16 or float16) without ``master_param``:
         store the new value rounded up or down at random, with the probability
@@ -675,7 +749,7 @@ class Adamax(fastadapt.torch._optimizer.FlatOptimizer):
 class RAdam(fastadapt.torch._optimizer.FlatOptimizer):
     """RAdam over flat buffers: a drop-in for torch.optim.RAdam (same signature, defaults and numbers), one fused ``fastadapt.radam_step`` call per (group, device, dtype).
 
-    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
+    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
 
     The update (from ``fastadapt.radam_step``):
     One RAdam step, in place: RAdam, rectified Adam (Liu et al., 2020); torch.optim.RAdam's semantics.
@@ -715,10 +789,19 @@ class RAdam(fastadapt.torch._optimizer.FlatOptimizer):
         Ascend the objective instead.
     grad_scale : float, optional
         A finite number > 0 the gradient is divided by inside the kernel (a loss scale to undo, times a clipping factor's inverse), folded into the gradient's sign: ``g = grad * ((-1 if maximize else 1) / grad_scale)``. None: 1.
-    master_param : float32 array, optional
+    master_param : float32, int16 or int8 array, optional
         For 16-bit ``param`` (bfloat16 or float16): a float32 copy of it, the
         shape of ``param``. The update runs on it and ``param`` receives it
-        rounded to nearest, in the same pass.
+        rounded to nearest, in the same pass. For bfloat16 ``param``, an int16
+        or int8 array of its shape (zeros to start: the master equals the
+        param) keeps a split master instead, in 2 or 1 bytes per element:
+        ``param`` and the correction together are the master the update runs
+        on, and both receive the new master's split (``param`` its nearest
+        rounding, ties away from zero). int16 (``master_weights="bf16+16"``):
+        the master's low 16 bits, so the master is the float32 one, exactly;
+        int8 (``"bf16+8"``): a 24-bit master, the float32 result rounded to
+        nearest on its last 8 bits, within ``2**-16 * |master|``. See
+        ``fastadapt._storage.SPLIT_MASTER``.
     stochastic_rounding : bool, default False
         For 16-bit ``param`` (bfloat16 or float16) without ``master_param``:
         store the new value rounded up or down at random, with the probability
@@ -744,7 +827,7 @@ class RAdam(fastadapt.torch._optimizer.FlatOptimizer):
 class Rprop(fastadapt.torch._optimizer.FlatOptimizer):
     """Rprop over flat buffers: a drop-in for torch.optim.Rprop (same signature, defaults and numbers), one fused ``fastadapt.rprop_step`` call per (group, device, dtype).
 
-    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
+    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
 
     The update (from ``fastadapt.rprop_step``):
     One Rprop step, in place: Rprop, resilient backpropagation (Riedmiller & Braun, 1993); torch.optim.Rprop's semantics.
@@ -775,10 +858,19 @@ class Rprop(fastadapt.torch._optimizer.FlatOptimizer):
         Ascend the objective instead.
     grad_scale : float, optional
         A finite number > 0 the gradient is divided by inside the kernel (a loss scale to undo, times a clipping factor's inverse), folded into the gradient's sign: ``g = grad * ((-1 if maximize else 1) / grad_scale)``. None: 1.
-    master_param : float32 array, optional
+    master_param : float32, int16 or int8 array, optional
         For 16-bit ``param`` (bfloat16 or float16): a float32 copy of it, the
         shape of ``param``. The update runs on it and ``param`` receives it
-        rounded to nearest, in the same pass.
+        rounded to nearest, in the same pass. For bfloat16 ``param``, an int16
+        or int8 array of its shape (zeros to start: the master equals the
+        param) keeps a split master instead, in 2 or 1 bytes per element:
+        ``param`` and the correction together are the master the update runs
+        on, and both receive the new master's split (``param`` its nearest
+        rounding, ties away from zero). int16 (``master_weights="bf16+16"``):
+        the master's low 16 bits, so the master is the float32 one, exactly;
+        int8 (``"bf16+8"``): a 24-bit master, the float32 result rounded to
+        nearest on its last 8 bits, within ``2**-16 * |master|``. See
+        ``fastadapt._storage.SPLIT_MASTER``.
     stochastic_rounding : bool, default False
         For 16-bit ``param`` (bfloat16 or float16) without ``master_param``:
         store the new value rounded up or down at random, with the probability
@@ -804,7 +896,7 @@ class Rprop(fastadapt.torch._optimizer.FlatOptimizer):
 class NAdam(fastadapt.torch._optimizer.FlatOptimizer):
     """NAdam over flat buffers: a drop-in for torch.optim.NAdam (same signature, defaults and numbers), one fused ``fastadapt.nadam_step`` call per (group, device, dtype).
 
-    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
+    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
 
     The update (from ``fastadapt.nadam_step``):
     One NAdam step, in place: NAdam, Adam with Nesterov momentum (Dozat, 2016); torch.optim.NAdam's semantics.
@@ -847,10 +939,19 @@ class NAdam(fastadapt.torch._optimizer.FlatOptimizer):
         A finite number > 0 the gradient is divided by inside the kernel (a loss scale to undo, times a clipping factor's inverse), folded into the gradient's sign: ``g = grad * ((-1 if maximize else 1) / grad_scale)``. None: 1.
     mu_product : float, optional
         The product of the momentum schedule's mu so far. None (the first step): 1.0.
-    master_param : float32 array, optional
+    master_param : float32, int16 or int8 array, optional
         For 16-bit ``param`` (bfloat16 or float16): a float32 copy of it, the
         shape of ``param``. The update runs on it and ``param`` receives it
-        rounded to nearest, in the same pass.
+        rounded to nearest, in the same pass. For bfloat16 ``param``, an int16
+        or int8 array of its shape (zeros to start: the master equals the
+        param) keeps a split master instead, in 2 or 1 bytes per element:
+        ``param`` and the correction together are the master the update runs
+        on, and both receive the new master's split (``param`` its nearest
+        rounding, ties away from zero). int16 (``master_weights="bf16+16"``):
+        the master's low 16 bits, so the master is the float32 one, exactly;
+        int8 (``"bf16+8"``): a 24-bit master, the float32 result rounded to
+        nearest on its last 8 bits, within ``2**-16 * |master|``. See
+        ``fastadapt._storage.SPLIT_MASTER``.
     stochastic_rounding : bool, default False
         For 16-bit ``param`` (bfloat16 or float16) without ``master_param``:
         store the new value rounded up or down at random, with the probability
@@ -882,7 +983,7 @@ class NAdam(fastadapt.torch._optimizer.FlatOptimizer):
 class ASGD(fastadapt.torch._optimizer.FlatOptimizer):
     """ASGD over flat buffers: a drop-in for torch.optim.ASGD (same signature, defaults and numbers), one fused ``fastadapt.asgd_step`` call per (group, device, dtype).
 
-    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
+    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
 
     The update (from ``fastadapt.asgd_step``):
     One ASGD step, in place: ASGD, averaged stochastic gradient descent (Polyak & Juditsky, 1992); torch.optim.ASGD's semantics.
@@ -923,10 +1024,19 @@ class ASGD(fastadapt.torch._optimizer.FlatOptimizer):
         The step size of this step (float32, as torch keeps it). None (the first step): ``lr``.
     mu : float, optional
         The averaging weight of this step (float32). None (the first step): 1.0.
-    master_param : float32 array, optional
+    master_param : float32, int16 or int8 array, optional
         For 16-bit ``param`` (bfloat16 or float16): a float32 copy of it, the
         shape of ``param``. The update runs on it and ``param`` receives it
-        rounded to nearest, in the same pass.
+        rounded to nearest, in the same pass. For bfloat16 ``param``, an int16
+        or int8 array of its shape (zeros to start: the master equals the
+        param) keeps a split master instead, in 2 or 1 bytes per element:
+        ``param`` and the correction together are the master the update runs
+        on, and both receive the new master's split (``param`` its nearest
+        rounding, ties away from zero). int16 (``master_weights="bf16+16"``):
+        the master's low 16 bits, so the master is the float32 one, exactly;
+        int8 (``"bf16+8"``): a 24-bit master, the float32 result rounded to
+        nearest on its last 8 bits, within ``2**-16 * |master|``. See
+        ``fastadapt._storage.SPLIT_MASTER``.
     stochastic_rounding : bool, default False
         For 16-bit ``param`` (bfloat16 or float16) without ``master_param``:
         store the new value rounded up or down at random, with the probability
@@ -957,7 +1067,7 @@ class ASGD(fastadapt.torch._optimizer.FlatOptimizer):
 class Lion(fastadapt.torch._optimizer.FlatOptimizer):
     """Lion over flat buffers: a drop-in for the rule (same signature, defaults and numbers), one fused ``fastadapt.lion_step`` call per (group, device, dtype).
 
-    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
+    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
 
     The update (from ``fastadapt.lion_step``):
     One Lion step, in place: Lion, evolved sign momentum (Chen et al., 2023, arXiv:2302.06675).
@@ -983,10 +1093,19 @@ class Lion(fastadapt.torch._optimizer.FlatOptimizer):
         Ascend the objective instead.
     grad_scale : float, optional
         A finite number > 0 the gradient is divided by inside the kernel (a loss scale to undo, times a clipping factor's inverse), folded into the gradient's sign: ``g = grad * ((-1 if maximize else 1) / grad_scale)``. None: 1.
-    master_param : float32 array, optional
+    master_param : float32, int16 or int8 array, optional
         For 16-bit ``param`` (bfloat16 or float16): a float32 copy of it, the
         shape of ``param``. The update runs on it and ``param`` receives it
-        rounded to nearest, in the same pass.
+        rounded to nearest, in the same pass. For bfloat16 ``param``, an int16
+        or int8 array of its shape (zeros to start: the master equals the
+        param) keeps a split master instead, in 2 or 1 bytes per element:
+        ``param`` and the correction together are the master the update runs
+        on, and both receive the new master's split (``param`` its nearest
+        rounding, ties away from zero). int16 (``master_weights="bf16+16"``):
+        the master's low 16 bits, so the master is the float32 one, exactly;
+        int8 (``"bf16+8"``): a 24-bit master, the float32 result rounded to
+        nearest on its last 8 bits, within ``2**-16 * |master|``. See
+        ``fastadapt._storage.SPLIT_MASTER``.
     stochastic_rounding : bool, default False
         For 16-bit ``param`` (bfloat16 or float16) without ``master_param``:
         store the new value rounded up or down at random, with the probability
@@ -1012,7 +1131,7 @@ class Lion(fastadapt.torch._optimizer.FlatOptimizer):
 class SparseAdam(fastadapt.torch._optimizer.FlatOptimizer):
     """SparseAdam over flat buffers: a drop-in for torch.optim.SparseAdam (same signature, defaults and numbers), one fused ``fastadapt.sparse_adam_step`` call per (group, device, dtype).
 
-    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
+    ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
 
     The update (from ``fastadapt.sparse_adam_step``):
     One SparseAdam step, in place: Adam masked to the rows a sparse gradient holds (torch.optim.SparseAdam); torch.optim.SparseAdam's semantics.
@@ -1042,10 +1161,19 @@ class SparseAdam(fastadapt.torch._optimizer.FlatOptimizer):
         Ascend the objective instead.
     grad_scale : float, optional
         A finite number > 0 the gradient is divided by inside the kernel (a loss scale to undo, times a clipping factor's inverse), folded into the gradient's sign: ``g = grad * ((-1 if maximize else 1) / grad_scale)``. None: 1.
-    master_param : float32 array, optional
+    master_param : float32, int16 or int8 array, optional
         For 16-bit ``param`` (bfloat16 or float16): a float32 copy of it, the
         shape of ``param``. The update runs on it and ``param`` receives it
-        rounded to nearest, in the same pass.
+        rounded to nearest, in the same pass. For bfloat16 ``param``, an int16
+        or int8 array of its shape (zeros to start: the master equals the
+        param) keeps a split master instead, in 2 or 1 bytes per element:
+        ``param`` and the correction together are the master the update runs
+        on, and both receive the new master's split (``param`` its nearest
+        rounding, ties away from zero). int16 (``master_weights="bf16+16"``):
+        the master's low 16 bits, so the master is the float32 one, exactly;
+        int8 (``"bf16+8"``): a 24-bit master, the float32 result rounded to
+        nearest on its last 8 bits, within ``2**-16 * |master|``. See
+        ``fastadapt._storage.SPLIT_MASTER``.
     stochastic_rounding : bool, default False
         For 16-bit ``param`` (bfloat16 or float16) without ``master_param``:
         store the new value rounded up or down at random, with the probability

@@ -10,7 +10,9 @@ import torch
 from ..flat import ALIGN_BYTES, layout
 from .._options import rounding_seed
 from ..functional import step_for
-from ._conventions import EIGHT_BIT, MASTER_KEY, _host_array, _initial, _scalar_dtype
+from .. import _storage
+from ._conventions import (CORRECTION_KEY, EIGHT_BIT, MASTER_KEY, _host_array, _initial,
+                          _scalar_dtype)
 
 # ----------------------------------------------------------------- gradient hooks
 # Module-level functions holding a weak reference to the bucket, so a model
@@ -109,9 +111,19 @@ class _Bucket:
         # master weights: a float32 copy the update runs on; the parameters
         # receive it rounded to nearest in the same pass
         # (per-parameter views of it only when the span is the whole buffer)
+        # A split master ("bf16+16" / "bf16+8") keeps its correction there
+        # instead, zero to start (the master is the parameter), shown under
+        # ``master_key``.
         self.master_flat = self.master_views = self.k_master = None
-        if owner.master_weights:
+        self.split = owner.master_weights if isinstance(owner.master_weights, str) else None
+        self.master_key = CORRECTION_KEY if self.split else MASTER_KEY
+        if self.split:
+            dtype = getattr(torch, _storage.SPLIT_MASTER[self.split][0].name)
+            self.master_flat = torch.zeros(self.span.stop - self.span.start, dtype=dtype,
+                                           device=self.param_flat.device)
+        elif owner.master_weights:
             self.master_flat = self.param_flat[self.span.start:self.span.stop].float()
+        if self.master_flat is not None:
             if self.span.whole:
                 self.master_views = self._views(self.master_flat)
             self.k_master = self._kernel_array(self.master_flat)
@@ -154,12 +166,36 @@ class _Bucket:
 
     def write_master(self, j, values):
         """The span's part of parameter ``j``'s ``values`` (its full values,
-        any shape) into the master copy."""
+        any shape) into the master copy (a split master: the correction that
+        with the parameter comes nearest to them, see
+        ``_storage.correction_for``)."""
         a, b = self.clip(j)
         lo, s0 = self.offsets[j], self.span.start
         target = self.master_flat[a - s0:b - s0]
-        if b > a and values.data_ptr() != target.data_ptr():
+        if self.split and b > a:
+            param = self.param_flat[a:b]
+            part = values.reshape(-1)[a - lo:b - lo]
+            if part.dtype == param.dtype:       # the parameter's own values: no correction
+                target.zero_()
+                return
+            mine = param.detach().cpu().view(torch.int16).numpy()
+            target.copy_(torch.from_numpy(_storage.correction_for(
+                part.detach().float().cpu().numpy(), mine, self.split)))
+        elif b > a and values.data_ptr() != target.data_ptr():
             target.copy_(values.reshape(-1)[a - lo:b - lo])
+
+    def load_master(self, j, extras):
+        """Parameter ``j``'s master from a checked state entry's ``extras``:
+        its float32 ``master_param`` or a split master's ``master_correction``
+        (rebuilt with the parameter's current value), converted to this
+        bucket's kind; none: the parameter's value."""
+        correction = extras.get(CORRECTION_KEY)
+        values = extras.get(MASTER_KEY)
+        if correction is not None:
+            param = _host_array(self.param_views[j].detach().cpu().reshape(-1))
+            values = torch.from_numpy(_storage.join_master(
+                param, correction.detach().cpu().reshape(-1).numpy()))
+        self.write_master(j, self.param_views[j] if values is None else values)
 
     def _views(self, flat):
         """Per-parameter views of ``flat`` (complex parameters: their real view)."""
@@ -196,8 +232,8 @@ class _Bucket:
         version counter; a replaced ``.data`` too) up to date: where the master
         no longer rounds to the parameter, it takes the parameter's value. One
         compare per changed parameter; nothing when none changed."""
-        if self.master_flat is None:
-            return
+        if self.master_flat is None or self.split:
+            return                  # (a split master always rounds to its parameter)
         versions = self._versions()
         if versions == self.versions:
             return
@@ -374,7 +410,7 @@ class _Bucket:
         for name, values in self.scalars.items():
             entry[owner._torch_names.get(name, name)] = values[j]
         if self.master_views is not None:
-            entry[MASTER_KEY] = self.master_views[j]
+            entry[self.master_key] = self.master_views[j]
         self.show(j, entry)
 
     def show(self, j, entry):

@@ -22,6 +22,8 @@ STORAGE_OPTIONS = {**_options.STORAGE_OPTIONS, "min_8bit_size": 4096,
 #: equivalent for (the 8-bit state's are ``"<state>.codes"`` and ``"<state>.absmax"``
 #: or ``"<state>.scale"``).
 MASTER_KEY = "master_param"
+#: A split master's correction (``master_weights="bf16+16"`` / ``"bf16+8"``).
+CORRECTION_KEY = "master_correction"
 SEED_KEY = "stochastic_rounding_seed"
 #: The step count as an int, saved beside torch's float32 ``step`` where that
 #: cannot hold it (past 2**24 steps).

@@ -16,8 +16,8 @@ from ..functional import step_for
 from .._options import dry_run, naming_group, storage_options
 from . import _sparse
 from ._bucket import _Bucket
-from ._conventions import (COMPLEX_DTYPES, COMPRESSED_KEY, DECOUPLED_FLAG, EIGHT_BIT,
-                           MASTER_KEY, REJECTED_FLAGS, SEED_KEY, STORAGE_OPTIONS,
+from ._conventions import (COMPLEX_DTYPES, COMPRESSED_KEY, CORRECTION_KEY, DECOUPLED_FLAG,
+                           EIGHT_BIT, MASTER_KEY, REJECTED_FLAGS, SEED_KEY, STORAGE_OPTIONS,
                            SUPPORTED_DTYPES, _initial, _numpy_dtype, _plain, _torch_dtype)
 from ._sharing import Alone, WholeBuffer
 from ._state_dict import TorchStateDict
@@ -61,7 +61,8 @@ class FlatOptimizer(TorchStateDict, torch.optim.Optimizer):
         With 8-bit state, parameters of fewer elements keep float32 state.
     compressed_state_dict : bool
         Whether :meth:`state_dict` keeps 16-bit and 8-bit state as stored.
-    master_weights, stochastic_rounding : bool
+    master_weights : bool, "bf16+16" or "bf16+8"
+    stochastic_rounding : bool
         The storage options.
     seed : int or None
         Stochastic rounding's seed (drawn when not given; None without
@@ -97,7 +98,7 @@ class FlatOptimizer(TorchStateDict, torch.optim.Optimizer):
         # the per-parameter state keys this class writes; any other key of
         # optimizer.state is the caller's, kept through state dicts as torch keeps it
         names = [self._torch_names.get(n, n) for n in self.rule.state]
-        self._own_keys = {"step", MASTER_KEY, SEED_KEY, COMPRESSED_KEY, *names,
+        self._own_keys = {"step", MASTER_KEY, CORRECTION_KEY, SEED_KEY, COMPRESSED_KEY, *names,
                           *(f"{n}.{part}" for n in names
                             for part in ("codes", *(f[2] for f in EIGHT_BIT.values()))),
                           *(self._torch_names.get(n, n) for n in self._scalar_state)}

@@ -7,8 +7,8 @@ import numpy as np
 import torch
 
 from .. import _args
-from ._conventions import (COMPRESSED_KEY, COMPRESSED_VERSION, EIGHT_BIT, MASTER_KEY,
-                           NO_OP_FLAGS, REJECTED_FLAGS, SEED_KEY, STEP_KEY, _plain,
+from ._conventions import (COMPRESSED_KEY, COMPRESSED_VERSION, CORRECTION_KEY, EIGHT_BIT,
+                           MASTER_KEY, NO_OP_FLAGS, REJECTED_FLAGS, SEED_KEY, STEP_KEY, _plain,
                            _scalar_dtype)
 
 
@@ -137,7 +137,7 @@ class TorchStateDict:
                             entry[self._torch_names.get(name, name)] = b.scalar_tensor(name, j)
                         master = master_of(b, j)
                         if master is not None:
-                            entry[MASTER_KEY] = master
+                            entry[b.master_key] = master
                         if self.stochastic_rounding:
                             entry[SEED_KEY] = self.seed
                     if entry:
@@ -268,8 +268,7 @@ class TorchStateDict:
                         for name in b.state_flat:
                             b.load(name, j, arrays, extras, group)
                         if b.master_flat is not None:
-                            src = extras.get(MASTER_KEY)
-                            b.write_master(j, b.param_views[j] if src is None else src)
+                            b.load_master(j, extras)
                         for name, value in scalars.items():
                             b.scalars_np[our_names.get(name, name)][j] = value
                         b.steps_np[j] = step
@@ -304,7 +303,8 @@ class TorchStateDict:
         fmt = (self.state_dtype if self.state_dtype in EIGHT_BIT
                and p.numel() >= self.min_8bit_size else None)
         scale_keys = tuple(f[2] for f in EIGHT_BIT.values())
-        extra_names = {MASTER_KEY: ("a floating-point tensor", p.numel(), None)}
+        extra_names = {MASTER_KEY: ("a floating-point tensor", p.numel(), None),
+                       CORRECTION_KEY: ("an int16 or int8 tensor", p.numel(), "correction")}
         for n in array_names:
             # torch.optim casts a loaded state's tensors to the parameter's
             # dtype: codes come back as float (exact: 0..255 are), scales
@@ -330,7 +330,9 @@ class TorchStateDict:
             if key in extra_names:
                 what, size, dtype = extra_names[key]
                 if not (isinstance(v, torch.Tensor) and v.layout == torch.strided and (
-                        _is_real(v) if dtype == "codes" else v.is_floating_point())):
+                        _is_real(v) if dtype == "codes" else
+                        v.dtype in (torch.int16, torch.int8) if dtype == "correction"
+                        else v.is_floating_point())):
                     raise ValueError(f"{where}: {key} must be {what}, got "
                                      f"{getattr(v, 'dtype', type(v).__name__)}")
                 if v.numel() != size:

@@ -333,11 +333,15 @@ class ZeroRedundancyOptimizer(ShardedCheckpoint, FlatOptimizer):
                         arrays[name] = torch.cat(parts)
                 master[b] = None
                 if b.master_flat is not None:
-                    parts = [torch.empty_like(b.master_flat) for _ in range(self.world_size)] \
+                    # (a split master's correction travels as its bytes: gloo
+                    # gathers no int16)
+                    local = b.master_flat.view(torch.uint8) if b.split else b.master_flat
+                    parts = [torch.empty_like(local) for _ in range(self.world_size)] \
                         if receive else None
                     agreement.collective("consolidate_state_dict's gather of the master copy",
-                                         dist.gather, b.master_flat, parts, dst=dst)
-                    master[b] = torch.cat(parts) if receive else None
+                                         dist.gather, local, parts, dst=dst)
+                    master[b] = (torch.cat(parts).view(b.master_flat.dtype) if receive
+                                 else None)
         compressed = self.compressed_state_dict
         self._consolidated = None if not receive else self._packed_state(
             lambda b, j: {k: v for name in b.state_flat for k, v in _entries(

@@ -330,9 +330,11 @@ class ShardedCheckpoint:
                 state[k] = v.reshape(-1)
             master = d.get("master")
             if master is not None and not (isinstance(master, torch.Tensor)
-                                           and master.is_floating_point()
+                                           and (master.is_floating_point() or master.dtype in
+                                                (torch.int16, torch.int8))
                                            and master.numel() == per):
-                raise ValueError(f"{here}: master must be None or {per} floating-point values")
+                raise ValueError(f"{here}: master must be None or {per} floating-point values "
+                                 "(int16 / int8: a split master's correction)")
             d["master"] = None if master is None else master.reshape(-1)
             steps = d.get("steps")
             if not (isinstance(steps, torch.Tensor) and steps.numel() == n
