@@ -10,7 +10,9 @@ kernel to load it from the cache. ``warmup`` moves all of that to a moment of
 the caller's choosing: it runs one step of each rule through the public
 functional API on a small array (the serial driver) and on one of
 ``SERIAL_BELOW`` elements (the parallel driver), per dtype and per storage
-mode (:data:`MODES`: each is a kernel of its own).
+mode (:data:`MODES`: each is a kernel of its own); and Adafactor's kernels
+(:func:`fastadapt.adafactor_step`, not a rule: its 1-D and its factored
+kernel, per dtype).
 """
 import argparse
 import sys
@@ -29,7 +31,8 @@ def _sizes():
     return (_SMALL, cpu.SERIAL_BELOW)
 
 
-#: The storage modes of the README's "Fewer bytes" table (float32 math): each
+#: The storage modes of the README's "Fewer bytes" table (float32 math), the
+#: split masters (``master_weights="bf16+16"`` / ``"bf16+8"``) included: each
 #: name maps to ``(param dtype, grad dtype, state dtype or "int8", options)``.
 MODES = {
     "bf16_state": ("float32", "float32", "bfloat16", {}),
@@ -38,19 +41,25 @@ MODES = {
     "bf16": ("bfloat16", "bfloat16", "bfloat16", {}),
     "bf16_stochastic": ("bfloat16", "bfloat16", "bfloat16", {"stochastic_rounding": True}),
     "bf16_master": ("bfloat16", "bfloat16", "float32", {"master_weights": True}),
+    "bf16_split16": ("bfloat16", "bfloat16", "float32", {"master_weights": "bf16+16"}),
+    "bf16_split8": ("bfloat16", "bfloat16", "float32", {"master_weights": "bf16+8"}),
 }
+
+#: Adafactor (:func:`fastadapt.adafactor_step`) is not a rule but takes a
+#: ``rules`` name here: its kernels are warmed per dtype, in no storage mode.
+ADAFACTOR = "adafactor"
 
 
 def _resolve(rules, dtypes):
     from .rules import RULES
     if rules is None:
-        names = list(RULES)
+        names = [*RULES, ADAFACTOR]
     else:
         names = [rules] if isinstance(rules, str) else list(rules)
-        unknown = [r for r in names if r not in RULES]
+        unknown = [r for r in names if r not in RULES and r != ADAFACTOR]
         if unknown:
             raise ValueError(f"unknown rule(s) {', '.join(map(repr, unknown))}; "
-                             f"choose from {', '.join(RULES)}")
+                             f"choose from {', '.join(RULES)}, {ADAFACTOR}")
     if dtypes is None:
         kinds = list(SUPPORTED_DTYPES)
     else:
@@ -64,7 +73,7 @@ def _resolve(rules, dtypes):
                 raise TypeError(f"unsupported dtype {dt}; fastadapt supports float32 and "
                                 "float64")
             kinds.append(dt)
-    return [RULES[n] for n in names], kinds
+    return [RULES[n] for n in names if n != ADAFACTOR], kinds, ADAFACTOR in names
 
 
 def _resolve_modes(modes):
@@ -82,14 +91,16 @@ def warm_call(rule, n, dtype, mode=None):
     mode ``mode`` of :data:`MODES`."""
     from ._options import EIGHT_BIT
     from .functional import step_for
-    from ._storage import bfloat16
+    from ._storage import SPLIT_MASTER, bfloat16
     kwargs = {}
     if mode is None:
         param_dtype = grad_dtype = state_dtype = dtype
     else:
         param_dtype, grad_dtype, state_dtype, options = MODES[mode]
-        if options.get("master_weights"):
-            kwargs["master_param"] = np.zeros(n, np.float32)
+        master = options.get("master_weights")
+        if master:
+            kwargs["master_param"] = np.zeros(n, np.float32 if master is True
+                                              else SPLIT_MASTER[master][0])
         if options.get("stochastic_rounding"):
             kwargs.update(stochastic_rounding=True, seed=0)
 
@@ -104,6 +115,19 @@ def warm_call(rule, n, dtype, mode=None):
     step_for(rule)(zeros(param_dtype), zeros(grad_dtype), **kwargs)
 
 
+def warm_adafactor(n, dtype):
+    """One Adafactor step on fresh ``dtype`` arrays of ``n`` elements: a 1-D
+    param (the vector kernel) and a 2-D one of two rows (the factored kernel;
+    ``n`` even)."""
+    from .adafactor import adafactor_step
+    adafactor_step(np.zeros(n, dtype), np.zeros(n, dtype), variance=np.zeros(n, dtype),
+                   step=1)
+    shape = (2, n // 2)
+    adafactor_step(np.zeros(shape, dtype), np.zeros(shape, dtype),
+                   row_var=np.zeros((2, 1), dtype), col_var=np.zeros((1, n // 2), dtype),
+                   step=1)
+
+
 def warmup(rules=None, dtypes=None, modes=None, progress=None):
     """Compile (first process on a machine) or load from the disk cache (any
     later process) every CPU kernel of ``rules`` x (``dtypes`` + ``modes``),
@@ -112,8 +136,9 @@ def warmup(rules=None, dtypes=None, modes=None, progress=None):
     Parameters
     ----------
     rules : str or iterable of str, optional
-        Names from :data:`fastadapt.RULES` (``"adam"``, ``"sgd"``, ...); all by
-        default.
+        Names from :data:`fastadapt.RULES` (``"adam"``, ``"sgd"``, ...) and
+        ``"adafactor"`` (:func:`fastadapt.adafactor_step`'s kernels, warmed
+        per dtype only: it has no storage modes); all by default.
     dtypes : dtype or iterable of dtypes, optional
         float32 and/or float64; both by default.
     modes : str or iterable of str, optional
@@ -124,37 +149,40 @@ def warmup(rules=None, dtypes=None, modes=None, progress=None):
     Returns
     -------
     dict
-        ``{(rule name, dtype or mode name): seconds}``: what each took; with
-        every rule (``rules=None``) also ``("grad_norm", dtype name)``, the
-        kernels of :func:`fastadapt.grad_norm`.
+        ``{(rule name, dtype or mode name): seconds}``: what each took
+        (``("adafactor", dtype name)`` for Adafactor's); with every rule
+        (``rules=None``) also ``("grad_norm", dtype name)``, the kernels of
+        :func:`fastadapt.grad_norm`.
 
     Notes
     -----
     Each rule runs one step through its public functional step on a small
     array and on one of ``fastadapt.kernels.cpu.SERIAL_BELOW`` elements, so
-    both the serial and the parallel driver are ready. GPU kernels compile on
+    both the serial and the parallel driver are ready; Adafactor one step of
+    a 1-D and of a 2-D param at each of those sizes. GPU kernels compile on
     their first call with GPU arrays and are not touched here.
     """
-    chosen, kinds = _resolve(rules, dtypes)
+    chosen, kinds, adafactor = _resolve(rules, dtypes)
     mode_names = _resolve_modes(modes)
     times = {}
 
-    def warm(rule, label, dtype, mode):
+    def timed(name, label, call):
         start = time.perf_counter()
-        for n in _sizes():
-            warm_call(rule, n, dtype, mode)
-        times[(rule.name, label)] = elapsed = time.perf_counter() - start
+        call()
+        times[(name, label)] = elapsed = time.perf_counter() - start
         if progress:
-            progress(f"{rule.name} {label}: {elapsed:.2f} s")
+            progress(f"{name} {label}: {elapsed:.2f} s")
+
+    def warm(rule, label, dtype, mode):
+        timed(rule.name, label, lambda: [warm_call(rule, n, dtype, mode) for n in _sizes()])
     for dtype in kinds:
         for rule in chosen:
             warm(rule, dtype.name, dtype, None)
+        if adafactor:
+            timed(ADAFACTOR, dtype.name,
+                  lambda: [warm_adafactor(n, dtype) for n in _sizes()])
         if rules is None:
-            start = time.perf_counter()
-            _warm_grad_norm(dtype)
-            times[("grad_norm", dtype.name)] = elapsed = time.perf_counter() - start
-            if progress:
-                progress(f"grad_norm {dtype.name}: {elapsed:.2f} s")
+            timed("grad_norm", dtype.name, lambda: _warm_grad_norm(dtype))
     for mode in mode_names:
         for rule in chosen:
             warm(rule, mode, None, mode)
@@ -178,7 +206,9 @@ def main(argv=None):
                     "no later call pays for it: the first process on a machine compiles, "
                     "later ones load in milliseconds per kernel.")
     parser.add_argument("--rules", default="all",
-                        help="comma-separated: " + ", ".join(RULES) + " (default all)")
+                        help="comma-separated: " + ", ".join([*RULES, ADAFACTOR])
+                        + " (default all; adafactor: its kernels per dtype, in no storage "
+                        "mode)")
     parser.add_argument("--dtypes", default="float32,float64",
                         help="comma-separated: float32, float64 (default both)")
     parser.add_argument("--modes", default="all",

@@ -131,9 +131,10 @@ def layouts(full=False):
     """``(kernel, Layout)`` pairs of the storage layouts the CUDA path runs:
     :data:`REPRESENTATIVE`, or with ``full`` every 16-bit one the optimizer
     classes make (one state dtype for all the state arrays; an array its flag
-    turns off stays in the compute dtype), for every kernel and every setting
-    of its flags, and with 8-bit state in either format float32 params, and
-    bfloat16 params and gradients plain, with a master copy or stochastic
+    turns off stays in the compute dtype; bfloat16 params also with either
+    split master), for every kernel and every setting of its flags, and with
+    8-bit state in either format float32 params, and bfloat16 params and
+    gradients plain, with a master copy (float32 or split) or stochastic
     rounding (the same drivers, so float16 params add nothing the 16-bit
     layouts do not)."""
     if not full:
@@ -146,7 +147,7 @@ def layouts(full=False):
     storage += [(p, g, s, mode) for p, grads, states in ((b, (b, f), (f, b)),
                                                         (h, (h, f), (f, b, h)))
                 for g in grads for s in states
-                for mode in ("", "m", "s")]
+                for mode in ("", "m", "s") + (("m16", "m8") if p == b else ())]
     out = []
     for kernel, spec in kernel_specs().items():
         gates = sorted({flag for _, flag in spec if flag is not None})
@@ -158,7 +159,7 @@ def layouts(full=False):
                 layout = Layout(codes, _master(mode), "s" in mode)
                 if not layout.plain and (kernel, layout) not in out:
                     out.append((kernel, layout))
-            for p, mode in ((f, ""), (b, ""), (b, "m"), (b, "s")):
+            for p, mode in ((f, ""), (b, ""), (b, "m"), (b, "m16"), (b, "m8"), (b, "s")):
                 for eight in ("q", "c"):
                     codes = (p, p) + tuple(
                         f if not (flag is None or on[flag]) else BLOCKWISE8 if eight == "q"

@@ -55,11 +55,11 @@ def test_console_script_exit_status():
 
 def test_warmup_prepares_both_drivers_of_every_rule_and_dtype():
     times = fastadapt.warmup(modes=())
-    assert set(times) == {(r, d) for r in (*fastadapt.RULES, "grad_norm")
+    assert set(times) == {(r, d) for r in (*fastadapt.RULES, "adafactor", "grad_norm")
                           for d in ("float32", "float64")}
     assert all(t >= 0 for t in times.values())
-    from fastadapt.kernels import reduce
-    for driver in cpu.DRIVERS.values():
+    from fastadapt.kernels import adafactor, reduce
+    for driver in (*cpu.DRIVERS.values(), adafactor.FACTORED, adafactor.VECTOR):
         for path in (driver.serial, driver.parallel):
             compiled = {sig[0].dtype.name for sig in path.signatures}
             assert {"float32", "float64"} <= compiled
@@ -74,10 +74,13 @@ def test_warmup_prepares_every_storage_mode():
     times = fastadapt.warmup(rules="adagrad", dtypes=(), modes=None)
     assert list(times) == [("adagrad", m) for m in MODES]
     # each mode is a layout driver of its own, compiled in both loops (other
-    # tests may have compiled more layouts, in one loop or both)
-    ready = [d for (kernel, _), d in cpu._LAYOUTS.items()
+    # tests may have compiled more layouts, in one loop or both), the split
+    # masters' among them
+    ready = [layout for (kernel, layout), d in cpu._LAYOUTS.items()
              if kernel == "adagrad" and d.serial.signatures and d.parallel.signatures]
     assert len(ready) >= len(MODES)
+    from fastadapt.kernels.loops import SPLIT8, SPLIT16
+    assert {SPLIT16, SPLIT8} <= {layout.master for layout in ready}
 
 
 def test_warmup_selects_and_validates():
@@ -85,9 +88,12 @@ def test_warmup_selects_and_validates():
     assert list(times) == [("sgd", "float32")]
     assert list(fastadapt.warmup(["adam", "adagrad"], ["float64"], modes="bf16")) == [
         ("adam", "float64"), ("adagrad", "float64"), ("adam", "bf16"), ("adagrad", "bf16")]
+    # Adafactor is warmed per dtype, in no storage mode
+    assert list(fastadapt.warmup(["adafactor", "sgd"], "float32", modes="bf16_split8")) == [
+        ("sgd", "float32"), ("adafactor", "float32"), ("sgd", "bf16_split8")]
     with pytest.raises(ValueError, match="unknown storage mode.*'int4'"):
         fastadapt.warmup(modes=["int4"])
-    with pytest.raises(ValueError, match="unknown rule.*'nosuchrule'"):
+    with pytest.raises(ValueError, match="unknown rule.*'nosuchrule'.*adafactor"):
         fastadapt.warmup(rules=["nosuchrule"])
     with pytest.raises(TypeError, match="unsupported dtype float16"):
         fastadapt.warmup(dtypes=[np.float16])
@@ -98,6 +104,10 @@ def test_compile_command(capsys):
                  "bf16_state"]) == 0
     out = capsys.readouterr().out
     assert "adam float32" in out and "sgd bf16_state" in out and "4 rule/dtype and" in out
+    assert main(["compile", "--rules", "adafactor", "--dtypes", "float64", "--modes",
+                 "bf16_split16"]) == 0
+    out = capsys.readouterr().out
+    assert "adafactor float64" in out and "1 rule/dtype and" in out
     assert main(["compile", "--modes", "int4"]) == 2
     assert "unknown storage mode" in capsys.readouterr().err
     assert main(["compile", "--rules", "nosuchrule"]) == 2

@@ -2,7 +2,9 @@
 
 Against ``torch.optim`` on CUDA (single-tensor path) for every rule x option
 set of ``optim_cases`` x dtype x size, 20 steps; against fastadapt's own CPU
-kernels through Numba device arrays and CuPy arrays; the caller's stream; an
+kernels through Numba device arrays and CuPy arrays, every storage layout
+(16-bit, split masters, 8-bit state) and fastadapt.torch's split masters on
+CUDA tensors; the caller's stream; an
 array of more than 2**31 elements; no recompilation, in process or across
 processes. ``test_cuda_sim.py`` covers the same logic without a GPU.
 
@@ -34,9 +36,11 @@ from fastadapt.functional import step_for  # noqa: E402
 from fastadapt.kernels import cuda as kernels  # noqa: E402
 
 import optim_cases as cases  # noqa: E402
-from conftest import DTYPES, SIZES, TOLERANCE, assert_same_result  # noqa: E402
+from conftest import DTYPES, SIZES, TOLERANCE, assert_close, assert_same_result  # noqa: E402
 from test_cuda_sim import (SIZES_8BIT, _storage_cases, run_state8_case,  # noqa: E402
                            run_storage_case)
+from test_split_master import (_master_of, _torch_model, nearest_away,  # noqa: E402
+                               rebuild8, rebuild16)
 
 pytestmark = pytest.mark.gpu
 ALL_CASES = cases.cases()
@@ -160,12 +164,20 @@ def _storage_tolerance(dtype):
     return TOLERANCE[np.dtype(np.float32)]
 
 
-@pytest.mark.parametrize("case", range(len(_storage_cases())))
+def _is_split(case):
+    return isinstance(case[5], str)             # master: "bf16+16" / "bf16+8"
+
+
+STORAGE_CASES = [c for c in _storage_cases() if not _is_split(c)]
+SPLIT_CASES = [c for c in _storage_cases() if _is_split(c)]
+
+
+@pytest.mark.parametrize("case", range(len(STORAGE_CASES)))
 def test_storage_layouts_match_cpu(case):
-    """Every storage layout but 8-bit state, on Numba device arrays, against
-    the CPU (the cases of test_cuda_sim, where they are bit-equal under the
-    simulator)."""
-    host, dev = run_storage_case(_storage_cases()[case], 4099, cuda.to_device)
+    """Every storage layout but 8-bit state and split masters, on Numba
+    device arrays, against the CPU (the cases of test_cuda_sim, where they
+    are bit-equal under the simulator)."""
+    host, dev = run_storage_case(STORAGE_CASES[case], 4099, cuda.to_device)
     for key, a in host.items():
         expected = a.astype(np.float64)
         actual = dev[key].copy_to_host().astype(np.float64)
@@ -173,6 +185,100 @@ def test_storage_layouts_match_cpu(case):
         np.testing.assert_allclose(actual, expected, rtol=tol,
                                    atol=tol * float(np.max(np.abs(expected))),
                                    err_msg=f"{key}, case {case}")
+
+
+def _split_tolerance(mode, steps):
+    """Relative tolerance (of the element plus the array's scale) of a split
+    master after ``steps`` steps on the GPU against the CPU. "bf16+16" keeps
+    the float32 master whole: float32's (conftest.TOLERANCE). "bf16+8" rounds
+    it to 24 bits (8 exponent bits, 15 of mantissa; ``rebuild8``) every step,
+    and a GPU's fused multiply-adds, an ulp or so of float32 away from the
+    CPU's result, can round to the other 24-bit neighbour: one unit, 2**-15
+    of the value at most, per step (the masters' gap does not feed back into
+    the gradients, which both sides are given); one unit more for float32's
+    own budget. Not yet measured on a GPU."""
+    if mode == "bf16+16":
+        return TOLERANCE[np.dtype(np.float32)]
+    return (steps + 1) * 2.0 ** -15
+
+
+def _assert_split_master(actual_param, actual, expected, mode, steps, what):
+    """The GPU's rebuilt master ``actual`` within :func:`_split_tolerance` of
+    the CPU's ``expected``, both finite, and the GPU's param (its bits)
+    exactly the nearest bfloat16 (ties away from zero) of its master, as the
+    split defines it."""
+    assert np.isfinite(actual).all() and np.isfinite(expected).all(), what
+    np.testing.assert_array_equal(np.asarray(actual_param).view(np.uint16),
+                                  nearest_away(actual).view(np.uint16), f"param, {what}")
+    tol = _split_tolerance(mode, steps)
+    np.testing.assert_allclose(actual, expected, rtol=tol,
+                               atol=tol * float(np.max(np.abs(expected), initial=0)),
+                               err_msg=f"master, {what}")
+
+
+@pytest.mark.parametrize("case", range(len(SPLIT_CASES)))
+def test_split_master_matches_cpu(case):
+    """The split masters ("bf16+16", "bf16+8") on Numba device arrays against
+    the CPU (the cases of test_cuda_sim, where they are bit-equal under the
+    simulator), 3 steps at 97 and 4099 elements (partial last blocks). The
+    correction alone means nothing (a master an ulp away can carry into the
+    param and wrap the correction), so the comparison is of the masters each
+    side rebuilds in NumPy (test_split_master's ``rebuild16`` /
+    ``rebuild8``), with :func:`_assert_split_master`. State arrays as the
+    other layouts."""
+    name, options, pd, gd, sd, master, stochastic = SPLIT_CASES[case]
+    rebuild = rebuild16 if master == "bf16+16" else rebuild8
+    for n in (97, 4099):
+        host, dev = run_storage_case(SPLIT_CASES[case], n, cuda.to_device)
+        dev = {k: v.copy_to_host() for k, v in dev.items()}
+        what = f"{name} {master}, n={n}"
+        assert dev["master_param"].dtype == host["master_param"].dtype
+        _assert_split_master(dev["param"], rebuild(dev["param"], dev["master_param"]),
+                             rebuild(host["param"], host["master_param"]), master, 3, what)
+        for key, a in host.items():
+            if key == "master_param":
+                continue
+            expected = a.astype(np.float64)
+            tol = _storage_tolerance(a.dtype)
+            np.testing.assert_allclose(dev[key].astype(np.float64), expected, rtol=tol,
+                                       atol=tol * float(np.max(np.abs(expected))),
+                                       err_msg=f"{key}, {what}")
+
+
+@pytest.mark.parametrize("mode", ["bf16+16", "bf16+8"])
+def test_torch_split_master_matches_cpu(torch, mode):
+    """``fastadapt.torch.AdamW(master_weights=mode)`` on CUDA bfloat16
+    parameters against the same optimizer on the CPU, 5 steps on the same
+    gradients (test_split_master's model: shapes (7,), (3, 5) and one past
+    the serial threshold): the corrections stay on the GPU in their dtype;
+    masters and params as :func:`test_split_master_matches_cpu` compares
+    them; the moments within conftest's float32 tolerance."""
+    import fastadapt.torch as ft
+    steps = 5
+    on_cpu = _torch_model(torch, seed=4)
+    on_gpu = [torch.nn.Parameter(p.detach().cuda()) for p in on_cpu]
+    opts = [ft.AdamW(params, lr=1e-2, weight_decay=0.1, master_weights=mode)
+            for params in (on_cpu, on_gpu)]
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(steps):
+        for p, q in zip(on_cpu, on_gpu):
+            grad = torch.randn(p.shape, generator=gen).to(torch.bfloat16)
+            p.grad, q.grad = grad, grad.cuda()
+        for opt in opts:
+            opt.step()
+    correction = {"bf16+16": torch.int16, "bf16+8": torch.int8}[mode]
+    for i, (p, q) in enumerate(zip(on_cpu, on_gpu)):
+        expected, actual = opts[0].state[p], opts[1].state[q]
+        assert actual["master_correction"].is_cuda
+        assert actual["master_correction"].dtype == correction
+        actual = {k: v.cpu() if torch.is_tensor(v) else v for k, v in actual.items()}
+        q_host = q.detach().cpu()
+        what = f"{mode}, parameter {i} of shape {tuple(p.shape)}"
+        _assert_split_master(q_host.view(torch.int16).numpy().reshape(-1),
+                             _master_of(torch, q_host, actual),
+                             _master_of(torch, p, expected), mode, steps, what)
+        for s in ("exp_avg", "exp_avg_sq"):
+            assert_close(actual[s].numpy(), expected[s].numpy(), np.float32, f"{s}, {what}")
 
 
 @pytest.mark.parametrize("container", [fastadapt.Blockwise8, fastadapt.Companded8],
