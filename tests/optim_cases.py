@@ -393,9 +393,10 @@ def every_row(grad):
     import torch
     if grad.dim() == 0:
         indices = torch.zeros(0, 1, dtype=torch.long, device=grad.device)
-        return torch.sparse_coo_tensor(indices, grad.reshape(1), ()).coalesce()
+        return torch.sparse_coo_tensor(indices, grad.reshape(1), (),
+                                       check_invariants=True).coalesce()
     indices = torch.arange(grad.shape[0], device=grad.device).unsqueeze(0)
-    return torch.sparse_coo_tensor(indices, grad, grad.shape).coalesce()
+    return torch.sparse_coo_tensor(indices, grad, grad.shape, check_invariants=True).coalesce()
 
 
 def check_non_finite_confined(name, container, unit, bad, n):

@@ -128,7 +128,8 @@ def torch_step(mode):
         p.grad = torch.from_numpy(grad.copy())
         if config.rule.torch_sparse_grad:   # SparseAdam: every row present
             rows = torch.arange(p.shape[0]).unsqueeze(0)
-            p.grad = torch.sparse_coo_tensor(rows, p.grad, p.shape).coalesce()
+            p.grad = torch.sparse_coo_tensor(rows, p.grad, p.shape,
+                                             check_invariants=True).coalesce()
         opt = torch_optimizer(config, [p], mode)
         step = opt.step
         return step
