@@ -103,17 +103,20 @@ def _planner(rule, fn_name):
     if not checks:                  # nothing to check: every call's options
         options_of(())
 
-    def checked(values, step, grad_scale):
-        options = options_of(values)[0]
+    takes_step = rule.takes_step
+
+    def step_and_scale(step, grad_scale):
+        """The checked step (a float; None for a rule without one) and grad_scale."""
         t = None
-        if rule.takes_step:
-            t = float(min(_args.step(step), _STEP_CAP))
-        if grad_scale is None:
-            scale = 1.0
-        else:
-            scale = _args.real("grad_scale", grad_scale, 0.0, math.inf, low_open=True,
-                               high_open=True)
-        return options, t, scale
+        if takes_step:
+            t = float(step) if type(step) is int and 1 <= step <= _STEP_CAP else \
+                float(min(_args.step(step), _STEP_CAP))
+        scale = 1.0 if grad_scale is None else _args.real(
+            "grad_scale", grad_scale, 0.0, math.inf, low_open=True, high_open=True)
+        return t, scale
+
+    def checked(values, step, grad_scale):
+        return (options_of(values)[0], *step_and_scale(step, grad_scale))
 
     def arrays_of(param, grad, state, options):
         arrays = {"param": param, "grad": grad}
@@ -160,7 +163,6 @@ def _planner(rule, fn_name):
         scalars, new_state, key = scalars_of(options, t, scale, storage, carried)
         return Update(rule.kernel, arrays, written, scalars, new_state, storage[0], key)
 
-    takes_step = rule.takes_step
     remembered, keep = launches.entries.get, launches.keep
     is_ = operator.is_
 
@@ -172,12 +174,7 @@ def _planner(rule, fn_name):
         known, options, uses, extras, sign = last[0]
         if not all(map(is_, values, known)):
             options, uses, extras, sign = options_of(values)
-        t = None
-        if takes_step:
-            t = float(step) if type(step) is int and 1 <= step <= _STEP_CAP else \
-                float(min(_args.step(step), _STEP_CAP))
-        scale = 1.0 if grad_scale is None else _args.real(
-            "grad_scale", grad_scale, 0.0, math.inf, low_open=True, high_open=True)
+        t, scale = step_and_scale(step, grad_scale)
         # what decides the plan besides the arrays: the optional state the
         # options use, and the rounding mode (a bool; anything else that
         # passes for one is checked in full every call)
