@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _storage
+from . import _pool, _storage
 from ._arrays import (SUPPORTED_DTYPES, check_no_aliasing, check_plain_ndarray,
                       is_device_array, is_torch_host_tensor, no_op)
 from .kernels import cpu
@@ -167,8 +167,9 @@ def _host_kernel(update):
         if has_master:
             sources.append((len(update.arrays), _form(update.master)))
     stochastic = layout is not None and layout[2]
-    return _HostKernel(driver, first.size >= cpu.SERIAL_BELOW, dtype, stochastic,
-                       tuple(sources))
+    parallel = first.size >= cpu.SERIAL_BELOW
+    return _HostKernel(driver, parallel, dtype, stochastic, tuple(sources), first.size,
+                       _pool.choice_for(driver, first.size) if parallel else None)
 
 
 def _host_call(update):
@@ -182,25 +183,22 @@ def _host_call(update):
         return None, ()
     dtype = kernel.dtype
     if not kernel.parallel:
-        serial = kernel.driver.serial
-        if kernel.stochastic:
-            def call(args, scalars, key):
-                serial(*args, np.array(scalars, dtype), *key)
-        else:
-            def call(args, scalars, key):
-                serial(*args, np.array(scalars, dtype))
+        run = kernel.driver.serial
+    elif kernel.choice is not None:     # mid-size: the pool only where it pays
+        run = _pool.timed(kernel.choice, kernel.driver.serial, kernel.driver.parallel,
+                          _PARALLEL_LAUNCH, kernel.size)
     else:
         parallel = kernel.driver.parallel
-        if kernel.stochastic:
-            def call(args, scalars, key):
-                scalars = np.array(scalars, dtype)
-                with _PARALLEL_LAUNCH:
-                    parallel(*args, scalars, *key)
-        else:
-            def call(args, scalars, key):
-                scalars = np.array(scalars, dtype)
-                with _PARALLEL_LAUNCH:
-                    parallel(*args, scalars)
+
+        def run(*args):
+            with _PARALLEL_LAUNCH:
+                parallel(*args)
+    if kernel.stochastic:
+        def call(args, scalars, key):
+            run(*args, np.array(scalars, dtype), *key)
+    else:
+        def call(args, scalars, key):
+            run(*args, np.array(scalars, dtype))
     return call, kernel.sources
 
 
@@ -210,6 +208,8 @@ class _HostKernel(NamedTuple):
     dtype: np.dtype         # of the scalars
     stochastic: bool        # whether the stream key follows the scalars
     sources: tuple          # see _arguments
+    size: int               # elements
+    choice: object          # a _pool.PoolChoice for mid-size updates, else None
 
 
 def kernel_call(update):

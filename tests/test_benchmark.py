@@ -640,3 +640,19 @@ def test_storage_core_bandwidth_must_be_positive(capsys):
     from fastadapt.benchmark import main
     assert main(["--sections", "storage", "--core-bandwidth", "0"]) == 2
     assert "--core-bandwidth must be positive" in capsys.readouterr().err
+
+
+def test_load_section_times_pool_serial_and_choice_with_and_without_spinners():
+    """The load section's rows: every size on the machine as is and with one
+    spinning process per CPU (stopped afterwards), each kind's mean time per
+    call, and a table that renders them."""
+    import multiprocessing
+
+    from fastadapt.benchmark import _load, _report
+    data = _load.run(0.01, lambda line: None, sizes=(9_000,))
+    assert [(r["n"], r["load"]) for r in data["rows"]] == [(9_000, "as is"), (9_000, "busy")]
+    for r in data["rows"]:
+        assert all(r[f"{k}_us"] > 0 for k in _load.KINDS)
+    assert not multiprocessing.active_children()
+    table = _report.load_table(data).markdown()
+    assert table.count("9,000") == 2 and "one busy process per CPU" in table

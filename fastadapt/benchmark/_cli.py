@@ -25,8 +25,8 @@ QUICK_SIZES = (10**3, 10**5, 2**20)
 THRESHOLD_SIZES = tuple(2**k for k in range(6, 18))          # 64 .. 131072
 QUICK_THRESHOLD_SIZES = (512, 8192, 32768)
 PER_CALL_SIZES = (10**3, 10**4)
-SECTIONS = ("main", "percall", "threshold", "gpt2", "coldstart", "gpu", "wholestep", "torch",
-            "storage", "accuracy", "zero")
+SECTIONS = ("main", "percall", "threshold", "load", "gpt2", "coldstart", "gpu", "wholestep",
+            "torch", "storage", "accuracy", "zero")
 DEFAULT_SECTIONS = ("main", "percall", "gpt2", "coldstart", "gpu", "wholestep")
 QUICK_SECTIONS = ("main", "percall", "gpu")
 # (budget per measurement in s, minimum rounds, retries, seconds of re-measuring in all)
@@ -85,7 +85,9 @@ def _parser():
     p.add_argument("--sections",
                    help="comma-separated subset of " + ",".join(SECTIONS)
                         + " (main: the table; percall: small-array cost; threshold: serial "
-                        "vs parallel driver; gpt2: a GPT-2-shaped Adam step, narrowed to "
+                        "vs parallel driver; load: mid-size updates with one busy process "
+                        "per CPU, pool vs serial vs fastadapt's choice; gpt2: a "
+                        "GPT-2-shaped Adam step, narrowed to "
                         "d_model=128 unless --full; coldstart: import + first call in fresh "
                         "processes; gpu: the same table on an NVIDIA GPU, skipped without "
                         "one; wholestep: grad_norm and the clipped, unscaled step against "
@@ -230,6 +232,8 @@ def _plan(sections, configs, sizes, dtype, budget, min_rounds, mode):
     if "threshold" in sections:
         n_sizes = len(QUICK_THRESHOLD_SIZES if mode == "quick" else THRESHOLD_SIZES)
         est["threshold"] = len(configs) * n_sizes * (budget / 4 + 0.05)
+    if "load" in sections:
+        est["load"] = 6 * max(budget, 0.1) + 4.0
     if "gpt2" in sections:
         est["gpt2"] = sum(_sections.estimate_gpt2(d, dtype, b, min_rounds)
                           for d, b in _gpt2_models(mode, budget))
@@ -334,6 +338,10 @@ def _measure(sections, configs, sizes, dtype, budget, min_rounds, mode, retry, a
         data["threshold"] = _sections.threshold(
             configs, QUICK_THRESHOLD_SIZES if mode == "quick" else THRESHOLD_SIZES, dtype,
             budget / 4, min_rounds, progress, retry)
+    if "load" in sections:
+        from . import _load
+        data["load"] = _load.run(budget, progress)
+        progress.advance(progress.plan.get("load", 0.0))
     if "gpt2" in sections:
         for d_model, model_budget in _gpt2_models(mode, budget):
             key = "gpt2" if d_model == 768 else "gpt2_narrow"

@@ -163,6 +163,26 @@ def threshold_table(data):
     return Table(headers, out, right=range(2, len(headers)))
 
 
+def load_table(data):
+    headers = ["machine", "n", "others' CPU", "pool", "serial", "fastadapt's choice",
+               "pool / choice"]
+    out = [[r["load"] if r["load"] != "busy" else f"one busy process per CPU ({data['cpus']})",
+            f"{r['n']:,}", "n/a" if r["others_cpu"] is None else f"{r['others_cpu']:.0%}",
+            _us(r["pool_us"], True), _us(r["serial_us"], True), _us(r["choice_us"], True),
+            _x(r["pool_us"] / r["choice_us"])] for r in data["rows"]]
+    return Table(headers, out, right=range(1, len(headers)))
+
+
+LOAD_TITLE = "Mid-size updates on a busy machine: the thread pool only where it pays"
+LOAD_TEXT = ("Adam's compiled loop, mean microseconds per call (a mean, since a late "
+             "thread shows in a minority of calls): always on the thread pool, always "
+             "serial, and as the dispatcher runs updates of `SERIAL_BELOW` to "
+             "`ADAPTIVE_BELOW` elements (fastadapt/_pool.py: the loop whose recent calls "
+             "were faster, the other tried now and then). First on the machine as it was, "
+             "then with one spinning process per CPU. `pool / choice` above 1: the choice "
+             "is faster.")
+
+
 def gpt2_table(data):
     headers = ["implementation", "time/step", "GB/s", "fastadapt.Adam speed-up"]
     out = []
@@ -303,6 +323,8 @@ def sections_text(data):
         out.append((f"Serial vs parallel driver, us per call ({t['dtype']}); SERIAL_BELOW = "
                     f"{t['serial_below']} in kernels/cpu.py, median crossover measured here: "
                     f"{_cross(t['median_crossover'], t)}", threshold_table(t).text()))
+    if data.get("load"):
+        out.append((LOAD_TITLE, load_table(data["load"]).text()))
     for g in filter(None, (data.get("gpt2"), data.get("gpt2_narrow"))):
         out.append((f"GPT-2 shapes (d_model={g.get('d_model', 768)}), Adam: {g['arrays']} "
                     f"arrays, {g['elements']:,} elements, {g['dtype']}", gpt2_table(g).text()))
@@ -564,6 +586,8 @@ def markdown_report(data, plot_path=None, markdown_path=None, accuracy_plot_path
                   f"`SERIAL_BELOW` is {t['serial_below']}; the median crossover measured here "
                   f"is {_cross(t['median_crossover'], t)}. Regenerate with "
                   "`fastadapt bench --threshold`.", "", threshold_table(t).markdown(), ""]
+    if data.get("load"):
+        lines += [f"## {LOAD_TITLE}", "", LOAD_TEXT, "", load_table(data["load"]).markdown(), ""]
     for g in filter(None, (data.get("gpt2"), data.get("gpt2_narrow"))):
         d = g.get("d_model", 768)
         lines += [f"## A model-shaped step: GPT-2 small shapes, d_model={d}", "",
