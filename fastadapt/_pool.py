@@ -16,7 +16,9 @@ a change of load: once the faster one has run for :data:`TRY_AFTER` times the
 other's last known time, so the tries cost at most 1/32 of the time. Each
 driver's first call compiles it and is not counted. Both drivers compute each
 element identically (elementwise loops; stochastic rounding draws its bits
-from the element's index), so the choice never changes a result.
+from the element's index), so the choice never changes a result. The global
+norm's pass (``norm.SumOfSquares``) chooses the same way: its partial sums do
+not depend on the thread count either.
 """
 import threading
 import time

@@ -25,6 +25,7 @@ import math
 
 import numpy as np
 
+from . import _pool
 from ._arrays import is_device_array as _is_device_array
 from ._dispatch import _PARALLEL_LAUNCH, _check_host_array
 from .kernels import reduce as _reduce
@@ -197,11 +198,21 @@ class SumOfSquares:
                 return out
             self._run = run
         else:
-            parallel = kernels.parallel
+            # the partials do not depend on the thread count, so a mid-size
+            # pass may run serially where the pool would start late (_pool)
+            choice = _pool.choice_for(kernels, flat.size)
+            if choice is not None:
+                loop = _pool.timed(choice, kernels.serial, kernels.parallel,
+                                   _PARALLEL_LAUNCH, flat.size)
+            else:
+                parallel = kernels.parallel
+
+                def loop(*args):
+                    with _PARALLEL_LAUNCH:
+                        parallel(*args)
 
             def run():
-                with _PARALLEL_LAUNCH:
-                    parallel(values, starts, stops, out)
+                loop(values, starts, stops, out)
                 return out
             self._run = run
 

@@ -526,7 +526,9 @@ def test_a_small_model_of_many_tensors_is_summed_serially():
     """Small whole-model work stays on the calling thread: a buffer of fewer
     elements than SERIAL_BELOW_CHUNKS whole chunks takes the serial kernel
     however many segments (one chunk each) cut it, and gives the bits of the
-    parallel kernel; a big one takes the parallel kernel."""
+    parallel kernel; a mid-size one chooses between the two from their recent
+    times (fastadapt/_pool.py), and one of ADAPTIVE_BELOW elements or more
+    takes the parallel kernel."""
     from fastadapt.norm import SumOfSquares
     small = _random(20_865, np.float32, seed=3)
     segments = [(o, min(97, small.size - o)) for o in range(0, small.size, 97)]   # 216 tensors
@@ -541,10 +543,24 @@ def test_a_small_model_of_many_tensors_is_summed_serially():
     big = _random(kernels.SERIAL_BELOW_CHUNKS * kernels.CHUNK, np.float32, seed=4)
     plan = SumOfSquares(big, segments=[(o, kernels.CHUNK) for o in range(0, big.size,
                                                                           kernels.CHUNK)])
-    assert _kernels_of(plan) == {k.parallel}
+    assert _kernels_of(plan) == {k.serial, k.parallel}
+    from fastadapt import _pool
+    huge = np.zeros(_pool.ADAPTIVE_BELOW, np.float32)
+    assert _kernels_of(SumOfSquares(huge)) == {k.parallel}
 
 
 def _kernels_of(plan):
-    """The compiled kernels a SumOfSquares pass calls (held by its closure)."""
-    return {c.cell_contents for c in plan._run.__closure__
-            if callable(c.cell_contents) and hasattr(c.cell_contents, "py_func")}
+    """The compiled kernels a SumOfSquares pass calls (held by its closure,
+    or by the closures of the functions it calls)."""
+    found, seen = set(), set()
+
+    def walk(f):
+        for c in getattr(f, "__closure__", None) or ():
+            v = c.cell_contents
+            if hasattr(v, "py_func"):
+                found.add(v)
+            elif callable(v) and id(v) not in seen:
+                seen.add(id(v))
+                walk(v)
+    walk(plan._run)
+    return found

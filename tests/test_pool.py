@@ -116,3 +116,14 @@ def test_the_dispatcher_runs_what_the_choice_says(monkeypatch):
     small = np.ones(cpu.SERIAL_BELOW - 1, np.float32)
     fastadapt.adam_step(small, small.copy(), np.zeros_like(small), np.zeros_like(small), step=1)
     assert ran == ["serial"]
+
+
+def test_a_mid_size_norm_is_the_same_serially_and_on_the_pool(monkeypatch):
+    rng = np.random.default_rng(3)
+    g = rng.standard_normal(5 * 16_384 + 11).astype(np.float32) * 1e3
+    norms = []
+    for pool in (True, False):
+        monkeypatch.setattr(_pool.PoolChoice, "parallel", lambda self, pool=pool: pool)
+        norms.append(fastadapt.grad_norm(g))
+    assert norms[0] == norms[1]
+    assert norms[0] == pytest.approx(float(np.linalg.norm(g.astype(np.float64))), rel=1e-12)
