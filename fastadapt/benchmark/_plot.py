@@ -91,7 +91,8 @@ def accuracy(data, path):
         for r in result["rows"]:
             ys = np.maximum(np.asarray(result["curves"][r["mode"]], np.float64), 1e-12)
             style = dict(color="black", lw=2.4, zorder=3) if r["mode"] == "fp32" else dict(lw=1.3)
-            ax.plot(np.arange(ys.size), ys, label=f"{r['label']} ({r['ratio']:.3g}x)"
+            steps = np.minimum(np.arange(ys.size) * result.get("every", 1), result["steps"])
+            ax.plot(steps, ys, label=f"{r['label']} ({r['ratio']:.3g}x)"
                     if r["ratio"] is not None else r["label"], **style)
         ax.set_yscale("log")
         ax.set_xlabel("step")

@@ -421,9 +421,11 @@ def _torch_step_markdown(data):
 
 def _accuracy_title(a):
     what = a.get("title", "a small MLP")
-    start = "f - f*" if a.get("metric") == "final f - f*" else "loss"
+    metric = a.get("metric", "final loss")
+    start = {"final f - f*": "f - f*", "validation loss": "validation loss"}.get(metric, "loss")
+    batches = "minibatch" if metric == "validation loss" else "full-batch"
     return (f"Storage modes, accuracy: Adam (lr {a['lr']:g}) on {what}, {a['steps']} "
-            f"full-batch steps from {start} {a['initial_loss']:.4g}")
+            f"{batches} steps from {start} {a['initial_loss']:.4g}")
 
 
 def accuracy_table(a):
@@ -638,6 +640,8 @@ def markdown_report(data, plot_path=None, markdown_path=None, accuracy_plot_path
                   ""]
         for a in problems(data["accuracy"]):
             lines += [_accuracy_title(a) + ".", "", accuracy_table(a).markdown(), ""]
+        for name, why in data["accuracy"].get("unavailable", {}).items():
+            lines += [f"Not run: the {name} problem ({why}).", ""]
         if accuracy_plot_path:
             rel = os.path.relpath(accuracy_plot_path,
                                   os.path.dirname(os.path.abspath(markdown_path))
