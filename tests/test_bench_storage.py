@@ -34,6 +34,8 @@ def test_storage_section_measures_every_mode_face_and_yardstick():
     # 8-bit: 4r+4w param, 4r grad, per state 1r+1w code and 8 bytes per 256 of absmax
     assert rows["int8_state"]["bytes_per_element"] == pytest.approx(16 + 16 / 256)
     assert rows["int8c_state"]["bytes_per_element"] == pytest.approx(16 + 16 / 32)
+    # the full low-byte configuration: 2r+2w param, 2r grad, companded codes, 1r+1w correction
+    assert rows["low12"]["bytes_per_element"] == pytest.approx(12 + 16 / 32)
     for r in data["rows"]:
         assert r["median_s"] > 0
     if data["torch_unavailable"] is None:

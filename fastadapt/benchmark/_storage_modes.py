@@ -52,6 +52,10 @@ MODES = {
     "bf16_split8": ("bf16 param + grad, split master bf16+8, fp32 state", 24),
     "int8_state": ("fp32 param + grad, 8-bit state", 12 + 2 * (2 + 8 / BLOCK)),
     "int8c_state": ("fp32 param + grad, companded 8-bit state", 12 + 2 * (2 + 8 / 32)),
+    # the full low-byte configuration: bf16 param (read and written) and grad,
+    # companded 8-bit moments, an 8-bit master correction
+    "low12": ("bf16 param + grad, companded 8-bit state, split master bf16+8",
+              6 + 2 * (2 + 8 / 32) + 2),
 }
 #: the modes measured through both class faces and against a yardstick
 SIXTEEN_BIT = ("bf16_state", "bf16_nearest", "bf16_sr", "bf16_sr_fp32_state", "bf16_master")
@@ -129,6 +133,8 @@ def _fastadapt_steps(n, seed=0):
          fastadapt.Blockwise8(n, False))
     make("int8c_state", p32.copy(), g32, fastadapt.Companded8(n, True),
          fastadapt.Companded8(n, False))
+    make("low12", p32.astype(bf16), g16, fastadapt.Companded8(n, True),
+         fastadapt.Companded8(n, False), master_param=np.zeros(n, np.int8))
     return steps
 
 
