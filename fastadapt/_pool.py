@@ -2,7 +2,7 @@
 
 Below ``kernels.cpu.SERIAL_BELOW`` elements an update runs serially and from
 :data:`ADAPTIVE_BELOW` on the pool. In between, whether the pool pays depends
-on the machine's load more than on the size: on 2 quiet cores two threads take
+on the machine's load more than on the size: on 2 lightly loaded cores two threads take
 a 65,536-element Adam step from 35 to 23 us, but with every core busy a thread
 the scheduler has parked is woken a time slice later, and the same step took
 3.0 ms on average on the pool against 0.19 ms serially (a 20,865-parameter
@@ -13,8 +13,8 @@ So each such update keeps a :class:`PoolChoice` per driver and size class
 (sizes within a factor of 2), runs the one whose recent calls took less time
 per element (exponential averages), and now and then runs the other, to notice
 a change of load: once the faster one has run for :data:`TRY_AFTER` times the
-other's last known time, so the tries cost at most 1/32 of the time. Each
-driver's first call compiles it and is not counted. Both drivers compute each
+other's last known time, so the tries cost at most 1/32 of the time. The
+first call of each loop in a size class is not counted (it may compile it). Both drivers compute each
 element identically (elementwise loops; stochastic rounding draws its bits
 from the element's index), so the choice never changes a result. The global
 norm's pass (``norm.SumOfSquares``) chooses the same way: its partial sums do
