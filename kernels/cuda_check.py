@@ -264,19 +264,19 @@ _LABEL = re.compile(r"^(\$L\w+):")
 _BRANCH = re.compile(r"\bbra(?:\.uni)?\s+(\$L\w+);")
 
 
-def accesses(ptx):
+def accesses(ptx, arrays=None):
     """The global loads and stores of ``ptx`` grouped by loop: ``{loop:
     [(op, argument), ...]}``, ``op`` ``"ld"`` or ``"st"``, ``argument`` the
     kernel argument accessed (None if unknown) and ``loop`` the line of the
     innermost loop's label (None for code outside loops: peeled iterations).
     See :func:`traced_accesses`."""
     regions = {}
-    for region, op, argument, _ in traced_accesses(ptx):
+    for region, op, argument, _ in traced_accesses(ptx, arrays):
         regions.setdefault(region, []).append((op, argument))
     return regions
 
 
-def traced_accesses(ptx):
+def traced_accesses(ptx, arrays=None):
     """The global loads and stores of ``ptx`` in text order: ``(loop, op,
     argument, width)`` as in :func:`accesses`, ``width`` in bytes.
 
@@ -284,6 +284,10 @@ def traced_accesses(ptx):
     through the instructions that computed it to the kernel parameters it
     came from (Numba passes a 1-D array as 7 parameters, its data pointer
     and its length among them; the index itself comes from no parameter).
+    ``arrays``: the number of array arguments, which come first; parameters
+    after theirs are scalars, which may move an address but address no
+    array (stochastic rounding's stream offset: its drivers slice the
+    arrays at the stream's page boundaries, see ``loops._page_loops``).
     """
     lines = [line.split("//")[0].strip() for line in ptx.splitlines()]
     taint = {}
@@ -320,6 +324,8 @@ def traced_accesses(ptx):
             continue
         address = re.search(r"\[(%rd\d+)", line)
         params = taint.get(address.group(1), set()) if address else set()
+        if arrays is not None:
+            params = {p for p in params if p < 7 * arrays}
         inside = [(end - start, start) for start, end in loops if start <= k <= end]
         region = min(inside)[1] if inside else None
         out.append((region, m.group(1), max(params) // 7 if params else None,
@@ -442,7 +448,7 @@ def traffic_problems(target, ptx):
         sig = _kernels().SIGNATURES[target.kernel]
         arrays = len(sig.elements) + bool(target.layout.master)
         widths = {w for loads, stores in expected_bodies(target) for w in loads + stores}
-        ops = [op for group in accesses(ptx).values() for op in group]
+        ops = [op for group in accesses(ptx, arrays).values() for op in group]
         problems = [f"an access to argument {arg}, not one of the {arrays} arrays"
                     for arg in sorted({a for _, a in ops if a is None or a >= arrays},
                                       key=str)]
@@ -457,7 +463,9 @@ def traffic_problems(target, ptx):
                 if not any(_within(loads, el) and _within(stores, es) for el, es in expected)]
     problems += [f"no body moves the declared {loads} / {stores} bytes"
                  for loads, stores in expected if (loads, stores) not in found]
-    for loop, ops in accesses(ptx).items():
+    sig = _kernels().SIGNATURES[target.kernel]
+    arrays = len(sig.elements) + bool(target.layout and target.layout.master)
+    for loop, ops in accesses(ptx, arrays).items():
         groups = [ops] if loop is not None else _split_bodies(ops)
         for group in groups:
             why = _reread(group)

@@ -152,7 +152,8 @@ STORAGE_FUNCTIONS = {"bf16_to_f32": "bfloat16_to_float32",
                      "f16_to_f32": "half_to_float32", "f32_to_f16": "float32_to_half",
                      "f32_to_bf16_stochastic": "float32_to_bfloat16_stochastic",
                      "f32_to_f16_stochastic": "float32_to_half_stochastic",
-                     "random_bits": "random_bits", "nearest_code": "nearest_code_bucketed",
+                     "random_bits": "random_bits", "page_base": "page_base",
+                     "page_bits": "page_bits", "nearest_code": "nearest_code_bucketed",
                      "magnitude_bits": "magnitude_bits", "bits_to_float32": "bits_to_float32",
                      "float32_to_bits": "float32_to_bits",
                      "softsign_decode": "softsign_decode", "softsign_encode": "softsign_encode",
@@ -250,6 +251,8 @@ class Signature:
     def _layout_loops(self, layout, codes, blockwise, fixed, pad, blocking):
         """The loops of a layout driver, for the flags ``fixed`` (name -> bool)."""
         if not blockwise:
+            if layout.stochastic:
+                return self._page_loops(layout, codes, fixed, pad)
             return [f"{pad}for i in indices(param.size):"] + \
                 self._element(layout, codes, pad + "    ", fixed)
         if codes[blockwise[0]] in COMPANDED:
@@ -314,6 +317,31 @@ class Signature:
                       f"thresholds_{s}, new_{s}[j])"]
         return lines
 
+    def _page_loops(self, layout, codes, fixed, pad):
+        """The loops of a stochastic-rounding driver: one per page of the
+        random stream (``PAGE`` = 2**32 consecutive indices ``offset + i``,
+        so nearly always one) over each used array's slice ``page_<array>``
+        of it, drawing the bits of the element ``i`` places into the slice as
+        ``page_bits(base, i)``, ``base`` the hash input of its first element
+        (``storage.page_base``): the same bits as ``random_bits(key0, key1,
+        offset + i)``, with 32-bit lanes in the loop (see
+        ``storage.page_bits``)."""
+        gate = dict(self.state)
+        used = [a for a in self.elements if fixed.get(gate.get(a), True)]
+        used += ["master"] if layout.master else []
+        inner = pad + "    "
+        lines = [f"{pad}n = param.size",
+                 f"{pad}first = 0",
+                 f"{pad}while first < n:",
+                 f"{inner}index = offset + first",
+                 f"{inner}count = min(n - first, PAGE - (index & PAGE_MASK))",
+                 f"{inner}base = page_base(key0, key1, index)"]
+        lines += [f"{inner}page_{a} = {a}[first:first + count]" for a in used]
+        lines.append(f"{inner}for i in indices(count):")
+        lines += self._element(layout, codes, inner + "    ", fixed, page=True)
+        lines.append(f"{inner}first += count")
+        return lines
+
     def _block_header(self, layout, coded, fixed, pad, size, chunk, scratch):
         """The lines that open the loops over blocks of ``size`` elements,
         ``chunk`` blocks per parallel iteration: the scratch buffers (made by
@@ -366,17 +394,19 @@ class Signature:
             lines.append(f"{inner}{s}_scale[block] = scale_{s}")
         return lines
 
-    def _element(self, layout, codes, pad, fixed, block=False):
+    def _element(self, layout, codes, pad, fixed, block=False, page=False):
         """The lines that load element ``i`` (``block``: element ``j`` of the
-        block's slices ``block_<array>``, whose first is element ``start``),
-        update it and store it; an 8-bit state's new value goes to its block's
-        scratch buffer (see ``_layout_loops``). ``fixed``: the value of every
-        state-gating flag in this loop (name -> bool), passed to the math as
-        literals; a state array whose flag is off is neither loaded nor stored."""
+        block's slices ``block_<array>``, whose first is element ``start``;
+        ``page``: element ``i`` of the page's slices ``page_<array>``, see
+        ``_page_loops``), update it and store it; an 8-bit state's new value
+        goes to its block's scratch buffer (see ``_layout_loops``). ``fixed``:
+        the value of every state-gating flag in this loop (name -> bool),
+        passed to the math as literals; a state array whose flag is off is
+        neither loaded nor stored."""
         index = "j" if block else "i"
 
         def x(a):
-            return f"block_{a}[j]" if block else f"{a}[i]"
+            return f"block_{a}[j]" if block else f"page_{a}[i]" if page else f"{a}[i]"
         load = {a: _LOAD[codes[a]].format(a=a, x=x(a), j=index) for a in self.elements}
         split = layout.master in (SPLIT16, SPLIT8)
         if split:
@@ -397,8 +427,9 @@ class Signature:
             lines.append(f"{pad}{x('master')} = e_param")
         if layout.stochastic:
             to = "bf16" if codes["param"] == BFLOAT16 else "f16"
-            lines.append(f"{pad}{x('param')} = f32_to_{to}_stochastic(e_param, "
-                         f"random_bits(key0, key1, offset + {'start + j' if block else 'i'}))")
+            bits = "page_bits(base, i)" if page else \
+                f"random_bits(key0, key1, offset + {'start + j' if block else 'i'})"
+            lines.append(f"{pad}{x('param')} = f32_to_{to}_stochastic(e_param, {bits})")
         elif not split:
             lines.append(pad + _STORE[codes["param"]].format(x=x("param"), v="e_param"))
         for s, flag in self.state:
@@ -465,6 +496,7 @@ def build_layout(sig, layout, elem, vocabulary, indices, module, digest,
     namespace = {"indices": indices, "elem": elem, "float32": np.float32,
                  "uint32": np.uint32, "empty": np.empty, "INF_BITS": np.uint32(0x7F800000),
                  "SIGN_BIT": np.uint32(0x80000000), "TINY": np.float32(2.0 ** -149),
+                 "PAGE": np.int64(2 ** 32), "PAGE_MASK": np.int64(2 ** 32 - 1),
                  **vocabulary}
     exec(compile(sig.source(name, layout, blocking), __file__, "exec"), namespace)
     driver = namespace[name]

@@ -234,3 +234,36 @@ STEPS = {"adam": adam_step, "adamw": adamw_step, "sgd": sgd_step,
          "adamax": adamax_step, "radam": radam_step, "rprop": rprop_step,
          "nadam": nadam_step, "asgd": asgd_step, "lion": lion_step,
          "sparse_adam": sparse_adam_step}
+
+
+# ------------------------------------------------------------------ stochastic rounding
+_M32 = np.uint64(0xFFFFFFFF)
+
+
+def _lowbias32(x):
+    """Wellons' 32-bit hash "lowbias32" on a uint64 array below 2**32, written
+    out from its publication."""
+    x = x ^ (x >> np.uint64(16))
+    x = (x * np.uint64(0x7FEB352D)) & _M32
+    x = x ^ (x >> np.uint64(15))
+    x = (x * np.uint64(0x846CA68B)) & _M32
+    return x ^ (x >> np.uint64(16))
+
+
+def stochastic_rounding_bits(key0, key1, index):
+    """The random bits of the stream (key0, key1) (``stream_key(seed, step)``)
+    at the uint64 array ``index``, as fastadapt documents them:
+    ``lowbias32(key0 + lowbias32(key1 ^ page) + index)`` modulo 2**32, with
+    ``page = index >> 32``."""
+    index = np.asarray(index, np.uint64)
+    page_key = _lowbias32(np.uint64(key1) ^ (index >> np.uint64(32)))
+    return _lowbias32((np.uint64(key0) + page_key + (index & _M32)) & _M32)
+
+
+def round_bfloat16_stochastic(x, bits):
+    """bfloat16 bits (uint16) of the finite float32 array ``x`` rounded
+    stochastically: the top 16 of the random ``bits`` added below the kept
+    16 bits of ``x``, then truncated (rounds up with probability equal to
+    the dropped fraction)."""
+    u = np.asarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    return ((u + (np.asarray(bits, np.uint64) >> np.uint64(16))) >> np.uint64(16)).astype(np.uint16)

@@ -140,11 +140,12 @@ def _case_id(case):
     return f"{name}{sorted(options) or ''} {pd.name}/{gd.name}/{sd.name}{mode}"
 
 
-def run_storage_case(case, n, to_device):
+def run_storage_case(case, n, to_device, offset=None):
     """Three steps of ``case`` (see :func:`_storage_cases`) on ``n`` elements on
     the host and on arrays made by ``to_device``; ``(host, device)``, dicts
     of the arrays (param, state, master_param). Stochastic rounding starts at
-    an offset into the stream, as a shard of a larger array does."""
+    an offset into the stream (``offset``, default ``3 n + 1``), as a shard of
+    a larger array does."""
     name, options, pd, gd, sd, master, stochastic = case
     rule = fastadapt.RULES[name]
     rng = np.random.default_rng(n)
@@ -158,7 +159,7 @@ def run_storage_case(case, n, to_device):
         host["master_param"] = p0.copy()
     dev = {k: to_device(v) for k, v in host.items()}
     extra = {"stochastic_rounding": True, "seed": 5,
-             "rounding_offset": 3 * n + 1} if stochastic else {}
+             "rounding_offset": 3 * n + 1 if offset is None else offset} if stochastic else {}
     for k in range(1, 4):
         g = rng.standard_normal(n).astype(gd)
         step = {"step": k} if rule.takes_step else {}
@@ -178,6 +179,21 @@ def test_storage_layouts_match_cpu(cuda, case):
         for key, a in host.items():
             _assert_same(a.view(np.uint8), dev[key].copy_to_host().view(np.uint8),
                          f"{key}, n={n}, {_case_id(case)}")
+
+
+@sim
+def test_stochastic_rounding_across_a_page_matches_cpu(cuda):
+    """A stream that crosses 2**32 (where the drivers start a page of the
+    random stream) draws the same bits under the simulator as on the CPU."""
+    import ml_dtypes
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+    for case in (("adam", {}, bf16, bf16, bf16, False, True),
+                 ("sgd", {"momentum": 0.9}, np.dtype(np.float16), np.dtype(np.float32),
+                  np.dtype(np.float32), False, True)):
+        host, dev = run_storage_case(case, 97, cuda.to_device, offset=2**32 - 40)
+        for key, a in host.items():
+            _assert_same(a.view(np.uint8), dev[key].copy_to_host().view(np.uint8),
+                         f"{key}, {_case_id(case)}")
 
 
 @sim

@@ -37,6 +37,7 @@ import fastadapt
 import naive
 from fastadapt.functional import step_for
 from fastadapt.kernels.cpu import SERIAL_BELOW
+from fastadapt.kernels.storage import stream_key
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -325,6 +326,25 @@ def test_stochastic_rounding_is_reproducible_and_keyed():
     np.testing.assert_array_equal(base[:300], run(1, 3, size=300))   # serial driver
     assert not np.array_equal(base, run(2, 3))      # another seed, other bits
     assert not np.array_equal(base, run(1, 4))      # another step, other bits
+
+
+@pytest.mark.parametrize("n", [3001, 20_011])        # the serial and the parallel driver
+def test_stochastic_rounding_draws_the_documented_bits_across_a_page(n):
+    """A bfloat16 SGD step whose stream indices (``rounding_offset + i``)
+    cross 2**32, where the drivers start a new page of the stream: every
+    element is the float32 update ``p + (-lr) g`` rounded with the documented
+    bits of its index (tests/naive.py, written from the formula), bit for
+    bit."""
+    p0, g = problem(n, 12, BF16)
+    g = g.astype(F32)
+    offset = 2**32 - 1234
+    p = p0.copy()
+    fastadapt.sgd_step(p, g, step=5, lr=1e-2, stochastic_rounding=True, seed=77,
+                       rounding_offset=offset)
+    update = p0.astype(F32) + np.float32(-1e-2) * g
+    bits = naive.stochastic_rounding_bits(*stream_key(77, 5),
+                                          np.arange(offset, offset + n, dtype=np.uint64))
+    np.testing.assert_array_equal(p.view(np.uint16), naive.round_bfloat16_stochastic(update, bits))
 
 
 @pytest.mark.parametrize("dtype", [BF16, np.dtype(np.float16)], ids=["bfloat16", "float16"])

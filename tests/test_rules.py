@@ -129,7 +129,7 @@ def test_a_layout_driver_touches_gated_state_only_where_its_flag_is_on(name, sta
         on = dict(zip(gates, values))
         for spec in rule.state_specs:
             used = spec.flag is None or on[spec.flag]
-            indexed = re.findall(rf"\b(?:block_|new_)?{spec.name}\[[ij]\]", loop)
+            indexed = re.findall(rf"\b(?:block_|new_|page_)?{spec.name}\[[ij]\]", loop)
             assert bool(indexed) == used, (values, spec.name)
             assert (f"e_{spec.name} = e_param" in loop) == (not used)
 

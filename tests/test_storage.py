@@ -15,6 +15,8 @@ from numba import njit, prange
 
 from fastadapt.kernels import storage as S
 
+import naive
+
 ml_dtypes = pytest.importorskip("ml_dtypes")
 BF16 = np.dtype(ml_dtypes.bfloat16)
 
@@ -187,21 +189,107 @@ def test_magnitude_bits_order_as_magnitudes_with_nan_above_inf():
         assert (bits.max() >= inf) == (not finite.all())
 
 
+@njit
+def _paged(key0, key1, first, count, out):
+    base = S.page_base(key0, key1, first)
+    for i in range(count):
+        out[i] = S.page_bits(base, i)
+
+
+def test_random_bits_are_the_documented_hash_on_every_page():
+    """``random_bits``, ``page_base`` + ``page_bits`` (the loops' form) and
+    the Python twins equal the formula, around page boundaries (2**32 and
+    its multiples, where the page key changes) and far out."""
+    key0, key1 = S.stream_key(4, 17)
+    starts = [0, 2**32 - 5, 3 * 2**32 - 2, 2**40 + 12345, 2**62 - 9]
+    index = np.concatenate([np.arange(s, s + 9, dtype=np.uint64) for s in starts])
+    want = naive.stochastic_rounding_bits(key0, key1, index)
+    got = np.empty(index.size, np.uint64)
+    _random(key0, key1, index.astype(np.int64), got)
+    np.testing.assert_array_equal(got, want)
+    assert [int(S.PYTHON.random_bits(key0, key1, int(i))) for i in index] == list(map(int, want))
+    for s in starts:                # a page's loop counts up from its first element
+        count = min(9, 2**32 - s % 2**32)
+        paged = np.empty(count, np.uint64)
+        _paged(key0, key1, s, count, paged)
+        np.testing.assert_array_equal(paged, naive.stochastic_rounding_bits(
+            key0, key1, np.arange(s, s + count, dtype=np.uint64)))
+        base = S.PYTHON.page_base(key0, key1, s)
+        assert [int(S.PYTHON.page_bits(base, i)) for i in range(count)] == list(map(int, paged))
+    # the page key changes the stream: the page after repeats no bits of the first
+    first = naive.stochastic_rounding_bits(key0, key1, np.arange(4096, dtype=np.uint64))
+    second = naive.stochastic_rounding_bits(key0, key1, np.arange(4096, dtype=np.uint64) + np.uint64(2**32))
+    assert (first == second).mean() < 1e-3
+
+
 def test_random_bits_are_uniform_and_keyed():
     key0, key1 = S.stream_key(0, 1)
     n = 1 << 16
     bits = np.empty(n, np.uint64)
     _random(key0, key1, np.arange(n, dtype=np.int64), bits)
     assert bits.max() < 2**32
-    # each of the 16 low bits (the ones rounding uses) is set about half the time:
-    # a fair bit over 65536 draws has sd 128, 6 sd = 768
-    ones = [(bits >> k & 1).sum() for k in range(16)]
+    # each of the 32 bits (bfloat16 rounding uses the top 16, float16's the
+    # low 13 to 24) is set about half the time: a fair bit over 65536 draws
+    # has sd 128, 6 sd = 768
+    ones = [(bits >> k & 1).sum() for k in range(32)]
     assert all(abs(c - n / 2) < 768 for c in ones), ones
     other = np.empty(n, np.uint64)
     _random(*S.stream_key(0, 2), np.arange(n, dtype=np.int64), other)
     assert (bits == other).mean() < 1e-3             # another step: another stream
     _random(*S.stream_key(1, 1), np.arange(n, dtype=np.int64), other)
     assert (bits == other).mean() < 1e-3             # another seed: another stream
+
+
+def _chi_square(counts):
+    expected = counts.sum() / counts.size
+    return float(((counts - expected) ** 2 / expected).sum())
+
+
+def test_rounding_bits_histograms_are_flat():
+    """The 16 bits bfloat16 rounding adds (the top half) over 2**20 consecutive
+    elements: their 65536 values equally often, and the top 4 bits of
+    neighbouring elements independent (their 256 joint values equally often).
+    Chi-square bounds: the mean plus 6 standard deviations (sqrt(2 df)); a
+    counter, or a hash without avalanche, fails both by orders of magnitude."""
+    key0, key1 = S.stream_key(12, 3)
+    n = 1 << 20
+    bits = np.empty(n, np.uint64)
+    _random(key0, key1, np.arange(2**32 - n // 2, 2**32 + n // 2, dtype=np.int64), bits)
+    top = (bits >> np.uint64(16)).astype(np.int64)
+    df = 2**16 - 1
+    assert _chi_square(np.bincount(top, minlength=2**16)) < df + 6 * np.sqrt(2 * df)
+    nibble = top >> 12
+    pairs = np.bincount(nibble[:-1] * 16 + nibble[1:], minlength=256)
+    assert _chi_square(pairs) < 255 + 6 * np.sqrt(2 * 255)
+
+
+@njit
+def _round_over_steps(x, keys, index, out):
+    for s in range(out.size):
+        out[s] = S.float32_to_bfloat16_stochastic(x, S.random_bits(keys[s, 0], keys[s, 1],
+                                                                   index))
+
+
+@pytest.mark.parametrize("index", [0, 2**32 - 1, 2**32 + 5])
+def test_one_element_rounds_without_bias_over_steps(index):
+    """One element's value rounded at 16384 steps (a new stream each step):
+    the mean of the rounded values is the value, within 6 standard deviations
+    of a binomial mean (the gap times sqrt(p (1 - p) / steps), here about
+    0.004 of the gap), where rounding to nearest would be off by up to half
+    the gap."""
+    steps = 16384
+    keys = np.array([S.stream_key(21, s) for s in range(1, steps + 1)], np.uint64)
+    for value in np.float32([1 + 0.3 * 2.0**-7, -3.0 * (1 + 0.71 * 2.0**-7), 1e-30, 7.77e7]):
+        out = np.empty(steps, np.uint16)
+        _round_over_steps(value, keys, index, out)
+        rounded = out.view(BF16).astype(np.float64)
+        lo = float(np.array(value.view(np.uint32) & 0xFFFF0000, np.uint32).view(np.float32))
+        hi = float(np.array((value.view(np.uint32) & 0xFFFF0000) + 0x10000,
+                            np.uint32).view(np.float32))
+        assert set(np.unique(rounded)) <= {lo, hi}
+        p = (float(value) - lo) / (hi - lo)
+        bound = 6 * abs(hi - lo) * np.sqrt(p * (1 - p) / steps)
+        assert abs(rounded.mean() - float(value)) <= bound, (value, rounded.mean())
 
 
 def test_stochastic_rounding_picks_a_neighbour_and_is_unbiased():

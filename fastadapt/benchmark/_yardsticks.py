@@ -12,9 +12,10 @@ The arithmetic is fastadapt's, operation for operation (``m + (1 - b1)(g - m)``,
 so a test can hold each to fastadapt's result (tests/test_bench_storage.py).
 bfloat16 arrays arrive as ``uint16`` bits; narrowing rounds to nearest-even
 (NaN not kept) or, stochastically, adds 16 random bits below the kept ones and
-truncates. The random bits are one 32-bit integer hash (Wellons' lowbias32) of
-``index ^ key``, half of fastadapt's generator (two rounds over a 64-bit
-index): the cheaper end of a counter-based generator.
+truncates. The random bits are fastadapt's own (the top 16 of Wellons'
+lowbias32 of ``key + index`` in 32-bit integers, the key being the stream's
+input at index 0, ``storage.page_base``), for arrays below 2**32 elements, so
+a test holds the stochastic yardsticks to fastadapt's result bit for bit too.
 """
 import math
 
@@ -22,7 +23,7 @@ import numba as nb
 import numpy as np
 
 from ..kernels._jit import cached
-from ..kernels.storage import bits_to_float32, float32_to_bits
+from ..kernels.storage import PYTHON, bits_to_float32, float32_to_bits, stream_key
 
 _U16 = np.uint32(16)
 
@@ -41,13 +42,13 @@ def _nearest(x):
 @nb.njit(inline="always")
 def _stochastic(x, i, key):
     # Numba widens uint32 arithmetic to 64 bits; each np.uint32 narrows it back
-    h = np.uint32(np.uint32(i) ^ key)
+    # (lowbias32's last step, h ^ (h >> 16), leaves the top 16 bits as they are)
+    h = np.uint32(np.uint32(i) + key)
     h = np.uint32(h ^ (h >> _U16))
     h = np.uint32(h * np.uint32(0x7FEB352D))
     h = np.uint32(h ^ (h >> np.uint32(15)))
     h = np.uint32(h * np.uint32(0x846CA68B))
-    h = np.uint32(h ^ (h >> _U16))
-    return np.uint16((float32_to_bits(x) + (h & np.uint32(0xFFFF))) >> _U16)
+    return np.uint16((float32_to_bits(x) + (h >> _U16)) >> _U16)
 
 
 @nb.njit(inline="always")
@@ -124,8 +125,9 @@ def scalars(step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
 
 
 def step_key(seed, step):
-    """A uint32 key per (seed, step) for the stochastic yardsticks."""
-    return np.uint32((seed * 0x9E3779B1 + step * 0x85EBCA77 + 1) & 0xFFFFFFFF)
+    """The uint32 key of (seed, step) for the stochastic yardsticks: the hash
+    input of index 0 of fastadapt's stream for them."""
+    return np.uint32(PYTHON.page_base(*stream_key(seed, step), 0))
 
 
 def make_step(mode, param, grad, exp_avg, exp_avg_sq, master=None, seed=1):
