@@ -562,8 +562,15 @@ class Companded8(_State8):
     Zero is code 0, exactly 0. NaN, +inf and -inf have codes of their own
     (signed: -128, 127, -127; unsigned: 255 NaN, 254 +inf) and the scale
     ignores them, so they stay in their element. Decoding and encoding are
-    arithmetic (no table), so the loops vectorize. Accepted wherever a state
-    array is (float32, bfloat16 or float16 params). Starts at zero.
+    arithmetic (no table, no branch), so the loops vectorize. Decoding
+    rounds each step of its formula to float32 (every code decodes to the
+    same float32 since this format was introduced); encoding divides once per
+    group (``x`` is ``value`` times the reciprocal of the scale, and an
+    unsigned code comes from ``sqrt(value)``, which the update computes), so
+    a value within a rounding of the boundary between two codes may take
+    either (see ``kernels.storage._softsign_encode`` / ``_root_encode``).
+    Accepted wherever a state array is (float32, bfloat16 or float16
+    params). Starts at zero.
 
     Attributes
     ----------

@@ -83,7 +83,9 @@ _PYTHON_CODECS = {"f32_to_f16_stochastic": storage._float32_to_half_stochastic,
                   "nearest_code": storage._nearest_code_bucketed,
                   "softsign_decode": storage._softsign_decode,
                   "softsign_encode": storage._softsign_encode,
-                  "root_decode": storage._root_decode, "root_encode": storage._root_encode}
+                  "softsign_scaling": storage._softsign_scaling,
+                  "root_decode": storage._root_decode, "root_encode": storage._root_encode,
+                  "root_scaling": storage._root_scaling}
 
 
 def _numpy_for_cuda():

@@ -130,19 +130,28 @@ class Layout(NamedTuple):
             ("s" if self.stochastic else "")
 
 
-# ``{x}`` is the element (``param[i]``, or ``block_param[j]`` in a block of
-# 8-bit state), ``{a}`` the array's name and ``{j}`` the element's index in its
-# block.
+# ``{x}`` is the element (``param[i]``, ``block_param[j]`` in a block of
+# 8-bit state, ``param[uint64(start + j)]`` in a group of companded state),
+# ``{a}`` the array's name and ``{j}`` the element's index in its block.
 _LOAD = {NATIVE: "{x}", BFLOAT16: "bf16_to_f32({x})", FLOAT16: "f16_to_f32({x})",
-         BLOCKWISE8: "new_{a}[{j}]", SOFTSIGN8: "new_{a}[{j}]", ROOT8: "new_{a}[{j}]"}
-_GROUP_STORE = ("new_{a}[{j}] = {v}\n{pad}u_{a} = magnitude_bits({v})\n"
-                "{pad}top_{a} = max(top_{a}, u_{a} if u_{a} < INF_BITS else uint32(0))")
+         BLOCKWISE8: "new_{a}[{j}]",
+         # decoded as it is loaded, by its group's old scale (``_group_loops``)
+         SOFTSIGN8: "softsign_decode({x}, scale_{a})", ROOT8: "root_decode({x}, scale_{a})"}
+# an 8-bit state's new value goes to its scratch buffer, its magnitude to its
+# block's (group's) largest finite one
+_TOP = ("{pad}u_{a} = magnitude_bits({v})\n"
+        "{pad}top_{a} = max(top_{a}, u_{a} if u_{a} < INF_BITS else uint32(0))")
 _STORE = {NATIVE: "{x} = {v}", BFLOAT16: "{x} = f32_to_bf16({v})",
           FLOAT16: "{x} = f32_to_f16({v})",
-          BLOCKWISE8: "new_{a}[{j}] = {v}\n{pad}u_{a} = magnitude_bits({v})\n"
-                      "{pad}top_{a} = max(top_{a}, u_{a} if u_{a} < INF_BITS else uint32(0))\n"
-                      "{pad}worst_{a} = max(worst_{a}, u_{a})",
-          SOFTSIGN8: _GROUP_STORE, ROOT8: _GROUP_STORE}
+          BLOCKWISE8: "new_{a}[{j}] = {v}\n" + _TOP + "\n{pad}worst_{a} = max(worst_{a}, u_{a})",
+          # a fourth-root state keeps its square root (see ``_group_loops``)
+          SOFTSIGN8: "new_{a}[uint64(at + j)] = {v}\n" + _TOP,
+          ROOT8: "new_{a}[uint64(at + j)] = root_of({v})\n" + _TOP}
+# companded state in blocks (one group per GPU thread): from and to the
+# scratch buffer, as 8-bit blockwise state
+_BLOCK_LOAD = {**_LOAD, SOFTSIGN8: "new_{a}[{j}]", ROOT8: "new_{a}[{j}]"}
+_BLOCK_STORE = {**_STORE, SOFTSIGN8: "new_{a}[{j}] = {v}\n" + _TOP,
+                ROOT8: "new_{a}[{j}] = {v}\n" + _TOP}
 
 
 #: The storage functions a layout driver calls, by the name it calls them:
@@ -158,6 +167,8 @@ STORAGE_FUNCTIONS = {"bf16_to_f32": "bfloat16_to_float32",
                      "float32_to_bits": "float32_to_bits",
                      "softsign_decode": "softsign_decode", "softsign_encode": "softsign_encode",
                      "root_decode": "root_decode", "root_encode": "root_encode",
+                     "softsign_scaling": "softsign_scaling", "root_scaling": "root_scaling",
+                     "root_of": "root_of",
                      "split16_join": "split16_join", "split16_high": "split16_high",
                      "split16_low": "split16_low", "split8_join": "split8_join",
                      "split8_high": "split8_high", "split8_low": "split8_low"}
@@ -282,8 +293,12 @@ class Signature:
         # loops index slices of the block from 0, which LLVM sees are
         # non-negative: with ``array[start + j]`` it cannot, keeps Numba's
         # negative-index wraparound on every access and vectorizes nothing.
+        sliced = blocking.chunk == 1
         on, inner, lines = self._block_header(layout, blockwise, fixed, pad, BLOCK,
-                                              blocking.chunk, blocking.scratch)
+                                              blocking.chunk, blocking.scratch, sliced)
+
+        def at(a):
+            return f"block_{a}[j]" if sliced else f"{a}[uint64(start + j)]"
         for s in on:
             lines += [f"{inner}stored_{s} = {s}_absmax[block]",
                       f"{inner}if float32_to_bits(stored_{s}) >= SIGN_BIT:",
@@ -293,11 +308,12 @@ class Signature:
                       f"{inner}    map_{s} = {s}_map[:{BLOCK}]",
                       f"{inner}    scale_{s} = stored_{s}",
                       f"{inner}for j in range(count):",
-                      f"{inner}    new_{s}[j] = map_{s}[block_{s}[j]] * scale_{s}",
+                      f"{inner}    new_{s}[j] = map_{s}[{at(s)}] * scale_{s}",
                       f"{inner}top_{s} = uint32(0)",
                       f"{inner}worst_{s} = uint32(0)"]
         lines.append(f"{inner}for j in range(count):")
-        lines += self._element(layout, codes, inner + "    ", fixed, block=True)
+        lines += self._element(layout, codes, inner + "    ", fixed, block=True,
+                               sliced=sliced)
         for s in on:
             lines += [f"{inner}absmax_{s} = bits_to_float32(top_{s})",
                       f"{inner}if worst_{s} >= INF_BITS:",
@@ -313,7 +329,7 @@ class Signature:
                       f"{inner}for j in range(count):",
                       f"{inner}    new_{s}[j] = new_{s}[j] / divisor_{s}",
                       f"{inner}for j in range(count):",
-                      f"{inner}    block_{s}[j] = nearest_code(buckets_{s}, "
+                      f"{inner}    {at(s)} = nearest_code(buckets_{s}, "
                       f"thresholds_{s}, new_{s}[j])"]
         return lines
 
@@ -342,16 +358,19 @@ class Signature:
         lines.append(f"{inner}first += count")
         return lines
 
-    def _block_header(self, layout, coded, fixed, pad, size, chunk, scratch):
+    def _block_header(self, layout, coded, fixed, pad, size, chunk, scratch, sliced=True):
         """The lines that open the loops over blocks of ``size`` elements,
         ``chunk`` blocks per parallel iteration: the scratch buffers (made by
         the call ``scratch``) of the
         8-bit states that are ``on`` (of ``coded``, the flags ``fixed``) and
-        each array's slice ``block_<array>`` of block ``block``. Returns
+        each array's slice ``block_<array>`` of block ``block`` (unless not
+        ``sliced``: the loops then index the arrays with ``uint64(start + j)``;
+        on the CPU each slice takes and drops a reference to the array, two
+        atomic operations on a counter the threads share, per block). Returns
         ``(on, the block body's indent, lines)``."""
         gate = dict(self.state)
         on = [s for s in coded if fixed.get(gate[s], True)]
-        sliced = list(self.elements) + (["master"] if layout.master else [])
+        arrays = list(self.elements) + (["master"] if layout.master else [])
         inner = pad + "        "
         lines = [f"{pad}n = param.size",
                  f"{pad}blocks = (n + {size - 1}) // {size}",
@@ -362,18 +381,23 @@ class Signature:
                   f"{inner}start = block * {size}",
                   f"{inner}count = min(n - start, {size})"]
         # (an array that a flag turns off is empty: its slice is too, unused)
-        lines += [f"{inner}block_{a} = {a}[start:start + count]" for a in sliced]
+        if sliced:
+            lines += [f"{inner}block_{a} = {a}[start:start + count]" for a in arrays]
         return on, inner, lines
 
     def _group_loops(self, layout, codes, grouped, fixed, pad, blocking):
         """The loops over groups of companded 8-bit state (``grouped``: its
-        arrays), as the blockwise ones (see ``_layout_loops``) but with
-        arithmetic codecs: per group of GROUP elements, decode each state into
-        a scratch buffer, update every element (taking the group's largest
-        finite magnitude as an integer maximum), then encode each value
-        against the new scale (at least the smallest float32, so a group of
-        zeros and non-finite values divides by something). NaN and +-inf have
-        codes of their own, so they stay in their element."""
+        arrays): :meth:`_group_chunks` where a parallel iteration runs several
+        groups (the CPU), else (a GPU thread, one group) as the blockwise ones
+        (see ``_layout_loops``) but with arithmetic codecs: per group of
+        GROUP elements, decode each state into a scratch buffer, update every
+        element (taking the group's largest finite magnitude as an integer
+        maximum), then encode each value against the new scale (at least the
+        smallest float32, so a group of zeros and non-finite values divides
+        by something). NaN and +-inf have codes of their own, so they stay in
+        their element."""
+        if blocking.group_chunk > 1:
+            return self._group_chunks(layout, codes, grouped, fixed, pad, blocking)
         on, inner, lines = self._block_header(layout, grouped, fixed, pad, GROUP,
                                               blocking.group_chunk, blocking.scratch)
         decode = {SOFTSIGN8: "softsign_decode", ROOT8: "root_decode"}
@@ -386,28 +410,131 @@ class Signature:
         lines += self._element(layout, codes, inner + "    ", fixed, block=True)
         for s in on:
             lines += [f"{inner}scale_{s} = bits_to_float32(top_{s})",
-                      f"{inner}divisor_{s} = max(scale_{s}, TINY)",
-                      f"{inner}for j in range(count):"]
-            lines.append(f"{inner}    block_{s}[j] = softsign_encode(new_{s}[j], divisor_{s})"
-                         if codes[s] == SOFTSIGN8 else
-                         f"{inner}    block_{s}[j] = root_encode(new_{s}[j], divisor_{s})")
+                      f"{inner}divisor_{s} = max(scale_{s}, TINY)"]
+            if codes[s] == SOFTSIGN8:
+                lines += [f"{inner}pre_{s}, reciprocal_{s} = softsign_scaling(divisor_{s})",
+                          f"{inner}for j in range(count):",
+                          f"{inner}    block_{s}[j] = softsign_encode(new_{s}[j], pre_{s}, "
+                          f"reciprocal_{s})"]
+            else:
+                lines += [f"{inner}factor_{s} = root_scaling(divisor_{s})",
+                          f"{inner}for j in range(count):",
+                          f"{inner}    block_{s}[j] = root_encode(root_of(new_{s}[j]), "
+                          f"factor_{s})"]
             lines.append(f"{inner}{s}_scale[block] = scale_{s}")
         return lines
 
-    def _element(self, layout, codes, pad, fixed, block=False, page=False):
+    def _group_chunks(self, layout, codes, grouped, fixed, pad, blocking):
+        """The loops over groups of companded 8-bit state (``grouped``: its
+        arrays) for the CPU, ``blocking.group_chunk`` groups per parallel
+        iteration, in two passes over the chunk:
+
+        1. per group: decode each state (by the group's old scale) as it is
+           loaded, update every element, store the param and the other
+           arrays, put each 8-bit state's new value in the chunk's scratch
+           buffer (a fourth-root state's square root, which the update
+           computed: see ``storage.root_of``) and store the group's new
+           scale, its largest finite magnitude (an integer maximum of
+           magnitude bits, see ``storage.magnitude_bits``);
+        2. per group: encode each scratch value against the new scale (at
+           least the smallest float32, so a group of zeros and non-finite
+           values divides by something; its divisions are per group:
+           ``storage.softsign_scaling`` / ``root_scaling``).
+
+        NaN and +-inf have codes of their own, so they stay in their element.
+        Measured (AMD EPYC, AVX2, one thread, in L2), each choice here paid:
+
+        * the arrays are indexed by ``uint64`` indices, not sliced per group
+          (each slice of a Numba array takes and drops a reference, two
+          atomic operations on a counter every thread shares), and not by
+          ``int64`` ones, whose sign LLVM cannot always prove (Numba then
+          wraps negative indices on every access and nothing vectorizes);
+        * a full group runs loops of ``GROUP`` iterations, a constant trip
+          count (no remainder loop), the last, partial one a loop of
+          ``count``;
+        * the two passes each cover the chunk: one group's encoding waits
+          for its scale (the end of its update, a chain of divisions and
+          square roots), so with both passes per group the processor idled
+          on that chain (3.7 ns per Adam element against 3.0).
+        """
+        gate = dict(self.state)
+        on = [s for s in grouped if fixed.get(gate[s], True)]
+        chunk = blocking.group_chunk
+        inner = pad + "        "
+        lines = [f"{pad}n = param.size",
+                 f"{pad}groups = (n + {GROUP - 1}) // {GROUP}",
+                 f"{pad}for chunk in indices((groups + {chunk - 1}) // {chunk}):"]
+        # each scratch buffer: the chunk's values, then two factors per group
+        size, factors = chunk * GROUP, chunk * GROUP + chunk
+        lines += [f"{pad}    new_{s} = {blocking.scratch}({size + 2 * chunk}, float32)"
+                  for s in on]
+        lines += [f"{pad}    first = chunk * {chunk}",
+                  f"{pad}    last = min(first + {chunk}, groups)"]
+        head = [f"{pad}    for block in range(first, last):",
+                f"{inner}start = block * {GROUP}",
+                f"{inner}count = min(n - start, {GROUP})",
+                f"{inner}at = (block - first) * {GROUP}"]
+        lines += head
+        for s in on:
+            lines += [f"{inner}scale_{s} = {s}_scale[block]", f"{inner}top_{s} = uint32(0)"]
+        body = self._element(layout, codes, inner + "        ", fixed, group=True)
+        lines += [f"{inner}if count == {GROUP}:",
+                  f"{inner}    for j in range({GROUP}):",
+                  *body,
+                  f"{inner}else:",
+                  f"{inner}    for j in range(count):",
+                  *body]
+        lines += [f"{inner}{s}_scale[block] = bits_to_float32(top_{s})" for s in on]
+        if not on:
+            return lines
+        # the groups' factors (a division and two square roots per group), in
+        # a loop of its own, which vectorizes: Adam went from 2.96 to 2.88 ns
+        # per element (one thread, in L2; a loaded machine, so a small gain)
+        factor = [f"{inner}f0 = uint64({size} + block - first)",
+                  f"{inner}f1 = uint64({factors} + block - first)"]
+        lines += [f"{pad}    for block in range(first, last):", *factor]
+        encode, load = [], []
+        for s in on:
+            lines.append(f"{inner}divisor_{s} = max({s}_scale[block], TINY)")
+            v = f"new_{s}[uint64(at + j)]"
+            if codes[s] == SOFTSIGN8:
+                lines += [f"{inner}pre_{s}, reciprocal_{s} = softsign_scaling(divisor_{s})",
+                          f"{inner}new_{s}[f0] = pre_{s}", f"{inner}new_{s}[f1] = reciprocal_{s}"]
+                load += [f"{inner}pre_{s} = new_{s}[f0]", f"{inner}reciprocal_{s} = new_{s}[f1]"]
+                encode.append(f"{s}[uint64(start + j)] = softsign_encode({v}, pre_{s}, "
+                              f"reciprocal_{s})")
+            else:
+                lines.append(f"{inner}new_{s}[f0] = root_scaling(divisor_{s})")
+                load.append(f"{inner}factor_{s} = new_{s}[f0]")
+                encode.append(f"{s}[uint64(start + j)] = root_encode({v}, factor_{s})")
+        lines += head + factor + load
+        lines += [f"{inner}if count == {GROUP}:",
+                  f"{inner}    for j in range({GROUP}):",
+                  *(f"{inner}        {e}" for e in encode),
+                  f"{inner}else:",
+                  f"{inner}    for j in range(count):",
+                  *(f"{inner}        {e}" for e in encode)]
+        return lines
+
+    def _element(self, layout, codes, pad, fixed, block=False, group=False, sliced=True,
+                 page=False):
         """The lines that load element ``i`` (``block``: element ``j`` of the
-        block's slices ``block_<array>``, whose first is element ``start``;
+        block's slices ``block_<array>``, whose first is element ``start``, or
+        unless ``sliced`` of the arrays at ``uint64(start + j)``; ``group``:
+        element ``j`` of a group of companded state, see ``_group_chunks``;
         ``page``: element ``i`` of the page's slices ``page_<array>``, see
-        ``_page_loops``), update it and store it; an 8-bit state's new value
-        goes to its block's scratch buffer (see ``_layout_loops``). ``fixed``:
-        the value of every state-gating flag in this loop (name -> bool),
-        passed to the math as literals; a state array whose flag is off is
-        neither loaded nor stored."""
+        ``_page_loops``), update it and store it; an 8-bit state's new value goes to its block's
+        scratch buffer (see ``_layout_loops``). ``fixed``: the value of every
+        state-gating flag in this loop (name -> bool), passed to the math as
+        literals; a state array whose flag is off is neither loaded nor stored."""
         index = "j" if block else "i"
 
         def x(a):
+            if (block and not sliced) or group:
+                return f"{a}[uint64(start + j)]"
             return f"block_{a}[j]" if block else f"page_{a}[i]" if page else f"{a}[i]"
-        load = {a: _LOAD[codes[a]].format(a=a, x=x(a), j=index) for a in self.elements}
+        loads, stores = (_BLOCK_LOAD, _BLOCK_STORE) if block else (_LOAD, _STORE)
+        load = {a: loads[codes[a]].format(a=a, x=x(a), j=index) for a in self.elements}
         split = layout.master in (SPLIT16, SPLIT8)
         if split:
             load["param"] = f"split{layout.master}_join({x('param')}, {x('master')})"
@@ -428,13 +555,13 @@ class Signature:
         if layout.stochastic:
             to = "bf16" if codes["param"] == BFLOAT16 else "f16"
             bits = "page_bits(base, i)" if page else \
-                f"random_bits(key0, key1, offset + {'start + j' if block else 'i'})"
+                f"random_bits(key0, key1, offset + {'start + j' if block or group else 'i'})"
             lines.append(f"{pad}{x('param')} = f32_to_{to}_stochastic(e_param, {bits})")
         elif not split:
             lines.append(pad + _STORE[codes["param"]].format(x=x("param"), v="e_param"))
         for s, flag in self.state:
             if flag is None or fixed[flag]:
-                lines.append(pad + _STORE[codes[s]].format(a=s, x=x(s), v=f"e_{s}", j=index,
+                lines.append(pad + stores[codes[s]].format(a=s, x=x(s), v=f"e_{s}", j=index,
                                                            pad=pad))
         return lines
 
@@ -494,7 +621,7 @@ def build_layout(sig, layout, elem, vocabulary, indices, module, digest,
     layout is a cached driver of its own."""
     name = f"{sig.kernel}_{layout.tag}"
     namespace = {"indices": indices, "elem": elem, "float32": np.float32,
-                 "uint32": np.uint32, "empty": np.empty, "INF_BITS": np.uint32(0x7F800000),
+                 "uint32": np.uint32, "uint64": np.uint64, "empty": np.empty, "INF_BITS": np.uint32(0x7F800000),
                  "SIGN_BIT": np.uint32(0x80000000), "TINY": np.float32(2.0 ** -149),
                  "PAGE": np.int64(2 ** 32), "PAGE_MASK": np.int64(2 ** 32 - 1),
                  **vocabulary}

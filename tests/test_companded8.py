@@ -25,10 +25,21 @@ SIGNED = {name: name not in rule.non_negative_state
 
 
 @njit
-def _encode(values, divisor, scale, signed, out):
+def _encode(values, divisor, signed, out):
+    pre, reciprocal = S.softsign_scaling(divisor)
+    factor = S.root_scaling(divisor)
     for i in range(values.size):
-        out[i] = (S.softsign_encode(values[i], divisor) if signed
-                  else S.root_encode(values[i], divisor))
+        out[i] = (S.softsign_encode(values[i], pre, reciprocal) if signed
+                  else S.root_encode(S.root_of(values[i]), factor))
+
+
+def _twin_encode(values, divisor, signed):
+    P = S.PYTHON
+    pre, reciprocal = P.softsign_scaling(divisor)
+    factor = P.root_scaling(divisor)
+    with np.errstate(invalid="ignore"):
+        return np.array([P.softsign_encode(v, pre, reciprocal) if signed
+                         else P.root_encode(P.root_of(v), factor) for v in values], np.uint8)
 
 
 @njit
@@ -58,13 +69,44 @@ def test_codecs_equal_their_python_twins(signed):
                          for c in codes], np.float32)
         assert out.tobytes() == twin.tobytes()
     x = _values(signed)
-    scale = np.float32(np.abs(x[np.isfinite(x)]).max())
-    out = np.empty(x.size, np.uint8)
-    _encode(x, scale, scale, signed, out)
-    with np.errstate(invalid="ignore"):
-        twin = [(S.PYTHON.softsign_encode(v, scale) if signed
-                 else S.PYTHON.root_encode(v, scale)) for v in x[::7]]
-    assert np.array_equal(np.array(twin, np.uint8), out[::7])
+    for scale in (np.float32(np.abs(x[np.isfinite(x)]).max()), np.float32(2.0 ** -140)):
+        values = np.where(np.isfinite(x), x * (scale / np.abs(x[np.isfinite(x)]).max()), x)
+        values = values.astype(np.float32)
+        out = np.empty(x.size, np.uint8)
+        _encode(values, max(scale, np.float32(2.0 ** -149)), signed, out)
+        assert np.array_equal(_twin_encode(values[::7], scale, signed), out[::7])
+
+
+def _decode_before(codes, scale, signed):
+    """How the codecs decoded before they avoided divisions (float32 NumPy,
+    each operation rounded once): checkpoints written then hold codes that
+    must keep their values."""
+    f = np.float32
+    with np.errstate(invalid="ignore", over="ignore"):
+        if signed:
+            c = codes.view(np.int8).astype(f)
+            y = c / f(126)
+            x = y / (f(2) - np.abs(y)) * scale
+            return np.where(c == 127, f(np.inf), np.where(c == -127, -f(np.inf),
+                                                           np.where(c < -127, f(np.nan), x)))
+        y = codes.astype(f) / f(253)
+        y = y * y
+        v = y * y * scale
+        return np.where(codes == 254, f(np.inf), np.where(codes == 255, f(np.nan), v))
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_every_code_decodes_as_before(signed):
+    """The decoders compute ``c / 126`` and ``c / 253`` without a division
+    (``storage.exact_quotient``): every code, at scales of every magnitude,
+    still decodes to the float32 the divisions gave, so checkpoints written
+    before keep their values."""
+    codes = np.arange(256, dtype=np.uint8)
+    for scale in (0.0, 1.0, 3.7e-20, 2e30, 1e-45, 3.4e38, 0.1, 7.0):
+        scale = np.float32(scale)
+        out = np.empty(256, np.float32)
+        _decode(codes, scale, signed, out)
+        assert out.tobytes() == _decode_before(codes, scale, signed).tobytes(), scale
 
 
 @pytest.mark.parametrize("signed", [True, False])
@@ -79,7 +121,7 @@ def test_codecs_round_trip_within_half_a_step(signed):
     finite = np.isfinite(x)
     scale = np.float32(np.abs(x[finite]).max())
     codes, back = np.empty(x.size, np.uint8), np.empty(x.size, np.float32)
-    _encode(x, scale, scale, signed, codes)
+    _encode(x, scale, signed, codes)
     _decode(codes, scale, signed, back)
     assert np.all(codes[x == 0] == 0) and np.all(back[x == 0] == 0)
     assert np.all(np.isnan(back[np.isnan(x)]))
