@@ -35,13 +35,14 @@ import numpy as np
 from . import _args, _storage, checkpoint as _ckpt
 from ._arrays import to_host
 from ._class_builder import numpy_class, takes_max_grad_norm
+from ._core import WholeStep, check_grad_scale
 from ._group_buffers import (GroupBuffers, check_copyable, normalise_groups, resolve_dtype,
                              split_flat)
 from ._options import (STORAGE_OPTIONS, dry_run, dtype_name, in_group, master_dtype,
                        naming_group, rounding_seed, storage_options)
 from .flat import FlatBuffer
 from .functional import step_for
-from .norm import SumOfSquares, check_grad_scale, clipped_scale, norm_of
+from .norm import SumOfSquares, norm_of
 from .rules import RULES
 from .schedules import resolve_lr
 
@@ -51,7 +52,7 @@ CHECKPOINT_FORMAT = _ckpt.CHECKPOINT_FORMAT
 
 
 
-class Optimizer:
+class Optimizer(WholeStep):
     """Base class: an optimizer driven by one rule of :data:`fastadapt.RULES`.
 
     Not instantiated directly; a subclass sets :attr:`rule` and passes every
@@ -154,9 +155,8 @@ class Optimizer:
         missing = [k for k in self.option_names() if k not in defaults]
         if missing:
             raise TypeError(f"{type(self).__name__}: missing default(s) {missing}")
-        self._max_grad_norm = _args.max_grad_norm(defaults.pop("max_grad_norm", None))
+        self._whole_step_options(defaults.pop("max_grad_norm", None))
         self.defaults = dict(defaults)
-        self.grad_norm, self.step_skipped = None, False
         self._norm_passes = None
         groups = normalise_groups(params, type(self).__name__)
         several = len(groups) > 1
@@ -254,15 +254,6 @@ class Optimizer:
         key = self.state_init.get(name)
         return buffers.new_state(
             name, 0.0 if key is None else _initial_float(group[key], buffers.steps))
-
-    @property
-    def max_grad_norm(self):
-        """The global-norm clipping threshold (None: no clipping)."""
-        return self._max_grad_norm
-
-    @max_grad_norm.setter
-    def max_grad_norm(self, value):
-        self._max_grad_norm = _args.max_grad_norm(value)
 
     # ------------------------------------------------------------- arrays
     @property
@@ -395,12 +386,9 @@ class Optimizer:
             self.grad_norm, self.step_skipped = None, False
             fold = None
             if self._max_grad_norm is not None or grad_scale is not None:
-                self.grad_norm = self._global_grad_norm() / scale
-                if not math.isfinite(self.grad_norm):
-                    self.step_skipped = True
+                fold = self._decide(self._global_grad_norm() / scale, scale)
+                if fold is None:
                     return
-                fold = scale if self._max_grad_norm is None else \
-                    clipped_scale(self.grad_norm, self._max_grad_norm, scale)
             created = []
             for (g, b), (_, names, _) in zip(groups, calls):
                 for name in names:

@@ -13,6 +13,7 @@ import torch
 
 from .. import _args, _storage
 from ..functional import step_for
+from .._core import WholeStep, check_grad_scale
 from .._options import dry_run, naming_group, storage_options
 from . import _sparse
 from ._bucket import _Bucket
@@ -38,7 +39,7 @@ def _clears_scaler_flags_on_failure(step):
     return wrapper
 
 
-class FlatOptimizer(TorchStateDict, torch.optim.Optimizer):
+class FlatOptimizer(TorchStateDict, WholeStep, torch.optim.Optimizer):
     """Base class of the fastadapt.torch optimizers: a :class:`torch.optim.Optimizer`
     whose step is one fused fastadapt kernel call per (group, device, dtype).
 
@@ -105,7 +106,7 @@ class FlatOptimizer(TorchStateDict, torch.optim.Optimizer):
         self._buckets = []              # per group: list of _Bucket
         self._group_params = []         # per group: its parameters at construction
         self._validated = []            # per group: the options last checked (lr excluded)
-        self._max_grad_norm = _args.max_grad_norm(defaults.pop("max_grad_norm", None))
+        self._whole_step_options(defaults.pop("max_grad_norm", None))
         storage = {k: defaults.pop(k, v) for k, v in STORAGE_OPTIONS.items()}
         state_dtype = storage["state_dtype"]
         if isinstance(state_dtype, torch.dtype):     # torch.bfloat16 -> "bfloat16"
@@ -116,7 +117,6 @@ class FlatOptimizer(TorchStateDict, torch.optim.Optimizer):
                             storage["stochastic_rounding"], storage["seed"])
         self.min_8bit_size = _min_8bit_size(storage["min_8bit_size"])
         self.compressed_state_dict = storage["compressed_state_dict"]
-        self.grad_norm, self.step_skipped = None, False
         defaults.update(self._group_constants())
         self._check_options(defaults, None)
         super().__init__(params, defaults)
@@ -134,16 +134,6 @@ class FlatOptimizer(TorchStateDict, torch.optim.Optimizer):
     @compressed_state_dict.setter
     def compressed_state_dict(self, value):
         self._compressed_state_dict = _args.flag("compressed_state_dict", value)
-
-    @property
-    def max_grad_norm(self):
-        """Clip by the global norm of all gradients to this before each step
-        (``None``: no clipping); may be changed between steps."""
-        return self._max_grad_norm
-
-    @max_grad_norm.setter
-    def max_grad_norm(self, value):
-        self._max_grad_norm = _args.max_grad_norm(value)
 
     def _show_entry(self, p, entry):
         """``entry`` as ``state[p]``; none when it is empty (torch's SGD
@@ -410,9 +400,7 @@ class FlatOptimizer(TorchStateDict, torch.optim.Optimizer):
             local_inf = found_inf is not None and float(found_inf) != 0.0
             grad_scale = getattr(self, "grad_scale", None)
             if grad_scale is not None and not local_inf:
-                grad_scale = float(grad_scale)
-                if not (math.isfinite(grad_scale) and grad_scale > 0):
-                    raise ValueError(f"grad_scale must be a finite number > 0, got {grad_scale}")
+                grad_scale = check_grad_scale(float(grad_scale))
             sparse = _sparse.prepare(self, plans)
             plans, skip = self._agreement.decide_skip(self, plans, found_inf is not None,
                                                       local_inf)
@@ -425,7 +413,7 @@ class FlatOptimizer(TorchStateDict, torch.optim.Optimizer):
             self._agreement.gradients_ready(plans)
             if self.max_grad_norm is not None:
                 grad_scale = self._clip(plans, grad_scale)
-                if self.step_skipped:
+                if grad_scale is None:
                     return loss
             for group, options, bucket, scan in plans:
                 bucket.apply(group, options, scan, grad_scale)
@@ -435,20 +423,15 @@ class FlatOptimizer(TorchStateDict, torch.optim.Optimizer):
 
     def _clip(self, plans, grad_scale):
         """Global-norm clipping as ``torch.nn.utils.clip_grad_norm_(params,
-        max_grad_norm)``, in one read-only pass over the gradients: sets
-        :attr:`grad_norm` (of the unscaled gradients) and, when it is not
-        finite, :attr:`step_skipped`; returns the loss scale with the clipping
-        coefficient folded in (the kernel divides the gradients by it)."""
-        from ..norm import clipped_scale, grad_norm
+        max_grad_norm)``, in one read-only pass over the gradients (each
+        bucket's norm unscaled, their squares summed over the processes):
+        the core's decision (:meth:`WholeStep._decide`), None when the step
+        is skipped."""
+        from ..norm import grad_norm
         local = math.fsum(grad_norm(*bucket.present_grads(scan), grad_scale=grad_scale) ** 2
                           for _, _, bucket, scan in plans)
-        total = math.sqrt(self._agreement.total(local))
-        self.grad_norm = total
-        if not math.isfinite(total):
-            self.step_skipped = True
-            return grad_scale
-        return clipped_scale(total, self.max_grad_norm,
-                             1.0 if grad_scale is None else grad_scale)
+        return self._decide(math.sqrt(self._agreement.total(local)),
+                            1.0 if grad_scale is None else grad_scale)
 
 
 def _min_8bit_size(value):
