@@ -8,15 +8,20 @@ their format) and take from here what a step decides and assembles.
   kernel runs: skip the step (the norm is not finite) or the number every
   kernel divides the gradients by (the loss scale with the clipping
   coefficient folded in); afterwards ``grad_norm`` and ``step_skipped``.
+* **A group's options for its next step** (:func:`step_options`): checked
+  (a dry run of the functional step, the face's own check) only when they
+  changed since the last check, the learning rate resolved with errors that
+  name the group.
 
 Nothing here imports torch.
 """
 import math
 
 from . import _args
+from ._options import in_group
 from .norm import check_grad_scale, clipped_scale
 
-__all__ = ["WholeStep", "check_grad_scale"]
+__all__ = ["WholeStep", "check_grad_scale", "step_options"]
 
 
 class WholeStep:
@@ -64,3 +69,28 @@ class WholeStep:
         if self._max_grad_norm is None:
             return grad_scale
         return clipped_scale(norm, self._max_grad_norm, grad_scale)
+
+
+def step_options(options, checked, index, steps, lr_of, check, *check_args, extra=None):
+    """One group's options for its next step, checked only when they changed.
+
+    ``options`` is a new dict of the functional step's keywords the group
+    holds, ``"lr"`` unresolved; it is compared (lr left out, with ``extra``,
+    whatever else the face checks, when given) with ``checked``, what the
+    last check saw, and ``check(*check_args)`` runs when they differ (it
+    raises, naming the group as the face names it, and writes nothing). Then
+    ``lr_of(lr, steps)`` gives the learning rate of the step after ``steps``
+    completed ones; its ``TypeError`` / ``ValueError`` names group ``index``
+    (None: none). Returns ``(options with lr resolved, what to keep as
+    checked)``."""
+    lr = options.pop("lr")
+    key = options if extra is None else (options, extra)
+    if key != checked:
+        check(*check_args)
+        checked = key
+        options = dict(options)
+    try:
+        options["lr"] = lr_of(lr, steps)
+    except (TypeError, ValueError) as exc:
+        raise in_group(exc, index) from None
+    return options, checked

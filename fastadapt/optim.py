@@ -35,7 +35,7 @@ import numpy as np
 from . import _args, _storage, checkpoint as _ckpt
 from ._arrays import to_host
 from ._class_builder import numpy_class, takes_max_grad_norm
-from ._core import WholeStep, check_grad_scale
+from ._core import WholeStep, check_grad_scale, step_options
 from ._group_buffers import (GroupBuffers, check_copyable, normalise_groups, resolve_dtype,
                              split_flat)
 from ._options import (STORAGE_OPTIONS, dry_run, dtype_name, in_group, master_dtype,
@@ -433,16 +433,9 @@ class Optimizer(WholeStep):
         check) and write nothing; return the functional step's keyword
         arguments (lr resolved, state arrays left out), the state arrays the
         step needs, and whether the step can turn the padding into NaN."""
-        options = self.step_options(group)
-        lr = options.pop("lr")
-        if options != buffers.validated:
-            self.check_group(group, buffers.param.dtype, index, buffers.state_dtype)
-            buffers.validated = options
-            options = dict(options)
-        try:
-            options["lr"] = resolve_lr(lr, buffers.steps)
-        except (TypeError, ValueError) as exc:
-            raise in_group(exc, index) from None
+        options, buffers.validated = step_options(
+            self.step_options(group), buffers.validated, index, buffers.steps, resolve_lr,
+            self.check_group, group, buffers.param.dtype, index, buffers.state_dtype)
         names = self.rule.state_for(**options)
         if self.rule.takes_step:
             options["step"] = buffers.steps + 1

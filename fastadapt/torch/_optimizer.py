@@ -13,7 +13,7 @@ import torch
 
 from .. import _args, _storage
 from ..functional import step_for
-from .._core import WholeStep, check_grad_scale
+from .._core import WholeStep, check_grad_scale, step_options
 from .._options import dry_run, naming_group, storage_options
 from . import _sparse
 from ._bucket import _Bucket
@@ -237,7 +237,8 @@ class FlatOptimizer(TorchStateDict, WholeStep, torch.optim.Optimizer):
         return self._twins[1] if _plain(group.get(DECOUPLED_FLAG, False)) else self._twins[0]
 
     @staticmethod
-    def _check_lr(lr):
+    def _check_lr(lr, steps=None):
+        """``lr`` (a number or a tensor) as a float: finite and >= 0."""
         try:
             x = float(lr)
         except (TypeError, ValueError):
@@ -247,19 +248,16 @@ class FlatOptimizer(TorchStateDict, WholeStep, torch.optim.Optimizer):
         return x
 
     def _group_options(self, index, group):
-        """The functional step's keywords for ``group``, validated when they changed."""
-        options = self._rule_options(group)
-        key = ({k: v for k, v in options.items() if k != "lr"},
-               {k: _plain(group.get(k)) for k in chain(
-                   REJECTED_FLAGS, self._extras, self._state_init.values(),
-                   (v for v in self._scalar_state.values() if isinstance(v, str)))})
-        if key != self._validated[index]:
-            self._check_options(group, index if len(self.param_groups) > 1 else None)
-            self._validated[index] = key
-        try:
-            options["lr"] = self._check_lr(options["lr"])
-        except (TypeError, ValueError) as exc:
-            raise type(exc)(f"param group {index}: {exc}") from None
+        """The functional step's keywords for ``group``, validated when they
+        changed (the core's :func:`~fastadapt._core.step_options`; the step
+        count does not matter here: lr is a number)."""
+        extra = {k: _plain(group.get(k)) for k in chain(
+            REJECTED_FLAGS, self._extras, self._state_init.values(),
+            (v for v in self._scalar_state.values() if isinstance(v, str)))}
+        options, self._validated[index] = step_options(
+            self._rule_options(group), self._validated[index], index, None, self._check_lr,
+            self._check_options, group, index if len(self.param_groups) > 1 else None,
+            extra=extra)
         return options
 
     # ------------------------------------------------------------- groups
