@@ -12,16 +12,25 @@ their format) and take from here what a step decides and assembles.
   (a dry run of the functional step, the face's own check) only when they
   changed since the last check, the learning rate resolved with errors that
   name the group.
+* **One launch over a flat run of buffers** (:func:`launch_keywords`): the
+  functional step's keywords for a run whose elements have all taken the
+  same number of steps: the options, the run's state arrays, the step, the
+  master copy or split master's correction, stochastic rounding's seed and
+  offset, the scalar state and the divisor of the gradients;
+  :func:`storage_keywords` is its storage part (also the options' dry run's);
+  :func:`pads_with_nan` says when a step can turn a buffer's zero padding
+  into NaN.
 
 Nothing here imports torch.
 """
 import math
 
 from . import _args
-from ._options import in_group
+from ._options import in_group, rounding_seed
 from .norm import check_grad_scale, clipped_scale
 
-__all__ = ["WholeStep", "check_grad_scale", "step_options"]
+__all__ = ["WholeStep", "check_grad_scale", "launch_keywords", "pads_with_nan",
+           "step_options", "storage_keywords"]
 
 
 class WholeStep:
@@ -94,3 +103,54 @@ def step_options(options, checked, index, steps, lr_of, check, *check_args, extr
     except (TypeError, ValueError) as exc:
         raise in_group(exc, index) from None
     return options, checked
+
+
+def launch_keywords(rule, options, state, steps, *, master=None, stochastic_rounding=False,
+                    seed=None, offset=None, scalar_state=None, grad_scale=None):
+    """The keywords of ``rule``'s functional step for one launch over a flat
+    run of buffers whose elements have all completed ``steps`` steps.
+
+    ``options`` (the group's hyper-parameters, lr resolved; a dict of the
+    caller's, which receives the rest and is returned) gets the state arrays
+    ``state`` (name -> the run's array), ``step`` (for a rule that takes
+    one), the :func:`storage_keywords`, the scalar state ``scalar_state``
+    (name -> float) and ``grad_scale`` (the divisor of the gradients; None:
+    left out, the step's default)."""
+    options.update(state)
+    if rule.takes_step:
+        options["step"] = steps + 1
+    if master is not None or stochastic_rounding:
+        options.update(storage_keywords(rule, steps, master, stochastic_rounding, seed, offset))
+    if scalar_state:
+        options.update(scalar_state)
+    if grad_scale is not None:
+        options["grad_scale"] = grad_scale
+    return options
+
+
+def storage_keywords(rule, steps, master=None, stochastic_rounding=False, seed=None,
+                     offset=None):
+    """The functional step's storage keywords for a launch after ``steps``
+    completed steps: ``master_param`` (the run's float32 master copy, or a
+    split master's correction) when ``master`` is given; else, with
+    ``stochastic_rounding``, the seed of the step's random stream (see
+    :func:`fastadapt._options.rounding_seed`) and ``rounding_offset``, the
+    run's first element in the stream of one launch over the whole buffer
+    (None: left out, 0); else none."""
+    if master is not None:
+        return {"master_param": master}
+    if not stochastic_rounding:
+        return {}
+    out = {"stochastic_rounding": True,
+           "seed": rounding_seed(seed, steps + 1, rule.takes_step)}
+    if offset is not None:
+        out["rounding_offset"] = offset
+    return out
+
+
+def pads_with_nan(options, dtype):
+    """Whether a step with ``options`` can turn the zero padding of buffers of
+    ``dtype`` into NaN: a rule that divides by eps there computes 0/0 when eps
+    is 0 in that dtype (the padding's gradient is zero too)."""
+    eps = options.get("eps")
+    return eps is not None and abs(eps) < 1e-30 and dtype.type(eps) == 0

@@ -35,11 +35,12 @@ import numpy as np
 from . import _args, _storage, checkpoint as _ckpt
 from ._arrays import to_host
 from ._class_builder import numpy_class, takes_max_grad_norm
-from ._core import WholeStep, check_grad_scale, step_options
+from ._core import (WholeStep, check_grad_scale, launch_keywords, pads_with_nan, step_options,
+                    storage_keywords)
 from ._group_buffers import (GroupBuffers, check_copyable, normalise_groups, resolve_dtype,
                              split_flat)
 from ._options import (STORAGE_OPTIONS, dry_run, dtype_name, in_group, master_dtype,
-                       naming_group, rounding_seed, storage_options)
+                       naming_group, storage_options)
 from .flat import FlatBuffer
 from .functional import step_for
 from .norm import SumOfSquares, norm_of
@@ -227,8 +228,9 @@ class Optimizer(WholeStep):
                 options["lr"] = resolve_lr(lr, 0)
             for key in set(self.state_init.values()) - set(self.rule.defaults):
                 _initial_value(key, group[key])   # the step's own are checked below
-            storage = (self._storage_arguments(
-                np.empty(0, master_dtype(self.master_weights) or np.float32), 0)
+            storage = (storage_keywords(
+                self.rule, 0, np.empty(0, master_dtype(self.master_weights))
+                if self.master_weights else None, self.stochastic_rounding, self.seed)
                        if dtype.itemsize == 2 else None)
             dry_run(self.rule, options, dtype, state_dtype, non_negative=self.rule.non_negative_state,
                     storage=storage)
@@ -239,15 +241,6 @@ class Optimizer(WholeStep):
         if callable(options.get("lr")):
             options["lr"] = resolve_lr(options["lr"], 0)
         return {s.name: s.start(options) for s in self.rule.scalar_state}
-
-    def _storage_arguments(self, master, steps):
-        """The functional step's storage keywords for a group's next step."""
-        if self.master_weights:
-            return {"master_param": master}
-        if self.stochastic_rounding:
-            return {"stochastic_rounding": True,
-                    "seed": rounding_seed(self.seed, steps + 1, self.rule.takes_step)}
-        return {}
 
     def _zero_state(self, buffers, group, name):
         """A new state buffer ``name`` at its initial value (not yet kept)."""
@@ -399,12 +392,11 @@ class Optimizer(WholeStep):
             plan = step_for(self.rule).plan
             launches = []
             for (g, b), (options, names, _) in zip(groups, calls):
-                for name in names:
-                    options[name] = b.state[name].data
-                if b.param.dtype.itemsize == 2:
-                    options.update(self._storage_arguments(
-                        b.master.data if b.master is not None else None, b.steps))
-                update = plan(b.param.data, b.grad.data, **options, grad_scale=fold)
+                update = plan(b.param.data, b.grad.data, **launch_keywords(
+                    self.rule, options, {name: b.state[name].data for name in names},
+                    b.steps, master=None if b.master is None else b.master.data,
+                    stochastic_rounding=self.stochastic_rounding, seed=self.seed,
+                    scalar_state=b.scalar_state, grad_scale=fold))
                 launches.append((b.launcher(update), update.scalars, update.state,
                                  update.key))
             for (g, b), (launch, scalars, scalar_state, key), (_, _, nan_padding) in zip(
@@ -436,16 +428,8 @@ class Optimizer(WholeStep):
         options, buffers.validated = step_options(
             self.step_options(group), buffers.validated, index, buffers.steps, resolve_lr,
             self.check_group, group, buffers.param.dtype, index, buffers.state_dtype)
-        names = self.rule.state_for(**options)
-        if self.rule.takes_step:
-            options["step"] = buffers.steps + 1
-        options.update(buffers.scalar_state)   # the rule's scalar state, if any
-        # The padding holds zeros (gradient included): a rule that divides by
-        # eps there computes 0/0 when eps is 0 in the buffer's dtype.
-        eps = options.get("eps")
-        nan_padding = (eps is not None and abs(eps) < 1e-30
-                       and buffers.param.dtype.type(eps) == 0)
-        return options, names, nan_padding
+        return (options, self.rule.state_for(**options),
+                pads_with_nan(options, buffers.param.dtype))
 
     def _set_grads(self, grads):
         """Check ``grads`` (see :meth:`step`) against the gradient buffers and

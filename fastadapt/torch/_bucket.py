@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..flat import ALIGN_BYTES, layout
-from .._options import rounding_seed
+from .._core import launch_keywords
 from ..functional import step_for
 from .. import _storage
 from ._conventions import (CORRECTION_KEY, EIGHT_BIT, MASTER_KEY, _host_array, _initial,
@@ -596,22 +596,15 @@ class _Bucket:
             first_step = self.steps_np[j0] == 0
             if first_step:                    # torch creates state at a parameter's first step
                 self.reset(j0, j1, group)
-            kwargs = dict(options)
-            for name in needed:
-                kwargs[name] = self.kernel_state(name, la, lb)
-            if rule.takes_step:
-                kwargs["step"] = int(self.steps_np[j0]) + 1
-            if self.k_master is not None:
-                kwargs["master_param"] = self.k_master[la:lb]
-            elif owner.stochastic_rounding:
-                kwargs["stochastic_rounding"] = True
-                kwargs["seed"] = rounding_seed(owner.seed, int(self.steps_np[j0]) + 1,
-                                               rule.takes_step)
-                kwargs["rounding_offset"] = a      # the bits of one call over the bucket
-            for name in owner._scalar_state:
-                kwargs[name] = float(self.scalars_np[name][j0])
-            if unscale_in_kernel:
-                kwargs["grad_scale"] = grad_scale
+            # (stochastic rounding's offset: the bits of one call over the bucket)
+            kwargs = launch_keywords(
+                rule, dict(options), {name: self.kernel_state(name, la, lb) for name in needed},
+                int(self.steps_np[j0]),
+                master=None if self.k_master is None else self.k_master[la:lb],
+                stochastic_rounding=owner.stochastic_rounding, seed=owner.seed, offset=a,
+                scalar_state={name: float(self.scalars_np[name][j0])
+                              for name in owner._scalar_state},
+                grad_scale=grad_scale if unscale_in_kernel else None)
             # an empty span (a run outside this rank's shard) still
             # returns the new scalar state
             result = step_for(rule)(self.k_param[a:b], self.k_grad[a:b] if grad is None else grad,
