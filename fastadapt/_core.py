@@ -14,9 +14,10 @@ their format) and take from here what a step decides and assembles.
   name the group.
 * **One launch over a flat run of buffers** (:func:`launch_keywords`): the
   functional step's keywords for a run whose elements have all taken the
-  same number of steps: the options, the run's state arrays, the step, the
-  master copy or split master's correction, stochastic rounding's seed and
-  offset, the scalar state and the divisor of the gradients;
+  same number of steps: beside the options and the run's state arrays (the
+  face's own), the step, the master copy or split master's correction,
+  stochastic rounding's seed and offset, the scalar state and the divisor
+  of the gradients;
   :func:`storage_keywords` is its storage part (also the options' dry run's);
   :func:`pads_with_nan` says when a step can turn a buffer's zero padding
   into NaN.
@@ -105,18 +106,19 @@ def step_options(options, checked, index, steps, lr_of, check, *check_args, extr
     return options, checked
 
 
-def launch_keywords(rule, options, state, steps, *, master=None, stochastic_rounding=False,
-                    seed=None, offset=None, scalar_state=None, grad_scale=None):
+def launch_keywords(rule, options, steps, master=None, stochastic_rounding=False, seed=None,
+                    offset=None, scalar_state=None, grad_scale=None):
     """The keywords of ``rule``'s functional step for one launch over a flat
     run of buffers whose elements have all completed ``steps`` steps.
 
-    ``options`` (the group's hyper-parameters, lr resolved; a dict of the
-    caller's, which receives the rest and is returned) gets the state arrays
-    ``state`` (name -> the run's array), ``step`` (for a rule that takes
-    one), the :func:`storage_keywords`, the scalar state ``scalar_state``
-    (name -> float) and ``grad_scale`` (the divisor of the gradients; None:
-    left out, the step's default)."""
-    options.update(state)
+    ``options`` (the group's hyper-parameters, lr resolved, and the run's
+    state arrays by name; a dict of the caller's, which receives the rest and
+    is returned) gets ``step`` (for a rule that takes one), the
+    :func:`storage_keywords`, the scalar state ``scalar_state`` (name ->
+    float) and ``grad_scale`` (the divisor of the gradients; None: left out,
+    the step's default). Called once per launch, before every step: the
+    arguments are positional where the NumPy face calls it (a keyword call
+    costs more than the rest of the function)."""
     if rule.takes_step:
         options["step"] = steps + 1
     if master is not None or stochastic_rounding:

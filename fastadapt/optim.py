@@ -150,6 +150,7 @@ class Optimizer(WholeStep):
         if self.rule is None:
             raise TypeError("Optimizer is a base class; use one of its subclasses: "
                             + ", ".join(r.torch_name for r in RULES.values()))
+        self._option_keys = tuple(self.rule.defaults)   # (read at every step)
         # (the seed: of stochastic rounding, None without it)
         self.state_dtype, self.master_weights, self.stochastic_rounding, self.seed = \
             storage_options(**{k: defaults.pop(k, v) for k, v in STORAGE_OPTIONS.items()})
@@ -201,7 +202,7 @@ class Optimizer(WholeStep):
 
     def step_options(self, group):
         """The functional step's keyword arguments held by ``group`` (lr unresolved)."""
-        return {k: group[k] for k in self.rule.defaults}
+        return {k: group[k] for k in self._option_keys}
 
     @property
     def group_buffers(self):
@@ -392,11 +393,11 @@ class Optimizer(WholeStep):
             plan = step_for(self.rule).plan
             launches = []
             for (g, b), (options, names, _) in zip(groups, calls):
+                for name in names:
+                    options[name] = b.state[name].data
                 update = plan(b.param.data, b.grad.data, **launch_keywords(
-                    self.rule, options, {name: b.state[name].data for name in names},
-                    b.steps, master=None if b.master is None else b.master.data,
-                    stochastic_rounding=self.stochastic_rounding, seed=self.seed,
-                    scalar_state=b.scalar_state, grad_scale=fold))
+                    self.rule, options, b.steps, None if b.master is None else b.master.data,
+                    self.stochastic_rounding, self.seed, None, b.scalar_state, fold))
                 launches.append((b.launcher(update), update.scalars, update.state,
                                  update.key))
             for (g, b), (launch, scalars, scalar_state, key), (_, _, nan_padding) in zip(

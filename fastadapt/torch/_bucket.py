@@ -597,9 +597,11 @@ class _Bucket:
             if first_step:                    # torch creates state at a parameter's first step
                 self.reset(j0, j1, group)
             # (stochastic rounding's offset: the bits of one call over the bucket)
+            kwargs = dict(options)
+            for name in needed:
+                kwargs[name] = self.kernel_state(name, la, lb)
             kwargs = launch_keywords(
-                rule, dict(options), {name: self.kernel_state(name, la, lb) for name in needed},
-                int(self.steps_np[j0]),
+                rule, kwargs, int(self.steps_np[j0]),
                 master=None if self.k_master is None else self.k_master[la:lb],
                 stochastic_rounding=owner.stochastic_rounding, seed=owner.seed, offset=a,
                 scalar_state={name: float(self.scalars_np[name][j0])

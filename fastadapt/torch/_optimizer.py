@@ -88,6 +88,7 @@ class FlatOptimizer(TorchStateDict, WholeStep, torch.optim.Optimizer):
         if self.rule is None:
             raise TypeError("FlatOptimizer is a base class; use fastadapt.torch.Adam, "
                             "AdamW, SGD, ...")
+        self._option_keys = tuple(self.rule.defaults)   # (read at every step)
         self._state_init = self.rule.state_init
         self._scalar_state = self.rule.scalar_state_init
         self._torch_names = self.rule.torch_state_names
@@ -220,7 +221,7 @@ class FlatOptimizer(TorchStateDict, WholeStep, torch.optim.Optimizer):
                     scalar_state={s: _initial(spec, group) for s, spec in self._scalar_state.items()})
 
     def _rule_options(self, group):
-        return {k: _plain(group[k]) for k in self.rule.defaults}
+        return {k: _plain(group[k]) for k in self._option_keys}
 
     def _group_constants(self):
         """Entries every group holds whatever was given: torch's AdamW groups
