@@ -20,7 +20,9 @@ their format) and take from here what a step decides and assembles.
   of the gradients;
   :func:`storage_keywords` is its storage part (also the options' dry run's);
   :func:`pads_with_nan` says when a step can turn a buffer's zero padding
-  into NaN.
+  into NaN; :func:`runs` cuts a flat buffer whose elements have taken
+  different numbers of steps (per-parameter step counts and scalar state, as
+  torch keeps them) into such runs.
 
 Nothing here imports torch.
 """
@@ -31,7 +33,7 @@ from ._options import in_group, rounding_seed
 from .norm import check_grad_scale, clipped_scale
 
 __all__ = ["WholeStep", "check_grad_scale", "launch_keywords", "pads_with_nan",
-           "step_options", "storage_keywords"]
+           "runs", "step_options", "storage_keywords", "uniform"]
 
 
 class WholeStep:
@@ -45,8 +47,9 @@ class WholeStep:
         update every group with g / (grad_scale / clip_coef)
 
     The face computes ``norm`` (its gradients are its own) and calls
-    :meth:`_decide`. Attributes: ``grad_norm`` (the last norm computed) and
-    ``step_skipped`` (whether the last step was skipped).
+    :meth:`_decide`. Attributes: ``grad_norm`` (the norm :meth:`_decide`
+    was last given; the NumPy face sets None at a step that computes none)
+    and ``step_skipped`` (whether the last step was skipped).
     """
 
     _max_grad_norm = None
@@ -156,3 +159,28 @@ def pads_with_nan(options, dtype):
     is 0 in that dtype (the padding's gradient is zero too)."""
     eps = options.get("eps")
     return eps is not None and abs(eps) < 1e-30 and dtype.type(eps) == 0
+
+
+def runs(present, steps, scalars=()):
+    """Runs ``(first, last)`` of consecutive parameters that can be updated by
+    one launch: each has a gradient (``present``, one bool per parameter),
+    and all have the same step count (``steps``, one per parameter) and the
+    same scalar state (``scalars``: arrays of one value per parameter)."""
+    out, start = [], None
+    for j, has in enumerate(present):
+        if start is not None and not (has and steps[j] == steps[start] and all(
+                s[j] == s[start] for s in scalars)):
+            out.append((start, j - 1))
+            start = None
+        if has and start is None:
+            start = j
+    if start is not None:
+        out.append((start, len(present) - 1))
+    return out
+
+
+def uniform(steps, scalars=()):
+    """Whether every parameter has the same step count and the same scalar
+    state (NumPy arrays of one value per parameter), so that one launch can
+    update a whole buffer of them."""
+    return all(bool((a == a[0]).all()) for a in (steps, *scalars) if len(a))
