@@ -8,6 +8,8 @@ their format) and take from here what a step decides and assembles.
   kernel runs: skip the step (the norm is not finite) or the number every
   kernel divides the gradients by (the loss scale with the clipping
   coefficient folded in); afterwards ``grad_norm`` and ``step_skipped``.
+* **A group's storage** (:func:`state_storage`): how its state is stored
+  under the storage options, after checking they fit its params.
 * **A group's options for its next step** (:func:`step_options`): checked
   (a dry run of the functional step, the face's own check) only when they
   changed since the last check, the learning rate resolved with errors that
@@ -28,12 +30,12 @@ Nothing here imports torch.
 """
 import math
 
-from . import _args
+from . import _args, _storage
 from ._options import in_group, rounding_seed
 from .norm import check_grad_scale, clipped_scale
 
 __all__ = ["WholeStep", "check_grad_scale", "launch_keywords", "pads_with_nan",
-           "runs", "step_options", "storage_keywords", "uniform"]
+           "runs", "state_storage", "step_options", "storage_keywords", "uniform"]
 
 
 class WholeStep:
@@ -82,6 +84,17 @@ class WholeStep:
         if self._max_grad_norm is None:
             return grad_scale
         return clipped_scale(norm, self._max_grad_norm, grad_scale)
+
+
+def state_storage(dtype, state_dtype, master_weights, stochastic_rounding, index):
+    """The state storage of a group of ``dtype`` params (a NumPy dtype, or an
+    8-bit format's name) under the storage options, after checking that they
+    fit those params: ``TypeError`` / ``ValueError`` naming the option and
+    group ``index`` (None: no group)."""
+    try:
+        return _storage.state_dtype_for(dtype, state_dtype, master_weights, stochastic_rounding)
+    except (TypeError, ValueError) as exc:
+        raise in_group(exc, index) from None
 
 
 def step_options(options, checked, index, steps, lr_of, check, *check_args, extra=None):

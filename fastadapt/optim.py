@@ -35,12 +35,12 @@ import numpy as np
 from . import _args, _storage, checkpoint as _ckpt
 from ._arrays import to_host
 from ._class_builder import numpy_class, takes_max_grad_norm
-from ._core import (WholeStep, check_grad_scale, launch_keywords, pads_with_nan, step_options,
-                    storage_keywords)
+from ._core import (WholeStep, check_grad_scale, launch_keywords, pads_with_nan,
+                    state_storage, step_options, storage_keywords)
 from ._group_buffers import (GroupBuffers, check_copyable, normalise_groups, resolve_dtype,
                              split_flat)
-from ._options import (STORAGE_OPTIONS, dry_run, dtype_name, in_group, master_dtype,
-                       naming_group, storage_options)
+from ._options import (STORAGE_OPTIONS, dry_run, dtype_name, master_dtype, naming_group,
+                       storage_options)
 from .flat import FlatBuffer
 from .functional import step_for
 from .norm import SumOfSquares, norm_of
@@ -212,11 +212,8 @@ class Optimizer(WholeStep):
     def _check_storage(self, dtype, index):
         """The state dtype of a group of ``dtype`` params, after checking the
         storage options fit them (ValueError / TypeError naming the option)."""
-        try:
-            return _storage.state_dtype_for(dtype, self.state_dtype, self.master_weights,
-                                            self.stochastic_rounding)
-        except (TypeError, ValueError) as exc:
-            raise in_group(exc, index) from None
+        return state_storage(dtype, self.state_dtype, self.master_weights,
+                             self.stochastic_rounding, index)
 
     def check_group(self, group, dtype, index=None, state_dtype=None):
         """Check ``group``'s hyper-parameters for params of ``dtype`` and state

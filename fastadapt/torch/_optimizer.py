@@ -11,9 +11,9 @@ from itertools import chain
 import numpy as np
 import torch
 
-from .. import _args, _storage
+from .. import _args
 from ..functional import step_for
-from .._core import WholeStep, check_grad_scale, step_options
+from .._core import WholeStep, check_grad_scale, state_storage, step_options
 from .._options import dry_run, naming_group, storage_options
 from . import _sparse
 from ._bucket import _Bucket
@@ -147,17 +147,13 @@ class FlatOptimizer(TorchStateDict, WholeStep, torch.optim.Optimizer):
     def _state_storage(self, dtype, device, index):
         """The state storage of ``dtype`` parameters on ``device`` (a torch
         dtype, or ``"int8"``), after checking the storage options fit them."""
-        at = f"param group {index}: "
-        try:
-            state = _storage.state_dtype_for(_numpy_dtype(dtype), self.state_dtype,
-                                             self.master_weights, self.stochastic_rounding)
-        except (TypeError, ValueError) as exc:
-            raise type(exc)(f"{at}{exc}") from None
+        state = state_storage(_numpy_dtype(dtype), self.state_dtype, self.master_weights,
+                              self.stochastic_rounding, index)
         state = state if isinstance(state, str) else _torch_dtype(state)
         if device.type != "cpu" and state == "int8":
             raise NotImplementedError(
-                f"{at}state_dtype='int8' (8-bit blockwise state) runs on the CPU only for "
-                f"now; on {device.type} tensors use float32 or bfloat16 state")
+                f"param group {index}: state_dtype='int8' (8-bit blockwise state) runs on the "
+                f"CPU only for now; on {device.type} tensors use float32 or bfloat16 state")
         return state
 
     # ------------------------------------------------------------- copy and pickle
