@@ -35,13 +35,15 @@ import numpy as np
 from . import _args, _storage, checkpoint as _ckpt
 from ._arrays import to_host
 from ._class_builder import numpy_class, takes_max_grad_norm
+from ._core import (WholeStep, check_grad_scale, launch_keywords, pads_with_nan,
+                    state_storage, step_options, storage_keywords)
 from ._group_buffers import (GroupBuffers, check_copyable, normalise_groups, resolve_dtype,
                              split_flat)
-from ._options import (STORAGE_OPTIONS, dry_run, dtype_name, in_group, master_dtype,
-                       naming_group, rounding_seed, storage_options)
+from ._options import (STORAGE_OPTIONS, dry_run, dtype_name, master_dtype, naming_group,
+                       storage_options)
 from .flat import FlatBuffer
 from .functional import step_for
-from .norm import SumOfSquares, check_grad_scale, clipped_scale, norm_of
+from .norm import SumOfSquares, norm_of
 from .rules import RULES
 from .schedules import resolve_lr
 
@@ -51,7 +53,7 @@ CHECKPOINT_FORMAT = _ckpt.CHECKPOINT_FORMAT
 
 
 
-class Optimizer:
+class Optimizer(WholeStep):
     """Base class: an optimizer driven by one rule of :data:`fastadapt.RULES`.
 
     Not instantiated directly; a subclass sets :attr:`rule` and passes every
@@ -148,15 +150,15 @@ class Optimizer:
         if self.rule is None:
             raise TypeError("Optimizer is a base class; use one of its subclasses: "
                             + ", ".join(r.torch_name for r in RULES.values()))
+        self._option_keys = tuple(self.rule.defaults)   # (read at every step)
         # (the seed: of stochastic rounding, None without it)
         self.state_dtype, self.master_weights, self.stochastic_rounding, self.seed = \
             storage_options(**{k: defaults.pop(k, v) for k, v in STORAGE_OPTIONS.items()})
         missing = [k for k in self.option_names() if k not in defaults]
         if missing:
             raise TypeError(f"{type(self).__name__}: missing default(s) {missing}")
-        self._max_grad_norm = _args.max_grad_norm(defaults.pop("max_grad_norm", None))
+        self._whole_step_options(defaults.pop("max_grad_norm", None))
         self.defaults = dict(defaults)
-        self.grad_norm, self.step_skipped = None, False
         self._norm_passes = None
         groups = normalise_groups(params, type(self).__name__)
         several = len(groups) > 1
@@ -200,7 +202,7 @@ class Optimizer:
 
     def step_options(self, group):
         """The functional step's keyword arguments held by ``group`` (lr unresolved)."""
-        return {k: group[k] for k in self.rule.defaults}
+        return {k: group[k] for k in self._option_keys}
 
     @property
     def group_buffers(self):
@@ -210,11 +212,8 @@ class Optimizer:
     def _check_storage(self, dtype, index):
         """The state dtype of a group of ``dtype`` params, after checking the
         storage options fit them (ValueError / TypeError naming the option)."""
-        try:
-            return _storage.state_dtype_for(dtype, self.state_dtype, self.master_weights,
-                                            self.stochastic_rounding)
-        except (TypeError, ValueError) as exc:
-            raise in_group(exc, index) from None
+        return state_storage(dtype, self.state_dtype, self.master_weights,
+                             self.stochastic_rounding, index)
 
     def check_group(self, group, dtype, index=None, state_dtype=None):
         """Check ``group``'s hyper-parameters for params of ``dtype`` and state
@@ -227,8 +226,9 @@ class Optimizer:
                 options["lr"] = resolve_lr(lr, 0)
             for key in set(self.state_init.values()) - set(self.rule.defaults):
                 _initial_value(key, group[key])   # the step's own are checked below
-            storage = (self._storage_arguments(
-                np.empty(0, master_dtype(self.master_weights) or np.float32), 0)
+            storage = (storage_keywords(
+                self.rule, 0, np.empty(0, master_dtype(self.master_weights))
+                if self.master_weights else None, self.stochastic_rounding, self.seed)
                        if dtype.itemsize == 2 else None)
             dry_run(self.rule, options, dtype, state_dtype, non_negative=self.rule.non_negative_state,
                     storage=storage)
@@ -240,29 +240,11 @@ class Optimizer:
             options["lr"] = resolve_lr(options["lr"], 0)
         return {s.name: s.start(options) for s in self.rule.scalar_state}
 
-    def _storage_arguments(self, master, steps):
-        """The functional step's storage keywords for a group's next step."""
-        if self.master_weights:
-            return {"master_param": master}
-        if self.stochastic_rounding:
-            return {"stochastic_rounding": True,
-                    "seed": rounding_seed(self.seed, steps + 1, self.rule.takes_step)}
-        return {}
-
     def _zero_state(self, buffers, group, name):
         """A new state buffer ``name`` at its initial value (not yet kept)."""
         key = self.state_init.get(name)
         return buffers.new_state(
             name, 0.0 if key is None else _initial_float(group[key], buffers.steps))
-
-    @property
-    def max_grad_norm(self):
-        """The global-norm clipping threshold (None: no clipping)."""
-        return self._max_grad_norm
-
-    @max_grad_norm.setter
-    def max_grad_norm(self, value):
-        self._max_grad_norm = _args.max_grad_norm(value)
 
     # ------------------------------------------------------------- arrays
     @property
@@ -395,12 +377,9 @@ class Optimizer:
             self.grad_norm, self.step_skipped = None, False
             fold = None
             if self._max_grad_norm is not None or grad_scale is not None:
-                self.grad_norm = self._global_grad_norm() / scale
-                if not math.isfinite(self.grad_norm):
-                    self.step_skipped = True
+                fold = self._decide(self._global_grad_norm() / scale, scale)
+                if fold is None:
                     return
-                fold = scale if self._max_grad_norm is None else \
-                    clipped_scale(self.grad_norm, self._max_grad_norm, scale)
             created = []
             for (g, b), (_, names, _) in zip(groups, calls):
                 for name in names:
@@ -413,10 +392,9 @@ class Optimizer:
             for (g, b), (options, names, _) in zip(groups, calls):
                 for name in names:
                     options[name] = b.state[name].data
-                if b.param.dtype.itemsize == 2:
-                    options.update(self._storage_arguments(
-                        b.master.data if b.master is not None else None, b.steps))
-                update = plan(b.param.data, b.grad.data, **options, grad_scale=fold)
+                update = plan(b.param.data, b.grad.data, **launch_keywords(
+                    self.rule, options, b.steps, None if b.master is None else b.master.data,
+                    self.stochastic_rounding, self.seed, None, b.scalar_state, fold))
                 launches.append((b.launcher(update), update.scalars, update.state,
                                  update.key))
             for (g, b), (launch, scalars, scalar_state, key), (_, _, nan_padding) in zip(
@@ -445,26 +423,11 @@ class Optimizer:
         check) and write nothing; return the functional step's keyword
         arguments (lr resolved, state arrays left out), the state arrays the
         step needs, and whether the step can turn the padding into NaN."""
-        options = self.step_options(group)
-        lr = options.pop("lr")
-        if options != buffers.validated:
-            self.check_group(group, buffers.param.dtype, index, buffers.state_dtype)
-            buffers.validated = options
-            options = dict(options)
-        try:
-            options["lr"] = resolve_lr(lr, buffers.steps)
-        except (TypeError, ValueError) as exc:
-            raise in_group(exc, index) from None
-        names = self.rule.state_for(**options)
-        if self.rule.takes_step:
-            options["step"] = buffers.steps + 1
-        options.update(buffers.scalar_state)   # the rule's scalar state, if any
-        # The padding holds zeros (gradient included): a rule that divides by
-        # eps there computes 0/0 when eps is 0 in the buffer's dtype.
-        eps = options.get("eps")
-        nan_padding = (eps is not None and abs(eps) < 1e-30
-                       and buffers.param.dtype.type(eps) == 0)
-        return options, names, nan_padding
+        options, buffers.validated = step_options(
+            self.step_options(group), buffers.validated, index, buffers.steps, resolve_lr,
+            self.check_group, group, buffers.param.dtype, index, buffers.state_dtype)
+        return (options, self.rule.state_for(**options),
+                pads_with_nan(options, buffers.param.dtype))
 
     def _set_grads(self, grads):
         """Check ``grads`` (see :meth:`step`) against the gradient buffers and

@@ -28,6 +28,7 @@ unless parameters are skipped, which fastadapt never does), and ``lr`` may be a
 number or a schedule (any callable of the number of completed steps, see
 :mod:`fastadapt.schedules`).
 """
+import fastadapt._core
 import fastadapt.rules
 import typing
 
@@ -50,7 +51,7 @@ __all__ = [
 
 CHECKPOINT_FORMAT: int
 
-class Optimizer:
+class Optimizer(fastadapt._core.WholeStep):
     """Base class: an optimizer driven by one rule of :data:`fastadapt.RULES`.
 
     Not instantiated directly; a subclass sets :attr:`rule` and passes every
@@ -150,12 +151,6 @@ class Optimizer:
         arrays, so errors are the functional API's own (naming group ``index``).
         """
         ...
-    @property
-    def max_grad_norm(self):
-        """The global-norm clipping threshold (None: no clipping)."""
-        ...
-    @max_grad_norm.setter
-    def max_grad_norm(self, value): ...
     @property
     def params(self):
         """The parameters (views into the flat buffers, original shapes), all groups in order."""
@@ -323,9 +318,9 @@ class Optimizer:
     master_weights: typing.Any
     stochastic_rounding: typing.Any
     seed: typing.Any
+    param_groups: typing.Any
     grad_norm: typing.Any
     step_skipped: typing.Any
-    param_groups: typing.Any
 
 class Adam(Optimizer):
     """Adam (Kingma & Ba, 2015), and AMSGrad (Reddi et al., 2018); torch.optim.Adam.

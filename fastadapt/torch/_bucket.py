@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..flat import ALIGN_BYTES, layout
-from .._options import rounding_seed
+from .._core import launch_keywords, runs as launch_runs, uniform
 from ..functional import step_for
 from .. import _storage
 from ._conventions import (CORRECTION_KEY, EIGHT_BIT, MASTER_KEY, _host_array, _initial,
@@ -586,7 +586,8 @@ class _Bucket:
         if self.uniform and (every or all(present)):
             runs = [(0, len(self.params) - 1)]
         else:
-            runs = self._runs([True] * len(self.params) if every else present)
+            runs = launch_runs([True] * len(self.params) if every else present, self.steps_np,
+                               list(self.scalars_np.values()))
         for j0, j1 in runs:
             lo = self.offsets[j0]
             hi = (self.length if j1 == len(self.params) - 1 and grad is None
@@ -596,22 +597,17 @@ class _Bucket:
             first_step = self.steps_np[j0] == 0
             if first_step:                    # torch creates state at a parameter's first step
                 self.reset(j0, j1, group)
+            # (stochastic rounding's offset: the bits of one call over the bucket)
             kwargs = dict(options)
             for name in needed:
                 kwargs[name] = self.kernel_state(name, la, lb)
-            if rule.takes_step:
-                kwargs["step"] = int(self.steps_np[j0]) + 1
-            if self.k_master is not None:
-                kwargs["master_param"] = self.k_master[la:lb]
-            elif owner.stochastic_rounding:
-                kwargs["stochastic_rounding"] = True
-                kwargs["seed"] = rounding_seed(owner.seed, int(self.steps_np[j0]) + 1,
-                                               rule.takes_step)
-                kwargs["rounding_offset"] = a      # the bits of one call over the bucket
-            for name in owner._scalar_state:
-                kwargs[name] = float(self.scalars_np[name][j0])
-            if unscale_in_kernel:
-                kwargs["grad_scale"] = grad_scale
+            kwargs = launch_keywords(
+                rule, kwargs, int(self.steps_np[j0]),
+                master=None if self.k_master is None else self.k_master[la:lb],
+                stochastic_rounding=owner.stochastic_rounding, seed=owner.seed, offset=a,
+                scalar_state={name: float(self.scalars_np[name][j0])
+                              for name in owner._scalar_state},
+                grad_scale=grad_scale if unscale_in_kernel else None)
             # an empty span (a run outside this rank's shard) still
             # returns the new scalar state
             result = step_for(rule)(self.k_param[a:b], self.k_grad[a:b] if grad is None else grad,
@@ -632,24 +628,7 @@ class _Bucket:
             self.update_uniform()
 
     def update_uniform(self):
-        """Whether one call can update the whole buffer: every parameter has
-        the same step count and the same scalar state."""
-        arrays = (self.steps_np, *self.scalars_np.values())
-        self.uniform = all(bool((a == a[0]).all()) for a in arrays if len(a))
-
-    def _runs(self, present):
-        """Runs ``(first, last)`` of consecutive parameters that have a
-        gradient, the same step count and the same scalar state."""
-        runs, start = [], None
-        steps, scalars = self.steps_np, list(self.scalars_np.values())
-        for j, has in enumerate(present):
-            if start is not None and not (has and steps[j] == steps[start] and all(
-                    s[j] == s[start] for s in scalars)):
-                runs.append((start, j - 1))
-                start = None
-            if has and start is None:
-                start = j
-        if start is not None:
-            runs.append((start, len(present) - 1))
-        return runs
+        """Whether one call can update the whole buffer (the core's
+        :func:`~fastadapt._core.uniform`)."""
+        self.uniform = uniform(self.steps_np, self.scalars_np.values())
 

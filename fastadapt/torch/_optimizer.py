@@ -11,8 +11,9 @@ from itertools import chain
 import numpy as np
 import torch
 
-from .. import _args, _storage
+from .. import _args
 from ..functional import step_for
+from .._core import WholeStep, check_grad_scale, state_storage, step_options
 from .._options import dry_run, naming_group, storage_options
 from . import _sparse
 from ._bucket import _Bucket
@@ -38,7 +39,7 @@ def _clears_scaler_flags_on_failure(step):
     return wrapper
 
 
-class FlatOptimizer(TorchStateDict, torch.optim.Optimizer):
+class FlatOptimizer(TorchStateDict, WholeStep, torch.optim.Optimizer):
     """Base class of the fastadapt.torch optimizers: a :class:`torch.optim.Optimizer`
     whose step is one fused fastadapt kernel call per (group, device, dtype).
 
@@ -87,6 +88,7 @@ class FlatOptimizer(TorchStateDict, torch.optim.Optimizer):
         if self.rule is None:
             raise TypeError("FlatOptimizer is a base class; use fastadapt.torch.Adam, "
                             "AdamW, SGD, ...")
+        self._option_keys = tuple(self.rule.defaults)   # (read at every step)
         self._state_init = self.rule.state_init
         self._scalar_state = self.rule.scalar_state_init
         self._torch_names = self.rule.torch_state_names
@@ -105,7 +107,7 @@ class FlatOptimizer(TorchStateDict, torch.optim.Optimizer):
         self._buckets = []              # per group: list of _Bucket
         self._group_params = []         # per group: its parameters at construction
         self._validated = []            # per group: the options last checked (lr excluded)
-        self._max_grad_norm = _args.max_grad_norm(defaults.pop("max_grad_norm", None))
+        self._whole_step_options(defaults.pop("max_grad_norm", None))
         storage = {k: defaults.pop(k, v) for k, v in STORAGE_OPTIONS.items()}
         state_dtype = storage["state_dtype"]
         if isinstance(state_dtype, torch.dtype):     # torch.bfloat16 -> "bfloat16"
@@ -116,7 +118,6 @@ class FlatOptimizer(TorchStateDict, torch.optim.Optimizer):
                             storage["stochastic_rounding"], storage["seed"])
         self.min_8bit_size = _min_8bit_size(storage["min_8bit_size"])
         self.compressed_state_dict = storage["compressed_state_dict"]
-        self.grad_norm, self.step_skipped = None, False
         defaults.update(self._group_constants())
         self._check_options(defaults, None)
         super().__init__(params, defaults)
@@ -135,16 +136,6 @@ class FlatOptimizer(TorchStateDict, torch.optim.Optimizer):
     def compressed_state_dict(self, value):
         self._compressed_state_dict = _args.flag("compressed_state_dict", value)
 
-    @property
-    def max_grad_norm(self):
-        """Clip by the global norm of all gradients to this before each step
-        (``None``: no clipping); may be changed between steps."""
-        return self._max_grad_norm
-
-    @max_grad_norm.setter
-    def max_grad_norm(self, value):
-        self._max_grad_norm = _args.max_grad_norm(value)
-
     def _show_entry(self, p, entry):
         """``entry`` as ``state[p]``; none when it is empty (torch's SGD
         without momentum keeps no state)."""
@@ -156,17 +147,13 @@ class FlatOptimizer(TorchStateDict, torch.optim.Optimizer):
     def _state_storage(self, dtype, device, index):
         """The state storage of ``dtype`` parameters on ``device`` (a torch
         dtype, or ``"int8"``), after checking the storage options fit them."""
-        at = f"param group {index}: "
-        try:
-            state = _storage.state_dtype_for(_numpy_dtype(dtype), self.state_dtype,
-                                             self.master_weights, self.stochastic_rounding)
-        except (TypeError, ValueError) as exc:
-            raise type(exc)(f"{at}{exc}") from None
+        state = state_storage(_numpy_dtype(dtype), self.state_dtype, self.master_weights,
+                              self.stochastic_rounding, index)
         state = state if isinstance(state, str) else _torch_dtype(state)
         if device.type != "cpu" and state == "int8":
             raise NotImplementedError(
-                f"{at}state_dtype='int8' (8-bit blockwise state) runs on the CPU only for "
-                f"now; on {device.type} tensors use float32 or bfloat16 state")
+                f"param group {index}: state_dtype='int8' (8-bit blockwise state) runs on the "
+                f"CPU only for now; on {device.type} tensors use float32 or bfloat16 state")
         return state
 
     # ------------------------------------------------------------- copy and pickle
@@ -230,7 +217,7 @@ class FlatOptimizer(TorchStateDict, torch.optim.Optimizer):
                     scalar_state={s: _initial(spec, group) for s, spec in self._scalar_state.items()})
 
     def _rule_options(self, group):
-        return {k: _plain(group[k]) for k in self.rule.defaults}
+        return {k: _plain(group[k]) for k in self._option_keys}
 
     def _group_constants(self):
         """Entries every group holds whatever was given: torch's AdamW groups
@@ -247,7 +234,8 @@ class FlatOptimizer(TorchStateDict, torch.optim.Optimizer):
         return self._twins[1] if _plain(group.get(DECOUPLED_FLAG, False)) else self._twins[0]
 
     @staticmethod
-    def _check_lr(lr):
+    def _check_lr(lr, steps=None):
+        """``lr`` (a number or a tensor) as a float: finite and >= 0."""
         try:
             x = float(lr)
         except (TypeError, ValueError):
@@ -257,19 +245,16 @@ class FlatOptimizer(TorchStateDict, torch.optim.Optimizer):
         return x
 
     def _group_options(self, index, group):
-        """The functional step's keywords for ``group``, validated when they changed."""
-        options = self._rule_options(group)
-        key = ({k: v for k, v in options.items() if k != "lr"},
-               {k: _plain(group.get(k)) for k in chain(
-                   REJECTED_FLAGS, self._extras, self._state_init.values(),
-                   (v for v in self._scalar_state.values() if isinstance(v, str)))})
-        if key != self._validated[index]:
-            self._check_options(group, index if len(self.param_groups) > 1 else None)
-            self._validated[index] = key
-        try:
-            options["lr"] = self._check_lr(options["lr"])
-        except (TypeError, ValueError) as exc:
-            raise type(exc)(f"param group {index}: {exc}") from None
+        """The functional step's keywords for ``group``, validated when they
+        changed (the core's :func:`~fastadapt._core.step_options`; the step
+        count does not matter here: lr is a number)."""
+        extra = {k: _plain(group.get(k)) for k in chain(
+            REJECTED_FLAGS, self._extras, self._state_init.values(),
+            (v for v in self._scalar_state.values() if isinstance(v, str)))}
+        options, self._validated[index] = step_options(
+            self._rule_options(group), self._validated[index], index, None, self._check_lr,
+            self._check_options, group, index if len(self.param_groups) > 1 else None,
+            extra=extra)
         return options
 
     # ------------------------------------------------------------- groups
@@ -410,9 +395,7 @@ class FlatOptimizer(TorchStateDict, torch.optim.Optimizer):
             local_inf = found_inf is not None and float(found_inf) != 0.0
             grad_scale = getattr(self, "grad_scale", None)
             if grad_scale is not None and not local_inf:
-                grad_scale = float(grad_scale)
-                if not (math.isfinite(grad_scale) and grad_scale > 0):
-                    raise ValueError(f"grad_scale must be a finite number > 0, got {grad_scale}")
+                grad_scale = check_grad_scale(float(grad_scale))
             sparse = _sparse.prepare(self, plans)
             plans, skip = self._agreement.decide_skip(self, plans, found_inf is not None,
                                                       local_inf)
@@ -425,7 +408,7 @@ class FlatOptimizer(TorchStateDict, torch.optim.Optimizer):
             self._agreement.gradients_ready(plans)
             if self.max_grad_norm is not None:
                 grad_scale = self._clip(plans, grad_scale)
-                if self.step_skipped:
+                if grad_scale is None:
                     return loss
             for group, options, bucket, scan in plans:
                 bucket.apply(group, options, scan, grad_scale)
@@ -435,20 +418,15 @@ class FlatOptimizer(TorchStateDict, torch.optim.Optimizer):
 
     def _clip(self, plans, grad_scale):
         """Global-norm clipping as ``torch.nn.utils.clip_grad_norm_(params,
-        max_grad_norm)``, in one read-only pass over the gradients: sets
-        :attr:`grad_norm` (of the unscaled gradients) and, when it is not
-        finite, :attr:`step_skipped`; returns the loss scale with the clipping
-        coefficient folded in (the kernel divides the gradients by it)."""
-        from ..norm import clipped_scale, grad_norm
+        max_grad_norm)``, in one read-only pass over the gradients (each
+        bucket's norm unscaled, their squares summed over the processes):
+        the core's decision (:meth:`WholeStep._decide`), None when the step
+        is skipped."""
+        from ..norm import grad_norm
         local = math.fsum(grad_norm(*bucket.present_grads(scan), grad_scale=grad_scale) ** 2
                           for _, _, bucket, scan in plans)
-        total = math.sqrt(self._agreement.total(local))
-        self.grad_norm = total
-        if not math.isfinite(total):
-            self.step_skipped = True
-            return grad_scale
-        return clipped_scale(total, self.max_grad_norm,
-                             1.0 if grad_scale is None else grad_scale)
+        return self._decide(math.sqrt(self._agreement.total(local)),
+                            1.0 if grad_scale is None else grad_scale)
 
 
 def _min_8bit_size(value):
