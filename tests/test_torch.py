@@ -812,3 +812,23 @@ def test_torch_cpu_tensors_in_the_numpy_api_say_what_to_use_instead():
         fastadapt.AdamW(model.parameters())
     with pytest.raises(TypeError, match=r"fastadapt\.torch\.SGD"):
         fastadapt.SGD([p.numpy(), torch.ones(3)])
+
+
+def test_grad_norm_is_none_after_a_step_that_computed_none():
+    """As the NumPy classes: ``grad_norm`` is the norm of the last step, None
+    when that step computed none (no max_grad_norm, or GradScaler's found_inf
+    skipped it before any norm)."""
+    import fastadapt.torch as ft
+    w = torch.nn.Parameter(torch.ones(5))
+    opt = ft.Adam([w], max_grad_norm=1.0)
+    w.grad = torch.full((5,), 2.0)
+    opt.step()
+    assert opt.grad_norm == pytest.approx(2.0 * 5 ** 0.5)
+    opt.max_grad_norm = None
+    opt.step()
+    assert opt.grad_norm is None and not opt.step_skipped
+    opt.max_grad_norm = 1.0
+    opt.step()
+    opt.found_inf, opt.grad_scale = torch.tensor(1.0), torch.tensor(2.0)
+    opt.step()
+    assert opt.step_skipped and opt.grad_norm is None

@@ -390,7 +390,7 @@ class FlatOptimizer(TorchStateDict, WholeStep, torch.optim.Optimizer):
                                      "parameters")
                 options = self._group_options(index, group)
                 plans.extend((group, options, b, b.scan()) for b in buckets)
-            self.step_skipped = False
+            self.grad_norm, self.step_skipped = None, False
             found_inf = getattr(self, "found_inf", None)
             local_inf = found_inf is not None and float(found_inf) != 0.0
             grad_scale = getattr(self, "grad_scale", None)
