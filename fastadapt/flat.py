@@ -176,13 +176,25 @@ def _dtype_of(a):
     return np.asarray(a).dtype
 
 
+#: Host buffers of at least this many bytes start on a 2 MiB boundary.
+HUGE_PAGE_FROM = 8 << 20
+_HUGE_PAGE = 2 << 20
+
+
 def _zeros(n, dtype, like):
     if like is None or not is_device_array(like):
-        # NumPy only guarantees 16-byte alignment: over-allocate one line and
-        # start on a 64-byte boundary so the segment offsets are absolute.
-        spare = ALIGN_BYTES // dtype.itemsize
+        # NumPy only guarantees 16-byte alignment: over-allocate and start on
+        # a 64-byte boundary so the segment offsets are absolute. A large
+        # buffer starts on a 2 MiB boundary, a transparent huge page's (NumPy
+        # asks for those on large allocations): Adam at 2**24 elements on
+        # arrays placed so ran at 7.0-7.7 ms against 8.8-10.7 ms for arrays
+        # as NumPy places them (float32; bfloat16 state 7.7 against 8.3-9.7;
+        # AMD EPYC, 2 threads, quiet). The spare bytes before the start are
+        # never touched, so they take no memory.
+        align = _HUGE_PAGE if n * dtype.itemsize >= HUGE_PAGE_FROM else ALIGN_BYTES
+        spare = align // dtype.itemsize
         raw = np.zeros(n + spare, dtype)
-        start = (-raw.ctypes.data % ALIGN_BYTES) // dtype.itemsize
+        start = (-raw.ctypes.data % align) // dtype.itemsize
         return raw[start:start + n]
     from . import _cuda
     return _cuda.zeros(n, dtype, like)
