@@ -181,6 +181,13 @@ HUGE_PAGE_FROM = 8 << 20
 _HUGE_PAGE = 2 << 20
 
 
+def host_zeros(n, dtype):
+    """``n`` zeros of NumPy ``dtype`` in host memory placed as
+    :class:`FlatBuffer`'s (64-byte aligned, on a 2 MiB boundary from
+    :data:`HUGE_PAGE_FROM` bytes: see ``_zeros``)."""
+    return _zeros(n, np.dtype(dtype), None)
+
+
 def _zeros(n, dtype, like):
     if like is None or not is_device_array(like):
         # NumPy only guarantees 16-byte alignment: over-allocate and start on

@@ -7,12 +7,24 @@ import weakref
 import numpy as np
 import torch
 
-from ..flat import ALIGN_BYTES, layout
+from ..flat import ALIGN_BYTES, host_zeros, layout
 from .._core import launch_keywords, runs as launch_runs, uniform
 from ..functional import step_for
 from .. import _storage
 from ._conventions import (CORRECTION_KEY, EIGHT_BIT, MASTER_KEY, _host_array, _initial,
                           _scalar_dtype)
+
+def _zeros(n, dtype, device):
+    """A flat buffer of ``n`` zeros: on the CPU in memory NumPy allocates and
+    fastadapt places (``flat.host_zeros``: a large one on a 2 MiB boundary,
+    a transparent huge page's), which the kernels stream faster than torch's
+    own allocation (4 KiB pages)."""
+    if device.type != "cpu":
+        return torch.zeros(n, dtype=dtype, device=device)
+    bits = {torch.bfloat16: torch.int16}.get(dtype, dtype)
+    flat = torch.from_numpy(host_zeros(n, torch.empty(0, dtype=bits).numpy().dtype))
+    return flat.view(dtype) if bits is not dtype else flat
+
 
 # ----------------------------------------------------------------- gradient hooks
 # Module-level functions holding a weak reference to the bucket, so a model
@@ -83,7 +95,7 @@ class _Bucket:
         self.offsets, end = layout(self.sizes, align)
         self.span = partition.span(end, align)
         end = self.length = self.span.length
-        self.param_flat = torch.zeros(end, dtype=self.dtype, device=self.device)
+        self.param_flat = _zeros(end, self.dtype, self.device)
         self.param_views = self._param_views(self.param_flat)
         self.host = self.device.type == "cpu"
         self.k_param = self._kernel_array(self.param_flat)
@@ -119,10 +131,11 @@ class _Bucket:
         self.master_key = CORRECTION_KEY if self.split else MASTER_KEY
         if self.split:
             dtype = getattr(torch, _storage.SPLIT_MASTER[self.split][0].name)
-            self.master_flat = torch.zeros(self.span.stop - self.span.start, dtype=dtype,
-                                           device=self.param_flat.device)
+            self.master_flat = _zeros(self.span.stop - self.span.start, dtype, self.device)
         elif owner.master_weights:
-            self.master_flat = self.param_flat[self.span.start:self.span.stop].float()
+            self.master_flat = _zeros(self.span.stop - self.span.start, torch.float32,
+                                      self.device)
+            self.master_flat.copy_(self.param_flat[self.span.start:self.span.stop])
         if self.master_flat is not None:
             if self.span.whole:
                 self.master_views = self._views(self.master_flat)
@@ -322,8 +335,7 @@ class _Bucket:
                 self.block_tensors[name] = (torch.from_numpy(b8.codes),
                                             torch.from_numpy(getattr(b8, self.scale_key)))
             else:
-                flat = torch.zeros(self.span.size, dtype=self.state_dtype,
-                                   device=self.device)
+                flat = _zeros(self.span.size, self.state_dtype, self.device)
                 if value != 0.0:
                     flat.fill_(value)
                 self.state_flat[name] = flat
@@ -560,7 +572,7 @@ class _Bucket:
         """Allocate the flat gradient buffer and its views (``keep``), or drop
         them (every parameter released: no ``.grad`` is ever one of them)."""
         if keep:
-            self.grad_flat = torch.zeros_like(self.param_flat)
+            self.grad_flat = _zeros(self.param_flat.numel(), self.dtype, self.device)
             self.grad_views = self._param_views(self.grad_flat)
         else:
             self.grad_flat = self.param_flat.new_empty(0)
