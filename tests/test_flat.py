@@ -187,3 +187,31 @@ def test_one_call_on_data_equals_one_call_per_array(name, dtype):
         if a == "param" or a == "grad":
             assert not b.data[padding].any(), f"{a} padding"
         assert np.isfinite(b.data[padding]).all(), f"{a} padding"
+
+
+def test_large_host_buffers_start_on_a_huge_page_boundary():
+    """A flat buffer of HUGE_PAGE_FROM bytes or more starts on a 2 MiB
+    boundary (where it streams fastest: see flat._zeros), a smaller one on a
+    64-byte line; both hold zeros."""
+    from fastadapt import flat
+    big = flat.host_zeros(flat.HUGE_PAGE_FROM // 4, np.float32)
+    assert big.ctypes.data % (2 << 20) == 0 and not big.any()
+    small = flat.host_zeros(1000, np.float64)
+    assert small.ctypes.data % flat.ALIGN_BYTES == 0 and not small.any()
+    opt = fastadapt.Adam([np.ones(flat.HUGE_PAGE_FROM // 4, np.float32)])
+    assert opt.flat_params[0].ctypes.data % (2 << 20) == 0
+
+
+def test_torch_cpu_buckets_use_the_same_placement():
+    torch = pytest.importorskip("torch")
+    import fastadapt.torch as ft
+    from fastadapt import flat
+    for dtype in (torch.float32, torch.bfloat16):
+        w = torch.nn.Parameter(torch.ones(flat.HUGE_PAGE_FROM // 2, dtype=dtype))
+        opt = ft.Adam([w], lr=0.1, state_dtype=dtype)
+        (w.float() * 2).sum().backward()
+        opt.step()
+        bucket = opt._buckets[0][0]
+        for t in (w, bucket.grad_flat, opt.state[w]["exp_avg"], opt.state[w]["exp_avg_sq"]):
+            assert t.data_ptr() % (2 << 20) == 0
+        assert torch.all(w < 1) and w.dtype == dtype
