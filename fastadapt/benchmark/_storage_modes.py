@@ -27,6 +27,8 @@ there; the predicted time per element is ``max(ns per element, bytes /
 bandwidth per core)``, and the predicted ratio is torch fused float32's over
 the mode's.
 """
+import contextlib
+import functools
 import importlib.util
 
 import numpy as np
@@ -223,10 +225,13 @@ def _torch_steps(n, seed=0):
     return steps, None
 
 
+@functools.lru_cache(maxsize=1)
 def deepspeed_status():
     """``(DeepSpeedCPUAdam, None)`` where deepspeed and its CPU op load, else
     ``(None, reason)``. The first use JIT-builds the op with the C++ compiler
-    (minutes); later processes load it from deepspeed's cache."""
+    (minutes); later processes load it from deepspeed's cache, after a check
+    run as a subprocess (a second of CPU, which a measurement around it
+    would count as another process's: so it runs once per process)."""
     if importlib.util.find_spec("deepspeed") is None:
         return None, "deepspeed is not installed (pip install deepspeed; optional)"
     try:
@@ -268,12 +273,15 @@ def _threads(count):
     return before
 
 
-def compute_cost(budget_s, min_rounds, sizes=COMPUTE_SIZES, deepspeed=True, max_sample_s=0.25):
+def compute_cost(budget_s, min_rounds, sizes=COMPUTE_SIZES, deepspeed=True, max_sample_s=0.25,
+                 watch=None):
     """``{key: ns per element}``: one thread, arrays in L2, for every mode's
     functional step, the yardsticks, torch's fused steps and DeepSpeedCPUAdam
     (where it loads). Each is the slope of the median call time between the
     two ``sizes`` (interleaved, many calls), so the per-call cost cancels;
-    None where noise made the slope non-positive."""
+    None where noise made the slope non-positive. ``watch``: a
+    :class:`CpuWatch` entered around the timing alone (building the steps
+    runs other processes: DeepSpeedCPUAdam asks py-cpuinfo, in a subprocess)."""
     small, large = sizes
     before = _threads((1, 1))
     try:
@@ -284,8 +292,9 @@ def compute_cost(budget_s, min_rounds, sizes=COMPUTE_SIZES, deepspeed=True, max_
             steps.update({(k, n): s for k, s in _torch_steps(n)[0].items()})
             if deepspeed:
                 steps.update({(k, n): s for k, s in _deepspeed_steps(n)[0].items()})
-        timings = interleaved(steps, budget_s=budget_s, min_rounds=min_rounds,
-                              max_sample_s=max_sample_s)
+        with watch if watch is not None else contextlib.nullcontext():
+            timings = interleaved(steps, budget_s=budget_s, min_rounds=min_rounds,
+                                  max_sample_s=max_sample_s)
     finally:
         _threads(before)
     out = {}
@@ -345,9 +354,9 @@ def storage(n, budget_s, min_rounds, progress, small=(1000, 10000), faces=True,
     if compute:
         progress("storage: compute cost, one thread, arrays in L2 "
                  f"(n = {COMPUTE_SIZES[0]:,} and {COMPUTE_SIZES[1]:,})")
-        with CpuWatch() as watch:
-            ns = compute_cost(2 * budget_s, min_rounds, deepspeed=deepspeed,
-                              max_sample_s=max_sample_s)
+        watch = CpuWatch()
+        ns = compute_cost(2 * budget_s, min_rounds, deepspeed=deepspeed,
+                          max_sample_s=max_sample_s, watch=watch)
         out.update(compute_sizes=list(COMPUTE_SIZES), core_bandwidth=core_bandwidth,
                    compute_others_cpu=watch.others)
         _with_compute_cost(rows, ns, core_bandwidth)
@@ -491,14 +500,14 @@ def columns_text(data):
 def disturbed_text(data, above):
     """A line naming the measurements other processes disturbed beyond
     ``above`` (a fraction of the CPUs), or "" when none was."""
-    parts = [f"{what} {data[key]:.0%}" for key, what in
+    parts = [f"{data[key]:.0%} of the CPUs while {what} ran" for key, what in
              (("others_cpu", f"the modes at n = {data['n']:,}"),
-              ("compute_others_cpu", "the compute cost"))
+              ("compute_others_cpu", "the compute cost (ns/elem)"))
              if data.get(key) is not None and data[key] > above]
     if not parts:
         return ""
-    return ("Disturbed: other processes used " + " and ".join(parts) + " of the CPUs while "
-            "these ran; the figures measure the contention, not the code: do not quote them.")
+    return ("Disturbed: other processes used " + " and ".join(parts) + "; those figures "
+            "measure the contention, not the code: do not quote them.")
 
 
 def skipped_text(data):
