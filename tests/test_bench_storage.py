@@ -113,7 +113,7 @@ def test_a_disturbed_storage_run_says_so():
     (the section is too long to take again, as the sweep's rows are)."""
     data = {"n": 2 ** 20, "others_cpu": 0.43, "compute_others_cpu": 0.05}
     text = _storage_modes.disturbed_text(data, 0.15)
-    assert "n = 1,048,576 43%" in text and "do not quote" in text
+    assert "43% of the CPUs while the modes at n = 1,048,576 ran" in text and "do not quote" in text
     assert "compute cost" not in text
     assert _storage_modes.disturbed_text({**data, "others_cpu": 0.1}, 0.15) == ""
     assert _storage_modes.disturbed_text({"n": 10, "others_cpu": None}, 0.15) == ""
