@@ -169,7 +169,7 @@ def _host_kernel(update):
     stochastic = layout is not None and layout[2]
     parallel = first.size >= cpu.SERIAL_BELOW
     return _HostKernel(driver, parallel, dtype, stochastic, tuple(sources), first.size,
-                       _pool.choice_for(driver, first.size) if parallel else None)
+                       _pool.choice_for(driver, first.size, dtype) if parallel else None)
 
 
 def _host_call(update):

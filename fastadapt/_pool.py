@@ -82,13 +82,14 @@ class PoolChoice:
             self.trying = True
 
 
-def choice_for(driver, n):
+def choice_for(driver, n, kind=None):
     """The :class:`PoolChoice` of ``driver`` (a ``cpu.Driver``) for ``n``
-    elements, or None when ``n`` is outside the adaptive range (the caller
-    has already sent smaller sizes to the serial loop)."""
+    elements of ``kind`` (the dtype its loops are compiled for, where one
+    driver has several), or None when ``n`` is outside the adaptive range
+    (the caller has already sent smaller sizes to the serial loop)."""
     if n >= ADAPTIVE_BELOW:
         return None
-    key = (id(driver), n.bit_length())        # drivers live as long as the process
+    key = (id(driver), kind, n.bit_length())  # drivers live as long as the process
     choice = _CHOICES.get(key)
     if choice is None:
         with _LOCK:

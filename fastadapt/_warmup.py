@@ -89,6 +89,7 @@ def warm_call(rule, n, dtype, mode=None):
     """One step of ``rule`` (a :class:`fastadapt.Rule`) with its default
     options on fresh arrays of ``n`` elements of ``dtype``, or in the storage
     mode ``mode`` of :data:`MODES`."""
+    from ._dispatch import _PARALLEL_LAUNCH, kernel_call
     from ._options import EIGHT_BIT
     from .functional import step_for
     from ._storage import SPLIT_MASTER, bfloat16
@@ -112,7 +113,16 @@ def warm_call(rule, n, dtype, mode=None):
                         if eight_bit else zeros(state_dtype))
     if rule.takes_step:
         kwargs["step"] = 1
-    step_for(rule)(zeros(param_dtype), zeros(grad_dtype), **kwargs)
+    step = step_for(rule)
+    step(zeros(param_dtype), zeros(grad_dtype), **kwargs)
+    # which loop the public step ran depends on the size and, in between, on
+    # the machine's load (_pool): compile both
+    planned = kernel_call(step.plan(zeros(param_dtype), zeros(grad_dtype), **kwargs))
+    if planned is not None:
+        _, driver, args = planned
+        driver.serial(*args)
+        with _PARALLEL_LAUNCH:
+            driver.parallel(*args)
 
 
 def warm_adafactor(n, dtype):
@@ -190,11 +200,20 @@ def warmup(rules=None, dtypes=None, modes=None, progress=None):
 
 
 def _warm_grad_norm(dtype):
-    """``fastadapt.grad_norm``'s serial and parallel kernels for ``dtype``."""
+    """``fastadapt.grad_norm``'s serial and parallel kernels for ``dtype``
+    (both called: which one a mid-size norm runs depends on the load)."""
+    from ._dispatch import _PARALLEL_LAUNCH
     from .kernels import reduce
     from .norm import grad_norm
-    for n in (_SMALL, reduce.SERIAL_BELOW_CHUNKS * reduce.CHUNK):
-        grad_norm(np.zeros(n, dtype))
+    grad_norm(np.zeros(_SMALL, dtype))
+    kernels = reduce.sum_of_squares_kernels(dtype)
+    values = np.zeros(reduce.SERIAL_BELOW_CHUNKS * reduce.CHUNK, dtype)
+    values = values.view(np.uint16) if values.dtype.itemsize == 2 else values
+    starts, stops = reduce.chunks(values.size)
+    out = np.empty(starts.size, np.float64)
+    kernels.serial(values, starts, stops, out)
+    with _PARALLEL_LAUNCH:
+        kernels.parallel(values, starts, stops, out)
 
 
 def main(argv=None):

@@ -62,6 +62,9 @@ def test_sizes_outside_the_adaptive_range_have_no_choice():
     assert _pool.choice_for(driver, _pool.ADAPTIVE_BELOW) is None
     assert _pool.choice_for(driver, N) is _pool.choice_for(driver, N + 1)
     assert _pool.choice_for(driver, N) is not _pool.choice_for(driver, 4 * N)
+    # one driver compiled for two dtypes: a choice per dtype
+    assert _pool.choice_for(driver, N, np.dtype(np.float32)) is not \
+        _pool.choice_for(driver, N, np.dtype(np.float64))
 
 
 def _train(pool, mode, monkeypatch, steps=6):
