@@ -26,8 +26,10 @@ import time
 #: From this many elements on, an update always runs on the pool: its calls
 #: take milliseconds, so a woken thread's late start is a small part of them.
 ADAPTIVE_BELOW = 1 << 22
-#: Weight of the newest call in a driver's average time.
-WEIGHT = 0.2
+#: Weight of the newest call in a driver's average time: small, so that a
+#: hiccup of a quiet machine (tens of microseconds) does not flip the choice,
+#: while a time slice lost under load (milliseconds) still does at once.
+WEIGHT = 0.05
 #: The slower driver is tried again once the faster one has run for this
 #: many times the slower one's last known time per call: trying costs at most
 #: 1/TRY_AFTER of the time.
