@@ -2,8 +2,9 @@
 
 Below ``kernels.cpu.SERIAL_BELOW`` elements an update runs serially and from
 :data:`ADAPTIVE_BELOW` on the pool. In between, whether the pool pays depends
-on the machine's load more than on the size: on 2 lightly loaded cores two threads take
-a 65,536-element Adam step from 35 to 23 us, but with every core busy a thread
+on the machine's load more than on the size: on 2 lightly loaded cores (AMD
+EPYC, the development machine) two threads take a 65,536-element Adam step
+from 35 to 23 us, but with every core busy a thread
 the scheduler has parked is woken a time slice later, and the same step took
 3.0 ms on average on the pool against 0.19 ms serially (a 20,865-parameter
 model: 0.22 ms against 0.014 ms; p90 of the pool 16 ms). A mean over recent

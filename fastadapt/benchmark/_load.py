@@ -1,8 +1,8 @@
 """Mid-size updates on a busy machine: the thread pool against the serial
 loop against fastadapt's choice between them (``fastadapt/_pool.py``).
 
-Adam's compiled loop on n elements is called three ways, round-robin in blocks
-of calls: always on the pool (``driver.parallel``), always serially
+Adam's compiled loop on n elements is called three ways, in interleaved
+rounds (``_timing.interleaved``): always on the pool (``driver.parallel``), always serially
 (``driver.serial``), and as the dispatcher calls it between
 ``SERIAL_BELOW`` and ``ADAPTIVE_BELOW`` (``_pool.timed``: whichever its recent
 calls found faster). All three are the bare loop on prepared arguments, so
@@ -22,6 +22,7 @@ from .. import _pool
 from ._bare import driver_call
 from ._configs import BY_KEY, make_problem
 from ._contention import CpuWatch
+from ._timing import interleaved
 
 SIZES = (20_865, 65_536, 262_144)
 KINDS = ("pool", "serial", "choice")
@@ -30,32 +31,6 @@ KINDS = ("pool", "serial", "choice")
 def _spin(stop):
     while not stop.is_set():
         pass
-
-
-def _timed_blocks(calls, budget_s, block_s=0.02, min_rounds=5):
-    """Mean seconds per call of each zero-argument call in ``calls``, timed
-    round-robin in blocks of about ``block_s``."""
-    clock = time.perf_counter
-    per_block = {}
-    for name, f in calls.items():               # size each block, warm each call
-        f()
-        start = clock()
-        f()
-        per_block[name] = max(1, int(block_s / max(clock() - start, 1e-7)))
-    total = {name: 0.0 for name in calls}
-    count = {name: 0 for name in calls}
-    deadline = clock() + budget_s
-    rounds = 0
-    while rounds < min_rounds or clock() < deadline:
-        for name, f in calls.items():
-            k = per_block[name]
-            start = clock()
-            for _ in range(k):
-                f()
-            total[name] += clock() - start
-            count[name] += k
-        rounds += 1
-    return {name: total[name] / count[name] for name in calls}
 
 
 def _calls(n):
@@ -90,7 +65,8 @@ def run(budget_s, progress, sizes=SIZES):
         try:
             for n in sizes:
                 with CpuWatch() as watch:
-                    means = _timed_blocks(calls[n], budget_s)
+                    timings = interleaved(calls[n], budget_s=budget_s)
+                means = {k: t.mean_s for k, t in timings.items()}
                 rows.append({"n": n, "load": load, "others_cpu": watch.others,
                              **{f"{k}_us": means[k] * 1e6 for k in KINDS}})
                 progress(f"load ({load}) n={n:,}: " + ", ".join(

@@ -31,6 +31,11 @@ class Timing:
         return min(self.samples)
 
     @property
+    def mean_s(self):
+        """Mean time per call (every sample holds ``inner`` calls)."""
+        return statistics.fmean(self.samples)
+
+    @property
     def spread(self):
         """Interquartile range over the median (0.05 = samples within about 5%)."""
         if len(self.samples) < 4:

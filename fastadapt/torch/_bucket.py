@@ -12,7 +12,7 @@ from .._core import launch_keywords, runs as launch_runs, uniform
 from ..functional import step_for
 from .. import _storage
 from ._conventions import (CORRECTION_KEY, EIGHT_BIT, MASTER_KEY, _host_array, _initial,
-                          _scalar_dtype)
+                          _numpy_dtype, _scalar_dtype)
 
 def _zeros(n, dtype, device):
     """A flat buffer of ``n`` zeros: on the CPU in memory NumPy allocates and
@@ -21,9 +21,9 @@ def _zeros(n, dtype, device):
     own allocation (4 KiB pages)."""
     if device.type != "cpu":
         return torch.zeros(n, dtype=dtype, device=device)
-    bits = {torch.bfloat16: torch.int16}.get(dtype, dtype)
-    flat = torch.from_numpy(host_zeros(n, torch.empty(0, dtype=bits).numpy().dtype))
-    return flat.view(dtype) if bits is not dtype else flat
+    if dtype == torch.bfloat16:              # NumPy has no bfloat16 of torch's: its bits
+        return torch.from_numpy(host_zeros(n, np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(host_zeros(n, _numpy_dtype(dtype)))
 
 
 # ----------------------------------------------------------------- gradient hooks
