@@ -68,12 +68,14 @@ def _planner(rule, fn_name):
     ordered = operator.itemgetter(*order) if len(order) > 1 else (lambda d: (d[order[0]],))
 
     scalar_state = rule.scalar_state
+    step_scalars = rule.step_scalars
+    sign_slot = order.index("grad_sign")
     launches = LaunchCache()
 
     # The hyper-parameters of the last call, when all were immutable (numbers,
     # tuples of numbers), and their checked options: the same objects again
     # (defaults, constants, an unchanged schedule value) check the same.
-    last = [((object(),) * len(checks), None, None, None, None)]   # matches no call
+    last = [((object(),) * len(checks), None, None, None, None, None, None)]  # no call
     if all(isinstance(spec.when, str) for spec in optional):
         whens = tuple(spec.when for spec in optional)
 
@@ -86,7 +88,10 @@ def _planner(rule, fn_name):
     def options_of(values):
         """The checked options, which optional state they use (a tuple of
         bools), the plan keys (that tuple with each rounding mode: see
-        ``run``) and the gradient's sign."""
+        ``run``), the gradient's sign, and for a rule without scalar state
+        the scalars in the kernel's order with the options' part filled in
+        (None at the step's and grad_sign's places) and those places of the
+        step's part."""
         known, *out = last[0]
         if all(map(operator.is_, values, known)):
             return out
@@ -94,8 +99,14 @@ def _planner(rule, fn_name):
         if rule.check is not None:
             rule.check(options)
         uses = used(options)
+        template = slots = None
+        if not scalar_state:
+            fixed = rule.fixed_scalars(options)
+            template = [fixed.get(name) for name in order]
+            slots = tuple((i, name) for i, name in enumerate(order)
+                          if name not in fixed and name != "grad_sign")
         out = [options, uses, ((uses, False), (uses, True)),
-               -1.0 if options.get("maximize") else 1.0]
+               -1.0 if options.get("maximize") else 1.0, template, slots]
         if all(map(_immutable, values)):
             last[0] = (values, *out)
         return out
@@ -171,9 +182,9 @@ def _planner(rule, fn_name):
         # skipped when they are the last call's (immutable) objects, and the
         # arrays' checks when they are a remembered call's arrays, unchanged
         # (LaunchCache.find, inlined).
-        known, options, uses, extras, sign = last[0]
+        known, options, uses, extras, sign, template, slots = last[0]
         if not all(map(is_, values, known)):
-            options, uses, extras, sign = options_of(values)
+            options, uses, extras, sign, template, slots = options_of(values)
         t, scale = step_and_scale(step, grad_scale)
         # what decides the plan besides the arrays: the optional state the
         # options use, and the rounding mode (a bool; anything else that
@@ -199,10 +210,16 @@ def _planner(rule, fn_name):
                                                  (objs[-1], rounding, seed, offset), carried)
             entry[2](args, scalars, key)
             return new_state
-        # scalars_of() for a rule without scalar state, rounding to nearest
-        scalars = rule.scalars(options, t)
-        scalars["grad_sign"] = sign / scale
-        entry[2](args, ordered(scalars), None)
+        # scalars_of() for a rule without scalar state, rounding to nearest:
+        # the options' part is the template's, and the driver is called
+        # directly with the scalars as an array of its dtype (entry[2]'s work)
+        scalars = template.copy()
+        if step_scalars is not None:
+            by_step = step_scalars(options, t)
+            for i, name in slots:
+                scalars[i] = by_step[name]
+        scalars[sign_slot] = sign / scale
+        entry[3](*args, np.array(scalars, entry[4]))
     return plan, run
 
 

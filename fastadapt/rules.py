@@ -139,12 +139,16 @@ class Rule:
 
     ``kernel`` names the math function (rules may share one: Adam and
     AdamW); ``hyper`` lists the hyper-parameters in the order of torch's
-    constructor; ``scalars(options, step)`` returns the math's host scalars
-    by name (all but ``grad_sign``, which every kernel takes and the
-    dispatcher computes from ``maximize`` and ``grad_scale``); ``check`` may
-    reject combinations of options; ``pseudocode`` is the update, elementwise.
+    constructor; the math's host scalars by name (all but ``grad_sign``,
+    which every kernel takes and the dispatcher computes from ``maximize``
+    and ``grad_scale``) come from ``scalars(options)``, those the options
+    alone decide, and ``step_scalars(options, step)``, those that change
+    with the step (None for a rule whose math does not use the step): the
+    per-call path computes the first once per setting of the options.
+    ``check`` may reject combinations of options; ``pseudocode`` is the
+    update, elementwise.
 
-    A rule with ``scalar_state`` (:class:`ScalarState`) has
+    A rule with ``scalar_state`` (:class:`ScalarState`) declares
     ``scalars(options, step, state) -> (scalars, new_state)`` instead, both
     dicts by name: the functional step takes the state as keyword arguments
     and returns the new one, and the classes keep it per group.
@@ -166,11 +170,13 @@ class Rule:
     def __init__(self, name, torch_name, kernel, hyper, state, scalars, pseudocode,
                  summary, takes_step=True, check=None, notes="", in_torch=True, bench=None,
                  scalar_state=(), torch_step=True, torch_complex=None,
-                 torch_refuses_tensor_mix=False, coupled_twin=None, torch_sparse_grad=False):
+                 torch_refuses_tensor_mix=False, coupled_twin=None, torch_sparse_grad=False,
+                 step_scalars=None):
         self.name, self.torch_name, self.kernel = name, torch_name, kernel
         self.hyper = tuple(hyper)
         self.state_specs = tuple(state)
-        self.scalars = scalars
+        self.fixed_scalars = scalars    # (options) -> dict; with scalar state, see above
+        self.step_scalars = step_scalars
         self.pseudocode, self.summary, self.notes = pseudocode, summary, notes
         self.takes_step = takes_step
         self.check = check
@@ -184,6 +190,17 @@ class Rule:
         self.torch_refuses_tensor_mix = torch_refuses_tensor_mix
         self.coupled_twin = coupled_twin
         self.torch_sparse_grad = torch_sparse_grad
+
+    def scalars(self, options, step, state=None):
+        """The math's host scalars for ``step`` by name (all but
+        ``grad_sign``); with scalar state, ``(scalars, new_state)`` from
+        ``state``."""
+        if self.scalar_state:
+            return self.fixed_scalars(options, step, state)
+        scalars = self.fixed_scalars(options)
+        if self.step_scalars is not None:
+            scalars.update(self.step_scalars(options, step))
+        return scalars
 
     @property
     def state(self):
@@ -301,7 +318,7 @@ param = param - lr / (1 - beta1**step) * exp_avg / denom"""
 
 
 def _adam_scalars(decoupled):
-    def scalars(o, t):
+    def scalars(o):
         beta1, beta2 = o["betas"]
         lr, wd = o["lr"], o["weight_decay"]
         one_minus_beta1 = 1.0 - beta1
@@ -310,10 +327,14 @@ def _adam_scalars(decoupled):
                 "one_minus_beta1": one_minus_beta1, "neg_beta1": one_minus_beta1 - 1.0,
                 "one_minus_beta1_is_small": abs(one_minus_beta1) < 0.5,
                 "beta2": beta2, "one_minus_beta2": 1.0 - beta2,
-                "bias_correction2_sqrt": math.sqrt(1.0 - beta2 ** t),
-                "eps": o["eps"], "neg_step_size": -lr / (1.0 - beta1 ** t),
-                "amsgrad": o["amsgrad"], "l2": not decoupled and wd != 0}
+                "eps": o["eps"], "amsgrad": o["amsgrad"], "l2": not decoupled and wd != 0}
     return scalars
+
+
+def _adam_step_scalars(o, t):
+    beta1, beta2 = o["betas"]
+    return {"bias_correction2_sqrt": math.sqrt(1.0 - beta2 ** t),
+            "neg_step_size": -o["lr"] / (1.0 - beta1 ** t)}
 
 
 _BETAS = Pair("betas", (0.9, 0.999), 0.0, 1.0, high_open=True,
@@ -327,7 +348,7 @@ ADAM = Rule(
     (_LR, _BETAS, _EPS, _WD, _AMSGRAD, _MAXIMIZE), _ADAM_STATE, _adam_scalars(False),
     _ADAM_CODE, "Adam (Kingma & Ba, 2015), and AMSGrad (Reddi et al., 2018)",
     bench=(("adam", "Adam", {}), ("amsgrad", "AMSGrad", {"amsgrad": True})),
-    torch_refuses_tensor_mix=True)
+    torch_refuses_tensor_mix=True, step_scalars=_adam_step_scalars)
 
 ADAMW = Rule(
     "adamw", "AdamW", "adam",
@@ -338,7 +359,7 @@ ADAMW = Rule(
     # torch's AdamW is its Adam with decoupled_weight_decay=True (a keyword of
     # torch's Adam, True in every group of its AdamW): fastadapt.torch picks
     # each group's rule by that flag
-    coupled_twin="adam", torch_refuses_tensor_mix=True)
+    coupled_twin="adam", torch_refuses_tensor_mix=True, step_scalars=_adam_step_scalars)
 
 
 # ----------------------------------------------------------------- SGD
@@ -355,10 +376,10 @@ SGD = Rule(
     (State("momentum_buffer", when=lambda o: o["momentum"] != 0, flag="use_momentum",
            when_doc="momentum != 0",
            doc="its contents are ignored on step 1"),),
-    lambda o, t: {"weight_decay": o["weight_decay"], "momentum": o["momentum"],
-                  "one_minus_dampening": 1.0 - o["dampening"], "neg_lr": -o["lr"],
-                  "use_momentum": o["momentum"] != 0, "first_step": t == 1,
-                  "nesterov": o["nesterov"], "l2": o["weight_decay"] != 0},
+    lambda o: {"weight_decay": o["weight_decay"], "momentum": o["momentum"],
+               "one_minus_dampening": 1.0 - o["dampening"], "neg_lr": -o["lr"],
+               "use_momentum": o["momentum"] != 0, "nesterov": o["nesterov"],
+               "l2": o["weight_decay"] != 0},
     """\
 g = -grad if maximize else grad
 g = g + weight_decay * param
@@ -371,7 +392,7 @@ param = param - lr * g""",
     check=_sgd_check, bench=(("sgd-momentum", "SGD-momentum", {"momentum": 0.9}),),
     # its step only marks the first step, which a loaded state infers from
     # the presence of the state arrays
-    torch_step=False)
+    torch_step=False, step_scalars=lambda o, t: {"first_step": t == 1})
 
 
 # ----------------------------------------------------------------- RMSprop
@@ -383,11 +404,11 @@ RMSPROP = Rule(
     (State("square_avg", non_negative=True), State("grad_avg", when="centered"),
      State("momentum_buffer", when=lambda o: o["momentum"] > 0, flag="use_momentum",
            when_doc="momentum > 0")),
-    lambda o, t: {"weight_decay": o["weight_decay"], "alpha": o["alpha"],
-                  **_lerp_weight("alpha", 1.0 - o["alpha"]), "eps": o["eps"],
-                  "momentum": o["momentum"], "neg_lr": -o["lr"],
-                  "centered": o["centered"], "use_momentum": o["momentum"] > 0,
-                  "l2": o["weight_decay"] != 0},
+    lambda o: {"weight_decay": o["weight_decay"], "alpha": o["alpha"],
+               **_lerp_weight("alpha", 1.0 - o["alpha"]), "eps": o["eps"],
+               "momentum": o["momentum"], "neg_lr": -o["lr"],
+               "centered": o["centered"], "use_momentum": o["momentum"] > 0,
+               "l2": o["weight_decay"] != 0},
     """\
 g = -grad if maximize else grad
 g = g + weight_decay * param
@@ -416,16 +437,16 @@ ADAGRAD = Rule(
      _with(_EPS, default=1e-10), _MAXIMIZE),
     (State("state_sum", init="initial_accumulator_value", doc="torch's ``sum``",
            non_negative=True, torch_name="sum"),),
-    lambda o, t: {"weight_decay": o["weight_decay"], "eps": o["eps"],
-                  "neg_clr": -o["lr"] / (1.0 + (t - 1.0) * o["lr_decay"]),
-                  "l2": o["weight_decay"] != 0},
+    lambda o: {"weight_decay": o["weight_decay"], "eps": o["eps"],
+               "l2": o["weight_decay"] != 0},
     """\
 g = -grad if maximize else grad
 g = g + weight_decay * param
 clr = lr / (1 + (step - 1) * lr_decay)
 state_sum = state_sum + g * g
 param = param - clr * g / (sqrt(state_sum) + eps)""",
-    "AdaGrad (Duchi, Hazan & Singer, 2011)", bench=(("adagrad", "AdaGrad", {}),))
+    "AdaGrad (Duchi, Hazan & Singer, 2011)", bench=(("adagrad", "AdaGrad", {}),),
+    step_scalars=lambda o, t: {"neg_clr": -o["lr"] / (1.0 + (t - 1.0) * o["lr_decay"])})
 
 
 # ----------------------------------------------------------------- Adadelta
@@ -434,9 +455,9 @@ ADADELTA = Rule(
     (_with(_LR, default=1.0), Real("rho", 0.9, high=1.0, doc="decay rate of the averages"),
      _with(_EPS, default=1e-6), _WD, _MAXIMIZE),
     (State("square_avg", non_negative=True), State("acc_delta", non_negative=True)),
-    lambda o, t: {"weight_decay": o["weight_decay"], "rho": o["rho"],
-                  "one_minus_rho": 1.0 - o["rho"], "eps": o["eps"], "neg_lr": -o["lr"],
-                  "l2": o["weight_decay"] != 0},
+    lambda o: {"weight_decay": o["weight_decay"], "rho": o["rho"],
+               "one_minus_rho": 1.0 - o["rho"], "eps": o["eps"], "neg_lr": -o["lr"],
+               "l2": o["weight_decay"] != 0},
     """\
 g = -grad if maximize else grad
 g = g + weight_decay * param
@@ -452,35 +473,41 @@ ADAMAX = Rule(
     "adamax", "Adamax", "adamax",
     (_with(_LR, default=2e-3), _BETAS, _EPS, _WD, _MAXIMIZE),
     (State("exp_avg"), State("exp_inf", non_negative=True)),
-    lambda o, t: {"weight_decay": o["weight_decay"],
-                  **_lerp_weight("beta1", 1.0 - o["betas"][0]), "beta2": o["betas"][1],
-                  "eps": o["eps"], "neg_clr": -o["lr"] / (1.0 - o["betas"][0] ** t),
-                  "l2": o["weight_decay"] != 0},
+    lambda o: {"weight_decay": o["weight_decay"],
+               **_lerp_weight("beta1", 1.0 - o["betas"][0]), "beta2": o["betas"][1],
+               "eps": o["eps"], "l2": o["weight_decay"] != 0},
     """\
 g = -grad if maximize else grad
 g = g + weight_decay * param
 exp_avg = lerp(exp_avg, g, 1 - beta1)
 exp_inf = max(beta2 * exp_inf, |g| + eps)
 param = param - lr / (1 - beta1**step) * exp_avg / exp_inf""",
-    "Adamax, Adam's infinity-norm variant (Kingma & Ba, 2015, section 7)")
+    "Adamax, Adam's infinity-norm variant (Kingma & Ba, 2015, section 7)",
+    step_scalars=lambda o, t: {"neg_clr": -o["lr"] / (1.0 - o["betas"][0] ** t)})
 
 
 # ----------------------------------------------------------------- RAdam
-def _radam_scalars(o, t):
+def _radam_scalars(o):
     beta1, beta2 = o["betas"]
     lr, wd, decoupled = o["lr"], o["weight_decay"], o["decoupled_weight_decay"]
+    return {"weight_decay": wd,
+            "decay_factor": 1.0 - lr * wd if decoupled and wd != 0 else 1.0,
+            **_lerp_weight("beta1", 1.0 - beta1), "beta2": beta2,
+            "one_minus_beta2": 1.0 - beta2, "eps": o["eps"], "lr": lr,
+            "l2": not decoupled and wd != 0}
+
+
+def _radam_step_scalars(o, t):
+    beta1, beta2 = o["betas"]
     bias_correction2 = 1.0 - beta2 ** t
     rho_inf = 2.0 / (1.0 - beta2) - 1.0
     rho_t = rho_inf - 2.0 * t * beta2 ** t / bias_correction2
     rectify = rho_t > 5.0
     rect = math.sqrt((rho_t - 4.0) * (rho_t - 2.0) * rho_inf
                      / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)) if rectify else 1.0
-    return {"weight_decay": wd,
-            "decay_factor": 1.0 - lr * wd if decoupled and wd != 0 else 1.0,
-            **_lerp_weight("beta1", 1.0 - beta1), "beta2": beta2,
-            "one_minus_beta2": 1.0 - beta2, "bias_correction1": 1.0 - beta1 ** t,
-            "bias_correction2_sqrt": math.sqrt(bias_correction2), "eps": o["eps"],
-            "lr": lr, "rect": rect, "rectify": rectify, "l2": not decoupled and wd != 0}
+    return {"bias_correction1": 1.0 - beta1 ** t,
+            "bias_correction2_sqrt": math.sqrt(bias_correction2), "rect": rect,
+            "rectify": rectify}
 
 
 RADAM = Rule(
@@ -502,7 +529,7 @@ if rho_t > 5:                                  (the variance is tractable: recti
     rect = sqrt((rho_t - 4) (rho_t - 2) rho_inf / ((rho_inf - 4) (rho_inf - 2) rho_t))
     update = update * sqrt(1 - beta2**step) / (sqrt(exp_avg_sq) + eps) * rect
 param = param - update""",
-    "RAdam, rectified Adam (Liu et al., 2020)")
+    "RAdam, rectified Adam (Liu et al., 2020)", step_scalars=_radam_step_scalars)
 
 
 # ----------------------------------------------------------------- Rprop
@@ -522,9 +549,9 @@ RPROP = Rule(
      _MAXIMIZE),
     (State("prev", doc="the previous step's gradient (zeroed where its sign flipped)"),
      State("step_size", init="lr", doc="each element's step size", non_negative=True)),
-    lambda o, t: {"etaminus": o["etas"][0], "etaplus": o["etas"][1],
-                  "step_size_min": o["step_sizes"][0], "step_size_max": o["step_sizes"][1],
-                  "zero": 0.0, "one": 1.0},
+    lambda o: {"etaminus": o["etas"][0], "etaplus": o["etas"][1],
+               "step_size_min": o["step_sizes"][0], "step_size_max": o["step_sizes"][1],
+               "zero": 0.0, "one": 1.0},
     """\
 g = -grad if maximize else grad
 s = sign(g * prev)
@@ -630,10 +657,10 @@ LION = Rule(
      "the update's and the momentum's averages"),
      _with(_WD, doc="decoupled weight decay"), _MAXIMIZE),
     (State("exp_avg"),),
-    lambda o, t: {"decay_factor": 1.0 - o["lr"] * o["weight_decay"],
-                  "one_minus_beta1": 1.0 - o["betas"][0], "beta1": o["betas"][0],
-                  "one_minus_beta2": 1.0 - o["betas"][1], "beta2": o["betas"][1],
-                  "neg_lr": -o["lr"], "zero": 0.0, "one": 1.0},
+    lambda o: {"decay_factor": 1.0 - o["lr"] * o["weight_decay"],
+               "one_minus_beta1": 1.0 - o["betas"][0], "beta1": o["betas"][0],
+               "one_minus_beta2": 1.0 - o["betas"][1], "beta2": o["betas"][1],
+               "neg_lr": -o["lr"], "zero": 0.0, "one": 1.0},
     """\
 g = -grad if maximize else grad
 c = beta1 * exp_avg + (1 - beta1) * g
@@ -644,10 +671,14 @@ exp_avg = beta2 * exp_avg + (1 - beta2) * g""",
 
 
 # ----------------------------------------------------------------- SparseAdam
-def _sparse_adam_scalars(o, t):
+def _sparse_adam_scalars(o):
     beta1, beta2 = o["betas"]
-    return {"one_minus_beta1": 1.0 - beta1, "one_minus_beta2": 1.0 - beta2, "eps": o["eps"],
-            "neg_step_size": -(o["lr"] * math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t))}
+    return {"one_minus_beta1": 1.0 - beta1, "one_minus_beta2": 1.0 - beta2, "eps": o["eps"]}
+
+
+def _sparse_adam_step_scalars(o, t):
+    beta1, beta2 = o["betas"]
+    return {"neg_step_size": -(o["lr"] * math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t))}
 
 
 SPARSE_ADAM = Rule(
@@ -667,7 +698,7 @@ param = param + (-step_size) * (exp_avg / denom)""",
           "present in the gradient. fastadapt.torch.SparseAdam takes sparse gradients "
           "(``nn.Embedding(sparse=True)``) and updates only the rows they hold; like torch "
           "it refuses dense gradients.",
-    torch_complex=False, torch_sparse_grad=True)
+    torch_complex=False, torch_sparse_grad=True, step_scalars=_sparse_adam_step_scalars)
 
 
 RULES = {rule.name: rule for rule in (ADAM, ADAMW, SGD, RMSPROP, ADAGRAD, ADADELTA,

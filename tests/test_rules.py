@@ -30,6 +30,9 @@ def test_host_scalars_are_exactly_the_maths(name, which):
         assert set(new) == {s.name for s in rule.scalar_state}
     else:
         scalars = rule.scalars(options, 1.0)
+        if rule.step_scalars is not None:       # the two parts split the scalars
+            assert not set(rule.fixed_scalars(options)) & set(rule.step_scalars(options, 1.0))
+        assert rule.takes_step or rule.step_scalars is None
     assert set(scalars) | {"grad_sign"} == set(_SIGNATURES[rule.kernel].scalars)
 
 
