@@ -105,7 +105,7 @@ def prepare(update):
         from . import _cuda  # imported only when GPU arrays are seen
         return _cuda.prepare(update)
 
-    call, sources = _host_call(update)
+    call, sources = _host_call(update)[:2]
     if call is None:
         return no_op
     args = _arguments(sources, (*update.arrays.values(), update.master))
@@ -173,14 +173,15 @@ def _host_kernel(update):
 
 
 def _host_call(update):
-    """Check ``update``'s host arrays; ``(call, sources)``: ``call(args,
-    scalars, key)`` runs the driver on ``args`` (None for zero-size arrays)
-    and ``sources`` says how each of the driver's arguments is made from
-    ``(*update.arrays.values(), update.master)`` (see :func:`_arguments`).
-    Neither holds the caller's arrays."""
+    """Check ``update``'s host arrays; ``(call, sources, run, dtype)``:
+    ``call(args, scalars, key)`` runs the driver on ``args`` (None for
+    zero-size arrays) and ``sources`` says how each of the driver's arguments
+    is made from ``(*update.arrays.values(), update.master)`` (see
+    :func:`_arguments`); ``call`` is ``run(*args, numpy.array(scalars,
+    dtype), *key)``. None of them holds the caller's arrays."""
     kernel = _host_kernel(update)
     if kernel is None:
-        return None, ()
+        return None, (), None, None
     dtype = kernel.dtype
     if not kernel.parallel:
         run = kernel.driver.serial
@@ -199,7 +200,7 @@ def _host_call(update):
     else:
         def call(args, scalars, key):
             run(*args, np.array(scalars, dtype))
-    return call, kernel.sources
+    return call, kernel.sources, run, dtype
 
 
 class _HostKernel(NamedTuple):
@@ -298,9 +299,11 @@ class LaunchCache:
     What that call checked cannot have changed since (see
     :func:`_arguments_if_same`): type, dtype, shape, contiguity, alignment and
     writeability are compared, and the same objects keep their memory, so
-    they overlap as they did. Only plain ``numpy.ndarray`` objects (and None)
-    are remembered: anything else (8-bit containers, GPU arrays, subclasses)
-    is checked in full every call. The cache holds no array: weak references
+    they overlap as they did. Only plain ``numpy.ndarray`` objects (and None),
+    and as state the 8-bit containers holding such arrays, are remembered
+    (a container as the same object, sign and arrays: see
+    :func:`_containers_sameness`); anything else (GPU arrays, subclasses) is
+    checked in full every call. The cache holds no array: weak references
     and the shapes, dtypes and flags. At most ``size`` params are
     remembered (a full cache is emptied before the next one is added).
     Threads may share a cache: an entry never changes once made, and each
@@ -309,9 +312,11 @@ class LaunchCache:
 
     def __init__(self, size=256):
         self.size = size
-        #: id(param) -> (extra, arguments_if_same, call), or (None, weak
-        #: reference to the param) for a param seen once: what ``find`` reads
-        #: (the functional steps read it inline, on their per-call path)
+        #: id(param) -> (extra, arguments_if_same, call, run, dtype), or
+        #: (None, weak reference to the param) for a param seen once: what
+        #: ``find`` reads (the functional steps read it inline, on their
+        #: per-call path, and call ``run`` and ``dtype`` as ``call`` would
+        #: when they round to nearest: see :func:`_host_call`)
         self.entries = {}
 
     def find(self, objs, extra):
@@ -329,8 +334,9 @@ class LaunchCache:
         with the same ``param`` object (the first only notes the param): a
         caller passing new views every call (slices of a buffer) pays for a
         weak reference, not for an entry it will never use. Only calls whose
-        objects are all None or plain ndarrays are remembered (host arrays:
-        nothing of :func:`prepare`'s but the host checks applies to them)."""
+        objects are all None, plain ndarrays or, for state, 8-bit containers
+        of plain ndarrays are remembered (host arrays: nothing of
+        :func:`prepare`'s but the host checks applies to them)."""
         param = objs[0]
         noted = self.entries.get(id(param))
         if noted is None or (noted[0] is None and noted[1]() is not param):
@@ -338,13 +344,16 @@ class LaunchCache:
             if type(param) is np.ndarray:
                 self._store(id(param), (None, weakref.ref(param)))
             return prepare(update)
+        state = objs[2:-1]
         for a in objs:
-            if a is not None and type(a) is not np.ndarray:
+            if a is not None and type(a) is not np.ndarray and not (
+                    type(a) in _PARTS and any(a is b for b in state)
+                    and all(type(x) is np.ndarray for x in _parts_of(a))):
                 return prepare(update)
-        call, sources = _host_call(update)
+        call, sources, run, dtype = _host_call(update)
         if call is None:
-            call, sources = _no_call, ()
-        self._store(id(param), (extra, _arguments_if_same(objs, sources), call))
+            call, sources, run, dtype = _no_call, (), _no_run, np.float64
+        self._store(id(param), (extra, _arguments_if_same(objs, sources), call, run, dtype))
         args = _arguments(sources, objs)
 
         def launch(scalars, key=None):
@@ -379,6 +388,8 @@ def _arguments_if_same(objs, sources):
     per pattern of given and omitted arguments and driver arguments: one
     expression, no loop.
     """
+    if any(type(a) in _PARTS for a in objs):
+        return _containers_sameness(objs, sources)
     direct = all(form in (_AS_IS, _CONSTANT) for _, form in sources)
     constants = tuple(source for source, form in sources if form == _CONSTANT)
     if direct:
@@ -396,6 +407,54 @@ def _arguments_if_same(objs, sources):
 
 
 _SAMENESS = {}
+
+# The arrays of each 8-bit container that its driver arguments are made of.
+_PARTS = {_storage.Companded8: ("codes", "scale"),
+          _storage.Blockwise8: ("codes", "absmax", "map", "thresholds", "buckets")}
+
+
+def _parts_of(container):
+    return [getattr(container, part) for part in _PARTS[type(container)]]
+
+
+def _containers_sameness(objs, sources):
+    """:func:`_arguments_if_same` for ``objs`` holding 8-bit containers: a
+    container passes when it is the same object, of the same sign, holding
+    the very arrays it held (each of its shape, dtype and flag bits), which
+    is all their checks read. A loop: these calls cost a few microseconds
+    more than the compiled pattern of plain arrays, and far less than the
+    checks."""
+    take = functools.partial(_arguments, sources)
+    known = []
+    for a in objs:
+        if a is None:
+            known.append(None)
+            continue
+        arrays = (a,) if type(a) is np.ndarray else _parts_of(a)
+        known.append((weakref.ref(a), getattr(a, "signed", None),
+                      tuple((weakref.ref(x), x.shape, x.dtype, x.flags.num) for x in arrays)))
+
+    def arguments_if_same(objs2):
+        for a, k in zip(objs2, known):
+            if k is None:
+                if a is not None:
+                    return None
+                continue
+            ref, signed, arrays = k
+            if ref() is not a:
+                return None
+            if type(a) is np.ndarray:
+                parts = (a,)
+            elif a.signed is signed:
+                parts = _parts_of(a)
+            else:
+                return None
+            for x, (r, shape, dtype, flags) in zip(parts, arrays):
+                if r() is not x or x.shape != shape or x.dtype is not dtype \
+                        or x.flags.num != flags:
+                    return None
+        return take(objs2)
+    return arguments_if_same
 
 
 def _sameness_factory(given, layout):
@@ -432,3 +491,7 @@ def _sameness_factory(given, layout):
 
 def _no_call(args, scalars, key):
     """The call of an update over zero-size arrays."""
+
+
+def _no_run(*args):
+    """The driver of an update over zero-size arrays."""

@@ -245,6 +245,106 @@ def test_each_rule_remembers_and_matches_its_checked_call():
             assert arrays[k].tobytes() == fresh[k].tobytes(), (name, k)
 
 
+CONTAINERS = [fastadapt.Companded8, fastadapt.Blockwise8]
+
+
+def eight_bit_arrays(container, n=N):
+    arrays = adam_arrays(n)
+    arrays["exp_avg"], arrays["exp_avg_sq"] = container(n), container(n, signed=False)
+    return arrays
+
+
+def _container_parts(arrays):
+    """The arrays a snapshot must cover: plain arrays and each container's."""
+    out = []
+    for a in arrays.values():
+        out += [a] if isinstance(a, np.ndarray) else _dispatch._parts_of(a)
+    return out
+
+
+@pytest.mark.parametrize("container", CONTAINERS)
+def test_a_call_on_8_bit_containers_is_remembered(container):
+    arrays = eight_bit_arrays(container)
+    remembered(arrays)
+    objs = (*arrays.values(), None, None)
+    assert _launches(fastadapt.adam_step).find(objs, ((False,), False)) is not None
+    # the container replaced by another one (new object) is not the remembered call
+    other = {**arrays, "exp_avg": container(N)}
+    assert _launches(fastadapt.adam_step).find((*other.values(), None, None),
+                                              ((False,), False)) is None
+
+
+@pytest.mark.parametrize("container", CONTAINERS)
+@pytest.mark.parametrize("change, error, words", [
+    ("codes_short", ValueError, "exp_avg is a"),
+    ("codes_read_only", TypeError, "exp_avg.codes must be"),
+    ("per_block_read_only", TypeError, "must be a writeable contiguous 1-D float32"),
+    ("codes_shape_in_place", TypeError, "exp_avg.codes must be"),
+    ("codes_over_param", ValueError, "param and exp_avg.codes share memory"),
+])
+def test_a_remembered_container_changed_is_checked_again(container, change, error, words):
+    """Each change to a remembered container's arrays gets a fresh call's refusal."""
+    arrays = eight_bit_arrays(container)
+    remembered(arrays)
+    m = arrays["exp_avg"]
+    per_block = "scale" if container is fastadapt.Companded8 else "absmax"
+    also = _container_parts(arrays)
+    if change == "codes_short":
+        m.codes = np.zeros(N - 1, np.uint8)
+    elif change == "codes_read_only":
+        m.codes.flags.writeable = False
+    elif change == "per_block_read_only":
+        getattr(m, per_block).flags.writeable = False
+    elif change == "codes_shape_in_place":
+        m.codes.shape = (N // 8, 8)
+    else:       # sound codes in themselves, over the param's bytes
+        m.codes = arrays["param"].view(np.uint8)[:N]
+    before = snapshot(also)
+    with pytest.raises(error) as raised:
+        fastadapt.adam_step(**arrays, step=3)
+    assert words in str(raised.value), str(raised.value)
+    assert_unchanged(also, before)
+
+
+@pytest.mark.parametrize("container", CONTAINERS)
+def test_a_container_whose_sign_is_flipped_is_checked_again(container):
+    """``signed`` picks the code: flipping it must plan again (the unsigned
+    code of a negative first moment is refused, not misread)."""
+    arrays = eight_bit_arrays(container)
+    remembered(arrays)
+    objs = (*arrays.values(), None, None)
+    arrays["exp_avg"].signed = False
+    assert _launches(fastadapt.adam_step).find(objs, ((False,), False)) is None
+
+
+@pytest.mark.parametrize("container", CONTAINERS)
+@pytest.mark.parametrize("n", [97, 8195])
+def test_remembered_8_bit_calls_give_the_bits_of_checked_ones(container, n):
+    """Ten steps on the same containers (remembered) against ten on fresh
+    copies of them (checked in full every call)."""
+    same = eight_bit_arrays(container, n)
+
+    def copied(arrays):
+        out = {}
+        for k, a in arrays.items():
+            if isinstance(a, np.ndarray):
+                out[k] = a.copy()
+            else:
+                c = container(n, signed=a.signed)
+                for part, x in zip(_dispatch._PARTS[container], _dispatch._parts_of(a)):
+                    if x.flags.writeable:
+                        getattr(c, part)[:] = x
+                out[k] = c
+        return out
+    fresh = copied(same)
+    for t in range(1, 11):
+        fastadapt.adam_step(**same, step=t, lr=1e-2 / t)
+        fresh = copied(fresh)
+        fastadapt.adam_step(**fresh, step=t, lr=1e-2 / t)
+    for a, b in zip(_container_parts(same), _container_parts(fresh)):
+        assert a.tobytes() == b.tobytes()
+
+
 def test_threads_sharing_a_small_cache():
     """Eight threads, each with its own arrays, through a cache of two entries
     (every call evicts another thread's): each ends as a run on its own."""
