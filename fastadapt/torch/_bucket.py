@@ -8,11 +8,11 @@ import numpy as np
 import torch
 
 from ..flat import ALIGN_BYTES, host_zeros, layout
-from .._core import launch_keywords, runs as launch_runs, uniform
+from .._core import count_step, launch_keywords, missing_state, runs as launch_runs, uniform
 from ..functional import step_for
 from .. import _storage
 from ._conventions import (CORRECTION_KEY, EIGHT_BIT, MASTER_KEY, _host_array, _initial,
-                          _numpy_dtype, _scalar_dtype)
+                          _numpy_dtype, _plain, _scalar_dtype)
 
 def _zeros(n, dtype, device):
     """A flat buffer of ``n`` zeros: on the CPU in memory NumPy allocates and
@@ -322,11 +322,8 @@ class _Bucket:
         """Allocate the state arrays ``names`` that do not exist yet (``span.size``
         elements each); over a whole buffer, show their views in
         ``optimizer.state`` of the parameters already there."""
-        init = self.owner._state_init
-        for name in names:
-            if name in self.state_flat:
-                continue
-            value = _initial(init[name], group) if name in init else 0.0
+        for name, value in missing_state(names, self.state_flat, self.owner._state_init, group,
+                                         plain=_plain):
             if self.eight_bit:
                 b8 = self.container(self.span.size, name not in self.owner.rule.non_negative_state)
                 if value != 0.0:
@@ -634,9 +631,9 @@ class _Bucket:
                     if not self.published[j]:
                         self.publish(j)
         if every or all(present):
-            self.steps_np += 1
+            count_step(self.steps_np)
         else:
-            self.steps_np[np.asarray(present)] += 1
+            count_step(self.steps_np, present)
             self.update_uniform()
 
     def update_uniform(self):

@@ -5,6 +5,7 @@ import numpy as np
 import torch
 
 from .. import _options, _storage
+from .._core import initial
 from .._options import EIGHT_BIT  # noqa: F401  (the 8-bit formats, declared once)
 from ..rules import RULES
 
@@ -54,8 +55,9 @@ def _plain(value):
 
 
 def _initial(spec, group):
-    """An initial value: a number, or the name of a hyper-parameter of ``group``."""
-    return float(_plain(group[spec])) if isinstance(spec, str) else float(spec)
+    """An initial value: a number, or the name of a hyper-parameter of ``group``
+    (the core's :func:`~fastadapt._core.initial`, a 0-dim tensor read as its number)."""
+    return initial(spec, group, plain=_plain)
 
 
 def _numpy_dtype(dtype):
