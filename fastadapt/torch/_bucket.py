@@ -404,18 +404,28 @@ class _Bucket(StepIntake):
         self.k_grad = self._kernel_array(self.grad_flat)
         self.grad_ptrs = [v.data_ptr() if keep else None for v in self.grad_views]
 
-    def apply(self, group, options, scan, grad_scale, grad=None):
+    def needed_state(self, group, options, scan):
+        """The state arrays the update of what ``scan`` presents needs under
+        ``options``; None when no parameter has a gradient (no update)."""
+        present = scan[0]
+        if present is not None and not any(present):
+            return None
+        return self.owner._group_rule(group).state_for(**options)
+
+    def apply(self, group, options, scan, grad_scale, grad=None, needed=None):
         """Run the update (after :meth:`gather`); ``grad``: the kernel array of
         the gradient of the one parameter ``scan`` presents, instead of the
-        flat buffer's (gradient release)."""
+        flat buffer's (gradient release); ``needed``: the
+        :meth:`needed_state`, already allocated (None: allocated here)."""
         present = scan[0]
         every = present is None
         if not every and not any(present):
             return
         owner = self.owner
         rule = owner._group_rule(group)
-        needed = rule.state_for(**options)
-        self.ensure_state(needed, group)
+        if needed is None:
+            needed = rule.state_for(**options)
+            self.ensure_state(needed, group)
         unscale_in_kernel = grad_scale is not None and owner._kernel_unscales
         if grad_scale is not None and not unscale_in_kernel:
             self.grad_flat[self.span.start:self.span.stop].mul_(1.0 / grad_scale)

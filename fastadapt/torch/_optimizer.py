@@ -410,8 +410,15 @@ class FlatOptimizer(TorchStateDict, WholeStep, torch.optim.Optimizer):
                 grad_scale = self._clip(plans, grad_scale)
                 if grad_scale is None:
                     return loss
-            for group, options, bucket, scan in plans:
-                bucket.apply(group, options, scan, grad_scale)
+            # every new state array allocated before any kernel runs, as the
+            # NumPy face allocates them
+            needed = [bucket.needed_state(group, options, scan)
+                      for group, options, bucket, scan in plans]
+            for (group, _, bucket, _), names in zip(plans, needed):
+                if names is not None:
+                    bucket.ensure_state(names, group)
+            for (group, options, bucket, scan), names in zip(plans, needed):
+                bucket.apply(group, options, scan, grad_scale, needed=names)
             _sparse.apply(self, sparse, grad_scale)
             self._agreement.updated(plans)
         return loss
