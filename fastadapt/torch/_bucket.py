@@ -2,6 +2,8 @@
 a device and dtype, packed together with their gradient and state buffers,
 and the update of the span of it this process owns (what it takes in from
 the model between steps is :mod:`fastadapt.torch._intake`'s)."""
+import operator
+
 import numpy as np
 import torch
 
@@ -85,6 +87,7 @@ class _Bucket(StepIntake):
         self.steps_np = self.steps.numpy()
         self.scalars, self.scalars_np = {}, {}
         self.uniform = True                  # same step count and scalar state everywhere
+        self._runs = {}                      # (a, b, state names) -> kernel arrays (_run_arrays)
         self.published = [False] * len(params)
         self.entries = [None] * len(params)  # the optimizer.state entries shown
         with torch.no_grad():
@@ -439,25 +442,23 @@ class _Bucket(StepIntake):
             hi = (self.length if j1 == len(self.params) - 1 and grad is None
                   else self.offsets[j1] + self.sizes[j1])
             a, b = self.span.clip(lo, hi)
-            la, lb = a - self.span.start, b - self.span.start
             first_step = self.steps_np[j0] == 0
             if first_step:                    # torch creates state at a parameter's first step
                 self.reset(j0, j1, group)
+            param, flat_grad, master, state = self._run_arrays(a, b, needed)
             # (stochastic rounding's offset: the bits of one call over the bucket)
             kwargs = dict(options)
             for name in needed:
-                kwargs[name] = self.kernel_state(name, la, lb)
+                kwargs[name] = state[name]
             kwargs = launch_keywords(
-                rule, kwargs, int(self.steps_np[j0]),
-                master=None if self.k_master is None else self.k_master[la:lb],
+                rule, kwargs, int(self.steps_np[j0]), master=master,
                 stochastic_rounding=owner.stochastic_rounding, seed=owner.seed, offset=a,
                 scalar_state={name: float(self.scalars_np[name][j0])
                               for name in owner._scalar_state},
                 grad_scale=grad_scale if unscale_in_kernel else None)
             # an empty span (a run outside this rank's shard) still
             # returns the new scalar state
-            result = step_for(rule)(self.k_param[a:b], self.k_grad[a:b] if grad is None else grad,
-                                  **kwargs)
+            result = step_for(rule)(param, flat_grad if grad is None else grad, **kwargs)
             for name in owner._scalar_state:
                 if not isinstance(result, dict) or name not in result:
                     raise RuntimeError(f"{step_for(rule).__name__} must return {{{name!r}: new "
@@ -472,6 +473,30 @@ class _Bucket(StepIntake):
         else:
             count_step(self.steps_np, present)
             self.update_uniform()
+
+    def _run_arrays(self, a, b, names):
+        """The kernel arrays of a launch over ``a:b`` of the flat buffer: the
+        parameters', the gradients', the master copy's (None without one) and
+        ``{name: state array}`` of the state arrays ``names``, over the span's
+        part. The same objects from step to step while the buffers are the
+        same ones, so that the functional step's launch cache knows them and
+        does not check again what it checked (see
+        :class:`fastadapt._dispatch.LaunchCache`; 8-bit state's containers
+        are checked in full every call: they are made anew)."""
+        bases = (self.k_param, self.k_grad, self.k_master, *map(self.k_state.get, names))
+        key = (a, b, names)
+        cached = self._runs.get(key)
+        if cached is not None and all(map(operator.is_, cached[0], bases)):
+            return cached[1]
+        la, lb = a - self.span.start, b - self.span.start
+        arrays = (self.k_param[a:b], self.k_grad[a:b],
+                  None if self.k_master is None else self.k_master[la:lb],
+                  {name: self.kernel_state(name, la, lb) for name in names})
+        if not self.eight_bit:
+            if len(self._runs) >= 64:     # (runs change when step counts differ)
+                self._runs.clear()
+            self._runs[key] = (bases, arrays)
+        return arrays
 
     def update_uniform(self):
         """Whether one call can update the whole buffer (the core's
