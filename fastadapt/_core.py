@@ -10,6 +10,10 @@ their format) and take from here what a step decides and assembles.
   coefficient folded in); afterwards ``grad_norm`` and ``step_skipped``.
 * **A group's storage** (:func:`state_storage`): how its state is stored
   under the storage options, after checking they fit its params.
+* **A group's state** (:func:`missing_state`, :func:`initial_scalar_state`,
+  :func:`initial`): the state arrays a step must create before any kernel
+  runs and the value each starts at, the scalar state's starting values;
+  :func:`count_step` counts the step of the elements a launch updated.
 * **A group's options for its next step** (:func:`step_options`): checked
   (a dry run of the functional step, the face's own check) only when they
   changed since the last check, the learning rate resolved with errors that
@@ -30,12 +34,16 @@ Nothing here imports torch.
 """
 import math
 
+import numpy as np
+
 from . import _args, _storage
 from ._options import in_group, rounding_seed
 from .norm import check_grad_scale, clipped_scale
+from .schedules import resolve_lr
 
-__all__ = ["WholeStep", "check_grad_scale", "launch_keywords", "pads_with_nan",
-           "runs", "state_storage", "step_options", "storage_keywords", "uniform"]
+__all__ = ["WholeStep", "check_grad_scale", "count_step", "initial", "initial_scalar_state",
+           "launch_keywords", "missing_state", "pads_with_nan", "runs", "state_storage",
+           "step_options", "storage_keywords", "uniform"]
 
 
 class WholeStep:
@@ -95,6 +103,54 @@ def state_storage(dtype, state_dtype, master_weights, stochastic_rounding, index
         return _storage.state_dtype_for(dtype, state_dtype, master_weights, stochastic_rounding)
     except (TypeError, ValueError) as exc:
         raise in_group(exc, index) from None
+
+
+def initial(spec, group, steps=0, plain=None):
+    """A state's initial value from its declaration ``spec`` (a rule's
+    ``state_init`` or ``scalar_state_init`` entry): a number, or the name of
+    the hyper-parameter of ``group`` that holds it, a number or (Rprop's
+    ``lr``, on the NumPy face) a schedule read at ``steps`` completed steps.
+    ``plain``: the face's conversion of a hyper-parameter to a number (the
+    torch face's 0-dim tensors); None: ``float`` alone."""
+    if not isinstance(spec, str):
+        return float(spec)
+    value = group[spec]
+    if callable(value):
+        value = resolve_lr(value, steps)
+    return float(value if plain is None else plain(value))
+
+
+def missing_state(needed, existing, init, group, steps=0, plain=None):
+    """``[(name, initial value)]``, in order, of the state arrays in
+    ``needed`` that ``existing`` (the names a group or buffer holds) lacks:
+    what a step allocates, for every group, before any kernel runs. A state
+    starts at 0 unless ``init`` (state name -> hyper-parameter, the rule's
+    ``state_init``) names the option holding its start (see :func:`initial`).
+    A name given twice is created once."""
+    out = []
+    for name in needed:
+        if name not in existing and all(name != n for n, _ in out):
+            out.append((name, initial(init[name], group, steps, plain) if name in init
+                        else 0.0))
+    return out
+
+
+def initial_scalar_state(scalar_init, group, plain=None):
+    """The scalar state (name -> float) a group or parameter starts with:
+    ``scalar_init`` is the rule's ``scalar_state_init`` (see :func:`initial`)."""
+    return {name: initial(spec, group, 0, plain) for name, spec in scalar_init.items()}
+
+
+def count_step(steps, present=None):
+    """The step counts after a launch that updated the parameters in
+    ``present`` (one bool per parameter; None: all of them): one more each.
+    ``steps`` is a group's count (an int, returned plus one) or a NumPy array
+    of one count per parameter (updated in place and returned)."""
+    if present is None:
+        steps += 1
+    else:
+        steps[np.asarray(present)] += 1
+    return steps
 
 
 def step_options(options, checked, index, steps, lr_of, check, *check_args, extra=None):

@@ -9,6 +9,13 @@ replaces its module for type checkers and editors) with its signature and
 docstring, read from the module as imported. ``grep`` and an editor's
 go-to-definition find the names there.
 
+A stub names no private module or class (none of its dotted components
+starts with ``_``) except in the lines that re-export a public name from
+where it is defined: a class found only behind a private name (the NumPy
+classes' base ``fastadapt._core.WholeStep``) is left out of the bases and
+its public members are declared on the public class that inherits them; a
+private-module class the module re-exports is called by its public name.
+
 Regenerate after changing a rule or any of these modules' public names
 (``tests/test_stubs.py`` fails until the files match)::
 
@@ -109,6 +116,13 @@ def _instance_attributes(module, cls):
     return names
 
 
+def is_private(obj):
+    """Whether class ``obj`` is reachable only through a private name (a
+    dotted component of its module or qualified name starting with ``_``)."""
+    return any(part.startswith("_") for part in
+               (*obj.__module__.split("."), *obj.__qualname__.split(".")))
+
+
 def _literal(value):
     """Source of a default simple enough to show in a stub, else ``...``."""
     if value is None or isinstance(value, (bool, str)):
@@ -189,13 +203,37 @@ class _Stub:
         return "\n".join(head) + "\n\n" + body
 
     def _name_of(self, obj):
-        """How the stub refers to class ``obj``."""
+        """How the stub refers to class ``obj``: the module's own public name
+        for a class it re-exports from a private module."""
         if obj.__module__ == "builtins":
             return obj.__qualname__
         if obj.__module__ == self.module.__name__:
             return obj.__qualname__
+        if is_private(obj):
+            exported = self._exported_name(obj)
+            if exported is not None:
+                return exported
         self.imports.add(obj.__module__)
         return f"{obj.__module__}.{obj.__qualname__}"
+
+    def _exported_name(self, obj):
+        """The name under which the module exports ``obj`` (in its ``__all__``,
+        so the stub declares it too), or None."""
+        exported = getattr(self.module, "__all__", ())
+        return next((k for k, v in vars(self.module).items()
+                     if v is obj and k in exported), None)
+
+    def _hidden(self, cls):
+        """The classes of ``cls``'s MRO that a stub cannot name (private and not
+        re-exported by the module), whose public members it declares on
+        ``cls``: those behind the bases it leaves out."""
+        hidden = []
+        for base in cls.__bases__:
+            if base is object or not is_private(base) or self._exported_name(base):
+                continue
+            hidden += [c for c in base.__mro__ if c is not object and c not in hidden
+                       and is_private(c) and not self._exported_name(c)]
+        return hidden
 
     def _type_of(self, value):
         if value is None:           # set by subclasses (a class's ``rule``)
@@ -240,12 +278,34 @@ class _Stub:
         return out + head[:-1] + [head[-1] + " ..."]
 
     def _class(self, key, cls, indent):
-        bases = [self._name_of(b) for b in cls.__bases__ if b is not object]
+        hidden = self._hidden(cls)
+        bases = [self._name_of(b) for b in cls.__bases__
+                 if b is not object and b not in hidden]
         out = [f"{indent}class {key}({', '.join(bases)}):" if bases
                else f"{indent}class {key}:"]
         inner = indent + "    "
         members = _docstring(cls.__doc__, inner)
-        for attr, raw in vars(cls).items():
+        members += self._members(vars(cls), inner)
+        for base in hidden:     # what cls inherits from the bases left out
+            members += self._members({a: v for a, v in vars(base).items()
+                                      if not any(a in vars(c) for c in cls.__mro__
+                                                 if c not in hidden)}, inner)
+        if cls.__module__ == self.module.__name__ and not indent:
+            inherited = {a for c in cls.__mro__ for a in vars(c)}
+            sources = [(self.module, cls)] + [(sys.modules[c.__module__], c) for c in hidden]
+            declared = set()
+            for module, owner in sources:
+                for attr in _instance_attributes(module, owner):
+                    if attr not in inherited and attr not in declared:
+                        declared.add(attr)
+                        self.imports.add("typing")
+                        members.append(f"{inner}{attr}: typing.Any")
+        return out + (members or [f"{inner}..."])
+
+    def _members(self, namespace, inner):
+        """The stub lines of a class's members ``namespace`` (its ``vars``)."""
+        members = []
+        for attr, raw in namespace.items():
             if getattr(raw, "hooked", False):
                 continue     # torch.optim wraps a class's step at its first instance
             public = not attr.startswith("_")
@@ -270,13 +330,7 @@ class _Stub:
                     members += self._function(attr, raw, inner)
             elif public:
                 members.append(f"{inner}{attr}: {self._type_of(raw)}")
-        if cls.__module__ == self.module.__name__ and not indent:
-            inherited = {a for c in cls.__mro__ for a in vars(c)}
-            for attr in _instance_attributes(self.module, cls):
-                if attr not in inherited:
-                    self.imports.add("typing")
-                    members.append(f"{inner}{attr}: typing.Any")
-        return out + (members or [f"{inner}..."])
+        return members
 
 
 def main(argv=None):

@@ -35,8 +35,9 @@ import numpy as np
 from . import _args, _storage, checkpoint as _ckpt
 from ._arrays import to_host
 from ._class_builder import numpy_class, takes_max_grad_norm
-from ._core import (WholeStep, check_grad_scale, launch_keywords, pads_with_nan,
-                    state_storage, step_options, storage_keywords)
+from ._core import (WholeStep, check_grad_scale, count_step, initial, initial_scalar_state,
+                    launch_keywords, missing_state, pads_with_nan, state_storage,
+                    step_options, storage_keywords)
 from ._group_buffers import (GroupBuffers, check_copyable, normalise_groups, resolve_dtype,
                              split_flat)
 from ._options import (STORAGE_OPTIONS, dry_run, dtype_name, master_dtype, naming_group,
@@ -182,9 +183,10 @@ class Optimizer(WholeStep):
             self.check_group(group, dtype, i if several else None, state_dtype)
             buffers = GroupBuffers(FlatBuffer.from_arrays(arrays, dtype=dtype), state_dtype,
                                    self.master_weights, self.rule.non_negative_state)
-            for name in self.rule.state_for(**self.step_options(group)):
-                buffers.state[name] = self._zero_state(buffers, group, name)
-            buffers.scalar_state = self._initial_scalar_state(group)
+            for name, value in missing_state(self.rule.state_for(**self.step_options(group)),
+                                             buffers.state, self.state_init, group):
+                buffers.state[name] = buffers.new_state(name, value)
+            buffers.scalar_state = initial_scalar_state(self.rule.scalar_state_init, group)
             buffers.validated = self.step_options(group)
             del buffers.validated["lr"]
             self.param_groups.append({"params": list(buffers.param.views), **group})
@@ -233,18 +235,6 @@ class Optimizer(WholeStep):
             dry_run(self.rule, options, dtype, state_dtype, non_negative=self.rule.non_negative_state,
                     storage=storage)
             resolve_lr(lr, 0)       # a number: also finite (the functional allows inf)
-
-    def _initial_scalar_state(self, group):
-        options = dict(group)
-        if callable(options.get("lr")):
-            options["lr"] = resolve_lr(options["lr"], 0)
-        return {s.name: s.start(options) for s in self.rule.scalar_state}
-
-    def _zero_state(self, buffers, group, name):
-        """A new state buffer ``name`` at its initial value (not yet kept)."""
-        key = self.state_init.get(name)
-        return buffers.new_state(
-            name, 0.0 if key is None else _initial_float(group[key], buffers.steps))
 
     # ------------------------------------------------------------- arrays
     @property
@@ -380,11 +370,11 @@ class Optimizer(WholeStep):
                 fold = self._decide(self._global_grad_norm() / scale, scale)
                 if fold is None:
                     return
-            created = []
-            for (g, b), (_, names, _) in zip(groups, calls):
-                for name in names:
-                    if name not in b.state:
-                        created.append((b, name, self._zero_state(b, g, name)))
+            # every new state array allocated before any is kept or any kernel runs
+            created = [(b, name, b.new_state(name, value))
+                       for (g, b), (_, names, _) in zip(groups, calls)
+                       for name, value in missing_state(names, b.state, self.state_init, g,
+                                                        b.steps)]
             for b, name, buffer in created:
                 b.state[name] = buffer
             plan = step_for(self.rule).plan
@@ -400,11 +390,14 @@ class Optimizer(WholeStep):
             for (g, b), (launch, scalars, scalar_state, key), (_, _, nan_padding) in zip(
                     groups, launches, calls):
                 launch(scalars, key)
-                b.steps += 1
+                b.steps = count_step(b.steps)
                 if scalar_state is not None:       # NAdam's mu_product, ASGD's eta, mu
                     b.scalar_state = scalar_state
+                # (the NumPy face's own: its flat buffers are public, padding
+                # included (flat_params, a flat gradient in step); the torch
+                # face's are seen only through per-parameter views)
                 if nan_padding:
-                    b.reset_padding({name: _initial_float(g[key], b.steps)
+                    b.reset_padding({name: initial(key, g, b.steps)
                                      for name, key in self.state_init.items()})
 
     def _global_grad_norm(self):
@@ -546,12 +539,6 @@ class Optimizer(WholeStep):
 
 
 # ----------------------------------------------------------------- helpers
-def _initial_float(value, steps):
-    """A state's initial value from its option: a number, or (Rprop's ``lr``) a
-    schedule, read at ``steps`` completed steps."""
-    return float(resolve_lr(value, steps) if callable(value) else value)
-
-
 def _initial_value(key, value):
     return _args.real(key, value, 0.0, math.inf, high_open=True)
 

@@ -28,7 +28,6 @@ unless parameters are skipped, which fastadapt never does), and ``lr`` may be a
 number or a schedule (any callable of the number of completed steps, see
 :mod:`fastadapt.schedules`).
 """
-import fastadapt._core
 import fastadapt.rules
 import typing
 
@@ -51,7 +50,7 @@ __all__ = [
 
 CHECKPOINT_FORMAT: int
 
-class Optimizer(fastadapt._core.WholeStep):
+class Optimizer:
     """Base class: an optimizer driven by one rule of :data:`fastadapt.RULES`.
 
     Not instantiated directly; a subclass sets :attr:`rule` and passes every
@@ -313,6 +312,14 @@ class Optimizer(fastadapt._core.WholeStep):
         """
         ...
     def __repr__(self): ...
+    @property
+    def max_grad_norm(self):
+        """Clip by the global norm of all gradients to this before each step
+        (``None``: no clipping); may be changed between steps.
+        """
+        ...
+    @max_grad_norm.setter
+    def max_grad_norm(self, value): ...
     defaults: typing.Any
     state_dtype: typing.Any
     master_weights: typing.Any

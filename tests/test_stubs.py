@@ -121,3 +121,73 @@ def test_an_optimizers_public_attributes_are_declared():
             if not key.startswith("_") and key not in theirs:
                 assert (f"\n    {key}: " in text or f"\n    def {key}(" in text
                         or key in bases), key
+
+
+def _private_references(text):
+    """The dotted names of ``fastadapt``'s private modules or classes (a
+    component starting with ``_``) that a stub's code refers to: in bases,
+    annotations and imports; docstrings are prose and not read. A line that
+    re-exports a public name from where it is defined (``from
+    fastadapt.torch._optimizer import FlatOptimizer as FlatOptimizer``) is
+    how a stub declares that name, and passes."""
+    def private(dotted):
+        parts = dotted.split(".")
+        return parts[0] == "fastadapt" and any(p.startswith("_") for p in parts[1:])
+
+    found = []
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names if private(a.name)]
+        elif isinstance(node, ast.ImportFrom):
+            found += [f"{node.module}.{a.name}" for a in node.names
+                      if private(f"{node.module}.{a.name}")
+                      and (a.name.startswith("_") or a.asname != a.name)]
+        elif isinstance(node, ast.Attribute) and not isinstance(node.ctx, ast.Store):
+            parts, value = [node.attr], node.value
+            while isinstance(value, ast.Attribute):
+                parts.append(value.attr)
+                value = value.value
+            if isinstance(value, ast.Name):
+                dotted = ".".join([value.id, *reversed(parts)])
+                if private(dotted):
+                    found.append(dotted)
+    return sorted(set(found))
+
+
+@pytest.mark.parametrize("name", _stubs.MODULES)
+def test_stub_names_no_private_module_or_class(name):
+    """A stub is the public face of its module: a base or annotation behind a
+    private name (``fastadapt._core.WholeStep``) would send an editor's reader
+    to a private module, and tie the public stub to a private name."""
+    path = _stubs.stub_path(_module(name))
+    assert _private_references(path.read_text()) == [], path
+
+
+def test_the_private_name_check_catches_a_private_base():
+    """The check above fails on the stub the generator once wrote."""
+    text = ("import fastadapt._core\nimport fastadapt.rules\n"
+            "from fastadapt.torch._optimizer import FlatOptimizer as FlatOptimizer\n"
+            "from fastadapt._core import WholeStep as Base\n"
+            "class Optimizer(fastadapt._core.WholeStep):\n"
+            "    rule: fastadapt.rules.Rule\n")
+    assert _private_references(text) == ["fastadapt._core", "fastadapt._core.WholeStep"]
+
+
+def test_a_private_base_is_declared_through_the_public_class():
+    """A public class whose base is private and not exported: the base is left
+    out and what the class inherits from it (``max_grad_norm`` and its setter,
+    the attributes its methods set) is declared on the class itself."""
+    import types
+    from fastadapt._core import WholeStep
+
+    module = types.ModuleType("fastadapt.optim")
+    module.__file__ = fastadapt.optim.__file__
+    module.__all__ = ["Optimizer"]
+    module.Optimizer = type("Optimizer", (WholeStep,), {"__module__": "fastadapt.optim",
+                                                        "__doc__": "A class."})
+    text = _stubs.render(module)
+    assert _private_references(text) == []
+    assert "\nclass Optimizer:\n" in text
+    assert "    @property\n    def max_grad_norm(self):" in text
+    assert "    @max_grad_norm.setter\n" in text
+    assert "    grad_norm: typing.Any" in text and "    step_skipped: typing.Any" in text

@@ -15,7 +15,8 @@ Importing this module imports torch; ``import fastadapt`` never does.
 
 The package's modules, one job each: ``_conventions`` (torch's flags, dtypes
 and state-dict keys), ``_sharing`` (the span a core updates, how processes
-agree), ``_bucket`` (one flat buffer), ``_optimizer`` (the core,
+agree), ``_bucket`` (one flat buffer), ``_intake`` (what a flat buffer takes
+in from the model between steps), ``_optimizer`` (the core,
 :class:`FlatOptimizer`), ``_state_dict`` (torch-format state dicts),
 ``_classes`` (a rule's class), ``_adafactor`` (Adafactor, per parameter),
 ``_release`` (gradient release) and

@@ -17,7 +17,8 @@ Importing this module imports torch; ``import fastadapt`` never does.
 
 The package's modules, one job each: ``_conventions`` (torch's flags, dtypes
 and state-dict keys), ``_sharing`` (the span a core updates, how processes
-agree), ``_bucket`` (one flat buffer), ``_optimizer`` (the core,
+agree), ``_bucket`` (one flat buffer), ``_intake`` (what a flat buffer takes
+in from the model between steps), ``_optimizer`` (the core,
 :class:`FlatOptimizer`), ``_state_dict`` (torch-format state dicts),
 ``_classes`` (a rule's class), ``_adafactor`` (Adafactor, per parameter),
 ``_release`` (gradient release) and
@@ -191,7 +192,6 @@ refuses tensors mixed with numbers (``torch_refuses_tensor_mix``) or computes
 it as another rule's class with ``decoupled_weight_decay`` (``coupled_twin``).
 """
 import fastadapt.rules
-import fastadapt.torch._optimizer
 
 __all__ = [
     'FlatOptimizer',
@@ -227,7 +227,7 @@ from fastadapt.torch._release import enable_gradient_release as enable_gradient_
 
 from fastadapt.torch._zero import ZeroRedundancyOptimizer as ZeroRedundancyOptimizer
 
-class Adam(fastadapt.torch._optimizer.FlatOptimizer):
+class Adam(FlatOptimizer):
     """Adam over flat buffers: a drop-in for torch.optim.Adam (same signature, defaults and numbers), one fused ``fastadapt.adam_step`` call per (group, device, dtype).
 
     ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
@@ -304,7 +304,7 @@ class Adam(fastadapt.torch._optimizer.FlatOptimizer):
             master_weights=False, stochastic_rounding=False, seed=None, min_8bit_size=4096,
             compressed_state_dict=False): ...
 
-class AdamW(fastadapt.torch._optimizer.FlatOptimizer):
+class AdamW(FlatOptimizer):
     """AdamW over flat buffers: a drop-in for torch.optim.AdamW (same signature, defaults and numbers), one fused ``fastadapt.adamw_step`` call per (group, device, dtype).
 
     ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
@@ -380,7 +380,7 @@ class AdamW(fastadapt.torch._optimizer.FlatOptimizer):
             fused=None, max_grad_norm=None, state_dtype=None, master_weights=False,
             stochastic_rounding=False, seed=None, min_8bit_size=4096, compressed_state_dict=False): ...
 
-class SGD(fastadapt.torch._optimizer.FlatOptimizer):
+class SGD(FlatOptimizer):
     """SGD over flat buffers: a drop-in for torch.optim.SGD (same signature, defaults and numbers), one fused ``fastadapt.sgd_step`` call per (group, device, dtype).
 
     ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
@@ -456,7 +456,7 @@ class SGD(fastadapt.torch._optimizer.FlatOptimizer):
             state_dtype=None, master_weights=False, stochastic_rounding=False, seed=None,
             min_8bit_size=4096, compressed_state_dict=False): ...
 
-class RMSprop(fastadapt.torch._optimizer.FlatOptimizer):
+class RMSprop(FlatOptimizer):
     """RMSprop over flat buffers: a drop-in for torch.optim.RMSprop (same signature, defaults and numbers), one fused ``fastadapt.rmsprop_step`` call per (group, device, dtype).
 
     ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
@@ -539,7 +539,7 @@ class RMSprop(fastadapt.torch._optimizer.FlatOptimizer):
             *, max_grad_norm=None, state_dtype=None, master_weights=False,
             stochastic_rounding=False, seed=None, min_8bit_size=4096, compressed_state_dict=False): ...
 
-class Adagrad(fastadapt.torch._optimizer.FlatOptimizer):
+class Adagrad(FlatOptimizer):
     """Adagrad over flat buffers: a drop-in for torch.optim.Adagrad (same signature, defaults and numbers), one fused ``fastadapt.adagrad_step`` call per (group, device, dtype).
 
     ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
@@ -609,7 +609,7 @@ class Adagrad(fastadapt.torch._optimizer.FlatOptimizer):
             max_grad_norm=None, state_dtype=None, master_weights=False, stochastic_rounding=False,
             seed=None, min_8bit_size=4096, compressed_state_dict=False): ...
 
-class Adadelta(fastadapt.torch._optimizer.FlatOptimizer):
+class Adadelta(FlatOptimizer):
     """Adadelta over flat buffers: a drop-in for torch.optim.Adadelta (same signature, defaults and numbers), one fused ``fastadapt.adadelta_step`` call per (group, device, dtype).
 
     ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
@@ -677,7 +677,7 @@ class Adadelta(fastadapt.torch._optimizer.FlatOptimizer):
             state_dtype=None, master_weights=False, stochastic_rounding=False, seed=None,
             min_8bit_size=4096, compressed_state_dict=False): ...
 
-class Adamax(fastadapt.torch._optimizer.FlatOptimizer):
+class Adamax(FlatOptimizer):
     """Adamax over flat buffers: a drop-in for torch.optim.Adamax (same signature, defaults and numbers), one fused ``fastadapt.adamax_step`` call per (group, device, dtype).
 
     ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
@@ -746,7 +746,7 @@ class Adamax(fastadapt.torch._optimizer.FlatOptimizer):
             state_dtype=None, master_weights=False, stochastic_rounding=False, seed=None,
             min_8bit_size=4096, compressed_state_dict=False): ...
 
-class RAdam(fastadapt.torch._optimizer.FlatOptimizer):
+class RAdam(FlatOptimizer):
     """RAdam over flat buffers: a drop-in for torch.optim.RAdam (same signature, defaults and numbers), one fused ``fastadapt.radam_step`` call per (group, device, dtype).
 
     ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
@@ -824,7 +824,7 @@ class RAdam(fastadapt.torch._optimizer.FlatOptimizer):
             differentiable=False, max_grad_norm=None, state_dtype=None, master_weights=False,
             stochastic_rounding=False, seed=None, min_8bit_size=4096, compressed_state_dict=False): ...
 
-class Rprop(fastadapt.torch._optimizer.FlatOptimizer):
+class Rprop(FlatOptimizer):
     """Rprop over flat buffers: a drop-in for torch.optim.Rprop (same signature, defaults and numbers), one fused ``fastadapt.rprop_step`` call per (group, device, dtype).
 
     ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
@@ -893,7 +893,7 @@ class Rprop(fastadapt.torch._optimizer.FlatOptimizer):
             state_dtype=None, master_weights=False, stochastic_rounding=False, seed=None,
             min_8bit_size=4096, compressed_state_dict=False): ...
 
-class NAdam(fastadapt.torch._optimizer.FlatOptimizer):
+class NAdam(FlatOptimizer):
     """NAdam over flat buffers: a drop-in for torch.optim.NAdam (same signature, defaults and numbers), one fused ``fastadapt.nadam_step`` call per (group, device, dtype).
 
     ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
@@ -980,7 +980,7 @@ class NAdam(fastadapt.torch._optimizer.FlatOptimizer):
             master_weights=False, stochastic_rounding=False, seed=None, min_8bit_size=4096,
             compressed_state_dict=False): ...
 
-class ASGD(fastadapt.torch._optimizer.FlatOptimizer):
+class ASGD(FlatOptimizer):
     """ASGD over flat buffers: a drop-in for torch.optim.ASGD (same signature, defaults and numbers), one fused ``fastadapt.asgd_step`` call per (group, device, dtype).
 
     ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
@@ -1064,7 +1064,7 @@ class ASGD(fastadapt.torch._optimizer.FlatOptimizer):
             max_grad_norm=None, state_dtype=None, master_weights=False, stochastic_rounding=False,
             seed=None, min_8bit_size=4096, compressed_state_dict=False): ...
 
-class Lion(fastadapt.torch._optimizer.FlatOptimizer):
+class Lion(FlatOptimizer):
     """Lion over flat buffers: a drop-in for the rule (same signature, defaults and numbers), one fused ``fastadapt.lion_step`` call per (group, device, dtype).
 
     ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.
@@ -1128,7 +1128,7 @@ class Lion(fastadapt.torch._optimizer.FlatOptimizer):
             state_dtype=None, master_weights=False, stochastic_rounding=False, seed=None,
             min_8bit_size=4096, compressed_state_dict=False): ...
 
-class SparseAdam(fastadapt.torch._optimizer.FlatOptimizer):
+class SparseAdam(FlatOptimizer):
     """SparseAdam over flat buffers: a drop-in for torch.optim.SparseAdam (same signature, defaults and numbers), one fused ``fastadapt.sparse_adam_step`` call per (group, device, dtype).
 
     ``foreach`` and ``fused`` are accepted and change nothing; ``capturable=True`` and ``differentiable=True`` raise ValueError. ``state_dtype``, ``master_weights``, ``stochastic_rounding`` and ``seed``: storage narrower than the math (16-bit params, float32 or split master weights, bfloat16 or 8-bit state), as in :class:`fastadapt.Optimizer`; ``min_8bit_size`` keeps smaller parameters' state float32 under 8-bit state; ``compressed_state_dict=True`` keeps 16-bit and 8-bit state as stored in ``state_dict()``. See :mod:`fastadapt.torch` for the gradient paths and their cost.

@@ -1,18 +1,20 @@
 """One flat buffer of fastadapt.torch: the parameters of one group that share
 a device and dtype, packed together with their gradient and state buffers,
-and the update of the span of it this process owns."""
+and the update of the span of it this process owns (what it takes in from
+the model between steps is :mod:`fastadapt.torch._intake`'s)."""
 import operator
-import weakref
 
 import numpy as np
 import torch
 
 from ..flat import ALIGN_BYTES, host_zeros, layout
-from .._core import launch_keywords, runs as launch_runs, uniform
+from .._core import count_step, launch_keywords, missing_state, runs as launch_runs, uniform
 from ..functional import step_for
 from .. import _storage
 from ._conventions import (CORRECTION_KEY, EIGHT_BIT, MASTER_KEY, _host_array, _initial,
-                          _numpy_dtype, _scalar_dtype)
+                          _numpy_dtype, _plain, _scalar_dtype)
+from ._intake import StepIntake
+
 
 def _zeros(n, dtype, device):
     """A flat buffer of ``n`` zeros: on the CPU in memory NumPy allocates and
@@ -26,34 +28,8 @@ def _zeros(n, dtype, device):
     return torch.from_numpy(host_zeros(n, _numpy_dtype(dtype)))
 
 
-# ----------------------------------------------------------------- gradient hooks
-# Module-level functions holding a weak reference to the bucket, so a model
-# never keeps its optimizer alive; not pickled with the parameters.
-def _fresh_marker(ref, j):
-    @torch.utils.hooks.unserializable_hook
-    def hook(grad):
-        bucket = ref()
-        if bucket is not None and not bucket.released[j]:
-            bucket.fresh[j] = bucket.params[j].grad is None
-    return hook
-
-
-def _fresh_adopter(ref, j):
-    def hook(param):
-        bucket = ref()
-        if bucket is not None and bucket.fresh[j]:
-            bucket.fresh[j] = False
-            bucket.adopt(j)
-    return hook
-
-
-def _remove_hooks(handles):
-    for handle in handles:
-        handle.remove()
-
-
 # ----------------------------------------------------------------- one flat buffer
-class _Bucket:
+class _Bucket(StepIntake):
     """The parameters of one group that share a device and dtype, packed into
     one flat buffer, with their gradient and state buffers.
 
@@ -111,6 +87,7 @@ class _Bucket:
         self.steps_np = self.steps.numpy()
         self.scalars, self.scalars_np = {}, {}
         self.uniform = True                  # same step count and scalar state everywhere
+        self._runs = {}                      # (a, b, state names) -> kernel arrays (_run_arrays)
         self.published = [False] * len(params)
         self.entries = [None] * len(params)  # the optimizer.state entries shown
         with torch.no_grad():
@@ -141,35 +118,6 @@ class _Bucket:
                 self.master_views = self._views(self.master_flat)
             self.k_master = self._kernel_array(self.master_flat)
         self.versions = self._versions()
-
-    def _adopt_fresh_gradients(self):
-        """Hooks on each parameter that requires a gradient: when autograd
-        allocates a fresh ``.grad`` (it was None before this accumulation),
-        the gradient is copied into the flat buffer's view and ``.grad``
-        re-pointed there, inside the backward, before anyone else can hold
-        the fresh tensor. A ``.grad`` that existed before (the view, or a
-        tensor the user assigned) is never replaced."""
-        self.fresh = [False] * len(self.params)
-        ref = weakref.ref(self)
-        handles = []
-        for j, p in enumerate(self.params):
-            if p.requires_grad and p.is_leaf:
-                handles.append(p.register_hook(_fresh_marker(ref, j)))
-                handles.append(p.register_post_accumulate_grad_hook(_fresh_adopter(ref, j)))
-        weakref.finalize(self, _remove_hooks, handles)
-
-    def adopt(self, j):
-        """Parameter ``j``'s fresh gradient into its view, and ``.grad`` the view
-        (see :meth:`_adopt_fresh_gradients`); a gradient the view cannot hold
-        (sparse, another shape or dtype, one with a graph) is left alone."""
-        p, view = self.params[j], self.grad_views[j]
-        g = p.grad
-        if (g is None or g is view or g.requires_grad or g.layout != torch.strided
-                or g.shape != view.shape or g.dtype != view.dtype or g.device != view.device):
-            return
-        with torch.no_grad():
-            view.copy_(g)
-        p.grad = view
 
     def clip(self, j0, j1=None):
         """``(a, b)``: the part of parameters ``j0..j1`` (one by default) in
@@ -322,11 +270,8 @@ class _Bucket:
         """Allocate the state arrays ``names`` that do not exist yet (``span.size``
         elements each); over a whole buffer, show their views in
         ``optimizer.state`` of the parameters already there."""
-        init = self.owner._state_init
-        for name in names:
-            if name in self.state_flat:
-                continue
-            value = _initial(init[name], group) if name in init else 0.0
+        for name, value in missing_state(names, self.state_flat, self.owner._state_init, group,
+                                         plain=_plain):
             if self.eight_bit:
                 b8 = self.container(self.span.size, name not in self.owner.rule.non_negative_state)
                 if value != 0.0:
@@ -432,128 +377,10 @@ class _Bucket:
         self.entries[j] = entry if entry else None
         self.published[j] = True
 
-    def cleared(self):
-        """The parameters whose ``optimizer.state`` entry was removed or
-        replaced by an empty dict since it was shown (torch's ways to reset a
-        parameter's state: ``state.clear()``, ``state.pop(p)``, ``del
-        state[p]``, ``state[p] = {}``); a non-empty dict of another origin
-        raises ValueError. One C-level comparison when none was."""
-        now = list(map(self.owner.state.get, self.params))
-        if all(map(operator.is_, now, self.entries)):
-            return []
-        cleared = []
-        for j, (entry, shown) in enumerate(zip(now, self.entries)):
-            if entry is shown:
-                continue
-            if not self.published[j]:      # e.g. {} made by reading state[p]: nothing to reset
-                self.entries[j] = entry
-                continue
-            if entry:
-                raise ValueError(
-                    f"optimizer.state of param group {self.group_index}, parameter "
-                    f"{self.indices[j]} was replaced by a dict with keys "
-                    f"{sorted(map(str, entry))}; fastadapt.torch keeps the state in flat "
-                    "buffers: reset it with optimizer.state.pop(p) (or state[p] = {}, "
-                    "state.clear()), or set it with load_state_dict")
-            cleared.append(j)
-        return cleared
-
-    def forget(self, cleared):
-        """Parameters ``cleared`` start from fresh state at their next step,
-        as torch's do after their state was removed."""
-        if not cleared:
-            return
-        group = self.owner.param_groups[self.group_index]
-        for j in cleared:
-            self.reset(j, j, group)
-            self.published[j] = False
-            self.entries[j] = None
-        self.update_uniform()
-
     def scalar_tensor(self, name, j):
         return torch.tensor(float(self.scalars_np[name][j]), dtype=_scalar_dtype())
 
     # ----------------------------------------------------------- a step
-    def scan(self):
-        """Check the parameters and gradients before anything is written.
-
-        Returns ``(present, replaced, copies, cleared)``: which parameters
-        have a gradient (``None``: all of them), which had ``.data`` replaced
-        (same shape), which gradients must be copied into the flat buffer and
-        whose ``optimizer.state`` was cleared (:meth:`cleared`). The common
-        cases (nothing replaced or cleared; every gradient the flat buffer's
-        view) are three list comprehensions and three C-level comparisons.
-        """
-        params = self.params
-        replaced = self.replaced()
-        cleared = self.cleared()
-        grads = [p.grad for p in params]
-        if all(map(operator.is_, grads, self.grad_views)):
-            return None, replaced, [], cleared
-        gi = self.group_index
-        present, copies = [], []
-        for j, g in enumerate(grads):
-            present.append(g is not None)
-            if g is None or g is self.grad_views[j]:
-                continue
-            if g.layout != torch.strided:     # not in the runs: fastadapt.torch._sparse updates it
-                present[-1] = False
-                continue
-            if g.shape != self.shapes[j]:
-                raise ValueError(f"param group {gi}, parameter {self.indices[j]}: gradient of "
-                                 f"shape {tuple(g.shape)} for a parameter of shape "
-                                 f"{tuple(self.shapes[j])}")
-            if not (g.data_ptr() == self.grad_ptrs[j] and g.is_contiguous()
-                    and g.dtype == self.param_dtype):
-                copies.append(j)
-        return present, replaced, copies, cleared
-
-    def replaced(self):
-        """The parameters whose ``.data`` was replaced (same shape, dtype and
-        device: anything else raises ValueError) since they were re-pointed."""
-        ptrs = [p.data_ptr() for p in self.params]
-        if ptrs == self.param_ptrs:
-            return []
-        replaced = []
-        for j, (ptr, p) in enumerate(zip(ptrs, self.params)):
-            if ptr != self.param_ptrs[j]:
-                self._check_replaced(j, p)
-                replaced.append(j)
-        return replaced
-
-    def adopt_replaced(self, replaced):
-        """Copy the replaced parameters' values into their slots (and their
-        master copies: the new values are the truth) and re-point their
-        ``.data`` there; the values the model sees do not change."""
-        for j in replaced:
-            p = self.params[j]
-            self.param_views[j].copy_(p.data)
-            if self.master_flat is not None:
-                self.write_master(j, p.data)
-            p.data = self.param_views[j]
-
-    def _check_replaced(self, j, p):
-        where = f"param group {self.group_index}, parameter {self.indices[j]}"
-        if p.shape != self.shapes[j]:
-            raise ValueError(f"{where} changed shape from {tuple(self.shapes[j])} to "
-                             f"{tuple(p.shape)} after the optimizer was built; build a new "
-                             "optimizer for the new shapes")
-        if p.dtype != self.param_dtype or p.device != self.device:
-            raise ValueError(f"{where} moved from {self.device}/{self.param_dtype} to "
-                             f"{p.device}/{p.dtype} after the optimizer was built; move or "
-                             "convert the model before building the optimizer")
-
-    def gather(self, scan):
-        """Copy what ``scan`` found (replaced parameters, gradients that are not
-        the flat buffer's views) into the buffers; the values the model sees,
-        and the gradient tensors, do not change."""
-        present, replaced, copies, cleared = scan
-        self.adopt_replaced(replaced)
-        self.forget(cleared)
-        if copies:      # .grad stays the caller's tensor, read and never written
-            torch._foreach_copy_([self.grad_views[j] for j in copies],
-                                 [self.params[j].grad for j in copies])
-
     def present_grads(self, scan):
         """The gradients this step applies in the span, as arrays for
         ``fastadapt.grad_norm``: all of it when every parameter has one (its
@@ -580,18 +407,28 @@ class _Bucket:
         self.k_grad = self._kernel_array(self.grad_flat)
         self.grad_ptrs = [v.data_ptr() if keep else None for v in self.grad_views]
 
-    def apply(self, group, options, scan, grad_scale, grad=None):
+    def needed_state(self, group, options, scan):
+        """The state arrays the update of what ``scan`` presents needs under
+        ``options``; None when no parameter has a gradient (no update)."""
+        present = scan[0]
+        if present is not None and not any(present):
+            return None
+        return self.owner._group_rule(group).state_for(**options)
+
+    def apply(self, group, options, scan, grad_scale, grad=None, needed=None):
         """Run the update (after :meth:`gather`); ``grad``: the kernel array of
         the gradient of the one parameter ``scan`` presents, instead of the
-        flat buffer's (gradient release)."""
+        flat buffer's (gradient release); ``needed``: the
+        :meth:`needed_state`, already allocated (None: allocated here)."""
         present = scan[0]
         every = present is None
         if not every and not any(present):
             return
         owner = self.owner
         rule = owner._group_rule(group)
-        needed = rule.state_for(**options)
-        self.ensure_state(needed, group)
+        if needed is None:
+            needed = rule.state_for(**options)
+            self.ensure_state(needed, group)
         unscale_in_kernel = grad_scale is not None and owner._kernel_unscales
         if grad_scale is not None and not unscale_in_kernel:
             self.grad_flat[self.span.start:self.span.stop].mul_(1.0 / grad_scale)
@@ -605,25 +442,23 @@ class _Bucket:
             hi = (self.length if j1 == len(self.params) - 1 and grad is None
                   else self.offsets[j1] + self.sizes[j1])
             a, b = self.span.clip(lo, hi)
-            la, lb = a - self.span.start, b - self.span.start
             first_step = self.steps_np[j0] == 0
             if first_step:                    # torch creates state at a parameter's first step
                 self.reset(j0, j1, group)
+            param, flat_grad, master, state = self._run_arrays(a, b, needed)
             # (stochastic rounding's offset: the bits of one call over the bucket)
             kwargs = dict(options)
             for name in needed:
-                kwargs[name] = self.kernel_state(name, la, lb)
+                kwargs[name] = state[name]
             kwargs = launch_keywords(
-                rule, kwargs, int(self.steps_np[j0]),
-                master=None if self.k_master is None else self.k_master[la:lb],
+                rule, kwargs, int(self.steps_np[j0]), master=master,
                 stochastic_rounding=owner.stochastic_rounding, seed=owner.seed, offset=a,
                 scalar_state={name: float(self.scalars_np[name][j0])
                               for name in owner._scalar_state},
                 grad_scale=grad_scale if unscale_in_kernel else None)
             # an empty span (a run outside this rank's shard) still
             # returns the new scalar state
-            result = step_for(rule)(self.k_param[a:b], self.k_grad[a:b] if grad is None else grad,
-                                  **kwargs)
+            result = step_for(rule)(param, flat_grad if grad is None else grad, **kwargs)
             for name in owner._scalar_state:
                 if not isinstance(result, dict) or name not in result:
                     raise RuntimeError(f"{step_for(rule).__name__} must return {{{name!r}: new "
@@ -634,10 +469,34 @@ class _Bucket:
                     if not self.published[j]:
                         self.publish(j)
         if every or all(present):
-            self.steps_np += 1
+            count_step(self.steps_np)
         else:
-            self.steps_np[np.asarray(present)] += 1
+            count_step(self.steps_np, present)
             self.update_uniform()
+
+    def _run_arrays(self, a, b, names):
+        """The kernel arrays of a launch over ``a:b`` of the flat buffer: the
+        parameters', the gradients', the master copy's (None without one) and
+        ``{name: state array}`` of the state arrays ``names``, over the span's
+        part. The same objects from step to step while the buffers are the
+        same ones, so that the functional step's launch cache knows them and
+        does not check again what it checked (see
+        :class:`fastadapt._dispatch.LaunchCache`; 8-bit state's containers
+        are checked in full every call: they are made anew)."""
+        bases = (self.k_param, self.k_grad, self.k_master, *map(self.k_state.get, names))
+        key = (a, b, names)
+        cached = self._runs.get(key)
+        if cached is not None and all(map(operator.is_, cached[0], bases)):
+            return cached[1]
+        la, lb = a - self.span.start, b - self.span.start
+        arrays = (self.k_param[a:b], self.k_grad[a:b],
+                  None if self.k_master is None else self.k_master[la:lb],
+                  {name: self.kernel_state(name, la, lb) for name in names})
+        if not self.eight_bit:
+            if len(self._runs) >= 64:     # (runs change when step counts differ)
+                self._runs.clear()
+            self._runs[key] = (bases, arrays)
+        return arrays
 
     def update_uniform(self):
         """Whether one call can update the whole buffer (the core's

@@ -1,10 +1,13 @@
 """torch's conventions as fastadapt.torch keeps them: the flags it accepts or
 refuses, the dtypes it packs, the state-dict keys of its storage modes, the
 rule attributes it reads, and conversions between torch and NumPy values."""
+import operator
+
 import numpy as np
 import torch
 
 from .. import _options, _storage
+from .._core import initial
 from .._options import EIGHT_BIT  # noqa: F401  (the 8-bit formats, declared once)
 from ..rules import RULES
 
@@ -42,20 +45,31 @@ def _scalar_dtype():
 
 
 def _plain(value):
-    """A hyper-parameter as a plain Python value (0-dim tensors become floats)."""
+    """A hyper-parameter as a plain Python value (0-dim tensors become floats;
+    a tuple holding none is returned as it is: read at every step, the same
+    objects let the functional step skip checking them again)."""
+    if type(value) in _PLAIN:     # the common case, before torch's isinstance
+        return value
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise ValueError(f"expected a number or a 1-element tensor, got a tensor of shape "
                              f"{tuple(value.shape)}")
         return value.item()
     if isinstance(value, (tuple, list)):
-        return type(value)(_plain(v) for v in value)
+        plain = type(value)(_plain(v) for v in value)
+        if type(value) is tuple and all(map(operator.is_, plain, value)):
+            return value
+        return plain
     return value
 
 
+_PLAIN = (float, int, bool, str, type(None))
+
+
 def _initial(spec, group):
-    """An initial value: a number, or the name of a hyper-parameter of ``group``."""
-    return float(_plain(group[spec])) if isinstance(spec, str) else float(spec)
+    """An initial value: a number, or the name of a hyper-parameter of ``group``
+    (the core's :func:`~fastadapt._core.initial`, a 0-dim tensor read as its number)."""
+    return initial(spec, group, plain=_plain)
 
 
 def _numpy_dtype(dtype):

@@ -95,6 +95,11 @@ class FlatOptimizer(TorchStateDict, WholeStep, torch.optim.Optimizer):
         self._no_step = not self.rule.torch_step
         self._kernel_unscales = "grad_scale" in inspect.signature(step_for(self.rule)).parameters
         self._twins = self.rule.decoupled_twins
+        # what a group's check depends on beside the functional step's options
+        # (read at every step: see _group_options)
+        self._extra_keys = tuple(chain(
+            REJECTED_FLAGS, self._extras, self._state_init.values(),
+            (v for v in self._scalar_state.values() if isinstance(v, str))))
         self._partition = WholeBuffer() if partition is None else partition
         self._agreement = Alone() if agreement is None else agreement
         # the per-parameter state keys this class writes; any other key of
@@ -248,9 +253,7 @@ class FlatOptimizer(TorchStateDict, WholeStep, torch.optim.Optimizer):
         """The functional step's keywords for ``group``, validated when they
         changed (the core's :func:`~fastadapt._core.step_options`; the step
         count does not matter here: lr is a number)."""
-        extra = {k: _plain(group.get(k)) for k in chain(
-            REJECTED_FLAGS, self._extras, self._state_init.values(),
-            (v for v in self._scalar_state.values() if isinstance(v, str)))}
+        extra = {k: _plain(group.get(k)) for k in self._extra_keys}
         options, self._validated[index] = step_options(
             self._rule_options(group), self._validated[index], index, None, self._check_lr,
             self._check_options, group, index if len(self.param_groups) > 1 else None,
@@ -410,8 +413,15 @@ class FlatOptimizer(TorchStateDict, WholeStep, torch.optim.Optimizer):
                 grad_scale = self._clip(plans, grad_scale)
                 if grad_scale is None:
                     return loss
-            for group, options, bucket, scan in plans:
-                bucket.apply(group, options, scan, grad_scale)
+            # every new state array allocated before any kernel runs, as the
+            # NumPy face allocates them
+            needed = [bucket.needed_state(group, options, scan)
+                      for group, options, bucket, scan in plans]
+            for (group, _, bucket, _), names in zip(plans, needed):
+                if names is not None:
+                    bucket.ensure_state(names, group)
+            for (group, options, bucket, scan), names in zip(plans, needed):
+                bucket.apply(group, options, scan, grad_scale, needed=names)
             _sparse.apply(self, sparse, grad_scale)
             self._agreement.updated(plans)
         return loss
