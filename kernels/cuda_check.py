@@ -51,8 +51,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .loops import (BFLOAT16, BLOCKWISE8, COMPANDED, FLOAT16, NATIVE, ROOT8, SOFTSIGN8, SPLIT8,
-                    SPLIT16, Layout)
+from .layout import (BFLOAT16, BLOCKWISE8, COMPANDED, FLOAT16, NATIVE, ROOT8, SOFTSIGN8,
+                     SPLIT8, SPLIT16, Layout)
 
 #: The compute capabilities every kernel is compiled for.
 CCS = ((8, 0), (9, 0))
@@ -75,7 +75,7 @@ class Unavailable(RuntimeError):
 class Target(NamedTuple):
     """One kernel to compile: ``kernel`` (a kernel of ``rules.kernel_specs()``,
     or :data:`SUM_OF_SQUARES`), its compute ``dtype`` (the input's for the
-    reduction) and its storage ``layout`` (a ``loops.Layout``; None: every
+    reduction) and its storage ``layout`` (a ``layout.Layout``; None: every
     array in ``dtype``)."""
     kernel: str
     dtype: str
