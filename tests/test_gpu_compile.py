@@ -30,7 +30,7 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
 pytest.importorskip("numba_cuda", reason='numba-cuda is not installed (pip install '
                     '"fastadapt[cuda]")')
 
-from fastadapt.kernels import cuda_check  # noqa: E402
+from fastadapt.kernels import cuda_check, ptx as ptx_text  # noqa: E402
 
 try:
     cuda_check.ptxas_path()
@@ -192,10 +192,10 @@ def test_float64_check_catches_a_python_float():
         for i in range(cuda.grid(1), param.size, cuda.gridsize(1)):
             param[i] = param[i] * 0.1          # 0.1 is a float64: the product is too
     ptx, _ = cuda_check.compile_function(promotes, (types.float32[::1],), (9, 0))
-    assert "mul.f64" in cuda_check.float64_instructions(ptx)
+    assert "mul.f64" in ptx_text.float64_instructions(ptx)
     target = cuda_check.Target("sgd", "float32")
     result = {"problems": [], "spill_stores": 0, "spill_loads": 0,
-              "f64": cuda_check.float64_instructions(ptx)}
+              "f64": ptx_text.float64_instructions(ptx)}
     assert any("float64" in p for p in cuda_check.problems(target, result))
 
 
@@ -214,4 +214,4 @@ def test_bodies_parser():
 	st.global.u16 	[%rd3], %rs6;
 	st.global.f64 	[%rd4], %fd1;
 """
-    assert cuda_check.bodies(ptx) == [((4, 8), (4,)), ((1,), (2, 8))]
+    assert ptx_text.bodies(ptx) == [((4, 8), (4,)), ((1,), (2, 8))]
