@@ -11,7 +11,9 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from . import _args, _storage
-from .kernels.storage import BLOCK, GROUP, stream_key
+from .kernels.blockwise8 import BLOCK
+from .kernels.companded8 import GROUP
+from .kernels.convert16 import stream_key
 
 #: The storage options (keyword-only, optimizer-wide) and their defaults.
 STORAGE_OPTIONS = {"state_dtype": None, "master_weights": False,

@@ -2,7 +2,7 @@
 
 The one place that turns the dtypes of an update's arrays (and its
 ``master_param`` / ``stochastic_rounding`` choice) into a driver layout
-(``kernels.loops.Layout``) and the compute dtype, or rejects them with a
+(``kernels.layout.Layout``) and the compute dtype, or rejects them with a
 TypeError / ValueError naming the argument:
 
 - ``param``: float32, float64, bfloat16 (``ml_dtypes.bfloat16``) or float16;
@@ -22,9 +22,10 @@ The math runs in float64 for float64 params and in float32 otherwise.
 import numpy as np
 
 from ._arrays import to_host
-from .kernels.loops import (BFLOAT16, BLOCKWISE8, FLOAT16, NATIVE, ROOT8, SOFTSIGN8, SPLIT8,
-                            SPLIT16, Layout)
-from .kernels.storage import BLOCK, GROUP
+from .kernels.blockwise8 import BLOCK
+from .kernels.companded8 import GROUP
+from .kernels.layout import (BFLOAT16, BLOCKWISE8, FLOAT16, NATIVE, ROOT8, SOFTSIGN8, SPLIT8,
+                             SPLIT16, Layout)
 
 F32, F64, F16 = np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16)
 
@@ -34,7 +35,7 @@ F32, F64, F16 = np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16)
 #:
 #: - ``"bf16+16"``: an int16, the master's low 16 bits; the float32 master is
 #:   exact (every bit pattern but a NaN's payload), and the param its nearest
-#:   bfloat16, ties away from zero (``kernels/storage.py``: ``_split16_join``);
+#:   bfloat16, ties away from zero (``kernels/split_master.py``: ``_split16_join``);
 #: - ``"bf16+8"``: an int8, bits 8 to 15 of the master rounded to 24 bits (8
 #:   exponent, 15 stored mantissa bits), within ``2**-16 * |master|`` of the
 #:   float32 result of each step (``2**-142`` for subnormals); the param its
@@ -122,7 +123,7 @@ _CODES = {}
 
 
 def code(dtype):
-    """The storage code of ``dtype`` (see ``loops.Layout``), or None."""
+    """The storage code of ``dtype`` (see ``layout.Layout``), or None."""
     try:
         return _CODES[dtype]
     except KeyError:
@@ -305,12 +306,12 @@ _TINY = np.float32(2.0 ** -149)     # the smallest float32: scales a block of no
 
 def _tables(signed):
     """(map, thresholds, bucket tables) of bitsandbytes' dynamic code, then of
-    its special map (``kernels.storage.tables``), read-only, one per sign."""
+    its special map (``kernels.blockwise8.tables``), read-only, one per sign."""
     if signed not in _TABLES:
-        from .kernels import storage
-        code, thresholds = storage.tables(signed)
-        buckets = np.concatenate([storage.bucket_table(thresholds[:BLOCK]),
-                                  storage.bucket_table(thresholds[BLOCK:])])
+        from .kernels import blockwise8
+        code, thresholds = blockwise8.tables(signed)
+        buckets = np.concatenate([blockwise8.bucket_table(thresholds[:BLOCK]),
+                                  blockwise8.bucket_table(thresholds[BLOCK:])])
         code.flags.writeable = thresholds.flags.writeable = buckets.flags.writeable = False
         _TABLES[signed] = (code, thresholds, buckets)
     return _TABLES[signed]
@@ -410,7 +411,7 @@ class Blockwise8(_State8):
     nonzero); its codes then index the second half of ``map``, the special
     map, whose codes 0, 1 and 255 stand for NaN, -inf and +inf (the unsigned
     one has no -inf) and whose other values are the dynamic map's but three
-    (see ``kernels.storage.special_map``). Such a block decodes as
+    (see ``kernels.blockwise8.special_map``). Such a block decodes as
     ``map[256 + codes[i]] * max(-absmax, 2**-149)``. A block of finite values
     is stored exactly as bitsandbytes' format stores it.
 
@@ -425,7 +426,7 @@ class Blockwise8(_State8):
     signed : bool
     map, thresholds, buckets : the 256 values of the code, then the 256 of
         its special map, and their encoding tables (read-only; see
-        ``kernels/storage.py``)
+        ``kernels/blockwise8.py``)
     """
 
     def __init__(self, n, signed=True):
@@ -557,7 +558,7 @@ class Companded8(_State8):
       code 0 for a positive value: a positive second moment stays positive
       (at least ``2.4e-10 * scale``), so ``m / (sqrt(v) + eps)`` never meets
       a zero ``v`` that was not zero. (Not a square root, and not rounded
-      up: see ``kernels.storage._root_encode`` for what each cost.)
+      up: see ``kernels.companded8._root_encode`` for what each cost.)
 
     Zero is code 0, exactly 0. NaN, +inf and -inf have codes of their own
     (signed: -128, 127, -127; unsigned: 255 NaN, 254 +inf) and the scale
@@ -568,7 +569,7 @@ class Companded8(_State8):
     group (``x`` is ``value`` times the reciprocal of the scale, and an
     unsigned code comes from ``sqrt(value)``, which the update computes), so
     a value within a rounding of the boundary between two codes may take
-    either (see ``kernels.storage._softsign_encode`` / ``_root_encode``).
+    either (see ``kernels.companded8._softsign_encode`` / ``_root_encode``).
     Accepted wherever a state array is (float32, bfloat16 or float16
     params). Starts at zero.
 
@@ -610,18 +611,18 @@ class Companded8(_State8):
     def assign(self, values):
         """Store ``values`` (``n`` numbers, any float dtype) exactly as a step
         stores its result. For loading full-precision state."""
-        from .kernels import storage
+        from .kernels import companded8
         values = self._checked_values(values)
         codes, scale = np.empty(len(self.codes), np.uint8), np.empty(len(self.scale), np.float32)
-        storage.encode_groups(np.ascontiguousarray(values), codes, scale, self.signed)
+        companded8.encode_groups(np.ascontiguousarray(values), codes, scale, self.signed)
         self._store("scale", codes, scale)
 
     def dequantize(self):
         """The values, as a new float32 array (on the host)."""
-        from .kernels import storage
+        from .kernels import companded8
         codes, scale = self._host("scale")
         out = np.empty(codes.size, np.float32)
-        storage.decode_groups(codes, scale, self.signed, out)
+        companded8.decode_groups(codes, scale, self.signed, out)
         return out
 
     def nbytes_per_element(self):

@@ -35,7 +35,7 @@ from . import _args, _storage
 from ._arrays import is_device_array
 from ._dispatch import LaunchCache, Update, _check_host_array, prepare
 from .kernels.loops import Signature
-from .kernels.storage import stream_key
+from .kernels.convert16 import stream_key
 from .rules import RULES, kernel_specs
 
 # Steps beyond this compute their scalars as this step: every power beta**step

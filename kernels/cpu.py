@@ -13,8 +13,9 @@ import math
 
 from numba import njit, prange
 
-from . import loops, math as _math, storage
+from . import loops, math as _math
 from ._jit import cached, renamed
+from .layout import storage_vocabulary
 
 if __name__ != "fastadapt.kernels.cpu":
     # From the repository root ``kernels`` is also importable as a top-level
@@ -53,15 +54,15 @@ class Driver:
 
 DRIVERS = {kernel: Driver(source) for kernel, source in _sources.items()}
 
-#: The storage conversions the layout drivers call (see ``loops.Layout``).
-STORAGE = loops.storage_vocabulary(storage)
+#: The storage conversions the layout drivers call (see ``layout.Layout``).
+STORAGE = storage_vocabulary()
 _DIGEST = loops.source_hash(__file__, SPECS)
 _LAYOUTS = {}
 
 
 def layout_driver(kernel, layout):
     """The :class:`Driver` of ``kernel`` for the storage ``layout`` (a
-    ``loops.Layout``), built on first use: each layout is a distinct cached
+    ``layout.Layout``), built on first use: each layout is a distinct cached
     driver (its tag is in the qualname), compiled when first called, so
     importing fastadapt compiles none of them."""
     key = (kernel, layout)

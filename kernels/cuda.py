@@ -24,8 +24,9 @@ import types as _types
 import numpy as np
 from numba import cuda
 
-from . import loops, math as _math, storage
+from . import blockwise8, companded8, convert16, loops, math as _math
 from ._jit import cached
+from .layout import BLOCKWISE8, COMPANDED, storage_vocabulary
 from ..rules import kernel_specs
 
 try:  # numba-cuda keeps its own config; older versions shared Numba's
@@ -71,7 +72,7 @@ _LAYOUTS = {}
 
 
 #: The storage conversions the layout drivers call on a real GPU (see
-#: ``loops.Layout``): the CPU's intrinsics, whose bodies are integer and
+#: ``layout.Layout``): the CPU's intrinsics, whose bodies are integer and
 #: ``half`` LLVM IR that NVVM compiles as it is (``cvt`` for float16, shifts
 #: and adds for bfloat16, 32-bit multiplies for the hash, bit casts for the
 #: 8-bit codes' magnitudes), and the ones written as Python functions
@@ -79,13 +80,14 @@ _LAYOUTS = {}
 #: functions. The scratch buffers of 8-bit state are per-thread local
 #: arrays. ``tests/test_gpu_compile.py`` compiles every layout for sm_80 and
 #: sm_90.
-_PYTHON_CODECS = {"f32_to_f16_stochastic": storage._float32_to_half_stochastic,
-                  "nearest_code": storage._nearest_code_bucketed,
-                  "softsign_decode": storage._softsign_decode,
-                  "softsign_encode": storage._softsign_encode,
-                  "softsign_scaling": storage._softsign_scaling,
-                  "root_decode": storage._root_decode, "root_encode": storage._root_encode,
-                  "root_scaling": storage._root_scaling}
+_PYTHON_CODECS = {"f32_to_f16_stochastic": convert16._float32_to_half_stochastic,
+                  "nearest_code": blockwise8._nearest_code_bucketed,
+                  "softsign_decode": companded8._softsign_decode,
+                  "softsign_encode": companded8._softsign_encode,
+                  "softsign_scaling": companded8._softsign_scaling,
+                  "root_decode": companded8._root_decode,
+                  "root_encode": companded8._root_encode,
+                  "root_scaling": companded8._root_scaling}
 
 
 def _numpy_for_cuda():
@@ -100,16 +102,18 @@ def _numpy_for_cuda():
     return module
 
 
-_CODEC_SCOPE = {**vars(storage), "np": _numpy_for_cuda()}
-STORAGE = {**loops.storage_vocabulary(storage),
-           **{name: _device(_types.FunctionType(f.__code__, _CODEC_SCOPE, f.__name__))
+_NUMPY_FOR_CUDA = _numpy_for_cuda()
+# each codec in its own module's scope, with NumPy's names as the device has them
+STORAGE = {**storage_vocabulary(),
+           **{name: _device(_types.FunctionType(
+               f.__code__, {**f.__globals__, "np": _NUMPY_FOR_CUDA}, f.__name__))
               for name, f in _PYTHON_CODECS.items()},
            "cuda": cuda}
 
 #: Under the simulator the same conversions as Python on NumPy scalars
-#: (``storage.PYTHON``, which the tests check equal to the compiled ones on
-#: every 16-bit pattern), and the 8-bit codecs'.
-SIMULATED_STORAGE = {**loops.storage_vocabulary(storage.PYTHON), "cuda": cuda}
+#: (each storage module's ``PYTHON``, which the tests check equal to the
+#: compiled ones on every 16-bit pattern), and the 8-bit codecs'.
+SIMULATED_STORAGE = {**storage_vocabulary(python=True), "cuda": cuda}
 
 #: One block (or group) of 8-bit state per thread, its scratch buffers in
 #: local memory (see ``loops.BlockLoops``).
@@ -134,8 +138,8 @@ def layout_kernel(kernel, layout):
 def units(n, layout):
     """The number of threads' worth of work in ``n`` elements of ``layout``:
     ``n``, or its blocks (groups) of 8-bit state, one thread each."""
-    if layout is not None and loops.BLOCKWISE8 in layout.codes:
-        return -(-n // storage.BLOCK)
-    if layout is not None and set(layout.codes) & set(loops.COMPANDED):
-        return -(-n // storage.GROUP)
+    if layout is not None and BLOCKWISE8 in layout.codes:
+        return -(-n // blockwise8.BLOCK)
+    if layout is not None and set(layout.codes) & set(COMPANDED):
+        return -(-n // companded8.GROUP)
     return n

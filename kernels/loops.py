@@ -42,9 +42,10 @@ For the Adam kernel the generated source reads (abridged)::
 ``njit`` math for the CPU, a grid-stride range and the CUDA device math for
 the GPU. The source is compiled with this file's name, so Numba's cache
 locator finds a real source file, and each driver's ``__qualname__`` carries
-a hash of every input of its code (this file, ``math.py``, the target module
-and the kernels' state declarations): an edit to any of them names new cache
-entries instead of serving stale ones.
+a hash of every input of its code (this file, ``math.py``, ``layout.py`` and
+the storage modules it names, the target module and the kernels' state
+declarations): an edit to any of them names new cache entries instead of
+serving stale ones.
 """
 import hashlib
 import itertools
@@ -54,8 +55,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import math as _math
-from .storage import BLOCK, GROUP
+from . import layout as _layout, math as _math
+from .blockwise8 import BLOCK
+from .companded8 import GROUP
+from .layout import (BFLOAT16, BLOCKWISE8, COMPANDED, FLOAT16, NATIVE, ROOT8, SOFTSIGN8,
+                     SPLIT8, SPLIT16, Layout)
 
 #: Blocks of 8-bit state per iteration of the parallel loop: each iteration
 #: allocates its scratch buffers once for this many blocks. Small, so that the
@@ -65,26 +69,8 @@ from .storage import BLOCK, GROUP
 CHUNK = 4
 
 
-#: Storage codes of one array in a :class:`Layout`: the compute dtype itself
-#: (float32 or float64), bfloat16 or float16 (both as ``uint16`` bits), or
-#: 8-bit blockwise codes (a state array only: ``uint8`` codes, one float32
-#: absmax per block of ``BLOCK`` elements, the code's map and thresholds
-#: (``storage.tables``: two halves of 256) and its two bucket tables of 65536:
-#: see ``storage.nearest_code_bucketed``).
-NATIVE, BFLOAT16, FLOAT16, BLOCKWISE8 = "f", "b", "h", "q"
-#: Companded 8-bit codes (a state array only: ``uint8`` codes and one float32
-#: scale per group of ``GROUP`` elements, decoded and encoded by arithmetic:
-#: signed softsign, or the fourth root of a non-negative state; see
-#: ``storage.softsign_encode`` / ``storage.root_encode``).
-SOFTSIGN8, ROOT8 = "c", "r"
-COMPANDED = (SOFTSIGN8, ROOT8)
 #: Groups of companded state per iteration of the parallel loop.
 GROUP_CHUNK = 32
-#: A :class:`Layout`'s ``master`` when split: the driver's ``master`` is the
-#: 16-bit correction (``int16`` bits as ``uint16``: the master is exact) or the
-#: 8-bit one (``int8`` bits as ``uint8``: a 24-bit master) of a bfloat16
-#: ``param`` (see ``storage.split16_join`` / ``storage.split8_low``).
-SPLIT16, SPLIT8 = "16", "8"
 
 
 class BlockLoops(NamedTuple):
@@ -97,37 +83,6 @@ class BlockLoops(NamedTuple):
     group_chunk: int = GROUP_CHUNK
     scratch: str = "empty"
 
-
-class Layout(NamedTuple):
-    """How a driver's arrays are stored, when not all in the compute dtype.
-
-    ``codes`` has one storage code per element array, in the driver's order
-    (``param``, ``grad``, the state arrays); ``master``: the driver takes a
-    float32 ``master`` array after them, on which the update runs, and
-    ``param`` receives it rounded to nearest (``True``), or ``SPLIT16`` /
-    ``SPLIT8``: ``master`` is a correction that with the bfloat16 ``param``
-    makes the master (``storage.split16_join`` / ``split8_join``), and both
-    receive the new master's split (``param`` its nearest rounding, ties away
-    from zero); ``stochastic``: ``param`` (bfloat16
-    or float16) is stored with stochastic rounding from the bits of the stream
-    ``(key0, key1)``, two uint64 arguments after ``scalars``, at index
-    ``offset + i`` for element ``i`` (``offset``, an int64 argument after them:
-    where ``param`` starts in a larger array whose bits one call would draw).
-    """
-    codes: tuple
-    master: object = False
-    stochastic: bool = False
-
-    @property
-    def plain(self):
-        return not self.master and not self.stochastic and set(self.codes) <= {NATIVE}
-
-    @property
-    def tag(self):
-        """A short name for qualnames: the codes, then ``m`` / ``s`` when set."""
-        master = ("m" + ("" if self.master is True else self.master)) if self.master else ""
-        return "".join(self.codes) + master + \
-            ("s" if self.stochastic else "")
 
 
 # ``{x}`` is the element (``param[i]``, ``block_param[j]`` in a block of
@@ -154,29 +109,6 @@ _BLOCK_STORE = {**_STORE, SOFTSIGN8: "new_{a}[{j}] = {v}\n" + _TOP,
                 ROOT8: "new_{a}[{j}] = {v}\n" + _TOP}
 
 
-#: The storage functions a layout driver calls, by the name it calls them:
-#: the name of each one in ``storage`` (compiled) and ``storage.PYTHON``.
-STORAGE_FUNCTIONS = {"bf16_to_f32": "bfloat16_to_float32",
-                     "f32_to_bf16": "float32_to_bfloat16",
-                     "f16_to_f32": "half_to_float32", "f32_to_f16": "float32_to_half",
-                     "f32_to_bf16_stochastic": "float32_to_bfloat16_stochastic",
-                     "f32_to_f16_stochastic": "float32_to_half_stochastic",
-                     "random_bits": "random_bits", "page_base": "page_base",
-                     "page_bits": "page_bits", "nearest_code": "nearest_code_bucketed",
-                     "magnitude_bits": "magnitude_bits", "bits_to_float32": "bits_to_float32",
-                     "float32_to_bits": "float32_to_bits",
-                     "softsign_decode": "softsign_decode", "softsign_encode": "softsign_encode",
-                     "root_decode": "root_decode", "root_encode": "root_encode",
-                     "softsign_scaling": "softsign_scaling", "root_scaling": "root_scaling",
-                     "root_of": "root_of",
-                     "split16_join": "split16_join", "split16_high": "split16_high",
-                     "split16_low": "split16_low", "split8_join": "split8_join",
-                     "split8_high": "split8_high", "split8_low": "split8_low"}
-
-
-def storage_vocabulary(namespace):
-    """``STORAGE_FUNCTIONS`` bound to the functions of ``namespace``."""
-    return {name: getattr(namespace, f) for name, f in STORAGE_FUNCTIONS.items()}
 
 
 class Signature:
@@ -207,7 +139,7 @@ class Signature:
 
         A layout other than the plain one loads each element through a
         widening conversion and stores it through a narrowing one (see
-        ``storage.py``); the math in between is the same. ``blocking``: see
+        ``layout.py``); the math in between is the same. ``blocking``: see
         :class:`BlockLoops`.
         """
         return self._layout_source(name, layout or Layout((NATIVE,) * len(self.elements)),
@@ -278,13 +210,13 @@ class Signature:
         #     state, put each 8-bit state's new value back in its scratch
         #     buffer and take the block's new absmax, its largest finite
         #     magnitude, and whether it holds a non-finite value (integer
-        #     maxima of magnitude bits, see storage.magnitude_bits: a float
+        #     maxima of magnitude bits, see convert16.magnitude_bits: a float
         #     maximum does not vectorize without fast-math);
         #  3. divide the scratch buffer by the new absmax (vectorized);
         #  4. store the nearest codes (two table lookups per element: see
-        #     storage.nearest_code_bucketed).
+        #     blockwise8.nearest_code_bucketed).
         # A block holding a non-finite value uses the second half of the
-        # tables (storage.special_map: codes for NaN, -inf and +inf), says so
+        # tables (blockwise8.special_map: codes for NaN, -inf and +inf), says so
         # by the sign bit of its stored absmax, and scales by at least the
         # smallest float32 (an infinite code times an absmax of 0 would be
         # NaN); so a NaN or inf stays in its element and the others keep
@@ -339,9 +271,9 @@ class Signature:
         so nearly always one) over each used array's slice ``page_<array>``
         of it, drawing the bits of the element ``i`` places into the slice as
         ``page_bits(base, i)``, ``base`` the hash input of its first element
-        (``storage.page_base``): the same bits as ``random_bits(key0, key1,
+        (``convert16.page_base``): the same bits as ``random_bits(key0, key1,
         offset + i)``, with 32-bit lanes in the loop (see
-        ``storage.page_bits``)."""
+        ``convert16.page_bits``)."""
         gate = dict(self.state)
         used = [a for a in self.elements if fixed.get(gate.get(a), True)]
         used += ["master"] if layout.master else []
@@ -433,13 +365,13 @@ class Signature:
            loaded, update every element, store the param and the other
            arrays, put each 8-bit state's new value in the chunk's scratch
            buffer (a fourth-root state's square root, which the update
-           computed: see ``storage.root_of``) and store the group's new
+           computed: see ``companded8.root_of``) and store the group's new
            scale, its largest finite magnitude (an integer maximum of
-           magnitude bits, see ``storage.magnitude_bits``);
+           magnitude bits, see ``convert16.magnitude_bits``);
         2. per group: encode each scratch value against the new scale (at
            least the smallest float32, so a group of zeros and non-finite
            values divides by something; its divisions are per group:
-           ``storage.softsign_scaling`` / ``root_scaling``).
+           ``companded8.softsign_scaling`` / ``root_scaling``).
 
         NaN and +-inf have codes of their own, so they stay in their element.
         Measured (AMD EPYC, AVX2, one thread, in L2), each choice here paid:
@@ -574,8 +506,8 @@ def signatures(specs):
 def source_hash(target_file, specs):
     """A short hash of everything a driver's code depends on."""
     h = hashlib.sha256()
-    from . import storage
-    for path in (__file__, _math.__file__, storage.__file__, target_file):
+    storage = [m.__file__ for m in _layout.STORAGE_MODULES]
+    for path in (__file__, _math.__file__, _layout.__file__, *storage, target_file):
         h.update(Path(path).read_bytes())
     h.update(repr(sorted(specs.items())).encode())
     return h.hexdigest()[:16]
@@ -612,10 +544,11 @@ def build_layout(sig, layout, elem, vocabulary, indices, module, digest,
                  blocking=BlockLoops()):
     """The driver of one kernel (``sig``) for one storage ``layout``, as a plain
     Python function to compile: ``vocabulary`` binds the storage conversions
-    (``bf16_to_f32``, ``f32_to_bf16``, ``f16_to_f32``, ``f32_to_f16``,
-    ``f32_to_bf16_stochastic``, ``f32_to_f16_stochastic``, ``random_bits``;
-    for 8-bit state ``nearest_code``, ``magnitude_bits``, ``bits_to_float32``
-    and ``float32_to_bits``; and what ``blocking.scratch`` names, see
+    (``layout.storage_vocabulary``: ``bf16_to_f32``, ``f32_to_bf16``,
+    ``f16_to_f32``, ``f32_to_f16``, ``f32_to_bf16_stochastic``,
+    ``f32_to_f16_stochastic``, ``random_bits``; for 8-bit state
+    ``nearest_code``, ``magnitude_bits``, ``bits_to_float32`` and
+    ``float32_to_bits``; and what ``blocking.scratch`` names, see
     :class:`BlockLoops`) for the target; its
     ``__qualname__`` carries the source hash and the layout's tag, so each
     layout is a cached driver of its own."""

@@ -55,7 +55,7 @@ from numba import types as nbtypes
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from . import storage
+from . import convert16
 from ._jit import cached, renamed
 
 if __name__ != "fastadapt.kernels.reduce":
@@ -166,9 +166,9 @@ SUM_OF_SQUARES_F32 = _compile(renamed(sum_of_squares, "_f32"), fastmath={"contra
 #: patterns: each element is widened to float32 (exact), so the partials equal
 #: those of a float32 copy, bit for bit, without writing and reading the copy.
 SUM_OF_SQUARES_BF16 = _compile(renamed(sum_of_squares, "_bf16",
-                                       widen=storage.bfloat16_to_float32),
+                                       widen=convert16.bfloat16_to_float32),
                                fastmath={"contract"})
-SUM_OF_SQUARES_F16 = _compile(renamed(sum_of_squares, "_f16", widen=storage.half_to_float32),
+SUM_OF_SQUARES_F16 = _compile(renamed(sum_of_squares, "_f16", widen=convert16.half_to_float32),
                               fastmath={"contract"})
 
 

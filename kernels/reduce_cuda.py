@@ -24,7 +24,7 @@ lazily, once per input dtype, and is cached on disk.
 import numpy as np
 from numba import cuda
 
-from . import storage
+from . import convert16
 from ._jit import cached, renamed
 from .cuda import SIMULATOR, _device
 from .reduce import LANES
@@ -66,12 +66,12 @@ def _compile(func):
     return cuda.jit(func) if SIMULATOR else cached(cuda.jit, func)
 
 
-_PY = storage.PYTHON
+_PY = convert16.PYTHON
 SUM_OF_SQUARES = _compile(sum_of_squares)
 SUM_OF_SQUARES_BF16 = _compile(renamed(sum_of_squares, "_bf16", widen=(
-    _PY.bfloat16_to_float32 if SIMULATOR else storage.bfloat16_to_float32)))
+    _PY.bfloat16_to_float32 if SIMULATOR else convert16.bfloat16_to_float32)))
 SUM_OF_SQUARES_F16 = _compile(renamed(sum_of_squares, "_f16", widen=(
-    _PY.half_to_float32 if SIMULATOR else storage.half_to_float32)))
+    _PY.half_to_float32 if SIMULATOR else convert16.half_to_float32)))
 
 
 def kernel_for(dtype):

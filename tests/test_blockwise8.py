@@ -26,7 +26,7 @@ import naive
 import optim_cases
 from fastadapt.functional import step_for
 from fastadapt.kernels.cpu import SERIAL_BELOW
-from fastadapt.kernels.storage import BLOCK, dynamic_map
+from fastadapt.kernels.blockwise8 import BLOCK, dynamic_map
 
 # primes, 256 +- 1, both sides of the serial/parallel threshold
 SIZES = [1, 255, 256, 257, 509, 2053, SERIAL_BELOW - 1, SERIAL_BELOW + 9]
@@ -234,13 +234,13 @@ def _broken(n):
 @pytest.mark.parametrize("signed", [True, False])
 def test_bucketed_encoding_equals_the_binary_search(signed, special):
     """The kernels encode with a bfloat16-bucket table and one compare
-    (``storage.nearest_code_bucketed``): equal to the eight-compare search of
-    ``storage.nearest_code`` on every threshold, its float32 neighbours, both
+    (``blockwise8.nearest_code_bucketed``): equal to the eight-compare search of
+    ``blockwise8.nearest_code`` on every threshold, its float32 neighbours, both
     ends of every bfloat16 bucket (signalling NaNs included), every code value
     and random values at every scale, NaN and infinities included; for the
     map of blocks holding a non-finite value too."""
     from numba import njit
-    from fastadapt.kernels import storage as S
+    from fastadapt.kernels import blockwise8 as S
     code = dynamic_map(signed)
     if special:
         code = S.special_map(code, signed)

@@ -82,7 +82,7 @@ def test_warmup_prepares_every_storage_mode():
     ready = [layout for (kernel, layout), d in cpu._LAYOUTS.items()
              if kernel == "adagrad" and d.serial.signatures and d.parallel.signatures]
     assert len(ready) >= len(MODES)
-    from fastadapt.kernels.loops import SPLIT8, SPLIT16
+    from fastadapt.kernels.layout import SPLIT8, SPLIT16
     assert {SPLIT16, SPLIT8} <= {layout.master for layout in ready}
 
 

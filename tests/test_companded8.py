@@ -16,7 +16,7 @@ import fastadapt
 import naive
 import optim_cases
 from fastadapt.functional import step_for
-from fastadapt.kernels import storage as S
+from fastadapt.kernels import companded8 as S
 from fastadapt.kernels.cpu import SERIAL_BELOW
 
 GROUP = S.GROUP
@@ -98,7 +98,7 @@ def _decode_before(codes, scale, signed):
 @pytest.mark.parametrize("signed", [True, False])
 def test_every_code_decodes_as_before(signed):
     """The decoders compute ``c / 126`` and ``c / 253`` without a division
-    (``storage.exact_quotient``): every code, at scales of every magnitude,
+    (``companded8.exact_quotient``): every code, at scales of every magnitude,
     still decodes to the float32 the divisions gave, so checkpoints written
     before keep their values."""
     codes = np.arange(256, dtype=np.uint8)

@@ -37,7 +37,7 @@ import fastadapt
 import naive
 from fastadapt.functional import step_for
 from fastadapt.kernels.cpu import SERIAL_BELOW
-from fastadapt.kernels.storage import stream_key
+from fastadapt.kernels.convert16 import stream_key
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
 BF16 = np.dtype(ml_dtypes.bfloat16)

@@ -30,7 +30,7 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
 pytest.importorskip("numba_cuda", reason='numba-cuda is not installed (pip install '
                     '"fastadapt[cuda]")')
 
-from fastadapt.kernels import cuda_check  # noqa: E402
+from fastadapt.kernels import cuda_check, ptx as ptx_text  # noqa: E402
 
 try:
     cuda_check.ptxas_path()
@@ -92,7 +92,7 @@ def test_kernel_full_matrix(compiled_full, target):
 def test_every_kernel_is_compiled():
     """The default run covers every kernel the registry declares, in both
     dtypes, and 8-bit state in both formats."""
-    from fastadapt.kernels.loops import BLOCKWISE8, ROOT8, SOFTSIGN8
+    from fastadapt.kernels.layout import BLOCKWISE8, ROOT8, SOFTSIGN8
     from fastadapt.rules import kernel_specs
     plain = {(t.kernel, t.dtype) for t in DEFAULT if t.layout is None}
     for kernel in [*kernel_specs(), cuda_check.SUM_OF_SQUARES]:
@@ -125,7 +125,7 @@ def _adam_ptx():
 def test_traffic_check_catches_a_wrong_declaration():
     """The float32 Adam kernel's PTX checked against a declaration of bfloat16
     state: its bodies move more bytes than that declares."""
-    from fastadapt.kernels.loops import BFLOAT16, NATIVE, Layout
+    from fastadapt.kernels.layout import BFLOAT16, NATIVE, Layout
     target, ptx = _adam_ptx()
     assert cuda_check.traffic_problems(target, ptx) == []
     narrower = target._replace(layout=Layout((NATIVE, NATIVE) + (BFLOAT16,) * 3))
@@ -155,7 +155,7 @@ def test_branchy_layouts_are_checked_for_arrays_and_widths():
     """float16 stochastic rounding branches on the value (see
     ``cuda_check.branches_in_element``): its kernels get the weaker check,
     which still catches an access wider than any array's storage."""
-    from fastadapt.kernels.loops import FLOAT16, NATIVE, Layout
+    from fastadapt.kernels.layout import FLOAT16, NATIVE, Layout
     target = cuda_check.Target("sgd", "float32", Layout((FLOAT16, FLOAT16, NATIVE), False, True))
     assert cuda_check.branches_in_element(target)
     plain = cuda_check.Target("sgd", "float64")
@@ -170,7 +170,7 @@ def test_state8_traffic_check_catches_a_second_read():
     repeated (a second read of the state), or checked as if its codes were
     16-bit, its traffic is not what it declares."""
     import re
-    from fastadapt.kernels.loops import Layout
+    from fastadapt.kernels.layout import Layout
     target = cuda_check.Target("adam", "float32", Layout(tuple("ffcrr")))
     assert cuda_check.is_state8(target)
     ptx, _ = cuda_check.compile_function(cuda_check.python_function(target),
@@ -192,10 +192,10 @@ def test_float64_check_catches_a_python_float():
         for i in range(cuda.grid(1), param.size, cuda.gridsize(1)):
             param[i] = param[i] * 0.1          # 0.1 is a float64: the product is too
     ptx, _ = cuda_check.compile_function(promotes, (types.float32[::1],), (9, 0))
-    assert "mul.f64" in cuda_check.float64_instructions(ptx)
+    assert "mul.f64" in ptx_text.float64_instructions(ptx)
     target = cuda_check.Target("sgd", "float32")
     result = {"problems": [], "spill_stores": 0, "spill_loads": 0,
-              "f64": cuda_check.float64_instructions(ptx)}
+              "f64": ptx_text.float64_instructions(ptx)}
     assert any("float64" in p for p in cuda_check.problems(target, result))
 
 
@@ -214,4 +214,4 @@ def test_bodies_parser():
 	st.global.u16 	[%rd3], %rs6;
 	st.global.f64 	[%rd4], %fd1;
 """
-    assert cuda_check.bodies(ptx) == [((4, 8), (4,)), ((1,), (2, 8))]
+    assert ptx_text.bodies(ptx) == [((4, 8), (4,)), ((1,), (2, 8))]

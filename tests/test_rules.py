@@ -9,6 +9,7 @@ import pytest
 import fastadapt
 from fastadapt.functional import _SIGNATURES, step_for
 from fastadapt.kernels import cpu, loops
+from fastadapt.kernels.layout import BFLOAT16, BLOCKWISE8, Layout
 
 import optim_cases as cases
 
@@ -116,7 +117,7 @@ def test_a_driver_loads_and_stores_gated_state_only_under_its_flag(name):
 
 
 @rules
-@pytest.mark.parametrize("state_code", [loops.BFLOAT16, loops.BLOCKWISE8])
+@pytest.mark.parametrize("state_code", [BFLOAT16, BLOCKWISE8])
 def test_a_layout_driver_touches_gated_state_only_where_its_flag_is_on(name, state_code):
     """The same for the storage-layout drivers (bfloat16 params and grad,
     every state array bfloat16 or 8-bit, stochastic rounding): in each loop an
@@ -124,8 +125,7 @@ def test_a_layout_driver_touches_gated_state_only_where_its_flag_is_on(name, sta
     import re
     rule = RULES[name]
     sig = cpu.SIGNATURES[rule.kernel]
-    layout = loops.Layout((loops.BFLOAT16,) * 2 + (state_code,) * len(sig.state),
-                          stochastic=True)
+    layout = Layout((BFLOAT16,) * 2 + (state_code,) * len(sig.state), stochastic=True)
     source = sig.source(rule.kernel, layout)
     gates = sorted({spec.flag for spec in rule.state_specs if spec.flag is not None})
     for values, loop in _branches(source, gates).items():

@@ -25,7 +25,7 @@ from numba import njit
 
 import fastadapt
 from fastadapt.functional import step_for
-from fastadapt.kernels import storage as S
+from fastadapt.kernels import split_master as S
 from fastadapt.kernels.cpu import SERIAL_BELOW
 
 ml_dtypes = pytest.importorskip("ml_dtypes")

@@ -1,4 +1,4 @@
-"""16-bit storage conversions (kernels/storage.py) against NumPy and ml_dtypes casts.
+"""16-bit storage conversions (kernels/convert16.py) against NumPy and ml_dtypes casts.
 
 Exactness is the claim: every bfloat16 and float16 bit pattern round-trips, and
 float32 -> 16-bit matches the reference casts bit for bit (NaN payloads aside:
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from numba import njit, prange
 
-from fastadapt.kernels import storage as S
+from fastadapt.kernels import blockwise8 as B, convert16 as S
 
 import naive
 
@@ -383,7 +383,7 @@ def _bitsandbytes_dynamic_map(torch, signed):
 
 @pytest.mark.parametrize("signed", [True, False])
 def test_dynamic_map_is_bitsandbytes_map(torch, signed):
-    ours = S.dynamic_map(signed)
+    ours = B.dynamic_map(signed)
     theirs = _bitsandbytes_dynamic_map(torch, signed)
     assert ours.dtype == np.float32 and ours.shape == (256,)
     np.testing.assert_array_equal(ours, theirs)
@@ -394,7 +394,7 @@ def test_dynamic_map_is_bitsandbytes_map(torch, signed):
 @njit
 def _codes(table, x, out):
     for i in range(x.size):
-        out[i] = S.nearest_code(table, x[i])
+        out[i] = B.nearest_code(table, x[i])
 
 
 def _nearest_reference(code, x):
@@ -406,7 +406,7 @@ def _nearest_reference(code, x):
 
 @pytest.mark.parametrize("signed", [True, False])
 def test_nearest_code_matches_argmin(signed):
-    code = S.dynamic_map(signed)
+    code = B.dynamic_map(signed)
     rng = np.random.default_rng(2)
     c = code.astype(np.float64)
     midpoints = ((c[:-1] + c[1:]) / 2).astype(np.float32)
@@ -416,13 +416,13 @@ def test_nearest_code_matches_argmin(signed):
         code, midpoints, np.nextafter(midpoints, np.float32(2)),
         np.nextafter(midpoints, np.float32(-2)),
         np.array([-np.inf, np.inf, 0.0, -0.0], np.float32)])
-    table = S.thresholds(code)
+    table = B.thresholds(code)
     out = np.empty(x.size, np.uint8)
     _codes(table, x, out)
     finite = np.isfinite(x)         # (the reference's distances are all inf for +-inf)
     np.testing.assert_array_equal(out[finite], _nearest_reference(code, x[finite]))
     assert out[x == np.inf][0] == 255 and out[x == -np.inf][0] == 0
-    assert [int(S.PYTHON.nearest_code(table, v)) for v in x[::97]] == list(map(int, out[::97]))
+    assert [int(B.PYTHON.nearest_code(table, v)) for v in x[::97]] == list(map(int, out[::97]))
 
 
 # ------------------------------------------------------------------ float16 stochastic rounding

@@ -14,7 +14,7 @@ bfloat16 arrays arrive as ``uint16`` bits; narrowing rounds to nearest-even
 (NaN not kept) or, stochastically, adds 16 random bits below the kept ones and
 truncates. The random bits are fastadapt's own (the top 16 of Wellons'
 lowbias32 of ``key + index`` in 32-bit integers, the key being the stream's
-input at index 0, ``storage.page_base``), for arrays below 2**32 elements, so
+input at index 0, ``convert16.page_base``), for arrays below 2**32 elements, so
 a test holds the stochastic yardsticks to fastadapt's result bit for bit too.
 """
 import math
@@ -23,7 +23,7 @@ import numba as nb
 import numpy as np
 
 from ..kernels._jit import cached
-from ..kernels.storage import PYTHON, bits_to_float32, float32_to_bits, stream_key
+from ..kernels.convert16 import PYTHON, bits_to_float32, float32_to_bits, stream_key
 
 _U16 = np.uint32(16)
 
