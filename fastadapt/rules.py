@@ -16,6 +16,7 @@ Adding a rule touches its math, one declaration here, its test case
 regenerates the type stubs (``python -m fastadapt._stubs``).
 """
 import math
+import types
 
 import numpy as np
 
@@ -184,6 +185,10 @@ class Rule:
         self.torch_refuses_tensor_mix = torch_refuses_tensor_mix
         self.coupled_twin = coupled_twin
         self.torch_sparse_grad = torch_sparse_grad
+        # derived once (the faces read them at every step): the step's
+        # defaults, handed out read-only by ``defaults``, and the non-negative state
+        self._defaults = {h.name: h.default for h in self.hyper if not h.setup}
+        self._non_negative = frozenset(s.name for s in self.state_specs if s.non_negative)
 
     @property
     def state(self):
@@ -192,8 +197,9 @@ class Rule:
 
     @property
     def defaults(self):
-        """The functional step's hyper-parameters with torch's defaults."""
-        return {h.name: h.default for h in self.hyper if not h.setup}
+        """The functional step's hyper-parameters with torch's defaults (a
+        read-only mapping: copy it to change it)."""
+        return types.MappingProxyType(self._defaults)
 
     @property
     def setup_options(self):
@@ -213,7 +219,7 @@ class Rule:
     @property
     def non_negative_state(self):
         """The state arrays that never go negative."""
-        return frozenset(s.name for s in self.state_specs if s.non_negative)
+        return self._non_negative
 
     @property
     def torch_state_names(self):
@@ -225,7 +231,7 @@ class Rule:
         """``(coupled rule, decoupled rule)`` when torch's class of this rule
         picks one of the two by ``decoupled_weight_decay`` and the rule itself
         has no such hyper-parameter (Adam and AdamW), else None."""
-        if "decoupled_weight_decay" in self.defaults:
+        if "decoupled_weight_decay" in self._defaults:
             return None
         for r in RULES.values():
             if r.coupled_twin is not None and self.name in (r.name, r.coupled_twin):
@@ -239,11 +245,11 @@ class Rule:
         key = self.state_init.get(name)
         if key is None:
             return 0.0
-        return float({**self.defaults, **self.setup_options, **options}[key])
+        return float({**self._defaults, **self.setup_options, **options}[key])
 
     def state_for(self, **options):
         """The state arrays needed under ``options`` (unset ones take defaults)."""
-        options = {**self.defaults, **options}
+        options = {**self._defaults, **options}
         return tuple(s.name for s in self.state_specs if s.used(options))
 
     def bytes_per_element(self, itemsize=4, **options):
