@@ -29,7 +29,7 @@ number or a schedule (any callable of the number of completed steps, see
 :mod:`fastadapt.schedules`).
 """
 import fastadapt._core
-import fastadapt.rules
+import fastadapt._rule
 import typing
 
 __all__ = [
@@ -359,7 +359,7 @@ class Adam(Optimizer):
     max_grad_norm : float, optional, keyword-only
         Clip by the global gradient norm over all groups, as ``torch.nn.utils.clip_grad_norm_`` (see :meth:`Optimizer.step`).
     """
-    rule: fastadapt.rules.Rule
+    rule: fastadapt._rule.Rule
     state_init: dict
     def __init__(
             self, params, lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.0, amsgrad=False,
@@ -403,7 +403,7 @@ class AdamW(Optimizer):
     max_grad_norm : float, optional, keyword-only
         Clip by the global gradient norm over all groups, as ``torch.nn.utils.clip_grad_norm_`` (see :meth:`Optimizer.step`).
     """
-    rule: fastadapt.rules.Rule
+    rule: fastadapt._rule.Rule
     state_init: dict
     def __init__(
             self, params, lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.01,
@@ -446,7 +446,7 @@ class SGD(Optimizer):
     max_grad_norm : float, optional, keyword-only
         Clip by the global gradient norm over all groups, as ``torch.nn.utils.clip_grad_norm_`` (see :meth:`Optimizer.step`).
     """
-    rule: fastadapt.rules.Rule
+    rule: fastadapt._rule.Rule
     state_init: dict
     def __init__(
             self, params, lr=0.001, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
@@ -497,7 +497,7 @@ class RMSprop(Optimizer):
     max_grad_norm : float, optional, keyword-only
         Clip by the global gradient norm over all groups, as ``torch.nn.utils.clip_grad_norm_`` (see :meth:`Optimizer.step`).
     """
-    rule: fastadapt.rules.Rule
+    rule: fastadapt._rule.Rule
     state_init: dict
     def __init__(
             self, params, lr=0.01, alpha=0.99, eps=1e-08, weight_decay=0.0, momentum=0.0,
@@ -538,7 +538,7 @@ class Adagrad(Optimizer):
     max_grad_norm : float, optional, keyword-only
         Clip by the global gradient norm over all groups, as ``torch.nn.utils.clip_grad_norm_`` (see :meth:`Optimizer.step`).
     """
-    rule: fastadapt.rules.Rule
+    rule: fastadapt._rule.Rule
     state_init: dict
     def __init__(
             self, params, lr=0.01, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0,
@@ -578,7 +578,7 @@ class Adadelta(Optimizer):
     max_grad_norm : float, optional, keyword-only
         Clip by the global gradient norm over all groups, as ``torch.nn.utils.clip_grad_norm_`` (see :meth:`Optimizer.step`).
     """
-    rule: fastadapt.rules.Rule
+    rule: fastadapt._rule.Rule
     state_init: dict
     def __init__(
             self, params, lr=1.0, rho=0.9, eps=1e-06, weight_decay=0.0, *, maximize=False,
@@ -617,7 +617,7 @@ class Adamax(Optimizer):
     max_grad_norm : float, optional, keyword-only
         Clip by the global gradient norm over all groups, as ``torch.nn.utils.clip_grad_norm_`` (see :meth:`Optimizer.step`).
     """
-    rule: fastadapt.rules.Rule
+    rule: fastadapt._rule.Rule
     state_init: dict
     def __init__(
             self, params, lr=0.002, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.0, *,
@@ -665,7 +665,7 @@ class RAdam(Optimizer):
     max_grad_norm : float, optional, keyword-only
         Clip by the global gradient norm over all groups, as ``torch.nn.utils.clip_grad_norm_`` (see :meth:`Optimizer.step`).
     """
-    rule: fastadapt.rules.Rule
+    rule: fastadapt._rule.Rule
     state_init: dict
     def __init__(
             self, params, lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.0,
@@ -704,7 +704,7 @@ class Rprop(Optimizer):
     max_grad_norm : float, optional, keyword-only
         Clip by the global gradient norm over all groups, as ``torch.nn.utils.clip_grad_norm_`` (see :meth:`Optimizer.step`).
     """
-    rule: fastadapt.rules.Rule
+    rule: fastadapt._rule.Rule
     state_init: dict
     def __init__(
             self, params, lr=0.01, etas=(0.5, 1.2), step_sizes=(1e-06, 50), *, maximize=False,
@@ -754,7 +754,7 @@ class NAdam(Optimizer):
     max_grad_norm : float, optional, keyword-only
         Clip by the global gradient norm over all groups, as ``torch.nn.utils.clip_grad_norm_`` (see :meth:`Optimizer.step`).
     """
-    rule: fastadapt.rules.Rule
+    rule: fastadapt._rule.Rule
     state_init: dict
     def __init__(
             self, params, lr=0.002, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.0,
@@ -800,7 +800,7 @@ class ASGD(Optimizer):
     max_grad_norm : float, optional, keyword-only
         Clip by the global gradient norm over all groups, as ``torch.nn.utils.clip_grad_norm_`` (see :meth:`Optimizer.step`).
     """
-    rule: fastadapt.rules.Rule
+    rule: fastadapt._rule.Rule
     state_init: dict
     def __init__(
             self, params, lr=0.01, lambd=0.0001, alpha=0.75, t0=1000000.0, weight_decay=0.0, *,
@@ -836,7 +836,7 @@ class Lion(Optimizer):
     max_grad_norm : float, optional, keyword-only
         Clip by the global gradient norm over all groups, as ``torch.nn.utils.clip_grad_norm_`` (see :meth:`Optimizer.step`).
     """
-    rule: fastadapt.rules.Rule
+    rule: fastadapt._rule.Rule
     state_init: dict
     def __init__(
             self, params, lr=0.0001, betas=(0.9, 0.99), weight_decay=0.0, *, maximize=False,
@@ -874,7 +874,7 @@ class SparseAdam(Optimizer):
     max_grad_norm : float, optional, keyword-only
         Clip by the global gradient norm over all groups, as ``torch.nn.utils.clip_grad_norm_`` (see :meth:`Optimizer.step`).
     """
-    rule: fastadapt.rules.Rule
+    rule: fastadapt._rule.Rule
     state_init: dict
     def __init__(
             self, params, lr=0.001, betas=(0.9, 0.999), eps=1e-08, *, maximize=False,

@@ -190,7 +190,7 @@ per-parameter scalar state (``ScalarState``: NAdam's ``mu_product``, ASGD's
 refuses tensors mixed with numbers (``torch_refuses_tensor_mix``) or computes
 it as another rule's class with ``decoupled_weight_decay`` (``coupled_twin``).
 """
-import fastadapt.rules
+import fastadapt._rule
 import fastadapt.torch._optimizer
 
 __all__ = [
@@ -296,7 +296,7 @@ class Adam(fastadapt.torch._optimizer.FlatOptimizer):
         bits one call over ``whole`` would draw for those elements, so an array
         updated in pieces (a shard of it per process) rounds as if in one call.
     """
-    rule: fastadapt.rules.Rule
+    rule: fastadapt._rule.Rule
     def __init__(
             self, params, lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0, amsgrad=False,
             *, foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
@@ -373,7 +373,7 @@ class AdamW(fastadapt.torch._optimizer.FlatOptimizer):
         bits one call over ``whole`` would draw for those elements, so an array
         updated in pieces (a shard of it per process) rounds as if in one call.
     """
-    rule: fastadapt.rules.Rule
+    rule: fastadapt._rule.Rule
     def __init__(
             self, params, lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.01,
             amsgrad=False, *, maximize=False, foreach=None, capturable=False, differentiable=False,
@@ -449,7 +449,7 @@ class SGD(fastadapt.torch._optimizer.FlatOptimizer):
         bits one call over ``whole`` would draw for those elements, so an array
         updated in pieces (a shard of it per process) rounds as if in one call.
     """
-    rule: fastadapt.rules.Rule
+    rule: fastadapt._rule.Rule
     def __init__(
             self, params, lr=0.001, momentum=0, dampening=0, weight_decay=0, nesterov=False, *,
             maximize=False, foreach=None, differentiable=False, fused=None, max_grad_norm=None,
@@ -532,7 +532,7 @@ class RMSprop(fastadapt.torch._optimizer.FlatOptimizer):
         bits one call over ``whole`` would draw for those elements, so an array
         updated in pieces (a shard of it per process) rounds as if in one call.
     """
-    rule: fastadapt.rules.Rule
+    rule: fastadapt._rule.Rule
     def __init__(
             self, params, lr=0.01, alpha=0.99, eps=1e-08, weight_decay=0, momentum=0,
             centered=False, capturable=False, foreach=None, maximize=False, differentiable=False,
@@ -602,7 +602,7 @@ class Adagrad(fastadapt.torch._optimizer.FlatOptimizer):
         bits one call over ``whole`` would draw for those elements, so an array
         updated in pieces (a shard of it per process) rounds as if in one call.
     """
-    rule: fastadapt.rules.Rule
+    rule: fastadapt._rule.Rule
     def __init__(
             self, params, lr=0.01, lr_decay=0, weight_decay=0, initial_accumulator_value=0,
             eps=1e-10, foreach=None, *, maximize=False, differentiable=False, fused=None,
@@ -670,7 +670,7 @@ class Adadelta(fastadapt.torch._optimizer.FlatOptimizer):
         bits one call over ``whole`` would draw for those elements, so an array
         updated in pieces (a shard of it per process) rounds as if in one call.
     """
-    rule: fastadapt.rules.Rule
+    rule: fastadapt._rule.Rule
     def __init__(
             self, params, lr=1.0, rho=0.9, eps=1e-06, weight_decay=0, foreach=None, *,
             capturable=False, maximize=False, differentiable=False, max_grad_norm=None,
@@ -739,7 +739,7 @@ class Adamax(fastadapt.torch._optimizer.FlatOptimizer):
         bits one call over ``whole`` would draw for those elements, so an array
         updated in pieces (a shard of it per process) rounds as if in one call.
     """
-    rule: fastadapt.rules.Rule
+    rule: fastadapt._rule.Rule
     def __init__(
             self, params, lr=0.002, betas=(0.9, 0.999), eps=1e-08, weight_decay=0, foreach=None, *,
             maximize=False, differentiable=False, capturable=False, max_grad_norm=None,
@@ -817,7 +817,7 @@ class RAdam(fastadapt.torch._optimizer.FlatOptimizer):
         bits one call over ``whole`` would draw for those elements, so an array
         updated in pieces (a shard of it per process) rounds as if in one call.
     """
-    rule: fastadapt.rules.Rule
+    rule: fastadapt._rule.Rule
     def __init__(
             self, params, lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0,
             decoupled_weight_decay=False, *, foreach=None, maximize=False, capturable=False,
@@ -886,7 +886,7 @@ class Rprop(fastadapt.torch._optimizer.FlatOptimizer):
         bits one call over ``whole`` would draw for those elements, so an array
         updated in pieces (a shard of it per process) rounds as if in one call.
     """
-    rule: fastadapt.rules.Rule
+    rule: fastadapt._rule.Rule
     def __init__(
             self, params, lr=0.01, etas=(0.5, 1.2), step_sizes=(1e-06, 50), *, capturable=False,
             foreach=None, maximize=False, differentiable=False, max_grad_norm=None,
@@ -972,7 +972,7 @@ class NAdam(fastadapt.torch._optimizer.FlatOptimizer):
     dict
         The scalar state after this step (``mu_product``), to pass back as keyword arguments to the next.
     """
-    rule: fastadapt.rules.Rule
+    rule: fastadapt._rule.Rule
     def __init__(
             self, params, lr=0.002, betas=(0.9, 0.999), eps=1e-08, weight_decay=0,
             momentum_decay=0.004, decoupled_weight_decay=False, *, foreach=None, maximize=False,
@@ -1057,7 +1057,7 @@ class ASGD(fastadapt.torch._optimizer.FlatOptimizer):
     dict
         The scalar state after this step (``eta``, ``mu``), to pass back as keyword arguments to the next.
     """
-    rule: fastadapt.rules.Rule
+    rule: fastadapt._rule.Rule
     def __init__(
             self, params, lr=0.01, lambd=0.0001, alpha=0.75, t0=1000000.0, weight_decay=0,
             foreach=None, maximize=False, differentiable=False, capturable=False, *,
@@ -1121,7 +1121,7 @@ class Lion(fastadapt.torch._optimizer.FlatOptimizer):
         bits one call over ``whole`` would draw for those elements, so an array
         updated in pieces (a shard of it per process) rounds as if in one call.
     """
-    rule: fastadapt.rules.Rule
+    rule: fastadapt._rule.Rule
     def __init__(
             self, params, lr=0.0001, betas=(0.9, 0.99), weight_decay=0.0, *, maximize=False,
             foreach=None, fused=None, capturable=False, differentiable=False, max_grad_norm=None,
@@ -1191,7 +1191,7 @@ class SparseAdam(fastadapt.torch._optimizer.FlatOptimizer):
 
     The functional step and the NumPy class update every element: each is a row present in the gradient. fastadapt.torch.SparseAdam takes sparse gradients (``nn.Embedding(sparse=True)``) and updates only the rows they hold; like torch it refuses dense gradients.
     """
-    rule: fastadapt.rules.Rule
+    rule: fastadapt._rule.Rule
     def __init__(
             self, params, lr=0.001, betas=(0.9, 0.999), eps=1e-08, maximize=False, *,
             max_grad_norm=None, state_dtype=None, master_weights=False, stochastic_rounding=False,
