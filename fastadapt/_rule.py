@@ -177,6 +177,9 @@ class Rule:
         # defaults, handed out read-only by ``defaults``, and the non-negative state
         self._defaults = {h.name: h.default for h in self.hyper if not h.setup}
         self._non_negative = frozenset(s.name for s in self.state_specs if s.non_negative)
+        # every state array, when none depends on the options (most rules)
+        self._ungated_state = (tuple(s.name for s in self.state_specs)
+                               if all(s.when is None for s in self.state_specs) else None)
 
     @property
     def state(self):
@@ -238,6 +241,8 @@ class Rule:
 
     def state_for(self, **options):
         """The state arrays needed under ``options`` (unset ones take defaults)."""
+        if self._ungated_state is not None:
+            return self._ungated_state
         options = {**self._defaults, **options}
         return tuple(s.name for s in self.state_specs if s.used(options))
 
