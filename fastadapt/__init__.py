@@ -11,7 +11,7 @@ the declaration and exported here. Adafactor, whose update reduces over each
 tensor, is not a rule: ``adafactor_step`` (:mod:`fastadapt.adafactor`).
 """
 from .flat import FlatBuffer
-from ._storage import Blockwise8, Companded8
+from ._eight_bit import Blockwise8, Companded8
 from . import functional
 from .functional import *  # noqa: F401,F403  (one <name>_step per rule)
 from .adafactor import adafactor_step

@@ -26,7 +26,7 @@ from different libraries or streams must be ordered by the caller.
 """
 import numpy as np
 
-from . import _storage
+from . import _eight_bit, _storage
 from ._arrays import check_no_aliasing, is_device_array, no_op
 from ._arrays import kind as _kind
 
@@ -176,7 +176,7 @@ def prepare(update):
     cuda = _numba_cuda()
     kernels = _state["kernels"]
     simulator = kernels.SIMULATOR
-    block8 = {name: a for name, a in arrays.items() if isinstance(a, _storage.STATE8)}
+    block8 = {name: a for name, a in arrays.items() if isinstance(a, _eight_bit.STATE8)}
     present = {name: _Array(name, a, simulator)
                for name, a in arrays.items() if a is not None and name not in block8}
     if update.master is not None:
@@ -189,7 +189,7 @@ def prepare(update):
             raise ValueError(f"{a.name} has shape {a.shape} but {first.name} has {first.shape}")
     parts = {}
     for name, b in block8.items():
-        part = "scale" if isinstance(b, _storage.Companded8) else "absmax"
+        part = "scale" if isinstance(b, _eight_bit.Companded8) else "absmax"
         parts[f"{name}.codes"] = _Array(f"{name}.codes", b.codes, simulator)
         parts[f"{name}.{part}"] = _Array(f"{name}.{part}", getattr(b, part), simulator)
         _check_state8(name, part, parts, first.size)
@@ -202,10 +202,10 @@ def prepare(update):
     dtypes = {n: present[n].dtype if n in present else None
               for n in arrays if n in present or n in block8}
     companded = tuple((n, b.layout_code) for n, b in block8.items()
-                      if isinstance(b, _storage.Companded8))
+                      if isinstance(b, _eight_bit.Companded8))
     layout, dtype = _storage.layout(
         dtypes, None if master is None else master.dtype, update.key is not None,
-        tuple(n for n, b in block8.items() if isinstance(b, _storage.Blockwise8)), companded)
+        tuple(n for n, b in block8.items() if isinstance(b, _eight_bit.Blockwise8)), companded)
     if first.size == 0:
         return no_op
     if layout is None:
@@ -221,7 +221,7 @@ def prepare(update):
         for name in arrays:
             if name in block8:
                 b = block8[name]
-                part = "scale" if isinstance(b, _storage.Companded8) else "absmax"
+                part = "scale" if isinstance(b, _eight_bit.Companded8) else "absmax"
                 args += [_flat(parts[f"{name}.codes"], cuda, simulator),
                          _flat(parts[f"{name}.{part}"], cuda, simulator)]
                 if part == "absmax":
@@ -248,7 +248,7 @@ _tables = {}         # (device, signed) -> the 8-bit code's tables on the GPU
 def _code_tables(device, signed, cuda):
     key = (device, signed)
     if key not in _tables:
-        _tables[key] = tuple(cuda.to_device(t) for t in _storage._tables(signed))
+        _tables[key] = tuple(cuda.to_device(t) for t in _eight_bit.tables(signed))
     return _tables[key]
 
 
@@ -257,8 +257,8 @@ def _check_state8(name, part, parts, n):
     ``part`` (``absmax`` per block of a Blockwise8, ``scale`` per group of a
     Companded8)."""
     codes, per_block = parts[f"{name}.codes"], parts[f"{name}.{part}"]
-    kind, unit = (("Companded8", _storage.GROUP) if part == "scale"
-                  else ("Blockwise8", _storage.BLOCK))
+    kind, unit = (("Companded8", _eight_bit.GROUP) if part == "scale"
+                  else ("Blockwise8", _eight_bit.BLOCK))
     if codes.dtype != np.uint8 or len(codes.shape) != 1:
         raise TypeError(f"{name}.codes must be a 1-D uint8 array, got {codes.dtype}"
                         f"{list(codes.shape)}")

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _pool, _storage
+from . import _eight_bit, _pool, _storage
 from ._arrays import (SUPPORTED_DTYPES, check_no_aliasing, check_plain_ndarray,
                       is_device_array, is_torch_host_tensor, no_op)
 from .kernels import cpu
@@ -91,10 +91,10 @@ def prepare(update):
     if update.master is not None:
         present["master_param"] = update.master
     for name in ("param", "grad", "master_param"):
-        if isinstance(present.get(name), _storage.STATE8):
+        if isinstance(present.get(name), _eight_bit.STATE8):
             raise TypeError(f"{name} is a {type(present[name]).__name__}; 8-bit storage is "
                             "for state arrays only")
-    device = [is_device_array(a.codes if isinstance(a, _storage.STATE8) else a)
+    device = [is_device_array(a.codes if isinstance(a, _eight_bit.STATE8) else a)
               for a in present.values()]
     if any(device):
         if not all(device):
@@ -122,17 +122,17 @@ def _host_kernel(update):
     if update.master is not None:
         present["master_param"] = update.master
     written = update.written | {"master_param"}
-    blocks = {n: a for n, a in present.items() if isinstance(a, _storage.STATE8)}
+    blocks = {n: a for n, a in present.items() if isinstance(a, _eight_bit.STATE8)}
     for name, b in blocks.items():
-        if isinstance(b, _storage.Companded8):
+        if isinstance(b, _eight_bit.Companded8):
             b._check(name, _size(present["param"]))
         else:
-            _storage.check_blockwise(name, b, _size(present["param"]))
+            _eight_bit.check_blockwise(name, b, _size(present["param"]))
         del present[name]
     flat = _prepare_host(present, written)
     parts = {}
     for name, b in blocks.items():
-        if isinstance(b, _storage.Companded8):
+        if isinstance(b, _eight_bit.Companded8):
             parts.update(b._parts(name))
         else:
             parts[f"{name}.codes"], parts[f"{name}.absmax"] = b.codes, b.absmax
@@ -141,10 +141,10 @@ def _host_kernel(update):
     dtypes = {name: flat[name].dtype if name in flat else None
               for name in update.arrays if name in flat or name in blocks}
     companded = tuple((n, b.layout_code) for n, b in blocks.items()
-                      if isinstance(b, _storage.Companded8))
+                      if isinstance(b, _eight_bit.Companded8))
     layout, dtype = _storage.layout(
         dtypes, None if master is None else master.dtype, update.key is not None,
-        tuple(n for n, b in blocks.items() if isinstance(b, _storage.Blockwise8)), companded)
+        tuple(n for n, b in blocks.items() if isinstance(b, _eight_bit.Blockwise8)), companded)
     first = flat["param"]
     if first.size == 0:
         return None
@@ -152,7 +152,7 @@ def _host_kernel(update):
     sources = []
     for i, name in enumerate(update.arrays):
         if name in blocks:
-            sources.append((i, _COMPANDED if isinstance(blocks[name], _storage.Companded8)
+            sources.append((i, _COMPANDED if isinstance(blocks[name], _eight_bit.Companded8)
                             else _BLOCKWISE))
         elif name in flat:
             sources.append((i, _form(present[name])))
@@ -409,8 +409,8 @@ def _arguments_if_same(objs, sources):
 _SAMENESS = {}
 
 # The arrays of each 8-bit container that its driver arguments are made of.
-_PARTS = {_storage.Companded8: ("codes", "scale"),
-          _storage.Blockwise8: ("codes", "absmax", "map", "thresholds", "buckets")}
+_PARTS = {_eight_bit.Companded8: ("codes", "scale"),
+          _eight_bit.Blockwise8: ("codes", "absmax", "map", "thresholds", "buckets")}
 
 
 def _parts_of(container):

@@ -10,7 +10,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from . import _args, _storage
+from . import _args, _eight_bit, _storage
 from .kernels.blockwise8 import BLOCK
 from .kernels.companded8 import GROUP
 from .kernels.convert16 import stream_key
@@ -52,8 +52,8 @@ class EightBit(NamedTuple):
 
 
 #: The 8-bit ``state_dtype`` values and their formats.
-EIGHT_BIT = {"int8": EightBit(_storage.Blockwise8, BLOCK, "absmax", _storage.absmax_problem),
-             "int8c": EightBit(_storage.Companded8, GROUP, "scale", _storage.scale_problem)}
+EIGHT_BIT = {"int8": EightBit(_eight_bit.Blockwise8, BLOCK, "absmax", _eight_bit.absmax_problem),
+             "int8c": EightBit(_eight_bit.Companded8, GROUP, "scale", _eight_bit.scale_problem)}
 
 
 def storage_options(state_dtype, master_weights, stochastic_rounding, seed):

@@ -123,6 +123,17 @@ def is_private(obj):
                (*obj.__module__.split("."), *obj.__qualname__.split(".")))
 
 
+def _public_home(obj):
+    """The most specific public fastadapt module that exports class ``obj``
+    defined in a private one (``fastadapt.rules`` for ``fastadapt._rule.Rule``),
+    or None."""
+    homes = [name for name, m in list(sys.modules.items())
+             if (name == "fastadapt" or name.startswith("fastadapt."))
+             and not any(part.startswith("_") for part in name.split("."))
+             and getattr(m, obj.__qualname__, None) is obj]
+    return max(homes, key=lambda name: (name.count("."), name), default=None)
+
+
 def _literal(value):
     """Source of a default simple enough to show in a stub, else ``...``."""
     if value is None or isinstance(value, (bool, str)):
@@ -213,6 +224,10 @@ class _Stub:
             exported = self._exported_name(obj)
             if exported is not None:
                 return exported
+            home = _public_home(obj)
+            if home is not None:
+                self.imports.add(home)
+                return f"{home}.{obj.__qualname__}"
         self.imports.add(obj.__module__)
         return f"{obj.__module__}.{obj.__qualname__}"
 

@@ -16,7 +16,7 @@ import operator
 
 import numpy as np
 
-from . import _args, _storage
+from . import _args, _eight_bit, _storage
 from ._checkpoint_file import META_LIMIT, declared_layout, load, optimizer_layout, save
 from ._crash_safe import atomic_write, remove_stale_temporaries
 from ._group_buffers import segments, to_host_flat
@@ -316,7 +316,7 @@ def _checked_eight_bit(sd, index, name, codes, buffers, at):
             raise ValueError(f"{at}: state {name!r} {what} must be a {np.dtype(dtype)} array "
                              f"of shape ({size},), got {getattr(a, 'dtype', type(a))}"
                              f"{getattr(a, 'shape', '')}")
-    problem = _storage.absmax_problem(block_max)
+    problem = _eight_bit.absmax_problem(block_max)
     if not problem and buffers.state_dtype != "int8" and np.signbit(block_max).any():
         problem = "is negative; a companded state's scale is a magnitude"
     if problem:

@@ -31,7 +31,7 @@ import operator
 
 import numpy as np
 
-from . import _args, _storage
+from . import _args, _eight_bit, _storage
 from ._arrays import is_device_array
 from ._dispatch import LaunchCache, Update, _check_host_array, prepare
 from .kernels.loops import Signature
@@ -251,7 +251,7 @@ def _check_state_argument(fn_name, spec, a):
 def _check_unused_state(name, a, param):
     """State the options do not use, given anyway: still an array the
     dispatcher would take, of ``param``'s shape."""
-    if isinstance(a, _storage.Blockwise8):
+    if isinstance(a, _eight_bit.Blockwise8):
         return
     if not (isinstance(a, np.ndarray) or is_device_array(a)):
         _check_host_array(name, a, True)        # raises, naming what to pass

@@ -1,6 +1,7 @@
 """The registry of update rules: each rule declared once.
 
-A :class:`Rule` declares everything about an algorithm that is not its
+A :class:`Rule` (defined with its parts in ``fastadapt/_rule.py``, which
+holds no rule) declares everything about an algorithm that is not its
 per-element math (``kernels/math.py``): its hyper-parameters with torch's
 names, defaults and ranges, its state arrays (the option that turns each on,
 initial value, sign, torch's name for it) and scalar state, the per-step
@@ -19,257 +20,8 @@ import math
 
 import numpy as np
 
-from . import _args
-
-# ----------------------------------------------------------------- declarations
-
-
-def _real_check(name, low, high, low_open, high_open):
-    """A checker of one real in the interval: a float inside it returns at once
-    (the per-step path), anything else goes through ``_args.real``."""
-    not_low = low if low_open else math.nan      # NaN compares unequal to all
-    not_high = high if high_open else math.nan
-
-    def check(value):
-        if type(value) is float and low <= value <= high and value != not_low \
-                and value != not_high:
-            return value
-        return _args.real(name, value, low, high, low_open, high_open)
-    return check
-
-
-class Real:
-    """A real hyper-parameter in an interval (closed unless ``*_open``)."""
-
-    def __init__(self, name, default, low=0.0, high=math.inf, low_open=False,
-                 high_open=False, keyword=False, setup=False, doc=""):
-        self.name, self.default, self.doc = name, default, doc
-        self.bounds = dict(low=low, high=high, low_open=low_open, high_open=high_open)
-        self.keyword = keyword      # keyword-only in the class (after torch's ``*``)
-        self.setup = setup          # shapes the initial state only: the class's, not the step's
-        self.check = self._checker()
-
-    def _checker(self):
-        return _real_check(self.name, **self.bounds)
-
-    def describe(self):
-        b = self.bounds
-        if b["low"] == 0.0 and b["high"] == math.inf and not b["low_open"]:
-            return ">= 0"
-        lo = "(" if b["low_open"] else "["
-        hi = ")" if b["high_open"] else "]"
-        return f"in {lo}{b['low']:g}, {b['high']:g}{hi}"
-
-
-class Pair(Real):
-    """A pair of reals (``betas``), each in the interval, named ``name[0]``, ``name[1]``."""
-
-    def _checker(self):
-        name = self.name
-        first = _real_check(f"{name}[0]", **self.bounds)
-        second = _real_check(f"{name}[1]", **self.bounds)
-
-        def check(value):
-            a, b = _args.pair(name, value)
-            return first(a), second(b)
-        return check
-
-    def describe(self):
-        return "each " + super().describe()
-
-
-class Flag:
-    """A bool option."""
-
-    def __init__(self, name, default=False, keyword=False, doc=""):
-        self.name, self.default, self.keyword, self.doc = name, default, keyword, doc
-        self.setup = False
-
-    def check(self, value):
-        return _args.flag(self.name, value)
-
-    def describe(self):
-        return "bool"
-
-
-class State:
-    """A state array. ``when``: the option (name, truthy) or predicate of the
-    checked options under which the rule uses it (always if None); ``flag``:
-    the math's bool scalar that gates its load and store (``when``'s name by
-    default); ``init``: the setup hyper-parameter holding its initial value
-    (zeros otherwise); ``non_negative``: the math never makes it negative (8-bit
-    state stores it with an unsigned code map); ``torch_name``: its key in
-    torch.optim's per-parameter state (``name`` unless given)."""
-
-    def __init__(self, name, when=None, flag=None, init=None, when_doc=None, doc="",
-                 non_negative=False, torch_name=None):
-        self.name, self.when, self.init, self.doc = name, when, init, doc
-        self.non_negative = non_negative
-        self.torch_name = name if torch_name is None else torch_name
-        self.when_doc = when_doc if when_doc is not None else (
-            f"{when}=True" if isinstance(when, str) else None)
-        self.flag = flag if flag is not None else (when if isinstance(when, str) else None)
-        if when is not None and self.flag is None:
-            raise ValueError(f"state {name}: a predicate 'when' needs the math's 'flag'")
-
-    def used(self, options):
-        if self.when is None:
-            return True
-        if isinstance(self.when, str):
-            return bool(options[self.when])
-        return bool(self.when(options))
-
-
-class ScalarState:
-    """One number of per-parameter state that is not an array (NAdam's
-    ``mu_product``, ASGD's ``eta`` and ``mu``): it starts at ``initial`` (a
-    number, or the name of the hyper-parameter holding it) and the rule's
-    ``scalars`` advances it once per step."""
-
-    def __init__(self, name, initial, doc=""):
-        self.name, self.initial, self.doc = name, initial, doc
-
-    def start(self, options):
-        value = options[self.initial] if isinstance(self.initial, str) else self.initial
-        return float(value)
-
-
-class Rule:
-    """One update rule; see the module docstring.
-
-    ``kernel`` names the math function (rules may share one: Adam and
-    AdamW); ``hyper`` lists the hyper-parameters in the order of torch's
-    constructor; the math's host scalars by name (all but ``grad_sign``,
-    which every kernel takes and the dispatcher computes from ``maximize``
-    and ``grad_scale``) come from ``scalars(options)``, those the options
-    alone decide, and ``step_scalars(options, step)``, those that change
-    with the step (None for a rule whose math does not use the step): the
-    per-call path computes the first once per setting of the options.
-    ``check`` may reject combinations of options; ``pseudocode`` is the
-    update, elementwise.
-
-    A rule with ``scalar_state`` (:class:`ScalarState`) declares
-    ``scalars(options, step, state) -> (scalars, new_state)`` instead, both
-    dicts by name: the functional step takes the state as keyword arguments
-    and returns the new one, and the classes keep it per group.
-
-    What ``fastadapt.torch`` needs to match torch.optim's class: ``torch_step``,
-    whether its per-parameter state holds a ``step`` (SGD's does not);
-    ``torch_complex``, whether it takes complex parameters (torch 2.13's
-    optim_db ``supports_complex``; by default, whether torch has the rule);
-    ``torch_refuses_tensor_mix``, whether its constructor refuses betas mixing a
-    tensor and a number, and a tensor lr or betas with ``foreach=True``;
-    ``coupled_twin``, the rule whose torch class computes this one under
-    ``decoupled_weight_decay=True`` (AdamW's: Adam); ``torch_sparse_grad``,
-    whether torch's class takes sparse gradients only (SparseAdam: its tests
-    feed it one sparse gradient holding every row).
-
-    The functional step of a rule is ``fastadapt.functional.step_for(rule)``.
-    """
-
-    def __init__(self, name, torch_name, kernel, hyper, state, scalars, pseudocode,
-                 summary, takes_step=True, check=None, notes="", in_torch=True, bench=None,
-                 scalar_state=(), torch_step=True, torch_complex=None,
-                 torch_refuses_tensor_mix=False, coupled_twin=None, torch_sparse_grad=False,
-                 step_scalars=None):
-        self.name, self.torch_name, self.kernel = name, torch_name, kernel
-        self.hyper = tuple(hyper)
-        self.state_specs = tuple(state)
-        self.fixed_scalars = scalars    # (options) -> dict; with scalar state, see above
-        self.step_scalars = step_scalars
-        self.pseudocode, self.summary, self.notes = pseudocode, summary, notes
-        self.takes_step = takes_step
-        self.check = check
-        self.in_torch = in_torch     # torch.optim has it (the tests' oracle)
-        # the variants the benchmark measures: (key, label, options); the rule's
-        # defaults alone unless declared
-        self.bench = tuple(bench) if bench is not None else ((name, torch_name, {}),)
-        self.scalar_state = tuple(scalar_state)
-        self.torch_step = torch_step
-        self.torch_complex = in_torch if torch_complex is None else torch_complex
-        self.torch_refuses_tensor_mix = torch_refuses_tensor_mix
-        self.coupled_twin = coupled_twin
-        self.torch_sparse_grad = torch_sparse_grad
-
-    def scalars(self, options, step, state=None):
-        """The math's host scalars for ``step`` by name (all but
-        ``grad_sign``); with scalar state, ``(scalars, new_state)`` from
-        ``state``."""
-        if self.scalar_state:
-            return self.fixed_scalars(options, step, state)
-        scalars = self.fixed_scalars(options)
-        if self.step_scalars is not None:
-            scalars.update(self.step_scalars(options, step))
-        return scalars
-
-    @property
-    def state(self):
-        """Every state array the step can take, in the math's order."""
-        return tuple(s.name for s in self.state_specs)
-
-    @property
-    def defaults(self):
-        """The functional step's hyper-parameters with torch's defaults."""
-        return {h.name: h.default for h in self.hyper if not h.setup}
-
-    @property
-    def setup_options(self):
-        """Class-only hyper-parameters that set the initial state: name -> default."""
-        return {h.name: h.default for h in self.hyper if h.setup}
-
-    @property
-    def state_init(self):
-        """State name -> the setup hyper-parameter holding its initial value."""
-        return {s.name: s.init for s in self.state_specs if s.init is not None}
-
-    @property
-    def scalar_state_init(self):
-        """Scalar state name -> its initial value, or the hyper-parameter holding it."""
-        return {s.name: s.initial for s in self.scalar_state}
-
-    @property
-    def non_negative_state(self):
-        """The state arrays that never go negative."""
-        return frozenset(s.name for s in self.state_specs if s.non_negative)
-
-    @property
-    def torch_state_names(self):
-        """State name -> its key in torch.optim's per-parameter state."""
-        return {s.name: s.torch_name for s in self.state_specs}
-
-    @property
-    def decoupled_twins(self):
-        """``(coupled rule, decoupled rule)`` when torch's class of this rule
-        picks one of the two by ``decoupled_weight_decay`` and the rule itself
-        has no such hyper-parameter (Adam and AdamW), else None."""
-        if "decoupled_weight_decay" in self.defaults:
-            return None
-        for r in RULES.values():
-            if r.coupled_twin is not None and self.name in (r.name, r.coupled_twin):
-                return RULES[r.coupled_twin], r
-        return None
-
-    def initial_value(self, name, **options):
-        """The value state array ``name`` starts at under ``options`` (0 unless it
-        declares an ``init`` option: Adagrad's ``initial_accumulator_value``,
-        Rprop's ``lr``)."""
-        key = self.state_init.get(name)
-        if key is None:
-            return 0.0
-        return float({**self.defaults, **self.setup_options, **options}[key])
-
-    def state_for(self, **options):
-        """The state arrays needed under ``options`` (unset ones take defaults)."""
-        options = {**self.defaults, **options}
-        return tuple(s.name for s in self.state_specs if s.used(options))
-
-    def bytes_per_element(self, itemsize=4, **options):
-        """Bytes one step moves per element: param read+write, grad read,
-        and each used state array read+written."""
-        return itemsize * (3 + 2 * len(self.state_for(**options)))
-
-    def __repr__(self):
-        return f"Rule({self.name!r})"
+# (and fastadapt.rules.Rule, ... by these names: where users import them from)
+from ._rule import Flag, Pair, Real, Rule, ScalarState, State, replace
 
 
 # ----------------------------------------------------------------- helpers
@@ -283,16 +35,6 @@ _LR = Real("lr", 1e-3, doc="learning rate (or a schedule, in the classes)")
 _EPS = Real("eps", 1e-8, doc="added to the denominator")
 _WD = Real("weight_decay", 0.0, doc="L2 penalty added to the gradient")
 _MAXIMIZE = Flag("maximize", keyword=True, doc="ascend the objective instead")
-
-
-def _with(spec, **changes):
-    """A copy of a hyper-parameter spec with another default (or doc)."""
-    out = object.__new__(type(spec))
-    out.__dict__.update(spec.__dict__)
-    out.__dict__.update(changes)
-    if hasattr(out, "_checker"):
-        out.check = out._checker()
-    return out
 
 
 # ----------------------------------------------------------------- Adam, AdamW
@@ -352,7 +94,7 @@ ADAM = Rule(
 
 ADAMW = Rule(
     "adamw", "AdamW", "adam",
-    (_LR, _BETAS, _EPS, _with(_WD, default=1e-2, doc="decoupled weight decay"),
+    (_LR, _BETAS, _EPS, replace(_WD, default=1e-2, doc="decoupled weight decay"),
      _AMSGRAD, _MAXIMIZE),
     _ADAM_STATE, _adam_scalars(True), _ADAMW_CODE,
     "AdamW: Adam with decoupled weight decay (Loshchilov & Hutter, 2019)",
@@ -398,7 +140,7 @@ param = param - lr * g""",
 # ----------------------------------------------------------------- RMSprop
 RMSPROP = Rule(
     "rmsprop", "RMSprop", "rmsprop",
-    (_with(_LR, default=1e-2), Real("alpha", 0.99, doc="smoothing constant"), _EPS, _WD,
+    (replace(_LR, default=1e-2), Real("alpha", 0.99, doc="smoothing constant"), _EPS, _WD,
      Real("momentum", 0.0, doc="momentum factor"),
      Flag("centered", doc="normalise by the variance instead (Graves, 2013)"), _MAXIMIZE),
     (State("square_avg", non_negative=True), State("grad_avg", when="centered"),
@@ -431,10 +173,10 @@ else:
 # ----------------------------------------------------------------- Adagrad
 ADAGRAD = Rule(
     "adagrad", "Adagrad", "adagrad",
-    (_with(_LR, default=1e-2), Real("lr_decay", 0.0, doc="learning-rate decay"), _WD,
+    (replace(_LR, default=1e-2), Real("lr_decay", 0.0, doc="learning-rate decay"), _WD,
      Real("initial_accumulator_value", 0.0, high=math.inf, setup=True,
           doc="initial value of state_sum"),
-     _with(_EPS, default=1e-10), _MAXIMIZE),
+     replace(_EPS, default=1e-10), _MAXIMIZE),
     (State("state_sum", init="initial_accumulator_value", doc="torch's ``sum``",
            non_negative=True, torch_name="sum"),),
     lambda o: {"weight_decay": o["weight_decay"], "eps": o["eps"],
@@ -452,8 +194,8 @@ param = param - clr * g / (sqrt(state_sum) + eps)""",
 # ----------------------------------------------------------------- Adadelta
 ADADELTA = Rule(
     "adadelta", "Adadelta", "adadelta",
-    (_with(_LR, default=1.0), Real("rho", 0.9, high=1.0, doc="decay rate of the averages"),
-     _with(_EPS, default=1e-6), _WD, _MAXIMIZE),
+    (replace(_LR, default=1.0), Real("rho", 0.9, high=1.0, doc="decay rate of the averages"),
+     replace(_EPS, default=1e-6), _WD, _MAXIMIZE),
     (State("square_avg", non_negative=True), State("acc_delta", non_negative=True)),
     lambda o: {"weight_decay": o["weight_decay"], "rho": o["rho"],
                "one_minus_rho": 1.0 - o["rho"], "eps": o["eps"], "neg_lr": -o["lr"],
@@ -471,7 +213,7 @@ param = param - lr * delta""",
 # ----------------------------------------------------------------- Adamax
 ADAMAX = Rule(
     "adamax", "Adamax", "adamax",
-    (_with(_LR, default=2e-3), _BETAS, _EPS, _WD, _MAXIMIZE),
+    (replace(_LR, default=2e-3), _BETAS, _EPS, _WD, _MAXIMIZE),
     (State("exp_avg"), State("exp_inf", non_negative=True)),
     lambda o: {"weight_decay": o["weight_decay"],
                **_lerp_weight("beta1", 1.0 - o["betas"][0]), "beta2": o["betas"][1],
@@ -541,7 +283,7 @@ def _rprop_check(o):
 
 RPROP = Rule(
     "rprop", "Rprop", "rprop",
-    (_with(_LR, default=1e-2, doc="the initial step size: step_size starts at it (the "
+    (replace(_LR, default=1e-2, doc="the initial step size: step_size starts at it (the "
            "class fills it; the functional step reads step_size)"),
      Pair("etas", (0.5, 1.2), low_open=True, doc="(etaminus, etaplus): the factors a "
           "step size shrinks and grows by"),
@@ -591,7 +333,7 @@ def _nadam_scalars(o, t, state):
 
 NADAM = Rule(
     "nadam", "NAdam", "nadam",
-    (_with(_LR, default=2e-3), _BETAS, _EPS, _WD,
+    (replace(_LR, default=2e-3), _BETAS, _EPS, _WD,
      Real("momentum_decay", 4e-3, doc="the momentum schedule's decay (psi)"),
      Flag("decoupled_weight_decay", doc="decay the parameter as AdamW does instead of "
           "adding an L2 term"), _MAXIMIZE),
@@ -630,7 +372,7 @@ def _asgd_scalars(o, t, state):
 
 ASGD = Rule(
     "asgd", "ASGD", "asgd",
-    (_with(_LR, default=1e-2), Real("lambd", 1e-4, low=-math.inf, doc="decay term"),
+    (replace(_LR, default=1e-2), Real("lambd", 1e-4, low=-math.inf, doc="decay term"),
      Real("alpha", 0.75, low=-math.inf, doc="power for the eta update"),
      Real("t0", 1e6, low=-math.inf, doc="the step at which averaging starts"), _WD,
      _MAXIMIZE),
@@ -653,9 +395,9 @@ mu  = 1 / max(1, step - t0)                   (for the next step)""",
 # ----------------------------------------------------------------- Lion
 LION = Rule(
     "lion", "Lion", "lion",
-    (_with(_LR, default=1e-4), _with(_BETAS, default=(0.9, 0.99), doc="interpolation of "
+    (replace(_LR, default=1e-4), replace(_BETAS, default=(0.9, 0.99), doc="interpolation of "
      "the update's and the momentum's averages"),
-     _with(_WD, doc="decoupled weight decay"), _MAXIMIZE),
+     replace(_WD, doc="decoupled weight decay"), _MAXIMIZE),
     (State("exp_avg"),),
     lambda o: {"decay_factor": 1.0 - o["lr"] * o["weight_decay"],
                "one_minus_beta1": 1.0 - o["betas"][0], "beta1": o["betas"][0],

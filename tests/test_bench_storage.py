@@ -5,7 +5,7 @@ import pytest
 
 import numpy as np
 
-from fastadapt.benchmark import _report, _storage_modes, _yardsticks
+from fastadapt.benchmark import _report, _storage_modes, _tables, _yardsticks
 
 
 def test_storage_section_measures_every_mode_face_and_yardstick():
@@ -63,7 +63,7 @@ def test_storage_section_measures_every_mode_face_and_yardstick():
         <= computed
     assert data["torch_unavailable"] is not None or "torch_fused_fp32" in computed
     assert [row["n"] for row in data["per_call"]] == [1000]
-    table = _report.storage_table(data)
+    table = _tables.storage_table(data)
     text = table.text()
     for column in ("time / yardstick", "ns/elem, 1 thread, L2",
                    "predicted x torch fused fp32, 8 GB/s/core", "fastadapt.Adam",
@@ -241,7 +241,7 @@ def test_accuracy_study_gradients_and_findings():
         assert ratio[mode] < 1.05, (mode, ratio)
     assert ratio["bf16_nearest"] > ratio["bf16_sr"] * 1.1, ratio
     assert result["rows"][0]["final_loss"] < 0.1 * result["initial_loss"]
-    assert "x float32's" in _report.accuracy_table(result).text()
+    assert "x float32's" in _tables.accuracy_table(result).text()
 
 
 def test_accuracy_study_on_the_demo_problem():
@@ -288,7 +288,7 @@ def test_accuracy_report_and_plot(tmp_path):
     assert [r["problem"] for r in A.problems(data)] == list(A.PROBLEMS)
     old = A.run(steps=5, modes=["fp32"])                # one run, as older JSON holds it
     assert A.problems(old) == [old]
-    texts = [_report.accuracy_table(r).text() for r in A.problems(data)]
+    texts = [_tables.accuracy_table(r).text() for r in A.problems(data)]
     assert "final loss" in texts[0] and "final f - f*" in texts[1]
     assert "validation loss" in texts[2]
     pytest.importorskip("matplotlib")

@@ -368,7 +368,7 @@ def test_bench_quick_end_to_end(tmp_path):
 
 
 # ------------------------------------------------------------------ the report
-from fastadapt.benchmark import _cli, _report  # noqa: E402
+from fastadapt.benchmark import _cli, _report, _tables  # noqa: E402
 
 
 def _flat(text):
@@ -439,8 +439,8 @@ def test_the_ratio_to_the_bare_call_is_shown_busy_or_not():
     the absolute times do not."""
     row = {"label": "Adam", "n": 1000, "us": {"fastadapt": 6.0, "driver": 1.2},
            "overhead_us": 4.8, "x_bare": 5.0, "x_bare_iqr": [4.5, 5.5], "unavailable": {}}
-    quiet = _report.per_call_table([{**row, "others_cpu": 0}]).text()
-    busy = _report.per_call_table([{**row, "others_cpu": 0.5}]).text()
+    quiet = _tables.per_call_table([{**row, "others_cpu": 0}]).text()
+    busy = _tables.per_call_table([{**row, "others_cpu": 0.5}]).text()
     assert "5.0x (4.5-5.5)" in quiet and "5.0x (4.5-5.5)" in busy
     assert "6.00" in quiet and "6.00" not in busy and "busy 50%" in busy
 
@@ -449,7 +449,7 @@ def test_every_ratio_is_rival_time_over_fastadapt_time():
     per_call = [{"label": "Adam", "n": 1000, "us": {"fastadapt": 2.0, "driver": 1.0,
                                                     "torch_fused": 6.0},
                  "overhead_us": 1.0, "x_torch_fused": 3.0, "unavailable": {}, "others_cpu": 0}]
-    table = _report.per_call_table(per_call).text()
+    table = _tables.per_call_table(per_call).text()
     assert "x torch fused" in table and "3.00x" in table
     gpt2 = {"arrays": 148, "elements": 10, "dtype": "float32", "d_model": 128,
             "others_cpu": 0.0, "unavailable": {},
@@ -457,7 +457,7 @@ def test_every_ratio_is_rival_time_over_fastadapt_time():
                                             "x_fastadapt_class": 1.0},
                         "torch_fused": {"median_s": 1.5, "gbps": 1.0,
                                         "x_fastadapt_class": 1.5}}}
-    table = _report.gpt2_table(gpt2).text()
+    table = _tables.gpt2_table(gpt2).text()
     assert "fastadapt.Adam speed-up" in table and "1.50x" in table
 
 
@@ -574,7 +574,7 @@ def test_gpu_section_under_the_cuda_simulator():
         assert r["unavailable"]["torch_fused"] == "torch does not run on the CUDA simulator"
     assert out["roofline_n"] == 70 and out["roofline_gbps"] > 0
     assert "simulator" in out["registers"]["reason"]         # nothing is compiled there
-    text = _report.cuda_table(out).text()
+    text = _tables.cuda_table(out).text()
     assert "no CUDA torch" in text and "% roofline" in text
 
 
@@ -648,11 +648,11 @@ def test_load_section_times_pool_serial_and_choice_with_and_without_spinners():
     call, and a table that renders them."""
     import multiprocessing
 
-    from fastadapt.benchmark import _load, _report
+    from fastadapt.benchmark import _load
     data = _load.run(0.01, lambda line: None, sizes=(9_000,))
     assert [(r["n"], r["load"]) for r in data["rows"]] == [(9_000, "as is"), (9_000, "busy")]
     for r in data["rows"]:
         assert all(r[f"{k}_us"] > 0 for k in _load.KINDS)
     assert not multiprocessing.active_children()
-    table = _report.load_table(data).markdown()
+    table = _tables.load_table(data).markdown()
     assert table.count("9,000") == 2 and "one busy process per CPU" in table

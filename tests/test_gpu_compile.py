@@ -109,7 +109,7 @@ def test_register_table(compiled):
     for row in rows:
         assert 0 < row["sm_80"] <= 255 and 0 < row["sm_90"] <= 255, row
         assert row["sm_80 spill"] == row["sm_90 spill"] == 0, row
-    from fastadapt.benchmark._report import register_table
+    from fastadapt.benchmark._tables import register_table
     text = register_table({"rows": rows}).markdown()
     assert text.count("\n") == len(rows) + 1 and "| adam[float32] |" in text
 

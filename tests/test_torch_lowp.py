@@ -52,7 +52,7 @@ import torch.nn as nn  # noqa: E402
 
 import fastadapt  # noqa: E402
 import fastadapt.torch as ft  # noqa: E402
-from fastadapt._storage import Blockwise8, Companded8  # noqa: E402
+from fastadapt._eight_bit import Blockwise8, Companded8  # noqa: E402
 
 from test_blockwise8 import ref_quantize  # noqa: E402
 

@@ -4,7 +4,7 @@ import numpy as np
 
 from ._accuracy import problems
 from ._implementations import IMPLEMENTATIONS, LABELS
-from ._report import _disturbed
+from ._tables import disturbed
 
 _STYLE = {"fastadapt": dict(color="C0", lw=2.2, marker="o"),
           "roofline": dict(color="black", lw=1.4, ls="--"),
@@ -36,7 +36,7 @@ def throughput(data, path):
     plt = pyplot()
     if plt is None:
         return NO_MATPLOTLIB
-    rows = [r for r in data.get("sweep") or [] if _disturbed(r) is None]
+    rows = [r for r in data.get("sweep") or [] if disturbed(r) is None]
     labels = list(dict.fromkeys(r["label"] for r in rows))
     if not labels:
         return ("no sweep results to plot" if not data.get("sweep") else

@@ -1,6 +1,7 @@
 """The measurements of ``fastadapt bench``, one function per section.
 
-Each returns plain JSON-able data; :mod:`._report` turns it into tables.
+Each returns plain JSON-able data; :mod:`._tables` and :mod:`._report` turn it
+into tables and reports.
 ``progress`` is a callable taking one line of text (shown on stderr).
 """
 import json
