@@ -28,6 +28,7 @@ call of the compiled loop (``fastadapt bench --sections percall``).
 import math
 import numbers
 import operator
+from typing import NamedTuple
 
 import numpy as np
 
@@ -45,8 +46,20 @@ _STEP_CAP = 2 ** 64
 _SIGNATURES = {kernel: Signature(kernel, state) for kernel, state in kernel_specs().items()}
 
 
+class _Checked(NamedTuple):
+    """The hyper-parameters of a functional step's last call, when all were
+    immutable, and what their check gave (see ``_planner``'s ``options_of``)."""
+    values: tuple       # the objects passed
+    options: dict       # checked, by name
+    uses: tuple         # which optional state arrays they use (bools)
+    extras: tuple       # the launch cache's key for each rounding mode: (uses, rounding)
+    sign: float         # the gradient's: -1.0 with maximize
+    template: list      # the scalars in the kernel's order, the options' part filled in
+    slots: tuple        # (index, name) of the step's part in ``template``
+
+
 def _planner(rule, fn_name):
-    """The checks and host scalars of ``rule``: ``(plan, run)``.
+    """The checks and host scalars of ``rule``: ``(plan, run, nearest)``.
 
     ``plan(param, grad, state, hyper, step, grad_scale, storage, carried)``
     returns the checked call as an :class:`Update`. ``run(objs, hyper, step,
@@ -56,6 +69,9 @@ def _planner(rule, fn_name):
     (hyper-parameters, step, grad_scale, scalar state, rounding) every call,
     and the arrays in full unless the same arrays, unchanged, were checked by
     an earlier call (see :class:`~fastadapt._dispatch.LaunchCache`).
+    ``nearest`` holds what the per-call path of the step itself reads (see
+    :func:`derive_step`): the last call's :class:`_Checked`, the remembered
+    launches and the launch of a remembered call rounding to nearest.
     """
     signature = _SIGNATURES[rule.kernel]
     order = signature.scalars
@@ -75,7 +91,7 @@ def _planner(rule, fn_name):
     # The hyper-parameters of the last call, when all were immutable (numbers,
     # tuples of numbers), and their checked options: the same objects again
     # (defaults, constants, an unchanged schedule value) check the same.
-    last = [((object(),) * len(checks), None, None, None, None, None, None)]  # no call
+    last = [_Checked((object(),) * len(checks), None, None, None, None, None, None)]
     if all(isinstance(spec.when, str) for spec in optional):
         whens = tuple(spec.when for spec in optional)
 
@@ -105,11 +121,11 @@ def _planner(rule, fn_name):
             template = [fixed.get(name) for name in order]
             slots = tuple((i, name) for i, name in enumerate(order)
                           if name not in fixed and name != "grad_sign")
-        out = [options, uses, ((uses, False), (uses, True)),
-               -1.0 if options.get("maximize") else 1.0, template, slots]
+        out = _Checked(values, options, uses, ((uses, False), (uses, True)),
+                       -1.0 if options.get("maximize") else 1.0, template, slots)
         if all(map(_immutable, values)):
-            last[0] = (values, *out)
-        return out
+            last[0] = out
+        return out[1:]
 
     if not checks:                  # nothing to check: every call's options
         options_of(())
@@ -210,6 +226,9 @@ def _planner(rule, fn_name):
                                                  (objs[-1], rounding, seed, offset), carried)
             entry[2](args, scalars, key)
             return new_state
+        launch_nearest(entry, args, options, template, slots, sign / scale, t)
+
+    def launch_nearest(entry, args, options, template, slots, grad_sign, t):
         # scalars_of() for a rule without scalar state, rounding to nearest:
         # the options' part is the template's, and the driver is called
         # directly with the scalars as an array of its dtype (entry[2]'s work)
@@ -218,9 +237,9 @@ def _planner(rule, fn_name):
             by_step = step_scalars(options, t)
             for i, name in slots:
                 scalars[i] = by_step[name]
-        scalars[sign_slot] = sign / scale
+        scalars[sign_slot] = grad_sign
         entry[3](*args, np.array(scalars, entry[4]))
-    return plan, run
+    return plan, run, (last, remembered, launch_nearest)
 
 
 _NUMBERS = (float, int, bool)
@@ -360,16 +379,39 @@ def derive_step(rule):
     state = "".join(f"{name}, " for name in rule.state)
     values = ", ".join(hyper) + ("," if len(hyper) == 1 else "")
     step_arg = "step" if rule.takes_step else "None"
+    objs = f"(param, grad, {state} master_param)"
     # the step and its plan, with the same signature; the step calls the
     # runner directly (no *args layer: this is the per-call path)
-    source = (f"def {fn_name}({', '.join(params)}):\n"
-              f"    return _run((param, grad, {state} master_param), ({values}), {step_arg}, "
-              f"grad_scale, stochastic_rounding, seed, rounding_offset{carried})\n"
-              f"def plan({', '.join(params)}):\n"
-              f"    return _plan(param, grad, ({state}), ({values}), {step_arg}, grad_scale, "
-              f"(master_param, stochastic_rounding, seed, rounding_offset){carried})\n")
-    plan, run = _planner(rule, fn_name)
-    namespace = {"_plan": plan, "_run": run, "_defaults": rule.defaults}
+    source = f"def {fn_name}({', '.join(params)}):\n"
+    if not rule.scalar_state:
+        # The per-call path of a training loop, written out: the last call's
+        # hyper-parameter objects again, a whole step, rounding to nearest,
+        # and the arrays of a remembered call, unchanged; anything else is
+        # run()'s (which checks and plans what this path takes as known).
+        # (its locals start with _: no parameter does)
+        same = [f"{h} is _values[{i}]" for i, h in enumerate(hyper)]
+        same += ["grad_scale is None", "stochastic_rounding is False", "seed is None",
+                 "rounding_offset == 0"]
+        if rule.takes_step:
+            same.append("type(step) is int and 1 <= step <= _STEP_CAP")
+        t = "float(step)" if rule.takes_step else "None"
+        source += (f"    _known = _last[0]\n"
+                   f"    _values = _known.values\n"
+                   f"    if {' and '.join(same)}:\n"
+                   f"        _entry = _remembered(id(param))\n"
+                   f"        if _entry is not None and _entry[0] == _known.extras[0]:\n"
+                   f"            _args = _entry[1]({objs})\n"
+                   f"            if _args is not None:\n"
+                   f"                return _launch(_entry, _args, _known.options, "
+                   f"_known.template, _known.slots, _known.sign, {t})\n")
+    source += (f"    return _run({objs}, ({values}), {step_arg}, "
+               f"grad_scale, stochastic_rounding, seed, rounding_offset{carried})\n"
+               f"def plan({', '.join(params)}):\n"
+               f"    return _plan(param, grad, ({state}), ({values}), {step_arg}, grad_scale, "
+               f"(master_param, stochastic_rounding, seed, rounding_offset){carried})\n")
+    plan, run, (last, remembered, launch_nearest) = _planner(rule, fn_name)
+    namespace = {"_plan": plan, "_run": run, "_defaults": rule.defaults, "_last": last,
+                 "_remembered": remembered, "_launch": launch_nearest, "_STEP_CAP": _STEP_CAP}
     exec(compile(source, f"<fastadapt.functional.{fn_name}>", "exec"), namespace)
     step = namespace[fn_name]
     step.__module__ = namespace["plan"].__module__ = __name__

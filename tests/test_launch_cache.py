@@ -223,6 +223,37 @@ def test_remembered_calls_give_the_bits_of_checked_ones():
             assert same[k].tobytes() == fresh[k].tobytes(), (n, state_dtype, k)
 
 
+def test_per_call_values_after_remembered_calls_take_effect():
+    """A remembered call followed by calls that change what only the per-call
+    path sees (grad_scale, maximize, a new lr object, stochastic rounding and
+    its seed and offset, a master copy) equals the same calls on fresh copies,
+    checked in full: the written-out path of the step must hand each to
+    run() or apply it."""
+    bf16 = fastadapt._storage.bfloat16()
+    rng = np.random.default_rng(5)
+    same = {"param": rng.standard_normal(97).astype(bf16),
+            "grad": rng.standard_normal(97).astype(bf16),
+            "exp_avg": np.zeros(97, np.float32), "exp_avg_sq": np.zeros(97, np.float32)}
+    master = same["param"].astype(np.float32)
+    fresh, fresh_master = {k: v.copy() for k, v in same.items()}, master.copy()
+    calls = [{}, {}, {"stochastic_rounding": True, "seed": 7}, {},
+             {"stochastic_rounding": True, "seed": 7, "rounding_offset": 5}, {},
+             {"grad_scale": 4.0}, {}, {"master": True}, {"master": True, "grad_scale": 0.5},
+             {}, {"maximize": True}, {"lr": 3e-3}, {}]
+    for t, extra in enumerate(calls, 1):
+        extra = dict(extra)
+        use_master = extra.pop("master", False)
+        fastadapt.adam_step(**same, step=t, **extra,
+                            **({"master_param": master} if use_master else {}))
+        fresh = {k: v.copy() for k, v in fresh.items()}
+        fresh_master = fresh_master.copy()
+        fastadapt.adam_step(**fresh, step=t, **extra,
+                            **({"master_param": fresh_master} if use_master else {}))
+        for k in same:
+            assert same[k].tobytes() == fresh[k].tobytes(), (t, extra, k)
+        assert master.tobytes() == fresh_master.tobytes(), t
+
+
 def test_each_rule_remembers_and_matches_its_checked_call():
     """Every rule: three steps on the same arrays equal three on fresh copies."""
     import optim_cases as cases
