@@ -152,8 +152,7 @@ def _host_kernel(update):
     sources = []
     for i, name in enumerate(update.arrays):
         if name in blocks:
-            sources.append((i, _COMPANDED if isinstance(blocks[name], _eight_bit.Companded8)
-                            else _BLOCKWISE))
+            sources.append((i, _EIGHT_BIT))
         elif name in flat:
             sources.append((i, _form(present[name])))
         else:
@@ -233,7 +232,7 @@ def kernel_call(update):
 # array of a native dtype), flattened, as its bits (16-bit floats, a split
 # master's correction: see _storage.bits), flattened and as bits, an 8-bit
 # container's arrays, or a constant of the dispatcher's own.
-_AS_IS, _FLAT, _BITS, _FLAT_BITS, _COMPANDED, _BLOCKWISE, _CONSTANT = range(7)
+_AS_IS, _FLAT, _BITS, _FLAT_BITS, _EIGHT_BIT, _CONSTANT = range(6)
 
 
 def _form(a):
@@ -259,10 +258,8 @@ def _arguments(sources, objs):
             args.append(_storage.bits(a))
         elif form == _FLAT_BITS:
             args.append(_storage.bits(a.reshape(-1)))
-        elif form == _COMPANDED:
-            args += a._kernel_args()
-        else:
-            args += [a.codes, a.absmax, a.map, a.thresholds, a.buckets]
+        else:                       # an 8-bit container
+            args += a.kernel_arrays()
     return args
 
 
@@ -347,8 +344,8 @@ class LaunchCache:
         state = objs[2:-1]
         for a in objs:
             if a is not None and type(a) is not np.ndarray and not (
-                    type(a) in _PARTS and any(a is b for b in state)
-                    and all(type(x) is np.ndarray for x in _parts_of(a))):
+                    type(a) in _eight_bit.STATE8 and any(a is b for b in state)
+                    and all(type(x) is np.ndarray for x in a.kernel_arrays())):
                 return prepare(update)
         call, sources, run, dtype = _host_call(update)
         if call is None:
@@ -388,7 +385,7 @@ def _arguments_if_same(objs, sources):
     per pattern of given and omitted arguments and driver arguments: one
     expression, no loop.
     """
-    if any(type(a) in _PARTS for a in objs):
+    if any(type(a) in _eight_bit.STATE8 for a in objs):
         return _containers_sameness(objs, sources)
     direct = all(form in (_AS_IS, _CONSTANT) for _, form in sources)
     constants = tuple(source for source, form in sources if form == _CONSTANT)
@@ -408,15 +405,6 @@ def _arguments_if_same(objs, sources):
 
 _SAMENESS = {}
 
-# The arrays of each 8-bit container that its driver arguments are made of.
-_PARTS = {_eight_bit.Companded8: ("codes", "scale"),
-          _eight_bit.Blockwise8: ("codes", "absmax", "map", "thresholds", "buckets")}
-
-
-def _parts_of(container):
-    return [getattr(container, part) for part in _PARTS[type(container)]]
-
-
 def _containers_sameness(objs, sources):
     """:func:`_arguments_if_same` for ``objs`` holding 8-bit containers: a
     container passes when it is the same object, of the same sign, holding
@@ -430,7 +418,7 @@ def _containers_sameness(objs, sources):
         if a is None:
             known.append(None)
             continue
-        arrays = (a,) if type(a) is np.ndarray else _parts_of(a)
+        arrays = (a,) if type(a) is np.ndarray else a.kernel_arrays()
         known.append((weakref.ref(a), getattr(a, "signed", None),
                       tuple((weakref.ref(x), x.shape, x.dtype, x.flags.num) for x in arrays)))
 
@@ -446,7 +434,7 @@ def _containers_sameness(objs, sources):
             if type(a) is np.ndarray:
                 parts = (a,)
             elif a.signed is signed:
-                parts = _parts_of(a)
+                parts = a.kernel_arrays()
             else:
                 return None
             for x, (r, shape, dtype, flags) in zip(parts, arrays):

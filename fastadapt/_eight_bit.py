@@ -220,6 +220,11 @@ class Blockwise8(_State8):
         """Bytes stored per element: 1 + 4 / 256."""
         return 1 + 4 / BLOCK
 
+    def kernel_arrays(self):
+        """The arrays a driver takes for this state, in its order (the codes,
+        the absmaxes, then the map and its tables)."""
+        return [self.codes, self.absmax, self.map, self.thresholds, self.buckets]
+
     def __repr__(self):
         return (f"Blockwise8({len(self)}, signed={self.signed}: "
                 f"{len(self.absmax)} blocks of {BLOCK})")
@@ -349,7 +354,8 @@ class Companded8(_State8):
     def _parts(self, name):
         return {f"{name}.codes": self.codes, f"{name}.scale": self.scale}
 
-    def _kernel_args(self):
+    def kernel_arrays(self):
+        """The arrays a driver takes for this state, in its order."""
         return [self.codes, self.scale]
 
     def __repr__(self):

@@ -3,6 +3,7 @@ last called with (``_dispatch.LaunchCache``), so that a training loop's calls
 skip re-checking unchanged arrays. A remembered call must refuse everything a
 first call refuses: each test makes one good call (remembered), changes one
 thing, and expects the refusal a fresh call gets, with nothing written."""
+import copy
 import gc
 import itertools
 import threading
@@ -289,7 +290,7 @@ def _container_parts(arrays):
     """The arrays a snapshot must cover: plain arrays and each container's."""
     out = []
     for a in arrays.values():
-        out += [a] if isinstance(a, np.ndarray) else _dispatch._parts_of(a)
+        out += [a] if isinstance(a, np.ndarray) else a.kernel_arrays()
     return out
 
 
@@ -362,9 +363,9 @@ def test_remembered_8_bit_calls_give_the_bits_of_checked_ones(container, n):
                 out[k] = a.copy()
             else:
                 c = container(n, signed=a.signed)
-                for part, x in zip(_dispatch._PARTS[container], _dispatch._parts_of(a)):
-                    if x.flags.writeable:
-                        getattr(c, part)[:] = x
+                for x, y in zip(c.kernel_arrays(), a.kernel_arrays()):
+                    if x.flags.writeable:       # (not the map and its tables)
+                        x[:] = y
                 out[k] = c
         return out
     fresh = copied(same)
@@ -420,3 +421,48 @@ def _launches(step):
     keep = cells["keep"].cell_contents
     assert isinstance(keep.__self__, _dispatch.LaunchCache)
     return keep.__self__
+
+
+@pytest.mark.parametrize("state_dtype", [None, "bfloat16", "int8", "int8c"])
+def test_the_torch_face_takes_the_remembered_path(state_dtype, monkeypatch):
+    """fastadapt.torch hands its steps the same views while its buffers stay
+    the same, so steps after the first check nothing in full; once gradient
+    release has dropped its gradient buffer and given it a new one, it steps
+    bit for bit as a new optimizer loaded with its state."""
+    torch = pytest.importorskip("torch")
+    import fastadapt.torch as ft
+
+    def make():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.Linear(5, 3))
+        return model, ft.Adam(model.parameters(), lr=1e-2, state_dtype=state_dtype,
+                              min_8bit_size=0)
+
+    def train(model, opt, steps):
+        for _ in range(steps):
+            k = len(opt.state) and int(opt.state[model[0].weight]["step"])
+            opt.zero_grad()
+            model(torch.linspace(-1, 1 + k, 14).reshape(2, 7)).square().sum().backward()
+            opt.step()
+
+    model, opt = make()
+    train(model, opt, 3)
+    full_checks = []
+    check = _dispatch._host_kernel
+    monkeypatch.setattr(_dispatch, "_host_kernel",
+                        lambda update: full_checks.append(update) or check(update))
+    train(model, opt, 3)
+    assert full_checks == []
+    monkeypatch.undo()
+
+    release = ft.enable_gradient_release(model, opt)
+    train(model, opt, 2)
+    release.remove()
+    other_model = copy.deepcopy(model)
+    other = ft.Adam(other_model.parameters(), lr=1e-2, state_dtype=state_dtype,
+                    min_8bit_size=0)
+    other.load_state_dict(opt.state_dict())
+    train(model, opt, 3)
+    train(other_model, other, 3)
+    for a, b in zip(model.parameters(), other_model.parameters()):
+        assert torch.equal(a, b)

@@ -481,9 +481,11 @@ class _Bucket(StepIntake):
         part. The same objects from step to step while the buffers are the
         same ones, so that the functional step's launch cache knows them and
         does not check again what it checked (see
-        :class:`fastadapt._dispatch.LaunchCache`; 8-bit state's containers
-        are checked in full every call: they are made anew)."""
+        :class:`fastadapt._dispatch.LaunchCache`): an 8-bit container is the
+        same while it holds the same arrays."""
         bases = (self.k_param, self.k_grad, self.k_master, *map(self.k_state.get, names))
+        if self.eight_bit:
+            bases += tuple(x for b in bases[3:] for x in b.kernel_arrays())
         key = (a, b, names)
         cached = self._runs.get(key)
         if cached is not None and all(map(operator.is_, cached[0], bases)):
@@ -492,10 +494,9 @@ class _Bucket(StepIntake):
         arrays = (self.k_param[a:b], self.k_grad[a:b],
                   None if self.k_master is None else self.k_master[la:lb],
                   {name: self.kernel_state(name, la, lb) for name in names})
-        if not self.eight_bit:
-            if len(self._runs) >= 64:     # (runs change when step counts differ)
-                self._runs.clear()
-            self._runs[key] = (bases, arrays)
+        if len(self._runs) >= 64:         # (runs change when step counts differ)
+            self._runs.clear()
+        self._runs[key] = (bases, arrays)
         return arrays
 
     def update_uniform(self):
