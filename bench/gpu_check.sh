@@ -109,7 +109,7 @@ def functional_adam8_seconds(container, dtype):
     for signed in (True, False):
         b = container(N, signed)
         part = "scale" if container is fastadapt.Companded8 else "absmax"
-        moments.append(b._over(torch.from_numpy(b.codes).cuda(),
+        moments.append(b.with_arrays(torch.from_numpy(b.codes).cuda(),
                                torch.from_numpy(getattr(b, part)).cuda()))
     return timed(lambda: fastadapt.adam_step(p, g, *moments, step=1))
 

@@ -124,18 +124,12 @@ def _host_kernel(update):
     written = update.written | {"master_param"}
     blocks = {n: a for n, a in present.items() if isinstance(a, _eight_bit.STATE8)}
     for name, b in blocks.items():
-        if isinstance(b, _eight_bit.Companded8):
-            b._check(name, _size(present["param"]))
-        else:
-            _eight_bit.check_blockwise(name, b, _size(present["param"]))
+        b.check(name, _size(present["param"]))
         del present[name]
     flat = _prepare_host(present, written)
     parts = {}
     for name, b in blocks.items():
-        if isinstance(b, _eight_bit.Companded8):
-            parts.update(b._parts(name))
-        else:
-            parts[f"{name}.codes"], parts[f"{name}.absmax"] = b.codes, b.absmax
+        parts.update(b.named_arrays(name))
     check_no_aliasing({**flat, **parts}, np.may_share_memory)
     master = flat.pop("master_param", None)
     dtypes = {name: flat[name].dtype if name in flat else None

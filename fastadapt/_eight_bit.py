@@ -148,9 +148,9 @@ class Blockwise8(_State8):
         self.map, self.thresholds, self.buckets = tables(self.signed)
         self.codes = np.empty(n, np.uint8)
         self.absmax = np.empty(-(-n // BLOCK), np.float32)
-        self._clear()
+        self.clear()
 
-    def _over(self, codes, absmax):
+    def with_arrays(self, codes, absmax):
         """A Blockwise8 of this one's code over the arrays ``codes`` and
         ``absmax`` (not copied)."""
         out = Blockwise8.__new__(Blockwise8)
@@ -159,11 +159,11 @@ class Blockwise8(_State8):
         out.codes, out.absmax = codes, absmax
         return out
 
-    def _view(self, lo, hi):
+    def elements(self, lo, hi):
         """Elements ``lo:hi`` (``lo`` starts a block) as a Blockwise8 of views."""
-        return self._over(self.codes[lo:hi], self.absmax[lo // BLOCK:-(-hi // BLOCK)])
+        return self.with_arrays(self.codes[lo:hi], self.absmax[lo // BLOCK:-(-hi // BLOCK)])
 
-    def _clear(self):
+    def clear(self):
         """Every element at 0: the zero code, absmax 0 (as a new one starts)."""
         self._store("absmax", int(np.flatnonzero(self.map[:BLOCK] == 0)[0]), 0.0)
 
@@ -220,6 +220,18 @@ class Blockwise8(_State8):
         """Bytes stored per element: 1 + 4 / 256."""
         return 1 + 4 / BLOCK
 
+    def check(self, name, param_size):
+        """ValueError / TypeError naming ``name`` unless this is a sound
+        Blockwise8 for a param of ``param_size`` elements."""
+        self._check_arrays(name, self.absmax, "absmax", BLOCK, param_size)
+        if any(x is not y for x, y in zip((self.map, self.thresholds, self.buckets),
+                                          tables(self.signed))):
+            raise ValueError(f"{name}: its map and tables must be the container's own")
+
+    def named_arrays(self, name):
+        """Its arrays by the names an error about state ``name`` gives them."""
+        return {f"{name}.codes": self.codes, f"{name}.absmax": self.absmax}
+
     def kernel_arrays(self):
         """The arrays a driver takes for this state, in its order (the codes,
         the absmaxes, then the map and its tables)."""
@@ -252,13 +264,6 @@ def scale_problem(scale):
         return (f"is {scale[bad[0]]} at group {bad[0]}; it must be finite and >= 0 (a "
                 "group's largest finite magnitude)")
     return None
-
-
-def check_blockwise(name, b, param_size):
-    """ValueError / TypeError unless ``b`` is a sound Blockwise8 of ``param_size``."""
-    b._check_arrays(name, b.absmax, "absmax", BLOCK, param_size)
-    if any(x is not y for x, y in zip((b.map, b.thresholds, b.buckets), tables(b.signed))):
-        raise ValueError(f"{name}: its map and tables must be the container's own")
 
 
 class Companded8(_State8):
@@ -308,17 +313,17 @@ class Companded8(_State8):
     def layout_code(self):
         return SOFTSIGN8 if self.signed else ROOT8
 
-    def _over(self, codes, scale):
+    def with_arrays(self, codes, scale):
         """A Companded8 of this one's sign over ``codes`` and ``scale`` (not copied)."""
         out = Companded8.__new__(Companded8)
         out.signed, out.codes, out.scale = self.signed, codes, scale
         return out
 
-    def _view(self, lo, hi):
+    def elements(self, lo, hi):
         """Elements ``lo:hi`` (``lo`` starts a group) as a Companded8 of views."""
-        return self._over(self.codes[lo:hi], self.scale[lo // GROUP:-(-hi // GROUP)])
+        return self.with_arrays(self.codes[lo:hi], self.scale[lo // GROUP:-(-hi // GROUP)])
 
-    def _clear(self):
+    def clear(self):
         """Every element at 0 (as a new one starts)."""
         self._store("scale", 0, 0.0)
 
@@ -348,10 +353,13 @@ class Companded8(_State8):
         """Bytes stored per element: 1 + 4 / 32."""
         return 1 + 4 / GROUP
 
-    def _check(self, name, param_size):
+    def check(self, name, param_size):
+        """ValueError / TypeError naming ``name`` unless this is a sound
+        Companded8 for a param of ``param_size`` elements."""
         self._check_arrays(name, self.scale, "scale", GROUP, param_size)
 
-    def _parts(self, name):
+    def named_arrays(self, name):
+        """Its arrays by the names an error about state ``name`` gives them."""
         return {f"{name}.codes": self.codes, f"{name}.scale": self.scale}
 
     def kernel_arrays(self):

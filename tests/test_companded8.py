@@ -201,8 +201,8 @@ def test_chunking_and_containers_agree():
     fastadapt.adam_step(*[whole[0], g, whole[1], whole[2]], lr=1e-2, step=1)
     pieces = (p0.copy(), fastadapt.Companded8(n, True), fastadapt.Companded8(n, False))
     for lo, hi in ((0, 64), (64, 4096), (4096, n)):
-        fastadapt.adam_step(pieces[0][lo:hi], g[lo:hi], pieces[1]._view(lo, hi),
-                            pieces[2]._view(lo, hi), lr=1e-2, step=1)
+        fastadapt.adam_step(pieces[0][lo:hi], g[lo:hi], pieces[1].elements(lo, hi),
+                            pieces[2].elements(lo, hi), lr=1e-2, step=1)
     for a, b in zip(whole[1:], pieces[1:]):
         assert a.codes.tobytes() == b.codes.tobytes() and a.scale.tobytes() == b.scale.tobytes()
         again = fastadapt.Companded8(n, a.signed)

@@ -240,7 +240,7 @@ def state8_on_device(b, to_device):
     """A copy of the 8-bit state ``b`` (a Blockwise8 or a Companded8) whose
     arrays are made by ``to_device``: how 8-bit state lives on a GPU."""
     part = "scale" if isinstance(b, fastadapt.Companded8) else "absmax"
-    return b._over(to_device(b.codes), to_device(getattr(b, part)))
+    return b.with_arrays(to_device(b.codes), to_device(getattr(b, part)))
 
 
 def run_state8_case(name, container, n, param_to_device, to_device):
@@ -325,7 +325,7 @@ def test_state8_methods_on_device_arrays(cuda, container):
         x = values if signed else np.abs(values)
         host = container(n, signed)
         dev = state8_on_device(host, cuda.to_device)
-        for method, arg in (("assign", x), ("fill", 0.25), ("_clear", None), ("assign", x)):
+        for method, arg in (("assign", x), ("fill", 0.25), ("clear", None), ("assign", x)):
             getattr(host, method)(*(() if arg is None else (arg,)))
             getattr(dev, method)(*(() if arg is None else (arg,)))
             what = f"{method}, signed={signed}"
@@ -343,19 +343,19 @@ def test_state8_device_checks(cuda):
     before = param.copy_to_host()
     m = state8_on_device(fastadapt.Companded8(40, signed=True), cuda.to_device)
     v = state8_on_device(fastadapt.Companded8(40, signed=False), cuda.to_device)
-    short = fastadapt.Companded8(40, signed=False)._over(
+    short = fastadapt.Companded8(40, signed=False).with_arrays(
         cuda.to_device(np.zeros(40, np.uint8)), cuda.to_device(np.zeros(1, np.float32)))
     with pytest.raises(ValueError, match=r"exp_avg_sq.scale has 1 blocks; 40 elements "
                                          r"need 2 of 32"):
         fastadapt.adam_step(param, grad, m, short, step=1)
-    wide = fastadapt.Companded8(40, signed=False)._over(
+    wide = fastadapt.Companded8(40, signed=False).with_arrays(
         cuda.to_device(np.zeros(40, np.uint16)), v.scale)
     with pytest.raises(TypeError, match="exp_avg_sq.codes must be a 1-D uint8 array"):
         fastadapt.adam_step(param, grad, m, wide, step=1)
     with pytest.raises(ValueError, match="mix of host and GPU arrays"):
         fastadapt.adam_step(param, grad, m, fastadapt.Companded8(40, signed=False), step=1)
     with pytest.raises(ValueError, match="exp_avg.codes and exp_avg_sq.codes share memory"):
-        fastadapt.adam_step(param, grad, m, m._over(m.codes, v.scale), step=1)
+        fastadapt.adam_step(param, grad, m, m.with_arrays(m.codes, v.scale), step=1)
     blockwise = state8_on_device(fastadapt.Blockwise8(40, signed=False), cuda.to_device)
     with pytest.raises(TypeError, match="one format"):
         fastadapt.adam_step(param, grad, m, blockwise, step=1)

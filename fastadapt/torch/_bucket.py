@@ -211,7 +211,7 @@ class _Bucket(StepIntake):
         """8-bit state ``name`` over parameters ``j0..j1`` (one parameter by
         default) as a Blockwise8 (Companded8) of views."""
         j1 = j0 if j1 is None else j1
-        return self.state_flat[name]._view(self.offsets[j0],
+        return self.state_flat[name].elements(self.offsets[j0],
                                            self.offsets[j1] + self.sizes[j1])
 
     def kernel_state(self, name, lo, hi):
@@ -220,7 +220,7 @@ class _Bucket(StepIntake):
         if not self.eight_bit:
             return self.k_state[name][lo:hi]
         b8 = self.state_flat[name]
-        return b8 if lo == 0 and hi == self.span.size else b8._view(lo, hi)
+        return b8 if lo == 0 and hi == self.span.size else b8.elements(lo, hi)
 
     def state_entries(self, name, j, values=False, compressed=False):
         """The entries of state array ``name`` in parameter ``j``'s state (a
@@ -248,8 +248,8 @@ class _Bucket(StepIntake):
         out = {f"{key}.codes": part.view(self.shapes[j]) if compressed else part,
                f"{key}.{self.scale_key}": scale[lo // unit:-(-(lo + n) // unit)]}
         if values and not compressed:
-            whole = self.state_flat[name]._over(codes.numpy(), scale.numpy())
-            out[key] = torch.from_numpy(whole._view(lo, lo + n).dequantize()).view(
+            whole = self.state_flat[name].with_arrays(codes.numpy(), scale.numpy())
+            out[key] = torch.from_numpy(whole.elements(lo, lo + n).dequantize()).view(
                 self.shapes[j])
         return out
 
@@ -310,9 +310,9 @@ class _Bucket(StepIntake):
                 if not self.eight_bit:
                     flat[la:lb].fill_(value)
                 elif lb > la:
-                    blocks = flat._view(la, lb)
+                    blocks = flat.elements(la, lb)
                     if value == 0.0:    # the zero code and scale 0, as a new one starts
-                        blocks._clear()
+                        blocks.clear()
                     else:
                         blocks.fill(value)
         if names is None:
@@ -341,7 +341,7 @@ class _Bucket(StepIntake):
                 flat = torch.view_as_real(src) if src.is_complex() else src
                 target.copy_(flat.reshape(-1)[a - lo:b - lo])
             return
-        target = self.state_flat[name]._view(a - s0, b - s0)
+        target = self.state_flat[name].elements(a - s0, b - s0)
         if codes is not None:           # as saved; a - lo starts a block (group)
             target.codes[:] = codes.detach().cpu().reshape(-1).numpy()[a - lo:b - lo]
             scale = extras[f"{key}.{self.scale_key}"].detach().cpu().reshape(-1).numpy()

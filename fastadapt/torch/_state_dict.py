@@ -487,8 +487,9 @@ class TorchStateDict:
             problem = saved.problem(scale.detach().cpu().reshape(-1).numpy())
             if problem:
                 raise ValueError(f"{where}: {n}.{saved.scale_key} {problem}")
-            b8 = saved.container(0, signed)._over(codes.detach().cpu().reshape(-1).numpy(),
-                                                  scale.detach().cpu().reshape(-1).numpy())
+            b8 = saved.container(0, signed).with_arrays(
+                codes.detach().cpu().reshape(-1).numpy(),
+                scale.detach().cpu().reshape(-1).numpy())
             arrays[n] = torch.from_numpy(b8.dequantize()).view(p.shape)
             decoded[n] = signed
         return decoded, kept
@@ -543,7 +544,7 @@ def _codes_hold(extras, n, values, non_negative, fmt):
     container, _, part, _ = EIGHT_BIT[fmt]
     codes, scale = (extras[f"{n}.{k}"].detach().cpu().reshape(-1).numpy()
                     for k in ("codes", part))
-    b8 = container(0, not non_negative)._over(codes, scale)
+    b8 = container(0, not non_negative).with_arrays(codes, scale)
     decoded = torch.from_numpy(b8.dequantize()).to(values.dtype)
     values = values.detach().cpu().reshape(-1)
     return bool(((decoded == values) | (decoded.isnan() & values.isnan())).all())
