@@ -12,8 +12,7 @@ their format) and take from here what a step decides and assembles.
   under the storage options, after checking they fit its params.
 * **A group's state** (:func:`missing_state`, :func:`initial_scalar_state`,
   :func:`initial`): the state arrays a step must create before any kernel
-  runs and the value each starts at, the scalar state's starting values;
-  :func:`count_step` counts the step of the elements a launch updated.
+  runs and the value each starts at, the scalar state's starting values.
 * **A group's options for its next step** (:func:`step_options`): checked
   (a dry run of the functional step, the face's own check) only when they
   changed since the last check, the learning rate resolved with errors that
@@ -34,14 +33,12 @@ Nothing here imports torch.
 """
 import math
 
-import numpy as np
-
 from . import _args, _storage
 from ._options import in_group, rounding_seed
 from .norm import check_grad_scale, clipped_scale
 from .schedules import resolve_lr
 
-__all__ = ["WholeStep", "check_grad_scale", "count_step", "initial", "initial_scalar_state",
+__all__ = ["WholeStep", "check_grad_scale", "initial", "initial_scalar_state",
            "launch_keywords", "missing_state", "pads_with_nan", "runs", "state_storage",
            "step_options", "storage_keywords", "uniform"]
 
@@ -139,18 +136,6 @@ def initial_scalar_state(scalar_init, group, plain=None):
     """The scalar state (name -> float) a group or parameter starts with:
     ``scalar_init`` is the rule's ``scalar_state_init`` (see :func:`initial`)."""
     return {name: initial(spec, group, 0, plain) for name, spec in scalar_init.items()}
-
-
-def count_step(steps, present=None):
-    """The step counts after a launch that updated the parameters in
-    ``present`` (one bool per parameter; None: all of them): one more each.
-    ``steps`` is a group's count (an int, returned plus one) or a NumPy array
-    of one count per parameter (updated in place and returned)."""
-    if present is None:
-        steps += 1
-    else:
-        steps[np.asarray(present)] += 1
-    return steps
 
 
 def step_options(options, checked, index, steps, lr_of, check, *check_args, extra=None):

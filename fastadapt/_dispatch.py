@@ -343,7 +343,7 @@ class LaunchCache:
                 return prepare(update)
         call, sources, run, dtype = _host_call(update)
         if call is None:
-            call, sources, run, dtype = _no_call, (), _no_run, np.float64
+            call, sources, run, dtype = _nothing, (), _nothing, np.float64
         self._store(id(param), (extra, _arguments_if_same(objs, sources), call, run, dtype))
         args = _arguments(sources, objs)
 
@@ -471,9 +471,5 @@ def _sameness_factory(given, layout):
     return namespace["make"]
 
 
-def _no_call(args, scalars, key):
-    """The call of an update over zero-size arrays."""
-
-
-def _no_run(*args):
-    """The driver of an update over zero-size arrays."""
+def _nothing(*args):
+    """The call and the driver of an update over zero-size arrays."""

@@ -51,8 +51,8 @@ class _Checked(NamedTuple):
     immutable, and what their check gave (see ``_planner``'s ``options_of``)."""
     values: tuple       # the objects passed
     options: dict       # checked, by name
-    uses: tuple         # which optional state arrays they use (bools)
-    extras: tuple       # the launch cache's key for each rounding mode: (uses, rounding)
+    extras: tuple       # the launch cache's key for each rounding mode: (uses, rounding),
+                        # uses saying which optional state arrays they use (bools)
     sign: float         # the gradient's: -1.0 with maximize
     template: list      # the scalars in the kernel's order, the options' part filled in
     slots: tuple        # (index, name) of the step's part in ``template``
@@ -91,7 +91,7 @@ def _planner(rule, fn_name):
     # The hyper-parameters of the last call, when all were immutable (numbers,
     # tuples of numbers), and their checked options: the same objects again
     # (defaults, constants, an unchanged schedule value) check the same.
-    last = [_Checked((object(),) * len(checks), None, None, None, None, None, None)]
+    last = [_Checked((object(),) * len(checks), None, None, None, None, None)]
     if all(isinstance(spec.when, str) for spec in optional):
         whens = tuple(spec.when for spec in optional)
 
@@ -102,15 +102,14 @@ def _planner(rule, fn_name):
             return tuple([spec.used(options) for spec in optional])
 
     def options_of(values):
-        """The checked options, which optional state they use (a tuple of
-        bools), the plan keys (that tuple with each rounding mode: see
-        ``run``), the gradient's sign, and for a rule without scalar state
-        the scalars in the kernel's order with the options' part filled in
-        (None at the step's and grad_sign's places) and those places of the
-        step's part."""
-        known, *out = last[0]
-        if all(map(operator.is_, values, known)):
-            return out
+        """The :class:`_Checked` record of ``values``: the checked options,
+        the plan keys (which optional state they use, a tuple of bools, with
+        each rounding mode: see ``run``), the gradient's sign, and
+        for a rule without scalar state the scalars in the kernel's order with
+        the options' part filled in (None at the step's and grad_sign's
+        places) and those places of the step's part."""
+        if all(map(operator.is_, values, last[0].values)):
+            return last[0]
         options = {name: check(v) for (name, check), v in zip(checks, values)}
         if rule.check is not None:
             rule.check(options)
@@ -121,11 +120,11 @@ def _planner(rule, fn_name):
             template = [fixed.get(name) for name in order]
             slots = tuple((i, name) for i, name in enumerate(order)
                           if name not in fixed and name != "grad_sign")
-        out = _Checked(values, options, uses, ((uses, False), (uses, True)),
+        out = _Checked(values, options, ((uses, False), (uses, True)),
                        -1.0 if options.get("maximize") else 1.0, template, slots)
         if all(map(_immutable, values)):
             last[0] = out
-        return out[1:]
+        return out
 
     if not checks:                  # nothing to check: every call's options
         options_of(())
@@ -143,7 +142,7 @@ def _planner(rule, fn_name):
         return t, scale
 
     def checked(values, step, grad_scale):
-        return (options_of(values)[0], *step_and_scale(step, grad_scale))
+        return (options_of(values).options, *step_and_scale(step, grad_scale))
 
     def arrays_of(param, grad, state, options):
         arrays = {"param": param, "grad": grad}
@@ -198,9 +197,10 @@ def _planner(rule, fn_name):
         # skipped when they are the last call's (immutable) objects, and the
         # arrays' checks when they are a remembered call's arrays, unchanged
         # (LaunchCache.find, inlined).
-        known, options, uses, extras, sign, template, slots = last[0]
-        if not all(map(is_, values, known)):
-            options, uses, extras, sign, template, slots = options_of(values)
+        known = last[0]
+        if not all(map(is_, values, known.values)):
+            known = options_of(values)
+        _, options, extras, sign, template, slots = known
         t, scale = step_and_scale(step, grad_scale)
         # what decides the plan besides the arrays: the optional state the
         # options use, and the rounding mode (a bool; anything else that

@@ -35,7 +35,7 @@ import numpy as np
 from . import _args, _storage, checkpoint as _ckpt
 from ._arrays import to_host
 from ._class_builder import numpy_class, takes_max_grad_norm
-from ._core import (WholeStep, check_grad_scale, count_step, initial, initial_scalar_state,
+from ._core import (WholeStep, check_grad_scale, initial, initial_scalar_state,
                     launch_keywords, missing_state, pads_with_nan, state_storage,
                     step_options, storage_keywords)
 from ._group_buffers import (GroupBuffers, check_copyable, normalise_groups, resolve_dtype,
@@ -390,7 +390,7 @@ class Optimizer(WholeStep):
             for (g, b), (launch, scalars, scalar_state, key), (_, _, nan_padding) in zip(
                     groups, launches, calls):
                 launch(scalars, key)
-                b.steps = count_step(b.steps)
+                b.steps += 1
                 if scalar_state is not None:       # NAdam's mu_product, ASGD's eta, mu
                     b.scalar_state = scalar_state
                 # (the NumPy face's own: its flat buffers are public, padding

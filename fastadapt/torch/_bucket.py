@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..flat import ALIGN_BYTES, host_zeros, layout
-from .._core import count_step, launch_keywords, missing_state, runs as launch_runs, uniform
+from .._core import launch_keywords, missing_state, runs as launch_runs, uniform
 from ..functional import step_for
 from .. import _storage
 from ._conventions import (CORRECTION_KEY, EIGHT_BIT, MASTER_KEY, _host_array, _initial,
@@ -469,9 +469,9 @@ class _Bucket(StepIntake):
                     if not self.published[j]:
                         self.publish(j)
         if every or all(present):
-            count_step(self.steps_np)
+            self.steps_np += 1
         else:
-            count_step(self.steps_np, present)
+            self.steps_np[np.asarray(present)] += 1
             self.update_uniform()
 
     def _run_arrays(self, a, b, names):
