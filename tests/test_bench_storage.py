@@ -80,6 +80,25 @@ def test_storage_section_measures_every_mode_face_and_yardstick():
     assert "*Predicted* is torch fused float32's time per element" in md
 
 
+def test_yardsticks_step_the_functional_steps_arrays():
+    """A yardstick times the very memory its functional step updates: its step
+    moves the param and both moments the functional step holds (so where the
+    arrays lie cannot tilt ``time / yardstick``)."""
+    pytest.importorskip("ml_dtypes")
+    arrays = {}
+    _storage_modes._fastadapt_steps(301, arrays=arrays)
+    yardsticks = _storage_modes._yardstick_steps(301, arrays=arrays)
+    for mode in ("fp32",) + _storage_modes.SIXTEEN_BIT:
+        *held, master = arrays[mode]
+        before = [a.copy() for a in held] + ([master.copy()] if master is not None else [])
+        yardsticks[f"{mode}:yardstick"]()
+        after = held + ([master] if master is not None else [])
+        for name, b, a in zip(("param", "grad", "exp_avg", "exp_avg_sq", "master"), before,
+                              after):
+            changed = not np.array_equal(a.view(np.uint8), b.view(np.uint8))
+            assert changed == (name != "grad"), (mode, name)
+
+
 def test_compute_cost_is_the_single_thread_slope_between_two_sizes(monkeypatch):
     """The cost per element is (t(large) - t(small)) / (large - small), each
     implementation timed at both sizes with Numba and torch on one thread

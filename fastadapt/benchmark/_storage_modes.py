@@ -14,8 +14,8 @@ Every mode of the issue "Fewer bytes that pay on the CPU" is one Adam step
 * DeepSpeedCPUAdam in its three modes, where deepspeed is importable (skipped
   with the reason otherwise).
 
-Every implementation holds its own arrays (about 350 bytes per element in
-all, some 6 GiB at 2^24). Bytes per element are what each mode reads and
+Every implementation holds its own arrays (several GiB at 2^24 in all),
+but a yardstick steps the functional step's. Bytes per element are what each mode reads and
 writes (8-bit state: one byte per element plus a float32 absmax per block of
 256, or a float32 scale per group of 32 when companded).
 
@@ -105,8 +105,10 @@ def _storage_of(mode):
             "bf16_master": (bf16, np.float32, True, False)}[mode]
 
 
-def _fastadapt_steps(n, seed=0):
-    """``{mode: step}`` through the functional API, every mode of :data:`MODES`."""
+def _fastadapt_steps(n, seed=0, arrays=None):
+    """``{mode: step}`` through the functional API, every mode of :data:`MODES`;
+    ``arrays`` (a dict), where given, receives each mode's ``(param, grad,
+    exp_avg, exp_avg_sq, master_param)`` (see :func:`_yardstick_steps`)."""
     import fastadapt
     bf16 = _bf16()
     p32, g32 = _problem(n, seed)
@@ -114,6 +116,8 @@ def _fastadapt_steps(n, seed=0):
     steps = {}
 
     def make(key, param, grad, m, v, **extra):
+        if arrays is not None:
+            arrays[key] = (param, grad, m, v, extra.get("master_param"))
         count = [0]
 
         def step():
@@ -140,21 +144,29 @@ def _fastadapt_steps(n, seed=0):
     return steps
 
 
-def _yardstick_steps(n, seed=0):
-    """``{"<mode>:yardstick": step}`` for the 16-bit modes (and float32)."""
+def _yardstick_steps(n, seed=0, arrays=None):
+    """``{"<mode>:yardstick": step}`` for the 16-bit modes (and float32), on
+    the arrays of ``arrays[mode]`` where given (as :func:`_fastadapt_steps`
+    fills it): the same memory as the functional step's, so where the arrays
+    lie (their alignment, their pages) is not part of ``time / yardstick``.
+    At 2**24 (AMD EPYC Zen 3, 2 threads, one run), a yardstick on arrays of
+    its own moved that ratio by 0.1 for float32 and bfloat16-master Adam."""
     bf16 = _bf16()
     p32, g32 = _problem(n, seed)
     steps = {}
+
+    def bits(a):
+        return a.view(np.uint16) if a.dtype == bf16 else a
     for mode in ("fp32",) + SIXTEEN_BIT:
         pdt, sdt, master, _ = (np.float32, np.float32, False, False) if mode == "fp32" \
             else _storage_of(mode)
-
-        def bits(a):
-            return a.view(np.uint16) if a.dtype == bf16 else a
-        arrays = [bits(p32.astype(pdt)), bits(g32.astype(pdt)), bits(np.zeros(n, sdt)),
-                  bits(np.zeros(n, sdt))]
+        if arrays is not None:
+            *mine, master_copy = arrays[mode]
+        else:
+            mine = [p32.astype(pdt), g32.astype(pdt), np.zeros(n, sdt), np.zeros(n, sdt)]
+            master_copy = p32.copy() if master else None
         steps[f"{mode}:yardstick"] = _yardsticks.make_step(
-            mode, *arrays, master=p32.copy() if master else None, seed=SEED)
+            mode, *map(bits, mine), master=master_copy, seed=SEED)
     return steps
 
 
@@ -287,8 +299,9 @@ def compute_cost(budget_s, min_rounds, sizes=COMPUTE_SIZES, deepspeed=True, max_
     try:
         steps = {}
         for n in sizes:
+            arrays = {}
             for build in (_fastadapt_steps, _yardstick_steps):
-                steps.update({(k, n): s for k, s in build(n).items()})
+                steps.update({(k, n): s for k, s in build(n, arrays=arrays).items()})
             steps.update({(k, n): s for k, s in _torch_steps(n)[0].items()})
             if deepspeed:
                 steps.update({(k, n): s for k, s in _deepspeed_steps(n)[0].items()})
@@ -317,10 +330,11 @@ def storage(n, budget_s, min_rounds, progress, small=(1000, 10000), faces=True,
     float32 call, and (``compute``) each row's single-thread compute cost with
     its predicted ratio at ``core_bandwidth`` bytes per second per core.
     ``max_sample_s`` bounds one sample (see :func:`._timing.interleaved`)."""
-    steps = _fastadapt_steps(n)
+    arrays = {}
+    steps = _fastadapt_steps(n, arrays=arrays)
     skipped = {}
     if faces:
-        steps.update(_yardstick_steps(n))
+        steps.update(_yardstick_steps(n, arrays=arrays))
         steps.update(_numpy_class_steps(n))
     torch = _import_torch()
     torch_steps, why_not = _torch_steps(n)
