@@ -99,6 +99,39 @@ def test_yardsticks_step_the_functional_steps_arrays():
             assert changed == (name != "grad"), (mode, name)
 
 
+def test_every_implementation_steps_memory_placed_alike():
+    """The functional steps' arrays (and so the yardsticks'), torch's fused
+    steps' tensors and their state lie as fastadapt's classes place their
+    buffers (flat.host_zeros: 64-byte aligned; from 8 MiB on a 2 MiB
+    boundary), so placement is not part of any ratio."""
+    pytest.importorskip("ml_dtypes")
+    from fastadapt.flat import HUGE_PAGE_FROM
+    n = 2 ** 21                   # float32 arrays of 8 MiB, bfloat16 ones of 4
+
+    def placed(address, nbytes):
+        return address % ((2 << 20) if nbytes >= HUGE_PAGE_FROM else 64) == 0
+    arrays = {}
+    _storage_modes._fastadapt_steps(n, arrays=arrays)
+    held = [a for mode in arrays.values() for a in mode if isinstance(a, np.ndarray)]
+    assert len(held) >= 4 * len(_storage_modes.SIXTEEN_BIT)
+    for a in held:
+        assert placed(a.ctypes.data, a.nbytes), (a.dtype, a.ctypes.data % (2 << 20))
+    torch = pytest.importorskip("torch")
+    steps, why_not = _storage_modes._torch_steps(n)
+    assert why_not is None
+    tensors = []
+    for step in steps.values():
+        opt = next(c.cell_contents for c in step.__closure__
+                   if isinstance(c.cell_contents, torch.optim.Optimizer))
+        for group in opt.param_groups:
+            for p in group["params"]:
+                tensors += [p, p.grad, *(v for v in opt.state[p].values() if v.numel() > 1)]
+    assert len(tensors) == 4 * len(steps)
+    for t in tensors:
+        nbytes = t.numel() * t.element_size()
+        assert placed(t.data_ptr(), nbytes), (t.dtype, t.data_ptr() % (2 << 20))
+
+
 def test_compute_cost_is_the_single_thread_slope_between_two_sizes(monkeypatch):
     """The cost per element is (t(large) - t(small)) / (large - small), each
     implementation timed at both sizes with Numba and torch on one thread
