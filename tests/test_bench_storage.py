@@ -87,7 +87,7 @@ def test_yardsticks_step_the_functional_steps_arrays():
     pytest.importorskip("ml_dtypes")
     arrays = {}
     _storage_modes._fastadapt_steps(301, arrays=arrays)
-    yardsticks = _storage_modes._yardstick_steps(301, arrays=arrays)
+    yardsticks = _storage_modes._yardstick_steps(arrays)
     for mode in ("fp32",) + _storage_modes.SIXTEEN_BIT:
         *held, master = arrays[mode]
         before = [a.copy() for a in held] + ([master.copy()] if master is not None else [])

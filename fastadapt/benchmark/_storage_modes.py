@@ -21,8 +21,9 @@ DeepSpeedCPUAdam's state is moved there after their first step): where an
 array lies moved a 2^24 Adam step by 13% here, torch's as much as
 fastadapt's, and the classes place their buffers so whatever they are
 given. 8-bit containers keep their arrays as NumPy places them. Bytes per
-element are what each mode reads and writes (8-bit state: one byte per element plus a float32 absmax per block of
-256, or a float32 scale per group of 32 when companded).
+element are what each mode reads and writes (8-bit state: one byte per
+element plus a float32 absmax per block of 256, or a float32 scale per group
+of 32 when companded).
 
 Compute cost (:func:`compute_cost`): the single-thread, in-cache time per
 element of each mode's kernel, the slope of the call's time between two
@@ -187,29 +188,22 @@ def _fastadapt_steps(n, seed=0, arrays=None):
     return steps
 
 
-def _yardstick_steps(n, seed=0, arrays=None):
+def _yardstick_steps(arrays):
     """``{"<mode>:yardstick": step}`` for the 16-bit modes (and float32), on
-    the arrays of ``arrays[mode]`` where given (as :func:`_fastadapt_steps`
-    fills it): the same memory as the functional step's, so where the arrays
-    lie (their alignment, their pages) is not part of ``time / yardstick``.
-    At 2**24 (AMD EPYC Zen 3, 2 threads, one run), a yardstick on arrays of
-    its own moved that ratio by 0.1 for float32 and bfloat16-master Adam."""
+    the arrays of ``arrays[mode]`` (as :func:`_fastadapt_steps` fills it): the
+    same memory as the functional step's, so where the arrays lie (their
+    alignment, their pages) is not part of ``time / yardstick``. At 2**24 (AMD
+    EPYC Zen 3, 2 threads, one run), a yardstick on arrays of its own moved
+    that ratio by 0.1 for float32 and bfloat16-master Adam."""
     bf16 = _bf16()
-    p32, g32 = _problem(n, seed)
-    steps = {}
 
     def bits(a):
         return a.view(np.uint16) if a.dtype == bf16 else a
+    steps = {}
     for mode in ("fp32",) + SIXTEEN_BIT:
-        pdt, sdt, master, _ = (np.float32, np.float32, False, False) if mode == "fp32" \
-            else _storage_of(mode)
-        if arrays is not None:
-            *mine, master_copy = arrays[mode]
-        else:
-            mine = [p32.astype(pdt), g32.astype(pdt), np.zeros(n, sdt), np.zeros(n, sdt)]
-            master_copy = p32.copy() if master else None
+        *held, master = arrays[mode]
         steps[f"{mode}:yardstick"] = _yardsticks.make_step(
-            mode, *map(bits, mine), master=master_copy, seed=SEED)
+            mode, *map(bits, held), master=master, seed=SEED)
     return steps
 
 
@@ -347,8 +341,8 @@ def compute_cost(budget_s, min_rounds, sizes=COMPUTE_SIZES, deepspeed=True, max_
         steps = {}
         for n in sizes:
             arrays = {}
-            for build in (_fastadapt_steps, _yardstick_steps):
-                steps.update({(k, n): s for k, s in build(n, arrays=arrays).items()})
+            steps.update({(k, n): s for k, s in _fastadapt_steps(n, arrays=arrays).items()})
+            steps.update({(k, n): s for k, s in _yardstick_steps(arrays).items()})
             steps.update({(k, n): s for k, s in _torch_steps(n)[0].items()})
             if deepspeed:
                 steps.update({(k, n): s for k, s in _deepspeed_steps(n)[0].items()})
@@ -381,7 +375,7 @@ def storage(n, budget_s, min_rounds, progress, small=(1000, 10000), faces=True,
     steps = _fastadapt_steps(n, arrays=arrays)
     skipped = {}
     if faces:
-        steps.update(_yardstick_steps(n, arrays=arrays))
+        steps.update(_yardstick_steps(arrays))
         steps.update(_numpy_class_steps(n))
     torch = _import_torch()
     torch_steps, why_not = _torch_steps(n)
