@@ -187,3 +187,21 @@ def test_non_negative_state_is_declared_exactly(name):
         seen_negative |= {s for s, a in state.items() if (a < 0).any()}
     assert not seen_negative & rule.non_negative_state
     assert seen_negative | rule.non_negative_state == set(rule.state)
+
+
+def test_scalar_state_rounds_to_float32_as_numpy_does():
+    """NAdam's and ASGD's scalar state is rounded to float32 as torch keeps it:
+    to nearest, an infinity beyond the largest float32, signed zeros and NaN
+    kept (the same value as ``float(np.float32(x))``, by another route)."""
+    from fastadapt.rules import _float32
+    rng = np.random.default_rng(0)
+    big = float(np.finfo(np.float32).max)
+    edges = [0.0, -0.0, 1e-46, 7e-46, 7.1e-46, -7.1e-46, 1.4e-45, 1.2e-38, big,
+             3.4028235677973366e38, 3.402823669209385e38, 1e39, -1e39, 1e308,
+             np.inf, -np.inf, 1 / 3, -2 / 3]
+    values = edges + (rng.standard_normal(20_000) * 10.0 ** rng.integers(-50, 50, 20_000)).tolist()
+    with np.errstate(over="ignore"):
+        expected = [float(np.float32(x)) for x in values]
+    got = [_float32(x) for x in values]
+    assert np.array_equal(np.array(got).view(np.int64), np.array(expected).view(np.int64))
+    assert np.isnan(_float32(float("nan")))
