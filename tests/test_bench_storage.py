@@ -383,3 +383,31 @@ def test_gpt_problem_gradients_and_the_low_byte_configuration():
     assert result["rows"][0]["final_loss"] < 0.75 * result["initial_loss"]   # it learns
     assert abs(ratio["low12"] - 1) < 0.01, ratio
     assert len(result["curves"]["fp32"]) == result["steps"] // result["every"] + 1
+
+
+def test_placed_tensors_keep_their_values_on_placed_memory():
+    """The benchmark's placement helpers copy a tensor (float32 or bfloat16,
+    any shape) onto memory placed as fastadapt's buffers, values, dtype and
+    shape kept; an optimizer's state tensors move there, its 0-dim step stays."""
+    torch = pytest.importorskip("torch")
+    from fastadapt.benchmark._placement import placed_state, placed_tensor
+    from fastadapt.flat import HUGE_PAGE_FROM
+    n = HUGE_PAGE_FROM // 4                        # 8 MiB of float32, 4 MiB of bfloat16
+    for dtype, boundary in ((torch.float32, 2 << 20), (torch.bfloat16, 64)):
+        t = torch.arange(n, dtype=torch.float32).to(dtype).reshape(2, -1)
+        out = placed_tensor(torch, t)
+        assert out.dtype == dtype and out.shape == t.shape and torch.equal(out, t)
+        assert out.data_ptr() % boundary == 0 and out.data_ptr() != t.data_ptr()
+    with pytest.raises(TypeError, match="float32 or bfloat16"):
+        placed_tensor(torch, torch.zeros(3, dtype=torch.float64))
+    p = torch.nn.Parameter(torch.ones(n))
+    p.grad = torch.full((n,), 0.5)
+    opt = torch.optim.Adam([p], fused=True)
+    opt.step()
+    before = {k: v.clone() for k, v in opt.state[p].items()}
+    step = opt.state[p]["step"]
+    placed_state(torch, opt)
+    state = opt.state[p]
+    assert state["step"] is step
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert torch.equal(state[key], before[key]) and state[key].data_ptr() % (2 << 20) == 0

@@ -41,6 +41,7 @@ import numpy as np
 
 from . import _yardsticks
 from ._contention import CpuWatch
+from ._placement import placed, placed_state, placed_tensor
 from ._timing import interleaved
 
 BLOCK = 256
@@ -95,38 +96,6 @@ def _bf16():
     return np.dtype(ml_dtypes.bfloat16)
 
 
-def _placed(a):
-    """A copy of the NumPy array ``a`` placed as fastadapt's own buffers
-    (``flat.host_zeros``: from 8 MiB on a 2 MiB boundary, a transparent huge
-    page's), so that every implementation's memory is placed alike."""
-    from ..flat import host_zeros
-    out = host_zeros(a.size, a.dtype)
-    out[...] = a
-    return out
-
-
-def _placed_tensor(torch, t):
-    """A copy of the CPU tensor ``t`` (float32 or bfloat16) on memory placed as
-    :func:`_placed`'s."""
-    from ..flat import host_zeros
-    if t.dtype not in (torch.float32, torch.bfloat16):
-        raise TypeError(f"float32 or bfloat16 tensors only, not {t.dtype}")
-    bf16 = t.dtype == torch.bfloat16
-    out = torch.from_numpy(host_zeros(t.numel(), np.uint16 if bf16 else np.float32))
-    out = out.view(torch.bfloat16) if bf16 else out
-    out.copy_(t.reshape(-1))
-    return out.view(t.shape)
-
-
-def _placed_state(torch, opt):
-    """Move each state tensor of ``opt`` (a torch optimizer that has taken a
-    step) onto memory placed as :func:`_placed`'s."""
-    for state in opt.state.values():
-        for key, value in state.items():
-            if isinstance(value, torch.Tensor) and value.numel() > 1:
-                state[key] = _placed_tensor(torch, value)
-
-
 def _problem(n, seed=0):
     rng = np.random.default_rng(seed)
     return (rng.standard_normal(n).astype(np.float32),
@@ -156,10 +125,10 @@ def _fastadapt_steps(n, seed=0, arrays=None):
     def make(key, param, grad, m, v, **extra):
         # every array the step holds placed alike (8-bit state: the
         # containers' own arrays, as NumPy places them)
-        param, grad, m, v = (_placed(a) if isinstance(a, np.ndarray) else a
+        param, grad, m, v = (placed(a) if isinstance(a, np.ndarray) else a
                              for a in (param, grad, m, v))
         if "master_param" in extra:
-            extra["master_param"] = _placed(extra["master_param"])
+            extra["master_param"] = placed(extra["master_param"])
         if arrays is not None:
             arrays[key] = (param, grad, m, v, extra.get("master_param"))
         count = [0]
@@ -258,11 +227,11 @@ def _torch_steps(n, seed=0):
     steps = {}
 
     def fused(param, grad, after=None):
-        param = _placed_tensor(torch, param).requires_grad_(True)
-        param.grad = _placed_tensor(torch, grad)
+        param = placed_tensor(torch, param).requires_grad_(True)
+        param.grad = placed_tensor(torch, grad)
         opt = torch.optim.Adam([param], fused=True)
         opt.step()
-        _placed_state(torch, opt)
+        placed_state(torch, opt)
 
         def step():
             opt.step()
@@ -271,7 +240,7 @@ def _torch_steps(n, seed=0):
         return step
     steps["torch_fused_fp32"] = fused(p32, g32)
     steps["torch_fused_bf16"] = fused(p32.to(torch.bfloat16), g32.to(torch.bfloat16))
-    copy = _placed_tensor(torch, p32.to(torch.bfloat16))
+    copy = placed_tensor(torch, p32.to(torch.bfloat16))
     steps["torch_master"] = fused(p32, g32, after=lambda m: copy.copy_(m.detach()))
     return steps, None
 
@@ -306,11 +275,11 @@ def _deepspeed_steps(n, seed=0):
     for key, dtype, fp32_state in (("deepspeed_fp32", torch.float32, True),
                                    ("deepspeed_bf16", torch.bfloat16, False),
                                    ("deepspeed_bf16_fp32_state", torch.bfloat16, True)):
-        p = torch.nn.Parameter(_placed_tensor(torch, p32.to(dtype)))
-        p.grad = _placed_tensor(torch, g32.to(dtype))
+        p = torch.nn.Parameter(placed_tensor(torch, p32.to(dtype)))
+        p.grad = placed_tensor(torch, g32.to(dtype))
         opt = cls([p], lr=1e-3, adamw_mode=False, fp32_optimizer_states=fp32_state)
         opt.step()
-        _placed_state(torch, opt)
+        placed_state(torch, opt)
         steps[key] = opt.step
     return steps, None
 
