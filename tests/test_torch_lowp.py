@@ -810,9 +810,12 @@ def test_cuda_takes_every_storage_mode_but_8bit_state():
     for options in (dict(master_weights=True), dict(stochastic_rounding=True)):
         opt = ft.Adam([nn.Parameter(torch.ones(5, dtype=torch.bfloat16))], **options)
         assert opt._state_storage(torch.bfloat16, cuda, 0) == torch.float32
-    opt = ft.Adam([nn.Parameter(torch.ones(5))], state_dtype="int8")
-    with pytest.raises(NotImplementedError, match=r"8-bit blockwise state\) runs on the CPU"):
-        opt._state_storage(torch.float32, cuda, 0)
+    for state_dtype, kind in (("int8", "blockwise"), ("int8c", "companded")):
+        opt = ft.Adam([nn.Parameter(torch.ones(5))], state_dtype=state_dtype)
+        with pytest.raises(NotImplementedError,
+                           match=rf"state_dtype='{state_dtype}' \(8-bit {kind} state\) runs on "
+                                 "the CPU"):
+            opt._state_storage(torch.float32, cuda, 0)
 
 
 GPU_MODES = [m for m in MODES if "int8" not in m]
@@ -858,8 +861,9 @@ def test_cuda_8bit_state_raises():
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     p = nn.Parameter(torch.ones(5, dtype=torch.bfloat16, device="cuda"))
-    with pytest.raises(NotImplementedError, match="8-bit blockwise state"):
-        ft.Adam([p], state_dtype="int8")
+    for state_dtype, kind in (("int8", "blockwise"), ("int8c", "companded")):
+        with pytest.raises(NotImplementedError, match=f"8-bit {kind} state"):
+            ft.Adam([p], state_dtype=state_dtype)
 
 
 # ----------------------------------------------------------------- odd sizes, every mode

@@ -155,10 +155,12 @@ class FlatOptimizer(TorchStateDict, WholeStep, torch.optim.Optimizer):
         state = state_storage(_numpy_dtype(dtype), self.state_dtype, self.master_weights,
                               self.stochastic_rounding, index)
         state = state if isinstance(state, str) else _torch_dtype(state)
-        if device.type != "cpu" and state == "int8":
+        if device.type != "cpu" and state in EIGHT_BIT:
+            kind = "blockwise" if state == "int8" else "companded"
             raise NotImplementedError(
-                f"param group {index}: state_dtype='int8' (8-bit blockwise state) runs on the "
-                f"CPU only for now; on {device.type} tensors use float32 or bfloat16 state")
+                f"param group {index}: state_dtype={state!r} (8-bit {kind} state) runs on the "
+                f"CPU only for now in fastadapt.torch; on {device.type} tensors use float32 or "
+                f"bfloat16 state")
         return state
 
     # ------------------------------------------------------------- copy and pickle
