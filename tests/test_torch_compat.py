@@ -251,6 +251,53 @@ def test_torchs_optimizer_hooks_run():
     assert opt.param_groups[0]["lr"] == 0.003
 
 
+def test_the_step_is_profiled_and_hooked_as_torchs():
+    """Under torch's profiler a step records torch's ``Optimizer.step#<class>.step``
+    event, and global step hooks run, as for torch.optim's classes."""
+    from torch.optim.optimizer import (register_optimizer_step_post_hook,
+                                       register_optimizer_step_pre_hook)
+    for cls in (torch.optim.Adam, ft.Adam, ft.SGD):
+        p = nn.Parameter(torch.zeros(3))
+        opt = cls([p], lr=0.1)
+        p.grad = torch.ones(3)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            opt.step()
+        name = f"Optimizer.step#{type(opt).__name__}.step"
+        assert name in {e.name for e in prof.events()}, cls
+        seen = []
+        handles = [register_optimizer_step_pre_hook(lambda o, a, k: seen.append("pre")),
+                   register_optimizer_step_post_hook(lambda o, a, k: seen.append("post"))]
+        try:
+            opt.step()
+        finally:
+            for h in handles:
+                h.remove()
+        assert seen == ["pre", "post"], cls
+
+
+def test_a_plain_step_enters_no_profiler_event(monkeypatch):
+    """With no profiler running and no step hook registered, a step skips
+    torch's profiler event (a dispatched op, most of a small step's cost);
+    with a hook, torch's wrapper runs as it is."""
+    entered = []
+    real = torch.autograd.profiler.record_function
+
+    def counting(*args, **kwargs):
+        entered.append(args)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(torch.autograd.profiler, "record_function", counting)
+    p = nn.Parameter(torch.zeros(3))
+    opt = ft.Adam([p])
+    p.grad = torch.ones(3)
+    opt.step()
+    assert entered == []
+    handle = opt.register_step_post_hook(lambda o, a, k: None)
+    opt.step()
+    handle.remove()
+    assert len(entered) == 1
+    assert opt.state[p]["step"] == 2
+
+
 # ----------------------------------------------------------------- AdamW's flag
 def train(opt, params, steps, seed=3):
     g = torch.Generator().manual_seed(seed)

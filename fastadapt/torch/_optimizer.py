@@ -19,7 +19,8 @@ from . import _sparse
 from ._bucket import _Bucket
 from ._conventions import (COMPLEX_DTYPES, COMPRESSED_KEY, CORRECTION_KEY, DECOUPLED_FLAG,
                            EIGHT_BIT, MASTER_KEY, REJECTED_FLAGS, SEED_KEY, STORAGE_OPTIONS,
-                           SUPPORTED_DTYPES, _initial, _numpy_dtype, _plain, _torch_dtype)
+                           SUPPORTED_DTYPES, _initial, _numpy_dtype, _plain, _torch_dtype,
+                           profile_hook_step)
 from ._sharing import Alone, WholeBuffer
 from ._state_dict import TorchStateDict
 
@@ -364,6 +365,10 @@ class FlatOptimizer(TorchStateDict, WholeStep, torch.optim.Optimizer):
                     g.zero_()
 
     # ------------------------------------------------------------- stepping
+    # (torch.optim wraps ``step`` with this at the first instance: torch's
+    # wrapper, bypassed while there is no profiler and no step hook)
+    profile_hook_step = staticmethod(profile_hook_step)
+
     @_clears_scaler_flags_on_failure
     def step(self, closure=None):
         """One update of every parameter that has a gradient.
