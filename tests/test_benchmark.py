@@ -407,6 +407,24 @@ def _data(rows, **extra):
             "settings": {"dtype": "float32", "retries": 1}, "sweep": rows, **extra}
 
 
+def test_the_machine_names_what_the_kernels_are_compiled_for():
+    """The report names LLVM's CPU and its widest vector instructions beside
+    the model name (one model name has covered AVX2 and AVX-512 machines)."""
+    import llvmlite.binding as ll
+    from fastadapt.benchmark import _machine as machine
+    target = machine.compile_target()
+    flags = {k for k, on in ll.get_host_cpu_features().items() if on}
+    assert target.startswith(ll.get_host_cpu_name())
+    assert ("AVX-512" in target) == ("avx512f" in flags)
+    assert ("AVX2" in target) == ("avx2" in flags and "avx512f" not in flags)
+    info = machine.describe()
+    assert info["compile_target"] == target
+    assert f"({target})" in machine.one_line(info)
+    md = _report.markdown_report(_data([_row("Adam", 1000, 5.0, 1.0, 50.0)]) |
+                                 {"machine": info})
+    assert f"| compiled for (LLVM's CPU, vector instructions) | {target} |" in md
+
+
 def test_a_disturbed_row_prints_no_figures():
     rows = [_row("Adam", 1000, 8003.3, 8003.3, 1.0, others=0.43),    # issue 9's 8 ms rows
             _row("Adam", 2**23, 10_000.0, 9_800.0, 80_000.0)]

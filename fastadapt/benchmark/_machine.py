@@ -17,6 +17,27 @@ def _cpuinfo_model():
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+def compile_target():
+    """What the kernels are compiled for: LLVM's name of this CPU (Numba's
+    ``NUMBA_CPU_NAME`` where set) and its widest vector instructions. The
+    model name alone does not say it: "AMD EPYC" has named Zen 3 (AVX2) and
+    Zen 4 (AVX-512) machines. None where LLVM cannot tell."""
+    try:
+        import llvmlite.binding as ll
+        from numba.core import config
+        name = config.CPU_NAME or ll.get_host_cpu_name()
+        flags = {k for k, on in ll.get_host_cpu_features().items() if on}
+    except Exception:       # pragma: no cover - llvmlite comes with numba
+        return None
+    if config.CPU_NAME and config.CPU_FEATURES is not None:
+        flags = {f[1:] for f in config.CPU_FEATURES.split(",") if f.startswith("+")}
+    isa = ("AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags
+           else "AVX" if "avx" in flags else None)
+    if isa == "AVX-512" and "avx512bf16" in flags:
+        isa += " with BF16"
+    return f"{name}, {isa}" if isa else name
+
+
 def _meminfo(key):
     """A /proc/meminfo entry in bytes, or None."""
     try:
@@ -91,6 +112,7 @@ def describe():
         affinity = os.cpu_count()
     info = {
         "cpu": _cpuinfo_model(),
+        "compile_target": compile_target(),
         "logical_cpus": os.cpu_count(),
         "usable_cpus": affinity,
         "memory_bytes": _meminfo("MemTotal"),
@@ -136,7 +158,8 @@ def one_line(info):
         threads += f", torch {info['torch_threads']} threads"
     cache = (info.get("caches") or {}).get("largest_bytes")
     cache = f", {cache / 2**20:g} MiB last-level cache" if cache else ""
-    return (f"{info['cpu']}, {info['usable_cpus']} cores, {mem}{cache}, "
+    target = f" ({info['compile_target']})" if info.get("compile_target") else ""
+    return (f"{info['cpu']}{target}, {info['usable_cpus']} cores, {mem}{cache}, "
             f"load average {load_text(info)}; "
             f"{threads}; numba {v['numba']}, numpy {v['numpy']}, {torch}, "
             f"python {v['python']}, fastadapt {v['fastadapt']}; {info['date_utc']}")

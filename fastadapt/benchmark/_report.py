@@ -247,6 +247,8 @@ def markdown_report(data, plot_path=None, markdown_path=None, accuracy_plot_path
     gbps, n, count = bandwidth(data)
     machine_rows = [
         ["CPU", m["cpu"]],
+        *([["compiled for (LLVM's CPU, vector instructions)", m["compile_target"]]]
+          if m.get("compile_target") else []),
         ["cores", f"{m['usable_cpus']} usable ({m['logical_cpus']} logical)"],
         ["memory", mem],
     ]
