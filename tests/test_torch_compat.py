@@ -298,6 +298,21 @@ def test_a_plain_step_enters_no_profiler_event(monkeypatch):
     assert opt.state[p]["step"] == 2
 
 
+def test_a_torch_without_the_hook_registries_keeps_torchs_wrapper(monkeypatch):
+    """Where torch keeps its global step hooks or its profiler flag elsewhere,
+    every step goes through torch's own wrapper (nothing is skipped blind)."""
+    from fastadapt.torch import _conventions
+
+    def step(self):
+        pass
+    for hooks, enabled in (((None, None), _conventions._PROFILER_ENABLED),
+                           (_conventions._GLOBAL_STEP_HOOKS, None)):
+        monkeypatch.setattr(_conventions, "_GLOBAL_STEP_HOOKS", hooks)
+        monkeypatch.setattr(_conventions, "_PROFILER_ENABLED", enabled)
+        wrapped = _conventions.profile_hook_step(step)
+        assert wrapped.__code__ is torch.optim.Optimizer.profile_hook_step(step).__code__
+
+
 # ----------------------------------------------------------------- AdamW's flag
 def train(opt, params, steps, seed=3):
     g = torch.Generator().manual_seed(seed)

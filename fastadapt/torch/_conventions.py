@@ -42,11 +42,13 @@ COMPRESSED_VERSION = 1
 #: torch's Adam computes AdamW when this is True (and its AdamW's groups hold True).
 DECOUPLED_FLAG = "decoupled_weight_decay"
 
-#: torch.optim's hook registries that apply to every optimizer (None where
-#: this torch keeps them elsewhere: then every step goes through torch's wrapper).
+#: torch.optim's hook registries that apply to every optimizer, and whether
+#: torch's profiler (any of its modes) runs: None where this torch keeps them
+#: elsewhere, and then every step goes through torch's wrapper.
 _GLOBAL_STEP_HOOKS = tuple(getattr(sys.modules[torch.optim.Optimizer.__module__], name, None)
                            for name in
                            ("_global_optimizer_pre_hooks", "_global_optimizer_post_hooks"))
+_PROFILER_ENABLED = getattr(torch._C._autograd, "_profiler_enabled", None)
 
 
 def profile_hook_step(step):
@@ -59,12 +61,13 @@ def profile_hook_step(step):
     of what separated a ``fastadapt.torch`` step from a NumPy class's."""
     traced = torch.optim.Optimizer.profile_hook_step(step)
     global_pre, global_post = _GLOBAL_STEP_HOOKS
-    if global_pre is None or global_post is None:
+    profiling = _PROFILER_ENABLED
+    if global_pre is None or global_post is None or profiling is None:
         return traced
 
     @functools.wraps(step)
     def wrapper(self, *args, **kwargs):
-        if (torch._C._autograd._profiler_enabled() or global_pre or global_post
+        if (profiling() or global_pre or global_post
                 or self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks):
             return traced(self, *args, **kwargs)
         out = step(self, *args, **kwargs)
