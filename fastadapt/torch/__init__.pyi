@@ -171,8 +171,8 @@ optimizer-wide; the math runs in float32 whatever the storage):
 
 Nonsense raises (8-bit state with float64, stochastic rounding or master
 weights without 16-bit parameters) with fastadapt.optim's
-messages. On CUDA tensors every option but 8-bit state runs (that one
-raises NotImplementedError at construction, ``"int8c"`` naming itself).
+messages. On CUDA tensors every option but 8-bit state runs (``"int8"``
+and ``"int8c"`` raise NotImplementedError at construction, naming the format).
 GradScaler's unscale and inf
 skip and ``max_grad_norm`` work the same in every mode (the division happens
 in the kernel).
