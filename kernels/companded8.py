@@ -35,6 +35,8 @@ _ROOT_STEPS = np.float32(253.0)
 _C127, _C128, _C254, _C255 = (np.float32(127.0), np.float32(128.0), np.float32(254.0),
                               np.float32(255.0))
 _SIGNED_RECIPROCAL, _ROOT_RECIPROCAL = _F1 / _SIGNED_STEPS, _F1 / _ROOT_STEPS
+#: The special codes' bounds as uint8 (``_softsign_special``, ``_root_special``).
+_U127, _U129, _U254 = np.uint8(127), np.uint8(129), np.uint8(254)
 #: The smallest float32 (a group of zeros and non-finite values divides by it)
 #: and the smallest normal one: a divisor below it is scaled up by 2**24 (exact)
 #: before its reciprocal is taken, which would overflow from 2**-128 down.
@@ -150,16 +152,21 @@ def _root_of_ir(typingctx, x):
 root_of = _root_of_ir
 
 
-def _softsign_decode(code, scale):
+def _softsign_decode(code, scale, finite=False):
     """The value of the signed companded ``code`` (uint8, the bits of an int8
     ``c``) in a group of ``scale``: ``y = c / 126``, inverted through ``y =
     2x / (1 + |x|)``: ``x = y / (2 - |y|)``, times the scale (each step
     rounded to float32; ``c / 126`` is computed without a division, see
     :func:`exact_quotient`, and equals it). Zero decodes as exactly 0;
-    codes 127, -127 and -128 as +inf, -inf and NaN. Branch-free (selects)."""
+    codes 127, -127 and -128 as +inf, -inf and NaN. Branch-free (selects).
+    ``finite``: the caller knows ``code`` is none of those three (see
+    :func:`softsign_special`), and the selects are left out (a literal
+    True in an inlined call compiles none of them)."""
     c = signed_code_to_float32(code)
     y = exact_quotient(c, _SIGNED_STEPS, _SIGNED_RECIPROCAL)
     x = y / (_F2 - abs(y)) * scale
+    if finite:
+        return x
     x = _INF if c == _C127 else x
     x = -_INF if c == -_C127 else x
     x = _NAN if c == -_C128 else x
@@ -177,7 +184,7 @@ def _softsign_scaling(divisor):
     return pre, _F1 / (divisor * pre)
 
 
-def _softsign_encode(value, pre, reciprocal):
+def _softsign_encode(value, pre, reciprocal, finite=False):
     """The signed companded code (uint8, an int8's bits) of ``value`` in its
     group (``pre``, ``reciprocal``: :func:`_softsign_scaling` of the group's
     divisor): with ``x = value * pre * reciprocal`` (``|x| <= 1`` to a
@@ -185,25 +192,31 @@ def _softsign_encode(value, pre, reciprocal):
     a rounding of ``value / divisor``, so a code can differ from the exact
     one where ``value`` lies within a rounding of the boundary between two:
     one division per element). NaN and infinities get their own codes.
-    Arithmetic only, no table; branch-free (selects)."""
+    Arithmetic only, no table; branch-free (selects). ``finite``: the
+    caller knows ``value`` is finite, and the selects are left out."""
     x = value * pre * reciprocal
     q = np.floor((x + x) / (_F1 + abs(x)) * _SIGNED_STEPS + _HALF)
+    if finite:
+        return float32_to_signed_code(q)
     q = _C127 if value == _INF else q
     q = -_C127 if value == -_INF else q
     q = -_C128 if value != value else q
     return float32_to_signed_code(q)
 
 
-def _root_decode(code, scale):
+def _root_decode(code, scale, finite=False):
     """The value of the unsigned (fourth-root) companded ``code`` in a group
     of ``scale``: ``(c / 253) ** 4 * scale`` (squared twice, each step
     rounded to float32; ``c / 253`` without a division, equal to it, see
     :func:`exact_quotient`). Zero decodes as exactly 0, 254 as +inf, 255 as
-    NaN. Branch-free (selects)."""
+    NaN. Branch-free (selects). ``finite``: the caller knows ``code`` is
+    below 254 (see :func:`root_special`), and the selects are left out."""
     c = unsigned_code_to_float32(code)
     y = exact_quotient(c, _ROOT_STEPS, _ROOT_RECIPROCAL)
     y = y * y
     v = y * y * scale
+    if finite:
+        return v
     v = _INF if c == _C254 else v
     v = _NAN if c == _C255 else v
     return v
@@ -216,7 +229,7 @@ def _root_scaling(divisor):
     return _ROOT_STEPS / np.sqrt(np.sqrt(divisor))
 
 
-def _root_encode(root, factor):
+def _root_encode(root, factor, finite=False):
     """The unsigned companded code of a value ``v >= 0`` given as its square
     root ``root`` (the update computes ``sqrt(v)`` anyway: see
     :data:`root_of`) in a group of ``factor`` (:func:`_root_scaling` of its
@@ -239,13 +252,28 @@ def _root_encode(root, factor):
     group's scale: on the badly scaled quadratic of the tests Adam ended
     2.4-3.5 times float32's final loss. A value equal to the scale is code
     253, which decodes as the scale exactly. Branch-free (selects).
+    ``finite``: the caller knows ``root`` is finite, and the selects for
+    +inf and NaN are left out.
     """
     q = np.floor(np.sqrt(root) * factor + _HALF)
     q = q if q < _ROOT_STEPS else _ROOT_STEPS
     q = _F1 if (q == _F0) & (root > _F0) else q
+    if finite:
+        return float32_to_unsigned_code(q)
     q = _C254 if root == _INF else q
     q = _C255 if root != root else q
     return float32_to_unsigned_code(q)
+
+
+def _softsign_special(code):
+    """Whether the signed companded ``code`` (uint8 bits) is one of +inf,
+    -inf or NaN (127, 129 and 128 as uint8: one contiguous range)."""
+    return (code >= _U127) & (code <= _U129)
+
+
+def _root_special(code):
+    """Whether the unsigned companded ``code`` is +inf or NaN (254, 255)."""
+    return code >= _U254
 
 
 _codec_inline = njit(inline="always", error_model="numpy")
@@ -255,6 +283,8 @@ softsign_encode = _codec_inline(_softsign_encode)
 root_decode = _codec_inline(_root_decode)
 root_scaling = _codec_inline(_root_scaling)
 root_encode = _codec_inline(_root_encode)
+softsign_special = _codec_inline(_softsign_special)
+root_special = _codec_inline(_root_special)
 
 
 def _codec_twins():
@@ -266,9 +296,9 @@ def _codec_twins():
                  "exact_quotient": _py_exact_quotient}
     out = {}
     for f in (_softsign_decode, _softsign_scaling, _softsign_encode, _root_decode,
-              _root_scaling, _root_encode):
+              _root_scaling, _root_encode, _softsign_special, _root_special):
         name = f.__name__[1:]
-        out[name] = _types.FunctionType(f.__code__, namespace, name)
+        out[name] = _types.FunctionType(f.__code__, namespace, name, f.__defaults__)
     return _types.SimpleNamespace(**out, root_of=_py_root_of,
                                   signed_code_to_float32=_py_signed_code_to_float32,
                                   unsigned_code_to_float32=_py_unsigned_code_to_float32,

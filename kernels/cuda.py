@@ -87,6 +87,8 @@ _PYTHON_CODECS = {"f32_to_f16_stochastic": convert16._float32_to_half_stochastic
                   "softsign_scaling": companded8._softsign_scaling,
                   "root_decode": companded8._root_decode,
                   "root_encode": companded8._root_encode,
+                  "softsign_special": companded8._softsign_special,
+                  "root_special": companded8._root_special,
                   "root_scaling": companded8._root_scaling}
 
 

@@ -87,6 +87,8 @@ STORAGE_FUNCTIONS = {
     "root_decode": (companded8, "root_decode"), "root_encode": (companded8, "root_encode"),
     "softsign_scaling": (companded8, "softsign_scaling"),
     "root_scaling": (companded8, "root_scaling"), "root_of": (companded8, "root_of"),
+    "softsign_special": (companded8, "softsign_special"),
+    "root_special": (companded8, "root_special"),
     "split16_join": (split_master, "split16_join"),
     "split16_high": (split_master, "split16_high"),
     "split16_low": (split_master, "split16_low"),

@@ -77,6 +77,49 @@ def test_codecs_equal_their_python_twins(signed):
         assert np.array_equal(_twin_encode(values[::7], scale, signed), out[::7])
 
 
+@njit
+def _finite_paths(codes, scale, values, divisor, signed, decoded, encoded):
+    """Decode ``codes`` and encode ``values`` through the codecs' ``finite``
+    path (what a step runs for a group none of whose codes or new values is
+    non-finite)."""
+    pre, reciprocal = S.softsign_scaling(divisor)
+    factor = S.root_scaling(divisor)
+    for i in range(codes.size):
+        decoded[i] = (S.softsign_decode(codes[i], scale, True) if signed
+                      else S.root_decode(codes[i], scale, True))
+    for i in range(values.size):
+        encoded[i] = (S.softsign_encode(values[i], pre, reciprocal, True) if signed
+                      else S.root_encode(S.root_of(values[i]), factor, True))
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_the_finite_paths_equal_the_full_codecs(signed):
+    """Left without their selects for NaN and the infinities, the codecs give
+    the same bits on everything else: every code that is not a non-finite
+    one (``softsign_special`` / ``root_special`` name exactly those) at
+    scales of every magnitude, and finite values, zeros and subnormals
+    included, at a normal and a subnormal divisor."""
+    codes = np.arange(256, dtype=np.uint8)
+    special = S.PYTHON.softsign_special if signed else S.PYTHON.root_special
+    flags = np.array([bool(special(c)) for c in codes])
+    assert list(codes[flags]) == ([127, 128, 129] if signed else [254, 255])
+    ordinary = codes[~flags]
+    x = _values(signed)
+    x = x[np.isfinite(x)].astype(np.float32)
+    for scale, divisor in ((0.0, 1.0), (1.0, 2.0 ** -140), (3.7e-20, 0.37), (2e30, 7.0),
+                           (1e-45, 1e-45), (3.4e38, 3.4e38)):
+        scale, divisor = np.float32(scale), np.float32(divisor)
+        values = np.clip(x * divisor, -divisor, divisor).astype(np.float32)
+        decoded, encoded = np.empty(ordinary.size, np.float32), np.empty(x.size, np.uint8)
+        _finite_paths(ordinary, scale, values, divisor, signed, decoded, encoded)
+        full = np.empty(ordinary.size, np.float32)
+        _decode(ordinary, scale, signed, full)
+        assert decoded.tobytes() == full.tobytes(), scale
+        full = np.empty(x.size, np.uint8)
+        _encode(values, divisor, signed, full)
+        assert encoded.tobytes() == full.tobytes(), divisor
+
+
 def _decode_before(codes, scale, signed):
     """How the codecs decoded before they avoided divisions (float32 NumPy,
     each operation rounded once): checkpoints written then hold codes that
