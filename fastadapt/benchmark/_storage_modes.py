@@ -27,7 +27,9 @@ of 32 when companded).
 
 Compute cost (:func:`compute_cost`): the single-thread, in-cache time per
 element of each mode's kernel, the slope of the call's time between two
-sizes that fit in L2 (so the per-call cost drops out). A mode whose compute
+sizes that fit in L2 (so the per-call cost drops out), each size's time its
+fastest sample's (noise only adds time: medians let it through, and
+slopes of medians moved by 3x and more between runs minutes apart). A mode whose compute
 is below its bytes' time at a server's bandwidth per core is memory-bound
 there; the predicted time per element is ``max(ns per element, bytes /
 bandwidth per core)``, and the predicted ratio is torch fused float32's over
@@ -299,8 +301,12 @@ def compute_cost(budget_s, min_rounds, sizes=COMPUTE_SIZES, deepspeed=True, max_
                  watch=None):
     """``{key: ns per element}``: one thread, arrays in L2, for every mode's
     functional step, the yardsticks, torch's fused steps and DeepSpeedCPUAdam
-    (where it loads). Each is the slope of the median call time between the
-    two ``sizes`` (interleaved, many calls), so the per-call cost cancels;
+    (where it loads). Each is the slope of the fastest sample's time per
+    call between the two ``sizes`` (interleaved, many calls), so the
+    per-call cost cancels (on AMD EPYC Zen 4, three runs in a row gave
+    1.71 ns in each for the 12.5-byte configuration and 0.66-0.68 for
+    stochastic rounding, where the same runs' medians gave 1.27-1.75 and
+    0.69-1.08);
     None where noise made the slope non-positive. ``watch``: a
     :class:`CpuWatch` entered around the timing alone (building the steps
     runs other processes: DeepSpeedCPUAdam asks py-cpuinfo, in a subprocess)."""
@@ -323,7 +329,7 @@ def compute_cost(budget_s, min_rounds, sizes=COMPUTE_SIZES, deepspeed=True, max_
     out = {}
     for key, n in steps:
         if n == small:
-            slope = (timings[key, large].median_s - timings[key, small].median_s) / (large - small)
+            slope = (timings[key, large].min_s - timings[key, small].min_s) / (large - small)
             out[key] = slope * 1e9 if slope > 0 else None
     return out
 
@@ -516,8 +522,9 @@ def columns_text(data):
         "peers* are torch's or DeepSpeedCPUAdam's "
         "version of the mode (their time over this row's: above 1, fastadapt is faster); "
         "on a torch-class row, its time against the NumPy class's. *ns/elem* is the "
-        "single-thread compute cost with every array in L2: the slope of the median call "
-        f"time between n = {small:,} and {large:,} (so the per-call cost drops out). "
+        "single-thread compute cost with every array in L2: the slope of the fastest "
+        f"sample's time per call between n = {small:,} and {large:,} (so the per-call cost "
+        "drops out; noise only adds time). "
         "*Predicted* is torch fused float32's time per element over the mode's, each "
         f"taken as max(ns/elem, bytes per element / {bandwidth:g} GB/s): what the ratio "
         "would be on a server with that much memory bandwidth per core, where a mode "
