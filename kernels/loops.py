@@ -388,8 +388,8 @@ class Signature:
         largest magnitude bits, kept with the scale; a second moment's bits
         with the sign, so that a negative one, whose root is NaN, counts).
         The bits are the same either way; companded Adam took 6-10% less
-        time with it (AMD EPYC Zen 4, one thread, in L2 and L3; at 2**24
-        on two threads, bound elsewhere, no change).
+        time with it on one thread in L2 and L3, 4-7% at 2**24 on two
+        threads (AMD EPYC Zen 4).
         Measured (AMD EPYC, AVX2, one thread, in L2), each choice here paid:
 
         * the arrays are indexed by ``uint64`` indices, not sliced per group
