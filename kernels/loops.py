@@ -414,7 +414,8 @@ class Signature:
                  f"{pad}for chunk in indices((groups + {chunk - 1}) // {chunk}):"]
         # each scratch buffer: the chunk's values, then three factors per group
         # (the last: 1 where the group's new values are all finite, else 0)
-        size, factors, finite = chunk * GROUP, chunk * GROUP + chunk, chunk * GROUP + 2 * chunk
+        size, factors = chunk * GROUP, chunk * GROUP + chunk
+        all_finite = f"uint64({chunk * GROUP + 2 * chunk} + block - first)"
         lines += [f"{pad}    new_{s} = {blocking.scratch}({size + 3 * chunk}, float32)"
                   for s in on]
         lines += [f"{pad}    first = chunk * {chunk}",
@@ -450,7 +451,7 @@ class Signature:
                   *fast]
         for s in on:
             lines += [f"{inner}{s}_scale[block] = bits_to_float32(top_{s})",
-                      f"{inner}new_{s}[uint64({finite} + block - first)] = "
+                      f"{inner}new_{s}[{all_finite}] = "
                       f"float32(1.0) if worst_{s} < INF_BITS else float32(0.0)"]
         if not on:
             return lines
@@ -475,8 +476,7 @@ class Signature:
                 load.append(f"{inner}factor_{s} = new_{s}[f0]")
                 encode.append(f"{s}[uint64(start + j)] = root_encode({v}, factor_{s}, "
                               "{finite})")
-        every = " and ".join(f"new_{s}[uint64({finite} + block - first)] != float32(0.0)"
-                             for s in on)
+        every = " and ".join(f"new_{s}[{all_finite}] != float32(0.0)" for s in on)
         lines += head + factor + load
         lines += [f"{inner}if count == {GROUP} and {every}:",
                   f"{inner}    for j in range({GROUP}):",
